@@ -1,0 +1,376 @@
+//! The QUIC client: one connection per [`Client`], reused by every call, a stream per
+//! call, transparent reconnects with the same request id, and a deadline per call.
+
+use crate::error::CallError;
+use crate::wire::{self, CallRequest, Request, Response, WireError};
+use crate::{ObjectClass, ObjectId, ALPN};
+use serde::{de::DeserializeOwned, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How to reach and trust a host.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// The host's QUIC address.
+    pub addr: SocketAddr,
+    /// The name the host's certificate must carry (default `localhost`).
+    pub server_name: String,
+    /// PEM of the certificate authority to trust (the host's `tls/ca.pem`).
+    pub ca_pem: Vec<u8>,
+    /// The client token (the host's `tls/token`).
+    pub token: String,
+    /// Default deadline per call (default 30 s).
+    pub deadline: Duration,
+    /// Largest response frame accepted (default 4 MiB).
+    pub max_frame: usize,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("addr", &self.addr)
+            .field("server_name", &self.server_name)
+            .field("deadline", &self.deadline)
+            .field("max_frame", &self.max_frame)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientConfig {
+    /// A config with defaults for everything but the address, CA and token.
+    pub fn new(addr: SocketAddr, ca_pem: Vec<u8>, token: impl Into<String>) -> Self {
+        ClientConfig {
+            addr,
+            server_name: "localhost".into(),
+            ca_pem,
+            token: token.into(),
+            deadline: Duration::from_secs(30),
+            max_frame: wire::DEFAULT_MAX_FRAME,
+        }
+    }
+
+    /// Read the CA certificate and token from files (a host's `DATA_DIR/tls/ca.pem`
+    /// and `DATA_DIR/tls/token`).
+    pub fn from_files(addr: SocketAddr, ca_path: impl AsRef<Path>, token_path: impl AsRef<Path>) -> std::io::Result<Self> {
+        let ca = std::fs::read(ca_path.as_ref())?;
+        let token = std::fs::read_to_string(token_path.as_ref())?;
+        Ok(Self::new(addr, ca, token.trim()))
+    }
+
+    /// Read CA and token from a host's data directory.
+    pub fn from_data_dir(addr: SocketAddr, data_dir: impl AsRef<Path>) -> std::io::Result<Self> {
+        let tls = data_dir.as_ref().join("tls");
+        Self::from_files(addr, tls.join("ca.pem"), tls.join("token"))
+    }
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The CA file holds no usable certificate, or TLS could not be set up.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// Binding the local UDP socket failed.
+    #[error("local socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The QUIC handshake or the hello exchange failed.
+    #[error("connecting to the host: {0}")]
+    Connect(String),
+    /// The host rejected the token.
+    #[error("the host rejected the client token")]
+    Unauthenticated,
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    config: ClientConfig,
+    conn: RwLock<Option<quinn::Connection>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// A connection to a durable host, shared by every stub made from it. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("addr", &self.inner.config.addr).finish()
+    }
+}
+
+enum Exchange {
+    /// The connection broke: reconnect and retry with the same request id.
+    Lost(String),
+    /// The host's answer was not a valid frame.
+    Protocol(String),
+}
+
+impl Client {
+    /// Connect to a host and present the token.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ConnectError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut config.ca_pem.as_slice()) {
+            let cert = cert.map_err(|e| ConnectError::Tls(format!("reading CA PEM: {e}")))?;
+            roots.add(cert).map_err(|e| ConnectError::Tls(format!("adding CA: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(ConnectError::Tls("the CA file holds no certificate".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| ConnectError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ConnectError::Tls(e.to_string()))?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_concurrent_bidi_streams(4096u32.into());
+        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        client_config.transport_config(Arc::new(transport));
+        let bind: SocketAddr = if config.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
+        let mut endpoint = quinn::Endpoint::client(bind)?;
+        endpoint.set_default_client_config(client_config);
+        let client = Client {
+            inner: Arc::new(Inner {
+                endpoint,
+                config,
+                conn: RwLock::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+            }),
+        };
+        client.establish().await?;
+        Ok(client)
+    }
+
+    /// The config this client was made with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The typed stub for the object `name` of class `C`.
+    pub fn get<C: ObjectClass>(&self, name: &str) -> C::Client {
+        C::Client::from(self.object_ref(C::CLASS, ObjectId::from_name(C::CLASS, name), Some(name)))
+    }
+
+    /// The typed stub for the object with id `id` of class `C`.
+    pub fn get_by_id<C: ObjectClass>(&self, id: ObjectId) -> C::Client {
+        C::Client::from(self.object_ref(C::CLASS, id, None))
+    }
+
+    /// An untyped reference, for tools and dynamic callers. Stubs wrap one of these.
+    pub fn object_ref(&self, class: &str, id: ObjectId, name: Option<&str>) -> ObjectRef {
+        ObjectRef {
+            client: self.clone(),
+            class: class.into(),
+            id,
+            name: name.map(Into::into),
+            deadline: self.inner.config.deadline,
+        }
+    }
+
+    /// Close the connection.
+    pub fn close(&self) {
+        if let Some(conn) = self.inner.conn.write().unwrap().take() {
+            conn.close(0u32.into(), b"client closed");
+        }
+    }
+
+    async fn establish(&self) -> Result<quinn::Connection, ConnectError> {
+        let _guard = self.inner.connecting.lock().await;
+        if let Some(conn) = self.current() {
+            return Ok(conn);
+        }
+        let cfg = &self.inner.config;
+        let conn = self
+            .inner
+            .endpoint
+            .connect(cfg.addr, &cfg.server_name)
+            .map_err(|e| ConnectError::Connect(e.to_string()))?
+            .await
+            .map_err(|e| ConnectError::Connect(e.to_string()))?;
+        let hello = wire::encode_frame(&Request::Hello {
+            token: cfg.token.clone(),
+        });
+        match exchange(&conn, &hello, cfg.max_frame).await {
+            Ok(Response::Welcome) => {}
+            Ok(Response::Error(WireError::Unauthenticated)) => return Err(ConnectError::Unauthenticated),
+            Ok(other) => return Err(ConnectError::Connect(format!("unexpected hello answer {other:?}"))),
+            Err(Exchange::Lost(m) | Exchange::Protocol(m)) => return Err(ConnectError::Connect(m)),
+        }
+        *self.inner.conn.write().unwrap() = Some(conn.clone());
+        Ok(conn)
+    }
+
+    fn current(&self) -> Option<quinn::Connection> {
+        let conn = self.inner.conn.read().unwrap().clone();
+        conn.filter(|c| c.close_reason().is_none())
+    }
+
+    fn forget(&self, broken: &quinn::Connection) {
+        let mut slot = self.inner.conn.write().unwrap();
+        if slot.as_ref().map(|c| c.stable_id()) == Some(broken.stable_id()) {
+            *slot = None;
+        }
+    }
+
+    /// Send one call and wait for its response, reconnecting and resending with the
+    /// same request id until `deadline`.
+    pub async fn call_raw(&self, request: &CallRequest, deadline: Instant) -> Result<Response, CallError> {
+        let frame = wire::encode_frame(&Request::Call(request.clone()));
+        if frame.len() - 4 > self.inner.config.max_frame {
+            return Err(CallError::TooLarge {
+                size: (frame.len() - 4) as u64,
+                limit: self.inner.config.max_frame as u64,
+            });
+        }
+        let mut backoff = Duration::from_millis(5);
+        let mut last_error = String::new();
+        loop {
+            let attempt = async {
+                let conn = match self.current() {
+                    Some(c) => c,
+                    None => match self.establish().await {
+                        Ok(c) => c,
+                        Err(ConnectError::Unauthenticated) => return Some(Err(CallError::Unauthenticated)),
+                        Err(e) => {
+                            last_error = e.to_string();
+                            return None;
+                        }
+                    },
+                };
+                match exchange(&conn, &frame, self.inner.config.max_frame).await {
+                    Ok(r) => Some(Ok(r)),
+                    Err(Exchange::Protocol(m)) => Some(Err(CallError::Protocol(m))),
+                    Err(Exchange::Lost(m)) => {
+                        self.forget(&conn);
+                        last_error = m;
+                        None
+                    }
+                }
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => {
+                    return Err(if last_error.is_empty() {
+                        CallError::Timeout
+                    } else {
+                        CallError::ConnectionLost(last_error)
+                    })
+                }
+                Ok(Some(result)) => return result,
+                Ok(None) => {
+                    if Instant::now() + backoff >= deadline {
+                        return Err(CallError::ConnectionLost(last_error));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(250));
+                }
+            }
+        }
+    }
+}
+
+async fn exchange(conn: &quinn::Connection, frame: &[u8], max_frame: usize) -> Result<Response, Exchange> {
+    let lost = |e: &dyn std::fmt::Display| Exchange::Lost(e.to_string());
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+    send.write_all(frame).await.map_err(|e| lost(&e))?;
+    send.finish().map_err(|e| lost(&e))?;
+    let bytes = recv
+        .read_to_end(wire::stream_limit(max_frame))
+        .await
+        .map_err(|e| match e {
+            quinn::ReadToEndError::TooLong => Exchange::Protocol("response exceeds the frame limit".into()),
+            other => lost(&other),
+        })?;
+    wire::decode_frame::<Response>(&bytes, max_frame).map_err(|e| Exchange::Protocol(e.to_string()))
+}
+
+/// An untyped reference to one object; generated stubs wrap it.
+#[derive(Clone, Debug)]
+pub struct ObjectRef {
+    client: Client,
+    class: Arc<str>,
+    id: ObjectId,
+    name: Option<Arc<str>>,
+    deadline: Duration,
+}
+
+impl ObjectRef {
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// The class name.
+    pub fn class(&self) -> &str {
+        &self.class
+    }
+
+    /// A copy whose calls use `deadline`.
+    pub fn with_deadline(&self, deadline: Duration) -> Self {
+        ObjectRef {
+            deadline,
+            ..self.clone()
+        }
+    }
+
+    /// Call `method` with `args` (a tuple), expecting `T` or the method's error `E`.
+    pub async fn call<A, T, E>(&self, method: &str, fingerprint: u64, args: &A) -> Result<T, CallError<E>>
+    where
+        A: Serialize + ?Sized,
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        let args = postcard::to_stdvec(args).map_err(|e| CallError::Protocol(format!("encoding arguments: {e}")))?;
+        let request = CallRequest {
+            request_id: rand::random(),
+            class: self.class.to_string(),
+            object: self.id,
+            name: self.name.as_deref().map(str::to_owned),
+            method: method.to_owned(),
+            fingerprint,
+            timeout_ms: self.deadline.as_millis() as u64,
+            args,
+        };
+        self.call_request(&request).await
+    }
+
+    /// Send a prepared request (used to resend a request id deliberately).
+    pub async fn call_request<T, E>(&self, request: &CallRequest) -> Result<T, CallError<E>>
+    where
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        let deadline = Instant::now() + self.deadline;
+        match self.client.call_raw(request, deadline).await.map_err(|e| e.map_app(|n| match n {}))? {
+            Response::Return(bytes) => {
+                postcard::from_bytes(&bytes).map_err(|e| CallError::Protocol(format!("decoding the result: {e}")))
+            }
+            Response::AppError(bytes) => Err(CallError::Application(
+                postcard::from_bytes(&bytes).map_err(|e| CallError::Protocol(format!("decoding the error: {e}")))?,
+            )),
+            Response::Error(e) => Err(e.into()),
+            Response::Welcome => Err(CallError::Protocol("unexpected Welcome".into())),
+        }
+    }
+
+    /// A request for `method` with a fresh request id, without sending it.
+    pub fn prepare<A: Serialize + ?Sized>(&self, method: &str, fingerprint: u64, args: &A) -> CallRequest {
+        CallRequest {
+            request_id: rand::random(),
+            class: self.class.to_string(),
+            object: self.id,
+            name: self.name.as_deref().map(str::to_owned),
+            method: method.to_owned(),
+            fingerprint,
+            timeout_ms: self.deadline.as_millis() as u64,
+            args: postcard::to_stdvec(args).unwrap_or_default(),
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The wire protocol: one request frame and one response frame per QUIC
+//! bidirectional stream. See `docs/wire.md` for the byte-level description.
+//!
+//! A frame is `len: u32 little-endian` (bytes that follow), `version: u8`, then a
+//! postcard body: [`Request`] from the client, [`Response`] from the host.
+
+use crate::ObjectId;
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// The default maximum frame size (length prefix excluded): 4 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 4 << 20;
+
+/// What a client sends on a stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// The first stream of a connection: present the host's token.
+    Hello {
+        /// The token from the host's `tls/token` file.
+        token: String,
+    },
+    /// A call of one method on one object.
+    Call(CallRequest),
+}
+
+/// One call of one method on one object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRequest {
+    /// Unique per logical call; a retry after a lost reply reuses it.
+    pub request_id: [u8; 16],
+    /// The class name.
+    pub class: String,
+    /// The object id within the class.
+    pub object: ObjectId,
+    /// The name the id was derived from, if any (recorded for operators).
+    pub name: Option<String>,
+    /// The method name.
+    pub method: String,
+    /// The method's schema fingerprint as the client was compiled.
+    pub fingerprint: u64,
+    /// How long the caller will wait, in milliseconds; the host drops a call that
+    /// has not started by then.
+    pub timeout_ms: u64,
+    /// The arguments: a postcard-encoded tuple.
+    pub args: Vec<u8>,
+}
+
+/// What a host answers on a stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// The token was accepted.
+    Welcome,
+    /// The method returned `Ok`: postcard-encoded value.
+    Return(Vec<u8>),
+    /// The method returned its own `Err`: postcard-encoded error value.
+    AppError(Vec<u8>),
+    /// The framework could not complete the call.
+    Error(WireError),
+}
+
+/// Framework errors on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireError {
+    /// Missing or wrong token.
+    Unauthenticated,
+    /// No class of that name is registered on the host.
+    UnknownClass {
+        /// The class asked for.
+        class: String,
+    },
+    /// The class has no remote method of that name.
+    UnknownMethod {
+        /// The class.
+        class: String,
+        /// The method asked for.
+        method: String,
+    },
+    /// The method exists but its signature differs between client and host.
+    SchemaMismatch {
+        /// The class.
+        class: String,
+        /// The method.
+        method: String,
+    },
+    /// The object's queue is full; the call was not applied.
+    Overloaded,
+    /// The call's deadline passed before it ran; it was not applied.
+    Timeout,
+    /// The object panicked (or failed to activate) during the call and was reset;
+    /// the call was rolled back.
+    ObjectReset {
+        /// What happened.
+        message: String,
+    },
+    /// A frame exceeded the maximum size.
+    TooLarge {
+        /// The frame size in bytes.
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The frame could not be decoded (or a stream carried the wrong message).
+    Malformed {
+        /// What was wrong.
+        message: String,
+    },
+    /// The frame's protocol version is not spoken by the host.
+    UnsupportedVersion {
+        /// The version received.
+        got: u8,
+    },
+    /// The host is shutting down; the call was not applied.
+    ShuttingDown,
+    /// The arguments did not decode as the method's argument types.
+    BadArguments {
+        /// The decoder's message.
+        message: String,
+    },
+    /// Something failed inside the host (for example storage I/O); the call was
+    /// rolled back.
+    Internal {
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Fewer than 5 bytes, or fewer bytes than the length prefix says.
+    #[error("truncated frame")]
+    Truncated,
+    /// More bytes than the length prefix says.
+    #[error("trailing bytes after frame")]
+    Trailing,
+    /// The length prefix exceeds the limit.
+    #[error("frame of {size} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Declared size.
+        size: u64,
+        /// Limit.
+        limit: u64,
+    },
+    /// Unknown protocol version.
+    #[error("unsupported protocol version {0}")]
+    UnsupportedVersion(u8),
+    /// The body is not valid postcard for the expected message.
+    #[error("malformed frame body: {0}")]
+    Malformed(String),
+}
+
+impl From<FrameError> for WireError {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::TooLarge { size, limit } => WireError::TooLarge { size, limit },
+            FrameError::UnsupportedVersion(got) => WireError::UnsupportedVersion { got },
+            other => WireError::Malformed {
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Encode a message as one frame.
+pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut buf = vec![0u8; 5];
+    buf[4] = PROTOCOL_VERSION;
+    // Serializing our own message types into a Vec cannot fail.
+    let buf = postcard::to_extend(msg, buf).expect("postcard serialization into Vec");
+    let len = (buf.len() - 4) as u32;
+    let mut buf = buf;
+    buf[..4].copy_from_slice(&len.to_le_bytes());
+    buf
+}
+
+/// Decode one whole frame (the complete contents of a stream).
+pub fn decode_frame<T: for<'de> Deserialize<'de>>(bytes: &[u8], limit: usize) -> Result<T, FrameError> {
+    if bytes.len() < 5 {
+        return Err(FrameError::Truncated);
+    }
+    let len = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as u64;
+    if len > limit as u64 {
+        return Err(FrameError::TooLarge {
+            size: len,
+            limit: limit as u64,
+        });
+    }
+    let rest = &bytes[4..];
+    if (rest.len() as u64) < len || len == 0 {
+        return Err(FrameError::Truncated);
+    }
+    if rest.len() as u64 > len {
+        return Err(FrameError::Trailing);
+    }
+    if rest[0] != PROTOCOL_VERSION {
+        return Err(FrameError::UnsupportedVersion(rest[0]));
+    }
+    let (msg, tail) =
+        postcard::take_from_bytes::<T>(&rest[1..]).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if !tail.is_empty() {
+        return Err(FrameError::Malformed("bytes left after the message".into()));
+    }
+    Ok(msg)
+}
+
+/// The most bytes a stream may carry for a frame of at most `limit` bytes.
+pub fn stream_limit(limit: usize) -> usize {
+    limit + 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call() -> Request {
+        Request::Call(CallRequest {
+            request_id: [7; 16],
+            class: "Counter".into(),
+            object: ObjectId::from_name("Counter", "a"),
+            name: Some("a".into()),
+            method: "increment".into(),
+            fingerprint: 42,
+            timeout_ms: 30_000,
+            args: vec![1, 2, 3],
+        })
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let f = encode_frame(&call());
+        assert_eq!(decode_frame::<Request>(&f, DEFAULT_MAX_FRAME).unwrap(), call());
+    }
+
+    #[test]
+    fn bad_frames_are_typed_errors() {
+        let f = encode_frame(&call());
+        assert_eq!(decode_frame::<Request>(&f[..3], 1 << 20), Err(FrameError::Truncated));
+        assert_eq!(decode_frame::<Request>(&f[..f.len() - 1], 1 << 20), Err(FrameError::Truncated));
+        let mut long = f.clone();
+        long.push(0);
+        assert_eq!(decode_frame::<Request>(&long, 1 << 20), Err(FrameError::Trailing));
+        assert!(matches!(decode_frame::<Request>(&f, 8), Err(FrameError::TooLarge { .. })));
+        let mut v2 = f.clone();
+        v2[4] = 9;
+        assert_eq!(decode_frame::<Request>(&v2, 1 << 20), Err(FrameError::UnsupportedVersion(9)));
+        let mut garbage = vec![5, 0, 0, 0, PROTOCOL_VERSION];
+        garbage.extend([0xff; 4]);
+        assert!(matches!(decode_frame::<Request>(&garbage, 1 << 20), Err(FrameError::Malformed(_))));
+    }
+}

@@ -1,0 +1,254 @@
+//! [`Context`]: what a turn sees of its object — identity, synchronous SQL
+//! ([`Sql`]) and key-value storage ([`Storage`]) on the object's own SQLite
+//! database, all inside the turn's transaction.
+
+use crate::error::{Error, ErrorKind};
+use durable_client::ObjectId;
+use rusqlite::{Connection, OptionalExtension, Params, Row};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Largest key accepted by [`Storage`], in bytes.
+pub const MAX_KEY_BYTES: usize = 2048;
+/// Largest value accepted by [`Storage`], in bytes (encoded).
+pub const MAX_VALUE_BYTES: usize = 2 << 20;
+
+/// The object a turn runs on, and its storage.
+pub struct Context {
+    pub(crate) conn: Connection,
+    pub(crate) class: &'static str,
+    pub(crate) id: ObjectId,
+    pub(crate) name: Option<String>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("class", &self.class)
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Context {
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    /// The name the object was first addressed by, if it was addressed by name.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The class name.
+    pub fn class(&self) -> &'static str {
+        self.class
+    }
+
+    /// Synchronous SQL on the object's database, inside the current turn.
+    pub fn sql(&mut self) -> Sql<'_> {
+        Sql { conn: &self.conn }
+    }
+
+    /// Key-value storage of serde values on the same database, inside the current turn.
+    pub fn storage(&mut self) -> Storage<'_> {
+        Storage { conn: &self.conn }
+    }
+}
+
+/// SQL on the object's own database. Every call runs inside the turn's transaction:
+/// it commits when the method returns `Ok` and rolls back on `Err` or panic.
+/// Statements are prepared once and cached per object.
+///
+/// Do not issue `BEGIN`, `COMMIT`, `ROLLBACK` or `SAVEPOINT` yourself; the runtime owns
+/// the transaction. Table names starting with `_durable` are reserved.
+#[derive(Debug)]
+pub struct Sql<'a> {
+    conn: &'a Connection,
+}
+
+impl Sql<'_> {
+    /// Execute one statement; returns the number of rows changed.
+    pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize, Error> {
+        Ok(self.conn.prepare_cached(sql)?.execute(params)?)
+    }
+
+    /// Execute several statements separated by `;` (no parameters).
+    pub fn execute_batch(&self, sql: &str) -> Result<(), Error> {
+        Ok(self.conn.execute_batch(sql)?)
+    }
+
+    /// Run a query expected to return exactly one row, mapping it with `f`.
+    /// No row gives an error of kind [`ErrorKind::NotFound`].
+    pub fn query_row<T, P, F>(&self, sql: &str, params: P, f: F) -> Result<T, Error>
+    where
+        P: Params,
+        F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    {
+        Ok(self.conn.prepare_cached(sql)?.query_row(params, f)?)
+    }
+
+    /// Run a query returning at most one row.
+    pub fn query_opt<T, P, F>(&self, sql: &str, params: P, f: F) -> Result<Option<T>, Error>
+    where
+        P: Params,
+        F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    {
+        Ok(self.conn.prepare_cached(sql)?.query_row(params, f).optional()?)
+    }
+
+    /// Run a query and map every row with `f`.
+    pub fn query<T, P, F>(&self, sql: &str, params: P, f: F) -> Result<Vec<T>, Error>
+    where
+        P: Params,
+        F: FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params, f)?;
+        Ok(rows.collect::<rusqlite::Result<Vec<T>>>()?)
+    }
+
+    /// Bring the schema up to date: `migrations[i]` runs once, in order, for every
+    /// `i` at or beyond the stored schema version. Returns the new version.
+    ///
+    /// Call it from the activation constructor with the whole list every time;
+    /// append new migrations, never edit applied ones.
+    pub fn migrate(&self, migrations: &[&str]) -> Result<usize, Error> {
+        let current: i64 = self.conn.query_row(
+            "SELECT coalesce((SELECT value FROM _durable_meta WHERE key = 'schema_version'), 0)",
+            [],
+            |r| r.get(0),
+        )?;
+        let current = current.max(0) as usize;
+        if current > migrations.len() {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "stored schema version {current} is newer than the {} migrations this build knows",
+                    migrations.len()
+                ),
+            ));
+        }
+        for m in &migrations[current..] {
+            self.conn.execute_batch(m)?;
+        }
+        if current < migrations.len() {
+            self.conn.execute(
+                "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('schema_version', ?1)",
+                [migrations.len() as i64],
+            )?;
+        }
+        Ok(migrations.len())
+    }
+
+    /// The underlying connection, for what this API does not cover (read-only use is
+    /// safest; the transaction rules above still apply).
+    pub fn connection(&self) -> &Connection {
+        self.conn
+    }
+}
+
+/// Key-value storage of serde values (postcard-encoded) in the object's database,
+/// inside the turn's transaction. Keys are strings of at most [`MAX_KEY_BYTES`];
+/// encoded values at most [`MAX_VALUE_BYTES`].
+#[derive(Debug)]
+pub struct Storage<'a> {
+    conn: &'a Connection,
+}
+
+fn check_key(key: &str) -> Result<(), Error> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::new(
+            ErrorKind::LimitExceeded,
+            format!("key of {} bytes exceeds the limit of {MAX_KEY_BYTES}", key.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Options for [`Storage::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions<'k> {
+    /// Only keys starting with this.
+    pub prefix: Option<&'k str>,
+    /// Only keys `>= start`.
+    pub start: Option<&'k str>,
+    /// Only keys `< end`.
+    pub end: Option<&'k str>,
+    /// Descending key order.
+    pub reverse: bool,
+    /// At most this many entries.
+    pub limit: Option<usize>,
+}
+
+impl Storage<'_> {
+    /// The value under `key`, if any.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        check_key(key)?;
+        let bytes: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT value FROM _durable_kv WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?;
+        bytes.map(|b| postcard::from_bytes(&b).map_err(Error::from)).transpose()
+    }
+
+    /// Store `value` under `key`, replacing any previous value.
+    pub fn put<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), Error> {
+        check_key(key)?;
+        let bytes = postcard::to_stdvec(value)?;
+        if bytes.len() > MAX_VALUE_BYTES {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!("value of {} bytes exceeds the limit of {MAX_VALUE_BYTES}", bytes.len()),
+            ));
+        }
+        self.conn
+            .prepare_cached("INSERT INTO _durable_kv(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+            .execute(rusqlite::params![key, bytes])?;
+        Ok(())
+    }
+
+    /// Remove `key`; returns whether it was there.
+    pub fn delete(&self, key: &str) -> Result<bool, Error> {
+        check_key(key)?;
+        Ok(self.conn.prepare_cached("DELETE FROM _durable_kv WHERE key = ?1")?.execute([key])? > 0)
+    }
+
+    /// Get many keys at once; missing keys are left out.
+    pub fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<Vec<(String, T)>, Error> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(v) = self.get(k)? {
+                out.push((k.to_string(), v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Put many entries at once.
+    pub fn put_many<T: Serialize>(&self, entries: &[(&str, T)]) -> Result<(), Error> {
+        entries.iter().try_for_each(|(k, v)| self.put(k, v))
+    }
+
+    /// Entries in key order, filtered by `opts`.
+    pub fn list<T: DeserializeOwned>(&self, opts: &ListOptions<'_>) -> Result<Vec<(String, T)>, Error> {
+        let order = if opts.reverse { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT key, value FROM _durable_kv WHERE (?1 IS NULL OR substr(key, 1, length(?1)) = ?1) \
+             AND (?2 IS NULL OR key >= ?2) AND (?3 IS NULL OR key < ?3) ORDER BY key {order} LIMIT ?4"
+        );
+        let limit = opts.limit.map(|l| l as i64).unwrap_or(-1);
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params![opts.prefix, opts.start, opts.end, limit], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (k, bytes) = row?;
+            out.push((k, postcard::from_bytes(&bytes)?));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,111 @@
+//! The durability seam. A turn commits its batch to the object's database and hands
+//! the batch's sequence number to the object's [`ObjectLog`]; replies are released
+//! only once [`ObjectLog::durable`] reaches that number (the output gate). Turn code
+//! does not know how durability is achieved.
+//!
+//! [`WalSync`] is the implementation used today: object databases run WAL with
+//! `synchronous=NORMAL`, and a committed batch is made durable by `fdatasync` of the
+//! object's `-wal` file on a blocking thread. Syncs of one object coalesce: while one
+//! is in flight, later batches wait for the next, which covers all of them.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use tokio::sync::watch;
+
+/// The durable position of one object: batches up to `durable` are on disk; if
+/// `failed`, syncing failed and nothing more may be acknowledged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DurablePos {
+    pub(crate) durable: u64,
+    pub(crate) failed: bool,
+}
+
+/// Makes one object's committed batches durable.
+pub(crate) trait ObjectLog {
+    /// Batch `seq` (increasing) has committed; make it durable.
+    fn submit(&self, seq: u64);
+    /// Watch the durable position.
+    fn watch(&self) -> watch::Receiver<DurablePos>;
+}
+
+/// A host-wide durability component.
+pub(crate) trait Durability: Send + Sync + 'static {
+    /// The log of the object whose database is at `db_path`.
+    fn attach(&self, db_path: &Path) -> Box<dyn ObjectLog>;
+}
+
+/// fdatasync of each object's WAL file, off the turn's thread.
+#[derive(Debug, Default)]
+pub(crate) struct WalSync;
+
+impl Durability for WalSync {
+    fn attach(&self, db_path: &Path) -> Box<dyn ObjectLog> {
+        let mut wal = db_path.as_os_str().to_owned();
+        wal.push("-wal");
+        Box::new(WalObjectLog(Arc::new(WalState {
+            wal: PathBuf::from(wal),
+            file: OnceLock::new(),
+            requested: AtomicU64::new(0),
+            in_flight: AtomicBool::new(false),
+            pos: watch::channel(DurablePos::default()).0,
+        })))
+    }
+}
+
+struct WalState {
+    wal: PathBuf,
+    file: OnceLock<File>,
+    requested: AtomicU64,
+    in_flight: AtomicBool,
+    pos: watch::Sender<DurablePos>,
+}
+
+impl WalState {
+    fn sync_once(&self) -> std::io::Result<()> {
+        if self.file.get().is_none() {
+            let f = File::open(&self.wal)?;
+            // The WAL file is new to this process: make its directory entry durable too.
+            if let Some(dir) = self.wal.parent() {
+                crate::store::sync_dir(dir)?;
+            }
+            let _ = self.file.set(f);
+        }
+        self.file.get().expect("set above").sync_data()
+    }
+
+    fn sync_loop(&self) {
+        loop {
+            let target = self.requested.load(Ordering::Acquire);
+            match self.sync_once() {
+                Ok(()) => self.pos.send_modify(|p| p.durable = p.durable.max(target)),
+                Err(e) => {
+                    tracing::error!(wal = %self.wal.display(), error = %e, "fdatasync failed; the object stops acknowledging writes");
+                    self.pos.send_modify(|p| p.failed = true);
+                    return;
+                }
+            }
+            self.in_flight.store(false, Ordering::Release);
+            if self.requested.load(Ordering::Acquire) <= target || self.in_flight.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+    }
+}
+
+struct WalObjectLog(Arc<WalState>);
+
+impl ObjectLog for WalObjectLog {
+    fn submit(&self, seq: u64) {
+        self.0.requested.fetch_max(seq, Ordering::AcqRel);
+        if !self.0.in_flight.swap(true, Ordering::AcqRel) {
+            let state = self.0.clone();
+            tokio::task::spawn_blocking(move || state.sync_loop());
+        }
+    }
+
+    fn watch(&self) -> watch::Receiver<DurablePos> {
+        self.0.pos.subscribe()
+    }
+}

@@ -1,0 +1,104 @@
+//! The error types of the runtime: [`Error`], a serializable error that object
+//! methods can return and that storage calls produce, and [`HostError`] for
+//! starting and running a host.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// What kind of failure an [`Error`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// SQLite or storage I/O failed.
+    Storage,
+    /// A value could not be encoded or decoded.
+    Codec,
+    /// A key, value or object exceeded a size limit.
+    LimitExceeded,
+    /// The input was invalid.
+    Invalid,
+    /// Something asked for was not there.
+    NotFound,
+    /// Anything else (application-defined).
+    Other,
+}
+
+/// A serializable error with a kind and a message.
+///
+/// Storage calls return it, and methods may use it as their own error type: it
+/// travels to the caller intact as `CallError::Application(Error)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Error {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+impl Error {
+    /// An error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// An application error with `message`.
+    pub fn msg(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Other, message)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::QueryReturnedNoRows => Error::new(ErrorKind::NotFound, "query returned no rows"),
+            other => Error::new(ErrorKind::Storage, other.to_string()),
+        }
+    }
+}
+
+impl From<postcard::Error> for Error {
+    fn from(e: postcard::Error) -> Self {
+        Error::new(ErrorKind::Codec, e.to_string())
+    }
+}
+
+/// Why a host could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// File-system or socket I/O.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Generating or loading TLS material failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The builder was given an invalid setting.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A storage operation on a data directory failed.
+    #[error("storage: {0}")]
+    Storage(#[from] rusqlite::Error),
+}
+
+impl HostError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        HostError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! [`Host`]: configure a data directory, a listen address, the classes to serve and
+//! the limits, then [`Host::start`] it; [`RunningHost`] reports its address and shuts
+//! it down gracefully.
+
+use crate::class::{ClassEntry, Hosted};
+use crate::durability::WalSync;
+use crate::error::HostError;
+use crate::server::Server;
+use crate::shard::{ShardConfig, Shards};
+use durable_client::{wire, ClientConfig, ALPN};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Limits a host enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Calls that may wait per object; past it callers get `Overloaded` at once. Default 1,024.
+    pub max_queue: usize,
+    /// Largest frame accepted, in bytes. Default 4 MiB.
+    pub max_frame: usize,
+    /// Most calls committed together in one batch (one transaction, one sync). Default 256.
+    pub max_batch: usize,
+    /// Recent request ids remembered per object for deduplicating retries. Default 1,000.
+    pub request_window: usize,
+    /// Shard threads that run turns. Default: the number of CPUs.
+    pub shards: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_queue: 1024,
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            max_batch: 256,
+            request_window: 1000,
+            shards: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        }
+    }
+}
+
+/// A host of durable objects, before it starts. Made with [`Host::builder`].
+pub struct Host {
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    classes: Vec<ClassEntry>,
+    limits: Limits,
+    tls_names: Vec<String>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("classes", &self.classes.iter().map(|c| c.name).collect::<Vec<_>>())
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl Host {
+    /// A host serving nothing yet, listening on `127.0.0.1:0`, with default limits.
+    pub fn builder(data_dir: impl Into<PathBuf>) -> Host {
+        Host {
+            data_dir: data_dir.into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            classes: Vec::new(),
+            limits: Limits::default(),
+            tls_names: Vec::new(),
+        }
+    }
+
+    /// Serve objects of class `T`.
+    pub fn register<T: Hosted>(mut self) -> Self {
+        self.classes.push(ClassEntry::of::<T>());
+        self
+    }
+
+    /// The UDP address to listen on.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Replace the limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Change the limits in place.
+    pub fn with_limits(mut self, f: impl FnOnce(&mut Limits)) -> Self {
+        f(&mut self.limits);
+        self
+    }
+
+    /// An extra DNS name or IP address for the generated host certificate.
+    pub fn tls_name(mut self, name: impl Into<String>) -> Self {
+        self.tls_names.push(name.into());
+        self
+    }
+
+    /// Create the data directory and TLS material if needed, start the shards, bind
+    /// the QUIC endpoint and start serving. Must be called inside a tokio runtime.
+    pub async fn start(self) -> Result<RunningHost, HostError> {
+        let limits = self.limits;
+        if limits.max_queue == 0 || limits.max_batch == 0 || limits.shards == 0 || limits.max_frame < 64 {
+            return Err(HostError::Config(format!("limits out of range: {limits:?}")));
+        }
+        let mut classes = HashMap::new();
+        for class in self.classes {
+            let name = class.name;
+            if classes.insert(name, Arc::new(class)).is_some() {
+                return Err(HostError::Config(format!("class {name} registered twice")));
+            }
+        }
+        std::fs::create_dir_all(self.data_dir.join("objects"))
+            .map_err(|e| HostError::io(format!("creating {}", self.data_dir.display()), e))?;
+        let tls = crate::tls::load_or_create(&self.data_dir, &self.tls_names)?;
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server_tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| HostError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(tls.cert_chain, tls.key)
+            .map_err(|e| HostError::Tls(e.to_string()))?;
+        server_tls.alpn_protocols = vec![ALPN.to_vec()];
+        server_tls.max_early_data_size = 0;
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)
+            .map_err(|e| HostError::Tls(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_concurrent_bidi_streams(4096u32.into());
+        transport.max_concurrent_uni_streams(0u32.into());
+        server_config.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(server_config, self.listen)
+            .map_err(|e| HostError::io(format!("binding {}", self.listen), e))?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|e| HostError::io("reading the bound address", e))?;
+
+        let shards = Shards::start(
+            limits.shards,
+            ShardConfig {
+                data_dir: self.data_dir.clone(),
+                max_queue: limits.max_queue,
+                max_batch: limits.max_batch,
+                request_window: limits.request_window,
+                durability: Arc::new(WalSync),
+            },
+        )
+        .map_err(|e| HostError::io("starting shard threads", e))?;
+        let server = Arc::new(Server {
+            classes,
+            shards,
+            token: tls.token,
+            max_frame: limits.max_frame,
+            shutting_down: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        });
+        let acceptor = tokio::spawn(server.clone().accept_loop(endpoint.clone()));
+        tracing::info!(addr = %local_addr, data_dir = %self.data_dir.display(), "host started");
+        Ok(RunningHost {
+            endpoint,
+            server,
+            acceptor,
+            local_addr,
+            data_dir: self.data_dir,
+        })
+    }
+}
+
+/// A started host.
+#[derive(Debug)]
+pub struct RunningHost {
+    endpoint: quinn::Endpoint,
+    server: Arc<Server>,
+    acceptor: tokio::task::JoinHandle<()>,
+    local_addr: SocketAddr,
+    data_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+impl RunningHost {
+    /// The address the host listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A client config that trusts this host and carries its token.
+    pub fn client_config(&self) -> std::io::Result<ClientConfig> {
+        ClientConfig::from_data_dir(self.local_addr, &self.data_dir)
+    }
+
+    /// Graceful shutdown: refuse new calls, let calls in flight finish (up to 30 s),
+    /// close connections, then finish every queued turn and close every database.
+    /// Nothing acknowledged is lost.
+    pub async fn shutdown(self) {
+        self.server.drain(Duration::from_secs(30)).await;
+        self.endpoint.close(0u32.into(), b"host shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        self.acceptor.abort();
+        let _ = self.acceptor.await;
+        let server = self.server;
+        let _ = tokio::task::spawn_blocking(move || server.shards.shutdown()).await;
+    }
+}

@@ -1,0 +1,33 @@
+//! Hosting for durable objects: activation, strict one-at-a-time turns with group
+//! commit, per-object SQLite storage, the output gate, the QUIC server, and the
+//! operator CLI.
+//!
+//! Most applications depend on the `durable` facade crate instead, which re-exports
+//! this crate, the client and the `#[durable_object]` macro.
+#![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
+
+mod class;
+pub mod cli;
+mod context;
+mod durability;
+mod error;
+mod host;
+mod server;
+mod shard;
+mod store;
+mod tls;
+
+pub use class::{ActivateError, BoxTurn, Hosted, TurnOutcome};
+pub use context::{Context, ListOptions, Sql, Storage, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+pub use error::{Error, ErrorKind, HostError};
+pub use host::{Host, Limits, RunningHost};
+pub use store::list_objects;
+
+/// Re-exported so that applications use the same SQLite types (`params!`, `Row`, ...).
+pub use rusqlite;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::class::{decode_args, encode_result, encode_value, ActivateError, BoxTurn, Hosted, TurnOutcome};
+    pub use crate::context::Context;
+}

@@ -1,0 +1,45 @@
+//! **durable**: Durable Objects for any machine.
+//!
+//! Put `#[durable_object]` on a struct's `impl` block and every object of that class
+//! gets exactly one live instance, handles one call at a time, owns a private SQLite
+//! database whose writes are durable before anyone hears of them, and is called by
+//! other services through a generated, typed client stub over QUIC.
+//!
+//! ```ignore
+//! use durable::{durable_object, Context, Error};
+//!
+//! pub struct Counter;
+//!
+//! #[durable_object]
+//! impl Counter {
+//!     fn activate(ctx: &mut Context) -> Result<Self, Error> {
+//!         ctx.sql().migrate(&["CREATE TABLE counter(v INTEGER NOT NULL)"])?;
+//!         Ok(Counter)
+//!     }
+//!
+//!     pub async fn increment(&mut self, ctx: &mut Context, by: i64) -> Result<i64, Error> {
+//!         let v: i64 = ctx.storage().get("v")?.unwrap_or(0) + by;
+//!         ctx.storage().put("v", &v)?;
+//!         Ok(v)
+//!     }
+//! }
+//!
+//! // A host:   durable::cli::main(|host| host.register::<Counter>())
+//! // A caller: client.get::<Counter>("hits").increment(1).await?
+//! ```
+//!
+//! See the `docs/` folder of the repository for one page per concept.
+#![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
+
+pub use durable_client::{wire, CallError, Client, ClientConfig, ConnectError, MethodInfo, NoError, ObjectClass, ObjectId, ObjectRef};
+pub use durable_macros::{alarm, durable_object};
+pub use durable_runtime::{
+    cli, list_objects, rusqlite, Context, Error, ErrorKind, Host, HostError, Hosted, Limits, ListOptions,
+    RunningHost, Sql, Storage,
+};
+
+#[doc(hidden)]
+pub mod __private {
+    pub use durable_client::__private::*;
+    pub use durable_runtime::__private::*;
+}
