@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The main example, end to end: start a host, call a Counter through the typed stub
+# from a separate process, run a short benchmark, stop the host.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -q -p durable-examples --bins
+data=$(mktemp -d)
+addr=127.0.0.1:${PORT:-4433}
+target/release/host serve --data-dir "$data" --listen "$addr" > "$data/host.out" &
+host=$!
+trap 'kill $host 2>/dev/null; wait $host 2>/dev/null; rm -rf "$data"' EXIT
+until grep -q "listening on" "$data/host.out" 2>/dev/null; do sleep 0.05; done
+head -1 "$data/host.out"
+counter() { target/release/counter --connect "$addr" --ca "$data/tls/ca.pem" --token-file "$data/tls/token" "$@"; }
+echo "+ counter increment hits";    counter increment hits
+echo "+ counter increment hits 41"; counter increment hits 41
+echo "+ counter get hits";          counter get hits
+echo "+ counter bench --objects 256 --concurrency 64 --seconds 3"
+counter bench --objects 256 --concurrency 64 --seconds 3

@@ -1,0 +1,121 @@
+//! Calls through the typed stubs against a real host process: strict turns, rollback on
+//! `Err` and panic, application errors intact, and request-id deduplication.
+
+mod common;
+
+use common::HostProcess;
+use durable::CallError;
+use durable_examples::counter::Counter;
+use durable_tests::{Probe, ProbeError};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_increments_from_fifty_tasks_return_exactly_one_to_a_thousand() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let counter = client.get::<Counter>("hot");
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::with_capacity(20);
+            for _ in 0..20 {
+                seen.push(counter.increment(1).await.expect("increment"));
+            }
+            seen
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=1000).collect::<Vec<i64>>());
+    assert_eq!(client.get::<Counter>("hot").get().await.unwrap(), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn err_rolls_back_and_the_application_error_arrives_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let probe = client.get::<Probe>("p");
+    probe.put("k".into(), 1).await.unwrap();
+    let err = probe.put_then_fail("k".into(), 2).await.unwrap_err();
+    assert_eq!(err, CallError::Application(ProbeError::Refused { value: 2 }));
+    assert!(err.is_retry_safe());
+    assert_eq!(probe.get("k".into()).await.unwrap(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_rolls_back_resets_only_that_object_and_the_host_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let victim = client.get::<Probe>("victim");
+    let bystander = client.get::<Probe>("bystander");
+    victim.put("k".into(), 1).await.unwrap();
+    bystander.put("k".into(), 10).await.unwrap();
+
+    // Calls to the bystander keep flowing while the victim panics.
+    let flow = {
+        let bystander = bystander.clone();
+        tokio::spawn(async move {
+            for i in 0..50 {
+                bystander.put("k".into(), 100 + i).await.unwrap();
+            }
+        })
+    };
+    match victim.put_then_panic("k".into(), 2).await {
+        Err(CallError::ObjectReset(message)) => assert!(message.contains("panic"), "{message}"),
+        other => panic!("expected ObjectReset, got {other:?}"),
+    }
+    flow.await.unwrap();
+    // The victim's write was rolled back, and it re-activates from storage.
+    assert_eq!(victim.get("k".into()).await.unwrap(), Some(1));
+    victim.put("k".into(), 3).await.unwrap();
+    assert_eq!(victim.get("k".into()).await.unwrap(), Some(3));
+    assert_eq!(bystander.get("k".into()).await.unwrap(), Some(149));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_request_id_is_applied_once_and_returns_the_first_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let counter = client.get::<Counter>("replayed");
+    counter.increment(5).await.unwrap();
+
+    let object = client.object_ref("Counter", counter.id(), Some("replayed"));
+    let fingerprint = method_fingerprint::<Counter>("increment");
+    let request = object.prepare("increment", fingerprint, &(1i64,));
+    let first: i64 = object.call_request::<i64, durable::Error>(&request).await.unwrap();
+    assert_eq!(first, 6);
+    // The same request again, on the same and on a fresh connection: same answer, applied once.
+    let again: i64 = object.call_request::<i64, durable::Error>(&request).await.unwrap();
+    assert_eq!(again, 6);
+    let other = host.client().await;
+    let object2 = other.object_ref("Counter", counter.id(), Some("replayed"));
+    assert_eq!(object2.call_request::<i64, durable::Error>(&request).await.unwrap(), 6);
+    assert_eq!(counter.get().await.unwrap(), 6);
+    // A new request id is a new call.
+    assert_eq!(counter.increment(1).await.unwrap(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_application_errors_are_remembered_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let probe = client.get::<Probe>("p");
+    let object = client.object_ref("Probe", probe.id(), Some("p"));
+    let request = object.prepare("put_then_fail", method_fingerprint::<Probe>("put_then_fail"), &("k", 4i64));
+    for _ in 0..2 {
+        let err = object.call_request::<(), ProbeError>(&request).await.unwrap_err();
+        assert_eq!(err, CallError::Application(ProbeError::Refused { value: 4 }));
+    }
+    assert_eq!(probe.get("k".into()).await.unwrap(), None);
+}
+
+fn method_fingerprint<C: durable::ObjectClass>(name: &str) -> u64 {
+    C::METHODS.iter().find(|m| m.name == name).unwrap().fingerprint
+}

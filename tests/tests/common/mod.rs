@@ -1,0 +1,114 @@
+//! Shared by the cross-process tests: start the real host binary on a data directory,
+//! read its address from its first stdout line, connect clients, kill it with SIGKILL.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+pub struct HostProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+impl HostProcess {
+    /// Start `durable-test-host serve` on `data_dir` with extra flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> HostProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_durable-test-host"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning the host");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("reading the host's first line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("address");
+        HostProcess {
+            child,
+            addr,
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    pub fn client_config(&self) -> durable::ClientConfig {
+        durable::ClientConfig::from_data_dir(self.addr, &self.data_dir).unwrap()
+    }
+
+    pub async fn client(&self) -> durable::Client {
+        durable::Client::connect(self.client_config()).await.expect("connecting")
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw QUIC connection to a host (trusting its CA), for sending bytes no stub would.
+pub async fn raw_connection(host: &HostProcess) -> quinn::Connection {
+    let ca = std::fs::read(host.data_dir.join("tls/ca.pem")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![durable::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    endpoint.connect(host.addr, "localhost").unwrap().await.unwrap()
+}
+
+/// Send `bytes` on a new stream of `conn` and read the whole answer.
+pub async fn exchange_bytes(conn: &quinn::Connection, bytes: &[u8]) -> Vec<u8> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    // The host may stop reading early (an oversized frame): ignore write errors.
+    let _ = send.write_all(bytes).await;
+    let _ = send.finish();
+    recv.read_to_end(1 << 20).await.unwrap_or_default()
+}
+
+/// Present `token` on the first stream; returns the host's answer.
+pub async fn hello(conn: &quinn::Connection, token: &str) -> durable::wire::Response {
+    let frame = durable::wire::encode_frame(&durable::wire::Request::Hello { token: token.into() });
+    let answer = exchange_bytes(conn, &frame).await;
+    durable::wire::decode_frame(&answer, 1 << 20).unwrap()
+}
+
+pub fn token(host: &HostProcess) -> String {
+    std::fs::read_to_string(host.data_dir.join("tls/token")).unwrap().trim().to_string()
+}
