@@ -3,11 +3,16 @@
 //! only once [`ObjectLog::durable`] reaches that number (the output gate). Turn code
 //! does not know how durability is achieved.
 //!
-//! [`WalSync`] is the implementation used today: object databases run WAL with
-//! `synchronous=NORMAL`, and a committed batch is made durable by `fdatasync` of the
-//! object's `-wal` file on a blocking thread. Syncs of one object coalesce: while one
-//! is in flight, later batches wait for the next, which covers all of them.
+//! Two implementations:
+//! - [`crate::log::HostLog`] (the default): one append-only log for the whole host.
+//!   Each batch hands over its SQLite session changeset (or a database image after a
+//!   schema change); one `fdatasync` of the log covers every batch waiting, from every
+//!   object.
+//! - [`WalSync`] (`--durability fsync`): a committed batch is made durable by
+//!   `fdatasync` of the object's own `-wal` file on a blocking thread. Syncs of one
+//!   object coalesce. Kept as the baseline the host log is measured against.
 
+use durable_client::ObjectId;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,18 +27,35 @@ pub(crate) struct DurablePos {
     pub(crate) failed: bool,
 }
 
+/// What a committed batch changed, for durability components that ship changes.
+#[derive(Debug)]
+pub(crate) enum Change {
+    /// An SQLite session changeset of the batch.
+    Changeset(Vec<u8>),
+    /// The whole database after the batch (new objects, schema changes).
+    Image(Vec<u8>),
+}
+
 /// Makes one object's committed batches durable.
 pub(crate) trait ObjectLog {
+    /// Whether [`ObjectLog::submit`] needs the batch's [`Change`]; when false the
+    /// object skips capturing it.
+    fn captures_changes(&self) -> bool;
     /// Batch `seq` (increasing) has committed; make it durable.
-    fn submit(&self, seq: u64);
+    fn submit(&self, seq: u64, change: Option<Change>);
     /// Watch the durable position.
     fn watch(&self) -> watch::Receiver<DurablePos>;
 }
 
 /// A host-wide durability component.
 pub(crate) trait Durability: Send + Sync + 'static {
-    /// The log of the object whose database is at `db_path`.
-    fn attach(&self, db_path: &Path) -> Box<dyn ObjectLog>;
+    /// Whether objects must hand over their changes (see [`ObjectLog::captures_changes`]).
+    fn captures_changes(&self) -> bool;
+    /// The log of one object, whose database is at `db_path` and holds batches up to
+    /// `durable_seq`.
+    fn attach(&self, class: &'static str, id: ObjectId, db_path: &Path, durable_seq: u64) -> Box<dyn ObjectLog>;
+    /// Make everything submitted durable and stop (after every object has stopped).
+    fn shutdown(&self) {}
 }
 
 /// fdatasync of each object's WAL file, off the turn's thread.
@@ -41,15 +63,23 @@ pub(crate) trait Durability: Send + Sync + 'static {
 pub(crate) struct WalSync;
 
 impl Durability for WalSync {
-    fn attach(&self, db_path: &Path) -> Box<dyn ObjectLog> {
+    fn captures_changes(&self) -> bool {
+        false
+    }
+
+    fn attach(&self, _class: &'static str, _id: ObjectId, db_path: &Path, durable_seq: u64) -> Box<dyn ObjectLog> {
         let mut wal = db_path.as_os_str().to_owned();
         wal.push("-wal");
         Box::new(WalObjectLog(Arc::new(WalState {
             wal: PathBuf::from(wal),
             file: OnceLock::new(),
-            requested: AtomicU64::new(0),
+            requested: AtomicU64::new(durable_seq),
             in_flight: AtomicBool::new(false),
-            pos: watch::channel(DurablePos::default()).0,
+            pos: watch::channel(DurablePos {
+                durable: durable_seq,
+                failed: false,
+            })
+            .0,
         })))
     }
 }
@@ -97,7 +127,11 @@ impl WalState {
 struct WalObjectLog(Arc<WalState>);
 
 impl ObjectLog for WalObjectLog {
-    fn submit(&self, seq: u64) {
+    fn captures_changes(&self) -> bool {
+        false
+    }
+
+    fn submit(&self, seq: u64, _change: Option<Change>) {
         self.0.requested.fetch_max(seq, Ordering::AcqRel);
         if !self.0.in_flight.swap(true, Ordering::AcqRel) {
             let state = self.0.clone();

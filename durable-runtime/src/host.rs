@@ -3,7 +3,9 @@
 //! it down gracefully.
 
 use crate::class::{ClassEntry, Hosted};
-use crate::durability::WalSync;
+use crate::durability::{Durability, WalSync};
+use crate::log::recovery::RecoveryReport;
+use crate::log::{HostLog, LogConfig, LogRecord};
 use crate::error::HostError;
 use crate::server::Server;
 use crate::shard::{ShardConfig, Shards};
@@ -43,6 +45,17 @@ impl Default for Limits {
     }
 }
 
+/// How committed writes are made durable before replies leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DurabilityMode {
+    /// One append-only log for the whole host: one fsync covers the batches of every
+    /// object waiting (the default).
+    #[default]
+    HostLog,
+    /// An fsync of each object's own WAL file per batch (the simple baseline).
+    ObjectFsync,
+}
+
 /// A host of durable objects, before it starts. Made with [`Host::builder`].
 pub struct Host {
     data_dir: PathBuf,
@@ -50,6 +63,8 @@ pub struct Host {
     classes: Vec<ClassEntry>,
     limits: Limits,
     tls_names: Vec<String>,
+    durability: DurabilityMode,
+    log: LogConfig,
 }
 
 impl std::fmt::Debug for Host {
@@ -72,7 +87,21 @@ impl Host {
             classes: Vec::new(),
             limits: Limits::default(),
             tls_names: Vec::new(),
+            durability: DurabilityMode::default(),
+            log: LogConfig::default(),
         }
+    }
+
+    /// Choose how writes are made durable (default: the host log).
+    pub fn durability(mut self, mode: DurabilityMode) -> Self {
+        self.durability = mode;
+        self
+    }
+
+    /// Configure the host log: checkpoint interval and retention.
+    pub fn log_config(mut self, config: LogConfig) -> Self {
+        self.log = config;
+        self
     }
 
     /// Serve objects of class `T`.
@@ -122,6 +151,19 @@ impl Host {
         std::fs::create_dir_all(self.data_dir.join("objects"))
             .map_err(|e| HostError::io(format!("creating {}", self.data_dir.display()), e))?;
         let tls = crate::tls::load_or_create(&self.data_dir, &self.tls_names)?;
+        // Replay the log (whatever the mode: a previous run may have used it) before
+        // any object opens.
+        let recovery = crate::log::recovery::recover(&self.data_dir, self.log.retention)?;
+        let (durability, host_log): (Arc<dyn Durability>, Option<Arc<HostLog>>) = match self.durability {
+            DurabilityMode::HostLog => {
+                let log = Arc::new(
+                    HostLog::start(&self.data_dir, recovery.last_lsn + 1, &self.log)
+                        .map_err(|e| HostError::io("starting the host log", e))?,
+                );
+                (log.clone(), Some(log))
+            }
+            DurabilityMode::ObjectFsync => (Arc::new(WalSync), None),
+        };
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut server_tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -152,7 +194,7 @@ impl Host {
                 max_queue: limits.max_queue,
                 max_batch: limits.max_batch,
                 request_window: limits.request_window,
-                durability: Arc::new(WalSync),
+                durability: durability.clone(),
             },
         )
         .map_err(|e| HostError::io("starting shard threads", e))?;
@@ -173,6 +215,9 @@ impl Host {
             acceptor,
             local_addr,
             data_dir: self.data_dir,
+            durability,
+            host_log,
+            recovery,
         })
     }
 }
@@ -185,6 +230,21 @@ pub struct RunningHost {
     acceptor: tokio::task::JoinHandle<()>,
     local_addr: SocketAddr,
     data_dir: PathBuf,
+    durability: Arc<dyn Durability>,
+    host_log: Option<Arc<HostLog>>,
+    recovery: RecoveryReport,
+}
+
+impl std::fmt::Debug for dyn Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Durability")
+    }
+}
+
+impl std::fmt::Debug for HostLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostLog").field("durable_lsn", &self.durable_lsn()).finish()
+    }
 }
 
 impl std::fmt::Debug for Server {
@@ -204,6 +264,29 @@ impl RunningHost {
         &self.data_dir
     }
 
+    /// What recovery found and replayed when this host started.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Checkpoint the host log now (make changed object files durable, retire covered
+    /// segments); returns the checkpoint lsn. `None` without a host log.
+    pub fn checkpoint(&self) -> Option<std::io::Result<u64>> {
+        self.host_log.as_ref().map(|l| l.checkpoint())
+    }
+
+    /// The highest durable lsn of the host log (`None` without one). A turn's writes
+    /// are at or below this once its caller has the reply.
+    pub fn durable_lsn(&self) -> Option<u64> {
+        self.host_log.as_ref().map(|l| l.durable_lsn())
+    }
+
+    /// Every log record from now on, as it becomes durable (the in-process change
+    /// feed; decode changesets with `rusqlite::session`). `None` without a host log.
+    pub fn subscribe_changes(&self) -> Option<tokio::sync::broadcast::Receiver<Arc<LogRecord>>> {
+        self.host_log.as_ref().map(|l| l.subscribe())
+    }
+
     /// A client config that trusts this host and carries its token.
     pub fn client_config(&self) -> std::io::Result<ClientConfig> {
         ClientConfig::from_data_dir(self.local_addr, &self.data_dir)
@@ -219,6 +302,11 @@ impl RunningHost {
         self.acceptor.abort();
         let _ = self.acceptor.await;
         let server = self.server;
-        let _ = tokio::task::spawn_blocking(move || server.shards.shutdown()).await;
+        let durability = self.durability;
+        let _ = tokio::task::spawn_blocking(move || {
+            server.shards.shutdown();
+            durability.shutdown();
+        })
+        .await;
     }
 }

@@ -12,6 +12,7 @@ mod context;
 mod durability;
 mod error;
 mod host;
+mod log;
 mod server;
 mod shard;
 mod store;
@@ -20,7 +21,9 @@ mod tls;
 pub use class::{ActivateError, BoxTurn, Hosted, TurnOutcome};
 pub use context::{Context, ListOptions, Sql, Storage, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use error::{Error, ErrorKind, HostError};
-pub use host::{Host, Limits, RunningHost};
+pub use host::{DurabilityMode, Host, Limits, RunningHost};
+pub use log::recovery::RecoveryReport;
+pub use log::{LogConfig, LogRecord, RecordKind, TailProblem};
 pub use store::list_objects;
 
 /// Re-exported so that applications use the same SQLite types (`params!`, `Row`, ...).

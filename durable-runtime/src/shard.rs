@@ -9,7 +9,7 @@
 
 use crate::class::{ClassEntry, Instance, TurnOutcome};
 use crate::context::Context;
-use crate::durability::{Durability, DurablePos, ObjectLog};
+use crate::durability::{Change, Durability, DurablePos, ObjectLog};
 use crate::store::{self, Recorded};
 use durable_client::wire::{CallRequest, Response, WireError};
 use durable_client::ObjectId;
@@ -137,6 +137,7 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
                 instance: None,
                 log: None,
                 seq: 0,
+                needs_image: false,
             };
             tokio::task::spawn_local(object.run());
             slot
@@ -165,8 +166,10 @@ struct Object {
     ctx: Option<Context>,
     instance: Option<Box<dyn Instance>>,
     log: Option<Box<dyn ObjectLog>>,
-    /// The last batch handed to the log.
+    /// The last batch committed (and handed to the log); stored in the database.
     seq: u64,
+    /// The next commit must ship a whole image (the object is new to the log).
+    needs_image: bool,
 }
 
 /// A reply decided by a batch, waiting for the batch to be durable.
@@ -199,63 +202,128 @@ impl Object {
     }
 
     /// Open the database and activate the instance if needed.
-    fn ensure_active(&mut self, name: Option<&str>) -> Result<(), Response> {
+    async fn ensure_active(&mut self, name: Option<&str>) -> Result<(), Response> {
         if self.ctx.is_none() {
-            let ctx = store::open(&self.config.data_dir, self.class.name, self.id, name).map_err(internal)?;
+            let durability = &self.config.durability;
+            let sync_new = !durability.captures_changes();
+            let (ctx, fresh) =
+                store::open(&self.config.data_dir, self.class.name, self.id, name, sync_new).map_err(internal)?;
+            self.seq = store::stored_seq(&ctx.conn).map_err(|e| internal(e.to_string()))?;
+            self.needs_image = fresh && durability.captures_changes();
             let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
-            self.log = Some(self.config.durability.attach(&path));
+            self.log = Some(durability.attach(self.class.name, self.id, &path, self.seq));
             self.ctx = Some(ctx);
         }
         if self.instance.is_none() {
+            let capture = self.begin()?;
             let ctx = self.ctx.as_mut().expect("opened above");
             let before = write_marker(&ctx.conn);
-            ctx.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| internal(e.to_string()))?;
             let activate = self.class.activate;
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| activate(ctx)));
-            match result {
-                Ok(Ok(instance)) => {
-                    if let Err(e) = ctx.conn.execute_batch("COMMIT") {
-                        let _ = ctx.conn.execute_batch("ROLLBACK");
-                        return Err(internal(format!("committing activation: {e}")));
+            let failure = match result {
+                Ok(Ok(instance)) => match self.commit(before, capture).await {
+                    Ok(()) => {
+                        self.instance = Some(instance);
+                        return Ok(());
                     }
-                    self.instance = Some(instance);
-                    if write_marker(&ctx.conn) != before {
-                        self.seq += 1;
-                        self.log.as_ref().expect("attached").submit(self.seq);
-                    }
-                }
-                Ok(Err(e)) => {
-                    let _ = ctx.conn.execute_batch("ROLLBACK");
-                    return Err(Response::Error(WireError::ObjectReset {
-                        message: format!("activation failed: {}", e.0),
-                    }));
-                }
-                Err(panic) => {
-                    let _ = ctx.conn.execute_batch("ROLLBACK");
-                    return Err(Response::Error(WireError::ObjectReset {
-                        message: format!("activation panicked: {}", panic_message(&panic)),
-                    }));
-                }
-            }
+                    Err(e) => internal(format!("committing activation: {e}")),
+                },
+                Ok(Err(e)) => Response::Error(WireError::ObjectReset {
+                    message: format!("activation failed: {}", e.0),
+                }),
+                Err(panic) => Response::Error(WireError::ObjectReset {
+                    message: format!("activation panicked: {}", panic_message(&panic)),
+                }),
+            };
+            let _ = self.ctx.as_ref().expect("opened").conn.execute_batch("ROLLBACK");
+            return Err(failure);
         }
         Ok(())
     }
 
+    /// Start a batch: begin capturing changes (if the log wants them) and the transaction.
+    fn begin(&mut self) -> Result<Option<store::ChangeCapture>, Response> {
+        let ctx = self.ctx.as_ref().expect("opened");
+        let wants = self.log.as_ref().expect("attached").captures_changes();
+        let capture = if wants {
+            Some(store::ChangeCapture::start(&ctx.conn).map_err(internal)?)
+        } else {
+            None
+        };
+        ctx.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| internal(e.to_string()))?;
+        Ok(capture)
+    }
+
+    /// Commit the open transaction. If it wrote anything, number the batch and store
+    /// the number in the same transaction. With a log that captures changes, the batch's
+    /// changeset (or the whole database, when the schema changed or the object is new to
+    /// the log) is made durable in the log *before* the SQLite commit, so the object's
+    /// file never holds a change the log lacks. Otherwise the commit comes first and the
+    /// replies wait for the object's own sync (see [`Object::release`]).
+    async fn commit(&mut self, before: (u64, i64), capture: Option<store::ChangeCapture>) -> Result<(), String> {
+        let ctx = self.ctx.as_mut().expect("opened");
+        let after = write_marker(&ctx.conn);
+        if after == before && !self.needs_image {
+            drop(capture);
+            return ctx.conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+        }
+        let seq = self.seq + 1;
+        store::set_stored_seq(&ctx.conn, seq).map_err(|e| e.to_string())?;
+        let log = self.log.as_ref().expect("attached");
+        if !log.captures_changes() {
+            drop(capture);
+            ctx.conn.execute_batch("COMMIT").map_err(|e| e.to_string())?;
+            self.seq = seq;
+            log.submit(seq, None);
+            return Ok(());
+        }
+        let change = match &capture {
+            Some(c) if !self.needs_image && after.1 == before.1 => Change::Changeset(c.changeset()?),
+            _ => {
+                let data = ctx.conn.serialize("main").map_err(|e| format!("serializing the database: {e}"))?;
+                Change::Image(data.to_vec())
+            }
+        };
+        drop(capture);
+        let mut watch = log.watch();
+        log.submit(seq, Some(change));
+        let pos = watch
+            .wait_for(|p| p.failed || p.durable >= seq)
+            .await
+            .map(|p| *p)
+            .unwrap_or(DurablePos {
+                durable: 0,
+                failed: true,
+            });
+        if pos.failed {
+            return Err("the host log could not make the batch durable".into());
+        }
+        // The batch is durable in the log: from here on it is committed, whatever happens
+        // to this SQLite commit (recovery replays it from the log).
+        self.seq = seq;
+        self.needs_image = false;
+        ctx.conn.execute_batch("COMMIT").map_err(|e| {
+            tracing::error!(class = self.class.name, id = %self.id, error = %e, "SQLite commit failed after the log write; replayed on restart");
+            e.to_string()
+        })
+    }
+
     async fn run_batch(&mut self, batch: Vec<Call>) -> Vec<Reply> {
         let name = batch[0].request.name.clone();
-        if let Err(response) = self.ensure_active(name.as_deref()) {
+        if let Err(response) = self.ensure_active(name.as_deref()).await {
             return batch.into_iter().map(|c| (c.reply, response.clone())).collect();
         }
-        let ctx = self.ctx.as_mut().expect("active");
-        let before = write_marker(&ctx.conn);
-        if let Err(e) = ctx.conn.execute_batch("BEGIN IMMEDIATE") {
-            return batch.into_iter().map(|c| (c.reply, internal(e.to_string()))).collect();
-        }
+        let capture = match self.begin() {
+            Ok(c) => c,
+            Err(response) => return batch.into_iter().map(|c| (c.reply, response.clone())).collect(),
+        };
+        let before = write_marker(&self.ctx.as_ref().expect("active").conn);
         let mut replies = Vec::with_capacity(batch.len());
         let mut calls = batch.into_iter();
         let mut failure: Option<String> = None;
         while let Some(call) = calls.next() {
             let instance = self.instance.as_mut().expect("active");
+            let ctx = self.ctx.as_mut().expect("active");
             match run_call(instance.as_mut(), ctx, &call, self.config.request_window).await {
                 Ok(CallResult::Reply(response)) => replies.push((call.reply, response)),
                 Ok(CallResult::Panicked(message)) => {
@@ -277,14 +345,14 @@ impl Object {
             }
         }
         if failure.is_none() {
-            if let Err(e) = ctx.conn.execute_batch("COMMIT") {
+            if let Err(e) = self.commit(before, capture).await {
                 failure = Some(format!("commit failed: {e}"));
             }
         }
         if let Some(message) = failure {
             // Nothing of this batch is stored: every reply becomes an error, the calls not
             // reached get it too, and the instance is rebuilt from storage next time.
-            let _ = ctx.conn.execute_batch("ROLLBACK");
+            let _ = self.ctx.as_ref().expect("active").conn.execute_batch("ROLLBACK");
             self.instance = None;
             tracing::error!(class = self.class.name, id = %self.id, %message, "batch failed");
             let failed = internal(message);
@@ -294,10 +362,6 @@ impl Object {
                 .chain(calls.map(|c| c.reply))
                 .map(|tx| (tx, failed.clone()))
                 .collect();
-        }
-        if write_marker(&ctx.conn) != before {
-            self.seq += 1;
-            self.log.as_ref().expect("attached").submit(self.seq);
         }
         replies
     }

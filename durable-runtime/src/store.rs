@@ -24,7 +24,15 @@ CREATE TABLE IF NOT EXISTS _durable_requests(seq INTEGER PRIMARY KEY, id BLOB NO
 ";
 
 /// Open (creating if needed) the database of one object and wrap it in a [`Context`].
-pub(crate) fn open(data_dir: &Path, class: &'static str, id: ObjectId, name: Option<&str>) -> Result<Context, String> {
+/// Returns whether the file is new. With `sync_new`, a new file and its directory
+/// entries are made durable before returning (when no log will carry its image).
+pub(crate) fn open(
+    data_dir: &Path,
+    class: &'static str,
+    id: ObjectId,
+    name: Option<&str>,
+    sync_new: bool,
+) -> Result<(Context, bool), String> {
     let path = object_path(data_dir, class, id);
     let dir = path.parent().expect("object path has a parent");
     let fresh = !path.exists();
@@ -52,7 +60,7 @@ pub(crate) fn open(data_dir: &Path, class: &'static str, id: ObjectId, name: Opt
         tx.commit()
     };
     setup().map_err(|e| format!("preparing {}: {e}", path.display()))?;
-    if fresh {
+    if fresh && sync_new {
         // Make the new file's directory entries durable before anything is acknowledged.
         conn.execute_batch("PRAGMA wal_checkpoint(FULL)")
             .map_err(|e| format!("checkpointing {}: {e}", path.display()))?;
@@ -66,12 +74,172 @@ pub(crate) fn open(data_dir: &Path, class: &'static str, id: ObjectId, name: Opt
         .query_row("SELECT value FROM _durable_meta WHERE key = 'name'", [], |r| r.get(0))
         .optional()
         .map_err(|e| e.to_string())?;
-    Ok(Context {
-        conn,
-        class,
-        id,
-        name: stored_name,
-    })
+    Ok((
+        Context {
+            conn,
+            class,
+            id,
+            name: stored_name,
+        },
+        fresh,
+    ))
+}
+
+/// The number of the last batch the object's database holds (0 if none).
+pub(crate) fn stored_seq(conn: &Connection) -> rusqlite::Result<u64> {
+    let seq: Option<i64> = conn
+        .query_row("SELECT value FROM _durable_meta WHERE key = 'log_seq'", [], |r| r.get(0))
+        .optional()?;
+    Ok(seq.unwrap_or(0).max(0) as u64)
+}
+
+/// Record `seq` as the last batch the database holds (inside the batch's transaction).
+pub(crate) fn set_stored_seq(conn: &Connection, seq: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('log_seq', ?1)")?
+        .execute([seq as i64])?;
+    Ok(())
+}
+
+/// Replace an object's database with `image` (a serialized SQLite database), durably.
+pub(crate) fn write_image(path: &Path, image: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().expect("object path has a parent");
+    std::fs::create_dir_all(dir)?;
+    // A stale WAL must never meet the new file: remove it first.
+    for suffix in ["-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::remove_file(PathBuf::from(p)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    let tmp = path.with_extension("db.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(image)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir(dir)?;
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Apply log records to the object at `path`, each only if the object's stored batch
+/// number is below the record's. Returns how many were applied.
+pub(crate) fn replay(path: &Path, records: &[crate::log::LogRecord]) -> Result<usize, String> {
+    use crate::log::RecordKind;
+    use rusqlite::session::{ConflictAction, ConflictType};
+    let open = |path: &Path| -> Result<Connection, String> {
+        let c = Connection::open(path).map_err(|e| e.to_string())?;
+        c.pragma_update(None, "journal_mode", "WAL").map_err(|e| e.to_string())?;
+        c.pragma_update(None, "synchronous", "NORMAL").map_err(|e| e.to_string())?;
+        Ok(c)
+    };
+    let mut applied = 0;
+    let mut conn: Option<Connection> = None;
+    for record in records {
+        if conn.is_none() && path.exists() {
+            conn = Some(open(path)?);
+        }
+        let stored = match &conn {
+            Some(c) => stored_seq(c).map_err(|e| e.to_string())?,
+            None => 0,
+        };
+        if record.seq <= stored {
+            continue;
+        }
+        match record.kind {
+            RecordKind::Image => {
+                drop(conn.take());
+                write_image(path, &record.payload).map_err(|e| format!("writing image: {e}"))?;
+            }
+            RecordKind::Changes => {
+                let Some(c) = &conn else {
+                    return Err(format!("lsn {}: changes for an object that has no database", record.lsn));
+                };
+                let tx = c.unchecked_transaction().map_err(|e| e.to_string())?;
+                c.apply_strm(
+                    &mut &record.payload[..],
+                    None::<fn(&str) -> bool>,
+                    |conflict, _item| match conflict {
+                        ConflictType::SQLITE_CHANGESET_DATA | ConflictType::SQLITE_CHANGESET_CONFLICT => {
+                            ConflictAction::SQLITE_CHANGESET_REPLACE
+                        }
+                        _ => ConflictAction::SQLITE_CHANGESET_OMIT,
+                    },
+                )
+                .map_err(|e| format!("lsn {}: applying changes: {e}", record.lsn))?;
+                set_stored_seq(c, record.seq).map_err(|e| e.to_string())?;
+                tx.commit().map_err(|e| e.to_string())?;
+            }
+        }
+        applied += 1;
+    }
+    Ok(applied)
+}
+
+/// An SQLite session capturing every change to every table (rowid tables included)
+/// of one connection, from creation until dropped.
+pub(crate) struct ChangeCapture(*mut rusqlite::ffi::sqlite3_session);
+
+impl ChangeCapture {
+    pub(crate) fn start(conn: &Connection) -> Result<Self, String> {
+        use rusqlite::ffi;
+        let mut session = std::ptr::null_mut();
+        // SAFETY: the handle is a live connection; the session is deleted in Drop,
+        // always before the connection closes (the capture never outlives a batch).
+        unsafe {
+            let rc = ffi::sqlite3session_create(conn.handle(), c"main".as_ptr(), &mut session);
+            if rc != ffi::SQLITE_OK {
+                return Err(format!("sqlite3session_create failed ({rc})"));
+            }
+            let capture = ChangeCapture(session);
+            let mut on: std::os::raw::c_int = 1;
+            let rc = ffi::sqlite3session_object_config(
+                session,
+                ffi::SQLITE_SESSION_OBJCONFIG_ROWID,
+                &mut on as *mut _ as *mut std::os::raw::c_void,
+            );
+            if rc != ffi::SQLITE_OK {
+                return Err(format!("enabling rowid tables in the session failed ({rc})"));
+            }
+            let rc = ffi::sqlite3session_attach(session, std::ptr::null());
+            if rc != ffi::SQLITE_OK {
+                return Err(format!("sqlite3session_attach failed ({rc})"));
+            }
+            Ok(capture)
+        }
+    }
+
+    /// The changeset of everything changed since the capture started.
+    pub(crate) fn changeset(&self) -> Result<Vec<u8>, String> {
+        use rusqlite::ffi;
+        let mut n: std::os::raw::c_int = 0;
+        let mut p: *mut std::os::raw::c_void = std::ptr::null_mut();
+        // SAFETY: the session is live; SQLite allocates the buffer, which we copy and free.
+        unsafe {
+            let rc = ffi::sqlite3session_changeset(self.0, &mut n, &mut p);
+            if rc != ffi::SQLITE_OK {
+                return Err(format!("sqlite3session_changeset failed ({rc})"));
+            }
+            let out = if p.is_null() {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(p as *const u8, n as usize).to_vec()
+            };
+            ffi::sqlite3_free(p);
+            Ok(out)
+        }
+    }
+}
+
+impl Drop for ChangeCapture {
+    fn drop(&mut self) {
+        // SAFETY: created by sqlite3session_create and not yet deleted.
+        unsafe { rusqlite::ffi::sqlite3session_delete(self.0) }
+    }
 }
 
 /// A recorded outcome of an earlier call with the same request id.

@@ -1,0 +1,473 @@
+//! The host log: one append-only log shared by every object of a host, the way a
+//! database's WAL serves all its tables.
+//!
+//! - Objects commit to their own SQLite files with `synchronous=NORMAL` (no fsync) and
+//!   hand each batch's session changeset (or a database image after a schema change or
+//!   on creation) to [`HostLog`].
+//! - One writer thread appends whatever is waiting, issues one `fdatasync` for all of
+//!   it, and only then marks those batches durable, which releases their replies.
+//! - A checkpointer periodically makes the changed object files durable, records the
+//!   checkpoint lsn, and retires (or, with retention, archives) older segments.
+//! - On start, [`recovery::recover`] replays the records after the last checkpoint into
+//!   objects whose stored batch number is behind, so replay is idempotent.
+
+mod record;
+pub(crate) mod recovery;
+
+pub use record::{LogRecord, RecordKind, TailProblem};
+pub(crate) use record::{list_segments, read_segment, segment_name};
+
+use crate::durability::{Change, Durability, DurablePos, ObjectLog};
+use durable_client::ObjectId;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, watch};
+
+/// A segment is closed once it holds this many bytes.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// Checkpoint early once this much log has been written since the last one.
+const CHECKPOINT_BYTES: u64 = 256 << 20;
+
+/// How the host log behaves.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// How often to checkpoint (`None`: only on shutdown and when the log grows past
+    /// 256 MiB). Default 30 s.
+    pub checkpoint_interval: Option<Duration>,
+    /// Keep retired segments under `DATA_DIR/archive/` this long for point-in-time
+    /// recovery and the change feed (`None`: delete them at checkpoint). Default 30 days.
+    pub retention: Option<Duration>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            checkpoint_interval: Some(Duration::from_secs(30)),
+            retention: Some(Duration::from_secs(30 * 24 * 3600)),
+        }
+    }
+}
+
+pub(crate) fn log_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("log")
+}
+
+pub(crate) fn archive_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("archive")
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The last checkpoint lsn recorded in `DATA_DIR/log/checkpoint` (0 if none).
+pub(crate) fn read_checkpoint(data_dir: &Path) -> std::io::Result<u64> {
+    match std::fs::read_to_string(log_dir(data_dir).join("checkpoint")) {
+        Ok(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad checkpoint file {s:?}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Durably record `lsn` as the checkpoint (write, fsync, rename, fsync the directory).
+pub(crate) fn write_checkpoint(data_dir: &Path, lsn: u64) -> std::io::Result<()> {
+    let dir = log_dir(data_dir);
+    let tmp = dir.join("checkpoint.tmp");
+    let mut f = File::create(&tmp)?;
+    writeln!(f, "{lsn}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join("checkpoint"))?;
+    crate::store::sync_dir(&dir)
+}
+
+/// fsync an object's database and WAL files, whichever exist.
+pub(crate) fn sync_object_files(db_path: &Path) -> std::io::Result<()> {
+    let mut wal = db_path.as_os_str().to_owned();
+    wal.push("-wal");
+    for path in [PathBuf::from(wal), db_path.to_owned()] {
+        match File::open(&path) {
+            Ok(f) => f.sync_data()?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Retire every segment wholly at or below `lsn` except the newest: move it to the
+/// archive (with retention) or delete it; then drop archived segments past retention.
+pub(crate) fn retire_segments(data_dir: &Path, lsn: u64, retention: Option<Duration>) -> std::io::Result<()> {
+    let dir = log_dir(data_dir);
+    let segments = list_segments(&dir)?;
+    let archive = archive_dir(data_dir);
+    let mut moved = false;
+    for pair in segments.windows(2) {
+        let (_, path) = &pair[0];
+        let (next_first, _) = pair[1];
+        if next_first.saturating_sub(1) > lsn {
+            break;
+        }
+        if retention.is_some() {
+            std::fs::create_dir_all(&archive)?;
+            std::fs::rename(path, archive.join(path.file_name().unwrap()))?;
+            moved = true;
+        } else {
+            std::fs::remove_file(path)?;
+        }
+    }
+    crate::store::sync_dir(&dir)?;
+    if moved {
+        crate::store::sync_dir(&archive)?;
+    }
+    if let Some(keep) = retention {
+        let cutoff = SystemTime::now() - keep;
+        for (_, path) in list_segments(&archive)? {
+            let old = std::fs::metadata(&path)?.modified()? < cutoff;
+            if old {
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Entry {
+    class: &'static str,
+    object: ObjectId,
+    seq: u64,
+    kind: RecordKind,
+    payload: Vec<u8>,
+    pos: Arc<watch::Sender<DurablePos>>,
+    db_path: Arc<PathBuf>,
+}
+
+enum Msg {
+    Append(Entry),
+    Shutdown(mpsc::Sender<()>),
+}
+
+struct Shared {
+    data_dir: PathBuf,
+    retention: Option<Duration>,
+    durable_lsn: watch::Sender<u64>,
+    /// Objects with records since the last checkpoint, and their database paths.
+    dirty: Mutex<HashMap<(&'static str, ObjectId), Arc<PathBuf>>>,
+    bytes_since_checkpoint: AtomicU64,
+    last_checkpoint: AtomicU64,
+    failed: AtomicBool,
+    feed: broadcast::Sender<Arc<LogRecord>>,
+    /// Wakes the checkpointer early; `true` asks it to stop.
+    wake: (Mutex<bool>, Condvar),
+    checkpoint_lock: Mutex<()>,
+}
+
+impl Shared {
+    /// Make every object file changed up to the durable lsn durable, record that lsn
+    /// as the checkpoint, and retire the segments it covers.
+    fn checkpoint(&self) -> std::io::Result<u64> {
+        let _one_at_a_time = self.checkpoint_lock.lock().unwrap();
+        // Read the lsn before taking the dirty set: the writer adds objects to the set
+        // before it publishes their lsn, so every record <= lsn has its object in it.
+        let lsn = *self.durable_lsn.borrow();
+        if lsn == self.last_checkpoint.load(Ordering::Acquire) {
+            return Ok(lsn);
+        }
+        let dirty = std::mem::take(&mut *self.dirty.lock().unwrap());
+        for (key, path) in &dirty {
+            if let Err(e) = sync_object_files(path) {
+                // Put everything back: the next checkpoint must sync these again.
+                let mut set = self.dirty.lock().unwrap();
+                for (k, p) in &dirty {
+                    set.entry(*k).or_insert_with(|| p.clone());
+                }
+                tracing::error!(class = key.0, id = %key.1, error = %e, "checkpoint: syncing an object failed");
+                return Err(e);
+            }
+        }
+        write_checkpoint(&self.data_dir, lsn)?;
+        self.last_checkpoint.store(lsn, Ordering::Release);
+        self.bytes_since_checkpoint.store(0, Ordering::Release);
+        retire_segments(&self.data_dir, lsn, self.retention)?;
+        tracing::debug!(lsn, objects = dirty.len(), "checkpoint");
+        Ok(lsn)
+    }
+}
+
+/// The host-wide log: the default durability component.
+pub(crate) struct HostLog {
+    sender: mpsc::Sender<Msg>,
+    stopped: AtomicBool,
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl HostLog {
+    /// Start the writer (appending to a new segment that begins at `next_lsn`) and the
+    /// checkpointer. Recovery must have run first.
+    pub(crate) fn start(data_dir: &Path, next_lsn: u64, config: &LogConfig) -> std::io::Result<HostLog> {
+        let dir = log_dir(data_dir);
+        std::fs::create_dir_all(&dir)?;
+        let segment = Segment::create(&dir, next_lsn)?;
+        let checkpoint = read_checkpoint(data_dir)?;
+        let shared = Arc::new(Shared {
+            data_dir: data_dir.to_owned(),
+            retention: config.retention,
+            durable_lsn: watch::channel(next_lsn - 1).0,
+            dirty: Mutex::new(HashMap::new()),
+            bytes_since_checkpoint: AtomicU64::new(0),
+            last_checkpoint: AtomicU64::new(checkpoint),
+            failed: AtomicBool::new(false),
+            feed: broadcast::channel(4096).0,
+            wake: (Mutex::new(false), Condvar::new()),
+            checkpoint_lock: Mutex::new(()),
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("durable-log-writer".into())
+                .spawn(move || writer_loop(rx, shared, next_lsn, segment))?
+        };
+        let checkpointer = {
+            let shared = shared.clone();
+            let interval = config.checkpoint_interval;
+            std::thread::Builder::new()
+                .name("durable-checkpoint".into())
+                .spawn(move || checkpointer_loop(shared, interval))?
+        };
+        Ok(HostLog {
+            sender: tx,
+            stopped: AtomicBool::new(false),
+            shared,
+            threads: Mutex::new(vec![writer, checkpointer]),
+        })
+    }
+
+    /// Run a checkpoint now; returns its lsn.
+    pub(crate) fn checkpoint(&self) -> std::io::Result<u64> {
+        self.shared.checkpoint()
+    }
+
+    /// The highest lsn that is durable.
+    pub(crate) fn durable_lsn(&self) -> u64 {
+        *self.shared.durable_lsn.borrow()
+    }
+
+    /// Every record from now on, as it becomes durable.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<LogRecord>> {
+        self.shared.feed.subscribe()
+    }
+}
+
+impl Durability for HostLog {
+    fn captures_changes(&self) -> bool {
+        true
+    }
+
+    fn attach(&self, class: &'static str, id: ObjectId, db_path: &Path, durable_seq: u64) -> Box<dyn ObjectLog> {
+        Box::new(HostObjectLog {
+            tx: self.sender.clone(),
+            class,
+            id,
+            db_path: Arc::new(db_path.to_owned()),
+            pos: Arc::new(
+                watch::channel(DurablePos {
+                    durable: durable_seq,
+                    failed: false,
+                })
+                .0,
+            ),
+        })
+    }
+
+    fn shutdown(&self) {
+        if self.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (ack_tx, ack_rx) = mpsc::channel();
+        if self.sender.send(Msg::Shutdown(ack_tx)).is_ok() {
+            let _ = ack_rx.recv();
+        }
+        {
+            let (stop, cv) = &self.shared.wake;
+            *stop.lock().unwrap() = true;
+            cv.notify_all();
+        }
+        for t in std::mem::take(&mut *self.threads.lock().unwrap()) {
+            let _ = t.join();
+        }
+        if let Err(e) = self.shared.checkpoint() {
+            tracing::error!(error = %e, "final checkpoint failed; the next start replays the log");
+        }
+    }
+}
+
+struct HostObjectLog {
+    tx: mpsc::Sender<Msg>,
+    class: &'static str,
+    id: ObjectId,
+    db_path: Arc<PathBuf>,
+    pos: Arc<watch::Sender<DurablePos>>,
+}
+
+impl ObjectLog for HostObjectLog {
+    fn captures_changes(&self) -> bool {
+        true
+    }
+
+    fn submit(&self, seq: u64, change: Option<Change>) {
+        let (kind, payload) = match change {
+            Some(Change::Changeset(c)) => (RecordKind::Changes, c),
+            Some(Change::Image(i)) => (RecordKind::Image, i),
+            None => (RecordKind::Changes, Vec::new()),
+        };
+        let entry = Entry {
+            class: self.class,
+            object: self.id,
+            seq,
+            kind,
+            payload,
+            pos: self.pos.clone(),
+            db_path: self.db_path.clone(),
+        };
+        if self.tx.send(Msg::Append(entry)).is_err() {
+            self.pos.send_modify(|p| p.failed = true);
+        }
+    }
+
+    fn watch(&self) -> watch::Receiver<DurablePos> {
+        self.pos.subscribe()
+    }
+}
+
+struct Segment {
+    file: File,
+    size: u64,
+}
+
+impl Segment {
+    fn create(dir: &Path, first_lsn: u64) -> std::io::Result<Segment> {
+        let path = dir.join(segment_name(first_lsn));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let size = file.metadata()?.len();
+        crate::store::sync_dir(dir)?;
+        Ok(Segment { file, size })
+    }
+}
+
+fn writer_loop(rx: mpsc::Receiver<Msg>, shared: Arc<Shared>, mut next_lsn: u64, mut segment: Segment) {
+    let dir = log_dir(&shared.data_dir);
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut batch: Vec<Entry> = Vec::new();
+    loop {
+        let mut shutdown = None;
+        match rx.recv() {
+            Ok(Msg::Append(e)) => batch.push(e),
+            Ok(Msg::Shutdown(ack)) => shutdown = Some(ack),
+            Err(_) => return,
+        }
+        let mut pending: usize = batch.iter().map(|e| e.payload.len()).sum();
+        while shutdown.is_none() && pending < (16 << 20) {
+            match rx.try_recv() {
+                Ok(Msg::Append(e)) => {
+                    pending += e.payload.len();
+                    batch.push(e);
+                }
+                Ok(Msg::Shutdown(ack)) => shutdown = Some(ack),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            if shared.failed.load(Ordering::Acquire) {
+                batch.drain(..).for_each(|e| e.pos.send_modify(|p| p.failed = true));
+            } else {
+                let first = next_lsn;
+                let now = unix_ms();
+                buf.clear();
+                for e in &batch {
+                    record::encode(&mut buf, next_lsn, now, e.kind, e.class, e.object, e.seq, &e.payload);
+                    next_lsn += 1;
+                }
+                let result = (|| {
+                    if segment.size > 0 && segment.size + buf.len() as u64 > SEGMENT_BYTES {
+                        segment = Segment::create(&dir, first)?;
+                    }
+                    segment.file.write_all(&buf)?;
+                    segment.file.sync_data()
+                })();
+                match result {
+                    Ok(()) => {
+                        segment.size += buf.len() as u64;
+                        let since = shared.bytes_since_checkpoint.fetch_add(buf.len() as u64, Ordering::AcqRel);
+                        {
+                            let mut dirty = shared.dirty.lock().unwrap();
+                            for e in &batch {
+                                dirty.entry((e.class, e.object)).or_insert_with(|| e.db_path.clone());
+                            }
+                        }
+                        shared.durable_lsn.send_replace(next_lsn - 1);
+                        let publish = shared.feed.receiver_count() > 0;
+                        for (i, e) in batch.drain(..).enumerate() {
+                            e.pos.send_modify(|p| p.durable = p.durable.max(e.seq));
+                            if publish {
+                                let _ = shared.feed.send(Arc::new(LogRecord {
+                                    lsn: first + i as u64,
+                                    time_ms: now,
+                                    kind: e.kind,
+                                    class: e.class.to_string(),
+                                    object: e.object,
+                                    seq: e.seq,
+                                    payload: e.payload,
+                                }));
+                            }
+                        }
+                        if since + buf.len() as u64 > CHECKPOINT_BYTES {
+                            shared.wake.1.notify_all();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "writing the host log failed; no further writes are acknowledged");
+                        shared.failed.store(true, Ordering::Release);
+                        batch.drain(..).for_each(|e| e.pos.send_modify(|p| p.failed = true));
+                    }
+                }
+            }
+        }
+        if let Some(ack) = shutdown {
+            let _ = ack.send(());
+            return;
+        }
+    }
+}
+
+fn checkpointer_loop(shared: Arc<Shared>, interval: Option<Duration>) {
+    let (stop, cv) = &shared.wake;
+    let mut stopped = stop.lock().unwrap();
+    loop {
+        if *stopped {
+            return;
+        }
+        let wait = interval.unwrap_or(Duration::from_secs(3600));
+        stopped = cv.wait_timeout(stopped, wait).unwrap().0;
+        if *stopped {
+            return;
+        }
+        let due = interval.is_some()
+            || shared.bytes_since_checkpoint.load(Ordering::Acquire) > CHECKPOINT_BYTES;
+        if due {
+            drop(stopped);
+            if let Err(e) = shared.checkpoint() {
+                tracing::error!(error = %e, "checkpoint failed");
+            }
+            stopped = stop.lock().unwrap();
+        }
+    }
+}

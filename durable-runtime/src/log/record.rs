@@ -1,0 +1,248 @@
+//! Log records and segment files: the byte format, writing, and reading a segment
+//! back with torn-tail detection.
+//!
+//! A record is `len: u32 LE` (bytes after this field), `crc: u32 LE` (CRC-32 of the
+//! bytes after this field), `lsn: u64 LE`, `time_ms: u64 LE`, `kind: u8`,
+//! `class_len: u16 LE`, `class`, `object: [u8; 16]`, `seq: u64 LE`, `payload`.
+//! A `len` of zero marks the end of a segment's data.
+
+use durable_client::ObjectId;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// What a record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// An SQLite session changeset of one committed batch.
+    Changes = 0,
+    /// A whole database image (object creation, schema changes, snapshots).
+    Image = 1,
+}
+
+/// One record of the host log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Log sequence number: position in the host's log, increasing.
+    pub lsn: u64,
+    /// When the record was written, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Changeset or image.
+    pub kind: RecordKind,
+    /// The object's class.
+    pub class: String,
+    /// The object's id.
+    pub object: ObjectId,
+    /// The object's own batch number; replay applies a record once, when the object's
+    /// stored number is below it.
+    pub seq: u64,
+    /// The changeset or image bytes.
+    pub payload: Vec<u8>,
+}
+
+const FIXED: usize = 4 + 8 + 8 + 1 + 2 + 16 + 8;
+
+/// Append the encoding of a record to `out`.
+pub(crate) fn encode(
+    out: &mut Vec<u8>,
+    lsn: u64,
+    time_ms: u64,
+    kind: RecordKind,
+    class: &str,
+    object: ObjectId,
+    seq: u64,
+    payload: &[u8],
+) {
+    let start = out.len();
+    let len = FIXED + class.len() + payload.len();
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&lsn.to_le_bytes());
+    out.extend_from_slice(&time_ms.to_le_bytes());
+    out.push(kind as u8);
+    out.extend_from_slice(&(class.len() as u16).to_le_bytes());
+    out.extend_from_slice(class.as_bytes());
+    out.extend_from_slice(object.as_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(payload);
+    let crc = crc32fast::hash(&out[start + 8..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Why reading stopped before the end of a segment file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TailProblem {
+    /// The last record is cut short.
+    Truncated,
+    /// A record's checksum does not match.
+    BadChecksum,
+    /// A record's fields are impossible.
+    Invalid(String),
+}
+
+impl std::fmt::Display for TailProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TailProblem::Truncated => write!(f, "truncated record"),
+            TailProblem::BadChecksum => write!(f, "checksum mismatch"),
+            TailProblem::Invalid(why) => write!(f, "invalid record: {why}"),
+        }
+    }
+}
+
+/// The records of one segment, and where (and why) reading stopped early, if it did.
+#[derive(Debug)]
+pub(crate) struct SegmentRead {
+    pub(crate) records: Vec<LogRecord>,
+    /// Byte offset just past the last good record.
+    pub(crate) good_len: u64,
+    pub(crate) problem: Option<TailProblem>,
+}
+
+fn decode_body(body: &[u8]) -> Result<LogRecord, TailProblem> {
+    let invalid = |why: &str| TailProblem::Invalid(why.into());
+    if body.len() < FIXED - 4 {
+        return Err(invalid("shorter than its header"));
+    }
+    let u64_at = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().unwrap());
+    let lsn = u64_at(0);
+    let time_ms = u64_at(8);
+    let kind = match body[16] {
+        0 => RecordKind::Changes,
+        1 => RecordKind::Image,
+        k => return Err(invalid(&format!("unknown kind {k}"))),
+    };
+    let class_len = u16::from_le_bytes([body[17], body[18]]) as usize;
+    let rest = &body[19..];
+    if rest.len() < class_len + 16 + 8 {
+        return Err(invalid("class name runs past the record"));
+    }
+    let class = std::str::from_utf8(&rest[..class_len])
+        .map_err(|_| invalid("class name is not UTF-8"))?
+        .to_string();
+    let object = ObjectId::from_bytes(rest[class_len..class_len + 16].try_into().unwrap());
+    let seq = u64::from_le_bytes(rest[class_len + 16..class_len + 24].try_into().unwrap());
+    Ok(LogRecord {
+        lsn,
+        time_ms,
+        kind,
+        class,
+        object,
+        seq,
+        payload: rest[class_len + 24..].to_vec(),
+    })
+}
+
+/// Read a whole segment file.
+pub(crate) fn read_segment(path: &Path) -> std::io::Result<SegmentRead> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    Ok(parse_segment(&bytes))
+}
+
+pub(crate) fn parse_segment(bytes: &[u8]) -> SegmentRead {
+    let mut records = Vec::new();
+    let mut at = 0usize;
+    let mut last_lsn = None;
+    let problem = loop {
+        if at == bytes.len() {
+            break None;
+        }
+        if bytes.len() - at < 8 {
+            break Some(TailProblem::Truncated);
+        }
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break None;
+        }
+        if bytes.len() - at - 4 < len {
+            break Some(TailProblem::Truncated);
+        }
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+        let body = &bytes[at + 8..at + 4 + len];
+        if crc32fast::hash(body) != crc {
+            break Some(TailProblem::BadChecksum);
+        }
+        let record = match decode_body(body) {
+            Ok(r) => r,
+            Err(p) => break Some(p),
+        };
+        if last_lsn.is_some_and(|l| record.lsn <= l) {
+            break Some(TailProblem::Invalid(format!("lsn {} does not increase", record.lsn)));
+        }
+        last_lsn = Some(record.lsn);
+        records.push(record);
+        at += 4 + len;
+    };
+    SegmentRead {
+        records,
+        good_len: at as u64,
+        problem,
+    }
+}
+
+/// The segment files in `dir`, oldest first, with the first lsn each holds.
+pub(crate) fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("seg") {
+            continue;
+        }
+        if let Some(first) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()) {
+            out.push((first, path));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The file name of the segment whose first record is `first_lsn`.
+pub(crate) fn segment_name(first_lsn: u64) -> String {
+    format!("{first_lsn:020}.seg")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for lsn in 1..=n {
+            encode(&mut out, lsn, 7, RecordKind::Changes, "Counter", ObjectId::from_name("Counter", "a"), lsn, &[1, 2, 3]);
+        }
+        out
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let read = parse_segment(&sample(3));
+        assert_eq!(read.problem, None);
+        assert_eq!(read.records.len(), 3);
+        assert_eq!(read.records[2].lsn, 3);
+        assert_eq!(read.records[2].payload, vec![1, 2, 3]);
+        assert_eq!(read.records[2].class, "Counter");
+    }
+
+    #[test]
+    fn torn_and_corrupt_tails_are_cut_at_the_last_good_record() {
+        let bytes = sample(3);
+        let two = parse_segment(&sample(2)).good_len as usize;
+        let torn = parse_segment(&bytes[..bytes.len() - 2]);
+        assert_eq!(torn.problem, Some(TailProblem::Truncated));
+        assert_eq!((torn.records.len(), torn.good_len as usize), (2, two));
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0xff;
+        let bad = parse_segment(&flipped);
+        assert_eq!(bad.problem, Some(TailProblem::BadChecksum));
+        assert_eq!(bad.records.len(), 2);
+        // Zero padding after the data is a clean end.
+        let mut padded = bytes.clone();
+        padded.extend([0; 64]);
+        let clean = parse_segment(&padded);
+        assert_eq!((clean.problem, clean.records.len()), (None, 3));
+    }
+}

@@ -1,0 +1,118 @@
+//! Recovery on start: read the log after the last checkpoint, cut a torn or corrupt
+//! tail at the last good record, and replay each record into its object if the
+//! object's stored batch number is behind. Start-up work is proportional to the log
+//! since the last checkpoint, not to the number of objects.
+
+use super::{list_segments, log_dir, read_checkpoint, read_segment, retire_segments, sync_object_files, write_checkpoint};
+use super::{LogRecord, TailProblem};
+use crate::error::HostError;
+use crate::store;
+use durable_client::ObjectId;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What recovery found and did.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryReport {
+    /// The checkpoint lsn recovery started from.
+    pub checkpoint: u64,
+    /// Records after the checkpoint that were read.
+    pub records: usize,
+    /// Records applied to objects that were behind.
+    pub applied: usize,
+    /// Objects touched by replay.
+    pub objects: usize,
+    /// The last good lsn (the next record gets this plus one).
+    pub last_lsn: u64,
+    /// A torn or corrupt tail that was cut: the segment, the byte offset kept, and why.
+    pub cut: Option<(PathBuf, u64, TailProblem)>,
+}
+
+/// Replay the log into the objects under `data_dir`, then checkpoint.
+pub(crate) fn recover(data_dir: &Path, retention: Option<Duration>) -> Result<RecoveryReport, HostError> {
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |e: std::io::Error| HostError::io(what.clone(), e)
+    };
+    let dir = log_dir(data_dir);
+    std::fs::create_dir_all(&dir).map_err(io("creating the log directory"))?;
+    let checkpoint = read_checkpoint(data_dir).map_err(io("reading the checkpoint"))?;
+    let mut report = RecoveryReport {
+        checkpoint,
+        last_lsn: checkpoint,
+        ..Default::default()
+    };
+    let segments = list_segments(&dir).map_err(io("listing log segments"))?;
+    let mut by_object: HashMap<(String, ObjectId), Vec<LogRecord>> = HashMap::new();
+    let mut order: Vec<(String, ObjectId)> = Vec::new();
+    for (i, (_, path)) in segments.iter().enumerate() {
+        let read = read_segment(path).map_err(io("reading a log segment"))?;
+        for record in read.records {
+            report.last_lsn = report.last_lsn.max(record.lsn);
+            if record.lsn <= checkpoint {
+                continue;
+            }
+            report.records += 1;
+            let key = (record.class.clone(), record.object);
+            let list = by_object.entry(key.clone()).or_default();
+            if list.is_empty() {
+                order.push(key);
+            }
+            list.push(record);
+        }
+        if let Some(problem) = read.problem {
+            // Never apply anything past a bad record: cut this segment there and drop
+            // every later one.
+            tracing::warn!(segment = %path.display(), offset = read.good_len, %problem, "log tail cut at the last good record");
+            let f = std::fs::OpenOptions::new().write(true).open(path).map_err(io("opening a torn segment"))?;
+            f.set_len(read.good_len).and_then(|_| f.sync_all()).map_err(io("cutting a torn segment"))?;
+            for (_, later) in &segments[i + 1..] {
+                std::fs::remove_file(later).map_err(io("removing a segment after a torn tail"))?;
+            }
+            report.cut = Some((path.clone(), read.good_len, problem));
+            break;
+        }
+    }
+    for key in &order {
+        let records = &by_object[key];
+        let path = store::object_path(data_dir, &key.0, key.1);
+        report.applied += store::replay(&path, records).map_err(|e| {
+            HostError::Config(format!("replaying the log into {}: {e}", path.display()))
+        })?;
+        sync_object_files(&path).map_err(io("syncing a replayed object"))?;
+    }
+    report.objects = order.len();
+    if report.records > 0 || report.cut.is_some() {
+        write_checkpoint(data_dir, report.last_lsn).map_err(io("writing the checkpoint"))?;
+    }
+    retire_segments(data_dir, report.last_lsn, retention).map_err(io("retiring log segments"))?;
+    if report.records > 0 || report.cut.is_some() {
+        tracing::info!(
+            checkpoint,
+            records = report.records,
+            applied = report.applied,
+            objects = report.objects,
+            last_lsn = report.last_lsn,
+            "recovered from the host log"
+        );
+    }
+    Ok(report)
+}
+
+/// Every record kept in the log and the archive, oldest first (for restore).
+pub(crate) fn all_records(data_dir: &Path) -> std::io::Result<Vec<LogRecord>> {
+    let mut segments = list_segments(&super::archive_dir(data_dir))?;
+    segments.extend(list_segments(&log_dir(data_dir))?);
+    segments.sort();
+    let mut out = Vec::new();
+    for (_, path) in segments {
+        let read = read_segment(&path)?;
+        out.extend(read.records);
+        if read.problem.is_some() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
