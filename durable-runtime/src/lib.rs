@@ -11,6 +11,7 @@ pub mod cli;
 mod context;
 mod durability;
 mod error;
+pub mod feed;
 mod host;
 mod log;
 mod server;

@@ -99,20 +99,3 @@ pub(crate) fn recover(data_dir: &Path, retention: Option<Duration>) -> Result<Re
     }
     Ok(report)
 }
-
-/// Every record kept in the log and the archive, oldest first (for restore).
-pub(crate) fn all_records(data_dir: &Path) -> std::io::Result<Vec<LogRecord>> {
-    let mut segments = list_segments(&super::archive_dir(data_dir))?;
-    segments.extend(list_segments(&log_dir(data_dir))?);
-    segments.sort();
-    let mut out = Vec::new();
-    for (_, path) in segments {
-        let read = read_segment(&path)?;
-        out.extend(read.records);
-        if read.problem.is_some() {
-            break;
-        }
-    }
-    Ok(out)
-}
-
