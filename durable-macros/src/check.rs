@@ -1,0 +1,580 @@
+//! The rules of a `#[durable_object]` block and every message the macro reports.
+//!
+//! `class` walks the model, collects one spanned error per broken rule (so the user
+//! sees all of them at once, each on the offending token), and on success hands the
+//! generators a [`Checked`] view in which the class name and the constructor are
+//! known to exist.
+
+use crate::model::{Class, Constructor, ContextArg, Output, RemoteMethod};
+use crate::names::{self, Reserved};
+use proc_macro2::Span;
+use quote::ToTokens;
+use std::fmt::Display;
+use syn::visit::Visit;
+use syn::{Ident, ImplItem, Lifetime, Signature, Type, TypeImplTrait, TypeReference};
+
+/// A class that passed every check: what the generators work from.
+pub(crate) struct Checked<'a> {
+    /// The model.
+    pub(crate) class: &'a Class,
+    /// The class name.
+    pub(crate) name: &'a Ident,
+    /// The one activation constructor.
+    pub(crate) constructor: &'a Constructor,
+}
+
+/// Errors collected while checking, reported together.
+#[derive(Default)]
+pub(crate) struct Errors {
+    errors: Vec<syn::Error>,
+}
+
+impl Errors {
+    /// An error covering `tokens`.
+    pub(crate) fn spanned(&mut self, tokens: impl ToTokens, message: impl Display) {
+        self.errors.push(syn::Error::new_spanned(tokens, message));
+    }
+
+    /// All errors as one, or `Ok` if there were none.
+    pub(crate) fn finish(self) -> Result<(), syn::Error> {
+        let mut errors = self.errors.into_iter();
+        let Some(mut first) = errors.next() else {
+            return Ok(());
+        };
+        first.extend(errors);
+        Err(first)
+    }
+}
+
+/// The message for `#[alarm]` used on its own.
+pub(crate) const ALARM_OUTSIDE: &str =
+    "`#[alarm]` only works on a method inside a `#[durable_object]` impl block";
+
+/// The message for `#[durable_object]` on something other than an impl block.
+pub(crate) const NOT_AN_IMPL: &str =
+    "`#[durable_object]` goes on the `impl` block of the class: `#[durable_object] impl Counter { ... }`";
+
+/// Checks a class; on success returns the view the generators need.
+pub(crate) fn class(class: &Class) -> Result<Checked<'_>, syn::Error> {
+    let mut errors = Errors::default();
+    header(class, &mut errors);
+    // The items of a trait impl are trait items: judging them as a class would only
+    // add noise to the one error that matters.
+    let inherent = class.item.trait_.is_none();
+    let constructor = if inherent {
+        constructor(class, &mut errors)
+    } else {
+        None
+    };
+    if inherent {
+        for method in &class.methods {
+            remote_method(method, &mut errors);
+        }
+    }
+    errors.finish()?;
+    match (&class.name, constructor) {
+        (Some(name), Some(constructor)) => Ok(Checked {
+            class,
+            name,
+            constructor,
+        }),
+        // `header` and `constructor` reported these cases already.
+        _ => Err(syn::Error::new(
+            Span::call_site(),
+            "invalid `#[durable_object]` block",
+        )),
+    }
+}
+
+/// The attribute and the impl header: no arguments, inherent, not generic, a plain
+/// named type.
+fn header(class: &Class, errors: &mut Errors) {
+    let item = &class.item;
+    let ty = &item.self_ty;
+    let ty_text = match &class.name {
+        Some(name) => name.to_string(),
+        None => "Counter".to_owned(),
+    };
+    if !class.attr.is_empty() {
+        errors.spanned(
+            &class.attr,
+            "`#[durable_object]` takes no arguments: write `#[durable_object]`",
+        );
+    }
+    if let Some((_, path, for_token)) = &item.trait_ {
+        errors.spanned(
+            quote::quote!(#path #for_token),
+            format_args!(
+                "`#[durable_object]` goes on an inherent impl block, not a trait impl: \
+                 write `impl {ty_text} {{ ... }}`"
+            ),
+        );
+    }
+    if !item.generics.params.is_empty() {
+        errors.spanned(
+            &item.generics,
+            "a durable object class cannot be generic: remove the generic parameters",
+        );
+    } else if let Some(where_clause) = &item.generics.where_clause {
+        errors.spanned(
+            where_clause,
+            "a durable object class cannot be generic: remove the `where` clause",
+        );
+    } else if class.name.is_none() {
+        errors.spanned(
+            ty,
+            "a durable object class must be a plain named type without generic arguments, like \
+             `impl Counter`: its name is the class name on the wire",
+        );
+    }
+}
+
+/// Exactly one activation constructor, synchronous and not generic.
+fn constructor<'a>(class: &'a Class, errors: &mut Errors) -> Option<&'a Constructor> {
+    let Some(first) = class.constructors.first() else {
+        match near_constructor(class) {
+            Some(sig) => errors.spanned(
+                sig,
+                format_args!(
+                    "`{}` is not an activation constructor: it must take only `ctx: &mut Context` and return \
+                     `Self` or `Result<Self, E>`",
+                    sig.ident
+                ),
+            ),
+            None => errors.spanned(
+                &class.item.self_ty,
+                "add an activation constructor: `fn activate(ctx: &mut Context) -> Result<Self, E>`",
+            ),
+        }
+        return None;
+    };
+    for ctor in &class.constructors {
+        let sig = &ctor.sig;
+        if let Some(asyncness) = &sig.asyncness {
+            errors.spanned(asyncness, "the activation constructor must not be async");
+        }
+        if let Some(unsafety) = &sig.unsafety {
+            errors.spanned(unsafety, "the activation constructor cannot be `unsafe`");
+        }
+        if !sig.generics.params.is_empty() {
+            errors.spanned(
+                &sig.generics,
+                "the activation constructor cannot be generic",
+            );
+        } else if let Some(where_clause) = &sig.generics.where_clause {
+            errors.spanned(where_clause, "the activation constructor cannot be generic");
+        }
+    }
+    for extra in &class.constructors[1..] {
+        errors.spanned(
+            &extra.sig.ident,
+            format_args!(
+                "a class has one activation constructor; `{}` is a second one: remove it or make it a plain \
+                 function without the `&mut Context` argument",
+                extra.sig.ident
+            ),
+        );
+    }
+    Some(first)
+}
+
+/// A function without receiver called `activate` that was meant as the constructor.
+fn near_constructor(class: &Class) -> Option<&Signature> {
+    class.item.items.iter().find_map(|item| match item {
+        ImplItem::Fn(f) if f.sig.ident == "activate" && f.sig.receiver().is_none() => Some(&f.sig),
+        _ => None,
+    })
+}
+
+/// The rules for one remote method.
+fn remote_method(method: &RemoteMethod, errors: &mut Errors) {
+    let sig = &method.sig;
+    let name = &sig.ident;
+    if sig.asyncness.is_none() {
+        errors.spanned(
+            sig.fn_token,
+            format_args!("remote method `{name}` must be `async fn`"),
+        );
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        errors.spanned(
+            unsafety,
+            format_args!("remote method `{name}` cannot be `unsafe`: a caller over the network cannot uphold its contract"),
+        );
+    }
+    if let Some(abi) = &sig.abi {
+        errors.spanned(
+            abi,
+            format_args!("remote method `{name}` cannot have an `extern` ABI"),
+        );
+    }
+    receiver(method, errors);
+    if !sig.generics.params.is_empty() {
+        errors.spanned(&sig.generics, GENERIC_METHOD);
+    } else if let Some(where_clause) = &sig.generics.where_clause {
+        errors.spanned(where_clause, GENERIC_METHOD);
+    }
+    match &method.ctx {
+        ContextArg::First => {}
+        ContextArg::Missing => errors.spanned(
+            &method.receiver,
+            "add `ctx: &mut Context` as the first argument after `self`",
+        ),
+        ContextArg::Misplaced(arg) => errors.spanned(
+            arg,
+            "move `ctx: &mut Context` to be the first argument after `self`",
+        ),
+        ContextArg::Shared(ty) => {
+            errors.spanned(ty, "the context is mutable: write `ctx: &mut Context`")
+        }
+    }
+    for arg in &method.args {
+        if arg.ident().is_none() {
+            errors.spanned(
+                &arg.pat,
+                "arguments of remote methods must be plain names, like `by: i64`: the client stub reuses them",
+            );
+        }
+        Owned::check(&arg.ty, Travels::Argument, errors);
+    }
+    match &method.output {
+        Output::Value(None) => {}
+        Output::Value(Some(ty)) => Owned::check(ty, Travels::Result, errors),
+        Output::Fallible { ok, err } => {
+            Owned::check(ok, Travels::Result, errors);
+            Owned::check(err, Travels::Result, errors);
+        }
+        Output::UnnamedError(ty) => errors.spanned(
+            ty,
+            "write the error type explicitly: `Result<T, E>` (the caller needs to decode it)",
+        ),
+    }
+    match names::reserved(&name.to_string()) {
+        None => {}
+        Some(Reserved::Stub) => errors.spanned(
+            name,
+            format_args!("`{name}` is reserved by the generated client stub: rename the method"),
+        ),
+        Some(Reserved::AlarmHelper) => errors.spanned(
+            name,
+            format_args!(
+                "`{name}`: names starting with `schedule_` and `cancel_` are reserved for alarm helpers: \
+                 rename the method"
+            ),
+        ),
+    }
+}
+
+const GENERIC_METHOD: &str =
+    "remote methods cannot be generic: the client stub needs concrete argument types";
+
+/// `&self` or `&mut self` (also written `self: &Self` / `self: &mut Self`).
+fn receiver(method: &RemoteMethod, errors: &mut Errors) {
+    let receiver = &method.receiver;
+    match &*receiver.ty {
+        Type::Reference(r) if is_self_path(&r.elem) => {}
+        ty if is_self_path(ty) => errors.spanned(
+            receiver,
+            "remote methods take `&self` or `&mut self`; `self` by value would consume the object",
+        ),
+        _ => errors.spanned(receiver, "remote methods take `&self` or `&mut self`"),
+    }
+}
+
+fn is_self_path(ty: &Type) -> bool {
+    matches!(ty, Type::Path(p) if p.qself.is_none() && p.path.is_ident("Self"))
+}
+
+/// Which way a type travels, for the wording of its errors.
+#[derive(Clone, Copy)]
+enum Travels {
+    Argument,
+    Result,
+}
+
+impl Travels {
+    fn owned(self) -> &'static str {
+        match self {
+            Travels::Argument => "arguments travel over the network and must be owned",
+            Travels::Result => "results travel over the network and must be owned",
+        }
+    }
+}
+
+/// Finds what keeps a type from being sent as an owned value: references,
+/// lifetimes (other than `'static`) and `impl Trait`.
+struct Owned<'e> {
+    travels: Travels,
+    errors: &'e mut Errors,
+}
+
+impl Owned<'_> {
+    fn check(ty: &Type, travels: Travels, errors: &mut Errors) {
+        Owned { travels, errors }.visit_type(ty);
+    }
+}
+
+impl<'ast> Visit<'ast> for Owned<'_> {
+    fn visit_type_reference(&mut self, r: &'ast TypeReference) {
+        let owned = self.travels.owned();
+        let instead = match &*r.elem {
+            Type::Path(p) if p.qself.is_none() && p.path.is_ident("str") => {
+                "use `String` instead of `&str`"
+            }
+            Type::Slice(_) => "use `Vec<T>` instead of `&[T]`",
+            _ => "use an owned type instead of a reference",
+        };
+        self.errors.spanned(r, format_args!("{owned}: {instead}"));
+    }
+
+    fn visit_lifetime(&mut self, lifetime: &'ast Lifetime) {
+        if lifetime.ident != "static" {
+            let owned = self.travels.owned();
+            self.errors.spanned(
+                lifetime,
+                format_args!(
+                    "{owned}: use an owned type instead of one that borrows for `{lifetime}`"
+                ),
+            );
+        }
+    }
+
+    fn visit_type_impl_trait(&mut self, t: &'ast TypeImplTrait) {
+        match self.travels {
+            Travels::Argument => self.errors.spanned(t, GENERIC_METHOD),
+            Travels::Result => self.errors.spanned(
+                t,
+                "remote methods cannot return `impl Trait`: the client stub needs a concrete type",
+            ),
+        }
+    }
+
+    // Function pointers and trait objects are not serializable at all; the compiler
+    // says so better than a remark about the references inside them.
+    fn visit_type_bare_fn(&mut self, _: &'ast syn::TypeBareFn) {}
+    fn visit_type_trait_object(&mut self, _: &'ast syn::TypeTraitObject) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proc_macro2::TokenStream;
+    use syn::{parse_quote, ItemImpl};
+
+    /// The messages `check` reports for a block, in order.
+    fn messages(attr: TokenStream, item: ItemImpl) -> Vec<String> {
+        let model = Class::read(attr, item);
+        match class(&model) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    fn method_messages(method: TokenStream) -> Vec<String> {
+        messages(
+            TokenStream::new(),
+            parse_quote! {
+                impl Counter {
+                    fn activate(ctx: &mut Context) -> Result<Self, Error> { todo!() }
+                    #method
+                }
+            },
+        )
+    }
+
+    #[test]
+    fn valid_block_passes() {
+        let found = method_messages(quote::quote! {
+            pub async fn increment(&mut self, ctx: &mut Context, by: i64) -> Result<i64, Error> { todo!() }
+            pub async fn get(&self, _ctx: &mut Context) -> i64 { 0 }
+            pub async fn unit(&self, ctx: &mut Context, mut name: String, tags: Vec<String>) {}
+            pub async fn cow(&self, ctx: &mut Context, s: std::borrow::Cow<'static, str>) {}
+            fn private(&self, x: &str) {}
+            pub(crate) fn crate_only(&self, x: &str) {}
+            pub fn associated(x: &str) {}
+        });
+        assert_eq!(found, Vec::<String>::new());
+    }
+
+    #[test]
+    fn method_errors() {
+        let cases: &[(TokenStream, &[&str])] = &[
+            (quote::quote!(pub fn m(&self, ctx: &mut Context) {}), &["remote method `m` must be `async fn`"]),
+            (
+                quote::quote!(pub async fn m(self, ctx: &mut Context) {}),
+                &["remote methods take `&self` or `&mut self`; `self` by value would consume the object"],
+            ),
+            (
+                quote::quote!(pub async fn m(self: Box<Self>, ctx: &mut Context) {}),
+                &["remote methods take `&self` or `&mut self`"],
+            ),
+            (
+                quote::quote!(pub async fn m(&self, x: u8) {}),
+                &["add `ctx: &mut Context` as the first argument after `self`"],
+            ),
+            (
+                quote::quote!(pub async fn m(&self, x: u8, ctx: &mut Context) {}),
+                &["move `ctx: &mut Context` to be the first argument after `self`"],
+            ),
+            (
+                quote::quote!(pub async fn m(&self, ctx: &Context) {}),
+                &["the context is mutable: write `ctx: &mut Context`"],
+            ),
+            (
+                quote::quote!(pub async fn m<T>(&self, ctx: &mut Context, t: T) {}),
+                &["remote methods cannot be generic: the client stub needs concrete argument types"],
+            ),
+            (
+                quote::quote!(pub async fn m(&self, ctx: &mut Context) where Self: Sized {}),
+                &["remote methods cannot be generic: the client stub needs concrete argument types"],
+            ),
+            (
+                quote::quote!(pub async fn m(&self, ctx: &mut Context, t: impl Into<u8>) {}),
+                &["remote methods cannot be generic: the client stub needs concrete argument types"],
+            ),
+            (
+                quote::quote!(pub async fn m(&self, ctx: &mut Context, s: &str) {}),
+                &["arguments travel over the network and must be owned: use `String` instead of `&str`"],
+            ),
+            (
+                quote::quote!(pub async fn m(&self, ctx: &mut Context, s: &[u8]) {}),
+                &["arguments travel over the network and must be owned: use `Vec<T>` instead of `&[T]`"],
+            ),
+            (
+                quote::quote!(pub async fn m(&self, ctx: &mut Context, s: Vec<&u8>) {}),
+                &["arguments travel over the network and must be owned: use an owned type instead of a reference"],
+            ),
+            (
+                quote::quote!(pub async fn m(&self, ctx: &mut Context, s: Cow<'_, str>) {}),
+                &["arguments travel over the network and must be owned: use an owned type instead of one that borrows for `'_`"],
+            ),
+            (
+                quote::quote!(pub async fn m(&self, ctx: &mut Context) -> &'static str { "" }),
+                &["results travel over the network and must be owned: use `String` instead of `&str`"],
+            ),
+            (
+                quote::quote!(pub async fn m(&self, ctx: &mut Context, (a, b): (u8, u8)) {}),
+                &["arguments of remote methods must be plain names, like `by: i64`: the client stub reuses them"],
+            ),
+            (
+                quote::quote!(pub async fn m(&self, ctx: &mut Context) -> Result<u8> { todo!() }),
+                &["write the error type explicitly: `Result<T, E>` (the caller needs to decode it)"],
+            ),
+            (
+                quote::quote!(pub async fn id(&self, ctx: &mut Context) {}),
+                &["`id` is reserved by the generated client stub: rename the method"],
+            ),
+            (
+                quote::quote!(pub async fn with_deadline(&self, ctx: &mut Context) {}),
+                &["`with_deadline` is reserved by the generated client stub: rename the method"],
+            ),
+            (
+                quote::quote!(pub async fn __durable_x(&self, ctx: &mut Context) {}),
+                &["`__durable_x` is reserved by the generated client stub: rename the method"],
+            ),
+            (
+                quote::quote!(pub async fn schedule_tick(&self, ctx: &mut Context) {}),
+                &["`schedule_tick`: names starting with `schedule_` and `cancel_` are reserved for alarm helpers: rename the method"],
+            ),
+            (
+                quote::quote!(pub async unsafe fn m(&self, ctx: &mut Context) {}),
+                &["remote method `m` cannot be `unsafe`: a caller over the network cannot uphold its contract"],
+            ),
+        ];
+        for (method, expected) in cases {
+            assert_eq!(method_messages(method.clone()), *expected, "for {method}");
+        }
+    }
+
+    #[test]
+    fn all_errors_are_reported_together() {
+        let found = method_messages(quote::quote! {
+            pub fn a(self, s: &str) {}
+            pub async fn id(&self, ctx: &mut Context) -> Result<u8> { todo!() }
+        });
+        assert_eq!(
+            found,
+            [
+                "remote method `a` must be `async fn`",
+                "remote methods take `&self` or `&mut self`; `self` by value would consume the object",
+                "add `ctx: &mut Context` as the first argument after `self`",
+                "arguments travel over the network and must be owned: use `String` instead of `&str`",
+                "write the error type explicitly: `Result<T, E>` (the caller needs to decode it)",
+                "`id` is reserved by the generated client stub: rename the method",
+            ]
+        );
+    }
+
+    #[test]
+    fn header_errors() {
+        assert_eq!(
+            messages(
+                quote::quote!(x),
+                parse_quote!(impl Counter { fn a(ctx: &mut Context) -> Self { todo!() } })
+            ),
+            ["`#[durable_object]` takes no arguments: write `#[durable_object]`"]
+        );
+        assert_eq!(
+            messages(
+                TokenStream::new(),
+                parse_quote!(impl Clone for Counter { fn a(ctx: &mut Context) -> Self { todo!() } })
+            ),
+            ["`#[durable_object]` goes on an inherent impl block, not a trait impl: write `impl Counter { ... }`"]
+        );
+        assert_eq!(
+            messages(
+                TokenStream::new(),
+                parse_quote!(
+                    impl<T> Counter {
+                        fn a(ctx: &mut Context) -> Self {
+                            todo!()
+                        }
+                    }
+                )
+            ),
+            ["a durable object class cannot be generic: remove the generic parameters"]
+        );
+        assert_eq!(
+            messages(
+                TokenStream::new(),
+                parse_quote!(impl Counter<u8> { fn a(ctx: &mut Context) -> Self { todo!() } })
+            ),
+            ["a durable object class must be a plain named type without generic arguments, like \
+              `impl Counter`: its name is the class name on the wire"]
+        );
+    }
+
+    #[test]
+    fn constructor_errors() {
+        assert_eq!(
+            messages(TokenStream::new(), parse_quote!(impl Counter {})),
+            ["add an activation constructor: `fn activate(ctx: &mut Context) -> Result<Self, E>`"]
+        );
+        assert_eq!(
+            messages(
+                TokenStream::new(),
+                parse_quote!(impl Counter { fn activate(ctx: &Context) -> Self { todo!() } })
+            ),
+            ["`activate` is not an activation constructor: it must take only `ctx: &mut Context` and return \
+              `Self` or `Result<Self, E>`"]
+        );
+        assert_eq!(
+            messages(
+                TokenStream::new(),
+                parse_quote!(impl Counter {
+                    fn a(ctx: &mut Context) -> Self { todo!() }
+                    fn b(ctx: &mut Context) -> Result<Counter, E> { todo!() }
+                })
+            ),
+            ["a class has one activation constructor; `b` is a second one: remove it or make it a plain \
+              function without the `&mut Context` argument"]
+        );
+        assert_eq!(
+            messages(
+                TokenStream::new(),
+                parse_quote!(impl Counter { async fn a(ctx: &mut Context) -> Self { todo!() } })
+            ),
+            ["the activation constructor must not be async"]
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The host side of a class: `ObjectClass` (name, remote methods with fingerprints,
+//! stub type) and `Hosted` (activation through the user's constructor, and dispatch
+//! of a method number and postcard arguments to the user's method), wrapped in
+//! `const _: () = { ... };` so nothing leaks into the user's namespace.
+
+use crate::check::Checked;
+use crate::model::{Output, RemoteMethod};
+use crate::{fingerprint, names};
+use proc_macro2::{Literal, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::ReturnType;
+
+/// Everything the host needs to run the class.
+pub(crate) fn generate(c: &Checked<'_>) -> TokenStream {
+    let object_class = object_class(c);
+    let hosted = hosted(c);
+    quote! {
+        const _: () = {
+            #object_class
+            #hosted
+        };
+    }
+}
+
+/// `impl ObjectClass`: the class name, the remote methods and the stub type.
+fn object_class(c: &Checked<'_>) -> TokenStream {
+    let self_ty = &c.class.item.self_ty;
+    let class = c.name.to_string();
+    let client = names::client(c.name);
+    let methods = c.class.methods.iter().map(|m| {
+        let name = m.ident().to_string();
+        let fingerprint = fingerprint::literal(m.fingerprint());
+        quote!(::durable::__private::MethodInfo { name: #name, fingerprint: #fingerprint })
+    });
+    quote! {
+        impl ::durable::__private::ObjectClass for #self_ty {
+            const CLASS: &'static str = #class;
+            const METHODS: &'static [::durable::__private::MethodInfo] = &[#(#methods),*];
+            type Client = #client;
+        }
+    }
+}
+
+/// `impl Hosted`: activation and dispatch.
+fn hosted(c: &Checked<'_>) -> TokenStream {
+    let self_ty = &c.class.item.self_ty;
+    let activate = activate(c);
+    let dispatch = dispatch(c);
+    quote! {
+        impl ::durable::__private::Hosted for #self_ty {
+            #activate
+            #dispatch
+        }
+    }
+}
+
+/// `Hosted::activate`: calls the user's constructor, rendering its error.
+fn activate(c: &Checked<'_>) -> TokenStream {
+    let self_ty = &c.class.item.self_ty;
+    let ctor = &c.constructor.sig.ident;
+    let body = if c.constructor.fallible {
+        // Spanned on the constructor's return type, so that an error type without
+        // `Display` is reported there.
+        let span = match &c.constructor.sig.output {
+            ReturnType::Type(_, ty) => ty.span(),
+            ReturnType::Default => ctor.span(),
+        };
+        let render = quote_spanned!(span=> ::durable::__private::ActivateError::from_display(&e));
+        quote! {
+            match <#self_ty>::#ctor(ctx) {
+                ::core::result::Result::Ok(v) => ::core::result::Result::Ok(v),
+                ::core::result::Result::Err(e) => ::core::result::Result::Err(#render),
+            }
+        }
+    } else {
+        quote!(::core::result::Result::Ok(<#self_ty>::#ctor(ctx)))
+    };
+    quote! {
+        fn activate(
+            ctx: &mut ::durable::__private::Context,
+        ) -> ::core::result::Result<Self, ::durable::__private::ActivateError> {
+            #body
+        }
+    }
+}
+
+/// `Hosted::dispatch`: one match arm per remote method, by declaration order.
+fn dispatch(c: &Checked<'_>) -> TokenStream {
+    let arms = c
+        .class
+        .methods
+        .iter()
+        .enumerate()
+        .map(|(index, m)| dispatch_arm(c, index, m));
+    let body = if c.class.methods.is_empty() {
+        quote! {
+            let _ = (self, ctx, method, args);
+            ::durable::__private::TurnOutcome::UnknownMethod
+        }
+    } else {
+        quote! {
+            match method {
+                #(#arms)*
+                _ => ::durable::__private::TurnOutcome::UnknownMethod,
+            }
+        }
+    };
+    quote! {
+        fn dispatch<'a>(
+            &'a mut self,
+            ctx: &'a mut ::durable::__private::Context,
+            method: usize,
+            args: &'a [u8],
+        ) -> ::durable::__private::BoxTurn<'a> {
+            ::std::boxed::Box::pin(async move { #body })
+        }
+    }
+}
+
+/// One arm: decode the argument tuple, call the method, encode what it returns.
+fn dispatch_arm(c: &Checked<'_>, index: usize, m: &RemoteMethod) -> TokenStream {
+    let self_ty = &c.class.item.self_ty;
+    let method = m.ident();
+    let index = Literal::usize_suffixed(index);
+    let locals: Vec<_> = (0..m.args.len()).map(names::decoded_arg).collect();
+    let types = m.args.iter().map(|a| &a.ty);
+    let call = quote!(<#self_ty>::#method(self, ctx, #(#locals),*).await);
+    let encode = match &m.output {
+        Output::Fallible { .. } => quote!(::durable::__private::encode_result(#call)),
+        Output::Value(_) | Output::UnnamedError(_) => {
+            quote!(::durable::__private::encode_value(#call))
+        }
+    };
+    quote! {
+        #index => {
+            let (#(#locals,)*): (#(#types,)*) = match ::durable::__private::decode_args(args) {
+                ::core::result::Result::Ok(v) => v,
+                ::core::result::Result::Err(e) => return e,
+            };
+            #encode
+        }
+    }
+}

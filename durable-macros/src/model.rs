@@ -1,0 +1,444 @@
+//! The model: what `#[durable_object]` reads from an impl block, as plain structs.
+//!
+//! Reading never fails. It sorts the block's functions into the activation
+//! constructor(s), remote methods, alarm handlers and plain Rust, and records the
+//! facts (with their tokens, for spans) that `check` later judges. Only `check`
+//! decides what is an error.
+
+use crate::fingerprint;
+use proc_macro2::TokenStream;
+use syn::{
+    Attribute, FnArg, GenericArgument, Ident, ImplItem, ImplItemFn, ItemImpl, Pat, PathArguments,
+    Receiver, ReturnType, Signature, Type, TypePath, TypeReference, Visibility,
+};
+
+/// One `#[durable_object]` impl block.
+pub(crate) struct Class {
+    /// The attribute's own arguments, `#[durable_object(...)]` (there must be none).
+    pub(crate) attr: TokenStream,
+    /// The impl block as the user wrote it, minus the `#[alarm]` attributes the macro
+    /// consumes. It is emitted unchanged.
+    pub(crate) item: ItemImpl,
+    /// The class name: the last segment of the self type, if that is a plain named
+    /// type (`impl Counter`, `impl crate::Counter`).
+    pub(crate) name: Option<Ident>,
+    /// Every function that looks like an activation constructor (there must be one).
+    pub(crate) constructors: Vec<Constructor>,
+    /// The remote methods, in declaration order (their index is their dispatch
+    /// number).
+    pub(crate) methods: Vec<RemoteMethod>,
+    /// The alarm handlers (`#[alarm]` methods). For now they are plain private
+    /// methods; the alarm generator will read them from here.
+    pub(crate) alarms: Vec<AlarmHandler>,
+}
+
+/// An associated function without receiver whose single argument is `&mut Context`
+/// and which returns `Self` or `Result<Self, E>`.
+pub(crate) struct Constructor {
+    /// The function's signature.
+    pub(crate) sig: Signature,
+    /// Whether it returns `Result<Self, E>` rather than `Self`.
+    pub(crate) fallible: bool,
+}
+
+/// A `pub fn` with a receiver: callable over the network through the client stub.
+pub(crate) struct RemoteMethod {
+    /// The method's signature, for its modifiers and generics.
+    pub(crate) sig: Signature,
+    /// The method's doc attributes, copied onto the stub method.
+    pub(crate) docs: Vec<Attribute>,
+    /// The receiver (`&self`, `&mut self`, `self`, `self: Box<Self>`, ...).
+    pub(crate) receiver: Receiver,
+    /// Where the `&mut Context` argument is.
+    pub(crate) ctx: ContextArg,
+    /// The arguments that travel over the network: all but the receiver and the
+    /// context.
+    pub(crate) args: Vec<Arg>,
+    /// What the method returns.
+    pub(crate) output: Output,
+}
+
+/// Where a remote method takes its context.
+pub(crate) enum ContextArg {
+    /// First after `self`, as required.
+    First,
+    /// At another position (the argument, for its span).
+    Misplaced(FnArg),
+    /// First after `self`, but as `&Context` (the type, for its span).
+    Shared(Type),
+    /// Not at all.
+    Missing,
+}
+
+/// One argument of a remote method.
+pub(crate) struct Arg {
+    /// The pattern as written.
+    pub(crate) pat: Pat,
+    /// The type as written.
+    pub(crate) ty: Type,
+}
+
+/// What a remote method returns.
+pub(crate) enum Output {
+    /// A plain value (`None`: no `->`, that is `()`); the call cannot fail.
+    Value(Option<Type>),
+    /// `Result<T, E>`: `Err` rolls the turn back and reaches the caller as `E`.
+    Fallible {
+        /// `T`.
+        ok: Box<Type>,
+        /// `E`.
+        err: Box<Type>,
+    },
+    /// `Result<T>`: an alias that hides the error type (the whole return type).
+    UnnamedError(Type),
+}
+
+/// A method marked `#[alarm]`.
+#[allow(
+    dead_code,
+    reason = "read by the alarm generator, which a later issue adds"
+)]
+pub(crate) struct AlarmHandler {
+    /// The handler's signature.
+    pub(crate) sig: Signature,
+    /// The `#[alarm]` attribute, removed from the emitted impl block.
+    pub(crate) attr: Attribute,
+}
+
+impl Class {
+    /// Reads an impl block and the attribute's arguments.
+    pub(crate) fn read(attr: TokenStream, mut item: ItemImpl) -> Class {
+        let name = plain_type_name(&item.self_ty);
+        let mut class = Class {
+            attr,
+            item: item.clone(),
+            name,
+            constructors: Vec::new(),
+            methods: Vec::new(),
+            alarms: Vec::new(),
+        };
+        for impl_item in &mut item.items {
+            let ImplItem::Fn(f) = impl_item else { continue };
+            if let Some(attr) = take_alarm_attr(f) {
+                class.alarms.push(AlarmHandler {
+                    sig: f.sig.clone(),
+                    attr,
+                });
+            } else if let Some(receiver) = f.sig.receiver() {
+                if matches!(f.vis, Visibility::Public(_)) {
+                    class.methods.push(RemoteMethod::read(f, receiver.clone()));
+                }
+            } else if let Some(fallible) = constructor_output(&f.sig, class.name.as_ref()) {
+                class.constructors.push(Constructor {
+                    sig: f.sig.clone(),
+                    fallible,
+                });
+            }
+        }
+        class.item = item;
+        class
+    }
+}
+
+impl RemoteMethod {
+    fn read(f: &ImplItemFn, receiver: Receiver) -> RemoteMethod {
+        let mut args: Vec<FnArg> = f
+            .sig
+            .inputs
+            .iter()
+            .filter(|a| matches!(a, FnArg::Typed(_)))
+            .cloned()
+            .collect();
+        let ctx_at = args.iter().position(|a| context_ref(a).is_some());
+        let ctx = match ctx_at {
+            None => ContextArg::Missing,
+            Some(at) => {
+                let arg = args.remove(at);
+                match (at, context_ref(&arg)) {
+                    (0, Some(r)) if r.mutability.is_some() => ContextArg::First,
+                    (0, _) => match arg {
+                        FnArg::Typed(t) => ContextArg::Shared(*t.ty),
+                        FnArg::Receiver(_) => ContextArg::Missing,
+                    },
+                    _ => ContextArg::Misplaced(arg),
+                }
+            }
+        };
+        let args = args
+            .into_iter()
+            .filter_map(|a| match a {
+                FnArg::Typed(t) => Some(Arg {
+                    pat: *t.pat,
+                    ty: *t.ty,
+                }),
+                FnArg::Receiver(_) => None,
+            })
+            .collect();
+        RemoteMethod {
+            sig: f.sig.clone(),
+            docs: f
+                .attrs
+                .iter()
+                .filter(|a| a.path().is_ident("doc"))
+                .cloned()
+                .collect(),
+            receiver,
+            ctx,
+            args,
+            output: Output::read(&f.sig.output),
+        }
+    }
+
+    /// The method's name.
+    pub(crate) fn ident(&self) -> &Ident {
+        &self.sig.ident
+    }
+
+    /// The declared return type (`None` for no `->`).
+    pub(crate) fn return_type(&self) -> Option<&Type> {
+        match &self.sig.output {
+            ReturnType::Default => None,
+            ReturnType::Type(_, ty) => Some(ty),
+        }
+    }
+
+    /// The schema fingerprint shared by the stub and the host.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        let args: Vec<&Type> = self.args.iter().map(|a| &a.ty).collect();
+        fingerprint::of(self.ident(), &args, self.return_type())
+    }
+}
+
+impl Arg {
+    /// The argument's name, if its pattern is a plain name (`by`, `mut by`).
+    pub(crate) fn ident(&self) -> Option<&Ident> {
+        match &self.pat {
+            Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => Some(&p.ident),
+            _ => None,
+        }
+    }
+}
+
+impl Output {
+    fn read(output: &ReturnType) -> Output {
+        let ty = match output {
+            ReturnType::Default => return Output::Value(None),
+            ReturnType::Type(_, ty) => &**ty,
+        };
+        match result_args(ty).as_deref() {
+            Some([ok, err]) => Output::Fallible {
+                ok: Box::new((*ok).clone()),
+                err: Box::new((*err).clone()),
+            },
+            Some([_]) => Output::UnnamedError(ty.clone()),
+            _ => Output::Value(Some(ty.clone())),
+        }
+    }
+}
+
+/// The last segment of a plain named type without generic arguments.
+fn plain_type_name(ty: &Type) -> Option<Ident> {
+    match ty {
+        Type::Path(TypePath { qself: None, path }) => {
+            let last = path.segments.last()?;
+            last.arguments.is_none().then(|| last.ident.clone())
+        }
+        Type::Group(g) => plain_type_name(&g.elem),
+        Type::Paren(p) => plain_type_name(&p.elem),
+        _ => None,
+    }
+}
+
+/// Whether `attr` is `#[alarm]` (also `#[durable::alarm]`).
+fn is_alarm_attr(attr: &Attribute) -> bool {
+    attr.path()
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "alarm")
+}
+
+/// Removes and returns a function's `#[alarm]` attribute.
+fn take_alarm_attr(f: &mut ImplItemFn) -> Option<Attribute> {
+    let at = f.attrs.iter().position(is_alarm_attr)?;
+    let attr = f.attrs.remove(at);
+    f.attrs.retain(|a| !is_alarm_attr(a));
+    Some(attr)
+}
+
+/// The reference, if `arg` is typed `&mut Context` or `&Context` (any path ending in
+/// `Context`).
+fn context_ref(arg: &FnArg) -> Option<&TypeReference> {
+    let FnArg::Typed(t) = arg else { return None };
+    let Type::Reference(r) = &*t.ty else {
+        return None;
+    };
+    is_named(&r.elem, "Context").then_some(r)
+}
+
+/// Whether `ty` is a path type whose last segment is `name`.
+fn is_named(ty: &Type, name: &str) -> bool {
+    match ty {
+        Type::Path(TypePath { qself: None, path }) => {
+            path.segments.last().is_some_and(|s| s.ident == name)
+        }
+        Type::Group(g) => is_named(&g.elem, name),
+        Type::Paren(p) => is_named(&p.elem, name),
+        _ => false,
+    }
+}
+
+/// The type arguments of `ty` if it is a `Result<..>` (any path ending in `Result`).
+fn result_args(ty: &Type) -> Option<Vec<&Type>> {
+    let Type::Path(TypePath { qself: None, path }) = ty else {
+        return None;
+    };
+    let last = path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    args.args
+        .iter()
+        .map(|a| match a {
+            GenericArgument::Type(t) => Some(t),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `ty` names the class: `Self` or the class name.
+fn is_self(ty: &Type, class: Option<&Ident>) -> bool {
+    is_named(ty, "Self") || class.is_some_and(|c| plain_type_name(ty).as_ref() == Some(c))
+}
+
+/// If `sig` is an activation constructor, whether it is fallible: no receiver, one
+/// `&mut Context` argument, returning `Self` or `Result<Self, ..>`.
+fn constructor_output(sig: &Signature, class: Option<&Ident>) -> Option<bool> {
+    if sig.inputs.len() != 1 {
+        return None;
+    }
+    let arg = sig.inputs.first()?;
+    context_ref(arg)?.mutability?;
+    let ReturnType::Type(_, ty) = &sig.output else {
+        return None;
+    };
+    if is_self(ty, class) {
+        return Some(false);
+    }
+    match result_args(ty)?.first() {
+        Some(ok) if is_self(ok, class) => Some(true),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::{quote, ToTokens};
+    use syn::parse_quote;
+
+    fn read(item: ItemImpl) -> Class {
+        Class::read(TokenStream::new(), item)
+    }
+
+    #[test]
+    fn sorts_functions() {
+        let class = read(parse_quote! {
+            impl Counter {
+                fn activate(ctx: &mut Context) -> Result<Self, Error> { todo!() }
+                /// Adds.
+                pub async fn increment(&mut self, ctx: &mut Context, by: i64) -> Result<i64, Error> { todo!() }
+                pub async fn get(&self, _ctx: &mut durable::Context) -> i64 { 0 }
+                fn helper(&self) {}
+                pub(crate) async fn internal(&self, ctx: &mut Context) {}
+                pub fn new_plain() -> Self { todo!() }
+                #[alarm]
+                pub async fn tick(&mut self, ctx: &mut Context) {}
+            }
+        });
+        assert_eq!(class.name.as_ref().unwrap(), "Counter");
+        assert_eq!(class.constructors.len(), 1);
+        assert!(class.constructors[0].fallible);
+        let names: Vec<String> = class
+            .methods
+            .iter()
+            .map(|m| m.ident().to_string())
+            .collect();
+        assert_eq!(names, ["increment", "get"]);
+        assert_eq!(class.methods[0].docs.len(), 1);
+        assert!(matches!(class.methods[0].ctx, ContextArg::First));
+        assert!(matches!(class.methods[0].output, Output::Fallible { .. }));
+        assert!(matches!(class.methods[1].output, Output::Value(Some(_))));
+        assert_eq!(class.methods[0].args.len(), 1);
+        assert_eq!(class.methods[0].args[0].ident().unwrap(), "by");
+        assert_eq!(class.alarms.len(), 1);
+        assert_eq!(class.alarms[0].sig.ident, "tick");
+        // The emitted block no longer carries `#[alarm]`.
+        assert!(!class.item.to_token_stream().to_string().contains("alarm"));
+    }
+
+    #[test]
+    fn constructor_shapes() {
+        let class = read(parse_quote! {
+            impl Counter {
+                fn a(ctx: &mut Context) -> Self { todo!() }
+                fn b(ctx: &mut Context) -> Counter { todo!() }
+                fn c(ctx: &mut Context) -> std::result::Result<Counter, String> { todo!() }
+                fn not_shared(ctx: &Context) -> Self { todo!() }
+                fn not_two(ctx: &mut Context, x: u8) -> Self { todo!() }
+                fn not_other(ctx: &mut Context) -> Result<u8, String> { todo!() }
+            }
+        });
+        let found: Vec<(String, bool)> = class
+            .constructors
+            .iter()
+            .map(|c| (c.sig.ident.to_string(), c.fallible))
+            .collect();
+        assert_eq!(
+            found,
+            [("a".into(), false), ("b".into(), false), ("c".into(), true)]
+        );
+    }
+
+    #[test]
+    fn context_positions() {
+        let class = read(parse_quote! {
+            impl C {
+                pub async fn none(&self, x: u8) {}
+                pub async fn later(&self, x: u8, ctx: &mut Context) {}
+                pub async fn shared(&self, ctx: &Context, x: u8) {}
+            }
+        });
+        assert!(matches!(class.methods[0].ctx, ContextArg::Missing));
+        assert_eq!(class.methods[0].args.len(), 1);
+        assert!(matches!(class.methods[1].ctx, ContextArg::Misplaced(_)));
+        assert_eq!(class.methods[1].args.len(), 1);
+        assert!(matches!(class.methods[2].ctx, ContextArg::Shared(_)));
+        assert_eq!(class.methods[2].args.len(), 1);
+    }
+
+    #[test]
+    fn outputs() {
+        let class = read(parse_quote! {
+            impl C {
+                pub async fn a(&self, ctx: &mut Context) {}
+                pub async fn b(&self, ctx: &mut Context) -> Result<u8> { todo!() }
+                pub async fn c(&self, ctx: &mut Context) -> core::result::Result<u8, E> { todo!() }
+            }
+        });
+        assert!(matches!(class.methods[0].output, Output::Value(None)));
+        assert!(matches!(class.methods[1].output, Output::UnnamedError(_)));
+        let Output::Fallible { ok, err } = &class.methods[2].output else {
+            panic!()
+        };
+        assert_eq!(quote!(#ok #err).to_string(), "u8 E");
+    }
+
+    #[test]
+    fn generic_self_type_has_no_name() {
+        let class = read(parse_quote!(impl Counter<u8> {}));
+        assert!(class.name.is_none());
+    }
+}

@@ -1,0 +1,18 @@
+use durable::{durable_object, Context};
+
+pub struct Cell<T> {
+    value: T,
+}
+
+#[durable_object]
+impl Cell<i64> {
+    fn activate(_ctx: &mut Context) -> Self {
+        Cell { value: 0 }
+    }
+
+    pub async fn get(&self, _ctx: &mut Context) -> i64 {
+        self.value
+    }
+}
+
+fn main() {}

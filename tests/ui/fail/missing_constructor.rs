@@ -1,0 +1,19 @@
+use durable::{durable_object, Context};
+
+pub struct Counter {
+    value: i64,
+}
+
+#[durable_object]
+impl Counter {
+    // Not a constructor: it takes no `&mut Context`.
+    pub fn new() -> Self {
+        Counter { value: 0 }
+    }
+
+    pub async fn get(&self, _ctx: &mut Context) -> i64 {
+        self.value
+    }
+}
+
+fn main() {}

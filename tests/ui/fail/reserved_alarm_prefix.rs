@@ -1,0 +1,20 @@
+use durable::{durable_object, Context};
+
+pub struct Counter {
+    value: i64,
+}
+
+#[durable_object]
+impl Counter {
+    fn activate(_ctx: &mut Context) -> Result<Self, durable::Error> {
+        Ok(Counter { value: 0 })
+    }
+
+    pub async fn schedule_reset(&mut self, _ctx: &mut Context) {
+        self.value = 0;
+    }
+
+    pub async fn cancel_reset(&mut self, _ctx: &mut Context) {}
+}
+
+fn main() {}
