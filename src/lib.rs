@@ -31,11 +31,14 @@
 //! See the `docs/` folder of the repository for one page per concept.
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
-pub use durable_client::{wire, ALPN, CallError, Client, ClientConfig, ConnectError, MethodInfo, NoError, ObjectClass, ObjectId, ObjectRef};
+pub use durable_client::{
+    wire, CallError, Client, ClientConfig, ConnectError, MethodInfo, NoError, ObjectClass,
+    ObjectId, ObjectRef, ALPN,
+};
 pub use durable_macros::{alarm, durable_object};
 pub use durable_runtime::{
-    cli, list_objects, rusqlite, Context, Error, ErrorKind, Host, HostError, Hosted, Limits, ListOptions,
-    RunningHost, Sql, Storage,
+    cli, list_objects, rusqlite, Context, Error, ErrorKind, Host, HostError, Hosted, Limits,
+    ListOptions, RunningHost, Sql, Storage,
 };
 
 #[doc(hidden)]

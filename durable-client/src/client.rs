@@ -54,7 +54,11 @@ impl ClientConfig {
 
     /// Read the CA certificate and token from files (a host's `DATA_DIR/tls/ca.pem`
     /// and `DATA_DIR/tls/token`).
-    pub fn from_files(addr: SocketAddr, ca_path: impl AsRef<Path>, token_path: impl AsRef<Path>) -> std::io::Result<Self> {
+    pub fn from_files(
+        addr: SocketAddr,
+        ca_path: impl AsRef<Path>,
+        token_path: impl AsRef<Path>,
+    ) -> std::io::Result<Self> {
         let ca = std::fs::read(ca_path.as_ref())?;
         let token = std::fs::read_to_string(token_path.as_ref())?;
         Ok(Self::new(addr, ca, token.trim()))
@@ -99,7 +103,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("addr", &self.inner.config.addr).finish()
+        f.debug_struct("Client")
+            .field("addr", &self.inner.config.addr)
+            .finish()
     }
 }
 
@@ -116,7 +122,9 @@ impl Client {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut config.ca_pem.as_slice()) {
             let cert = cert.map_err(|e| ConnectError::Tls(format!("reading CA PEM: {e}")))?;
-            roots.add(cert).map_err(|e| ConnectError::Tls(format!("adding CA: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| ConnectError::Tls(format!("adding CA: {e}")))?;
         }
         if roots.is_empty() {
             return Err(ConnectError::Tls("the CA file holds no certificate".into()));
@@ -128,13 +136,20 @@ impl Client {
             .with_root_certificates(roots)
             .with_no_client_auth();
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ConnectError::Tls(e.to_string()))?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| ConnectError::Tls(e.to_string()))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
         let mut transport = quinn::TransportConfig::default();
         transport.max_concurrent_bidi_streams(4096u32.into());
         transport.keep_alive_interval(Some(Duration::from_secs(5)));
         client_config.transport_config(Arc::new(transport));
-        let bind: SocketAddr = if config.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().unwrap();
+        let bind: SocketAddr = if config.addr.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .unwrap();
         let mut endpoint = quinn::Endpoint::client(bind)?;
         endpoint.set_default_client_config(client_config);
         let client = Client {
@@ -200,8 +215,14 @@ impl Client {
         });
         match exchange(&conn, &hello, cfg.max_frame).await {
             Ok(Response::Welcome) => {}
-            Ok(Response::Error(WireError::Unauthenticated)) => return Err(ConnectError::Unauthenticated),
-            Ok(other) => return Err(ConnectError::Connect(format!("unexpected hello answer {other:?}"))),
+            Ok(Response::Error(WireError::Unauthenticated)) => {
+                return Err(ConnectError::Unauthenticated)
+            }
+            Ok(other) => {
+                return Err(ConnectError::Connect(format!(
+                    "unexpected hello answer {other:?}"
+                )))
+            }
             Err(Exchange::Lost(m) | Exchange::Protocol(m)) => return Err(ConnectError::Connect(m)),
         }
         *self.inner.conn.write().unwrap() = Some(conn.clone());
@@ -222,7 +243,11 @@ impl Client {
 
     /// Send one call and wait for its response, reconnecting and resending with the
     /// same request id until `deadline`.
-    pub async fn call_raw(&self, request: &CallRequest, deadline: Instant) -> Result<Response, CallError> {
+    pub async fn call_raw(
+        &self,
+        request: &CallRequest,
+        deadline: Instant,
+    ) -> Result<Response, CallError> {
         let frame = wire::encode_frame(&Request::Call(request.clone()));
         if frame.len() - 4 > self.inner.config.max_frame {
             return Err(CallError::TooLarge {
@@ -238,7 +263,9 @@ impl Client {
                     Some(c) => c,
                     None => match self.establish().await {
                         Ok(c) => c,
-                        Err(ConnectError::Unauthenticated) => return Some(Err(CallError::Unauthenticated)),
+                        Err(ConnectError::Unauthenticated) => {
+                            return Some(Err(CallError::Unauthenticated))
+                        }
                         Err(e) => {
                             last_error = e.to_string();
                             return None;
@@ -276,7 +303,11 @@ impl Client {
     }
 }
 
-async fn exchange(conn: &quinn::Connection, frame: &[u8], max_frame: usize) -> Result<Response, Exchange> {
+async fn exchange(
+    conn: &quinn::Connection,
+    frame: &[u8],
+    max_frame: usize,
+) -> Result<Response, Exchange> {
     let lost = |e: &dyn std::fmt::Display| Exchange::Lost(e.to_string());
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
     send.write_all(frame).await.map_err(|e| lost(&e))?;
@@ -285,7 +316,9 @@ async fn exchange(conn: &quinn::Connection, frame: &[u8], max_frame: usize) -> R
         .read_to_end(wire::stream_limit(max_frame))
         .await
         .map_err(|e| match e {
-            quinn::ReadToEndError::TooLong => Exchange::Protocol("response exceeds the frame limit".into()),
+            quinn::ReadToEndError::TooLong => {
+                Exchange::Protocol("response exceeds the frame limit".into())
+            }
             other => lost(&other),
         })?;
     wire::decode_frame::<Response>(&bytes, max_frame).map_err(|e| Exchange::Protocol(e.to_string()))
@@ -321,13 +354,19 @@ impl ObjectRef {
     }
 
     /// Call `method` with `args` (a tuple), expecting `T` or the method's error `E`.
-    pub async fn call<A, T, E>(&self, method: &str, fingerprint: u64, args: &A) -> Result<T, CallError<E>>
+    pub async fn call<A, T, E>(
+        &self,
+        method: &str,
+        fingerprint: u64,
+        args: &A,
+    ) -> Result<T, CallError<E>>
     where
         A: Serialize + ?Sized,
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let args = postcard::to_stdvec(args).map_err(|e| CallError::Protocol(format!("encoding arguments: {e}")))?;
+        let args = postcard::to_stdvec(args)
+            .map_err(|e| CallError::Protocol(format!("encoding arguments: {e}")))?;
         let request = CallRequest {
             request_id: rand::random(),
             class: self.class.to_string(),
@@ -348,12 +387,17 @@ impl ObjectRef {
         E: DeserializeOwned,
     {
         let deadline = Instant::now() + self.deadline;
-        match self.client.call_raw(request, deadline).await.map_err(|e| e.map_app(|n| match n {}))? {
-            Response::Return(bytes) => {
-                postcard::from_bytes(&bytes).map_err(|e| CallError::Protocol(format!("decoding the result: {e}")))
-            }
+        match self
+            .client
+            .call_raw(request, deadline)
+            .await
+            .map_err(|e| e.map_app(|n| match n {}))?
+        {
+            Response::Return(bytes) => postcard::from_bytes(&bytes)
+                .map_err(|e| CallError::Protocol(format!("decoding the result: {e}"))),
             Response::AppError(bytes) => Err(CallError::Application(
-                postcard::from_bytes(&bytes).map_err(|e| CallError::Protocol(format!("decoding the error: {e}")))?,
+                postcard::from_bytes(&bytes)
+                    .map_err(|e| CallError::Protocol(format!("decoding the error: {e}")))?,
             )),
             Response::Error(e) => Err(e.into()),
             Response::Welcome => Err(CallError::Protocol("unexpected Welcome".into())),
@@ -361,7 +405,12 @@ impl ObjectRef {
     }
 
     /// A request for `method` with a fresh request id, without sending it.
-    pub fn prepare<A: Serialize + ?Sized>(&self, method: &str, fingerprint: u64, args: &A) -> CallRequest {
+    pub fn prepare<A: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        fingerprint: u64,
+        args: &A,
+    ) -> CallRequest {
         CallRequest {
             request_id: rand::random(),
             class: self.class.to_string(),

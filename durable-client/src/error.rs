@@ -110,8 +110,12 @@ impl<E> CallError<E> {
             CallError::Overloaded => CallError::Overloaded,
             CallError::Timeout => CallError::Timeout,
             CallError::UnknownClass(c) => CallError::UnknownClass(c),
-            CallError::UnknownMethod { class, method } => CallError::UnknownMethod { class, method },
-            CallError::SchemaMismatch { class, method } => CallError::SchemaMismatch { class, method },
+            CallError::UnknownMethod { class, method } => {
+                CallError::UnknownMethod { class, method }
+            }
+            CallError::SchemaMismatch { class, method } => {
+                CallError::SchemaMismatch { class, method }
+            }
             CallError::ObjectReset(m) => CallError::ObjectReset(m),
             CallError::Unauthenticated => CallError::Unauthenticated,
             CallError::TooLarge { size, limit } => CallError::TooLarge { size, limit },
@@ -128,8 +132,12 @@ impl<E> From<WireError> for CallError<E> {
         match e {
             WireError::Unauthenticated => CallError::Unauthenticated,
             WireError::UnknownClass { class } => CallError::UnknownClass(class),
-            WireError::UnknownMethod { class, method } => CallError::UnknownMethod { class, method },
-            WireError::SchemaMismatch { class, method } => CallError::SchemaMismatch { class, method },
+            WireError::UnknownMethod { class, method } => {
+                CallError::UnknownMethod { class, method }
+            }
+            WireError::SchemaMismatch { class, method } => {
+                CallError::SchemaMismatch { class, method }
+            }
             WireError::Overloaded => CallError::Overloaded,
             WireError::Timeout => CallError::Timeout,
             WireError::ObjectReset { message } => CallError::ObjectReset(message),
@@ -139,7 +147,9 @@ impl<E> From<WireError> for CallError<E> {
                 CallError::Protocol(format!("host does not speak protocol version {got}"))
             }
             WireError::ShuttingDown => CallError::ShuttingDown,
-            WireError::BadArguments { message } => CallError::Protocol(format!("bad arguments: {message}")),
+            WireError::BadArguments { message } => {
+                CallError::Protocol(format!("bad arguments: {message}"))
+            }
             WireError::Internal { message } => CallError::Internal(message),
         }
     }

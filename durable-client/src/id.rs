@@ -91,7 +91,10 @@ mod tests {
     fn names_are_deterministic_and_class_scoped() {
         assert_eq!(ObjectId::from_name("C", "x"), ObjectId::from_name("C", "x"));
         assert_ne!(ObjectId::from_name("C", "x"), ObjectId::from_name("D", "x"));
-        assert_ne!(ObjectId::from_name("Ca", "b"), ObjectId::from_name("C", "ab"));
+        assert_ne!(
+            ObjectId::from_name("Ca", "b"),
+            ObjectId::from_name("C", "ab")
+        );
     }
 
     #[test]

@@ -176,7 +176,10 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
 }
 
 /// Decode one whole frame (the complete contents of a stream).
-pub fn decode_frame<T: for<'de> Deserialize<'de>>(bytes: &[u8], limit: usize) -> Result<T, FrameError> {
+pub fn decode_frame<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, FrameError> {
     if bytes.len() < 5 {
         return Err(FrameError::Truncated);
     }
@@ -197,8 +200,8 @@ pub fn decode_frame<T: for<'de> Deserialize<'de>>(bytes: &[u8], limit: usize) ->
     if rest[0] != PROTOCOL_VERSION {
         return Err(FrameError::UnsupportedVersion(rest[0]));
     }
-    let (msg, tail) =
-        postcard::take_from_bytes::<T>(&rest[1..]).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let (msg, tail) = postcard::take_from_bytes::<T>(&rest[1..])
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
     if !tail.is_empty() {
         return Err(FrameError::Malformed("bytes left after the message".into()));
     }
@@ -230,23 +233,44 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let f = encode_frame(&call());
-        assert_eq!(decode_frame::<Request>(&f, DEFAULT_MAX_FRAME).unwrap(), call());
+        assert_eq!(
+            decode_frame::<Request>(&f, DEFAULT_MAX_FRAME).unwrap(),
+            call()
+        );
     }
 
     #[test]
     fn bad_frames_are_typed_errors() {
         let f = encode_frame(&call());
-        assert_eq!(decode_frame::<Request>(&f[..3], 1 << 20), Err(FrameError::Truncated));
-        assert_eq!(decode_frame::<Request>(&f[..f.len() - 1], 1 << 20), Err(FrameError::Truncated));
+        assert_eq!(
+            decode_frame::<Request>(&f[..3], 1 << 20),
+            Err(FrameError::Truncated)
+        );
+        assert_eq!(
+            decode_frame::<Request>(&f[..f.len() - 1], 1 << 20),
+            Err(FrameError::Truncated)
+        );
         let mut long = f.clone();
         long.push(0);
-        assert_eq!(decode_frame::<Request>(&long, 1 << 20), Err(FrameError::Trailing));
-        assert!(matches!(decode_frame::<Request>(&f, 8), Err(FrameError::TooLarge { .. })));
+        assert_eq!(
+            decode_frame::<Request>(&long, 1 << 20),
+            Err(FrameError::Trailing)
+        );
+        assert!(matches!(
+            decode_frame::<Request>(&f, 8),
+            Err(FrameError::TooLarge { .. })
+        ));
         let mut v2 = f.clone();
         v2[4] = 9;
-        assert_eq!(decode_frame::<Request>(&v2, 1 << 20), Err(FrameError::UnsupportedVersion(9)));
+        assert_eq!(
+            decode_frame::<Request>(&v2, 1 << 20),
+            Err(FrameError::UnsupportedVersion(9))
+        );
         let mut garbage = vec![5, 0, 0, 0, PROTOCOL_VERSION];
         garbage.extend([0xff; 4]);
-        assert!(matches!(decode_frame::<Request>(&garbage, 1 << 20), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode_frame::<Request>(&garbage, 1 << 20),
+            Err(FrameError::Malformed(_))
+        ));
     }
 }

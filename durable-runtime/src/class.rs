@@ -43,7 +43,12 @@ pub trait Hosted: ObjectClass + Sized {
     /// Build the in-memory instance from storage (first call, or after eviction or reset).
     fn activate(ctx: &mut Context) -> Result<Self, ActivateError>;
     /// Run method number `method` with postcard-encoded `args`.
-    fn dispatch<'a>(&'a mut self, ctx: &'a mut Context, method: usize, args: &'a [u8]) -> BoxTurn<'a>;
+    fn dispatch<'a>(
+        &'a mut self,
+        ctx: &'a mut Context,
+        method: usize,
+        args: &'a [u8],
+    ) -> BoxTurn<'a>;
 }
 
 /// Decode a method's argument tuple.
@@ -72,11 +77,21 @@ pub fn encode_value<T: Serialize>(value: T) -> TurnOutcome {
 
 /// A live, type-erased instance.
 pub(crate) trait Instance {
-    fn dispatch<'a>(&'a mut self, ctx: &'a mut Context, method: usize, args: &'a [u8]) -> BoxTurn<'a>;
+    fn dispatch<'a>(
+        &'a mut self,
+        ctx: &'a mut Context,
+        method: usize,
+        args: &'a [u8],
+    ) -> BoxTurn<'a>;
 }
 
 impl<T: Hosted> Instance for T {
-    fn dispatch<'a>(&'a mut self, ctx: &'a mut Context, method: usize, args: &'a [u8]) -> BoxTurn<'a> {
+    fn dispatch<'a>(
+        &'a mut self,
+        ctx: &'a mut Context,
+        method: usize,
+        args: &'a [u8],
+    ) -> BoxTurn<'a> {
         Hosted::dispatch(self, ctx, method, args)
     }
 }
@@ -97,7 +112,11 @@ impl ClassEntry {
         }
         ClassEntry {
             name: T::CLASS,
-            methods: T::METHODS.iter().enumerate().map(|(i, m)| (m.name, (i, *m))).collect(),
+            methods: T::METHODS
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.name, (i, *m)))
+                .collect(),
             activate: activate::<T>,
         }
     }

@@ -2,11 +2,15 @@
 //! `objects` lists the objects stored in a data directory. An application's host binary
 //! is one line: `durable::cli::main(|host| host.register::<MyClass>())`.
 
-use crate::host::Host;
+use crate::host::{DurabilityMode, Host};
+use crate::log::LogConfig;
+use crate::restore::RestoreTarget;
 use clap::{Parser, Subcommand};
+use durable_client::ObjectId;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(about = "A durable objects host", version)]
@@ -37,7 +41,47 @@ enum Command {
         /// Extra DNS name or IP for the generated certificate (repeatable).
         #[arg(long = "tls-name")]
         tls_names: Vec<String>,
+        /// How writes are made durable: `log` (one host-wide log, the default) or
+        /// `fsync` (an fsync of each object's own file per batch).
+        #[arg(long, env = "DURABLE_DURABILITY", default_value = "log", value_parser = ["log", "fsync"])]
+        durability: String,
+        /// Seconds between checkpoints of the host log (0: only at shutdown and when
+        /// the log grows past 256 MiB).
+        #[arg(long, env = "DURABLE_CHECKPOINT_SECS", default_value_t = 30)]
+        checkpoint_secs: u64,
+        /// Days to keep retired log segments for point-in-time recovery and the change
+        /// feed (0: delete them at checkpoint).
+        #[arg(long, env = "DURABLE_RETENTION_DAYS", default_value_t = 30.0)]
+        retention_days: f64,
     },
+    /// Print committed changes from the host log as JSON lines (lsn, time, class,
+    /// object, table, op, old, new).
+    Changes {
+        /// The data directory.
+        #[arg(long, env = "DURABLE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Only changes with an lsn above this.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Keep printing new changes as they are committed.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Restore one object of a stopped host to a bookmark (an lsn) or a UTC time.
+    RestoreObject {
+        /// The data directory.
+        #[arg(long, env = "DURABLE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The class.
+        class: String,
+        /// The object's name (or its 32-hex-digit id).
+        name: String,
+        /// A bookmark (a number) or a time like 2026-11-23T14:00:00Z.
+        #[arg(long)]
+        to: String,
+    },
+    /// List the classes this binary serves, with each method's schema fingerprint.
+    Classes,
     /// List the objects stored in a data directory: class, id, name.
     Objects {
         /// The data directory.
@@ -63,8 +107,14 @@ pub fn main(configure: impl FnOnce(Host) -> Host) -> ExitCode {
             max_queue,
             max_frame,
             tls_names,
+            durability,
+            checkpoint_secs,
+            retention_days,
         } => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: starting the runtime: {e}");
@@ -72,16 +122,31 @@ pub fn main(configure: impl FnOnce(Host) -> Host) -> ExitCode {
                 }
             };
             rt.block_on(async move {
-                let mut host = configure(Host::builder(data_dir)).listen(listen).with_limits(|l| {
-                    l.max_queue = max_queue;
-                    l.max_frame = max_frame;
-                    if let Some(s) = shards {
-                        l.shards = s;
-                    }
-                });
+                let mut host = configure(Host::builder(data_dir))
+                    .listen(listen)
+                    .with_limits(|l| {
+                        l.max_queue = max_queue;
+                        l.max_frame = max_frame;
+                        if let Some(s) = shards {
+                            l.shards = s;
+                        }
+                    });
                 for name in tls_names {
                     host = host.tls_name(name);
                 }
+                host = host
+                    .durability(if durability == "fsync" {
+                        DurabilityMode::ObjectFsync
+                    } else {
+                        DurabilityMode::HostLog
+                    })
+                    .log_config(LogConfig {
+                        checkpoint_interval: (checkpoint_secs > 0)
+                            .then(|| Duration::from_secs(checkpoint_secs)),
+                        retention: (retention_days > 0.0)
+                            .then(|| Duration::from_secs_f64(retention_days * 86_400.0)),
+                        ..LogConfig::default()
+                    });
                 let running = match host.start().await {
                     Ok(r) => r,
                     Err(e) => {
@@ -98,6 +163,49 @@ pub fn main(configure: impl FnOnce(Host) -> Host) -> ExitCode {
                 ExitCode::SUCCESS
             })
         }
+        Command::Changes {
+            data_dir,
+            since,
+            follow,
+        } => changes(&data_dir, since, follow),
+        Command::RestoreObject {
+            data_dir,
+            class,
+            name,
+            to,
+        } => {
+            let target: RestoreTarget = match to.parse() {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: --to {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let id = name
+                .parse()
+                .unwrap_or_else(|_| ObjectId::from_name(&class, &name));
+            match crate::restore::restore_object(&data_dir, &class, id, target) {
+                Ok(report) => {
+                    println!(
+                        "restored {class} {id} to lsn {} (image at lsn {} + {} changesets)",
+                        report.restored_to, report.from_image, report.changes_applied
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Classes => {
+            for (class, methods) in configure(Host::builder(".")).describe() {
+                for m in methods {
+                    println!("{class}\t{}\t{:016x}", m.name, m.fingerprint);
+                }
+            }
+            ExitCode::SUCCESS
+        }
         Command::Objects { data_dir } => match crate::store::list_objects(&data_dir) {
             Ok(objects) => {
                 for (class, id, name) in objects {
@@ -110,6 +218,33 @@ pub fn main(configure: impl FnOnce(Host) -> Host) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn changes(data_dir: &std::path::Path, mut since: u64, follow: bool) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let (changes, last) = match crate::feed::read_changes(data_dir, since) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: reading the log in {}: {e}", data_dir.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        for c in &changes {
+            let line = serde_json::to_string(c).expect("changes serialize");
+            if writeln!(out, "{line}").is_err() {
+                return ExitCode::SUCCESS;
+            }
+        }
+        let _ = out.flush();
+        since = last;
+        if !follow {
+            return ExitCode::SUCCESS;
+        }
+        // Tailing files written by another process: poll.
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

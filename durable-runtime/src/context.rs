@@ -18,6 +18,8 @@ pub struct Context {
     pub(crate) class: &'static str,
     pub(crate) id: ObjectId,
     pub(crate) name: Option<String>,
+    pub(crate) bookmarks: Option<std::sync::Arc<dyn Fn() -> u64 + Send + Sync>>,
+    pub(crate) restore: Option<crate::restore::RestoreTarget>,
 }
 
 impl std::fmt::Debug for Context {
@@ -44,6 +46,21 @@ impl Context {
     /// The class name.
     pub fn class(&self) -> &'static str {
         self.class
+    }
+
+    /// A bookmark for the object's state as of now (an lsn of the host log): pass it to
+    /// [`Context::restore_to`] later, or to `host restore-object --to`. `None` when the
+    /// host runs without its log.
+    pub fn bookmark(&self) -> Option<u64> {
+        self.bookmarks.as_ref().map(|f| f())
+    }
+
+    /// Restore this object to the state it had at `bookmark`, once the current turn has
+    /// committed: the object is then reset and re-activated from the restored state.
+    /// Needs the host log with retention on (the default). If the restore fails, the
+    /// object keeps its state and the failure is logged.
+    pub fn restore_to(&mut self, bookmark: u64) {
+        self.restore = Some(crate::restore::RestoreTarget::Bookmark(bookmark));
     }
 
     /// Synchronous SQL on the object's database, inside the current turn.
@@ -95,7 +112,11 @@ impl Sql<'_> {
         P: Params,
         F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
     {
-        Ok(self.conn.prepare_cached(sql)?.query_row(params, f).optional()?)
+        Ok(self
+            .conn
+            .prepare_cached(sql)?
+            .query_row(params, f)
+            .optional()?)
     }
 
     /// Run a query and map every row with `f`.
@@ -161,7 +182,10 @@ fn check_key(key: &str) -> Result<(), Error> {
     if key.len() > MAX_KEY_BYTES {
         return Err(Error::new(
             ErrorKind::LimitExceeded,
-            format!("key of {} bytes exceeds the limit of {MAX_KEY_BYTES}", key.len()),
+            format!(
+                "key of {} bytes exceeds the limit of {MAX_KEY_BYTES}",
+                key.len()
+            ),
         ));
     }
     Ok(())
@@ -191,7 +215,9 @@ impl Storage<'_> {
             .prepare_cached("SELECT value FROM _durable_kv WHERE key = ?1")?
             .query_row([key], |r| r.get(0))
             .optional()?;
-        bytes.map(|b| postcard::from_bytes(&b).map_err(Error::from)).transpose()
+        bytes
+            .map(|b| postcard::from_bytes(&b).map_err(Error::from))
+            .transpose()
     }
 
     /// Store `value` under `key`, replacing any previous value.
@@ -201,7 +227,10 @@ impl Storage<'_> {
         if bytes.len() > MAX_VALUE_BYTES {
             return Err(Error::new(
                 ErrorKind::LimitExceeded,
-                format!("value of {} bytes exceeds the limit of {MAX_VALUE_BYTES}", bytes.len()),
+                format!(
+                    "value of {} bytes exceeds the limit of {MAX_VALUE_BYTES}",
+                    bytes.len()
+                ),
             ));
         }
         self.conn
@@ -213,7 +242,11 @@ impl Storage<'_> {
     /// Remove `key`; returns whether it was there.
     pub fn delete(&self, key: &str) -> Result<bool, Error> {
         check_key(key)?;
-        Ok(self.conn.prepare_cached("DELETE FROM _durable_kv WHERE key = ?1")?.execute([key])? > 0)
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM _durable_kv WHERE key = ?1")?
+            .execute([key])?
+            > 0)
     }
 
     /// Get many keys at once; missing keys are left out.
@@ -233,7 +266,10 @@ impl Storage<'_> {
     }
 
     /// Entries in key order, filtered by `opts`.
-    pub fn list<T: DeserializeOwned>(&self, opts: &ListOptions<'_>) -> Result<Vec<(String, T)>, Error> {
+    pub fn list<T: DeserializeOwned>(
+        &self,
+        opts: &ListOptions<'_>,
+    ) -> Result<Vec<(String, T)>, Error> {
         let order = if opts.reverse { "DESC" } else { "ASC" };
         let sql = format!(
             "SELECT key, value FROM _durable_kv WHERE (?1 IS NULL OR substr(key, 1, length(?1)) = ?1) \
@@ -241,9 +277,10 @@ impl Storage<'_> {
         );
         let limit = opts.limit.map(|l| l as i64).unwrap_or(-1);
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(rusqlite::params![opts.prefix, opts.start, opts.end, limit], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })?;
+        let rows = stmt.query_map(
+            rusqlite::params![opts.prefix, opts.start, opts.end, limit],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        )?;
         let mut out = Vec::new();
         for row in rows {
             let (k, bytes) = row?;

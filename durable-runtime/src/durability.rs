@@ -53,7 +53,13 @@ pub(crate) trait Durability: Send + Sync + 'static {
     fn captures_changes(&self) -> bool;
     /// The log of one object, whose database is at `db_path` and holds batches up to
     /// `durable_seq`.
-    fn attach(&self, class: &'static str, id: ObjectId, db_path: &Path, durable_seq: u64) -> Box<dyn ObjectLog>;
+    fn attach(
+        &self,
+        class: &'static str,
+        id: ObjectId,
+        db_path: &Path,
+        durable_seq: u64,
+    ) -> Box<dyn ObjectLog>;
     /// Make everything submitted durable and stop (after every object has stopped).
     fn shutdown(&self) {}
 }
@@ -67,7 +73,13 @@ impl Durability for WalSync {
         false
     }
 
-    fn attach(&self, _class: &'static str, _id: ObjectId, db_path: &Path, durable_seq: u64) -> Box<dyn ObjectLog> {
+    fn attach(
+        &self,
+        _class: &'static str,
+        _id: ObjectId,
+        db_path: &Path,
+        durable_seq: u64,
+    ) -> Box<dyn ObjectLog> {
         let mut wal = db_path.as_os_str().to_owned();
         wal.push("-wal");
         Box::new(WalObjectLog(Arc::new(WalState {
@@ -117,7 +129,9 @@ impl WalState {
                 }
             }
             self.in_flight.store(false, Ordering::Release);
-            if self.requested.load(Ordering::Acquire) <= target || self.in_flight.swap(true, Ordering::AcqRel) {
+            if self.requested.load(Ordering::Acquire) <= target
+                || self.in_flight.swap(true, Ordering::AcqRel)
+            {
                 return;
             }
         }

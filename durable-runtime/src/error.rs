@@ -60,7 +60,9 @@ impl std::error::Error for Error {}
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         match e {
-            rusqlite::Error::QueryReturnedNoRows => Error::new(ErrorKind::NotFound, "query returned no rows"),
+            rusqlite::Error::QueryReturnedNoRows => {
+                Error::new(ErrorKind::NotFound, "query returned no rows")
+            }
             other => Error::new(ErrorKind::Storage, other.to_string()),
         }
     }

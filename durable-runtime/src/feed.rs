@@ -55,8 +55,14 @@ impl ColumnNames {
         let key = (class.to_string(), object, table.to_string());
         if !self.cache.contains_key(&key) {
             let path = crate::store::object_path(&self.data_dir, class, object);
-            let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
-            let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid").ok()?;
+            let conn = rusqlite::Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .ok()?;
+            let mut stmt = conn
+                .prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")
+                .ok()?;
             let names: Vec<String> = stmt
                 .query_map([table], |r| r.get(0))
                 .ok()?
@@ -98,7 +104,10 @@ fn row_values(cols: &[String], get: impl Fn(usize) -> Option<Value>) -> Map<Stri
 }
 
 /// Decode one log record into row changes.
-pub fn decode_record(record: &LogRecord, names: &mut ColumnNames) -> Result<Vec<RowChange>, String> {
+pub fn decode_record(
+    record: &LogRecord,
+    names: &mut ColumnNames,
+) -> Result<Vec<RowChange>, String> {
     let base = |table: Option<String>, op: &'static str| RowChange {
         lsn: record.lsn,
         time: record.time_ms,
@@ -113,7 +122,8 @@ pub fn decode_record(record: &LogRecord, names: &mut ColumnNames) -> Result<Vec<
         return Ok(vec![base(None, "snapshot")]);
     }
     let mut out = Vec::new();
-    let mut input: &[u8] = &record.payload;
+    let (changeset, _) = crate::store::decode_changes(&record.payload)?;
+    let mut input: &[u8] = changeset;
     let reader: &mut dyn std::io::Read = &mut input;
     let mut iter = ChangesetIter::start_strm(&reader).map_err(|e| e.to_string())?;
     use fallible_streaming_iterator::FallibleStreamingIterator;

@@ -4,9 +4,9 @@
 
 use crate::class::{ClassEntry, Hosted};
 use crate::durability::{Durability, WalSync};
+use crate::error::HostError;
 use crate::log::recovery::RecoveryReport;
 use crate::log::{HostLog, LogConfig, LogRecord};
-use crate::error::HostError;
 use crate::server::Server;
 use crate::shard::{ShardConfig, Shards};
 use durable_client::{wire, ClientConfig, ALPN};
@@ -40,8 +40,38 @@ impl Default for Limits {
             max_frame: wire::DEFAULT_MAX_FRAME,
             max_batch: 256,
             request_window: 1000,
-            shards: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            shards: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
         }
+    }
+}
+
+/// An exclusive lock on a data directory (`DATA_DIR/host.lock`, flock), held by a
+/// running host and by offline operator commands.
+#[derive(Debug)]
+pub(crate) struct DirLock(#[allow(dead_code)] std::fs::File);
+
+impl DirLock {
+    pub(crate) fn acquire(data_dir: &Path) -> Result<DirLock, String> {
+        use std::os::fd::AsRawFd;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| format!("creating {}: {e}", data_dir.display()))?;
+        let path = data_dir.join("host.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("opening {}: {e}", path.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!(
+                "{} is in use by a running host",
+                data_dir.display()
+            ));
+        }
+        Ok(DirLock(f))
     }
 }
 
@@ -72,7 +102,10 @@ impl std::fmt::Debug for Host {
         f.debug_struct("Host")
             .field("data_dir", &self.data_dir)
             .field("listen", &self.listen)
-            .field("classes", &self.classes.iter().map(|c| c.name).collect::<Vec<_>>())
+            .field(
+                "classes",
+                &self.classes.iter().map(|c| c.name).collect::<Vec<_>>(),
+            )
             .field("limits", &self.limits)
             .finish()
     }
@@ -90,6 +123,18 @@ impl Host {
             durability: DurabilityMode::default(),
             log: LogConfig::default(),
         }
+    }
+
+    /// The registered classes and their remote methods.
+    pub fn describe(&self) -> Vec<(&'static str, Vec<durable_client::MethodInfo>)> {
+        self.classes
+            .iter()
+            .map(|c| {
+                let mut methods: Vec<_> = c.methods.values().copied().collect();
+                methods.sort_by_key(|(i, _)| *i);
+                (c.name, methods.into_iter().map(|(_, m)| m).collect())
+            })
+            .collect()
     }
 
     /// Choose how writes are made durable (default: the host log).
@@ -138,8 +183,14 @@ impl Host {
     /// the QUIC endpoint and start serving. Must be called inside a tokio runtime.
     pub async fn start(self) -> Result<RunningHost, HostError> {
         let limits = self.limits;
-        if limits.max_queue == 0 || limits.max_batch == 0 || limits.shards == 0 || limits.max_frame < 64 {
-            return Err(HostError::Config(format!("limits out of range: {limits:?}")));
+        if limits.max_queue == 0
+            || limits.max_batch == 0
+            || limits.shards == 0
+            || limits.max_frame < 64
+        {
+            return Err(HostError::Config(format!(
+                "limits out of range: {limits:?}"
+            )));
         }
         let mut classes = HashMap::new();
         for class in self.classes {
@@ -148,22 +199,28 @@ impl Host {
                 return Err(HostError::Config(format!("class {name} registered twice")));
             }
         }
+        let lock = DirLock::acquire(&self.data_dir).map_err(HostError::Config)?;
         std::fs::create_dir_all(self.data_dir.join("objects"))
             .map_err(|e| HostError::io(format!("creating {}", self.data_dir.display()), e))?;
         let tls = crate::tls::load_or_create(&self.data_dir, &self.tls_names)?;
         // Replay the log (whatever the mode: a previous run may have used it) before
         // any object opens.
-        let recovery = crate::log::recovery::recover(&self.data_dir, self.log.retention)?;
-        let (durability, host_log): (Arc<dyn Durability>, Option<Arc<HostLog>>) = match self.durability {
-            DurabilityMode::HostLog => {
-                let log = Arc::new(
-                    HostLog::start(&self.data_dir, recovery.last_lsn + 1, &self.log)
-                        .map_err(|e| HostError::io("starting the host log", e))?,
-                );
-                (log.clone(), Some(log))
-            }
-            DurabilityMode::ObjectFsync => (Arc::new(WalSync), None),
-        };
+        let recovery = crate::log::recovery::recover(
+            &self.data_dir,
+            self.log.retention,
+            limits.request_window,
+        )?;
+        let (durability, host_log): (Arc<dyn Durability>, Option<Arc<HostLog>>) =
+            match self.durability {
+                DurabilityMode::HostLog => {
+                    let log = Arc::new(
+                        HostLog::start(&self.data_dir, recovery.last_lsn + 1, &self.log)
+                            .map_err(|e| HostError::io("starting the host log", e))?,
+                    );
+                    (log.clone(), Some(log))
+                }
+                DurabilityMode::ObjectFsync => (Arc::new(WalSync), None),
+            };
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut server_tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -195,6 +252,10 @@ impl Host {
                 max_batch: limits.max_batch,
                 request_window: limits.request_window,
                 durability: durability.clone(),
+                snapshot_every: self.log.retention.map(|_| self.log.snapshot_interval),
+                bookmarks: host_log.clone().map(|l| {
+                    Arc::new(move || l.durable_lsn()) as Arc<dyn Fn() -> u64 + Send + Sync>
+                }),
             },
         )
         .map_err(|e| HostError::io("starting shard threads", e))?;
@@ -218,6 +279,7 @@ impl Host {
             durability,
             host_log,
             recovery,
+            _lock: lock,
         })
     }
 }
@@ -233,6 +295,7 @@ pub struct RunningHost {
     durability: Arc<dyn Durability>,
     host_log: Option<Arc<HostLog>>,
     recovery: RecoveryReport,
+    _lock: DirLock,
 }
 
 impl std::fmt::Debug for dyn Durability {
@@ -243,7 +306,9 @@ impl std::fmt::Debug for dyn Durability {
 
 impl std::fmt::Debug for HostLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HostLog").field("durable_lsn", &self.durable_lsn()).finish()
+        f.debug_struct("HostLog")
+            .field("durable_lsn", &self.durable_lsn())
+            .finish()
     }
 }
 

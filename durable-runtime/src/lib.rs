@@ -14,6 +14,7 @@ mod error;
 pub mod feed;
 mod host;
 mod log;
+pub mod restore;
 mod server;
 mod shard;
 mod store;
@@ -32,6 +33,8 @@ pub use rusqlite;
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::class::{decode_args, encode_result, encode_value, ActivateError, BoxTurn, Hosted, TurnOutcome};
+    pub use crate::class::{
+        decode_args, encode_result, encode_value, ActivateError, BoxTurn, Hosted, TurnOutcome,
+    };
     pub use crate::context::Context;
 }

@@ -37,7 +37,9 @@ impl Server {
 
     async fn connection(self: Arc<Self>, incoming: quinn::Incoming) {
         let Ok(conn) = incoming.await else { return };
-        let Ok((send, recv)) = conn.accept_bi().await else { return };
+        let Ok((send, recv)) = conn.accept_bi().await else {
+            return;
+        };
         if !self.hello(send, recv).await {
             // Let the rejection reach the client, then close.
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -52,7 +54,9 @@ impl Server {
 
     async fn hello(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> bool {
         let (ok, response) = match read_frame(&mut recv, MAX_HELLO).await {
-            Ok(Request::Hello { token }) if constant_time_eq(token.as_bytes(), self.token.as_bytes()) => {
+            Ok(Request::Hello { token })
+                if constant_time_eq(token.as_bytes(), self.token.as_bytes()) =>
+            {
                 (true, Response::Welcome)
             }
             Ok(_) => (false, Response::Error(WireError::Unauthenticated)),
@@ -78,7 +82,9 @@ impl Server {
     async fn call(&self, request: CallRequest) -> Response {
         let received = Instant::now();
         let Some(class) = self.classes.get(request.class.as_str()) else {
-            return Response::Error(WireError::UnknownClass { class: request.class });
+            return Response::Error(WireError::UnknownClass {
+                class: request.class,
+            });
         };
         let Some(&(method, info)) = class.methods.get(request.method.as_str()) else {
             return Response::Error(WireError::UnknownMethod {

@@ -40,6 +40,10 @@ pub(crate) struct ShardConfig {
     pub(crate) max_batch: usize,
     pub(crate) request_window: usize,
     pub(crate) durability: Arc<dyn Durability>,
+    /// With retention: ship a whole image when the last one is older than this.
+    pub(crate) snapshot_every: Option<std::time::Duration>,
+    /// The host log's durable lsn, for bookmarks.
+    pub(crate) bookmarks: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
 }
 
 /// The shard threads and the channels into them.
@@ -87,7 +91,9 @@ impl Shards {
         let id = call.request.object.as_bytes();
         let h = u64::from_le_bytes(id[..8].try_into().unwrap()) ^ fnv(call.class.name.as_bytes());
         let shard = (h % self.senders.len() as u64) as usize;
-        if let Err(mpsc::error::SendError(Message::Call(call))) = self.senders[shard].send(Message::Call(call)) {
+        if let Err(mpsc::error::SendError(Message::Call(call))) =
+            self.senders[shard].send(Message::Call(call))
+        {
             let _ = call.reply.send(Response::Error(WireError::ShuttingDown));
         }
     }
@@ -106,9 +112,9 @@ impl Shards {
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3))
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ *b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// What the router and an object's task share.
@@ -138,6 +144,7 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
                 log: None,
                 seq: 0,
                 needs_image: false,
+                last_image_ms: 0,
             };
             tokio::task::spawn_local(object.run());
             slot
@@ -170,6 +177,8 @@ struct Object {
     seq: u64,
     /// The next commit must ship a whole image (the object is new to the log).
     needs_image: bool,
+    /// When the object last shipped a whole image (ms since the epoch).
+    last_image_ms: u64,
 }
 
 /// A reply decided by a batch, waiting for the batch to be durable.
@@ -206,9 +215,18 @@ impl Object {
         if self.ctx.is_none() {
             let durability = &self.config.durability;
             let sync_new = !durability.captures_changes();
-            let (ctx, fresh) =
-                store::open(&self.config.data_dir, self.class.name, self.id, name, sync_new).map_err(internal)?;
+            let (mut ctx, fresh) = store::open(
+                &self.config.data_dir,
+                self.class.name,
+                self.id,
+                name,
+                sync_new,
+            )
+            .map_err(internal)?;
             self.seq = store::stored_seq(&ctx.conn).map_err(|e| internal(e.to_string()))?;
+            self.last_image_ms =
+                store::image_time(&ctx.conn).map_err(|e| internal(e.to_string()))?;
+            ctx.bookmarks = self.config.bookmarks.clone();
             self.needs_image = fresh && durability.captures_changes();
             let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
             self.log = Some(durability.attach(self.class.name, self.id, &path, self.seq));
@@ -221,7 +239,7 @@ impl Object {
             let activate = self.class.activate;
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| activate(ctx)));
             let failure = match result {
-                Ok(Ok(instance)) => match self.commit(before, capture).await {
+                Ok(Ok(instance)) => match self.commit(before, capture, &[]).await {
                     Ok(()) => {
                         self.instance = Some(instance);
                         return Ok(());
@@ -235,7 +253,7 @@ impl Object {
                     message: format!("activation panicked: {}", panic_message(&panic)),
                 }),
             };
-            let _ = self.ctx.as_ref().expect("opened").conn.execute_batch("ROLLBACK");
+            let _ = self.ctx.as_ref().expect("opened").conn.run("ROLLBACK");
             return Err(failure);
         }
         Ok(())
@@ -250,7 +268,9 @@ impl Object {
         } else {
             None
         };
-        ctx.conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| internal(e.to_string()))?;
+        ctx.conn
+            .run("BEGIN IMMEDIATE")
+            .map_err(|e| internal(e.to_string()))?;
         Ok(capture)
     }
 
@@ -260,27 +280,43 @@ impl Object {
     /// the log) is made durable in the log *before* the SQLite commit, so the object's
     /// file never holds a change the log lacks. Otherwise the commit comes first and the
     /// replies wait for the object's own sync (see [`Object::release`]).
-    async fn commit(&mut self, before: (u64, i64), capture: Option<store::ChangeCapture>) -> Result<(), String> {
+    async fn commit(
+        &mut self,
+        before: (u64, i64),
+        capture: Option<store::ChangeCapture>,
+        recorded: &[([u8; 16], Recorded)],
+    ) -> Result<(), String> {
         let ctx = self.ctx.as_mut().expect("opened");
         let after = write_marker(&ctx.conn);
         if after == before && !self.needs_image {
             drop(capture);
-            return ctx.conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+            return ctx.conn.run("COMMIT").map_err(|e| e.to_string());
         }
         let seq = self.seq + 1;
         store::set_stored_seq(&ctx.conn, seq).map_err(|e| e.to_string())?;
         let log = self.log.as_ref().expect("attached");
         if !log.captures_changes() {
             drop(capture);
-            ctx.conn.execute_batch("COMMIT").map_err(|e| e.to_string())?;
+            ctx.conn.run("COMMIT").map_err(|e| e.to_string())?;
             self.seq = seq;
             log.submit(seq, None);
             return Ok(());
         }
+        let now = crate::log::unix_ms();
+        let snapshot_due = self.config.snapshot_every.is_some_and(|every| {
+            now.saturating_sub(self.last_image_ms) >= every.as_millis() as u64
+        });
         let change = match &capture {
-            Some(c) if !self.needs_image && after.1 == before.1 => Change::Changeset(c.changeset()?),
+            Some(c) if !self.needs_image && !snapshot_due && after.1 == before.1 => {
+                Change::Changeset(store::encode_changes(&c.changeset()?, recorded))
+            }
             _ => {
-                let data = ctx.conn.serialize("main").map_err(|e| format!("serializing the database: {e}"))?;
+                store::set_image_time(&ctx.conn, now).map_err(|e| e.to_string())?;
+                self.last_image_ms = now;
+                let data = ctx
+                    .conn
+                    .serialize("main")
+                    .map_err(|e| format!("serializing the database: {e}"))?;
                 Change::Image(data.to_vec())
             }
         };
@@ -302,7 +338,7 @@ impl Object {
         // to this SQLite commit (recovery replays it from the log).
         self.seq = seq;
         self.needs_image = false;
-        ctx.conn.execute_batch("COMMIT").map_err(|e| {
+        ctx.conn.run("COMMIT").map_err(|e| {
             tracing::error!(class = self.class.name, id = %self.id, error = %e, "SQLite commit failed after the log write; replayed on restart");
             e.to_string()
         })
@@ -311,23 +347,43 @@ impl Object {
     async fn run_batch(&mut self, batch: Vec<Call>) -> Vec<Reply> {
         let name = batch[0].request.name.clone();
         if let Err(response) = self.ensure_active(name.as_deref()).await {
-            return batch.into_iter().map(|c| (c.reply, response.clone())).collect();
+            return batch
+                .into_iter()
+                .map(|c| (c.reply, response.clone()))
+                .collect();
         }
         let capture = match self.begin() {
             Ok(c) => c,
-            Err(response) => return batch.into_iter().map(|c| (c.reply, response.clone())).collect(),
+            Err(response) => {
+                return batch
+                    .into_iter()
+                    .map(|c| (c.reply, response.clone()))
+                    .collect()
+            }
         };
         let before = write_marker(&self.ctx.as_ref().expect("active").conn);
         let mut replies = Vec::with_capacity(batch.len());
+        let mut recorded = Vec::new();
         let mut calls = batch.into_iter();
         let mut failure: Option<String> = None;
         while let Some(call) = calls.next() {
             let instance = self.instance.as_mut().expect("active");
             let ctx = self.ctx.as_mut().expect("active");
-            match run_call(instance.as_mut(), ctx, &call, self.config.request_window).await {
+            match run_call(
+                instance.as_mut(),
+                ctx,
+                &call,
+                self.config.request_window,
+                &mut recorded,
+            )
+            .await
+            {
                 Ok(CallResult::Reply(response)) => replies.push((call.reply, response)),
                 Ok(CallResult::Panicked(message)) => {
-                    replies.push((call.reply, Response::Error(WireError::ObjectReset { message })));
+                    replies.push((
+                        call.reply,
+                        Response::Error(WireError::ObjectReset { message }),
+                    ));
                     // The instance may be half-changed: drop it. The calls behind this one
                     // go back to the front of the queue and meet a fresh activation.
                     self.instance = None;
@@ -345,14 +401,14 @@ impl Object {
             }
         }
         if failure.is_none() {
-            if let Err(e) = self.commit(before, capture).await {
+            if let Err(e) = self.commit(before, capture, &recorded).await {
                 failure = Some(format!("commit failed: {e}"));
             }
         }
         if let Some(message) = failure {
             // Nothing of this batch is stored: every reply becomes an error, the calls not
             // reached get it too, and the instance is rebuilt from storage next time.
-            let _ = self.ctx.as_ref().expect("active").conn.execute_batch("ROLLBACK");
+            let _ = self.ctx.as_ref().expect("active").conn.run("ROLLBACK");
             self.instance = None;
             tracing::error!(class = self.class.name, id = %self.id, %message, "batch failed");
             let failed = internal(message);
@@ -363,7 +419,46 @@ impl Object {
                 .map(|tx| (tx, failed.clone()))
                 .collect();
         }
+        if let Some(target) = self.ctx.as_mut().and_then(|c| c.restore.take()) {
+            if let Err(e) = self.restore(target).await {
+                tracing::error!(class = self.class.name, id = %self.id, error = %e, "restore failed; the object keeps its state");
+            }
+        }
         replies
+    }
+
+    /// Replace the object's state with its state at `target` (see [`crate::restore`]):
+    /// log the rebuilt image, then install it and reset the instance.
+    async fn restore(&mut self, target: crate::restore::RestoreTarget) -> Result<(), String> {
+        let (image, report) = crate::restore::rebuild(
+            &self.config.data_dir,
+            self.class.name,
+            self.id,
+            target,
+            self.seq,
+        )?;
+        let log = self.log.as_ref().expect("attached");
+        if !log.captures_changes() {
+            return Err("restoring needs the host log".into());
+        }
+        let mut watch = log.watch();
+        log.submit(report.new_seq, Some(Change::Image(image.clone())));
+        let durable = watch
+            .wait_for(|p| p.failed || p.durable >= report.new_seq)
+            .await
+            .map(|p| !p.failed);
+        if !matches!(durable, Ok(true)) {
+            return Err("the host log could not make the restored state durable".into());
+        }
+        self.instance = None;
+        self.ctx = None;
+        self.log = None;
+        let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
+        store::write_image(&path, &image)
+            .map_err(|e| format!("installing the restored state: {e}"))?;
+        self.seq = report.new_seq;
+        tracing::info!(class = self.class.name, id = %self.id, ?report, "object restored");
+        Ok(())
     }
 
     /// Send `replies` once everything this object committed so far is durable.
@@ -407,9 +502,23 @@ fn send_all(replies: Vec<Reply>, pos: DurablePos) {
     }
 }
 
+/// Statements the runtime runs on every batch, prepared once per connection.
+trait Run {
+    fn run(&self, sql: &str) -> rusqlite::Result<()>;
+}
+
+impl Run for rusqlite::Connection {
+    fn run(&self, sql: &str) -> rusqlite::Result<()> {
+        self.prepare_cached(sql)?.execute([]).map(drop)
+    }
+}
+
 /// Something that changes whenever a transaction writes rows or the schema.
 fn write_marker(conn: &rusqlite::Connection) -> (u64, i64) {
-    let schema: i64 = conn.query_row("PRAGMA schema_version", [], |r| r.get(0)).unwrap_or(-1);
+    let schema: i64 = conn
+        .prepare_cached("PRAGMA schema_version")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .unwrap_or(-1);
     (conn.total_changes(), schema)
 }
 
@@ -424,6 +533,7 @@ async fn run_call(
     ctx: &mut Context,
     call: &Call,
     window: usize,
+    recorded: &mut Vec<([u8; 16], Recorded)>,
 ) -> Result<CallResult, String> {
     let request = &call.request;
     if Instant::now() > call.deadline {
@@ -436,20 +546,26 @@ async fn run_call(
             Recorded::AppError(b) => Response::AppError(b),
         }));
     }
-    ctx.conn.execute_batch("SAVEPOINT durable_call").map_err(db)?;
+    ctx.conn.run("SAVEPOINT durable_call").map_err(db)?;
     let before = ctx.conn.total_changes();
     let turn = instance.dispatch(ctx, call.method, &request.args);
     let outcome = AssertUnwindSafe(turn).catch_unwind().await;
     let rollback = |ctx: &Context| {
         ctx.conn
-            .execute_batch("ROLLBACK TO durable_call; RELEASE durable_call")
+            .run("ROLLBACK TO durable_call")
+            .and_then(|_| ctx.conn.run("RELEASE durable_call"))
             .map_err(db)
     };
     let outcome = match outcome {
         Ok(o) => o,
         Err(panic) => {
             rollback(ctx)?;
-            let message = format!("{}.{} panicked: {}", call.class.name, request.method, panic_message(&panic));
+            let message = format!(
+                "{}.{} panicked: {}",
+                call.class.name,
+                request.method,
+                panic_message(&panic)
+            );
             tracing::warn!(id = %request.object, "{message}; object reset");
             return Ok(CallResult::Panicked(message));
         }
@@ -458,17 +574,21 @@ async fn run_call(
     let response = match outcome {
         TurnOutcome::Return(bytes) => {
             if wrote {
-                store::record_request(&ctx.conn, &request.request_id, &Recorded::Return(bytes.clone()), window)
+                let outcome = Recorded::Return(bytes.clone());
+                store::record_request(&ctx.conn, &request.request_id, &outcome, window)
                     .map_err(db)?;
+                recorded.push((request.request_id, outcome));
             }
-            ctx.conn.execute_batch("RELEASE durable_call").map_err(db)?;
+            ctx.conn.run("RELEASE durable_call").map_err(db)?;
             return Ok(CallResult::Reply(Response::Return(bytes)));
         }
         TurnOutcome::AppError(bytes) => {
             rollback(ctx)?;
             if wrote {
-                store::record_request(&ctx.conn, &request.request_id, &Recorded::AppError(bytes.clone()), window)
+                let outcome = Recorded::AppError(bytes.clone());
+                store::record_request(&ctx.conn, &request.request_id, &outcome, window)
                     .map_err(db)?;
+                recorded.push((request.request_id, outcome));
             }
             Response::AppError(bytes)
         }

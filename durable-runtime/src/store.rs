@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 /// `DATA_DIR/objects/CLASS/ID.db`.
 pub(crate) fn object_path(data_dir: &Path, class: &str, id: ObjectId) -> PathBuf {
-    data_dir.join("objects").join(class).join(format!("{id}.db"))
+    data_dir
+        .join("objects")
+        .join(class)
+        .join(format!("{id}.db"))
 }
 
 /// fsync a directory so that entries created in it survive power loss.
@@ -55,7 +58,10 @@ pub(crate) fn open(
             )?;
         }
         if let Some(name) = name {
-            tx.execute("INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('name', ?1)", [name])?;
+            tx.execute(
+                "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('name', ?1)",
+                [name],
+            )?;
         }
         tx.commit()
     };
@@ -71,7 +77,11 @@ pub(crate) fn open(
             .map_err(|e| format!("syncing {}: {e}", path.display()))?;
     }
     let stored_name: Option<String> = conn
-        .query_row("SELECT value FROM _durable_meta WHERE key = 'name'", [], |r| r.get(0))
+        .query_row(
+            "SELECT value FROM _durable_meta WHERE key = 'name'",
+            [],
+            |r| r.get(0),
+        )
         .optional()
         .map_err(|e| e.to_string())?;
     Ok((
@@ -80,6 +90,8 @@ pub(crate) fn open(
             class,
             id,
             name: stored_name,
+            bookmarks: None,
+            restore: None,
         },
         fresh,
     ))
@@ -88,7 +100,11 @@ pub(crate) fn open(
 /// The number of the last batch the object's database holds (0 if none).
 pub(crate) fn stored_seq(conn: &Connection) -> rusqlite::Result<u64> {
     let seq: Option<i64> = conn
-        .query_row("SELECT value FROM _durable_meta WHERE key = 'log_seq'", [], |r| r.get(0))
+        .query_row(
+            "SELECT value FROM _durable_meta WHERE key = 'log_seq'",
+            [],
+            |r| r.get(0),
+        )
         .optional()?;
     Ok(seq.unwrap_or(0).max(0) as u64)
 }
@@ -97,6 +113,27 @@ pub(crate) fn stored_seq(conn: &Connection) -> rusqlite::Result<u64> {
 pub(crate) fn set_stored_seq(conn: &Connection, seq: u64) -> rusqlite::Result<()> {
     conn.prepare_cached("INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('log_seq', ?1)")?
         .execute([seq as i64])?;
+    Ok(())
+}
+
+/// When the object last shipped a whole image (ms since the epoch; 0 if never).
+pub(crate) fn image_time(conn: &Connection) -> rusqlite::Result<u64> {
+    let t: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM _durable_meta WHERE key = 'image_ms'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(t.unwrap_or(0).max(0) as u64)
+}
+
+/// Record that the batch being committed ships a whole image.
+pub(crate) fn set_image_time(conn: &Connection, ms: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('image_ms', ?1)",
+    )?
+    .execute([ms as i64])?;
     Ok(())
 }
 
@@ -128,13 +165,19 @@ pub(crate) fn write_image(path: &Path, image: &[u8]) -> std::io::Result<()> {
 
 /// Apply log records to the object at `path`, each only if the object's stored batch
 /// number is below the record's. Returns how many were applied.
-pub(crate) fn replay(path: &Path, records: &[crate::log::LogRecord]) -> Result<usize, String> {
+pub(crate) fn replay(
+    path: &Path,
+    records: &[crate::log::LogRecord],
+    window: usize,
+) -> Result<usize, String> {
     use crate::log::RecordKind;
     use rusqlite::session::{ConflictAction, ConflictType};
     let open = |path: &Path| -> Result<Connection, String> {
         let c = Connection::open(path).map_err(|e| e.to_string())?;
-        c.pragma_update(None, "journal_mode", "WAL").map_err(|e| e.to_string())?;
-        c.pragma_update(None, "synchronous", "NORMAL").map_err(|e| e.to_string())?;
+        c.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| e.to_string())?;
+        c.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| e.to_string())?;
         Ok(c)
     };
     let mut applied = 0;
@@ -157,20 +200,28 @@ pub(crate) fn replay(path: &Path, records: &[crate::log::LogRecord]) -> Result<u
             }
             RecordKind::Changes => {
                 let Some(c) = &conn else {
-                    return Err(format!("lsn {}: changes for an object that has no database", record.lsn));
+                    return Err(format!(
+                        "lsn {}: changes for an object that has no database",
+                        record.lsn
+                    ));
                 };
+                let (changeset, calls) = decode_changes(&record.payload)?;
                 let tx = c.unchecked_transaction().map_err(|e| e.to_string())?;
                 c.apply_strm(
-                    &mut &record.payload[..],
+                    &mut &changeset[..],
                     None::<fn(&str) -> bool>,
                     |conflict, _item| match conflict {
-                        ConflictType::SQLITE_CHANGESET_DATA | ConflictType::SQLITE_CHANGESET_CONFLICT => {
+                        ConflictType::SQLITE_CHANGESET_DATA
+                        | ConflictType::SQLITE_CHANGESET_CONFLICT => {
                             ConflictAction::SQLITE_CHANGESET_REPLACE
                         }
                         _ => ConflictAction::SQLITE_CHANGESET_OMIT,
                     },
                 )
                 .map_err(|e| format!("lsn {}: applying changes: {e}", record.lsn))?;
+                for (id, outcome) in &calls {
+                    record_request(c, id, outcome, window).map_err(|e| e.to_string())?;
+                }
                 set_stored_seq(c, record.seq).map_err(|e| e.to_string())?;
                 tx.commit().map_err(|e| e.to_string())?;
             }
@@ -203,8 +254,11 @@ impl ChangeCapture {
                 &mut on as *mut _ as *mut std::os::raw::c_void,
             );
             if rc != ffi::SQLITE_OK {
-                return Err(format!("enabling rowid tables in the session failed ({rc})"));
+                return Err(format!(
+                    "enabling rowid tables in the session failed ({rc})"
+                ));
             }
+            ffi::sqlite3session_table_filter(session, Some(user_table), std::ptr::null_mut());
             let rc = ffi::sqlite3session_attach(session, std::ptr::null());
             if rc != ffi::SQLITE_OK {
                 return Err(format!("sqlite3session_attach failed ({rc})"));
@@ -235,6 +289,17 @@ impl ChangeCapture {
     }
 }
 
+/// The session filter: every table but the runtime's own bookkeeping tables
+/// (`_durable_kv` holds user data and is captured).
+unsafe extern "C" fn user_table(
+    _ctx: *mut std::os::raw::c_void,
+    table: *const std::os::raw::c_char,
+) -> std::os::raw::c_int {
+    // SAFETY: SQLite passes a NUL-terminated table name.
+    let name = unsafe { std::ffi::CStr::from_ptr(table) }.to_bytes();
+    (!name.starts_with(b"_durable_") || name == b"_durable_kv") as std::os::raw::c_int
+}
+
 impl Drop for ChangeCapture {
     fn drop(&mut self) {
         // SAFETY: created by sqlite3session_create and not yet deleted.
@@ -243,12 +308,67 @@ impl Drop for ChangeCapture {
 }
 
 /// A recorded outcome of an earlier call with the same request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Recorded {
     Return(Vec<u8>),
     AppError(Vec<u8>),
 }
 
-pub(crate) fn lookup_request(conn: &Connection, id: &[u8; 16]) -> rusqlite::Result<Option<Recorded>> {
+/// The payload of a `Changes` log record: the session changeset of the batch's user
+/// tables, and the request ids the batch recorded (the runtime's own tables are left
+/// out of the changeset: capturing them would cost a session table per batch).
+///
+/// Layout: `changeset_len: u32 LE`, changeset, then per recorded call:
+/// `id: [u8; 16]`, `kind: u8` (0 return, 1 error), `len: u32 LE`, body.
+pub(crate) fn encode_changes(changeset: &[u8], calls: &[([u8; 16], Recorded)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + changeset.len() + calls.len() * 32);
+    out.extend_from_slice(&(changeset.len() as u32).to_le_bytes());
+    out.extend_from_slice(changeset);
+    for (id, rec) in calls {
+        let (kind, body) = match rec {
+            Recorded::Return(b) => (0u8, b),
+            Recorded::AppError(b) => (1u8, b),
+        };
+        out.extend_from_slice(id);
+        out.push(kind);
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// The parts of a `Changes` payload.
+pub(crate) type ChangesPayload<'a> = (&'a [u8], Vec<([u8; 16], Recorded)>);
+
+pub(crate) fn decode_changes(payload: &[u8]) -> Result<ChangesPayload<'_>, String> {
+    let bad = || "malformed changes payload".to_string();
+    let n = u32::from_le_bytes(payload.get(..4).ok_or_else(bad)?.try_into().unwrap()) as usize;
+    let changeset = payload.get(4..4 + n).ok_or_else(bad)?;
+    let mut rest = &payload[4 + n..];
+    let mut calls = Vec::new();
+    while !rest.is_empty() {
+        let id: [u8; 16] = rest.get(..16).ok_or_else(bad)?.try_into().unwrap();
+        let kind = *rest.get(16).ok_or_else(bad)?;
+        let len =
+            u32::from_le_bytes(rest.get(17..21).ok_or_else(bad)?.try_into().unwrap()) as usize;
+        let body = rest.get(21..21 + len).ok_or_else(bad)?.to_vec();
+        calls.push((
+            id,
+            if kind == 0 {
+                Recorded::Return(body)
+            } else {
+                Recorded::AppError(body)
+            },
+        ));
+        rest = &rest[21 + len..];
+    }
+    Ok((changeset, calls))
+}
+
+pub(crate) fn lookup_request(
+    conn: &Connection,
+    id: &[u8; 16],
+) -> rusqlite::Result<Option<Recorded>> {
     conn.prepare_cached("SELECT kind, body FROM _durable_requests WHERE id = ?1")?
         .query_row([&id[..]], |r| {
             let kind: i64 = r.get(0)?;
@@ -263,13 +383,20 @@ pub(crate) fn lookup_request(conn: &Connection, id: &[u8; 16]) -> rusqlite::Resu
 }
 
 /// Record a call's outcome; every 64 records, drop those older than `window`.
-pub(crate) fn record_request(conn: &Connection, id: &[u8; 16], outcome: &Recorded, window: usize) -> rusqlite::Result<()> {
+pub(crate) fn record_request(
+    conn: &Connection,
+    id: &[u8; 16],
+    outcome: &Recorded,
+    window: usize,
+) -> rusqlite::Result<()> {
     let (kind, body) = match outcome {
         Recorded::Return(b) => (0i64, b),
         Recorded::AppError(b) => (1i64, b),
     };
-    conn.prepare_cached("INSERT INTO _durable_requests(id, kind, body) VALUES (?1, ?2, ?3)")?
-        .execute(rusqlite::params![&id[..], kind, body])?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO _durable_requests(id, kind, body) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(rusqlite::params![&id[..], kind, body])?;
     let seq = conn.last_insert_rowid();
     if seq % 64 == 0 {
         conn.prepare_cached("DELETE FROM _durable_requests WHERE seq <= ?1")?
@@ -293,16 +420,24 @@ pub fn list_objects(data_dir: &Path) -> std::io::Result<Vec<(String, ObjectId, O
             if f.extension().and_then(|e| e.to_str()) != Some("db") {
                 continue;
             }
-            let Some(id) = f.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()) else {
+            let Some(id) = f
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse().ok())
+            else {
                 continue;
             };
             let name = Connection::open_with_flags(&f, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .ok()
                 .and_then(|c| {
-                    c.query_row("SELECT value FROM _durable_meta WHERE key = 'name'", [], |r| r.get(0))
-                        .optional()
-                        .ok()
-                        .flatten()
+                    c.query_row(
+                        "SELECT value FROM _durable_meta WHERE key = 'name'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .ok()
+                    .flatten()
                 });
             out.push((class_name.clone(), id, name));
         }

@@ -27,7 +27,8 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), HostError> {
 }
 
 fn write_public(path: &Path, contents: &[u8]) -> Result<(), HostError> {
-    std::fs::write(path, contents).map_err(|e| HostError::io(format!("writing {}", path.display()), e))
+    std::fs::write(path, contents)
+        .map_err(|e| HostError::io(format!("writing {}", path.display()), e))
 }
 
 fn tls_err(e: impl std::fmt::Display) -> HostError {
@@ -40,7 +41,10 @@ fn ca_params() -> Result<rcgen::CertificateParams, HostError> {
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "durable development CA");
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
     Ok(params)
 }
 
@@ -48,7 +52,8 @@ fn ca_params() -> Result<rcgen::CertificateParams, HostError> {
 /// IP addresses for the host certificate (besides `localhost`, `127.0.0.1`, `::1`).
 pub(crate) fn load_or_create(data_dir: &Path, names: &[String]) -> Result<TlsMaterial, HostError> {
     let dir = data_dir.join("tls");
-    std::fs::create_dir_all(&dir).map_err(|e| HostError::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| HostError::io(format!("creating {}", dir.display()), e))?;
     let (ca_pem, ca_key, cert, key, token) = (
         dir.join("ca.pem"),
         dir.join("ca.key"),
@@ -67,7 +72,8 @@ pub(crate) fn load_or_create(data_dir: &Path, names: &[String]) -> Result<TlsMat
     }
     if !cert.exists() || !key.exists() {
         let _ = std::fs::remove_file(&key);
-        let ca_key_pem = std::fs::read_to_string(&ca_key).map_err(|e| HostError::io("reading ca.key", e))?;
+        let ca_key_pem =
+            std::fs::read_to_string(&ca_key).map_err(|e| HostError::io("reading ca.key", e))?;
         let ca_pair = rcgen::KeyPair::from_pem(&ca_key_pem).map_err(tls_err)?;
         // Same name and key as ca.pem, so certificates it signs chain to ca.pem.
         let ca = ca_params()?.self_signed(&ca_pair).map_err(tls_err)?;
@@ -75,8 +81,12 @@ pub(crate) fn load_or_create(data_dir: &Path, names: &[String]) -> Result<TlsMat
         sans.extend(names.iter().cloned());
         let host_pair = rcgen::KeyPair::generate().map_err(tls_err)?;
         let mut params = rcgen::CertificateParams::new(sans).map_err(tls_err)?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, "durable host");
-        let host_cert = params.signed_by(&host_pair, &ca, &ca_pair).map_err(tls_err)?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "durable host");
+        let host_cert = params
+            .signed_by(&host_pair, &ca, &ca_pair)
+            .map_err(tls_err)?;
         write_private(&key, host_pair.serialize_pem().as_bytes())?;
         write_public(&cert, host_cert.pem().as_bytes())?;
     }
@@ -102,5 +112,9 @@ pub(crate) fn load_or_create(data_dir: &Path, names: &[String]) -> Result<TlsMat
     if token.is_empty() {
         return Err(HostError::Tls("the token file is empty".into()));
     }
-    Ok(TlsMaterial { cert_chain, key, token })
+    Ok(TlsMaterial {
+        cert_chain,
+        key,
+        token,
+    })
 }

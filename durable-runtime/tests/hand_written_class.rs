@@ -37,7 +37,12 @@ impl Hosted for Tally {
         Ok(Tally { total })
     }
 
-    fn dispatch<'a>(&'a mut self, ctx: &'a mut Context, method: usize, args: &'a [u8]) -> BoxTurn<'a> {
+    fn dispatch<'a>(
+        &'a mut self,
+        ctx: &'a mut Context,
+        method: usize,
+        args: &'a [u8],
+    ) -> BoxTurn<'a> {
         Box::pin(async move {
             match method {
                 0 => {
@@ -74,12 +79,21 @@ impl TallyClient {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hand_written_class_is_served_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::builder(dir.path()).register::<Tally>().start().await.unwrap();
-    let client = Client::connect(host.client_config().unwrap()).await.unwrap();
+    let host = Host::builder(dir.path())
+        .register::<Tally>()
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect(host.client_config().unwrap())
+        .await
+        .unwrap();
     let tally = client.get::<Tally>("t");
     assert_eq!(tally.add(2).await.unwrap(), 2);
     assert_eq!(tally.add(3).await.unwrap(), 5);
-    assert_eq!(tally.add(-1).await.unwrap_err(), CallError::Application(Error::msg("negative")));
+    assert_eq!(
+        tally.add(-1).await.unwrap_err(),
+        CallError::Application(Error::msg("negative"))
+    );
     let mut calls = Vec::new();
     for _ in 0..100 {
         let t = client.get::<Tally>("t");
@@ -91,8 +105,14 @@ async fn a_hand_written_class_is_served_and_survives_a_restart() {
     client.close();
     host.shutdown().await;
 
-    let host = Host::builder(dir.path()).register::<Tally>().start().await.unwrap();
-    let client = Client::connect(host.client_config().unwrap()).await.unwrap();
+    let host = Host::builder(dir.path())
+        .register::<Tally>()
+        .start()
+        .await
+        .unwrap();
+    let client = Client::connect(host.client_config().unwrap())
+        .await
+        .unwrap();
     assert_eq!(client.get::<Tally>("t").add(0).await.unwrap(), 105);
     host.shutdown().await;
 }

@@ -25,10 +25,15 @@ pub struct ConnectArgs {
 impl ConnectArgs {
     /// Connect a client, or exit with a message.
     pub async fn client(&self) -> durable::Client {
-        let mut config = match durable::ClientConfig::from_files(self.connect, &self.ca, &self.token_file) {
-            Ok(c) => c,
-            Err(e) => fail(format!("reading {} / {}: {e}", self.ca.display(), self.token_file.display())),
-        };
+        let mut config =
+            match durable::ClientConfig::from_files(self.connect, &self.ca, &self.token_file) {
+                Ok(c) => c,
+                Err(e) => fail(format!(
+                    "reading {} / {}: {e}",
+                    self.ca.display(),
+                    self.token_file.display()
+                )),
+            };
         config.deadline = std::time::Duration::from_millis(self.deadline_ms);
         match durable::Client::connect(config).await {
             Ok(c) => c,

@@ -12,8 +12,10 @@ pub struct Counter {
 impl Counter {
     fn activate(ctx: &mut Context) -> Result<Self, Error> {
         let sql = ctx.sql();
-        sql.migrate(&["CREATE TABLE counter(id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
-             INSERT INTO counter VALUES (1, 0);"])?;
+        sql.migrate(&[
+            "CREATE TABLE counter(id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+             INSERT INTO counter VALUES (1, 0);",
+        ])?;
         let value = sql.query_row("SELECT value FROM counter WHERE id = 1", [], |r| r.get(0))?;
         Ok(Counter { value })
     }
@@ -24,7 +26,8 @@ impl Counter {
             .value
             .checked_add(by)
             .ok_or_else(|| Error::new(ErrorKind::Invalid, "the counter would overflow"))?;
-        ctx.sql().execute("UPDATE counter SET value = ?1 WHERE id = 1", [value])?;
+        ctx.sql()
+            .execute("UPDATE counter SET value = ?1 WHERE id = 1", [value])?;
         self.value = value;
         Ok(value)
     }

@@ -28,19 +28,43 @@ impl Probe {
     /// The value under `key`.
     pub async fn get(&self, ctx: &mut Context, key: String) -> Result<Option<i64>, Error> {
         ctx.sql()
-            .query_opt("SELECT value FROM entries WHERE key = ?1", [key], |r| r.get(0))
+            .query_opt("SELECT value FROM entries WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
     }
 
     /// Store `value` under `key`, then return the application's own error.
-    pub async fn put_then_fail(&mut self, ctx: &mut Context, key: String, value: i64) -> Result<(), ProbeError> {
-        self.put(ctx, key, value).await.map_err(|e| ProbeError::Storage(e.message))?;
+    pub async fn put_then_fail(
+        &mut self,
+        ctx: &mut Context,
+        key: String,
+        value: i64,
+    ) -> Result<(), ProbeError> {
+        self.put(ctx, key, value)
+            .await
+            .map_err(|e| ProbeError::Storage(e.message))?;
         Err(ProbeError::Refused { value })
     }
 
     /// Store `value` under `key`, then panic.
-    pub async fn put_then_panic(&mut self, ctx: &mut Context, key: String, value: i64) -> Result<(), Error> {
+    pub async fn put_then_panic(
+        &mut self,
+        ctx: &mut Context,
+        key: String,
+        value: i64,
+    ) -> Result<(), Error> {
         self.put(ctx, key, value).await?;
         panic!("probe told to panic after writing {value}");
+    }
+
+    /// A bookmark of the object's state now.
+    pub async fn bookmark(&self, ctx: &mut Context) -> Option<u64> {
+        ctx.bookmark()
+    }
+
+    /// Restore the object to `bookmark` after this turn.
+    pub async fn restore(&mut self, ctx: &mut Context, bookmark: u64) {
+        ctx.restore_to(bookmark);
     }
 
     /// Hold the object for `millis` milliseconds.

@@ -11,11 +11,15 @@ use durable_examples::counter::Counter;
 async fn still_serves(host: &HostProcess) {
     let client = host.client().await;
     let before = client.get::<Counter>("canary").get().await.unwrap();
-    assert_eq!(client.get::<Counter>("canary").increment(1).await.unwrap(), before + 1);
+    assert_eq!(
+        client.get::<Counter>("canary").increment(1).await.unwrap(),
+        before + 1
+    );
 }
 
 fn decode(bytes: &[u8]) -> Response {
-    wire::decode_frame(bytes, 1 << 20).unwrap_or_else(|e| panic!("host answer is not a frame: {e} {bytes:?}"))
+    wire::decode_frame(bytes, 1 << 20)
+        .unwrap_or_else(|e| panic!("host answer is not a frame: {e} {bytes:?}"))
 }
 
 fn call_frame(class: &str, name: &str, method: &str, fingerprint: u64, args: Vec<u8>) -> Vec<u8> {
@@ -32,7 +36,10 @@ fn call_frame(class: &str, name: &str, method: &str, fingerprint: u64, args: Vec
 }
 
 fn rand_id() -> [u8; 16] {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     t.to_le_bytes()
 }
 
@@ -52,10 +59,18 @@ async fn garbage_truncated_and_oversized_frames_get_typed_errors() {
     // Garbage with a plausible length: not a valid message.
     let mut garbage = vec![9, 0, 0, 0, wire::PROTOCOL_VERSION];
     garbage.extend([0xff, 0xfe, 0x80, 0x81, 0x00, 0x13, 0x37, 0x42]);
-    assert!(matches!(decode(&exchange_bytes(&conn, &garbage).await), Response::Error(WireError::Malformed { .. })));
+    assert!(matches!(
+        decode(&exchange_bytes(&conn, &garbage).await),
+        Response::Error(WireError::Malformed { .. })
+    ));
     // Pure noise: its first four bytes declare an enormous frame.
-    let noise: Vec<u8> = (0..512u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 0x80).collect();
-    assert!(matches!(decode(&exchange_bytes(&conn, &noise).await), Response::Error(WireError::TooLarge { .. })));
+    let noise: Vec<u8> = (0..512u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 0x80)
+        .collect();
+    assert!(matches!(
+        decode(&exchange_bytes(&conn, &noise).await),
+        Response::Error(WireError::TooLarge { .. })
+    ));
     // Truncated: the prefix promises more than arrives.
     let frame = call_frame("Counter", "x", "get", 0, vec![]);
     assert!(matches!(
@@ -65,7 +80,10 @@ async fn garbage_truncated_and_oversized_frames_get_typed_errors() {
     // An unknown protocol version.
     let mut v9 = frame.clone();
     v9[4] = 9;
-    assert_eq!(decode(&exchange_bytes(&conn, &v9).await), Response::Error(WireError::UnsupportedVersion { got: 9 }));
+    assert_eq!(
+        decode(&exchange_bytes(&conn, &v9).await),
+        Response::Error(WireError::UnsupportedVersion { got: 9 })
+    );
     // Oversized: a real 1 MiB frame against a 64 KiB limit.
     let big = call_frame("Counter", "x", "increment", 0, vec![7; 1 << 20]);
     match decode(&exchange_bytes(&conn, &big).await) {
@@ -82,7 +100,10 @@ async fn garbage_truncated_and_oversized_frames_get_typed_errors() {
     // The client refuses to send an oversized frame itself, with the same typed error.
     let client = host.client().await;
     let object = client.object_ref("Counter", ObjectId::from_name("Counter", "x"), Some("x"));
-    let err = object.call::<_, i64, durable::Error>("increment", 0, &vec![0u8; 8 << 20]).await.unwrap_err();
+    let err = object
+        .call::<_, i64, durable::Error>("increment", 0, &vec![0u8; 8 << 20])
+        .await
+        .unwrap_err();
     assert!(matches!(err, CallError::TooLarge { .. }), "{err:?}");
 }
 
@@ -93,12 +114,18 @@ async fn unknown_class_method_and_schema_mismatch_are_typed_and_touch_nothing() 
     let client = host.client().await;
 
     let nope = client.object_ref("Nope", ObjectId::from_name("Nope", "a"), Some("a"));
-    let err = nope.call::<_, i64, durable::Error>("get", 1, &()).await.unwrap_err();
+    let err = nope
+        .call::<_, i64, durable::Error>("get", 1, &())
+        .await
+        .unwrap_err();
     assert_eq!(err, CallError::UnknownClass("Nope".into()));
     assert!(!err.is_retry_safe() || matches!(err, CallError::UnknownClass(_)));
 
     let counter = client.object_ref("Counter", ObjectId::from_name("Counter", "a"), Some("a"));
-    let err = counter.call::<_, i64, durable::Error>("explode", 1, &()).await.unwrap_err();
+    let err = counter
+        .call::<_, i64, durable::Error>("explode", 1, &())
+        .await
+        .unwrap_err();
     assert_eq!(
         err,
         CallError::UnknownMethod {
@@ -107,7 +134,10 @@ async fn unknown_class_method_and_schema_mismatch_are_typed_and_touch_nothing() 
         }
     );
     // Right method, wrong signature (as if the client were built from another version).
-    let err = counter.call::<_, i64, durable::Error>("increment", 0xdead_beef, &("one",)).await.unwrap_err();
+    let err = counter
+        .call::<_, i64, durable::Error>("increment", 0xdead_beef, &("one",))
+        .await
+        .unwrap_err();
     assert_eq!(
         err,
         CallError::SchemaMismatch {
@@ -125,7 +155,10 @@ async fn a_wrong_or_missing_token_reaches_no_object() {
     let host = HostProcess::start(dir.path(), &[]);
     let mut config = host.client_config();
     config.token = "not-the-token".into();
-    assert!(matches!(durable::Client::connect(config).await, Err(ConnectError::Unauthenticated)));
+    assert!(matches!(
+        durable::Client::connect(config).await,
+        Err(ConnectError::Unauthenticated)
+    ));
 
     // A raw peer that skips the hello and goes straight for a call.
     let conn = raw_connection(&host).await;
@@ -134,8 +167,17 @@ async fn a_wrong_or_missing_token_reaches_no_object() {
         .find(|m| m.name == "increment")
         .unwrap()
         .fingerprint;
-    let frame = call_frame("Counter", "secret", "increment", fp, postcard::to_stdvec(&(1i64,)).unwrap());
-    assert_eq!(decode(&exchange_bytes(&conn, &frame).await), Response::Error(WireError::Unauthenticated));
+    let frame = call_frame(
+        "Counter",
+        "secret",
+        "increment",
+        fp,
+        postcard::to_stdvec(&(1i64,)).unwrap(),
+    );
+    assert_eq!(
+        decode(&exchange_bytes(&conn, &frame).await),
+        Response::Error(WireError::Unauthenticated)
+    );
     assert_eq!(object_files(&host, "Counter"), 0);
     still_serves(&host).await;
 }

@@ -41,7 +41,10 @@ async fn err_rolls_back_and_the_application_error_arrives_intact() {
     let probe = client.get::<Probe>("p");
     probe.put("k".into(), 1).await.unwrap();
     let err = probe.put_then_fail("k".into(), 2).await.unwrap_err();
-    assert_eq!(err, CallError::Application(ProbeError::Refused { value: 2 }));
+    assert_eq!(
+        err,
+        CallError::Application(ProbeError::Refused { value: 2 })
+    );
     assert!(err.is_retry_safe());
     assert_eq!(probe.get("k".into()).await.unwrap(), Some(1));
 }
@@ -88,14 +91,26 @@ async fn a_replayed_request_id_is_applied_once_and_returns_the_first_result() {
     let object = client.object_ref("Counter", counter.id(), Some("replayed"));
     let fingerprint = method_fingerprint::<Counter>("increment");
     let request = object.prepare("increment", fingerprint, &(1i64,));
-    let first: i64 = object.call_request::<i64, durable::Error>(&request).await.unwrap();
+    let first: i64 = object
+        .call_request::<i64, durable::Error>(&request)
+        .await
+        .unwrap();
     assert_eq!(first, 6);
     // The same request again, on the same and on a fresh connection: same answer, applied once.
-    let again: i64 = object.call_request::<i64, durable::Error>(&request).await.unwrap();
+    let again: i64 = object
+        .call_request::<i64, durable::Error>(&request)
+        .await
+        .unwrap();
     assert_eq!(again, 6);
     let other = host.client().await;
     let object2 = other.object_ref("Counter", counter.id(), Some("replayed"));
-    assert_eq!(object2.call_request::<i64, durable::Error>(&request).await.unwrap(), 6);
+    assert_eq!(
+        object2
+            .call_request::<i64, durable::Error>(&request)
+            .await
+            .unwrap(),
+        6
+    );
     assert_eq!(counter.get().await.unwrap(), 6);
     // A new request id is a new call.
     assert_eq!(counter.increment(1).await.unwrap(), 7);
@@ -108,14 +123,28 @@ async fn replayed_application_errors_are_remembered_too() {
     let client = host.client().await;
     let probe = client.get::<Probe>("p");
     let object = client.object_ref("Probe", probe.id(), Some("p"));
-    let request = object.prepare("put_then_fail", method_fingerprint::<Probe>("put_then_fail"), &("k", 4i64));
+    let request = object.prepare(
+        "put_then_fail",
+        method_fingerprint::<Probe>("put_then_fail"),
+        &("k", 4i64),
+    );
     for _ in 0..2 {
-        let err = object.call_request::<(), ProbeError>(&request).await.unwrap_err();
-        assert_eq!(err, CallError::Application(ProbeError::Refused { value: 4 }));
+        let err = object
+            .call_request::<(), ProbeError>(&request)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            CallError::Application(ProbeError::Refused { value: 4 })
+        );
     }
     assert_eq!(probe.get("k".into()).await.unwrap(), None);
 }
 
 fn method_fingerprint<C: durable::ObjectClass>(name: &str) -> u64 {
-    C::METHODS.iter().find(|m| m.name == name).unwrap().fingerprint
+    C::METHODS
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap()
+        .fingerprint
 }

@@ -19,15 +19,24 @@ async fn kill_dash_nine_loses_nothing_acknowledged() {
         let host = HostProcess::start(dir.path(), &[]);
         let client = host.client().await;
         // Everything acknowledged in earlier rounds survived the kill.
-        for (name, (acked, sent)) in told.lock().unwrap().clone() {
+        let before = told.lock().unwrap().clone();
+        for (name, (acked, sent)) in before {
             let value = client.get::<Counter>(&name).get().await.unwrap();
-            assert!(value >= acked, "round {round}: {name} = {value}, but a client was told {acked}");
-            assert!(value <= sent, "round {round}: {name} = {value}, more than the {sent} increments sent");
+            assert!(
+                value >= acked,
+                "round {round}: {name} = {value}, but a client was told {acked}"
+            );
+            assert!(
+                value <= sent,
+                "round {round}: {name} = {value}, more than the {sent} increments sent"
+            );
         }
         let mut tasks = Vec::new();
         for t in 0..16 {
             let name = format!("c{}", t % objects);
-            let counter = client.get::<Counter>(&name).with_deadline(Duration::from_secs(2));
+            let counter = client
+                .get::<Counter>(&name)
+                .with_deadline(Duration::from_secs(2));
             let told = told.clone();
             tasks.push(tokio::spawn(async move {
                 loop {
@@ -57,7 +66,10 @@ async fn kill_dash_nine_loses_nothing_acknowledged() {
     for (name, (acked, sent)) in told {
         assert!(acked > 0, "{name} never acknowledged anything");
         let value = client.get::<Counter>(&name).get().await.unwrap();
-        assert!(value >= acked && value <= sent, "{name} = {value}, told {acked}, sent {sent}");
+        assert!(
+            value >= acked && value <= sent,
+            "{name} = {value}, told {acked}, sent {sent}"
+        );
     }
     // A clean stop exits 0.
     assert!(host.terminate().success());

@@ -33,7 +33,10 @@ async fn a_full_queue_answers_overloaded_quickly() {
         match t.await.unwrap() {
             (Err(CallError::Overloaded), took) => {
                 overloaded += 1;
-                assert!(took < Duration::from_millis(500), "Overloaded took {took:?}");
+                assert!(
+                    took < Duration::from_millis(500),
+                    "Overloaded took {took:?}"
+                );
             }
             (Ok(()), _) => ok += 1,
             (other, _) => panic!("unexpected {other:?}"),

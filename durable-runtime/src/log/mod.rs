@@ -14,8 +14,8 @@
 mod record;
 pub(crate) mod recovery;
 
-pub use record::{LogRecord, RecordKind, TailProblem};
 pub(crate) use record::{list_segments, read_segment, segment_name};
+pub use record::{LogRecord, RecordKind, TailProblem};
 
 use crate::durability::{Change, Durability, DurablePos, ObjectLog};
 use durable_client::ObjectId;
@@ -42,6 +42,9 @@ pub struct LogConfig {
     /// Keep retired segments under `DATA_DIR/archive/` this long for point-in-time
     /// recovery and the change feed (`None`: delete them at checkpoint). Default 30 days.
     pub retention: Option<Duration>,
+    /// With retention, an object's next write ships a whole image (a snapshot to
+    /// restore from) once its last one is older than this. Default one day.
+    pub snapshot_interval: Duration,
 }
 
 impl Default for LogConfig {
@@ -49,6 +52,7 @@ impl Default for LogConfig {
         LogConfig {
             checkpoint_interval: Some(Duration::from_secs(30)),
             retention: Some(Duration::from_secs(30 * 24 * 3600)),
+            snapshot_interval: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -62,16 +66,21 @@ pub(crate) fn archive_dir(data_dir: &Path) -> PathBuf {
 }
 
 pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The last checkpoint lsn recorded in `DATA_DIR/log/checkpoint` (0 if none).
 pub(crate) fn read_checkpoint(data_dir: &Path) -> std::io::Result<u64> {
     match std::fs::read_to_string(log_dir(data_dir).join("checkpoint")) {
-        Ok(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad checkpoint file {s:?}"))),
+        Ok(s) => s.trim().parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad checkpoint file {s:?}"),
+            )
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(e),
     }
@@ -104,7 +113,11 @@ pub(crate) fn sync_object_files(db_path: &Path) -> std::io::Result<()> {
 
 /// Retire every segment wholly at or below `lsn` except the newest: move it to the
 /// archive (with retention) or delete it; then drop archived segments past retention.
-pub(crate) fn retire_segments(data_dir: &Path, lsn: u64, retention: Option<Duration>) -> std::io::Result<()> {
+pub(crate) fn retire_segments(
+    data_dir: &Path,
+    lsn: u64,
+    retention: Option<Duration>,
+) -> std::io::Result<()> {
     let dir = log_dir(data_dir);
     let segments = list_segments(&dir)?;
     let archive = archive_dir(data_dir);
@@ -137,6 +150,36 @@ pub(crate) fn retire_segments(data_dir: &Path, lsn: u64, retention: Option<Durat
         }
     }
     Ok(())
+}
+
+/// Append one image record as its own segment while no host runs (offline restore).
+pub(crate) fn append_offline(
+    data_dir: &Path,
+    lsn: u64,
+    class: &str,
+    object: ObjectId,
+    seq: u64,
+    image: &[u8],
+) -> std::io::Result<()> {
+    let dir = log_dir(data_dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut buf = Vec::with_capacity(image.len() + 64);
+    let header = record::Header {
+        lsn,
+        time_ms: unix_ms(),
+        kind: RecordKind::Image,
+        class,
+        object,
+        seq,
+    };
+    record::encode(&mut buf, &header, image);
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(dir.join(segment_name(lsn)))?;
+    f.write_all(&buf)?;
+    f.sync_all()?;
+    crate::store::sync_dir(&dir)
 }
 
 struct Entry {
@@ -212,7 +255,11 @@ pub(crate) struct HostLog {
 impl HostLog {
     /// Start the writer (appending to a new segment that begins at `next_lsn`) and the
     /// checkpointer. Recovery must have run first.
-    pub(crate) fn start(data_dir: &Path, next_lsn: u64, config: &LogConfig) -> std::io::Result<HostLog> {
+    pub(crate) fn start(
+        data_dir: &Path,
+        next_lsn: u64,
+        config: &LogConfig,
+    ) -> std::io::Result<HostLog> {
         let dir = log_dir(data_dir);
         std::fs::create_dir_all(&dir)?;
         let segment = Segment::create(&dir, next_lsn)?;
@@ -272,7 +319,13 @@ impl Durability for HostLog {
         true
     }
 
-    fn attach(&self, class: &'static str, id: ObjectId, db_path: &Path, durable_seq: u64) -> Box<dyn ObjectLog> {
+    fn attach(
+        &self,
+        class: &'static str,
+        id: ObjectId,
+        db_path: &Path,
+        durable_seq: u64,
+    ) -> Box<dyn ObjectLog> {
         Box::new(HostObjectLog {
             tx: self.sender.clone(),
             class,
@@ -356,14 +409,22 @@ struct Segment {
 impl Segment {
     fn create(dir: &Path, first_lsn: u64) -> std::io::Result<Segment> {
         let path = dir.join(segment_name(first_lsn));
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
         let size = file.metadata()?.len();
         crate::store::sync_dir(dir)?;
         Ok(Segment { file, size })
     }
 }
 
-fn writer_loop(rx: mpsc::Receiver<Msg>, shared: Arc<Shared>, mut next_lsn: u64, mut segment: Segment) {
+fn writer_loop(
+    rx: mpsc::Receiver<Msg>,
+    shared: Arc<Shared>,
+    mut next_lsn: u64,
+    mut segment: Segment,
+) {
     let dir = log_dir(&shared.data_dir);
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut batch: Vec<Entry> = Vec::new();
@@ -387,13 +448,23 @@ fn writer_loop(rx: mpsc::Receiver<Msg>, shared: Arc<Shared>, mut next_lsn: u64, 
         }
         if !batch.is_empty() {
             if shared.failed.load(Ordering::Acquire) {
-                batch.drain(..).for_each(|e| e.pos.send_modify(|p| p.failed = true));
+                batch
+                    .drain(..)
+                    .for_each(|e| e.pos.send_modify(|p| p.failed = true));
             } else {
                 let first = next_lsn;
                 let now = unix_ms();
                 buf.clear();
                 for e in &batch {
-                    record::encode(&mut buf, next_lsn, now, e.kind, e.class, e.object, e.seq, &e.payload);
+                    let header = record::Header {
+                        lsn: next_lsn,
+                        time_ms: now,
+                        kind: e.kind,
+                        class: e.class,
+                        object: e.object,
+                        seq: e.seq,
+                    };
+                    record::encode(&mut buf, &header, &e.payload);
                     next_lsn += 1;
                 }
                 let result = (|| {
@@ -406,11 +477,15 @@ fn writer_loop(rx: mpsc::Receiver<Msg>, shared: Arc<Shared>, mut next_lsn: u64, 
                 match result {
                     Ok(()) => {
                         segment.size += buf.len() as u64;
-                        let since = shared.bytes_since_checkpoint.fetch_add(buf.len() as u64, Ordering::AcqRel);
+                        let since = shared
+                            .bytes_since_checkpoint
+                            .fetch_add(buf.len() as u64, Ordering::AcqRel);
                         {
                             let mut dirty = shared.dirty.lock().unwrap();
                             for e in &batch {
-                                dirty.entry((e.class, e.object)).or_insert_with(|| e.db_path.clone());
+                                dirty
+                                    .entry((e.class, e.object))
+                                    .or_insert_with(|| e.db_path.clone());
                             }
                         }
                         shared.durable_lsn.send_replace(next_lsn - 1);
@@ -436,7 +511,9 @@ fn writer_loop(rx: mpsc::Receiver<Msg>, shared: Arc<Shared>, mut next_lsn: u64, 
                     Err(e) => {
                         tracing::error!(error = %e, "writing the host log failed; no further writes are acknowledged");
                         shared.failed.store(true, Ordering::Release);
-                        batch.drain(..).for_each(|e| e.pos.send_modify(|p| p.failed = true));
+                        batch
+                            .drain(..)
+                            .for_each(|e| e.pos.send_modify(|p| p.failed = true));
                     }
                 }
             }

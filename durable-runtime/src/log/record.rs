@@ -41,17 +41,26 @@ pub struct LogRecord {
 
 const FIXED: usize = 4 + 8 + 8 + 1 + 2 + 16 + 8;
 
+/// Everything of a record but its payload.
+pub(crate) struct Header<'a> {
+    pub(crate) lsn: u64,
+    pub(crate) time_ms: u64,
+    pub(crate) kind: RecordKind,
+    pub(crate) class: &'a str,
+    pub(crate) object: ObjectId,
+    pub(crate) seq: u64,
+}
+
 /// Append the encoding of a record to `out`.
-pub(crate) fn encode(
-    out: &mut Vec<u8>,
-    lsn: u64,
-    time_ms: u64,
-    kind: RecordKind,
-    class: &str,
-    object: ObjectId,
-    seq: u64,
-    payload: &[u8],
-) {
+pub(crate) fn encode(out: &mut Vec<u8>, h: &Header<'_>, payload: &[u8]) {
+    let Header {
+        lsn,
+        time_ms,
+        kind,
+        class,
+        object,
+        seq,
+    } = *h;
     let start = out.len();
     let len = FIXED + class.len() + payload.len();
     out.extend_from_slice(&(len as u32).to_le_bytes());
@@ -167,7 +176,10 @@ pub(crate) fn parse_segment(bytes: &[u8]) -> SegmentRead {
             Err(p) => break Some(p),
         };
         if last_lsn.is_some_and(|l| record.lsn <= l) {
-            break Some(TailProblem::Invalid(format!("lsn {} does not increase", record.lsn)));
+            break Some(TailProblem::Invalid(format!(
+                "lsn {} does not increase",
+                record.lsn
+            )));
         }
         last_lsn = Some(record.lsn);
         records.push(record);
@@ -191,7 +203,11 @@ pub(crate) fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> 
         if path.extension().and_then(|e| e.to_str()) != Some("seg") {
             continue;
         }
-        if let Some(first) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| s.parse().ok()) {
+        if let Some(first) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse().ok())
+        {
             out.push((first, path));
         }
     }
@@ -211,7 +227,15 @@ mod tests {
     fn sample(n: u64) -> Vec<u8> {
         let mut out = Vec::new();
         for lsn in 1..=n {
-            encode(&mut out, lsn, 7, RecordKind::Changes, "Counter", ObjectId::from_name("Counter", "a"), lsn, &[1, 2, 3]);
+            let h = Header {
+                lsn,
+                time_ms: 7,
+                kind: RecordKind::Changes,
+                class: "Counter",
+                object: ObjectId::from_name("Counter", "a"),
+                seq: lsn,
+            };
+            encode(&mut out, &h, &[1, 2, 3]);
         }
         out
     }

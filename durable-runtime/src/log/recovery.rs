@@ -3,7 +3,10 @@
 //! object's stored batch number is behind. Start-up work is proportional to the log
 //! since the last checkpoint, not to the number of objects.
 
-use super::{list_segments, log_dir, read_checkpoint, read_segment, retire_segments, sync_object_files, write_checkpoint};
+use super::{
+    list_segments, log_dir, read_checkpoint, read_segment, retire_segments, sync_object_files,
+    write_checkpoint,
+};
 use super::{LogRecord, TailProblem};
 use crate::error::HostError;
 use crate::store;
@@ -30,7 +33,11 @@ pub struct RecoveryReport {
 }
 
 /// Replay the log into the objects under `data_dir`, then checkpoint.
-pub(crate) fn recover(data_dir: &Path, retention: Option<Duration>) -> Result<RecoveryReport, HostError> {
+pub(crate) fn recover(
+    data_dir: &Path,
+    retention: Option<Duration>,
+    window: usize,
+) -> Result<RecoveryReport, HostError> {
     let io = |what: &str| {
         let what = what.to_string();
         move |e: std::io::Error| HostError::io(what.clone(), e)
@@ -65,8 +72,13 @@ pub(crate) fn recover(data_dir: &Path, retention: Option<Duration>) -> Result<Re
             // Never apply anything past a bad record: cut this segment there and drop
             // every later one.
             tracing::warn!(segment = %path.display(), offset = read.good_len, %problem, "log tail cut at the last good record");
-            let f = std::fs::OpenOptions::new().write(true).open(path).map_err(io("opening a torn segment"))?;
-            f.set_len(read.good_len).and_then(|_| f.sync_all()).map_err(io("cutting a torn segment"))?;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(io("opening a torn segment"))?;
+            f.set_len(read.good_len)
+                .and_then(|_| f.sync_all())
+                .map_err(io("cutting a torn segment"))?;
             for (_, later) in &segments[i + 1..] {
                 std::fs::remove_file(later).map_err(io("removing a segment after a torn tail"))?;
             }
@@ -77,7 +89,7 @@ pub(crate) fn recover(data_dir: &Path, retention: Option<Duration>) -> Result<Re
     for key in &order {
         let records = &by_object[key];
         let path = store::object_path(data_dir, &key.0, key.1);
-        report.applied += store::replay(&path, records).map_err(|e| {
+        report.applied += store::replay(&path, records, window).map_err(|e| {
             HostError::Config(format!("replaying the log into {}: {e}", path.display()))
         })?;
         sync_object_files(&path).map_err(io("syncing a replayed object"))?;

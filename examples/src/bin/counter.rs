@@ -44,7 +44,11 @@ async fn main() {
     let cli = Cli::parse();
     let client = cli.connect.client().await;
     match cli.command {
-        Command::Increment { name, by } => match client.get::<Counter>(&name).increment(by.unwrap_or(1)).await {
+        Command::Increment { name, by } => match client
+            .get::<Counter>(&name)
+            .increment(by.unwrap_or(1))
+            .await
+        {
             Ok(v) => println!("{v}"),
             Err(e) => fail(e),
         },
@@ -62,7 +66,9 @@ async fn main() {
 
 async fn bench(client: durable::Client, objects: usize, concurrency: usize, seconds: f64) {
     let run: u32 = rand::random();
-    let names: Vec<String> = (0..objects).map(|i| format!("bench-{run:08x}-{i}")).collect();
+    let names: Vec<String> = (0..objects)
+        .map(|i| format!("bench-{run:08x}-{i}"))
+        .collect();
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..objects).map(|_| AtomicU64::new(0)).collect());
     let acked: Arc<Vec<AtomicU64>> = Arc::new((0..objects).map(|_| AtomicU64::new(0)).collect());
     let errors = Arc::new(AtomicU64::new(0));
@@ -95,9 +101,14 @@ async fn bench(client: durable::Client, objects: usize, concurrency: usize, seco
             Ok(v) => v as u64,
             Err(e) => fail(format!("reading {name}: {e}")),
         };
-        let (lo, hi) = (acked[o].load(Ordering::Relaxed), sent[o].load(Ordering::Relaxed));
+        let (lo, hi) = (
+            acked[o].load(Ordering::Relaxed),
+            sent[o].load(Ordering::Relaxed),
+        );
         if value < lo || value > hi {
-            fail(format!("{name} holds {value}, outside acknowledged {lo} ..= sent {hi}"));
+            fail(format!(
+                "{name} holds {value}, outside acknowledged {lo} ..= sent {hi}"
+            ));
         }
         total += lo;
     }

@@ -17,6 +17,15 @@ pub struct HostProcess {
 impl HostProcess {
     /// Start `durable-test-host serve` on `data_dir` with extra flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> HostProcess {
+        Self::start_logged(data_dir, extra, None)
+    }
+
+    /// Like [`HostProcess::start`], writing the host's stderr (its log) to `log`.
+    pub fn start_logged(data_dir: &Path, extra: &[&str], log: Option<&Path>) -> HostProcess {
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_durable-test-host"))
             .arg("serve")
             .arg("--data-dir")
@@ -25,7 +34,7 @@ impl HostProcess {
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawning the host");
         let mut line = String::new();
@@ -50,7 +59,9 @@ impl HostProcess {
     }
 
     pub async fn client(&self) -> durable::Client {
-        durable::Client::connect(self.client_config()).await.expect("connecting")
+        durable::Client::connect(self.client_config())
+            .await
+            .expect("connecting")
     }
 
     /// SIGKILL, no chance to flush anything.
@@ -73,6 +84,35 @@ impl Drop for HostProcess {
     }
 }
 
+/// Run a one-shot host command (`changes`, `restore-object`, `objects`, ...); returns
+/// (success, stdout, stderr).
+pub fn host_cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_durable-test-host"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running the host CLI");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Copy a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 /// A raw QUIC connection to a host (trusting its CA), for sending bytes no stub would.
 pub async fn raw_connection(host: &HostProcess) -> quinn::Connection {
     let ca = std::fs::read(host.data_dir.join("tls/ca.pem")).unwrap();
@@ -90,7 +130,11 @@ pub async fn raw_connection(host: &HostProcess) -> quinn::Connection {
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    endpoint.connect(host.addr, "localhost").unwrap().await.unwrap()
+    endpoint
+        .connect(host.addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap()
 }
 
 /// Send `bytes` on a new stream of `conn` and read the whole answer.
@@ -104,11 +148,16 @@ pub async fn exchange_bytes(conn: &quinn::Connection, bytes: &[u8]) -> Vec<u8> {
 
 /// Present `token` on the first stream; returns the host's answer.
 pub async fn hello(conn: &quinn::Connection, token: &str) -> durable::wire::Response {
-    let frame = durable::wire::encode_frame(&durable::wire::Request::Hello { token: token.into() });
+    let frame = durable::wire::encode_frame(&durable::wire::Request::Hello {
+        token: token.into(),
+    });
     let answer = exchange_bytes(conn, &frame).await;
     durable::wire::decode_frame(&answer, 1 << 20).unwrap()
 }
 
 pub fn token(host: &HostProcess) -> String {
-    std::fs::read_to_string(host.data_dir.join("tls/token")).unwrap().trim().to_string()
+    std::fs::read_to_string(host.data_dir.join("tls/token"))
+        .unwrap()
+        .trim()
+        .to_string()
 }

@@ -1,0 +1,307 @@
+//! The host log (issue 4), against a real host process: crash under load on many
+//! objects, simulated power loss, a torn or corrupt log tail, restore to a bookmark,
+//! and the change feed after a crash.
+
+mod common;
+
+use common::{copy_dir, host_cli, HostProcess};
+use durable_examples::counter::Counter;
+use durable_tests::Probe;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Checkpoints only at shutdown, so the log holds everything since the last clean stop.
+const NO_CHECKPOINTS: &[&str] = &["--checkpoint-secs", "0"];
+
+type Told = Arc<Mutex<HashMap<String, (i64, i64)>>>;
+
+/// Increment `objects` counters from `callers` tasks until the host dies; returns
+/// name -> (highest value acknowledged, increments sent).
+async fn load_until_killed(
+    host: HostProcess,
+    objects: usize,
+    callers: usize,
+    run_for: Duration,
+) -> Told {
+    let client = host.client().await;
+    let told: Told = Arc::new(Mutex::new(HashMap::new()));
+    let mut tasks = Vec::new();
+    for t in 0..callers {
+        let name = format!("n{}", t % objects);
+        let counter = client
+            .get::<Counter>(&name)
+            .with_deadline(Duration::from_secs(2));
+        let told = told.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                told.lock().unwrap().entry(name.clone()).or_insert((0, 0)).1 += 1;
+                match counter.increment(1).await {
+                    Ok(v) => {
+                        let mut told = told.lock().unwrap();
+                        let e = told.get_mut(&name).unwrap();
+                        e.0 = e.0.max(v);
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(run_for).await;
+    host.kill9();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    told
+}
+
+async fn assert_all_acknowledged_present(host: &HostProcess, told: &Told) {
+    let client = host.client().await;
+    let told = told.lock().unwrap().clone();
+    for (name, (acked, sent)) in told {
+        let value = client.get::<Counter>(&name).get().await.unwrap();
+        assert!(
+            value >= acked,
+            "{name} = {value} but a client was told {acked}"
+        );
+        assert!(
+            value <= sent,
+            "{name} = {value}, more than the {sent} increments sent"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_under_load_on_many_objects_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let told = load_until_killed(host, 64, 64, Duration::from_millis(800)).await;
+    let host = HostProcess::start(dir.path(), &[]);
+    assert_all_acknowledged_present(&host, &told).await;
+}
+
+/// Build the data directory a power cut would leave: object files as of the last
+/// checkpoint (`objects_at_checkpoint`), the log as written.
+fn power_cut_copy(live: &Path, objects_at_checkpoint: &Path, copy: &Path) {
+    copy_dir(&live.join("tls"), &copy.join("tls"));
+    copy_dir(&live.join("log"), &copy.join("log"));
+    copy_dir(objects_at_checkpoint, &copy.join("objects"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_power_loss_keeps_every_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    // Some objects exist before the checkpoint.
+    let host = HostProcess::start(&live, NO_CHECKPOINTS);
+    let client = host.client().await;
+    for i in 0..8 {
+        client
+            .get::<Counter>(&format!("n{i}"))
+            .increment(100)
+            .await
+            .unwrap();
+    }
+    assert!(host.terminate().success(), "clean stop (checkpoint)");
+    let at_checkpoint = dir.path().join("objects-at-checkpoint");
+    copy_dir(&live.join("objects"), &at_checkpoint);
+
+    // Load on old and new objects, then the machine "loses power".
+    let host = HostProcess::start(&live, NO_CHECKPOINTS);
+    let told = load_until_killed(host, 24, 48, Duration::from_millis(800)).await;
+    let copy = dir.path().join("after-power-cut");
+    power_cut_copy(&live, &at_checkpoint, &copy);
+    let host = HostProcess::start(&copy, &[]);
+    // The counters that existed at the checkpoint had 100 before the load.
+    let client = host.client().await;
+    let told_now = told.lock().unwrap().clone();
+    for (name, (acked, sent)) in told_now {
+        let value = client.get::<Counter>(&name).get().await.unwrap();
+        let base = if name[1..].parse::<usize>().unwrap() < 8 {
+            100
+        } else {
+            0
+        };
+        assert!(
+            value >= acked,
+            "{name} = {value} but a client was told {acked}"
+        );
+        assert!(
+            value <= base + sent,
+            "{name} = {value}, more than {base} + {sent} sent"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_or_corrupt_log_tail_is_cut_reported_and_never_applied() {
+    for damage in ["truncate", "flip"] {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live");
+        let host = HostProcess::start(&live, NO_CHECKPOINTS);
+        host.client()
+            .await
+            .get::<Counter>("c")
+            .increment(0)
+            .await
+            .unwrap();
+        assert!(host.terminate().success());
+        let at_checkpoint = dir.path().join("objects-at-checkpoint");
+        copy_dir(&live.join("objects"), &at_checkpoint);
+
+        let host = HostProcess::start(&live, NO_CHECKPOINTS);
+        let counter = host.client().await.get::<Counter>("c");
+        for i in 1..=10 {
+            assert_eq!(counter.increment(1).await.unwrap(), i);
+        }
+        host.kill9();
+
+        // Damage the last record of the newest segment.
+        let mut segments: Vec<_> = std::fs::read_dir(live.join("log"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        segments.sort();
+        let newest = segments.last().unwrap();
+        let mut bytes = std::fs::read(newest).unwrap();
+        let full = bytes.len();
+        match damage {
+            "truncate" => bytes.truncate(full - 5),
+            _ => bytes[full - 3] ^= 0x55,
+        }
+        std::fs::write(newest, &bytes).unwrap();
+
+        let copy = dir.path().join("copy");
+        power_cut_copy(&live, &at_checkpoint, &copy);
+        let log = dir.path().join("host.log");
+        let host = HostProcess::start_logged(&copy, &[], Some(&log));
+        // Increments 1..=9 are replayed; the damaged tenth is not.
+        assert_eq!(
+            host.client().await.get::<Counter>("c").get().await.unwrap(),
+            9,
+            "{damage}"
+        );
+        let report = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            report.contains("log tail cut at the last good record"),
+            "{damage}: {report}"
+        );
+        let copied_segment = copy.join("log").join(newest.file_name().unwrap());
+        if copied_segment.exists() {
+            assert!(std::fs::metadata(&copied_segment).unwrap().len() < full as u64);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_to_a_bookmark_between_two_writes_keeps_exactly_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let probe = client.get::<Probe>("p");
+    probe.put("first".into(), 1).await.unwrap();
+    let bookmark = probe
+        .bookmark()
+        .await
+        .unwrap()
+        .expect("the host log gives bookmarks");
+    probe.put("second".into(), 2).await.unwrap();
+
+    // Online, from code.
+    probe.restore(bookmark).await.unwrap();
+    assert_eq!(probe.get("first".into()).await.unwrap(), Some(1));
+    assert_eq!(probe.get("second".into()).await.unwrap(), None);
+    // The restored object takes new writes, and they survive a crash.
+    probe.put("third".into(), 3).await.unwrap();
+    let bookmark2 = probe.bookmark().await.unwrap().unwrap();
+    probe.put("fourth".into(), 4).await.unwrap();
+    host.kill9();
+
+    // Offline, from the CLI.
+    let data = dir.path().to_str().unwrap();
+    let (ok, out, err) = host_cli(&[
+        "restore-object",
+        "--data-dir",
+        data,
+        "Probe",
+        "p",
+        "--to",
+        &bookmark2.to_string(),
+    ]);
+    assert!(ok, "{out}{err}");
+    let host = HostProcess::start(dir.path(), &[]);
+    let probe = host.client().await.get::<Probe>("p");
+    assert_eq!(probe.get("first".into()).await.unwrap(), Some(1));
+    assert_eq!(probe.get("second".into()).await.unwrap(), None);
+    assert_eq!(probe.get("third".into()).await.unwrap(), Some(3));
+    assert_eq!(probe.get("fourth".into()).await.unwrap(), None);
+
+    // A running host's data directory is refused.
+    let (ok, _, err) = host_cli(&[
+        "restore-object",
+        "--data-dir",
+        data,
+        "Probe",
+        "p",
+        "--to",
+        "1",
+    ]);
+    assert!(!ok && err.contains("in use"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_feed_after_a_crash_has_each_change_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &["--checkpoint-secs", "1"]);
+    let client = host.client().await;
+    // One sequential caller per object: each increment is its own batch.
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let counter = client
+            .get::<Counter>(&format!("f{i}"))
+            .with_deadline(Duration::from_secs(2));
+        tasks.push(tokio::spawn(async move {
+            while counter.increment(1).await.is_ok() {}
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    host.kill9();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let data = dir.path().to_str().unwrap();
+    let (ok, out, err) = host_cli(&["changes", "--data-dir", data]);
+    assert!(ok, "{err}");
+    let mut seen: HashMap<String, Vec<i64>> = HashMap::new();
+    let mut last_lsn: HashMap<String, u64> = HashMap::new();
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if v["class"] != "Counter" || v["table"] != "counter" {
+            continue;
+        }
+        let object = v["object"].as_str().unwrap().to_string();
+        let lsn = v["lsn"].as_u64().unwrap();
+        let prev = last_lsn.insert(object.clone(), lsn);
+        assert!(prev.is_none_or(|p| p < lsn), "lsn order per object");
+        assert_eq!(v["op"], "update", "{line}");
+        seen.entry(object)
+            .or_default()
+            .push(v["new"]["value"].as_i64().unwrap());
+    }
+    assert_eq!(seen.len(), 6, "{out}");
+    for i in 0..6 {
+        let name = format!("f{i}");
+        let value = client.get::<Counter>(&name).get().await.unwrap();
+        let id = durable::ObjectId::from_name("Counter", &name).to_string();
+        let values = &seen[&id];
+        assert_eq!(
+            values,
+            &(1..=value).collect::<Vec<_>>(),
+            "{name}: each change once, in order"
+        );
+    }
+}
