@@ -49,6 +49,15 @@ pub trait Hosted: ObjectClass + Sized {
         method: usize,
         args: &'a [u8],
     ) -> BoxTurn<'a>;
+
+    /// The alarm handlers, in declaration order.
+    const ALARMS: &'static [&'static str] = &[];
+
+    /// Run alarm handler number `alarm` with postcard-encoded `args`.
+    fn dispatch_alarm<'a>(&'a mut self, ctx: &'a mut Context, alarm: usize, args: &'a [u8]) -> BoxTurn<'a> {
+        let _ = (ctx, alarm, args);
+        Box::pin(async { TurnOutcome::UnknownMethod })
+    }
 }
 
 /// Decode a method's argument tuple.
@@ -77,12 +86,8 @@ pub fn encode_value<T: Serialize>(value: T) -> TurnOutcome {
 
 /// A live, type-erased instance.
 pub(crate) trait Instance {
-    fn dispatch<'a>(
-        &'a mut self,
-        ctx: &'a mut Context,
-        method: usize,
-        args: &'a [u8],
-    ) -> BoxTurn<'a>;
+    fn dispatch<'a>(&'a mut self, ctx: &'a mut Context, method: usize, args: &'a [u8]) -> BoxTurn<'a>;
+    fn dispatch_alarm<'a>(&'a mut self, ctx: &'a mut Context, alarm: usize, args: &'a [u8]) -> BoxTurn<'a>;
 }
 
 impl<T: Hosted> Instance for T {
@@ -94,6 +99,9 @@ impl<T: Hosted> Instance for T {
     ) -> BoxTurn<'a> {
         Hosted::dispatch(self, ctx, method, args)
     }
+    fn dispatch_alarm<'a>(&'a mut self, ctx: &'a mut Context, alarm: usize, args: &'a [u8]) -> BoxTurn<'a> {
+        Hosted::dispatch_alarm(self, ctx, alarm, args)
+    }
 }
 
 type Activate = fn(&mut Context) -> Result<Box<dyn Instance>, ActivateError>;
@@ -102,6 +110,7 @@ type Activate = fn(&mut Context) -> Result<Box<dyn Instance>, ActivateError>;
 pub(crate) struct ClassEntry {
     pub(crate) name: &'static str,
     pub(crate) methods: HashMap<&'static str, (usize, MethodInfo)>,
+    pub(crate) alarms: HashMap<&'static str, usize>,
     pub(crate) activate: Activate,
 }
 
@@ -117,6 +126,7 @@ impl ClassEntry {
                 .enumerate()
                 .map(|(i, m)| (m.name, (i, *m)))
                 .collect(),
+            alarms: T::ALARMS.iter().enumerate().map(|(i, a)| (*a, i)).collect(),
             activate: activate::<T>,
         }
     }

@@ -20,6 +20,10 @@ pub struct Context {
     pub(crate) name: Option<String>,
     pub(crate) bookmarks: Option<std::sync::Arc<dyn Fn() -> u64 + Send + Sync>>,
     pub(crate) restore: Option<crate::restore::RestoreTarget>,
+    pub(crate) clock: std::sync::Arc<dyn crate::clock::Clock>,
+    pub(crate) alarm_attempt: Option<u32>,
+    pub(crate) alarms_touched: bool,
+    pub(crate) reset_after_turn: bool,
 }
 
 impl std::fmt::Debug for Context {
@@ -61,6 +65,106 @@ impl Context {
     /// object keeps its state and the failure is logged.
     pub fn restore_to(&mut self, bookmark: u64) {
         self.restore = Some(crate::restore::RestoreTarget::Bookmark(bookmark));
+    }
+
+    /// Now, as the host's clock says (a virtual clock under the test harness).
+    pub fn now(&self) -> std::time::SystemTime {
+        crate::clock::time_of(self.clock.now_ms())
+    }
+
+    /// In an alarm handler, which attempt this is (1 for the first); `None` elsewhere.
+    pub fn alarm_attempt(&self) -> Option<u32> {
+        self.alarm_attempt
+    }
+
+    /// Schedule alarm handler `name` under `key` (replacing a pending one with the
+    /// same name and key), part of the current turn. Generated `schedule_*` helpers
+    /// call this with typed arguments; prefer them.
+    pub fn schedule_alarm<A: Serialize + ?Sized>(
+        &mut self,
+        name: &str,
+        key: &str,
+        when: crate::alarms::When,
+        every: Option<std::time::Duration>,
+        args: &A,
+    ) -> Result<(), Error> {
+        check_key(key)?;
+        let now = self.clock.now_ms();
+        let due = match when {
+            crate::alarms::When::At(t) => crate::clock::ms_of(t),
+            crate::alarms::When::After(d) => now + d.as_millis() as u64,
+        };
+        if every.is_some_and(|p| p.is_zero()) {
+            return Err(Error::new(ErrorKind::Invalid, "an alarm period must be longer than zero"));
+        }
+        let args = postcard::to_stdvec(args)?;
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO _durable_alarms(name, key, due_ms, every_ms, args, attempt) VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+            )?
+            .execute(rusqlite::params![
+                name,
+                key,
+                due as i64,
+                every.map(|p| p.as_millis() as i64),
+                args
+            ])?;
+        self.alarms_touched = true;
+        Ok(())
+    }
+
+    /// Cancel the pending alarm `name` under `key`; returns whether one was pending.
+    pub fn cancel_alarm(&mut self, name: &str, key: &str) -> Result<bool, Error> {
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM _durable_alarms WHERE name = ?1 AND key = ?2")?
+            .execute([name, key])?;
+        self.alarms_touched = true;
+        Ok(n > 0)
+    }
+
+    /// Erase the object: drop every table it created, every key-value entry, every
+    /// pending alarm and its schema version, inside the current turn. When the turn
+    /// commits, the in-memory instance is dropped; the next call activates a fresh one
+    /// (whose constructor runs its migrations again).
+    pub fn delete_all(&mut self) -> Result<(), Error> {
+        let objects: Vec<(String, String)> = {
+            let mut stmt = self.conn.prepare(
+                "SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' AND name NOT LIKE '\\_durable\\_%' ESCAPE '\\'
+                 AND type IN ('table', 'view', 'trigger')",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for (kind, name) in objects {
+            let kind = kind.to_uppercase();
+            self.conn
+                .execute_batch(&format!("DROP {kind} IF EXISTS \"{}\"", name.replace('"', "\"\"")))?;
+        }
+        self.conn.execute_batch(
+            "DELETE FROM _durable_kv; DELETE FROM _durable_alarms; DELETE FROM _durable_alarm_failures;
+             DELETE FROM _durable_meta WHERE key = 'schema_version';",
+        )?;
+        self.alarms_touched = true;
+        self.reset_after_turn = true;
+        Ok(())
+    }
+
+    /// The object's pending alarms, soonest first.
+    pub fn pending_alarms(&self) -> Result<Vec<crate::alarms::PendingAlarm>, Error> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, key, due_ms, every_ms, attempt FROM _durable_alarms ORDER BY due_ms, name, key")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(crate::alarms::PendingAlarm {
+                name: r.get(0)?,
+                key: r.get(1)?,
+                due: crate::clock::time_of(r.get::<_, i64>(2)?.max(0) as u64),
+                every: r.get::<_, Option<i64>>(3)?.map(|p| std::time::Duration::from_millis(p.max(0) as u64)),
+                failed_attempts: r.get::<_, i64>(4)?.max(0) as u32,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
     /// Synchronous SQL on the object's database, inside the current turn.

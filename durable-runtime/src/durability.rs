@@ -60,8 +60,11 @@ pub(crate) trait Durability: Send + Sync + 'static {
         db_path: &Path,
         durable_seq: u64,
     ) -> Box<dyn ObjectLog>;
-    /// Make everything submitted durable and stop (after every object has stopped).
-    fn shutdown(&self) {}
+    /// Make everything submitted durable and stop (after every object has stopped);
+    /// with `checkpoint`, also checkpoint (a clean stop) rather than leave it to replay.
+    fn shutdown(&self, checkpoint: bool) {
+        let _ = checkpoint;
+    }
 }
 
 /// fdatasync of each object's WAL file, off the turn's thread.

@@ -91,7 +91,7 @@ pub enum HostError {
     /// The builder was given an invalid setting.
     #[error("configuration: {0}")]
     Config(String),
-    /// A storage operation on a data directory failed.
+    /// A storage operation on a data directory failed (the alarm index, for one).
     #[error("storage: {0}")]
     Storage(#[from] rusqlite::Error),
 }

@@ -8,7 +8,10 @@ use crate::error::HostError;
 use crate::log::recovery::RecoveryReport;
 use crate::log::{HostLog, LogConfig, LogRecord};
 use crate::server::Server;
-use crate::shard::{ShardConfig, Shards};
+use crate::alarms::{AlarmConfig, AlarmService};
+use crate::clock::{Clock, SystemClock};
+use crate::shard::{Message, ShardConfig, Shards};
+use durable_client::ObjectId;
 use durable_client::{wire, ClientConfig, ALPN};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,6 +34,12 @@ pub struct Limits {
     pub request_window: usize,
     /// Shard threads that run turns. Default: the number of CPUs.
     pub shards: usize,
+    /// Objects idle this long are evicted (their instance dropped, their database
+    /// closed); the next call or alarm re-activates them. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Most active objects on the host; beyond it the least recently used idle ones
+    /// are evicted first. Default 100,000.
+    pub max_active: usize,
 }
 
 impl Default for Limits {
@@ -43,6 +52,8 @@ impl Default for Limits {
             shards: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            idle_timeout: Duration::from_secs(30),
+            max_active: 100_000,
         }
     }
 }
@@ -95,6 +106,8 @@ pub struct Host {
     tls_names: Vec<String>,
     durability: DurabilityMode,
     log: LogConfig,
+    alarms: AlarmConfig,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Host {
@@ -122,7 +135,21 @@ impl Host {
             tls_names: Vec::new(),
             durability: DurabilityMode::default(),
             log: LogConfig::default(),
+            alarms: AlarmConfig::default(),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Configure alarm delivery: attempts, backoff, concurrency.
+    pub fn alarm_config(mut self, config: AlarmConfig) -> Self {
+        self.alarms = config;
+        self
+    }
+
+    /// The clock objects and alarms see (a [`crate::VirtualClock`] in tests).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The registered classes and their remote methods.
@@ -192,7 +219,7 @@ impl Host {
                 "limits out of range: {limits:?}"
             )));
         }
-        let mut classes = HashMap::new();
+        let mut classes: HashMap<&'static str, Arc<ClassEntry>> = HashMap::new();
         for class in self.classes {
             let name = class.name;
             if classes.insert(name, Arc::new(class)).is_some() {
@@ -210,11 +237,22 @@ impl Host {
             self.log.retention,
             limits.request_window,
         )?;
+        let alarms = AlarmService::new(&self.data_dir, self.alarms.clone(), self.clock.clone())?;
+        // Objects changed by replay may have alarms the index has not seen.
+        for (class, id) in &recovery.replayed {
+            let path = crate::store::object_path(&self.data_dir, class, *id);
+            if let Ok(conn) = rusqlite::Connection::open(&path) {
+                if let Ok(due) = crate::alarms::earliest_due(&conn) {
+                    alarms.index.set(class, *id, due)?;
+                }
+            }
+        }
+        let also_sync = vec![self.data_dir.join("alarms.db")];
         let (durability, host_log): (Arc<dyn Durability>, Option<Arc<HostLog>>) =
             match self.durability {
                 DurabilityMode::HostLog => {
                     let log = Arc::new(
-                        HostLog::start(&self.data_dir, recovery.last_lsn + 1, &self.log)
+                        HostLog::start(&self.data_dir, recovery.last_lsn + 1, &self.log, also_sync)
                             .map_err(|e| HostError::io("starting the host log", e))?,
                     );
                     (log.clone(), Some(log))
@@ -244,7 +282,8 @@ impl Host {
             .local_addr()
             .map_err(|e| HostError::io("reading the bound address", e))?;
 
-        let shards = Shards::start(
+        let shards = Arc::new(
+            Shards::start(
             limits.shards,
             ShardConfig {
                 data_dir: self.data_dir.clone(),
@@ -256,12 +295,23 @@ impl Host {
                 bookmarks: host_log.clone().map(|l| {
                     Arc::new(move || l.durable_lsn()) as Arc<dyn Fn() -> u64 + Send + Sync>
                 }),
+                classes: classes.clone(),
+                alarms: alarms.clone(),
+                clock: self.clock.clone(),
+                idle_timeout: limits.idle_timeout,
+                max_active: (limits.max_active / limits.shards).max(1),
             },
         )
-        .map_err(|e| HostError::io("starting shard threads", e))?;
+        .map_err(|e| HostError::io("starting shard threads", e))?,
+        );
+        let scheduler = tokio::spawn(
+            alarms
+                .clone()
+                .run(shards.clone(), classes.keys().map(|c| (c.to_string(), *c)).collect()),
+        );
         let server = Arc::new(Server {
             classes,
-            shards,
+            shards: shards.clone(),
             token: tls.token,
             max_frame: limits.max_frame,
             shutting_down: AtomicBool::new(false),
@@ -279,6 +329,8 @@ impl Host {
             durability,
             host_log,
             recovery,
+            alarms,
+            scheduler,
             _lock: lock,
         })
     }
@@ -295,6 +347,8 @@ pub struct RunningHost {
     durability: Arc<dyn Durability>,
     host_log: Option<Arc<HostLog>>,
     recovery: RecoveryReport,
+    alarms: Arc<AlarmService>,
+    scheduler: tokio::task::JoinHandle<()>,
     _lock: DirLock,
 }
 
@@ -309,6 +363,12 @@ impl std::fmt::Debug for HostLog {
         f.debug_struct("HostLog")
             .field("durable_lsn", &self.durable_lsn())
             .finish()
+    }
+}
+
+impl std::fmt::Debug for AlarmService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlarmService").finish_non_exhaustive()
     }
 }
 
@@ -362,16 +422,57 @@ impl RunningHost {
     /// Nothing acknowledged is lost.
     pub async fn shutdown(self) {
         self.server.drain(Duration::from_secs(30)).await;
+        self.stop(true).await;
+    }
+
+    /// Stop as a crash would, for tests: connections drop, queued calls and alarm
+    /// wakes are abandoned, no final checkpoint. Committed writes are durable; the next
+    /// start replays the log.
+    pub async fn crash(self) {
+        self.stop(false).await;
+    }
+
+    async fn stop(self, clean: bool) {
         self.endpoint.close(0u32.into(), b"host shutting down");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        if clean {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        }
         self.acceptor.abort();
         let _ = self.acceptor.await;
+        self.scheduler.abort();
+        let _ = self.scheduler.await;
         let server = self.server;
         let durability = self.durability;
         let _ = tokio::task::spawn_blocking(move || {
-            server.shards.shutdown();
-            durability.shutdown();
+            server.shards.shutdown(clean);
+            durability.shutdown(clean);
         })
         .await;
+    }
+
+    /// Deliver every alarm due at the clock's current time and wait for their turns to
+    /// finish (used by the test harness after moving a virtual clock).
+    pub async fn settle_alarms(&self) {
+        self.alarms.settle().await;
+    }
+
+    /// The earliest pending alarm due time on this host, if any.
+    pub async fn next_alarm_due(&self) -> Option<std::time::SystemTime> {
+        self.alarms.next_due().await.map(crate::clock::time_of)
+    }
+
+    /// Evict the object if it is active and idle; returns whether it was active.
+    pub async fn evict(&self, class: &str, id: ObjectId) -> bool {
+        let Some(entry) = self.server.classes.get(class) else { return false };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self
+            .server
+            .shards
+            .send_message(class, id, Message::Evict(entry.name, id, tx))
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
     }
 }

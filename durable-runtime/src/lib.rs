@@ -6,7 +6,9 @@
 //! this crate, the client and the `#[durable_object]` macro.
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
+pub mod alarms;
 mod class;
+pub mod clock;
 pub mod cli;
 mod context;
 mod durability;
@@ -18,8 +20,11 @@ pub mod restore;
 mod server;
 mod shard;
 mod store;
+pub mod testing;
 mod tls;
 
+pub use alarms::{AlarmConfig, PendingAlarm, When};
+pub use clock::{Clock, SystemClock, VirtualClock};
 pub use class::{ActivateError, BoxTurn, Hosted, TurnOutcome};
 pub use context::{Context, ListOptions, Sql, Storage, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use error::{Error, ErrorKind, HostError};
@@ -36,5 +41,7 @@ pub mod __private {
     pub use crate::class::{
         decode_args, encode_result, encode_value, ActivateError, BoxTurn, Hosted, TurnOutcome,
     };
+    pub use crate::alarms::When;
     pub use crate::context::Context;
+    pub use crate::error::Error;
 }

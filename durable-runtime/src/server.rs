@@ -19,7 +19,7 @@ const MAX_HELLO: usize = 4096;
 
 pub(crate) struct Server {
     pub(crate) classes: HashMap<&'static str, Arc<ClassEntry>>,
-    pub(crate) shards: Shards,
+    pub(crate) shards: Arc<Shards>,
     pub(crate) token: String,
     pub(crate) max_frame: usize,
     pub(crate) shutting_down: AtomicBool,

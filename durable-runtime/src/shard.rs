@@ -7,7 +7,9 @@
 //! only itself), one commit, then the durability component makes the batch durable
 //! and only then are the batch's replies released (the output gate).
 
+use crate::alarms::AlarmService;
 use crate::class::{ClassEntry, Instance, TurnOutcome};
+use crate::clock::Clock;
 use crate::context::Context;
 use crate::durability::{Change, Durability, DurablePos, ObjectLog};
 use crate::store::{self, Recorded};
@@ -20,7 +22,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 /// One call routed to an object.
@@ -44,6 +46,14 @@ pub(crate) struct ShardConfig {
     pub(crate) snapshot_every: Option<std::time::Duration>,
     /// The host log's durable lsn, for bookmarks.
     pub(crate) bookmarks: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    /// Every class the host serves (alarm wakes name only the class).
+    pub(crate) classes: HashMap<&'static str, Arc<ClassEntry>>,
+    pub(crate) alarms: Arc<AlarmService>,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// Objects idle this long are evicted.
+    pub(crate) idle_timeout: Duration,
+    /// At most this many active objects per shard; the least recently used idle ones go first.
+    pub(crate) max_active: usize,
 }
 
 /// The shard threads and the channels into them.
@@ -53,8 +63,14 @@ pub(crate) struct Shards {
 }
 
 pub(crate) enum Message {
+    /// A call from a client.
     Call(Call),
-    Close,
+    /// Run the object's due alarms.
+    Alarm(&'static str, ObjectId),
+    /// Evict the object if it is idle; answers whether it was active.
+    Evict(&'static str, ObjectId, oneshot::Sender<bool>),
+    /// Finish queued work (or, with `false`, drop it as a crash would) and stop.
+    Close(bool),
 }
 
 impl Shards {
@@ -88,21 +104,30 @@ impl Shards {
 
     /// Hand a call to the shard that owns its object.
     pub(crate) fn send(&self, call: Call) {
-        let id = call.request.object.as_bytes();
-        let h = u64::from_le_bytes(id[..8].try_into().unwrap()) ^ fnv(call.class.name.as_bytes());
-        let shard = (h % self.senders.len() as u64) as usize;
-        if let Err(mpsc::error::SendError(Message::Call(call))) =
-            self.senders[shard].send(Message::Call(call))
-        {
+        let (class, id) = (call.class.name, call.request.object);
+        if let Err(mpsc::error::SendError(Message::Call(call))) = self.send_message(class, id, Message::Call(call)) {
             let _ = call.reply.send(Response::Error(WireError::ShuttingDown));
         }
     }
 
-    /// Stop taking calls, finish every queued one, close every database and join the
-    /// shard threads (blocking).
-    pub(crate) fn shutdown(&self) {
+    /// Hand a message to the shard that owns the object.
+    pub(crate) fn send_message(
+        &self,
+        class: &str,
+        id: ObjectId,
+        message: Message,
+    ) -> Result<(), mpsc::error::SendError<Message>> {
+        let b = id.as_bytes();
+        let h = u64::from_le_bytes(b[..8].try_into().unwrap()) ^ fnv(class.as_bytes());
+        let shard = (h % self.senders.len() as u64) as usize;
+        self.senders[shard].send(message)
+    }
+
+    /// Stop taking calls, finish every queued one (or drop them all, with `drain`
+    /// false), close every database and join the shard threads (blocking).
+    pub(crate) fn shutdown(&self, drain: bool) {
         for tx in &self.senders {
-            let _ = tx.send(Message::Close);
+            let _ = tx.send(Message::Close(drain));
         }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap());
         for t in threads {
@@ -119,48 +144,140 @@ fn fnv(bytes: &[u8]) -> u64 {
 
 /// What the router and an object's task share.
 struct Slot {
-    queue: RefCell<VecDeque<Call>>,
+    queue: RefCell<VecDeque<Work>>,
     notify: Notify,
+    /// Set by the router: finish the queue, then close the database and end.
     closing: Cell<bool>,
+    /// Set by the router on a crash: drop the queue unanswered-for.
+    crashed: Cell<bool>,
+    /// Set by the object while it runs a batch.
+    busy: Cell<bool>,
+    last_used: Cell<Instant>,
+}
+
+/// Work for an object: a call, or a wake-up to run due alarms.
+enum Work {
+    Call(Call),
+    Alarm,
+}
+
+fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) -> Rc<Slot> {
+    let slot = Rc::new(Slot {
+        queue: RefCell::new(VecDeque::new()),
+        notify: Notify::new(),
+        closing: Cell::new(false),
+        crashed: Cell::new(false),
+        busy: Cell::new(false),
+        last_used: Cell::new(Instant::now()),
+    });
+    let object = Object {
+        slot: slot.clone(),
+        class,
+        id,
+        config: config.clone(),
+        ctx: None,
+        instance: None,
+        log: None,
+        seq: 0,
+        needs_image: false,
+        last_image_ms: 0,
+        reported_due: None,
+    };
+    tokio::task::spawn_local(object.run());
+    slot
+}
+
+fn close_slot(slot: &Slot) {
+    slot.closing.set(true);
+    slot.notify.notify_one();
+}
+
+/// Evict objects idle past the timeout, then the least recently used idle ones while
+/// more than `max_active` are active. Never an object with queued or running work.
+fn sweep(objects: &mut HashMap<(&'static str, ObjectId), Rc<Slot>>, config: &ShardConfig) {
+    let now = Instant::now();
+    let idle = |s: &Slot| !s.busy.get() && s.queue.borrow().is_empty();
+    objects.retain(|_, slot| {
+        let keep = !(idle(slot) && now.duration_since(slot.last_used.get()) >= config.idle_timeout);
+        if !keep {
+            close_slot(slot);
+        }
+        keep
+    });
+    if objects.len() > config.max_active {
+        let mut candidates: Vec<_> = objects
+            .iter()
+            .filter(|(_, s)| idle(s))
+            .map(|(k, s)| (s.last_used.get(), *k))
+            .collect();
+        candidates.sort();
+        let excess = objects.len() - config.max_active;
+        for (_, key) in candidates.into_iter().take(excess) {
+            if let Some(slot) = objects.remove(&key) {
+                close_slot(&slot);
+            }
+        }
+    }
 }
 
 async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>) {
     let mut objects: HashMap<(&'static str, ObjectId), Rc<Slot>> = HashMap::new();
-    while let Some(Message::Call(call)) = rx.recv().await {
-        let key = (call.class.name, call.request.object);
-        let slot = objects.entry(key).or_insert_with(|| {
-            let slot = Rc::new(Slot {
-                queue: RefCell::new(VecDeque::new()),
-                notify: Notify::new(),
-                closing: Cell::new(false),
-            });
-            let object = Object {
-                slot: slot.clone(),
-                class: call.class.clone(),
-                id: call.request.object,
-                config: config.clone(),
-                ctx: None,
-                instance: None,
-                log: None,
-                seq: 0,
-                needs_image: false,
-                last_image_ms: 0,
-            };
-            tokio::task::spawn_local(object.run());
-            slot
-        });
-        let mut queue = slot.queue.borrow_mut();
-        if queue.len() >= config.max_queue {
-            let _ = call.reply.send(Response::Error(WireError::Overloaded));
-            continue;
+    let period = (config.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    let mut sweeper = tokio::time::interval(period);
+    sweeper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let drain = loop {
+        let message = tokio::select! {
+            m = rx.recv() => m,
+            _ = sweeper.tick() => {
+                sweep(&mut objects, &config);
+                continue;
+            }
+        };
+        match message {
+            None => break true,
+            Some(Message::Close(drain)) => break drain,
+            Some(Message::Call(call)) => {
+                let key = (call.class.name, call.request.object);
+                let slot = objects
+                    .entry(key)
+                    .or_insert_with(|| spawn_object(&config, call.class.clone(), key.1));
+                slot.last_used.set(Instant::now());
+                let mut queue = slot.queue.borrow_mut();
+                let waiting = queue.iter().filter(|w| matches!(w, Work::Call(_))).count();
+                if waiting >= config.max_queue {
+                    let _ = call.reply.send(Response::Error(WireError::Overloaded));
+                    continue;
+                }
+                queue.push_back(Work::Call(call));
+                drop(queue);
+                slot.notify.notify_one();
+            }
+            Some(Message::Alarm(class, id)) => {
+                let Some(entry) = config.classes.get(class) else {
+                    config.alarms.wake_done();
+                    continue;
+                };
+                let slot = objects.entry((class, id)).or_insert_with(|| spawn_object(&config, entry.clone(), id));
+                slot.last_used.set(Instant::now());
+                slot.queue.borrow_mut().push_back(Work::Alarm);
+                slot.notify.notify_one();
+            }
+            Some(Message::Evict(class, id, done)) => {
+                let active = match objects.get(&(class, id)) {
+                    Some(slot) if !slot.busy.get() && slot.queue.borrow().is_empty() => {
+                        close_slot(slot);
+                        objects.remove(&(class, id));
+                        true
+                    }
+                    _ => false,
+                };
+                let _ = done.send(active);
+            }
         }
-        queue.push_back(call);
-        drop(queue);
-        slot.notify.notify_one();
-    }
+    };
     for slot in objects.values() {
-        slot.closing.set(true);
-        slot.notify.notify_one();
+        slot.crashed.set(!drain);
+        close_slot(slot);
     }
 }
 
@@ -179,6 +296,8 @@ struct Object {
     needs_image: bool,
     /// When the object last shipped a whole image (ms since the epoch).
     last_image_ms: u64,
+    /// The earliest alarm due time last written to the host's alarm index.
+    reported_due: Option<u64>,
 }
 
 /// A reply decided by a batch, waiting for the batch to be durable.
@@ -193,7 +312,17 @@ fn internal(message: impl Into<String>) -> Response {
 impl Object {
     async fn run(mut self) {
         loop {
-            let batch: Vec<Call> = {
+            if self.slot.crashed.get() {
+                // A simulated crash: queued work is dropped (callers see the connection
+                // fail), nothing more is committed.
+                for work in self.slot.queue.borrow_mut().drain(..) {
+                    if let Work::Alarm = work {
+                        self.config.alarms.wake_done();
+                    }
+                }
+                return;
+            }
+            let batch: Vec<Work> = {
                 let mut queue = self.slot.queue.borrow_mut();
                 let n = queue.len().min(self.config.max_batch);
                 queue.drain(..n).collect()
@@ -205,8 +334,15 @@ impl Object {
                 self.slot.notify.notified().await;
                 continue;
             }
+            self.slot.busy.set(true);
+            let alarm_wakes = batch.iter().filter(|w| matches!(w, Work::Alarm)).count();
             let replies = self.run_batch(batch).await;
             self.release(replies);
+            for _ in 0..alarm_wakes {
+                self.config.alarms.wake_done();
+            }
+            self.slot.last_used.set(Instant::now());
+            self.slot.busy.set(false);
         }
     }
 
@@ -227,6 +363,8 @@ impl Object {
             self.last_image_ms =
                 store::image_time(&ctx.conn).map_err(|e| internal(e.to_string()))?;
             ctx.bookmarks = self.config.bookmarks.clone();
+            ctx.clock = self.config.clock.clone();
+            self.reported_due = crate::alarms::earliest_due(&ctx.conn).map_err(|e| internal(e.to_string()))?;
             self.needs_image = fresh && durability.captures_changes();
             let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
             self.log = Some(durability.attach(self.class.name, self.id, &path, self.seq));
@@ -261,7 +399,12 @@ impl Object {
 
     /// Start a batch: begin capturing changes (if the log wants them) and the transaction.
     fn begin(&mut self) -> Result<Option<store::ChangeCapture>, Response> {
-        let ctx = self.ctx.as_ref().expect("opened");
+        let ctx = self.ctx.as_mut().expect("opened");
+        // Requests from an earlier, failed batch do not carry over.
+        ctx.alarms_touched = false;
+        ctx.reset_after_turn = false;
+        ctx.restore = None;
+        let ctx = &*ctx;
         let wants = self.log.as_ref().expect("attached").captures_changes();
         let capture = if wants {
             Some(store::ChangeCapture::start(&ctx.conn).map_err(internal)?)
@@ -344,60 +487,97 @@ impl Object {
         })
     }
 
-    async fn run_batch(&mut self, batch: Vec<Call>) -> Vec<Reply> {
-        let name = batch[0].request.name.clone();
-        if let Err(response) = self.ensure_active(name.as_deref()).await {
-            return batch
+    async fn run_batch(&mut self, batch: Vec<Work>) -> Vec<Reply> {
+        let name = batch.iter().find_map(|w| match w {
+            Work::Call(c) => c.request.name.clone(),
+            Work::Alarm => None,
+        });
+        let has_alarm_wake = batch.iter().any(|w| matches!(w, Work::Alarm));
+        let fail_all = |batch: Vec<Work>, response: Response| -> Vec<Reply> {
+            batch
                 .into_iter()
-                .map(|c| (c.reply, response.clone()))
-                .collect();
+                .filter_map(|w| match w {
+                    Work::Call(c) => Some((c.reply, response.clone())),
+                    Work::Alarm => None,
+                })
+                .collect()
+        };
+        if let Err(response) = self.ensure_active(name.as_deref()).await {
+            if has_alarm_wake {
+                // Try again later rather than lose the alarm.
+                let retry = self.config.clock.now_ms() + self.config.alarms.config.backoff.as_millis() as u64;
+                self.config.alarms.notify_due(self.class.name, self.id, Some(retry));
+            }
+            return fail_all(batch, response);
         }
         let capture = match self.begin() {
             Ok(c) => c,
-            Err(response) => {
-                return batch
-                    .into_iter()
-                    .map(|c| (c.reply, response.clone()))
-                    .collect()
-            }
+            Err(response) => return fail_all(batch, response),
         };
         let before = write_marker(&self.ctx.as_ref().expect("active").conn);
         let mut replies = Vec::with_capacity(batch.len());
         let mut recorded = Vec::new();
-        let mut calls = batch.into_iter();
+        let mut work = batch.into_iter();
         let mut failure: Option<String> = None;
-        while let Some(call) = calls.next() {
+        let mut alarms_ran = false;
+        while let Some(item) = work.next() {
             let instance = self.instance.as_mut().expect("active");
             let ctx = self.ctx.as_mut().expect("active");
-            match run_call(
-                instance.as_mut(),
-                ctx,
-                &call,
-                self.config.request_window,
-                &mut recorded,
-            )
-            .await
-            {
-                Ok(CallResult::Reply(response)) => replies.push((call.reply, response)),
+            let (reply, result) = match item {
+                Work::Call(call) => {
+                    let result = run_call(instance.as_mut(), ctx, &call, self.config.request_window, &mut recorded).await;
+                    (Some(call.reply), result)
+                }
+                Work::Alarm => {
+                    alarms_ran = true;
+                    let result = run_due_alarms(instance.as_mut(), ctx, &self.class, &self.config).await;
+                    (None, result)
+                }
+            };
+            match result {
+                Ok(CallResult::Reply(response)) => {
+                    if let Some(tx) = reply {
+                        replies.push((tx, response));
+                    }
+                }
                 Ok(CallResult::Panicked(message)) => {
-                    replies.push((
-                        call.reply,
-                        Response::Error(WireError::ObjectReset { message }),
-                    ));
-                    // The instance may be half-changed: drop it. The calls behind this one
-                    // go back to the front of the queue and meet a fresh activation.
+                    if let Some(tx) = reply {
+                        replies.push((tx, Response::Error(WireError::ObjectReset { message })));
+                    }
+                    // The instance may be half-changed: drop it. The work behind this
+                    // goes back to the front of the queue and meets a fresh activation.
                     self.instance = None;
                     let mut queue = self.slot.queue.borrow_mut();
-                    for c in calls.by_ref().rev() {
-                        queue.push_front(c);
+                    for w in work.by_ref().rev() {
+                        queue.push_front(w);
                     }
                     break;
                 }
                 Err(e) => {
-                    replies.push((call.reply, internal(e.clone())));
+                    if let Some(tx) = reply {
+                        replies.push((tx, internal(e.clone())));
+                    }
                     failure = Some(e);
                     break;
                 }
+            }
+        }
+        let ctx = self.ctx.as_mut().expect("active");
+        let alarms_touched = alarms_ran || std::mem::take(&mut ctx.alarms_touched);
+        let mut new_due = None;
+        if failure.is_none() && alarms_touched {
+            // Index the new earliest due time before the batch can become durable, so
+            // that no durable alarm is ever missing from the index.
+            match crate::alarms::earliest_due(&ctx.conn) {
+                Ok(due) => {
+                    if due != self.reported_due || alarms_ran {
+                        if let Err(e) = self.config.alarms.index_due(self.class.name, self.id, due) {
+                            failure = Some(format!("updating the alarm index: {e}"));
+                        }
+                        new_due = Some(due);
+                    }
+                }
+                Err(e) => failure = Some(format!("reading alarms: {e}")),
             }
         }
         if failure.is_none() {
@@ -411,13 +591,29 @@ impl Object {
             let _ = self.ctx.as_ref().expect("active").conn.run("ROLLBACK");
             self.instance = None;
             tracing::error!(class = self.class.name, id = %self.id, %message, "batch failed");
+            if has_alarm_wake {
+                let retry = self.config.clock.now_ms() + self.config.alarms.config.backoff.as_millis() as u64;
+                self.config.alarms.notify_due(self.class.name, self.id, Some(retry));
+            }
             let failed = internal(message);
             return replies
                 .into_iter()
                 .map(|(tx, _)| tx)
-                .chain(calls.map(|c| c.reply))
+                .chain(work.filter_map(|w| match w {
+                    Work::Call(c) => Some(c.reply),
+                    Work::Alarm => None,
+                }))
                 .map(|tx| (tx, failed.clone()))
                 .collect();
+        }
+        if let Some(due) = new_due {
+            self.reported_due = due;
+            self.config.alarms.notify_due(self.class.name, self.id, due);
+        }
+        if let Some(ctx) = self.ctx.as_mut() {
+            if std::mem::take(&mut ctx.reset_after_turn) {
+                self.instance = None;
+            }
         }
         if let Some(target) = self.ctx.as_mut().and_then(|c| c.restore.take()) {
             if let Err(e) = self.restore(target).await {
@@ -609,6 +805,70 @@ async fn run_call(
         }
     };
     Ok(CallResult::Reply(response))
+}
+
+/// Run the object's due alarms, each in its own savepoint: a handler that returns `Ok`
+/// removes its alarm (or moves a recurring one to its next period); one that fails is
+/// rolled back and retried later with exponential backoff, or given up on and recorded
+/// after the last attempt. A panic resets the object after recording the attempt.
+async fn run_due_alarms(
+    instance: &mut dyn Instance,
+    ctx: &mut Context,
+    class: &ClassEntry,
+    config: &ShardConfig,
+) -> Result<CallResult, String> {
+    let db = |e: rusqlite::Error| e.to_string();
+    let now = config.clock.now_ms();
+    let settings = &config.alarms.config;
+    for alarm in crate::alarms::due_alarms(&ctx.conn, now, 256).map_err(db)? {
+        let attempt = alarm.attempt + 1;
+        let (error, panicked) = match class.alarms.get(alarm.name.as_str()) {
+            None => (format!("no alarm handler named {:?}", alarm.name), None),
+            Some(&index) => {
+                ctx.conn.run("SAVEPOINT durable_alarm").map_err(db)?;
+                ctx.alarm_attempt = Some(attempt);
+                let outcome = AssertUnwindSafe(instance.dispatch_alarm(ctx, index, &alarm.args))
+                    .catch_unwind()
+                    .await;
+                ctx.alarm_attempt = None;
+                let failed = match outcome {
+                    Ok(TurnOutcome::Return(_)) => None,
+                    Ok(TurnOutcome::AppError(bytes)) => {
+                        Some((format!("the handler returned an error ({} bytes)", bytes.len()), None))
+                    }
+                    Ok(other) => Some((format!("the handler failed: {other:?}"), None)),
+                    Err(panic) => {
+                        let m = format!("{}.{} panicked: {}", class.name, alarm.name, panic_message(&panic));
+                        Some((m.clone(), Some(m)))
+                    }
+                };
+                match failed {
+                    None => {
+                        ctx.conn.run("RELEASE durable_alarm").map_err(db)?;
+                        crate::alarms::finish(&ctx.conn, &alarm, now).map_err(db)?;
+                        continue;
+                    }
+                    Some(f) => {
+                        ctx.conn.run("ROLLBACK TO durable_alarm").map_err(db)?;
+                        ctx.conn.run("RELEASE durable_alarm").map_err(db)?;
+                        f
+                    }
+                }
+            }
+        };
+        if attempt >= settings.max_attempts {
+            tracing::error!(class = class.name, id = %ctx.id, alarm = %alarm.name, key = %alarm.key, attempt, %error, "alarm failed for the last time; recorded in _durable_alarm_failures");
+            crate::alarms::give_up(&ctx.conn, &alarm, attempt, &error, now).map_err(db)?;
+        } else {
+            let delay = settings.backoff.as_millis() as u64 * (1u64 << (attempt - 1).min(20));
+            tracing::warn!(class = class.name, id = %ctx.id, alarm = %alarm.name, key = %alarm.key, attempt, %error, retry_in_ms = delay, "alarm failed; will retry");
+            crate::alarms::retry(&ctx.conn, &alarm, attempt, now + delay).map_err(db)?;
+        }
+        if let Some(message) = panicked {
+            return Ok(CallResult::Panicked(message));
+        }
+    }
+    Ok(CallResult::Reply(Response::Welcome))
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -24,6 +24,11 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS _durable_meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _durable_kv(key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _durable_requests(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, kind INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS _durable_alarms(name TEXT NOT NULL, key TEXT NOT NULL, due_ms INTEGER NOT NULL,
+  every_ms INTEGER, args BLOB NOT NULL, attempt INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(name, key)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS _durable_alarms_due ON _durable_alarms(due_ms);
+CREATE TABLE IF NOT EXISTS _durable_alarm_failures(name TEXT NOT NULL, key TEXT NOT NULL, args BLOB NOT NULL,
+  attempts INTEGER NOT NULL, error TEXT NOT NULL, failed_ms INTEGER NOT NULL);
 ";
 
 /// Open (creating if needed) the database of one object and wrap it in a [`Context`].
@@ -92,6 +97,10 @@ pub(crate) fn open(
             name: stored_name,
             bookmarks: None,
             restore: None,
+            clock: std::sync::Arc::new(crate::clock::SystemClock),
+            alarm_attempt: None,
+            alarms_touched: false,
+            reset_after_turn: false,
         },
         fresh,
     ))
@@ -289,15 +298,17 @@ impl ChangeCapture {
     }
 }
 
-/// The session filter: every table but the runtime's own bookkeeping tables
-/// (`_durable_kv` holds user data and is captured).
+/// The session filter: every table but the runtime's own bookkeeping tables (the
+/// key-value table and the alarm tables hold user state and are captured).
 unsafe extern "C" fn user_table(
     _ctx: *mut std::os::raw::c_void,
     table: *const std::os::raw::c_char,
 ) -> std::os::raw::c_int {
     // SAFETY: SQLite passes a NUL-terminated table name.
     let name = unsafe { std::ffi::CStr::from_ptr(table) }.to_bytes();
-    (!name.starts_with(b"_durable_") || name == b"_durable_kv") as std::os::raw::c_int
+    let captured = !name.starts_with(b"_durable_")
+        || matches!(name, b"_durable_kv" | b"_durable_alarms" | b"_durable_alarm_failures");
+    captured as std::os::raw::c_int
 }
 
 impl Drop for ChangeCapture {

@@ -2,18 +2,109 @@
 //! sleeps on demand. The `durable-test-host` binary serves them next to every
 //! example class.
 
-use durable::{durable_object, Context, Error};
-use std::time::Duration;
+use durable::{alarm, durable_object, Context, Error};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// An object that does what a test tells it to.
-pub struct Probe;
+pub struct Probe {
+    /// Every alarm attempt this instance saw: (key, attempt, virtual time in ms).
+    attempts: Vec<(String, u32, u64)>,
+}
+
+/// Orders alarm deliveries within one host process.
+static RING_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
 
 #[durable_object]
 impl Probe {
     fn activate(ctx: &mut Context) -> Result<Self, Error> {
-        ctx.sql()
-            .migrate(&["CREATE TABLE entries(key TEXT PRIMARY KEY, value INTEGER NOT NULL)"])?;
-        Ok(Probe)
+        ctx.sql().migrate(&[
+            "CREATE TABLE entries(key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+            "CREATE TABLE rings(key TEXT NOT NULL, attempt INTEGER NOT NULL, at_ms INTEGER NOT NULL, seq INTEGER NOT NULL)",
+        ])?;
+        Ok(Probe { attempts: Vec::new() })
+    }
+
+    /// Schedule the `ring` alarm under `key` at `at_ms` (ms since the epoch); its first
+    /// `fail_first` attempts fail.
+    pub async fn ring_at(&mut self, ctx: &mut Context, key: String, at_ms: u64, fail_first: u32) -> Result<(), Error> {
+        Self::schedule_ring(ctx, UNIX_EPOCH + Duration::from_millis(at_ms), &key, key.clone(), fail_first)
+    }
+
+    /// Schedule `ring` under `key` after `after_ms`.
+    pub async fn ring_after(&mut self, ctx: &mut Context, key: String, after_ms: u64) -> Result<(), Error> {
+        Self::schedule_ring(ctx, Duration::from_millis(after_ms), &key, key.clone(), 0)
+    }
+
+    /// Schedule `ring` under `key` every `period_ms`.
+    pub async fn ring_every(&mut self, ctx: &mut Context, key: String, period_ms: u64) -> Result<(), Error> {
+        Self::schedule_ring_every(ctx, Duration::from_millis(period_ms), &key, key.clone(), 0)
+    }
+
+    /// Schedule `count` rings keyed `r0..` all at `at_ms`.
+    pub async fn ring_many_at(&mut self, ctx: &mut Context, count: u32, at_ms: u64) -> Result<(), Error> {
+        for i in 0..count {
+            let key = format!("r{i}");
+            Self::schedule_ring(ctx, UNIX_EPOCH + Duration::from_millis(at_ms), &key, key.clone(), 0)?;
+        }
+        Ok(())
+    }
+
+    /// Cancel the ring under `key`.
+    pub async fn unring(&mut self, ctx: &mut Context, key: String) -> Result<bool, Error> {
+        Self::cancel_ring(ctx, &key)
+    }
+
+    /// Schedule a ring under `key`, then fail the call (the schedule must roll back).
+    pub async fn ring_then_fail(&mut self, ctx: &mut Context, key: String) -> Result<(), Error> {
+        Self::schedule_ring(ctx, Duration::from_millis(10), &key, key.clone(), 0)?;
+        Err(Error::msg("failing after scheduling"))
+    }
+
+    /// Successful rings stored: (key, attempt, at_ms), in order.
+    pub async fn rings(&self, ctx: &mut Context) -> Result<Vec<(String, u32, u64)>, Error> {
+        ctx.sql().query("SELECT key, attempt, at_ms FROM rings ORDER BY rowid", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+        })
+    }
+
+    /// The process-wide delivery sequence numbers of the stored rings.
+    pub async fn ring_seqs(&self, ctx: &mut Context) -> Result<Vec<u64>, Error> {
+        ctx.sql().query("SELECT seq FROM rings ORDER BY rowid", [], |r| Ok(r.get::<_, i64>(0)? as u64))
+    }
+
+    /// Every ring attempt this instance saw, failed ones included.
+    pub async fn attempts(&self, _ctx: &mut Context) -> Vec<(String, u32, u64)> {
+        self.attempts.clone()
+    }
+
+    /// Keys of pending alarms.
+    pub async fn pending(&self, ctx: &mut Context) -> Result<Vec<String>, Error> {
+        Ok(ctx.pending_alarms()?.into_iter().map(|a| a.key).collect())
+    }
+
+    /// Erase the object.
+    pub async fn wipe(&mut self, ctx: &mut Context) -> Result<(), Error> {
+        ctx.delete_all()
+    }
+
+    #[alarm]
+    async fn ring(&mut self, ctx: &mut Context, key: String, fail_first: u32) -> Result<(), Error> {
+        let attempt = ctx.alarm_attempt().unwrap_or(0);
+        let now = ms(ctx.now());
+        self.attempts.push((key.clone(), attempt, now));
+        if attempt <= fail_first {
+            return Err(Error::msg(format!("told to fail attempt {attempt}")));
+        }
+        let seq = RING_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst) as i64;
+        ctx.sql().execute(
+            "INSERT INTO rings(key, attempt, at_ms, seq) VALUES (?1, ?2, ?3, ?4)",
+            durable::rusqlite::params![key, attempt, now as i64, seq],
+        )?;
+        Ok(())
     }
 
     /// Store `value` under `key`.

@@ -207,6 +207,8 @@ struct Shared {
     last_checkpoint: AtomicU64,
     failed: AtomicBool,
     feed: broadcast::Sender<Arc<LogRecord>>,
+    /// Other files a checkpoint makes durable (the alarm index).
+    also_sync: Vec<PathBuf>,
     /// Wakes the checkpointer early; `true` asks it to stop.
     wake: (Mutex<bool>, Condvar),
     checkpoint_lock: Mutex<()>,
@@ -235,6 +237,9 @@ impl Shared {
                 return Err(e);
             }
         }
+        for path in &self.also_sync {
+            sync_object_files(path)?;
+        }
         write_checkpoint(&self.data_dir, lsn)?;
         self.last_checkpoint.store(lsn, Ordering::Release);
         self.bytes_since_checkpoint.store(0, Ordering::Release);
@@ -259,6 +264,7 @@ impl HostLog {
         data_dir: &Path,
         next_lsn: u64,
         config: &LogConfig,
+        also_sync: Vec<PathBuf>,
     ) -> std::io::Result<HostLog> {
         let dir = log_dir(data_dir);
         std::fs::create_dir_all(&dir)?;
@@ -273,6 +279,7 @@ impl HostLog {
             last_checkpoint: AtomicU64::new(checkpoint),
             failed: AtomicBool::new(false),
             feed: broadcast::channel(4096).0,
+            also_sync,
             wake: (Mutex::new(false), Condvar::new()),
             checkpoint_lock: Mutex::new(()),
         });
@@ -341,7 +348,7 @@ impl Durability for HostLog {
         })
     }
 
-    fn shutdown(&self) {
+    fn shutdown(&self, checkpoint: bool) {
         if self.stopped.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -357,8 +364,10 @@ impl Durability for HostLog {
         for t in std::mem::take(&mut *self.threads.lock().unwrap()) {
             let _ = t.join();
         }
-        if let Err(e) = self.shared.checkpoint() {
-            tracing::error!(error = %e, "final checkpoint failed; the next start replays the log");
+        if checkpoint {
+            if let Err(e) = self.shared.checkpoint() {
+                tracing::error!(error = %e, "final checkpoint failed; the next start replays the log");
+            }
         }
     }
 }

@@ -26,6 +26,8 @@ pub struct RecoveryReport {
     pub applied: usize,
     /// Objects touched by replay.
     pub objects: usize,
+    /// Which objects had records after the checkpoint: (class, id).
+    pub replayed: Vec<(String, ObjectId)>,
     /// The last good lsn (the next record gets this plus one).
     pub last_lsn: u64,
     /// A torn or corrupt tail that was cut: the segment, the byte offset kept, and why.
@@ -95,6 +97,7 @@ pub(crate) fn recover(
         sync_object_files(&path).map_err(io("syncing a replayed object"))?;
     }
     report.objects = order.len();
+    report.replayed = order.clone();
     if report.records > 0 || report.cut.is_some() {
         write_checkpoint(data_dir, report.last_lsn).map_err(io("writing the checkpoint"))?;
     }

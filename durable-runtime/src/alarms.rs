@@ -1,0 +1,383 @@
+//! Alarms: typed, named timers an object schedules for itself inside a turn.
+//!
+//! - Each object keeps its pending alarms in its own database (`_durable_alarms`), so
+//!   scheduling and cancelling commit or roll back with the turn, and the host log
+//!   carries them like any other write.
+//! - The host keeps an index of each object's earliest due time (`DATA_DIR/alarms.db`),
+//!   written before the batch that changes it becomes durable and synced at every
+//!   checkpoint. Start-up loads only that index: objects without alarms cost nothing.
+//! - A scheduler delivers due objects oldest first, with bounded concurrency, as
+//!   turns of their own on the object's shard; a handler that fails is retried with
+//!   exponential backoff up to a bounded number of attempts, then recorded in
+//!   `_durable_alarm_failures`.
+
+use crate::clock::Clock;
+use crate::shard::{Message, Shards};
+use durable_client::ObjectId;
+use rusqlite::{Connection, OptionalExtension};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// When an alarm should fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// At this instant.
+    At(SystemTime),
+    /// This long after now.
+    After(Duration),
+}
+
+impl From<Duration> for When {
+    fn from(d: Duration) -> Self {
+        When::After(d)
+    }
+}
+
+impl From<SystemTime> for When {
+    fn from(t: SystemTime) -> Self {
+        When::At(t)
+    }
+}
+
+/// A pending alarm of an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAlarm {
+    /// The handler's name.
+    pub name: String,
+    /// The key it was scheduled under.
+    pub key: String,
+    /// When it is due.
+    pub due: SystemTime,
+    /// Its period, for recurring alarms.
+    pub every: Option<Duration>,
+    /// Failed attempts so far.
+    pub failed_attempts: u32,
+}
+
+/// How alarm delivery behaves.
+#[derive(Debug, Clone)]
+pub struct AlarmConfig {
+    /// Attempts before a failing handler is given up on (default 6).
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled for each further one (default 1 s).
+    pub backoff: Duration,
+    /// Objects woken for alarms at once (default 64).
+    pub max_in_flight: usize,
+}
+
+impl Default for AlarmConfig {
+    fn default() -> Self {
+        AlarmConfig {
+            max_attempts: 6,
+            backoff: Duration::from_secs(1),
+            max_in_flight: 64,
+        }
+    }
+}
+
+/// The host's index of earliest due times, one row per object with pending alarms.
+pub(crate) struct AlarmIndex {
+    conn: Mutex<Connection>,
+}
+
+impl AlarmIndex {
+    pub(crate) fn open(data_dir: &Path) -> rusqlite::Result<AlarmIndex> {
+        let path = data_dir.join("alarms.db");
+        let conn = Connection::open(&path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS due(class TEXT NOT NULL, id BLOB NOT NULL, due_ms INTEGER NOT NULL,
+             PRIMARY KEY(class, id)) WITHOUT ROWID",
+        )?;
+        Ok(AlarmIndex {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    pub(crate) fn set(&self, class: &str, id: ObjectId, due: Option<u64>) -> rusqlite::Result<()> {
+        let conn = self.conn.lock().unwrap();
+        match due {
+            Some(ms) => conn
+                .prepare_cached("INSERT OR REPLACE INTO due(class, id, due_ms) VALUES (?1, ?2, ?3)")?
+                .execute(rusqlite::params![class, &id.as_bytes()[..], ms as i64])?,
+            None => conn
+                .prepare_cached("DELETE FROM due WHERE class = ?1 AND id = ?2")?
+                .execute(rusqlite::params![class, &id.as_bytes()[..]])?,
+        };
+        Ok(())
+    }
+
+    pub(crate) fn load(&self) -> rusqlite::Result<Vec<(String, ObjectId, u64)>> {
+        let conn = self.conn.lock().unwrap();
+        let mut stmt = conn.prepare("SELECT class, id, due_ms FROM due")?;
+        let rows = stmt.query_map([], |r| {
+            let id: Vec<u8> = r.get(1)?;
+            let mut bytes = [0u8; 16];
+            if id.len() == 16 {
+                bytes.copy_from_slice(&id);
+            }
+            Ok((r.get::<_, String>(0)?, ObjectId::from_bytes(bytes), r.get::<_, i64>(2)?.max(0) as u64))
+        })?;
+        rows.collect()
+    }
+
+}
+
+/// Earliest due time of an object's pending alarms.
+pub(crate) fn earliest_due(conn: &Connection) -> rusqlite::Result<Option<u64>> {
+    let due: Option<i64> = conn
+        .prepare_cached("SELECT min(due_ms) FROM _durable_alarms")?
+        .query_row([], |r| r.get(0))
+        .optional()?
+        .flatten();
+    Ok(due.map(|d| d.max(0) as u64))
+}
+
+/// One due alarm read from an object's table.
+pub(crate) struct DueAlarm {
+    pub(crate) name: String,
+    pub(crate) key: String,
+    pub(crate) due_ms: u64,
+    pub(crate) every_ms: Option<u64>,
+    pub(crate) args: Vec<u8>,
+    pub(crate) attempt: u32,
+}
+
+pub(crate) fn due_alarms(conn: &Connection, now: u64, limit: usize) -> rusqlite::Result<Vec<DueAlarm>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, key, due_ms, every_ms, args, attempt FROM _durable_alarms WHERE due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(rusqlite::params![now as i64, limit as i64], |r| {
+        Ok(DueAlarm {
+            name: r.get(0)?,
+            key: r.get(1)?,
+            due_ms: r.get::<_, i64>(2)?.max(0) as u64,
+            every_ms: r.get::<_, Option<i64>>(3)?.map(|v| v.max(1) as u64),
+            args: r.get(4)?,
+            attempt: r.get::<_, i64>(5)?.max(0) as u32,
+        })
+    })?;
+    rows.collect()
+}
+
+/// A handler succeeded: remove its alarm, or move a recurring one to its next period —
+/// unless the handler itself re-scheduled the same key (then its schedule stands).
+pub(crate) fn finish(conn: &Connection, alarm: &DueAlarm, now: u64) -> rusqlite::Result<()> {
+    match alarm.every_ms {
+        Some(every) => conn
+            .prepare_cached(
+                "UPDATE _durable_alarms SET due_ms = ?3, attempt = 0 WHERE name = ?1 AND key = ?2 AND due_ms = ?4",
+            )?
+            .execute(rusqlite::params![
+                alarm.name,
+                alarm.key,
+                next_period(alarm.due_ms, every, now) as i64,
+                alarm.due_ms as i64
+            ])?,
+        None => conn
+            .prepare_cached("DELETE FROM _durable_alarms WHERE name = ?1 AND key = ?2 AND due_ms = ?3")?
+            .execute(rusqlite::params![alarm.name, alarm.key, alarm.due_ms as i64])?,
+    };
+    Ok(())
+}
+
+/// A handler failed: try again at `due_ms`.
+pub(crate) fn retry(conn: &Connection, alarm: &DueAlarm, attempt: u32, due_ms: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE _durable_alarms SET due_ms = ?3, attempt = ?4 WHERE name = ?1 AND key = ?2")?
+        .execute(rusqlite::params![alarm.name, alarm.key, due_ms as i64, attempt as i64])?;
+    Ok(())
+}
+
+/// A handler failed its last attempt: record it and drop the alarm (a recurring one
+/// moves on to its next period).
+pub(crate) fn give_up(conn: &Connection, alarm: &DueAlarm, attempts: u32, error: &str, now: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO _durable_alarm_failures(name, key, args, attempts, error, failed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(rusqlite::params![alarm.name, alarm.key, alarm.args, attempts as i64, error, now as i64])?;
+    match alarm.every_ms {
+        Some(every) => {
+            conn.prepare_cached("UPDATE _durable_alarms SET due_ms = ?3, attempt = 0 WHERE name = ?1 AND key = ?2")?
+                .execute(rusqlite::params![alarm.name, alarm.key, next_period(alarm.due_ms, every, now) as i64])?;
+        }
+        None => {
+            conn.prepare_cached("DELETE FROM _durable_alarms WHERE name = ?1 AND key = ?2")?
+                .execute(rusqlite::params![alarm.name, alarm.key])?;
+        }
+    }
+    Ok(())
+}
+
+/// The next firing of a recurring alarm due at `due` with period `every`, strictly
+/// after `now`: an alarm that missed several periods fires once, then resumes its beat.
+pub(crate) fn next_period(due: u64, every: u64, now: u64) -> u64 {
+    if now < due {
+        return due + every;
+    }
+    let missed = (now - due) / every + 1;
+    due + missed * every
+}
+
+enum SchedMsg {
+    /// An object's earliest due time is now this (or it has none).
+    Due(&'static str, ObjectId, Option<u64>),
+    /// A wake finished.
+    Done,
+    /// Answer once nothing due at the current time is left to deliver.
+    Idle(oneshot::Sender<()>),
+    /// The earliest due time pending.
+    NextDue(oneshot::Sender<Option<u64>>),
+}
+
+/// The alarm side of a host: the index and the scheduler's mailbox.
+pub(crate) struct AlarmService {
+    pub(crate) index: AlarmIndex,
+    pub(crate) config: AlarmConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    tx: mpsc::UnboundedSender<SchedMsg>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<SchedMsg>>>,
+    pub(crate) poke: Notify,
+}
+
+impl AlarmService {
+    pub(crate) fn new(data_dir: &Path, config: AlarmConfig, clock: Arc<dyn Clock>) -> rusqlite::Result<Arc<Self>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Arc::new(AlarmService {
+            index: AlarmIndex::open(data_dir)?,
+            config,
+            clock,
+            tx,
+            rx: Mutex::new(Some(rx)),
+            poke: Notify::new(),
+        }))
+    }
+
+    /// Record an object's new earliest due time (the index first, then the scheduler).
+    pub(crate) fn index_due(&self, class: &'static str, id: ObjectId, due: Option<u64>) -> rusqlite::Result<()> {
+        self.index.set(class, id, due)
+    }
+
+    pub(crate) fn notify_due(&self, class: &'static str, id: ObjectId, due: Option<u64>) {
+        let _ = self.tx.send(SchedMsg::Due(class, id, due));
+    }
+
+    pub(crate) fn wake_done(&self) {
+        let _ = self.tx.send(SchedMsg::Done);
+    }
+
+    /// Wait until every alarm due at the clock's current time has been delivered and
+    /// its turn finished (for tests with a virtual clock).
+    pub(crate) async fn settle(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(SchedMsg::Idle(tx)).is_ok() {
+            self.poke.notify_one();
+            let _ = rx.await;
+        }
+    }
+
+    /// The earliest pending due time the scheduler knows of.
+    pub(crate) async fn next_due(&self) -> Option<u64> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(SchedMsg::NextDue(tx)).ok()?;
+        self.poke.notify_one();
+        rx.await.ok().flatten()
+    }
+
+    /// Run the scheduler until the shards close. `classes` maps names to their static
+    /// names (the index stores strings).
+    pub(crate) async fn run(self: Arc<Self>, shards: Arc<Shards>, classes: HashMap<String, &'static str>) {
+        let Some(mut rx) = self.rx.lock().unwrap().take() else { return };
+        let mut heap: BinaryHeap<Reverse<(u64, &'static str, ObjectId)>> = BinaryHeap::new();
+        let mut current: HashMap<(&'static str, ObjectId), u64> = HashMap::new();
+        match self.index.load() {
+            Ok(rows) => {
+                for (class, id, due) in rows {
+                    match classes.get(&class) {
+                        Some(&c) => {
+                            current.insert((c, id), due);
+                            heap.push(Reverse((due, c, id)));
+                        }
+                        None => tracing::warn!(%class, %id, "pending alarms for a class this host does not serve"),
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reading the alarm index"),
+        }
+        let mut in_flight = 0usize;
+        let mut idle_waiters: Vec<oneshot::Sender<()>> = Vec::new();
+        loop {
+            let now = self.clock.now_ms();
+            while in_flight < self.config.max_in_flight {
+                let Some(Reverse((due, class, id))) = heap.peek().copied() else { break };
+                if due > now {
+                    break;
+                }
+                heap.pop();
+                if current.get(&(class, id)) != Some(&due) {
+                    continue; // superseded
+                }
+                current.remove(&(class, id));
+                in_flight += 1;
+                let _ = shards.send_message(class, id, Message::Alarm(class, id));
+            }
+            let nothing_due = heap.peek().is_none_or(|Reverse((due, ..))| *due > now);
+            if in_flight == 0 && nothing_due {
+                for w in idle_waiters.drain(..) {
+                    let _ = w.send(());
+                }
+            }
+            let next = heap.peek().map(|Reverse((due, ..))| *due);
+            let sleep = match next {
+                Some(due) if !self.clock.is_virtual() && in_flight < self.config.max_in_flight => {
+                    Duration::from_millis(due.saturating_sub(now).min(60_000))
+                }
+                _ => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    None => return,
+                    Some(SchedMsg::Due(class, id, due)) => match due {
+                        Some(due) => {
+                            current.insert((class, id), due);
+                            heap.push(Reverse((due, class, id)));
+                        }
+                        None => {
+                            current.remove(&(class, id));
+                        }
+                    },
+                    Some(SchedMsg::Done) => in_flight = in_flight.saturating_sub(1),
+                    Some(SchedMsg::Idle(tx)) => idle_waiters.push(tx),
+                    Some(SchedMsg::NextDue(tx)) => {
+                        let next = heap
+                            .iter()
+                            .filter(|Reverse((due, c, id))| current.get(&(*c, *id)) == Some(due))
+                            .map(|Reverse((due, ..))| *due)
+                            .min();
+                        let _ = tx.send(next);
+                    }
+                },
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.poke.notified() => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_period;
+
+    #[test]
+    fn a_recurring_alarm_that_missed_periods_fires_once_then_keeps_its_beat() {
+        assert_eq!(next_period(1000, 100, 1000), 1100);
+        assert_eq!(next_period(1000, 100, 1050), 1100);
+        // Three periods missed: the next firing is the first boundary after now.
+        assert_eq!(next_period(1000, 100, 1350), 1400);
+        assert_eq!(next_period(1000, 100, 900), 1100);
+    }
+}
