@@ -5,13 +5,14 @@
 //! generators a [`Checked`] view in which the class name and the constructor are
 //! known to exist.
 
-use crate::model::{Class, Constructor, ContextArg, Output, RemoteMethod};
+use crate::model::{AlarmHandler, Class, Constructor, ContextArg, Method, Output};
 use crate::names::{self, Reserved};
 use proc_macro2::Span;
 use quote::ToTokens;
 use std::fmt::Display;
+use syn::ext::IdentExt;
 use syn::visit::Visit;
-use syn::{Ident, ImplItem, Lifetime, Signature, Type, TypeImplTrait, TypeReference};
+use syn::{Ident, ImplItem, Lifetime, Meta, Signature, Type, TypeImplTrait, TypeReference};
 
 /// A class that passed every check: what the generators work from.
 pub(crate) struct Checked<'a> {
@@ -70,6 +71,10 @@ pub(crate) fn class(class: &Class) -> Result<Checked<'_>, syn::Error> {
         for method in &class.methods {
             remote_method(method, &mut errors);
         }
+        for handler in &class.alarms {
+            alarm(handler, &mut errors);
+        }
+        alarm_helper_names(class, &mut errors);
     }
     errors.finish()?;
     match (&class.name, constructor) {
@@ -186,57 +191,61 @@ fn near_constructor(class: &Class) -> Option<&Signature> {
     })
 }
 
+/// What a [`Method`] is for: the rules are the same, the wording differs.
+#[derive(Clone, Copy)]
+enum Role {
+    Remote,
+    Alarm,
+}
+
+impl Role {
+    /// "remote method" / "alarm handler".
+    fn noun(self) -> &'static str {
+        match self {
+            Role::Remote => "remote method",
+            Role::Alarm => "alarm handler",
+        }
+    }
+
+    /// "remote methods" / "alarm handlers".
+    fn plural(self) -> &'static str {
+        match self {
+            Role::Remote => "remote methods",
+            Role::Alarm => "alarm handlers",
+        }
+    }
+
+    fn generic(self) -> &'static str {
+        match self {
+            Role::Remote => GENERIC_METHOD,
+            Role::Alarm => GENERIC_ALARM,
+        }
+    }
+
+    fn pattern(self) -> &'static str {
+        match self {
+            Role::Remote => {
+                "arguments of remote methods must be plain names, like `by: i64`: the client stub reuses them"
+            }
+            Role::Alarm => {
+                "arguments of alarm handlers must be plain names, like `seat: u32`: the generated \
+                 `schedule_` helpers reuse them"
+            }
+        }
+    }
+
+    fn unsafe_reason(self) -> &'static str {
+        match self {
+            Role::Remote => "a caller over the network cannot uphold its contract",
+            Role::Alarm => "the runtime calls it and cannot uphold its contract",
+        }
+    }
+}
+
 /// The rules for one remote method.
-fn remote_method(method: &RemoteMethod, errors: &mut Errors) {
-    let sig = &method.sig;
-    let name = &sig.ident;
-    if sig.asyncness.is_none() {
-        errors.spanned(
-            sig.fn_token,
-            format_args!("remote method `{name}` must be `async fn`"),
-        );
-    }
-    if let Some(unsafety) = &sig.unsafety {
-        errors.spanned(
-            unsafety,
-            format_args!("remote method `{name}` cannot be `unsafe`: a caller over the network cannot uphold its contract"),
-        );
-    }
-    if let Some(abi) = &sig.abi {
-        errors.spanned(
-            abi,
-            format_args!("remote method `{name}` cannot have an `extern` ABI"),
-        );
-    }
-    receiver(method, errors);
-    if !sig.generics.params.is_empty() {
-        errors.spanned(&sig.generics, GENERIC_METHOD);
-    } else if let Some(where_clause) = &sig.generics.where_clause {
-        errors.spanned(where_clause, GENERIC_METHOD);
-    }
-    match &method.ctx {
-        ContextArg::First => {}
-        ContextArg::Missing => errors.spanned(
-            &method.receiver,
-            "add `ctx: &mut Context` as the first argument after `self`",
-        ),
-        ContextArg::Misplaced(arg) => errors.spanned(
-            arg,
-            "move `ctx: &mut Context` to be the first argument after `self`",
-        ),
-        ContextArg::Shared(ty) => {
-            errors.spanned(ty, "the context is mutable: write `ctx: &mut Context`")
-        }
-    }
-    for arg in &method.args {
-        if arg.ident().is_none() {
-            errors.spanned(
-                &arg.pat,
-                "arguments of remote methods must be plain names, like `by: i64`: the client stub reuses them",
-            );
-        }
-        Owned::check(&arg.ty, Travels::Argument, errors);
-    }
+fn remote_method(method: &Method, errors: &mut Errors) {
+    signature(method, Role::Remote, errors);
+    let name = method.ident();
     match &method.output {
         Output::Value(None) => {}
         Output::Value(Some(ty)) => Owned::check(ty, Travels::Result, errors),
@@ -265,19 +274,159 @@ fn remote_method(method: &RemoteMethod, errors: &mut Errors) {
     }
 }
 
+/// The rules for one alarm handler. Its return value is not checked: it never
+/// leaves the host, and `Result<T>` aliases count as fallible.
+fn alarm(alarm: &AlarmHandler, errors: &mut Errors) {
+    if !matches!(alarm.attr.meta, Meta::Path(_)) {
+        errors.spanned(
+            &alarm.attr,
+            "`#[alarm]` takes no arguments: write `#[alarm]`",
+        );
+    }
+    signature(&alarm.method, Role::Alarm, errors);
+}
+
+/// The rules remote methods and alarm handlers share: an `async fn` taking `&self`
+/// or `&mut self`, then `ctx: &mut Context`, then owned arguments with plain names.
+fn signature(method: &Method, role: Role, errors: &mut Errors) {
+    let sig = &method.sig;
+    let name = &sig.ident;
+    let noun = role.noun();
+    if sig.asyncness.is_none() {
+        errors.spanned(
+            sig.fn_token,
+            format_args!("{noun} `{name}` must be `async fn`"),
+        );
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        let reason = role.unsafe_reason();
+        errors.spanned(
+            unsafety,
+            format_args!("{noun} `{name}` cannot be `unsafe`: {reason}"),
+        );
+    }
+    if let Some(abi) = &sig.abi {
+        errors.spanned(
+            abi,
+            format_args!("{noun} `{name}` cannot have an `extern` ABI"),
+        );
+    }
+    receiver(method, role, errors);
+    if !sig.generics.params.is_empty() {
+        errors.spanned(&sig.generics, role.generic());
+    } else if let Some(where_clause) = &sig.generics.where_clause {
+        errors.spanned(where_clause, role.generic());
+    }
+    match &method.ctx {
+        ContextArg::First => {}
+        // Without a receiver, `receiver` reported the missing `self`: one error is
+        // enough.
+        ContextArg::Missing => {
+            if let Some(receiver) = &method.receiver {
+                errors.spanned(
+                    receiver,
+                    "add `ctx: &mut Context` as the first argument after `self`",
+                );
+            }
+        }
+        ContextArg::Misplaced(arg) => errors.spanned(
+            arg,
+            "move `ctx: &mut Context` to be the first argument after `self`",
+        ),
+        ContextArg::Shared(ty) => {
+            errors.spanned(ty, "the context is mutable: write `ctx: &mut Context`")
+        }
+    }
+    let travels = match role {
+        Role::Remote => Travels::Argument,
+        Role::Alarm => Travels::AlarmArgument,
+    };
+    for arg in &method.args {
+        if arg.ident().is_none() {
+            errors.spanned(&arg.pat, role.pattern());
+        }
+        Owned::check(&arg.ty, travels, errors);
+    }
+}
+
 const GENERIC_METHOD: &str =
     "remote methods cannot be generic: the client stub needs concrete argument types";
 
+const GENERIC_ALARM: &str =
+    "alarm handlers cannot be generic: the scheduled arguments are stored and decoded as concrete types";
+
 /// `&self` or `&mut self` (also written `self: &Self` / `self: &mut Self`).
-fn receiver(method: &RemoteMethod, errors: &mut Errors) {
-    let receiver = &method.receiver;
+fn receiver(method: &Method, role: Role, errors: &mut Errors) {
+    let plural = role.plural();
+    let Some(receiver) = &method.receiver else {
+        errors.spanned(
+            &method.sig.ident,
+            format_args!(
+                "{plural} take `&self` or `&mut self`: add one before `ctx: &mut Context`"
+            ),
+        );
+        return;
+    };
     match &*receiver.ty {
         Type::Reference(r) if is_self_path(&r.elem) => {}
         ty if is_self_path(ty) => errors.spanned(
             receiver,
-            "remote methods take `&self` or `&mut self`; `self` by value would consume the object",
+            format_args!(
+                "{plural} take `&self` or `&mut self`; `self` by value would consume the object"
+            ),
         ),
-        _ => errors.spanned(receiver, "remote methods take `&self` or `&mut self`"),
+        _ => errors.spanned(
+            receiver,
+            format_args!("{plural} take `&self` or `&mut self`"),
+        ),
+    }
+}
+
+/// The helpers generated for the alarms must not clash with another function of the
+/// block or with each other's (`tick` and `tick_every` both make
+/// `schedule_tick_every`).
+fn alarm_helper_names(class: &Class, errors: &mut Errors) {
+    let others: Vec<&Ident> = class
+        .item
+        .items
+        .iter()
+        .filter_map(|item| match item {
+            ImplItem::Fn(f) => Some(&f.sig.ident),
+            ImplItem::Const(c) => Some(&c.ident),
+            _ => None,
+        })
+        .collect();
+    // (helper, the alarm that generates it)
+    let mut generated: Vec<(String, String)> = Vec::new();
+    let mut seen_alarms: Vec<String> = Vec::new();
+    for alarm in &class.alarms {
+        let name = alarm.method.ident();
+        let alarm_name = name.unraw().to_string();
+        if seen_alarms.contains(&alarm_name) {
+            // Two handlers with one name: the compiler reports the duplicate.
+            continue;
+        }
+        seen_alarms.push(alarm_name.clone());
+        for helper in names::AlarmHelpers::of(name).all() {
+            let helper = helper.to_string();
+            if others.iter().any(|o| o.unraw() == helper) {
+                errors.spanned(
+                    name,
+                    format_args!(
+                        "the alarm `{alarm_name}` generates the helper `{helper}`, but this impl block already \
+                         has a `{helper}`: rename one of them"
+                    ),
+                );
+            } else if let Some((_, first)) = generated.iter().find(|(h, _)| *h == helper) {
+                errors.spanned(
+                    name,
+                    format_args!(
+                        "the alarms `{first}` and `{alarm_name}` both generate the helper `{helper}`: rename one of them"
+                    ),
+                );
+            }
+            generated.push((helper, alarm_name.clone()));
+        }
     }
 }
 
@@ -290,6 +439,7 @@ fn is_self_path(ty: &Type) -> bool {
 enum Travels {
     Argument,
     Result,
+    AlarmArgument,
 }
 
 impl Travels {
@@ -297,6 +447,9 @@ impl Travels {
         match self {
             Travels::Argument => "arguments travel over the network and must be owned",
             Travels::Result => "results travel over the network and must be owned",
+            Travels::AlarmArgument => {
+                "alarm arguments are stored until the alarm fires and must be owned"
+            }
         }
     }
 }
@@ -342,6 +495,7 @@ impl<'ast> Visit<'ast> for Owned<'_> {
     fn visit_type_impl_trait(&mut self, t: &'ast TypeImplTrait) {
         match self.travels {
             Travels::Argument => self.errors.spanned(t, GENERIC_METHOD),
+            Travels::AlarmArgument => self.errors.spanned(t, GENERIC_ALARM),
             Travels::Result => self.errors.spanned(
                 t,
                 "remote methods cannot return `impl Trait`: the client stub needs a concrete type",
@@ -484,6 +638,160 @@ mod tests {
         for (method, expected) in cases {
             assert_eq!(method_messages(method.clone()), *expected, "for {method}");
         }
+    }
+
+    #[test]
+    fn valid_alarms_pass() {
+        let found = method_messages(quote::quote! {
+            #[alarm]
+            async fn release(&mut self, ctx: &mut Context, seat: u32, user: String) -> Result<(), Error> { todo!() }
+            /// Any visibility; any return type; `Result<T>` aliases are fine.
+            #[alarm]
+            pub async fn tick(&self, _ctx: &mut Context) -> anyhow::Result<u8> { todo!() }
+            #[alarm]
+            pub(crate) async fn plain(&self, ctx: &mut Context, key: String) -> &'static str { "" }
+            // Names reserved for remote methods are free for alarms.
+            #[alarm]
+            pub async fn id(&self, ctx: &mut Context) {}
+            #[alarm]
+            async fn __durable_x(&self, ctx: &mut Context) {}
+        });
+        assert_eq!(found, Vec::<String>::new());
+    }
+
+    #[test]
+    fn alarm_errors() {
+        let cases: &[(TokenStream, &[&str])] = &[
+            (
+                quote::quote!(#[alarm] fn m(&self, ctx: &mut Context) {}),
+                &["alarm handler `m` must be `async fn`"],
+            ),
+            (
+                quote::quote!(#[alarm] async unsafe fn m(&self, ctx: &mut Context) {}),
+                &["alarm handler `m` cannot be `unsafe`: the runtime calls it and cannot uphold its contract"],
+            ),
+            (
+                quote::quote!(#[alarm] async extern "C" fn m(&self, ctx: &mut Context) {}),
+                &["alarm handler `m` cannot have an `extern` ABI"],
+            ),
+            (
+                quote::quote!(#[alarm] async fn m(self, ctx: &mut Context) {}),
+                &["alarm handlers take `&self` or `&mut self`; `self` by value would consume the object"],
+            ),
+            (
+                quote::quote!(#[alarm] async fn m(self: Box<Self>, ctx: &mut Context) {}),
+                &["alarm handlers take `&self` or `&mut self`"],
+            ),
+            (
+                quote::quote!(#[alarm] async fn m(ctx: &mut Context, x: u8) {}),
+                &["alarm handlers take `&self` or `&mut self`: add one before `ctx: &mut Context`"],
+            ),
+            (
+                quote::quote!(#[alarm] async fn m(x: u8) {}),
+                &["alarm handlers take `&self` or `&mut self`: add one before `ctx: &mut Context`"],
+            ),
+            (
+                quote::quote!(#[alarm] async fn m(&self, x: u8) {}),
+                &["add `ctx: &mut Context` as the first argument after `self`"],
+            ),
+            (
+                quote::quote!(#[alarm] async fn m(&self, x: u8, ctx: &mut Context) {}),
+                &["move `ctx: &mut Context` to be the first argument after `self`"],
+            ),
+            (
+                quote::quote!(#[alarm] async fn m(&self, ctx: &Context) {}),
+                &["the context is mutable: write `ctx: &mut Context`"],
+            ),
+            (
+                quote::quote!(#[alarm] async fn m<T>(&self, ctx: &mut Context, t: T) {}),
+                &["alarm handlers cannot be generic: the scheduled arguments are stored and decoded as concrete types"],
+            ),
+            (
+                quote::quote!(#[alarm] async fn m(&self, ctx: &mut Context) where Self: Sized {}),
+                &["alarm handlers cannot be generic: the scheduled arguments are stored and decoded as concrete types"],
+            ),
+            (
+                quote::quote!(#[alarm] async fn m(&self, ctx: &mut Context, t: impl Into<u8>) {}),
+                &["alarm handlers cannot be generic: the scheduled arguments are stored and decoded as concrete types"],
+            ),
+            (
+                quote::quote!(#[alarm] async fn m(&self, ctx: &mut Context, s: &str) {}),
+                &["alarm arguments are stored until the alarm fires and must be owned: use `String` instead of `&str`"],
+            ),
+            (
+                quote::quote!(#[alarm] async fn m(&self, ctx: &mut Context, s: &[u8]) {}),
+                &["alarm arguments are stored until the alarm fires and must be owned: use `Vec<T>` instead of `&[T]`"],
+            ),
+            (
+                quote::quote!(#[alarm] async fn m(&self, ctx: &mut Context, s: Cow<'_, str>) {}),
+                &["alarm arguments are stored until the alarm fires and must be owned: use an owned type instead of one that borrows for `'_`"],
+            ),
+            (
+                quote::quote!(#[alarm] async fn m(&self, ctx: &mut Context, (a, b): (u8, u8)) {}),
+                &["arguments of alarm handlers must be plain names, like `seat: u32`: the generated `schedule_` helpers reuse them"],
+            ),
+            (
+                quote::quote!(#[alarm(every = 5)] async fn m(&self, ctx: &mut Context) {}),
+                &["`#[alarm]` takes no arguments: write `#[alarm]`"],
+            ),
+            (
+                quote::quote!(#[alarm] async fn tick(&self, ctx: &mut Context) {} fn schedule_tick() {}),
+                &["the alarm `tick` generates the helper `schedule_tick`, but this impl block already has a \
+                   `schedule_tick`: rename one of them"],
+            ),
+            (
+                quote::quote!(#[alarm] async fn tick(&self, ctx: &mut Context) {} const cancel_tick: u8 = 0;),
+                &["the alarm `tick` generates the helper `cancel_tick`, but this impl block already has a \
+                   `cancel_tick`: rename one of them"],
+            ),
+            (
+                quote::quote! {
+                    #[alarm] async fn tick(&self, ctx: &mut Context) {}
+                    #[alarm] async fn schedule_tick_every(&self, ctx: &mut Context) {}
+                },
+                &["the alarm `tick` generates the helper `schedule_tick_every`, but this impl block already has a \
+                   `schedule_tick_every`: rename one of them"],
+            ),
+            (
+                quote::quote! {
+                    #[alarm] async fn tick(&self, ctx: &mut Context) {}
+                    #[alarm] async fn tick_every(&self, ctx: &mut Context) {}
+                },
+                &["the alarms `tick` and `tick_every` both generate the helper `schedule_tick_every`: \
+                   rename one of them"],
+            ),
+        ];
+        for (method, expected) in cases {
+            assert_eq!(method_messages(method.clone()), *expected, "for {method}");
+        }
+    }
+
+    #[test]
+    fn alarm_collision_with_a_remote_method_reports_both() {
+        let found = method_messages(quote::quote! {
+            #[alarm] async fn tick(&self, ctx: &mut Context) {}
+            pub async fn cancel_tick(&self, ctx: &mut Context) {}
+        });
+        assert_eq!(
+            found,
+            [
+                "`cancel_tick`: names starting with `schedule_` and `cancel_` are reserved for alarm helpers: \
+                 rename the method",
+                "the alarm `tick` generates the helper `cancel_tick`, but this impl block already has a \
+                 `cancel_tick`: rename one of them",
+            ]
+        );
+    }
+
+    #[test]
+    fn alarms_in_a_trait_impl_are_not_judged() {
+        assert_eq!(
+            messages(
+                TokenStream::new(),
+                parse_quote!(impl Clone for Counter { #[alarm] fn clone(&self) -> Self { todo!() } })
+            ),
+            ["`#[durable_object]` goes on an inherent impl block, not a trait impl: write `impl Counter { ... }`"]
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! that sends the argument tuple and decodes the method's value or error.
 
 use crate::check::Checked;
-use crate::model::{Output, RemoteMethod};
+use crate::model::{Method, Output};
 use crate::{fingerprint, names};
 use proc_macro2::{Group, Ident, TokenStream, TokenTree};
 use quote::{quote, ToTokens};
@@ -77,7 +77,7 @@ fn fixed_methods() -> TokenStream {
 
 /// One stub method: same name, docs and arguments (minus `ctx`) as the remote
 /// method; returns its value or a `CallError` carrying its error type.
-fn remote_method(c: &Checked<'_>, m: &RemoteMethod) -> TokenStream {
+fn remote_method(c: &Checked<'_>, m: &Method) -> TokenStream {
     let self_ty = &c.class.item.self_ty;
     let name = m.ident();
     let wire_name = name.to_string();

@@ -1,10 +1,11 @@
 //! The host side of a class: `ObjectClass` (name, remote methods with fingerprints,
-//! stub type) and `Hosted` (activation through the user's constructor, and dispatch
-//! of a method number and postcard arguments to the user's method), wrapped in
-//! `const _: () = { ... };` so nothing leaks into the user's namespace.
+//! stub type) and `Hosted` (activation through the user's constructor, dispatch of a
+//! method number and postcard arguments to the user's method, and the same for
+//! alarm handlers when the class has any), wrapped in `const _: () = { ... };` so
+//! nothing leaks into the user's namespace.
 
 use crate::check::Checked;
-use crate::model::{Output, RemoteMethod};
+use crate::model::{Method, Output};
 use crate::{fingerprint, names};
 use proc_macro2::{Literal, TokenStream};
 use quote::{quote, quote_spanned};
@@ -42,15 +43,22 @@ fn object_class(c: &Checked<'_>) -> TokenStream {
     }
 }
 
-/// `impl Hosted`: activation and dispatch.
+/// `impl Hosted`: activation and dispatch (of alarms too, if there are any: the
+/// trait's defaults cover a class without them).
 fn hosted(c: &Checked<'_>) -> TokenStream {
     let self_ty = &c.class.item.self_ty;
     let activate = activate(c);
     let dispatch = dispatch(c);
+    let alarms = if c.class.alarms.is_empty() {
+        TokenStream::new()
+    } else {
+        alarms(c)
+    };
     quote! {
         impl ::durable::__private::Hosted for #self_ty {
             #activate
             #dispatch
+            #alarms
         }
     }
 }
@@ -87,12 +95,10 @@ fn activate(c: &Checked<'_>) -> TokenStream {
 
 /// `Hosted::dispatch`: one match arm per remote method, by declaration order.
 fn dispatch(c: &Checked<'_>) -> TokenStream {
-    let arms = c
-        .class
-        .methods
-        .iter()
-        .enumerate()
-        .map(|(index, m)| dispatch_arm(c, index, m));
+    let arms = c.class.methods.iter().enumerate().map(|(index, m)| {
+        let fallible = matches!(m.output, Output::Fallible { .. });
+        dispatch_arm(c, index, m, fallible)
+    });
     let body = if c.class.methods.is_empty() {
         quote! {
             let _ = (self, ctx, method, args);
@@ -118,20 +124,54 @@ fn dispatch(c: &Checked<'_>) -> TokenStream {
     }
 }
 
-/// One arm: decode the argument tuple, call the method, encode what it returns.
-fn dispatch_arm(c: &Checked<'_>, index: usize, m: &RemoteMethod) -> TokenStream {
+/// `Hosted::ALARMS` (the handlers' names, by declaration order) and
+/// `Hosted::dispatch_alarm` (one match arm per handler, as for methods).
+fn alarms(c: &Checked<'_>) -> TokenStream {
+    let names = c.class.alarms.iter().map(|a| a.method.wire_name());
+    let arms = c.class.alarms.iter().enumerate().map(|(index, a)| {
+        // A `Result<T>` alias is a `Result` too: its `Err` must fail the alarm.
+        let fallible = matches!(
+            a.method.output,
+            Output::Fallible { .. } | Output::UnnamedError(_)
+        );
+        dispatch_arm(c, index, &a.method, fallible)
+    });
+    quote! {
+        const ALARMS: &'static [&'static str] = &[#(#names),*];
+        fn dispatch_alarm<'a>(
+            &'a mut self,
+            ctx: &'a mut ::durable::__private::Context,
+            alarm: usize,
+            args: &'a [u8],
+        ) -> ::durable::__private::BoxTurn<'a> {
+            ::std::boxed::Box::pin(async move {
+                match alarm {
+                    #(#arms)*
+                    _ => ::durable::__private::TurnOutcome::UnknownMethod,
+                }
+            })
+        }
+    }
+}
+
+/// One arm: decode the argument tuple, call the method, encode what it returns
+/// (`fallible`: as a `Result`, whose `Err` fails the turn).
+fn dispatch_arm(c: &Checked<'_>, index: usize, m: &Method, fallible: bool) -> TokenStream {
     let self_ty = &c.class.item.self_ty;
     let method = m.ident();
     let index = Literal::usize_suffixed(index);
     let locals: Vec<_> = (0..m.args.len()).map(names::decoded_arg).collect();
     let types = m.args.iter().map(|a| &a.ty);
     let call = quote!(<#self_ty>::#method(self, ctx, #(#locals),*).await);
-    let encode = match &m.output {
-        Output::Fallible { .. } => quote!(::durable::__private::encode_result(#call)),
-        Output::Value(_) | Output::UnnamedError(_) => {
-            quote!(::durable::__private::encode_value(#call))
-        }
+    // Spanned on the return type, so that one that cannot be encoded (no
+    // `Serialize`) is reported there.
+    let span = m.return_type().map_or_else(|| method.span(), Spanned::span);
+    let encode = if fallible {
+        quote_spanned!(span=> ::durable::__private::encode_result)
+    } else {
+        quote_spanned!(span=> ::durable::__private::encode_value)
     };
+    let encode = quote!(#encode(#call));
     quote! {
         #index => {
             let (#(#locals,)*): (#(#types,)*) = match ::durable::__private::decode_args(args) {

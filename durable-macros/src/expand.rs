@@ -4,7 +4,7 @@
 
 use crate::check::{self, ALARM_OUTSIDE, NOT_AN_IMPL};
 use crate::model::Class;
-use crate::{client, dispatch};
+use crate::{alarm, client, dispatch, names};
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, ToTokens};
 
@@ -16,25 +16,32 @@ pub(crate) fn durable_object(attr: TokenStream, item: TokenStream) -> TokenStrea
         Err(e) => return with_error(item, e),
     };
     let class = Class::read(attr, item_impl);
-    // The emitted item is the user's block minus the `#[alarm]` attributes this macro
-    // consumes (left in place they would report themselves as misplaced).
+    // The emitted item is the user's block with the `#[alarm]` attributes this macro
+    // consumes marked as such (unmarked they would report themselves as misplaced).
     let item = class.item.to_token_stream();
     let checked = match check::class(&class) {
         Ok(checked) => checked,
         Err(e) => return with_error(item, e),
     };
     let host = dispatch::generate(&checked);
+    let alarm_helpers = alarm::generate(&checked);
     let stub = client::generate(&checked);
     quote! {
         #item
         #host
+        #alarm_helpers
         #stub
     }
 }
 
-/// `#[alarm]` anywhere but inside a `#[durable_object]` block (inside one, the outer
-/// macro removes it before it expands).
-pub(crate) fn alarm_outside_object(_attr: TokenStream, item: TokenStream) -> TokenStream {
+/// `#[alarm]`: an error anywhere but inside a `#[durable_object]` block. Inside one,
+/// the outer macro has read it and marked it as consumed, and it returns the method
+/// unchanged.
+pub(crate) fn alarm_outside_object(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let consumed = syn::parse2::<syn::Ident>(attr).is_ok_and(|a| a == names::ALARM_CONSUMED);
+    if consumed {
+        return item;
+    }
     with_error(item, syn::Error::new(Span::call_site(), ALARM_OUTSIDE))
 }
 
@@ -104,14 +111,167 @@ mod tests {
                     fn activate(ctx: &mut Context) -> Self { todo!() }
                     #[alarm]
                     pub async fn tick(&mut self, ctx: &mut Context) {}
+                    #[durable::alarm]
+                    async fn tock(&self, ctx: &mut Context) {}
+                }
+            },
+        );
+        let file: syn::File = syn::parse2(out.clone()).expect("the expansion parses");
+        let syn::Item::Impl(item) = &file.items[0] else {
+            panic!("the user's impl block comes first: {out}")
+        };
+        let attrs: Vec<String> = item
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                syn::ImplItem::Fn(f) => {
+                    Some(f.attrs.iter().map(|a| a.to_token_stream().to_string()))
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(
+            attrs,
+            [
+                "# [alarm (__durable_handler)]",
+                "# [durable :: alarm (__durable_handler)]"
+            ],
+            "{out}"
+        );
+        let text = out.to_string();
+        assert!(
+            text.contains(
+                "const METHODS : & 'static [:: durable :: __private :: MethodInfo] = & [] ;"
+            ),
+            "alarm handlers are not remote methods: {text}"
+        );
+        assert!(
+            !text.contains("pub async fn tick (& self"),
+            "no stub method: {text}"
+        );
+        assert!(!text.contains("compile_error"), "{text}");
+    }
+
+    #[test]
+    fn alarm_expansion() {
+        let out = durable_object(
+            TokenStream::new(),
+            quote! {
+                impl Reservation {
+                    fn activate(ctx: &mut Context) -> Self { todo!() }
+                    pub async fn hold(&mut self, ctx: &mut Context, seat: u32) {}
+                    #[alarm]
+                    pub(crate) async fn release(&mut self, ctx: &mut Context, seat: u32, key: String)
+                        -> Result<(), durable::Error> { todo!() }
+                    #[alarm]
+                    async fn tick(&self, ctx: &mut Context) -> anyhow::Result<()> { todo!() }
+                    #[alarm]
+                    async fn r#type(&self, ctx: &mut Context) -> u8 { 0 }
+                }
+            },
+        );
+        let file: syn::File = syn::parse2(out.clone()).expect("the expansion parses");
+        assert_eq!(
+            file.items.len(),
+            8,
+            "impl, const _, alarm helpers, struct, From, Clone, Debug, impl stub: {out}"
+        );
+        let text = out.to_string();
+        assert!(!text.contains("compile_error"), "{text}");
+        assert!(
+            text.contains(
+                r#"const ALARMS : & 'static [& 'static str] = & ["release" , "tick" , "type"] ;"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("fn dispatch_alarm < 'a >"), "{text}");
+        // `Result<()>` counts as fallible for alarms; a plain value cannot fail.
+        assert!(
+            text.contains(
+                "1usize => { let () : () = match :: durable :: __private :: decode_args (args) \
+                 { :: core :: result :: Result :: Ok (v) => v , :: core :: result :: Result :: Err (e) => return e , } ; \
+                 :: durable :: __private :: encode_result (< Reservation > :: tick (self , ctx ,) . await) }"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("encode_value (< Reservation > :: r#type (self , ctx ,) . await)"),
+            "{text}"
+        );
+        // Helpers: the handler's visibility; an argument named like a helper
+        // parameter is renamed.
+        assert!(
+            text.contains(
+                "pub (crate) fn schedule_release (ctx : & mut :: durable :: __private :: Context , \
+                 when : impl :: core :: convert :: Into < :: durable :: __private :: When > , \
+                 key : & :: core :: primitive :: str , seat : u32 , key_arg : String)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ctx . schedule_alarm (\"release\" , key , :: core :: convert :: Into :: into (when) , \
+                 :: core :: option :: Option :: None , & (seat , key_arg ,) ,)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("pub (crate) fn schedule_release_every (ctx"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ctx . schedule_alarm (\"release\" , key , :: durable :: __private :: When :: After (period) , \
+                 :: core :: option :: Option :: Some (period) , & (seat , key_arg ,) ,)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("pub (crate) fn cancel_release (ctx"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ctx . cancel_alarm (\"release\" , key)"),
+            "{text}"
+        );
+        assert!(text.contains("fn schedule_tick (ctx"), "{text}");
+        assert!(
+            text.contains("& () ,)"),
+            "no arguments: an empty tuple: {text}"
+        );
+        assert!(text.contains("fn schedule_type_every (ctx"), "{text}");
+        // Only `hold` is a remote method.
+        assert!(text.contains("MethodInfo { name : \"hold\""), "{text}");
+        assert!(!text.contains("MethodInfo { name : \"release\""), "{text}");
+    }
+
+    #[test]
+    fn alarm_attribute_outside_or_consumed() {
+        let item = quote!(
+            fn tick() {}
+        );
+        let out = alarm_outside_object(TokenStream::new(), item.clone());
+        assert!(out.to_string().contains("compile_error"), "{out}");
+        let out = alarm_outside_object(quote!(other), item.clone());
+        assert!(out.to_string().contains("compile_error"), "{out}");
+        let out = alarm_outside_object(quote!(__durable_handler), item.clone());
+        assert_eq!(out.to_string(), item.to_string());
+    }
+
+    #[test]
+    fn no_alarms_no_alarm_code() {
+        let out = durable_object(
+            TokenStream::new(),
+            quote! {
+                impl Counter {
+                    fn activate(ctx: &mut Context) -> Self { todo!() }
                 }
             },
         );
         let text = out.to_string();
-        assert!(!text.contains("alarm"), "{text}");
-        assert!(
-            !text.contains("\"tick\""),
-            "alarm handlers are not remote methods: {text}"
-        );
+        assert!(!text.contains("ALARMS"), "{text}");
+        assert!(!text.contains("dispatch_alarm"), "{text}");
+        assert!(!text.contains("schedule_"), "{text}");
     }
 }

@@ -2,14 +2,16 @@
 //! block into a class the host can run and callers can reach through a typed client
 //! stub; [`macro@alarm`] marks alarm handlers inside such a block.
 //!
-//! This file only declares the entry points. The work happens in four steps, one
-//! module each: `model` reads the impl block into plain structs, `check` validates
-//! them and reports every problem at once, and `dispatch` and `client` generate
-//! the host side and the caller side. `expand` runs the steps in order.
+//! This file only declares the entry points. The work happens in four steps:
+//! `model` reads the impl block into plain structs, `check` validates them and
+//! reports every problem at once, and `dispatch`, `alarm` and `client` generate the
+//! host side, the alarm helpers and the caller side. `expand` runs the steps in
+//! order.
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
 use proc_macro::TokenStream;
 
+mod alarm;
 mod check;
 mod client;
 mod dispatch;
@@ -49,8 +51,39 @@ pub fn durable_object(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 /// Marks an alarm handler inside a [`macro@durable_object`] impl block.
 ///
-/// `#[durable_object]` reads and removes this attribute; on its own it only reports
-/// that it is in the wrong place.
+/// A handler has the shape of a remote method (`async`, `&self` or `&mut self`, then
+/// `ctx: &mut Context`, then owned arguments) and any visibility, but callers cannot
+/// reach it: the runtime calls it when an alarm scheduled for it fires. For a handler
+/// `release(&mut self, ctx: &mut Context, seat: u32, user: String)` the macro
+/// generates, with the handler's visibility:
+///
+/// - `schedule_release(ctx, when, key, seat, user)`: fire once at an instant
+///   (`SystemTime`) or after a delay (`Duration`);
+/// - `schedule_release_every(ctx, period, key, seat, user)`: fire every `period`;
+/// - `cancel_release(ctx, key) -> Result<bool, Error>`: whether one was pending.
+///
+/// An alarm is identified by its handler and a `key`; scheduling again under the
+/// same key replaces it. A handler returning `Err` fails the alarm's turn.
+///
+/// ```ignore
+/// #[durable_object]
+/// impl Reservation {
+///     fn activate(ctx: &mut Context) -> Result<Self, Error> { Ok(Reservation) }
+///
+///     pub async fn hold(&mut self, ctx: &mut Context, seat: u32, user: String) -> Result<(), Error> {
+///         Self::schedule_release(ctx, Duration::from_secs(600), &seat.to_string(), seat, user)
+///     }
+///
+///     #[alarm]
+///     async fn release(&mut self, ctx: &mut Context, seat: u32, user: String) -> Result<(), Error> {
+///         Ok(())
+///     }
+/// }
+/// ```
+///
+/// `#[durable_object]` reads this attribute and marks it as consumed, so that it
+/// then leaves the method alone; anywhere else it reports that it is in the wrong
+/// place.
 #[proc_macro_attribute]
 pub fn alarm(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::alarm_outside_object(attr.into(), item.into()).into()

@@ -3,10 +3,13 @@
 //! Reading never fails. It sorts the block's functions into the activation
 //! constructor(s), remote methods, alarm handlers and plain Rust, and records the
 //! facts (with their tokens, for spans) that `check` later judges. Only `check`
-//! decides what is an error.
+//! decides what is an error. Remote methods and alarm handlers are both [`Method`]s:
+//! the runtime calls them the same way, with decoded arguments.
 
-use crate::fingerprint;
-use proc_macro2::TokenStream;
+use crate::{fingerprint, names};
+use proc_macro2::{Span, TokenStream};
+use syn::ext::IdentExt;
+use syn::parse_quote;
 use syn::{
     Attribute, FnArg, GenericArgument, Ident, ImplItem, ImplItemFn, ItemImpl, Pat, PathArguments,
     Receiver, ReturnType, Signature, Type, TypePath, TypeReference, Visibility,
@@ -16,8 +19,8 @@ use syn::{
 pub(crate) struct Class {
     /// The attribute's own arguments, `#[durable_object(...)]` (there must be none).
     pub(crate) attr: TokenStream,
-    /// The impl block as the user wrote it, minus the `#[alarm]` attributes the macro
-    /// consumes. It is emitted unchanged.
+    /// The impl block as the user wrote it, except that each handler's `#[alarm]`
+    /// is marked as consumed (see [`mark_alarm_attr`]). It is emitted unchanged.
     pub(crate) item: ItemImpl,
     /// The class name: the last segment of the self type, if that is a plain named
     /// type (`impl Counter`, `impl crate::Counter`).
@@ -26,9 +29,9 @@ pub(crate) struct Class {
     pub(crate) constructors: Vec<Constructor>,
     /// The remote methods, in declaration order (their index is their dispatch
     /// number).
-    pub(crate) methods: Vec<RemoteMethod>,
-    /// The alarm handlers (`#[alarm]` methods). For now they are plain private
-    /// methods; the alarm generator will read them from here.
+    pub(crate) methods: Vec<Method>,
+    /// The alarm handlers (`#[alarm]` methods), in declaration order (their index is
+    /// their alarm dispatch number).
     pub(crate) alarms: Vec<AlarmHandler>,
 }
 
@@ -41,24 +44,29 @@ pub(crate) struct Constructor {
     pub(crate) fallible: bool,
 }
 
-/// A `pub fn` with a receiver: callable over the network through the client stub.
-pub(crate) struct RemoteMethod {
+/// A function the runtime calls with decoded arguments: a remote method (a `pub fn`
+/// with a receiver, callable over the network through the client stub) or an alarm
+/// handler (see [`AlarmHandler`]).
+pub(crate) struct Method {
     /// The method's signature, for its modifiers and generics.
     pub(crate) sig: Signature,
+    /// The method's visibility (alarm helpers copy it).
+    pub(crate) vis: Visibility,
     /// The method's doc attributes, copied onto the stub method.
     pub(crate) docs: Vec<Attribute>,
-    /// The receiver (`&self`, `&mut self`, `self`, `self: Box<Self>`, ...).
-    pub(crate) receiver: Receiver,
+    /// The receiver (`&self`, `&mut self`, `self`, `self: Box<Self>`, ...). Always
+    /// there for remote methods; an alarm handler may lack one (an error).
+    pub(crate) receiver: Option<Receiver>,
     /// Where the `&mut Context` argument is.
     pub(crate) ctx: ContextArg,
-    /// The arguments that travel over the network: all but the receiver and the
-    /// context.
+    /// The arguments that travel over the network (or wait in storage until an
+    /// alarm fires): all but the receiver and the context.
     pub(crate) args: Vec<Arg>,
     /// What the method returns.
     pub(crate) output: Output,
 }
 
-/// Where a remote method takes its context.
+/// Where a method takes its context.
 pub(crate) enum ContextArg {
     /// First after `self`, as required.
     First,
@@ -70,7 +78,7 @@ pub(crate) enum ContextArg {
     Missing,
 }
 
-/// One argument of a remote method.
+/// One argument of a method.
 pub(crate) struct Arg {
     /// The pattern as written.
     pub(crate) pat: Pat,
@@ -78,7 +86,7 @@ pub(crate) struct Arg {
     pub(crate) ty: Type,
 }
 
-/// What a remote method returns.
+/// What a method returns.
 pub(crate) enum Output {
     /// A plain value (`None`: no `->`, that is `()`); the call cannot fail.
     Value(Option<Type>),
@@ -93,16 +101,14 @@ pub(crate) enum Output {
     UnnamedError(Type),
 }
 
-/// A method marked `#[alarm]`.
-#[allow(
-    dead_code,
-    reason = "read by the alarm generator, which a later issue adds"
-)]
+/// A method marked `#[alarm]`: the runtime calls it when an alarm scheduled with its
+/// generated `schedule_*` helpers fires. It is never a remote method, even if `pub`.
 pub(crate) struct AlarmHandler {
-    /// The handler's signature.
-    pub(crate) sig: Signature,
-    /// The `#[alarm]` attribute, removed from the emitted impl block.
+    /// The `#[alarm]` attribute as written (in the emitted impl block it is marked
+    /// as consumed).
     pub(crate) attr: Attribute,
+    /// The handler.
+    pub(crate) method: Method,
 }
 
 impl Class {
@@ -119,14 +125,14 @@ impl Class {
         };
         for impl_item in &mut item.items {
             let ImplItem::Fn(f) = impl_item else { continue };
-            if let Some(attr) = take_alarm_attr(f) {
+            if let Some(attr) = mark_alarm_attr(f) {
                 class.alarms.push(AlarmHandler {
-                    sig: f.sig.clone(),
                     attr,
+                    method: Method::read(f),
                 });
-            } else if let Some(receiver) = f.sig.receiver() {
+            } else if f.sig.receiver().is_some() {
                 if matches!(f.vis, Visibility::Public(_)) {
-                    class.methods.push(RemoteMethod::read(f, receiver.clone()));
+                    class.methods.push(Method::read(f));
                 }
             } else if let Some(fallible) = constructor_output(&f.sig, class.name.as_ref()) {
                 class.constructors.push(Constructor {
@@ -140,8 +146,8 @@ impl Class {
     }
 }
 
-impl RemoteMethod {
-    fn read(f: &ImplItemFn, receiver: Receiver) -> RemoteMethod {
+impl Method {
+    fn read(f: &ImplItemFn) -> Method {
         let mut args: Vec<FnArg> = f
             .sig
             .inputs
@@ -174,15 +180,16 @@ impl RemoteMethod {
                 FnArg::Receiver(_) => None,
             })
             .collect();
-        RemoteMethod {
+        Method {
             sig: f.sig.clone(),
+            vis: f.vis.clone(),
             docs: f
                 .attrs
                 .iter()
                 .filter(|a| a.path().is_ident("doc"))
                 .cloned()
                 .collect(),
-            receiver,
+            receiver: f.sig.receiver().cloned(),
             ctx,
             args,
             output: Output::read(&f.sig.output),
@@ -200,6 +207,12 @@ impl RemoteMethod {
             ReturnType::Default => None,
             ReturnType::Type(_, ty) => Some(ty),
         }
+    }
+
+    /// The name on the wire (an alarm's name in storage): the identifier without
+    /// `r#`.
+    pub(crate) fn wire_name(&self) -> String {
+        self.ident().unraw().to_string()
     }
 
     /// The schema fingerprint shared by the stub and the host.
@@ -249,19 +262,33 @@ fn plain_type_name(ty: &Type) -> Option<Ident> {
     }
 }
 
-/// Whether `attr` is `#[alarm]` (also `#[durable::alarm]`).
+/// Whether `attr` is `#[alarm]`, `#[durable::alarm]` or `#[durable_macros::alarm]`
+/// (with or without a leading `::`), with or without arguments (`check` rejects
+/// those).
 fn is_alarm_attr(attr: &Attribute) -> bool {
-    attr.path()
-        .segments
-        .last()
-        .is_some_and(|s| s.ident == "alarm")
+    let path = attr.path();
+    let names: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+    match names.as_slice() {
+        [last] => path.leading_colon.is_none() && last == "alarm",
+        [krate, last] => matches!(krate.as_str(), "durable" | "durable_macros") && last == "alarm",
+        _ => false,
+    }
 }
 
-/// Removes and returns a function's `#[alarm]` attribute.
-fn take_alarm_attr(f: &mut ImplItemFn) -> Option<Attribute> {
+/// Returns a function's `#[alarm]` attribute as written, and in the function marks
+/// it as consumed: `#[alarm]` becomes `#[alarm(__durable_handler)]`, on which the
+/// `alarm` macro returns the method unchanged. Removing the attribute instead would
+/// leave the user's `use durable::alarm` unused (a warning); keeping the path makes
+/// the compiler resolve it. Repeated `#[alarm]`s are removed.
+fn mark_alarm_attr(f: &mut ImplItemFn) -> Option<Attribute> {
     let at = f.attrs.iter().position(is_alarm_attr)?;
-    let attr = f.attrs.remove(at);
+    let attr = f.attrs[at].clone();
+    let path = attr.path();
+    let marker = Ident::new(names::ALARM_CONSUMED, Span::call_site());
+    let mut marked = attr.clone();
+    marked.meta = parse_quote!(#path(#marker));
     f.attrs.retain(|a| !is_alarm_attr(a));
+    f.attrs.insert(at, marked);
     Some(attr)
 }
 
@@ -374,9 +401,13 @@ mod tests {
         assert_eq!(class.methods[0].args.len(), 1);
         assert_eq!(class.methods[0].args[0].ident().unwrap(), "by");
         assert_eq!(class.alarms.len(), 1);
-        assert_eq!(class.alarms[0].sig.ident, "tick");
-        // The emitted block no longer carries `#[alarm]`.
-        assert!(!class.item.to_token_stream().to_string().contains("alarm"));
+        assert_eq!(class.alarms[0].method.sig.ident, "tick");
+        // The emitted block carries `#[alarm]` marked as consumed.
+        assert!(class
+            .item
+            .to_token_stream()
+            .to_string()
+            .contains("# [alarm (__durable_handler)] pub async fn tick"));
     }
 
     #[test]
@@ -434,6 +465,69 @@ mod tests {
             panic!()
         };
         assert_eq!(quote!(#ok #err).to_string(), "u8 E");
+    }
+
+    #[test]
+    fn alarm_handlers() {
+        let class = read(parse_quote! {
+            impl C {
+                /// Releases.
+                #[alarm]
+                pub async fn release(&mut self, ctx: &mut Context, mut seat: u32, user: String) -> Result<(), E> {
+                    todo!()
+                }
+                #[durable::alarm]
+                async fn a(&self, ctx: &mut Context) {}
+                #[::durable::alarm]
+                async fn b(&self, ctx: &mut Context) {}
+                #[durable_macros::alarm]
+                pub(crate) async fn c(&self, ctx: &mut Context) {}
+                #[alarm(x)]
+                async fn d(&self, ctx: &mut Context) {}
+                #[alarm]
+                fn no_receiver(ctx: &mut Context) -> Self { todo!() }
+                #[other::alarm]
+                pub async fn not_an_alarm(&self, ctx: &mut Context) {}
+            }
+        });
+        let names: Vec<String> = class
+            .alarms
+            .iter()
+            .map(|a| a.method.ident().to_string())
+            .collect();
+        assert_eq!(names, ["release", "a", "b", "c", "d", "no_receiver"]);
+        // Alarm handlers are neither remote methods nor constructors.
+        let methods: Vec<String> = class
+            .methods
+            .iter()
+            .map(|m| m.ident().to_string())
+            .collect();
+        assert_eq!(methods, ["not_an_alarm"]);
+        assert!(class.constructors.is_empty());
+        let release = &class.alarms[0].method;
+        assert!(matches!(release.vis, Visibility::Public(_)));
+        assert!(matches!(release.ctx, ContextArg::First));
+        assert!(release.receiver.is_some());
+        assert_eq!(release.args.len(), 2);
+        assert_eq!(release.args[0].ident().unwrap(), "seat");
+        assert!(matches!(release.output, Output::Fallible { .. }));
+        assert!(class.alarms[5].method.receiver.is_none());
+        // Every alarm attribute is marked as consumed, keeping its path; others
+        // stay.
+        let text = class.item.to_token_stream().to_string();
+        let marked = [
+            "# [alarm (__durable_handler)] pub async fn release",
+            "# [durable :: alarm (__durable_handler)] async fn a",
+            "# [:: durable :: alarm (__durable_handler)] async fn b",
+            "# [durable_macros :: alarm (__durable_handler)] pub (crate) async fn c",
+            "# [alarm (__durable_handler)] async fn d",
+        ];
+        for m in marked {
+            assert!(text.contains(m), "{m}: {text}");
+        }
+        assert!(!text.contains("# [alarm (x)]"), "{text}");
+        assert!(text.contains("# [other :: alarm]"), "{text}");
+        assert!(text.contains("Releases."), "{text}");
     }
 
     #[test]

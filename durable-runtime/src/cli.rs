@@ -53,6 +53,12 @@ enum Command {
         /// feed (0: delete them at checkpoint).
         #[arg(long, env = "DURABLE_RETENTION_DAYS", default_value_t = 30.0)]
         retention_days: f64,
+        /// Evict objects idle this many seconds (their next call re-activates them).
+        #[arg(long, env = "DURABLE_IDLE_TIMEOUT_SECS", default_value_t = 30.0)]
+        idle_timeout_secs: f64,
+        /// Most active objects; the least recently used idle ones are evicted first.
+        #[arg(long, env = "DURABLE_MAX_ACTIVE", default_value_t = 100_000)]
+        max_active: usize,
     },
     /// Print committed changes from the host log as JSON lines (lsn, time, class,
     /// object, table, op, old, new).
@@ -92,7 +98,16 @@ enum Command {
 
 /// Run the host command line with the classes `configure` registers.
 pub fn main(configure: impl FnOnce(Host) -> Host) -> ExitCode {
-    let cli = Cli::parse();
+    run(std::env::args_os(), configure)
+}
+
+/// Like [`main`], with the arguments given (the first is the program name).
+pub fn run<I, T>(args: I, configure: impl FnOnce(Host) -> Host) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -110,6 +125,8 @@ pub fn main(configure: impl FnOnce(Host) -> Host) -> ExitCode {
             durability,
             checkpoint_secs,
             retention_days,
+            idle_timeout_secs,
+            max_active,
         } => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -127,6 +144,8 @@ pub fn main(configure: impl FnOnce(Host) -> Host) -> ExitCode {
                     .with_limits(|l| {
                         l.max_queue = max_queue;
                         l.max_frame = max_frame;
+                        l.idle_timeout = Duration::from_secs_f64(idle_timeout_secs.max(0.001));
+                        l.max_active = max_active.max(1);
                         if let Some(s) = shards {
                             l.shards = s;
                         }

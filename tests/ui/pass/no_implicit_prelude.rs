@@ -2,7 +2,7 @@
 // without the prelude.
 #![no_implicit_prelude]
 
-use ::durable::{durable_object, Context};
+use ::durable::{alarm, durable_object, Context};
 
 /// A counter.
 pub struct Counter {
@@ -18,10 +18,25 @@ impl Counter {
     /// Add `by` and return the new value.
     pub async fn increment(
         &mut self,
-        _ctx: &mut Context,
+        ctx: &mut Context,
         by: i64,
     ) -> ::std::result::Result<i64, ::durable::Error> {
         self.value += by;
+        Self::schedule_release(
+            ctx,
+            ::core::time::Duration::from_secs(5),
+            "k",
+            1u32,
+            ::std::string::String::new(),
+        )?;
+        Self::schedule_release_every(
+            ctx,
+            ::core::time::Duration::from_secs(5),
+            "k",
+            1u32,
+            ::std::string::String::new(),
+        )?;
+        let _pending: bool = Self::cancel_release(ctx, "k")?;
         ::std::result::Result::Ok(self.value)
     }
 
@@ -38,6 +53,18 @@ impl Counter {
     fn current(&self) -> i64 {
         self.value
     }
+
+    /// An alarm handler.
+    #[alarm]
+    async fn release(
+        &mut self,
+        _ctx: &mut Context,
+        seat: u32,
+        user: ::std::string::String,
+    ) -> ::std::result::Result<(), ::durable::Error> {
+        let _ = (seat, user);
+        ::std::result::Result::Ok(())
+    }
 }
 
 fn main() {
@@ -48,4 +75,5 @@ fn main() {
     ::std::assert_eq!(methods[0].name, "increment");
     ::std::assert_eq!(methods[1].name, "get");
     ::std::assert_eq!(methods[2].name, "reset");
+    ::std::assert_eq!(<Counter as ::durable::Hosted>::ALARMS, ["release"]);
 }

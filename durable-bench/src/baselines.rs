@@ -1,0 +1,280 @@
+//! The baselines: Redis (`appendfsync always`), PostgreSQL (synchronous commit), the
+//! raw `fdatasync` rate of the disk, and a bare quinn request/response server.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A child process killed on drop.
+pub struct Server {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(cmd))
+        .find(|p| p.exists())
+}
+
+/// Start `redis-server` with `appendonly yes` and `appendfsync always`, or say why not.
+pub async fn start_redis(dir: &Path) -> Result<Server, String> {
+    let bin = which("redis-server").ok_or("redis-server is not installed (apt-get install redis-server)")?;
+    let port = free_port();
+    let child = Command::new(bin)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes"])
+        .args(["--appendfsync", "always", "--save", "", "--daemonize", "no", "--protected-mode", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting redis-server: {e}"))?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = Server { child, addr };
+    wait_for_tcp(addr).await?;
+    Ok(server)
+}
+
+async fn wait_for_tcp(addr: SocketAddr) -> Result<(), String> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!("nothing listens on {addr} after 20 s"))
+}
+
+/// `INCR key` over RESP; returns the new value.
+pub async fn redis_incr(conn: &mut tokio::net::TcpStream, key: &str, buf: &mut Vec<u8>) -> std::io::Result<i64> {
+    let cmd = format!("*2\r\n$4\r\nINCR\r\n${}\r\n{}\r\n", key.len(), key);
+    conn.write_all(cmd.as_bytes()).await?;
+    buf.clear();
+    loop {
+        let mut chunk = [0u8; 64];
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "redis closed"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.ends_with(b"\r\n") {
+            break;
+        }
+    }
+    let line = std::str::from_utf8(buf).map_err(|e| std::io::Error::other(e.to_string()))?;
+    line.trim_end()
+        .strip_prefix(':')
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("unexpected redis reply {line:?}")))
+}
+
+/// Start a PostgreSQL server (as the `postgres` user) with `fsync=on` and
+/// `synchronous_commit=on`, or say why not.
+pub async fn start_postgres(dir: &Path) -> Result<(Server, u16), String> {
+    let bin = ["/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|d| d.join("postgres").exists())
+        .ok_or("the PostgreSQL server is not installed (apt-get install postgresql)")?;
+    let data = dir.join("pgdata");
+    let sock = dir.join("pgsock");
+    std::fs::create_dir_all(&sock).map_err(|e| e.to_string())?;
+    let as_root = unsafe { libc::geteuid() } == 0;
+    if as_root {
+        Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status()
+            .map_err(|e| format!("chown: {e}"))?;
+    }
+    let run = |program: &Path| {
+        let mut c = if as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    };
+    let ok = run(&bin.join("initdb"))
+        .args(["-A", "trust", "-U", "postgres", "-D"])
+        .arg(&data)
+        .status()
+        .map_err(|e| format!("initdb: {e}"))?;
+    if !ok.success() {
+        return Err("initdb failed".into());
+    }
+    let port = free_port();
+    let child = run(&bin.join("postgres"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=on"])
+        .args(["-c", "synchronous_commit=on", "-c", "max_connections=200", "-k"])
+        .arg(&sock)
+        .spawn()
+        .map_err(|e| format!("starting postgres: {e}"))?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let server = Server { child, addr };
+    wait_for_tcp(addr).await?;
+    // Accepting TCP comes slightly before accepting logins.
+    for _ in 0..100 {
+        if pg_connect(port).await.is_ok() {
+            return Ok((server, port));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("postgres did not accept connections".into())
+}
+
+/// A PostgreSQL connection to the benchmark server.
+pub async fn pg_connect(port: u16) -> Result<tokio_postgres::Client, String> {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+/// Writes of 64 bytes, each followed by `fdatasync`, from one thread, for `secs`:
+/// the disk's sync rate per second.
+pub fn fdatasync_rate(dir: &Path, secs: f64) -> Result<f64, String> {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        f.write_all(&[7u8; 64]).map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())?;
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    Ok(rate)
+}
+
+/// `__quinn-echo DIR`: a bare quinn server, same TLS setup as a durable host (TLS 1.3,
+/// a certificate from rcgen), answering each bidirectional stream with its own bytes.
+pub fn quinn_echo_server() -> ExitCode {
+    let dir = PathBuf::from(std::env::args().nth(2).expect("__quinn-echo DIR"));
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.join("echo.der"), cert.cert.der()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        tls.alpn_protocols = vec![b"echo".to_vec()];
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_concurrent_bidi_streams(4096u32.into());
+        config.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+        println!("listening on {}", endpoint.local_addr().unwrap());
+        let _ = std::io::stdout().flush();
+        while let Some(incoming) = endpoint.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        if let Ok(bytes) = recv.read_to_end(1 << 20).await {
+                            let _ = send.write_all(&bytes).await;
+                            let _ = send.finish();
+                        }
+                    });
+                }
+            });
+        }
+    });
+    ExitCode::SUCCESS
+}
+
+/// Spawn this binary with `args` and read its `listening on ADDR` line.
+pub fn spawn_self(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Result<Server, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .ok_or_else(|| format!("unexpected first line {line:?}"))?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    Ok(Server { child, addr })
+}
+
+impl Server {
+    /// Resident set size of the process, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A quinn client endpoint trusting the echo server's certificate.
+pub fn quinn_echo_client(dir: &Path) -> quinn::Endpoint {
+    let der = std::fs::read(dir.join("echo.der")).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(der)).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"echo".to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    endpoint
+}

@@ -1,0 +1,167 @@
+//! `durable-bench`: durable's benchmark suite, side by side with the baselines a user
+//! would otherwise pick, measured in one run on the same machine.
+//!
+//! ```text
+//! cargo run --release -p durable-bench -- [SCENARIO...] [--quick] [--json FILE]
+//! ```
+//!
+//! It starts what it needs itself: a real host process (this binary re-executed as
+//! `__host`), Redis and PostgreSQL servers when installed, and a bare quinn echo server
+//! (`__quinn-echo`). Every row's ratio is > 1 when durable is better than the baseline.
+
+mod baselines;
+mod scenarios;
+
+use clap::Parser;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Every scenario, in run order.
+pub const SCENARIOS: &[&str] = &[
+    "increments_many",
+    "increments_hot",
+    "read_latency",
+    "activation",
+    "alarm_lateness",
+    "memory_idle",
+    "startup_100k",
+    "increments_postgres",
+];
+
+#[derive(Parser, Debug)]
+#[command(about = "durable's benchmark suite, side by side with its baselines")]
+struct Args {
+    /// Scenarios to run (default: all): increments_many, increments_hot, read_latency,
+    /// activation, alarm_lateness, memory_idle, startup_100k, increments_postgres.
+    scenarios: Vec<String>,
+    /// Short runs (under two minutes in all), for CI smoke use.
+    #[arg(long)]
+    quick: bool,
+    /// Also write the rows as a JSON array to FILE.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// One figure of a scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// The scenario id.
+    pub scenario: String,
+    /// durable's figure.
+    pub value: f64,
+    /// Its unit (and which statistic, for latencies).
+    pub unit: String,
+    /// The baseline's figure in the same unit, if one ran.
+    pub baseline: Option<f64>,
+    /// > 1 means better than the baseline (baseline/value for latencies and sizes).
+    pub ratio: Option<f64>,
+    /// What the baseline is (printed, not in the JSON).
+    #[serde(skip)]
+    pub against: String,
+}
+
+impl Row {
+    /// A throughput-like row (higher is better).
+    pub fn higher(scenario: &str, value: f64, unit: &str, baseline: Option<f64>, against: &str) -> Row {
+        Row {
+            scenario: scenario.into(),
+            value,
+            unit: unit.into(),
+            baseline,
+            ratio: baseline.filter(|b| *b > 0.0).map(|b| value / b),
+            against: against.into(),
+        }
+    }
+
+    /// A latency- or size-like row (lower is better).
+    pub fn lower(scenario: &str, value: f64, unit: &str, baseline: Option<f64>, against: &str) -> Row {
+        Row {
+            scenario: scenario.into(),
+            value,
+            unit: unit.into(),
+            baseline,
+            ratio: baseline.filter(|_| value > 0.0).map(|b| b / value),
+            against: against.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().collect();
+    match raw.get(1).map(String::as_str) {
+        Some("__host") => {
+            let args = std::iter::once("host".to_string()).chain(raw[2..].iter().cloned());
+            return durable::cli::run(args, |h| durable_tests::register_all(h));
+        }
+        Some("__quinn-echo") => return baselines::quinn_echo_server(),
+        _ => {}
+    }
+    let args = Args::parse();
+    let selected: Vec<&str> = if args.scenarios.is_empty() {
+        SCENARIOS.to_vec()
+    } else {
+        let mut out = Vec::new();
+        for s in &args.scenarios {
+            match SCENARIOS.iter().find(|k| **k == s.as_str()) {
+                Some(k) => out.push(*k),
+                None => {
+                    eprintln!("error: unknown scenario {s:?}; known: {}", SCENARIOS.join(", "));
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        out
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(scenarios::run_all(&selected, args.quick));
+    let (rows, failures) = result;
+    print_table(&rows);
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&rows).expect("rows serialize");
+        if let Err(e) = std::fs::write(path, json + "\n") {
+            eprintln!("error: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        for (scenario, error) in &failures {
+            eprintln!("error: scenario {scenario} failed: {error}");
+        }
+        ExitCode::FAILURE
+    }
+}
+
+fn fmt(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<20} {:>12} {:<14} {:>12}  {:<34} {:>7}",
+        "scenario", "value", "unit", "baseline", "baseline is", "ratio"
+    );
+    for r in rows {
+        println!(
+            "{:<20} {:>12} {:<14} {:>12}  {:<34} {:>7}",
+            r.scenario,
+            fmt(r.value),
+            r.unit,
+            r.baseline.map(fmt).unwrap_or_else(|| "-".into()),
+            r.against,
+            r.ratio.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into()),
+        );
+    }
+}

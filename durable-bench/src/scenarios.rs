@@ -1,0 +1,466 @@
+//! The scenarios. Each starts what it needs, warms up, measures, and returns rows.
+
+use crate::baselines::{self, Server};
+use crate::Row;
+use durable::{Client, ClientConfig};
+use durable_examples::counter::Counter;
+use durable_tests::Probe;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+struct Plan {
+    quick: bool,
+    /// Measured seconds per throughput figure.
+    secs: f64,
+    warm: f64,
+    root: PathBuf,
+    /// durable's increments_many figure, reused by increments_postgres.
+    many: Option<f64>,
+}
+
+impl Plan {
+    fn dir(&self, name: &str) -> PathBuf {
+        let d = self.root.join(name);
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
+
+/// Run the selected scenarios; returns the rows and the scenarios that failed.
+pub async fn run_all(selected: &[&str], quick: bool) -> (Vec<Row>, Vec<(String, String)>) {
+    let mut plan = Plan {
+        quick,
+        secs: if quick { 2.0 } else { 10.0 },
+        warm: if quick { 0.5 } else { 2.0 },
+        root: std::env::temp_dir().join(format!("durable-bench-{:016x}", rand::random::<u64>())),
+        many: None,
+    };
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    for scenario in selected {
+        eprintln!("running {scenario} ...");
+        let started = Instant::now();
+        let result = match *scenario {
+            "increments_many" => increments_many(&mut plan).await,
+            "increments_hot" => increments_hot(&plan).await,
+            "read_latency" => read_latency(&plan).await,
+            "activation" => activation(&plan).await,
+            "alarm_lateness" => alarm_lateness(&plan).await,
+            "memory_idle" => memory_idle(&plan).await,
+            "startup_100k" => startup(&plan).await,
+            "increments_postgres" => increments_postgres(&mut plan).await,
+            other => Err(format!("unknown scenario {other}")),
+        };
+        match result {
+            Ok(r) => rows.extend(r),
+            Err(e) => failures.push((scenario.to_string(), e)),
+        }
+        eprintln!("  {scenario} took {:.1} s", started.elapsed().as_secs_f64());
+    }
+    let _ = std::fs::remove_dir_all(&plan.root);
+    (rows, failures)
+}
+
+fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+/// A host process on `dir`, and a client connected to it.
+async fn host(dir: &Path, extra: &[&str]) -> Result<(Server, Client), String> {
+    let mut args: Vec<&OsStr> = vec![os("__host"), os("serve"), os("--data-dir"), dir.as_os_str()];
+    args.extend([os("--listen"), os("127.0.0.1:0")]);
+    args.extend(extra.iter().map(|s| os(s)));
+    let server = baselines::spawn_self(&args, &[("RUST_LOG", "error")])?;
+    let config = ClientConfig::from_data_dir(server.addr, dir).map_err(|e| e.to_string())?;
+    let client = Client::connect(config).await.map_err(|e| e.to_string())?;
+    Ok((server, client))
+}
+
+fn ms_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// Run `op(task, i)` from `concurrency` tasks for warm-up plus `secs`; returns the
+/// completed operations per second in the measured window.
+async fn drive<F, Fut>(concurrency: usize, warm: f64, secs: f64, op: F) -> Result<f64, String>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let op = Arc::new(op);
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let (op, measuring, stop, done) = (op.clone(), measuring.clone(), stop.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                op(t, i).await?;
+                i += 1;
+                if measuring.load(Ordering::Relaxed) {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(warm)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    let n = done.load(Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(n as f64 / elapsed)
+}
+
+async fn durable_increments(client: &Client, objects: usize, plan: &Plan) -> Result<f64, String> {
+    let stubs: Arc<Vec<_>> = Arc::new((0..objects).map(|i| client.get::<Counter>(&format!("o{i}"))).collect());
+    drive(64, plan.warm, plan.secs, move |t, i| {
+        let stubs = stubs.clone();
+        async move {
+            let o = (t + i as usize * 64) % stubs.len();
+            stubs[o].increment(1).await.map(drop).map_err(|e| e.to_string())
+        }
+    })
+    .await
+}
+
+async fn redis_increments(plan: &Plan, keys: usize) -> Result<f64, String> {
+    let dir = plan.dir("redis");
+    let redis = baselines::start_redis(&dir).await?;
+    let addr = redis.addr;
+    let mut conns = Vec::new();
+    for _ in 0..64 {
+        conns.push(Arc::new(tokio::sync::Mutex::new(
+            tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?,
+        )));
+    }
+    let conns = Arc::new(conns);
+    let rate = drive(64, plan.warm, plan.secs, move |t, i| {
+        let conn = conns[t].clone();
+        async move {
+            let mut c = conn.lock().await;
+            let key = format!("o{}", (t + i as usize * 64) % keys);
+            let mut buf = Vec::new();
+            baselines::redis_incr(&mut c, &key, &mut buf).await.map(drop).map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    drop(redis);
+    rate
+}
+
+async fn increments_many(plan: &mut Plan) -> Result<Vec<Row>, String> {
+    let redis = redis_increments(plan, 256).await;
+    let (baseline, against) = match &redis {
+        Ok(r) => (Some(*r), "Redis INCR, appendfsync always".to_string()),
+        Err(e) => (None, format!("n/a: {e}")),
+    };
+    let mut rows = Vec::new();
+    let dir = plan.dir("many");
+    let (server, client) = host(&dir, &[]).await?;
+    let rate = durable_increments(&client, 256, plan).await?;
+    client.close();
+    server.stop();
+    plan.many = Some(rate);
+    rows.push(Row::higher("increments_many", rate, "incr/s", baseline, &against));
+    let dir = plan.dir("many-fsync");
+    let (server, client) = host(&dir, &["--durability", "fsync"]).await?;
+    let rate = durable_increments(&client, 256, plan).await?;
+    client.close();
+    server.stop();
+    rows.push(Row::higher("increments_many", rate, "incr/s fsync", baseline, &against));
+    Ok(rows)
+}
+
+async fn increments_hot(plan: &Plan) -> Result<Vec<Row>, String> {
+    let dir = plan.dir("hot");
+    let fsync = baselines::fdatasync_rate(&dir, plan.secs.min(3.0))?;
+    let (server, client) = host(&dir, &[]).await?;
+    let rate = durable_increments(&client, 1, plan).await?;
+    client.close();
+    server.stop();
+    Ok(vec![Row::higher(
+        "increments_hot",
+        rate,
+        "incr/s",
+        Some(fsync),
+        "write+fdatasync per call, same disk",
+    )])
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn read_latency(plan: &Plan) -> Result<Vec<Row>, String> {
+    let n = if plan.quick { 2_000 } else { 10_000 };
+    let dir = plan.dir("read");
+    let (server, client) = host(&dir, &[]).await?;
+    let counter = client.get::<Counter>("read");
+    counter.increment(1).await.map_err(|e| e.to_string())?;
+    let mut durable = Vec::with_capacity(n);
+    for i in 0..n + 200 {
+        let start = Instant::now();
+        counter.get().await.map_err(|e| e.to_string())?;
+        if i >= 200 {
+            durable.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    client.close();
+    server.stop();
+
+    // The same exchange over bare quinn: a stream per request, same TLS, ~same bytes.
+    let echo_dir = plan.dir("echo");
+    let echo = baselines::spawn_self(&[os("__quinn-echo"), echo_dir.as_os_str()], &[])?;
+    let endpoint = baselines::quinn_echo_client(&echo_dir);
+    let conn = endpoint
+        .connect(echo.addr, "localhost")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    let payload = vec![0x5au8; 72];
+    let mut bare = Vec::with_capacity(n);
+    for i in 0..n + 200 {
+        let start = Instant::now();
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        send.write_all(&payload).await.map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())?;
+        recv.read_to_end(1 << 16).await.map_err(|e| e.to_string())?;
+        if i >= 200 {
+            bare.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    drop(echo);
+    durable.sort_by(f64::total_cmp);
+    bare.sort_by(f64::total_cmp);
+    let against = "bare quinn request/response";
+    Ok(vec![
+        Row::lower("read_latency", percentile(&durable, 0.5), "us median", Some(percentile(&bare, 0.5)), against),
+        Row::lower("read_latency", percentile(&durable, 0.99), "us p99", Some(percentile(&bare, 0.99)), against),
+    ])
+}
+
+async fn activation(plan: &Plan) -> Result<Vec<Row>, String> {
+    let n = if plan.quick { 200 } else { 1_000 };
+    let dir = plan.dir("activation");
+    let (server, client) = host(&dir, &["--idle-timeout-secs", "0.5"]).await?;
+    let stubs: Vec<_> = (0..n).map(|i| client.get::<Counter>(&format!("a{i}"))).collect();
+    for s in &stubs {
+        s.increment(1).await.map_err(|e| e.to_string())?;
+    }
+    // Every object has been idle past the timeout (and the sweep has run): evicted.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut cold = Vec::with_capacity(n);
+    let mut warm = Vec::with_capacity(n);
+    for s in &stubs {
+        let start = Instant::now();
+        s.get().await.map_err(|e| e.to_string())?;
+        cold.push(start.elapsed().as_secs_f64() * 1e6);
+        let start = Instant::now();
+        s.get().await.map_err(|e| e.to_string())?;
+        warm.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    client.close();
+    server.stop();
+    cold.sort_by(f64::total_cmp);
+    warm.sort_by(f64::total_cmp);
+    let against = "the same call, object active";
+    Ok(vec![
+        Row::lower("activation", percentile(&cold, 0.5), "us median", Some(percentile(&warm, 0.5)), against),
+        Row::lower("activation", percentile(&cold, 0.99), "us p99", Some(percentile(&warm, 0.99)), against),
+    ])
+}
+
+async fn alarm_lateness(plan: &Plan) -> Result<Vec<Row>, String> {
+    let objects = if plan.quick { 200 } else { 1_000 };
+    let dir = plan.dir("alarms");
+    let (server, client) = host(&dir, &[]).await?;
+    let due = ms_now() + if plan.quick { 3_000 } else { 6_000 };
+    let own_due = |o: usize| due + (o as u64 * 37) % 1000;
+    let mut tasks = Vec::new();
+    for chunk in 0..16 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for o in (chunk..objects).step_by(16) {
+                let p = client.get::<Probe>(&format!("m{o}"));
+                p.ring_many_at(10, due + (o as u64 * 37) % 1000).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    if ms_now() >= due {
+        return Err("scheduling took longer than the lead time".into());
+    }
+    tokio::time::sleep(Duration::from_millis(due + 1_000 - ms_now())).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut lateness = Vec::with_capacity(objects * 10);
+    for o in 0..objects {
+        let p = client.get::<Probe>(&format!("m{o}"));
+        loop {
+            let rings = p.rings().await.map_err(|e| e.to_string())?;
+            if rings.len() >= 10 {
+                lateness.extend(rings.iter().map(|r| r.2 as f64 - own_due(o) as f64));
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("m{o} fired {} of 10 alarms", rings.len()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    client.close();
+    server.stop();
+    lateness.sort_by(f64::total_cmp);
+    let n = lateness.len();
+    Ok(vec![
+        Row::lower("alarm_lateness", percentile(&lateness, 0.5), &format!("ms median/{n}"), None, "-"),
+        Row::lower("alarm_lateness", percentile(&lateness, 0.99), &format!("ms p99/{n}"), None, "-"),
+    ])
+}
+
+async fn memory_idle(plan: &Plan) -> Result<Vec<Row>, String> {
+    let n = if plan.quick { 2_000 } else { 10_000 };
+    let dir = plan.dir("memory");
+    let (server, client) = host(&dir, &["--idle-timeout-secs", "3600"]).await?;
+    client.get::<Counter>("warm").increment(1).await.map_err(|e| e.to_string())?;
+    let before = server.rss();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
+        let calls = chunk.iter().map(|i| {
+            let c = client.get::<Counter>(&format!("m{i}"));
+            async move { c.increment(1).await }
+        });
+        for r in futures_util::future::join_all(calls).await {
+            r.map_err(|e| e.to_string())?;
+        }
+    }
+    let after = server.rss();
+    client.close();
+    server.stop();
+    let per_active = after.saturating_sub(before) as f64 / n as f64;
+    // The same objects stored but not active: a fresh host on that directory.
+    let empty = plan.dir("memory-empty");
+    let (bare, c1) = host(&empty, &[]).await?;
+    let (stored, c2) = host(&dir, &[]).await?;
+    let per_stored = stored.rss().saturating_sub(bare.rss()) as f64 / n as f64;
+    c1.close();
+    c2.close();
+    bare.stop();
+    stored.stop();
+    let disk: u64 = std::fs::read_dir(dir.join("objects/Counter"))
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    Ok(vec![
+        Row::lower("memory_idle", per_active, &format!("B/active obj/{n}"), None, "-"),
+        Row::lower("memory_idle", per_stored, "B/stored obj", None, "-"),
+        Row::lower("memory_idle", disk as f64 / n as f64, "B disk/obj", None, "-"),
+    ])
+}
+
+async fn startup(plan: &Plan) -> Result<Vec<Row>, String> {
+    let n = if plan.quick { 10_000 } else { 100_000 };
+    let dir = plan.dir("startup");
+    let (server, client) = host(&dir, &["--retention-days", "0"]).await?;
+    let template_id = client.get::<Counter>("template").id();
+    client.get::<Counter>("template").increment(1).await.map_err(|e| e.to_string())?;
+    client.close();
+    server.stop();
+    let class_dir = dir.join("objects/Counter");
+    let template = class_dir.join(format!("{template_id}.db"));
+    // Stored objects: hard links of one real object file under fresh ids (the host
+    // must not open them to start).
+    for _ in 0..n {
+        let id = durable::ObjectId::random();
+        std::fs::hard_link(&template, class_dir.join(format!("{id}.db"))).map_err(|e| e.to_string())?;
+    }
+    let time_start = |d: PathBuf| async move {
+        let start = Instant::now();
+        let (server, client) = host(&d, &[]).await?;
+        let took = start.elapsed().as_secs_f64() * 1e3;
+        client.close();
+        server.stop();
+        Ok::<f64, String>(took)
+    };
+    let empty = plan.dir("startup-empty");
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    for _ in 0..3 {
+        without.push(time_start(empty.clone()).await?);
+        with.push(time_start(dir.clone()).await?);
+    }
+    with.sort_by(f64::total_cmp);
+    without.sort_by(f64::total_cmp);
+    Ok(vec![Row::lower(
+        "startup_100k",
+        with[1],
+        &format!("ms, {n} objs"),
+        Some(without[1]),
+        "start with no stored objects",
+    )])
+}
+
+async fn increments_postgres(plan: &mut Plan) -> Result<Vec<Row>, String> {
+    let durable = match plan.many {
+        Some(r) => r,
+        None => {
+            let dir = plan.dir("pg-durable");
+            let (server, client) = host(&dir, &[]).await?;
+            let r = durable_increments(&client, 256, plan).await?;
+            client.close();
+            server.stop();
+            r
+        }
+    };
+    let dir = plan.dir("postgres");
+    let (baseline, against) = match baselines::start_postgres(&dir).await {
+        Err(e) => (None, format!("n/a: {e}")),
+        Ok((server, port)) => {
+            let setup = baselines::pg_connect(port).await?;
+            setup
+                .batch_execute(
+                    "CREATE TABLE counters(id int PRIMARY KEY, v bigint NOT NULL);
+                     INSERT INTO counters SELECT g, 0 FROM generate_series(0, 255) g;",
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut clients = Vec::new();
+            for _ in 0..64 {
+                clients.push(Arc::new(baselines::pg_connect(port).await?));
+            }
+            let clients = Arc::new(clients);
+            let rate = drive(64, plan.warm, plan.secs, move |t, i| {
+                let c = clients[t].clone();
+                async move {
+                    let id = ((t + i as usize * 64) % 256) as i32;
+                    c.execute("UPDATE counters SET v = v + 1 WHERE id = $1", &[&id])
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await?;
+            drop(server);
+            (Some(rate), "PostgreSQL UPDATE v=v+1, sync commit".to_string())
+        }
+    };
+    Ok(vec![Row::higher("increments_postgres", durable, "incr/s", baseline, &against)])
+}
