@@ -37,8 +37,8 @@ pub use durable_client::{
 };
 pub use durable_macros::{alarm, durable_object};
 pub use durable_runtime::{
-    alarms, clock, feed, restore, testing, AlarmConfig, Clock, DurabilityMode, LogConfig, PendingAlarm,
-    VirtualClock, When,
+    alarms, clock, feed, restore, testing, AlarmConfig, Clock, DurabilityMode, LogConfig,
+    PendingAlarm, VirtualClock, When,
 };
 pub use durable_runtime::{
     cli, list_objects, rusqlite, Context, Error, ErrorKind, Host, HostError, Hosted, Limits,

@@ -25,7 +25,11 @@ impl Drop for Server {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn which(cmd: &str) -> Option<PathBuf> {
@@ -38,11 +42,28 @@ fn which(cmd: &str) -> Option<PathBuf> {
 
 /// Start `redis-server` with `appendonly yes` and `appendfsync always`, or say why not.
 pub async fn start_redis(dir: &Path) -> Result<Server, String> {
-    let bin = which("redis-server").ok_or("redis-server is not installed (apt-get install redis-server)")?;
+    let bin = which("redis-server")
+        .ok_or("redis-server is not installed (apt-get install redis-server)")?;
     let port = free_port();
     let child = Command::new(bin)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes"])
-        .args(["--appendfsync", "always", "--save", "", "--daemonize", "no", "--protected-mode", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+        ])
+        .args([
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
+        ])
         .arg("--dir")
         .arg(dir)
         .stdout(Stdio::null())
@@ -67,7 +88,11 @@ async fn wait_for_tcp(addr: SocketAddr) -> Result<(), String> {
 }
 
 /// `INCR key` over RESP; returns the new value.
-pub async fn redis_incr(conn: &mut tokio::net::TcpStream, key: &str, buf: &mut Vec<u8>) -> std::io::Result<i64> {
+pub async fn redis_incr(
+    conn: &mut tokio::net::TcpStream,
+    key: &str,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<i64> {
     let cmd = format!("*2\r\n$4\r\nINCR\r\n${}\r\n{}\r\n", key.len(), key);
     conn.write_all(cmd.as_bytes()).await?;
     buf.clear();
@@ -75,7 +100,10 @@ pub async fn redis_incr(conn: &mut tokio::net::TcpStream, key: &str, buf: &mut V
         let mut chunk = [0u8; 64];
         let n = conn.read(&mut chunk).await?;
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "redis closed"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "redis closed",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
         if buf.ends_with(b"\r\n") {
@@ -92,11 +120,15 @@ pub async fn redis_incr(conn: &mut tokio::net::TcpStream, key: &str, buf: &mut V
 /// Start a PostgreSQL server (as the `postgres` user) with `fsync=on` and
 /// `synchronous_commit=on`, or say why not.
 pub async fn start_postgres(dir: &Path) -> Result<(Server, u16), String> {
-    let bin = ["/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|d| d.join("postgres").exists())
-        .ok_or("the PostgreSQL server is not installed (apt-get install postgresql)")?;
+    let bin = [
+        "/usr/lib/postgresql/17/bin",
+        "/usr/lib/postgresql/16/bin",
+        "/usr/lib/postgresql/15/bin",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|d| d.join("postgres").exists())
+    .ok_or("the PostgreSQL server is not installed (apt-get install postgresql)")?;
     let data = dir.join("pgdata");
     let sock = dir.join("pgsock");
     std::fs::create_dir_all(&sock).map_err(|e| e.to_string())?;
@@ -131,8 +163,21 @@ pub async fn start_postgres(dir: &Path) -> Result<(Server, u16), String> {
     let child = run(&bin.join("postgres"))
         .arg("-D")
         .arg(&data)
-        .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=on"])
-        .args(["-c", "synchronous_commit=on", "-c", "max_connections=200", "-k"])
+        .args([
+            "-p",
+            &port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=on",
+        ])
+        .args([
+            "-c",
+            "synchronous_commit=on",
+            "-c",
+            "max_connections=200",
+            "-k",
+        ])
         .arg(&sock)
         .spawn()
         .map_err(|e| format!("starting postgres: {e}"))?;
@@ -182,7 +227,10 @@ pub fn fdatasync_rate(dir: &Path, secs: f64) -> Result<f64, String> {
 /// a certificate from rcgen), answering each bidirectional stream with its own bytes.
 pub fn quinn_echo_server() -> ExitCode {
     let dir = PathBuf::from(std::env::args().nth(2).expect("__quinn-echo DIR"));
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         std::fs::write(dir.join("echo.der"), cert.cert.der()).unwrap();
@@ -245,7 +293,8 @@ pub fn spawn_self(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Result<Ser
 impl Server {
     /// Resident set size of the process, in bytes.
     pub fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -265,7 +314,9 @@ impl Server {
 pub fn quinn_echo_client(dir: &Path) -> quinn::Endpoint {
     let der = std::fs::read(dir.join("echo.der")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(der)).unwrap();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(der))
+        .unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])

@@ -63,7 +63,13 @@ pub struct Row {
 
 impl Row {
     /// A throughput-like row (higher is better).
-    pub fn higher(scenario: &str, value: f64, unit: &str, baseline: Option<f64>, against: &str) -> Row {
+    pub fn higher(
+        scenario: &str,
+        value: f64,
+        unit: &str,
+        baseline: Option<f64>,
+        against: &str,
+    ) -> Row {
         Row {
             scenario: scenario.into(),
             value,
@@ -75,7 +81,13 @@ impl Row {
     }
 
     /// A latency- or size-like row (lower is better).
-    pub fn lower(scenario: &str, value: f64, unit: &str, baseline: Option<f64>, against: &str) -> Row {
+    pub fn lower(
+        scenario: &str,
+        value: f64,
+        unit: &str,
+        baseline: Option<f64>,
+        against: &str,
+    ) -> Row {
         Row {
             scenario: scenario.into(),
             value,
@@ -92,7 +104,7 @@ fn main() -> ExitCode {
     match raw.get(1).map(String::as_str) {
         Some("__host") => {
             let args = std::iter::once("host".to_string()).chain(raw[2..].iter().cloned());
-            return durable::cli::run(args, |h| durable_tests::register_all(h));
+            return durable::cli::run(args, durable_tests::register_all);
         }
         Some("__quinn-echo") => return baselines::quinn_echo_server(),
         _ => {}
@@ -106,7 +118,10 @@ fn main() -> ExitCode {
             match SCENARIOS.iter().find(|k| **k == s.as_str()) {
                 Some(k) => out.push(*k),
                 None => {
-                    eprintln!("error: unknown scenario {s:?}; known: {}", SCENARIOS.join(", "));
+                    eprintln!(
+                        "error: unknown scenario {s:?}; known: {}",
+                        SCENARIOS.join(", ")
+                    );
                     return ExitCode::FAILURE;
                 }
             }
@@ -161,7 +176,9 @@ fn print_table(rows: &[Row]) {
             r.unit,
             r.baseline.map(fmt).unwrap_or_else(|| "-".into()),
             r.against,
-            r.ratio.map(|x| format!("{x:.2}x")).unwrap_or_else(|| "-".into()),
+            r.ratio
+                .map(|x| format!("{x:.2}x"))
+                .unwrap_or_else(|| "-".into()),
         );
     }
 }

@@ -81,7 +81,10 @@ async fn host(dir: &Path, extra: &[&str]) -> Result<(Server, Client), String> {
 }
 
 fn ms_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// Run `op(task, i)` from `concurrency` tasks for warm-up plus `secs`; returns the
@@ -97,7 +100,8 @@ where
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for t in 0..concurrency {
-        let (op, measuring, stop, done) = (op.clone(), measuring.clone(), stop.clone(), done.clone());
+        let (op, measuring, stop, done) =
+            (op.clone(), measuring.clone(), stop.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -124,12 +128,20 @@ where
 }
 
 async fn durable_increments(client: &Client, objects: usize, plan: &Plan) -> Result<f64, String> {
-    let stubs: Arc<Vec<_>> = Arc::new((0..objects).map(|i| client.get::<Counter>(&format!("o{i}"))).collect());
+    let stubs: Arc<Vec<_>> = Arc::new(
+        (0..objects)
+            .map(|i| client.get::<Counter>(&format!("o{i}")))
+            .collect(),
+    );
     drive(64, plan.warm, plan.secs, move |t, i| {
         let stubs = stubs.clone();
         async move {
             let o = (t + i as usize * 64) % stubs.len();
-            stubs[o].increment(1).await.map(drop).map_err(|e| e.to_string())
+            stubs[o]
+                .increment(1)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
         }
     })
     .await
@@ -142,7 +154,9 @@ async fn redis_increments(plan: &Plan, keys: usize) -> Result<f64, String> {
     let mut conns = Vec::new();
     for _ in 0..64 {
         conns.push(Arc::new(tokio::sync::Mutex::new(
-            tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?,
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| e.to_string())?,
         )));
     }
     let conns = Arc::new(conns);
@@ -152,7 +166,10 @@ async fn redis_increments(plan: &Plan, keys: usize) -> Result<f64, String> {
             let mut c = conn.lock().await;
             let key = format!("o{}", (t + i as usize * 64) % keys);
             let mut buf = Vec::new();
-            baselines::redis_incr(&mut c, &key, &mut buf).await.map(drop).map_err(|e| e.to_string())
+            baselines::redis_incr(&mut c, &key, &mut buf)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
         }
     })
     .await;
@@ -173,13 +190,25 @@ async fn increments_many(plan: &mut Plan) -> Result<Vec<Row>, String> {
     client.close();
     server.stop();
     plan.many = Some(rate);
-    rows.push(Row::higher("increments_many", rate, "incr/s", baseline, &against));
+    rows.push(Row::higher(
+        "increments_many",
+        rate,
+        "incr/s",
+        baseline,
+        &against,
+    ));
     let dir = plan.dir("many-fsync");
     let (server, client) = host(&dir, &["--durability", "fsync"]).await?;
     let rate = durable_increments(&client, 256, plan).await?;
     client.close();
     server.stop();
-    rows.push(Row::higher("increments_many", rate, "incr/s fsync", baseline, &against));
+    rows.push(Row::higher(
+        "increments_many",
+        rate,
+        "incr/s fsync",
+        baseline,
+        &against,
+    ));
     Ok(rows)
 }
 
@@ -250,8 +279,20 @@ async fn read_latency(plan: &Plan) -> Result<Vec<Row>, String> {
     bare.sort_by(f64::total_cmp);
     let against = "bare quinn request/response";
     Ok(vec![
-        Row::lower("read_latency", percentile(&durable, 0.5), "us median", Some(percentile(&bare, 0.5)), against),
-        Row::lower("read_latency", percentile(&durable, 0.99), "us p99", Some(percentile(&bare, 0.99)), against),
+        Row::lower(
+            "read_latency",
+            percentile(&durable, 0.5),
+            "us median",
+            Some(percentile(&bare, 0.5)),
+            against,
+        ),
+        Row::lower(
+            "read_latency",
+            percentile(&durable, 0.99),
+            "us p99",
+            Some(percentile(&bare, 0.99)),
+            against,
+        ),
     ])
 }
 
@@ -259,7 +300,9 @@ async fn activation(plan: &Plan) -> Result<Vec<Row>, String> {
     let n = if plan.quick { 200 } else { 1_000 };
     let dir = plan.dir("activation");
     let (server, client) = host(&dir, &["--idle-timeout-secs", "0.5"]).await?;
-    let stubs: Vec<_> = (0..n).map(|i| client.get::<Counter>(&format!("a{i}"))).collect();
+    let stubs: Vec<_> = (0..n)
+        .map(|i| client.get::<Counter>(&format!("a{i}")))
+        .collect();
     for s in &stubs {
         s.increment(1).await.map_err(|e| e.to_string())?;
     }
@@ -281,8 +324,20 @@ async fn activation(plan: &Plan) -> Result<Vec<Row>, String> {
     warm.sort_by(f64::total_cmp);
     let against = "the same call, object active";
     Ok(vec![
-        Row::lower("activation", percentile(&cold, 0.5), "us median", Some(percentile(&warm, 0.5)), against),
-        Row::lower("activation", percentile(&cold, 0.99), "us p99", Some(percentile(&warm, 0.99)), against),
+        Row::lower(
+            "activation",
+            percentile(&cold, 0.5),
+            "us median",
+            Some(percentile(&warm, 0.5)),
+            against,
+        ),
+        Row::lower(
+            "activation",
+            percentile(&cold, 0.99),
+            "us p99",
+            Some(percentile(&warm, 0.99)),
+            against,
+        ),
     ])
 }
 
@@ -298,7 +353,9 @@ async fn alarm_lateness(plan: &Plan) -> Result<Vec<Row>, String> {
         tasks.push(tokio::spawn(async move {
             for o in (chunk..objects).step_by(16) {
                 let p = client.get::<Probe>(&format!("m{o}"));
-                p.ring_many_at(10, due + (o as u64 * 37) % 1000).await.map_err(|e| e.to_string())?;
+                p.ring_many_at(10, due + (o as u64 * 37) % 1000)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             Ok::<(), String>(())
         }));
@@ -331,8 +388,20 @@ async fn alarm_lateness(plan: &Plan) -> Result<Vec<Row>, String> {
     lateness.sort_by(f64::total_cmp);
     let n = lateness.len();
     Ok(vec![
-        Row::lower("alarm_lateness", percentile(&lateness, 0.5), &format!("ms median/{n}"), None, "-"),
-        Row::lower("alarm_lateness", percentile(&lateness, 0.99), &format!("ms p99/{n}"), None, "-"),
+        Row::lower(
+            "alarm_lateness",
+            percentile(&lateness, 0.5),
+            &format!("ms median/{n}"),
+            None,
+            "-",
+        ),
+        Row::lower(
+            "alarm_lateness",
+            percentile(&lateness, 0.99),
+            &format!("ms p99/{n}"),
+            None,
+            "-",
+        ),
     ])
 }
 
@@ -340,7 +409,11 @@ async fn memory_idle(plan: &Plan) -> Result<Vec<Row>, String> {
     let n = if plan.quick { 2_000 } else { 10_000 };
     let dir = plan.dir("memory");
     let (server, client) = host(&dir, &["--idle-timeout-secs", "3600"]).await?;
-    client.get::<Counter>("warm").increment(1).await.map_err(|e| e.to_string())?;
+    client
+        .get::<Counter>("warm")
+        .increment(1)
+        .await
+        .map_err(|e| e.to_string())?;
     let before = server.rss();
     for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
         let calls = chunk.iter().map(|i| {
@@ -370,9 +443,21 @@ async fn memory_idle(plan: &Plan) -> Result<Vec<Row>, String> {
         .map(|m| m.len())
         .sum();
     Ok(vec![
-        Row::lower("memory_idle", per_active, &format!("B/active obj/{n}"), None, "-"),
+        Row::lower(
+            "memory_idle",
+            per_active,
+            &format!("B/active obj/{n}"),
+            None,
+            "-",
+        ),
         Row::lower("memory_idle", per_stored, "B/stored obj", None, "-"),
-        Row::lower("memory_idle", disk as f64 / n as f64, "B disk/obj", None, "-"),
+        Row::lower(
+            "memory_idle",
+            disk as f64 / n as f64,
+            "B disk/obj",
+            None,
+            "-",
+        ),
     ])
 }
 
@@ -381,7 +466,11 @@ async fn startup(plan: &Plan) -> Result<Vec<Row>, String> {
     let dir = plan.dir("startup");
     let (server, client) = host(&dir, &["--retention-days", "0"]).await?;
     let template_id = client.get::<Counter>("template").id();
-    client.get::<Counter>("template").increment(1).await.map_err(|e| e.to_string())?;
+    client
+        .get::<Counter>("template")
+        .increment(1)
+        .await
+        .map_err(|e| e.to_string())?;
     client.close();
     server.stop();
     let class_dir = dir.join("objects/Counter");
@@ -390,7 +479,8 @@ async fn startup(plan: &Plan) -> Result<Vec<Row>, String> {
     // must not open them to start).
     for _ in 0..n {
         let id = durable::ObjectId::random();
-        std::fs::hard_link(&template, class_dir.join(format!("{id}.db"))).map_err(|e| e.to_string())?;
+        std::fs::hard_link(&template, class_dir.join(format!("{id}.db")))
+            .map_err(|e| e.to_string())?;
     }
     let time_start = |d: PathBuf| async move {
         let start = Instant::now();
@@ -459,8 +549,17 @@ async fn increments_postgres(plan: &mut Plan) -> Result<Vec<Row>, String> {
             })
             .await?;
             drop(server);
-            (Some(rate), "PostgreSQL UPDATE v=v+1, sync commit".to_string())
+            (
+                Some(rate),
+                "PostgreSQL UPDATE v=v+1, sync commit".to_string(),
+            )
         }
     };
-    Ok(vec![Row::higher("increments_postgres", durable, "incr/s", baseline, &against)])
+    Ok(vec![Row::higher(
+        "increments_postgres",
+        durable,
+        "incr/s",
+        baseline,
+        &against,
+    )])
 }

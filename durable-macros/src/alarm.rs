@@ -8,7 +8,7 @@ use crate::check::Checked;
 use crate::model::Method;
 use crate::names::{self, AlarmHelpers};
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned};
 
 /// The inherent impl block with every alarm's helpers (nothing without alarms).
 pub(crate) fn generate(c: &Checked<'_>) -> TokenStream {
@@ -72,7 +72,10 @@ fn helpers(c: &Checked<'_>, handler: &Method) -> TokenStream {
          whether one was pending."
     )]);
 
-    quote! {
+    // Spanned on the handler's name, so that a clash with a function of another impl
+    // block (which `check` cannot see) is reported there.
+    let span = handler.ident().span();
+    quote_spanned! {span=>
         #schedule_docs
         #vis fn #schedule(
             ctx: &mut ::durable::__private::Context,

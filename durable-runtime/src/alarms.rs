@@ -103,7 +103,9 @@ impl AlarmIndex {
         let conn = self.conn.lock().unwrap();
         match due {
             Some(ms) => conn
-                .prepare_cached("INSERT OR REPLACE INTO due(class, id, due_ms) VALUES (?1, ?2, ?3)")?
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO due(class, id, due_ms) VALUES (?1, ?2, ?3)",
+                )?
                 .execute(rusqlite::params![class, &id.as_bytes()[..], ms as i64])?,
             None => conn
                 .prepare_cached("DELETE FROM due WHERE class = ?1 AND id = ?2")?
@@ -121,11 +123,14 @@ impl AlarmIndex {
             if id.len() == 16 {
                 bytes.copy_from_slice(&id);
             }
-            Ok((r.get::<_, String>(0)?, ObjectId::from_bytes(bytes), r.get::<_, i64>(2)?.max(0) as u64))
+            Ok((
+                r.get::<_, String>(0)?,
+                ObjectId::from_bytes(bytes),
+                r.get::<_, i64>(2)?.max(0) as u64,
+            ))
         })?;
         rows.collect()
     }
-
 }
 
 /// Earliest due time of an object's pending alarms.
@@ -148,7 +153,11 @@ pub(crate) struct DueAlarm {
     pub(crate) attempt: u32,
 }
 
-pub(crate) fn due_alarms(conn: &Connection, now: u64, limit: usize) -> rusqlite::Result<Vec<DueAlarm>> {
+pub(crate) fn due_alarms(
+    conn: &Connection,
+    now: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<DueAlarm>> {
     let mut stmt = conn.prepare_cached(
         "SELECT name, key, due_ms, every_ms, args, attempt FROM _durable_alarms WHERE due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
     )?;
@@ -187,23 +196,47 @@ pub(crate) fn finish(conn: &Connection, alarm: &DueAlarm, now: u64) -> rusqlite:
 }
 
 /// A handler failed: try again at `due_ms`.
-pub(crate) fn retry(conn: &Connection, alarm: &DueAlarm, attempt: u32, due_ms: u64) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE _durable_alarms SET due_ms = ?3, attempt = ?4 WHERE name = ?1 AND key = ?2")?
-        .execute(rusqlite::params![alarm.name, alarm.key, due_ms as i64, attempt as i64])?;
+pub(crate) fn retry(
+    conn: &Connection,
+    alarm: &DueAlarm,
+    attempt: u32,
+    due_ms: u64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE _durable_alarms SET due_ms = ?3, attempt = ?4 WHERE name = ?1 AND key = ?2",
+    )?
+    .execute(rusqlite::params![
+        alarm.name,
+        alarm.key,
+        due_ms as i64,
+        attempt as i64
+    ])?;
     Ok(())
 }
 
 /// A handler failed its last attempt: record it and drop the alarm (a recurring one
 /// moves on to its next period).
-pub(crate) fn give_up(conn: &Connection, alarm: &DueAlarm, attempts: u32, error: &str, now: u64) -> rusqlite::Result<()> {
+pub(crate) fn give_up(
+    conn: &Connection,
+    alarm: &DueAlarm,
+    attempts: u32,
+    error: &str,
+    now: u64,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO _durable_alarm_failures(name, key, args, attempts, error, failed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(rusqlite::params![alarm.name, alarm.key, alarm.args, attempts as i64, error, now as i64])?;
     match alarm.every_ms {
         Some(every) => {
-            conn.prepare_cached("UPDATE _durable_alarms SET due_ms = ?3, attempt = 0 WHERE name = ?1 AND key = ?2")?
-                .execute(rusqlite::params![alarm.name, alarm.key, next_period(alarm.due_ms, every, now) as i64])?;
+            conn.prepare_cached(
+                "UPDATE _durable_alarms SET due_ms = ?3, attempt = 0 WHERE name = ?1 AND key = ?2",
+            )?
+            .execute(rusqlite::params![
+                alarm.name,
+                alarm.key,
+                next_period(alarm.due_ms, every, now) as i64
+            ])?;
         }
         None => {
             conn.prepare_cached("DELETE FROM _durable_alarms WHERE name = ?1 AND key = ?2")?
@@ -245,7 +278,11 @@ pub(crate) struct AlarmService {
 }
 
 impl AlarmService {
-    pub(crate) fn new(data_dir: &Path, config: AlarmConfig, clock: Arc<dyn Clock>) -> rusqlite::Result<Arc<Self>> {
+    pub(crate) fn new(
+        data_dir: &Path,
+        config: AlarmConfig,
+        clock: Arc<dyn Clock>,
+    ) -> rusqlite::Result<Arc<Self>> {
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Arc::new(AlarmService {
             index: AlarmIndex::open(data_dir)?,
@@ -258,7 +295,12 @@ impl AlarmService {
     }
 
     /// Record an object's new earliest due time (the index first, then the scheduler).
-    pub(crate) fn index_due(&self, class: &'static str, id: ObjectId, due: Option<u64>) -> rusqlite::Result<()> {
+    pub(crate) fn index_due(
+        &self,
+        class: &'static str,
+        id: ObjectId,
+        due: Option<u64>,
+    ) -> rusqlite::Result<()> {
         self.index.set(class, id, due)
     }
 
@@ -290,8 +332,14 @@ impl AlarmService {
 
     /// Run the scheduler until the shards close. `classes` maps names to their static
     /// names (the index stores strings).
-    pub(crate) async fn run(self: Arc<Self>, shards: Arc<Shards>, classes: HashMap<String, &'static str>) {
-        let Some(mut rx) = self.rx.lock().unwrap().take() else { return };
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        shards: Arc<Shards>,
+        classes: HashMap<String, &'static str>,
+    ) {
+        let Some(mut rx) = self.rx.lock().unwrap().take() else {
+            return;
+        };
         let mut heap: BinaryHeap<Reverse<(u64, &'static str, ObjectId)>> = BinaryHeap::new();
         let mut current: HashMap<(&'static str, ObjectId), u64> = HashMap::new();
         match self.index.load() {
@@ -302,7 +350,9 @@ impl AlarmService {
                             current.insert((c, id), due);
                             heap.push(Reverse((due, c, id)));
                         }
-                        None => tracing::warn!(%class, %id, "pending alarms for a class this host does not serve"),
+                        None => {
+                            tracing::warn!(%class, %id, "pending alarms for a class this host does not serve")
+                        }
                     }
                 }
             }
@@ -313,7 +363,9 @@ impl AlarmService {
         loop {
             let now = self.clock.now_ms();
             while in_flight < self.config.max_in_flight {
-                let Some(Reverse((due, class, id))) = heap.peek().copied() else { break };
+                let Some(Reverse((due, class, id))) = heap.peek().copied() else {
+                    break;
+                };
                 if due > now {
                     break;
                 }

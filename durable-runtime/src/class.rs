@@ -54,7 +54,12 @@ pub trait Hosted: ObjectClass + Sized {
     const ALARMS: &'static [&'static str] = &[];
 
     /// Run alarm handler number `alarm` with postcard-encoded `args`.
-    fn dispatch_alarm<'a>(&'a mut self, ctx: &'a mut Context, alarm: usize, args: &'a [u8]) -> BoxTurn<'a> {
+    fn dispatch_alarm<'a>(
+        &'a mut self,
+        ctx: &'a mut Context,
+        alarm: usize,
+        args: &'a [u8],
+    ) -> BoxTurn<'a> {
         let _ = (ctx, alarm, args);
         Box::pin(async { TurnOutcome::UnknownMethod })
     }
@@ -86,8 +91,18 @@ pub fn encode_value<T: Serialize>(value: T) -> TurnOutcome {
 
 /// A live, type-erased instance.
 pub(crate) trait Instance {
-    fn dispatch<'a>(&'a mut self, ctx: &'a mut Context, method: usize, args: &'a [u8]) -> BoxTurn<'a>;
-    fn dispatch_alarm<'a>(&'a mut self, ctx: &'a mut Context, alarm: usize, args: &'a [u8]) -> BoxTurn<'a>;
+    fn dispatch<'a>(
+        &'a mut self,
+        ctx: &'a mut Context,
+        method: usize,
+        args: &'a [u8],
+    ) -> BoxTurn<'a>;
+    fn dispatch_alarm<'a>(
+        &'a mut self,
+        ctx: &'a mut Context,
+        alarm: usize,
+        args: &'a [u8],
+    ) -> BoxTurn<'a>;
 }
 
 impl<T: Hosted> Instance for T {
@@ -99,7 +114,12 @@ impl<T: Hosted> Instance for T {
     ) -> BoxTurn<'a> {
         Hosted::dispatch(self, ctx, method, args)
     }
-    fn dispatch_alarm<'a>(&'a mut self, ctx: &'a mut Context, alarm: usize, args: &'a [u8]) -> BoxTurn<'a> {
+    fn dispatch_alarm<'a>(
+        &'a mut self,
+        ctx: &'a mut Context,
+        alarm: usize,
+        args: &'a [u8],
+    ) -> BoxTurn<'a> {
         Hosted::dispatch_alarm(self, ctx, alarm, args)
     }
 }

@@ -56,7 +56,9 @@ impl Clock for VirtualClock {
 
 /// Milliseconds since the Unix epoch of `t` (0 before the epoch).
 pub(crate) fn ms_of(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The instant `ms` milliseconds after the Unix epoch.

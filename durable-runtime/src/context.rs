@@ -95,7 +95,10 @@ impl Context {
             crate::alarms::When::After(d) => now + d.as_millis() as u64,
         };
         if every.is_some_and(|p| p.is_zero()) {
-            return Err(Error::new(ErrorKind::Invalid, "an alarm period must be longer than zero"));
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "an alarm period must be longer than zero",
+            ));
         }
         let args = postcard::to_stdvec(args)?;
         self.conn
@@ -138,8 +141,10 @@ impl Context {
         };
         for (kind, name) in objects {
             let kind = kind.to_uppercase();
-            self.conn
-                .execute_batch(&format!("DROP {kind} IF EXISTS \"{}\"", name.replace('"', "\"\"")))?;
+            self.conn.execute_batch(&format!(
+                "DROP {kind} IF EXISTS \"{}\"",
+                name.replace('"', "\"\"")
+            ))?;
         }
         self.conn.execute_batch(
             "DELETE FROM _durable_kv; DELETE FROM _durable_alarms; DELETE FROM _durable_alarm_failures;
@@ -160,7 +165,9 @@ impl Context {
                 name: r.get(0)?,
                 key: r.get(1)?,
                 due: crate::clock::time_of(r.get::<_, i64>(2)?.max(0) as u64),
-                every: r.get::<_, Option<i64>>(3)?.map(|p| std::time::Duration::from_millis(p.max(0) as u64)),
+                every: r
+                    .get::<_, Option<i64>>(3)?
+                    .map(|p| std::time::Duration::from_millis(p.max(0) as u64)),
                 failed_attempts: r.get::<_, i64>(4)?.max(0) as u32,
             })
         })?;

@@ -2,14 +2,14 @@
 //! the limits, then [`Host::start`] it; [`RunningHost`] reports its address and shuts
 //! it down gracefully.
 
+use crate::alarms::{AlarmConfig, AlarmService};
 use crate::class::{ClassEntry, Hosted};
+use crate::clock::{Clock, SystemClock};
 use crate::durability::{Durability, WalSync};
 use crate::error::HostError;
 use crate::log::recovery::RecoveryReport;
 use crate::log::{HostLog, LogConfig, LogRecord};
 use crate::server::Server;
-use crate::alarms::{AlarmConfig, AlarmService};
-use crate::clock::{Clock, SystemClock};
 use crate::shard::{Message, ShardConfig, Shards};
 use durable_client::ObjectId;
 use durable_client::{wire, ClientConfig, ALPN};
@@ -284,31 +284,30 @@ impl Host {
 
         let shards = Arc::new(
             Shards::start(
-            limits.shards,
-            ShardConfig {
-                data_dir: self.data_dir.clone(),
-                max_queue: limits.max_queue,
-                max_batch: limits.max_batch,
-                request_window: limits.request_window,
-                durability: durability.clone(),
-                snapshot_every: self.log.retention.map(|_| self.log.snapshot_interval),
-                bookmarks: host_log.clone().map(|l| {
-                    Arc::new(move || l.durable_lsn()) as Arc<dyn Fn() -> u64 + Send + Sync>
-                }),
-                classes: classes.clone(),
-                alarms: alarms.clone(),
-                clock: self.clock.clone(),
-                idle_timeout: limits.idle_timeout,
-                max_active: (limits.max_active / limits.shards).max(1),
-            },
-        )
-        .map_err(|e| HostError::io("starting shard threads", e))?,
+                limits.shards,
+                ShardConfig {
+                    data_dir: self.data_dir.clone(),
+                    max_queue: limits.max_queue,
+                    max_batch: limits.max_batch,
+                    request_window: limits.request_window,
+                    durability: durability.clone(),
+                    snapshot_every: self.log.retention.map(|_| self.log.snapshot_interval),
+                    bookmarks: host_log.clone().map(|l| {
+                        Arc::new(move || l.durable_lsn()) as Arc<dyn Fn() -> u64 + Send + Sync>
+                    }),
+                    classes: classes.clone(),
+                    alarms: alarms.clone(),
+                    clock: self.clock.clone(),
+                    idle_timeout: limits.idle_timeout,
+                    max_active: (limits.max_active / limits.shards).max(1),
+                },
+            )
+            .map_err(|e| HostError::io("starting shard threads", e))?,
         );
-        let scheduler = tokio::spawn(
-            alarms
-                .clone()
-                .run(shards.clone(), classes.keys().map(|c| (c.to_string(), *c)).collect()),
-        );
+        let scheduler = tokio::spawn(alarms.clone().run(
+            shards.clone(),
+            classes.keys().map(|c| (c.to_string(), *c)).collect(),
+        ));
         let server = Arc::new(Server {
             classes,
             shards: shards.clone(),
@@ -463,7 +462,9 @@ impl RunningHost {
 
     /// Evict the object if it is active and idle; returns whether it was active.
     pub async fn evict(&self, class: &str, id: ObjectId) -> bool {
-        let Some(entry) = self.server.classes.get(class) else { return false };
+        let Some(entry) = self.server.classes.get(class) else {
+            return false;
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self
             .server

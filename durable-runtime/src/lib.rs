@@ -8,8 +8,8 @@
 
 pub mod alarms;
 mod class;
-pub mod clock;
 pub mod cli;
+pub mod clock;
 mod context;
 mod durability;
 mod error;
@@ -24,8 +24,8 @@ pub mod testing;
 mod tls;
 
 pub use alarms::{AlarmConfig, PendingAlarm, When};
-pub use clock::{Clock, SystemClock, VirtualClock};
 pub use class::{ActivateError, BoxTurn, Hosted, TurnOutcome};
+pub use clock::{Clock, SystemClock, VirtualClock};
 pub use context::{Context, ListOptions, Sql, Storage, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use error::{Error, ErrorKind, HostError};
 pub use host::{DurabilityMode, Host, Limits, RunningHost};
@@ -38,10 +38,10 @@ pub use rusqlite;
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::alarms::When;
     pub use crate::class::{
         decode_args, encode_result, encode_value, ActivateError, BoxTurn, Hosted, TurnOutcome,
     };
-    pub use crate::alarms::When;
     pub use crate::context::Context;
     pub use crate::error::Error;
 }

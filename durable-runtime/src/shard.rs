@@ -105,22 +105,26 @@ impl Shards {
     /// Hand a call to the shard that owns its object.
     pub(crate) fn send(&self, call: Call) {
         let (class, id) = (call.class.name, call.request.object);
-        if let Err(mpsc::error::SendError(Message::Call(call))) = self.send_message(class, id, Message::Call(call)) {
+        if let Err(Message::Call(call)) = self
+            .send_message(class, id, Message::Call(call))
+            .map_err(|m| *m)
+        {
             let _ = call.reply.send(Response::Error(WireError::ShuttingDown));
         }
     }
 
-    /// Hand a message to the shard that owns the object.
+    /// Hand a message to the shard that owns the object; gives it back if the shard
+    /// has stopped.
     pub(crate) fn send_message(
         &self,
         class: &str,
         id: ObjectId,
         message: Message,
-    ) -> Result<(), mpsc::error::SendError<Message>> {
+    ) -> Result<(), Box<Message>> {
         let b = id.as_bytes();
         let h = u64::from_le_bytes(b[..8].try_into().unwrap()) ^ fnv(class.as_bytes());
         let shard = (h % self.senders.len() as u64) as usize;
-        self.senders[shard].send(message)
+        self.senders[shard].send(message).map_err(|e| Box::new(e.0))
     }
 
     /// Stop taking calls, finish every queued one (or drop them all, with `drain`
@@ -257,7 +261,9 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
                     config.alarms.wake_done();
                     continue;
                 };
-                let slot = objects.entry((class, id)).or_insert_with(|| spawn_object(&config, entry.clone(), id));
+                let slot = objects
+                    .entry((class, id))
+                    .or_insert_with(|| spawn_object(&config, entry.clone(), id));
                 slot.last_used.set(Instant::now());
                 slot.queue.borrow_mut().push_back(Work::Alarm);
                 slot.notify.notify_one();
@@ -364,7 +370,8 @@ impl Object {
                 store::image_time(&ctx.conn).map_err(|e| internal(e.to_string()))?;
             ctx.bookmarks = self.config.bookmarks.clone();
             ctx.clock = self.config.clock.clone();
-            self.reported_due = crate::alarms::earliest_due(&ctx.conn).map_err(|e| internal(e.to_string()))?;
+            self.reported_due =
+                crate::alarms::earliest_due(&ctx.conn).map_err(|e| internal(e.to_string()))?;
             self.needs_image = fresh && durability.captures_changes();
             let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
             self.log = Some(durability.attach(self.class.name, self.id, &path, self.seq));
@@ -505,8 +512,11 @@ impl Object {
         if let Err(response) = self.ensure_active(name.as_deref()).await {
             if has_alarm_wake {
                 // Try again later rather than lose the alarm.
-                let retry = self.config.clock.now_ms() + self.config.alarms.config.backoff.as_millis() as u64;
-                self.config.alarms.notify_due(self.class.name, self.id, Some(retry));
+                let retry = self.config.clock.now_ms()
+                    + self.config.alarms.config.backoff.as_millis() as u64;
+                self.config
+                    .alarms
+                    .notify_due(self.class.name, self.id, Some(retry));
             }
             return fail_all(batch, response);
         }
@@ -525,12 +535,20 @@ impl Object {
             let ctx = self.ctx.as_mut().expect("active");
             let (reply, result) = match item {
                 Work::Call(call) => {
-                    let result = run_call(instance.as_mut(), ctx, &call, self.config.request_window, &mut recorded).await;
+                    let result = run_call(
+                        instance.as_mut(),
+                        ctx,
+                        &call,
+                        self.config.request_window,
+                        &mut recorded,
+                    )
+                    .await;
                     (Some(call.reply), result)
                 }
                 Work::Alarm => {
                     alarms_ran = true;
-                    let result = run_due_alarms(instance.as_mut(), ctx, &self.class, &self.config).await;
+                    let result =
+                        run_due_alarms(instance.as_mut(), ctx, &self.class, &self.config).await;
                     (None, result)
                 }
             };
@@ -571,7 +589,8 @@ impl Object {
             match crate::alarms::earliest_due(&ctx.conn) {
                 Ok(due) => {
                     if due != self.reported_due || alarms_ran {
-                        if let Err(e) = self.config.alarms.index_due(self.class.name, self.id, due) {
+                        if let Err(e) = self.config.alarms.index_due(self.class.name, self.id, due)
+                        {
                             failure = Some(format!("updating the alarm index: {e}"));
                         }
                         new_due = Some(due);
@@ -592,8 +611,11 @@ impl Object {
             self.instance = None;
             tracing::error!(class = self.class.name, id = %self.id, %message, "batch failed");
             if has_alarm_wake {
-                let retry = self.config.clock.now_ms() + self.config.alarms.config.backoff.as_millis() as u64;
-                self.config.alarms.notify_due(self.class.name, self.id, Some(retry));
+                let retry = self.config.clock.now_ms()
+                    + self.config.alarms.config.backoff.as_millis() as u64;
+                self.config
+                    .alarms
+                    .notify_due(self.class.name, self.id, Some(retry));
             }
             let failed = internal(message);
             return replies
@@ -833,12 +855,18 @@ async fn run_due_alarms(
                 ctx.alarm_attempt = None;
                 let failed = match outcome {
                     Ok(TurnOutcome::Return(_)) => None,
-                    Ok(TurnOutcome::AppError(bytes)) => {
-                        Some((format!("the handler returned an error ({} bytes)", bytes.len()), None))
-                    }
+                    Ok(TurnOutcome::AppError(bytes)) => Some((
+                        format!("the handler returned an error ({} bytes)", bytes.len()),
+                        None,
+                    )),
                     Ok(other) => Some((format!("the handler failed: {other:?}"), None)),
                     Err(panic) => {
-                        let m = format!("{}.{} panicked: {}", class.name, alarm.name, panic_message(&panic));
+                        let m = format!(
+                            "{}.{} panicked: {}",
+                            class.name,
+                            alarm.name,
+                            panic_message(&panic)
+                        );
                         Some((m.clone(), Some(m)))
                     }
                 };

@@ -307,7 +307,10 @@ unsafe extern "C" fn user_table(
     // SAFETY: SQLite passes a NUL-terminated table name.
     let name = unsafe { std::ffi::CStr::from_ptr(table) }.to_bytes();
     let captured = !name.starts_with(b"_durable_")
-        || matches!(name, b"_durable_kv" | b"_durable_alarms" | b"_durable_alarm_failures");
+        || matches!(
+            name,
+            b"_durable_kv" | b"_durable_alarms" | b"_durable_alarm_failures"
+        );
     captured as std::os::raw::c_int
 }
 

@@ -4,11 +4,13 @@
 //! object, and simulate a crash.
 //!
 //! ```ignore
-//! let mut t = durable::testing::TestHost::start(|h| h.register::<Auction>()).await;
-//! let auction = t.get::<Auction>("lot-7");
-//! auction.open(Duration::from_secs(3600)).await?;
-//! t.advance(Duration::from_secs(3600)).await;          // the closing alarm fires
-//! assert!(auction.is_closed().await?);
+//! // examples/tests/auction.rs
+//! let t = TestHost::start(|h| h.register::<Auction>()).await;
+//! let lot = t.get::<Auction>("lot-7");
+//! lot.open(3600, 100).await.unwrap();                   // closes in an hour, reserve 100
+//! lot.bid("ada".into(), 150).await.unwrap();
+//! t.advance(Duration::from_secs(3600)).await;           // the closing alarm fires
+//! assert!(matches!(lot.status().await.unwrap(), AuctionState::Closed { .. }));
 //! ```
 
 use crate::clock::{Clock, VirtualClock};
@@ -33,7 +35,9 @@ pub struct TestHost {
 
 impl std::fmt::Debug for TestHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestHost").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("TestHost")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -41,7 +45,8 @@ impl TestHost {
     /// Start a host with the classes `configure` registers. The virtual clock starts
     /// at the real time now; objects stay active until [`TestHost::evict`].
     pub async fn start(configure: impl Fn(Host) -> Host + Send + Sync + 'static) -> TestHost {
-        let dir = std::env::temp_dir().join(format!("durable-test-{:032x}", rand::random::<u128>()));
+        let dir =
+            std::env::temp_dir().join(format!("durable-test-{:032x}", rand::random::<u128>()));
         let clock = Arc::new(VirtualClock::new(SystemTime::now()));
         let configure: Configure = Arc::new(configure);
         let (host, client) = Self::boot(&dir, &clock, &configure).await;
@@ -54,7 +59,11 @@ impl TestHost {
         }
     }
 
-    async fn boot(dir: &Path, clock: &Arc<VirtualClock>, configure: &Configure) -> (RunningHost, Client) {
+    async fn boot(
+        dir: &Path,
+        clock: &Arc<VirtualClock>,
+        configure: &Configure,
+    ) -> (RunningHost, Client) {
         let host = configure(Host::builder(dir))
             .clock(clock.clone() as Arc<dyn Clock>)
             .log_config(LogConfig {
@@ -69,9 +78,12 @@ impl TestHost {
             .start()
             .await
             .expect("starting the test host");
-        let client = Client::connect(host.client_config().expect("reading the test host's TLS files"))
-            .await
-            .expect("connecting to the test host");
+        let client = Client::connect(
+            host.client_config()
+                .expect("reading the test host's TLS files"),
+        )
+        .await
+        .expect("connecting to the test host");
         (host, client)
     }
 
@@ -115,15 +127,41 @@ impl TestHost {
     /// A read-only connection to the database of object `name` of class `C`
     /// (committed state; the object must have been created).
     pub fn storage<C: ObjectClass>(&self, name: &str) -> rusqlite::Connection {
-        let path = crate::store::object_path(&self.dir, C::CLASS, ObjectId::from_name(C::CLASS, name));
+        let path =
+            crate::store::object_path(&self.dir, C::CLASS, ObjectId::from_name(C::CLASS, name));
         rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+    }
+
+    /// The pending alarms of object `name` of class `C`, soonest first (read from its
+    /// committed storage).
+    pub fn pending_alarms<C: ObjectClass>(&self, name: &str) -> Vec<crate::alarms::PendingAlarm> {
+        let conn = self.storage::<C>(name);
+        let mut stmt = conn
+            .prepare("SELECT name, key, due_ms, every_ms, attempt FROM _durable_alarms ORDER BY due_ms, name, key")
+            .expect("reading _durable_alarms");
+        stmt.query_map([], |r| {
+            Ok(crate::alarms::PendingAlarm {
+                name: r.get(0)?,
+                key: r.get(1)?,
+                due: crate::clock::time_of(r.get::<_, i64>(2)?.max(0) as u64),
+                every: r
+                    .get::<_, Option<i64>>(3)?
+                    .map(|p| Duration::from_millis(p.max(0) as u64)),
+                failed_attempts: r.get::<_, i64>(4)?.max(0) as u32,
+            })
+        })
+        .expect("reading _durable_alarms")
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .expect("reading _durable_alarms")
     }
 
     /// Evict object `name` of class `C` (drop its instance, close its database);
     /// returns whether it was active. The next call or alarm re-activates it.
     pub async fn evict<C: ObjectClass>(&self, name: &str) -> bool {
-        self.host().evict(C::CLASS, ObjectId::from_name(C::CLASS, name)).await
+        self.host()
+            .evict(C::CLASS, ObjectId::from_name(C::CLASS, name))
+            .await
     }
 
     /// Simulate a crash and a restart: in-memory instances, queued calls and the

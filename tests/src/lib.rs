@@ -15,7 +15,9 @@ pub struct Probe {
 static RING_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn ms(t: std::time::SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[durable_object]
@@ -25,30 +27,65 @@ impl Probe {
             "CREATE TABLE entries(key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
             "CREATE TABLE rings(key TEXT NOT NULL, attempt INTEGER NOT NULL, at_ms INTEGER NOT NULL, seq INTEGER NOT NULL)",
         ])?;
-        Ok(Probe { attempts: Vec::new() })
+        Ok(Probe {
+            attempts: Vec::new(),
+        })
     }
 
     /// Schedule the `ring` alarm under `key` at `at_ms` (ms since the epoch); its first
     /// `fail_first` attempts fail.
-    pub async fn ring_at(&mut self, ctx: &mut Context, key: String, at_ms: u64, fail_first: u32) -> Result<(), Error> {
-        Self::schedule_ring(ctx, UNIX_EPOCH + Duration::from_millis(at_ms), &key, key.clone(), fail_first)
+    pub async fn ring_at(
+        &mut self,
+        ctx: &mut Context,
+        key: String,
+        at_ms: u64,
+        fail_first: u32,
+    ) -> Result<(), Error> {
+        Self::schedule_ring(
+            ctx,
+            UNIX_EPOCH + Duration::from_millis(at_ms),
+            &key,
+            key.clone(),
+            fail_first,
+        )
     }
 
     /// Schedule `ring` under `key` after `after_ms`.
-    pub async fn ring_after(&mut self, ctx: &mut Context, key: String, after_ms: u64) -> Result<(), Error> {
+    pub async fn ring_after(
+        &mut self,
+        ctx: &mut Context,
+        key: String,
+        after_ms: u64,
+    ) -> Result<(), Error> {
         Self::schedule_ring(ctx, Duration::from_millis(after_ms), &key, key.clone(), 0)
     }
 
     /// Schedule `ring` under `key` every `period_ms`.
-    pub async fn ring_every(&mut self, ctx: &mut Context, key: String, period_ms: u64) -> Result<(), Error> {
+    pub async fn ring_every(
+        &mut self,
+        ctx: &mut Context,
+        key: String,
+        period_ms: u64,
+    ) -> Result<(), Error> {
         Self::schedule_ring_every(ctx, Duration::from_millis(period_ms), &key, key.clone(), 0)
     }
 
     /// Schedule `count` rings keyed `r0..` all at `at_ms`.
-    pub async fn ring_many_at(&mut self, ctx: &mut Context, count: u32, at_ms: u64) -> Result<(), Error> {
+    pub async fn ring_many_at(
+        &mut self,
+        ctx: &mut Context,
+        count: u32,
+        at_ms: u64,
+    ) -> Result<(), Error> {
         for i in 0..count {
             let key = format!("r{i}");
-            Self::schedule_ring(ctx, UNIX_EPOCH + Duration::from_millis(at_ms), &key, key.clone(), 0)?;
+            Self::schedule_ring(
+                ctx,
+                UNIX_EPOCH + Duration::from_millis(at_ms),
+                &key,
+                key.clone(),
+                0,
+            )?;
         }
         Ok(())
     }
@@ -66,14 +103,19 @@ impl Probe {
 
     /// Successful rings stored: (key, attempt, at_ms), in order.
     pub async fn rings(&self, ctx: &mut Context) -> Result<Vec<(String, u32, u64)>, Error> {
-        ctx.sql().query("SELECT key, attempt, at_ms FROM rings ORDER BY rowid", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
-        })
+        ctx.sql().query(
+            "SELECT key, attempt, at_ms FROM rings ORDER BY rowid",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)),
+        )
     }
 
     /// The process-wide delivery sequence numbers of the stored rings.
     pub async fn ring_seqs(&self, ctx: &mut Context) -> Result<Vec<u64>, Error> {
-        ctx.sql().query("SELECT seq FROM rings ORDER BY rowid", [], |r| Ok(r.get::<_, i64>(0)? as u64))
+        ctx.sql()
+            .query("SELECT seq FROM rings ORDER BY rowid", [], |r| {
+                Ok(r.get::<_, i64>(0)? as u64)
+            })
     }
 
     /// Every ring attempt this instance saw, failed ones included.
