@@ -179,6 +179,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         class,
         id,
         config: config.clone(),
+        spare_capture: None,
         ctx: None,
         instance: None,
         log: None,
@@ -293,6 +294,9 @@ struct Object {
     class: Arc<ClassEntry>,
     id: ObjectId,
     config: Rc<ShardConfig>,
+    /// A change capture left empty by a read-only batch, reused by the next one.
+    /// Declared before `ctx`: it must be dropped before the connection closes.
+    spare_capture: Option<store::ChangeCapture>,
     ctx: Option<Context>,
     instance: Option<Box<dyn Instance>>,
     log: Option<Box<dyn ObjectLog>>,
@@ -413,8 +417,12 @@ impl Object {
         ctx.restore = None;
         let ctx = &*ctx;
         let wants = self.log.as_ref().expect("attached").captures_changes();
+        let spare = self.spare_capture.take();
         let capture = if wants {
-            Some(store::ChangeCapture::start(&ctx.conn).map_err(internal)?)
+            Some(match spare {
+                Some(c) => c,
+                None => store::ChangeCapture::start(&ctx.conn).map_err(internal)?,
+            })
         } else {
             None
         };
@@ -439,7 +447,8 @@ impl Object {
         let ctx = self.ctx.as_mut().expect("opened");
         let after = write_marker(&ctx.conn);
         if after == before && !self.needs_image {
-            drop(capture);
+            // Nothing was written: the capture is still empty, keep it for next time.
+            self.spare_capture = capture;
             return ctx.conn.run("COMMIT").map_err(|e| e.to_string());
         }
         let seq = self.seq + 1;
@@ -669,6 +678,7 @@ impl Object {
             return Err("the host log could not make the restored state durable".into());
         }
         self.instance = None;
+        self.spare_capture = None;
         self.ctx = None;
         self.log = None;
         let path = store::object_path(&self.config.data_dir, self.class.name, self.id);

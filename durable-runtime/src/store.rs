@@ -48,12 +48,25 @@ pub(crate) fn open(
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
     let conn = Connection::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+    // SQLite gives every connection 120 KiB of lookaside memory by default; a host
+    // keeps thousands of connections open, so keep it small (8 KiB).
+    // SAFETY: a live connection with no statements yet; NULL buffer means SQLite
+    // allocates the (smaller) lookaside itself.
+    unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::os::raw::c_void>(),
+            128 as std::os::raw::c_int,
+            64 as std::os::raw::c_int,
+        );
+    }
     let setup = || -> rusqlite::Result<()> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "cache_size", -512)?;
+        conn.pragma_update(None, "cache_size", -256)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        conn.set_prepared_statement_cache_capacity(64);
+        conn.set_prepared_statement_cache_capacity(32);
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(SCHEMA)?;
         if fresh {
