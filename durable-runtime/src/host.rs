@@ -86,6 +86,40 @@ impl DirLock {
     }
 }
 
+/// Raise this process's open-file limit as far as it may go; returns the soft limit.
+fn raise_fd_limit() -> u64 {
+    // SAFETY: plain getrlimit/setrlimit on this process.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(lim.rlim_max as u64);
+        let want = nr_open.min(1 << 20).max(lim.rlim_max as u64);
+        let raised = libc::rlimit {
+            rlim_cur: want as libc::rlim_t,
+            rlim_max: want as libc::rlim_t,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+            return want;
+        }
+        let soft = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
+            return lim.rlim_max as u64;
+        }
+        lim.rlim_cur as u64
+    }
+}
+
 /// How committed writes are made durable before replies leave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DurabilityMode {
@@ -227,6 +261,18 @@ impl Host {
             }
         }
         let lock = DirLock::acquire(&self.data_dir).map_err(HostError::Config)?;
+        let mut limits = limits;
+        // Each active object holds three descriptors (database, WAL, shared memory).
+        let fds = raise_fd_limit();
+        let fd_cap = (fds.saturating_sub(512) / 3).max(16) as usize;
+        if limits.max_active > fd_cap {
+            tracing::warn!(
+                max_active = limits.max_active,
+                open_files = fds,
+                "max_active lowered to {fd_cap} to fit the open-file limit"
+            );
+            limits.max_active = fd_cap;
+        }
         std::fs::create_dir_all(self.data_dir.join("objects"))
             .map_err(|e| HostError::io(format!("creating {}", self.data_dir.display()), e))?;
         let tls = crate::tls::load_or_create(&self.data_dir, &self.tls_names)?;

@@ -198,8 +198,12 @@ fn close_slot(slot: &Slot) {
 }
 
 /// Evict objects idle past the timeout, then the least recently used idle ones while
-/// more than `max_active` are active. Never an object with queued or running work.
-fn sweep(objects: &mut HashMap<(&'static str, ObjectId), Rc<Slot>>, config: &ShardConfig) {
+/// more than `max_active - room` are active. Never an object with queued or running work.
+fn sweep(
+    objects: &mut HashMap<(&'static str, ObjectId), Rc<Slot>>,
+    config: &ShardConfig,
+    room: usize,
+) {
     let now = Instant::now();
     let idle = |s: &Slot| !s.busy.get() && s.queue.borrow().is_empty();
     objects.retain(|_, slot| {
@@ -209,14 +213,15 @@ fn sweep(objects: &mut HashMap<(&'static str, ObjectId), Rc<Slot>>, config: &Sha
         }
         keep
     });
-    if objects.len() > config.max_active {
+    let limit = config.max_active.saturating_sub(room);
+    if objects.len() > limit {
         let mut candidates: Vec<_> = objects
             .iter()
             .filter(|(_, s)| idle(s))
             .map(|(k, s)| (s.last_used.get(), *k))
             .collect();
         candidates.sort();
-        let excess = objects.len() - config.max_active;
+        let excess = objects.len() - limit;
         for (_, key) in candidates.into_iter().take(excess) {
             if let Some(slot) = objects.remove(&key) {
                 close_slot(&slot);
@@ -234,7 +239,7 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
         let message = tokio::select! {
             m = rx.recv() => m,
             _ = sweeper.tick() => {
-                sweep(&mut objects, &config);
+                sweep(&mut objects, &config, 0);
                 continue;
             }
         };
@@ -243,6 +248,10 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
             Some(Message::Close(drain)) => break drain,
             Some(Message::Call(call)) => {
                 let key = (call.class.name, call.request.object);
+                if !objects.contains_key(&key) && objects.len() >= config.max_active {
+                    // At the cap: make room before opening another database.
+                    sweep(&mut objects, &config, 1);
+                }
                 let slot = objects
                     .entry(key)
                     .or_insert_with(|| spawn_object(&config, call.class.clone(), key.1));
@@ -262,6 +271,9 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
                     config.alarms.wake_done();
                     continue;
                 };
+                if !objects.contains_key(&(class, id)) && objects.len() >= config.max_active {
+                    sweep(&mut objects, &config, 1);
+                }
                 let slot = objects
                     .entry((class, id))
                     .or_insert_with(|| spawn_object(&config, entry.clone(), id));
