@@ -100,11 +100,11 @@ fn raise_fd_limit() -> u64 {
         let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
-            .unwrap_or(lim.rlim_max as u64);
-        let want = nr_open.min(1 << 20).max(lim.rlim_max as u64);
+            .unwrap_or(lim.rlim_max);
+        let want: libc::rlim_t = nr_open.min(1 << 20).max(lim.rlim_max);
         let raised = libc::rlimit {
-            rlim_cur: want as libc::rlim_t,
-            rlim_max: want as libc::rlim_t,
+            rlim_cur: want,
+            rlim_max: want,
         };
         if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
             return want;
@@ -114,9 +114,9 @@ fn raise_fd_limit() -> u64 {
             rlim_max: lim.rlim_max,
         };
         if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
-            return lim.rlim_max as u64;
+            return lim.rlim_max;
         }
-        lim.rlim_cur as u64
+        lim.rlim_cur
     }
 }
 

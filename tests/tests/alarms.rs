@@ -282,3 +282,38 @@ async fn ten_thousand_alarms_across_a_thousand_objects_due_in_one_second_all_fir
         lateness[5_000], lateness[9_900], lateness[9_999]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seat_hold_made_for_two_seconds_is_released_once_after_kill_dash_nine_and_a_late_restart()
+{
+    use durable_examples::reservation::{Flight, SeatStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let flight = host.client().await.get::<Flight>("LH400");
+    flight.hold(14, "ada".into(), 2).await.unwrap();
+    assert!(matches!(
+        flight.status(14).await.unwrap(),
+        SeatStatus::Held { .. }
+    ));
+    let due = std::time::Instant::now() + Duration::from_secs(2);
+    host.kill9();
+    // Restart only after the hold has ended.
+    tokio::time::sleep_until((due + Duration::from_millis(300)).into()).await;
+    let started = std::time::Instant::now();
+    let host = HostProcess::start(dir.path(), &[]);
+    let flight = host.client().await.get::<Flight>("LH400");
+    while flight.releases(14).await.unwrap() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "not released within a second of start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(flight.status(14).await.unwrap(), SeatStatus::Free);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        flight.releases(14).await.unwrap(),
+        1,
+        "the release ran exactly once"
+    );
+}
