@@ -365,18 +365,9 @@ impl ObjectRef {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let args = postcard::to_stdvec(args)
+        let request = self
+            .try_prepare(method, fingerprint, args)
             .map_err(|e| CallError::Protocol(format!("encoding arguments: {e}")))?;
-        let request = CallRequest {
-            request_id: rand::random(),
-            class: self.class.to_string(),
-            object: self.id,
-            name: self.name.as_deref().map(str::to_owned),
-            method: method.to_owned(),
-            fingerprint,
-            timeout_ms: self.deadline.as_millis() as u64,
-            args,
-        };
         self.call_request(&request).await
     }
 
@@ -404,14 +395,26 @@ impl ObjectRef {
         }
     }
 
-    /// A request for `method` with a fresh request id, without sending it.
+    /// A request for `method` with a fresh request id, without sending it (to resend
+    /// it deliberately with [`ObjectRef::call_request`]). Panics if `args` cannot be
+    /// encoded.
     pub fn prepare<A: Serialize + ?Sized>(
         &self,
         method: &str,
         fingerprint: u64,
         args: &A,
     ) -> CallRequest {
-        CallRequest {
+        self.try_prepare(method, fingerprint, args)
+            .expect("encoding arguments")
+    }
+
+    fn try_prepare<A: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        fingerprint: u64,
+        args: &A,
+    ) -> Result<CallRequest, postcard::Error> {
+        Ok(CallRequest {
             request_id: rand::random(),
             class: self.class.to_string(),
             object: self.id,
@@ -419,7 +422,7 @@ impl ObjectRef {
             method: method.to_owned(),
             fingerprint,
             timeout_ms: self.deadline.as_millis() as u64,
-            args: postcard::to_stdvec(args).unwrap_or_default(),
-        }
+            args: postcard::to_stdvec(args)?,
+        })
     }
 }

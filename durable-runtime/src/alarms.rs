@@ -133,6 +133,25 @@ impl AlarmIndex {
     }
 }
 
+/// An object's pending alarms, soonest first.
+pub(crate) fn pending(conn: &Connection) -> rusqlite::Result<Vec<PendingAlarm>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, key, due_ms, every_ms, attempt FROM _durable_alarms ORDER BY due_ms, name, key",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(PendingAlarm {
+            name: r.get(0)?,
+            key: r.get(1)?,
+            due: crate::clock::time_of(r.get::<_, i64>(2)?.max(0) as u64),
+            every: r
+                .get::<_, Option<i64>>(3)?
+                .map(|p| Duration::from_millis(p.max(0) as u64)),
+            failed_attempts: r.get::<_, i64>(4)?.max(0) as u32,
+        })
+    })?;
+    rows.collect()
+}
+
 /// Earliest due time of an object's pending alarms.
 pub(crate) fn earliest_due(conn: &Connection) -> rusqlite::Result<Option<u64>> {
     let due: Option<i64> = conn

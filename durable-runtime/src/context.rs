@@ -157,21 +157,7 @@ impl Context {
 
     /// The object's pending alarms, soonest first.
     pub fn pending_alarms(&self) -> Result<Vec<crate::alarms::PendingAlarm>, Error> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name, key, due_ms, every_ms, attempt FROM _durable_alarms ORDER BY due_ms, name, key")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(crate::alarms::PendingAlarm {
-                name: r.get(0)?,
-                key: r.get(1)?,
-                due: crate::clock::time_of(r.get::<_, i64>(2)?.max(0) as u64),
-                every: r
-                    .get::<_, Option<i64>>(3)?
-                    .map(|p| std::time::Duration::from_millis(p.max(0) as u64)),
-                failed_attempts: r.get::<_, i64>(4)?.max(0) as u32,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        Ok(crate::alarms::pending(&self.conn)?)
     }
 
     /// Synchronous SQL on the object's database, inside the current turn.

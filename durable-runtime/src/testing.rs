@@ -136,24 +136,7 @@ impl TestHost {
     /// The pending alarms of object `name` of class `C`, soonest first (read from its
     /// committed storage).
     pub fn pending_alarms<C: ObjectClass>(&self, name: &str) -> Vec<crate::alarms::PendingAlarm> {
-        let conn = self.storage::<C>(name);
-        let mut stmt = conn
-            .prepare("SELECT name, key, due_ms, every_ms, attempt FROM _durable_alarms ORDER BY due_ms, name, key")
-            .expect("reading _durable_alarms");
-        stmt.query_map([], |r| {
-            Ok(crate::alarms::PendingAlarm {
-                name: r.get(0)?,
-                key: r.get(1)?,
-                due: crate::clock::time_of(r.get::<_, i64>(2)?.max(0) as u64),
-                every: r
-                    .get::<_, Option<i64>>(3)?
-                    .map(|p| Duration::from_millis(p.max(0) as u64)),
-                failed_attempts: r.get::<_, i64>(4)?.max(0) as u32,
-            })
-        })
-        .expect("reading _durable_alarms")
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .expect("reading _durable_alarms")
+        crate::alarms::pending(&self.storage::<C>(name)).expect("reading _durable_alarms")
     }
 
     /// Evict object `name` of class `C` (drop its instance, close its database);

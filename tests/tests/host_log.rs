@@ -4,57 +4,15 @@
 
 mod common;
 
-use common::{copy_dir, host_cli, HostProcess};
+use common::{copy_dir, host_cli, load_until_killed, HostProcess, Told};
 use durable_examples::counter::Counter;
 use durable_tests::Probe;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Checkpoints only at shutdown, so the log holds everything since the last clean stop.
 const NO_CHECKPOINTS: &[&str] = &["--checkpoint-secs", "0"];
-
-type Told = Arc<Mutex<HashMap<String, (i64, i64)>>>;
-
-/// Increment `objects` counters from `callers` tasks until the host dies; returns
-/// name -> (highest value acknowledged, increments sent).
-async fn load_until_killed(
-    host: HostProcess,
-    objects: usize,
-    callers: usize,
-    run_for: Duration,
-) -> Told {
-    let client = host.client().await;
-    let told: Told = Arc::new(Mutex::new(HashMap::new()));
-    let mut tasks = Vec::new();
-    for t in 0..callers {
-        let name = format!("n{}", t % objects);
-        let counter = client
-            .get::<Counter>(&name)
-            .with_deadline(Duration::from_secs(2));
-        let told = told.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                told.lock().unwrap().entry(name.clone()).or_insert((0, 0)).1 += 1;
-                match counter.increment(1).await {
-                    Ok(v) => {
-                        let mut told = told.lock().unwrap();
-                        let e = told.get_mut(&name).unwrap();
-                        e.0 = e.0.max(v);
-                    }
-                    Err(_) => return,
-                }
-            }
-        }));
-    }
-    tokio::time::sleep(run_for).await;
-    host.kill9();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    told
-}
 
 async fn assert_all_acknowledged_present(host: &HostProcess, told: &Told) {
     let client = host.client().await;
@@ -76,7 +34,8 @@ async fn assert_all_acknowledged_present(host: &HostProcess, told: &Told) {
 async fn kill_dash_nine_under_load_on_many_objects_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path(), &[]);
-    let told = load_until_killed(host, 64, 64, Duration::from_millis(800)).await;
+    let told = Told::default();
+    load_until_killed(host, "n", 64, 64, Duration::from_millis(800), &told).await;
     let host = HostProcess::start(dir.path(), &[]);
     assert_all_acknowledged_present(&host, &told).await;
 }
@@ -109,7 +68,8 @@ async fn simulated_power_loss_keeps_every_acknowledged_write() {
 
     // Load on old and new objects, then the machine "loses power".
     let host = HostProcess::start(&live, NO_CHECKPOINTS);
-    let told = load_until_killed(host, 24, 48, Duration::from_millis(800)).await;
+    let told = Told::default();
+    load_until_killed(host, "n", 24, 48, Duration::from_millis(800), &told).await;
     let copy = dir.path().join("after-power-cut");
     power_cut_copy(&live, &at_checkpoint, &copy);
     let host = HostProcess::start(&copy, &[]);

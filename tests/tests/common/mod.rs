@@ -161,3 +161,46 @@ pub fn token(host: &HostProcess) -> String {
         .trim()
         .to_string()
 }
+
+/// name -> (highest value a client was told, increments sent).
+pub type Told = Arc<std::sync::Mutex<std::collections::HashMap<String, (i64, i64)>>>;
+
+/// Increment counters `{prefix}0..{prefix}{objects}` from `callers` tasks for
+/// `run_for`, then `kill -9` the host mid-flight; records into `told`.
+pub async fn load_until_killed(
+    host: HostProcess,
+    prefix: &str,
+    objects: usize,
+    callers: usize,
+    run_for: std::time::Duration,
+    told: &Told,
+) {
+    use durable_examples::counter::Counter;
+    let client = host.client().await;
+    let mut tasks = Vec::new();
+    for t in 0..callers {
+        let name = format!("{prefix}{}", t % objects);
+        let counter = client
+            .get::<Counter>(&name)
+            .with_deadline(std::time::Duration::from_secs(2));
+        let told = told.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                told.lock().unwrap().entry(name.clone()).or_insert((0, 0)).1 += 1;
+                match counter.increment(1).await {
+                    Ok(v) => {
+                        let mut told = told.lock().unwrap();
+                        let e = told.get_mut(&name).unwrap();
+                        e.0 = e.0.max(v);
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(run_for).await;
+    host.kill9();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
