@@ -90,9 +90,10 @@ fn json(v: ValueRef<'_>) -> Value {
     }
 }
 
-/// Tables the runtime keeps for itself, left out of the feed.
+/// Tables the runtime keeps for itself (bookkeeping and alarms), left out of the feed;
+/// `_durable_kv` holds user data and stays in.
 fn internal_table(table: &str) -> bool {
-    table == "_durable_meta" || table == "_durable_requests"
+    table.starts_with("_durable_") && table != "_durable_kv"
 }
 
 /// The defined values of a changeset row, by column name.
