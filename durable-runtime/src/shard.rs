@@ -373,7 +373,7 @@ impl Object {
         if self.ctx.is_none() {
             let durability = &self.config.durability;
             let sync_new = !durability.captures_changes();
-            let (mut ctx, fresh) = store::open(
+            let (mut ctx, upgraded) = store::open(
                 &self.config.data_dir,
                 self.class.name,
                 self.id,
@@ -388,7 +388,7 @@ impl Object {
             ctx.clock = self.config.clock.clone();
             self.reported_due =
                 crate::alarms::earliest_due(&ctx.conn).map_err(|e| internal(e.to_string()))?;
-            self.needs_image = fresh && durability.captures_changes();
+            self.needs_image = upgraded && durability.captures_changes();
             let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
             self.log = Some(durability.attach(self.class.name, self.id, &path, self.seq));
             self.ctx = Some(ctx);

@@ -20,6 +20,9 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Bump when `SCHEMA` changes.
+const SCHEMA_REVISION: i64 = 1;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS _durable_meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _durable_kv(key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
@@ -32,7 +35,8 @@ CREATE TABLE IF NOT EXISTS _durable_alarm_failures(name TEXT NOT NULL, key TEXT 
 ";
 
 /// Open (creating if needed) the database of one object and wrap it in a [`Context`].
-/// Returns whether the file is new. With `sync_new`, a new file and its directory
+/// Returns whether the runtime's tables were created or changed by opening (a new
+/// object, or one written by an older version): its next batch must ship an image. With `sync_new`, a new file and its directory
 /// entries are made durable before returning (when no log will carry its image).
 pub(crate) fn open(
     data_dir: &Path,
@@ -61,14 +65,22 @@ pub(crate) fn open(
             64 as std::os::raw::c_int,
         );
     }
-    let setup = || -> rusqlite::Result<()> {
+    let mut upgraded = false;
+    let mut setup = || -> rusqlite::Result<()> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -256)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.set_prepared_statement_cache_capacity(32);
         let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(SCHEMA)?;
+        // The runtime's tables, created or brought up to date once (user_version
+        // records the revision; `migrate` keeps its own version in `_durable_meta`).
+        let revision: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if revision < SCHEMA_REVISION {
+            tx.execute_batch(SCHEMA)?;
+            tx.pragma_update(None, "user_version", SCHEMA_REVISION)?;
+            upgraded = true;
+        }
         if fresh {
             tx.execute(
                 "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('class', ?1), ('id', ?2)",
@@ -115,7 +127,7 @@ pub(crate) fn open(
             alarms_touched: false,
             reset_after_turn: false,
         },
-        fresh,
+        upgraded,
     ))
 }
 
