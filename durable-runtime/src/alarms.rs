@@ -416,6 +416,10 @@ impl AlarmService {
                         Some(due) => {
                             current.insert((class, id), due);
                             heap.push(Reverse((due, class, id)));
+                            if heap.len() > 2 * current.len() + 1024 {
+                                // Drop superseded entries.
+                                heap = current.iter().map(|(&(c, i), &d)| Reverse((d, c, i))).collect();
+                            }
                         }
                         None => {
                             current.remove(&(class, id));

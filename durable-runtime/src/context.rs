@@ -24,6 +24,9 @@ pub struct Context {
     pub(crate) alarm_attempt: Option<u32>,
     pub(crate) alarms_touched: bool,
     pub(crate) reset_after_turn: bool,
+    /// The turn changed the runtime's own bookkeeping (a migration, `delete_all`):
+    /// ship the whole database so that replay and restore carry it.
+    pub(crate) force_image: std::cell::Cell<bool>,
 }
 
 impl std::fmt::Debug for Context {
@@ -152,6 +155,7 @@ impl Context {
         )?;
         self.alarms_touched = true;
         self.reset_after_turn = true;
+        self.force_image.set(true);
         Ok(())
     }
 
@@ -162,7 +166,10 @@ impl Context {
 
     /// Synchronous SQL on the object's database, inside the current turn.
     pub fn sql(&mut self) -> Sql<'_> {
-        Sql { conn: &self.conn }
+        Sql {
+            conn: &self.conn,
+            force_image: &self.force_image,
+        }
     }
 
     /// Key-value storage of serde values on the same database, inside the current turn.
@@ -180,6 +187,7 @@ impl Context {
 #[derive(Debug)]
 pub struct Sql<'a> {
     conn: &'a Connection,
+    force_image: &'a std::cell::Cell<bool>,
 }
 
 impl Sql<'_> {
@@ -250,6 +258,11 @@ impl Sql<'_> {
         }
         for m in &migrations[current..] {
             self.conn.execute_batch(m)?;
+        }
+        if current < migrations.len() {
+            // The version lives in the runtime's own table, which changesets leave
+            // out: ship this batch as a whole image so replay and restore carry it.
+            self.force_image.set(true);
         }
         if current < migrations.len() {
             self.conn.execute(

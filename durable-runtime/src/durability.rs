@@ -24,6 +24,8 @@ use tokio::sync::watch;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct DurablePos {
     pub(crate) durable: u64,
+    /// The log position of the object's latest durable record (host log only).
+    pub(crate) lsn: u64,
     pub(crate) failed: bool,
 }
 
@@ -45,6 +47,11 @@ pub(crate) trait ObjectLog {
     fn submit(&self, seq: u64, change: Option<Change>);
     /// Watch the durable position.
     fn watch(&self) -> watch::Receiver<DurablePos>;
+    /// The object has committed the record at `lsn` to its own file (write-ahead logs
+    /// must not checkpoint past a record until then).
+    fn applied(&self, lsn: u64) {
+        let _ = lsn;
+    }
 }
 
 /// A host-wide durability component.
@@ -92,6 +99,7 @@ impl Durability for WalSync {
             in_flight: AtomicBool::new(false),
             pos: watch::channel(DurablePos {
                 durable: durable_seq,
+                lsn: 0,
                 failed: false,
             })
             .0,
@@ -110,7 +118,13 @@ struct WalState {
 impl WalState {
     fn sync_once(&self) -> std::io::Result<()> {
         if self.file.get().is_none() {
-            let f = File::open(&self.wal)?;
+            let f = match File::open(&self.wal) {
+                Ok(f) => f,
+                // No WAL: SQLite checkpointed it into the database (syncing it) and
+                // removed it when the connection closed. Nothing is left to sync.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            };
             // The WAL file is new to this process: make its directory entry durable too.
             if let Some(dir) = self.wal.parent() {
                 crate::store::sync_dir(dir)?;

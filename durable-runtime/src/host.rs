@@ -293,6 +293,10 @@ impl Host {
                 }
             }
         }
+        if !recovery.replayed.is_empty() {
+            crate::log::sync_object_files(&self.data_dir.join("alarms.db"))
+                .map_err(|e| HostError::io("syncing the alarm index", e))?;
+        }
         let also_sync = vec![self.data_dir.join("alarms.db")];
         let (durability, host_log): (Arc<dyn Durability>, Option<Arc<HostLog>>) =
             match self.durability {

@@ -149,6 +149,15 @@ pub fn restore_object(
     let _lock = crate::host::DirLock::acquire(data_dir).map_err(|e| {
         format!("{e}: stop the host first, or restore from code (Context::restore_to)")
     })?;
+    // Bring the objects and the log to a clean state first (a crash may have left a
+    // torn tail that must be cut before anything is appended).
+    // (With the default retention: segments it retires are archived, not deleted.)
+    crate::log::recovery::recover(
+        data_dir,
+        crate::LogConfig::default().retention,
+        crate::Limits::default().request_window,
+    )
+    .map_err(|e| format!("recovering the log first: {e}"))?;
     let path = store::object_path(data_dir, class, id);
     let current_seq = if path.exists() {
         let conn = rusqlite::Connection::open(&path).map_err(|e| e.to_string())?;

@@ -17,6 +17,9 @@ use tokio::sync::{oneshot, Notify};
 /// Largest hello frame accepted before authentication.
 const MAX_HELLO: usize = 4096;
 
+/// How long a peer may take to send a whole request frame.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub(crate) struct Server {
     pub(crate) classes: HashMap<&'static str, Arc<ClassEntry>>,
     pub(crate) shards: Arc<Shards>,
@@ -53,7 +56,8 @@ impl Server {
     }
 
     async fn hello(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> bool {
-        let (ok, response) = match read_frame(&mut recv, MAX_HELLO).await {
+        let hello = tokio::time::timeout(READ_TIMEOUT, read_frame(&mut recv, MAX_HELLO)).await;
+        let (ok, response) = match hello.unwrap_or(Err(FrameError::Truncated)) {
             Ok(Request::Hello { token })
                 if constant_time_eq(token.as_bytes(), self.token.as_bytes()) =>
             {
@@ -68,7 +72,9 @@ impl Server {
     }
 
     async fn stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let response = match read_frame(&mut recv, self.max_frame).await {
+        let request =
+            tokio::time::timeout(READ_TIMEOUT, read_frame(&mut recv, self.max_frame)).await;
+        let response = match request.unwrap_or(Err(FrameError::Truncated)) {
             Ok(Request::Call(call)) => self.call(call).await,
             Ok(Request::Hello { .. }) => Response::Error(WireError::Malformed {
                 message: "hello on an authenticated connection".into(),

@@ -187,6 +187,8 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         needs_image: false,
         last_image_ms: 0,
         reported_due: None,
+        poisoned: false,
+        requeued_alarms: 0,
     };
     tokio::task::spawn_local(object.run());
     slot
@@ -320,6 +322,11 @@ struct Object {
     last_image_ms: u64,
     /// The earliest alarm due time last written to the host's alarm index.
     reported_due: Option<u64>,
+    /// The log holds a batch the object's file lacks (its commit failed): refuse work
+    /// until a restart replays it.
+    poisoned: bool,
+    /// Alarm wakes of the current batch put back in the queue (after a panic).
+    requeued_alarms: usize,
 }
 
 /// A reply decided by a batch, waiting for the batch to be durable.
@@ -360,7 +367,7 @@ impl Object {
             let alarm_wakes = batch.iter().filter(|w| matches!(w, Work::Alarm)).count();
             let replies = self.run_batch(batch).await;
             self.release(replies);
-            for _ in 0..alarm_wakes {
+            for _ in 0..alarm_wakes - std::mem::take(&mut self.requeued_alarms) {
                 self.config.alarms.wake_done();
             }
             self.slot.last_used.set(Instant::now());
@@ -370,6 +377,11 @@ impl Object {
 
     /// Open the database and activate the instance if needed.
     async fn ensure_active(&mut self, name: Option<&str>) -> Result<(), Response> {
+        if self.poisoned {
+            return Err(internal(
+                "this object's last batch is in the host log but not in its file; restart the host to replay it",
+            ));
+        }
         if self.ctx.is_none() {
             let durability = &self.config.durability;
             let sync_new = !durability.captures_changes();
@@ -388,7 +400,8 @@ impl Object {
             ctx.clock = self.config.clock.clone();
             self.reported_due =
                 crate::alarms::earliest_due(&ctx.conn).map_err(|e| internal(e.to_string()))?;
-            self.needs_image = upgraded && durability.captures_changes();
+            // An object the log has never seen a batch of ships a whole image first.
+            self.needs_image = (upgraded || self.seq == 0) && durability.captures_changes();
             let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
             self.log = Some(durability.attach(self.class.name, self.id, &path, self.seq));
             self.ctx = Some(ctx);
@@ -400,13 +413,23 @@ impl Object {
             let activate = self.class.activate;
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| activate(ctx)));
             let failure = match result {
-                Ok(Ok(instance)) => match self.commit(before, capture, &[]).await {
-                    Ok(()) => {
-                        self.instance = Some(instance);
-                        return Ok(());
+                Ok(Ok(instance)) => {
+                    // A constructor may schedule alarms too (and migrations ship images).
+                    let committed = match self.index_alarms_before(false) {
+                        Ok(due) => self.commit(before, capture, &[]).await.map(|()| due),
+                        Err(e) => Err(e),
+                    };
+                    match committed {
+                        Ok(due) => {
+                            if let Some(due) = due {
+                                self.index_alarms_after(due);
+                            }
+                            self.instance = Some(instance);
+                            return Ok(());
+                        }
+                        Err(e) => internal(format!("committing activation: {e}")),
                     }
-                    Err(e) => internal(format!("committing activation: {e}")),
-                },
+                }
                 Ok(Err(e)) => Response::Error(WireError::ObjectReset {
                     message: format!("activation failed: {}", e.0),
                 }),
@@ -420,11 +443,55 @@ impl Object {
         Ok(())
     }
 
+    /// Before the batch can become durable: if its alarms changed (or an alarm wake ran,
+    /// `woken`), lower the index entry to the earlier of the old and new earliest due
+    /// time, so that no durable alarm is ever missing from the index whatever happens
+    /// next. Returns the new earliest due time to publish after the commit. Also turns
+    /// a migration or `delete_all` into an image, so their bookkeeping is logged.
+    fn index_alarms_before(&mut self, woken: bool) -> Result<Option<Option<u64>>, String> {
+        let ctx = self.ctx.as_mut().expect("active");
+        if ctx.force_image.replace(false) {
+            self.needs_image = true;
+        }
+        if !(woken || std::mem::take(&mut ctx.alarms_touched)) {
+            return Ok(None);
+        }
+        let due =
+            crate::alarms::earliest_due(&ctx.conn).map_err(|e| format!("reading alarms: {e}"))?;
+        let provisional = match (self.reported_due, due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if provisional != self.reported_due {
+            self.config
+                .alarms
+                .index_due(self.class.name, self.id, provisional)
+                .map_err(|e| format!("updating the alarm index: {e}"))?;
+            self.reported_due = provisional;
+        }
+        Ok(Some(due))
+    }
+
+    /// After the commit: the exact earliest due time, to the index and the scheduler.
+    fn index_alarms_after(&mut self, due: Option<u64>) {
+        if due != self.reported_due {
+            match self.config.alarms.index_due(self.class.name, self.id, due) {
+                Ok(()) => self.reported_due = due,
+                // The index keeps the earlier value: at worst one needless wake.
+                Err(e) => {
+                    tracing::warn!(class = self.class.name, id = %self.id, error = %e, "updating the alarm index")
+                }
+            }
+        }
+        self.config.alarms.notify_due(self.class.name, self.id, due);
+    }
+
     /// Start a batch: begin capturing changes (if the log wants them) and the transaction.
     fn begin(&mut self) -> Result<Option<store::ChangeCapture>, Response> {
         let ctx = self.ctx.as_mut().expect("opened");
         // Requests from an earlier, failed batch do not carry over.
         ctx.alarms_touched = false;
+        ctx.force_image.set(false);
         ctx.reset_after_turn = false;
         ctx.restore = None;
         let ctx = &*ctx;
@@ -500,19 +567,30 @@ impl Object {
             .map(|p| *p)
             .unwrap_or(DurablePos {
                 durable: 0,
+                lsn: 0,
                 failed: true,
             });
         if pos.failed {
             return Err("the host log could not make the batch durable".into());
         }
         // The batch is durable in the log: from here on it is committed, whatever happens
-        // to this SQLite commit (recovery replays it from the log).
+        // to this SQLite commit.
         self.seq = seq;
         self.needs_image = false;
-        ctx.conn.run("COMMIT").map_err(|e| {
-            tracing::error!(class = self.class.name, id = %self.id, error = %e, "SQLite commit failed after the log write; replayed on restart");
-            e.to_string()
-        })
+        match ctx.conn.run("COMMIT") {
+            Ok(()) => {
+                log.applied(pos.lsn);
+                Ok(())
+            }
+            Err(e) => {
+                // The log holds the batch but the file does not. The record stays
+                // unapplied, so no checkpoint passes it and the next start replays it;
+                // until then the object refuses work rather than build on a gap.
+                tracing::error!(class = self.class.name, id = %self.id, error = %e, "SQLite commit failed after the log write; the object is stopped until a restart replays it");
+                self.poisoned = true;
+                Err(e.to_string())
+            }
+        }
     }
 
     async fn run_batch(&mut self, batch: Vec<Work>) -> Vec<Reply> {
@@ -588,6 +666,10 @@ impl Object {
                     self.instance = None;
                     let mut queue = self.slot.queue.borrow_mut();
                     for w in work.by_ref().rev() {
+                        if matches!(w, Work::Alarm) {
+                            // Counted when it runs again, not now.
+                            self.requeued_alarms += 1;
+                        }
                         queue.push_front(w);
                     }
                     break;
@@ -601,23 +683,11 @@ impl Object {
                 }
             }
         }
-        let ctx = self.ctx.as_mut().expect("active");
-        let alarms_touched = alarms_ran || std::mem::take(&mut ctx.alarms_touched);
         let mut new_due = None;
-        if failure.is_none() && alarms_touched {
-            // Index the new earliest due time before the batch can become durable, so
-            // that no durable alarm is ever missing from the index.
-            match crate::alarms::earliest_due(&ctx.conn) {
-                Ok(due) => {
-                    if due != self.reported_due || alarms_ran {
-                        if let Err(e) = self.config.alarms.index_due(self.class.name, self.id, due)
-                        {
-                            failure = Some(format!("updating the alarm index: {e}"));
-                        }
-                        new_due = Some(due);
-                    }
-                }
-                Err(e) => failure = Some(format!("reading alarms: {e}")),
+        if failure.is_none() {
+            match self.index_alarms_before(alarms_ran) {
+                Ok(due) => new_due = due,
+                Err(e) => failure = Some(e),
             }
         }
         if failure.is_none() {
@@ -650,8 +720,7 @@ impl Object {
                 .collect();
         }
         if let Some(due) = new_due {
-            self.reported_due = due;
-            self.config.alarms.notify_due(self.class.name, self.id, due);
+            self.index_alarms_after(due);
         }
         if let Some(ctx) = self.ctx.as_mut() {
             if std::mem::take(&mut ctx.reset_after_turn) {
@@ -682,21 +751,39 @@ impl Object {
         }
         let mut watch = log.watch();
         log.submit(report.new_seq, Some(Change::Image(image.clone())));
-        let durable = watch
+        let pos = match watch
             .wait_for(|p| p.failed || p.durable >= report.new_seq)
             .await
-            .map(|p| !p.failed);
-        if !matches!(durable, Ok(true)) {
-            return Err("the host log could not make the restored state durable".into());
-        }
+        {
+            Ok(p) if !p.failed => *p,
+            _ => return Err("the host log could not make the restored state durable".into()),
+        };
+        // The restored state is in the log: the batch numbers move past it whatever
+        // happens to the file below.
+        self.seq = report.new_seq;
         self.instance = None;
         self.spare_capture = None;
         self.ctx = None;
-        self.log = None;
         let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
-        store::write_image(&path, &image)
-            .map_err(|e| format!("installing the restored state: {e}"))?;
-        self.seq = report.new_seq;
+        if let Err(e) = store::write_image(&path, &image) {
+            self.poisoned = true;
+            return Err(format!(
+                "installing the restored state (replayed on restart): {e}"
+            ));
+        }
+        if let Some(log) = self.log.take() {
+            log.applied(pos.lsn);
+        }
+        // The restored state has its own alarms: index them.
+        let due = rusqlite::Connection::open(&path)
+            .and_then(|c| crate::alarms::earliest_due(&c))
+            .map_err(|e| format!("reading the restored alarms: {e}"))?;
+        self.config
+            .alarms
+            .index_due(self.class.name, self.id, due)
+            .map_err(|e| format!("indexing the restored alarms: {e}"))?;
+        self.reported_due = due;
+        self.config.alarms.notify_due(self.class.name, self.id, due);
         tracing::info!(class = self.class.name, id = %self.id, ?report, "object restored");
         Ok(())
     }
@@ -723,6 +810,7 @@ impl Object {
                 Ok(p) => *p,
                 Err(_) => DurablePos {
                     durable: 0,
+                    lsn: 0,
                     failed: true,
                 },
             };

@@ -126,6 +126,7 @@ pub(crate) fn open(
             alarm_attempt: None,
             alarms_touched: false,
             reset_after_turn: false,
+            force_image: std::cell::Cell::new(false),
         },
         upgraded,
     ))
@@ -432,10 +433,15 @@ pub(crate) fn record_request(
         Recorded::Return(b) => (0i64, b),
         Recorded::AppError(b) => (1i64, b),
     };
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO _durable_requests(id, kind, body) VALUES (?1, ?2, ?3)",
-    )?
-    .execute(rusqlite::params![&id[..], kind, body])?;
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO _durable_requests(id, kind, body) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(rusqlite::params![&id[..], kind, body])?;
+    if inserted == 0 {
+        // Already recorded (a replay): no new row, and last_insert_rowid() is not ours.
+        return Ok(());
+    }
     let seq = conn.last_insert_rowid();
     if seq % 64 == 0 {
         conn.prepare_cached("DELETE FROM _durable_requests WHERE seq <= ?1")?

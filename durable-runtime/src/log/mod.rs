@@ -189,7 +189,6 @@ struct Entry {
     kind: RecordKind,
     payload: Vec<u8>,
     pos: Arc<watch::Sender<DurablePos>>,
-    db_path: Arc<PathBuf>,
 }
 
 enum Msg {
@@ -197,12 +196,23 @@ enum Msg {
     Shutdown(mpsc::Sender<()>),
 }
 
+/// Records are durable in the log before their object commits them to its own file.
+/// A checkpoint may only cover records that objects have committed: `unapplied` holds
+/// the durable records not yet committed, `dirty` the objects that committed records
+/// since the last checkpoint (an object adds itself *before* removing its lsn from
+/// `unapplied`, under this one lock).
+#[derive(Default)]
+struct Applied {
+    unapplied: std::collections::BTreeSet<u64>,
+    dirty: HashMap<(&'static str, ObjectId), Arc<PathBuf>>,
+}
+
 struct Shared {
     data_dir: PathBuf,
     retention: Option<Duration>,
     durable_lsn: watch::Sender<u64>,
-    /// Objects with records since the last checkpoint, and their database paths.
-    dirty: Mutex<HashMap<(&'static str, ObjectId), Arc<PathBuf>>>,
+    /// What a checkpoint may cover: see [`Applied`].
+    applied: Mutex<Applied>,
     bytes_since_checkpoint: AtomicU64,
     last_checkpoint: AtomicU64,
     failed: AtomicBool,
@@ -219,26 +229,54 @@ impl Shared {
     /// as the checkpoint, and retire the segments it covers.
     fn checkpoint(&self) -> std::io::Result<u64> {
         let _one_at_a_time = self.checkpoint_lock.lock().unwrap();
-        // Read the lsn before taking the dirty set: the writer adds objects to the set
-        // before it publishes their lsn, so every record <= lsn has its object in it.
-        let lsn = *self.durable_lsn.borrow();
-        if lsn == self.last_checkpoint.load(Ordering::Acquire) {
+        // Under the lock: every durable record <= lsn is either still unapplied (then
+        // lsn stops below it) or committed by an object that is in `dirty`.
+        let (lsn, dirty) = {
+            let mut applied = self.applied.lock().unwrap();
+            let durable = *self.durable_lsn.borrow();
+            let lsn = match applied.unapplied.first() {
+                Some(first) => durable.min(first - 1),
+                None => durable,
+            };
+            (lsn, std::mem::take(&mut applied.dirty))
+        };
+        let restore = |dirty: &HashMap<(&'static str, ObjectId), Arc<PathBuf>>| {
+            let mut applied = self.applied.lock().unwrap();
+            for (k, p) in dirty {
+                applied.dirty.entry(*k).or_insert_with(|| p.clone());
+            }
+        };
+        if lsn <= self.last_checkpoint.load(Ordering::Acquire) && dirty.is_empty() {
             return Ok(lsn);
         }
-        let dirty = std::mem::take(&mut *self.dirty.lock().unwrap());
+        let mut dirs = std::collections::BTreeSet::new();
         for (key, path) in &dirty {
+            if let Some(dir) = path.parent() {
+                dirs.insert(dir.to_owned());
+            }
             if let Err(e) = sync_object_files(path) {
-                // Put everything back: the next checkpoint must sync these again.
-                let mut set = self.dirty.lock().unwrap();
-                for (k, p) in &dirty {
-                    set.entry(*k).or_insert_with(|| p.clone());
-                }
+                // The next checkpoint must sync these again.
+                restore(&dirty);
                 tracing::error!(class = key.0, id = %key.1, error = %e, "checkpoint: syncing an object failed");
                 return Err(e);
             }
         }
+        // New object files (and WAL files SQLite recreates after an eviction) are
+        // directory entries: make them durable too.
+        for dir in &dirs {
+            if let Err(e) = crate::store::sync_dir(dir) {
+                restore(&dirty);
+                return Err(e);
+            }
+        }
+        if !dirs.is_empty() {
+            crate::store::sync_dir(&self.data_dir.join("objects"))?;
+        }
         for path in &self.also_sync {
             sync_object_files(path)?;
+        }
+        if lsn <= self.last_checkpoint.load(Ordering::Acquire) {
+            return Ok(lsn);
         }
         write_checkpoint(&self.data_dir, lsn)?;
         self.last_checkpoint.store(lsn, Ordering::Release);
@@ -274,7 +312,7 @@ impl HostLog {
             data_dir: data_dir.to_owned(),
             retention: config.retention,
             durable_lsn: watch::channel(next_lsn - 1).0,
-            dirty: Mutex::new(HashMap::new()),
+            applied: Mutex::new(Applied::default()),
             bytes_since_checkpoint: AtomicU64::new(0),
             last_checkpoint: AtomicU64::new(checkpoint),
             failed: AtomicBool::new(false),
@@ -335,12 +373,14 @@ impl Durability for HostLog {
     ) -> Box<dyn ObjectLog> {
         Box::new(HostObjectLog {
             tx: self.sender.clone(),
+            shared: self.shared.clone(),
             class,
             id,
             db_path: Arc::new(db_path.to_owned()),
             pos: Arc::new(
                 watch::channel(DurablePos {
                     durable: durable_seq,
+                    lsn: 0,
                     failed: false,
                 })
                 .0,
@@ -374,6 +414,7 @@ impl Durability for HostLog {
 
 struct HostObjectLog {
     tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
     class: &'static str,
     id: ObjectId,
     db_path: Arc<PathBuf>,
@@ -398,7 +439,6 @@ impl ObjectLog for HostObjectLog {
             kind,
             payload,
             pos: self.pos.clone(),
-            db_path: self.db_path.clone(),
         };
         if self.tx.send(Msg::Append(entry)).is_err() {
             self.pos.send_modify(|p| p.failed = true);
@@ -407,6 +447,15 @@ impl ObjectLog for HostObjectLog {
 
     fn watch(&self) -> watch::Receiver<DurablePos> {
         self.pos.subscribe()
+    }
+
+    fn applied(&self, lsn: u64) {
+        let mut applied = self.shared.applied.lock().unwrap();
+        applied
+            .dirty
+            .entry((self.class, self.id))
+            .or_insert_with(|| self.db_path.clone());
+        applied.unapplied.remove(&lsn);
     }
 }
 
@@ -489,21 +538,27 @@ fn writer_loop(
                         let since = shared
                             .bytes_since_checkpoint
                             .fetch_add(buf.len() as u64, Ordering::AcqRel);
-                        {
-                            let mut dirty = shared.dirty.lock().unwrap();
-                            for e in &batch {
-                                dirty
-                                    .entry((e.class, e.object))
-                                    .or_insert_with(|| e.db_path.clone());
-                            }
-                        }
+                        // Durable, not yet committed by their objects: no checkpoint
+                        // may cover them until each object reports it has.
+                        shared
+                            .applied
+                            .lock()
+                            .unwrap()
+                            .unapplied
+                            .extend(first..next_lsn);
                         shared.durable_lsn.send_replace(next_lsn - 1);
                         let publish = shared.feed.receiver_count() > 0;
                         for (i, e) in batch.drain(..).enumerate() {
-                            e.pos.send_modify(|p| p.durable = p.durable.max(e.seq));
+                            let lsn = first + i as u64;
+                            e.pos.send_modify(|p| {
+                                if e.seq >= p.durable {
+                                    p.durable = e.seq;
+                                    p.lsn = lsn;
+                                }
+                            });
                             if publish {
                                 let _ = shared.feed.send(Arc::new(LogRecord {
-                                    lsn: first + i as u64,
+                                    lsn,
                                     time_ms: now,
                                     kind: e.kind,
                                     class: e.class.to_string(),

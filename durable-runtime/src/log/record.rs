@@ -163,6 +163,11 @@ pub(crate) fn parse_segment(bytes: &[u8]) -> SegmentRead {
         if len == 0 {
             break None;
         }
+        if len < FIXED {
+            break Some(TailProblem::Invalid(format!(
+                "record length {len} is below the minimum"
+            )));
+        }
         if bytes.len() - at - 4 < len {
             break Some(TailProblem::Truncated);
         }
@@ -263,6 +268,12 @@ mod tests {
         let bad = parse_segment(&flipped);
         assert_eq!(bad.problem, Some(TailProblem::BadChecksum));
         assert_eq!(bad.records.len(), 2);
+        // A length too small to hold a header is invalid, not a panic.
+        let mut tiny = sample(1);
+        tiny.extend([2, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let r = parse_segment(&tiny);
+        assert!(matches!(r.problem, Some(TailProblem::Invalid(_))));
+        assert_eq!(r.records.len(), 1);
         // Zero padding after the data is a clean end.
         let mut padded = bytes.clone();
         padded.extend([0; 64]);

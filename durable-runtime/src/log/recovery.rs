@@ -71,8 +71,19 @@ pub(crate) fn recover(
             list.push(record);
         }
         if let Some(problem) = read.problem {
-            // Never apply anything past a bad record: cut this segment there and drop
-            // every later one.
+            if i + 1 < segments.len() {
+                // Damage before the newest segment is not a torn tail: applying what
+                // follows would skip records. Refuse to start rather than guess.
+                return Err(HostError::Config(format!(
+                    "log segment {} is damaged at byte {} ({problem}) and later segments exist; \
+                     the records after it cannot be applied safely. Keep a copy of the data \
+                     directory and truncate or remove the damaged segment by hand",
+                    path.display(),
+                    read.good_len
+                )));
+            }
+            // A torn tail of the newest segment: never apply anything past the last good
+            // record; cut it there.
             tracing::warn!(segment = %path.display(), offset = read.good_len, %problem, "log tail cut at the last good record");
             let f = std::fs::OpenOptions::new()
                 .write(true)
@@ -81,9 +92,6 @@ pub(crate) fn recover(
             f.set_len(read.good_len)
                 .and_then(|_| f.sync_all())
                 .map_err(io("cutting a torn segment"))?;
-            for (_, later) in &segments[i + 1..] {
-                std::fs::remove_file(later).map_err(io("removing a segment after a torn tail"))?;
-            }
             report.cut = Some((path.clone(), read.good_len, problem));
             break;
         }
