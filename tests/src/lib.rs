@@ -222,5 +222,39 @@ pub enum ProbeError {
 
 /// Register the example classes and the test classes.
 pub fn register_all(host: durable::Host) -> durable::Host {
-    durable_examples::register_all(host).register::<Probe>()
+    durable_examples::register_all(host)
+        .register::<Probe>()
+        .register::<Starter>()
+}
+
+/// An object whose constructor schedules an alarm the first time it is activated.
+pub struct Starter;
+
+#[durable_object]
+impl Starter {
+    fn activate(ctx: &mut Context) -> Result<Self, Error> {
+        ctx.sql()
+            .migrate(&["CREATE TABLE boots(at_ms INTEGER NOT NULL)"])?;
+        let booted: i64 = ctx
+            .sql()
+            .query_row("SELECT count(*) FROM boots", [], |r| r.get(0))?;
+        if booted == 0 && ctx.pending_alarms()?.is_empty() {
+            Self::schedule_boot(ctx, Duration::from_secs(1), "boot")?;
+        }
+        Ok(Starter)
+    }
+
+    /// How many times the `boot` alarm ran.
+    pub async fn boots(&self, ctx: &mut Context) -> Result<i64, Error> {
+        ctx.sql()
+            .query_row("SELECT count(*) FROM boots", [], |r| r.get(0))
+    }
+
+    #[alarm]
+    async fn boot(&mut self, ctx: &mut Context) -> Result<(), Error> {
+        let now = ms(ctx.now()) as i64;
+        ctx.sql()
+            .execute("INSERT INTO boots(at_ms) VALUES (?1)", [now])?;
+        Ok(())
+    }
 }

@@ -317,3 +317,15 @@ async fn a_seat_hold_made_for_two_seconds_is_released_once_after_kill_dash_nine_
         "the release ran exactly once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_scheduled_by_the_constructor_fires_after_eviction() {
+    use durable_tests::Starter;
+    let t = harness().await;
+    let s = t.get::<Starter>("s");
+    assert_eq!(s.boots().await.unwrap(), 0);
+    assert_eq!(t.pending_alarms::<Starter>("s").len(), 1);
+    assert!(t.evict::<Starter>("s").await);
+    t.advance(Duration::from_secs(2)).await;
+    assert_eq!(s.boots().await.unwrap(), 1);
+}
