@@ -200,11 +200,18 @@ enum Msg {
 /// A checkpoint may only cover records that objects have committed: `unapplied` holds
 /// the durable records not yet committed, `dirty` the objects that committed records
 /// since the last checkpoint (an object adds itself *before* removing its lsn from
-/// `unapplied`, under this one lock).
+/// `unapplied`, under its stripe's lock). Striped by object id, so objects on different
+/// shards do not contend; a checkpoint holds every stripe at once.
 #[derive(Default)]
 struct Applied {
     unapplied: std::collections::BTreeSet<u64>,
     dirty: HashMap<(&'static str, ObjectId), Arc<PathBuf>>,
+}
+
+const APPLIED_STRIPES: usize = 16;
+
+fn stripe(id: &ObjectId) -> usize {
+    id.as_bytes()[0] as usize % APPLIED_STRIPES
 }
 
 struct Shared {
@@ -212,7 +219,7 @@ struct Shared {
     retention: Option<Duration>,
     durable_lsn: watch::Sender<u64>,
     /// What a checkpoint may cover: see [`Applied`].
-    applied: Mutex<Applied>,
+    applied: Vec<Mutex<Applied>>,
     bytes_since_checkpoint: AtomicU64,
     last_checkpoint: AtomicU64,
     failed: AtomicBool,
@@ -232,17 +239,25 @@ impl Shared {
         // Under the lock: every durable record <= lsn is either still unapplied (then
         // lsn stops below it) or committed by an object that is in `dirty`.
         let (lsn, dirty) = {
-            let mut applied = self.applied.lock().unwrap();
+            let mut stripes: Vec<_> = self.applied.iter().map(|m| m.lock().unwrap()).collect();
             let durable = *self.durable_lsn.borrow();
-            let lsn = match applied.unapplied.first() {
+            let first = stripes
+                .iter()
+                .filter_map(|a| a.unapplied.first().copied())
+                .min();
+            let lsn = match first {
                 Some(first) => durable.min(first - 1),
                 None => durable,
             };
-            (lsn, std::mem::take(&mut applied.dirty))
+            let mut dirty = HashMap::new();
+            for a in stripes.iter_mut() {
+                dirty.extend(a.dirty.drain());
+            }
+            (lsn, dirty)
         };
         let restore = |dirty: &HashMap<(&'static str, ObjectId), Arc<PathBuf>>| {
-            let mut applied = self.applied.lock().unwrap();
             for (k, p) in dirty {
+                let mut applied = self.applied[stripe(&k.1)].lock().unwrap();
                 applied.dirty.entry(*k).or_insert_with(|| p.clone());
             }
         };
@@ -312,7 +327,9 @@ impl HostLog {
             data_dir: data_dir.to_owned(),
             retention: config.retention,
             durable_lsn: watch::channel(next_lsn - 1).0,
-            applied: Mutex::new(Applied::default()),
+            applied: (0..APPLIED_STRIPES)
+                .map(|_| Mutex::new(Applied::default()))
+                .collect(),
             bytes_since_checkpoint: AtomicU64::new(0),
             last_checkpoint: AtomicU64::new(checkpoint),
             failed: AtomicBool::new(false),
@@ -450,7 +467,7 @@ impl ObjectLog for HostObjectLog {
     }
 
     fn applied(&self, lsn: u64) {
-        let mut applied = self.shared.applied.lock().unwrap();
+        let mut applied = self.shared.applied[stripe(&self.id)].lock().unwrap();
         applied
             .dirty
             .entry((self.class, self.id))
@@ -540,12 +557,13 @@ fn writer_loop(
                             .fetch_add(buf.len() as u64, Ordering::AcqRel);
                         // Durable, not yet committed by their objects: no checkpoint
                         // may cover them until each object reports it has.
-                        shared
-                            .applied
-                            .lock()
-                            .unwrap()
-                            .unapplied
-                            .extend(first..next_lsn);
+                        for (i, e) in batch.iter().enumerate() {
+                            shared.applied[stripe(&e.object)]
+                                .lock()
+                                .unwrap()
+                                .unapplied
+                                .insert(first + i as u64);
+                        }
                         shared.durable_lsn.send_replace(next_lsn - 1);
                         let publish = shared.feed.receiver_count() > 0;
                         for (i, e) in batch.drain(..).enumerate() {
