@@ -529,7 +529,7 @@ mod tests {
             TokenStream::new(),
             parse_quote! {
                 impl Counter {
-                    fn activate(ctx: &mut Context) -> Result<Self, Error> { todo!() }
+                    fn activate(ctx: &mut Context) -> Result<Self, Error> { panic!("fixture") }
                     #method
                 }
             },
@@ -539,7 +539,7 @@ mod tests {
     #[test]
     fn valid_block_passes() {
         let found = method_messages(quote::quote! {
-            pub async fn increment(&mut self, ctx: &mut Context, by: i64) -> Result<i64, Error> { todo!() }
+            pub async fn increment(&mut self, ctx: &mut Context, by: i64) -> Result<i64, Error> { panic!("fixture") }
             pub async fn get(&self, _ctx: &mut Context) -> i64 { 0 }
             pub async fn unit(&self, ctx: &mut Context, mut name: String, tags: Vec<String>) {}
             pub async fn cow(&self, ctx: &mut Context, s: std::borrow::Cow<'static, str>) {}
@@ -611,7 +611,7 @@ mod tests {
                 &["arguments of remote methods must be plain names, like `by: i64`: the client stub reuses them"],
             ),
             (
-                quote::quote!(pub async fn m(&self, ctx: &mut Context) -> Result<u8> { todo!() }),
+                quote::quote!(pub async fn m(&self, ctx: &mut Context) -> Result<u8> { panic!("fixture") }),
                 &["write the error type explicitly: `Result<T, E>` (the caller needs to decode it)"],
             ),
             (
@@ -644,10 +644,10 @@ mod tests {
     fn valid_alarms_pass() {
         let found = method_messages(quote::quote! {
             #[alarm]
-            async fn release(&mut self, ctx: &mut Context, seat: u32, user: String) -> Result<(), Error> { todo!() }
+            async fn release(&mut self, ctx: &mut Context, seat: u32, user: String) -> Result<(), Error> { panic!("fixture") }
             /// Any visibility; any return type; `Result<T>` aliases are fine.
             #[alarm]
-            pub async fn tick(&self, _ctx: &mut Context) -> anyhow::Result<u8> { todo!() }
+            pub async fn tick(&self, _ctx: &mut Context) -> anyhow::Result<u8> { panic!("fixture") }
             #[alarm]
             pub(crate) async fn plain(&self, ctx: &mut Context, key: String) -> &'static str { "" }
             // Names reserved for remote methods are free for alarms.
@@ -788,7 +788,7 @@ mod tests {
         assert_eq!(
             messages(
                 TokenStream::new(),
-                parse_quote!(impl Clone for Counter { #[alarm] fn clone(&self) -> Self { todo!() } })
+                parse_quote!(impl Clone for Counter { #[alarm] fn clone(&self) -> Self { panic!("fixture") } })
             ),
             ["`#[durable_object]` goes on an inherent impl block, not a trait impl: write `impl Counter { ... }`"]
         );
@@ -798,7 +798,7 @@ mod tests {
     fn all_errors_are_reported_together() {
         let found = method_messages(quote::quote! {
             pub fn a(self, s: &str) {}
-            pub async fn id(&self, ctx: &mut Context) -> Result<u8> { todo!() }
+            pub async fn id(&self, ctx: &mut Context) -> Result<u8> { panic!("fixture") }
         });
         assert_eq!(
             found,
@@ -818,14 +818,14 @@ mod tests {
         assert_eq!(
             messages(
                 quote::quote!(x),
-                parse_quote!(impl Counter { fn a(ctx: &mut Context) -> Self { todo!() } })
+                parse_quote!(impl Counter { fn a(ctx: &mut Context) -> Self { panic!("fixture") } })
             ),
             ["`#[durable_object]` takes no arguments: write `#[durable_object]`"]
         );
         assert_eq!(
             messages(
                 TokenStream::new(),
-                parse_quote!(impl Clone for Counter { fn a(ctx: &mut Context) -> Self { todo!() } })
+                parse_quote!(impl Clone for Counter { fn a(ctx: &mut Context) -> Self { panic!("fixture") } })
             ),
             ["`#[durable_object]` goes on an inherent impl block, not a trait impl: write `impl Counter { ... }`"]
         );
@@ -835,7 +835,7 @@ mod tests {
                 parse_quote!(
                     impl<T> Counter {
                         fn a(ctx: &mut Context) -> Self {
-                            todo!()
+                            panic!("fixture")
                         }
                     }
                 )
@@ -845,7 +845,7 @@ mod tests {
         assert_eq!(
             messages(
                 TokenStream::new(),
-                parse_quote!(impl Counter<u8> { fn a(ctx: &mut Context) -> Self { todo!() } })
+                parse_quote!(impl Counter<u8> { fn a(ctx: &mut Context) -> Self { panic!("fixture") } })
             ),
             ["a durable object class must be a plain named type without generic arguments, like \
               `impl Counter`: its name is the class name on the wire"]
@@ -861,7 +861,7 @@ mod tests {
         assert_eq!(
             messages(
                 TokenStream::new(),
-                parse_quote!(impl Counter { fn activate(ctx: &Context) -> Self { todo!() } })
+                parse_quote!(impl Counter { fn activate(ctx: &Context) -> Self { panic!("fixture") } })
             ),
             ["`activate` is not an activation constructor: it must take only `ctx: &mut Context` and return \
               `Self` or `Result<Self, E>`"]
@@ -870,8 +870,8 @@ mod tests {
             messages(
                 TokenStream::new(),
                 parse_quote!(impl Counter {
-                    fn a(ctx: &mut Context) -> Self { todo!() }
-                    fn b(ctx: &mut Context) -> Result<Counter, E> { todo!() }
+                    fn a(ctx: &mut Context) -> Self { panic!("fixture") }
+                    fn b(ctx: &mut Context) -> Result<Counter, E> { panic!("fixture") }
                 })
             ),
             ["a class has one activation constructor; `b` is a second one: remove it or make it a plain \
@@ -880,7 +880,7 @@ mod tests {
         assert_eq!(
             messages(
                 TokenStream::new(),
-                parse_quote!(impl Counter { async fn a(ctx: &mut Context) -> Self { todo!() } })
+                parse_quote!(impl Counter { async fn a(ctx: &mut Context) -> Self { panic!("fixture") } })
             ),
             ["the activation constructor must not be async"]
         );

@@ -64,14 +64,14 @@ mod tests {
             TokenStream::new(),
             quote! {
                 impl Counter {
-                    fn activate(ctx: &mut Context) -> Result<Self, durable::Error> { todo!() }
+                    fn activate(ctx: &mut Context) -> Result<Self, durable::Error> { panic!("fixture") }
                     /// Adds `by`.
                     pub async fn increment(&mut self, ctx: &mut Context, by: i64) -> Result<i64, durable::Error> {
-                        todo!()
+                        panic!("fixture")
                     }
                     pub async fn get(&self, ctx: &mut Context) -> i64 { 0 }
                     pub async fn reset(&mut self, ctx: &mut Context) {}
-                    pub async fn merge(&mut self, ctx: &mut Context, other: Vec<Self>, name: String) -> Self { todo!() }
+                    pub async fn merge(&mut self, ctx: &mut Context, other: Vec<Self>, name: String) -> Self { panic!("fixture") }
                     fn helper(&self) {}
                 }
             },
@@ -108,7 +108,7 @@ mod tests {
             TokenStream::new(),
             quote! {
                 impl Counter {
-                    fn activate(ctx: &mut Context) -> Self { todo!() }
+                    fn activate(ctx: &mut Context) -> Self { panic!("fixture") }
                     #[alarm]
                     pub async fn tick(&mut self, ctx: &mut Context) {}
                     #[durable::alarm]
@@ -159,13 +159,13 @@ mod tests {
             TokenStream::new(),
             quote! {
                 impl Reservation {
-                    fn activate(ctx: &mut Context) -> Self { todo!() }
+                    fn activate(ctx: &mut Context) -> Self { panic!("fixture") }
                     pub async fn hold(&mut self, ctx: &mut Context, seat: u32) {}
                     #[alarm]
                     pub(crate) async fn release(&mut self, ctx: &mut Context, seat: u32, key: String)
-                        -> Result<(), durable::Error> { todo!() }
+                        -> Result<(), durable::Error> { panic!("fixture") }
                     #[alarm]
-                    async fn tick(&self, ctx: &mut Context) -> anyhow::Result<()> { todo!() }
+                    async fn tick(&self, ctx: &mut Context) -> anyhow::Result<()> { panic!("fixture") }
                     #[alarm]
                     async fn r#type(&self, ctx: &mut Context) -> u8 { 0 }
                 }
@@ -265,7 +265,7 @@ mod tests {
             TokenStream::new(),
             quote! {
                 impl Counter {
-                    fn activate(ctx: &mut Context) -> Self { todo!() }
+                    fn activate(ctx: &mut Context) -> Self { panic!("fixture") }
                 }
             },
         );

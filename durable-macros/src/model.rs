@@ -374,13 +374,13 @@ mod tests {
     fn sorts_functions() {
         let class = read(parse_quote! {
             impl Counter {
-                fn activate(ctx: &mut Context) -> Result<Self, Error> { todo!() }
+                fn activate(ctx: &mut Context) -> Result<Self, Error> { panic!("fixture") }
                 /// Adds.
-                pub async fn increment(&mut self, ctx: &mut Context, by: i64) -> Result<i64, Error> { todo!() }
+                pub async fn increment(&mut self, ctx: &mut Context, by: i64) -> Result<i64, Error> { panic!("fixture") }
                 pub async fn get(&self, _ctx: &mut durable::Context) -> i64 { 0 }
                 fn helper(&self) {}
                 pub(crate) async fn internal(&self, ctx: &mut Context) {}
-                pub fn new_plain() -> Self { todo!() }
+                pub fn new_plain() -> Self { panic!("fixture") }
                 #[alarm]
                 pub async fn tick(&mut self, ctx: &mut Context) {}
             }
@@ -414,12 +414,12 @@ mod tests {
     fn constructor_shapes() {
         let class = read(parse_quote! {
             impl Counter {
-                fn a(ctx: &mut Context) -> Self { todo!() }
-                fn b(ctx: &mut Context) -> Counter { todo!() }
-                fn c(ctx: &mut Context) -> std::result::Result<Counter, String> { todo!() }
-                fn not_shared(ctx: &Context) -> Self { todo!() }
-                fn not_two(ctx: &mut Context, x: u8) -> Self { todo!() }
-                fn not_other(ctx: &mut Context) -> Result<u8, String> { todo!() }
+                fn a(ctx: &mut Context) -> Self { panic!("fixture") }
+                fn b(ctx: &mut Context) -> Counter { panic!("fixture") }
+                fn c(ctx: &mut Context) -> std::result::Result<Counter, String> { panic!("fixture") }
+                fn not_shared(ctx: &Context) -> Self { panic!("fixture") }
+                fn not_two(ctx: &mut Context, x: u8) -> Self { panic!("fixture") }
+                fn not_other(ctx: &mut Context) -> Result<u8, String> { panic!("fixture") }
             }
         });
         let found: Vec<(String, bool)> = class
@@ -455,8 +455,8 @@ mod tests {
         let class = read(parse_quote! {
             impl C {
                 pub async fn a(&self, ctx: &mut Context) {}
-                pub async fn b(&self, ctx: &mut Context) -> Result<u8> { todo!() }
-                pub async fn c(&self, ctx: &mut Context) -> core::result::Result<u8, E> { todo!() }
+                pub async fn b(&self, ctx: &mut Context) -> Result<u8> { panic!("fixture") }
+                pub async fn c(&self, ctx: &mut Context) -> core::result::Result<u8, E> { panic!("fixture") }
             }
         });
         assert!(matches!(class.methods[0].output, Output::Value(None)));
@@ -474,7 +474,7 @@ mod tests {
                 /// Releases.
                 #[alarm]
                 pub async fn release(&mut self, ctx: &mut Context, mut seat: u32, user: String) -> Result<(), E> {
-                    todo!()
+                    panic!("fixture")
                 }
                 #[durable::alarm]
                 async fn a(&self, ctx: &mut Context) {}
@@ -485,7 +485,7 @@ mod tests {
                 #[alarm(x)]
                 async fn d(&self, ctx: &mut Context) {}
                 #[alarm]
-                fn no_receiver(ctx: &mut Context) -> Self { todo!() }
+                fn no_receiver(ctx: &mut Context) -> Self { panic!("fixture") }
                 #[other::alarm]
                 pub async fn not_an_alarm(&self, ctx: &mut Context) {}
             }
