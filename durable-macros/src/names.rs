@@ -11,8 +11,18 @@ pub(crate) fn client(class: &Ident) -> Ident {
     format_ident!("{}Client", class)
 }
 
-/// The fixed methods of every client stub; remote methods cannot use these names.
-pub(crate) const STUB_METHODS: &[&str] = &["id", "with_deadline"];
+/// The fixed methods of every client stub, and the trait methods callers reach on it
+/// (`Clone`, `Debug`, `From`/`Into`), which a remote method of the same name would
+/// shadow; remote methods cannot use these names.
+pub(crate) const STUB_METHODS: &[&str] = &[
+    "id",
+    "with_deadline",
+    "clone",
+    "clone_from",
+    "fmt",
+    "from",
+    "into",
+];
 
 /// The prefix of names the macro keeps for itself.
 pub(crate) const PRIVATE_PREFIX: &str = "__durable";

@@ -222,8 +222,11 @@ fn sweep(
             .filter(|(_, s)| idle(s))
             .map(|(k, s)| (s.last_used.get(), *k))
             .collect();
-        candidates.sort();
-        let excess = objects.len() - limit;
+        let excess = (objects.len() - limit).min(candidates.len());
+        if excess > 0 && excess < candidates.len() {
+            // The `excess` least recently used, in linear time.
+            candidates.select_nth_unstable(excess - 1);
+        }
         for (_, key) in candidates.into_iter().take(excess) {
             if let Some(slot) = objects.remove(&key) {
                 close_slot(&slot);
