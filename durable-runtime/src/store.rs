@@ -20,6 +20,9 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// The page size of new object databases.
+const PAGE_SIZE: i64 = 1024;
+
 /// Bump when `SCHEMA` changes.
 const SCHEMA_REVISION: i64 = 1;
 
@@ -56,17 +59,25 @@ pub(crate) fn open(
     // keeps thousands of connections open, so keep it small (8 KiB).
     // SAFETY: a live connection with no statements yet; NULL buffer means SQLite
     // allocates the (smaller) lookaside itself.
-    unsafe {
+    let rc = unsafe {
         rusqlite::ffi::sqlite3_db_config(
             conn.handle(),
             rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
             std::ptr::null_mut::<std::os::raw::c_void>(),
             128 as std::os::raw::c_int,
             64 as std::os::raw::c_int,
-        );
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        tracing::debug!(rc, "could not shrink the lookaside memory");
     }
     let mut upgraded = false;
     let mut setup = || -> rusqlite::Result<()> {
+        if fresh {
+            // Objects are small: 1 KiB pages cut the bytes each commit writes to the
+            // WAL and the page cache each connection holds (4 KiB is SQLite's default).
+            conn.pragma_update(None, "page_size", PAGE_SIZE)?;
+        }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "cache_size", -256)?;
