@@ -70,14 +70,8 @@ impl Row {
         baseline: Option<f64>,
         against: &str,
     ) -> Row {
-        Row {
-            scenario: scenario.into(),
-            value,
-            unit: unit.into(),
-            baseline,
-            ratio: baseline.filter(|b| *b > 0.0).map(|b| value / b),
-            against: against.into(),
-        }
+        let ratio = baseline.filter(|b| *b > 0.0).map(|b| value / b);
+        Row::new(scenario, value, unit, baseline, ratio, against)
     }
 
     /// A latency- or size-like row (lower is better).
@@ -88,12 +82,24 @@ impl Row {
         baseline: Option<f64>,
         against: &str,
     ) -> Row {
+        let ratio = baseline.filter(|_| value > 0.0).map(|b| b / value);
+        Row::new(scenario, value, unit, baseline, ratio, against)
+    }
+
+    fn new(
+        scenario: &str,
+        value: f64,
+        unit: &str,
+        baseline: Option<f64>,
+        ratio: Option<f64>,
+        against: &str,
+    ) -> Row {
         Row {
             scenario: scenario.into(),
             value,
             unit: unit.into(),
             baseline,
-            ratio: baseline.filter(|_| value > 0.0).map(|b| b / value),
+            ratio,
             against: against.into(),
         }
     }

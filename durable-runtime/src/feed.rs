@@ -166,14 +166,13 @@ pub fn read_records(data_dir: &Path, since: u64) -> std::io::Result<(Vec<LogReco
     segments.dedup_by_key(|(first, _)| *first);
     let mut out = Vec::new();
     let mut last = since;
-    for (i, (first, path)) in segments.iter().enumerate() {
+    for (i, (_, path)) in segments.iter().enumerate() {
         // Skip whole segments that end at or before `since`.
         if let Some((next_first, _)) = segments.get(i + 1) {
             if next_first.saturating_sub(1) <= since {
                 continue;
             }
         }
-        let _ = first;
         let read = match log::read_segment(path) {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,

@@ -285,13 +285,8 @@ impl Host {
         )?;
         let alarms = AlarmService::new(&self.data_dir, self.alarms.clone(), self.clock.clone())?;
         // Objects changed by replay may have alarms the index has not seen.
-        for (class, id) in &recovery.replayed {
-            let path = crate::store::object_path(&self.data_dir, class, *id);
-            if let Ok(conn) = rusqlite::Connection::open(&path) {
-                if let Ok(due) = crate::alarms::earliest_due(&conn) {
-                    alarms.index.set(class, *id, due)?;
-                }
-            }
+        for ((class, id), due) in recovery.replayed.iter().zip(&recovery.replayed_due) {
+            alarms.index.set(class, *id, *due)?;
         }
         if !recovery.replayed.is_empty() {
             crate::log::sync_object_files(&self.data_dir.join("alarms.db"))

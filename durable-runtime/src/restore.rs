@@ -152,7 +152,7 @@ pub fn restore_object(
     // Bring the objects and the log to a clean state first (a crash may have left a
     // torn tail that must be cut before anything is appended).
     // (With the default retention: segments it retires are archived, not deleted.)
-    crate::log::recovery::recover(
+    let recovered = crate::log::recovery::recover(
         data_dir,
         crate::LogConfig::default().retention,
         crate::Limits::default().request_window,
@@ -168,9 +168,8 @@ pub fn restore_object(
     let (image, report) = rebuild(data_dir, class, id, target, current_seq)?;
     // Log the new state first, so that a crash before the file is replaced still ends
     // with the restored state after replay.
-    let (_, last) = crate::feed::read_records(data_dir, 0).map_err(|e| e.to_string())?;
-    let checkpoint = log::read_checkpoint(data_dir).map_err(|e| e.to_string())?;
-    let lsn = last.max(checkpoint) + 1;
+    // Recovery above left the log ending at its last good lsn.
+    let lsn = recovered.last_lsn + 1;
     log::append_offline(data_dir, lsn, class, id, report.new_seq, &image)
         .map_err(|e| e.to_string())?;
     store::write_image(&path, &image).map_err(|e| e.to_string())?;

@@ -489,6 +489,16 @@ impl Object {
         self.config.alarms.notify_due(self.class.name, self.id, due);
     }
 
+    /// An alarm wake could not run (activation or the batch failed): wake again after
+    /// one backoff period rather than lose the alarms.
+    fn retry_alarms_later(&self) {
+        let retry =
+            self.config.clock.now_ms() + self.config.alarms.config.backoff.as_millis() as u64;
+        self.config
+            .alarms
+            .notify_due(self.class.name, self.id, Some(retry));
+    }
+
     /// Start a batch: begin capturing changes (if the log wants them) and the transaction.
     fn begin(&mut self) -> Result<Option<store::ChangeCapture>, Response> {
         let ctx = self.ctx.as_mut().expect("opened");
@@ -613,12 +623,7 @@ impl Object {
         };
         if let Err(response) = self.ensure_active(name.as_deref()).await {
             if has_alarm_wake {
-                // Try again later rather than lose the alarm.
-                let retry = self.config.clock.now_ms()
-                    + self.config.alarms.config.backoff.as_millis() as u64;
-                self.config
-                    .alarms
-                    .notify_due(self.class.name, self.id, Some(retry));
+                self.retry_alarms_later();
             }
             return fail_all(batch, response);
         }
@@ -705,11 +710,7 @@ impl Object {
             self.instance = None;
             tracing::error!(class = self.class.name, id = %self.id, %message, "batch failed");
             if has_alarm_wake {
-                let retry = self.config.clock.now_ms()
-                    + self.config.alarms.config.backoff.as_millis() as u64;
-                self.config
-                    .alarms
-                    .notify_due(self.class.name, self.id, Some(retry));
+                self.retry_alarms_later();
             }
             let failed = internal(message);
             return replies

@@ -210,12 +210,13 @@ pub(crate) fn write_image(path: &Path, image: &[u8]) -> std::io::Result<()> {
 }
 
 /// Apply log records to the object at `path`, each only if the object's stored batch
-/// number is below the record's. Returns how many were applied.
+/// number is below the record's. Returns how many were applied, and the object's
+/// earliest alarm due time afterwards (for the host's alarm index).
 pub(crate) fn replay(
     path: &Path,
     records: &[crate::log::LogRecord],
     window: usize,
-) -> Result<usize, String> {
+) -> Result<(usize, Option<u64>), String> {
     use crate::log::RecordKind;
     use rusqlite::session::{ConflictAction, ConflictType};
     let open = |path: &Path| -> Result<Connection, String> {
@@ -274,7 +275,12 @@ pub(crate) fn replay(
         }
         applied += 1;
     }
-    Ok(applied)
+    let conn = match conn {
+        Some(c) => c,
+        None => open(path)?,
+    };
+    let due = crate::alarms::earliest_due(&conn).map_err(|e| e.to_string())?;
+    Ok((applied, due))
 }
 
 /// An SQLite session capturing every change to every table (rowid tables included)

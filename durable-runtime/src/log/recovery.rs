@@ -28,6 +28,8 @@ pub struct RecoveryReport {
     pub objects: usize,
     /// Which objects had records after the checkpoint: (class, id).
     pub replayed: Vec<(String, ObjectId)>,
+    /// Their earliest alarm due times after replay, in the same order (for the index).
+    pub(crate) replayed_due: Vec<Option<u64>>,
     /// The last good lsn (the next record gets this plus one).
     pub last_lsn: u64,
     /// A torn or corrupt tail that was cut: the segment, the byte offset kept, and why.
@@ -99,9 +101,11 @@ pub(crate) fn recover(
     for key in &order {
         let records = &by_object[key];
         let path = store::object_path(data_dir, &key.0, key.1);
-        report.applied += store::replay(&path, records, window).map_err(|e| {
+        let (applied, due) = store::replay(&path, records, window).map_err(|e| {
             HostError::Config(format!("replaying the log into {}: {e}", path.display()))
         })?;
+        report.applied += applied;
+        report.replayed_due.push(due);
         sync_object_files(&path).map_err(io("syncing a replayed object"))?;
     }
     report.objects = order.len();
