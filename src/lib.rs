@@ -33,7 +33,7 @@
 
 pub use durable_client::{
     wire, CallError, Client, ClientConfig, ConnectError, MethodInfo, NoError, ObjectClass,
-    ObjectId, ObjectRef, ALPN,
+    ObjectId, ObjectRef, Retry, ALPN,
 };
 pub use durable_macros::{alarm, durable_object};
 pub use durable_runtime::{

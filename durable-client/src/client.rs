@@ -367,7 +367,7 @@ impl ObjectRef {
     {
         let request = self
             .try_prepare(method, fingerprint, args)
-            .map_err(|e| CallError::Protocol(format!("encoding arguments: {e}")))?;
+            .map_err(|e| CallError::BadArguments(format!("encoding arguments: {e}")))?;
         self.call_request(&request).await
     }
 

@@ -1,6 +1,7 @@
 //! [`CallError`]: what a stub call returns when it does not return the method's value,
 //! keeping the method's own error type apart from framework errors.
 
+use crate::retry::Retry;
 use crate::wire::WireError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -20,8 +21,9 @@ impl std::error::Error for NoError {}
 /// Why a call did not return the method's `Ok` value.
 ///
 /// [`CallError::Application`] carries the method's own error intact; every other
-/// variant is the framework's. [`CallError::is_retry_safe`] tells whether the call
-/// was certainly not applied, so that issuing it again cannot apply it twice.
+/// variant is the framework's. [`CallError::retry`] tells which of the three retry
+/// classes holds; [`CallError::is_retry_safe`] whether the call was certainly not
+/// applied, so that issuing it again cannot apply it twice.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError<E = NoError> {
     /// The method returned `Err(e)`; its writes were rolled back.
@@ -30,11 +32,15 @@ pub enum CallError<E = NoError> {
     /// The object's queue was full; nothing was applied.
     #[error("the object is overloaded (its queue is full); nothing was applied")]
     Overloaded,
-    /// The deadline passed. If the host had not started the call it was not applied;
-    /// otherwise it may have been. The stub retries with the same request id before
-    /// giving up, so the call is applied at most once.
-    #[error("the call's deadline passed")]
+    /// The deadline passed while the client waited: the call may have been applied.
+    /// The client resends with the same request id until the deadline, so the call is
+    /// applied at most once; to learn its outcome, resend the same request id.
+    #[error("the call's deadline passed; it may have been applied")]
     Timeout,
+    /// The host dropped the call because its deadline had passed before its turn
+    /// started; nothing was applied.
+    #[error("the call's deadline passed before it started; nothing was applied")]
+    Expired,
     /// The host has no class of this name.
     #[error("the host has no class {0:?}")]
     UnknownClass(String),
@@ -74,25 +80,58 @@ pub enum CallError<E = NoError> {
     /// The host is shutting down; nothing was applied.
     #[error("the host is shutting down")]
     ShuttingDown,
-    /// A message could not be decoded (a protocol or version problem).
+    /// The arguments could not be encoded, or did not decode on the host as the
+    /// method's argument types; nothing was applied.
+    #[error("bad arguments: {0}")]
+    BadArguments(String),
+    /// The host could not read the request frame (malformed, or a protocol version it
+    /// does not speak); nothing was applied.
+    #[error("the host rejected the request: {0}")]
+    Rejected(String),
+    /// The client could not encode the call or decode the answer. If the answer was
+    /// undecodable the call may have been applied.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// The host failed internally (for example storage I/O); the call was rolled back.
-    #[error("host error: {0}")]
+    /// The host failed before anything of the call could reach the log (for example a
+    /// storage read); the call was rolled back and nothing was applied.
+    #[error("host error (nothing applied): {0}")]
     Internal(String),
+    /// The host failed after the call's writes may have reached the log or the object's
+    /// file (a failed log write, sync or commit): the call may have been applied.
+    /// Retry only with the same request id.
+    #[error("the call may or may not have been applied: {0}")]
+    Indeterminate(String),
 }
 
 impl<E> CallError<E> {
-    /// True when the call was certainly not applied, so sending it again is safe.
-    pub fn is_retry_safe(&self) -> bool {
-        matches!(
-            self,
+    /// Which of the three retry classes this failure is in.
+    pub fn retry(&self) -> Retry {
+        match self {
+            CallError::Application(_) | CallError::ObjectReset(_) => Retry::FailedInMethod,
             CallError::Overloaded
-                | CallError::ShuttingDown
-                | CallError::ObjectReset(_)
-                | CallError::Internal(_)
-                | CallError::Application(_)
-        )
+            | CallError::Expired
+            | CallError::UnknownClass(_)
+            | CallError::UnknownMethod { .. }
+            | CallError::SchemaMismatch { .. }
+            | CallError::Unauthenticated
+            | CallError::TooLarge { .. }
+            | CallError::ShuttingDown
+            | CallError::BadArguments(_)
+            | CallError::Rejected(_)
+            | CallError::Internal(_) => Retry::NotApplied,
+            CallError::Timeout
+            | CallError::ConnectionLost(_)
+            | CallError::Protocol(_)
+            | CallError::Indeterminate(_) => Retry::Indeterminate,
+        }
+    }
+
+    /// True when the call was certainly not applied (its class is
+    /// [`Retry::NotApplied`] or [`Retry::FailedInMethod`]), so that sending it again,
+    /// even under a new request id, cannot apply it twice. Whether sending it again
+    /// can succeed is another matter: an unknown class stays unknown.
+    pub fn is_retry_safe(&self) -> bool {
+        self.retry() != Retry::Indeterminate
     }
 
     /// The method's own error, if that is what this is.
@@ -109,6 +148,7 @@ impl<E> CallError<E> {
             CallError::Application(e) => CallError::Application(f(e)),
             CallError::Overloaded => CallError::Overloaded,
             CallError::Timeout => CallError::Timeout,
+            CallError::Expired => CallError::Expired,
             CallError::UnknownClass(c) => CallError::UnknownClass(c),
             CallError::UnknownMethod { class, method } => {
                 CallError::UnknownMethod { class, method }
@@ -121,8 +161,11 @@ impl<E> CallError<E> {
             CallError::TooLarge { size, limit } => CallError::TooLarge { size, limit },
             CallError::ConnectionLost(m) => CallError::ConnectionLost(m),
             CallError::ShuttingDown => CallError::ShuttingDown,
+            CallError::BadArguments(m) => CallError::BadArguments(m),
+            CallError::Rejected(m) => CallError::Rejected(m),
             CallError::Protocol(m) => CallError::Protocol(m),
             CallError::Internal(m) => CallError::Internal(m),
+            CallError::Indeterminate(m) => CallError::Indeterminate(m),
         }
     }
 }
@@ -139,18 +182,17 @@ impl<E> From<WireError> for CallError<E> {
                 CallError::SchemaMismatch { class, method }
             }
             WireError::Overloaded => CallError::Overloaded,
-            WireError::Timeout => CallError::Timeout,
+            WireError::Timeout => CallError::Expired,
             WireError::ObjectReset { message } => CallError::ObjectReset(message),
             WireError::TooLarge { size, limit } => CallError::TooLarge { size, limit },
-            WireError::Malformed { message } => CallError::Protocol(message),
+            WireError::Malformed { message } => CallError::Rejected(message),
             WireError::UnsupportedVersion { got } => {
-                CallError::Protocol(format!("host does not speak protocol version {got}"))
+                CallError::Rejected(format!("the host does not speak protocol version {got}"))
             }
             WireError::ShuttingDown => CallError::ShuttingDown,
-            WireError::BadArguments { message } => {
-                CallError::Protocol(format!("bad arguments: {message}"))
-            }
+            WireError::BadArguments { message } => CallError::BadArguments(message),
             WireError::Internal { message } => CallError::Internal(message),
+            WireError::Indeterminate { message } => CallError::Indeterminate(message),
         }
     }
 }

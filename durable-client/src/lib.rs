@@ -10,12 +10,14 @@ mod class;
 mod client;
 mod error;
 mod id;
+mod retry;
 pub mod wire;
 
 pub use class::{MethodInfo, ObjectClass};
 pub use client::{Client, ClientConfig, ConnectError, ObjectRef};
 pub use error::{CallError, NoError};
 pub use id::{ObjectId, ParseIdError};
+pub use retry::Retry;
 
 /// The ALPN protocol id spoken by durable hosts and clients.
 pub const ALPN: &[u8] = b"durable/1";

@@ -4,6 +4,7 @@
 //! A frame is `len: u32 little-endian` (bytes that follow), `version: u8`, then a
 //! postcard body: [`Request`] from the client, [`Response`] from the host.
 
+use crate::retry::Retry;
 use crate::ObjectId;
 use serde::{Deserialize, Serialize};
 
@@ -118,12 +119,41 @@ pub enum WireError {
         /// The decoder's message.
         message: String,
     },
-    /// Something failed inside the host (for example storage I/O); the call was
-    /// rolled back.
+    /// Something failed inside the host before anything of the call could reach the
+    /// log (for example a storage read); the call was rolled back, nothing applied.
     Internal {
         /// What failed.
         message: String,
     },
+    /// Something failed after the call's batch may have reached the host log or the
+    /// object's file (a failed log write, sync or commit): the call may have been
+    /// applied. Resend it only with the same request id.
+    Indeterminate {
+        /// What failed.
+        message: String,
+    },
+}
+
+impl WireError {
+    /// The retry class this error is in (see [`Retry`]).
+    pub fn retry(&self) -> Retry {
+        match self {
+            WireError::ObjectReset { .. } => Retry::FailedInMethod,
+            WireError::Indeterminate { .. } => Retry::Indeterminate,
+            WireError::Unauthenticated
+            | WireError::UnknownClass { .. }
+            | WireError::UnknownMethod { .. }
+            | WireError::SchemaMismatch { .. }
+            | WireError::Overloaded
+            | WireError::Timeout
+            | WireError::TooLarge { .. }
+            | WireError::Malformed { .. }
+            | WireError::UnsupportedVersion { .. }
+            | WireError::ShuttingDown
+            | WireError::BadArguments { .. }
+            | WireError::Internal { .. } => Retry::NotApplied,
+        }
+    }
 }
 
 /// Why a frame could not be read.

@@ -19,14 +19,10 @@ pub struct Context {
     pub(crate) id: ObjectId,
     pub(crate) name: Option<String>,
     pub(crate) bookmarks: Option<std::sync::Arc<dyn Fn() -> u64 + Send + Sync>>,
-    pub(crate) restore: Option<crate::restore::RestoreTarget>,
     pub(crate) clock: std::sync::Arc<dyn crate::clock::Clock>,
     pub(crate) alarm_attempt: Option<u32>,
-    pub(crate) alarms_touched: bool,
-    pub(crate) reset_after_turn: bool,
-    /// The turn changed the runtime's own bookkeeping (a migration, `delete_all`):
-    /// ship the whole database so that replay and restore carry it.
-    pub(crate) force_image: std::cell::Cell<bool>,
+    /// What the running turn asked for beyond its writes (see [`crate::outbox`]).
+    pub(crate) effects: crate::outbox::Effects,
 }
 
 impl std::fmt::Debug for Context {
@@ -65,9 +61,10 @@ impl Context {
     /// Restore this object to the state it had at `bookmark`, once the current turn has
     /// committed: the object is then reset and re-activated from the restored state.
     /// Needs the host log with retention on (the default). If the restore fails, the
-    /// object keeps its state and the failure is logged.
+    /// object keeps its state and the failure is logged. If the turn returns `Err` or
+    /// panics, the request is dropped with the turn's writes.
     pub fn restore_to(&mut self, bookmark: u64) {
-        self.restore = Some(crate::restore::RestoreTarget::Bookmark(bookmark));
+        self.effects.restore = Some(crate::restore_target::RestoreTarget::Bookmark(bookmark));
     }
 
     /// Now, as the host's clock says (a virtual clock under the test harness).
@@ -115,7 +112,7 @@ impl Context {
                 every.map(|p| p.as_millis() as i64),
                 args
             ])?;
-        self.alarms_touched = true;
+        self.effects.alarms_changed = true;
         Ok(())
     }
 
@@ -125,7 +122,7 @@ impl Context {
             .conn
             .prepare_cached("DELETE FROM _durable_alarms WHERE name = ?1 AND key = ?2")?
             .execute([name, key])?;
-        self.alarms_touched = true;
+        self.effects.alarms_changed = true;
         Ok(n > 0)
     }
 
@@ -153,9 +150,9 @@ impl Context {
             "DELETE FROM _durable_kv; DELETE FROM _durable_alarms; DELETE FROM _durable_alarm_failures;
              DELETE FROM _durable_meta WHERE key = 'schema_version';",
         )?;
-        self.alarms_touched = true;
-        self.reset_after_turn = true;
-        self.force_image.set(true);
+        self.effects.alarms_changed = true;
+        self.effects.reset_instance = true;
+        self.effects.ship_image.set(true);
         Ok(())
     }
 
@@ -168,7 +165,7 @@ impl Context {
     pub fn sql(&mut self) -> Sql<'_> {
         Sql {
             conn: &self.conn,
-            force_image: &self.force_image,
+            force_image: &self.effects.ship_image,
         }
     }
 

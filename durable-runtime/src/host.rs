@@ -276,6 +276,7 @@ impl Host {
         std::fs::create_dir_all(self.data_dir.join("objects"))
             .map_err(|e| HostError::io(format!("creating {}", self.data_dir.display()), e))?;
         let tls = crate::tls::load_or_create(&self.data_dir, &self.tls_names)?;
+        crate::restore::clear_scratch(&self.data_dir);
         // Replay the log (whatever the mode: a previous run may have used it) before
         // any object opens.
         let recovery = crate::log::recovery::recover(

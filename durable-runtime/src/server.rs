@@ -125,8 +125,10 @@ impl Server {
             reply: tx,
         });
         rx.await.unwrap_or_else(|_| {
-            Response::Error(WireError::Internal {
-                message: "the object's task ended without answering".into(),
+            // The shard stopped (a crash, or a stop without draining) after taking the
+            // call: its batch may have reached the log.
+            Response::Error(WireError::Indeterminate {
+                message: "the host stopped before answering".into(),
             })
         })
     }

@@ -12,6 +12,8 @@ use crate::class::{ClassEntry, Instance, TurnOutcome};
 use crate::clock::Clock;
 use crate::context::Context;
 use crate::durability::{Change, Durability, DurablePos, ObjectLog};
+use crate::outbox::{Effects, Outbox, TurnEnd};
+use crate::restore_target::RestoreTarget;
 use crate::store::{self, Recorded};
 use durable_client::wire::{CallRequest, Response, WireError};
 use durable_client::ObjectId;
@@ -335,10 +337,46 @@ struct Object {
 /// A reply decided by a batch, waiting for the batch to be durable.
 type Reply = (oneshot::Sender<Response>, Response);
 
+/// A failure before anything of the batch could reach the log: nothing applied.
 fn internal(message: impl Into<String>) -> Response {
     Response::Error(WireError::Internal {
         message: message.into(),
     })
+}
+
+/// A failure after the batch may have reached the log or the object's file: the
+/// calls may have been applied (retry only with the same request id).
+fn indeterminate(message: impl Into<String>) -> Response {
+    Response::Error(WireError::Indeterminate {
+        message: message.into(),
+    })
+}
+
+/// Why a batch could not commit, by whether its writes may survive.
+#[derive(Debug, Clone)]
+enum CommitError {
+    /// Rolled back before anything reached the log or the file.
+    NotApplied(String),
+    /// The batch may be in the log or the file: it may be applied after a restart.
+    Indeterminate(String),
+}
+
+impl CommitError {
+    fn response(&self) -> Response {
+        match self {
+            CommitError::NotApplied(m) => internal(m.clone()),
+            CommitError::Indeterminate(m) => indeterminate(m.clone()),
+        }
+    }
+}
+
+impl std::fmt::Display for CommitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommitError::NotApplied(m) => write!(f, "{m} (rolled back)"),
+            CommitError::Indeterminate(m) => write!(f, "{m} (may be applied)"),
+        }
+    }
 }
 
 impl Object {
@@ -414,12 +452,18 @@ impl Object {
             let ctx = self.ctx.as_mut().expect("opened above");
             let before = write_marker(&ctx.conn);
             let activate = self.class.activate;
+            ctx.effects = Effects::default();
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| activate(ctx)));
+            let effects = std::mem::take(&mut ctx.effects);
             let failure = match result {
                 Ok(Ok(instance)) => {
                     // A constructor may schedule alarms too (and migrations ship images).
-                    let committed = match self.index_alarms_before(false) {
-                        Ok(due) => self.commit(before, capture, &[]).await.map(|()| due),
+                    let committed = match self.index_alarms_before(false, &effects) {
+                        Ok(due) => self
+                            .commit(before, capture, &[])
+                            .await
+                            .map(|()| due)
+                            .map_err(|e| e.to_string()),
                         Err(e) => Err(e),
                     };
                     match committed {
@@ -430,6 +474,8 @@ impl Object {
                             self.instance = Some(instance);
                             return Ok(());
                         }
+                        // No call of the batch has run yet: whatever became of the
+                        // activation's own writes, the calls were not applied.
                         Err(e) => internal(format!("committing activation: {e}")),
                     }
                 }
@@ -451,12 +497,16 @@ impl Object {
     /// time, so that no durable alarm is ever missing from the index whatever happens
     /// next. Returns the new earliest due time to publish after the commit. Also turns
     /// a migration or `delete_all` into an image, so their bookkeeping is logged.
-    fn index_alarms_before(&mut self, woken: bool) -> Result<Option<Option<u64>>, String> {
+    fn index_alarms_before(
+        &mut self,
+        woken: bool,
+        effects: &Effects,
+    ) -> Result<Option<Option<u64>>, String> {
         let ctx = self.ctx.as_mut().expect("active");
-        if ctx.force_image.replace(false) {
+        if effects.ship_image.get() {
             self.needs_image = true;
         }
-        if !(woken || std::mem::take(&mut ctx.alarms_touched)) {
+        if !(woken || effects.alarms_changed) {
             return Ok(None);
         }
         let due =
@@ -503,10 +553,7 @@ impl Object {
     fn begin(&mut self) -> Result<Option<store::ChangeCapture>, Response> {
         let ctx = self.ctx.as_mut().expect("opened");
         // Requests from an earlier, failed batch do not carry over.
-        ctx.alarms_touched = false;
-        ctx.force_image.set(false);
-        ctx.reset_after_turn = false;
-        ctx.restore = None;
+        ctx.effects = Effects::default();
         let ctx = &*ctx;
         let wants = self.log.as_ref().expect("attached").captures_changes();
         let spare = self.spare_capture.take();
@@ -535,20 +582,26 @@ impl Object {
         before: (u64, i64),
         capture: Option<store::ChangeCapture>,
         recorded: &[([u8; 16], Recorded)],
-    ) -> Result<(), String> {
+    ) -> Result<(), CommitError> {
+        let not_applied = |e: rusqlite::Error| CommitError::NotApplied(e.to_string());
         let ctx = self.ctx.as_mut().expect("opened");
         let after = write_marker(&ctx.conn);
         if after == before && !self.needs_image {
             // Nothing was written: the capture is still empty, keep it for next time.
             self.spare_capture = capture;
-            return ctx.conn.run("COMMIT").map_err(|e| e.to_string());
+            // A transaction that wrote nothing: whatever happens to its COMMIT, nothing
+            // of it can survive.
+            return ctx.conn.run("COMMIT").map_err(not_applied);
         }
         let seq = self.seq + 1;
-        store::set_stored_seq(&ctx.conn, seq).map_err(|e| e.to_string())?;
+        store::set_stored_seq(&ctx.conn, seq).map_err(not_applied)?;
         let log = self.log.as_ref().expect("attached");
         if !log.captures_changes() {
             drop(capture);
-            ctx.conn.run("COMMIT").map_err(|e| e.to_string())?;
+            // A failed COMMIT may have left the commit frame in the WAL: indeterminate.
+            ctx.conn
+                .run("COMMIT")
+                .map_err(|e| CommitError::Indeterminate(format!("commit failed: {e}")))?;
             self.seq = seq;
             log.submit(seq, None);
             return Ok(());
@@ -559,15 +612,17 @@ impl Object {
         });
         let change = match &capture {
             Some(c) if !self.needs_image && !snapshot_due && after.1 == before.1 => {
-                Change::Changeset(store::encode_changes(&c.changeset()?, recorded))
+                Change::Changeset(store::encode_changes(
+                    &c.changeset().map_err(CommitError::NotApplied)?,
+                    recorded,
+                ))
             }
             _ => {
-                store::set_image_time(&ctx.conn, now).map_err(|e| e.to_string())?;
+                store::set_image_time(&ctx.conn, now).map_err(not_applied)?;
                 self.last_image_ms = now;
-                let data = ctx
-                    .conn
-                    .serialize("main")
-                    .map_err(|e| format!("serializing the database: {e}"))?;
+                let data = ctx.conn.serialize("main").map_err(|e| {
+                    CommitError::NotApplied(format!("serializing the database: {e}"))
+                })?;
                 Change::Image(data.to_vec())
             }
         };
@@ -584,7 +639,10 @@ impl Object {
                 failed: true,
             });
         if pos.failed {
-            return Err("the host log could not make the batch durable".into());
+            // The record may be wholly or partly on disk: a restart may replay it.
+            return Err(CommitError::Indeterminate(
+                "the host log could not make the batch durable".into(),
+            ));
         }
         // The batch is durable in the log: from here on it is committed, whatever happens
         // to this SQLite commit.
@@ -601,7 +659,9 @@ impl Object {
                 // until then the object refuses work rather than build on a gap.
                 tracing::error!(class = self.class.name, id = %self.id, error = %e, "SQLite commit failed after the log write; the object is stopped until a restart replays it");
                 self.poisoned = true;
-                Err(e.to_string())
+                Err(CommitError::Indeterminate(format!(
+                    "the batch is in the host log but its commit failed: {e}"
+                )))
             }
         }
     }
@@ -632,14 +692,15 @@ impl Object {
             Err(response) => return fail_all(batch, response),
         };
         let before = write_marker(&self.ctx.as_ref().expect("active").conn);
-        let mut replies = Vec::with_capacity(batch.len());
+        let mut outbox: Outbox<Reply> = Outbox::default();
         let mut recorded = Vec::new();
         let mut work = batch.into_iter();
-        let mut failure: Option<String> = None;
+        let mut failure: Option<CommitError> = None;
         let mut alarms_ran = false;
         while let Some(item) = work.next() {
             let instance = self.instance.as_mut().expect("active");
             let ctx = self.ctx.as_mut().expect("active");
+            ctx.effects = Effects::default();
             let (reply, result) = match item {
                 Work::Call(call) => {
                     let result = run_call(
@@ -659,16 +720,23 @@ impl Object {
                     (None, result)
                 }
             };
+            let effects = std::mem::take(&mut ctx.effects);
             match result {
                 Ok(CallResult::Reply(response)) => {
-                    if let Some(tx) = reply {
-                        replies.push((tx, response));
-                    }
+                    let end = match response {
+                        Response::Return(_) | Response::Welcome => TurnEnd::Ok,
+                        _ => TurnEnd::Err,
+                    };
+                    outbox.finish_turn(end, effects, reply.map(|tx| (tx, response)));
                 }
                 Ok(CallResult::Panicked(message)) => {
-                    if let Some(tx) = reply {
-                        replies.push((tx, Response::Error(WireError::ObjectReset { message })));
-                    }
+                    let response = Response::Error(WireError::ObjectReset { message });
+                    // An alarm wake leaves only its successful handlers' effects.
+                    let end = match reply {
+                        Some(_) => TurnEnd::Panicked,
+                        None => TurnEnd::Ok,
+                    };
+                    outbox.finish_turn(end, effects, reply.map(|tx| (tx, response)));
                     // The instance may be half-changed: drop it. The work behind this
                     // goes back to the front of the queue and meets a fresh activation.
                     self.instance = None;
@@ -683,37 +751,38 @@ impl Object {
                     break;
                 }
                 Err(e) => {
-                    if let Some(tx) = reply {
-                        replies.push((tx, internal(e.clone())));
-                    }
-                    failure = Some(e);
+                    let response = internal(e.clone());
+                    outbox.finish_turn(TurnEnd::Err, effects, reply.map(|tx| (tx, response)));
+                    failure = Some(CommitError::NotApplied(e));
                     break;
                 }
             }
         }
         let mut new_due = None;
         if failure.is_none() {
-            match self.index_alarms_before(alarms_ran) {
+            match self.index_alarms_before(alarms_ran, &outbox.effects) {
                 Ok(due) => new_due = due,
-                Err(e) => failure = Some(e),
+                Err(e) => failure = Some(CommitError::NotApplied(e)),
             }
         }
         if failure.is_none() {
             if let Err(e) = self.commit(before, capture, &recorded).await {
-                failure = Some(format!("commit failed: {e}"));
+                failure = Some(e);
             }
         }
-        if let Some(message) = failure {
-            // Nothing of this batch is stored: every reply becomes an error, the calls not
-            // reached get it too, and the instance is rebuilt from storage next time.
+        if let Some(failure) = failure {
+            // Nothing of this batch is stored (or, if indeterminate, it may be replayed
+            // on restart): every reply becomes the batch's error, the calls not reached
+            // get it too, and the instance is rebuilt from storage next time.
             let _ = self.ctx.as_ref().expect("active").conn.run("ROLLBACK");
             self.instance = None;
-            tracing::error!(class = self.class.name, id = %self.id, %message, "batch failed");
+            tracing::error!(class = self.class.name, id = %self.id, %failure, "batch failed");
             if has_alarm_wake {
                 self.retry_alarms_later();
             }
-            let failed = internal(message);
-            return replies
+            let failed = failure.response();
+            return outbox
+                .fail()
                 .into_iter()
                 .map(|(tx, _)| tx)
                 .chain(work.filter_map(|w| match w {
@@ -726,12 +795,11 @@ impl Object {
         if let Some(due) = new_due {
             self.index_alarms_after(due);
         }
-        if let Some(ctx) = self.ctx.as_mut() {
-            if std::mem::take(&mut ctx.reset_after_turn) {
-                self.instance = None;
-            }
+        let Outbox { effects, replies } = outbox;
+        if effects.reset_instance {
+            self.instance = None;
         }
-        if let Some(target) = self.ctx.as_mut().and_then(|c| c.restore.take()) {
+        if let Some(target) = effects.restore {
             if let Err(e) = self.restore(target).await {
                 tracing::error!(class = self.class.name, id = %self.id, error = %e, "restore failed; the object keeps its state");
             }
@@ -741,14 +809,20 @@ impl Object {
 
     /// Replace the object's state with its state at `target` (see [`crate::restore`]):
     /// log the rebuilt image, then install it and reset the instance.
-    async fn restore(&mut self, target: crate::restore::RestoreTarget) -> Result<(), String> {
-        let (image, report) = crate::restore::rebuild(
-            &self.config.data_dir,
+    async fn restore(&mut self, target: RestoreTarget) -> Result<(), String> {
+        // Reading the retained log is slow: off the shard thread, so the shard's other
+        // objects carry on meanwhile (this one waits: its restore is its turn's effect).
+        let (data_dir, class, id, seq) = (
+            self.config.data_dir.clone(),
             self.class.name,
             self.id,
-            target,
             self.seq,
-        )?;
+        );
+        let (image, report) = tokio::task::spawn_blocking(move || {
+            crate::restore::rebuild(&data_dir, class, id, target, seq)
+        })
+        .await
+        .map_err(|e| format!("the restore task failed: {e}"))??;
         let log = self.log.as_ref().expect("attached");
         if !log.captures_changes() {
             return Err("restoring needs the host log".into());
@@ -826,7 +900,8 @@ impl Object {
 fn send_all(replies: Vec<Reply>, pos: DurablePos) {
     for (tx, response) in replies {
         let response = if pos.failed {
-            internal("the write could not be made durable (fsync failed)")
+            // Committed to the file but not synced: it may or may not survive a crash.
+            indeterminate("the write could not be made durable (sync failed)")
         } else {
             response
         };
@@ -956,6 +1031,9 @@ async fn run_due_alarms(
     let db = |e: rusqlite::Error| e.to_string();
     let now = config.clock.now_ms();
     let settings = &config.alarms.config;
+    // Only the effects of handlers that return `Ok` are kept (left in `ctx.effects`
+    // for the batch's outbox).
+    let mut kept = Effects::default();
     for alarm in crate::alarms::due_alarms(&ctx.conn, now, 256).map_err(db)? {
         let attempt = alarm.attempt + 1;
         let (error, panicked) = match class.alarms.get(alarm.name.as_str()) {
@@ -963,10 +1041,12 @@ async fn run_due_alarms(
             Some(&index) => {
                 ctx.conn.run("SAVEPOINT durable_alarm").map_err(db)?;
                 ctx.alarm_attempt = Some(attempt);
+                ctx.effects = Effects::default();
                 let outcome = AssertUnwindSafe(instance.dispatch_alarm(ctx, index, &alarm.args))
                     .catch_unwind()
                     .await;
                 ctx.alarm_attempt = None;
+                let effects = std::mem::take(&mut ctx.effects);
                 let failed = match outcome {
                     Ok(TurnOutcome::Return(_)) => None,
                     Ok(TurnOutcome::AppError(bytes)) => Some((
@@ -986,6 +1066,7 @@ async fn run_due_alarms(
                 };
                 match failed {
                     None => {
+                        kept.absorb(effects);
                         ctx.conn.run("RELEASE durable_alarm").map_err(db)?;
                         crate::alarms::finish(&ctx.conn, &alarm, now).map_err(db)?;
                         continue;
@@ -1007,9 +1088,11 @@ async fn run_due_alarms(
             crate::alarms::retry(&ctx.conn, &alarm, attempt, now + delay).map_err(db)?;
         }
         if let Some(message) = panicked {
+            ctx.effects = kept;
             return Ok(CallResult::Panicked(message));
         }
     }
+    ctx.effects = kept;
     Ok(CallResult::Reply(Response::Welcome))
 }
 

@@ -132,12 +132,9 @@ pub(crate) fn open(
             id,
             name: stored_name,
             bookmarks: None,
-            restore: None,
             clock: std::sync::Arc::new(crate::clock::SystemClock),
             alarm_attempt: None,
-            alarms_touched: false,
-            reset_after_turn: false,
-            force_image: std::cell::Cell::new(false),
+            effects: Default::default(),
         },
         upgraded,
     ))

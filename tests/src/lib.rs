@@ -200,6 +200,23 @@ impl Probe {
         ctx.restore_to(bookmark);
     }
 
+    /// Ask to restore the object to `bookmark`, then return the application's error:
+    /// the restore must not happen.
+    pub async fn restore_then_fail(
+        &mut self,
+        ctx: &mut Context,
+        bookmark: u64,
+    ) -> Result<(), ProbeError> {
+        ctx.restore_to(bookmark);
+        Err(ProbeError::Refused { value: 0 })
+    }
+
+    /// Ask to restore the object to `bookmark`, then panic: the restore must not happen.
+    pub async fn restore_then_panic(&mut self, ctx: &mut Context, bookmark: u64) {
+        ctx.restore_to(bookmark);
+        panic!("probe told to panic after asking for a restore to {bookmark}");
+    }
+
     /// Hold the object for `millis` milliseconds.
     pub async fn sleep(&mut self, _ctx: &mut Context, millis: u64) {
         tokio::time::sleep(Duration::from_millis(millis)).await;
