@@ -12,11 +12,10 @@
 //!   `_durable_alarm_failures`.
 
 use crate::clock::Clock;
-use crate::shard::{Message, Shards};
+use crate::core::due::DueQueue;
 use durable_client::ObjectId;
 use rusqlite::{Connection, OptionalExtension};
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -349,26 +348,24 @@ impl AlarmService {
         rx.await.ok().flatten()
     }
 
-    /// Run the scheduler until the shards close. `classes` maps names to their static
-    /// names (the index stores strings).
+    /// Run the scheduler until the host stops: hand each object whose earliest alarm is
+    /// due to `deliver` (which routes a wake to its shard). `classes` maps names to
+    /// their static names (the index stores strings).
     pub(crate) async fn run(
         self: Arc<Self>,
-        shards: Arc<Shards>,
+        deliver: impl Fn(&'static str, ObjectId),
         classes: HashMap<String, &'static str>,
     ) {
         let Some(mut rx) = self.rx.lock().unwrap().take() else {
             return;
         };
-        let mut heap: BinaryHeap<Reverse<(u64, &'static str, ObjectId)>> = BinaryHeap::new();
-        let mut current: HashMap<(&'static str, ObjectId), u64> = HashMap::new();
+        let mut queue: DueQueue<(&'static str, ObjectId)> =
+            DueQueue::new(self.config.max_in_flight);
         match self.index.load() {
             Ok(rows) => {
                 for (class, id, due) in rows {
                     match classes.get(&class) {
-                        Some(&c) => {
-                            current.insert((c, id), due);
-                            heap.push(Reverse((due, c, id)));
-                        }
+                        Some(&c) => queue.set((c, id), Some(due)),
                         None => {
                             tracing::warn!(%class, %id, "pending alarms for a class this host does not serve")
                         }
@@ -377,34 +374,19 @@ impl AlarmService {
             }
             Err(e) => tracing::error!(error = %e, "reading the alarm index"),
         }
-        let mut in_flight = 0usize;
         let mut idle_waiters: Vec<oneshot::Sender<()>> = Vec::new();
         loop {
             let now = self.clock.now_ms();
-            while in_flight < self.config.max_in_flight {
-                let Some(Reverse((due, class, id))) = heap.peek().copied() else {
-                    break;
-                };
-                if due > now {
-                    break;
-                }
-                heap.pop();
-                if current.get(&(class, id)) != Some(&due) {
-                    continue; // superseded
-                }
-                current.remove(&(class, id));
-                in_flight += 1;
-                let _ = shards.send_message(class, id, Message::Alarm(class, id));
+            for (class, id) in queue.take_due(now) {
+                deliver(class, id);
             }
-            let nothing_due = heap.peek().is_none_or(|Reverse((due, ..))| *due > now);
-            if in_flight == 0 && nothing_due {
+            if queue.is_idle(now) {
                 for w in idle_waiters.drain(..) {
                     let _ = w.send(());
                 }
             }
-            let next = heap.peek().map(|Reverse((due, ..))| *due);
-            let sleep = match next {
-                Some(due) if !self.clock.is_virtual() && in_flight < self.config.max_in_flight => {
+            let sleep = match queue.wake_at() {
+                Some(due) if !self.clock.is_virtual() => {
                     Duration::from_millis(due.saturating_sub(now).min(60_000))
                 }
                 _ => Duration::from_secs(3600),
@@ -412,28 +394,11 @@ impl AlarmService {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     None => return,
-                    Some(SchedMsg::Due(class, id, due)) => match due {
-                        Some(due) => {
-                            current.insert((class, id), due);
-                            heap.push(Reverse((due, class, id)));
-                            if heap.len() > 2 * current.len() + 1024 {
-                                // Drop superseded entries.
-                                heap = current.iter().map(|(&(c, i), &d)| Reverse((d, c, i))).collect();
-                            }
-                        }
-                        None => {
-                            current.remove(&(class, id));
-                        }
-                    },
-                    Some(SchedMsg::Done) => in_flight = in_flight.saturating_sub(1),
+                    Some(SchedMsg::Due(class, id, due)) => queue.set((class, id), due),
+                    Some(SchedMsg::Done) => queue.done(),
                     Some(SchedMsg::Idle(tx)) => idle_waiters.push(tx),
                     Some(SchedMsg::NextDue(tx)) => {
-                        let next = heap
-                            .iter()
-                            .filter(|Reverse((due, c, id))| current.get(&(*c, *id)) == Some(due))
-                            .map(|Reverse((due, ..))| *due)
-                            .min();
-                        let _ = tx.send(next);
+                        let _ = tx.send(queue.next_due());
                     }
                 },
                 _ = tokio::time::sleep(sleep) => {}

@@ -1,5 +1,7 @@
-//! Time as objects see it. Alarms, `Context::now` and backoff read a [`Clock`]: the
-//! system clock in a real host, a [`VirtualClock`] in tests, moved by hand.
+//! Time as the runtime sees it. Alarms, `Context::now`, backoff, call deadlines,
+//! idle eviction and the log's record times read a [`Clock`]: the system clock in a
+//! real host, a [`VirtualClock`] in tests, moved by hand. Nothing else in the runtime
+//! reads the system's clocks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +34,11 @@ impl VirtualClock {
     /// A virtual clock starting at `start`.
     pub fn new(start: SystemTime) -> Self {
         VirtualClock(AtomicU64::new(ms_of(start)))
+    }
+
+    /// A virtual clock starting at the system clock's current time.
+    pub fn starting_now() -> Self {
+        VirtualClock(AtomicU64::new(SystemClock.now_ms()))
     }
 
     /// Move time forward by `by`.

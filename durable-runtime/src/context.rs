@@ -22,7 +22,7 @@ pub struct Context {
     pub(crate) clock: std::sync::Arc<dyn crate::clock::Clock>,
     pub(crate) alarm_attempt: Option<u32>,
     /// What the running turn asked for beyond its writes (see [`crate::outbox`]).
-    pub(crate) effects: crate::outbox::Effects,
+    pub(crate) effects: crate::core::outbox::Effects,
 }
 
 impl std::fmt::Debug for Context {

@@ -283,6 +283,7 @@ impl Host {
             &self.data_dir,
             self.log.retention,
             limits.request_window,
+            self.clock.now_ms(),
         )?;
         let alarms = AlarmService::new(&self.data_dir, self.alarms.clone(), self.clock.clone())?;
         // Objects changed by replay may have alarms the index has not seen.
@@ -298,8 +299,14 @@ impl Host {
             match self.durability {
                 DurabilityMode::HostLog => {
                     let log = Arc::new(
-                        HostLog::start(&self.data_dir, recovery.last_lsn + 1, &self.log, also_sync)
-                            .map_err(|e| HostError::io("starting the host log", e))?,
+                        HostLog::start(
+                            &self.data_dir,
+                            recovery.last_lsn + 1,
+                            &self.log,
+                            also_sync,
+                            self.clock.clone(),
+                        )
+                        .map_err(|e| HostError::io("starting the host log", e))?,
                     );
                     (log.clone(), Some(log))
                 }
@@ -350,8 +357,20 @@ impl Host {
             )
             .map_err(|e| HostError::io("starting shard threads", e))?,
         );
+        let deliver = {
+            let shards = shards.clone();
+            let alarms = alarms.clone();
+            move |class: &'static str, id: ObjectId| {
+                if shards
+                    .send_message(class, id, Message::Alarm(class, id))
+                    .is_err()
+                {
+                    alarms.wake_done();
+                }
+            }
+        };
         let scheduler = tokio::spawn(alarms.clone().run(
-            shards.clone(),
+            deliver,
             classes.keys().map(|c| (c.to_string(), *c)).collect(),
         ));
         let server = Arc::new(Server {
@@ -362,6 +381,7 @@ impl Host {
             shutting_down: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
+            clock: self.clock.clone(),
         });
         let acceptor = tokio::spawn(server.clone().accept_loop(endpoint.clone()));
         tracing::info!(addr = %local_addr, data_dir = %self.data_dir.display(), "host started");

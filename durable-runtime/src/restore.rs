@@ -3,6 +3,7 @@
 //! changesets after it, then install it as the object's new state — logged as an image
 //! record with a batch number above every earlier one, so replay never undoes it.
 
+use crate::clock::{Clock, SystemClock};
 use crate::log::{self, LogRecord, RecordKind};
 use crate::store;
 use durable_client::ObjectId;
@@ -108,6 +109,7 @@ pub fn restore_object(
         data_dir,
         crate::LogConfig::default().retention,
         crate::Limits::default().request_window,
+        SystemClock.now_ms(),
     )
     .map_err(|e| format!("recovering the log first: {e}"))?;
     let path = store::object_path(data_dir, class, id);
@@ -122,8 +124,16 @@ pub fn restore_object(
     // with the restored state after replay.
     // Recovery above left the log ending at its last good lsn.
     let lsn = recovered.last_lsn + 1;
-    log::append_offline(data_dir, lsn, class, id, report.new_seq, &image)
-        .map_err(|e| e.to_string())?;
+    log::append_offline(
+        data_dir,
+        lsn,
+        class,
+        id,
+        report.new_seq,
+        &image,
+        SystemClock.now_ms(),
+    )
+    .map_err(|e| e.to_string())?;
     store::write_image(&path, &image).map_err(|e| e.to_string())?;
     Ok(report)
 }

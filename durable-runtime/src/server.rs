@@ -5,13 +5,14 @@
 //! or a closed stream.
 
 use crate::class::ClassEntry;
+use crate::clock::Clock;
 use crate::shard::{Call, Shards};
 use durable_client::wire::{self, CallRequest, FrameError, Request, Response, WireError};
 use durable_client::ObjectId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 
 /// Largest hello frame accepted before authentication.
@@ -28,6 +29,7 @@ pub(crate) struct Server {
     pub(crate) shutting_down: AtomicBool,
     pub(crate) in_flight: AtomicUsize,
     pub(crate) idle: Notify,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl Server {
@@ -86,7 +88,7 @@ impl Server {
     }
 
     async fn call(&self, request: CallRequest) -> Response {
-        let received = Instant::now();
+        let received = self.clock.now_ms();
         let Some(class) = self.classes.get(request.class.as_str()) else {
             return Response::Error(WireError::UnknownClass {
                 class: request.class,
@@ -116,11 +118,11 @@ impl Server {
             return Response::Error(WireError::ShuttingDown);
         }
         let (tx, rx) = oneshot::channel();
-        let timeout = Duration::from_millis(request.timeout_ms.min(24 * 3600 * 1000));
+        let timeout = request.timeout_ms.min(24 * 3600 * 1000);
         self.shards.send(Call {
             class: class.clone(),
             method,
-            deadline: received + timeout,
+            deadline_ms: received + timeout,
             request,
             reply: tx,
         });

@@ -11,20 +11,21 @@ use crate::alarms::AlarmService;
 use crate::class::{ClassEntry, Instance, TurnOutcome};
 use crate::clock::Clock;
 use crate::context::Context;
+use crate::core::object::{Action, CoreLimits, Input, ObjectCore, Work as CoreWork};
+use crate::core::outbox::{Effects, Outbox, TurnEnd};
 use crate::durability::{Change, Durability, DurablePos, ObjectLog};
-use crate::outbox::{Effects, Outbox, TurnEnd};
 use crate::restore_target::RestoreTarget;
 use crate::store::{self, Recorded};
 use durable_client::wire::{CallRequest, Response, WireError};
 use durable_client::ObjectId;
 use futures_util::FutureExt;
-use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 /// One call routed to an object.
@@ -32,7 +33,8 @@ pub(crate) struct Call {
     pub(crate) class: Arc<ClassEntry>,
     pub(crate) method: usize,
     pub(crate) request: CallRequest,
-    pub(crate) deadline: Instant,
+    /// Drop the call unrun after this (ms, the host clock).
+    pub(crate) deadline_ms: u64,
     pub(crate) reply: oneshot::Sender<Response>,
 }
 
@@ -148,17 +150,11 @@ fn fnv(bytes: &[u8]) -> u64 {
     })
 }
 
-/// What the router and an object's task share.
+/// What the router and an object's task share: the object's pure core (queue,
+/// batches, output gate) and the bell that wakes its task.
 struct Slot {
-    queue: RefCell<VecDeque<Work>>,
+    core: RefCell<ObjectCore<Work, Reply>>,
     notify: Notify,
-    /// Set by the router: finish the queue, then close the database and end.
-    closing: Cell<bool>,
-    /// Set by the router on a crash: drop the queue unanswered-for.
-    crashed: Cell<bool>,
-    /// Set by the object while it runs a batch.
-    busy: Cell<bool>,
-    last_used: Cell<Instant>,
 }
 
 /// Work for an object: a call, or a wake-up to run due alarms.
@@ -167,14 +163,20 @@ enum Work {
     Alarm,
 }
 
+impl CoreWork for Work {
+    fn is_call(&self) -> bool {
+        matches!(self, Work::Call(_))
+    }
+}
+
 fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) -> Rc<Slot> {
+    let limits = CoreLimits {
+        max_queue: config.max_queue,
+        max_batch: config.max_batch,
+    };
     let slot = Rc::new(Slot {
-        queue: RefCell::new(VecDeque::new()),
+        core: RefCell::new(ObjectCore::new(limits, 0, config.clock.now_ms())),
         notify: Notify::new(),
-        closing: Cell::new(false),
-        crashed: Cell::new(false),
-        busy: Cell::new(false),
-        last_used: Cell::new(Instant::now()),
     });
     let object = Object {
         slot: slot.clone(),
@@ -190,14 +192,13 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         last_image_ms: 0,
         reported_due: None,
         poisoned: false,
-        requeued_alarms: 0,
     };
     tokio::task::spawn_local(object.run());
     slot
 }
 
-fn close_slot(slot: &Slot) {
-    slot.closing.set(true);
+fn close_slot(slot: &Slot, now: u64) {
+    slot.core.borrow_mut().handle(now, Input::Close);
     slot.notify.notify_one();
 }
 
@@ -208,12 +209,14 @@ fn sweep(
     config: &ShardConfig,
     room: usize,
 ) {
-    let now = Instant::now();
-    let idle = |s: &Slot| !s.busy.get() && s.queue.borrow().is_empty();
+    let now = config.clock.now_ms();
+    let timeout = config.idle_timeout.as_millis() as u64;
     objects.retain(|_, slot| {
-        let keep = !(idle(slot) && now.duration_since(slot.last_used.get()) >= config.idle_timeout);
+        let core = slot.core.borrow();
+        let keep = !(core.is_idle() && now.saturating_sub(core.last_used()) >= timeout);
+        drop(core);
         if !keep {
-            close_slot(slot);
+            close_slot(slot, now);
         }
         keep
     });
@@ -221,8 +224,8 @@ fn sweep(
     if objects.len() > limit {
         let mut candidates: Vec<_> = objects
             .iter()
-            .filter(|(_, s)| idle(s))
-            .map(|(k, s)| (s.last_used.get(), *k))
+            .filter(|(_, s)| s.core.borrow().is_idle())
+            .map(|(k, s)| (s.core.borrow().last_used(), *k))
             .collect();
         let excess = (objects.len() - limit).min(candidates.len());
         if excess > 0 && excess < candidates.len() {
@@ -231,7 +234,7 @@ fn sweep(
         }
         for (_, key) in candidates.into_iter().take(excess) {
             if let Some(slot) = objects.remove(&key) {
-                close_slot(&slot);
+                close_slot(&slot, now);
             }
         }
     }
@@ -250,60 +253,54 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
                 continue;
             }
         };
-        match message {
+        let (class, id, work) = match message {
             None => break true,
             Some(Message::Close(drain)) => break drain,
             Some(Message::Call(call)) => {
-                let key = (call.class.name, call.request.object);
-                if !objects.contains_key(&key) && objects.len() >= config.max_active {
-                    // At the cap: make room before opening another database.
-                    sweep(&mut objects, &config, 1);
-                }
-                let slot = objects
-                    .entry(key)
-                    .or_insert_with(|| spawn_object(&config, call.class.clone(), key.1));
-                slot.last_used.set(Instant::now());
-                let mut queue = slot.queue.borrow_mut();
-                let waiting = queue.iter().filter(|w| matches!(w, Work::Call(_))).count();
-                if waiting >= config.max_queue {
-                    let _ = call.reply.send(Response::Error(WireError::Overloaded));
-                    continue;
-                }
-                queue.push_back(Work::Call(call));
-                drop(queue);
-                slot.notify.notify_one();
+                (call.class.clone(), call.request.object, Work::Call(call))
             }
             Some(Message::Alarm(class, id)) => {
                 let Some(entry) = config.classes.get(class) else {
                     config.alarms.wake_done();
                     continue;
                 };
-                if !objects.contains_key(&(class, id)) && objects.len() >= config.max_active {
-                    sweep(&mut objects, &config, 1);
-                }
-                let slot = objects
-                    .entry((class, id))
-                    .or_insert_with(|| spawn_object(&config, entry.clone(), id));
-                slot.last_used.set(Instant::now());
-                slot.queue.borrow_mut().push_back(Work::Alarm);
-                slot.notify.notify_one();
+                (entry.clone(), id, Work::Alarm)
             }
             Some(Message::Evict(class, id, done)) => {
                 let active = match objects.get(&(class, id)) {
-                    Some(slot) if !slot.busy.get() && slot.queue.borrow().is_empty() => {
-                        close_slot(slot);
+                    Some(slot) if slot.core.borrow().is_idle() => {
+                        close_slot(slot, config.clock.now_ms());
                         objects.remove(&(class, id));
                         true
                     }
                     _ => false,
                 };
                 let _ = done.send(active);
+                continue;
             }
+        };
+        let key = (class.name, id);
+        if !objects.contains_key(&key) && objects.len() >= config.max_active {
+            // At the cap: make room before opening another database.
+            sweep(&mut objects, &config, 1);
+        }
+        let slot = objects
+            .entry(key)
+            .or_insert_with(|| spawn_object(&config, class, id));
+        let refused = slot.core.borrow_mut().arrive(config.clock.now_ms(), work);
+        match refused {
+            Ok(()) => slot.notify.notify_one(),
+            Err(Work::Call(call)) => {
+                let _ = call.reply.send(Response::Error(WireError::Overloaded));
+            }
+            Err(Work::Alarm) => config.alarms.wake_done(),
         }
     };
+    let now = config.clock.now_ms();
     for slot in objects.values() {
-        slot.crashed.set(!drain);
-        close_slot(slot);
+        let input = if drain { Input::Close } else { Input::Crash };
+        slot.core.borrow_mut().handle(now, input);
+        slot.notify.notify_one();
     }
 }
 
@@ -330,8 +327,6 @@ struct Object {
     /// The log holds a batch the object's file lacks (its commit failed): refuse work
     /// until a restart replays it.
     poisoned: bool,
-    /// Alarm wakes of the current batch put back in the queue (after a panic).
-    requeued_alarms: usize,
 }
 
 /// A reply decided by a batch, waiting for the batch to be durable.
@@ -382,38 +377,105 @@ impl std::fmt::Display for CommitError {
 impl Object {
     async fn run(mut self) {
         loop {
-            if self.slot.crashed.get() {
-                // A simulated crash: queued work is dropped (callers see the connection
-                // fail), nothing more is committed.
-                for work in self.slot.queue.borrow_mut().drain(..) {
-                    if let Work::Alarm = work {
+            let action = self.slot.core.borrow_mut().poll();
+            match action {
+                None => self.slot.notify.notified().await,
+                Some(Action::Run(batch)) => {
+                    let alarm_wakes = batch.iter().filter(|w| !w.is_call()).count();
+                    let seq_before = self.seq;
+                    let (outputs, requeue) = self.run_batch(batch).await;
+                    let requeued = requeue.iter().filter(|w| !w.is_call()).count();
+                    // Wakes put back are counted when they run again.
+                    for _ in 0..alarm_wakes - requeued {
                         self.config.alarms.wake_done();
                     }
+                    let committed = (self.seq != seq_before).then_some(self.seq);
+                    let now = self.config.clock.now_ms();
+                    self.slot.core.borrow_mut().handle(
+                        now,
+                        Input::BatchEnded {
+                            committed,
+                            outputs,
+                            requeue,
+                        },
+                    );
+                    self.watch_durability();
                 }
-                return;
-            }
-            let batch: Vec<Work> = {
-                let mut queue = self.slot.queue.borrow_mut();
-                let n = queue.len().min(self.config.max_batch);
-                queue.drain(..n).collect()
-            };
-            if batch.is_empty() {
-                if self.slot.closing.get() {
-                    return;
+                Some(Action::Release(replies)) => {
+                    for (tx, response) in replies {
+                        let _ = tx.send(response);
+                    }
                 }
-                self.slot.notify.notified().await;
-                continue;
+                Some(Action::Indeterminate(replies)) => {
+                    for (tx, _) in replies {
+                        // Committed to the file but not synced: it may or may not
+                        // survive a crash.
+                        let _ = tx.send(indeterminate(
+                            "the write could not be made durable (sync failed)",
+                        ));
+                    }
+                }
+                Some(Action::Dropped(work)) => {
+                    // A simulated crash: callers see their call end unanswered.
+                    for w in work {
+                        if let Work::Alarm = w {
+                            self.config.alarms.wake_done();
+                        }
+                    }
+                }
+                Some(Action::Stopped) => return,
             }
-            self.slot.busy.set(true);
-            let alarm_wakes = batch.iter().filter(|w| matches!(w, Work::Alarm)).count();
-            let replies = self.run_batch(batch).await;
-            self.release(replies);
-            for _ in 0..alarm_wakes - std::mem::take(&mut self.requeued_alarms) {
-                self.config.alarms.wake_done();
-            }
-            self.slot.last_used.set(Instant::now());
-            self.slot.busy.set(false);
         }
+    }
+
+    /// Tell the core how far this object's batches are durable: now if the log
+    /// already covers them, else from a task that waits for the log.
+    fn watch_durability(&self) {
+        let core = self.slot.core.borrow();
+        let target = core.committed();
+        if target <= core.durable() {
+            return;
+        }
+        drop(core);
+        let Some(log) = self.log.as_ref() else {
+            // Detached after a restore, which waited for its own record.
+            let now = self.config.clock.now_ms();
+            self.slot
+                .core
+                .borrow_mut()
+                .handle(now, Input::Durable(target));
+            self.slot.notify.notify_one();
+            return;
+        };
+        let mut watch = log.watch();
+        let ready = move |p: &DurablePos| p.failed || p.durable >= target;
+        let feed = |slot: &Slot, clock: &dyn Clock, pos: DurablePos| {
+            let input = if pos.failed {
+                Input::SyncFailed
+            } else {
+                Input::Durable(pos.durable)
+            };
+            slot.core.borrow_mut().handle(clock.now_ms(), input);
+            slot.notify.notify_one();
+        };
+        let pos = *watch.borrow();
+        if ready(&pos) {
+            feed(&self.slot, self.config.clock.as_ref(), pos);
+            return;
+        }
+        let slot = self.slot.clone();
+        let clock = self.config.clock.clone();
+        tokio::task::spawn_local(async move {
+            let pos = match watch.wait_for(ready).await {
+                Ok(p) => *p,
+                Err(_) => DurablePos {
+                    durable: 0,
+                    lsn: 0,
+                    failed: true,
+                },
+            };
+            feed(&slot, clock.as_ref(), pos);
+        });
     }
 
     /// Open the database and activate the instance if needed.
@@ -606,7 +668,7 @@ impl Object {
             log.submit(seq, None);
             return Ok(());
         }
-        let now = crate::log::unix_ms();
+        let now = self.config.clock.now_ms();
         let snapshot_due = self.config.snapshot_every.is_some_and(|every| {
             now.saturating_sub(self.last_image_ms) >= every.as_millis() as u64
         });
@@ -666,7 +728,9 @@ impl Object {
         }
     }
 
-    async fn run_batch(&mut self, batch: Vec<Work>) -> Vec<Reply> {
+    /// Run one batch: returns the replies it decided (to be released once the batch
+    /// is durable) and the work it did not reach (after a panic), to run next.
+    async fn run_batch(&mut self, batch: Vec<Work>) -> (Vec<Reply>, Vec<Work>) {
         let name = batch.iter().find_map(|w| match w {
             Work::Call(c) => c.request.name.clone(),
             Work::Alarm => None,
@@ -685,11 +749,11 @@ impl Object {
             if has_alarm_wake {
                 self.retry_alarms_later();
             }
-            return fail_all(batch, response);
+            return (fail_all(batch, response), Vec::new());
         }
         let capture = match self.begin() {
             Ok(c) => c,
-            Err(response) => return fail_all(batch, response),
+            Err(response) => return (fail_all(batch, response), Vec::new()),
         };
         let before = write_marker(&self.ctx.as_ref().expect("active").conn);
         let mut outbox: Outbox<Reply> = Outbox::default();
@@ -697,6 +761,7 @@ impl Object {
         let mut work = batch.into_iter();
         let mut failure: Option<CommitError> = None;
         let mut alarms_ran = false;
+        let mut requeue = Vec::new();
         while let Some(item) = work.next() {
             let instance = self.instance.as_mut().expect("active");
             let ctx = self.ctx.as_mut().expect("active");
@@ -740,14 +805,7 @@ impl Object {
                     // The instance may be half-changed: drop it. The work behind this
                     // goes back to the front of the queue and meets a fresh activation.
                     self.instance = None;
-                    let mut queue = self.slot.queue.borrow_mut();
-                    for w in work.by_ref().rev() {
-                        if matches!(w, Work::Alarm) {
-                            // Counted when it runs again, not now.
-                            self.requeued_alarms += 1;
-                        }
-                        queue.push_front(w);
-                    }
+                    requeue.extend(work.by_ref());
                     break;
                 }
                 Err(e) => {
@@ -781,16 +839,17 @@ impl Object {
                 self.retry_alarms_later();
             }
             let failed = failure.response();
-            return outbox
+            let replies = outbox
                 .fail()
                 .into_iter()
                 .map(|(tx, _)| tx)
-                .chain(work.filter_map(|w| match w {
+                .chain(work.chain(requeue).filter_map(|w| match w {
                     Work::Call(c) => Some(c.reply),
                     Work::Alarm => None,
                 }))
                 .map(|tx| (tx, failed.clone()))
                 .collect();
+            return (replies, Vec::new());
         }
         if let Some(due) = new_due {
             self.index_alarms_after(due);
@@ -804,7 +863,7 @@ impl Object {
                 tracing::error!(class = self.class.name, id = %self.id, error = %e, "restore failed; the object keeps its state");
             }
         }
-        replies
+        (replies, requeue)
     }
 
     /// Replace the object's state with its state at `target` (see [`crate::restore`]):
@@ -865,48 +924,6 @@ impl Object {
         tracing::info!(class = self.class.name, id = %self.id, ?report, "object restored");
         Ok(())
     }
-
-    /// Send `replies` once everything this object committed so far is durable.
-    fn release(&self, replies: Vec<Reply>) {
-        if replies.is_empty() {
-            return;
-        }
-        let target = self.seq;
-        let Some(log) = self.log.as_ref() else {
-            // Never opened: nothing to wait for (the replies are errors).
-            replies.into_iter().for_each(|(tx, r)| drop(tx.send(r)));
-            return;
-        };
-        let mut watch = log.watch();
-        let ready = move |p: &DurablePos| p.failed || p.durable >= target;
-        if ready(&watch.borrow()) {
-            send_all(replies, *watch.borrow());
-            return;
-        }
-        tokio::task::spawn_local(async move {
-            let pos = match watch.wait_for(ready).await {
-                Ok(p) => *p,
-                Err(_) => DurablePos {
-                    durable: 0,
-                    lsn: 0,
-                    failed: true,
-                },
-            };
-            send_all(replies, pos);
-        });
-    }
-}
-
-fn send_all(replies: Vec<Reply>, pos: DurablePos) {
-    for (tx, response) in replies {
-        let response = if pos.failed {
-            // Committed to the file but not synced: it may or may not survive a crash.
-            indeterminate("the write could not be made durable (sync failed)")
-        } else {
-            response
-        };
-        let _ = tx.send(response);
-    }
 }
 
 /// Statements the runtime runs on every batch, prepared once per connection.
@@ -943,7 +960,7 @@ async fn run_call(
     recorded: &mut Vec<([u8; 16], Recorded)>,
 ) -> Result<CallResult, String> {
     let request = &call.request;
-    if Instant::now() > call.deadline {
+    if ctx.clock.now_ms() > call.deadline_ms {
         return Ok(CallResult::Reply(Response::Error(WireError::Timeout)));
     }
     let db = |e: rusqlite::Error| e.to_string();

@@ -47,7 +47,7 @@ impl TestHost {
     pub async fn start(configure: impl Fn(Host) -> Host + Send + Sync + 'static) -> TestHost {
         let dir =
             std::env::temp_dir().join(format!("durable-test-{:032x}", rand::random::<u128>()));
-        let clock = Arc::new(VirtualClock::new(SystemTime::now()));
+        let clock = Arc::new(VirtualClock::starting_now());
         let configure: Configure = Arc::new(configure);
         let (host, client) = Self::boot(&dir, &clock, &configure).await;
         TestHost {

@@ -17,6 +17,7 @@ pub(crate) mod recovery;
 pub(crate) use record::{list_segments, read_segment, segment_name};
 pub use record::{LogRecord, RecordKind, TailProblem};
 
+use crate::clock::Clock;
 use crate::durability::{Change, Durability, DurablePos, ObjectLog};
 use durable_client::ObjectId;
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 
 /// A segment is closed once it holds this many bytes.
@@ -63,13 +64,6 @@ pub(crate) fn log_dir(data_dir: &Path) -> PathBuf {
 
 pub(crate) fn archive_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("archive")
-}
-
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The last checkpoint lsn recorded in `DATA_DIR/log/checkpoint` (0 if none).
@@ -117,6 +111,7 @@ pub(crate) fn retire_segments(
     data_dir: &Path,
     lsn: u64,
     retention: Option<Duration>,
+    now_ms: u64,
 ) -> std::io::Result<()> {
     let dir = log_dir(data_dir);
     let segments = list_segments(&dir)?;
@@ -141,7 +136,7 @@ pub(crate) fn retire_segments(
         crate::store::sync_dir(&archive)?;
     }
     if let Some(keep) = retention {
-        let cutoff = SystemTime::now() - keep;
+        let cutoff = crate::clock::time_of(now_ms) - keep;
         for (_, path) in list_segments(&archive)? {
             let old = std::fs::metadata(&path)?.modified()? < cutoff;
             if old {
@@ -160,13 +155,14 @@ pub(crate) fn append_offline(
     object: ObjectId,
     seq: u64,
     image: &[u8],
+    now_ms: u64,
 ) -> std::io::Result<()> {
     let dir = log_dir(data_dir);
     std::fs::create_dir_all(&dir)?;
     let mut buf = Vec::with_capacity(image.len() + 64);
     let header = record::Header {
         lsn,
-        time_ms: unix_ms(),
+        time_ms: now_ms,
         kind: RecordKind::Image,
         class,
         object,
@@ -229,6 +225,8 @@ struct Shared {
     /// Wakes the checkpointer early; `true` asks it to stop.
     wake: (Mutex<bool>, Condvar),
     checkpoint_lock: Mutex<()>,
+    /// Stamps records with their time (the host clock).
+    clock: Arc<dyn Clock>,
 }
 
 impl Shared {
@@ -296,7 +294,7 @@ impl Shared {
         write_checkpoint(&self.data_dir, lsn)?;
         self.last_checkpoint.store(lsn, Ordering::Release);
         self.bytes_since_checkpoint.store(0, Ordering::Release);
-        retire_segments(&self.data_dir, lsn, self.retention)?;
+        retire_segments(&self.data_dir, lsn, self.retention, self.clock.now_ms())?;
         tracing::debug!(lsn, objects = dirty.len(), "checkpoint");
         Ok(lsn)
     }
@@ -318,6 +316,7 @@ impl HostLog {
         next_lsn: u64,
         config: &LogConfig,
         also_sync: Vec<PathBuf>,
+        clock: Arc<dyn Clock>,
     ) -> std::io::Result<HostLog> {
         let dir = log_dir(data_dir);
         std::fs::create_dir_all(&dir)?;
@@ -337,6 +336,7 @@ impl HostLog {
             also_sync,
             wake: (Mutex::new(false), Condvar::new()),
             checkpoint_lock: Mutex::new(()),
+            clock,
         });
         let (tx, rx) = mpsc::channel();
         let writer = {
@@ -528,7 +528,7 @@ fn writer_loop(
                     .for_each(|e| e.pos.send_modify(|p| p.failed = true));
             } else {
                 let first = next_lsn;
-                let now = unix_ms();
+                let now = shared.clock.now_ms();
                 buf.clear();
                 for e in &batch {
                     let header = record::Header {

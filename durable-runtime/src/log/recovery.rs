@@ -41,6 +41,7 @@ pub(crate) fn recover(
     data_dir: &Path,
     retention: Option<Duration>,
     window: usize,
+    now_ms: u64,
 ) -> Result<RecoveryReport, HostError> {
     let io = |what: &str| {
         let what = what.to_string();
@@ -113,7 +114,8 @@ pub(crate) fn recover(
     if report.records > 0 || report.cut.is_some() {
         write_checkpoint(data_dir, report.last_lsn).map_err(io("writing the checkpoint"))?;
     }
-    retire_segments(data_dir, report.last_lsn, retention).map_err(io("retiring log segments"))?;
+    retire_segments(data_dir, report.last_lsn, retention, now_ms)
+        .map_err(io("retiring log segments"))?;
     if report.records > 0 || report.cut.is_some() {
         tracing::info!(
             checkpoint,
