@@ -4,7 +4,7 @@
 //! does not know how durability is achieved.
 //!
 //! Two implementations:
-//! - [`crate::log::HostLog`] (the default): one append-only log for the whole host.
+//! - the host log, `log::HostLog` (the default): one append-only log for the whole host.
 //!   Each batch hands over its SQLite session changeset (or a database image after a
 //!   schema change); one `fdatasync` of the log covers every batch waiting, from every
 //!   object.
@@ -127,7 +127,7 @@ impl WalState {
             };
             // The WAL file is new to this process: make its directory entry durable too.
             if let Some(dir) = self.wal.parent() {
-                crate::store::sync_dir(dir)?;
+                crate::files::sync_dir(dir)?;
             }
             let _ = self.file.set(f);
         }

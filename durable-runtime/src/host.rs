@@ -7,6 +7,7 @@ use crate::class::{ClassEntry, Hosted};
 use crate::clock::{Clock, SystemClock};
 use crate::durability::{Durability, WalSync};
 use crate::error::HostError;
+use crate::files::DirLock;
 use crate::log::recovery::RecoveryReport;
 use crate::log::{HostLog, LogConfig, LogRecord};
 use crate::server::Server;
@@ -48,41 +49,13 @@ impl Default for Limits {
             max_queue: 1024,
             max_frame: wire::DEFAULT_MAX_FRAME,
             max_batch: 256,
-            request_window: 1000,
+            request_window: crate::store::DEFAULT_REQUEST_WINDOW,
             shards: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
             idle_timeout: Duration::from_secs(30),
             max_active: 100_000,
         }
-    }
-}
-
-/// An exclusive lock on a data directory (`DATA_DIR/host.lock`, flock), held by a
-/// running host and by offline operator commands.
-#[derive(Debug)]
-pub(crate) struct DirLock(#[allow(dead_code)] std::fs::File);
-
-impl DirLock {
-    pub(crate) fn acquire(data_dir: &Path) -> Result<DirLock, String> {
-        use std::os::fd::AsRawFd;
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| format!("creating {}: {e}", data_dir.display()))?;
-        let path = data_dir.join("host.lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| format!("opening {}: {e}", path.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(format!(
-                "{} is in use by a running host",
-                data_dir.display()
-            ));
-        }
-        Ok(DirLock(f))
     }
 }
 

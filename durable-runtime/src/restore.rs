@@ -61,7 +61,7 @@ pub(crate) fn rebuild(
     let _ = std::fs::remove_dir_all(&tmp_dir);
     let tmp = tmp_dir.join(format!("{id}.db"));
     let to_apply: Vec<LogRecord> = included[start..].iter().map(|r| (*r).clone()).collect();
-    store::replay(&tmp, &to_apply, crate::Limits::default().request_window)?;
+    store::replay(&tmp, &to_apply, store::DEFAULT_REQUEST_WINDOW)?;
     let new_seq = max_seq + 1;
     let image = {
         let mut conn = rusqlite::Connection::open(&tmp).map_err(|e| e.to_string())?;
@@ -99,7 +99,7 @@ pub fn restore_object(
     id: ObjectId,
     target: RestoreTarget,
 ) -> Result<RestoreReport, String> {
-    let _lock = crate::host::DirLock::acquire(data_dir).map_err(|e| {
+    let _lock = crate::files::DirLock::acquire(data_dir).map_err(|e| {
         format!("{e}: stop the host first, or restore from code (Context::restore_to)")
     })?;
     // Bring the objects and the log to a clean state first (a crash may have left a
@@ -107,8 +107,8 @@ pub fn restore_object(
     // (With the default retention: segments it retires are archived, not deleted.)
     let recovered = crate::log::recovery::recover(
         data_dir,
-        crate::LogConfig::default().retention,
-        crate::Limits::default().request_window,
+        log::LogConfig::default().retention,
+        store::DEFAULT_REQUEST_WINDOW,
         SystemClock.now_ms(),
     )
     .map_err(|e| format!("recovering the log first: {e}"))?;

@@ -7,18 +7,10 @@ use durable_client::ObjectId;
 use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 
-/// `DATA_DIR/objects/CLASS/ID.db`.
-pub(crate) fn object_path(data_dir: &Path, class: &str, id: ObjectId) -> PathBuf {
-    data_dir
-        .join("objects")
-        .join(class)
-        .join(format!("{id}.db"))
-}
+pub(crate) use crate::files::{object_path, sync_dir};
 
-/// fsync a directory so that entries created in it survive power loss.
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
+/// Recent writing calls whose request ids an object remembers, by default.
+pub(crate) const DEFAULT_REQUEST_WINDOW: usize = 1000;
 
 /// The page size of new object databases.
 const PAGE_SIZE: i64 = 1024;
@@ -211,10 +203,10 @@ pub(crate) fn write_image(path: &Path, image: &[u8]) -> std::io::Result<()> {
 /// earliest alarm due time afterwards (for the host's alarm index).
 pub(crate) fn replay(
     path: &Path,
-    records: &[crate::log::LogRecord],
+    records: &[crate::record::LogRecord],
     window: usize,
 ) -> Result<(usize, Option<u64>), String> {
-    use crate::log::RecordKind;
+    use crate::record::RecordKind;
     use rusqlite::session::{ConflictAction, ConflictType};
     let open = |path: &Path| -> Result<Connection, String> {
         let c = Connection::open(path).map_err(|e| e.to_string())?;

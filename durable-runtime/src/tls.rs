@@ -95,7 +95,7 @@ pub(crate) fn load_or_create(data_dir: &Path, names: &[String]) -> Result<TlsMat
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         write_private(&token, format!("{hex}\n").as_bytes())?;
     }
-    crate::store::sync_dir(&dir).map_err(|e| HostError::io("syncing tls dir", e))?;
+    crate::files::sync_dir(&dir).map_err(|e| HostError::io("syncing tls dir", e))?;
 
     let cert_pem = std::fs::read(&cert).map_err(|e| HostError::io("reading cert.pem", e))?;
     let cert_chain = rustls_pemfile::certs(&mut cert_pem.as_slice())

@@ -11,11 +11,11 @@
 //! - On start, [`recovery::recover`] replays the records after the last checkpoint into
 //!   objects whose stored batch number is behind, so replay is idempotent.
 
-mod record;
 pub(crate) mod recovery;
 
-pub(crate) use record::{list_segments, read_segment, segment_name};
-pub use record::{LogRecord, RecordKind, TailProblem};
+use crate::record;
+pub(crate) use crate::record::{list_segments, read_segment, segment_name};
+pub use crate::record::{LogRecord, RecordKind, TailProblem};
 
 use crate::clock::Clock;
 use crate::durability::{Change, Durability, DurablePos, ObjectLog};
@@ -88,7 +88,7 @@ pub(crate) fn write_checkpoint(data_dir: &Path, lsn: u64) -> std::io::Result<()>
     writeln!(f, "{lsn}")?;
     f.sync_all()?;
     std::fs::rename(&tmp, dir.join("checkpoint"))?;
-    crate::store::sync_dir(&dir)
+    crate::files::sync_dir(&dir)
 }
 
 /// fsync an object's database and WAL files, whichever exist.
@@ -131,9 +131,9 @@ pub(crate) fn retire_segments(
             std::fs::remove_file(path)?;
         }
     }
-    crate::store::sync_dir(&dir)?;
+    crate::files::sync_dir(&dir)?;
     if moved {
-        crate::store::sync_dir(&archive)?;
+        crate::files::sync_dir(&archive)?;
     }
     if let Some(keep) = retention {
         let cutoff = crate::clock::time_of(now_ms) - keep;
@@ -175,7 +175,7 @@ pub(crate) fn append_offline(
         .open(dir.join(segment_name(lsn)))?;
     f.write_all(&buf)?;
     f.sync_all()?;
-    crate::store::sync_dir(&dir)
+    crate::files::sync_dir(&dir)
 }
 
 struct Entry {
@@ -277,13 +277,13 @@ impl Shared {
         // New object files (and WAL files SQLite recreates after an eviction) are
         // directory entries: make them durable too.
         for dir in &dirs {
-            if let Err(e) = crate::store::sync_dir(dir) {
+            if let Err(e) = crate::files::sync_dir(dir) {
                 restore(&dirty);
                 return Err(e);
             }
         }
         if !dirs.is_empty() {
-            crate::store::sync_dir(&self.data_dir.join("objects"))?;
+            crate::files::sync_dir(&self.data_dir.join("objects"))?;
         }
         for path in &self.also_sync {
             sync_object_files(path)?;
@@ -489,7 +489,7 @@ impl Segment {
             .append(true)
             .open(&path)?;
         let size = file.metadata()?.len();
-        crate::store::sync_dir(dir)?;
+        crate::files::sync_dir(dir)?;
         Ok(Segment { file, size })
     }
 }
