@@ -77,6 +77,9 @@ pub enum CallError<E = NoError> {
     /// The connection failed and could not be re-established before the deadline.
     #[error("connection lost: {0}")]
     ConnectionLost(String),
+    /// Another host serves this object; nothing was applied.
+    #[error("the object is served by the host at {0}")]
+    Moved(String),
     /// The host is shutting down; nothing was applied.
     #[error("the host is shutting down")]
     ShuttingDown,
@@ -116,6 +119,7 @@ impl<E> CallError<E> {
             | CallError::Unauthenticated
             | CallError::TooLarge { .. }
             | CallError::ShuttingDown
+            | CallError::Moved(_)
             | CallError::BadArguments(_)
             | CallError::Rejected(_)
             | CallError::Internal(_) => Retry::NotApplied,
@@ -161,6 +165,7 @@ impl<E> CallError<E> {
             CallError::TooLarge { size, limit } => CallError::TooLarge { size, limit },
             CallError::ConnectionLost(m) => CallError::ConnectionLost(m),
             CallError::ShuttingDown => CallError::ShuttingDown,
+            CallError::Moved(o) => CallError::Moved(o),
             CallError::BadArguments(m) => CallError::BadArguments(m),
             CallError::Rejected(m) => CallError::Rejected(m),
             CallError::Protocol(m) => CallError::Protocol(m),
@@ -193,6 +198,7 @@ impl<E> From<WireError> for CallError<E> {
             WireError::BadArguments { message } => CallError::BadArguments(message),
             WireError::Internal { message } => CallError::Internal(message),
             WireError::Indeterminate { message } => CallError::Indeterminate(message),
+            WireError::Moved { owner } => CallError::Moved(owner),
         }
     }
 }

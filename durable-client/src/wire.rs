@@ -132,6 +132,11 @@ pub enum WireError {
         /// What failed.
         message: String,
     },
+    /// Another host serves this object; the call was not applied. Send it there.
+    Moved {
+        /// The address of the host that serves it.
+        owner: String,
+    },
 }
 
 impl WireError {
@@ -151,6 +156,7 @@ impl WireError {
             | WireError::UnsupportedVersion { .. }
             | WireError::ShuttingDown
             | WireError::BadArguments { .. }
+            | WireError::Moved { .. }
             | WireError::Internal { .. } => Retry::NotApplied,
         }
     }

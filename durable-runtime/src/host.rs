@@ -3,6 +3,7 @@
 //! it down gracefully.
 
 use crate::alarms::{AlarmConfig, AlarmService};
+use crate::calls::{Caller, Calls};
 use crate::class::{ClassEntry, Hosted};
 use crate::clock::{Clock, SystemClock};
 use crate::durability::{Durability, WalSync};
@@ -10,6 +11,7 @@ use crate::error::HostError;
 use crate::files::DirLock;
 use crate::log::recovery::RecoveryReport;
 use crate::log::{HostLog, LogConfig, LogRecord};
+use crate::placement::{Placement, SingleHost};
 use crate::server::Server;
 use crate::shard::{Message, ShardConfig, Shards};
 use durable_client::ObjectId;
@@ -17,10 +19,8 @@ use durable_client::{wire, ClientConfig, ALPN};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 /// Limits a host enforces.
 #[derive(Debug, Clone)]
@@ -115,6 +115,7 @@ pub struct Host {
     log: LogConfig,
     alarms: AlarmConfig,
     clock: Arc<dyn Clock>,
+    placement: Arc<dyn Placement>,
 }
 
 impl std::fmt::Debug for Host {
@@ -144,7 +145,15 @@ impl Host {
             log: LogConfig::default(),
             alarms: AlarmConfig::default(),
             clock: Arc::new(SystemClock),
+            placement: Arc::new(SingleHost),
         }
+    }
+
+    /// Who serves which object (default: this host serves every object). Consulted
+    /// before each call reaches its object.
+    pub fn placement(mut self, placement: Arc<dyn Placement>) -> Self {
+        self.placement = placement;
+        self
     }
 
     /// Configure alarm delivery: attempts, backoff, concurrency.
@@ -346,21 +355,23 @@ impl Host {
             deliver,
             classes.keys().map(|c| (c.to_string(), *c)).collect(),
         ));
-        let server = Arc::new(Server {
+        let calls = Arc::new(Calls::new(
             classes,
-            shards: shards.clone(),
+            shards.clone(),
+            self.clock.clone(),
+            self.placement.clone(),
+        ));
+        let server = Arc::new(Server {
+            calls: calls.clone(),
             token: tls.token,
             max_frame: limits.max_frame,
-            shutting_down: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
-            idle: Notify::new(),
-            clock: self.clock.clone(),
+            caller: Caller("host-token".into()),
         });
         let acceptor = tokio::spawn(server.clone().accept_loop(endpoint.clone()));
         tracing::info!(addr = %local_addr, data_dir = %self.data_dir.display(), "host started");
         Ok(RunningHost {
             endpoint,
-            server,
+            calls,
             acceptor,
             local_addr,
             data_dir: self.data_dir,
@@ -378,7 +389,7 @@ impl Host {
 #[derive(Debug)]
 pub struct RunningHost {
     endpoint: quinn::Endpoint,
-    server: Arc<Server>,
+    calls: Arc<Calls>,
     acceptor: tokio::task::JoinHandle<()>,
     local_addr: SocketAddr,
     data_dir: PathBuf,
@@ -410,9 +421,9 @@ impl std::fmt::Debug for AlarmService {
     }
 }
 
-impl std::fmt::Debug for Server {
+impl std::fmt::Debug for Calls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").finish_non_exhaustive()
+        f.debug_struct("Calls").finish_non_exhaustive()
     }
 }
 
@@ -459,7 +470,7 @@ impl RunningHost {
     /// close connections, then finish every queued turn and close every database.
     /// Nothing acknowledged is lost.
     pub async fn shutdown(self) {
-        self.server.drain(Duration::from_secs(30)).await;
+        self.calls.drain(Duration::from_secs(30)).await;
         self.stop(true).await;
     }
 
@@ -479,10 +490,10 @@ impl RunningHost {
         let _ = self.acceptor.await;
         self.scheduler.abort();
         let _ = self.scheduler.await;
-        let server = self.server;
+        let calls = self.calls;
         let durability = self.durability;
         let _ = tokio::task::spawn_blocking(move || {
-            server.shards.shutdown(clean);
+            calls.shards.shutdown(clean);
             durability.shutdown(clean);
         })
         .await;
@@ -499,14 +510,22 @@ impl RunningHost {
         self.alarms.next_due().await.map(crate::clock::time_of)
     }
 
+    /// Call a method on an object in-process, through the same entry the QUIC edge
+    /// uses: class, method, schema and placement are checked, the call queues on its
+    /// object, and the reply comes once its writes are durable. `request.args` is the
+    /// postcard encoding of the arguments; `caller` names who is calling.
+    pub async fn call(&self, request: wire::CallRequest, caller: &Caller) -> wire::Response {
+        self.calls.call(request, caller).await
+    }
+
     /// Evict the object if it is active and idle; returns whether it was active.
     pub async fn evict(&self, class: &str, id: ObjectId) -> bool {
-        let Some(entry) = self.server.classes.get(class) else {
+        let Some(entry) = self.calls.classes.get(class) else {
             return false;
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self
-            .server
+            .calls
             .shards
             .send_message(class, id, Message::Evict(entry.name, id, tx))
             .is_err()

@@ -7,6 +7,7 @@
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
 pub mod alarms;
+mod calls;
 mod class;
 pub mod cli;
 pub mod clock;
@@ -18,6 +19,7 @@ pub mod feed;
 mod files;
 mod host;
 mod log;
+mod placement;
 mod record;
 pub mod restore;
 mod restore_target;
@@ -28,6 +30,7 @@ pub mod testing;
 mod tls;
 
 pub use alarms::{AlarmConfig, PendingAlarm, When};
+pub use calls::Caller;
 pub use class::{ActivateError, BoxTurn, Hosted, TurnOutcome};
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use context::{Context, ListOptions, Sql, Storage, MAX_KEY_BYTES, MAX_VALUE_BYTES};
@@ -35,6 +38,7 @@ pub use error::{Error, ErrorKind, HostError};
 pub use host::{DurabilityMode, Host, Limits, RunningHost};
 pub use log::recovery::RecoveryReport;
 pub use log::{LogConfig, LogRecord, RecordKind, TailProblem};
+pub use placement::{Owner, Placement, SingleHost};
 pub use store::list_objects;
 
 /// Re-exported so that applications use the same SQLite types (`params!`, `Row`, ...).

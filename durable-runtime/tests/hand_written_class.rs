@@ -116,3 +116,91 @@ async fn a_hand_written_class_is_served_and_survives_a_restart() {
     assert_eq!(client.get::<Tally>("t").add(0).await.unwrap(), 105);
     host.shutdown().await;
 }
+
+/// Sends every object whose id starts with an even byte to another host.
+struct HalfElsewhere;
+
+impl durable_runtime::Placement for HalfElsewhere {
+    fn owner(&self, _class: &str, id: durable_client::ObjectId) -> durable_runtime::Owner {
+        if id.as_bytes()[0] % 2 == 0 {
+            durable_runtime::Owner::Elsewhere("10.0.0.2:7400".into())
+        } else {
+            durable_runtime::Owner::Here
+        }
+    }
+}
+
+fn add_request(name: &str, by: i64) -> durable_client::wire::CallRequest {
+    durable_client::wire::CallRequest {
+        request_id: rand_id(name, by),
+        class: "Tally".into(),
+        object: durable_client::ObjectId::from_name("Tally", name),
+        name: Some(name.into()),
+        method: "add".into(),
+        fingerprint: 1,
+        timeout_ms: 5_000,
+        args: postcard::to_stdvec(&(by,)).unwrap(),
+    }
+}
+
+fn rand_id(name: &str, by: i64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    for (i, b) in name.bytes().chain(by.to_le_bytes()).enumerate() {
+        id[i % 16] ^= b.wrapping_add(i as u8);
+    }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transport_neutral_entry_serves_in_process_calls_and_asks_placement_first() {
+    use durable_client::wire::{Response, WireError};
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::builder(dir.path())
+        .register::<Tally>()
+        .placement(std::sync::Arc::new(HalfElsewhere))
+        .start()
+        .await
+        .unwrap();
+    let caller = durable_runtime::Caller("test".into());
+    let (mut here, mut there) = (None, None);
+    for i in 0..64 {
+        let name = format!("t{i}");
+        let id = durable_client::ObjectId::from_name("Tally", &name);
+        if id.as_bytes()[0] % 2 == 0 {
+            there.get_or_insert(name);
+        } else {
+            here.get_or_insert(name);
+        }
+    }
+    let (here, there) = (here.unwrap(), there.unwrap());
+    let reply = host.call(add_request(&here, 4), &caller).await;
+    assert_eq!(reply, Response::Return(postcard::to_stdvec(&4i64).unwrap()));
+    // The same request id again: the first answer, applied once.
+    let reply = host.call(add_request(&here, 4), &caller).await;
+    assert_eq!(reply, Response::Return(postcard::to_stdvec(&4i64).unwrap()));
+    let reply = host.call(add_request(&there, 1), &caller).await;
+    assert_eq!(
+        reply,
+        Response::Error(WireError::Moved {
+            owner: "10.0.0.2:7400".into()
+        })
+    );
+    assert!(
+        !dir.path()
+            .join("objects")
+            .join("Tally")
+            .join(format!(
+                "{}.db",
+                durable_client::ObjectId::from_name("Tally", &there)
+            ))
+            .exists(),
+        "an object placed elsewhere is never activated here"
+    );
+    let mut bad = add_request(&here, 1);
+    bad.fingerprint = 2;
+    assert!(matches!(
+        host.call(bad, &caller).await,
+        Response::Error(WireError::SchemaMismatch { .. })
+    ));
+    host.shutdown().await;
+}

@@ -1,0 +1,142 @@
+//! The one transport-neutral entry to objects: [`Calls::call`] takes a call (class,
+//! object, method, arguments, request id, caller, deadline), checks class, method,
+//! schema, name and placement before any object is touched, hands it to the shard
+//! that owns the object and resolves to its reply. The QUIC edge uses it; the HTTP
+//! gateway and object-to-object calls are meant to as well.
+
+use crate::class::ClassEntry;
+use crate::clock::Clock;
+use crate::placement::{Owner, Placement};
+use crate::shard::{Call, Shards};
+use durable_client::wire::{CallRequest, Response, WireError};
+use durable_client::ObjectId;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, Notify};
+
+/// Longest deadline a call may ask for (a day).
+const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+
+/// Who is calling: the identity an edge authenticated (a token's holder, a
+/// certificate's subject, an application's own check), carried for tracing now and
+/// for per-caller limits later.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Caller(pub String);
+
+/// The entry every edge calls through.
+pub(crate) struct Calls {
+    pub(crate) classes: HashMap<&'static str, Arc<ClassEntry>>,
+    pub(crate) shards: Arc<Shards>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) placement: Arc<dyn Placement>,
+    shutting_down: AtomicBool,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+impl Calls {
+    pub(crate) fn new(
+        classes: HashMap<&'static str, Arc<ClassEntry>>,
+        shards: Arc<Shards>,
+        clock: Arc<dyn Clock>,
+        placement: Arc<dyn Placement>,
+    ) -> Self {
+        Calls {
+            classes,
+            shards,
+            clock,
+            placement,
+            shutting_down: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+
+    /// Run one call and resolve to its reply. The deadline is `request.timeout_ms`
+    /// from now on the host clock: a call whose turn has not started by then is
+    /// answered `Timeout` (not applied).
+    pub(crate) async fn call(&self, request: CallRequest, caller: &Caller) -> Response {
+        let received = self.clock.now_ms();
+        let Some(class) = self.classes.get(request.class.as_str()) else {
+            return Response::Error(WireError::UnknownClass {
+                class: request.class,
+            });
+        };
+        let Some(&(method, info)) = class.methods.get(request.method.as_str()) else {
+            return Response::Error(WireError::UnknownMethod {
+                class: request.class,
+                method: request.method,
+            });
+        };
+        if info.fingerprint != request.fingerprint {
+            return Response::Error(WireError::SchemaMismatch {
+                class: request.class,
+                method: request.method,
+            });
+        }
+        if let Some(name) = &request.name {
+            if ObjectId::from_name(class.name, name) != request.object {
+                return Response::Error(WireError::Malformed {
+                    message: "the object id does not match the name".into(),
+                });
+            }
+        }
+        if let Owner::Elsewhere(owner) = self.placement.owner(class.name, request.object) {
+            return Response::Error(WireError::Moved { owner });
+        }
+        let _guard = InFlight::enter(self);
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Response::Error(WireError::ShuttingDown);
+        }
+        tracing::trace!(class = class.name, id = %request.object, method = %request.method, caller = %caller.0, "call");
+        let (tx, rx) = oneshot::channel();
+        self.shards.send(Call {
+            class: class.clone(),
+            method,
+            deadline_ms: received + request.timeout_ms.min(MAX_TIMEOUT_MS),
+            request,
+            reply: tx,
+        });
+        rx.await.unwrap_or_else(|_| {
+            // The shard stopped (a crash, or a stop without draining) after taking the
+            // call: its batch may have reached the log.
+            Response::Error(WireError::Indeterminate {
+                message: "the host stopped before answering".into(),
+            })
+        })
+    }
+
+    /// Refuse new calls and wait (up to `limit`) for the ones in flight.
+    pub(crate) async fn drain(&self, limit: Duration) {
+        self.shutting_down.store(true, Ordering::Release);
+        let wait = async {
+            loop {
+                let idle = self.idle.notified();
+                if self.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+    }
+}
+
+struct InFlight<'a>(&'a Calls);
+
+impl<'a> InFlight<'a> {
+    fn enter(calls: &'a Calls) -> Self {
+        calls.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(calls)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
