@@ -481,7 +481,9 @@ impl Object {
     /// Open the database and activate the instance if needed.
     async fn ensure_active(&mut self, name: Option<&str>) -> Result<(), Response> {
         if self.poisoned {
-            return Err(internal(
+            // Not "not applied": this very call may be in the logged batch (a retry
+            // with the same request id), and the restart's replay applies it.
+            return Err(indeterminate(
                 "this object's last batch is in the host log but not in its file; restart the host to replay it",
             ));
         }
@@ -756,7 +758,8 @@ impl Object {
             Err(response) => return (fail_all(batch, response), Vec::new()),
         };
         let before = write_marker(&self.ctx.as_ref().expect("active").conn);
-        let mut outbox: Outbox<Reply> = Outbox::default();
+        // Each reply with whether it is a recorded answer (kept if the batch fails).
+        let mut outbox: Outbox<(Reply, bool)> = Outbox::default();
         let mut recorded = Vec::new();
         let mut work = batch.into_iter();
         let mut failure: Option<CommitError> = None;
@@ -792,7 +795,14 @@ impl Object {
                         Response::Return(_) | Response::Welcome => TurnEnd::Ok,
                         _ => TurnEnd::Err,
                     };
-                    outbox.finish_turn(end, effects, reply.map(|tx| (tx, response)));
+                    outbox.finish_turn(end, effects, reply.map(|tx| ((tx, response), false)));
+                }
+                Ok(CallResult::Recorded(response)) => {
+                    outbox.finish_turn(
+                        TurnEnd::Ok,
+                        effects,
+                        reply.map(|tx| ((tx, response), true)),
+                    );
                 }
                 Ok(CallResult::Panicked(message)) => {
                     let response = Response::Error(WireError::ObjectReset { message });
@@ -801,7 +811,7 @@ impl Object {
                         Some(_) => TurnEnd::Panicked,
                         None => TurnEnd::Ok,
                     };
-                    outbox.finish_turn(end, effects, reply.map(|tx| (tx, response)));
+                    outbox.finish_turn(end, effects, reply.map(|tx| ((tx, response), false)));
                     // The instance may be half-changed: drop it. The work behind this
                     // goes back to the front of the queue and meets a fresh activation.
                     self.instance = None;
@@ -810,7 +820,11 @@ impl Object {
                 }
                 Err(e) => {
                     let response = internal(e.clone());
-                    outbox.finish_turn(TurnEnd::Err, effects, reply.map(|tx| (tx, response)));
+                    outbox.finish_turn(
+                        TurnEnd::Err,
+                        effects,
+                        reply.map(|tx| ((tx, response), false)),
+                    );
                     failure = Some(CommitError::NotApplied(e));
                     break;
                 }
@@ -831,7 +845,8 @@ impl Object {
         if let Some(failure) = failure {
             // Nothing of this batch is stored (or, if indeterminate, it may be replayed
             // on restart): every reply becomes the batch's error, the calls not reached
-            // get it too, and the instance is rebuilt from storage next time.
+            // get it too, and the instance is rebuilt from storage next time. A recorded
+            // answer (a retry of a call an earlier batch applied) stays: it is true.
             let _ = self.ctx.as_ref().expect("active").conn.run("ROLLBACK");
             self.instance = None;
             tracing::error!(class = self.class.name, id = %self.id, %failure, "batch failed");
@@ -842,12 +857,13 @@ impl Object {
             let replies = outbox
                 .fail()
                 .into_iter()
-                .map(|(tx, _)| tx)
+                .map(|((tx, response), recorded)| {
+                    (tx, if recorded { response } else { failed.clone() })
+                })
                 .chain(work.chain(requeue).filter_map(|w| match w {
-                    Work::Call(c) => Some(c.reply),
+                    Work::Call(c) => Some((c.reply, failed.clone())),
                     Work::Alarm => None,
                 }))
-                .map(|tx| (tx, failed.clone()))
                 .collect();
             return (replies, Vec::new());
         }
@@ -855,6 +871,7 @@ impl Object {
             self.index_alarms_after(due);
         }
         let Outbox { effects, replies } = outbox;
+        let replies = replies.into_iter().map(|(reply, _)| reply).collect();
         if effects.reset_instance {
             self.instance = None;
         }
@@ -948,6 +965,9 @@ fn write_marker(conn: &rusqlite::Connection) -> (u64, i64) {
 
 enum CallResult {
     Reply(Response),
+    /// The request id was applied by an earlier batch: its recorded answer stands,
+    /// whatever becomes of this batch.
+    Recorded(Response),
     Panicked(String),
 }
 
@@ -965,7 +985,7 @@ async fn run_call(
     }
     let db = |e: rusqlite::Error| e.to_string();
     if let Some(recorded) = store::lookup_request(&ctx.conn, &request.request_id).map_err(db)? {
-        return Ok(CallResult::Reply(match recorded {
+        return Ok(CallResult::Recorded(match recorded {
             Recorded::Return(b) => Response::Return(b),
             Recorded::AppError(b) => Response::AppError(b),
         }));

@@ -8,3 +8,6 @@
 pub(crate) mod due;
 pub(crate) mod object;
 pub(crate) mod outbox;
+
+#[cfg(test)]
+mod sim;

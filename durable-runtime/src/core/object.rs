@@ -224,9 +224,14 @@ impl<W: Work, R> ObjectCore<W, R> {
         }
     }
 
-    /// No work queued or running and no output waiting: the object may be evicted.
+    /// No work queued or running, no output waiting, and everything committed is
+    /// durable: the object may be evicted. (A batch with no outputs, an alarm's,
+    /// may still be on its way to disk; a fresh activation must not read it early.)
     pub(crate) fn is_idle(&self) -> bool {
-        !self.running && self.queue.is_empty() && self.gated.is_empty()
+        !self.running
+            && self.queue.is_empty()
+            && self.gated.is_empty()
+            && self.durable >= self.committed
     }
 
     /// When work last arrived or a batch last ended (ms).
