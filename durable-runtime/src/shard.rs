@@ -478,8 +478,8 @@ impl Object {
         });
     }
 
-    /// Open the database and activate the instance if needed.
-    async fn ensure_active(&mut self, name: Option<&str>) -> Result<(), Response> {
+    /// Open the database and attach the object's log if needed.
+    fn ensure_open(&mut self, name: Option<&str>) -> Result<(), Response> {
         if self.poisoned {
             // Not "not applied": this very call may be in the logged batch (a retry
             // with the same request id), and the restart's replay applies it.
@@ -511,49 +511,29 @@ impl Object {
             self.log = Some(durability.attach(self.class.name, self.id, &path, self.seq));
             self.ctx = Some(ctx);
         }
-        if self.instance.is_none() {
-            let capture = self.begin()?;
-            let ctx = self.ctx.as_mut().expect("opened above");
-            let before = write_marker(&ctx.conn);
-            let activate = self.class.activate;
-            ctx.effects = Effects::default();
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| activate(ctx)));
-            let effects = std::mem::take(&mut ctx.effects);
-            let failure = match result {
-                Ok(Ok(instance)) => {
-                    // A constructor may schedule alarms too (and migrations ship images).
-                    let committed = match self.index_alarms_before(false, &effects) {
-                        Ok(due) => self
-                            .commit(before, capture, &[])
-                            .await
-                            .map(|()| due)
-                            .map_err(|e| e.to_string()),
-                        Err(e) => Err(e),
-                    };
-                    match committed {
-                        Ok(due) => {
-                            if let Some(due) = due {
-                                self.index_alarms_after(due);
-                            }
-                            self.instance = Some(instance);
-                            return Ok(());
-                        }
-                        // No call of the batch has run yet: whatever became of the
-                        // activation's own writes, the calls were not applied.
-                        Err(e) => internal(format!("committing activation: {e}")),
-                    }
-                }
-                Ok(Err(e)) => Response::Error(WireError::ObjectReset {
-                    message: format!("activation failed: {}", e.0),
-                }),
-                Err(panic) => Response::Error(WireError::ObjectReset {
-                    message: format!("activation panicked: {}", panic_message(&panic)),
-                }),
-            };
-            let _ = self.ctx.as_ref().expect("opened").conn.run("ROLLBACK");
-            return Err(failure);
-        }
         Ok(())
+    }
+
+    /// Activate the instance inside the batch's open transaction. Returns the
+    /// constructor's effects, or the error every call of the batch gets.
+    fn activate(&mut self) -> Result<Effects, Response> {
+        let ctx = self.ctx.as_mut().expect("opened");
+        let activate = self.class.activate;
+        ctx.effects = Effects::default();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| activate(ctx)));
+        let effects = std::mem::take(&mut ctx.effects);
+        match result {
+            Ok(Ok(instance)) => {
+                self.instance = Some(instance);
+                Ok(effects)
+            }
+            Ok(Err(e)) => Err(Response::Error(WireError::ObjectReset {
+                message: format!("activation failed: {}", e.0),
+            })),
+            Err(panic) => Err(Response::Error(WireError::ObjectReset {
+                message: format!("activation panicked: {}", panic_message(&panic)),
+            })),
+        }
     }
 
     /// Before the batch can become durable: if its alarms changed (or an alarm wake ran,
@@ -747,19 +727,72 @@ impl Object {
                 })
                 .collect()
         };
-        if let Err(response) = self.ensure_active(name.as_deref()).await {
+        if let Err(response) = self.ensure_open(name.as_deref()) {
             if has_alarm_wake {
                 self.retry_alarms_later();
             }
             return (fail_all(batch, response), Vec::new());
         }
-        let capture = match self.begin() {
+        let mut capture = match self.begin() {
             Ok(c) => c,
             Err(response) => return (fail_all(batch, response), Vec::new()),
         };
-        let before = write_marker(&self.ctx.as_ref().expect("active").conn);
+        let mut before = write_marker(&self.ctx.as_ref().expect("active").conn);
         // Each reply with whether it is a recorded answer (kept if the batch fails).
         let mut outbox: Outbox<(Reply, bool)> = Outbox::default();
+        if self.instance.is_none() {
+            let activated = self.activate();
+            let wrote = write_marker(&self.ctx.as_ref().expect("opened").conn) != before;
+            match activated {
+                // The constructor of an object new to the log wrote (its tables): that
+                // state goes to the log as the object's first image, on its own, so
+                // the change feed shows the batch's calls as row changes after it.
+                Ok(effects) if wrote && self.needs_image => {
+                    let committed = match self.index_alarms_before(false, &effects) {
+                        Ok(due) => self
+                            .commit(before, capture.take(), &[])
+                            .await
+                            .map(|()| due)
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e),
+                    };
+                    let started = match committed {
+                        Ok(due) => {
+                            if let Some(due) = due {
+                                self.index_alarms_after(due);
+                            }
+                            self.begin()
+                        }
+                        // No call of the batch has run yet: whatever became of the
+                        // activation's own writes, the calls were not applied.
+                        Err(e) => Err(internal(format!("committing activation: {e}"))),
+                    };
+                    match started {
+                        Ok(c) => {
+                            capture = c;
+                            before = write_marker(&self.ctx.as_ref().expect("opened").conn);
+                        }
+                        Err(response) => {
+                            self.instance = None;
+                            let _ = self.ctx.as_ref().expect("opened").conn.run("ROLLBACK");
+                            if has_alarm_wake {
+                                self.retry_alarms_later();
+                            }
+                            return (fail_all(batch, response), Vec::new());
+                        }
+                    }
+                }
+                Ok(effects) => outbox.finish_turn(TurnEnd::Ok, effects, None),
+                Err(response) => {
+                    drop(capture);
+                    let _ = self.ctx.as_ref().expect("opened").conn.run("ROLLBACK");
+                    if has_alarm_wake {
+                        self.retry_alarms_later();
+                    }
+                    return (fail_all(batch, response), Vec::new());
+                }
+            }
+        }
         let mut recorded = Vec::new();
         let mut work = batch.into_iter();
         let mut failure: Option<CommitError> = None;

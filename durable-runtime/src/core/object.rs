@@ -338,7 +338,8 @@ mod tests {
         assert_eq!(c.poll(), None);
         c.handle(0, Input::SyncFailed);
         assert_eq!(c.poll(), Some(Action::Indeterminate(vec![12])));
-        assert!(c.is_idle());
+        // Batch 2 is in the file but not durable: a fresh activation must not read it.
+        assert!(!c.is_idle());
     }
 
     #[test]

@@ -652,10 +652,12 @@ impl Sim {
             match op.outcome {
                 Some(Final::Ok) if applied == 1 => expected[obj] += amount,
                 Some(Final::FailedInMethod) if applied == 0 => {}
-                outcome => return Err(format!(
+                outcome => {
+                    return Err(format!(
                     "call {i} ended {outcome:?} but {applied} of its request ids {:?} are applied",
                     op.reqs
-                )),
+                ))
+                }
             }
         }
         for (obj, o) in self.objs.iter().enumerate() {
