@@ -58,6 +58,9 @@ pub(crate) struct ShardConfig {
     pub(crate) idle_timeout: Duration,
     /// At most this many active objects per shard; the least recently used idle ones go first.
     pub(crate) max_active: usize,
+    /// Keep an object's SQLite transaction open across batches (host log only; off
+    /// under the test harness, whose `storage()` reads the files directly).
+    pub(crate) defer_commits: bool,
 }
 
 /// The shard threads and the channels into them.
@@ -192,6 +195,8 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         last_image_ms: 0,
         reported_due: None,
         poisoned: false,
+        txn_open: false,
+        deferred: Vec::new(),
     };
     tokio::task::spawn_local(object.run());
     slot
@@ -327,7 +332,21 @@ struct Object {
     /// The log holds a batch the object's file lacks (its commit failed): refuse work
     /// until a restart replays it.
     poisoned: bool,
+    /// An SQLite transaction is open on the object's database. Under the host log it
+    /// stays open across batches (each batch a savepoint in it): the log already
+    /// makes a batch durable, so the file commits only every few batches or when the
+    /// object goes quiet, and the WAL writes of many batches become one.
+    txn_open: bool,
+    /// Log positions of batches durable in the log but not yet committed to the file
+    /// (reported to the log as applied at the file's commit).
+    deferred: Vec<u64>,
 }
+
+/// Most batches an object keeps in its open transaction before committing its file.
+const DEFER_MAX_BATCHES: usize = 64;
+
+/// How long an object with deferred batches waits, quiet, before committing its file.
+const DEFER_IDLE: Duration = Duration::from_millis(100);
 
 /// A reply decided by a batch, waiting for the batch to be durable.
 type Reply = (oneshot::Sender<Response>, Response);
@@ -379,7 +398,15 @@ impl Object {
         loop {
             let action = self.slot.core.borrow_mut().poll();
             match action {
-                None => self.slot.notify.notified().await,
+                None if self.deferred.is_empty() => self.slot.notify.notified().await,
+                None => {
+                    // Quiet with batches only in the log: commit the file if nothing
+                    // arrives soon.
+                    let quiet = tokio::time::timeout(DEFER_IDLE, self.slot.notify.notified());
+                    if quiet.await.is_err() {
+                        self.commit_deferred();
+                    }
+                }
                 Some(Action::Run(batch)) => {
                     let alarm_wakes = batch.iter().filter(|w| !w.is_call()).count();
                     let seq_before = self.seq;
@@ -423,7 +450,10 @@ impl Object {
                         }
                     }
                 }
-                Some(Action::Stopped) => return,
+                Some(Action::Stopped) => {
+                    self.commit_deferred();
+                    return;
+                }
             }
         }
     }
@@ -609,10 +639,80 @@ impl Object {
         } else {
             None
         };
+        if !self.txn_open {
+            ctx.conn
+                .run("BEGIN IMMEDIATE")
+                .map_err(|e| internal(e.to_string()))?;
+            self.txn_open = true;
+        }
         ctx.conn
-            .run("BEGIN IMMEDIATE")
+            .run("SAVEPOINT durable_batch")
             .map_err(|e| internal(e.to_string()))?;
         Ok(capture)
+    }
+
+    /// Undo the running batch, keeping the batches deferred before it. If even that
+    /// fails, the whole transaction goes, and with deferred batches lost from the file
+    /// the object stops until a restart replays them from the log.
+    fn rollback_batch(&mut self) {
+        let conn = &self.ctx.as_ref().expect("opened").conn;
+        let undone = conn
+            .run("ROLLBACK TO durable_batch")
+            .and_then(|_| conn.run("RELEASE durable_batch"));
+        if undone.is_ok() && !self.deferred.is_empty() {
+            return;
+        }
+        let _ = conn.run("ROLLBACK");
+        self.txn_open = false;
+        if !self.deferred.is_empty() {
+            tracing::error!(class = self.class.name, id = %self.id, "rolling back a batch undid deferred ones; the object is stopped until a restart replays them");
+            self.deferred.clear();
+            self.poisoned = true;
+        }
+    }
+
+    /// End the running batch's savepoint; commit the file now if nothing is deferred
+    /// (or `now` is set), else leave the transaction open for the next batch.
+    fn release_batch(&mut self, now: bool) -> rusqlite::Result<()> {
+        let conn = &self.ctx.as_ref().expect("opened").conn;
+        conn.run("RELEASE durable_batch")?;
+        if now || self.deferred.is_empty() {
+            conn.run("COMMIT")?;
+            self.txn_open = false;
+        }
+        Ok(())
+    }
+
+    /// Commit the file's open transaction, if any, and tell the log which of its
+    /// records the file now holds (so checkpoints may pass them).
+    fn commit_deferred(&mut self) {
+        if !self.txn_open {
+            return;
+        }
+        let Some(ctx) = self.ctx.as_ref() else {
+            return;
+        };
+        self.txn_open = false;
+        match ctx.conn.run("COMMIT") {
+            Ok(()) => {
+                if let Some(log) = self.log.as_ref() {
+                    for lsn in self.deferred.drain(..) {
+                        log.applied(lsn);
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = ctx.conn.run("ROLLBACK");
+                if !self.deferred.is_empty() {
+                    // The log holds the batches, the file does not: they stay
+                    // unapplied, no checkpoint passes them, and the next start replays
+                    // them; until then the object refuses work.
+                    tracing::error!(class = self.class.name, id = %self.id, error = %e, "SQLite commit failed after the log write; the object is stopped until a restart replays it");
+                    self.deferred.clear();
+                    self.poisoned = true;
+                }
+            }
+        }
     }
 
     /// Commit the open transaction. If it wrote anything, number the batch and store
@@ -633,20 +733,21 @@ impl Object {
         if after == before && !self.needs_image {
             // Nothing was written: the capture is still empty, keep it for next time.
             self.spare_capture = capture;
-            // A transaction that wrote nothing: whatever happens to its COMMIT, nothing
-            // of it can survive.
-            return ctx.conn.run("COMMIT").map_err(not_applied);
+            // A batch that wrote nothing: whatever happens to its end, nothing of it
+            // can survive.
+            return self.release_batch(false).map_err(not_applied);
         }
         let seq = self.seq + 1;
         store::set_stored_seq(&ctx.conn, seq).map_err(not_applied)?;
         let log = self.log.as_ref().expect("attached");
         if !log.captures_changes() {
             drop(capture);
-            // A failed COMMIT may have left the commit frame in the WAL: indeterminate.
-            ctx.conn
-                .run("COMMIT")
+            // The file is the durability: commit every batch. A failed COMMIT may have
+            // left the commit frame in the WAL: indeterminate.
+            self.release_batch(true)
                 .map_err(|e| CommitError::Indeterminate(format!("commit failed: {e}")))?;
             self.seq = seq;
+            let log = self.log.as_ref().expect("attached");
             log.submit(seq, None);
             return Ok(());
         }
@@ -689,19 +790,29 @@ impl Object {
             ));
         }
         // The batch is durable in the log: from here on it is committed, whatever happens
-        // to this SQLite commit.
+        // to the file. The file's commit may wait for later batches (see `deferred`).
         self.seq = seq;
         self.needs_image = false;
-        match ctx.conn.run("COMMIT") {
-            Ok(()) => {
-                log.applied(pos.lsn);
-                Ok(())
-            }
+        self.deferred.push(pos.lsn);
+        let released = ctx.conn.run("RELEASE durable_batch");
+        if released.is_ok() && self.config.defer_commits && self.deferred.len() < DEFER_MAX_BATCHES
+        {
+            return Ok(());
+        }
+        self.commit_deferred();
+        match released {
+            Ok(()) if !self.poisoned => Ok(()),
+            Ok(()) => Err(CommitError::Indeterminate(
+                "the batch is in the host log but its commit failed".into(),
+            )),
             Err(e) => {
                 // The log holds the batch but the file does not. The record stays
                 // unapplied, so no checkpoint passes it and the next start replays it;
                 // until then the object refuses work rather than build on a gap.
                 tracing::error!(class = self.class.name, id = %self.id, error = %e, "SQLite commit failed after the log write; the object is stopped until a restart replays it");
+                let _ = self.ctx.as_ref().expect("opened").conn.run("ROLLBACK");
+                self.txn_open = false;
+                self.deferred.clear();
                 self.poisoned = true;
                 Err(CommitError::Indeterminate(format!(
                     "the batch is in the host log but its commit failed: {e}"
@@ -774,7 +885,7 @@ impl Object {
                         }
                         Err(response) => {
                             self.instance = None;
-                            let _ = self.ctx.as_ref().expect("opened").conn.run("ROLLBACK");
+                            self.rollback_batch();
                             if has_alarm_wake {
                                 self.retry_alarms_later();
                             }
@@ -785,7 +896,7 @@ impl Object {
                 Ok(effects) => outbox.finish_turn(TurnEnd::Ok, effects, None),
                 Err(response) => {
                     drop(capture);
-                    let _ = self.ctx.as_ref().expect("opened").conn.run("ROLLBACK");
+                    self.rollback_batch();
                     if has_alarm_wake {
                         self.retry_alarms_later();
                     }
@@ -880,7 +991,9 @@ impl Object {
             // on restart): every reply becomes the batch's error, the calls not reached
             // get it too, and the instance is rebuilt from storage next time. A recorded
             // answer (a retry of a call an earlier batch applied) stays: it is true.
-            let _ = self.ctx.as_ref().expect("active").conn.run("ROLLBACK");
+            if self.txn_open {
+                self.rollback_batch();
+            }
             self.instance = None;
             tracing::error!(class = self.class.name, id = %self.id, %failure, "batch failed");
             if has_alarm_wake {
@@ -909,6 +1022,8 @@ impl Object {
             self.instance = None;
         }
         if let Some(target) = effects.restore {
+            // The restore replaces the file: everything deferred goes in first.
+            self.commit_deferred();
             if let Err(e) = self.restore(target).await {
                 tracing::error!(class = self.class.name, id = %self.id, error = %e, "restore failed; the object keeps its state");
             }
