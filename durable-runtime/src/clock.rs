@@ -61,6 +61,13 @@ impl Clock for VirtualClock {
     }
 }
 
+/// Time since this process first asked, from the monotonic clock: for housekeeping
+/// rate limits only (never for anything a turn or a test can observe).
+pub(crate) fn monotonic() -> Duration {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed()
+}
+
 /// Milliseconds since the Unix epoch of `t` (0 before the epoch).
 pub(crate) fn ms_of(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)

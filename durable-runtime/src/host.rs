@@ -243,6 +243,7 @@ impl Host {
             }
         }
         let lock = DirLock::acquire(&self.data_dir).map_err(HostError::Config)?;
+        crate::store::configure_sqlite();
         let mut limits = limits;
         // Each active object holds three descriptors (database, WAL, shared memory).
         let fds = raise_fd_limit();

@@ -197,6 +197,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         poisoned: false,
         txn_open: false,
         deferred: Vec::new(),
+        holds_memory: false,
     };
     tokio::task::spawn_local(object.run());
     slot
@@ -340,7 +341,14 @@ struct Object {
     /// Log positions of batches durable in the log but not yet committed to the file
     /// (reported to the log as applied at the file's commit).
     deferred: Vec<u64>,
+    /// The connection may hold cached pages and statements (a batch ran since it last
+    /// gave them back).
+    holds_memory: bool,
 }
+
+/// How long an object stays quiet before its connection gives back its page cache and
+/// prepared statements.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
 /// Most batches an object keeps in its open transaction before committing its file.
 const DEFER_MAX_BATCHES: usize = 64;
@@ -398,7 +406,19 @@ impl Object {
         loop {
             let action = self.slot.core.borrow_mut().poll();
             match action {
-                None if self.deferred.is_empty() => self.slot.notify.notified().await,
+                None if self.deferred.is_empty() && !self.holds_memory => {
+                    self.slot.notify.notified().await
+                }
+                None if self.deferred.is_empty() => {
+                    // Quiet for a while: give back cached pages and statements.
+                    let quiet = tokio::time::timeout(IDLE_RELEASE, self.slot.notify.notified());
+                    if quiet.await.is_err() {
+                        if let Some(ctx) = self.ctx.as_ref() {
+                            store::release_idle_memory(&ctx.conn);
+                        }
+                        self.holds_memory = false;
+                    }
+                }
                 None => {
                     // Quiet with batches only in the log: commit the file if nothing
                     // arrives soon.
@@ -408,6 +428,7 @@ impl Object {
                     }
                 }
                 Some(Action::Run(batch)) => {
+                    self.holds_memory = true;
                     let alarm_wakes = batch.iter().filter(|w| !w.is_call()).count();
                     let seq_before = self.seq;
                     let (outputs, requeue) = self.run_batch(batch).await;

@@ -29,6 +29,56 @@ CREATE TABLE IF NOT EXISTS _durable_alarm_failures(name TEXT NOT NULL, key TEXT 
   attempts INTEGER NOT NULL, error TEXT NOT NULL, failed_ms INTEGER NOT NULL);
 ";
 
+/// Process-wide SQLite settings for hosting many small connections, applied once
+/// before the first connection opens: no bulk page-cache allocation per connection
+/// (SQLite's default pre-allocates 20 pages for every cache; most objects touch a few).
+/// If SQLite was already initialized in this process (a connection opened first),
+/// the defaults stay and only memory use differs.
+pub(crate) fn configure_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: SQLITE_CONFIG_PAGECACHE takes (void*, int, int); with a NULL buffer
+        // and N = 0 it only turns off the initial bulk allocation. sqlite3_config
+        // refuses (SQLITE_MISUSE) rather than misbehaves once SQLite is initialized.
+        let rc = unsafe {
+            rusqlite::ffi::sqlite3_config(
+                rusqlite::ffi::SQLITE_CONFIG_PAGECACHE,
+                std::ptr::null_mut::<std::os::raw::c_void>(),
+                0 as std::os::raw::c_int,
+                0 as std::os::raw::c_int,
+            )
+        };
+        if rc != rusqlite::ffi::SQLITE_OK {
+            tracing::debug!(
+                rc,
+                "SQLite was initialized already; page cache defaults kept"
+            );
+        }
+    });
+}
+
+/// Give back what an idle object's connection holds beyond its open files: cached
+/// pages and prepared statements (both come back on the next call).
+pub(crate) fn release_idle_memory(conn: &Connection) {
+    conn.flush_prepared_statement_cache();
+    // SAFETY: a live connection owned by this thread.
+    unsafe {
+        rusqlite::ffi::sqlite3_db_release_memory(conn.handle());
+    }
+    // What the connections free is scattered small blocks; ask the allocator to hand
+    // whole free pages back to the system, at most once a second for the process.
+    static LAST_TRIM: std::sync::Mutex<Option<std::time::Duration>> = std::sync::Mutex::new(None);
+    let now = crate::clock::monotonic();
+    let mut last = LAST_TRIM.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_none_or(|t| now.saturating_sub(t) >= std::time::Duration::from_secs(1)) {
+        *last = Some(now);
+        // SAFETY: malloc_trim only releases free memory.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 /// Open (creating if needed) the database of one object and wrap it in a [`Context`].
 /// Returns whether the runtime's tables were created or changed by opening (a new
 /// object, or one written by an older version): its next batch must ship an image. With `sync_new`, a new file and its directory
