@@ -47,8 +47,8 @@ pub(crate) trait ObjectLog {
     fn submit(&self, seq: u64, change: Option<Change>);
     /// Watch the durable position.
     fn watch(&self) -> watch::Receiver<DurablePos>;
-    /// The object has committed the record at `lsn` to its own file (write-ahead logs
-    /// must not checkpoint past a record until then).
+    /// The object's file now holds every record of this object up to `lsn`
+    /// (write-ahead logs must not checkpoint past a record until then).
     fn applied(&self, lsn: u64) {
         let _ = lsn;
     }

@@ -196,7 +196,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         reported_due: None,
         poisoned: false,
         txn_open: false,
-        deferred: Vec::new(),
+        deferred: 0,
         holds_memory: false,
     };
     tokio::task::spawn_local(object.run());
@@ -338,9 +338,9 @@ struct Object {
     /// makes a batch durable, so the file commits only every few batches or when the
     /// object goes quiet, and the WAL writes of many batches become one.
     txn_open: bool,
-    /// Log positions of batches durable in the log but not yet committed to the file
-    /// (reported to the log as applied at the file's commit).
-    deferred: Vec<u64>,
+    /// Batches in the open transaction that the file has not committed: handed to the
+    /// log (durable, or on their way), committed to the file once the log has them.
+    deferred: usize,
     /// The connection may hold cached pages and statements (a batch ran since it last
     /// gave them back).
     holds_memory: bool,
@@ -406,10 +406,10 @@ impl Object {
         loop {
             let action = self.slot.core.borrow_mut().poll();
             match action {
-                None if self.deferred.is_empty() && !self.holds_memory => {
+                None if self.deferred == 0 && !self.holds_memory => {
                     self.slot.notify.notified().await
                 }
-                None if self.deferred.is_empty() => {
+                None if self.deferred == 0 => {
                     // Quiet for a while: give back cached pages and statements.
                     let quiet = tokio::time::timeout(IDLE_RELEASE, self.slot.notify.notified());
                     if quiet.await.is_err() {
@@ -424,7 +424,7 @@ impl Object {
                     // arrives soon.
                     let quiet = tokio::time::timeout(DEFER_IDLE, self.slot.notify.notified());
                     if quiet.await.is_err() {
-                        self.commit_deferred();
+                        self.commit_deferred().await;
                     }
                 }
                 Some(Action::Run(batch)) => {
@@ -472,7 +472,7 @@ impl Object {
                     }
                 }
                 Some(Action::Stopped) => {
-                    self.commit_deferred();
+                    self.commit_deferred().await;
                     return;
                 }
             }
@@ -680,14 +680,14 @@ impl Object {
         let undone = conn
             .run("ROLLBACK TO durable_batch")
             .and_then(|_| conn.run("RELEASE durable_batch"));
-        if undone.is_ok() && !self.deferred.is_empty() {
+        if undone.is_ok() && self.deferred > 0 {
             return;
         }
         let _ = conn.run("ROLLBACK");
         self.txn_open = false;
-        if !self.deferred.is_empty() {
+        if self.deferred > 0 {
             tracing::error!(class = self.class.name, id = %self.id, "rolling back a batch undid deferred ones; the object is stopped until a restart replays them");
-            self.deferred.clear();
+            self.deferred = 0;
             self.poisoned = true;
         }
     }
@@ -697,51 +697,89 @@ impl Object {
     fn release_batch(&mut self, now: bool) -> rusqlite::Result<()> {
         let conn = &self.ctx.as_ref().expect("opened").conn;
         conn.run("RELEASE durable_batch")?;
-        if now || self.deferred.is_empty() {
+        if now || self.deferred == 0 {
             conn.run("COMMIT")?;
             self.txn_open = false;
         }
         Ok(())
     }
 
-    /// Commit the file's open transaction, if any, and tell the log which of its
-    /// records the file now holds (so checkpoints may pass them).
-    fn commit_deferred(&mut self) {
-        if !self.txn_open {
-            return;
+    /// Commit the file's open transaction, if any, once the log holds every batch in
+    /// it (the log is written ahead of the file), and tell the log the file holds them
+    /// (so checkpoints may pass them). Returns false if the object had to stop: the log
+    /// failed, or the commit did, with batches only the log holds (a restart replays
+    /// them).
+    async fn commit_deferred(&mut self) -> bool {
+        if !self.txn_open || self.ctx.is_none() {
+            return !self.poisoned;
         }
-        let Some(ctx) = self.ctx.as_ref() else {
-            return;
-        };
-        self.txn_open = false;
+        let mut lsn = None;
+        if self.deferred > 0 {
+            let target = self.seq;
+            let log = self
+                .log
+                .as_ref()
+                .expect("attached while batches are deferred");
+            let mut watch = log.watch();
+            let pos = watch
+                .wait_for(|p| p.failed || p.durable >= target)
+                .await
+                .map(|p| *p)
+                .unwrap_or(DurablePos {
+                    durable: 0,
+                    lsn: 0,
+                    failed: true,
+                });
+            if pos.failed {
+                tracing::error!(class = self.class.name, id = %self.id, "the host log failed with batches not yet in the file; the object is stopped until a restart");
+                self.abandon_txn();
+                return false;
+            }
+            lsn = Some(pos.lsn);
+        }
+        let ctx = self.ctx.as_ref().expect("checked above");
         match ctx.conn.run("COMMIT") {
             Ok(()) => {
-                if let Some(log) = self.log.as_ref() {
-                    for lsn in self.deferred.drain(..) {
-                        log.applied(lsn);
-                    }
+                self.txn_open = false;
+                self.deferred = 0;
+                if let (Some(lsn), Some(log)) = (lsn, self.log.as_ref()) {
+                    log.applied(lsn);
                 }
+                true
             }
             Err(e) => {
-                let _ = ctx.conn.run("ROLLBACK");
-                if !self.deferred.is_empty() {
-                    // The log holds the batches, the file does not: they stay
-                    // unapplied, no checkpoint passes them, and the next start replays
-                    // them; until then the object refuses work.
-                    tracing::error!(class = self.class.name, id = %self.id, error = %e, "SQLite commit failed after the log write; the object is stopped until a restart replays it");
-                    self.deferred.clear();
-                    self.poisoned = true;
-                }
+                // The log holds the batches, the file does not: they stay unapplied, no
+                // checkpoint passes them, and the next start replays them; until then
+                // the object refuses work rather than build on a gap.
+                tracing::error!(class = self.class.name, id = %self.id, error = %e, "SQLite commit failed after the log write; the object is stopped until a restart replays it");
+                self.abandon_txn();
+                false
             }
         }
     }
 
-    /// Commit the open transaction. If it wrote anything, number the batch and store
-    /// the number in the same transaction. With a log that captures changes, the batch's
+    /// Drop the open transaction and everything deferred in it; with deferred batches
+    /// the object stops until a restart replays them from the log.
+    fn abandon_txn(&mut self) {
+        if let Some(ctx) = self.ctx.as_ref() {
+            let _ = ctx.conn.run("ROLLBACK");
+        }
+        self.txn_open = false;
+        if self.deferred > 0 {
+            self.deferred = 0;
+            self.poisoned = true;
+        }
+        self.instance = None;
+    }
+
+    /// End the running batch. If it wrote anything, number the batch and store the
+    /// number in the same transaction. With a log that captures changes, the batch's
     /// changeset (or the whole database, when the schema changed or the object is new to
-    /// the log) is made durable in the log *before* the SQLite commit, so the object's
-    /// file never holds a change the log lacks. Otherwise the commit comes first and the
-    /// replies wait for the object's own sync (see [`Object::release`]).
+    /// the log) goes to the log and the batch stays in the open transaction; the file
+    /// commits later, only once the log holds it (see [`Object::commit_deferred`]), so
+    /// the object's file never holds a change the log lacks. Otherwise (`--durability
+    /// fsync`) the file commits now and its sync makes the batch durable. Either way
+    /// the replies wait in the core's output gate.
     async fn commit(
         &mut self,
         before: (u64, i64),
@@ -793,53 +831,29 @@ impl Object {
             }
         };
         drop(capture);
-        let mut watch = log.watch();
         log.submit(seq, Some(change));
-        let pos = watch
-            .wait_for(|p| p.failed || p.durable >= seq)
-            .await
-            .map(|p| *p)
-            .unwrap_or(DurablePos {
-                durable: 0,
-                lsn: 0,
-                failed: true,
-            });
-        if pos.failed {
-            // The record may be wholly or partly on disk: a restart may replay it.
-            return Err(CommitError::Indeterminate(
-                "the host log could not make the batch durable".into(),
-            ));
-        }
-        // The batch is durable in the log: from here on it is committed, whatever happens
-        // to the file. The file's commit may wait for later batches (see `deferred`).
+        // The batch is on its way to the log and cannot be called back: from here on it
+        // is numbered, whatever happens. Its replies wait for the log (the output gate);
+        // the next batch need not: it runs on top in the same open transaction, and
+        // the file commits only once the log holds every batch in it.
         self.seq = seq;
         self.needs_image = false;
-        self.deferred.push(pos.lsn);
-        let released = ctx.conn.run("RELEASE durable_batch");
-        if released.is_ok() && self.config.defer_commits && self.deferred.len() < DEFER_MAX_BATCHES
+        self.deferred += 1;
+        if let Err(e) = ctx.conn.run("RELEASE durable_batch") {
+            tracing::error!(class = self.class.name, id = %self.id, error = %e, "ending a batch failed after its log write; the object is stopped until a restart replays it");
+            self.abandon_txn();
+            return Err(CommitError::Indeterminate(format!(
+                "the batch is in the host log but its commit failed: {e}"
+            )));
+        }
+        if (!self.config.defer_commits || self.deferred >= DEFER_MAX_BATCHES)
+            && !self.commit_deferred().await
         {
-            return Ok(());
+            return Err(CommitError::Indeterminate(
+                "the batch may be in the host log but its commit failed".into(),
+            ));
         }
-        self.commit_deferred();
-        match released {
-            Ok(()) if !self.poisoned => Ok(()),
-            Ok(()) => Err(CommitError::Indeterminate(
-                "the batch is in the host log but its commit failed".into(),
-            )),
-            Err(e) => {
-                // The log holds the batch but the file does not. The record stays
-                // unapplied, so no checkpoint passes it and the next start replays it;
-                // until then the object refuses work rather than build on a gap.
-                tracing::error!(class = self.class.name, id = %self.id, error = %e, "SQLite commit failed after the log write; the object is stopped until a restart replays it");
-                let _ = self.ctx.as_ref().expect("opened").conn.run("ROLLBACK");
-                self.txn_open = false;
-                self.deferred.clear();
-                self.poisoned = true;
-                Err(CommitError::Indeterminate(format!(
-                    "the batch is in the host log but its commit failed: {e}"
-                )))
-            }
-        }
+        Ok(())
     }
 
     /// Run one batch: returns the replies it decided (to be released once the batch
@@ -1044,7 +1058,7 @@ impl Object {
         }
         if let Some(target) = effects.restore {
             // The restore replaces the file: everything deferred goes in first.
-            self.commit_deferred();
+            self.commit_deferred().await;
             if let Err(e) = self.restore(target).await {
                 tracing::error!(class = self.class.name, id = %self.id, error = %e, "restore failed; the object keeps its state");
             }

@@ -185,6 +185,8 @@ struct Entry {
     kind: RecordKind,
     payload: Vec<u8>,
     pos: Arc<watch::Sender<DurablePos>>,
+    /// The object's durable records its file does not hold yet (lsns, increasing).
+    written: Arc<Mutex<Vec<u64>>>,
 }
 
 enum Msg {
@@ -402,6 +404,7 @@ impl Durability for HostLog {
                 })
                 .0,
             ),
+            written: Arc::default(),
         })
     }
 
@@ -436,6 +439,7 @@ struct HostObjectLog {
     id: ObjectId,
     db_path: Arc<PathBuf>,
     pos: Arc<watch::Sender<DurablePos>>,
+    written: Arc<Mutex<Vec<u64>>>,
 }
 
 impl ObjectLog for HostObjectLog {
@@ -456,6 +460,7 @@ impl ObjectLog for HostObjectLog {
             kind,
             payload,
             pos: self.pos.clone(),
+            written: self.written.clone(),
         };
         if self.tx.send(Msg::Append(entry)).is_err() {
             self.pos.send_modify(|p| p.failed = true);
@@ -472,7 +477,11 @@ impl ObjectLog for HostObjectLog {
             .dirty
             .entry((self.class, self.id))
             .or_insert_with(|| self.db_path.clone());
-        applied.unapplied.remove(&lsn);
+        let mut written = self.written.lock().unwrap();
+        let through = written.partition_point(|&l| l <= lsn);
+        for l in written.drain(..through) {
+            applied.unapplied.remove(&l);
+        }
     }
 }
 
@@ -558,11 +567,13 @@ fn writer_loop(
                         // Durable, not yet committed by their objects: no checkpoint
                         // may cover them until each object reports it has.
                         for (i, e) in batch.iter().enumerate() {
+                            let lsn = first + i as u64;
                             shared.applied[stripe(&e.object)]
                                 .lock()
                                 .unwrap()
                                 .unapplied
-                                .insert(first + i as u64);
+                                .insert(lsn);
+                            e.written.lock().unwrap().push(lsn);
                         }
                         shared.durable_lsn.send_replace(next_lsn - 1);
                         let publish = shared.feed.receiver_count() > 0;
