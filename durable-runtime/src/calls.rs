@@ -108,6 +108,11 @@ impl Calls {
         })
     }
 
+    /// Whether [`Calls::drain`] has begun: new calls are refused.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
     /// Refuse new calls and wait (up to `limit`) for the ones in flight.
     pub(crate) async fn drain(&self, limit: Duration) {
         self.shutting_down.store(true, Ordering::Release);

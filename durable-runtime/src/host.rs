@@ -368,11 +368,15 @@ impl Host {
             token: tls.token,
             max_frame: limits.max_frame,
             caller: Caller("host-token".into()),
+            streams: Default::default(),
+            opened: Default::default(),
+            streams_idle: Default::default(),
         });
         let acceptor = tokio::spawn(server.clone().accept_loop(endpoint.clone()));
         tracing::info!(addr = %local_addr, data_dir = %self.data_dir.display(), "host started");
         Ok(RunningHost {
             endpoint,
+            server,
             calls,
             acceptor,
             local_addr,
@@ -391,6 +395,7 @@ impl Host {
 #[derive(Debug)]
 pub struct RunningHost {
     endpoint: quinn::Endpoint,
+    server: Arc<Server>,
     calls: Arc<Calls>,
     acceptor: tokio::task::JoinHandle<()>,
     local_addr: SocketAddr,
@@ -420,6 +425,12 @@ impl std::fmt::Debug for HostLog {
 impl std::fmt::Debug for AlarmService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AlarmService").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
     }
 }
 
@@ -473,6 +484,8 @@ impl RunningHost {
     /// Nothing acknowledged is lost.
     pub async fn shutdown(self) {
         self.calls.drain(Duration::from_secs(30)).await;
+        // Every answer written and acknowledged before the endpoint closes.
+        self.server.drain(Duration::from_secs(5)).await;
         self.stop(true).await;
     }
 

@@ -6,11 +6,19 @@
 
 use crate::calls::{Caller, Calls};
 use durable_client::wire::{self, FrameError, Request, Response, WireError};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Largest hello frame accepted before authentication.
 const MAX_HELLO: usize = 4096;
+
+/// At shutdown, how long no new stream must open before the endpoint closes.
+const QUIET: Duration = Duration::from_millis(100);
+
+/// How long an answer may wait for the peer's acknowledgement during shutdown.
+const ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a peer may take to send a whole request frame.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,6 +29,11 @@ pub(crate) struct Server {
     pub(crate) max_frame: usize,
     /// Who QUIC callers are: the holders of the host token.
     pub(crate) caller: Caller,
+    /// Streams between their request and the acknowledgement of their answer.
+    pub(crate) streams: AtomicUsize,
+    /// Streams opened so far.
+    pub(crate) opened: AtomicUsize,
+    pub(crate) streams_idle: Notify,
 }
 
 impl Server {
@@ -65,6 +78,7 @@ impl Server {
     }
 
     async fn stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let _open = StreamGuard::enter(self);
         let request =
             tokio::time::timeout(READ_TIMEOUT, read_frame(&mut recv, self.max_frame)).await;
         let response = match request.unwrap_or(Err(FrameError::Truncated)) {
@@ -76,6 +90,54 @@ impl Server {
         };
         let _ = send.write_all(&wire::encode_frame(&response)).await;
         let _ = send.finish();
+        if self.calls.is_shutting_down() {
+            // The endpoint closes once every stream is done: make sure this answer has
+            // reached the peer first (closing discards unacknowledged data).
+            let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
+        }
+    }
+
+    /// Wait (up to `limit`) until no stream is between its request and the peer's
+    /// acknowledgement of its answer, and none has opened for [`QUIET`]: calls a
+    /// client sent just before the stop still arrive, and are answered `ShuttingDown`
+    /// rather than lost with the connection. Call after the entry stopped taking calls.
+    pub(crate) async fn drain(&self, limit: Duration) {
+        let wait = async {
+            loop {
+                let idle = self.streams_idle.notified();
+                if self.streams.load(Ordering::Acquire) == 0 {
+                    let opened = self.opened.load(Ordering::Acquire);
+                    tokio::time::sleep(QUIET).await;
+                    if self.opened.load(Ordering::Acquire) == opened
+                        && self.streams.load(Ordering::Acquire) == 0
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+    }
+}
+
+/// Counts a stream from its request to its answer's acknowledgement.
+struct StreamGuard<'a>(&'a Server);
+
+impl<'a> StreamGuard<'a> {
+    fn enter(server: &'a Server) -> Self {
+        server.streams.fetch_add(1, Ordering::AcqRel);
+        server.opened.fetch_add(1, Ordering::AcqRel);
+        StreamGuard(server)
+    }
+}
+
+impl Drop for StreamGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.streams_idle.notify_waiters();
+        }
     }
 }
 
