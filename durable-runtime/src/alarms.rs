@@ -86,6 +86,8 @@ pub(crate) struct AlarmIndex {
 impl AlarmIndex {
     pub(crate) fn open(data_dir: &Path) -> rusqlite::Result<AlarmIndex> {
         let path = data_dir.join("alarms.db");
+        crate::files::precreate_db(&path)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;

@@ -110,6 +110,8 @@ where
     let cli = Cli::parse_from(args);
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal, never in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

@@ -13,6 +13,39 @@ pub(crate) fn object_path(data_dir: &Path, class: &str, id: ObjectId) -> PathBuf
         .join(format!("{id}.db"))
 }
 
+/// Files under a data directory are readable and writable by the host's user only.
+pub(crate) const FILE_MODE: u32 = 0o600;
+/// Directories under a data directory are reachable by the host's user only.
+pub(crate) const DIR_MODE: u32 = 0o700;
+
+/// Create `dir` and its missing parents with mode 0700.
+pub(crate) fn create_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+}
+
+/// Options that create a file with mode 0600 (for writing; set the rest).
+pub(crate) fn private_file() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.mode(FILE_MODE);
+    o
+}
+
+/// Make sure the SQLite database at `path` exists with mode 0600 before SQLite opens
+/// it: SQLite gives new files 0644 (less the umask), and its `-wal` and `-shm` files
+/// copy the database file's mode.
+pub(crate) fn precreate_db(path: &Path) -> std::io::Result<()> {
+    match private_file().write(true).create_new(true).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// fsync a directory so that entries created in it survive power loss.
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
@@ -26,10 +59,9 @@ pub(crate) struct DirLock(#[allow(dead_code)] std::fs::File);
 impl DirLock {
     pub(crate) fn acquire(data_dir: &Path) -> Result<DirLock, String> {
         use std::os::fd::AsRawFd;
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| format!("creating {}: {e}", data_dir.display()))?;
+        create_dirs(data_dir).map_err(|e| format!("creating {}: {e}", data_dir.display()))?;
         let path = data_dir.join("host.lock");
-        let f = std::fs::OpenOptions::new()
+        let f = private_file()
             .create(true)
             .truncate(false)
             .write(true)

@@ -256,7 +256,7 @@ impl Host {
             );
             limits.max_active = fd_cap;
         }
-        std::fs::create_dir_all(self.data_dir.join("objects"))
+        crate::files::create_dirs(&self.data_dir.join("objects"))
             .map_err(|e| HostError::io(format!("creating {}", self.data_dir.display()), e))?;
         let tls = crate::tls::load_or_create(&self.data_dir, &self.tls_names)?;
         crate::restore::clear_scratch(&self.data_dir);
@@ -317,6 +317,9 @@ impl Host {
         let local_addr = endpoint
             .local_addr()
             .map_err(|e| HostError::io("reading the bound address", e))?;
+        if local_addr.ip().is_unspecified() {
+            tracing::warn!(addr = %local_addr, "listening on every network interface: any host that can reach this machine can try the token; listen on a specific address unless that is meant");
+        }
 
         let shards = Arc::new(
             Shards::start(

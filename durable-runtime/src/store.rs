@@ -94,7 +94,9 @@ pub(crate) fn open(
     let dir = path.parent().expect("object path has a parent");
     let fresh = !path.exists();
     if fresh {
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        crate::files::create_dirs(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        crate::files::precreate_db(&path)
+            .map_err(|e| format!("creating {}: {e}", path.display()))?;
     }
     let conn = Connection::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     // SQLite gives every connection 120 KiB of lookaside memory by default; a host
@@ -238,7 +240,7 @@ pub(crate) fn set_image_time(conn: &Connection, ms: u64) -> rusqlite::Result<()>
 pub(crate) fn write_image(path: &Path, image: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().expect("object path has a parent");
-    std::fs::create_dir_all(dir)?;
+    crate::files::create_dirs(dir)?;
     // A stale WAL must never meet the new file: remove it first.
     for suffix in ["-wal", "-shm"] {
         let mut p = path.as_os_str().to_owned();
@@ -249,7 +251,11 @@ pub(crate) fn write_image(path: &Path, image: &[u8]) -> std::io::Result<()> {
         }
     }
     let tmp = path.with_extension("db.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = crate::files::private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
     f.write_all(image)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;

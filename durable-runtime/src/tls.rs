@@ -26,9 +26,10 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), HostError> {
         .map_err(|e| HostError::io(format!("writing {}", path.display()), e))
 }
 
+/// Public material, but under the data directory every file is 0600: clients run by
+/// another user get the CA certificate from the operator, not from the host's files.
 fn write_public(path: &Path, contents: &[u8]) -> Result<(), HostError> {
-    std::fs::write(path, contents)
-        .map_err(|e| HostError::io(format!("writing {}", path.display()), e))
+    write_private(path, contents)
 }
 
 fn tls_err(e: impl std::fmt::Display) -> HostError {
@@ -52,7 +53,7 @@ fn ca_params() -> Result<rcgen::CertificateParams, HostError> {
 /// IP addresses for the host certificate (besides `localhost`, `127.0.0.1`, `::1`).
 pub(crate) fn load_or_create(data_dir: &Path, names: &[String]) -> Result<TlsMaterial, HostError> {
     let dir = data_dir.join("tls");
-    std::fs::create_dir_all(&dir)
+    crate::files::create_dirs(&dir)
         .map_err(|e| HostError::io(format!("creating {}", dir.display()), e))?;
     let (ca_pem, ca_key, cert, key, token) = (
         dir.join("ca.pem"),
@@ -65,6 +66,7 @@ pub(crate) fn load_or_create(data_dir: &Path, names: &[String]) -> Result<TlsMat
         let _ = std::fs::remove_file(&cert);
         let _ = std::fs::remove_file(&key);
         let _ = std::fs::remove_file(&ca_key);
+        let _ = std::fs::remove_file(&ca_pem);
         let key_pair = rcgen::KeyPair::generate().map_err(tls_err)?;
         let ca = ca_params()?.self_signed(&key_pair).map_err(tls_err)?;
         write_private(&ca_key, key_pair.serialize_pem().as_bytes())?;
@@ -72,6 +74,7 @@ pub(crate) fn load_or_create(data_dir: &Path, names: &[String]) -> Result<TlsMat
     }
     if !cert.exists() || !key.exists() {
         let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(&cert);
         let ca_key_pem =
             std::fs::read_to_string(&ca_key).map_err(|e| HostError::io("reading ca.key", e))?;
         let ca_pair = rcgen::KeyPair::from_pem(&ca_key_pem).map_err(tls_err)?;
@@ -93,7 +96,8 @@ pub(crate) fn load_or_create(data_dir: &Path, names: &[String]) -> Result<TlsMat
     if !token.exists() {
         let bytes: [u8; 32] = rand::random();
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        write_private(&token, format!("{hex}\n").as_bytes())?;
+        // 64 hex characters, no newline (docs/wire.md).
+        write_private(&token, hex.as_bytes())?;
     }
     crate::files::sync_dir(&dir).map_err(|e| HostError::io("syncing tls dir", e))?;
 

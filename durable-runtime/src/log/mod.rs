@@ -84,7 +84,11 @@ pub(crate) fn read_checkpoint(data_dir: &Path) -> std::io::Result<u64> {
 pub(crate) fn write_checkpoint(data_dir: &Path, lsn: u64) -> std::io::Result<()> {
     let dir = log_dir(data_dir);
     let tmp = dir.join("checkpoint.tmp");
-    let mut f = File::create(&tmp)?;
+    let mut f = crate::files::private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
     writeln!(f, "{lsn}")?;
     f.sync_all()?;
     std::fs::rename(&tmp, dir.join("checkpoint"))?;
@@ -124,7 +128,7 @@ pub(crate) fn retire_segments(
             break;
         }
         if retention.is_some() {
-            std::fs::create_dir_all(&archive)?;
+            crate::files::create_dirs(&archive)?;
             std::fs::rename(path, archive.join(path.file_name().unwrap()))?;
             moved = true;
         } else {
@@ -158,7 +162,7 @@ pub(crate) fn append_offline(
     now_ms: u64,
 ) -> std::io::Result<()> {
     let dir = log_dir(data_dir);
-    std::fs::create_dir_all(&dir)?;
+    crate::files::create_dirs(&dir)?;
     let mut buf = Vec::with_capacity(image.len() + 64);
     let header = record::Header {
         lsn,
@@ -169,7 +173,7 @@ pub(crate) fn append_offline(
         seq,
     };
     record::encode(&mut buf, &header, image);
-    let mut f = std::fs::OpenOptions::new()
+    let mut f = crate::files::private_file()
         .create_new(true)
         .write(true)
         .open(dir.join(segment_name(lsn)))?;
@@ -321,7 +325,7 @@ impl HostLog {
         clock: Arc<dyn Clock>,
     ) -> std::io::Result<HostLog> {
         let dir = log_dir(data_dir);
-        std::fs::create_dir_all(&dir)?;
+        crate::files::create_dirs(&dir)?;
         let segment = Segment::create(&dir, next_lsn)?;
         let checkpoint = read_checkpoint(data_dir)?;
         let shared = Arc::new(Shared {
@@ -493,7 +497,7 @@ struct Segment {
 impl Segment {
     fn create(dir: &Path, first_lsn: u64) -> std::io::Result<Segment> {
         let path = dir.join(segment_name(first_lsn));
-        let file = std::fs::OpenOptions::new()
+        let file = crate::files::private_file()
             .create(true)
             .append(true)
             .open(&path)?;

@@ -48,7 +48,7 @@ pub(crate) fn recover(
         move |e: std::io::Error| HostError::io(what.clone(), e)
     };
     let dir = log_dir(data_dir);
-    std::fs::create_dir_all(&dir).map_err(io("creating the log directory"))?;
+    crate::files::create_dirs(&dir).map_err(io("creating the log directory"))?;
     let checkpoint = read_checkpoint(data_dir).map_err(io("reading the checkpoint"))?;
     let mut report = RecoveryReport {
         checkpoint,
