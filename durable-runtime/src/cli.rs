@@ -59,6 +59,13 @@ enum Command {
         /// Most active objects; the least recently used idle ones are evicted first.
         #[arg(long, env = "DURABLE_MAX_ACTIVE", default_value_t = 100_000)]
         max_active: usize,
+        /// Close a connection that has not presented the token this many milliseconds
+        /// after connecting.
+        #[arg(long, env = "DURABLE_AUTH_TIMEOUT_MS", default_value_t = 5000)]
+        auth_timeout_ms: u64,
+        /// Most connections waiting to authenticate at once from one IP address.
+        #[arg(long, env = "DURABLE_MAX_UNAUTHENTICATED_PER_IP", default_value_t = 64)]
+        max_unauthenticated_per_ip: usize,
     },
     /// Print committed changes from the host log as JSON lines (lsn, time, class,
     /// object, table, op, old, new).
@@ -129,6 +136,8 @@ where
             retention_days,
             idle_timeout_secs,
             max_active,
+            auth_timeout_ms,
+            max_unauthenticated_per_ip,
         } => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -148,6 +157,8 @@ where
                         l.max_frame = max_frame;
                         l.idle_timeout = Duration::from_secs_f64(idle_timeout_secs.max(0.001));
                         l.max_active = max_active.max(1);
+                        l.auth_timeout = Duration::from_millis(auth_timeout_ms.max(1));
+                        l.max_unauthenticated_per_ip = max_unauthenticated_per_ip.max(1);
                         if let Some(s) = shards {
                             l.shards = s;
                         }

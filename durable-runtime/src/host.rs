@@ -41,6 +41,15 @@ pub struct Limits {
     /// Most active objects on the host; beyond it the least recently used idle ones
     /// are evicted first. Default 100,000.
     pub max_active: usize,
+    /// A connection must present the token within this time of its handshake, or it
+    /// is closed. Default 5 s.
+    pub auth_timeout: Duration,
+    /// Most connections waiting to authenticate at once, host-wide; past it new ones
+    /// are refused. Default 1,024.
+    pub max_unauthenticated: usize,
+    /// Most connections waiting to authenticate at once from one IP address.
+    /// Default 64.
+    pub max_unauthenticated_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -55,6 +64,9 @@ impl Default for Limits {
                 .unwrap_or(2),
             idle_timeout: Duration::from_secs(30),
             max_active: 100_000,
+            auth_timeout: Duration::from_secs(5),
+            max_unauthenticated: 1024,
+            max_unauthenticated_per_ip: 64,
         }
     }
 }
@@ -371,6 +383,11 @@ impl Host {
             token: tls.token,
             max_frame: limits.max_frame,
             caller: Caller("host-token".into()),
+            auth: crate::server::AuthLimits::new(
+                limits.auth_timeout,
+                limits.max_unauthenticated,
+                limits.max_unauthenticated_per_ip,
+            ),
             streams: Default::default(),
             opened: Default::default(),
             streams_idle: Default::default(),

@@ -6,6 +6,8 @@
 
 use crate::calls::{Caller, Calls};
 use durable_client::wire::{self, FrameError, Request, Response, WireError};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,8 @@ pub(crate) struct Server {
     pub(crate) max_frame: usize,
     /// Who QUIC callers are: the holders of the host token.
     pub(crate) caller: Caller,
+    /// Deadline and caps for connections that have not authenticated yet.
+    pub(crate) auth: AuthLimits,
     /// Streams between their request and the acknowledgement of their answer.
     pub(crate) streams: AtomicUsize,
     /// Streams opened so far.
@@ -45,11 +49,31 @@ impl Server {
     }
 
     async fn connection(self: Arc<Self>, incoming: quinn::Incoming) {
-        let Ok(conn) = incoming.await else { return };
-        let Ok((send, recv)) = conn.accept_bi().await else {
+        let ip = incoming.remote_address().ip();
+        let Some(pending) = self.auth.admit(ip) else {
+            // Too many connections waiting to authenticate: refuse before the handshake.
+            incoming.refuse();
             return;
         };
-        if !self.hello(send, recv).await {
+        let deadline = tokio::time::Instant::now() + self.auth.timeout;
+        let authenticated = tokio::time::timeout_at(deadline, async {
+            let conn = incoming.await.ok()?;
+            let (send, recv) = conn.accept_bi().await.ok()?;
+            let ok = self.hello(send, recv).await;
+            Some((conn, ok))
+        })
+        .await;
+        drop(pending);
+        let (conn, ok) = match authenticated {
+            Ok(Some(c)) => c,
+            Ok(None) => return,
+            Err(_) => {
+                // Silent past the deadline (or a handshake that never ends): the
+                // connection future is dropped, which closes it.
+                return;
+            }
+        };
+        if !ok {
             // Let the rejection reach the client, then close.
             tokio::time::sleep(Duration::from_millis(500)).await;
             conn.close(1u32.into(), b"unauthenticated");
@@ -119,6 +143,55 @@ impl Server {
             }
         };
         let _ = tokio::time::timeout(limit, wait).await;
+    }
+}
+
+/// Connections that have not presented the token yet: a deadline for each, and caps
+/// host-wide and per source address, so silent peers cannot pile up.
+pub(crate) struct AuthLimits {
+    timeout: Duration,
+    max: usize,
+    max_per_ip: usize,
+    pending: std::sync::Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+impl AuthLimits {
+    pub(crate) fn new(timeout: Duration, max: usize, max_per_ip: usize) -> Self {
+        AuthLimits {
+            timeout,
+            max: max.max(1),
+            max_per_ip: max_per_ip.max(1),
+            pending: Default::default(),
+        }
+    }
+
+    /// Count one more connection from `ip` waiting to authenticate, unless a cap is
+    /// reached; the count drops with the returned guard.
+    fn admit(&self, ip: IpAddr) -> Option<Pending<'_>> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let from_ip = p.1.get(&ip).copied().unwrap_or(0);
+        if p.0 >= self.max || from_ip >= self.max_per_ip {
+            tracing::warn!(%ip, waiting = p.0, from_ip, "refusing a connection: too many waiting to authenticate");
+            return None;
+        }
+        p.0 += 1;
+        *p.1.entry(ip).or_default() += 1;
+        Some(Pending(self, ip))
+    }
+}
+
+struct Pending<'a>(&'a AuthLimits, IpAddr);
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        let mut p = self.0.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.0 -= 1;
+        if let Some(n) = p.1.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                p.1.remove(&self.1);
+            }
+        }
     }
 }
 

@@ -3,10 +3,11 @@
 
 mod common;
 
-use common::{exchange_bytes, hello, raw_connection, token, HostProcess};
+use common::{exchange_bytes, hello, raw_connection, token, try_raw_connection, HostProcess};
 use durable::wire::{self, CallRequest, Request, Response, WireError};
 use durable::{CallError, ConnectError, ObjectId};
 use durable_examples::counter::Counter;
+use std::time::Duration;
 
 async fn still_serves(host: &HostProcess) {
     let client = host.client().await;
@@ -180,4 +181,57 @@ async fn a_wrong_or_missing_token_reaches_no_object() {
     );
     assert_eq!(object_files(&host, "Counter"), 0);
     still_serves(&host).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_connects_and_says_nothing_is_closed_after_the_auth_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &["--auth-timeout-ms", "300"]);
+    let conn = raw_connection(&host).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    assert!(
+        closed.is_ok(),
+        "a silent connection stays open past the auth timeout"
+    );
+    // An honest client still gets in.
+    let client = host.client().await;
+    assert_eq!(
+        client.get::<Counter>("after").increment(1).await.unwrap(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_waiting_to_authenticate_are_capped_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(
+        dir.path(),
+        &[
+            "--auth-timeout-ms",
+            "1500",
+            "--max-unauthenticated-per-ip",
+            "4",
+        ],
+    );
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(raw_connection(&host).await);
+    }
+    // The fifth is refused before its handshake completes.
+    let fifth = tokio::time::timeout(Duration::from_secs(3), try_raw_connection(&host)).await;
+    assert!(
+        matches!(fifth, Ok(Err(_))),
+        "a fifth silent connection from one address was accepted"
+    );
+    // Once the silent ones time out, a client connects and works.
+    for c in &silent {
+        tokio::time::timeout(Duration::from_secs(5), c.closed())
+            .await
+            .expect("closed after the auth timeout");
+    }
+    let client = host.client().await;
+    assert_eq!(
+        client.get::<Counter>("capped").increment(2).await.unwrap(),
+        2
+    );
 }

@@ -115,6 +115,13 @@ pub fn copy_dir(from: &Path, to: &Path) {
 
 /// A raw QUIC connection to a host (trusting its CA), for sending bytes no stub would.
 pub async fn raw_connection(host: &HostProcess) -> quinn::Connection {
+    try_raw_connection(host).await.unwrap()
+}
+
+/// Like [`raw_connection`], returning the handshake's failure.
+pub async fn try_raw_connection(
+    host: &HostProcess,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
     let ca = std::fs::read(host.data_dir.join("tls/ca.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
@@ -130,11 +137,7 @@ pub async fn raw_connection(host: &HostProcess) -> quinn::Connection {
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    endpoint
-        .connect(host.addr, "localhost")
-        .unwrap()
-        .await
-        .unwrap()
+    endpoint.connect(host.addr, "localhost").unwrap().await
 }
 
 /// Send `bytes` on a new stream of `conn` and read the whole answer.
