@@ -11,6 +11,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// How often the client pings an idle connection.
+const KEEP_ALIVE: Duration = Duration::from_millis(300);
+/// How long a connection may go without any packet from the host before it is
+/// declared dead.
+const IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// How to reach and trust a host.
 #[derive(Clone)]
 pub struct ClientConfig {
@@ -141,7 +147,15 @@ impl Client {
         let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
         let mut transport = quinn::TransportConfig::default();
         transport.max_concurrent_bidi_streams(4096u32.into());
-        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        // A dead host (killed, or its machine gone) is noticed within about a second:
+        // keep-alives every 300 ms, and a connection with no answer for 1.5 s is
+        // closed, so calls move to a new connection instead of waiting on the old one.
+        transport.keep_alive_interval(Some(KEEP_ALIVE));
+        transport.max_idle_timeout(Some(
+            IDLE_TIMEOUT
+                .try_into()
+                .expect("1.5 s is a valid idle timeout"),
+        ));
         client_config.transport_config(Arc::new(transport));
         let bind: SocketAddr = if config.addr.is_ipv6() {
             "[::]:0"
@@ -160,7 +174,17 @@ impl Client {
                 connecting: tokio::sync::Mutex::new(()),
             }),
         };
-        client.establish().await?;
+        // The deadline bounds connecting too, not only calls.
+        let deadline = client.inner.config.deadline;
+        match tokio::time::timeout(deadline, client.establish()).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(ConnectError::Connect(format!(
+                    "no answer from {} within the deadline ({deadline:?})",
+                    client.inner.config.addr
+                )))
+            }
+        };
         Ok(client)
     }
 

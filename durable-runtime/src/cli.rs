@@ -186,10 +186,19 @@ where
                         return ExitCode::FAILURE;
                     }
                 };
+                // The handlers are in place before anyone learns the address: a signal
+                // sent right after "listening on" still shuts down gracefully.
+                let signalled = match shutdown_signal() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("error: installing signal handlers: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
                 println!("listening on {}", running.local_addr());
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
-                wait_for_signal().await;
+                signalled.await;
                 tracing::info!("shutting down");
                 running.shutdown().await;
                 ExitCode::SUCCESS
@@ -280,11 +289,15 @@ fn changes(data_dir: &std::path::Path, mut since: u64, follow: bool) -> ExitCode
     }
 }
 
-async fn wait_for_signal() {
+/// Install the SIGTERM and SIGINT handlers now; the future resolves at the first signal.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

@@ -148,3 +148,21 @@ fn method_fingerprint<C: durable::ObjectClass>(name: &str) -> u64 {
         .unwrap()
         .fingerprint
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_bounds_connecting_to_a_host_that_is_not_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let mut config = host.client_config();
+    drop(host);
+    // Nothing answers on that address any more.
+    config.deadline = std::time::Duration::from_millis(500);
+    let started = std::time::Instant::now();
+    let result = durable::Client::connect(config).await;
+    assert!(result.is_err(), "connected to a host that is gone");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "connecting took {:?} with a 500 ms deadline",
+        started.elapsed()
+    );
+}

@@ -47,3 +47,69 @@ async fn kill_dash_nine_loses_nothing_acknowledged() {
     // A clean stop exits 0.
     assert!(host.terminate().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_within_two_seconds_of_a_kill_and_restart_on_the_same_address() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let addr = host.addr;
+    let client = host.client().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Per object: the time of every acknowledged increment, and how many there were.
+    let acked: Arc<Mutex<Vec<Vec<Instant>>>> = Arc::new(Mutex::new(vec![Vec::new(); 8]));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let counter = client
+            .get::<Counter>(&format!("r{i}"))
+            .with_deadline(Duration::from_secs(20));
+        let (stop, acked) = (stop.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let v = counter
+                    .increment(1)
+                    .await
+                    .expect("resent until the host is back");
+                let mut a = acked.lock().unwrap();
+                a[i].push(Instant::now());
+                assert_eq!(
+                    v as usize,
+                    a[i].len(),
+                    "r{i}: applied once per acknowledgement"
+                );
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    host.kill9();
+    let host = HostProcess::start_on(dir.path(), addr);
+    let restarted = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    for (i, times) in acked.iter().enumerate() {
+        let first_after = times
+            .iter()
+            .find(|t| **t >= restarted)
+            .unwrap_or_else(|| panic!("r{i} never resumed after the restart"));
+        let gap = first_after.duration_since(restarted);
+        assert!(
+            gap < Duration::from_secs(2),
+            "r{i} resumed {gap:?} after the restart"
+        );
+    }
+    let client = host.client().await;
+    for (i, times) in acked.iter().enumerate() {
+        let value = client.get::<Counter>(&format!("r{i}")).get().await.unwrap();
+        assert_eq!(
+            value as usize,
+            times.len(),
+            "r{i}: every resent call applied once"
+        );
+    }
+}

@@ -20,8 +20,17 @@ impl HostProcess {
         Self::start_logged(data_dir, extra, None)
     }
 
+    /// Start on a given address (to restart a host where its clients expect it).
+    pub fn start_on(data_dir: &Path, listen: SocketAddr) -> HostProcess {
+        Self::spawn(data_dir, &listen.to_string(), &[], None)
+    }
+
     /// Like [`HostProcess::start`], writing the host's stderr (its log) to `log`.
     pub fn start_logged(data_dir: &Path, extra: &[&str], log: Option<&Path>) -> HostProcess {
+        Self::spawn(data_dir, "127.0.0.1:0", extra, log)
+    }
+
+    fn spawn(data_dir: &Path, listen: &str, extra: &[&str], log: Option<&Path>) -> HostProcess {
         let stderr = match log {
             Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
             None => Stdio::inherit(),
@@ -30,7 +39,7 @@ impl HostProcess {
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
