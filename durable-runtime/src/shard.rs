@@ -341,13 +341,11 @@ struct Object {
     /// Batches in the open transaction that the file has not committed: handed to the
     /// log (durable, or on their way), committed to the file once the log has them.
     deferred: usize,
-    /// The connection may hold cached pages and statements (a batch ran since it last
-    /// gave them back).
+    /// The connection may hold cached pages (a batch ran since it last gave them back).
     holds_memory: bool,
 }
 
-/// How long an object stays quiet before its connection gives back its page cache and
-/// prepared statements.
+/// How long an object stays quiet before its connection gives back its page cache.
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
 /// Most batches an object keeps in its open transaction before committing its file.
@@ -410,7 +408,7 @@ impl Object {
                     self.slot.notify.notified().await
                 }
                 None if self.deferred == 0 => {
-                    // Quiet for a while: give back cached pages and statements.
+                    // Quiet for a while: give back cached pages.
                     let quiet = tokio::time::timeout(IDLE_RELEASE, self.slot.notify.notified());
                     if quiet.await.is_err() {
                         if let Some(ctx) = self.ctx.as_ref() {
