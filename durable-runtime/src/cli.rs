@@ -93,6 +93,14 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Cut the host log of a stopped host at damage that keeps it from starting: the
+    /// bytes after the damage (and later segments) are moved to
+    /// `DATA_DIR/log/damaged-<time>/`, not applied; no lsn is ever reused.
+    SalvageLog {
+        /// The data directory.
+        #[arg(long, env = "DURABLE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
     /// List the classes this binary serves, with each method's schema fingerprint.
     Classes,
     /// List the objects stored in a data directory: class, id, name.
@@ -209,6 +217,28 @@ where
             since,
             follow,
         } => changes(&data_dir, since, follow),
+        Command::SalvageLog { data_dir } => {
+            use crate::clock::Clock;
+            match crate::log::recovery::salvage_log(&data_dir, crate::clock::SystemClock.now_ms()) {
+                Ok(r) => {
+                    match (&r.cut, &r.moved_to) {
+                        (Some((segment, offset)), Some(aside)) => println!(
+                            "cut {} at byte {offset}; {} intact records after the damage moved to {} (not applied); the next lsn is {}",
+                            segment.display(),
+                            r.moved_records,
+                            aside.display(),
+                            r.next_lsn
+                        ),
+                        _ => println!("no damage that recovery needs; nothing cut"),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::RestoreObject {
             data_dir,
             class,

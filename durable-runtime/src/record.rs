@@ -105,6 +105,10 @@ pub(crate) struct SegmentRead {
     /// Byte offset just past the last good record.
     pub(crate) good_len: u64,
     pub(crate) problem: Option<TailProblem>,
+    /// When reading stopped at a problem: the offset and lsn of the first intact record
+    /// found after it. Then the problem is damage in the middle, not a torn tail, and
+    /// cutting there would drop records that were written whole.
+    pub(crate) valid_after: Option<(u64, u64)>,
 }
 
 fn decode_body(body: &[u8]) -> Result<LogRecord, TailProblem> {
@@ -161,7 +165,13 @@ pub(crate) fn parse_segment(bytes: &[u8]) -> SegmentRead {
         }
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         if len == 0 {
-            break None;
+            // Zero padding is a clean end; a zeroed length with data after it is not.
+            if bytes[at..].iter().all(|b| *b == 0) {
+                break None;
+            }
+            break Some(TailProblem::Invalid(
+                "a zero record length with data after it".into(),
+            ));
         }
         if len < FIXED {
             break Some(TailProblem::Invalid(format!(
@@ -190,11 +200,48 @@ pub(crate) fn parse_segment(bytes: &[u8]) -> SegmentRead {
         records.push(record);
         at += 4 + len;
     };
+    let valid_after = problem
+        .as_ref()
+        .and_then(|_| find_intact_record(bytes, at + 1, last_lsn.unwrap_or(0)));
     SegmentRead {
         records,
         good_len: at as u64,
         problem,
+        valid_after,
     }
+}
+
+/// The lsns of every intact record found anywhere in `bytes` (for salvage).
+pub(crate) fn intact_lsns(bytes: &[u8]) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some((at, lsn)) = find_intact_record(bytes, from, 0) {
+        out.push(lsn);
+        from = at as usize + 1;
+    }
+    out
+}
+
+/// The first offset at or after `from` where a whole record with a good checksum and
+/// an lsn above `after_lsn` starts: its offset and lsn.
+fn find_intact_record(bytes: &[u8], from: usize, after_lsn: u64) -> Option<(u64, u64)> {
+    let mut at = from;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len >= FIXED && bytes.len() - at - 4 >= len {
+            let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+            let body = &bytes[at + 8..at + 4 + len];
+            if crc32fast::hash(body) == crc {
+                if let Ok(r) = decode_body(body) {
+                    if r.lsn > after_lsn {
+                        return Some((at as u64, r.lsn));
+                    }
+                }
+            }
+        }
+        at += 1;
+    }
+    None
 }
 
 /// The segment files in `dir`, oldest first, with the first lsn each holds.
@@ -279,5 +326,28 @@ mod tests {
         padded.extend([0; 64]);
         let clean = parse_segment(&padded);
         assert_eq!((clean.problem, clean.records.len()), (None, 3));
+        // A torn tail has nothing intact after it.
+        assert_eq!(torn.valid_after, None);
+        assert_eq!(bad.valid_after, None);
+    }
+
+    #[test]
+    fn damage_followed_by_intact_records_is_told_apart_from_a_torn_tail() {
+        let bytes = sample(5);
+        let one = parse_segment(&sample(1)).good_len as usize;
+        let two = parse_segment(&sample(2)).good_len as usize;
+        // A flipped byte in the middle of record 2.
+        let mut flipped = bytes.clone();
+        flipped[one + 20] ^= 0x01;
+        let r = parse_segment(&flipped);
+        assert_eq!(r.problem, Some(TailProblem::BadChecksum));
+        assert_eq!(r.records.len(), 1);
+        assert_eq!(r.valid_after, Some((two as u64, 3)));
+        // A zeroed length field in the middle is damage too, not a silent end.
+        let mut zeroed = bytes.clone();
+        zeroed[one..one + 4].fill(0);
+        let r = parse_segment(&zeroed);
+        assert!(matches!(r.problem, Some(TailProblem::Invalid(_))), "{r:?}");
+        assert_eq!(r.valid_after, Some((two as u64, 3)));
     }
 }

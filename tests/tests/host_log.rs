@@ -306,3 +306,114 @@ async fn a_new_object_file_torn_by_a_power_cut_is_rebuilt_from_its_logged_image(
     assert_eq!(client.get::<Counter>("torn").get().await.unwrap(), 7);
     assert_eq!(client.get::<Counter>("missing").get().await.unwrap(), 7);
 }
+
+fn newest_segment(log_dir: &Path) -> std::path::PathBuf {
+    let mut segments: Vec<_> = std::fs::read_dir(log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    segments.pop().unwrap()
+}
+
+fn lsns(data: &Path) -> Vec<u64> {
+    let (ok, out, err) = host_cli(&["changes", "--data-dir", data.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    out.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["lsn"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_followed_by_intact_records_refuses_to_start_until_salvaged_and_lsns_never_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let host = HostProcess::start(&live, NO_CHECKPOINTS);
+    let counter = host.client().await.get::<Counter>("d");
+    assert_eq!(counter.increment(1).await.unwrap(), 1);
+    assert!(host.terminate().success());
+    let at_checkpoint = dir.path().join("objects-at-checkpoint");
+    copy_dir(&live.join("objects"), &at_checkpoint);
+
+    let host = HostProcess::start(&live, NO_CHECKPOINTS);
+    let counter = host.client().await.get::<Counter>("d");
+    for i in 2..=11 {
+        assert_eq!(counter.increment(1).await.unwrap(), i);
+    }
+    host.kill9();
+    let highest_before = *lsns(&live).iter().max().unwrap();
+
+    // One flipped byte in the middle of the newest segment: intact records follow it.
+    let copy = dir.path().join("copy");
+    power_cut_copy(&live, &at_checkpoint, &copy);
+    let segment = newest_segment(&copy.join("log"));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let data = copy.to_str().unwrap();
+    let (ok, _, err) = host_cli(&["serve", "--data-dir", data, "--listen", "127.0.0.1:0"]);
+    assert!(!ok, "a host started on a log damaged in the middle");
+    let name = segment.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name) && err.contains("byte"), "{err}");
+    assert!(err.contains("salvage-log"), "{err}");
+
+    let (ok, out, err) = host_cli(&["salvage-log", "--data-dir", data]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("intact records after the damage moved to"),
+        "{out}"
+    );
+
+    let host = HostProcess::start(&copy, &[]);
+    let counter = host.client().await.get::<Counter>("d");
+    let kept = counter.get().await.unwrap();
+    assert!(
+        (1..11).contains(&kept),
+        "the records before the damage: {kept}"
+    );
+    assert_eq!(counter.increment(1).await.unwrap(), kept + 1);
+    drop(host);
+    let after = lsns(&copy);
+    assert!(
+        after.windows(2).all(|w| w[0] < w[1]),
+        "lsns increase and never repeat: {after:?}"
+    );
+    assert!(
+        *after.last().unwrap() > highest_before,
+        "the new write's lsn {} reuses one at or below {highest_before}",
+        after.last().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_in_a_segment_recovery_does_not_need_is_reported_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let host = HostProcess::start(&live, NO_CHECKPOINTS);
+    let counter = host.client().await.get::<Counter>("n");
+    for i in 1..=10 {
+        assert_eq!(counter.increment(1).await.unwrap(), i);
+    }
+    // A clean stop checkpoints: every record is now behind the checkpoint.
+    assert!(host.terminate().success());
+    let segment = newest_segment(&live.join("log"));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&segment, &bytes).unwrap();
+    let log = dir.path().join("host.log");
+    let host = HostProcess::start_logged(&live, &[], Some(&log));
+    assert_eq!(
+        host.client().await.get::<Counter>("n").get().await.unwrap(),
+        10
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("recovery does not need it"), "{text}");
+}

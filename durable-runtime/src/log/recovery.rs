@@ -34,6 +34,111 @@ pub struct RecoveryReport {
     pub last_lsn: u64,
     /// A torn or corrupt tail that was cut: the segment, the byte offset kept, and why.
     pub cut: Option<(PathBuf, u64, TailProblem)>,
+    /// Damaged segments wholly before the checkpoint (reported, not needed).
+    pub damaged_unneeded: Vec<(PathBuf, u64, TailProblem)>,
+}
+
+/// `DATA_DIR/log/lsn-floor`: the highest lsn a salvage moved aside (0 if none).
+fn lsn_floor_path(data_dir: &Path) -> PathBuf {
+    log_dir(data_dir).join("lsn-floor")
+}
+
+fn read_lsn_floor(data_dir: &Path) -> std::io::Result<u64> {
+    match std::fs::read_to_string(lsn_floor_path(data_dir)) {
+        Ok(s) => Ok(s.trim().parse().unwrap_or(0)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// What `salvage-log` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SalvageReport {
+    /// The damaged segment and the offset it was cut at, if one was.
+    pub(crate) cut: Option<(PathBuf, u64)>,
+    /// Intact records found after the damage and moved aside (not applied).
+    pub(crate) moved_records: usize,
+    /// Where the bytes after the damage (and any later segments) were moved.
+    pub(crate) moved_to: Option<PathBuf>,
+    /// The next lsn the host will write.
+    pub(crate) next_lsn: u64,
+}
+
+/// Cut the log of a stopped host at its first damage that recovery needs: the bytes
+/// after it, and every later segment, go to `DATA_DIR/log/damaged-<time>/` (kept, not
+/// applied), and the highest lsn among them becomes a floor so that no lsn is ever
+/// written twice. The host then starts with what precedes the damage.
+pub(crate) fn salvage_log(data_dir: &Path, now_ms: u64) -> Result<SalvageReport, String> {
+    let _lock = crate::files::DirLock::acquire(data_dir)
+        .map_err(|e| format!("{e}: stop the host first"))?;
+    let dir = log_dir(data_dir);
+    let checkpoint = read_checkpoint(data_dir).map_err(|e| e.to_string())?;
+    let segments = list_segments(&dir).map_err(|e| e.to_string())?;
+    let mut floor = read_lsn_floor(data_dir).map_err(|e| e.to_string())?;
+    let mut last_good = checkpoint;
+    for (i, (_, path)) in segments.iter().enumerate() {
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        let read = crate::record::parse_segment(&bytes);
+        if let Some(l) = read.records.last() {
+            last_good = last_good.max(l.lsn);
+        }
+        let needed = if i + 1 == segments.len() {
+            read.records.last().is_some_and(|r| r.lsn > checkpoint)
+                || read.valid_after.is_none_or(|(_, lsn)| lsn > checkpoint)
+        } else {
+            segments[i + 1].0 > checkpoint + 1
+        };
+        if read.problem.is_none() || !needed {
+            continue;
+        }
+        let aside = dir.join(format!("damaged-{now_ms}"));
+        crate::files::create_dirs(&aside).map_err(|e| e.to_string())?;
+        let cut_at = read.good_len as usize;
+        let name = path.file_name().expect("segment file name");
+        std::fs::write(aside.join(name), &bytes[cut_at..]).map_err(|e| e.to_string())?;
+        let mut moved = crate::record::intact_lsns(&bytes[cut_at..]);
+        for (_, later) in &segments[i + 1..] {
+            let later_bytes = std::fs::read(later).map_err(|e| e.to_string())?;
+            moved.extend(crate::record::intact_lsns(&later_bytes));
+            std::fs::rename(later, aside.join(later.file_name().expect("name")))
+                .map_err(|e| e.to_string())?;
+        }
+        floor = floor.max(moved.iter().copied().max().unwrap_or(0));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| e.to_string())?;
+        f.set_len(cut_at as u64)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| e.to_string())?;
+        let floor_path = lsn_floor_path(data_dir);
+        let tmp = floor_path.with_extension("tmp");
+        crate::files::private_file()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(floor.to_string().as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|_| std::fs::rename(&tmp, &floor_path))
+            .and_then(|_| crate::files::sync_dir(&dir))
+            .map_err(|e| e.to_string())?;
+        return Ok(SalvageReport {
+            cut: Some((path.clone(), cut_at as u64)),
+            moved_records: moved.len(),
+            moved_to: Some(aside),
+            next_lsn: last_good.max(floor) + 1,
+        });
+    }
+    Ok(SalvageReport {
+        cut: None,
+        moved_records: 0,
+        moved_to: None,
+        next_lsn: last_good.max(floor) + 1,
+    })
 }
 
 /// Replay the log into the objects under `data_dir`, then checkpoint.
@@ -60,6 +165,7 @@ pub(crate) fn recover(
     let mut order: Vec<(String, ObjectId)> = Vec::new();
     for (i, (_, path)) in segments.iter().enumerate() {
         let read = read_segment(path).map_err(io("reading a log segment"))?;
+        let last_read = read.records.last().map(|r| r.lsn);
         for record in read.records {
             report.last_lsn = report.last_lsn.max(record.lsn);
             if record.lsn <= checkpoint {
@@ -74,13 +180,41 @@ pub(crate) fn recover(
             list.push(record);
         }
         if let Some(problem) = read.problem {
-            if i + 1 < segments.len() {
+            let newest = i + 1 == segments.len();
+            // Segment i holds lsns below the next segment's first: it is needed only if
+            // some of them are past the checkpoint. For the newest segment, judge by the
+            // records on both sides of the damage.
+            let needed = if newest {
+                last_read.is_some_and(|lsn| lsn > checkpoint)
+                    || read.valid_after.is_none_or(|(_, lsn)| lsn > checkpoint)
+            } else {
+                segments[i + 1].0 > checkpoint + 1
+            };
+            if !needed {
+                tracing::warn!(segment = %path.display(), offset = read.good_len, %problem, "a log segment wholly before the checkpoint is damaged; recovery does not need it (point-in-time restores that reach into it may fail)");
+                report
+                    .damaged_unneeded
+                    .push((path.clone(), read.good_len, problem));
+                continue;
+            }
+            if let Some((offset, lsn)) = read.valid_after {
+                return Err(HostError::Config(format!(
+                    "log segment {} is damaged at byte {} ({problem}) but intact records follow \
+                     (the next at byte {offset}, lsn {lsn}); starting would drop them. Keep a copy \
+                     of the data directory, then run `salvage-log --data-dir DIR` to cut the log at \
+                     the damage (the records after it are moved aside, not applied)",
+                    path.display(),
+                    read.good_len
+                )));
+            }
+            if !newest {
                 // Damage before the newest segment is not a torn tail: applying what
                 // follows would skip records. Refuse to start rather than guess.
                 return Err(HostError::Config(format!(
                     "log segment {} is damaged at byte {} ({problem}) and later segments exist; \
                      the records after it cannot be applied safely. Keep a copy of the data \
-                     directory and truncate or remove the damaged segment by hand",
+                     directory, then run `salvage-log --data-dir DIR` to cut the log at the \
+                     damage (what follows is moved aside, not applied)",
                     path.display(),
                     read.good_len
                 )));
@@ -99,6 +233,10 @@ pub(crate) fn recover(
             break;
         }
     }
+    // Lsns never repeat: a salvage leaves the highest lsn it moved aside.
+    report.last_lsn = report
+        .last_lsn
+        .max(read_lsn_floor(data_dir).map_err(io("reading the lsn floor"))?);
     for key in &order {
         let records = &by_object[key];
         let path = store::object_path(data_dir, &key.0, key.1);
