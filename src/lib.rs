@@ -41,8 +41,8 @@ pub use durable_runtime::{
     PendingAlarm, VirtualClock, When,
 };
 pub use durable_runtime::{
-    cli, list_objects, rusqlite, Context, Error, ErrorKind, Host, HostError, Hosted, Limits,
-    ListOptions, RunningHost, Sql, Storage,
+    cli, list_objects, rusqlite, Caller, Context, Error, ErrorKind, Host, HostError, Hosted,
+    Limits, ListOptions, RunningHost, Sql, Storage,
 };
 
 #[doc(hidden)]

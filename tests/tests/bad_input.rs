@@ -235,3 +235,93 @@ async fn connections_waiting_to_authenticate_are_capped_per_address() {
         2
     );
 }
+
+/// Dispatch fuzzed: every method of the example and test classes, called in-process
+/// through the host's entry with random argument bytes, answers with a typed reply
+/// (most often `BadArguments`) and never takes the host down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzed_arguments_get_typed_answers_from_every_method() {
+    use durable::ObjectClass;
+    let dir = tempfile::tempdir().unwrap();
+    let host = durable_tests::register_all(durable::Host::builder(dir.path()))
+        .start()
+        .await
+        .unwrap();
+    let caller = durable::Caller("fuzz".into());
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let classes: Vec<(&str, &[durable::MethodInfo])> = vec![
+        (Counter::CLASS, Counter::METHODS),
+        (durable_tests::Probe::CLASS, durable_tests::Probe::METHODS),
+    ];
+    let mut typed = 0;
+    for round in 0..2_000u64 {
+        let (class, methods) = classes[(round % 2) as usize];
+        let method = &methods[(next() as usize) % methods.len()];
+        // Valid random arguments to these ask for unbounded work (minutes of sleep,
+        // billions of alarms, a restore of the whole history): not what this tests.
+        if [
+            "sleep",
+            "ring_many_at",
+            "restore",
+            "restore_then_fail",
+            "restore_then_panic",
+        ]
+        .contains(&method.name)
+        {
+            continue;
+        }
+        let args: Vec<u8> = (0..(next() % 24)).map(|_| next() as u8).collect();
+        let name = format!("f{}", round % 7);
+        let request = CallRequest {
+            request_id: [(round % 251) as u8; 16].map(|b| b ^ next() as u8),
+            class: class.into(),
+            object: ObjectId::from_name(class, &name),
+            name: Some(name),
+            method: method.name.into(),
+            fingerprint: method.fingerprint,
+            timeout_ms: 5_000,
+            args,
+        };
+        match host.call(request, &caller).await {
+            Response::Return(_) | Response::AppError(_) => {}
+            Response::Error(WireError::BadArguments { .. }) => typed += 1,
+            Response::Error(WireError::ObjectReset { .. }) => {} // a Probe told to panic
+            other => panic!(
+                "round {round}: {}.{} answered {other:?}",
+                class, method.name
+            ),
+        }
+    }
+    assert!(
+        typed > 500,
+        "most random arguments are refused as BadArguments: {typed}"
+    );
+    // The host still serves.
+    let reply = host
+        .call(
+            CallRequest {
+                request_id: [1; 16],
+                class: Counter::CLASS.into(),
+                object: ObjectId::from_name(Counter::CLASS, "after"),
+                name: Some("after".into()),
+                method: "increment".into(),
+                fingerprint: Counter::METHODS
+                    .iter()
+                    .find(|m| m.name == "increment")
+                    .unwrap()
+                    .fingerprint,
+                timeout_ms: 5_000,
+                args: postcard::to_stdvec(&(3i64,)).unwrap(),
+            },
+            &caller,
+        )
+        .await;
+    assert_eq!(reply, Response::Return(postcard::to_stdvec(&3i64).unwrap()));
+    host.shutdown().await;
+}
