@@ -326,7 +326,7 @@ mod tests {
                 }
             }
             // Typed results only; `case` in the message replays it.
-            let _ = std::panic::catch_unwind(|| {
+            std::panic::catch_unwind(|| {
                 let _ = decode_frame::<Request>(&f, DEFAULT_MAX_FRAME);
                 let _ = decode_frame::<Response>(&f, DEFAULT_MAX_FRAME);
             })
