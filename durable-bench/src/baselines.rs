@@ -1,5 +1,6 @@
 //! The baselines: Redis (`appendfsync always`), PostgreSQL (synchronous commit), the
-//! raw `fdatasync` rate of the disk, and a bare quinn request/response server.
+//! raw `fdatasync` rate of the disk, a bare quinn request/response server, and workerd
+//! (Cloudflare's open-source Durable Objects runtime) with SQLite-backed objects on disk.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -303,6 +304,11 @@ impl Server {
             * 1024
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM and wait.
     pub fn stop(mut self) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -328,4 +334,176 @@ pub fn quinn_echo_client(dir: &Path) -> quinn::Endpoint {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
     endpoint
+}
+
+/// CPU time (user + system) the process `pid` has used so far, in seconds, from
+/// `/proc/PID/stat` (its own threads, not its children).
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: count the
+    // fields after its closing parenthesis, where field 3 (the state) comes first.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
+    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
+}
+
+/// Where the workerd baseline lives: its config, worker and npm install.
+pub fn workerd_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("workerd")
+}
+
+/// What the bench prints when workerd is missing.
+pub const WORKERD_MISSING: &str = "workerd: not installed (run durable-bench/workerd/install.sh)";
+
+/// The workerd executable installed by `durable-bench/workerd/install.sh`, if any.
+///
+/// `node_modules/.bin/workerd` says whether it is installed. The platform package's
+/// native binary is preferred when present, so that the process the bench measures is
+/// workerd itself and not a Node.js launcher in front of it.
+pub fn workerd_binary() -> Option<PathBuf> {
+    let modules = workerd_dir().join("node_modules");
+    let bin = modules.join(".bin/workerd");
+    if !bin.exists() {
+        return None;
+    }
+    let native = std::fs::read_dir(modules.join("@cloudflare"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("workerd-"))
+        .map(|e| e.path().join("bin/workerd"))
+        .find(|p| p.exists());
+    Some(native.unwrap_or(bin))
+}
+
+/// Start `workerd serve` on `durable-bench/workerd/config.capnp`: a front worker on a
+/// free loopback port, its Durable Objects stored under `dir/do`. Returns once it
+/// answers HTTP.
+pub async fn start_workerd(bin: &Path, dir: &Path) -> Result<Server, String> {
+    let storage = dir.join("do");
+    std::fs::create_dir_all(&storage).map_err(|e| e.to_string())?;
+    let log_path = dir.join("workerd.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = Command::new(bin)
+        .arg("serve")
+        .arg(workerd_dir().join("config.capnp"))
+        .arg("--socket-addr")
+        .arg(format!("http={addr}"))
+        .arg("--directory-path")
+        .arg(format!("do-disk={}", storage.display()))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("starting workerd: {e}"))?;
+    let mut server = Server { child, addr };
+    let start = Instant::now();
+    loop {
+        if let Ok(mut conn) = Http::connect(addr).await {
+            if let Ok((200, _)) = conn.call("GET", "/ready").await {
+                return Ok(server);
+            }
+        }
+        let exited = server.child.try_wait().ok().flatten();
+        if exited.is_some() || start.elapsed() > Duration::from_secs(30) {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let why = match exited {
+                Some(status) => format!("workerd exited ({status})"),
+                None => format!("workerd does not answer on {addr} after 30 s"),
+            };
+            return Err(format!("{why}: {}", tail.join(" / ")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A minimal HTTP/1.1 keep-alive client for the bench's load generator: one request at
+/// a time on one connection, bodies with a `Content-Length` only.
+pub struct Http {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Http {
+    /// Connect to `addr`.
+    pub async fn connect(addr: SocketAddr) -> std::io::Result<Http> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Http {
+            stream,
+            buf: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Send `METHOD path` with an empty body; returns the status and the body.
+    pub async fn call(&mut self, method: &str, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
+        self.stream.write_all(request.as_bytes()).await?;
+        let bad = |what: &str| std::io::Error::other(format!("bad HTTP response: {what}"));
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            self.fill().await?;
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end]).map_err(|_| bad("not UTF-8"))?;
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("status line"))?;
+        let mut length = None;
+        for line in lines {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<usize>().ok();
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(bad("chunked bodies are not supported"));
+            }
+        }
+        let length = length.ok_or_else(|| bad("no Content-Length"))?;
+        while self.buf.len() < head_end + length {
+            self.fill().await?;
+        }
+        let body = self.buf[head_end..head_end + length].to_vec();
+        self.buf.drain(..head_end + length);
+        Ok((status, body))
+    }
+
+    /// `call`, expecting a 200 with an integer body.
+    pub async fn call_int(&mut self, method: &str, path: &str) -> Result<i64, String> {
+        let (status, body) = self
+            .call(method, path)
+            .await
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let text = String::from_utf8_lossy(&body);
+        match (status, text.trim().parse()) {
+            (200, Ok(v)) => Ok(v),
+            _ => Err(format!("{method} {path}: {status} {text:?}")),
+        }
+    }
+
+    async fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 4096];
+        let n = self.stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
 }

@@ -6,7 +6,8 @@
 //! ```
 //!
 //! It starts what it needs itself: a real host process (this binary re-executed as
-//! `__host`), Redis and PostgreSQL servers when installed, and a bare quinn echo server
+//! `__host`), Redis and PostgreSQL servers when installed, workerd when
+//! `durable-bench/workerd/install.sh` has installed it, and a bare quinn echo server
 //! (`__quinn-echo`). Every row's ratio is > 1 when durable is better than the baseline.
 
 mod baselines;
@@ -142,6 +143,9 @@ fn main() -> ExitCode {
     let result = rt.block_on(scenarios::run_all(&selected, args.quick));
     let (rows, failures) = result;
     print_table(&rows);
+    if rows.iter().any(|r| r.against == "workerd: not installed") {
+        println!("{}", baselines::WORKERD_MISSING);
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&rows).expect("rows serialize");
         if let Err(e) = std::fs::write(path, json + "\n") {

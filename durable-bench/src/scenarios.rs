@@ -1,6 +1,6 @@
 //! The scenarios. Each starts what it needs, warms up, measures, and returns rows.
 
-use crate::baselines::{self, Server};
+use crate::baselines::{self, Http, Server, WORKERD_MISSING};
 use crate::Row;
 use durable::{Client, ClientConfig};
 use durable_examples::counter::Counter;
@@ -19,6 +19,8 @@ struct Plan {
     root: PathBuf,
     /// durable's increments_many figure, reused by increments_postgres.
     many: Option<f64>,
+    /// The workerd executable, when `durable-bench/workerd/install.sh` has run.
+    workerd: Option<PathBuf>,
 }
 
 impl Plan {
@@ -38,7 +40,17 @@ pub async fn run_all(selected: &[&str], quick: bool) -> (Vec<Row>, Vec<(String, 
         warm: if quick { 0.5 } else { 2.0 },
         root: std::env::temp_dir().join(format!("durable-bench-{:016x}", rand::random::<u64>())),
         many: None,
+        workerd: baselines::workerd_binary(),
     };
+    let uses_workerd = [
+        "increments_many",
+        "increments_hot",
+        "read_latency",
+        "activation",
+    ];
+    if plan.workerd.is_none() && selected.iter().any(|s| uses_workerd.contains(s)) {
+        eprintln!("{WORKERD_MISSING}");
+    }
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for scenario in selected {
@@ -87,9 +99,25 @@ fn ms_now() -> u64 {
         .as_millis() as u64
 }
 
+/// What `drive` measured.
+struct Measured {
+    /// Completed operations per second in the measured window.
+    rate: f64,
+    /// CPU time (user + system) of the watched process in the measured window, per
+    /// completed operation, in microseconds.
+    cpu_us_per_op: Option<f64>,
+}
+
 /// Run `op(task, i)` from `concurrency` tasks for warm-up plus `secs`; returns the
-/// completed operations per second in the measured window.
-async fn drive<F, Fut>(concurrency: usize, warm: f64, secs: f64, op: F) -> Result<f64, String>
+/// completed operations per second in the measured window, and the CPU time the
+/// process `watch` (the server side) spent per operation in that window.
+async fn drive<F, Fut>(
+    concurrency: usize,
+    warm: f64,
+    secs: f64,
+    watch: Option<u32>,
+    op: F,
+) -> Result<Measured, String>
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), String>> + Send,
@@ -115,25 +143,47 @@ where
         }));
     }
     tokio::time::sleep(Duration::from_secs_f64(warm)).await;
+    let cpu_before = watch.and_then(baselines::cpu_secs);
     measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     let n = done.load(Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu_after = watch.and_then(baselines::cpu_secs);
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.map_err(|e| e.to_string())??;
     }
-    Ok(n as f64 / elapsed)
+    let cpu_us_per_op = match (cpu_before, cpu_after) {
+        (Some(b), Some(a)) if n > 0 => Some((a - b) * 1e6 / n as f64),
+        _ => None,
+    };
+    Ok(Measured {
+        rate: n as f64 / elapsed,
+        cpu_us_per_op,
+    })
 }
 
-async fn durable_increments(client: &Client, objects: usize, plan: &Plan) -> Result<f64, String> {
+/// 64 callers incrementing `objects` counters on the host `server`. Every counter is
+/// created (a first call each) before the warm-up: the window measures increments of
+/// existing objects, not their creation.
+async fn durable_increments(
+    server: &Server,
+    client: &Client,
+    objects: usize,
+    plan: &Plan,
+) -> Result<Measured, String> {
     let stubs: Arc<Vec<_>> = Arc::new(
         (0..objects)
             .map(|i| client.get::<Counter>(&format!("o{i}")))
             .collect(),
     );
-    drive(64, plan.warm, plan.secs, move |t, i| {
+    for chunk in stubs.chunks(64) {
+        for r in futures_util::future::join_all(chunk.iter().map(|s| s.get())).await {
+            r.map_err(|e| e.to_string())?;
+        }
+    }
+    drive(64, plan.warm, plan.secs, Some(server.pid()), move |t, i| {
         let stubs = stubs.clone();
         async move {
             let o = (t + i as usize * 64) % stubs.len();
@@ -147,7 +197,7 @@ async fn durable_increments(client: &Client, objects: usize, plan: &Plan) -> Res
     .await
 }
 
-async fn redis_increments(plan: &Plan, keys: usize) -> Result<f64, String> {
+async fn redis_increments(plan: &Plan, keys: usize) -> Result<Measured, String> {
     let dir = plan.dir("redis");
     let redis = baselines::start_redis(&dir).await?;
     let addr = redis.addr;
@@ -160,7 +210,7 @@ async fn redis_increments(plan: &Plan, keys: usize) -> Result<f64, String> {
         )));
     }
     let conns = Arc::new(conns);
-    let rate = drive(64, plan.warm, plan.secs, move |t, i| {
+    let rate = drive(64, plan.warm, plan.secs, Some(redis.pid()), move |t, i| {
         let conn = conns[t].clone();
         async move {
             let mut c = conn.lock().await;
@@ -177,38 +227,127 @@ async fn redis_increments(plan: &Plan, keys: usize) -> Result<f64, String> {
     rate
 }
 
+/// The unit of the host-CPU rows: CPU time (user + system) of the server process in
+/// the measured window, per acknowledged call.
+const CPU_UNIT: &str = "µs host CPU/op";
+
+/// The baseline figure of a row from a baseline's result, and what to print beside it.
+fn baseline_of<T, U>(
+    result: &Result<T, String>,
+    figure: impl Fn(&T) -> Option<U>,
+    what: &str,
+) -> (Option<U>, String) {
+    match result {
+        Ok(r) => (figure(r), what.to_string()),
+        Err(e) if e == WORKERD_MISSING => (None, "workerd: not installed".to_string()),
+        Err(e) => (None, format!("n/a: {e}")),
+    }
+}
+
+/// workerd serving the counter Durable Object, on a fresh storage directory, or why not.
+async fn workerd(plan: &Plan, name: &str) -> Result<Server, String> {
+    let bin = plan.workerd.as_ref().ok_or(WORKERD_MISSING)?;
+    baselines::start_workerd(bin, &plan.dir(name)).await
+}
+
+/// 64 keep-alive HTTP/1.1 connections incrementing `objects` workerd counters, each
+/// created (a first call each) before the warm-up, as for durable.
+async fn workerd_increments(plan: &Plan, objects: usize) -> Result<Measured, String> {
+    let server = workerd(plan, &format!("workerd-inc{objects}")).await?;
+    let mut conns = Vec::new();
+    for _ in 0..64 {
+        let conn = Http::connect(server.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        conns.push(Arc::new(tokio::sync::Mutex::new(conn)));
+    }
+    let creates = conns.iter().enumerate().map(|(t, conn)| async move {
+        let mut conn = conn.lock().await;
+        for o in (t..objects).step_by(64) {
+            conn.call_int("GET", &format!("/get/o{o}")).await?;
+        }
+        Ok::<(), String>(())
+    });
+    for r in futures_util::future::join_all(creates).await {
+        r?;
+    }
+    let conns = Arc::new(conns);
+    let measured = drive(64, plan.warm, plan.secs, Some(server.pid()), move |t, i| {
+        let conn = conns[t].clone();
+        async move {
+            let path = format!("/inc/o{}", (t + i as usize * 64) % objects);
+            conn.lock().await.call_int("POST", &path).await.map(drop)
+        }
+    })
+    .await;
+    drop(server);
+    measured
+}
+
+const WORKERD_INCR: &str = "workerd DO, SQLite, HTTP/1.1";
+const WORKERD_CPU: &str = "workerd process, same load";
+
 async fn increments_many(plan: &mut Plan) -> Result<Vec<Row>, String> {
     let redis = redis_increments(plan, 256).await;
-    let (baseline, against) = match &redis {
-        Ok(r) => (Some(*r), "Redis INCR, appendfsync always".to_string()),
-        Err(e) => (None, format!("n/a: {e}")),
-    };
+    let (baseline, against) =
+        baseline_of(&redis, |r| Some(r.rate), "Redis INCR, appendfsync always");
     let mut rows = Vec::new();
     let dir = plan.dir("many");
     let (server, client) = host(&dir, &[]).await?;
-    let rate = durable_increments(&client, 256, plan).await?;
+    let durable = durable_increments(&server, &client, 256, plan).await?;
     client.close();
     server.stop();
-    plan.many = Some(rate);
+    plan.many = Some(durable.rate);
     rows.push(Row::higher(
         "increments_many",
-        rate,
+        durable.rate,
         "incr/s",
         baseline,
         &against,
     ));
     let dir = plan.dir("many-fsync");
     let (server, client) = host(&dir, &["--durability", "fsync"]).await?;
-    let rate = durable_increments(&client, 256, plan).await?;
+    let fsync = durable_increments(&server, &client, 256, plan).await?;
     client.close();
     server.stop();
     rows.push(Row::higher(
         "increments_many",
-        rate,
+        fsync.rate,
         "incr/s fsync",
         baseline,
         &against,
     ));
+    let workerd = workerd_increments(plan, 256).await;
+    let (baseline, against) = baseline_of(&workerd, |w| Some(w.rate), WORKERD_INCR);
+    rows.push(Row::higher(
+        "increments_many",
+        durable.rate,
+        "incr/s",
+        baseline,
+        &against,
+    ));
+    if let Some(cpu) = durable.cpu_us_per_op {
+        let (baseline, against) = baseline_of(
+            &redis,
+            |r| r.cpu_us_per_op,
+            "redis-server process, same load",
+        );
+        rows.push(Row::lower(
+            "increments_many",
+            cpu,
+            CPU_UNIT,
+            baseline,
+            &against,
+        ));
+        let (baseline, against) = baseline_of(&workerd, |w| w.cpu_us_per_op, WORKERD_CPU);
+        rows.push(Row::lower(
+            "increments_many",
+            cpu,
+            CPU_UNIT,
+            baseline,
+            &against,
+        ));
+    }
     Ok(rows)
 }
 
@@ -216,16 +355,36 @@ async fn increments_hot(plan: &Plan) -> Result<Vec<Row>, String> {
     let dir = plan.dir("hot");
     let fsync = baselines::fdatasync_rate(&dir, plan.secs.min(3.0))?;
     let (server, client) = host(&dir, &[]).await?;
-    let rate = durable_increments(&client, 1, plan).await?;
+    let durable = durable_increments(&server, &client, 1, plan).await?;
     client.close();
     server.stop();
-    Ok(vec![Row::higher(
+    let mut rows = vec![Row::higher(
         "increments_hot",
-        rate,
+        durable.rate,
         "incr/s",
         Some(fsync),
         "write+fdatasync per call, same disk",
-    )])
+    )];
+    let workerd = workerd_increments(plan, 1).await;
+    let (baseline, against) = baseline_of(&workerd, |w| Some(w.rate), WORKERD_INCR);
+    rows.push(Row::higher(
+        "increments_hot",
+        durable.rate,
+        "incr/s",
+        baseline,
+        &against,
+    ));
+    if let Some(cpu) = durable.cpu_us_per_op {
+        let (baseline, against) = baseline_of(&workerd, |w| w.cpu_us_per_op, WORKERD_CPU);
+        rows.push(Row::lower(
+            "increments_hot",
+            cpu,
+            CPU_UNIT,
+            baseline,
+            &against,
+        ));
+    }
+    Ok(rows)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -278,6 +437,12 @@ async fn read_latency(plan: &Plan) -> Result<Vec<Row>, String> {
     durable.sort_by(f64::total_cmp);
     bare.sort_by(f64::total_cmp);
     let against = "bare quinn request/response";
+    let workerd = workerd_read_latency(plan, n).await;
+    let (workerd_p50, workerd_against) = baseline_of(
+        &workerd,
+        |w| Some(percentile(w, 0.5)),
+        "workerd DO get, HTTP/1.1",
+    );
     Ok(vec![
         Row::lower(
             "read_latency",
@@ -293,7 +458,35 @@ async fn read_latency(plan: &Plan) -> Result<Vec<Row>, String> {
             Some(percentile(&bare, 0.99)),
             against,
         ),
+        Row::lower(
+            "read_latency",
+            percentile(&durable, 0.5),
+            "us median",
+            workerd_p50,
+            &workerd_against,
+        ),
     ])
+}
+
+/// Sequential `GET /get/read` on an active workerd counter over one keep-alive
+/// connection; sorted latencies in microseconds, after 200 unmeasured calls.
+async fn workerd_read_latency(plan: &Plan, n: usize) -> Result<Vec<f64>, String> {
+    let server = workerd(plan, "workerd-read").await?;
+    let mut conn = Http::connect(server.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    conn.call_int("POST", "/inc/read").await?;
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n + 200 {
+        let start = Instant::now();
+        conn.call_int("GET", "/get/read").await?;
+        if i >= 200 {
+            latencies.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    drop(server);
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
 }
 
 async fn activation(plan: &Plan) -> Result<Vec<Row>, String> {
@@ -318,10 +511,27 @@ async fn activation(plan: &Plan) -> Result<Vec<Row>, String> {
         s.get().await.map_err(|e| e.to_string())?;
         warm.push(start.elapsed().as_secs_f64() * 1e6);
     }
+    // The first call ever to each of `fresh_n` objects: nothing stored yet, so
+    // activation creates the database and runs the class's migration.
+    let fresh_n = if plan.quick { 100 } else { n };
+    let mut fresh = Vec::with_capacity(fresh_n);
+    for i in 0..fresh_n {
+        let s = client.get::<Counter>(&format!("new{i}"));
+        let start = Instant::now();
+        s.get().await.map_err(|e| e.to_string())?;
+        fresh.push(start.elapsed().as_secs_f64() * 1e6);
+    }
     client.close();
     server.stop();
     cold.sort_by(f64::total_cmp);
     warm.sort_by(f64::total_cmp);
+    fresh.sort_by(f64::total_cmp);
+    let workerd = workerd_first_calls(plan, fresh_n).await;
+    let (workerd_p50, workerd_against) = baseline_of(
+        &workerd,
+        |w| Some(percentile(w, 0.5)),
+        "workerd, first call to a new DO",
+    );
     let against = "the same call, object active";
     Ok(vec![
         Row::lower(
@@ -338,7 +548,36 @@ async fn activation(plan: &Plan) -> Result<Vec<Row>, String> {
             Some(percentile(&warm, 0.99)),
             against,
         ),
+        Row::lower(
+            "activation",
+            percentile(&fresh, 0.5),
+            "us p50 new obj",
+            workerd_p50,
+            &workerd_against,
+        ),
     ])
+}
+
+/// The first call ever (`GET /get/new<i>`) to each of n workerd counters, one after
+/// another over one keep-alive connection; sorted latencies in microseconds.
+async fn workerd_first_calls(plan: &Plan, n: usize) -> Result<Vec<f64>, String> {
+    let server = workerd(plan, "workerd-activation").await?;
+    let mut conn = Http::connect(server.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    // The worker's first request compiles it; its first object opens the namespace.
+    for _ in 0..20 {
+        conn.call_int("GET", "/get/warm").await?;
+    }
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n {
+        let start = Instant::now();
+        conn.call_int("GET", &format!("/get/new{i}")).await?;
+        latencies.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(server);
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
 }
 
 async fn alarm_lateness(plan: &Plan) -> Result<Vec<Row>, String> {
@@ -536,10 +775,10 @@ async fn increments_postgres(plan: &mut Plan) -> Result<Vec<Row>, String> {
         None => {
             let dir = plan.dir("pg-durable");
             let (server, client) = host(&dir, &[]).await?;
-            let r = durable_increments(&client, 256, plan).await?;
+            let r = durable_increments(&server, &client, 256, plan).await?;
             client.close();
             server.stop();
-            r
+            r.rate
         }
     };
     let dir = plan.dir("postgres");
@@ -559,7 +798,7 @@ async fn increments_postgres(plan: &mut Plan) -> Result<Vec<Row>, String> {
                 clients.push(Arc::new(baselines::pg_connect(port).await?));
             }
             let clients = Arc::new(clients);
-            let rate = drive(64, plan.warm, plan.secs, move |t, i| {
+            let measured = drive(64, plan.warm, plan.secs, None, move |t, i| {
                 let c = clients[t].clone();
                 async move {
                     let id = ((t + i as usize * 64) % 256) as i32;
@@ -572,7 +811,7 @@ async fn increments_postgres(plan: &mut Plan) -> Result<Vec<Row>, String> {
             .await?;
             drop(server);
             (
-                Some(rate),
+                Some(measured.rate),
                 "PostgreSQL UPDATE v=v+1, sync commit".to_string(),
             )
         }
