@@ -141,14 +141,23 @@ pub async fn start_postgres(dir: &Path) -> Result<(Server, u16), String> {
             .status()
             .map_err(|e| format!("chown: {e}"))?;
     }
+    // As root, run the programs as the `postgres` user directly (not through
+    // `runuser`), so that the child the bench stops is the postmaster itself.
+    let postgres_ids = if as_root {
+        let user = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
+        if user.is_null() {
+            return Err("no postgres user to run the server as".into());
+        }
+        Some(unsafe { ((*user).pw_uid, (*user).pw_gid) })
+    } else {
+        None
+    };
     let run = |program: &Path| {
-        let mut c = if as_root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(program);
-            c
-        } else {
-            Command::new(program)
-        };
+        use std::os::unix::process::CommandExt;
+        let mut c = Command::new(program);
+        if let Some((uid, gid)) = postgres_ids {
+            c.uid(uid).gid(gid);
+        }
         c.stdout(Stdio::null()).stderr(Stdio::null());
         c
     };
@@ -310,8 +319,14 @@ impl Server {
     }
 
     /// SIGTERM and wait.
-    pub fn stop(mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    pub fn stop(self) {
+        self.stop_with(libc::SIGTERM);
+    }
+
+    /// Send `signal` and wait for the process to exit (PostgreSQL: `SIGINT` is its
+    /// fast shutdown, which does not wait for clients to disconnect).
+    pub fn stop_with(mut self, signal: i32) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let _ = self.child.wait();
     }
 }
@@ -334,6 +349,31 @@ pub fn quinn_echo_client(dir: &Path) -> quinn::Endpoint {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
     endpoint
+}
+
+/// A quinn client endpoint trusting a durable host's CA (`DATA_DIR/tls/ca.pem`), for
+/// connections that complete the handshake and then say nothing.
+pub fn raw_host_client(data_dir: &Path) -> Result<quinn::Endpoint, String> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(data_dir.join("tls/ca.pem")).map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![durable::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
+    Ok(endpoint)
 }
 
 /// CPU time (user + system) the process `pid` has used so far, in seconds, from

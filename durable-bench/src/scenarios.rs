@@ -680,7 +680,15 @@ async fn memory_idle(plan: &Plan) -> Result<Vec<Row>, String> {
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
         .sum();
+    let per_preauth = memory_preauth(plan).await?;
     Ok(vec![
+        Row::lower(
+            "memory_idle",
+            per_preauth,
+            "B/pre-auth conn",
+            None,
+            "-",
+        ),
         Row::lower(
             "memory_idle",
             per_active,
@@ -697,6 +705,36 @@ async fn memory_idle(plan: &Plan) -> Result<Vec<Row>, String> {
             "-",
         ),
     ])
+}
+
+/// Resident memory per connection that completed its handshake and has not presented
+/// the token (hosts close them after `--auth-timeout-ms`; here a minute, to measure).
+async fn memory_preauth(plan: &Plan) -> Result<f64, String> {
+    let n = if plan.quick { 200 } else { 1_000 };
+    let dir = plan.dir("preauth");
+    let (server, client) = host(
+        &dir,
+        &["--auth-timeout-ms", "60000", "--max-unauthenticated-per-ip", "5000"],
+    )
+    .await?;
+    client.close();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = server.rss();
+    let endpoint = baselines::raw_host_client(&dir)?;
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let conn = endpoint
+            .connect(server.addr, "localhost")
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| format!("a silent connection was refused: {e}"))?;
+        conns.push(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let per = server.rss().saturating_sub(before) as f64 / n as f64;
+    drop(conns);
+    server.stop();
+    Ok(per)
 }
 
 /// Call every counter `m0..m{n}` (an increment, or a read), 64 at a time.
@@ -809,7 +847,7 @@ async fn increments_postgres(plan: &mut Plan) -> Result<Vec<Row>, String> {
                 }
             })
             .await?;
-            drop(server);
+            server.stop_with(libc::SIGINT);
             (
                 Some(measured.rate),
                 "PostgreSQL UPDATE v=v+1, sync commit".to_string(),
