@@ -16,6 +16,9 @@ use tokio::sync::Notify;
 /// Largest hello frame accepted before authentication.
 const MAX_HELLO: usize = 4096;
 
+/// Calls an authenticated connection may have in flight at once.
+const MAX_STREAMS: u32 = 4096;
+
 /// At shutdown, how long no new stream must open before the endpoint closes.
 const QUIET: Duration = Duration::from_millis(100);
 
@@ -73,6 +76,9 @@ impl Server {
                 return;
             }
         };
+        if ok {
+            conn.set_max_concurrent_bi_streams(MAX_STREAMS.into());
+        }
         if !ok {
             // Let the rejection reach the client, then close.
             tokio::time::sleep(Duration::from_millis(500)).await;
