@@ -682,13 +682,7 @@ async fn memory_idle(plan: &Plan) -> Result<Vec<Row>, String> {
         .sum();
     let per_preauth = memory_preauth(plan).await?;
     Ok(vec![
-        Row::lower(
-            "memory_idle",
-            per_preauth,
-            "B/pre-auth conn",
-            None,
-            "-",
-        ),
+        Row::lower("memory_idle", per_preauth, "B/pre-auth conn", None, "-"),
         Row::lower(
             "memory_idle",
             per_active,
@@ -714,7 +708,12 @@ async fn memory_preauth(plan: &Plan) -> Result<f64, String> {
     let dir = plan.dir("preauth");
     let (server, client) = host(
         &dir,
-        &["--auth-timeout-ms", "60000", "--max-unauthenticated-per-ip", "5000"],
+        &[
+            "--auth-timeout-ms",
+            "60000",
+            "--max-unauthenticated-per-ip",
+            "5000",
+        ],
     )
     .await?;
     client.close();
