@@ -86,8 +86,12 @@ pub(crate) struct AlarmIndex {
 impl AlarmIndex {
     pub(crate) fn open(data_dir: &Path) -> rusqlite::Result<AlarmIndex> {
         let path = data_dir.join("alarms.db");
-        crate::files::precreate_db(&path)
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        crate::files::precreate_db(&path).map_err(|e| {
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some(format!("creating the alarm index: {e}")),
+            )
+        })?;
         let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;

@@ -32,8 +32,7 @@ pub(crate) struct Calls {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) placement: Arc<dyn Placement>,
     shutting_down: AtomicBool,
-    in_flight: AtomicUsize,
-    idle: Notify,
+    in_flight: Gauge,
 }
 
 impl Calls {
@@ -49,8 +48,7 @@ impl Calls {
             clock,
             placement,
             shutting_down: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
-            idle: Notify::new(),
+            in_flight: Gauge::default(),
         }
     }
 
@@ -86,7 +84,7 @@ impl Calls {
         if let Owner::Elsewhere(owner) = self.placement.owner(class.name, request.object) {
             return Response::Error(WireError::Moved { owner });
         }
-        let _guard = InFlight::enter(self);
+        let _guard = self.in_flight.enter();
         if self.shutting_down.load(Ordering::Acquire) {
             return Response::Error(WireError::ShuttingDown);
         }
@@ -116,31 +114,47 @@ impl Calls {
     /// Refuse new calls and wait (up to `limit`) for the ones in flight.
     pub(crate) async fn drain(&self, limit: Duration) {
         self.shutting_down.store(true, Ordering::Release);
-        let wait = async {
-            loop {
-                let idle = self.idle.notified();
-                if self.in_flight.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                idle.await;
+        let _ = tokio::time::timeout(limit, self.in_flight.zero()).await;
+    }
+}
+
+/// A count of things in flight (calls, streams) that can be awaited to reach zero.
+#[derive(Default)]
+pub(crate) struct Gauge {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl Gauge {
+    /// Count one more until the guard drops.
+    pub(crate) fn enter(&self) -> GaugeGuard<'_> {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        GaugeGuard(self)
+    }
+
+    /// How many are in flight now.
+    pub(crate) fn get(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Resolve once none is in flight.
+    pub(crate) async fn zero(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.get() == 0 {
+                return;
             }
-        };
-        let _ = tokio::time::timeout(limit, wait).await;
+            idle.await;
+        }
     }
 }
 
-struct InFlight<'a>(&'a Calls);
+/// One thing in flight, counted by its [`Gauge`] until dropped.
+pub(crate) struct GaugeGuard<'a>(&'a Gauge);
 
-impl<'a> InFlight<'a> {
-    fn enter(calls: &'a Calls) -> Self {
-        calls.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(calls)
-    }
-}
-
-impl Drop for InFlight<'_> {
+impl Drop for GaugeGuard<'_> {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
     }

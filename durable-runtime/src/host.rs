@@ -394,7 +394,6 @@ impl Host {
             ),
             streams: Default::default(),
             opened: Default::default(),
-            streams_idle: Default::default(),
         });
         let acceptor = tokio::spawn(server.clone().accept_loop(endpoint.clone()));
         tracing::info!(addr = %local_addr, data_dir = %self.data_dir.display(), "host started");

@@ -145,6 +145,17 @@ fn decode_body(body: &[u8]) -> Result<LogRecord, TailProblem> {
     })
 }
 
+/// The record whose `len` bytes (after the length field) start at `at`, if its
+/// checksum matches and its fields decode. The caller has checked that they fit.
+fn checked_record(bytes: &[u8], at: usize, len: usize) -> Result<LogRecord, TailProblem> {
+    let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+    let body = &bytes[at + 8..at + 4 + len];
+    if crc32fast::hash(body) != crc {
+        return Err(TailProblem::BadChecksum);
+    }
+    decode_body(body)
+}
+
 /// Read a whole segment file.
 pub(crate) fn read_segment(path: &Path) -> std::io::Result<SegmentRead> {
     let mut bytes = Vec::new();
@@ -181,12 +192,7 @@ pub(crate) fn parse_segment(bytes: &[u8]) -> SegmentRead {
         if bytes.len() - at - 4 < len {
             break Some(TailProblem::Truncated);
         }
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
-        let body = &bytes[at + 8..at + 4 + len];
-        if crc32fast::hash(body) != crc {
-            break Some(TailProblem::BadChecksum);
-        }
-        let record = match decode_body(body) {
+        let record = match checked_record(bytes, at, len) {
             Ok(r) => r,
             Err(p) => break Some(p),
         };
@@ -229,13 +235,9 @@ fn find_intact_record(bytes: &[u8], from: usize, after_lsn: u64) -> Option<(u64,
     while at + 8 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         if len >= FIXED && bytes.len() - at - 4 >= len {
-            let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
-            let body = &bytes[at + 8..at + 4 + len];
-            if crc32fast::hash(body) == crc {
-                if let Ok(r) = decode_body(body) {
-                    if r.lsn > after_lsn {
-                        return Some((at as u64, r.lsn));
-                    }
+            if let Ok(r) = checked_record(bytes, at, len) {
+                if r.lsn > after_lsn {
+                    return Some((at as u64, r.lsn));
                 }
             }
         }

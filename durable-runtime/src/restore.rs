@@ -65,7 +65,6 @@ pub(crate) fn rebuild(
     let new_seq = max_seq + 1;
     let image = {
         let mut conn = rusqlite::Connection::open(&tmp).map_err(|e| e.to_string())?;
-        // (The scratch copy lives under the 0700 data directory; only its image is kept.)
         store::set_stored_seq(&conn, new_seq).map_err(|e| e.to_string())?;
         let data = conn.serialize("main").map_err(|e| e.to_string())?;
         data.to_vec()

@@ -4,14 +4,13 @@
 //! Nothing a peer sends can panic or stop the host: every failure is a typed reply
 //! or a closed stream.
 
-use crate::calls::{Caller, Calls};
+use crate::calls::{Caller, Calls, Gauge};
 use durable_client::wire::{self, FrameError, Request, Response, WireError};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 /// Largest hello frame accepted before authentication.
 const MAX_HELLO: usize = 4096;
@@ -37,10 +36,9 @@ pub(crate) struct Server {
     /// Deadline and caps for connections that have not authenticated yet.
     pub(crate) auth: AuthLimits,
     /// Streams between their request and the acknowledgement of their answer.
-    pub(crate) streams: AtomicUsize,
+    pub(crate) streams: Gauge,
     /// Streams opened so far.
     pub(crate) opened: AtomicUsize,
-    pub(crate) streams_idle: Notify,
 }
 
 impl Server {
@@ -58,8 +56,7 @@ impl Server {
             incoming.refuse();
             return;
         };
-        let deadline = tokio::time::Instant::now() + self.auth.timeout;
-        let authenticated = tokio::time::timeout_at(deadline, async {
+        let authenticated = tokio::time::timeout(self.auth.timeout, async {
             let conn = incoming.await.ok()?;
             let (send, recv) = conn.accept_bi().await.ok()?;
             let ok = self.hello(send, recv).await;
@@ -108,7 +105,8 @@ impl Server {
     }
 
     async fn stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let _open = StreamGuard::enter(self);
+        let _open = self.streams.enter();
+        self.opened.fetch_add(1, Ordering::AcqRel);
         let request =
             tokio::time::timeout(READ_TIMEOUT, read_frame(&mut recv, self.max_frame)).await;
         let response = match request.unwrap_or(Err(FrameError::Truncated)) {
@@ -134,18 +132,12 @@ impl Server {
     pub(crate) async fn drain(&self, limit: Duration) {
         let wait = async {
             loop {
-                let idle = self.streams_idle.notified();
-                if self.streams.load(Ordering::Acquire) == 0 {
-                    let opened = self.opened.load(Ordering::Acquire);
-                    tokio::time::sleep(QUIET).await;
-                    if self.opened.load(Ordering::Acquire) == opened
-                        && self.streams.load(Ordering::Acquire) == 0
-                    {
-                        return;
-                    }
-                    continue;
+                self.streams.zero().await;
+                let opened = self.opened.load(Ordering::Acquire);
+                tokio::time::sleep(QUIET).await;
+                if self.opened.load(Ordering::Acquire) == opened && self.streams.get() == 0 {
+                    return;
                 }
-                idle.await;
             }
         };
         let _ = tokio::time::timeout(limit, wait).await;
@@ -197,25 +189,6 @@ impl Drop for Pending<'_> {
             if *n == 0 {
                 p.1.remove(&self.1);
             }
-        }
-    }
-}
-
-/// Counts a stream from its request to its answer's acknowledgement.
-struct StreamGuard<'a>(&'a Server);
-
-impl<'a> StreamGuard<'a> {
-    fn enter(server: &'a Server) -> Self {
-        server.streams.fetch_add(1, Ordering::AcqRel);
-        server.opened.fetch_add(1, Ordering::AcqRel);
-        StreamGuard(server)
-    }
-}
-
-impl Drop for StreamGuard<'_> {
-    fn drop(&mut self) {
-        if self.0.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.streams_idle.notify_waiters();
         }
     }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::HostProcess;
+use common::{method_fingerprint, HostProcess};
 use durable::CallError;
 use durable_examples::counter::Counter;
 use durable_tests::{Probe, ProbeError};
@@ -139,14 +139,6 @@ async fn replayed_application_errors_are_remembered_too() {
         );
     }
     assert_eq!(probe.get("k".into()).await.unwrap(), None);
-}
-
-fn method_fingerprint<C: durable::ObjectClass>(name: &str) -> u64 {
-    C::METHODS
-        .iter()
-        .find(|m| m.name == name)
-        .unwrap()
-        .fingerprint
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,13 +118,7 @@ async fn a_torn_or_corrupt_log_tail_is_cut_reported_and_never_applied() {
         host.kill9();
 
         // Damage the last record of the newest segment.
-        let mut segments: Vec<_> = std::fs::read_dir(live.join("log"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-            .collect();
-        segments.sort();
-        let newest = segments.last().unwrap();
+        let newest = &newest_segment(&live.join("log"));
         let mut bytes = std::fs::read(newest).unwrap();
         let full = bytes.len();
         match damage {

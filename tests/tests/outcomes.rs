@@ -6,21 +6,13 @@
 
 mod common;
 
-use common::HostProcess;
+use common::{method_fingerprint, HostProcess};
 use durable::{CallError, Retry};
 use durable_examples::counter::Counter;
 use durable_tests::{Probe, ProbeError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn method_fingerprint<C: durable::ObjectClass>(name: &str) -> u64 {
-    C::METHODS
-        .iter()
-        .find(|m| m.name == name)
-        .unwrap()
-        .fingerprint
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_asked_for_by_a_turn_that_fails_or_panics_does_not_happen() {

@@ -216,3 +216,12 @@ pub async fn load_until_killed(
         t.await.unwrap();
     }
 }
+
+/// The schema fingerprint of method `name` of class `C`, as a stub would send it.
+pub fn method_fingerprint<C: durable::ObjectClass>(name: &str) -> u64 {
+    C::METHODS
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap()
+        .fingerprint
+}
