@@ -3,8 +3,8 @@
 //! and fire due alarms deterministically, read an object's storage directly, evict an
 //! object, and simulate a crash.
 //!
-//! ```ignore
-//! // examples/tests/auction.rs
+//! ```text
+//! // from examples/tests/auction.rs, where it is compiled and run
 //! let t = TestHost::start(|h| h.register::<Auction>()).await;
 //! let lot = t.get::<Auction>("lot-7");
 //! lot.open(3600, 100).await.unwrap();                   // closes in an hour, reserve 100
