@@ -32,8 +32,8 @@
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
 pub use durable_client::{
-    wire, CallError, Client, ClientConfig, ConnectError, MethodInfo, NoError, ObjectClass,
-    ObjectId, ObjectRef, Retry, ALPN,
+    wire, CallError, Client, ClientCert, ClientConfig, ConnectError, MethodInfo, NoError,
+    ObjectClass, ObjectId, ObjectRef, Retry, ALPN,
 };
 pub use durable_macros::{alarm, durable_object};
 pub use durable_runtime::{

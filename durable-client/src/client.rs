@@ -26,8 +26,12 @@ pub struct ClientConfig {
     pub server_name: String,
     /// PEM of the certificate authority to trust (the host's `tls/ca.pem`).
     pub ca_pem: Vec<u8>,
-    /// The client token (the host's `tls/token`).
+    /// The client token (the host's `tls/token`); may be empty with
+    /// [`ClientConfig::client_cert`].
     pub token: String,
+    /// A client certificate to present in the TLS handshake, for hosts that trust
+    /// its CA (`--client-ca`); see [`ClientConfig::with_client_cert`].
+    pub client_cert: Option<ClientCert>,
     /// Default deadline per call (default 30 s).
     pub deadline: Duration,
     /// Largest response frame accepted (default 4 MiB).
@@ -41,7 +45,25 @@ impl std::fmt::Debug for ClientConfig {
             .field("server_name", &self.server_name)
             .field("deadline", &self.deadline)
             .field("max_frame", &self.max_frame)
+            .field("client_cert", &self.client_cert)
             .finish_non_exhaustive()
+    }
+}
+
+/// A client certificate and its private key, both PEM (as `host client-cert` writes
+/// them to `PREFIX.pem` and `PREFIX.key`).
+#[derive(Clone)]
+pub struct ClientCert {
+    /// The certificate, optionally followed by intermediate CA certificates.
+    pub cert_pem: Vec<u8>,
+    /// The certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("ClientCert").finish_non_exhaustive()
     }
 }
 
@@ -53,6 +75,7 @@ impl ClientConfig {
             server_name: "localhost".into(),
             ca_pem,
             token: token.into(),
+            client_cert: None,
             deadline: Duration::from_secs(30),
             max_frame: wire::DEFAULT_MAX_FRAME,
         }
@@ -68,6 +91,23 @@ impl ClientConfig {
         let ca = std::fs::read(ca_path.as_ref())?;
         let token = std::fs::read_to_string(token_path.as_ref())?;
         Ok(Self::new(addr, ca, token.trim()))
+    }
+
+    /// Present a client certificate (`cert_pem`, with its private key `key_pem`, both
+    /// PEM) in the TLS handshake. A host started with `--client-ca` naming the CA that
+    /// signed it authenticates the connection by the certificate, so the token may be
+    /// empty: `ClientConfig::new(addr, ca_pem, "").with_client_cert(cert, key)`.
+    ///
+    /// A host that does not trust the certificate's CA refuses it in the handshake:
+    /// [`Client::connect`] fails with [`ConnectError::CertificateRejected`] (and
+    /// calls that have to reconnect fail with `CallError::Unauthenticated`), even
+    /// when the token is right. A host without `--client-ca` asks for no certificate,
+    /// so this one is not sent and the token has to authenticate.
+    /// The PEM is parsed by [`Client::connect`], which fails with
+    /// [`ConnectError::Tls`] if it holds no certificate or no key.
+    pub fn with_client_cert(mut self, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Self {
+        self.client_cert = Some(ClientCert { cert_pem, key_pem });
+        self
     }
 
     /// Read CA and token from a host's data directory.
@@ -92,6 +132,42 @@ pub enum ConnectError {
     /// The host rejected the token.
     #[error("the host rejected the client token")]
     Unauthenticated,
+    /// The host refused the TLS handshake over the client certificate: it was not
+    /// signed by a CA the host trusts (or had expired, or was otherwise invalid), or
+    /// the host requires one and none was configured. Carries the TLS alert.
+    #[error("the host refused the client certificate: {0}")]
+    CertificateRejected(String),
+}
+
+/// If the host closed the connection with a TLS alert about the client's certificate,
+/// say which. Only a close from the peer counts: an alert the client raised itself
+/// (the host's certificate did not verify) is a local error.
+fn certificate_rejection(error: &quinn::ConnectionError) -> Option<ConnectError> {
+    use rustls::AlertDescription as A;
+    let quinn::ConnectionError::ConnectionClosed(close) = error else {
+        return None;
+    };
+    let code = u64::from(close.error_code);
+    if !(0x100..0x200).contains(&code) {
+        return None;
+    }
+    let alert = A::from((code & 0xff) as u8);
+    let what = match alert {
+        A::CertificateRequired => "the host requires a client certificate",
+        A::UnknownCA => "it is not signed by a CA the host trusts",
+        // A signature that does not verify: signed by another key under a trusted
+        // CA's name, or a private key that does not match the certificate.
+        A::DecryptError => "it is not signed by a CA the host trusts, or the key does not match it",
+        A::CertificateExpired => "it has expired or is not yet valid",
+        A::CertificateRevoked => "it has been revoked",
+        A::BadCertificate | A::UnsupportedCertificate | A::CertificateUnknown | A::AccessDenied => {
+            "it is not valid for client authentication"
+        }
+        _ => return None,
+    };
+    Some(ConnectError::CertificateRejected(format!(
+        "{what} (TLS alert {alert:?}: {close})"
+    )))
 }
 
 struct Inner {
@@ -123,7 +199,8 @@ enum Exchange {
 }
 
 impl Client {
-    /// Connect to a host and present the token.
+    /// Connect to a host and present the token (and the client certificate, if the
+    /// config has one).
     pub async fn connect(config: ClientConfig) -> Result<Client, ConnectError> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut config.ca_pem.as_slice()) {
@@ -136,11 +213,33 @@ impl Client {
             return Err(ConnectError::Tls("the CA file holds no certificate".into()));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| ConnectError::Tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let mut tls = match &config.client_cert {
+            None => builder.with_no_client_auth(),
+            Some(cert) => {
+                let chain = rustls_pemfile::certs(&mut cert.cert_pem.as_slice())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        ConnectError::Tls(format!("reading the client certificate: {e}"))
+                    })?;
+                if chain.is_empty() {
+                    return Err(ConnectError::Tls(
+                        "the client certificate PEM holds no certificate".into(),
+                    ));
+                }
+                let key = rustls_pemfile::private_key(&mut cert.key_pem.as_slice())
+                    .map_err(|e| ConnectError::Tls(format!("reading the client key: {e}")))?
+                    .ok_or_else(|| {
+                        ConnectError::Tls("the client key PEM holds no private key".into())
+                    })?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| ConnectError::Tls(format!("the client certificate: {e}")))?
+            }
+        };
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| ConnectError::Tls(e.to_string()))?;
@@ -233,7 +332,9 @@ impl Client {
             .connect(cfg.addr, &cfg.server_name)
             .map_err(|e| ConnectError::Connect(e.to_string()))?
             .await
-            .map_err(|e| ConnectError::Connect(e.to_string()))?;
+            .map_err(|e| {
+                certificate_rejection(&e).unwrap_or_else(|| ConnectError::Connect(e.to_string()))
+            })?;
         let hello = wire::encode_frame(&Request::Hello {
             token: cfg.token.clone(),
         });
@@ -247,7 +348,16 @@ impl Client {
                     "unexpected hello answer {other:?}"
                 )))
             }
-            Err(Exchange::Lost(m) | Exchange::Protocol(m)) => return Err(ConnectError::Connect(m)),
+            Err(Exchange::Lost(m) | Exchange::Protocol(m)) => {
+                // In TLS 1.3 the host checks the client's certificate after the
+                // client has finished its handshake: a refusal arrives as the
+                // connection closing under the hello.
+                if let Some(rejected) = conn.close_reason().as_ref().and_then(certificate_rejection)
+                {
+                    return Err(rejected);
+                }
+                return Err(ConnectError::Connect(m));
+            }
         }
         *self.inner.conn.write().unwrap() = Some(conn.clone());
         Ok(conn)
@@ -287,9 +397,11 @@ impl Client {
                     Some(c) => c,
                     None => match self.establish().await {
                         Ok(c) => c,
-                        Err(ConnectError::Unauthenticated) => {
-                            return Some(Err(CallError::Unauthenticated))
-                        }
+                        // Neither a refused token nor a refused certificate fixes
+                        // itself by retrying.
+                        Err(
+                            ConnectError::Unauthenticated | ConnectError::CertificateRejected(_),
+                        ) => return Some(Err(CallError::Unauthenticated)),
                         Err(e) => {
                             last_error = e.to_string();
                             return None;

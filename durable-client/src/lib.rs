@@ -14,7 +14,7 @@ mod retry;
 pub mod wire;
 
 pub use class::{MethodInfo, ObjectClass};
-pub use client::{Client, ClientConfig, ConnectError, ObjectRef};
+pub use client::{Client, ClientCert, ClientConfig, ConnectError, ObjectRef};
 pub use error::{CallError, NoError};
 pub use id::{ObjectId, ParseIdError};
 pub use retry::Retry;

@@ -66,6 +66,34 @@ enum Command {
         /// Most connections waiting to authenticate at once from one IP address.
         #[arg(long, env = "DURABLE_MAX_UNAUTHENTICATED_PER_IP", default_value_t = 64)]
         max_unauthenticated_per_ip: usize,
+        /// Accept client certificates signed by the CA in this PEM file instead of the
+        /// token (token clients still connect unless --require-client-cert). Not set:
+        /// no client certificate is trusted, not even from the host's own dev CA.
+        #[arg(long, env = "DURABLE_CLIENT_CA")]
+        client_ca: Option<PathBuf>,
+        /// Refuse every connection without a client certificate signed by the
+        /// --client-ca (in the TLS handshake): the token alone no longer admits.
+        #[arg(long, env = "DURABLE_REQUIRE_CLIENT_CERT")]
+        require_client_cert: bool,
+    },
+    /// Sign a client certificate with the data directory's development CA
+    /// (`tls/ca.key`), for hosts started with `--client-ca DATA_DIR/tls/ca.pem`.
+    /// Writes PREFIX.pem (the certificate) and PREFIX.key (its key, mode 0600).
+    ClientCert {
+        /// The data directory whose CA signs.
+        #[arg(long, env = "DURABLE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The client's name (the certificate's common name; the host names the
+        /// caller `cert:NAME`).
+        #[arg(long)]
+        name: String,
+        /// Where to write: PREFIX.pem and PREFIX.key (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// Days the certificate is valid (the host cannot revoke one: keep it short
+        /// and mint a new one before it expires).
+        #[arg(long, default_value_t = 365)]
+        days: u32,
     },
     /// Print committed changes from the host log as JSON lines (lsn, time, class,
     /// object, table, op, old, new).
@@ -146,7 +174,19 @@ where
             max_active,
             auth_timeout_ms,
             max_unauthenticated_per_ip,
+            client_ca,
+            require_client_cert,
         } => {
+            let client_ca = match client_ca.map(|path| {
+                std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))
+            }) {
+                Some(Err(e)) => {
+                    eprintln!("error: --client-ca {e}");
+                    return ExitCode::FAILURE;
+                }
+                Some(Ok(pem)) => Some(pem),
+                None => None,
+            };
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -174,6 +214,10 @@ where
                 for name in tls_names {
                     host = host.tls_name(name);
                 }
+                if let Some(pem) = client_ca {
+                    host = host.client_ca(pem);
+                }
+                host = host.require_client_cert(require_client_cert);
                 host = host
                     .durability(if durability == "fsync" {
                         DurabilityMode::ObjectFsync
@@ -217,6 +261,30 @@ where
             since,
             follow,
         } => changes(&data_dir, since, follow),
+        Command::ClientCert {
+            data_dir,
+            name,
+            out,
+            days,
+        } => {
+            let written = crate::tls::mint_client_cert(&data_dir, &name, days)
+                .and_then(|(cert, key)| crate::tls::write_client_cert(&out, &cert, &key));
+            match written {
+                Ok((cert, key)) => {
+                    println!(
+                        "wrote {} and {} (client {name:?}, signed by {})",
+                        cert.display(),
+                        key.display(),
+                        data_dir.join("tls/ca.pem").display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::SalvageLog { data_dir } => {
             use crate::clock::Clock;
             match crate::log::recovery::salvage_log(&data_dir, crate::clock::SystemClock.now_ms()) {

@@ -123,6 +123,8 @@ pub struct Host {
     classes: Vec<ClassEntry>,
     limits: Limits,
     tls_names: Vec<String>,
+    client_ca: Option<Vec<u8>>,
+    require_client_cert: bool,
     durability: DurabilityMode,
     log: LogConfig,
     alarms: AlarmConfig,
@@ -140,6 +142,8 @@ impl std::fmt::Debug for Host {
                 &self.classes.iter().map(|c| c.name).collect::<Vec<_>>(),
             )
             .field("limits", &self.limits)
+            .field("client_ca", &self.client_ca.is_some())
+            .field("require_client_cert", &self.require_client_cert)
             .finish()
     }
 }
@@ -153,6 +157,8 @@ impl Host {
             classes: Vec::new(),
             limits: Limits::default(),
             tls_names: Vec::new(),
+            client_ca: None,
+            require_client_cert: false,
             durability: DurabilityMode::default(),
             log: LogConfig::default(),
             alarms: AlarmConfig::default(),
@@ -234,6 +240,29 @@ impl Host {
         self
     }
 
+    /// Accept client certificates signed by this certificate authority (`ca_pem`: its
+    /// certificate, PEM; several certificates are all trusted) as an alternative to
+    /// the token: the host asks each client for a certificate during the TLS
+    /// handshake, a connection whose certificate chains to this CA is authenticated
+    /// without the token (its hello may carry an empty one), a certificate that does
+    /// not verify fails the handshake, and a client that sends none still
+    /// authenticates with the token unless [`Host::require_client_cert`] is set.
+    /// Without this call the host asks for no certificate, and trusts none: not even
+    /// ones signed by its own development CA (`DATA_DIR/tls/ca.pem`), which has to be
+    /// named here explicitly to be trusted for clients.
+    pub fn client_ca(mut self, ca_pem: impl Into<Vec<u8>>) -> Self {
+        self.client_ca = Some(ca_pem.into());
+        self
+    }
+
+    /// Refuse, in the TLS handshake, every connection without a valid client
+    /// certificate: the token alone no longer admits anyone. Needs
+    /// [`Host::client_ca`]; [`Host::start`] fails without it.
+    pub fn require_client_cert(mut self, require: bool) -> Self {
+        self.require_client_cert = require;
+        self
+    }
+
     /// Create the data directory and TLS material if needed, start the shards, bind
     /// the QUIC endpoint and start serving. Must be called inside a tokio runtime.
     pub async fn start(self) -> Result<RunningHost, HostError> {
@@ -247,6 +276,16 @@ impl Host {
                 "limits out of range: {limits:?}"
             )));
         }
+        if self.require_client_cert && self.client_ca.is_none() {
+            return Err(HostError::Config(
+                "requiring client certificates needs a client CA (--client-ca)".into(),
+            ));
+        }
+        let client_roots = self
+            .client_ca
+            .as_deref()
+            .map(crate::tls::client_roots)
+            .transpose()?;
         let mut classes: HashMap<&'static str, Arc<ClassEntry>> = HashMap::new();
         for class in self.classes {
             let name = class.name;
@@ -309,10 +348,32 @@ impl Host {
             };
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut server_tls = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| HostError::Tls(e.to_string()))?
-            .with_no_client_auth()
+            .map_err(|e| HostError::Tls(e.to_string()))?;
+        let builder = match client_roots {
+            None => builder.with_no_client_auth(),
+            Some(roots) => {
+                // A presented certificate that does not chain to the client CA fails
+                // the handshake; presenting none is allowed unless required (the
+                // token then authenticates, in the hello).
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                );
+                let verifier = if self.require_client_cert {
+                    verifier
+                } else {
+                    verifier.allow_unauthenticated()
+                };
+                builder.with_client_cert_verifier(
+                    verifier
+                        .build()
+                        .map_err(|e| HostError::Tls(format!("the client CA: {e}")))?,
+                )
+            }
+        };
+        let mut server_tls = builder
             .with_single_cert(tls.cert_chain, tls.key)
             .map_err(|e| HostError::Tls(e.to_string()))?;
         server_tls.alpn_protocols = vec![ALPN.to_vec()];
@@ -386,7 +447,7 @@ impl Host {
             calls: calls.clone(),
             token: tls.token,
             max_frame: limits.max_frame,
-            caller: Caller("host-token".into()),
+            caller: Arc::new(Caller("host-token".into())),
             auth: crate::server::AuthLimits::new(
                 limits.auth_timeout,
                 limits.max_unauthenticated,

@@ -1,6 +1,7 @@
 //! The QUIC edge: accepts connections, checks the token on each connection's first
-//! stream, reads one request frame per stream, hands the call to the host's
-//! transport-neutral entry ([`crate::calls::Calls`]) and writes the reply.
+//! stream (or takes the client certificate rustls verified in the handshake instead),
+//! reads one request frame per stream, hands the call to the host's transport-neutral
+//! entry ([`crate::calls::Calls`]) and writes the reply.
 //! Nothing a peer sends can panic or stop the host: every failure is a typed reply
 //! or a closed stream.
 
@@ -31,8 +32,9 @@ pub(crate) struct Server {
     pub(crate) calls: Arc<Calls>,
     pub(crate) token: String,
     pub(crate) max_frame: usize,
-    /// Who QUIC callers are: the holders of the host token.
-    pub(crate) caller: Caller,
+    /// Who token callers are: the holders of the host token. Callers with a client
+    /// certificate are `cert:` and its subject's common name.
+    pub(crate) caller: Arc<Caller>,
     /// Deadline and caps for connections that have not authenticated yet.
     pub(crate) auth: AuthLimits,
     /// Streams between their request and the acknowledgement of their answer.
@@ -58,13 +60,14 @@ impl Server {
         };
         let authenticated = tokio::time::timeout(self.auth.timeout, async {
             let conn = incoming.await.ok()?;
+            let by_cert = certificate_caller(&conn);
             let (send, recv) = conn.accept_bi().await.ok()?;
-            let ok = self.hello(send, recv).await;
-            Some((conn, ok))
+            let ok = self.hello(send, recv, by_cert.is_some()).await;
+            Some((conn, ok, by_cert))
         })
         .await;
         drop(pending);
-        let (conn, ok) = match authenticated {
+        let (conn, ok, by_cert) = match authenticated {
             Ok(Some(c)) => c,
             Ok(None) => return,
             Err(_) => {
@@ -82,17 +85,27 @@ impl Server {
             conn.close(1u32.into(), b"unauthenticated");
             return;
         }
+        let caller = by_cert.map_or_else(|| self.caller.clone(), Arc::new);
         while let Ok((send, recv)) = conn.accept_bi().await {
             let server = self.clone();
-            tokio::spawn(async move { server.stream(send, recv).await });
+            let caller = caller.clone();
+            tokio::spawn(async move { server.stream(send, recv, &caller).await });
         }
     }
 
-    async fn hello(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> bool {
+    /// Read the hello and answer it. `by_cert`: the handshake verified a client
+    /// certificate, which authenticates the connection whatever token the hello
+    /// carries (clients with a certificate send an empty one).
+    async fn hello(
+        &self,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        by_cert: bool,
+    ) -> bool {
         let hello = tokio::time::timeout(READ_TIMEOUT, read_frame(&mut recv, MAX_HELLO)).await;
         let (ok, response) = match hello.unwrap_or(Err(FrameError::Truncated)) {
             Ok(Request::Hello { token })
-                if constant_time_eq(token.as_bytes(), self.token.as_bytes()) =>
+                if by_cert || constant_time_eq(token.as_bytes(), self.token.as_bytes()) =>
             {
                 (true, Response::Welcome)
             }
@@ -104,13 +117,18 @@ impl Server {
         ok
     }
 
-    async fn stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    async fn stream(
+        &self,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        caller: &Caller,
+    ) {
         let _open = self.streams.enter();
         self.opened.fetch_add(1, Ordering::AcqRel);
         let request =
             tokio::time::timeout(READ_TIMEOUT, read_frame(&mut recv, self.max_frame)).await;
         let response = match request.unwrap_or(Err(FrameError::Truncated)) {
-            Ok(Request::Call(call)) => self.calls.call(call, &self.caller).await,
+            Ok(Request::Call(call)) => self.calls.call(call, caller).await,
             Ok(Request::Hello { .. }) => Response::Error(WireError::Malformed {
                 message: "hello on an authenticated connection".into(),
             }),
@@ -216,6 +234,21 @@ async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<Reques
     frame.extend_from_slice(&prefix);
     frame.extend_from_slice(&rest);
     wire::decode_frame(&frame, limit)
+}
+
+/// The caller a connection's client certificate names, if it presented one. The host
+/// asks for certificates only when it has a client CA, and rustls has verified any
+/// certificate against that CA before the handshake completes, so a certificate here
+/// authenticates the connection.
+fn certificate_caller(conn: &quinn::Connection) -> Option<Caller> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    let leaf = chain.first()?;
+    let name = crate::tls::subject_common_name(leaf).unwrap_or_default();
+    tracing::debug!(caller = %name, remote = %conn.remote_address(), "client authenticated by certificate");
+    Some(Caller(format!("cert:{name}")))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -25,6 +25,11 @@ impl HostProcess {
         Self::spawn(data_dir, &listen.to_string(), &[], None)
     }
 
+    /// Like [`HostProcess::start_on`], with extra flags.
+    pub fn start_on_with(data_dir: &Path, listen: SocketAddr, extra: &[&str]) -> HostProcess {
+        Self::spawn(data_dir, &listen.to_string(), extra, None)
+    }
+
     /// Like [`HostProcess::start`], writing the host's stderr (its log) to `log`.
     pub fn start_logged(data_dir: &Path, extra: &[&str], log: Option<&Path>) -> HostProcess {
         Self::spawn(data_dir, "127.0.0.1:0", extra, log)
