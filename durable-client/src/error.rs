@@ -99,6 +99,11 @@ pub enum CallError<E = NoError> {
     /// storage read); the call was rolled back and nothing was applied.
     #[error("host error (nothing applied): {0}")]
     Internal(String),
+    /// The host's disk is full: the call's writes were undone, nothing was applied.
+    /// Reads still work; writes work again once the operator frees space (the host
+    /// recovers by itself), so retrying later is safe.
+    #[error("the host's storage is full (nothing applied): {0}")]
+    StorageFull(String),
     /// The host failed after the call's writes may have reached the log or the object's
     /// file (a failed log write, sync or commit): the call may have been applied.
     /// Retry only with the same request id.
@@ -122,6 +127,7 @@ impl<E> CallError<E> {
             | CallError::Moved(_)
             | CallError::BadArguments(_)
             | CallError::Rejected(_)
+            | CallError::StorageFull(_)
             | CallError::Internal(_) => Retry::NotApplied,
             CallError::Timeout
             | CallError::ConnectionLost(_)
@@ -170,6 +176,7 @@ impl<E> CallError<E> {
             CallError::Rejected(m) => CallError::Rejected(m),
             CallError::Protocol(m) => CallError::Protocol(m),
             CallError::Internal(m) => CallError::Internal(m),
+            CallError::StorageFull(m) => CallError::StorageFull(m),
             CallError::Indeterminate(m) => CallError::Indeterminate(m),
         }
     }
@@ -199,6 +206,7 @@ impl<E> From<WireError> for CallError<E> {
             WireError::Internal { message } => CallError::Internal(message),
             WireError::Indeterminate { message } => CallError::Indeterminate(message),
             WireError::Moved { owner } => CallError::Moved(owner),
+            WireError::StorageFull { message } => CallError::StorageFull(message),
         }
     }
 }

@@ -137,6 +137,13 @@ pub enum WireError {
         /// The address of the host that serves it.
         owner: String,
     },
+    /// The host's disk is full: the call's writes could not be logged and were undone;
+    /// nothing was applied. Calls that only read still work; writes work again as
+    /// soon as space is freed (no restart needed).
+    StorageFull {
+        /// What failed.
+        message: String,
+    },
 }
 
 impl WireError {
@@ -157,6 +164,7 @@ impl WireError {
             | WireError::ShuttingDown
             | WireError::BadArguments { .. }
             | WireError::Moved { .. }
+            | WireError::StorageFull { .. }
             | WireError::Internal { .. } => Retry::NotApplied,
         }
     }

@@ -26,7 +26,39 @@ pub(crate) struct DurablePos {
     pub(crate) durable: u64,
     /// The log position of the object's latest durable record (host log only).
     pub(crate) lsn: u64,
+    /// Whether what is past `durable` may or may not be on disk: nothing more may be
+    /// acknowledged until a restart replays the log.
     pub(crate) failed: bool,
+    /// The log refused the object's batches past `durable` and made sure none of them
+    /// is on disk (host log only); it refuses every later one until
+    /// [`ObjectLog::rewind`].
+    pub(crate) rejected: Option<Refusal>,
+    /// How many times the object rewound (see [`ObjectLog::rewind`]): a rejection
+    /// seen with an older count is one the object already dealt with.
+    pub(crate) epoch: u64,
+}
+
+/// Why the log refused a batch (nothing of it is on disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The disk (or the quota) is full.
+    Full,
+    /// Another I/O error.
+    Io,
+}
+
+impl Refusal {
+    /// Classify a failed write.
+    pub(crate) fn of(e: &std::io::Error) -> Refusal {
+        // ENOSPC, EDQUOT (Linux numbers).
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        match e.raw_os_error() {
+            Some(ENOSPC | EDQUOT) => Refusal::Full,
+            _ if e.kind() == std::io::ErrorKind::StorageFull => Refusal::Full,
+            _ => Refusal::Io,
+        }
+    }
 }
 
 /// What a committed batch changed, for durability components that ship changes.
@@ -51,6 +83,15 @@ pub(crate) trait ObjectLog {
     /// (write-ahead logs must not checkpoint past a record until then).
     fn applied(&self, lsn: u64) {
         let _ = lsn;
+    }
+    /// After a rejection ([`DurablePos::rejected`]): the object has undone every batch
+    /// past the durable one and numbers its next batch after it again; accept its
+    /// batches from now on and count one more [`DurablePos::epoch`].
+    fn rewind(&self) {}
+    /// The object rebuilt its file's missing batches from the log records `lsns`, up
+    /// to batch `seq`: they are durable, and the file holds them once it commits.
+    fn adopt(&self, seq: u64, lsns: &[u64]) {
+        let _ = (seq, lsns);
     }
 }
 
@@ -101,6 +142,8 @@ impl Durability for WalSync {
                 durable: durable_seq,
                 lsn: 0,
                 failed: false,
+                rejected: None,
+                epoch: 0,
             })
             .0,
         })))

@@ -417,6 +417,7 @@ impl Host {
                     idle_timeout: limits.idle_timeout,
                     max_active: (limits.max_active / limits.shards).max(1),
                     defer_commits: host_log.is_some() && !self.clock.is_virtual(),
+                    behind: Default::default(),
                 },
             )
             .map_err(|e| HostError::io("starting shard threads", e))?,

@@ -13,13 +13,13 @@ use crate::clock::Clock;
 use crate::context::Context;
 use crate::core::object::{Action, CoreLimits, Input, ObjectCore, Work as CoreWork};
 use crate::core::outbox::{Effects, Outbox, TurnEnd};
-use crate::durability::{Change, Durability, DurablePos, ObjectLog};
+use crate::durability::{Change, Durability, DurablePos, ObjectLog, Refusal};
 use crate::restore_target::RestoreTarget;
 use crate::store::{self, Recorded};
 use durable_client::wire::{CallRequest, Response, WireError};
 use durable_client::ObjectId;
 use futures_util::FutureExt;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -61,6 +61,9 @@ pub(crate) struct ShardConfig {
     /// Keep an object's SQLite transaction open across batches (host log only; off
     /// under the test harness, whose `storage()` reads the files directly).
     pub(crate) defer_commits: bool,
+    /// Objects that stopped with batches the log holds and their file lacks (the file's
+    /// commit failed): their next activation rebuilds those from the log first.
+    pub(crate) behind: RefCell<std::collections::HashSet<(&'static str, ObjectId)>>,
 }
 
 /// The shard threads and the channels into them.
@@ -158,6 +161,9 @@ fn fnv(bytes: &[u8]) -> u64 {
 struct Slot {
     core: RefCell<ObjectCore<Work, Reply>>,
     notify: Notify,
+    /// How many times the object rewound since it attached its log: a refusal the log
+    /// reports with an older count was already undone (see [`DurablePos::epoch`]).
+    rewinds: Cell<u64>,
 }
 
 /// Work for an object: a call, or a wake-up to run due alarms.
@@ -180,6 +186,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
     let slot = Rc::new(Slot {
         core: RefCell::new(ObjectCore::new(limits, 0, config.clock.now_ms())),
         notify: Notify::new(),
+        rewinds: Cell::new(0),
     });
     let object = Object {
         slot: slot.clone(),
@@ -192,11 +199,16 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         log: None,
         seq: 0,
         needs_image: false,
+        last_image_seq: 0,
         last_image_ms: 0,
         reported_due: None,
         poisoned: false,
+        heal_after: 0,
+        commit_retry_at: 0,
+        commit_backoff: 0,
         txn_open: false,
         deferred: 0,
+        batch_savepoint: 0,
         holds_memory: false,
     };
     tokio::task::spawn_local(object.run());
@@ -326,6 +338,9 @@ struct Object {
     seq: u64,
     /// The next commit must ship a whole image (the object is new to the log).
     needs_image: bool,
+    /// The last batch shipped as a whole image: if the log refuses it, the next batch
+    /// must ship one again.
+    last_image_seq: u64,
     /// When the object last shipped a whole image (ms since the epoch).
     last_image_ms: u64,
     /// The earliest alarm due time last written to the host's alarm index.
@@ -333,6 +348,12 @@ struct Object {
     /// The log holds a batch the object's file lacks (its commit failed): refuse work
     /// until a restart replays it.
     poisoned: bool,
+    /// When the next attempt to rebuild a poisoned object from the log may run (ms).
+    heal_after: u64,
+    /// After the file's commit failed: not before this time (ms) again, with a backoff
+    /// that doubles (ms) while it keeps failing.
+    commit_retry_at: u64,
+    commit_backoff: u64,
     /// An SQLite transaction is open on the object's database. Under the host log it
     /// stays open across batches (each batch a savepoint in it): the log already
     /// makes a batch durable, so the file commits only every few batches or when the
@@ -340,7 +361,11 @@ struct Object {
     txn_open: bool,
     /// Batches in the open transaction that the file has not committed: handed to the
     /// log (durable, or on their way), committed to the file once the log has them.
+    /// Each keeps its savepoint (`durable_b<seq>`, nested) until the file commits, so
+    /// that the batches the log refuses can be undone alone.
     deferred: usize,
+    /// The batch number the running batch's savepoint is named after.
+    batch_savepoint: u64,
     /// The connection may hold cached pages (a batch ran since it last gave them back).
     holds_memory: bool,
 }
@@ -370,6 +395,36 @@ fn indeterminate(message: impl Into<String>) -> Response {
     Response::Error(WireError::Indeterminate {
         message: message.into(),
     })
+}
+
+/// The log refused a batch, so nothing of it is on disk: not applied.
+fn refused(full: bool) -> Response {
+    if full {
+        Response::Error(WireError::StorageFull {
+            message: "the host's disk is full: the call's writes were undone; writes work again once space is freed".into(),
+        })
+    } else {
+        internal("the host log could not be written: the call's writes were undone")
+    }
+}
+
+/// Whether the log has dealt with an object's batches up to `target`, as the object
+/// must learn: durable, failed, or refused (a refusal counts only if the object has
+/// not already undone it).
+fn settled(p: &DurablePos, target: u64, rewinds: u64) -> bool {
+    p.failed || p.durable >= target || (p.rejected.is_some() && p.epoch == rewinds)
+}
+
+/// How committing the file's open transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileCommit {
+    /// Committed (or nothing to commit, or kept open to try again later).
+    Done,
+    /// The log refused some of the batches: they must be undone first (the core asks
+    /// for a [`Action::Rewind`]).
+    Refused,
+    /// The object had to stop: batches only the log holds are missing from the file.
+    Stopped,
 }
 
 /// Why a batch could not commit, by whether its writes may survive.
@@ -420,9 +475,14 @@ impl Object {
                 None => {
                     // Quiet with batches only in the log: commit the file if nothing
                     // arrives soon.
-                    let quiet = tokio::time::timeout(DEFER_IDLE, self.slot.notify.notified());
+                    // After a failed commit (a full disk), wait out the backoff first.
+                    let wait = DEFER_IDLE.max(Duration::from_millis(
+                        self.commit_retry_at
+                            .saturating_sub(self.config.clock.now_ms()),
+                    ));
+                    let quiet = tokio::time::timeout(wait, self.slot.notify.notified());
                     if quiet.await.is_err() {
-                        self.commit_deferred().await;
+                        self.commit_deferred(false).await;
                     }
                 }
                 Some(Action::Run(batch)) => {
@@ -461,6 +521,12 @@ impl Object {
                         ));
                     }
                 }
+                Some(Action::Refused { outputs, full }) => {
+                    for (tx, _) in outputs {
+                        let _ = tx.send(refused(full));
+                    }
+                }
+                Some(Action::Rewind(durable)) => self.rewind(durable),
                 Some(Action::Dropped(work)) => {
                     // A simulated crash: callers see their call end unanswered.
                     for w in work {
@@ -470,7 +536,20 @@ impl Object {
                     }
                 }
                 Some(Action::Stopped) => {
-                    self.commit_deferred().await;
+                    if self.commit_deferred(true).await == FileCommit::Refused {
+                        // Only an alarm's batch (no replies) can be refused this late.
+                        let durable = self.log.as_ref().map(|l| l.watch().borrow().durable);
+                        self.rewind(durable.unwrap_or(self.seq));
+                        self.commit_deferred(true).await;
+                    }
+                    if self.poisoned || (self.txn_open && self.deferred > 0) {
+                        // The file lacks batches the log holds: whoever activates the
+                        // object next rebuilds them first.
+                        self.config
+                            .behind
+                            .borrow_mut()
+                            .insert((self.class.name, self.id));
+                    }
                     return;
                 }
             }
@@ -497,10 +576,14 @@ impl Object {
             return;
         };
         let mut watch = log.watch();
-        let ready = move |p: &DurablePos| p.failed || p.durable >= target;
         let feed = |slot: &Slot, clock: &dyn Clock, pos: DurablePos| {
             let input = if pos.failed {
                 Input::SyncFailed
+            } else if let (Some(why), true) = (pos.rejected, pos.epoch == slot.rewinds.get()) {
+                Input::Refused {
+                    durable: pos.durable,
+                    full: why == Refusal::Full,
+                }
             } else {
                 Input::Durable(pos.durable)
             };
@@ -508,23 +591,133 @@ impl Object {
             slot.notify.notify_one();
         };
         let pos = *watch.borrow();
-        if ready(&pos) {
+        if settled(&pos, target, self.slot.rewinds.get()) {
             feed(&self.slot, self.config.clock.as_ref(), pos);
             return;
         }
         let slot = self.slot.clone();
         let clock = self.config.clock.clone();
         tokio::task::spawn_local(async move {
+            let ready = |p: &DurablePos| settled(p, target, slot.rewinds.get());
             let pos = match watch.wait_for(ready).await {
                 Ok(p) => *p,
                 Err(_) => DurablePos {
-                    durable: 0,
-                    lsn: 0,
                     failed: true,
+                    ..DurablePos::default()
                 },
             };
             feed(&slot, clock.as_ref(), pos);
         });
+    }
+
+    /// The object stopped because batches the log holds are missing from its file (the
+    /// file's commit failed and SQLite rolled the transaction back, or the object was
+    /// evicted that way: a full disk). Read them back from the log and apply them in a
+    /// new open transaction, as if they had been deferred: the object serves again at
+    /// once, reads included, and its file commits once the disk takes it. A failed
+    /// attempt waits a second before the next.
+    async fn heal(&mut self, name: Option<&str>) {
+        let now = self.config.clock.now_ms();
+        if now < self.heal_after || !self.config.durability.captures_changes() {
+            return;
+        }
+        if self.open(name).is_err() {
+            self.heal_after = now + 1000;
+            return;
+        }
+        // Every batch the object numbered must be settled, and durable.
+        let target = self.seq;
+        let slot = self.slot.clone();
+        let log = self.log.as_ref().expect("opened");
+        let pos = match log
+            .watch()
+            .wait_for(|p| settled(p, target, slot.rewinds.get()))
+            .await
+        {
+            Ok(p) => *p,
+            Err(_) => return,
+        };
+        if pos.failed || pos.rejected.is_some() {
+            return;
+        }
+        self.heal_after = now + 1000;
+        let ctx = self.ctx.as_ref().expect("opened");
+        if !ctx.conn.is_autocommit() {
+            let _ = ctx.conn.run("ROLLBACK");
+        }
+        self.txn_open = false;
+        self.deferred = 0;
+        let file_seq = match store::stored_seq(&ctx.conn) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(class = self.class.name, id = %self.id, error = %e, "healing: reading the file's batch number");
+                return;
+            }
+        };
+        let (data_dir, class, id) = (self.config.data_dir.clone(), self.class.name, self.id);
+        let records = tokio::task::spawn_blocking(move || {
+            crate::log::object_records(&data_dir, class, id, file_seq)
+        })
+        .await;
+        let records = match records {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(class = self.class.name, id = %self.id, error = %e, "healing: reading the host log");
+                return;
+            }
+            Err(_) => return,
+        };
+        let healed_seq = file_seq + records.len() as u64;
+        let contiguous = records
+            .iter()
+            .zip(file_seq + 1..)
+            .all(|(r, seq)| r.seq == seq)
+            && healed_seq >= target;
+        if !contiguous {
+            tracing::warn!(class = self.class.name, id = %self.id, file_seq, target, "healing: the log lacks some of the object's batches; the next restart replays what it has");
+            return;
+        }
+        let ctx = self.ctx.as_ref().expect("opened");
+        let window = self.config.request_window;
+        let applied = ctx
+            .conn
+            .run("BEGIN IMMEDIATE")
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                records.iter().try_for_each(|r| match r.kind {
+                    crate::record::RecordKind::Changes => {
+                        store::apply_changes(&ctx.conn, r, window)
+                    }
+                    crate::record::RecordKind::Image => {
+                        store::apply_image_in_txn(&ctx.conn, &r.payload)
+                    }
+                })
+            });
+        if let Err(e) = applied {
+            let _ = ctx.conn.run("ROLLBACK");
+            tracing::warn!(class = self.class.name, id = %self.id, error = %e, "healing: applying the log's records failed; will try again");
+            return;
+        }
+        if !records.is_empty() {
+            self.txn_open = true;
+            self.needs_image = false;
+            if let Ok(due) = crate::alarms::earliest_due(&ctx.conn) {
+                self.reported_due = due;
+            }
+        }
+        self.deferred = records.len();
+        self.seq = healed_seq;
+        let lsns: Vec<u64> = records.iter().map(|r| r.lsn).collect();
+        self.log.as_ref().expect("opened").adopt(healed_seq, &lsns);
+        self.instance = None;
+        self.spare_capture = None;
+        self.poisoned = false;
+        self.heal_after = 0;
+        self.config
+            .behind
+            .borrow_mut()
+            .remove(&(self.class.name, self.id));
+        tracing::warn!(class = self.class.name, id = %self.id, batches = records.len(), "rebuilt the object's missing batches from the host log; it serves again");
     }
 
     /// Open the database and attach the object's log if needed.
@@ -533,9 +726,14 @@ impl Object {
             // Not "not applied": this very call may be in the logged batch (a retry
             // with the same request id), and the restart's replay applies it.
             return Err(indeterminate(
-                "this object's last batch is in the host log but not in its file; restart the host to replay it",
+                "this object's last batches are in the host log but not in its file (its commit failed: is the disk full?); it is rebuilt from the log as soon as that works, or at the next restart",
             ));
         }
+        self.open(name)
+    }
+
+    /// Open the database and attach the object's log if not open yet.
+    fn open(&mut self, name: Option<&str>) -> Result<(), Response> {
         if self.ctx.is_none() {
             let durability = &self.config.durability;
             let sync_new = !durability.captures_changes();
@@ -558,6 +756,7 @@ impl Object {
             self.needs_image = (upgraded || self.seq == 0) && durability.captures_changes();
             let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
             self.log = Some(durability.attach(self.class.name, self.id, &path, self.seq));
+            self.slot.rewinds.set(0);
             self.ctx = Some(ctx);
         }
         Ok(())
@@ -664,8 +863,9 @@ impl Object {
                 .map_err(|e| internal(e.to_string()))?;
             self.txn_open = true;
         }
+        self.batch_savepoint = self.seq + 1;
         ctx.conn
-            .run("SAVEPOINT durable_batch")
+            .run(&format!("SAVEPOINT durable_b{}", self.batch_savepoint))
             .map_err(|e| internal(e.to_string()))?;
         Ok(capture)
     }
@@ -675,9 +875,10 @@ impl Object {
     /// the object stops until a restart replays them from the log.
     fn rollback_batch(&mut self) {
         let conn = &self.ctx.as_ref().expect("opened").conn;
+        let name = format!("durable_b{}", self.batch_savepoint);
         let undone = conn
-            .run("ROLLBACK TO durable_batch")
-            .and_then(|_| conn.run("RELEASE durable_batch"));
+            .run(&format!("ROLLBACK TO {name}"))
+            .and_then(|_| conn.run(&format!("RELEASE {name}")));
         if undone.is_ok() && self.deferred > 0 {
             return;
         }
@@ -694,7 +895,7 @@ impl Object {
     /// (or `now` is set), else leave the transaction open for the next batch.
     fn release_batch(&mut self, now: bool) -> rusqlite::Result<()> {
         let conn = &self.ctx.as_ref().expect("opened").conn;
-        conn.run("RELEASE durable_batch")?;
+        conn.run(&format!("RELEASE durable_b{}", self.batch_savepoint))?;
         if now || self.deferred == 0 {
             conn.run("COMMIT")?;
             self.txn_open = false;
@@ -704,12 +905,18 @@ impl Object {
 
     /// Commit the file's open transaction, if any, once the log holds every batch in
     /// it (the log is written ahead of the file), and tell the log the file holds them
-    /// (so checkpoints may pass them). Returns false if the object had to stop: the log
-    /// failed, or the commit did, with batches only the log holds (a restart replays
-    /// them).
-    async fn commit_deferred(&mut self) -> bool {
+    /// (so checkpoints may pass them). If the log refused some of them, leave them for
+    /// the rewind the core asks for. A commit that fails with the transaction still
+    /// open (SQLite could not write its WAL: a full disk) is tried again later. The
+    /// object stops only if batches the log holds are lost from the file (a restart
+    /// replays them) or the log failed.
+    async fn commit_deferred(&mut self, force: bool) -> FileCommit {
         if !self.txn_open || self.ctx.is_none() {
-            return !self.poisoned;
+            return if self.poisoned {
+                FileCommit::Stopped
+            } else {
+                FileCommit::Done
+            };
         }
         let mut lsn = None;
         if self.deferred > 0 {
@@ -718,20 +925,26 @@ impl Object {
                 .log
                 .as_ref()
                 .expect("attached while batches are deferred");
+            if self.config.clock.now_ms() < self.commit_retry_at && !force {
+                return FileCommit::Done;
+            }
             let mut watch = log.watch();
+            let slot = self.slot.clone();
             let pos = watch
-                .wait_for(|p| p.failed || p.durable >= target)
+                .wait_for(|p| settled(p, target, slot.rewinds.get()))
                 .await
                 .map(|p| *p)
                 .unwrap_or(DurablePos {
-                    durable: 0,
-                    lsn: 0,
                     failed: true,
+                    ..DurablePos::default()
                 });
             if pos.failed {
                 tracing::error!(class = self.class.name, id = %self.id, "the host log failed with batches not yet in the file; the object is stopped until a restart");
                 self.abandon_txn();
-                return false;
+                return FileCommit::Stopped;
+            }
+            if pos.durable < target {
+                return FileCommit::Refused;
             }
             lsn = Some(pos.lsn);
         }
@@ -740,20 +953,79 @@ impl Object {
             Ok(()) => {
                 self.txn_open = false;
                 self.deferred = 0;
+                self.commit_backoff = 0;
                 if let (Some(lsn), Some(log)) = (lsn, self.log.as_ref()) {
                     log.applied(lsn);
                 }
-                true
+                FileCommit::Done
+            }
+            Err(e) if !ctx.conn.is_autocommit() => {
+                self.back_off_commits();
+                // SQLite kept the transaction: the batches stay in it, durable in the
+                // log, and the commit is tried again later.
+                tracing::warn!(class = self.class.name, id = %self.id, error = %e, "committing the object's file failed; will try again");
+                FileCommit::Done
             }
             Err(e) => {
                 // The log holds the batches, the file does not: they stay unapplied, no
                 // checkpoint passes them, and the next start replays them; until then
                 // the object refuses work rather than build on a gap.
-                tracing::error!(class = self.class.name, id = %self.id, error = %e, "SQLite commit failed after the log write; the object is stopped until a restart replays it");
+                tracing::error!(class = self.class.name, id = %self.id, error = %e, "SQLite commit failed after the log write and dropped the transaction; the object rebuilds those batches from the log on its next call");
+                self.back_off_commits();
                 self.abandon_txn();
-                false
+                FileCommit::Stopped
             }
         }
+    }
+
+    /// The log refused this object's batches after `durable` (none of them is on
+    /// disk) and their replies went out as not applied: undo them in the file (each
+    /// batch has its own savepoint), drop the instance (it may hold their state),
+    /// renumber from `durable`, and tell the log to take this object's batches again.
+    fn rewind(&mut self, durable: u64) {
+        if self.seq > durable && self.ctx.is_some() {
+            let undone = self.deferred >= (self.seq - durable) as usize && {
+                let conn = &self.ctx.as_ref().expect("checked").conn;
+                let name = format!("durable_b{}", durable + 1);
+                conn.run(&format!("ROLLBACK TO {name}"))
+                    .and_then(|_| conn.run(&format!("RELEASE {name}")))
+                    .is_ok()
+            };
+            if undone {
+                self.deferred -= (self.seq - durable) as usize;
+            } else {
+                tracing::error!(class = self.class.name, id = %self.id, "undoing refused batches failed; the object is stopped until a restart");
+                self.abandon_txn();
+                self.poisoned = true;
+            }
+            self.seq = durable;
+        }
+        // A refused image leaves whatever called for it (a new object, a migration):
+        // ship one again. Changesets need nothing: each batch captures from its start.
+        if self.last_image_seq > durable {
+            self.needs_image = true;
+        }
+        self.instance = None;
+        self.spare_capture = None;
+        self.slot.rewinds.set(self.slot.rewinds.get() + 1);
+        if let Some(log) = self.log.as_ref() {
+            log.rewind();
+        }
+        // Alarms set or cancelled by the undone batches: publish what the file says.
+        if let Some(ctx) = self.ctx.as_ref() {
+            if let Ok(due) = crate::alarms::earliest_due(&ctx.conn) {
+                self.index_alarms_after(due);
+                self.config.alarms.notify_due(self.class.name, self.id, due);
+            }
+        }
+        tracing::info!(class = self.class.name, id = %self.id, durable, "undid the batches the log refused");
+    }
+
+    /// The file's commit failed: try again only after a backoff (250 ms, doubling to
+    /// 5 s), so that a full disk is not hammered by every quiet object.
+    fn back_off_commits(&mut self) {
+        self.commit_backoff = (self.commit_backoff * 2).clamp(250, 5_000);
+        self.commit_retry_at = self.config.clock.now_ms() + self.commit_backoff;
     }
 
     /// Drop the open transaction and everything deferred in it; with deferred batches
@@ -822,6 +1094,7 @@ impl Object {
             _ => {
                 store::set_image_time(&ctx.conn, now).map_err(not_applied)?;
                 self.last_image_ms = now;
+                self.last_image_seq = seq;
                 let data = ctx.conn.serialize("main").map_err(|e| {
                     CommitError::NotApplied(format!("serializing the database: {e}"))
                 })?;
@@ -834,18 +1107,12 @@ impl Object {
         // is numbered, whatever happens. Its replies wait for the log (the output gate);
         // the next batch need not: it runs on top in the same open transaction, and
         // the file commits only once the log holds every batch in it.
+        // Its savepoint stays open (nested in the transaction) until the file commits.
         self.seq = seq;
         self.needs_image = false;
         self.deferred += 1;
-        if let Err(e) = ctx.conn.run("RELEASE durable_batch") {
-            tracing::error!(class = self.class.name, id = %self.id, error = %e, "ending a batch failed after its log write; the object is stopped until a restart replays it");
-            self.abandon_txn();
-            return Err(CommitError::Indeterminate(format!(
-                "the batch is in the host log but its commit failed: {e}"
-            )));
-        }
         if (!self.config.defer_commits || self.deferred >= DEFER_MAX_BATCHES)
-            && !self.commit_deferred().await
+            && self.commit_deferred(false).await == FileCommit::Stopped
         {
             return Err(CommitError::Indeterminate(
                 "the batch may be in the host log but its commit failed".into(),
@@ -871,6 +1138,18 @@ impl Object {
                 })
                 .collect()
         };
+        if self.ctx.is_none()
+            && self
+                .config
+                .behind
+                .borrow()
+                .contains(&(self.class.name, self.id))
+        {
+            self.poisoned = true;
+        }
+        if self.poisoned {
+            self.heal(name.as_deref()).await;
+        }
         if let Err(response) = self.ensure_open(name.as_deref()) {
             if has_alarm_wake {
                 self.retry_alarms_later();
@@ -1056,8 +1335,9 @@ impl Object {
         }
         if let Some(target) = effects.restore {
             // The restore replaces the file: everything deferred goes in first.
-            self.commit_deferred().await;
-            if let Err(e) = self.restore(target).await {
+            if self.commit_deferred(true).await != FileCommit::Done || self.txn_open {
+                tracing::error!(class = self.class.name, id = %self.id, "restore skipped: the object's earlier writes could not be stored");
+            } else if let Err(e) = self.restore(target).await {
                 tracing::error!(class = self.class.name, id = %self.id, error = %e, "restore failed; the object keeps its state");
             }
         }
@@ -1086,11 +1366,20 @@ impl Object {
         }
         let mut watch = log.watch();
         log.submit(report.new_seq, Some(Change::Image(image.clone())));
+        let slot = self.slot.clone();
         let pos = match watch
-            .wait_for(|p| p.failed || p.durable >= report.new_seq)
+            .wait_for(|p| settled(p, report.new_seq, slot.rewinds.get()))
             .await
         {
-            Ok(p) if !p.failed => *p,
+            Ok(p) if !p.failed && p.durable >= report.new_seq => *p,
+            Ok(p) if p.rejected.is_some() => {
+                // Refused, nothing on disk: the object keeps its state and the log
+                // takes its batches again.
+                drop(p);
+                self.slot.rewinds.set(self.slot.rewinds.get() + 1);
+                log.rewind();
+                return Err("the host log could not store the restored state (refused)".into());
+            }
             _ => return Err("the host log could not make the restored state durable".into()),
         };
         // The restored state is in the log: the batch numbers move past it whatever

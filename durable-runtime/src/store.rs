@@ -276,7 +276,6 @@ pub(crate) fn replay(
     window: usize,
 ) -> Result<(usize, Option<u64>), String> {
     use crate::record::RecordKind;
-    use rusqlite::session::{ConflictAction, ConflictType};
     let open = |path: &Path| -> Result<Connection, String> {
         let c = Connection::open(path).map_err(|e| e.to_string())?;
         c.pragma_update(None, "journal_mode", "WAL")
@@ -322,24 +321,8 @@ pub(crate) fn replay(
                         record.lsn
                     ));
                 };
-                let (changeset, calls) = decode_changes(&record.payload)?;
                 let tx = c.unchecked_transaction().map_err(|e| e.to_string())?;
-                c.apply_strm(
-                    &mut &changeset[..],
-                    None::<fn(&str) -> bool>,
-                    |conflict, _item| match conflict {
-                        ConflictType::SQLITE_CHANGESET_DATA
-                        | ConflictType::SQLITE_CHANGESET_CONFLICT => {
-                            ConflictAction::SQLITE_CHANGESET_REPLACE
-                        }
-                        _ => ConflictAction::SQLITE_CHANGESET_OMIT,
-                    },
-                )
-                .map_err(|e| format!("lsn {}: applying changes: {e}", record.lsn))?;
-                for (id, outcome) in &calls {
-                    record_request(c, id, outcome, window).map_err(|e| e.to_string())?;
-                }
-                set_stored_seq(c, record.seq).map_err(|e| e.to_string())?;
+                apply_changes(c, record, window)?;
                 tx.commit().map_err(|e| e.to_string())?;
             }
         }
@@ -351,6 +334,154 @@ pub(crate) fn replay(
     };
     let due = crate::alarms::earliest_due(&conn).map_err(|e| e.to_string())?;
     Ok((applied, due))
+}
+
+/// Make an object's database hold exactly what a logged `image` holds, inside the
+/// caller's open transaction (the file is not rewritten: this works on a full disk as
+/// long as the pages fit in the cache). Schema objects the image lacks or defines
+/// differently are dropped, the image's are created, and every table's rows (rowids
+/// included: changesets of rowid tables name rows by rowid) are copied.
+pub(crate) fn apply_image_in_txn(c: &Connection, image: &[u8]) -> Result<(), String> {
+    use rusqlite::types::Value;
+    let err = |e: rusqlite::Error| e.to_string();
+    let mut bytes = image.to_vec();
+    if bytes.len() > 19 {
+        // The in-memory VFS has no WAL: read the image as a rollback-journal database.
+        bytes[18] = 1;
+        bytes[19] = 1;
+    }
+    let mut mem = Connection::open_in_memory().map_err(err)?;
+    mem.deserialize_read_exact("main", &bytes[..], bytes.len(), true)
+        .map_err(|e| format!("reading the image: {e}"))?;
+    type Object = (String, String, Option<String>);
+    let objects = |conn: &Connection| -> Result<Vec<Object>, String> {
+        let mut st = conn
+            .prepare(
+                "SELECT type, name, sql FROM main.sqlite_master WHERE name NOT LIKE 'sqlite_%'",
+            )
+            .map_err(err)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    };
+    let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    let image_objects = objects(&mem)?;
+    let current = objects(c)?;
+    // Triggers must not fire while rows are copied; the image's come back at the end.
+    for (ty, name, sql) in &current {
+        let same = image_objects.iter().any(|o| &o.1 == name && &o.2 == sql);
+        if ty == "trigger" || !same {
+            let kind = match ty.as_str() {
+                "table" => "TABLE",
+                "index" => "INDEX",
+                "view" => "VIEW",
+                _ => "TRIGGER",
+            };
+            c.execute_batch(&format!("DROP {kind} IF EXISTS main.{}", quote(name)))
+                .map_err(err)?;
+        }
+    }
+    let remaining = objects(c)?;
+    let exists = |name: &str| remaining.iter().any(|o| o.1 == name);
+    for (_, name, sql) in image_objects.iter().filter(|o| o.0 == "table") {
+        if !exists(name) {
+            let sql = sql.as_deref().ok_or("a table without SQL")?;
+            c.execute_batch(sql).map_err(err)?;
+        }
+    }
+    let mut tables: Vec<String> = image_objects
+        .iter()
+        .filter(|o| o.0 == "table")
+        .map(|o| o.1.clone())
+        .collect();
+    let has_sequence = mem
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_sequence'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map_err(err)?
+        > 0;
+    if has_sequence {
+        tables.push("sqlite_sequence".into());
+    }
+    for table in &tables {
+        let q = quote(table);
+        let columns: Vec<String> = {
+            let mut st = mem
+                .prepare(&format!("PRAGMA main.table_info({q})"))
+                .map_err(err)?;
+            let names = st.query_map([], |r| r.get::<_, String>(1)).map_err(err)?;
+            names.collect::<Result<_, _>>().map_err(err)?
+        };
+        let mut list: Vec<String> = columns.iter().map(|n| quote(n)).collect();
+        if mem
+            .prepare(&format!("SELECT _rowid_ FROM main.{q} LIMIT 0"))
+            .is_ok()
+        {
+            list.insert(0, "_rowid_".into());
+        }
+        let list = list.join(", ");
+        c.execute_batch(&format!("DELETE FROM main.{q}"))
+            .map_err(err)?;
+        let marks = vec!["?"; list.split(", ").count()].join(", ");
+        let mut insert = c
+            .prepare(&format!("INSERT INTO main.{q} ({list}) VALUES ({marks})"))
+            .map_err(err)?;
+        let mut select = mem
+            .prepare(&format!("SELECT {list} FROM main.{q}"))
+            .map_err(err)?;
+        let width = select.column_count();
+        let mut rows = select.query([]).map_err(err)?;
+        while let Some(row) = rows.next().map_err(err)? {
+            let values = (0..width)
+                .map(|i| row.get::<_, Value>(i))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)?;
+            insert
+                .execute(rusqlite::params_from_iter(values))
+                .map_err(err)?;
+        }
+    }
+    for (ty, name, sql) in &image_objects {
+        if ty == "table" || exists(name) && ty != "trigger" {
+            continue;
+        }
+        if let Some(sql) = sql {
+            c.execute_batch(sql).map_err(err)?;
+        }
+    }
+    let version: i64 = mem
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
+    c.pragma_update(None, "user_version", version).map_err(err)
+}
+
+/// Apply one `Changes` record of the log to an object's database inside the caller's
+/// transaction: its row changes, the request ids it answered, its batch number.
+pub(crate) fn apply_changes(
+    c: &Connection,
+    record: &crate::record::LogRecord,
+    window: usize,
+) -> Result<(), String> {
+    use rusqlite::session::{ConflictAction, ConflictType};
+    let (changeset, calls) = decode_changes(&record.payload)?;
+    c.apply_strm(
+        &mut &changeset[..],
+        None::<fn(&str) -> bool>,
+        |conflict, _item| match conflict {
+            ConflictType::SQLITE_CHANGESET_DATA | ConflictType::SQLITE_CHANGESET_CONFLICT => {
+                ConflictAction::SQLITE_CHANGESET_REPLACE
+            }
+            _ => ConflictAction::SQLITE_CHANGESET_OMIT,
+        },
+    )
+    .map_err(|e| format!("lsn {}: applying changes: {e}", record.lsn))?;
+    for (id, outcome) in &calls {
+        record_request(c, id, outcome, window).map_err(|e| e.to_string())?;
+    }
+    set_stored_seq(c, record.seq).map_err(|e| e.to_string())
 }
 
 /// An SQLite session capturing every change to every table (rowid tables included)

@@ -1,6 +1,6 @@
-//! Typed outcomes and turn effects, against a real host process: a failure after a
-//! batch may have reached the log is *indeterminate* (never "safe to retry"), and a
-//! retry with the same request id then applies it exactly once; a turn that returns
+//! Typed outcomes and turn effects, against a real host process: a write the full
+//! disk refuses is answered "not applied" (and is not applied, even after a crash),
+//! reads go on, and writes work again once space is freed, without a restart; a turn that returns
 //! `Err` or panics discards what it asked for (a restore) with its writes; restores
 //! run concurrently without sharing scratch files.
 
@@ -122,11 +122,14 @@ impl Drop for SmallDisk {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_that_fails_on_a_full_disk_is_indeterminate_and_its_retry_applies_once() {
+async fn a_full_disk_refuses_writes_as_not_applied_serves_reads_and_recovers_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(&dir.path().join("mnt"), "48m");
     let data = disk.0.join("data");
-    let host = HostProcess::start(&data, &[]);
+    let log = std::env::var_os("DURABLE_TEST_HOST_LOG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.path().join("host.log"));
+    let host = HostProcess::start_logged(&data, &[], Some(&log));
     let client = host.client().await;
     let counter = client.get::<Counter>("full");
     assert_eq!(counter.increment(5).await.unwrap(), 5);
@@ -151,28 +154,63 @@ async fn a_write_that_fails_on_a_full_disk_is_indeterminate_and_its_retry_applie
         }
     }
     let (request, err) = failed.expect("a full disk fails a write within 1,000 calls");
-    // Before the fix this was `Internal`, "rolled back, safe to retry".
-    assert_eq!(err.retry(), Retry::Indeterminate, "{err:?}");
-    assert!(!err.is_retry_safe());
+    // Before issue 10 this was `Internal` "rolled back" yet applied after a restart;
+    // then `Indeterminate` until a restart. Now the log cuts the failed write off, the
+    // object undoes it, and the answer is a typed, certain "not applied".
+    assert!(matches!(err, CallError::StorageFull(_)), "{err:?}");
+    assert_eq!(err.retry(), Retry::NotApplied);
     assert!(!err.to_string().contains(data.to_str().unwrap()), "{err}");
 
-    // Space comes back, the host restarts: the same request id resolves to exactly once.
+    // The object's file commits its deferred batches once it is quiet (100 ms); on the
+    // full disk that commit may fail too, and SQLite then drops its transaction: the
+    // object rebuilds those batches from the log in memory and serves on.
+    let host_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let quiet_commit = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+    while !host_log().contains("SQLite commit failed")
+        && !host_log().contains("committing the object's file failed")
+        && tokio::time::Instant::now() < quiet_commit
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Reads still work on the full disk, and see only what was acknowledged.
+    assert_eq!(counter.get().await.unwrap(), 5 + acked);
+    if host_log().contains("SQLite commit failed") {
+        assert!(
+            host_log().contains("rebuilt the object's missing batches from the host log"),
+            "{}",
+            host_log()
+        );
+        eprintln!("the file's commit failed and the object healed from the log");
+    }
+    // Writes keep failing, each as not applied, while the disk stays full.
+    for _ in 0..3 {
+        let e = counter.increment(100).await.unwrap_err();
+        assert!(matches!(e, CallError::StorageFull(_)), "{e:?}");
+    }
+    assert_eq!(counter.get().await.unwrap(), 5 + acked);
+
+    // Space comes back: the very next write succeeds, no restart.
     std::fs::remove_file(filler).unwrap();
-    drop(client);
-    host.kill9();
-    let host = HostProcess::start(&data, &[]);
-    let client = host.client().await;
-    let object = client.object_ref("Counter", counter.id(), Some("full"));
     let first: i64 = object
         .call_request::<i64, durable::Error>(&request)
         .await
-        .unwrap();
+        .expect("a write succeeds as soon as space is freed");
     assert_eq!(first, 5 + acked + 1);
     let again: i64 = object
         .call_request::<i64, durable::Error>(&request)
         .await
         .unwrap();
-    assert_eq!(again, first);
-    assert_eq!(client.get::<Counter>("full").get().await.unwrap(), first);
+    assert_eq!(again, first, "the same request id is applied once");
+    assert_eq!(counter.increment(1).await.unwrap(), first + 1);
+
+    // Nothing acknowledged is lost and nothing refused shows up after a crash.
+    drop(client);
+    host.kill9();
+    let host = HostProcess::start(&data, &[]);
+    let client = host.client().await;
+    assert_eq!(
+        client.get::<Counter>("full").get().await.unwrap(),
+        first + 1
+    );
     drop(host);
 }

@@ -43,6 +43,11 @@ pub(crate) enum Input<W, R> {
     /// Making batches durable failed: whatever committed and is not durable may or may
     /// not survive.
     SyncFailed,
+    /// The log refused every batch after `durable` and none of them is on disk (a full
+    /// disk: `full`). Their outputs are answered as not applied, and once no batch is
+    /// running the glue must undo them ([`Action::Rewind`]). Ignored while an earlier
+    /// refusal is still being undone.
+    Refused { durable: u64, full: bool },
     /// Finish the queue, then stop (eviction, shutdown).
     Close,
     /// Stop now as a crash would: queued work and gated outputs are dropped.
@@ -59,6 +64,12 @@ pub(crate) enum Action<W, R> {
     /// These outputs' batch committed but could not be made durable: answer each as
     /// indeterminate.
     Indeterminate(Vec<R>),
+    /// The log refused these outputs' batch (nothing of it is on disk): answer each as
+    /// not applied (`full`: because the disk is full).
+    Refused { outputs: Vec<R>, full: bool },
+    /// Undo every batch after this number (the log refused them), number the next
+    /// batch after it again, and tell the log; before any further batch runs.
+    Rewind(u64),
     /// A crash dropped this work unanswered.
     Dropped(Vec<W>),
     /// Nothing is left: close the object.
@@ -86,6 +97,9 @@ pub(crate) struct ObjectCore<W, R> {
     /// Every batch up to this one is durable.
     durable: u64,
     sync_failed: bool,
+    /// A refusal not yet undone: the durable batch to go back to, and whether the
+    /// disk was full.
+    refused: Option<(u64, bool)>,
     /// Outputs waiting for their batch to be durable, in commit order.
     gated: VecDeque<(u64, Vec<R>)>,
     actions: VecDeque<Action<W, R>>,
@@ -104,6 +118,7 @@ impl<W: Work, R> ObjectCore<W, R> {
             committed: durable_seq,
             durable: durable_seq,
             sync_failed: false,
+            refused: None,
             gated: VecDeque::new(),
             actions: VecDeque::new(),
             last_used: now,
@@ -157,6 +172,8 @@ impl<W: Work, R> ObjectCore<W, R> {
                 if outputs.is_empty() {
                 } else if target <= self.durable {
                     self.actions.push_back(Action::Release(outputs));
+                } else if let Some((_, full)) = self.refused {
+                    self.actions.push_back(Action::Refused { outputs, full });
                 } else if self.sync_failed {
                     self.actions.push_back(Action::Indeterminate(outputs));
                 } else {
@@ -179,6 +196,20 @@ impl<W: Work, R> ObjectCore<W, R> {
                     self.actions.push_back(Action::Indeterminate(outputs));
                 }
             }
+            Input::Refused { durable, full } => {
+                if self.refused.is_some() || self.life == Life::Crashed {
+                    return;
+                }
+                self.durable = self.durable.max(durable);
+                self.refused = Some((self.durable, full));
+                for (target, outputs) in self.gated.drain(..) {
+                    if target <= self.durable {
+                        self.actions.push_back(Action::Release(outputs));
+                    } else {
+                        self.actions.push_back(Action::Refused { outputs, full });
+                    }
+                }
+            }
             Input::Close => {
                 if self.life == Life::Active {
                     self.life = Life::Closing;
@@ -187,6 +218,7 @@ impl<W: Work, R> ObjectCore<W, R> {
             Input::Crash => {
                 if !matches!(self.life, Life::Crashed | Life::Stopped) {
                     self.life = Life::Crashed;
+                    self.refused = None;
                     self.gated.clear();
                     self.queued_calls = 0;
                     let dropped: Vec<W> = self.queue.drain(..).collect();
@@ -203,6 +235,10 @@ impl<W: Work, R> ObjectCore<W, R> {
         }
         if self.running {
             return None;
+        }
+        if let Some((durable, _)) = self.refused.take() {
+            self.committed = durable;
+            return Some(Action::Rewind(durable));
         }
         match self.life {
             Life::Active | Life::Closing if !self.queue.is_empty() => {
@@ -340,6 +376,69 @@ mod tests {
         assert_eq!(c.poll(), Some(Action::Indeterminate(vec![12])));
         // Batch 2 is in the file but not durable: a fresh activation must not read it.
         assert!(!c.is_idle());
+    }
+
+    #[test]
+    fn a_refusal_answers_what_it_undoes_and_rewinds_before_the_next_batch() {
+        let mut c = core(100, 1);
+        for i in 0..4 {
+            c.arrive(0, W::Call(i)).unwrap();
+        }
+        let end = |c: &mut ObjectCore<W, u32>, committed, out| {
+            c.handle(
+                0,
+                Input::BatchEnded {
+                    committed,
+                    outputs: vec![out],
+                    requeue: vec![],
+                },
+            );
+        };
+        assert!(matches!(c.poll(), Some(Action::Run(_))));
+        end(&mut c, Some(1), 10);
+        assert!(matches!(c.poll(), Some(Action::Run(_))));
+        end(&mut c, Some(2), 11);
+        assert!(matches!(c.poll(), Some(Action::Run(_))));
+        // The log refuses batch 2 (and anything after) while batch 3 runs.
+        c.handle(
+            0,
+            Input::Refused {
+                durable: 1,
+                full: true,
+            },
+        );
+        c.handle(
+            0,
+            Input::Refused {
+                durable: 1,
+                full: true,
+            },
+        ); // said twice: once
+        assert_eq!(c.poll(), Some(Action::Release(vec![10])));
+        assert_eq!(
+            c.poll(),
+            Some(Action::Refused {
+                outputs: vec![11],
+                full: true
+            })
+        );
+        assert_eq!(c.poll(), None, "no rewind while a batch runs");
+        end(&mut c, Some(3), 12);
+        assert_eq!(
+            c.poll(),
+            Some(Action::Refused {
+                outputs: vec![12],
+                full: true
+            })
+        );
+        assert_eq!(c.poll(), Some(Action::Rewind(1)));
+        assert_eq!(c.committed(), 1);
+        assert!(c.is_idle() || !c.queue.is_empty());
+        // Numbering starts again after the durable batch.
+        assert!(matches!(c.poll(), Some(Action::Run(_))));
+        end(&mut c, Some(2), 13);
+        c.handle(0, Input::Durable(2));
+        assert_eq!(c.poll(), Some(Action::Release(vec![13])));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Seeded simulation of the core (the FoundationDB habit): many callers, several
 //! objects, each driven by its [`ObjectCore`], alarms through a [`DueQueue`], a
-//! simulated log that syncs late, fails, and loses everything unsynced when the host
-//! crashes, and a model of each object's storage (values, the request ids it has
+//! simulated log that syncs late, fails, refuses a round cleanly (a full disk: the
+//! objects undo those batches and carry on), and loses everything unsynced when the
+//! host crashes, and a model of each object's storage (values, the request ids it has
 //! applied, its alarms). Methods return `Ok`, `Err` or panic at random; commits fail
 //! before or after reaching the log; objects are evicted and the host crashes.
 //!
@@ -159,6 +160,9 @@ struct Sim {
     log: Vec<(usize, State)>,
     synced: usize,
     log_failed: bool,
+    /// Objects whose batches the log refused and that have not rewound yet: the log
+    /// drops their later records too.
+    refused: Vec<bool>,
     due: DueQueue<usize>,
     callers: Vec<Caller>,
     ops: Vec<Op>,
@@ -189,6 +193,7 @@ impl Sim {
             log: Vec::new(),
             synced: 0,
             log_failed: false,
+            refused: vec![false; n_objs],
             due: DueQueue::new(2),
             callers: (0..n_callers).map(|_| Caller::default()).collect(),
             ops: Vec::new(),
@@ -466,6 +471,26 @@ impl Sim {
                     self.answer(out.send, Reply::Indeterminate, true)?;
                 }
             }
+            Action::Refused { outputs, .. } => {
+                for out in outputs {
+                    self.answer(out.send, Reply::NotApplied, true)?;
+                }
+            }
+            Action::Rewind(durable) => {
+                let synced = self.synced_seq(obj);
+                if synced != durable {
+                    return Err(format!(
+                        "object {obj} rewound to batch {durable} but batch {synced} is the last durable one"
+                    ));
+                }
+                if self.trace {
+                    eprintln!("t={} object {obj} rewinds to {durable}", self.now);
+                }
+                let state = self.durable_state(obj);
+                self.due.set(obj, state.earliest_due());
+                self.objs[obj].state = state;
+                self.refused[obj] = false;
+            }
             Action::Dropped(work) => {
                 for w in work {
                     if let SimWork::Alarm = w {
@@ -482,10 +507,37 @@ impl Sim {
         if self.log_failed {
             return;
         }
+        // The log takes nothing more from an object it refused until it rewinds.
+        let tail = self.log.split_off(self.synced);
+        let refused = &self.refused;
+        self.log
+            .extend(tail.into_iter().filter(|(o, _)| !refused[*o]));
         self.synced = self.log.len();
         for obj in 0..self.objs.len() {
             let seq = self.synced_seq(obj);
             self.objs[obj].core.handle(self.now, Input::Durable(seq));
+        }
+    }
+
+    /// The log's next write fails and is cut off cleanly (a full disk): none of the
+    /// unsynced records is on disk; their objects are told so.
+    fn refuse(&mut self) {
+        if self.log_failed {
+            return;
+        }
+        let full = self.rng.chance(500);
+        let dropped: Vec<usize> = self.log.drain(self.synced..).map(|(o, _)| o).collect();
+        for obj in dropped {
+            if !self.refused[obj] {
+                self.refused[obj] = true;
+                let durable = self.synced_seq(obj);
+                if self.trace {
+                    eprintln!("t={} log refuses object {obj} past {durable}", self.now);
+                }
+                self.objs[obj]
+                    .core
+                    .handle(self.now, Input::Refused { durable, full });
+            }
         }
     }
 
@@ -552,6 +604,7 @@ impl Sim {
         }
         self.log.truncate(self.synced);
         self.log_failed = false;
+        self.refused.iter_mut().for_each(|r| *r = false);
         self.due = DueQueue::new(2);
         for obj in 0..self.objs.len() {
             let state = self.durable_state(obj);
@@ -589,8 +642,9 @@ impl Sim {
                 self.tick(by);
             }
             950..=979 => self.evict(obj)?,
-            980..=989 => self.crash()?,
-            990..=994 => self.fail_sync(),
+            980..=984 => self.crash()?,
+            985..=991 => self.refuse(),
+            992..=994 => self.fail_sync(),
             _ => {
                 // A burst: run every object until it has nothing to do.
                 for obj in 0..self.objs.len() {

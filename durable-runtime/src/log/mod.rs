@@ -18,7 +18,7 @@ pub(crate) use crate::record::{list_segments, read_segment, segment_name};
 pub use crate::record::{LogRecord, RecordKind, TailProblem};
 
 use crate::clock::Clock;
-use crate::durability::{Change, Durability, DurablePos, ObjectLog};
+use crate::durability::{Change, Durability, DurablePos, ObjectLog, Refusal};
 use durable_client::ObjectId;
 use std::collections::HashMap;
 use std::fs::File;
@@ -182,6 +182,29 @@ pub(crate) fn append_offline(
     crate::files::sync_dir(&dir)
 }
 
+/// Every record of one object in the live log (the segments not yet retired) with a
+/// batch number above `after_seq`, oldest first. The records an object's file lacks are
+/// always there: no checkpoint passes a record its object has not committed.
+pub(crate) fn object_records(
+    data_dir: &Path,
+    class: &str,
+    object: ObjectId,
+    after_seq: u64,
+) -> std::io::Result<Vec<LogRecord>> {
+    let mut out = Vec::new();
+    for (_, path) in list_segments(&log_dir(data_dir))? {
+        // The newest segment may end in a record being written: what precedes it is
+        // whole, and this object's records are all durable already.
+        let read = read_segment(&path)?;
+        out.extend(
+            read.records
+                .into_iter()
+                .filter(|r| r.object == object && r.class == class && r.seq > after_seq),
+        );
+    }
+    Ok(out)
+}
+
 struct Entry {
     class: &'static str,
     object: ObjectId,
@@ -195,6 +218,8 @@ struct Entry {
 
 enum Msg {
     Append(Entry),
+    /// An object undid its refused batches (see [`ObjectLog::rewind`]).
+    Rewind(Arc<watch::Sender<DurablePos>>),
     Shutdown(mpsc::Sender<()>),
 }
 
@@ -403,8 +428,7 @@ impl Durability for HostLog {
             pos: Arc::new(
                 watch::channel(DurablePos {
                     durable: durable_seq,
-                    lsn: 0,
-                    failed: false,
+                    ..DurablePos::default()
                 })
                 .0,
             ),
@@ -475,6 +499,30 @@ impl ObjectLog for HostObjectLog {
         self.pos.subscribe()
     }
 
+    fn adopt(&self, seq: u64, lsns: &[u64]) {
+        {
+            let mut written = self.written.lock().unwrap();
+            for &lsn in lsns {
+                if let Err(at) = written.binary_search(&lsn) {
+                    written.insert(at, lsn);
+                }
+            }
+        }
+        let last = lsns.last().copied().unwrap_or(0);
+        self.pos.send_modify(|p| {
+            if seq >= p.durable {
+                p.durable = seq;
+                p.lsn = p.lsn.max(last);
+            }
+        });
+    }
+
+    fn rewind(&self) {
+        if self.tx.send(Msg::Rewind(self.pos.clone())).is_err() {
+            self.pos.send_modify(|p| p.failed = true);
+        }
+    }
+
     fn applied(&self, lsn: u64) {
         let mut applied = self.shared.applied[stripe(&self.id)].lock().unwrap();
         applied
@@ -517,108 +565,156 @@ fn writer_loop(
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut batch: Vec<Entry> = Vec::new();
     loop {
-        let mut shutdown = None;
+        // A control message ends the round: what came before it is written first.
+        let mut control = None;
         match rx.recv() {
             Ok(Msg::Append(e)) => batch.push(e),
-            Ok(Msg::Shutdown(ack)) => shutdown = Some(ack),
+            Ok(other) => control = Some(other),
             Err(_) => return,
         }
         let mut pending: usize = batch.iter().map(|e| e.payload.len()).sum();
-        while shutdown.is_none() && pending < (16 << 20) {
+        while control.is_none() && pending < (16 << 20) {
             match rx.try_recv() {
                 Ok(Msg::Append(e)) => {
                     pending += e.payload.len();
                     batch.push(e);
                 }
-                Ok(Msg::Shutdown(ack)) => shutdown = Some(ack),
+                Ok(other) => control = Some(other),
                 Err(_) => break,
             }
         }
+        // An object whose earlier batch the log refused builds on state that was
+        // undone: refuse its later batches too, until it rewinds.
+        batch.retain(|e| e.pos.borrow().rejected.is_none());
         if !batch.is_empty() {
             if shared.failed.load(Ordering::Acquire) {
                 batch
                     .drain(..)
                     .for_each(|e| e.pos.send_modify(|p| p.failed = true));
             } else {
-                let first = next_lsn;
-                let now = shared.clock.now_ms();
-                buf.clear();
-                for e in &batch {
-                    let header = record::Header {
-                        lsn: next_lsn,
-                        time_ms: now,
-                        kind: e.kind,
-                        class: e.class,
-                        object: e.object,
-                        seq: e.seq,
-                    };
-                    record::encode(&mut buf, &header, &e.payload);
-                    next_lsn += 1;
-                }
-                let result = (|| {
-                    if segment.size > 0 && segment.size + buf.len() as u64 > SEGMENT_BYTES {
-                        segment = Segment::create(&dir, first)?;
-                    }
-                    segment.file.write_all(&buf)?;
-                    segment.file.sync_data()
-                })();
-                match result {
-                    Ok(()) => {
-                        segment.size += buf.len() as u64;
-                        let since = shared
-                            .bytes_since_checkpoint
-                            .fetch_add(buf.len() as u64, Ordering::AcqRel);
-                        // Durable, not yet committed by their objects: no checkpoint
-                        // may cover them until each object reports it has.
-                        for (i, e) in batch.iter().enumerate() {
-                            let lsn = first + i as u64;
-                            shared.applied[stripe(&e.object)]
-                                .lock()
-                                .unwrap()
-                                .unapplied
-                                .insert(lsn);
-                            e.written.lock().unwrap().push(lsn);
-                        }
-                        shared.durable_lsn.send_replace(next_lsn - 1);
-                        let publish = shared.feed.receiver_count() > 0;
-                        for (i, e) in batch.drain(..).enumerate() {
-                            let lsn = first + i as u64;
-                            e.pos.send_modify(|p| {
-                                if e.seq >= p.durable {
-                                    p.durable = e.seq;
-                                    p.lsn = lsn;
-                                }
-                            });
-                            if publish {
-                                let _ = shared.feed.send(Arc::new(LogRecord {
-                                    lsn,
-                                    time_ms: now,
-                                    kind: e.kind,
-                                    class: e.class.to_string(),
-                                    object: e.object,
-                                    seq: e.seq,
-                                    payload: e.payload,
-                                }));
-                            }
-                        }
-                        if since + buf.len() as u64 > CHECKPOINT_BYTES {
-                            shared.wake.1.notify_all();
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "writing the host log failed; no further writes are acknowledged");
-                        shared.failed.store(true, Ordering::Release);
-                        batch
-                            .drain(..)
-                            .for_each(|e| e.pos.send_modify(|p| p.failed = true));
-                    }
-                }
+                write_round(
+                    &shared,
+                    &dir,
+                    &mut segment,
+                    &mut buf,
+                    &mut batch,
+                    &mut next_lsn,
+                );
             }
         }
-        if let Some(ack) = shutdown {
-            let _ = ack.send(());
-            return;
+        match control {
+            Some(Msg::Shutdown(ack)) => {
+                let _ = ack.send(());
+                return;
+            }
+            Some(Msg::Rewind(pos)) => pos.send_modify(|p| {
+                p.rejected = None;
+                p.epoch += 1;
+            }),
+            _ => {}
         }
+    }
+}
+
+/// Append one round of records with one `fdatasync`, then mark them durable. If the
+/// write or the sync fails, cut the segment back to where the round began and sync
+/// that: then none of the round is on disk, its batches are refused (their objects
+/// undo them and carry on), and the log keeps going, so a disk that fills up and is
+/// freed again needs no restart. Only if even the cut fails is the outcome unknown:
+/// then nothing more is acknowledged until a restart replays the log.
+fn write_round(
+    shared: &Shared,
+    dir: &Path,
+    segment: &mut Segment,
+    buf: &mut Vec<u8>,
+    batch: &mut Vec<Entry>,
+    next_lsn: &mut u64,
+) {
+    let first = *next_lsn;
+    let now = shared.clock.now_ms();
+    buf.clear();
+    for e in batch.iter() {
+        let header = record::Header {
+            lsn: *next_lsn,
+            time_ms: now,
+            kind: e.kind,
+            class: e.class,
+            object: e.object,
+            seq: e.seq,
+        };
+        record::encode(buf, &header, &e.payload);
+        *next_lsn += 1;
+    }
+    let result = (|| {
+        if segment.size > 0 && segment.size + buf.len() as u64 > SEGMENT_BYTES {
+            *segment = Segment::create(dir, first)?;
+        }
+        segment.file.write_all(buf)?;
+        segment.file.sync_data()
+    })();
+    if let Err(e) = result {
+        // The round's lsns are not reused: lsns never repeat, gaps are allowed.
+        let cut = segment
+            .file
+            .set_len(segment.size)
+            .and_then(|_| segment.file.sync_data());
+        match cut {
+            Ok(()) => {
+                let why = Refusal::of(&e);
+                tracing::warn!(error = %e, records = batch.len(), "writing the host log failed; those batches are refused (not applied) and the log carries on");
+                batch
+                    .drain(..)
+                    .for_each(|e| e.pos.send_modify(|p| p.rejected = Some(why)));
+            }
+            Err(cut_error) => {
+                tracing::error!(error = %e, %cut_error, "writing the host log failed and the partial write could not be cut off; no further writes are acknowledged until a restart");
+                shared.failed.store(true, Ordering::Release);
+                batch
+                    .drain(..)
+                    .for_each(|e| e.pos.send_modify(|p| p.failed = true));
+            }
+        }
+        return;
+    }
+    segment.size += buf.len() as u64;
+    let since = shared
+        .bytes_since_checkpoint
+        .fetch_add(buf.len() as u64, Ordering::AcqRel);
+    // Durable, not yet committed by their objects: no checkpoint may cover them until
+    // each object reports it has.
+    for (i, e) in batch.iter().enumerate() {
+        let lsn = first + i as u64;
+        shared.applied[stripe(&e.object)]
+            .lock()
+            .unwrap()
+            .unapplied
+            .insert(lsn);
+        e.written.lock().unwrap().push(lsn);
+    }
+    shared.durable_lsn.send_replace(*next_lsn - 1);
+    let publish = shared.feed.receiver_count() > 0;
+    for (i, e) in batch.drain(..).enumerate() {
+        let lsn = first + i as u64;
+        e.pos.send_modify(|p| {
+            if e.seq >= p.durable {
+                p.durable = e.seq;
+                p.lsn = lsn;
+            }
+        });
+        if publish {
+            let _ = shared.feed.send(Arc::new(LogRecord {
+                lsn,
+                time_ms: now,
+                kind: e.kind,
+                class: e.class.to_string(),
+                object: e.object,
+                seq: e.seq,
+                payload: e.payload,
+            }));
+        }
+    }
+    if since + buf.len() as u64 > CHECKPOINT_BYTES {
+        shared.wake.1.notify_all();
     }
 }
 
