@@ -95,8 +95,9 @@ pub enum CallError<E = NoError> {
     /// undecodable the call may have been applied.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// The host failed before anything of the call could reach the log (for example a
-    /// storage read); the call was rolled back and nothing was applied.
+    /// The host failed and the call's writes were undone: before anything reached the
+    /// log (for example a storage read), or a log write that failed and was cut off
+    /// (a full disk is [`CallError::StorageFull`]). Nothing was applied.
     #[error("host error (nothing applied): {0}")]
     Internal(String),
     /// The host's disk is full: the call's writes were undone, nothing was applied.
@@ -105,8 +106,10 @@ pub enum CallError<E = NoError> {
     #[error("the host's storage is full (nothing applied): {0}")]
     StorageFull(String),
     /// The host failed after the call's writes may have reached the log or the object's
-    /// file (a failed log write, sync or commit): the call may have been applied.
-    /// Retry only with the same request id.
+    /// file (a log write the host could not cut off, a failed sync in `--durability
+    /// fsync`, a batch the log holds but the object's file lost), or the call is the
+    /// retry of one whose fate is unknown: it may have been applied. Retry only with
+    /// the same request id.
     #[error("the call may or may not have been applied: {0}")]
     Indeterminate(String),
 }

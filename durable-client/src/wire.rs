@@ -119,15 +119,19 @@ pub enum WireError {
         /// The decoder's message.
         message: String,
     },
-    /// Something failed inside the host before anything of the call could reach the
-    /// log (for example a storage read); the call was rolled back, nothing applied.
+    /// Something failed inside the host and the call's writes were undone: before
+    /// anything reached the log (for example a storage read), or a log write that
+    /// failed and was cut off (for a full disk: [`WireError::StorageFull`]). Nothing
+    /// applied.
     Internal {
         /// What failed.
         message: String,
     },
     /// Something failed after the call's batch may have reached the host log or the
-    /// object's file (a failed log write, sync or commit): the call may have been
-    /// applied. Resend it only with the same request id.
+    /// object's file (a log write the host could not cut off, a failed sync in
+    /// `--durability fsync`, a batch the log holds but the object's file lost), or the
+    /// call is the retry of one whose fate is unknown: it may have been applied.
+    /// Resend it only with the same request id.
     Indeterminate {
         /// What failed.
         message: String,

@@ -311,6 +311,17 @@ impl Host {
             .map_err(|e| HostError::io(format!("creating {}", self.data_dir.display()), e))?;
         let tls = crate::tls::load_or_create(&self.data_dir, &self.tls_names)?;
         crate::restore::clear_scratch(&self.data_dir);
+        // `running` stays while a host runs: found at start, the last one stopped
+        // uncleanly, and objects are checked against their digests as they activate.
+        let running = running_marker(&self.data_dir);
+        let unclean_start = running.exists();
+        crate::files::private_file()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&running)
+            .and_then(|_| crate::files::sync_dir(&self.data_dir))
+            .map_err(|e| HostError::io("creating the running marker", e))?;
         // Replay the log (whatever the mode: a previous run may have used it) before
         // any object opens.
         let recovery = crate::log::recovery::recover(
@@ -320,15 +331,25 @@ impl Host {
             self.clock.now_ms(),
         )?;
         let alarms = AlarmService::new(&self.data_dir, self.alarms.clone(), self.clock.clone())?;
+        let catalog = Arc::new(
+            crate::catalog::Catalog::open(&self.data_dir)
+                .map_err(|e| HostError::Config(format!("opening the object catalog: {e}")))?,
+        );
         // Objects changed by replay may have alarms the index has not seen.
         for ((class, id), due) in recovery.replayed.iter().zip(&recovery.replayed_due) {
             alarms.index.set(class, *id, *due)?;
+            catalog
+                .add(class, *id)
+                .map_err(|e| HostError::Config(format!("updating the object catalog: {e}")))?;
         }
         if !recovery.replayed.is_empty() {
             crate::log::sync_object_files(&self.data_dir.join("alarms.db"))
                 .map_err(|e| HostError::io("syncing the alarm index", e))?;
         }
-        let also_sync = vec![self.data_dir.join("alarms.db")];
+        let also_sync = vec![
+            self.data_dir.join("alarms.db"),
+            crate::catalog::catalog_path(&self.data_dir),
+        ];
         let (durability, host_log): (Arc<dyn Durability>, Option<Arc<HostLog>>) =
             match self.durability {
                 DurabilityMode::HostLog => {
@@ -418,6 +439,9 @@ impl Host {
                     max_active: (limits.max_active / limits.shards).max(1),
                     defer_commits: host_log.is_some() && !self.clock.is_virtual(),
                     behind: Default::default(),
+                    catalog: catalog.clone(),
+                    unclean_start,
+                    verified: Default::default(),
                 },
             )
             .map_err(|e| HostError::io("starting shard threads", e))?,
@@ -474,6 +498,11 @@ impl Host {
             _lock: lock,
         })
     }
+}
+
+/// `DATA_DIR/running`: present while a host runs (see [`Host::start`]).
+fn running_marker(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("running")
 }
 
 /// A started host.
@@ -597,6 +626,10 @@ impl RunningHost {
             durability.shutdown(clean);
         })
         .await;
+        if clean {
+            let _ = std::fs::remove_file(running_marker(&self.data_dir));
+            let _ = crate::files::sync_dir(&self.data_dir);
+        }
     }
 
     /// Deliver every alarm due at the clock's current time and wait for their turns to

@@ -8,6 +8,7 @@
 
 pub mod alarms;
 mod calls;
+mod catalog;
 mod class;
 pub mod cli;
 pub mod clock;

@@ -64,6 +64,13 @@ pub(crate) struct ShardConfig {
     /// Objects that stopped with batches the log holds and their file lacks (the file's
     /// commit failed): their next activation rebuilds those from the log first.
     pub(crate) behind: RefCell<std::collections::HashSet<(&'static str, ObjectId)>>,
+    /// Which objects exist, and digests of the content of those that stopped cleanly.
+    pub(crate) catalog: Arc<crate::catalog::Catalog>,
+    /// The previous host stopped uncleanly: check each object's file against its
+    /// digest when it first activates.
+    pub(crate) unclean_start: bool,
+    /// Objects whose file was checked this run.
+    pub(crate) verified: RefCell<std::collections::HashSet<(&'static str, ObjectId)>>,
 }
 
 /// The shard threads and the channels into them.
@@ -204,6 +211,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         reported_due: None,
         poisoned: false,
         heal_after: 0,
+        unservable: None,
         commit_retry_at: 0,
         commit_backoff: 0,
         txn_open: false,
@@ -345,11 +353,14 @@ struct Object {
     last_image_ms: u64,
     /// The earliest alarm due time last written to the host's alarm index.
     reported_due: Option<u64>,
-    /// The log holds a batch the object's file lacks (its commit failed): refuse work
-    /// until a restart replays it.
+    /// The log holds batches the object's file lacks (its commit failed and SQLite
+    /// dropped the transaction): no call runs until [`Object::heal`] re-applies them
+    /// from the log (at the next call, or the next restart's replay).
     poisoned: bool,
     /// When the next attempt to rebuild a poisoned object from the log may run (ms).
     heal_after: u64,
+    /// The object's file is missing or damaged and could not be rebuilt: why.
+    unservable: Option<String>,
     /// After the file's commit failed: not before this time (ms) again, with a backoff
     /// that doubles (ms) while it keeps failing.
     commit_retry_at: u64,
@@ -380,7 +391,10 @@ const DEFER_MAX_BATCHES: usize = 64;
 const DEFER_IDLE: Duration = Duration::from_millis(100);
 
 /// A reply decided by a batch, waiting for the batch to be durable.
-type Reply = (oneshot::Sender<Response>, Response);
+/// The flag marks a recorded answer (a resent request id that an earlier batch
+/// applied): true whatever becomes of this batch, except that if this batch is refused
+/// the earlier one may have been too.
+type Reply = (oneshot::Sender<Response>, Response, bool);
 
 /// A failure before anything of the batch could reach the log: nothing applied.
 fn internal(message: impl Into<String>) -> Response {
@@ -508,12 +522,12 @@ impl Object {
                     self.watch_durability();
                 }
                 Some(Action::Release(replies)) => {
-                    for (tx, response) in replies {
+                    for (tx, response, _) in replies {
                         let _ = tx.send(response);
                     }
                 }
                 Some(Action::Indeterminate(replies)) => {
-                    for (tx, _) in replies {
+                    for (tx, _, _) in replies {
                         // Committed to the file but not synced: it may or may not
                         // survive a crash.
                         let _ = tx.send(indeterminate(
@@ -522,8 +536,14 @@ impl Object {
                     }
                 }
                 Some(Action::Refused { outputs, full }) => {
-                    for (tx, _) in outputs {
-                        let _ = tx.send(refused(full));
+                    for (tx, _, recorded) in outputs {
+                        // A recorded answer's own batch may be among those refused:
+                        // applied or not, only the same request id may tell.
+                        let _ = tx.send(if recorded {
+                            indeterminate("the host log refused a write on this object; this call may or may not have been applied earlier")
+                        } else {
+                            refused(full)
+                        });
                     }
                 }
                 Some(Action::Rewind(durable)) => self.rewind(durable),
@@ -549,6 +569,8 @@ impl Object {
                             .behind
                             .borrow_mut()
                             .insert((self.class.name, self.id));
+                    } else {
+                        self.record_digest();
                     }
                     return;
                 }
@@ -732,6 +754,106 @@ impl Object {
         self.open(name)
     }
 
+    /// Before the object's file is first opened: a file that is missing though the
+    /// object existed (the catalog knows it), or, after an unclean stop, whose content
+    /// no longer matches the digest recorded when it last stopped cleanly, is never
+    /// served. It is rebuilt from the log archive (the latest retained image and the
+    /// changes after it) and the damaged file is kept beside it as
+    /// `<id>.db.damaged-<ms>`; if the archive cannot rebuild it, the object refuses
+    /// every call until an operator restores it.
+    async fn check_file(&mut self) -> Result<(), Response> {
+        let key = (self.class.name, self.id);
+        if let Some(message) = &self.unservable {
+            return Err(internal(message.clone()));
+        }
+        if self.config.verified.borrow().contains(&key) {
+            return Ok(());
+        }
+        let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
+        let catalog = self.config.catalog.clone();
+        let problem = if !path.exists() {
+            match catalog.knows(self.class.name, self.id) {
+                Ok(true) => Some("missing"),
+                Ok(false) => None,
+                Err(e) => return Err(internal(format!("reading the object catalog: {e}"))),
+            }
+        } else if self.config.unclean_start {
+            let digest = catalog
+                .digest(self.class.name, self.id)
+                .map_err(|e| internal(format!("reading the object catalog: {e}")))?;
+            match digest {
+                Some((seq, digest)) => {
+                    let p = path.clone();
+                    let found =
+                        tokio::task::spawn_blocking(move || -> Result<(u64, u64), String> {
+                            let conn = rusqlite::Connection::open_with_flags(
+                                &p,
+                                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                            )
+                            .map_err(|e| e.to_string())?;
+                            let seq = store::stored_seq(&conn).map_err(|e| e.to_string())?;
+                            let d =
+                                crate::catalog::content_digest(&conn).map_err(|e| e.to_string())?;
+                            Ok((seq, d))
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                    match found {
+                        Ok((file_seq, d)) if file_seq == seq && d != digest => Some("damaged"),
+                        Ok(_) => None,
+                        // Unreadable where it was readable when it stopped: damaged.
+                        Err(_) => Some("damaged"),
+                    }
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        let Some(problem) = problem else {
+            self.config.verified.borrow_mut().insert(key);
+            return Ok(());
+        };
+        tracing::error!(class = self.class.name, id = %self.id, problem, "the object's file is {problem}; rebuilding it from the log archive");
+        if problem == "damaged" {
+            let aside = path.with_extension(format!("db.damaged-{}", self.config.clock.now_ms()));
+            for suffix in ["", "-wal", "-shm"] {
+                let mut from = path.as_os_str().to_owned();
+                from.push(suffix);
+                let mut to = aside.as_os_str().to_owned();
+                to.push(suffix);
+                let _ = std::fs::rename(&from, &to);
+            }
+        }
+        self.log = Some(
+            self.config
+                .durability
+                .attach(self.class.name, self.id, &path, 0),
+        );
+        self.slot.rewinds.set(0);
+        let rebuilt = if self.config.durability.captures_changes() {
+            self.restore(RestoreTarget::Bookmark(u64::MAX)).await
+        } else {
+            Err("rebuilding needs the host log".into())
+        };
+        self.log = None;
+        match rebuilt {
+            Ok(()) => {
+                tracing::warn!(class = self.class.name, id = %self.id, problem, "rebuilt the object's file from the log archive");
+                self.config.verified.borrow_mut().insert(key);
+                Ok(())
+            }
+            Err(e) => {
+                let message = format!(
+                    "the object's stored state is {problem} and cannot be rebuilt from the log ({e}); it refuses calls until an operator restores it (restore-object, or a backup)"
+                );
+                tracing::error!(class = self.class.name, id = %self.id, "{message}");
+                self.unservable = Some(message.clone());
+                Err(internal(message))
+            }
+        }
+    }
+
     /// Open the database and attach the object's log if not open yet.
     fn open(&mut self, name: Option<&str>) -> Result<(), Response> {
         if self.ctx.is_none() {
@@ -744,7 +866,16 @@ impl Object {
                 name,
                 sync_new,
             )
-            .map_err(internal)?;
+            .map_err(|e| {
+                // The message names host paths: the log gets it, the client does not.
+                tracing::error!(class = self.class.name, id = %self.id, error = %e, "opening the object's database");
+                let full = e.contains("full");
+                if full {
+                    refused(true)
+                } else {
+                    internal("opening the object's database failed (the host log says why)")
+                }
+            })?;
             self.seq = store::stored_seq(&ctx.conn).map_err(|e| internal(e.to_string()))?;
             self.last_image_ms =
                 store::image_time(&ctx.conn).map_err(|e| internal(e.to_string()))?;
@@ -757,6 +888,9 @@ impl Object {
             let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
             self.log = Some(durability.attach(self.class.name, self.id, &path, self.seq));
             self.slot.rewinds.set(0);
+            if let Err(e) = self.config.catalog.add(self.class.name, self.id) {
+                tracing::warn!(class = self.class.name, id = %self.id, error = %e, "adding the object to the catalog");
+            }
             self.ctx = Some(ctx);
         }
         Ok(())
@@ -872,7 +1006,7 @@ impl Object {
 
     /// Undo the running batch, keeping the batches deferred before it. If even that
     /// fails, the whole transaction goes, and with deferred batches lost from the file
-    /// the object stops until a restart replays them from the log.
+    /// the object is poisoned until [`Object::heal`] re-applies them from the log.
     fn rollback_batch(&mut self) {
         let conn = &self.ctx.as_ref().expect("opened").conn;
         let name = format!("durable_b{}", self.batch_savepoint);
@@ -885,7 +1019,7 @@ impl Object {
         let _ = conn.run("ROLLBACK");
         self.txn_open = false;
         if self.deferred > 0 {
-            tracing::error!(class = self.class.name, id = %self.id, "rolling back a batch undid deferred ones; the object is stopped until a restart replays them");
+            tracing::error!(class = self.class.name, id = %self.id, "rolling back a batch undid deferred ones; the object rebuilds them from the log on its next call");
             self.deferred = 0;
             self.poisoned = true;
         }
@@ -967,9 +1101,9 @@ impl Object {
                 FileCommit::Done
             }
             Err(e) => {
-                // The log holds the batches, the file does not: they stay unapplied, no
-                // checkpoint passes them, and the next start replays them; until then
-                // the object refuses work rather than build on a gap.
+                // The log holds the batches, the file does not: they stay unapplied (no
+                // checkpoint passes them) and the object is poisoned: no call builds
+                // on the gap until `heal` re-applies them from the log.
                 tracing::error!(class = self.class.name, id = %self.id, error = %e, "SQLite commit failed after the log write and dropped the transaction; the object rebuilds those batches from the log on its next call");
                 self.back_off_commits();
                 self.abandon_txn();
@@ -994,7 +1128,7 @@ impl Object {
             if undone {
                 self.deferred -= (self.seq - durable) as usize;
             } else {
-                tracing::error!(class = self.class.name, id = %self.id, "undoing refused batches failed; the object is stopped until a restart");
+                tracing::error!(class = self.class.name, id = %self.id, "undoing refused batches failed; the object rebuilds its durable batches from the log on its next call");
                 self.abandon_txn();
                 self.poisoned = true;
             }
@@ -1021,6 +1155,34 @@ impl Object {
         tracing::info!(class = self.class.name, id = %self.id, durable, "undid the batches the log refused");
     }
 
+    /// Stopping with the file committed: record a digest of its content, so that after
+    /// an unclean stop damage to it is detected before it is served (objects up to
+    /// 4 MiB; larger ones are not checked, their digest would cost too much).
+    fn record_digest(&self) {
+        let Some(ctx) = self.ctx.as_ref() else {
+            return;
+        };
+        if self.seq == 0 || !ctx.conn.is_autocommit() {
+            return;
+        }
+        let size: rusqlite::Result<i64> = ctx.conn.query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |r| r.get(0),
+        );
+        if !size.is_ok_and(|s| s <= 4 << 20) {
+            return;
+        }
+        let recorded = crate::catalog::content_digest(&ctx.conn).and_then(|d| {
+            self.config
+                .catalog
+                .record_digest(self.class.name, self.id, self.seq, d)
+        });
+        if let Err(e) = recorded {
+            tracing::warn!(class = self.class.name, id = %self.id, error = %e, "recording the object's digest");
+        }
+    }
+
     /// The file's commit failed: try again only after a backoff (250 ms, doubling to
     /// 5 s), so that a full disk is not hammered by every quiet object.
     fn back_off_commits(&mut self) {
@@ -1029,7 +1191,7 @@ impl Object {
     }
 
     /// Drop the open transaction and everything deferred in it; with deferred batches
-    /// the object stops until a restart replays them from the log.
+    /// the object is poisoned until [`Object::heal`] re-applies them from the log.
     fn abandon_txn(&mut self) {
         if let Some(ctx) = self.ctx.as_ref() {
             let _ = ctx.conn.run("ROLLBACK");
@@ -1133,19 +1295,26 @@ impl Object {
             batch
                 .into_iter()
                 .filter_map(|w| match w {
-                    Work::Call(c) => Some((c.reply, response.clone())),
+                    Work::Call(c) => Some((c.reply, response.clone(), false)),
                     Work::Alarm => None,
                 })
                 .collect()
         };
-        if self.ctx.is_none()
-            && self
+        if self.ctx.is_none() {
+            if let Err(response) = self.check_file().await {
+                if has_alarm_wake {
+                    self.retry_alarms_later();
+                }
+                return (fail_all(batch, response), Vec::new());
+            }
+            if self
                 .config
                 .behind
                 .borrow()
                 .contains(&(self.class.name, self.id))
-        {
-            self.poisoned = true;
+            {
+                self.poisoned = true;
+            }
         }
         if self.poisoned {
             self.heal(name.as_deref()).await;
@@ -1162,7 +1331,7 @@ impl Object {
         };
         let mut before = write_marker(&self.ctx.as_ref().expect("active").conn);
         // Each reply with whether it is a recorded answer (kept if the batch fails).
-        let mut outbox: Outbox<(Reply, bool)> = Outbox::default();
+        let mut outbox: Outbox<((oneshot::Sender<Response>, Response), bool)> = Outbox::default();
         if self.instance.is_none() {
             let activated = self.activate();
             let wrote = write_marker(&self.ctx.as_ref().expect("opened").conn) != before;
@@ -1316,10 +1485,11 @@ impl Object {
                 .fail()
                 .into_iter()
                 .map(|((tx, response), recorded)| {
-                    (tx, if recorded { response } else { failed.clone() })
+                    let response = if recorded { response } else { failed.clone() };
+                    (tx, response, recorded)
                 })
                 .chain(work.chain(requeue).filter_map(|w| match w {
-                    Work::Call(c) => Some((c.reply, failed.clone())),
+                    Work::Call(c) => Some((c.reply, failed.clone(), false)),
                     Work::Alarm => None,
                 }))
                 .collect();
@@ -1329,7 +1499,10 @@ impl Object {
             self.index_alarms_after(due);
         }
         let Outbox { effects, replies } = outbox;
-        let replies = replies.into_iter().map(|(reply, _)| reply).collect();
+        let replies = replies
+            .into_iter()
+            .map(|((tx, response), recorded)| (tx, response, recorded))
+            .collect();
         if effects.reset_instance {
             self.instance = None;
         }

@@ -92,6 +92,8 @@ struct Out {
     reply: Reply,
     /// The object's batch number whose state this reply reflects.
     observed: u64,
+    /// A recorded answer (the request id was applied by an earlier batch).
+    recorded: bool,
 }
 
 /// The model of one object's database.
@@ -424,7 +426,8 @@ impl Sim {
         }
         let outputs = replies
             .into_iter()
-            .map(|(send, reply, _)| Out {
+            .map(|(send, reply, recorded)| Out {
+                recorded,
                 send,
                 reply,
                 observed,
@@ -473,7 +476,13 @@ impl Sim {
             }
             Action::Refused { outputs, .. } => {
                 for out in outputs {
-                    self.answer(out.send, Reply::NotApplied, true)?;
+                    // A recorded answer's own batch may be refused too: in doubt.
+                    let reply = if out.recorded {
+                        Reply::Indeterminate
+                    } else {
+                        Reply::NotApplied
+                    };
+                    self.answer(out.send, reply, true)?;
                 }
             }
             Action::Rewind(durable) => {
