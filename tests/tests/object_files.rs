@@ -152,3 +152,39 @@ async fn without_an_archive_a_deleted_object_is_refused_not_served_empty() {
         2
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_object_file_with_changes_after_the_checkpoint_is_rebuilt_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let host = HostProcess::start(&data, &[]);
+    let client = host.client().await;
+    client
+        .get::<Counter>("precious")
+        .increment(40)
+        .await
+        .unwrap();
+    drop(client);
+    // A clean stop checkpoints: the object's image is behind the checkpoint now.
+    assert!(host.terminate().success());
+    let host = HostProcess::start(&data, &[]);
+    let client = host.client().await;
+    let value = client
+        .get::<Counter>("precious")
+        .increment(2)
+        .await
+        .unwrap();
+    drop(client);
+    // Only a changeset of the object is after the checkpoint; then the file goes.
+    host.kill9();
+    for path in object_files(&data) {
+        std::fs::remove_file(path).unwrap();
+    }
+    // Before: the start failed ("changes for an object that has no database").
+    let host = HostProcess::start(&data, &[]);
+    let client = host.client().await;
+    assert_eq!(
+        client.get::<Counter>("precious").get().await.unwrap(),
+        value
+    );
+}

@@ -7,7 +7,7 @@ use super::{
     list_segments, log_dir, read_checkpoint, read_segment, retire_segments, sync_object_files,
     write_checkpoint,
 };
-use super::{LogRecord, TailProblem};
+use super::{LogRecord, RecordKind, TailProblem};
 use crate::error::HostError;
 use crate::store;
 use durable_client::ObjectId;
@@ -36,6 +36,37 @@ pub struct RecoveryReport {
     pub cut: Option<(PathBuf, u64, TailProblem)>,
     /// Damaged segments wholly before the checkpoint (reported, not needed).
     pub damaged_unneeded: Vec<(PathBuf, u64, TailProblem)>,
+    /// Objects whose file is missing and that no retained image can rebuild (also in
+    /// `replayed`): they stay missing and are refused until an operator restores them.
+    pub unrecoverable: Vec<(String, ObjectId)>,
+}
+
+/// The object's records from its latest retained image on (archive, then the live
+/// log), or `None` if no image of it is retained.
+fn from_latest_image(
+    data_dir: &Path,
+    class: &str,
+    id: ObjectId,
+) -> std::io::Result<Option<Vec<LogRecord>>> {
+    let mut mine = Vec::new();
+    for dir in [super::archive_dir(data_dir), log_dir(data_dir)] {
+        if !dir.exists() {
+            continue;
+        }
+        for (_, path) in list_segments(&dir)? {
+            let read = read_segment(&path)?;
+            mine.extend(
+                read.records
+                    .into_iter()
+                    .filter(|r| r.object == id && r.class == class),
+            );
+        }
+    }
+    mine.sort_by_key(|r| r.lsn);
+    Ok(mine
+        .iter()
+        .rposition(|r| r.kind == RecordKind::Image)
+        .map(|at| mine.split_off(at)))
 }
 
 /// `DATA_DIR/log/lsn-floor`: the highest lsn a salvage moved aside (0 if none).
@@ -238,8 +269,29 @@ pub(crate) fn recover(
         .last_lsn
         .max(read_lsn_floor(data_dir).map_err(io("reading the lsn floor"))?);
     for key in &order {
-        let records = &by_object[key];
+        let mut records = &by_object[key];
         let path = store::object_path(data_dir, &key.0, key.1);
+        let rebuilt;
+        if !path.exists() && records.first().is_some_and(|r| r.kind != RecordKind::Image) {
+            // The object's file is gone (deleted, lost) and the live log holds only
+            // changes for it: rebuild it from its latest retained image instead.
+            match from_latest_image(data_dir, &key.0, key.1) {
+                Ok(Some(all)) => {
+                    tracing::error!(class = %key.0, id = %key.1, "the object's file is missing; rebuilding it from the log archive");
+                    rebuilt = all;
+                    records = &rebuilt;
+                }
+                Ok(None) => {
+                    // Nothing to rebuild from: leave it missing. The catalog knows the
+                    // object, so its activation refuses it rather than start it empty.
+                    tracing::error!(class = %key.0, id = %key.1, "the object's file is missing and no image of it is retained; it is refused until an operator restores it");
+                    report.unrecoverable.push(key.clone());
+                    report.replayed_due.push(None);
+                    continue;
+                }
+                Err(e) => return Err(HostError::io("reading the log archive", e)),
+            }
+        }
         let (applied, due) = store::replay(&path, records, window).map_err(|e| {
             HostError::Config(format!("replaying the log into {}: {e}", path.display()))
         })?;
