@@ -18,8 +18,11 @@ use syn::{Ident, ImplItem, Lifetime, Meta, Signature, Type, TypeImplTrait, TypeR
 pub(crate) struct Checked<'a> {
     /// The model.
     pub(crate) class: &'a Class,
-    /// The class name.
+    /// The type's name (the stub is named after it).
     pub(crate) name: &'a Ident,
+    /// The class name on the wire, on disk and in HTTP paths: `name = "..."` from the
+    /// attribute, or the type's name.
+    pub(crate) wire_name: String,
     /// The one activation constructor.
     pub(crate) constructor: &'a Constructor,
 }
@@ -58,6 +61,7 @@ pub(crate) const NOT_AN_IMPL: &str =
 /// Checks a class; on success returns the view the generators need.
 pub(crate) fn class(class: &Class) -> Result<Checked<'_>, syn::Error> {
     let mut errors = Errors::default();
+    let renamed = attribute(class, &mut errors);
     header(class, &mut errors);
     // The items of a trait impl are trait items: judging them as a class would only
     // add noise to the one error that matters.
@@ -81,6 +85,7 @@ pub(crate) fn class(class: &Class) -> Result<Checked<'_>, syn::Error> {
         (Some(name), Some(constructor)) => Ok(Checked {
             class,
             name,
+            wire_name: renamed.unwrap_or_else(|| name.to_string()),
             constructor,
         }),
         // `header` and `constructor` reported these cases already.
@@ -91,8 +96,66 @@ pub(crate) fn class(class: &Class) -> Result<Checked<'_>, syn::Error> {
     }
 }
 
-/// The attribute and the impl header: no arguments, inherent, not generic, a plain
-/// named type.
+/// The message for an attribute argument other than `name = "..."`.
+pub(crate) const ATTRIBUTE_ARGS: &str =
+    "`#[durable_object]` takes one optional argument, the class name: `#[durable_object(name = \"Counter\")]`";
+
+/// The longest class name `name = "..."` may give.
+const MAX_CLASS_NAME: usize = 64;
+
+/// The attribute's arguments: nothing, or `name = "..."`, which renames the class on
+/// the wire; returns the new name.
+fn attribute(class: &Class, errors: &mut Errors) -> Option<String> {
+    use syn::parse::Parser;
+    if class.attr.is_empty() {
+        return None;
+    }
+    let parser =
+        syn::punctuated::Punctuated::<syn::MetaNameValue, syn::Token![,]>::parse_terminated;
+    let args = match parser.parse2(class.attr.clone()) {
+        Ok(args) => args,
+        Err(_) => {
+            errors.spanned(&class.attr, ATTRIBUTE_ARGS);
+            return None;
+        }
+    };
+    let mut renamed = None;
+    for arg in &args {
+        let literal = match &arg.value {
+            syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
+                ..
+            }) if arg.path.is_ident("name") => s,
+            _ => {
+                errors.spanned(arg, ATTRIBUTE_ARGS);
+                continue;
+            }
+        };
+        let value = literal.value();
+        let valid = !value.is_empty()
+            && value.len() <= MAX_CLASS_NAME
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            && !value.starts_with('.');
+        if !valid {
+            errors.spanned(
+                literal,
+                format_args!(
+                    "a class name is 1 to {MAX_CLASS_NAME} ASCII letters, digits, `_`, `-` and `.`, \
+                     not starting with `.`: it appears in URLs and file names"
+                ),
+            );
+        } else if renamed.is_some() {
+            errors.spanned(arg, "the class name is given twice");
+        } else {
+            renamed = Some(value);
+        }
+    }
+    renamed
+}
+
+/// The impl header: inherent, not generic, a plain named type.
 fn header(class: &Class, errors: &mut Errors) {
     let item = &class.item;
     let ty = &item.self_ty;
@@ -100,12 +163,6 @@ fn header(class: &Class, errors: &mut Errors) {
         Some(name) => name.to_string(),
         None => "Counter".to_owned(),
     };
-    if !class.attr.is_empty() {
-        errors.spanned(
-            &class.attr,
-            "`#[durable_object]` takes no arguments: write `#[durable_object]`",
-        );
-    }
     if let Some((_, path, for_token)) = &item.trait_ {
         errors.spanned(
             quote::quote!(#path #for_token),
@@ -820,8 +877,21 @@ mod tests {
                 quote::quote!(x),
                 parse_quote!(impl Counter { fn a(ctx: &mut Context) -> Self { panic!("fixture") } })
             ),
-            ["`#[durable_object]` takes no arguments: write `#[durable_object]`"]
+            [ATTRIBUTE_ARGS]
         );
+        let ok =
+            parse_quote!(impl Counter { fn a(ctx: &mut Context) -> Self { panic!("fixture") } });
+        assert!(messages(quote::quote!(name = "counter.v2-x_"), ok).is_empty());
+        for bad in [
+            quote::quote!(name = ""),
+            quote::quote!(name = ".hidden"),
+            quote::quote!(name = "a b"),
+            quote::quote!(name = 5),
+            quote::quote!(title = "x"),
+        ] {
+            let item = parse_quote!(impl Counter { fn a(ctx: &mut Context) -> Self { panic!("fixture") } });
+            assert_eq!(messages(bad.clone(), item).len(), 1, "{bad}");
+        }
         assert_eq!(
             messages(
                 TokenStream::new(),

@@ -1,12 +1,12 @@
 //! The host side of a class: `ObjectClass` (name, remote methods with fingerprints,
 //! stub type) and `Hosted` (activation through the user's constructor, dispatch of a
-//! method number and postcard arguments to the user's method, and the same for
-//! alarm handlers when the class has any), wrapped in `const _: () = { ... };` so
-//! nothing leaks into the user's namespace.
+//! method number and postcard arguments to the user's method, the JSON form of each
+//! method for the HTTP gateway, and alarm dispatch when the class has alarms),
+//! wrapped in `const _: () = { ... };` so nothing leaks into the user's namespace.
 
 use crate::check::Checked;
 use crate::model::{Method, Output};
-use crate::{fingerprint, names};
+use crate::{fingerprint, json, names};
 use proc_macro2::{Literal, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
@@ -27,7 +27,7 @@ pub(crate) fn generate(c: &Checked<'_>) -> TokenStream {
 /// `impl ObjectClass`: the class name, the remote methods and the stub type.
 fn object_class(c: &Checked<'_>) -> TokenStream {
     let self_ty = &c.class.item.self_ty;
-    let class = c.name.to_string();
+    let class = &c.wire_name;
     let client = names::client(c.name);
     let methods = c.class.methods.iter().map(|m| {
         let name = m.ident().to_string();
@@ -43,12 +43,13 @@ fn object_class(c: &Checked<'_>) -> TokenStream {
     }
 }
 
-/// `impl Hosted`: activation and dispatch (of alarms too, if there are any: the
-/// trait's defaults cover a class without them).
+/// `impl Hosted`: activation, dispatch, the methods' JSON forms (see `json`), and
+/// alarm dispatch if there are alarms (the trait's defaults cover a class without).
 fn hosted(c: &Checked<'_>) -> TokenStream {
     let self_ty = &c.class.item.self_ty;
     let activate = activate(c);
     let dispatch = dispatch(c);
+    let json = json::generate(c);
     let alarms = if c.class.alarms.is_empty() {
         TokenStream::new()
     } else {
@@ -58,6 +59,7 @@ fn hosted(c: &Checked<'_>) -> TokenStream {
         impl ::durable::__private::Hosted for #self_ty {
             #activate
             #dispatch
+            #json
             #alarms
         }
     }

@@ -89,6 +89,52 @@ mod tests {
         assert!(text.contains("encode_value"));
         assert!(text.contains("other : Vec < Counter >"), "{text}");
         assert!(!text.contains("compile_error"));
+        // The JSON forms: arguments by name, the value and error types.
+        assert!(
+            text.contains("const JSON : & 'static [:: durable :: __private :: JsonMethod]"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "let __durable_arg0 : i64 = :: durable :: __private :: json_arg (args , \"by\") ? ;"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("JsonArg { name : \"other\" , ty : \"Vec<Self>\" }"),
+            "{text}"
+        );
+        assert!(
+            text.contains("decode_return : :: durable :: __private :: postcard_to_json :: < i64 >"),
+            "{text}"
+        );
+        assert!(
+            text.contains("decode_error : :: durable :: __private :: postcard_to_json :: < durable :: Error >"),
+            "{text}"
+        );
+        assert!(
+            text.contains("encode_args : | _ | :: durable :: __private :: encode_json_args (& ())"),
+            "{text}"
+        );
+        assert!(text.contains("const CLASS : & 'static str = \"Counter\""));
+    }
+
+    #[test]
+    fn the_attribute_renames_the_class() {
+        let out = durable_object(
+            quote!(name = "counter"),
+            quote! {
+                impl Counter {
+                    fn activate(ctx: &mut Context) -> Self { panic!("fixture") }
+                }
+            },
+        );
+        let text = out.to_string();
+        assert!(
+            text.contains("const CLASS : & 'static str = \"counter\""),
+            "{text}"
+        );
+        assert!(text.contains("pub struct CounterClient"), "{text}");
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //!
 //! This file only declares the entry points. The work happens in four steps:
 //! `model` reads the impl block into plain structs, `check` validates them and
-//! reports every problem at once, and `dispatch`, `alarm` and `client` generate the
-//! host side, the alarm helpers and the caller side. `expand` runs the steps in
+//! reports every problem at once, and `dispatch` (with `json`), `alarm` and `client`
+//! generate the host side, the alarm helpers and the caller side. `expand` runs the steps in
 //! order.
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
@@ -17,6 +17,7 @@ mod client;
 mod dispatch;
 mod expand;
 mod fingerprint;
+mod json;
 mod model;
 mod names;
 
@@ -26,7 +27,15 @@ mod names;
 /// Result<Self, E>` (or `-> Self`), and every `pub async fn` taking `&self` or
 /// `&mut self` followed by `ctx: &mut Context` becomes a remote method. The macro
 /// implements the class traits for the type and generates `{Type}Client`, a typed
-/// stub with one `async` method per remote method.
+/// stub with one `async` method per remote method, and the JSON form of every remote
+/// method, so that the host's HTTP gateway can call it with a JSON object of the
+/// arguments by name (`POST /v1/objects/Counter/{name}/increment` with `{"by": 5}`;
+/// see `docs/gateway.md`).
+///
+/// The class name (on the wire, on disk, in HTTP paths, and in every object id) is
+/// the type's name, unless the attribute gives another: `#[durable_object(name =
+/// "counter")]` (ASCII letters, digits, `_`, `-` and `.`). Renaming a class that has
+/// stored objects orphans them: their ids derive from the class name.
 ///
 /// ```ignore
 /// use durable::{durable_object, Context, Error};

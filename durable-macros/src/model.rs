@@ -17,7 +17,8 @@ use syn::{
 
 /// One `#[durable_object]` impl block.
 pub(crate) struct Class {
-    /// The attribute's own arguments, `#[durable_object(...)]` (there must be none).
+    /// The attribute's own arguments, `#[durable_object(...)]`: nothing, or
+    /// `name = "..."`.
     pub(crate) attr: TokenStream,
     /// The impl block as the user wrote it, except that each handler's `#[alarm]`
     /// is marked as consumed (see [`mark_alarm_attr`]). It is emitted unchanged.

@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve this binary's classes over QUIC until SIGINT or SIGTERM.
+    /// Serve this binary's classes over QUIC (and HTTP with --http) until SIGINT or
+    /// SIGTERM.
     Serve {
         /// Where object databases, TLS material and logs live.
         #[arg(long, env = "DURABLE_DATA_DIR")]
@@ -75,6 +76,12 @@ enum Command {
         /// --client-ca (in the TLS handshake): the token alone no longer admits.
         #[arg(long, env = "DURABLE_REQUIRE_CLIENT_CERT")]
         require_client_cert: bool,
+        /// Also serve the HTTP/JSON gateway on this TCP address (plain HTTP:
+        /// loopback, or behind a TLS proxy). Calls are `POST
+        /// /v1/objects/{class}/{name}/{method}` with `Authorization: Bearer TOKEN`;
+        /// see docs/gateway.md. Off when not set.
+        #[arg(long, env = "DURABLE_HTTP")]
+        http: Option<SocketAddr>,
     },
     /// Sign a client certificate with the data directory's development CA
     /// (`tls/ca.key`), for hosts started with `--client-ca DATA_DIR/tls/ca.pem`.
@@ -176,6 +183,7 @@ where
             max_unauthenticated_per_ip,
             client_ca,
             require_client_cert,
+            http,
         } => {
             let client_ca = match client_ca.map(|path| {
                 std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))
@@ -218,6 +226,9 @@ where
                     host = host.client_ca(pem);
                 }
                 host = host.require_client_cert(require_client_cert);
+                if let Some(addr) = http {
+                    host = host.http(addr);
+                }
                 host = host
                     .durability(if durability == "fsync" {
                         DurabilityMode::ObjectFsync
@@ -248,6 +259,9 @@ where
                     }
                 };
                 println!("listening on {}", running.local_addr());
+                if let Some(addr) = running.http_addr() {
+                    println!("http listening on {addr}");
+                }
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
                 signalled.await;

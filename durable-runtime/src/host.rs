@@ -9,6 +9,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::durability::{Durability, WalSync};
 use crate::error::HostError;
 use crate::files::DirLock;
+use crate::gateway::{Deny, Gateway, GatewayConfig, HttpAuth};
 use crate::log::recovery::RecoveryReport;
 use crate::log::{HostLog, LogConfig, LogRecord};
 use crate::placement::{Placement, SingleHost};
@@ -130,6 +131,8 @@ pub struct Host {
     alarms: AlarmConfig,
     clock: Arc<dyn Clock>,
     placement: Arc<dyn Placement>,
+    http: Option<SocketAddr>,
+    http_auth: Option<HttpAuth>,
 }
 
 impl std::fmt::Debug for Host {
@@ -144,6 +147,8 @@ impl std::fmt::Debug for Host {
             .field("limits", &self.limits)
             .field("client_ca", &self.client_ca.is_some())
             .field("require_client_cert", &self.require_client_cert)
+            .field("http", &self.http)
+            .field("http_auth", &self.http_auth.is_some())
             .finish()
     }
 }
@@ -164,7 +169,45 @@ impl Host {
             alarms: AlarmConfig::default(),
             clock: Arc::new(SystemClock),
             placement: Arc::new(SingleHost),
+            http: None,
+            http_auth: None,
         }
+    }
+
+    /// Also serve the HTTP/JSON gateway on this TCP address (off by default):
+    /// `POST /v1/objects/{class}/{name}/{method}` with a JSON object of the arguments
+    /// by name, `GET /v1/classes` for the list. Requests authenticate with
+    /// `Authorization: Bearer TOKEN` (the host token) unless [`Host::http_auth`]
+    /// admits them. Plain HTTP: listen on loopback or behind a TLS proxy. See
+    /// `docs/gateway.md`.
+    pub fn http(mut self, addr: SocketAddr) -> Self {
+        self.http = Some(addr);
+        self
+    }
+
+    /// Install the application's own check of HTTP requests, for callers without the
+    /// host token (a public page, say). The gateway calls `check` with the request's
+    /// headers and the class it calls (for `GET /v1/classes`: once per class, listing
+    /// only the classes it allows); `Ok(caller)` lets the call through as `caller`,
+    /// `Err(deny)` answers 401 or 403. A request with the host token is allowed
+    /// without asking. Keep it fast: it runs on the request's task.
+    ///
+    /// ```
+    /// # use durable_runtime::{Caller, Deny, Host};
+    /// let host = Host::builder("data").http_auth(|headers, class| {
+    ///     match (class, headers.get("x-room-key")) {
+    ///         ("ChatRoom", Some(_)) => Ok(Caller("chat-guest".into())),
+    ///         ("ChatRoom", None) => Err(Deny::unauthenticated("send X-Room-Key")),
+    ///         _ => Err(Deny::forbidden("only ChatRoom is public")),
+    ///     }
+    /// });
+    /// ```
+    pub fn http_auth(
+        mut self,
+        check: impl Fn(&http::HeaderMap, &str) -> Result<Caller, Deny> + Send + Sync + 'static,
+    ) -> Self {
+        self.http_auth = Some(Arc::new(check));
+        self
     }
 
     /// Who serves which object (default: this host serves every object). Consulted
@@ -418,6 +461,13 @@ impl Host {
         if local_addr.ip().is_unspecified() {
             tracing::warn!(addr = %local_addr, "listening on every network interface: any host that can reach this machine can try the token; listen on a specific address unless that is meant");
         }
+        let http_listener = self
+            .http
+            .map(|addr| {
+                Gateway::bind(addr)
+                    .map_err(|e| HostError::io(format!("binding {addr} (--http)"), e))
+            })
+            .transpose()?;
 
         let shards = Arc::new(
             Shards::start(
@@ -468,6 +518,20 @@ impl Host {
             self.clock.clone(),
             self.placement.clone(),
         ));
+        let gateway = http_listener
+            .map(|listener| {
+                Gateway::start(
+                    listener,
+                    GatewayConfig {
+                        calls: calls.clone(),
+                        token: tls.token.clone(),
+                        auth: self.http_auth.clone(),
+                        max_body: limits.max_frame,
+                    },
+                )
+                .map_err(|e| HostError::io("starting the HTTP gateway", e))
+            })
+            .transpose()?;
         let server = Arc::new(Server {
             calls: calls.clone(),
             token: tls.token,
@@ -486,6 +550,7 @@ impl Host {
         Ok(RunningHost {
             endpoint,
             server,
+            gateway,
             calls,
             acceptor,
             local_addr,
@@ -510,6 +575,7 @@ fn running_marker(data_dir: &std::path::Path) -> PathBuf {
 pub struct RunningHost {
     endpoint: quinn::Endpoint,
     server: Arc<Server>,
+    gateway: Option<Gateway>,
     calls: Arc<Calls>,
     acceptor: tokio::task::JoinHandle<()>,
     local_addr: SocketAddr,
@@ -560,6 +626,11 @@ impl RunningHost {
         self.local_addr
     }
 
+    /// The TCP address the HTTP gateway listens on, if [`Host::http`] turned it on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().map(Gateway::local_addr)
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
@@ -596,10 +667,13 @@ impl RunningHost {
     /// Graceful shutdown: refuse new calls, let calls in flight finish (up to 30 s),
     /// close connections, then finish every queued turn and close every database.
     /// Nothing acknowledged is lost.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.calls.drain(Duration::from_secs(30)).await;
         // Every answer written and acknowledged before the endpoint closes.
         self.server.drain(Duration::from_secs(5)).await;
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown(Duration::from_secs(5)).await;
+        }
         self.stop(true).await;
     }
 
@@ -610,7 +684,10 @@ impl RunningHost {
         self.stop(false).await;
     }
 
-    async fn stop(self, clean: bool) {
+    async fn stop(mut self, clean: bool) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.abort().await;
+        }
         self.endpoint.close(0u32.into(), b"host shutting down");
         if clean {
             let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;

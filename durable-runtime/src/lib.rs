@@ -1,6 +1,6 @@
 //! Hosting for durable objects: activation, strict one-at-a-time turns with group
-//! commit, per-object SQLite storage, the output gate, the QUIC server, and the
-//! operator CLI.
+//! commit, per-object SQLite storage, the output gate, the QUIC server, the HTTP/JSON
+//! gateway, and the operator CLI.
 //!
 //! Most applications depend on the `durable` facade crate instead, which re-exports
 //! this crate, the client and the `#[durable_object]` macro.
@@ -18,6 +18,7 @@ mod durability;
 mod error;
 pub mod feed;
 mod files;
+mod gateway;
 mod host;
 mod log;
 mod placement;
@@ -32,10 +33,11 @@ mod tls;
 
 pub use alarms::{AlarmConfig, PendingAlarm, When};
 pub use calls::Caller;
-pub use class::{ActivateError, BoxTurn, Hosted, TurnOutcome};
+pub use class::{ActivateError, BoxTurn, Hosted, JsonArg, JsonArgs, JsonMethod, TurnOutcome};
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use context::{Context, ListOptions, Sql, Storage, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use error::{Error, ErrorKind, HostError};
+pub use gateway::{Deny, HttpAuth};
 pub use host::{DurabilityMode, Host, Limits, RunningHost};
 pub use log::recovery::RecoveryReport;
 pub use log::{LogConfig, LogRecord, RecordKind, TailProblem};
@@ -45,11 +47,16 @@ pub use store::list_objects;
 /// Re-exported so that applications use the same SQLite types (`params!`, `Row`, ...).
 pub use rusqlite;
 
+/// Re-exported for HTTP auth checks ([`Host::http_auth`] gets an [`http::HeaderMap`]).
+pub use http;
+
 #[doc(hidden)]
 pub mod __private {
     pub use crate::alarms::When;
     pub use crate::class::{
-        decode_args, encode_result, encode_value, ActivateError, BoxTurn, Hosted, TurnOutcome,
+        decode_args, encode_json_args, encode_result, encode_value, json_arg, no_json_error,
+        postcard_to_json, ActivateError, BoxTurn, Hosted, JsonArg, JsonArgs, JsonMethod,
+        TurnOutcome,
     };
     pub use crate::context::Context;
     pub use crate::error::Error;
