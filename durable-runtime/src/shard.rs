@@ -216,7 +216,6 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         commit_backoff: 0,
         txn_open: false,
         deferred: 0,
-        batch_savepoint: 0,
         holds_memory: false,
     };
     tokio::task::spawn_local(object.run());
@@ -372,11 +371,7 @@ struct Object {
     txn_open: bool,
     /// Batches in the open transaction that the file has not committed: handed to the
     /// log (durable, or on their way), committed to the file once the log has them.
-    /// Each keeps its savepoint (`durable_b<seq>`, nested) until the file commits, so
-    /// that the batches the log refuses can be undone alone.
     deferred: usize,
-    /// The batch number the running batch's savepoint is named after.
-    batch_savepoint: u64,
     /// The connection may hold cached pages (a batch ran since it last gave them back).
     holds_memory: bool,
 }
@@ -659,7 +654,7 @@ impl Object {
             Ok(p) => *p,
             Err(_) => return,
         };
-        if pos.failed || pos.rejected.is_some() {
+        if pos.failed || (pos.rejected.is_some() && pos.epoch == self.slot.rewinds.get()) {
             return;
         }
         self.heal_after = now + 1000;
@@ -723,9 +718,10 @@ impl Object {
         if !records.is_empty() {
             self.txn_open = true;
             self.needs_image = false;
-            if let Ok(due) = crate::alarms::earliest_due(&ctx.conn) {
-                self.reported_due = due;
-            }
+        }
+        if let Ok(due) = crate::alarms::earliest_due(&ctx.conn) {
+            self.index_alarms_after(due);
+            self.config.alarms.notify_due(self.class.name, self.id, due);
         }
         self.deferred = records.len();
         self.seq = healed_seq;
@@ -997,9 +993,8 @@ impl Object {
                 .map_err(|e| internal(e.to_string()))?;
             self.txn_open = true;
         }
-        self.batch_savepoint = self.seq + 1;
         ctx.conn
-            .run(&format!("SAVEPOINT durable_b{}", self.batch_savepoint))
+            .run("SAVEPOINT durable_batch")
             .map_err(|e| internal(e.to_string()))?;
         Ok(capture)
     }
@@ -1009,10 +1004,9 @@ impl Object {
     /// the object is poisoned until [`Object::heal`] re-applies them from the log.
     fn rollback_batch(&mut self) {
         let conn = &self.ctx.as_ref().expect("opened").conn;
-        let name = format!("durable_b{}", self.batch_savepoint);
         let undone = conn
-            .run(&format!("ROLLBACK TO {name}"))
-            .and_then(|_| conn.run(&format!("RELEASE {name}")));
+            .run("ROLLBACK TO durable_batch")
+            .and_then(|_| conn.run("RELEASE durable_batch"));
         if undone.is_ok() && self.deferred > 0 {
             return;
         }
@@ -1029,7 +1023,7 @@ impl Object {
     /// (or `now` is set), else leave the transaction open for the next batch.
     fn release_batch(&mut self, now: bool) -> rusqlite::Result<()> {
         let conn = &self.ctx.as_ref().expect("opened").conn;
-        conn.run(&format!("RELEASE durable_b{}", self.batch_savepoint))?;
+        conn.run("RELEASE durable_batch")?;
         if now || self.deferred == 0 {
             conn.run("COMMIT")?;
             self.txn_open = false;
@@ -1113,25 +1107,22 @@ impl Object {
     }
 
     /// The log refused this object's batches after `durable` (none of them is on
-    /// disk) and their replies went out as not applied: undo them in the file (each
-    /// batch has its own savepoint), drop the instance (it may hold their state),
-    /// renumber from `durable`, and tell the log to take this object's batches again.
+    /// disk) and their replies went out as not applied: roll the file's open
+    /// transaction back (refused and deferred batches alike), drop the instance (it
+    /// may hold their state), renumber from `durable`, and tell the log to take this
+    /// object's batches again. The durable batches the rollback took from the file are
+    /// re-applied from the log by [`Object::heal`] before the next call runs. (A
+    /// savepoint per deferred batch would undo just the refused ones, but nested
+    /// savepoints cost every write a sub-journal page: a rare fault pays instead.)
     fn rewind(&mut self, durable: u64) {
         if self.seq > durable && self.ctx.is_some() {
-            let undone = self.deferred >= (self.seq - durable) as usize && {
-                let conn = &self.ctx.as_ref().expect("checked").conn;
-                let name = format!("durable_b{}", durable + 1);
-                conn.run(&format!("ROLLBACK TO {name}"))
-                    .and_then(|_| conn.run(&format!("RELEASE {name}")))
-                    .is_ok()
-            };
-            if undone {
-                self.deferred -= (self.seq - durable) as usize;
-            } else {
-                tracing::error!(class = self.class.name, id = %self.id, "undoing refused batches failed; the object rebuilds its durable batches from the log on its next call");
-                self.abandon_txn();
-                self.poisoned = true;
-            }
+            self.abandon_txn();
+            let file_seq = self
+                .ctx
+                .as_ref()
+                .and_then(|c| store::stored_seq(&c.conn).ok());
+            // Poisoned only if the file now lacks durable batches.
+            self.poisoned = file_seq != Some(durable);
             self.seq = durable;
         }
         // A refused image leaves whatever called for it (a new object, a migration):
@@ -1269,10 +1260,16 @@ impl Object {
         // is numbered, whatever happens. Its replies wait for the log (the output gate);
         // the next batch need not: it runs on top in the same open transaction, and
         // the file commits only once the log holds every batch in it.
-        // Its savepoint stays open (nested in the transaction) until the file commits.
         self.seq = seq;
         self.needs_image = false;
         self.deferred += 1;
+        if let Err(e) = ctx.conn.run("RELEASE durable_batch") {
+            tracing::error!(class = self.class.name, id = %self.id, error = %e, "ending a batch failed after its log write; the object rebuilds it from the log on its next call");
+            self.abandon_txn();
+            return Err(CommitError::Indeterminate(format!(
+                "the batch is in the host log but its commit failed: {e}"
+            )));
+        }
         if (!self.config.defer_commits || self.deferred >= DEFER_MAX_BATCHES)
             && self.commit_deferred(false).await == FileCommit::Stopped
         {
@@ -1586,7 +1583,9 @@ impl Object {
     }
 }
 
-/// Statements the runtime runs on every batch, prepared once per connection.
+/// Statements the runtime runs on every batch, prepared once per connection. (Not the
+/// per-batch savepoints: their names carry the batch number, and caching them would
+/// push every other statement out of the connection's cache.)
 trait Run {
     fn run(&self, sql: &str) -> rusqlite::Result<()>;
 }
