@@ -1,5 +1,5 @@
 //! What the example client binaries share: how to reach a host (`--connect`, `--ca`,
-//! `--token-file`, or the `DURABLE_*` environment variables).
+//! `--token-file` or `--cert`/`--key`, or the `DURABLE_*` environment variables).
 
 use clap::Args;
 use std::net::SocketAddr;
@@ -14,9 +14,17 @@ pub struct ConnectArgs {
     /// The host's CA certificate (DATA_DIR/tls/ca.pem).
     #[arg(long, env = "DURABLE_CA")]
     pub ca: PathBuf,
-    /// The file holding the client token (DATA_DIR/tls/token).
-    #[arg(long, env = "DURABLE_TOKEN_FILE")]
-    pub token_file: PathBuf,
+    /// The file holding the client token (DATA_DIR/tls/token). Not needed with a
+    /// client certificate the host trusts (`--cert`, `--key`).
+    #[arg(long, env = "DURABLE_TOKEN_FILE", required_unless_present = "cert")]
+    pub token_file: Option<PathBuf>,
+    /// A client certificate (PEM) for hosts started with `--client-ca`, e.g. from
+    /// `host client-cert --out PREFIX` (PREFIX.pem).
+    #[arg(long, env = "DURABLE_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PREFIX.key).
+    #[arg(long, env = "DURABLE_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Per-call deadline in milliseconds.
     #[arg(long, env = "DURABLE_DEADLINE_MS", default_value_t = 30_000)]
     pub deadline_ms: u64,
@@ -25,15 +33,17 @@ pub struct ConnectArgs {
 impl ConnectArgs {
     /// Connect a client, or exit with a message.
     pub async fn client(&self) -> durable::Client {
-        let mut config =
-            match durable::ClientConfig::from_files(self.connect, &self.ca, &self.token_file) {
-                Ok(c) => c,
-                Err(e) => fail(format!(
-                    "reading {} / {}: {e}",
-                    self.ca.display(),
-                    self.token_file.display()
-                )),
-            };
+        let read = |path: &PathBuf| {
+            std::fs::read(path).unwrap_or_else(|e| fail(format!("reading {}: {e}", path.display())))
+        };
+        let token = match &self.token_file {
+            Some(path) => String::from_utf8_lossy(&read(path)).trim().to_string(),
+            None => String::new(),
+        };
+        let mut config = durable::ClientConfig::new(self.connect, read(&self.ca), token);
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            config = config.with_client_cert(read(cert), read(key));
+        }
         config.deadline = std::time::Duration::from_millis(self.deadline_ms);
         match durable::Client::connect(config).await {
             Ok(c) => c,
