@@ -3,7 +3,8 @@
 //! Put `#[durable_object]` on a struct's `impl` block and every object of that class
 //! gets exactly one live instance, handles one call at a time, owns a private SQLite
 //! database whose writes are durable before anyone hears of them, and is called by
-//! other services through a generated, typed client stub over QUIC.
+//! other services through a generated, typed client stub over QUIC, or by curl and
+//! browsers through the host's HTTP/JSON gateway (`serve --http`).
 //!
 //! ```ignore
 //! use durable::{durable_object, Context, Error};
@@ -33,7 +34,7 @@
 
 pub use durable_client::{
     wire, CallError, Client, ClientCert, ClientConfig, ConnectError, MethodInfo, NoError,
-    ObjectClass, ObjectId, ObjectRef, Retry, ALPN,
+    ObjectClass, ObjectId, ObjectRef, Retry, Transport, TransportFuture, ALPN,
 };
 pub use durable_macros::{alarm, durable_object};
 pub use durable_runtime::{
@@ -41,8 +42,9 @@ pub use durable_runtime::{
     PendingAlarm, VirtualClock, When,
 };
 pub use durable_runtime::{
-    cli, list_objects, rusqlite, Caller, Context, Error, ErrorKind, Host, HostError, Hosted,
-    Limits, ListOptions, RunningHost, Sql, Storage,
+    cli, http, list_objects, rusqlite, Caller, Context, Deny, Error, ErrorKind, Host, HostError,
+    Hosted, HttpAuth, JsonArg, JsonArgs, JsonMethod, Limits, ListOptions, RunningHost, Sql,
+    Storage,
 };
 
 #[doc(hidden)]

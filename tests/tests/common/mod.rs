@@ -1,5 +1,6 @@
 //! Shared by the cross-process tests: start the real host binary on a data directory,
-//! read its address from its first stdout line, connect clients, kill it with SIGKILL.
+//! read its address from its first stdout line (and, with `--http`, the gateway's from
+//! the second), connect clients, kill it with SIGKILL.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -11,6 +12,8 @@ use std::sync::Arc;
 pub struct HostProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The HTTP gateway's address, when started with `--http`.
+    pub http: Option<SocketAddr>,
     pub data_dir: PathBuf,
 }
 
@@ -51,21 +54,35 @@ impl HostProcess {
             .stderr(stderr)
             .spawn()
             .expect("spawning the host");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("reading the host's first line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("address");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut read_addr = |prefix: &str| -> SocketAddr {
+            let mut line = String::new();
+            stdout
+                .read_line(&mut line)
+                .expect("reading the host's stdout");
+            line.trim()
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+                .parse()
+                .expect("address")
+        };
+        let addr = read_addr("listening on ");
+        // `http listening on ADDR` follows when the gateway is on.
+        let http = extra
+            .contains(&"--http")
+            .then(|| read_addr("http listening on "));
         HostProcess {
             child,
             addr,
+            http,
             data_dir: data_dir.to_owned(),
         }
+    }
+
+    /// `http://ADDR` + `path` on the HTTP gateway (started with `--http`).
+    pub fn http_url(&self, path: &str) -> String {
+        let addr = self.http.expect("the host was started with --http");
+        format!("http://{addr}{path}")
     }
 
     pub fn client_config(&self) -> durable::ClientConfig {

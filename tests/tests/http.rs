@@ -1,0 +1,594 @@
+//! The HTTP/JSON gateway against a real host process (`serve --http`): calls by JSON
+//! arguments reach the same objects as QUIC, `GET /v1/classes` lists them, every
+//! error has its status and JSON body, `Idempotency-Key` deduplicates retries (across
+//! a restart too), shutdown answers 503 while finishing calls in flight, and garbage
+//! never hurts the host. An in-process host checks the application's own auth hook.
+
+mod common;
+
+use common::{token, HostProcess};
+use durable_examples::counter::Counter;
+use durable_tests::Probe;
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn http() -> Client {
+    Client::builder().no_proxy().build().unwrap()
+}
+
+fn start(dir: &std::path::Path, extra: &[&str]) -> HostProcess {
+    let mut flags = vec!["--http", "127.0.0.1:0"];
+    flags.extend_from_slice(extra);
+    HostProcess::start(dir, &flags)
+}
+
+/// POST a call with the host token; returns (status, JSON body).
+async fn call(host: &HostProcess, path: &str, args: Value) -> (StatusCode, Value) {
+    send(
+        http()
+            .post(host.http_url(&format!("/v1/objects/{path}")))
+            .bearer_auth(token(host))
+            .json(&args),
+    )
+    .await
+}
+
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.expect("an HTTP answer");
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.bytes().await.unwrap();
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/json"),
+        "every answer is JSON: {status} {body:?}"
+    );
+    let value = serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&body)));
+    (status, value)
+}
+
+/// The `error` object of an error answer, checked for its three common fields.
+fn error(body: &Value) -> &serde_json::Map<String, Value> {
+    let e = body["error"].as_object().expect("an error object");
+    assert!(e["kind"].is_string() && e["message"].is_string(), "{body}");
+    assert!(
+        matches!(
+            e["retry"].as_str(),
+            Some("not_applied" | "indeterminate" | "failed_in_method")
+        ),
+        "{body}"
+    );
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_increments_a_counter_that_quic_callers_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &[]);
+    let (status, value) = call(&host, "Counter/shared/increment", json!({"by": 5})).await;
+    assert_eq!((status, value), (StatusCode::OK, json!(5)));
+    let (status, value) = call(&host, "Counter/shared/get", json!({})).await;
+    assert_eq!((status, value), (StatusCode::OK, json!(5)));
+
+    // The same object over QUIC: the object id derives from the class and the name.
+    let client = host.client().await;
+    let counter = client.get::<Counter>("shared");
+    assert_eq!(counter.get().await.unwrap(), 5);
+    assert_eq!(counter.increment(2).await.unwrap(), 7);
+    let (_, value) = call(&host, "Counter/shared/get", json!({})).await;
+    assert_eq!(value, json!(7));
+
+    // Other shapes: an empty body is no arguments; `null` for `None`; a list of
+    // tuples as arrays.
+    let empty = http()
+        .post(host.http_url("/v1/objects/Counter/shared/get"))
+        .bearer_auth(token(&host))
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), StatusCode::OK);
+    assert_eq!(empty.text().await.unwrap(), "7");
+    let (status, value) = call(&host, "Probe/p/get", json!({"key": "nothing"})).await;
+    assert_eq!((status, value), (StatusCode::OK, Value::Null));
+    let (status, _) = call(&host, "Probe/p/put", json!({"key": "k", "value": 3})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, value) = call(&host, "Probe/p/get", json!({"key": "k"})).await;
+    assert_eq!(value, json!(3));
+    let probe = client.get::<Probe>("p");
+    assert_eq!(probe.get("k".into()).await.unwrap(), Some(3));
+    let (status, value) = call(&host, "Probe/p/rings", json!({})).await;
+    assert_eq!((status, value), (StatusCode::OK, json!([])));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classes_lists_methods_with_argument_names_and_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &[]);
+    let (status, body) = send(
+        http()
+            .get(host.http_url("/v1/classes"))
+            .bearer_auth(token(&host)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let classes = body["classes"].as_array().unwrap();
+    let counter = classes
+        .iter()
+        .find(|c| c["name"] == "Counter")
+        .expect("Counter is listed");
+    let methods = counter["methods"].as_array().unwrap();
+    let names: Vec<&str> = methods
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["increment", "get"], "declaration order");
+    assert_eq!(
+        methods[0],
+        json!({
+            "name": "increment",
+            "args": [{"name": "by", "type": "i64"}],
+            "returns": "i64",
+            "error": "Error",
+        })
+    );
+    assert_eq!(methods[1]["args"], json!([]));
+    assert_eq!(methods[1]["error"], Value::Null);
+    assert!(classes.iter().any(|c| c["name"] == "Probe"));
+
+    let (status, body) = send(http().get(host.http_url("/v1/classes"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(error(&body)["kind"], "unauthenticated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_has_its_status_and_a_json_body() {
+    let dir = tempfile::tempdir().unwrap();
+    // A small frame limit, so that the oversized body is small too.
+    let host = start(dir.path(), &["--max-frame", "65536"]);
+    let url = host.http_url("/v1/objects/Counter/e/increment");
+    let authed = || http().post(&url).bearer_auth(token(&host));
+
+    let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        (
+            "malformed JSON",
+            authed()
+                .header("content-type", "application/json")
+                .body("{\"by\": 5"),
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+        ),
+        (
+            "not an object",
+            authed().json(&json!([5])),
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+        ),
+        (
+            "wrong type",
+            authed().json(&json!({"by": "five"})),
+            StatusCode::BAD_REQUEST,
+            "bad_arguments",
+        ),
+        (
+            "missing argument",
+            authed().json(&json!({})),
+            StatusCode::BAD_REQUEST,
+            "bad_arguments",
+        ),
+        (
+            "unknown argument",
+            authed().json(&json!({"by": 1, "bye": 2})),
+            StatusCode::BAD_REQUEST,
+            "bad_arguments",
+        ),
+        (
+            "no token",
+            http().post(&url).json(&json!({"by": 1})),
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
+            "wrong token",
+            http()
+                .post(&url)
+                .bearer_auth("0".repeat(64))
+                .json(&json!({"by": 1})),
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+        (
+            "unknown class",
+            http()
+                .post(host.http_url("/v1/objects/Nope/e/increment"))
+                .bearer_auth(token(&host))
+                .json(&json!({})),
+            StatusCode::NOT_FOUND,
+            "unknown_class",
+        ),
+        (
+            "unknown method",
+            http()
+                .post(host.http_url("/v1/objects/Counter/e/decrement"))
+                .bearer_auth(token(&host))
+                .json(&json!({})),
+            StatusCode::NOT_FOUND,
+            "unknown_method",
+        ),
+        (
+            "unknown path",
+            http()
+                .post(host.http_url("/v2/objects/Counter/e/increment"))
+                .bearer_auth(token(&host))
+                .json(&json!({})),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            "oversized body",
+            authed()
+                .header("content-type", "application/json")
+                .body(format!(
+                    "{{\"by\": 1, \"pad\": \"{}\"}}",
+                    "x".repeat(70_000)
+                )),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
+            "not JSON content",
+            authed().body("by=5"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "GET on a call",
+            http().get(&url).bearer_auth(token(&host)),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            "bad deadline",
+            authed()
+                .header("x-durable-deadline-ms", "soon")
+                .json(&json!({"by": 1})),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+    ];
+    for (what, request, status, kind) in cases {
+        let (got, body) = send(request).await;
+        assert_eq!(got, status, "{what}: {body}");
+        let e = error(&body);
+        assert_eq!(e["kind"], kind, "{what}: {body}");
+        assert_eq!(e["retry"], "not_applied", "{what}: {body}");
+        assert!(!e["message"].as_str().unwrap().is_empty(), "{what}");
+    }
+    // The messages say what is wrong.
+    let (_, body) = send(authed().json(&json!({"by": "five"}))).await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`by`") && message.contains("expected i64"),
+        "{message}"
+    );
+    let (_, body) = send(authed().json(&json!({"bye": 2}))).await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("unknown argument `bye`") && message.contains("takes by"),
+        "{message}"
+    );
+
+    // None of that reached the object.
+    let (_, value) = call(&host, "Counter/e/get", json!({})).await;
+    assert_eq!(value, json!(0));
+
+    // The method's own error: 500 with its serde body, rolled back.
+    let (status, body) = call(&host, "Counter/e/increment", json!({"by": i64::MAX})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = call(&host, "Counter/e/increment", json!({"by": 1})).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let e = error(&body);
+    assert_eq!(e["kind"], "application");
+    assert_eq!(e["retry"], "failed_in_method");
+    assert_eq!(
+        e["body"],
+        json!({"kind": "Invalid", "message": "the counter would overflow"})
+    );
+    let (status, body) = call(
+        &host,
+        "Probe/e/put_then_fail",
+        json!({"key": "k", "value": 7}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["error"]["body"], json!({"Refused": {"value": 7}}));
+    let (_, value) = call(&host, "Probe/e/get", json!({"key": "k"})).await;
+    assert_eq!(value, Value::Null, "the failed turn was rolled back");
+
+    // A panicking method: the object is reset, the turn rolled back.
+    let (status, body) = call(
+        &host,
+        "Probe/e/put_then_panic",
+        json!({"key": "k", "value": 8}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(error(&body)["kind"], "object_reset");
+    assert_eq!(body["error"]["retry"], "failed_in_method");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_object_answers_429_with_retry_after_and_504_past_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &["--max-queue", "1"]);
+    let url = host.http_url("/v1/objects/Probe/busy/sleep");
+    let sleeper = {
+        let request = http()
+            .post(&url)
+            .bearer_auth(token(&host))
+            .json(&json!({"millis": 1500}));
+        tokio::spawn(async move { send(request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One call may wait; the others are refused at once.
+    let mut waiting = Vec::new();
+    for _ in 0..4 {
+        let request = http()
+            .post(&url)
+            .bearer_auth(token(&host))
+            .header("x-durable-deadline-ms", "400")
+            .json(&json!({"millis": 1}));
+        waiting.push(tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let status = response.status();
+            let body = json_of(response).await;
+            (status, retry_after, body)
+        }));
+    }
+    let mut statuses = Vec::new();
+    for w in waiting {
+        let (status, retry_after, body) = w.await.unwrap();
+        let e = error(&body);
+        match status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(e["kind"], "overloaded");
+                assert_eq!(e["retry"], "not_applied");
+                assert_eq!(retry_after.as_deref(), Some("1"));
+            }
+            StatusCode::GATEWAY_TIMEOUT => assert_eq!(e["kind"], "timeout", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+        statuses.push(status);
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&StatusCode::GATEWAY_TIMEOUT),
+        "{statuses:?}"
+    );
+    let (status, body) = sleeper.await.unwrap();
+    assert_eq!((status, body), (StatusCode::OK, Value::Null));
+}
+
+/// What reqwest's `Response::json` would do (without its `json` feature).
+async fn json_of(response: reqwest::Response) -> Value {
+    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_applies_a_call_once_even_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &[]);
+    let keyed = |host: &HostProcess, key: &str| {
+        http()
+            .post(host.http_url("/v1/objects/Counter/once/increment"))
+            .bearer_auth(token(host))
+            .header("idempotency-key", key)
+            .json(&json!({"by": 10}))
+    };
+    assert_eq!(send(keyed(&host, "k-1")).await, (StatusCode::OK, json!(10)));
+    // The same key again: the first answer, not applied again.
+    assert_eq!(send(keyed(&host, "k-1")).await, (StatusCode::OK, json!(10)));
+    // A new key is a new call.
+    assert_eq!(send(keyed(&host, "k-2")).await, (StatusCode::OK, json!(20)));
+    // Without a key every POST is a new call.
+    assert_eq!(
+        call(&host, "Counter/once/increment", json!({"by": 1})).await,
+        (StatusCode::OK, json!(21))
+    );
+    assert_eq!(
+        call(&host, "Counter/once/increment", json!({"by": 1})).await,
+        (StatusCode::OK, json!(22))
+    );
+
+    // The key maps to the same request id after a restart (and a kill -9).
+    let addr = host.addr;
+    host.kill9();
+    let host = HostProcess::start_on_with(dir.path(), addr, &["--http", "127.0.0.1:0"]);
+    assert_eq!(send(keyed(&host, "k-2")).await, (StatusCode::OK, json!(20)));
+    let (_, value) = call(&host, "Counter/once/get", json!({})).await;
+    assert_eq!(value, json!(22));
+
+    // Keys are bounded.
+    let (status, body) = send(keyed(&host, &"k".repeat(300))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error(&body)["kind"], "bad_request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_503_and_finishes_the_calls_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &[]);
+    let slow = {
+        let request = http()
+            .post(host.http_url("/v1/objects/Probe/slow/sleep"))
+            .bearer_auth(token(&host))
+            .json(&json!({"millis": 1500}));
+        tokio::spawn(async move { send(request).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    unsafe { libc::kill(host.child.id() as i32, libc::SIGTERM) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = call(&host, "Counter/late/increment", json!({"by": 1})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(error(&body)["kind"], "shutting_down");
+    assert_eq!(body["error"]["retry"], "not_applied");
+    assert_eq!(slow.await.unwrap(), (StatusCode::OK, Value::Null));
+    assert!(host.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_gets_json_errors_and_the_host_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &[]);
+    let url = host.http_url("/v1/objects/Counter/g/increment");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let started = Instant::now();
+    for i in 0..300 {
+        let len = (next() % 64) as usize;
+        let mut body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if i % 3 == 0 {
+            // Near-JSON: a valid prefix, then noise.
+            body.splice(0..0, b"{\"by\": ".iter().copied());
+        }
+        let (status, value) = send(
+            http()
+                .post(&url)
+                .bearer_auth(token(&host))
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await;
+        if status != StatusCode::OK {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{value}");
+            error(&value);
+        }
+    }
+    // Odd paths: percent-encoded bytes that are not UTF-8, slashes in names.
+    for path in [
+        "/v1/objects/Counter/%FF%FE/get",
+        "/v1/objects/%FF/x/get",
+        "/v1/objects/Counter/a%2Fb/get",
+        "/v1/objects/Counter//get",
+        "/v1/objects/Counter/x/get/extra",
+    ] {
+        let (status, value) = send(
+            http()
+                .post(host.http_url(path))
+                .bearer_auth(token(&host))
+                .json(&json!({})),
+        )
+        .await;
+        assert!(
+            status == StatusCode::OK || status.is_client_error(),
+            "{path}: {status} {value}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let (status, _) = call(&host, "Counter/g/increment", json!({"by": 1})).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+mod in_process {
+    //! An application's own auth check, on an in-process host.
+    use super::*;
+    use durable::{Caller, Deny, Host};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_auth_hook_opens_one_class_without_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = Host::builder(dir.path())
+            .register::<Counter>()
+            .register::<Probe>()
+            .http("127.0.0.1:0".parse().unwrap())
+            .http_auth(|headers, class| {
+                let guest = headers
+                    .get("x-guest")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                match (class, guest) {
+                    ("Counter", Some(name)) => Ok(Caller(format!("guest:{name}"))),
+                    ("Counter", None) => Err(Deny::unauthenticated("send X-Guest")),
+                    _ => Err(Deny::forbidden("only Counter is public")),
+                }
+            })
+            .start()
+            .await
+            .unwrap();
+        let base = format!("http://{}", running.http_addr().unwrap());
+        let token = std::fs::read_to_string(dir.path().join("tls/token")).unwrap();
+        let post = |path: &str| http().post(format!("{base}/v1/objects/{path}"));
+
+        let (status, value) = send(
+            post("Counter/public/increment")
+                .header("x-guest", "ann")
+                .json(&json!({"by": 2})),
+        )
+        .await;
+        assert_eq!((status, value), (StatusCode::OK, json!(2)));
+        let (status, body) = send(post("Counter/public/increment").json(&json!({"by": 2}))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(body["error"]["message"], "send X-Guest");
+        let (status, body) = send(
+            post("Probe/p/get")
+                .header("x-guest", "ann")
+                .json(&json!({"key": "k"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert_eq!(error(&body)["kind"], "forbidden");
+        // The host token still opens everything.
+        let (status, _) = send(
+            post("Probe/p/get")
+                .bearer_auth(&token)
+                .json(&json!({"key": "k"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+
+        // The list shows a guest only what the check allows.
+        let (status, body) = send(
+            http()
+                .get(format!("{base}/v1/classes"))
+                .header("x-guest", "ann"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let names: Vec<&str> = body["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["Counter"]);
+
+        // Keys are scoped by caller: the same key from two guests is two calls.
+        let keyed = |guest: &str| {
+            post("Counter/public/increment")
+                .header("x-guest", guest)
+                .header("idempotency-key", "same")
+                .json(&json!({"by": 1}))
+        };
+        assert_eq!(send(keyed("ann")).await, (StatusCode::OK, json!(3)));
+        assert_eq!(send(keyed("bob")).await, (StatusCode::OK, json!(4)));
+        assert_eq!(send(keyed("ann")).await, (StatusCode::OK, json!(3)));
+        running.shutdown().await;
+    }
+}
