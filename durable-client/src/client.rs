@@ -1,5 +1,7 @@
 //! The QUIC client: one connection per [`Client`], reused by every call, a stream per
 //! call, transparent reconnects with the same request id, and a deadline per call.
+//! A [`Client`] can also carry its calls over another [`Transport`] (a host in the
+//! same process: the test harness), with the same stubs.
 
 use crate::error::CallError;
 use crate::wire::{self, CallRequest, Request, Response, WireError};
@@ -177,17 +179,44 @@ struct Inner {
     connecting: tokio::sync::Mutex<()>,
 }
 
+/// A future a [`Transport`] returns.
+pub type TransportFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response, CallError>> + Send + 'static>,
+>;
+
+/// Carries a [`Client`]'s calls to a host other than over QUIC: a host in the same
+/// process answers them directly (`RunningHost::local_client` in `durable-runtime`,
+/// which the test harness uses). The stubs, request ids and error types are the same.
+pub trait Transport: Send + Sync + 'static {
+    /// Deliver one call and resolve to the host's response (the client bounds it by
+    /// the call's deadline).
+    fn call(&self, request: CallRequest) -> TransportFuture;
+}
+
+#[derive(Clone)]
+enum Link {
+    Quic(Arc<Inner>),
+    Other(Arc<dyn Transport>, Arc<ClientConfig>),
+}
+
 /// A connection to a durable host, shared by every stub made from it. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    link: Link,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("addr", &self.inner.config.addr)
-            .finish()
+        match &self.link {
+            Link::Quic(inner) => f
+                .debug_struct("Client")
+                .field("addr", &inner.config.addr)
+                .finish(),
+            Link::Other(..) => f
+                .debug_struct("Client")
+                .field("addr", &"in process")
+                .finish(),
+        }
     }
 }
 
@@ -265,31 +294,42 @@ impl Client {
         .unwrap();
         let mut endpoint = quinn::Endpoint::client(bind)?;
         endpoint.set_default_client_config(client_config);
-        let client = Client {
-            inner: Arc::new(Inner {
-                endpoint,
-                config,
-                conn: RwLock::new(None),
-                connecting: tokio::sync::Mutex::new(()),
-            }),
-        };
+        let inner = Arc::new(Inner {
+            endpoint,
+            config,
+            conn: RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        });
         // The deadline bounds connecting too, not only calls.
-        let deadline = client.inner.config.deadline;
-        match tokio::time::timeout(deadline, client.establish()).await {
+        let deadline = inner.config.deadline;
+        match tokio::time::timeout(deadline, establish(&inner)).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(ConnectError::Connect(format!(
                     "no answer from {} within the deadline ({deadline:?})",
-                    client.inner.config.addr
+                    inner.config.addr
                 )))
             }
         };
-        Ok(client)
+        Ok(Client {
+            link: Link::Quic(inner),
+        })
+    }
+
+    /// A client whose calls go over `transport` instead of QUIC. Of `config` only the
+    /// deadline and the frame limit apply.
+    pub fn over(transport: Arc<dyn Transport>, config: ClientConfig) -> Client {
+        Client {
+            link: Link::Other(transport, Arc::new(config)),
+        }
     }
 
     /// The config this client was made with.
     pub fn config(&self) -> &ClientConfig {
-        &self.inner.config
+        match &self.link {
+            Link::Quic(inner) => &inner.config,
+            Link::Other(_, config) => config,
+        }
     }
 
     /// The typed stub for the object `name` of class `C`.
@@ -309,69 +349,16 @@ impl Client {
             class: class.into(),
             id,
             name: name.map(Into::into),
-            deadline: self.inner.config.deadline,
+            deadline: self.config().deadline,
         }
     }
 
-    /// Close the connection.
+    /// Close the connection (a client over another transport has none).
     pub fn close(&self) {
-        if let Some(conn) = self.inner.conn.write().unwrap().take() {
-            conn.close(0u32.into(), b"client closed");
-        }
-    }
-
-    async fn establish(&self) -> Result<quinn::Connection, ConnectError> {
-        let _guard = self.inner.connecting.lock().await;
-        if let Some(conn) = self.current() {
-            return Ok(conn);
-        }
-        let cfg = &self.inner.config;
-        let conn = self
-            .inner
-            .endpoint
-            .connect(cfg.addr, &cfg.server_name)
-            .map_err(|e| ConnectError::Connect(e.to_string()))?
-            .await
-            .map_err(|e| {
-                certificate_rejection(&e).unwrap_or_else(|| ConnectError::Connect(e.to_string()))
-            })?;
-        let hello = wire::encode_frame(&Request::Hello {
-            token: cfg.token.clone(),
-        });
-        match exchange(&conn, &hello, cfg.max_frame).await {
-            Ok(Response::Welcome) => {}
-            Ok(Response::Error(WireError::Unauthenticated)) => {
-                return Err(ConnectError::Unauthenticated)
+        if let Link::Quic(inner) = &self.link {
+            if let Some(conn) = inner.conn.write().unwrap().take() {
+                conn.close(0u32.into(), b"client closed");
             }
-            Ok(other) => {
-                return Err(ConnectError::Connect(format!(
-                    "unexpected hello answer {other:?}"
-                )))
-            }
-            Err(Exchange::Lost(m) | Exchange::Protocol(m)) => {
-                // In TLS 1.3 the host checks the client's certificate after the
-                // client has finished its handshake: a refusal arrives as the
-                // connection closing under the hello.
-                if let Some(rejected) = conn.close_reason().as_ref().and_then(certificate_rejection)
-                {
-                    return Err(rejected);
-                }
-                return Err(ConnectError::Connect(m));
-            }
-        }
-        *self.inner.conn.write().unwrap() = Some(conn.clone());
-        Ok(conn)
-    }
-
-    fn current(&self) -> Option<quinn::Connection> {
-        let conn = self.inner.conn.read().unwrap().clone();
-        conn.filter(|c| c.close_reason().is_none())
-    }
-
-    fn forget(&self, broken: &quinn::Connection) {
-        let mut slot = self.inner.conn.write().unwrap();
-        if slot.as_ref().map(|c| c.stable_id()) == Some(broken.stable_id()) {
-            *slot = None;
         }
     }
 
@@ -382,58 +369,129 @@ impl Client {
         request: &CallRequest,
         deadline: Instant,
     ) -> Result<Response, CallError> {
-        let frame = wire::encode_frame(&Request::Call(request.clone()));
-        if frame.len() - 4 > self.inner.config.max_frame {
-            return Err(CallError::TooLarge {
-                size: (frame.len() - 4) as u64,
-                limit: self.inner.config.max_frame as u64,
-            });
+        match &self.link {
+            Link::Quic(inner) => call_quic(inner, request, deadline).await,
+            Link::Other(transport, _) => {
+                match tokio::time::timeout_at(deadline, transport.call(request.clone())).await {
+                    Ok(result) => result,
+                    Err(_) => Err(CallError::Timeout),
+                }
+            }
         }
-        let mut backoff = Duration::from_millis(5);
-        let mut last_error = String::new();
-        loop {
-            let attempt = async {
-                let conn = match self.current() {
-                    Some(c) => c,
-                    None => match self.establish().await {
-                        Ok(c) => c,
-                        // Neither a refused token nor a refused certificate fixes
-                        // itself by retrying.
-                        Err(
-                            ConnectError::Unauthenticated | ConnectError::CertificateRejected(_),
-                        ) => return Some(Err(CallError::Unauthenticated)),
-                        Err(e) => {
-                            last_error = e.to_string();
-                            return None;
-                        }
-                    },
-                };
-                match exchange(&conn, &frame, self.inner.config.max_frame).await {
-                    Ok(r) => Some(Ok(r)),
-                    Err(Exchange::Protocol(m)) => Some(Err(CallError::Protocol(m))),
-                    Err(Exchange::Lost(m)) => {
-                        self.forget(&conn);
-                        last_error = m;
-                        None
+    }
+}
+
+async fn establish(inner: &Inner) -> Result<quinn::Connection, ConnectError> {
+    let _guard = inner.connecting.lock().await;
+    if let Some(conn) = current(inner) {
+        return Ok(conn);
+    }
+    let cfg = &inner.config;
+    let conn = inner
+        .endpoint
+        .connect(cfg.addr, &cfg.server_name)
+        .map_err(|e| ConnectError::Connect(e.to_string()))?
+        .await
+        .map_err(|e| {
+            certificate_rejection(&e).unwrap_or_else(|| ConnectError::Connect(e.to_string()))
+        })?;
+    let hello = wire::encode_frame(&Request::Hello {
+        token: cfg.token.clone(),
+    });
+    match exchange(&conn, &hello, cfg.max_frame).await {
+        Ok(Response::Welcome) => {}
+        Ok(Response::Error(WireError::Unauthenticated)) => {
+            return Err(ConnectError::Unauthenticated)
+        }
+        Ok(other) => {
+            return Err(ConnectError::Connect(format!(
+                "unexpected hello answer {other:?}"
+            )))
+        }
+        Err(Exchange::Lost(m) | Exchange::Protocol(m)) => {
+            // In TLS 1.3 the host checks the client's certificate after the
+            // client has finished its handshake: a refusal arrives as the
+            // connection closing under the hello.
+            if let Some(rejected) = conn.close_reason().as_ref().and_then(certificate_rejection) {
+                return Err(rejected);
+            }
+            return Err(ConnectError::Connect(m));
+        }
+    }
+    *inner.conn.write().unwrap() = Some(conn.clone());
+    Ok(conn)
+}
+
+fn current(inner: &Inner) -> Option<quinn::Connection> {
+    let conn = inner.conn.read().unwrap().clone();
+    conn.filter(|c| c.close_reason().is_none())
+}
+
+fn forget(inner: &Inner, broken: &quinn::Connection) {
+    let mut slot = inner.conn.write().unwrap();
+    if slot.as_ref().map(|c| c.stable_id()) == Some(broken.stable_id()) {
+        *slot = None;
+    }
+}
+
+/// Send one call over QUIC and wait for its response, reconnecting and resending with
+/// the same request id until `deadline`.
+async fn call_quic(
+    inner: &Inner,
+    request: &CallRequest,
+    deadline: Instant,
+) -> Result<Response, CallError> {
+    let frame = wire::encode_frame(&Request::Call(request.clone()));
+    if frame.len() - 4 > inner.config.max_frame {
+        return Err(CallError::TooLarge {
+            size: (frame.len() - 4) as u64,
+            limit: inner.config.max_frame as u64,
+        });
+    }
+    let mut backoff = Duration::from_millis(5);
+    let mut last_error = String::new();
+    loop {
+        let attempt = async {
+            let conn = match current(inner) {
+                Some(c) => c,
+                None => match establish(inner).await {
+                    Ok(c) => c,
+                    // Neither a refused token nor a refused certificate fixes
+                    // itself by retrying.
+                    Err(ConnectError::Unauthenticated | ConnectError::CertificateRejected(_)) => {
+                        return Some(Err(CallError::Unauthenticated))
                     }
-                }
+                    Err(e) => {
+                        last_error = e.to_string();
+                        return None;
+                    }
+                },
             };
-            match tokio::time::timeout_at(deadline, attempt).await {
-                Err(_) => {
-                    return Err(if last_error.is_empty() {
-                        CallError::Timeout
-                    } else {
-                        CallError::ConnectionLost(last_error)
-                    })
+            match exchange(&conn, &frame, inner.config.max_frame).await {
+                Ok(r) => Some(Ok(r)),
+                Err(Exchange::Protocol(m)) => Some(Err(CallError::Protocol(m))),
+                Err(Exchange::Lost(m)) => {
+                    forget(inner, &conn);
+                    last_error = m;
+                    None
                 }
-                Ok(Some(result)) => return result,
-                Ok(None) => {
-                    if Instant::now() + backoff >= deadline {
-                        return Err(CallError::ConnectionLost(last_error));
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(250));
+            }
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Err(_) => {
+                return Err(if last_error.is_empty() {
+                    CallError::Timeout
+                } else {
+                    CallError::ConnectionLost(last_error)
+                })
+            }
+            Ok(Some(result)) => return result,
+            Ok(None) => {
+                if Instant::now() + backoff >= deadline {
+                    return Err(CallError::ConnectionLost(last_error));
                 }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(250));
             }
         }
     }

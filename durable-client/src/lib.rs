@@ -14,7 +14,9 @@ mod retry;
 pub mod wire;
 
 pub use class::{MethodInfo, ObjectClass};
-pub use client::{Client, ClientCert, ClientConfig, ConnectError, ObjectRef};
+pub use client::{
+    Client, ClientCert, ClientConfig, ConnectError, ObjectRef, Transport, TransportFuture,
+};
 pub use error::{CallError, NoError};
 pub use id::{ObjectId, ParseIdError};
 pub use retry::Retry;

@@ -25,6 +25,19 @@ const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Caller(pub String);
 
+/// Calls from a client in the same process ([`crate::RunningHost::local_client`]).
+pub(crate) struct Local {
+    pub(crate) calls: Arc<Calls>,
+    pub(crate) caller: Caller,
+}
+
+impl durable_client::Transport for Local {
+    fn call(&self, request: CallRequest) -> durable_client::TransportFuture {
+        let (calls, caller) = (self.calls.clone(), self.caller.clone());
+        Box::pin(async move { Ok(calls.call(request, &caller).await) })
+    }
+}
+
 /// The entry every edge calls through.
 pub(crate) struct Calls {
     pub(crate) classes: HashMap<&'static str, Arc<ClassEntry>>,

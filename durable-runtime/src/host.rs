@@ -728,6 +728,20 @@ impl RunningHost {
         self.calls.call(request, caller).await
     }
 
+    /// A client whose calls this host answers directly, in process, as `caller`: the
+    /// same typed stubs as over QUIC, without sockets or TLS (the test harness uses
+    /// it). Its calls fail with `ShuttingDown` once the host stops.
+    pub fn local_client(&self, caller: Caller) -> durable_client::Client {
+        let transport = crate::calls::Local {
+            calls: self.calls.clone(),
+            caller,
+        };
+        durable_client::Client::over(
+            Arc::new(transport),
+            durable_client::ClientConfig::new(self.local_addr, Vec::new(), String::new()),
+        )
+    }
+
     /// Evict the object if it is active and idle; returns whether it was active.
     pub async fn evict(&self, class: &str, id: ObjectId) -> bool {
         let Some(entry) = self.calls.classes.get(class) else {

@@ -1,7 +1,8 @@
-//! A test harness for application authors: an in-process host on loopback with a
-//! virtual clock. Call objects through the same typed stubs as production, move time
-//! and fire due alarms deterministically, read an object's storage directly, evict an
-//! object, and simulate a crash.
+//! A test harness for application authors: an in-process host with a virtual clock.
+//! Call objects through the same typed stubs as production (delivered in process,
+//! through the host's transport-neutral entry, [`RunningHost::local_client`]: no
+//! sockets or TLS in the way), move time and fire due alarms deterministically, read
+//! an object's storage directly, evict an object, and simulate a crash.
 //!
 //! ```text
 //! // from examples/tests/auction.rs, where it is compiled and run
@@ -24,7 +25,7 @@ use std::time::{Duration, SystemTime};
 type Configure = Arc<dyn Fn(Host) -> Host + Send + Sync>;
 
 /// An in-process host with a virtual clock, its own temporary data directory, and a
-/// connected client. The directory is removed when the harness is dropped.
+/// client whose calls it answers in process. The directory is removed when the harness is dropped.
 pub struct TestHost {
     host: Option<RunningHost>,
     client: Client,
@@ -78,12 +79,7 @@ impl TestHost {
             .start()
             .await
             .expect("starting the test host");
-        let client = Client::connect(
-            host.client_config()
-                .expect("reading the test host's TLS files"),
-        )
-        .await
-        .expect("connecting to the test host");
+        let client = host.local_client(crate::calls::Caller("test".into()));
         (host, client)
     }
 

@@ -202,5 +202,17 @@ async fn the_transport_neutral_entry_serves_in_process_calls_and_asks_placement_
         host.call(bad, &caller).await,
         Response::Error(WireError::SchemaMismatch { .. })
     ));
+    // The typed stubs over the same entry, in process: results, the method's own
+    // errors and framework errors arrive exactly as over QUIC.
+    let local = host.local_client(caller.clone());
+    assert_eq!(format!("{local:?}"), r#"Client { addr: "in process" }"#);
+    let stub = local.get::<Tally>(&here);
+    assert_eq!(stub.add(3).await.unwrap(), 7);
+    assert!(matches!(stub.add(-1).await, Err(CallError::Application(_))));
+    assert_eq!(stub.add(0).await.unwrap(), 7, "the failed call rolled back");
+    assert_eq!(
+        local.get::<Tally>(&there).add(1).await.unwrap_err(),
+        CallError::Moved("10.0.0.2:7400".into())
+    );
     host.shutdown().await;
 }
