@@ -507,9 +507,168 @@ async fn garbage_gets_json_errors_and_the_host_keeps_serving() {
 }
 
 mod in_process {
-    //! An application's own auth check, on an in-process host.
+    //! An application's own auth check, and the JSON forms of many shapes of
+    //! arguments and results, on an in-process host.
     use super::*;
-    use durable::{Caller, Deny, Host};
+    use durable::{durable_object, Caller, Context, Deny, Error, Host};
+    use serde::{Deserialize, Serialize};
+    use std::collections::{BTreeMap, HashMap};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Point {
+        x: i32,
+        y: i32,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub enum Shape {
+        Dot,
+        Circle { r: u32 },
+        Line(Point, Point),
+    }
+
+    /// Remote methods of many shapes, to check the generated JSON forms.
+    pub struct Shapes;
+
+    #[durable_object(name = "shapes")]
+    impl Shapes {
+        fn activate(_ctx: &mut Context) -> Self {
+            Shapes
+        }
+
+        /// An optional argument may be left out; a raw identifier is named without `r#`.
+        pub async fn describe(
+            &self,
+            _ctx: &mut Context,
+            r#type: String,
+            label: Option<String>,
+            big: u64,
+        ) -> String {
+            format!("{type}/{label:?}/{big}")
+        }
+
+        /// Structs, enums and lists in and out.
+        pub async fn move_all(
+            &mut self,
+            _ctx: &mut Context,
+            shapes: Vec<Shape>,
+            by: Point,
+        ) -> Result<Vec<Shape>, Error> {
+            let shift = |p: Point| Point {
+                x: p.x + by.x,
+                y: p.y + by.y,
+            };
+            Ok(shapes
+                .into_iter()
+                .map(|s| match s {
+                    Shape::Line(a, b) => Shape::Line(shift(a), shift(b)),
+                    other => other,
+                })
+                .collect())
+        }
+
+        /// Integer map keys become JSON strings.
+        pub async fn counts(&self, _ctx: &mut Context) -> HashMap<u32, u32> {
+            HashMap::from([(7, 1)])
+        }
+
+        /// Tuple keys have no JSON form.
+        pub async fn grid(&mut self, _ctx: &mut Context) -> BTreeMap<(u8, u8), u8> {
+            BTreeMap::from([((1, 2), 3)])
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn json_forms_of_many_shapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = Host::builder(dir.path())
+            .register::<Shapes>()
+            .http("127.0.0.1:0".parse().unwrap())
+            .start()
+            .await
+            .unwrap();
+        let base = format!("http://{}", running.http_addr().unwrap());
+        let token = std::fs::read_to_string(dir.path().join("tls/token")).unwrap();
+        let call = |method: &str, args: Value| {
+            http()
+                .post(format!("{base}/v1/objects/shapes/s/{method}"))
+                .bearer_auth(&token)
+                .json(&args)
+        };
+        assert_eq!(
+            send(call("describe", json!({"type": "t", "big": u64::MAX}))).await,
+            (StatusCode::OK, json!(format!("t/None/{}", u64::MAX)))
+        );
+        assert_eq!(
+            send(call(
+                "describe",
+                json!({"type": "t", "label": "l", "big": 1})
+            ))
+            .await,
+            (StatusCode::OK, json!("t/Some(\"l\")/1"))
+        );
+        let (status, body) = send(call("describe", json!({"type": "t", "big": -1}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("`big`"));
+
+        let shapes = json!([
+            "Dot",
+            {"Circle": {"r": 2}},
+            {"Line": [{"x": 0, "y": 0}, {"x": 1, "y": 1}]}
+        ]);
+        assert_eq!(
+            send(call(
+                "move_all",
+                json!({"shapes": shapes, "by": {"x": 10, "y": 20}})
+            ))
+            .await,
+            (
+                StatusCode::OK,
+                json!([
+                    "Dot",
+                    {"Circle": {"r": 2}},
+                    {"Line": [{"x": 10, "y": 20}, {"x": 11, "y": 21}]}
+                ])
+            )
+        );
+        let (status, body) = send(call(
+            "move_all",
+            json!({"shapes": ["Square"], "by": {"x": 1, "y": 1}}),
+        ))
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`shapes`"));
+
+        assert_eq!(
+            send(call("counts", json!({}))).await,
+            (StatusCode::OK, json!({"7": 1}))
+        );
+        // Applied, but not expressible in JSON: say so, and that only a keyed retry is
+        // safe.
+        let (status, body) = send(call("grid", json!({}))).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+        assert_eq!(error(&body)["kind"], "result_not_json");
+        assert_eq!(body["error"]["retry"], "indeterminate");
+
+        // The list names the renamed class and the raw identifier without `r#`.
+        let (_, body) = send(http().get(format!("{base}/v1/classes")).bearer_auth(&token)).await;
+        let class = &body["classes"][0];
+        assert_eq!(class["name"], "shapes");
+        assert_eq!(
+            class["methods"][0]["args"],
+            json!([
+                {"name": "type", "type": "String"},
+                {"name": "label", "type": "Option<String>"},
+                {"name": "big", "type": "u64"},
+            ])
+        );
+        assert_eq!(class["methods"][1]["returns"], "Vec<Shape>");
+        assert_eq!(class["methods"][3]["returns"], "BTreeMap<(u8, u8), u8>");
+        running.shutdown().await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_auth_hook_opens_one_class_without_the_token() {
