@@ -367,17 +367,19 @@ impl Host {
             .map_err(|e| HostError::io("creating the running marker", e))?;
         // Replay the log (whatever the mode: a previous run may have used it) before
         // any object opens.
+        let catalog = Arc::new(
+            crate::catalog::Catalog::open(&self.data_dir)
+                .map_err(|e| HostError::Config(format!("opening the object catalog: {e}")))?,
+        );
+        let digest_of = |class: &str, id: ObjectId| catalog.digest(class, id).ok().flatten();
         let recovery = crate::log::recovery::recover(
             &self.data_dir,
             self.log.retention,
             limits.request_window,
             self.clock.now_ms(),
+            unclean_start.then_some(&digest_of as crate::log::recovery::DigestOf<'_>),
         )?;
         let alarms = AlarmService::new(&self.data_dir, self.alarms.clone(), self.clock.clone())?;
-        let catalog = Arc::new(
-            crate::catalog::Catalog::open(&self.data_dir)
-                .map_err(|e| HostError::Config(format!("opening the object catalog: {e}")))?,
-        );
         // Objects changed by replay may have alarms the index has not seen.
         for ((class, id), due) in recovery.replayed.iter().zip(&recovery.replayed_due) {
             alarms.index.set(class, *id, *due)?;

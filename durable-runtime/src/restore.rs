@@ -110,6 +110,7 @@ pub fn restore_object(
         log::LogConfig::default().retention,
         store::DEFAULT_REQUEST_WINDOW,
         SystemClock.now_ms(),
+        None,
     )
     .map_err(|e| format!("recovering the log first: {e}"))?;
     let path = store::object_path(data_dir, class, id);

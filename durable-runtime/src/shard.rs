@@ -382,6 +382,11 @@ const IDLE_RELEASE: Duration = Duration::from_secs(1);
 /// Most batches an object keeps in its open transaction before committing its file.
 const DEFER_MAX_BATCHES: usize = 64;
 
+/// Largest object whose content digest is recorded when it stops, and when it goes
+/// quiet (see `Object::record_digest`).
+const DIGEST_STOP_MAX: i64 = 4 << 20;
+const DIGEST_QUIET_MAX: i64 = 1 << 20;
+
 /// How long an object with deferred batches waits, quiet, before committing its file.
 const DEFER_IDLE: Duration = Duration::from_millis(100);
 
@@ -490,8 +495,13 @@ impl Object {
                             .saturating_sub(self.config.clock.now_ms()),
                     ));
                     let quiet = tokio::time::timeout(wait, self.slot.notify.notified());
-                    if quiet.await.is_err() {
-                        self.commit_deferred(false).await;
+                    if quiet.await.is_err()
+                        && self.commit_deferred(false).await == FileCommit::Done
+                        && !self.txn_open
+                    {
+                        // Quiet and committed: a digest of what the file now holds, so
+                        // that a crash from here on is checked against it.
+                        self.record_digest(DIGEST_QUIET_MAX);
                     }
                 }
                 Some(Action::Run(batch)) => {
@@ -565,7 +575,7 @@ impl Object {
                             .borrow_mut()
                             .insert((self.class.name, self.id));
                     } else {
-                        self.record_digest();
+                        self.record_digest(DIGEST_STOP_MAX);
                     }
                     return;
                 }
@@ -778,28 +788,14 @@ impl Object {
                 .digest(self.class.name, self.id)
                 .map_err(|e| internal(format!("reading the object catalog: {e}")))?;
             match digest {
-                Some((seq, digest)) => {
+                Some(recorded) => {
                     let p = path.clone();
-                    let found =
-                        tokio::task::spawn_blocking(move || -> Result<(u64, u64), String> {
-                            let conn = rusqlite::Connection::open_with_flags(
-                                &p,
-                                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-                            )
-                            .map_err(|e| e.to_string())?;
-                            let seq = store::stored_seq(&conn).map_err(|e| e.to_string())?;
-                            let d =
-                                crate::catalog::content_digest(&conn).map_err(|e| e.to_string())?;
-                            Ok((seq, d))
-                        })
-                        .await
-                        .unwrap_or_else(|e| Err(e.to_string()));
-                    match found {
-                        Ok((file_seq, d)) if file_seq == seq && d != digest => Some("damaged"),
-                        Ok(_) => None,
-                        // Unreadable where it was readable when it stopped: damaged.
-                        Err(_) => Some("damaged"),
-                    }
+                    let damaged = tokio::task::spawn_blocking(move || {
+                        crate::log::recovery::damaged(&p, recorded)
+                    })
+                    .await
+                    .unwrap_or(true);
+                    damaged.then_some("damaged")
                 }
                 None => None,
             }
@@ -812,14 +808,7 @@ impl Object {
         };
         tracing::error!(class = self.class.name, id = %self.id, problem, "the object's file is {problem}; rebuilding it from the log archive");
         if problem == "damaged" {
-            let aside = path.with_extension(format!("db.damaged-{}", self.config.clock.now_ms()));
-            for suffix in ["", "-wal", "-shm"] {
-                let mut from = path.as_os_str().to_owned();
-                from.push(suffix);
-                let mut to = aside.as_os_str().to_owned();
-                to.push(suffix);
-                let _ = std::fs::rename(&from, &to);
-            }
+            crate::log::recovery::move_aside(&path, self.config.clock.now_ms());
         }
         self.log = Some(
             self.config
@@ -1146,10 +1135,11 @@ impl Object {
         tracing::info!(class = self.class.name, id = %self.id, durable, "undid the batches the log refused");
     }
 
-    /// Stopping with the file committed: record a digest of its content, so that after
-    /// an unclean stop damage to it is detected before it is served (objects up to
-    /// 4 MiB; larger ones are not checked, their digest would cost too much).
-    fn record_digest(&self) {
+    /// With the file committed (the object stopping, or quiet): record a digest of its
+    /// content, so that after an unclean stop damage to it is detected before it is
+    /// served (objects up to `max_bytes`; larger ones are not checked there, their
+    /// digest would cost too much).
+    fn record_digest(&self, max_bytes: i64) {
         let Some(ctx) = self.ctx.as_ref() else {
             return;
         };
@@ -1161,7 +1151,7 @@ impl Object {
             [],
             |r| r.get(0),
         );
-        if !size.is_ok_and(|s| s <= 4 << 20) {
+        if !size.is_ok_and(|s| s <= max_bytes) {
             return;
         }
         let recorded = crate::catalog::content_digest(&ctx.conn).and_then(|d| {

@@ -172,12 +172,49 @@ pub(crate) fn salvage_log(data_dir: &Path, now_ms: u64) -> Result<SalvageReport,
     })
 }
 
-/// Replay the log into the objects under `data_dir`, then checkpoint.
+/// The digest recorded for an object: (batch number, content digest).
+pub(crate) type DigestOf<'a> = &'a dyn Fn(&str, ObjectId) -> Option<(u64, u64)>;
+
+/// Whether the object file at `path` is damaged: its batch number is the one its
+/// digest was recorded at and its content no longer matches, or it cannot be read.
+pub(crate) fn damaged(path: &Path, recorded: (u64, u64)) -> bool {
+    let read = || -> rusqlite::Result<(u64, u64)> {
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        Ok((
+            store::stored_seq(&conn)?,
+            crate::catalog::content_digest(&conn)?,
+        ))
+    };
+    match read() {
+        Ok((seq, digest)) => seq == recorded.0 && digest != recorded.1,
+        Err(_) => true,
+    }
+}
+
+/// Move a damaged object file (and its `-wal`, `-shm`) aside as `ID.db.damaged-<ms>`.
+pub(crate) fn move_aside(path: &Path, now_ms: u64) {
+    let aside = path.with_extension(format!("db.damaged-{now_ms}"));
+    for suffix in ["", "-wal", "-shm"] {
+        let mut from = path.as_os_str().to_owned();
+        from.push(suffix);
+        let mut to = aside.as_os_str().to_owned();
+        to.push(suffix);
+        let _ = std::fs::rename(&from, &to);
+    }
+}
+
+/// Replay the log into the objects under `data_dir`, then checkpoint. With `verify`
+/// (the last stop was unclean), each object the log touches is first checked against
+/// its recorded digest; a damaged file is moved aside and rebuilt from the archive.
 pub(crate) fn recover(
     data_dir: &Path,
     retention: Option<Duration>,
     window: usize,
     now_ms: u64,
+    verify: Option<DigestOf<'_>>,
 ) -> Result<RecoveryReport, HostError> {
     let io = |what: &str| {
         let what = what.to_string();
@@ -271,6 +308,12 @@ pub(crate) fn recover(
     for key in &order {
         let mut records = &by_object[key];
         let path = store::object_path(data_dir, &key.0, key.1);
+        if let Some(recorded) = verify.and_then(|digest_of| digest_of(&key.0, key.1)) {
+            if path.exists() && damaged(&path, recorded) {
+                tracing::error!(class = %key.0, id = %key.1, "the object's file is damaged; rebuilding it from the log archive");
+                move_aside(&path, now_ms);
+            }
+        }
         let rebuilt;
         if !path.exists() && records.first().is_some_and(|r| r.kind != RecordKind::Image) {
             // The object's file is gone (deleted, lost) and the live log holds only
