@@ -484,9 +484,25 @@ impl Http {
 
     /// Send `METHOD path` with an empty body; returns the status and the body.
     pub async fn call(&mut self, method: &str, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
-        let request =
-            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
-        self.stream.write_all(request.as_bytes()).await?;
+        self.request(method, path, "", b"").await
+    }
+
+    /// Send `METHOD path` with extra header lines (each ending in `\r\n`) and a body;
+    /// returns the status and the body.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &str,
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        self.stream.write_all(&request).await?;
         let bad = |what: &str| std::io::Error::other(format!("bad HTTP response: {what}"));
         let head_end = loop {
             if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {

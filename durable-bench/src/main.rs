@@ -28,13 +28,15 @@ pub const SCENARIOS: &[&str] = &[
     "memory_idle",
     "startup_100k",
     "increments_postgres",
+    "http_call",
 ];
 
 #[derive(Parser, Debug)]
 #[command(about = "durable's benchmark suite, side by side with its baselines")]
 struct Args {
     /// Scenarios to run (default: all): increments_many, increments_hot, read_latency,
-    /// activation, alarm_lateness, memory_idle, startup_100k, increments_postgres.
+    /// activation, alarm_lateness, memory_idle, startup_100k, increments_postgres,
+    /// http_call.
     scenarios: Vec<String>,
     /// Short runs (under two minutes in all), for CI smoke use.
     #[arg(long)]

@@ -65,6 +65,7 @@ pub async fn run_all(selected: &[&str], quick: bool) -> (Vec<Row>, Vec<(String, 
             "memory_idle" => memory_idle(&plan).await,
             "startup_100k" => startup(&plan).await,
             "increments_postgres" => increments_postgres(&mut plan).await,
+            "http_call" => http_call(&plan).await,
             other => Err(format!("unknown scenario {other}")),
         };
         match result {
@@ -346,6 +347,74 @@ async fn increments_many(plan: &mut Plan) -> Result<Vec<Row>, String> {
             CPU_UNIT,
             baseline,
             &against,
+        ));
+    }
+    Ok(rows)
+}
+
+/// Increments through the HTTP/JSON gateway (64 keep-alive HTTP/1.1 connections, 256
+/// counters) against the same load over QUIC, on one host, in the same run.
+async fn http_call(plan: &Plan) -> Result<Vec<Row>, String> {
+    let dir = plan.dir("http");
+    // A free port for the gateway (the host prints its address on a second line; the
+    // bench reads only the first).
+    let http_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?;
+    let http_flag = http_addr.to_string();
+    let (server, client) = host(&dir, &["--http", &http_flag]).await?;
+    let quic = durable_increments(&server, &client, 256, plan).await?;
+    let token =
+        std::fs::read_to_string(dir.join("tls").join("token")).map_err(|e| e.to_string())?;
+    let headers = Arc::new(format!(
+        "Authorization: Bearer {}\r\nContent-Type: application/json\r\n",
+        token.trim()
+    ));
+    let mut conns = Vec::new();
+    for _ in 0..64 {
+        let conn = Http::connect(http_addr).await.map_err(|e| e.to_string())?;
+        conns.push(Arc::new(tokio::sync::Mutex::new(conn)));
+    }
+    let conns = Arc::new(conns);
+    let http = drive(64, plan.warm, plan.secs, Some(server.pid()), move |t, i| {
+        let (conn, headers) = (conns[t].clone(), headers.clone());
+        async move {
+            let path = format!(
+                "/v1/objects/Counter/o{}/increment",
+                (t + i as usize * 64) % 256
+            );
+            let (status, body) = conn
+                .lock()
+                .await
+                .request("POST", &path, &headers, br#"{"by":1}"#)
+                .await
+                .map_err(|e| e.to_string())?;
+            if status != 200 {
+                return Err(format!(
+                    "POST {path}: {status} {}",
+                    String::from_utf8_lossy(&body)
+                ));
+            }
+            Ok(())
+        }
+    })
+    .await?;
+    client.close();
+    server.stop();
+    let mut rows = vec![Row::higher(
+        "http_call",
+        http.rate,
+        "incr/s HTTP/1.1",
+        Some(quic.rate),
+        "same host, 256 counters, over QUIC",
+    )];
+    if let (Some(h), Some(q)) = (http.cpu_us_per_op, quic.cpu_us_per_op) {
+        rows.push(Row::lower(
+            "http_call",
+            h,
+            CPU_UNIT,
+            Some(q),
+            "same host, over QUIC",
         ));
     }
     Ok(rows)
