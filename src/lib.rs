@@ -36,7 +36,7 @@ pub use durable_client::{
     wire, CallError, Client, ClientCert, ClientConfig, ConnectError, MethodInfo, NoError,
     ObjectClass, ObjectId, ObjectRef, Retry, Transport, TransportFuture, ALPN,
 };
-pub use durable_macros::{alarm, durable_object};
+pub use durable_macros::{alarm, durable_object, on_close, on_connect, on_message};
 pub use durable_runtime::{
     alarms, clock, feed, restore, testing, AlarmConfig, Clock, DurabilityMode, LogConfig,
     PendingAlarm, VirtualClock, When,
@@ -45,6 +45,10 @@ pub use durable_runtime::{
     cli, http, list_objects, rusqlite, Caller, Context, Deny, Error, ErrorKind, Host, HostError,
     Hosted, HttpAuth, JsonArg, JsonArgs, JsonMethod, Limits, ListOptions, RunningHost, Sql,
     Storage,
+};
+pub use durable_runtime::{
+    FromWsMessage, Socket, SocketHandlers, SocketId, WsMessage, CLOSE_INTERNAL, CLOSE_REFUSED,
+    CLOSE_SLOW_CLIENT, CLOSE_TRY_AGAIN, MAX_ATTACHMENT_BYTES, MAX_TAGS, MAX_TAG_BYTES, SEND_QUEUE,
 };
 
 #[doc(hidden)]

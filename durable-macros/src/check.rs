@@ -79,6 +79,7 @@ pub(crate) fn class(class: &Class) -> Result<Checked<'_>, syn::Error> {
             alarm(handler, &mut errors);
         }
         alarm_helper_names(class, &mut errors);
+        socket_handlers(class, &mut errors);
     }
     errors.finish()?;
     match (&class.name, constructor) {
@@ -253,6 +254,7 @@ fn near_constructor(class: &Class) -> Option<&Signature> {
 enum Role {
     Remote,
     Alarm,
+    Socket,
 }
 
 impl Role {
@@ -261,6 +263,7 @@ impl Role {
         match self {
             Role::Remote => "remote method",
             Role::Alarm => "alarm handler",
+            Role::Socket => "WebSocket handler",
         }
     }
 
@@ -269,6 +272,7 @@ impl Role {
         match self {
             Role::Remote => "remote methods",
             Role::Alarm => "alarm handlers",
+            Role::Socket => "WebSocket handlers",
         }
     }
 
@@ -276,6 +280,7 @@ impl Role {
         match self {
             Role::Remote => GENERIC_METHOD,
             Role::Alarm => GENERIC_ALARM,
+            Role::Socket => "WebSocket handlers cannot be generic",
         }
     }
 
@@ -288,13 +293,14 @@ impl Role {
                 "arguments of alarm handlers must be plain names, like `seat: u32`: the generated \
                  `schedule_` helpers reuse them"
             }
+            Role::Socket => "arguments of WebSocket handlers must be plain names, like `socket: Socket`",
         }
     }
 
     fn unsafe_reason(self) -> &'static str {
         match self {
             Role::Remote => "a caller over the network cannot uphold its contract",
-            Role::Alarm => "the runtime calls it and cannot uphold its contract",
+            Role::Alarm | Role::Socket => "the runtime calls it and cannot uphold its contract",
         }
     }
 }
@@ -341,6 +347,38 @@ fn alarm(alarm: &AlarmHandler, errors: &mut Errors) {
         );
     }
     signature(&alarm.method, Role::Alarm, errors);
+}
+
+/// The rules for WebSocket handlers: at most one of each kind, the shape of a
+/// remote method, and the arguments of their event.
+fn socket_handlers(class: &Class, errors: &mut Errors) {
+    for (i, h) in class.sockets.iter().enumerate() {
+        let attr = h.kind.attr();
+        if !matches!(h.attr.meta, Meta::Path(_)) {
+            errors.spanned(
+                &h.attr,
+                format_args!("`#[{attr}]` takes no arguments: write `#[{attr}]`"),
+            );
+        }
+        if class.sockets[..i].iter().any(|o| o.kind == h.kind) {
+            errors.spanned(
+                &h.attr,
+                format_args!("a class has at most one `#[{attr}]` handler"),
+            );
+        }
+        signature(&h.method, Role::Socket, errors);
+        let expected = match h.kind {
+            crate::model::SocketKind::Connect => "(socket: Socket)",
+            crate::model::SocketKind::Message => "(socket: Socket, message: String)",
+            crate::model::SocketKind::Close => "(socket: Socket, code: u16, reason: String)",
+        };
+        if h.method.args.len() != h.kind.arity() {
+            errors.spanned(
+                &h.method.sig.ident,
+                format_args!("a `#[{attr}]` handler takes `ctx: &mut Context` then {expected}"),
+            );
+        }
+    }
 }
 
 /// The rules remote methods and alarm handlers share: an `async fn` taking `&self`
@@ -397,6 +435,9 @@ fn signature(method: &Method, role: Role, errors: &mut Errors) {
     let travels = match role {
         Role::Remote => Travels::Argument,
         Role::Alarm => Travels::AlarmArgument,
+        // The runtime supplies the arguments; their types are checked by the
+        // generated call.
+        Role::Socket => return,
     };
     for arg in &method.args {
         if arg.ident().is_none() {

@@ -5,7 +5,7 @@
 //! wrapped in `const _: () = { ... };` so nothing leaks into the user's namespace.
 
 use crate::check::Checked;
-use crate::model::{Method, Output};
+use crate::model::{Method, Output, SocketKind};
 use crate::{fingerprint, json, names};
 use proc_macro2::{Literal, TokenStream};
 use quote::{quote, quote_spanned};
@@ -55,12 +55,18 @@ fn hosted(c: &Checked<'_>) -> TokenStream {
     } else {
         alarms(c)
     };
+    let sockets = if c.class.sockets.is_empty() {
+        TokenStream::new()
+    } else {
+        sockets(c)
+    };
     quote! {
         impl ::durable::__private::Hosted for #self_ty {
             #activate
             #dispatch
             #json
             #alarms
+            #sockets
         }
     }
 }
@@ -150,6 +156,79 @@ fn alarms(c: &Checked<'_>) -> TokenStream {
                 match alarm {
                     #(#arms)*
                     _ => ::durable::__private::TurnOutcome::UnknownMethod,
+                }
+            })
+        }
+    }
+}
+
+/// `Hosted::SOCKETS` and `Hosted::dispatch_socket`: one match arm per WebSocket
+/// handler, by event.
+fn sockets(c: &Checked<'_>) -> TokenStream {
+    let self_ty = &c.class.item.self_ty;
+    let has = |k: SocketKind| c.class.sockets.iter().any(|h| h.kind == k);
+    let (connect, message, close) = (
+        has(SocketKind::Connect),
+        has(SocketKind::Message),
+        has(SocketKind::Close),
+    );
+    let arms = c.class.sockets.iter().map(|h| {
+        let m = &h.method;
+        let method = m.ident();
+        let fallible = matches!(m.output, Output::Fallible { .. } | Output::UnnamedError(_));
+        let span = m.return_type().map_or_else(|| method.span(), Spanned::span);
+        let encode = if fallible {
+            quote_spanned!(span=> ::durable::__private::encode_result)
+        } else {
+            quote_spanned!(span=> ::durable::__private::encode_value)
+        };
+        match h.kind {
+            SocketKind::Connect => quote! {
+                ::durable::__private::SocketEvent::Connect(socket) => {
+                    #encode(<#self_ty>::#method(self, ctx, socket).await)
+                }
+            },
+            SocketKind::Message => {
+                let ty = &m.args[1].ty;
+                quote! {
+                    ::durable::__private::SocketEvent::Message(socket, message) => {
+                        let message = match <#ty as ::durable::__private::FromWsMessage>::from_ws(message) {
+                            ::core::result::Result::Ok(m) => m,
+                            ::core::result::Result::Err(e) => {
+                                return ::durable::__private::TurnOutcome::BadArguments(e)
+                            }
+                        };
+                        #encode(<#self_ty>::#method(self, ctx, socket, message).await)
+                    }
+                }
+            }
+            SocketKind::Close => quote! {
+                ::durable::__private::SocketEvent::Close(socket, code, reason) => {
+                    #encode(<#self_ty>::#method(self, ctx, socket, code, reason).await)
+                }
+            },
+        }
+    });
+    quote! {
+        const SOCKETS: ::durable::__private::SocketHandlers = ::durable::__private::SocketHandlers {
+            connect: #connect,
+            message: #message,
+            close: #close,
+        };
+        fn dispatch_socket<'a>(
+            &'a mut self,
+            ctx: &'a mut ::durable::__private::Context,
+            event: &'a [u8],
+        ) -> ::durable::__private::BoxTurn<'a> {
+            ::std::boxed::Box::pin(async move {
+                let event: ::durable::__private::SocketEvent = match ::durable::__private::decode_args(event) {
+                    ::core::result::Result::Ok(v) => v,
+                    ::core::result::Result::Err(e) => return e,
+                };
+                #[allow(unreachable_patterns)]
+                match event {
+                    #(#arms)*
+                    _ => ::durable::__private::TurnOutcome::Return(::std::vec::Vec::new()),
                 }
             })
         }

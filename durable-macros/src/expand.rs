@@ -45,6 +45,22 @@ pub(crate) fn alarm_outside_object(attr: TokenStream, item: TokenStream) -> Toke
     with_error(item, syn::Error::new(Span::call_site(), ALARM_OUTSIDE))
 }
 
+/// `#[on_connect]`, `#[on_message]`, `#[on_close]` outside a `#[durable_object]`
+/// block: an error; inside, consumed as `#[alarm]` is.
+pub(crate) fn socket_attr_outside_object(
+    name: &str,
+    attr: TokenStream,
+    item: TokenStream,
+) -> TokenStream {
+    let consumed = syn::parse2::<syn::Ident>(attr).is_ok_and(|a| a == names::ALARM_CONSUMED);
+    if consumed {
+        return item;
+    }
+    let message =
+        format!("`#[{name}]` only works on a method inside a `#[durable_object]` impl block");
+    with_error(item, syn::Error::new(Span::call_site(), message))
+}
+
 /// The item unchanged, followed by `compile_error!`s.
 fn with_error(item: TokenStream, error: syn::Error) -> TokenStream {
     let errors = error.into_compile_error();

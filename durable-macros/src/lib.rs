@@ -97,3 +97,36 @@ pub fn durable_object(attr: TokenStream, item: TokenStream) -> TokenStream {
 pub fn alarm(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::alarm_outside_object(attr.into(), item.into()).into()
 }
+
+/// Marks the WebSocket connect handler inside a [`macro@durable_object`] impl block:
+/// `async fn(&mut self, ctx: &mut Context, socket: Socket) -> Result<(), E>` (or
+/// `-> ()`). It runs as a turn when a client opens `GET
+/// /v1/objects/{class}/{name}/ws`; it may set the socket's tags and attachment
+/// (`ctx.set_tags`, `ctx.set_attachment`) and send to it. Returning `Err` refuses
+/// the socket (close code 1008). Without one, sockets are accepted with no tags.
+/// See `docs/gateway.md`.
+#[proc_macro_attribute]
+pub fn on_connect(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::socket_attr_outside_object("on_connect", attr.into(), item.into()).into()
+}
+
+/// Marks the WebSocket message handler inside a [`macro@durable_object`] impl block:
+/// `async fn(&mut self, ctx: &mut Context, socket: Socket, message: M) -> Result<(),
+/// E>` (or `-> ()`), where `M` is `String` (text frames), `Vec<u8>` or `WsMessage`.
+/// Each message a client sends runs it as a turn, queued like a call; `Err` rolls
+/// the turn back and drops what it sent. A class takes WebSockets only if it has
+/// one.
+#[proc_macro_attribute]
+pub fn on_message(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::socket_attr_outside_object("on_message", attr.into(), item.into()).into()
+}
+
+/// Marks the WebSocket close handler inside a [`macro@durable_object`] impl block:
+/// `async fn(&mut self, ctx: &mut Context, socket: Socket, code: u16, reason:
+/// String) -> Result<(), E>` (or `-> ()`). It runs as a turn once a socket has left
+/// (the client closed it, the connection dropped, or the gateway closed a slow
+/// client), not for sockets the object closed itself.
+#[proc_macro_attribute]
+pub fn on_close(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::socket_attr_outside_object("on_close", attr.into(), item.into()).into()
+}

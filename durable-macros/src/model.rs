@@ -34,6 +34,51 @@ pub(crate) struct Class {
     /// The alarm handlers (`#[alarm]` methods), in declaration order (their index is
     /// their alarm dispatch number).
     pub(crate) alarms: Vec<AlarmHandler>,
+    /// The WebSocket handlers (`#[on_connect]`, `#[on_message]`, `#[on_close]`), in
+    /// declaration order.
+    pub(crate) sockets: Vec<SocketHandler>,
+}
+
+/// Which WebSocket event a handler takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SocketKind {
+    /// `#[on_connect]`: `(socket: Socket)`.
+    Connect,
+    /// `#[on_message]`: `(socket: Socket, message: M)`.
+    Message,
+    /// `#[on_close]`: `(socket: Socket, code: u16, reason: String)`.
+    Close,
+}
+
+impl SocketKind {
+    /// The attribute's name.
+    pub(crate) fn attr(self) -> &'static str {
+        match self {
+            SocketKind::Connect => "on_connect",
+            SocketKind::Message => "on_message",
+            SocketKind::Close => "on_close",
+        }
+    }
+
+    /// How many arguments the handler takes after the context.
+    pub(crate) fn arity(self) -> usize {
+        match self {
+            SocketKind::Connect => 1,
+            SocketKind::Message => 2,
+            SocketKind::Close => 3,
+        }
+    }
+}
+
+/// A method marked with a WebSocket attribute: the runtime calls it when a socket
+/// of the object connects, sends a message or closes. Never a remote method.
+pub(crate) struct SocketHandler {
+    /// The attribute as written.
+    pub(crate) attr: Attribute,
+    /// Which event.
+    pub(crate) kind: SocketKind,
+    /// The handler.
+    pub(crate) method: Method,
 }
 
 /// An associated function without receiver whose single argument is `&mut Context`
@@ -123,10 +168,17 @@ impl Class {
             constructors: Vec::new(),
             methods: Vec::new(),
             alarms: Vec::new(),
+            sockets: Vec::new(),
         };
         for impl_item in &mut item.items {
             let ImplItem::Fn(f) = impl_item else { continue };
-            if let Some(attr) = mark_alarm_attr(f) {
+            if let Some((kind, attr)) = mark_socket_attr(f) {
+                class.sockets.push(SocketHandler {
+                    attr,
+                    kind,
+                    method: Method::read(f),
+                });
+            } else if let Some(attr) = mark_alarm_attr(f) {
                 class.alarms.push(AlarmHandler {
                     attr,
                     method: Method::read(f),
@@ -281,6 +333,34 @@ fn is_alarm_attr(attr: &Attribute) -> bool {
 /// `alarm` macro returns the method unchanged. Removing the attribute instead would
 /// leave the user's `use durable::alarm` unused (a warning); keeping the path makes
 /// the compiler resolve it. Repeated `#[alarm]`s are removed.
+fn mark_socket_attr(f: &mut ImplItemFn) -> Option<(SocketKind, Attribute)> {
+    let kinds = [SocketKind::Connect, SocketKind::Message, SocketKind::Close];
+    let (at, kind) = f.attrs.iter().enumerate().find_map(|(at, a)| {
+        kinds
+            .iter()
+            .find(|k| is_attr(a, k.attr()))
+            .map(|k| (at, *k))
+    })?;
+    let attr = f.attrs[at].clone();
+    let path = attr.path();
+    let marker = Ident::new(names::ALARM_CONSUMED, Span::call_site());
+    let mut marked = attr.clone();
+    marked.meta = parse_quote!(#path(#marker));
+    f.attrs[at] = marked;
+    Some((kind, attr))
+}
+
+/// Whether `attr` is `#[name]` or `#[durable::name]`.
+fn is_attr(attr: &Attribute, name: &str) -> bool {
+    let path = attr.path();
+    let names: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+    match names.as_slice() {
+        [last] => path.leading_colon.is_none() && last == name,
+        [krate, last] => matches!(krate.as_str(), "durable" | "durable_macros") && last == name,
+        _ => false,
+    }
+}
+
 fn mark_alarm_attr(f: &mut ImplItemFn) -> Option<Attribute> {
     let at = f.attrs.iter().position(is_alarm_attr)?;
     let attr = f.attrs[at].clone();

@@ -19,6 +19,9 @@ use tokio::sync::{oneshot, Notify};
 /// Longest deadline a call may ask for (a day).
 const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
 
+/// A socket event whose turn has not started after this long is dropped (`Timeout`).
+const SOCKET_EVENT_DEADLINE_MS: u64 = 60_000;
+
 /// Who is calling: the identity an edge authenticated (a token's holder, a
 /// certificate's subject, an application's own check), carried for tracing now and
 /// for per-caller limits later.
@@ -113,6 +116,60 @@ impl Calls {
         rx.await.unwrap_or_else(|_| {
             // The shard stopped (a crash, or a stop without draining) after taking the
             // call: its batch may have reached the log.
+            Response::Error(WireError::Indeterminate {
+                message: "the host stopped before answering".into(),
+            })
+        })
+    }
+
+    /// Deliver a WebSocket event to object `name` of `class` as a turn: it queues,
+    /// batches and passes the output gate like a call (the object is activated if it
+    /// was evicted), and resolves once the turn's batch is durable. `Return` means the
+    /// handler succeeded; `AppError` its own error; an error, that the turn failed or
+    /// never ran.
+    pub(crate) async fn socket_event(
+        &self,
+        class: &Arc<ClassEntry>,
+        name: &str,
+        event: &crate::sockets::SocketEvent,
+        caller: &Caller,
+    ) -> Response {
+        let received = self.clock.now_ms();
+        let object = ObjectId::from_name(class.name, name);
+        if let Owner::Elsewhere(owner) = self.placement.owner(class.name, object) {
+            return Response::Error(WireError::Moved { owner });
+        }
+        let _guard = self.in_flight.enter();
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Response::Error(WireError::ShuttingDown);
+        }
+        let args = match postcard::to_stdvec(event) {
+            Ok(a) => a,
+            Err(e) => {
+                return Response::Error(WireError::Internal {
+                    message: format!("encoding a socket event: {e}"),
+                })
+            }
+        };
+        tracing::trace!(class = class.name, id = %object, caller = %caller.0, "socket event");
+        let (tx, rx) = oneshot::channel();
+        self.shards.send(Call {
+            class: class.clone(),
+            method: crate::class::SOCKET_METHOD,
+            deadline_ms: received + SOCKET_EVENT_DEADLINE_MS,
+            request: CallRequest {
+                request_id: rand::random(),
+                class: class.name.to_owned(),
+                object,
+                name: Some(name.to_owned()),
+                method: "$socket".into(),
+                fingerprint: 0,
+                timeout_ms: SOCKET_EVENT_DEADLINE_MS,
+                args,
+            },
+            reply: tx,
+        });
+        rx.await.unwrap_or_else(|_| {
             Response::Error(WireError::Indeterminate {
                 message: "the host stopped before answering".into(),
             })

@@ -59,6 +59,21 @@ pub trait Hosted: ObjectClass + Sized {
     /// cannot be called over HTTP (a hand-written class may leave this empty).
     const JSON: &'static [JsonMethod] = &[];
 
+    /// The WebSocket handlers the class has (`#[on_connect]`, `#[on_message]`,
+    /// `#[on_close]`); a class without `#[on_message]` takes no WebSockets.
+    const SOCKETS: crate::sockets::SocketHandlers = crate::sockets::SocketHandlers {
+        connect: false,
+        message: false,
+        close: false,
+    };
+
+    /// Run the WebSocket handler for a postcard-encoded
+    /// [`crate::__private::SocketEvent`].
+    fn dispatch_socket<'a>(&'a mut self, ctx: &'a mut Context, event: &'a [u8]) -> BoxTurn<'a> {
+        let _ = (ctx, event);
+        Box::pin(async { TurnOutcome::UnknownMethod })
+    }
+
     /// Run alarm handler number `alarm` with postcard-encoded `args`.
     fn dispatch_alarm<'a>(
         &'a mut self,
@@ -171,6 +186,11 @@ pub fn no_json_error(_: &[u8]) -> Result<serde_json::Value, String> {
     Err("the method has no error type".into())
 }
 
+/// The method number that carries a WebSocket event (a socket event travels as a
+/// call to the object, so that it queues, batches and is gated like one; no remote
+/// method has this number and no client can name it).
+pub(crate) const SOCKET_METHOD: usize = usize::MAX;
+
 /// A live, type-erased instance.
 pub(crate) trait Instance {
     fn dispatch<'a>(
@@ -194,6 +214,9 @@ impl<T: Hosted> Instance for T {
         method: usize,
         args: &'a [u8],
     ) -> BoxTurn<'a> {
+        if method == SOCKET_METHOD {
+            return Hosted::dispatch_socket(self, ctx, args);
+        }
         Hosted::dispatch(self, ctx, method, args)
     }
     fn dispatch_alarm<'a>(
@@ -216,6 +239,8 @@ pub(crate) struct ClassEntry {
     pub(crate) activate: Activate,
     /// The remote methods' JSON forms, by name (methods without one are absent).
     pub(crate) json: HashMap<&'static str, &'static JsonMethod>,
+    /// Its WebSocket handlers.
+    pub(crate) sockets: crate::sockets::SocketHandlers,
 }
 
 impl ClassEntry {
@@ -233,6 +258,7 @@ impl ClassEntry {
             alarms: T::ALARMS.iter().enumerate().map(|(i, a)| (*a, i)).collect(),
             activate: activate::<T>,
             json: T::JSON.iter().map(|m| (m.name, m)).collect(),
+            sockets: T::SOCKETS,
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct Context {
     pub(crate) alarm_attempt: Option<u32>,
     /// What the running turn asked for beyond its writes (see [`crate::outbox`]).
     pub(crate) effects: crate::core::outbox::Effects,
+    /// The host's WebSockets (set by the shard; `None` outside a host).
+    pub(crate) sockets: Option<std::sync::Arc<crate::sockets::Registry>>,
 }
 
 impl std::fmt::Debug for Context {

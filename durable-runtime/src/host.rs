@@ -471,6 +471,7 @@ impl Host {
             })
             .transpose()?;
 
+        let sockets = Arc::new(crate::sockets::Registry::default());
         let shards = Arc::new(
             Shards::start(
                 limits.shards,
@@ -494,6 +495,7 @@ impl Host {
                     catalog: catalog.clone(),
                     unclean_start,
                     verified: Default::default(),
+                    sockets: Some(sockets.clone()),
                 },
             )
             .map_err(|e| HostError::io("starting shard threads", e))?,
@@ -529,6 +531,7 @@ impl Host {
                         token: tls.token.clone(),
                         auth: self.http_auth.clone(),
                         max_body: limits.max_frame,
+                        sockets: sockets.clone(),
                     },
                 )
                 .map_err(|e| HostError::io("starting the HTTP gateway", e))

@@ -27,6 +27,7 @@ pub mod restore;
 mod restore_target;
 mod server;
 mod shard;
+mod sockets;
 mod store;
 pub mod testing;
 mod tls;
@@ -42,6 +43,10 @@ pub use host::{DurabilityMode, Host, Limits, RunningHost};
 pub use log::recovery::RecoveryReport;
 pub use log::{LogConfig, LogRecord, RecordKind, TailProblem};
 pub use placement::{Owner, Placement, SingleHost};
+pub use sockets::{
+    FromWsMessage, Socket, SocketHandlers, SocketId, WsMessage, CLOSE_INTERNAL, CLOSE_REFUSED,
+    CLOSE_SLOW_CLIENT, CLOSE_TRY_AGAIN, MAX_ATTACHMENT_BYTES, MAX_TAGS, MAX_TAG_BYTES, SEND_QUEUE,
+};
 pub use store::list_objects;
 
 /// Re-exported so that applications use the same SQLite types (`params!`, `Row`, ...).
@@ -60,4 +65,5 @@ pub mod __private {
     };
     pub use crate::context::Context;
     pub use crate::error::Error;
+    pub use crate::sockets::{FromWsMessage, SocketEvent, SocketHandlers};
 }

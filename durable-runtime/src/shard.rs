@@ -71,6 +71,8 @@ pub(crate) struct ShardConfig {
     pub(crate) unclean_start: bool,
     /// Objects whose file was checked this run.
     pub(crate) verified: RefCell<std::collections::HashSet<(&'static str, ObjectId)>>,
+    /// The host's WebSockets (turns list them; released batches act on them).
+    pub(crate) sockets: Option<Arc<crate::sockets::Registry>>,
 }
 
 /// The shard threads and the channels into them.
@@ -394,7 +396,44 @@ const DEFER_IDLE: Duration = Duration::from_millis(100);
 /// The flag marks a recorded answer (a resent request id that an earlier batch
 /// applied): true whatever becomes of this batch, except that if this batch is refused
 /// the earlier one may have been too.
-type Reply = (oneshot::Sender<Response>, Response, bool);
+type Reply = (ReplyTo, Response, bool);
+
+/// Where a batch's output goes once the gate releases it: a caller, or the host's
+/// WebSockets (the batch's socket effects, applied only if released as a success).
+enum ReplyTo {
+    Caller(oneshot::Sender<Response>),
+    Sockets(SocketOutput),
+}
+
+/// A batch's socket effects, waiting in the output gate with its replies.
+struct SocketOutput {
+    registry: Arc<crate::sockets::Registry>,
+    class: &'static str,
+    id: ObjectId,
+    ops: Vec<crate::sockets::SocketOp>,
+}
+
+impl ReplyTo {
+    /// Hand over the output: a caller gets `response`; socket effects are applied if
+    /// `response` says the batch is durable, dropped otherwise.
+    fn send(self, response: Response) -> Result<(), Response> {
+        match self {
+            ReplyTo::Caller(tx) => tx.send(response),
+            ReplyTo::Sockets(out) => {
+                if let Response::Return(_) = response {
+                    out.registry.apply(out.class, out.id, out.ops);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl From<oneshot::Sender<Response>> for ReplyTo {
+    fn from(tx: oneshot::Sender<Response>) -> Self {
+        ReplyTo::Caller(tx)
+    }
+}
 
 /// A failure before anything of the batch could reach the log: nothing applied.
 fn internal(message: impl Into<String>) -> Response {
@@ -866,6 +905,7 @@ impl Object {
                 store::image_time(&ctx.conn).map_err(|e| internal(e.to_string()))?;
             ctx.bookmarks = self.config.bookmarks.clone();
             ctx.clock = self.config.clock.clone();
+            ctx.sockets = self.config.sockets.clone();
             self.reported_due =
                 crate::alarms::earliest_due(&ctx.conn).map_err(|e| internal(e.to_string()))?;
             // An object the log has never seen a batch of ships a whole image first.
@@ -1282,7 +1322,7 @@ impl Object {
             batch
                 .into_iter()
                 .filter_map(|w| match w {
-                    Work::Call(c) => Some((c.reply, response.clone(), false)),
+                    Work::Call(c) => Some((c.reply.into(), response.clone(), false)),
                     Work::Alarm => None,
                 })
                 .collect()
@@ -1473,10 +1513,10 @@ impl Object {
                 .into_iter()
                 .map(|((tx, response), recorded)| {
                     let response = if recorded { response } else { failed.clone() };
-                    (tx, response, recorded)
+                    (tx.into(), response, recorded)
                 })
                 .chain(work.chain(requeue).filter_map(|w| match w {
-                    Work::Call(c) => Some((c.reply, failed.clone(), false)),
+                    Work::Call(c) => Some((c.reply.into(), failed.clone(), false)),
                     Work::Alarm => None,
                 }))
                 .collect();
@@ -1486,10 +1526,24 @@ impl Object {
             self.index_alarms_after(due);
         }
         let Outbox { effects, replies } = outbox;
-        let replies = replies
+        let mut replies: Vec<Reply> = replies
             .into_iter()
-            .map(|((tx, response), recorded)| (tx, response, recorded))
+            .map(|((tx, response), recorded)| (tx.into(), response, recorded))
             .collect();
+        if let (false, Some(registry)) = (effects.sockets.is_empty(), &self.config.sockets) {
+            let out = SocketOutput {
+                registry: registry.clone(),
+                class: self.class.name,
+                id: self.id,
+                ops: effects.sockets,
+            };
+            // First: a caller (the gateway awaiting a socket's connect turn) must find
+            // the tags and attachment that turn set once it has its reply.
+            replies.insert(
+                0,
+                (ReplyTo::Sockets(out), Response::Return(Vec::new()), false),
+            );
+        }
         if effects.reset_instance {
             self.instance = None;
         }

@@ -192,6 +192,7 @@ pub(crate) fn open(
             clock: std::sync::Arc::new(crate::clock::SystemClock),
             alarm_attempt: None,
             effects: Default::default(),
+            sockets: None,
         },
         upgraded,
     ))

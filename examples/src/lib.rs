@@ -4,6 +4,7 @@
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod auction;
+pub mod chat;
 pub mod cli;
 pub mod counter;
 pub mod ratelimit;
@@ -19,6 +20,7 @@ pub fn register_all(host: durable::Host) -> durable::Host {
         .register::<session::SessionStore>()
         .register::<ratelimit::RateLimiter>()
         .register::<auction::Auction>()
+        .register::<chat::ChatRoom>()
 }
 
 /// Unsigned integers in SQLite, which stores signed 64-bit integers (rusqlite maps

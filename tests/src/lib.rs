@@ -242,6 +242,65 @@ pub fn register_all(host: durable::Host) -> durable::Host {
     durable_examples::register_all(host)
         .register::<Probe>()
         .register::<Starter>()
+        .register::<WsProbe>()
+}
+
+/// WebSocket test object: every socket is tagged `all`. `boot` broadcasts
+/// `boot:N`, N the number of times the object was activated (to see an eviction). A text message `fail:X`
+/// broadcasts `X` and then fails its turn (so `X` must never arrive); `flood:N:SIZE`
+/// broadcasts `N` messages of `SIZE` bytes in one turn; anything else is broadcast
+/// as is.
+pub struct WsProbe {
+    boot: i64,
+}
+
+#[durable_object]
+impl WsProbe {
+    fn activate(ctx: &mut Context) -> Result<Self, Error> {
+        ctx.sql()
+            .migrate(&["CREATE TABLE boots(n INTEGER NOT NULL)"])?;
+        ctx.sql().execute("INSERT INTO boots(n) VALUES (1)", [])?;
+        let boot = ctx
+            .sql()
+            .query_row("SELECT count(*) FROM boots", [], |r| r.get(0))?;
+        Ok(WsProbe { boot })
+    }
+
+    /// Every socket joins `all`.
+    #[durable::on_connect]
+    async fn join(&mut self, ctx: &mut Context, socket: durable::Socket) -> Result<(), Error> {
+        ctx.set_tags(socket.id(), ["all"])
+    }
+
+    /// See the type's docs.
+    #[durable::on_message]
+    async fn message(
+        &mut self,
+        ctx: &mut Context,
+        _socket: durable::Socket,
+        text: String,
+    ) -> Result<(), ProbeError> {
+        if text == "boot" {
+            ctx.broadcast("all", format!("boot:{}", self.boot));
+            return Ok(());
+        }
+        if let Some(x) = text.strip_prefix("fail:") {
+            ctx.broadcast("all", x);
+            return Err(ProbeError::Refused { value: 0 });
+        }
+        if let Some(spec) = text.strip_prefix("flood:") {
+            let (n, size) = spec.split_once(':').unwrap_or((spec, "1"));
+            let (n, size): (usize, usize) = (n.parse().unwrap_or(0), size.parse().unwrap_or(1));
+            for i in 0..n {
+                let mut m = format!("{i}:");
+                m.extend(std::iter::repeat_n('x', size.saturating_sub(m.len())));
+                ctx.broadcast("all", m);
+            }
+            return Ok(());
+        }
+        ctx.broadcast("all", text);
+        Ok(())
+    }
 }
 
 /// An object whose constructor schedules an alarm the first time it is activated.

@@ -5,8 +5,8 @@
 //! them once the batch is durable. A turn that ends in `Err` or a panic leaves only
 //! its error reply: its effects are discarded with its writes.
 //!
-//! Pure: no I/O, no clock. The slots later features fill (socket messages, outgoing
-//! calls, stream items) belong here too.
+//! Pure: no I/O, no clock. The slots later features fill (outgoing calls, stream
+//! items) belong here too, next to the socket messages.
 
 use crate::restore_target::RestoreTarget;
 use std::cell::Cell;
@@ -24,6 +24,9 @@ pub(crate) struct Effects {
     pub(crate) ship_image: Cell<bool>,
     /// The turn scheduled or cancelled alarms: the host's due index must be updated.
     pub(crate) alarms_changed: bool,
+    /// What the turn did to its WebSockets (sends, broadcasts, closes, tags), in
+    /// order: released with the batch's replies once it is durable.
+    pub(crate) sockets: Vec<crate::sockets::SocketOp>,
 }
 
 impl Effects {
@@ -36,6 +39,7 @@ impl Effects {
         self.ship_image
             .set(self.ship_image.get() | later.ship_image.get());
         self.alarms_changed |= later.alarms_changed;
+        self.sockets.extend(later.sockets);
     }
 }
 

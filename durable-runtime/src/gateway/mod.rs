@@ -13,6 +13,7 @@
 
 mod reply;
 mod routes;
+mod ws;
 
 use crate::calls::{Caller, Calls};
 use http::{HeaderMap, StatusCode};
@@ -83,6 +84,8 @@ pub(crate) struct GatewayConfig {
     pub(crate) auth: Option<HttpAuth>,
     /// Largest request body, in bytes (the host's frame limit).
     pub(crate) max_body: usize,
+    /// The host's WebSockets (the gateway holds them; shards act on them).
+    pub(crate) sockets: Arc<crate::sockets::Registry>,
 }
 
 /// A running gateway: its address, and the means to stop it.
@@ -92,6 +95,7 @@ pub(crate) struct Gateway {
     stop: watch::Sender<u8>,
     connections: Arc<Semaphore>,
     acceptor: tokio::task::JoinHandle<()>,
+    sockets: Arc<crate::sockets::Registry>,
 }
 
 impl Gateway {
@@ -114,6 +118,7 @@ impl Gateway {
         if local_addr.ip().is_unspecified() {
             tracing::warn!(addr = %local_addr, "the HTTP gateway listens on every network interface, in plain HTTP: tokens and arguments cross the network unencrypted; put a TLS proxy in front or listen on a specific address");
         }
+        let sockets = config.sockets.clone();
         let router = routes::router(Arc::new(routes::State::new(config)));
         let (stop, stopped) = watch::channel(0u8);
         let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -124,6 +129,7 @@ impl Gateway {
             stop,
             connections,
             acceptor,
+            sockets,
         })
     }
 
@@ -136,6 +142,7 @@ impl Gateway {
     /// `limit`), then close every connection.
     pub(crate) async fn shutdown(self, limit: Duration) {
         let _ = self.stop.send(1);
+        self.sockets.close_all();
         let all = MAX_CONNECTIONS as u32;
         let _ = tokio::time::timeout(limit, self.connections.acquire_many(all)).await;
         self.abort().await;
@@ -144,6 +151,7 @@ impl Gateway {
     /// Close every connection now; requests in flight get no answer.
     pub(crate) async fn abort(self) {
         let _ = self.stop.send(2);
+        self.sockets.close_all();
         self.acceptor.abort();
         let _ = self.acceptor.await;
     }
@@ -191,7 +199,10 @@ async fn accept_loop(
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            // With upgrades: a WebSocket outlives its HTTP connection's task.
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::pin!(conn);
             loop {
                 tokio::select! {

@@ -8,7 +8,9 @@ use crate::calls::{Caller, Calls};
 use crate::class::{ClassEntry, JsonArgs, JsonMethod};
 use axum::body::{Body, HttpBody};
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State as Extract};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path, RawQuery, State as Extract};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -45,11 +47,13 @@ const TOKEN_CALLER: &str = "host-token";
 
 /// The gateway's shared state.
 pub(crate) struct State {
-    calls: Arc<Calls>,
+    pub(super) calls: Arc<Calls>,
     token: String,
     auth: Option<HttpAuth>,
-    max_body: usize,
+    pub(super) max_body: usize,
     token_caller: Caller,
+    /// The WebSockets the gateway holds.
+    pub(super) sockets: Arc<crate::sockets::Registry>,
 }
 
 impl State {
@@ -60,6 +64,7 @@ impl State {
             auth: config.auth,
             max_body: config.max_body,
             token_caller: Caller(TOKEN_CALLER.into()),
+            sockets: config.sockets,
         }
     }
 
@@ -102,6 +107,8 @@ pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/v1/classes", get(classes))
         .route("/v1/objects/{class}/{name}/{method}", post(call))
+        // A remote method named `ws` is still reachable by POST.
+        .route("/v1/objects/{class}/{name}/ws", get(websocket).post(call))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -157,6 +164,45 @@ fn describe(m: &JsonMethod) -> Value {
         .map(|a| json!({ "name": a.name, "type": a.ty }))
         .collect();
     json!({ "name": m.name, "args": args, "returns": m.returns, "error": m.error })
+}
+
+/// `GET /v1/objects/{class}/{name}/ws`: upgrade to a WebSocket held for the object.
+async fn websocket(
+    Extract(state): Extract<Arc<State>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let open = || -> Result<Response, ApiError> {
+        let Path((class, name)) =
+            path.map_err(|e| ApiError::bad_request("bad_request", e.body_text()))?;
+        let caller = state.authorize(&headers, &class)?;
+        let entry = state.calls.classes.get(class.as_str()).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_class",
+                format!("no class {class:?} on this host (GET /v1/classes lists them)"),
+            )
+            .with("class", class.as_str())
+        })?;
+        let upgrade = upgrade.map_err(|e| {
+            ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "upgrade_required",
+                format!("this path takes a WebSocket upgrade: {}", e.body_text()),
+            )
+        })?;
+        super::ws::upgrade(
+            state.clone(),
+            entry.clone(),
+            name,
+            caller,
+            query.unwrap_or_default(),
+            upgrade,
+        )
+    };
+    open().unwrap_or_else(IntoResponse::into_response)
 }
 
 /// `POST /v1/objects/{class}/{name}/{method}`.

@@ -1,0 +1,212 @@
+//! `GET /v1/objects/{class}/{name}/ws`: a WebSocket held by the gateway for an
+//! object (see [`crate::sockets`]). Each socket has two tasks: a reader that turns
+//! the client's messages and close into turns of the object, one at a time and in
+//! order, and a writer that drains the socket's bounded queue (filled by released
+//! batches) to the client. Pings are answered by the WebSocket layer without a turn.
+
+use super::reply::ApiError;
+use super::routes::State;
+use crate::calls::Caller;
+use crate::class::ClassEntry;
+use crate::sockets::{
+    Closing, Outgoing, Registered, SocketEvent, WsMessage, CLOSE_INTERNAL, CLOSE_REFUSED,
+    CLOSE_TRY_AGAIN,
+};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse, Response};
+use durable_client::wire::{Response as Answer, WireError};
+use durable_client::ObjectId;
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// How long the writer tries to send a close frame to a client that may not read.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Authorize and upgrade (the caller checked the path and auth).
+pub(super) fn upgrade(
+    state: Arc<State>,
+    class: Arc<ClassEntry>,
+    name: String,
+    caller: Caller,
+    query: String,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    if !class.sockets.message {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_websockets",
+            format!(
+                "class {} takes no WebSockets (it has no #[on_message] handler)",
+                class.name
+            ),
+        )
+        .with("class", class.name));
+    }
+    if state.calls.is_shutting_down() {
+        return Err(ApiError::wire(WireError::ShuttingDown));
+    }
+    let max = state.max_body;
+    Ok(upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| run(state, class, name, caller, query, socket))
+        .into_response())
+}
+
+/// One socket, from its upgrade to its end.
+async fn run(
+    state: Arc<State>,
+    class: Arc<ClassEntry>,
+    name: String,
+    caller: Caller,
+    query: String,
+    socket: WebSocket,
+) {
+    let registry = state.sockets.clone();
+    let object = ObjectId::from_name(class.name, &name);
+    let Registered { id, outgoing, kill } = registry.register(class.name, object, query);
+    tracing::debug!(class = class.name, %object, socket = %id, "WebSocket open");
+    let (sink, mut stream) = socket.split();
+    let (done_tx, mut done) = oneshot::channel::<()>();
+    tokio::spawn(write(sink, outgoing, kill, done_tx));
+    let close = |code: u16, reason: &str| {
+        registry.close(class.name, object, id, code, reason.to_owned());
+    };
+    let mut accepted = true;
+    if class.sockets.connect {
+        let socket = registry.socket(class.name, object, id);
+        let answer = match socket {
+            Some(s) => {
+                let event = SocketEvent::Connect(s);
+                state
+                    .calls
+                    .socket_event(&class, &name, &event, &caller)
+                    .await
+            }
+            None => Answer::Return(Vec::new()),
+        };
+        if let Err((code, reason)) = judge(answer, "refused by the object") {
+            accepted = false;
+            close(code, &reason);
+        }
+    }
+    // The client's close code and reason, if it sent one.
+    let mut client_close = (1006, String::from("the connection ended"));
+    loop {
+        if !accepted {
+            break;
+        }
+        let next = tokio::select! {
+            biased;
+            _ = &mut done => break,
+            next = stream.next() => next,
+        };
+        let message = match next {
+            None | Some(Err(_)) => break,
+            Some(Ok(Message::Close(frame))) => {
+                client_close = frame
+                    .map(|f| (f.code, f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                break;
+            }
+            Some(Ok(Message::Text(t))) => WsMessage::Text(t.to_string()),
+            Some(Ok(Message::Binary(b))) => WsMessage::Binary(b.to_vec()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+        };
+        let Some(socket) = registry.socket(class.name, object, id) else {
+            break; // being closed
+        };
+        let event = SocketEvent::Message(socket, message);
+        let answer = state
+            .calls
+            .socket_event(&class, &name, &event, &caller)
+            .await;
+        if let Err((code, reason)) = judge(answer, "") {
+            close(code, &reason);
+        }
+    }
+    let Some((socket, closing)) = registry.remove(class.name, object, id) else {
+        return;
+    };
+    tracing::debug!(class = class.name, %object, socket = %id, "WebSocket closed");
+    let (code, reason) = match closing {
+        Some(Closing {
+            by_object: true, ..
+        }) => return,
+        Some(Closing { code, reason, .. }) => (code, reason),
+        None => client_close,
+    };
+    if accepted && class.sockets.close {
+        let event = SocketEvent::Close(socket, code, reason);
+        let answer = state
+            .calls
+            .socket_event(&class, &name, &event, &caller)
+            .await;
+        if let Err((_, reason)) = judge(answer, "") {
+            tracing::debug!(class = class.name, %object, socket = %id, reason, "the object's on_close failed");
+        }
+    }
+}
+
+/// A socket turn's answer: fine (the handler's own error too: its turn was rolled
+/// back and its effects dropped, the socket stays), or the close code and reason.
+fn judge(answer: Answer, refused: &str) -> Result<(), (u16, String)> {
+    match answer {
+        Answer::Return(_) | Answer::Welcome => Ok(()),
+        Answer::AppError(_) if refused.is_empty() => Ok(()),
+        Answer::AppError(_) => Err((CLOSE_REFUSED, refused.to_owned())),
+        Answer::Error(WireError::BadArguments { message }) => Err((CLOSE_REFUSED, message)),
+        Answer::Error(WireError::Overloaded) => {
+            Err((CLOSE_TRY_AGAIN, "the object is overloaded".into()))
+        }
+        Answer::Error(WireError::ShuttingDown) => {
+            Err((CLOSE_TRY_AGAIN, "the host is shutting down".into()))
+        }
+        Answer::Error(e) => {
+            // A close reason is at most 123 bytes: the kind only.
+            let kind = format!("{e:?}");
+            let kind = kind.split([' ', '{', '(']).next().unwrap_or("error");
+            Err((CLOSE_INTERNAL, format!("the object's turn failed: {kind}")))
+        }
+    }
+}
+
+/// Write the socket's queue to the client until it closes, the queue ends (the
+/// socket left the registry) or the host or object closes the socket (then a close
+/// frame, within [`CLOSE_TIMEOUT`]). Dropping `done` tells the reader.
+async fn write(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut outgoing: tokio::sync::mpsc::Receiver<Outgoing>,
+    mut kill: oneshot::Receiver<Closing>,
+    done: oneshot::Sender<()>,
+) {
+    let closing = {
+        let write_all = async {
+            while let Some(m) = outgoing.recv().await {
+                let frame = match m {
+                    Outgoing::Text(t) => Message::Text(t.into()),
+                    Outgoing::Binary(b) => Message::Binary(b.into()),
+                };
+                if sink.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            biased;
+            k = &mut kill => k.ok(),
+            _ = write_all => None,
+        }
+    };
+    if let Some(c) = closing {
+        let frame = CloseFrame {
+            code: c.code,
+            reason: c.reason.into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+    }
+    drop(done);
+}

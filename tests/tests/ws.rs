@@ -1,0 +1,212 @@
+//! WebSockets with hibernation against a real host process (`serve --http`): the
+//! chat room example broadcasts in order to every socket of the room, a room evicted
+//! while its sockets stay open wakes on the next message with its sockets, tags and
+//! attachments intact, a message sent by a turn that fails never leaves, and a
+//! client that does not read is closed without stalling the others.
+
+mod common;
+
+use common::{token, HostProcess};
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn start(dir: &std::path::Path, extra: &[&str]) -> HostProcess {
+    let mut flags = vec!["--http", "127.0.0.1:0"];
+    flags.extend_from_slice(extra);
+    HostProcess::start(dir, &flags)
+}
+
+/// Open `path` (`Class/name/ws?...`) with the host token.
+async fn connect(host: &HostProcess, path: &str) -> Ws {
+    let url = host
+        .http_url(&format!("/v1/objects/{path}"))
+        .replacen("http://", "ws://", 1);
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(host)).parse().unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the upgrade");
+    ws
+}
+
+/// The next text message (pings and pongs skipped).
+async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message in time")
+            .expect("the socket is open")
+            .expect("a frame");
+        match m {
+            Message::Text(t) => return t.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+/// Two sockets on a `WsProbe`, both joined (tagged `all`): each one's own message
+/// came back, the second's to both.
+async fn pair(host: &HostProcess, path: &str) -> (Ws, Ws) {
+    let mut a = connect(host, path).await;
+    say(&mut a, "a-in").await;
+    assert_eq!(next_text(&mut a).await, "a-in");
+    let mut b = connect(host, path).await;
+    say(&mut b, "b-in").await;
+    assert_eq!(next_text(&mut b).await, "b-in");
+    assert_eq!(next_text(&mut a).await, "b-in");
+    (a, b)
+}
+
+async fn say(ws: &mut Ws, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+}
+
+#[tokio::test]
+async fn chat_two_clients_receive_every_message_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &[]);
+    // A socket's join turn runs after its upgrade: a socket has joined once its own
+    // message comes back (its messages' turns queue behind its join).
+    let mut alice = connect(&host, "ChatRoom/lobby/ws?user=alice").await;
+    say(&mut alice, "here").await;
+    assert_eq!(next_text(&mut alice).await, "alice: here");
+    let mut bob = connect(&host, "ChatRoom/lobby/ws?user=bob").await;
+    assert_eq!(next_text(&mut bob).await, "alice: here", "the history");
+    say(&mut bob, "here").await;
+    for ws in [&mut alice, &mut bob] {
+        assert_eq!(next_text(ws).await, "bob: here");
+    }
+    for i in 0..20 {
+        say(&mut alice, &format!("hello {i}")).await;
+    }
+    for ws in [&mut alice, &mut bob] {
+        for i in 0..20 {
+            assert_eq!(next_text(ws).await, format!("alice: hello {i}"));
+        }
+    }
+    say(&mut bob, "hi alice").await;
+    assert_eq!(next_text(&mut alice).await, "bob: hi alice");
+    assert_eq!(next_text(&mut bob).await, "bob: hi alice");
+    // The lines are in SQLite: a new socket gets them as history, in order.
+    let mut carol = connect(&host, "ChatRoom/lobby/ws?user=carol").await;
+    assert_eq!(next_text(&mut carol).await, "alice: here");
+    assert_eq!(next_text(&mut carol).await, "bob: here");
+    for i in 0..20 {
+        assert_eq!(next_text(&mut carol).await, format!("alice: hello {i}"));
+    }
+    assert_eq!(next_text(&mut carol).await, "bob: hi alice");
+    // Another room hears nothing of it.
+    let mut other = connect(&host, "ChatRoom/attic/ws?user=dave").await;
+    say(&mut other, "anyone?").await;
+    assert_eq!(next_text(&mut other).await, "dave: anyone?");
+    say(&mut carol, "bye").await;
+    for ws in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(next_text(ws).await, "carol: bye");
+    }
+    host.kill9();
+}
+
+#[tokio::test]
+async fn an_evicted_room_wakes_with_its_sockets_tags_and_attachments() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &["--idle-timeout-secs", "0.2"]);
+    let mut alice = connect(&host, "ChatRoom/quiet/ws?user=alice").await;
+    say(&mut alice, "here").await;
+    assert_eq!(next_text(&mut alice).await, "alice: here");
+    let mut bob = connect(&host, "ChatRoom/quiet/ws?user=bob").await;
+    assert_eq!(next_text(&mut bob).await, "alice: here", "the history");
+    say(&mut alice, "before").await;
+    assert_eq!(next_text(&mut alice).await, "alice: before");
+    assert_eq!(next_text(&mut bob).await, "alice: before");
+    // The probe shows the eviction: its activation count grows.
+    let (mut p1, mut p2) = pair(&host, "WsProbe/h/ws").await;
+    say(&mut p1, "boot").await;
+    let first = next_text(&mut p1).await;
+    assert_eq!(next_text(&mut p2).await, first);
+    // Idle past the timeout (several sweeps): both objects are evicted while their
+    // sockets stay open.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    say(&mut p2, "boot").await;
+    let second = next_text(&mut p2).await;
+    assert_eq!(next_text(&mut p1).await, second);
+    let n = |s: &str| s.strip_prefix("boot:").unwrap().parse::<i64>().unwrap();
+    assert!(
+        n(&second) > n(&first),
+        "re-activated: {first} then {second}"
+    );
+    // The room too: bob's attachment (his name) and both tags survived.
+    say(&mut bob, "after").await;
+    assert_eq!(next_text(&mut alice).await, "bob: after");
+    assert_eq!(next_text(&mut bob).await, "bob: after");
+    host.kill9();
+}
+
+#[tokio::test]
+async fn a_message_sent_by_a_failed_turn_never_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &[]);
+    let (mut a, mut b) = pair(&host, "WsProbe/f/ws").await;
+    say(&mut a, "fail:ghost").await;
+    say(&mut a, "real").await;
+    // The failed turn's broadcast is dropped; the socket stays open and the next
+    // message arrives first.
+    assert_eq!(next_text(&mut a).await, "real");
+    assert_eq!(next_text(&mut b).await, "real");
+    host.kill9();
+}
+
+#[tokio::test]
+async fn a_slow_reader_is_closed_without_stalling_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &[]);
+    let (mut fast, mut slow) = pair(&host, "WsProbe/s/ws").await;
+    // From now on `slow` never reads. Each round broadcasts 256 messages of 16 KiB
+    // (4 MiB); the fast client reads them all before the next round, so only the
+    // slow one's queue grows: past the kernel's buffers and 1,024 queued messages
+    // the gateway closes it.
+    let per_round = 256;
+    for round in 0..12 {
+        say(&mut fast, &format!("flood:{per_round}:16384")).await;
+        for i in 0..per_round {
+            let m = next_text(&mut fast).await;
+            assert!(
+                m.starts_with(&format!("{i}:")),
+                "round {round}: {}",
+                &m[..16]
+            );
+        }
+    }
+    // The slow socket was closed with 1008 and its reason; read what is buffered.
+    let closed = tokio::time::timeout(WAIT, async {
+        while let Some(m) = slow.next().await {
+            match m {
+                Ok(Message::Close(frame)) => return frame,
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("the slow socket ends");
+    if let Some(frame) = closed {
+        assert_eq!(u16::from(frame.code), durable::CLOSE_SLOW_CLIENT);
+        assert!(frame.reason.contains("too slow"), "{}", frame.reason);
+    }
+    // The fast socket and the object carry on.
+    say(&mut fast, "still here").await;
+    assert_eq!(next_text(&mut fast).await, "still here");
+    host.kill9();
+}
