@@ -6,7 +6,7 @@
 //! other services through a generated, typed client stub over QUIC, or by curl and
 //! browsers through the host's HTTP/JSON gateway (`serve --http`).
 //!
-//! ```ignore
+//! ```no_run
 //! use durable::{durable_object, Context, Error};
 //!
 //! pub struct Counter;
@@ -27,6 +27,33 @@
 //!
 //! // A host:   durable::cli::main(|host| host.register::<Counter>())
 //! // A caller: client.get::<Counter>("hits").increment(1).await?
+//! # fn main() {}
+//! ```
+//!
+//! An alarm handler and the typed helpers the macro generates for it:
+//!
+//! ```no_run
+//! use durable::{alarm, durable_object, Context, Error};
+//! use std::time::Duration;
+//!
+//! pub struct Reservation;
+//!
+//! #[durable_object]
+//! impl Reservation {
+//!     fn activate(_ctx: &mut Context) -> Result<Self, Error> {
+//!         Ok(Reservation)
+//!     }
+//!
+//!     pub async fn hold(&mut self, ctx: &mut Context, seat: u32, user: String) -> Result<(), Error> {
+//!         Self::schedule_release(ctx, Duration::from_secs(600), &seat.to_string(), seat, user)
+//!     }
+//!
+//!     #[alarm]
+//!     async fn release(&mut self, _ctx: &mut Context, _seat: u32, _user: String) -> Result<(), Error> {
+//!         Ok(())
+//!     }
+//! }
+//! # fn main() {}
 //! ```
 //!
 //! See the `docs/` folder of the repository for one page per concept.

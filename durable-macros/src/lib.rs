@@ -37,7 +37,10 @@ mod names;
 /// "counter")]` (ASCII letters, digits, `_`, `-` and `.`). Renaming a class that has
 /// stored objects orphans them: their ids derive from the class name.
 ///
-/// ```ignore
+/// (This example compiles in the `durable` crate's documentation, where the macro is
+/// re-exported; a proc-macro crate's doc tests cannot use it.)
+///
+/// ```text
 /// use durable::{durable_object, Context, Error};
 ///
 /// pub struct Counter { value: i64 }
@@ -74,7 +77,9 @@ pub fn durable_object(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// An alarm is identified by its handler and a `key`; scheduling again under the
 /// same key replaces it. A handler returning `Err` fails the alarm's turn.
 ///
-/// ```ignore
+/// (Compiled in the `durable` crate's documentation, `durable::alarm`.)
+///
+/// ```text
 /// #[durable_object]
 /// impl Reservation {
 ///     fn activate(ctx: &mut Context) -> Result<Self, Error> { Ok(Reservation) }

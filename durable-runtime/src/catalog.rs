@@ -135,13 +135,37 @@ pub(crate) fn content_digest(conn: &Connection) -> rusqlite::Result<u64> {
         d.put(&[0]);
         let q = format!("main.\"{}\"", table.replace('"', "\"\""));
         // Rowids are state too (changesets of rowid tables name rows by them).
+        // The object's name is written when it is first opened by name, outside any
+        // numbered batch: not part of the content its batch number stands for.
+        let except = if table == "_durable_meta" {
+            " WHERE key <> 'name'"
+        } else {
+            ""
+        };
         let select = if conn
             .prepare(&format!("SELECT _rowid_ FROM {q} LIMIT 0"))
             .is_ok()
         {
-            format!("SELECT _rowid_, * FROM {q} ORDER BY _rowid_")
+            format!("SELECT _rowid_, * FROM {q}{except} ORDER BY _rowid_")
         } else {
-            format!("SELECT * FROM {q}")
+            // WITHOUT ROWID: key order, whatever index the planner would scan.
+            let mut keys: Vec<(i64, String)> = {
+                let mut st = conn.prepare(&format!("PRAGMA main.table_info({q})"))?;
+                let rows =
+                    st.query_map([], |r| Ok((r.get::<_, i64>(5)?, r.get::<_, String>(1)?)))?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            keys.retain(|(pk, _)| *pk > 0);
+            keys.sort();
+            let order: Vec<String> = keys
+                .iter()
+                .map(|(_, name)| format!("\"{}\"", name.replace('"', "\"\"")))
+                .collect();
+            if order.is_empty() {
+                format!("SELECT * FROM {q}{except}")
+            } else {
+                format!("SELECT * FROM {q}{except} ORDER BY {}", order.join(", "))
+            }
         };
         let mut st = conn.prepare(&select)?;
         let width = st.column_count();

@@ -32,6 +32,7 @@ pub(crate) fn rebuild(
     id: ObjectId,
     target: RestoreTarget,
     current_seq: u64,
+    window: usize,
 ) -> Result<(Vec<u8>, RestoreReport), String> {
     let (records, _) =
         crate::feed::read_records(data_dir, 0).map_err(|e| format!("reading the log: {e}"))?;
@@ -61,7 +62,7 @@ pub(crate) fn rebuild(
     let _ = std::fs::remove_dir_all(&tmp_dir);
     let tmp = tmp_dir.join(format!("{id}.db"));
     let to_apply: Vec<LogRecord> = included[start..].iter().map(|r| (*r).clone()).collect();
-    store::replay(&tmp, &to_apply, store::DEFAULT_REQUEST_WINDOW)?;
+    store::replay(&tmp, &to_apply, window)?;
     let new_seq = max_seq + 1;
     let image = {
         let mut conn = rusqlite::Connection::open(&tmp).map_err(|e| e.to_string())?;
@@ -120,7 +121,14 @@ pub fn restore_object(
     } else {
         0
     };
-    let (image, report) = rebuild(data_dir, class, id, target, current_seq)?;
+    let (image, report) = rebuild(
+        data_dir,
+        class,
+        id,
+        target,
+        current_seq,
+        store::DEFAULT_REQUEST_WINDOW,
+    )?;
     // Log the new state first, so that a crash before the file is replaced still ends
     // with the restored state after replay.
     // Recovery above left the log ending at its last good lsn.

@@ -173,6 +173,10 @@ struct Slot {
     /// How many times the object rewound since it attached its log: a refusal the log
     /// reports with an older count was already undone (see [`DurablePos::epoch`]).
     rewinds: Cell<u64>,
+    /// The object's file lacks batches the log holds (poisoned, or its commit keeps
+    /// failing): it must not be evicted, it heals and commits itself (until then every
+    /// checkpoint stays below those batches).
+    pinned: Cell<bool>,
 }
 
 /// Work for an object: a call, or a wake-up to run due alarms.
@@ -196,6 +200,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         core: RefCell::new(ObjectCore::new(limits, 0, config.clock.now_ms())),
         notify: Notify::new(),
         rewinds: Cell::new(0),
+        pinned: Cell::new(false),
     });
     let object = Object {
         slot: slot.clone(),
@@ -240,7 +245,8 @@ fn sweep(
     let timeout = config.idle_timeout.as_millis() as u64;
     objects.retain(|_, slot| {
         let core = slot.core.borrow();
-        let keep = !(core.is_idle() && now.saturating_sub(core.last_used()) >= timeout);
+        let keep = slot.pinned.get()
+            || !(core.is_idle() && now.saturating_sub(core.last_used()) >= timeout);
         drop(core);
         if !keep {
             close_slot(slot, now);
@@ -251,7 +257,7 @@ fn sweep(
     if objects.len() > limit {
         let mut candidates: Vec<_> = objects
             .iter()
-            .filter(|(_, s)| s.core.borrow().is_idle())
+            .filter(|(_, s)| s.core.borrow().is_idle() && !s.pinned.get())
             .map(|(k, s)| (s.core.borrow().last_used(), *k))
             .collect();
         let excess = (objects.len() - limit).min(candidates.len());
@@ -295,7 +301,7 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
             }
             Some(Message::Evict(class, id, done)) => {
                 let active = match objects.get(&(class, id)) {
-                    Some(slot) if slot.core.borrow().is_idle() => {
+                    Some(slot) if slot.core.borrow().is_idle() && !slot.pinned.get() => {
                         close_slot(slot, config.clock.now_ms());
                         objects.remove(&(class, id));
                         true
@@ -510,8 +516,24 @@ impl std::fmt::Display for CommitError {
 impl Object {
     async fn run(mut self) {
         loop {
+            self.slot
+                .pinned
+                .set(self.poisoned || (self.deferred > 0 && self.commit_backoff > 0));
             let action = self.slot.core.borrow_mut().poll();
             match action {
+                None if self.poisoned => {
+                    // Heal without waiting for a call: until then no checkpoint passes
+                    // the batches its file lacks, and its alarms may be missing.
+                    let wait = Duration::from_millis(
+                        self.heal_after
+                            .saturating_sub(self.config.clock.now_ms())
+                            .max(50),
+                    );
+                    let woken = tokio::time::timeout(wait, self.slot.notify.notified());
+                    if woken.await.is_err() {
+                        self.heal(None).await;
+                    }
+                }
                 None if self.deferred == 0 && !self.holds_memory => {
                     self.slot.notify.notified().await
                 }
@@ -745,20 +767,23 @@ impl Object {
         }
         let ctx = self.ctx.as_ref().expect("opened");
         let window = self.config.request_window;
-        let applied = ctx
-            .conn
-            .run("BEGIN IMMEDIATE")
-            .map_err(|e| e.to_string())
-            .and_then(|_| {
-                records.iter().try_for_each(|r| match r.kind {
-                    crate::record::RecordKind::Changes => {
-                        store::apply_changes(&ctx.conn, r, window)
-                    }
-                    crate::record::RecordKind::Image => {
-                        store::apply_image_in_txn(&ctx.conn, &r.payload)
-                    }
+        let applied = if records.is_empty() {
+            Ok(())
+        } else {
+            ctx.conn
+                .run("BEGIN IMMEDIATE")
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    records.iter().try_for_each(|r| match r.kind {
+                        crate::record::RecordKind::Changes => {
+                            store::apply_changes(&ctx.conn, r, window)
+                        }
+                        crate::record::RecordKind::Image => {
+                            store::apply_image_in_txn(&ctx.conn, &r.payload)
+                        }
+                    })
                 })
-            });
+        };
         if let Err(e) = applied {
             let _ = ctx.conn.run("ROLLBACK");
             tracing::warn!(class = self.class.name, id = %self.id, error = %e, "healing: applying the log's records failed; will try again");
@@ -833,7 +858,7 @@ impl Object {
                         crate::log::recovery::damaged(&p, recorded)
                     })
                     .await
-                    .unwrap_or(true);
+                    .unwrap_or(false);
                     damaged.then_some("damaged")
                 }
                 None => None,
@@ -1165,8 +1190,10 @@ impl Object {
         if let Some(log) = self.log.as_ref() {
             log.rewind();
         }
-        // Alarms set or cancelled by the undone batches: publish what the file says.
-        if let Some(ctx) = self.ctx.as_ref() {
+        // Alarms set or cancelled by the undone batches: publish what the file says, once
+        // it holds every durable batch again (a poisoned file lacks some: `heal`
+        // publishes them; the index keeps its earlier value till then).
+        if let (Some(ctx), false) = (self.ctx.as_ref(), self.poisoned) {
             if let Ok(due) = crate::alarms::earliest_due(&ctx.conn) {
                 self.index_alarms_after(due);
                 self.config.alarms.notify_due(self.class.name, self.id, due);
@@ -1563,14 +1590,15 @@ impl Object {
     async fn restore(&mut self, target: RestoreTarget) -> Result<(), String> {
         // Reading the retained log is slow: off the shard thread, so the shard's other
         // objects carry on meanwhile (this one waits: its restore is its turn's effect).
-        let (data_dir, class, id, seq) = (
+        let (data_dir, class, id, seq, window) = (
             self.config.data_dir.clone(),
             self.class.name,
             self.id,
             self.seq,
+            self.config.request_window,
         );
         let (image, report) = tokio::task::spawn_blocking(move || {
-            crate::restore::rebuild(&data_dir, class, id, target, seq)
+            crate::restore::rebuild(&data_dir, class, id, target, seq, window)
         })
         .await
         .map_err(|e| format!("the restore task failed: {e}"))??;

@@ -81,6 +81,20 @@ async fn many_objects_restore_at_once() {
     );
 }
 
+/// The one object database under `dir`.
+fn find_db(dir: &Path) -> PathBuf {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            return find_db(&path);
+        }
+        if path.extension().is_some_and(|e| e == "db") {
+            return path;
+        }
+    }
+    panic!("no object database under {}", dir.display())
+}
+
 /// A small tmpfs of the test's own (CI runs as root), unmounted on drop.
 struct SmallDisk(PathBuf);
 
@@ -189,8 +203,26 @@ async fn a_full_disk_refuses_writes_as_not_applied_serves_reads_and_recovers_wit
     }
     assert_eq!(counter.get().await.unwrap(), 5 + acked);
 
-    // Space comes back: the very next write succeeds, no restart.
+    // Space comes back. Without any call, the object commits what it acknowledged to
+    // its own file (healing first if its commit had failed): its file holds the value.
     std::fs::remove_file(filler).unwrap();
+    let db = find_db(&data.join("objects"));
+    let stored = || -> Option<i64> {
+        rusqlite::Connection::open(&db)
+            .ok()?
+            .query_row("SELECT value FROM counter WHERE id = 1", [], |r| r.get(0))
+            .ok()
+    };
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stored() != Some(5 + acked) {
+        assert!(
+            std::time::Instant::now() < give_up,
+            "the object did not commit its acknowledged writes by itself: {:?}",
+            stored()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The very next write succeeds, no restart.
     let first: i64 = object
         .call_request::<i64, durable::Error>(&request)
         .await

@@ -645,19 +645,35 @@ fn write_round(
         record::encode(buf, &header, &e.payload);
         *next_lsn += 1;
     }
+    // A round that does not fit starts a new segment, which replaces the current one
+    // only once the round is durable in it.
+    let rollover = segment.size > 0 && segment.size + buf.len() as u64 > SEGMENT_BYTES;
+    let mut fresh = None;
     let result = (|| {
-        if segment.size > 0 && segment.size + buf.len() as u64 > SEGMENT_BYTES {
-            *segment = Segment::create(dir, first)?;
-        }
-        segment.file.write_all(buf)?;
-        segment.file.sync_data()
+        let target = if rollover {
+            fresh.insert(Segment::create(dir, first)?)
+        } else {
+            &mut *segment
+        };
+        target.file.write_all(buf)?;
+        target.file.sync_data()
     })();
     if let Err(e) = result {
         // The round's lsns are not reused: lsns never repeat, gaps are allowed.
-        let cut = segment
-            .file
-            .set_len(segment.size)
-            .and_then(|_| segment.file.sync_data());
+        let cut = if rollover {
+            // No segment may be left behind empty (its name would sort after the
+            // segments a restart writes, and retiring could take the live one).
+            drop(fresh);
+            match std::fs::remove_file(dir.join(segment_name(first))) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => crate::files::sync_dir(dir),
+            }
+        } else {
+            segment
+                .file
+                .set_len(segment.size)
+                .and_then(|_| segment.file.sync_data())
+        };
         match cut {
             Ok(()) => {
                 let why = Refusal::of(&e);
@@ -675,6 +691,9 @@ fn write_round(
             }
         }
         return;
+    }
+    if let Some(fresh) = fresh {
+        *segment = fresh;
     }
     segment.size += buf.len() as u64;
     let since = shared

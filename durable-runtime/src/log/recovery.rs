@@ -190,7 +190,13 @@ pub(crate) fn damaged(path: &Path, recorded: (u64, u64)) -> bool {
     };
     match read() {
         Ok((seq, digest)) => seq == recorded.0 && digest != recorded.1,
-        Err(_) => true,
+        // Only what SQLite reports as a damaged file counts: a passing error (too many
+        // open files, a full disk, an I/O error) must not move a healthy file aside.
+        Err(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+            e.code,
+            rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+        ),
+        Err(_) => false,
     }
 }
 
@@ -228,7 +234,17 @@ pub(crate) fn recover(
         last_lsn: checkpoint,
         ..Default::default()
     };
-    let segments = list_segments(&dir).map_err(io("listing log segments"))?;
+    let mut segments = list_segments(&dir).map_err(io("listing log segments"))?;
+    // An empty segment (a rollover whose first write failed) holds nothing, and its
+    // name would sort after the segment this start writes: remove it.
+    let before = segments.len();
+    segments.retain(|(_, path)| {
+        let empty = std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
+        !(empty && std::fs::remove_file(path).is_ok())
+    });
+    if segments.len() != before {
+        crate::files::sync_dir(&dir).map_err(io("syncing the log directory"))?;
+    }
     let mut by_object: HashMap<(String, ObjectId), Vec<LogRecord>> = HashMap::new();
     let mut order: Vec<(String, ObjectId)> = Vec::new();
     for (i, (_, path)) in segments.iter().enumerate() {
