@@ -419,8 +419,8 @@ impl Registry {
     }
 }
 
-/// WebSockets, from a turn. Everything but [`Context::sockets`] and
-/// [`Context::socket`] is an effect of the turn: it happens only once the turn's
+/// WebSockets, from a turn. Everything but [`crate::Context::sockets`] and
+/// [`crate::Context::socket`] is an effect of the turn: it happens only once the turn's
 /// batch is durable, in commit order, and not at all if the turn fails.
 impl crate::Context {
     /// The object's open sockets carrying `tag` (every open socket with `None`), by

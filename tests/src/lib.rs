@@ -249,7 +249,7 @@ pub fn register_all(host: durable::Host) -> durable::Host {
 /// `boot:N`, N the number of times the object was activated (to see an eviction). A text message `fail:X`
 /// broadcasts `X` and then fails its turn (so `X` must never arrive); `flood:N:SIZE`
 /// broadcasts `N` messages of `SIZE` bytes in one turn; anything else is broadcast
-/// as is.
+/// as is. When a socket leaves, the others get `left:CODE`.
 pub struct WsProbe {
     boot: i64,
 }
@@ -300,6 +300,22 @@ impl WsProbe {
         }
         ctx.broadcast("all", text);
         Ok(())
+    }
+
+    /// A socket left: tell the others `left:CODE`.
+    #[durable::on_close]
+    async fn left(
+        &mut self,
+        ctx: &mut Context,
+        socket: durable::Socket,
+        code: u16,
+        _reason: String,
+    ) {
+        assert!(
+            ctx.socket(socket.id()).is_none(),
+            "a socket that left is not listed"
+        );
+        ctx.broadcast("all", format!("left:{code}"));
     }
 }
 
