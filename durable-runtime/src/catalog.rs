@@ -150,7 +150,9 @@ pub(crate) fn content_digest(conn: &Connection) -> rusqlite::Result<u64> {
         } else {
             // WITHOUT ROWID: key order, whatever index the planner would scan.
             let mut keys: Vec<(i64, String)> = {
-                let mut st = conn.prepare(&format!("PRAGMA main.table_info({q})"))?;
+                // `q` is schema-qualified; the pragma takes the schema in front.
+                let bare = format!("\"{}\"", table.replace('"', "\"\""));
+                let mut st = conn.prepare(&format!("PRAGMA main.table_info({bare})"))?;
                 let rows =
                     st.query_map([], |r| Ok((r.get::<_, i64>(5)?, r.get::<_, String>(1)?)))?;
                 rows.collect::<Result<Vec<_>, _>>()?
@@ -210,6 +212,18 @@ mod tests {
             .unwrap();
         let b = Connection::open_in_memory().unwrap();
         b.execute_batch("PRAGMA page_size = 512; CREATE TABLE t(k TEXT PRIMARY KEY, v INTEGER); INSERT INTO t VALUES ('a', 1); INSERT INTO t VALUES ('b', 2); INSERT INTO t VALUES ('c', zeroblob(5000)); DELETE FROM t WHERE k = 'c';")
+            .unwrap();
+        assert_eq!(content_digest(&a).unwrap(), content_digest(&b).unwrap());
+        // WITHOUT ROWID tables are read in key order, whatever index the planner likes.
+        for c in [&a, &b] {
+            c.execute_batch(
+                "CREATE TABLE w(k TEXT PRIMARY KEY, v TEXT) WITHOUT ROWID; CREATE INDEX wv ON w(v);",
+            )
+            .unwrap();
+        }
+        a.execute_batch("INSERT INTO w VALUES ('a', 'z'), ('b', 'y')")
+            .unwrap();
+        b.execute_batch("INSERT INTO w VALUES ('b', 'y'); INSERT INTO w VALUES ('a', 'z')")
             .unwrap();
         assert_eq!(content_digest(&a).unwrap(), content_digest(&b).unwrap());
         b.execute_batch("UPDATE t SET v = 3 WHERE k = 'a'").unwrap();

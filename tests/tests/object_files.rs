@@ -134,11 +134,21 @@ async fn a_deleted_object_file_is_rebuilt_not_recreated_empty() {
 async fn without_an_archive_a_deleted_object_is_refused_not_served_empty() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    // No retention: segments are deleted at each checkpoint, nothing to rebuild from.
+    // No retention: segments are deleted at each checkpoint once a later one exists.
     let no_archive = ["--retention-days", "0"];
     counter_stored_then_unclean_stop(&data, &no_archive).await;
+    // Another object's writes start a new segment; the clean stop's checkpoint then
+    // deletes the one holding "precious"'s image: nothing is left to rebuild it from.
+    let host = HostProcess::start(&data, &no_archive);
+    let client = host.client().await;
+    client.get::<Counter>("filler").increment(1).await.unwrap();
+    drop(client);
+    assert!(host.terminate().success());
+    let precious = durable::ObjectId::from_name("Counter", "precious").to_string();
     for path in object_files(&data) {
-        std::fs::remove_file(path).unwrap();
+        if path.to_string_lossy().contains(&precious) {
+            std::fs::remove_file(path).unwrap();
+        }
     }
     let host = HostProcess::start(&data, &no_archive);
     let client = host.client().await;
