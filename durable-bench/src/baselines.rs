@@ -280,6 +280,16 @@ pub fn quinn_echo_server() -> ExitCode {
 
 /// Spawn this binary with `args` and read its `listening on ADDR` line.
 pub fn spawn_self(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Result<Server, String> {
+    spawn_self_lines(args, env, 1).map(|(server, _)| server)
+}
+
+/// Like [`spawn_self`], also returning the `extra` stdout lines that follow the first
+/// (a host with `--http` prints `http listening on ADDR` next).
+pub fn spawn_self_lines(
+    args: &[&std::ffi::OsStr],
+    env: &[(&str, &str)],
+    lines: usize,
+) -> Result<(Server, Vec<String>), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut cmd = Command::new(exe);
     cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
@@ -288,16 +298,21 @@ pub fn spawn_self(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Result<Ser
     }
     let mut child = cmd.spawn().map_err(|e| e.to_string())?;
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).map_err(|e| e.to_string())?;
     let addr = line
         .trim()
         .strip_prefix("listening on ")
         .ok_or_else(|| format!("unexpected first line {line:?}"))?
         .parse()
         .map_err(|e| format!("{e}"))?;
-    Ok(Server { child, addr })
+    let mut more = Vec::new();
+    for _ in 1..lines {
+        let mut next = String::new();
+        out.read_line(&mut next).map_err(|e| e.to_string())?;
+        more.push(next.trim().to_string());
+    }
+    Ok((Server { child, addr }, more))
 }
 
 impl Server {

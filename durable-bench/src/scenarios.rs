@@ -356,13 +356,21 @@ async fn increments_many(plan: &mut Plan) -> Result<Vec<Row>, String> {
 /// counters) against the same load over QUIC, on one host, in the same run.
 async fn http_call(plan: &Plan) -> Result<Vec<Row>, String> {
     let dir = plan.dir("http");
-    // A free port for the gateway (the host prints its address on a second line; the
-    // bench reads only the first).
-    let http_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?;
-    let http_flag = http_addr.to_string();
-    let (server, client) = host(&dir, &["--http", &http_flag]).await?;
+    let mut args: Vec<&OsStr> = vec![os("__host"), os("serve"), os("--data-dir"), dir.as_os_str()];
+    args.extend([
+        os("--listen"),
+        os("127.0.0.1:0"),
+        os("--http"),
+        os("127.0.0.1:0"),
+    ]);
+    let (server, lines) = baselines::spawn_self_lines(&args, &[("RUST_LOG", "error")], 2)?;
+    let http_addr: std::net::SocketAddr = lines[0]
+        .strip_prefix("http listening on ")
+        .ok_or_else(|| format!("unexpected second line {:?}", lines[0]))?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let config = ClientConfig::from_data_dir(server.addr, &dir).map_err(|e| e.to_string())?;
+    let client = Client::connect(config).await.map_err(|e| e.to_string())?;
     let quic = durable_increments(&server, &client, 256, plan).await?;
     let token =
         std::fs::read_to_string(dir.join("tls").join("token")).map_err(|e| e.to_string())?;
