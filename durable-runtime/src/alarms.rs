@@ -86,16 +86,9 @@ pub(crate) struct AlarmIndex {
 impl AlarmIndex {
     pub(crate) fn open(data_dir: &Path) -> rusqlite::Result<AlarmIndex> {
         let path = data_dir.join("alarms.db");
-        crate::files::precreate_db(&path).map_err(|e| {
-            rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                Some(format!("creating the alarm index: {e}")),
-            )
-        })?;
-        let conn = Connection::open(&path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(
+        let conn = crate::files::open_host_db(
+            &path,
+            "the alarm index",
             "CREATE TABLE IF NOT EXISTS due(class TEXT NOT NULL, id BLOB NOT NULL, due_ms INTEGER NOT NULL,
              PRIMARY KEY(class, id)) WITHOUT ROWID",
         )?;

@@ -23,16 +23,9 @@ pub(crate) struct Catalog {
 impl Catalog {
     pub(crate) fn open(data_dir: &Path) -> rusqlite::Result<Catalog> {
         let path = catalog_path(data_dir);
-        crate::files::precreate_db(&path).map_err(|e| {
-            rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                Some(format!("creating the object catalog: {e}")),
-            )
-        })?;
-        let conn = Connection::open(&path)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(
+        let conn = crate::files::open_host_db(
+            &path,
+            "the object catalog",
             "CREATE TABLE IF NOT EXISTS objects(class TEXT NOT NULL, id BLOB NOT NULL,
              digest_seq INTEGER, digest BLOB, PRIMARY KEY(class, id)) WITHOUT ROWID",
         )?;

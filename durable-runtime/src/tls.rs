@@ -159,10 +159,8 @@ pub(crate) fn mint_client_cert(
         .push(rcgen::DnType::CommonName, name);
     params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(tls_err)?
-        .as_secs() as i64;
+    // The one place that reads the system clock is the clock module.
+    let now = (crate::clock::Clock::now_ms(&crate::clock::SystemClock) / 1000) as i64;
     let at = |secs: i64| time::OffsetDateTime::from_unix_timestamp(secs).map_err(tls_err);
     params.not_before = at(now - 3600)?;
     params.not_after = at(now + i64::from(days) * 86_400)?;

@@ -13,6 +13,7 @@
 
 mod reply;
 mod routes;
+mod state;
 mod ws;
 
 use crate::calls::{Caller, Calls};
@@ -119,7 +120,7 @@ impl Gateway {
             tracing::warn!(addr = %local_addr, "the HTTP gateway listens on every network interface, in plain HTTP: tokens and arguments cross the network unencrypted; put a TLS proxy in front or listen on a specific address");
         }
         let sockets = config.sockets.clone();
-        let router = routes::router(Arc::new(routes::State::new(config)));
+        let router = routes::router(Arc::new(state::State::new(config)));
         let (stop, stopped) = watch::channel(0u8);
         let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let acceptor = tokio::spawn(accept_loop(listener, router, stopped, connections.clone()));

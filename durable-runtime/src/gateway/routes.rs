@@ -3,8 +3,8 @@
 //! and method.
 
 use super::reply::{self, ApiError};
-use super::{Deny, GatewayConfig, HttpAuth};
-use crate::calls::{Caller, Calls};
+use super::state::State;
+use crate::calls::Caller;
 use crate::class::{ClassEntry, JsonArgs, JsonMethod};
 use axum::body::{Body, HttpBody};
 use axum::extract::rejection::PathRejection;
@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use durable_client::wire::{CallRequest, Response as Answer};
 use durable_client::{ObjectId, Retry};
-use http::header::{AUTHORIZATION, CONTENT_TYPE};
+use http::header::CONTENT_TYPE;
 use http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -41,66 +41,6 @@ const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 /// How long a client may take to send a request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Who token holders are (as over QUIC).
-const TOKEN_CALLER: &str = "host-token";
-
-/// The gateway's shared state.
-pub(crate) struct State {
-    pub(super) calls: Arc<Calls>,
-    token: String,
-    auth: Option<HttpAuth>,
-    pub(super) max_body: usize,
-    token_caller: Caller,
-    /// The WebSockets the gateway holds.
-    pub(super) sockets: Arc<crate::sockets::Registry>,
-}
-
-impl State {
-    pub(crate) fn new(config: GatewayConfig) -> Self {
-        State {
-            calls: config.calls,
-            token: config.token,
-            auth: config.auth,
-            max_body: config.max_body,
-            token_caller: Caller(TOKEN_CALLER.into()),
-            sockets: config.sockets,
-        }
-    }
-
-    /// Who is calling `class`: the host token's holder, or whoever the application's
-    /// check allows.
-    fn authorize(&self, headers: &HeaderMap, class: &str) -> Result<Caller, ApiError> {
-        let presented = bearer(headers);
-        if presented.is_some_and(|t| constant_time_eq(t.as_bytes(), self.token.as_bytes())) {
-            return Ok(self.token_caller.clone());
-        }
-        let denied = match &self.auth {
-            Some(check) => match catch_unwind(AssertUnwindSafe(|| check(headers, class))) {
-                Ok(Ok(caller)) => return Ok(caller),
-                Ok(Err(deny)) => deny,
-                Err(_) => {
-                    tracing::error!(class, "the HTTP auth check panicked");
-                    return Err(ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "the auth check failed",
-                    ));
-                }
-            },
-            None if presented.is_some() => Deny::unauthenticated("wrong token"),
-            None => Deny::unauthenticated(
-                "send the host token: Authorization: Bearer TOKEN (DATA_DIR/tls/token)",
-            ),
-        };
-        let kind = if denied.status == StatusCode::FORBIDDEN {
-            "forbidden"
-        } else {
-            "unauthenticated"
-        };
-        Err(ApiError::new(denied.status, kind, denied.message))
-    }
-}
 
 /// The router, with `state`.
 pub(crate) fn router(state: Arc<State>) -> Router {
@@ -312,19 +252,6 @@ async fn try_call(
     }
 }
 
-/// The token of an `Authorization: Bearer TOKEN` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Calls carry `Content-Type: application/json`. Requiring it also keeps other sites'
 /// pages from calling through a visitor's browser without a CORS preflight (which
 /// the gateway does not answer).
@@ -511,20 +438,6 @@ fn convert<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
 mod tests {
     use super::*;
     use http::HeaderValue;
-
-    #[test]
-    fn bearer_tokens() {
-        let mut h = HeaderMap::new();
-        assert_eq!(bearer(&h), None);
-        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
-        assert_eq!(bearer(&h), Some("abc"));
-        h.insert(AUTHORIZATION, HeaderValue::from_static("bearer  abc "));
-        assert_eq!(bearer(&h), Some("abc"));
-        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer(&h), None);
-        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer"));
-        assert_eq!(bearer(&h), None);
-    }
 
     #[test]
     fn idempotency_keys_are_stable_and_scoped() {

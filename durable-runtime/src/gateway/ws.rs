@@ -5,7 +5,7 @@
 //! batches) to the client. Pings are answered by the WebSocket layer without a turn.
 
 use super::reply::ApiError;
-use super::routes::State;
+use super::state::State;
 use crate::calls::Caller;
 use crate::class::ClassEntry;
 use crate::sockets::{
