@@ -58,7 +58,8 @@ enum Command {
         #[arg(long, env = "DURABLE_IDLE_TIMEOUT_SECS", default_value_t = 30.0)]
         idle_timeout_secs: f64,
         /// Most active objects; the least recently used idle ones are evicted first.
-        #[arg(long, env = "DURABLE_MAX_ACTIVE", default_value_t = 100_000)]
+        /// 0 (the default): as many as the open-file limit allows, 3 files each.
+        #[arg(long, env = "DURABLE_MAX_ACTIVE", default_value_t = 0)]
         max_active: usize,
         /// Close a connection that has not presented the token this many milliseconds
         /// after connecting.
@@ -212,7 +213,7 @@ where
                         l.max_queue = max_queue;
                         l.max_frame = max_frame;
                         l.idle_timeout = Duration::from_secs_f64(idle_timeout_secs.max(0.001));
-                        l.max_active = max_active.max(1);
+                        l.max_active = max_active;
                         l.auth_timeout = Duration::from_millis(auth_timeout_ms.max(1));
                         l.max_unauthenticated_per_ip = max_unauthenticated_per_ip.max(1);
                         if let Some(s) = shards {

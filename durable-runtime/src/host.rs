@@ -40,7 +40,10 @@ pub struct Limits {
     /// closed); the next call or alarm re-activates them. Default 30 s.
     pub idle_timeout: Duration,
     /// Most active objects on the host; beyond it the least recently used idle ones
-    /// are evicted first. Default 100,000.
+    /// are evicted first. Default 0: as many as the open-file limit allows (each
+    /// active object holds three files: its database, WAL and shared memory), which
+    /// the host raises to the most the OS permits at start. A value above what the
+    /// limit allows is lowered to fit it, with a warning.
     pub max_active: usize,
     /// A connection must present the token within this time of its handshake, or it
     /// is closed. Default 5 s.
@@ -64,7 +67,7 @@ impl Default for Limits {
                 .map(|n| n.get())
                 .unwrap_or(2),
             idle_timeout: Duration::from_secs(30),
-            max_active: 100_000,
+            max_active: 0,
             auth_timeout: Duration::from_secs(5),
             max_unauthenticated: 1024,
             max_unauthenticated_per_ip: 64,
@@ -103,6 +106,34 @@ fn raise_fd_limit() -> u64 {
             return lim.rlim_max;
         }
         lim.rlim_cur
+    }
+}
+
+/// Descriptors kept for everything but object files: sockets, log segments, the
+/// catalog, the alarm index.
+const RESERVED_FDS: u64 = 512;
+
+/// The active-object cap for a requested `max_active` (0: as many as fit) and the
+/// open-file limit `fds`. Each active object holds three descriptors (database,
+/// WAL, shared memory). Said once at start: at `info` when derived, as a warning
+/// only when an explicit request had to be lowered.
+fn active_cap(requested: usize, fds: u64) -> usize {
+    let fit = (fds.saturating_sub(RESERVED_FDS) / 3).max(16) as usize;
+    if requested == 0 {
+        tracing::info!(
+            open_files = fds,
+            "up to {fit} active objects (3 open files each); idle ones are evicted past it"
+        );
+        fit
+    } else if requested > fit {
+        tracing::warn!(
+            max_active = requested,
+            open_files = fds,
+            "max_active lowered to {fit}: 3 open files per active object must fit the open-file limit"
+        );
+        fit
+    } else {
+        requested
     }
 }
 
@@ -339,17 +370,7 @@ impl Host {
         let lock = DirLock::acquire(&self.data_dir).map_err(HostError::Config)?;
         crate::store::configure_sqlite();
         let mut limits = limits;
-        // Each active object holds three descriptors (database, WAL, shared memory).
-        let fds = raise_fd_limit();
-        let fd_cap = (fds.saturating_sub(512) / 3).max(16) as usize;
-        if limits.max_active > fd_cap {
-            tracing::warn!(
-                max_active = limits.max_active,
-                open_files = fds,
-                "max_active lowered to {fd_cap} to fit the open-file limit"
-            );
-            limits.max_active = fd_cap;
-        }
+        limits.max_active = active_cap(limits.max_active, raise_fd_limit());
         crate::files::create_dirs(&self.data_dir.join("objects"))
             .map_err(|e| HostError::io(format!("creating {}", self.data_dir.display()), e))?;
         let tls = crate::tls::load_or_create(&self.data_dir, &self.tls_names)?;
