@@ -27,6 +27,7 @@ pub const SCENARIOS: &[&str] = &[
     "alarm_lateness",
     "memory_idle",
     "startup_100k",
+    "startup_1m",
     "increments_postgres",
     "http_call",
 ];
@@ -35,7 +36,7 @@ pub const SCENARIOS: &[&str] = &[
 #[command(about = "durable's benchmark suite, side by side with its baselines")]
 struct Args {
     /// Scenarios to run (default: all): increments_many, increments_hot, read_latency,
-    /// activation, alarm_lateness, memory_idle, startup_100k, increments_postgres,
+    /// activation, alarm_lateness, memory_idle, startup_100k, startup_1m, increments_postgres,
     /// http_call.
     scenarios: Vec<String>,
     /// Short runs (under two minutes in all), for CI smoke use.
