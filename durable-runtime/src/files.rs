@@ -46,7 +46,20 @@ pub(crate) fn precreate_db(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// fsync a directory so that entries created in it survive power loss.
+/// Create the SQLite database at `path` (mode 0600) holding `bytes`, unless it
+/// exists. Not synced: the caller decides when the file must be durable.
+pub(crate) fn create_db_from(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    match private_file().write(true).create_new(true).open(path) {
+        Ok(mut f) => f.write_all(bytes).inspect_err(|_| {
+            // A part-written file would be taken for a stored object: remove it.
+            let _ = std::fs::remove_file(path);
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Open (creating it 0600 if needed) one of the host's own SQLite databases, such as
 /// the alarm index or the object catalog, in WAL mode with `schema` applied; `what`
 /// names it in errors.
@@ -68,6 +81,7 @@ pub(crate) fn open_host_db(
     Ok(conn)
 }
 
+/// fsync a directory so that entries created in it survive power loss.
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
