@@ -22,3 +22,15 @@ pub enum Retry {
     /// back. Sending it again runs the method again.
     FailedInMethod,
 }
+
+impl Retry {
+    /// The class's name in JSON errors and command output: `not_applied`,
+    /// `indeterminate` or `failed_in_method`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Retry::NotApplied => "not_applied",
+            Retry::Indeterminate => "indeterminate",
+            Retry::FailedInMethod => "failed_in_method",
+        }
+    }
+}

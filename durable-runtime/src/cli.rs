@@ -139,6 +139,88 @@ enum Command {
     },
     /// List the classes this binary serves, with each method's schema fingerprint.
     Classes,
+    /// Call a method of an object on a running host over QUIC, with the arguments as
+    /// a JSON object by name (`'{"by": 5}'`). Prints the JSON result; on failure
+    /// prints `{"error": {"kind", "message", "retry", ...}}` and exits 1.
+    Call {
+        /// The class.
+        class: String,
+        /// The object's name (or its 32-hex-digit id).
+        name: String,
+        /// The method.
+        method: String,
+        /// The arguments, a JSON object by name (default `{}`).
+        #[arg(default_value = "{}")]
+        args: String,
+        /// The host's data directory, for its CA and token (`tls/ca.pem`, `tls/token`).
+        #[arg(long, env = "DURABLE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// The host's QUIC address.
+        #[arg(long, env = "DURABLE_CONNECT", default_value = "127.0.0.1:4433")]
+        connect: SocketAddr,
+        /// The CA certificate to trust (default: DATA_DIR/tls/ca.pem).
+        #[arg(long, env = "DURABLE_CA")]
+        ca: Option<PathBuf>,
+        /// The file holding the client token (default: DATA_DIR/tls/token).
+        #[arg(long, env = "DURABLE_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+        /// A client certificate (PEM) for hosts started with `--client-ca`.
+        #[arg(long, env = "DURABLE_CERT", requires = "key")]
+        cert: Option<PathBuf>,
+        /// The client certificate's private key.
+        #[arg(long, env = "DURABLE_KEY", requires = "cert")]
+        key: Option<PathBuf>,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 30_000)]
+        deadline_ms: u64,
+        /// The call's request id (32 hex digits): the same id sent again is applied
+        /// at most once (default: a new random id).
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// Print a stored object's tables and key-value entries, read-only (safe while
+    /// the host runs). Shows the object's file as of its last commit; the `batch`
+    /// number says which.
+    Inspect {
+        /// The data directory.
+        #[arg(long, env = "DURABLE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The class.
+        class: String,
+        /// The object's name (or its 32-hex-digit id).
+        name: String,
+    },
+    /// List a stored object's pending alarms, soonest first, and those that gave up
+    /// (read-only, safe while the host runs).
+    Alarms {
+        /// The data directory.
+        #[arg(long, env = "DURABLE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// The class.
+        class: String,
+        /// The object's name (or its 32-hex-digit id).
+        name: String,
+    },
+    /// Copy every object of a data directory, consistently, while the host serves:
+    /// each object as of the moment it is copied (its file and the host log's
+    /// batches past it), with the catalog, alarm index and TLS material.
+    Backup {
+        /// The data directory.
+        #[arg(long, env = "DURABLE_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Where to write the backup (a new or empty directory).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Fill a new (or empty) data directory from a backup made by `backup`.
+    Restore {
+        /// The backup.
+        #[arg(long)]
+        from: PathBuf,
+        /// The data directory to fill (new or empty).
+        #[arg(long, env = "DURABLE_DATA_DIR")]
+        data_dir: PathBuf,
+    },
     /// List the objects stored in a data directory: class, id, name.
     Objects {
         /// The data directory.
@@ -360,6 +442,90 @@ where
             }
             ExitCode::SUCCESS
         }
+        Command::Call {
+            class,
+            name,
+            method,
+            args,
+            data_dir,
+            connect,
+            ca,
+            token_file,
+            cert,
+            key,
+            deadline_ms,
+            request_id,
+        } => {
+            let target = crate::ops::CallTarget {
+                connect,
+                data_dir,
+                ca,
+                token_file,
+                cert,
+                key,
+                deadline: Duration::from_millis(deadline_ms.max(1)),
+                request_id,
+            };
+            let host = configure(Host::builder("."));
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(crate::ops::call(
+                &host, &target, &class, &name, &method, &args,
+            )) {
+                Ok(value) => {
+                    println!("{value}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    println!("{error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Inspect {
+            data_dir,
+            class,
+            name,
+        } => print_or_fail(crate::ops::inspect(
+            &data_dir,
+            &class,
+            crate::ops::object_id(&class, &name),
+        )),
+        Command::Alarms {
+            data_dir,
+            class,
+            name,
+        } => print_or_fail(crate::ops::alarms(
+            &data_dir,
+            &class,
+            crate::ops::object_id(&class, &name),
+        )),
+        Command::Backup { data_dir, to } => {
+            print_or_fail(crate::ops::backup(&data_dir, &to).map(|r| {
+                format!(
+                    "backed up {} objects to {} ({} batches from the host log)\n",
+                    r.objects,
+                    to.display(),
+                    r.batches_from_log
+                )
+            }))
+        }
+        Command::Restore { from, data_dir } => {
+            print_or_fail(crate::ops::restore(&from, &data_dir).map(|n| {
+                format!(
+                    "restored {n} objects into {}; start a host on it with `serve --data-dir`\n",
+                    data_dir.display()
+                )
+            }))
+        }
         Command::Objects { data_dir } => match crate::store::list_objects(&data_dir) {
             Ok(objects) => {
                 for (class, id, name) in objects {
@@ -372,6 +538,20 @@ where
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Print a command's output, or its error on stderr and fail.
+fn print_or_fail(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

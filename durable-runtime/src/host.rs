@@ -272,6 +272,47 @@ impl Host {
             .collect()
     }
 
+    /// The JSON form and wire description of `class.method`, for the `call` command.
+    pub(crate) fn json_method(
+        &self,
+        class: &str,
+        method: &str,
+    ) -> Result<
+        (
+            &'static crate::class::JsonMethod,
+            durable_client::MethodInfo,
+        ),
+        (&'static str, String),
+    > {
+        let entry = self
+            .classes
+            .iter()
+            .find(|c| c.name == class)
+            .ok_or_else(|| {
+                let known: Vec<_> = self.classes.iter().map(|c| c.name).collect();
+                (
+                    "unknown_class",
+                    format!(
+                        "this binary has no class {class:?} (it has {})",
+                        known.join(", ")
+                    ),
+                )
+            })?;
+        let (_, info) = entry.methods.get(method).ok_or_else(|| {
+            (
+                "unknown_method",
+                format!("class {class} has no remote method {method:?}"),
+            )
+        })?;
+        let json = entry.json.get(method).ok_or_else(|| {
+            (
+                "unknown_method",
+                format!("{class}.{method} has no JSON form"),
+            )
+        })?;
+        Ok((json, *info))
+    }
+
     /// Choose how writes are made durable (default: the host log).
     pub fn durability(mut self, mode: DurabilityMode) -> Self {
         self.durability = mode;

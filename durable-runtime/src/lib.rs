@@ -21,6 +21,7 @@ mod files;
 mod gateway;
 mod host;
 mod log;
+mod ops;
 mod placement;
 mod record;
 pub mod restore;

@@ -2,6 +2,10 @@
 //! sleeps on demand. The `durable-test-host` binary serves them next to every
 //! example class.
 
+mod ledger;
+
+pub use ledger::Ledger;
+
 use durable::{alarm, durable_object, Context, Error};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -243,6 +247,7 @@ pub fn register_all(host: durable::Host) -> durable::Host {
         .register::<Probe>()
         .register::<Starter>()
         .register::<WsProbe>()
+        .register::<Ledger>()
 }
 
 /// WebSocket test object: every socket is tagged `all`. `boot` broadcasts

@@ -1,0 +1,44 @@
+//! [`Ledger`]: a balance kept beside the entries that make it up, so a copy of the
+//! object can be checked for consistency on its own (the balance equals the sum of
+//! its entries), whenever it was taken.
+
+use durable::{durable_object, Context, Error};
+
+/// A balance and its entries.
+pub struct Ledger {
+    balance: i64,
+}
+
+#[durable_object]
+impl Ledger {
+    fn activate(ctx: &mut Context) -> Result<Self, Error> {
+        let sql = ctx.sql();
+        sql.migrate(&[
+            "CREATE TABLE entries(n INTEGER PRIMARY KEY, amount INTEGER NOT NULL);
+             CREATE TABLE balance(id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+             INSERT INTO balance VALUES (1, 0);",
+        ])?;
+        let balance = sql.query_row("SELECT value FROM balance WHERE id = 1", [], |r| r.get(0))?;
+        Ok(Ledger { balance })
+    }
+
+    /// Add an entry of `amount`; returns the new balance.
+    pub async fn add(&mut self, ctx: &mut Context, amount: i64) -> Result<i64, Error> {
+        let sql = ctx.sql();
+        sql.execute("INSERT INTO entries(amount) VALUES (?1)", [amount])?;
+        let balance = self.balance + amount;
+        sql.execute("UPDATE balance SET value = ?1 WHERE id = 1", [balance])?;
+        self.balance = balance;
+        Ok(balance)
+    }
+
+    /// (balance, sum of the entries, number of entries) as stored.
+    pub async fn audit(&self, ctx: &mut Context) -> Result<(i64, i64, i64), Error> {
+        ctx.sql().query_row(
+            "SELECT (SELECT value FROM balance WHERE id = 1), \
+             (SELECT coalesce(sum(amount), 0) FROM entries), (SELECT count(*) FROM entries)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+    }
+}
