@@ -8,9 +8,13 @@ use crate::client::ObjectRef;
 pub struct MethodInfo {
     /// The method's name, as sent on the wire.
     pub name: &'static str,
-    /// FNV-1a 64 over the method's name, argument types and result type. A client
-    /// and host that disagree get [`CallError::SchemaMismatch`](crate::CallError::SchemaMismatch).
+    /// FNV-1a 64 over [`MethodInfo::signature`]. A client and host that disagree
+    /// get [`CallError::SchemaMismatch`](crate::CallError::SchemaMismatch).
     pub fingerprint: u64,
+    /// The canonical signature, `name(arg types,...)->return type`, each type
+    /// without spaces and each path cut to its last segment
+    /// (`increment(i64)->Result<i64,Error>`; see `docs/wire.md`).
+    pub signature: &'static str,
 }
 
 /// A class of durable objects. Implemented by `#[durable_object]`; not by hand.

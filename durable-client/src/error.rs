@@ -105,6 +105,11 @@ pub enum CallError<E = NoError> {
     /// recovers by itself), so retrying later is safe.
     #[error("the host's storage is full (nothing applied): {0}")]
     StorageFull(String),
+    /// The request id was used before by a different call (another method or other
+    /// arguments) to this object; this call was not applied. Send a new call under a
+    /// new request id.
+    #[error("the request id was used before by a different call; this one was not applied")]
+    RequestReused,
     /// The host failed after the call's writes may have reached the log or the object's
     /// file (a log write the host could not cut off, a failed sync in `--durability
     /// fsync`, a batch the log holds but the object's file lost), or the call is the
@@ -131,6 +136,7 @@ impl<E> CallError<E> {
             | CallError::BadArguments(_)
             | CallError::Rejected(_)
             | CallError::StorageFull(_)
+            | CallError::RequestReused
             | CallError::Internal(_) => Retry::NotApplied,
             CallError::Timeout
             | CallError::ConnectionLost(_)
@@ -180,6 +186,7 @@ impl<E> CallError<E> {
             CallError::Protocol(m) => CallError::Protocol(m),
             CallError::Internal(m) => CallError::Internal(m),
             CallError::StorageFull(m) => CallError::StorageFull(m),
+            CallError::RequestReused => CallError::RequestReused,
             CallError::Indeterminate(m) => CallError::Indeterminate(m),
         }
     }
@@ -210,6 +217,7 @@ impl<E> From<WireError> for CallError<E> {
             WireError::Indeterminate { message } => CallError::Indeterminate(message),
             WireError::Moved { owner } => CallError::Moved(owner),
             WireError::StorageFull { message } => CallError::StorageFull(message),
+            WireError::RequestReused => CallError::RequestReused,
         }
     }
 }

@@ -148,6 +148,10 @@ pub enum WireError {
         /// What failed.
         message: String,
     },
+    /// The request id was used before by a different call (another method or other
+    /// arguments) to this object; this call was not applied. A resend must carry the
+    /// same method and arguments as the first; a new call needs a new request id.
+    RequestReused,
 }
 
 impl WireError {
@@ -169,6 +173,7 @@ impl WireError {
             | WireError::BadArguments { .. }
             | WireError::Moved { .. }
             | WireError::StorageFull { .. }
+            | WireError::RequestReused
             | WireError::Internal { .. } => Retry::NotApplied,
         }
     }

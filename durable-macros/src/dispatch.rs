@@ -32,7 +32,8 @@ fn object_class(c: &Checked<'_>) -> TokenStream {
     let methods = c.class.methods.iter().map(|m| {
         let name = m.ident().to_string();
         let fingerprint = fingerprint::literal(m.fingerprint());
-        quote!(::durable::__private::MethodInfo { name: #name, fingerprint: #fingerprint })
+        let signature = m.signature();
+        quote!(::durable::__private::MethodInfo { name: #name, fingerprint: #fingerprint, signature: #signature })
     });
     quote! {
         impl ::durable::__private::ObjectClass for #self_ty {

@@ -273,6 +273,12 @@ impl Method {
         let args: Vec<&Type> = self.args.iter().map(|a| &a.ty).collect();
         fingerprint::of(self.ident(), &args, self.return_type())
     }
+
+    /// The canonical signature the fingerprint is computed over.
+    pub(crate) fn signature(&self) -> String {
+        let args: Vec<&Type> = self.args.iter().map(|a| &a.ty).collect();
+        fingerprint::signature(self.ident(), &args, self.return_type())
+    }
 }
 
 impl Arg {

@@ -86,9 +86,17 @@ pub trait Hosted: ObjectClass + Sized {
     }
 }
 
-/// Decode a method's argument tuple.
+/// Decode a method's argument tuple. Bytes left over after it are an error too: a
+/// caller that sends more than the method takes disagrees with it on the signature.
 pub fn decode_args<A: DeserializeOwned>(args: &[u8]) -> Result<A, TurnOutcome> {
-    postcard::from_bytes(args).map_err(|e| TurnOutcome::BadArguments(e.to_string()))
+    match postcard::take_from_bytes(args) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(TurnOutcome::BadArguments(format!(
+            "{} bytes left over after the arguments",
+            rest.len()
+        ))),
+        Err(e) => Err(TurnOutcome::BadArguments(e.to_string())),
+    }
 }
 
 /// Encode a fallible method's result.

@@ -137,7 +137,8 @@ enum Command {
         #[arg(long, env = "DURABLE_DATA_DIR")]
         data_dir: PathBuf,
     },
-    /// List the classes this binary serves, with each method's schema fingerprint.
+    /// List the classes this binary serves: CLASS, METHOD, its schema fingerprint
+    /// (16 hex digits) and the canonical signature it is computed over, tab-separated.
     Classes,
     /// Call a method of an object on a running host over QUIC, with the arguments as
     /// a JSON object by name (`'{"by": 5}'`). Prints the JSON result; on failure
@@ -437,7 +438,10 @@ where
         Command::Classes => {
             for (class, methods) in configure(Host::builder(".")).describe() {
                 for m in methods {
-                    println!("{class}\t{}\t{:016x}", m.name, m.fingerprint);
+                    println!(
+                        "{class}\t{}\t{:016x}\t{}",
+                        m.name, m.fingerprint, m.signature
+                    );
                 }
             }
             ExitCode::SUCCESS

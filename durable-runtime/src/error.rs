@@ -104,3 +104,29 @@ impl HostError {
         }
     }
 }
+
+#[cfg(test)]
+mod wire_form {
+    use super::*;
+
+    /// docs/wire.md spells these bytes out for clients in other languages.
+    #[test]
+    fn the_documented_encoding_of_error_holds() {
+        let e = Error::new(ErrorKind::NotFound, "no");
+        assert_eq!(postcard::to_stdvec(&e).unwrap(), [0x04, 0x02, b'n', b'o']);
+        let kinds = [
+            ErrorKind::Storage,
+            ErrorKind::Codec,
+            ErrorKind::LimitExceeded,
+            ErrorKind::Invalid,
+            ErrorKind::NotFound,
+            ErrorKind::Other,
+        ];
+        for (i, k) in kinds.into_iter().enumerate() {
+            assert_eq!(postcard::to_stdvec(&k).unwrap(), [i as u8]);
+        }
+        // Signed integers are zig-zag varints, in replies as in arguments.
+        assert_eq!(postcard::to_stdvec(&5i64).unwrap(), [0x0a]);
+        assert_eq!(postcard::to_stdvec(&-1i64).unwrap(), [0x01]);
+    }
+}

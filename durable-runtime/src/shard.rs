@@ -1264,7 +1264,7 @@ impl Object {
         &mut self,
         before: (u64, i64),
         capture: Option<store::ChangeCapture>,
-        recorded: &[([u8; 16], Recorded)],
+        recorded: &[store::RecordedCall],
     ) -> Result<(), CommitError> {
         let not_applied = |e: rusqlite::Error| CommitError::NotApplied(e.to_string());
         let ctx = self.ctx.as_mut().expect("opened");
@@ -1691,14 +1691,22 @@ async fn run_call(
     ctx: &mut Context,
     call: &Call,
     window: usize,
-    recorded: &mut Vec<([u8; 16], Recorded)>,
+    recorded: &mut Vec<store::RecordedCall>,
 ) -> Result<CallResult, String> {
     let request = &call.request;
     if ctx.clock.now_ms() > call.deadline_ms {
         return Ok(CallResult::Reply(Response::Error(WireError::Timeout)));
     }
     let db = |e: rusqlite::Error| e.to_string();
-    if let Some(recorded) = store::lookup_request(&ctx.conn, &request.request_id).map_err(db)? {
+    let digest = store::call_digest(&request.method, &request.args);
+    if let Some((first, recorded)) =
+        store::lookup_request(&ctx.conn, &request.request_id).map_err(db)?
+    {
+        if first != 0 && first != digest {
+            // Not the call that used this id first: answering with that call's
+            // result would tell this caller its own call happened.
+            return Ok(CallResult::Reply(Response::Error(WireError::RequestReused)));
+        }
         return Ok(CallResult::Recorded(match recorded {
             Recorded::Return(b) => Response::Return(b),
             Recorded::AppError(b) => Response::AppError(b),
@@ -1733,9 +1741,9 @@ async fn run_call(
         TurnOutcome::Return(bytes) => {
             if wrote {
                 let outcome = Recorded::Return(bytes.clone());
-                store::record_request(&ctx.conn, &request.request_id, &outcome, window)
+                store::record_request(&ctx.conn, &request.request_id, digest, &outcome, window)
                     .map_err(db)?;
-                recorded.push((request.request_id, outcome));
+                recorded.push((request.request_id, digest, outcome));
             }
             ctx.conn.run("RELEASE durable_call").map_err(db)?;
             return Ok(CallResult::Reply(Response::Return(bytes)));
@@ -1744,9 +1752,9 @@ async fn run_call(
             rollback(ctx)?;
             if wrote {
                 let outcome = Recorded::AppError(bytes.clone());
-                store::record_request(&ctx.conn, &request.request_id, &outcome, window)
+                store::record_request(&ctx.conn, &request.request_id, digest, &outcome, window)
                     .map_err(db)?;
-                recorded.push((request.request_id, outcome));
+                recorded.push((request.request_id, digest, outcome));
             }
             Response::AppError(bytes)
         }

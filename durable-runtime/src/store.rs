@@ -518,8 +518,8 @@ pub(crate) fn apply_changes(
         },
     )
     .map_err(|e| format!("lsn {}: applying changes: {e}", record.lsn))?;
-    for (id, outcome) in &calls {
-        record_request(c, id, outcome, window).map_err(|e| e.to_string())?;
+    for (id, digest, outcome) in &calls {
+        record_request(c, id, *digest, outcome, window).map_err(|e| e.to_string())?;
     }
     set_stored_seq(c, record.seq).map_err(|e| e.to_string())
 }
@@ -618,25 +618,44 @@ pub(crate) enum Recorded {
 ///
 /// Layout: `changeset_len: u32 LE`, changeset, then per recorded call:
 /// `id: [u8; 16]`, `kind: u8` (0 return, 1 error), `len: u32 LE`, body.
-pub(crate) fn encode_changes(changeset: &[u8], calls: &[([u8; 16], Recorded)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + changeset.len() + calls.len() * 32);
+pub(crate) fn encode_changes(changeset: &[u8], calls: &[RecordedCall]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + changeset.len() + calls.len() * 40);
     out.extend_from_slice(&(changeset.len() as u32).to_le_bytes());
     out.extend_from_slice(changeset);
-    for (id, rec) in calls {
+    for (id, digest, rec) in calls {
         let (kind, body) = match rec {
             Recorded::Return(b) => (0u8, b),
             Recorded::AppError(b) => (1u8, b),
         };
         out.extend_from_slice(id);
-        out.push(kind);
+        // Kinds 2 and 3 carry the call's digest (8 bytes) before the body's length;
+        // records written before digests existed have kinds 0 and 1 and none.
+        out.push(kind | 2);
+        out.extend_from_slice(&digest.to_le_bytes());
         out.extend_from_slice(&(body.len() as u32).to_le_bytes());
         out.extend_from_slice(body);
     }
     out
 }
 
+/// One call a batch recorded: its request id, its [`call_digest`] (0: unknown, from
+/// a record older than digests) and its outcome.
+pub(crate) type RecordedCall = ([u8; 16], u64, Recorded);
+
+/// What identifies a call's content beside its request id: a 62-bit FNV-1a of its
+/// method and argument bytes, never 0. A request id sent again with another digest
+/// is a different call reusing the id, refused with `RequestReused` rather than
+/// answered with the first call's result.
+pub(crate) fn call_digest(method: &str, args: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in method.bytes().chain([0u8]).chain(args.iter().copied()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h >> 2).max(1)
+}
+
 /// The parts of a `Changes` payload.
-pub(crate) type ChangesPayload<'a> = (&'a [u8], Vec<([u8; 16], Recorded)>);
+pub(crate) type ChangesPayload<'a> = (&'a [u8], Vec<RecordedCall>);
 
 pub(crate) fn decode_changes(payload: &[u8]) -> Result<ChangesPayload<'_>, String> {
     let bad = || "malformed changes payload".to_string();
@@ -647,49 +666,69 @@ pub(crate) fn decode_changes(payload: &[u8]) -> Result<ChangesPayload<'_>, Strin
     while !rest.is_empty() {
         let id: [u8; 16] = rest.get(..16).ok_or_else(bad)?.try_into().unwrap();
         let kind = *rest.get(16).ok_or_else(bad)?;
+        if kind > 3 {
+            return Err(bad());
+        }
+        let (digest, at) = if kind & 2 != 0 {
+            let d = u64::from_le_bytes(rest.get(17..25).ok_or_else(bad)?.try_into().unwrap());
+            (d, 25)
+        } else {
+            (0, 17)
+        };
         let len =
-            u32::from_le_bytes(rest.get(17..21).ok_or_else(bad)?.try_into().unwrap()) as usize;
-        let body = rest.get(21..21 + len).ok_or_else(bad)?.to_vec();
+            u32::from_le_bytes(rest.get(at..at + 4).ok_or_else(bad)?.try_into().unwrap()) as usize;
+        let body = rest.get(at + 4..at + 4 + len).ok_or_else(bad)?.to_vec();
         calls.push((
             id,
-            if kind == 0 {
+            digest,
+            if kind & 1 == 0 {
                 Recorded::Return(body)
             } else {
                 Recorded::AppError(body)
             },
         ));
-        rest = &rest[21 + len..];
+        rest = &rest[at + 4 + len..];
     }
     Ok((changeset, calls))
 }
 
+/// The recorded outcome of request `id`, with the digest of the call that made it
+/// (0 if recorded before digests existed). The `kind` column holds the outcome in
+/// its low bit and the digest above it.
 pub(crate) fn lookup_request(
     conn: &Connection,
     id: &[u8; 16],
-) -> rusqlite::Result<Option<Recorded>> {
+) -> rusqlite::Result<Option<(u64, Recorded)>> {
     conn.prepare_cached("SELECT kind, body FROM _durable_requests WHERE id = ?1")?
         .query_row([&id[..]], |r| {
             let kind: i64 = r.get(0)?;
             let body: Vec<u8> = r.get(1)?;
-            Ok(if kind == 0 {
-                Recorded::Return(body)
-            } else {
-                Recorded::AppError(body)
-            })
+            let digest = (kind as u64) >> 1;
+            Ok((
+                digest,
+                if kind & 1 == 0 {
+                    Recorded::Return(body)
+                } else {
+                    Recorded::AppError(body)
+                },
+            ))
         })
         .optional()
 }
 
-/// Record a call's outcome; every 64 records, drop those older than `window`.
+/// Record a call's outcome and digest; every 64 records, drop those older than
+/// `window`.
 pub(crate) fn record_request(
     conn: &Connection,
     id: &[u8; 16],
+    digest: u64,
     outcome: &Recorded,
     window: usize,
 ) -> rusqlite::Result<()> {
+    let digest = (digest & ((1 << 62) - 1)) as i64;
     let (kind, body) = match outcome {
-        Recorded::Return(b) => (0i64, b),
-        Recorded::AppError(b) => (1i64, b),
+        Recorded::Return(b) => (digest << 1, b),
+        Recorded::AppError(b) => (digest << 1 | 1, b),
     };
     let inserted = conn
         .prepare_cached(

@@ -22,6 +22,7 @@ impl ObjectClass for Tally {
     const METHODS: &'static [MethodInfo] = &[MethodInfo {
         name: "add",
         fingerprint: 1,
+        signature: "add(i64)->i64",
     }];
     type Client = TallyClient;
 }

@@ -325,3 +325,101 @@ async fn fuzzed_arguments_get_typed_answers_from_every_method() {
     assert_eq!(reply, Response::Return(postcard::to_stdvec(&3i64).unwrap()));
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_left_over_after_the_arguments_are_bad_arguments_and_apply_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let conn = raw_connection(&host).await;
+    assert_eq!(hello(&conn, &token(&host)).await, Response::Welcome);
+    let fp = common::method_fingerprint::<Counter>("increment");
+    // `by = 5` (zig-zag varint 10), then a stray byte.
+    let answer = exchange_bytes(
+        &conn,
+        &call_frame("Counter", "left", "increment", fp, vec![10, 0]),
+    )
+    .await;
+    match decode(&answer) {
+        Response::Error(WireError::BadArguments { message }) => {
+            assert!(message.contains("left over"), "{message}")
+        }
+        other => panic!("expected BadArguments, got {other:?}"),
+    }
+    let answer = exchange_bytes(
+        &conn,
+        &call_frame("Counter", "left", "increment", fp, vec![10]),
+    )
+    .await;
+    assert_eq!(
+        decode(&answer),
+        Response::Return(vec![10]),
+        "the exact arguments apply once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_reused_by_a_different_call_is_refused_not_answered_with_the_first_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let counter = client.object_ref("Counter", ObjectId::from_name("Counter", "r"), Some("r"));
+    let fp = common::method_fingerprint::<Counter>("increment");
+    let request = |by: i64, id: [u8; 16]| CallRequest {
+        request_id: id,
+        class: "Counter".into(),
+        object: ObjectId::from_name("Counter", "r"),
+        name: Some("r".into()),
+        method: "increment".into(),
+        fingerprint: fp,
+        timeout_ms: 5_000,
+        args: postcard::to_stdvec(&(by,)).unwrap(),
+    };
+    let id = rand_id();
+    assert_eq!(
+        counter
+            .call_request::<i64, durable::Error>(&request(5, id))
+            .await,
+        Ok(5)
+    );
+    // The same call again: the first answer, applied once.
+    assert_eq!(
+        counter
+            .call_request::<i64, durable::Error>(&request(5, id))
+            .await,
+        Ok(5)
+    );
+    // Other arguments under the same id: refused, not applied, safe to retry anew.
+    let err = counter
+        .call_request::<i64, durable::Error>(&request(7, id))
+        .await
+        .unwrap_err();
+    assert_eq!(err, CallError::RequestReused);
+    assert!(err.is_retry_safe());
+    assert_eq!(client.get::<Counter>("r").get().await.unwrap(), 5);
+    assert_eq!(
+        counter
+            .call_request::<i64, durable::Error>(&request(7, rand_id()))
+            .await,
+        Ok(12)
+    );
+    // It holds across a restart (the digest is in the object's file and the log).
+    let addr = host.addr;
+    drop(client);
+    host.kill9();
+    let host = HostProcess::start_on(dir.path(), addr);
+    let client = host.client().await;
+    let counter = client.object_ref("Counter", ObjectId::from_name("Counter", "r"), Some("r"));
+    assert_eq!(
+        counter
+            .call_request::<i64, durable::Error>(&request(9, id))
+            .await,
+        Err(CallError::RequestReused)
+    );
+    assert_eq!(
+        counter
+            .call_request::<i64, durable::Error>(&request(5, id))
+            .await,
+        Ok(5)
+    );
+    assert_eq!(client.get::<Counter>("r").get().await.unwrap(), 12);
+}

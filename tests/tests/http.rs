@@ -135,6 +135,8 @@ async fn classes_lists_methods_with_argument_names_and_types() {
             "args": [{"name": "by", "type": "i64"}],
             "returns": "i64",
             "error": "Error",
+            "signature": "increment(i64)->Result<i64,Error>",
+            "fingerprint": format!("{:016x}", common::method_fingerprint::<durable_examples::counter::Counter>("increment")),
         })
     );
     assert_eq!(methods[1]["args"], json!([]));

@@ -158,6 +158,11 @@ impl ApiError {
             WireError::StorageFull { message } => {
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", message)
             }
+            WireError::RequestReused => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "request_reused",
+                "the Idempotency-Key was used before by a different call to this object; this call was not applied",
+            ),
         };
         error.retry(retry)
     }
@@ -235,6 +240,7 @@ mod tests {
                 },
                 507,
             ),
+            (WireError::RequestReused, 422),
             (
                 WireError::Moved {
                     owner: "h:1".into(),

@@ -86,8 +86,7 @@ async fn classes(Extract(state): Extract<Arc<State>>, headers: HeaderMap) -> Res
         methods.sort_by_key(|(index, _)| *index);
         let methods: Vec<Value> = methods
             .into_iter()
-            .filter_map(|(_, info)| class.json.get(info.name))
-            .map(|m| describe(m))
+            .filter_map(|(_, info)| class.json.get(info.name).map(|m| describe(m, info)))
             .collect();
         listed.push(json!({ "name": class.name, "methods": methods }));
     }
@@ -97,13 +96,20 @@ async fn classes(Extract(state): Extract<Arc<State>>, headers: HeaderMap) -> Res
     }
 }
 
-fn describe(m: &JsonMethod) -> Value {
+fn describe(m: &JsonMethod, info: &durable_client::MethodInfo) -> Value {
     let args: Vec<Value> = m
         .args
         .iter()
         .map(|a| json!({ "name": a.name, "type": a.ty }))
         .collect();
-    json!({ "name": m.name, "args": args, "returns": m.returns, "error": m.error })
+    json!({
+        "name": m.name,
+        "args": args,
+        "returns": m.returns,
+        "error": m.error,
+        "signature": info.signature,
+        "fingerprint": format!("{:016x}", info.fingerprint),
+    })
 }
 
 /// `GET /v1/objects/{class}/{name}/ws`: upgrade to a WebSocket held for the object.
