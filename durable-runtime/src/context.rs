@@ -23,6 +23,8 @@ pub struct Context {
     pub(crate) alarm_attempt: Option<u32>,
     /// What the running turn asked for beyond its writes (see [`crate::outbox`]).
     pub(crate) effects: crate::core::outbox::Effects,
+    /// Open [`Context::transaction`]s (for the savepoints' names).
+    pub(crate) savepoints: u32,
     /// The host's WebSockets (set by the shard; `None` outside a host).
     pub(crate) sockets: Option<std::sync::Arc<crate::sockets::Registry>>,
 }
@@ -175,6 +177,66 @@ impl Context {
     pub fn storage(&mut self) -> Storage<'_> {
         Storage { conn: &self.conn }
     }
+
+    /// Run `f` as a sub-unit of the turn that can fail alone: if it returns `Err`,
+    /// everything it did is undone (its SQL and key-value writes, alarms it set or
+    /// cancelled, socket messages it sent, a restore or `delete_all` it asked for)
+    /// and the error is returned to the method, which may go on and still commit the
+    /// rest of the turn; if it returns `Ok`, its writes stay part of the turn (and
+    /// are still undone if the turn itself fails). Transactions nest. Implemented
+    /// with an SQLite savepoint.
+    ///
+    /// ```no_run
+    /// # use durable::{Context, Error};
+    /// # fn example(ctx: &mut Context) -> Result<(), Error> {
+    /// let reserved: Result<(), Error> = ctx.transaction(|ctx| {
+    ///     ctx.sql().execute("UPDATE stock SET n = n - 1 WHERE item = 'a'", [])?;
+    ///     ctx.sql().execute("INSERT INTO holds(item) VALUES ('a')", [])?;
+    ///     Ok(())
+    /// });
+    /// if reserved.is_err() {
+    ///     ctx.sql().execute("INSERT INTO waitlist(item) VALUES ('a')", [])?;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn transaction<T, E: From<Error>>(
+        &mut self,
+        f: impl FnOnce(&mut Context) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.savepoints += 1;
+        let name = format!("durable_tx_{}", self.savepoints);
+        let started = self
+            .conn
+            .execute_batch(&format!("SAVEPOINT {name}"))
+            .map_err(Error::from);
+        if let Err(e) = started {
+            self.savepoints -= 1;
+            return Err(e.into());
+        }
+        let sockets = self.effects.sockets.len();
+        let restore = self.effects.restore.clone();
+        let reset_instance = self.effects.reset_instance;
+        let result = f(self);
+        self.savepoints -= 1;
+        let end = match &result {
+            Ok(_) => format!("RELEASE {name}"),
+            Err(_) => {
+                self.effects.sockets.truncate(sockets);
+                self.effects.restore = restore;
+                self.effects.reset_instance = reset_instance;
+                // Alarms may have changed and back: recompute the due index anyway.
+                self.effects.alarms_changed = true;
+                format!("ROLLBACK TO {name}; RELEASE {name}")
+            }
+        };
+        match self.conn.execute_batch(&end) {
+            Ok(()) => result,
+            // The savepoint could not be closed: fail the whole turn rather than
+            // leave part of it applied.
+            Err(e) => Err(Error::from(e).into()),
+        }
+    }
 }
 
 /// SQL on the object's own database. Every call runs inside the turn's transaction:
@@ -309,6 +371,9 @@ pub struct ListOptions<'k> {
     pub start: Option<&'k str>,
     /// Only keys `< end`.
     pub end: Option<&'k str>,
+    /// Only keys after this one in the listing's order (`>` forward, `<` with
+    /// `reverse`): pass the last key of one page to get the next.
+    pub start_after: Option<&'k str>,
     /// Descending key order.
     pub reverse: bool,
     /// At most this many entries.
@@ -369,6 +434,15 @@ impl Storage<'_> {
         Ok(out)
     }
 
+    /// Remove many keys at once; returns how many were there.
+    pub fn delete_many(&self, keys: &[&str]) -> Result<usize, Error> {
+        let mut removed = 0;
+        for k in keys {
+            removed += usize::from(self.delete(k)?);
+        }
+        Ok(removed)
+    }
+
     /// Put many entries at once.
     pub fn put_many<T: Serialize>(&self, entries: &[(&str, T)]) -> Result<(), Error> {
         entries.iter().try_for_each(|(k, v)| self.put(k, v))
@@ -379,15 +453,20 @@ impl Storage<'_> {
         &self,
         opts: &ListOptions<'_>,
     ) -> Result<Vec<(String, T)>, Error> {
-        let order = if opts.reverse { "DESC" } else { "ASC" };
+        let (order, after) = if opts.reverse {
+            ("DESC", "<")
+        } else {
+            ("ASC", ">")
+        };
         let sql = format!(
             "SELECT key, value FROM _durable_kv WHERE (?1 IS NULL OR substr(key, 1, length(?1)) = ?1) \
-             AND (?2 IS NULL OR key >= ?2) AND (?3 IS NULL OR key < ?3) ORDER BY key {order} LIMIT ?4"
+             AND (?2 IS NULL OR key >= ?2) AND (?3 IS NULL OR key < ?3) AND (?5 IS NULL OR key {after} ?5) \
+             ORDER BY key {order} LIMIT ?4"
         );
         let limit = opts.limit.map(|l| l as i64).unwrap_or(-1);
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(
-            rusqlite::params![opts.prefix, opts.start, opts.end, limit],
+            rusqlite::params![opts.prefix, opts.start, opts.end, limit, opts.start_after],
             |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)),
         )?;
         let mut out = Vec::new();

@@ -231,6 +231,7 @@ pub(crate) fn open(
             clock: std::sync::Arc::new(crate::clock::SystemClock),
             alarm_attempt: None,
             effects: Default::default(),
+            savepoints: 0,
             sockets: None,
         },
         upgraded,

@@ -3,8 +3,10 @@
 //! example class.
 
 mod ledger;
+mod shelf;
 
 pub use ledger::Ledger;
+pub use shelf::Shelf;
 
 use durable::{alarm, durable_object, Context, Error};
 use std::time::{Duration, UNIX_EPOCH};
@@ -248,6 +250,7 @@ pub fn register_all(host: durable::Host) -> durable::Host {
         .register::<Starter>()
         .register::<WsProbe>()
         .register::<Ledger>()
+        .register::<Shelf>()
 }
 
 /// WebSocket test object: every socket is tagged `all`. `boot` broadcasts

@@ -1,0 +1,116 @@
+//! [`Shelf`]: exercises the storage API (key-value listing with cursors, batch
+//! deletes) and `ctx.transaction` sub-units that fail alone.
+
+use durable::{durable_object, Context, Error, ErrorKind, ListOptions};
+
+/// Key-value entries and a stock table.
+pub struct Shelf;
+
+#[durable_object]
+impl Shelf {
+    fn activate(ctx: &mut Context) -> Result<Self, Error> {
+        ctx.sql().migrate(&[
+            "CREATE TABLE stock(item TEXT PRIMARY KEY, n INTEGER NOT NULL CHECK (n >= 0));
+             CREATE TABLE log(line TEXT NOT NULL);",
+        ])?;
+        Ok(Shelf)
+    }
+
+    /// Put `value` under each of `keys`.
+    pub async fn put_all(
+        &mut self,
+        ctx: &mut Context,
+        keys: Vec<String>,
+        value: u32,
+    ) -> Result<(), Error> {
+        let storage = ctx.storage();
+        keys.iter().try_for_each(|k| storage.put(k, &value))
+    }
+
+    /// One page of keys: those under `prefix`, after `start_after`, at most `limit`.
+    pub async fn page(
+        &self,
+        ctx: &mut Context,
+        prefix: String,
+        start_after: Option<String>,
+        limit: u32,
+        reverse: bool,
+    ) -> Result<Vec<String>, Error> {
+        let entries = ctx.storage().list::<u32>(&ListOptions {
+            prefix: Some(&prefix),
+            start_after: start_after.as_deref(),
+            limit: Some(limit as usize),
+            reverse,
+            ..Default::default()
+        })?;
+        Ok(entries.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// Remove `keys`; returns how many were there.
+    pub async fn remove(&mut self, ctx: &mut Context, keys: Vec<String>) -> Result<u32, Error> {
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        Ok(ctx.storage().delete_many(&keys)? as u32)
+    }
+
+    /// Stock `n` of `item`.
+    pub async fn stock(&mut self, ctx: &mut Context, item: String, n: i64) -> Result<(), Error> {
+        ctx.sql().execute(
+            "INSERT INTO stock(item, n) VALUES (?1, ?2) ON CONFLICT(item) DO UPDATE SET n = n + excluded.n",
+            durable::rusqlite::params![item, n],
+        )?;
+        Ok(())
+    }
+
+    /// Take one of each of `items` as one sub-unit: all or none. Whatever happens,
+    /// log the attempt (outside the sub-unit). Returns whether the take happened.
+    pub async fn take(&mut self, ctx: &mut Context, items: Vec<String>) -> Result<bool, Error> {
+        let taken = ctx.transaction(|ctx| {
+            for item in &items {
+                let changed = ctx
+                    .sql()
+                    .execute("UPDATE stock SET n = n - 1 WHERE item = ?1", [item]);
+                match changed {
+                    Ok(1) => {}
+                    Ok(_) => return Err(Error::new(ErrorKind::NotFound, format!("no {item}"))),
+                    Err(e) => return Err(e),
+                }
+                ctx.storage().put(&format!("took/{item}"), &1u32)?;
+            }
+            Ok(())
+        });
+        ctx.sql().execute(
+            "INSERT INTO log(line) VALUES (?1)",
+            [format!(
+                "{} {}",
+                items.join(","),
+                if taken.is_ok() { "ok" } else { "refused" }
+            )],
+        )?;
+        Ok(taken.is_ok())
+    }
+
+    /// (stock of `item`, log lines, keys under `took/`).
+    pub async fn state(
+        &self,
+        ctx: &mut Context,
+        item: String,
+    ) -> Result<(i64, Vec<String>, Vec<String>), Error> {
+        let n = ctx
+            .sql()
+            .query_opt("SELECT n FROM stock WHERE item = ?1", [item], |r| r.get(0))?
+            .unwrap_or(0);
+        let log = ctx
+            .sql()
+            .query("SELECT line FROM log ORDER BY rowid", [], |r| r.get(0))?;
+        let took = ctx
+            .storage()
+            .list::<u32>(&ListOptions {
+                prefix: Some("took/"),
+                ..Default::default()
+            })?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        Ok((n, log, took))
+    }
+}
