@@ -215,7 +215,7 @@ impl Context {
             return Err(e.into());
         }
         let sockets = self.effects.sockets.len();
-        let restore = self.effects.restore.clone();
+        let restore = self.effects.restore;
         let reset_instance = self.effects.reset_instance;
         let result = f(self);
         self.savepoints -= 1;
