@@ -49,6 +49,7 @@ pub(crate) struct Calls {
     pub(crate) placement: Arc<dyn Placement>,
     shutting_down: AtomicBool,
     in_flight: Gauge,
+    admission: crate::admission::Admission,
 }
 
 impl Calls {
@@ -57,6 +58,7 @@ impl Calls {
         shards: Arc<Shards>,
         clock: Arc<dyn Clock>,
         placement: Arc<dyn Placement>,
+        admission: crate::admission::Admission,
     ) -> Self {
         Calls {
             classes,
@@ -65,6 +67,7 @@ impl Calls {
             placement,
             shutting_down: AtomicBool::new(false),
             in_flight: Gauge::default(),
+            admission,
         }
     }
 
@@ -104,6 +107,15 @@ impl Calls {
         if self.shutting_down.load(Ordering::Acquire) {
             return Response::Error(WireError::ShuttingDown);
         }
+        let Some(_permit) = self.admission.admit(
+            class.name,
+            request.object,
+            &caller.0,
+            request.args.len(),
+            received,
+        ) else {
+            return Response::Error(WireError::Overloaded);
+        };
         tracing::trace!(class = class.name, id = %request.object, method = %request.method, caller = %caller.0, "call");
         let (tx, rx) = oneshot::channel();
         self.shards.send(Call {

@@ -68,6 +68,17 @@ enum Command {
         /// Most connections waiting to authenticate at once from one IP address.
         #[arg(long, env = "DURABLE_MAX_UNAUTHENTICATED_PER_IP", default_value_t = 64)]
         max_unauthenticated_per_ip: usize,
+        /// Most calls in flight on the host; past it callers get Overloaded at once.
+        #[arg(long, env = "DURABLE_MAX_INFLIGHT_CALLS", default_value_t = 100_000)]
+        max_inflight_calls: usize,
+        /// Most bytes of arguments held by calls in flight; past it callers get
+        /// Overloaded at once.
+        #[arg(long, env = "DURABLE_MAX_INFLIGHT_BYTES", default_value_t = 1 << 30)]
+        max_inflight_bytes: usize,
+        /// A rate each caller may sustain on one object, `PER_SECOND[:BURST]`; past
+        /// it that caller gets Overloaded at once (default: no rate).
+        #[arg(long, env = "DURABLE_CALLER_RATE")]
+        caller_rate: Option<crate::admission::CallerRate>,
         /// Accept client certificates signed by the CA in this PEM file instead of the
         /// token (token clients still connect unless --require-client-cert). Not set:
         /// no client certificate is trusted, not even from the host's own dev CA.
@@ -265,6 +276,9 @@ where
             max_active,
             auth_timeout_ms,
             max_unauthenticated_per_ip,
+            max_inflight_calls,
+            max_inflight_bytes,
+            caller_rate,
             client_ca,
             require_client_cert,
             http,
@@ -299,6 +313,9 @@ where
                         l.max_active = max_active;
                         l.auth_timeout = Duration::from_millis(auth_timeout_ms.max(1));
                         l.max_unauthenticated_per_ip = max_unauthenticated_per_ip.max(1);
+                        l.max_inflight_calls = max_inflight_calls.max(1);
+                        l.max_inflight_bytes = max_inflight_bytes.max(1);
+                        l.caller_rate = caller_rate;
                         if let Some(s) = shards {
                             l.shards = s;
                         }

@@ -54,6 +54,15 @@ pub struct Limits {
     /// Most connections waiting to authenticate at once from one IP address.
     /// Default 64.
     pub max_unauthenticated_per_ip: usize,
+    /// Most calls in flight on the host (admitted and not yet answered, over every
+    /// transport); past it callers get `Overloaded` at once. Default 100,000.
+    pub max_inflight_calls: usize,
+    /// Most bytes of arguments held by calls in flight; past it callers get
+    /// `Overloaded` at once. Default 1 GiB.
+    pub max_inflight_bytes: usize,
+    /// A rate each caller key may sustain on one object (a token bucket); past it
+    /// that caller gets `Overloaded` at once. Default: none.
+    pub caller_rate: Option<crate::admission::CallerRate>,
 }
 
 impl Default for Limits {
@@ -71,6 +80,9 @@ impl Default for Limits {
             auth_timeout: Duration::from_secs(5),
             max_unauthenticated: 1024,
             max_unauthenticated_per_ip: 64,
+            max_inflight_calls: 100_000,
+            max_inflight_bytes: 1 << 30,
+            caller_rate: None,
         }
     }
 }
@@ -583,6 +595,11 @@ impl Host {
             shards.clone(),
             self.clock.clone(),
             self.placement.clone(),
+            crate::admission::Admission::new(
+                limits.max_inflight_calls,
+                limits.max_inflight_bytes,
+                limits.caller_rate,
+            ),
         ));
         let gateway = http_listener
             .map(|listener| {

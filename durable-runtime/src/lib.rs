@@ -6,6 +6,7 @@
 //! this crate, the client and the `#[durable_object]` macro.
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
+mod admission;
 pub mod alarms;
 mod calls;
 mod catalog;
@@ -33,6 +34,7 @@ mod store;
 pub mod testing;
 mod tls;
 
+pub use admission::CallerRate;
 pub use alarms::{AlarmConfig, PendingAlarm, When};
 pub use calls::Caller;
 pub use class::{ActivateError, BoxTurn, Hosted, JsonArg, JsonArgs, JsonMethod, TurnOutcome};

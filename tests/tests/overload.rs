@@ -49,3 +49,87 @@ async fn a_full_queue_answers_overloaded_quickly() {
     // After the queue drains the object serves normally.
     probe.put("after".into(), 1).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_past_its_rate_on_one_object_hears_overloaded_at_once_and_nothing_applies() {
+    use durable_examples::counter::Counter;
+    let dir = tempfile::tempdir().unwrap();
+    // 1 call per second sustained, 5 at once, per caller per object.
+    let host = HostProcess::start(dir.path(), &["--caller-rate", "1:5"]);
+    let client = host.client().await;
+    let counter = client.get::<Counter>("limited");
+    let started = Instant::now();
+    let results = futures_util::future::join_all((0..20).map(|_| {
+        let counter = counter.clone();
+        async move { counter.increment(1).await }
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let overloaded = results
+        .iter()
+        .filter(|r| matches!(r, Err(CallError::Overloaded)))
+        .count();
+    assert_eq!(ok + overloaded, 20, "{results:?}");
+    assert!(
+        (5..=6).contains(&ok),
+        "the burst gets in, then one a second: {ok} in {elapsed:?}"
+    );
+    assert!(results.iter().all(|r| match r {
+        Err(e) => e.is_retry_safe(),
+        Ok(_) => true,
+    }));
+    // What was refused was not applied. (Reading is a call too: it waits for the
+    // bucket to refill, as a well-behaved caller would.)
+    let value = loop {
+        match counter.get().await {
+            Err(CallError::Overloaded) if started.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => break other.unwrap(),
+        }
+    };
+    assert_eq!(value, ok as i64);
+    // Another object is its own budget.
+    assert_eq!(
+        client.get::<Counter>("other").increment(1).await.unwrap(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_bounds_calls_in_flight_across_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &["--max-inflight-calls", "3"]);
+    let client = host.client().await;
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let probe = client.get::<Probe>(&format!("slow{i}"));
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let r = probe.sleep(600).await;
+                (r, start.elapsed())
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (Ok(()), _) => ok += 1,
+            (Err(CallError::Overloaded), took) => {
+                assert!(
+                    took < Duration::from_millis(400),
+                    "refused at once, not after {took:?}"
+                )
+            }
+            (Err(e), _) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(ok, 3, "three in flight at a time");
+    // Once they are answered there is room again.
+    client
+        .get::<Probe>("after")
+        .put("k".into(), 1)
+        .await
+        .unwrap();
+}
