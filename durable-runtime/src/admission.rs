@@ -60,6 +60,9 @@ struct Bucket {
     at_ms: u64,
 }
 
+/// Buckets by (class, object, caller key).
+type Buckets = HashMap<(String, ObjectId, String), Bucket>;
+
 /// The host's admission state.
 pub(crate) struct Admission {
     max_calls: usize,
@@ -67,7 +70,7 @@ pub(crate) struct Admission {
     rate: Option<CallerRate>,
     calls: AtomicUsize,
     bytes: AtomicUsize,
-    buckets: Vec<Mutex<HashMap<(String, ObjectId, String), Bucket>>>,
+    buckets: Vec<Mutex<Buckets>>,
 }
 
 /// A call let in; dropping it gives its share of the bounds back.
