@@ -1714,7 +1714,19 @@ async fn run_call(
     }
     ctx.conn.run("SAVEPOINT durable_call").map_err(db)?;
     let before = ctx.conn.total_changes();
-    let turn = instance.dispatch(ctx, call.method, &request.args);
+    // One span per call (at debug level: free unless asked for with
+    // RUST_LOG=durable_runtime=debug); what the method logs is inside it.
+    let span = tracing::debug_span!(
+        "call",
+        class = call.class.name,
+        id = %request.object,
+        method = %request.method,
+        request_id = %durable_client::ObjectId::from_bytes(request.request_id),
+    );
+    let turn = tracing::Instrument::instrument(
+        instance.dispatch(ctx, call.method, &request.args),
+        span,
+    );
     let outcome = AssertUnwindSafe(turn).catch_unwind().await;
     let rollback = |ctx: &Context| {
         ctx.conn
