@@ -1723,10 +1723,8 @@ async fn run_call(
         method = %request.method,
         request_id = %durable_client::ObjectId::from_bytes(request.request_id),
     );
-    let turn = tracing::Instrument::instrument(
-        instance.dispatch(ctx, call.method, &request.args),
-        span,
-    );
+    let turn =
+        tracing::Instrument::instrument(instance.dispatch(ctx, call.method, &request.args), span);
     let outcome = AssertUnwindSafe(turn).catch_unwind().await;
     let rollback = |ctx: &Context| {
         ctx.conn

@@ -7,10 +7,13 @@ pub mod auction;
 pub mod chat;
 pub mod cli;
 pub mod counter;
+pub mod eventlog;
+pub mod lock;
 pub mod ratelimit;
 pub mod reservation;
 pub mod session;
 pub mod subscription;
+pub mod twin;
 
 /// Register every example class on a host.
 pub fn register_all(host: durable::Host) -> durable::Host {
@@ -21,6 +24,9 @@ pub fn register_all(host: durable::Host) -> durable::Host {
         .register::<ratelimit::RateLimiter>()
         .register::<auction::Auction>()
         .register::<chat::ChatRoom>()
+        .register::<eventlog::EventLog>()
+        .register::<lock::LockTable>()
+        .register::<twin::DeviceTwin>()
 }
 
 /// Unsigned integers in SQLite, which stores signed 64-bit integers (rusqlite maps
