@@ -376,9 +376,11 @@ impl AlarmService {
         let mut idle_waiters: Vec<oneshot::Sender<()>> = Vec::new();
         loop {
             let now = self.clock.now_ms();
-            for (class, id) in queue.take_due(now) {
+            for ((class, id), due) in queue.take_due_timed(now) {
+                crate::telemetry::alarm_lateness(Duration::from_millis(now.saturating_sub(due)));
                 deliver(class, id);
             }
+            crate::telemetry::alarms_pending(queue.len());
             if queue.is_idle(now) {
                 for w in idle_waiters.drain(..) {
                     let _ = w.send(());

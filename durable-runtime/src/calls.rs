@@ -117,6 +117,9 @@ impl Calls {
             return Response::Error(WireError::Overloaded);
         };
         tracing::trace!(class = class.name, id = %request.object, method = %request.method, caller = %caller.0, "call");
+        crate::telemetry::calls_in_flight(self.in_flight.get());
+        let started = crate::clock::monotonic();
+        let method_name = info.name;
         let (tx, rx) = oneshot::channel();
         self.shards.send(Call {
             class: class.clone(),
@@ -125,13 +128,20 @@ impl Calls {
             request,
             reply: tx,
         });
-        rx.await.unwrap_or_else(|_| {
+        let response = rx.await.unwrap_or_else(|_| {
             // The shard stopped (a crash, or a stop without draining) after taking the
             // call: its batch may have reached the log.
             Response::Error(WireError::Indeterminate {
                 message: "the host stopped before answering".into(),
             })
-        })
+        });
+        crate::telemetry::call_answered(
+            class.name,
+            method_name,
+            crate::telemetry::outcome(&response),
+            crate::clock::monotonic().saturating_sub(started),
+        );
+        response
     }
 
     /// Deliver a WebSocket event to object `name` of `class` as a turn: it queues,

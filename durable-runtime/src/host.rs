@@ -422,6 +422,8 @@ impl Host {
         }
         let lock = DirLock::acquire(&self.data_dir).map_err(HostError::Config)?;
         crate::store::configure_sqlite();
+        // The Prometheus recorder, before anything records (once per process).
+        let _ = crate::telemetry::handle();
         let mut limits = limits;
         limits.max_active = active_cap(limits.max_active, raise_fd_limit());
         crate::files::create_dirs(&self.data_dir.join("objects"))

@@ -31,6 +31,7 @@ mod server;
 mod shard;
 mod sockets;
 mod store;
+mod telemetry;
 pub mod testing;
 mod tls;
 

@@ -226,12 +226,15 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         holds_memory: false,
     };
     tokio::task::spawn_local(object.run());
+    crate::telemetry::object_active(1.0, false);
     slot
 }
 
+/// Evict: close the object (its task finishes its work and drops it).
 fn close_slot(slot: &Slot, now: u64) {
     slot.core.borrow_mut().handle(now, Input::Close);
     slot.notify.notify_one();
+    crate::telemetry::object_active(-1.0, true);
 }
 
 /// Evict objects idle past the timeout, then the least recently used idle ones while
@@ -335,6 +338,7 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
         slot.core.borrow_mut().handle(now, input);
         slot.notify.notify_one();
     }
+    crate::telemetry::object_active(-(objects.len() as f64), false);
 }
 
 /// One object's state on its shard.
@@ -1444,7 +1448,9 @@ impl Object {
         let mut failure: Option<CommitError> = None;
         let mut alarms_ran = false;
         let mut requeue = Vec::new();
+        let mut items = 0usize;
         while let Some(item) = work.next() {
+            items += 1;
             let instance = self.instance.as_mut().expect("active");
             let ctx = self.ctx.as_mut().expect("active");
             ctx.effects = Effects::default();
@@ -1516,6 +1522,7 @@ impl Object {
                 Err(e) => failure = Some(CommitError::NotApplied(e)),
             }
         }
+        crate::telemetry::batch(items);
         if failure.is_none() {
             if let Err(e) = self.commit(before, capture, &recorded).await {
                 failure = Some(e);
@@ -1725,7 +1732,12 @@ async fn run_call(
     );
     let turn =
         tracing::Instrument::instrument(instance.dispatch(ctx, call.method, &request.args), span);
+    let started = crate::clock::monotonic();
     let outcome = AssertUnwindSafe(turn).catch_unwind().await;
+    crate::telemetry::turn(
+        call.class.name,
+        crate::clock::monotonic().saturating_sub(started),
+    );
     let rollback = |ctx: &Context| {
         ctx.conn
             .run("ROLLBACK TO durable_call")

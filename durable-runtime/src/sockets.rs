@@ -359,7 +359,6 @@ impl Registry {
     }
 
     /// How many sockets are open, host-wide.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.lock().values().map(HashMap::len).sum()
     }

@@ -753,3 +753,81 @@ mod in_process {
         running.shutdown().await;
     }
 }
+
+/// The value of the sample `name{labels}` in a Prometheus text exposition (labels
+/// given as they print, in any order).
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            let (series, _) = l.rsplit_once(' ').unwrap_or((l, ""));
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            n == name && labels.iter().all(|want| rest.contains(want))
+        })
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_calls_by_class_method_and_outcome_for_the_operator_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &[]);
+    for _ in 0..3 {
+        let (status, _) = call(&host, "Counter/m/increment", json!({"by": 1})).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _) = call(&host, "Counter/m/increment", json!({"by": "x"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let client = host.client().await;
+    client
+        .get::<durable_examples::counter::Counter>("q")
+        .increment(i64::MAX)
+        .await
+        .unwrap();
+    let overflow = client
+        .get::<durable_examples::counter::Counter>("q")
+        .increment(1)
+        .await;
+    assert!(overflow.is_err());
+    // Without the token: refused.
+    let response = http().get(host.http_url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let response = http()
+        .get(host.http_url("/metrics"))
+        .bearer_auth(token(&host))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    let calls = |outcome: &str| {
+        sample(
+            &text,
+            "durable_calls_total",
+            &[
+                r#"class="Counter""#,
+                r#"method="increment""#,
+                &format!(r#"outcome="{outcome}""#),
+            ],
+        )
+    };
+    // HTTP and QUIC calls go through the same entry: 3 + 1 ok, 1 app error. (The bad
+    // JSON never became a call.)
+    assert_eq!(calls("ok"), Some(4.0), "{text}");
+    assert_eq!(calls("app_error"), Some(1.0), "{text}");
+    assert!(
+        sample(&text, "durable_log_syncs_total", &[]).unwrap_or(0.0) >= 4.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "durable_objects_active", &[]),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(text.contains("durable_call_seconds_bucket"), "{text}");
+    assert!(text.contains("durable_turn_seconds_count"), "{text}");
+    assert!(text.contains("durable_batch_calls"), "{text}");
+}

@@ -54,7 +54,16 @@ impl<K: Copy + Ord + Hash> DueQueue<K> {
     /// The keys due at `now`, oldest first, as many as the in-flight bound allows; each
     /// leaves the queue (its turn re-enters its next due time) and counts as in flight
     /// until [`DueQueue::done`].
+    #[cfg(test)]
     pub(crate) fn take_due(&mut self, now: u64) -> Vec<K> {
+        self.take_due_timed(now)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// Like [`DueQueue::take_due`], with each key's due time.
+    pub(crate) fn take_due_timed(&mut self, now: u64) -> Vec<(K, u64)> {
         let mut out = Vec::new();
         while self.in_flight < self.max_in_flight {
             let Some(&Reverse((due, key))) = self.heap.peek() else {
@@ -69,9 +78,14 @@ impl<K: Copy + Ord + Hash> DueQueue<K> {
             }
             self.current.remove(&key);
             self.in_flight += 1;
-            out.push(key);
+            out.push((key, due));
         }
         out
+    }
+
+    /// How many keys have a due time.
+    pub(crate) fn len(&self) -> usize {
+        self.current.len()
     }
 
     /// A wake handed out by [`DueQueue::take_due`] finished.

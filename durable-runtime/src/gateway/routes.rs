@@ -46,12 +46,39 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/v1/classes", get(classes))
+        .route("/metrics", get(metrics))
         .route("/v1/objects/{class}/{name}/{method}", post(call))
         // A remote method named `ws` is still reachable by POST.
         .route("/v1/objects/{class}/{name}/ws", get(websocket).post(call))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+}
+
+/// `GET /metrics`: the Prometheus text exposition, for the host token's holder.
+async fn metrics(Extract(state): Extract<Arc<State>>, headers: HeaderMap) -> Response {
+    if !state.is_operator(&headers) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "metrics are for the operator: Authorization: Bearer TOKEN (DATA_DIR/tls/token)",
+        )
+        .into_response();
+    }
+    crate::telemetry::sockets_open(state.sockets.len());
+    match crate::telemetry::render() {
+        Some(text) => (
+            [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            text,
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics_unavailable",
+            "another metrics recorder was installed in this process before the host started",
+        )
+        .into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -36,6 +36,11 @@ impl State {
         }
     }
 
+    /// Whether the request carries the host token (the operator: `/metrics`).
+    pub(crate) fn is_operator(&self, headers: &HeaderMap) -> bool {
+        bearer(headers).is_some_and(|t| constant_time_eq(t.as_bytes(), self.token.as_bytes()))
+    }
+
     /// Who is calling `class`: the host token's holder, or whoever the application's
     /// check allows.
     pub(crate) fn authorize(&self, headers: &HeaderMap, class: &str) -> Result<Caller, ApiError> {

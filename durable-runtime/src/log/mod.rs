@@ -649,6 +649,7 @@ fn write_round(
     // only once the round is durable in it.
     let rollover = segment.size > 0 && segment.size + buf.len() as u64 > SEGMENT_BYTES;
     let mut fresh = None;
+    let started = crate::clock::monotonic();
     let result = (|| {
         let target = if rollover {
             fresh.insert(Segment::create(dir, first)?)
@@ -692,6 +693,10 @@ fn write_round(
         }
         return;
     }
+    crate::telemetry::log_round(
+        batch.len(),
+        crate::clock::monotonic().saturating_sub(started),
+    );
     if let Some(fresh) = fresh {
         *segment = fresh;
     }

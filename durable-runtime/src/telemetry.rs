@@ -1,0 +1,179 @@
+//! Prometheus metrics, served at `GET /metrics` on the HTTP address: what the host
+//! does, by class, method and outcome. Recorded through the `metrics` crate into its
+//! Prometheus recorder, installed once per process (an application that installed
+//! its own recorder first keeps it: then `/metrics` says so). Every name starts with
+//! `durable_`; `docs/operations.md` lists them.
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The process's Prometheus handle, installing the recorder on first use; `None` if
+/// another recorder was installed before.
+pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "durable_calls_total",
+        "Calls answered, by class, method and outcome."
+    );
+    describe_histogram!(
+        "durable_call_seconds",
+        Unit::Seconds,
+        "Time from a call's arrival to its answer (durability included), by class."
+    );
+    describe_histogram!(
+        "durable_turn_seconds",
+        Unit::Seconds,
+        "Time a method ran (its turn, without the commit), by class."
+    );
+    describe_histogram!(
+        "durable_batch_calls",
+        "Calls per batch (one commit, one log record)."
+    );
+    describe_counter!(
+        "durable_log_syncs_total",
+        "fdatasync calls on the host log."
+    );
+    describe_histogram!(
+        "durable_log_sync_seconds",
+        Unit::Seconds,
+        "Time of one host log write and fdatasync round."
+    );
+    describe_histogram!(
+        "durable_log_round_records",
+        "Batches made durable by one host log sync."
+    );
+    describe_gauge!(
+        "durable_objects_active",
+        "Objects with an instance in memory."
+    );
+    describe_counter!(
+        "durable_objects_evicted_total",
+        "Objects evicted (idle or past the active cap)."
+    );
+    describe_gauge!(
+        "durable_alarms_pending",
+        "Objects with pending alarms (the host's due index)."
+    );
+    describe_histogram!(
+        "durable_alarm_lateness_seconds",
+        Unit::Seconds,
+        "How long after its due time an alarm turn started."
+    );
+    describe_gauge!("durable_sockets_open", "WebSockets held by the gateway.");
+    describe_gauge!(
+        "durable_calls_in_flight",
+        "Calls admitted and not yet answered."
+    );
+}
+
+/// The `outcome` label of an answer: `ok`, `app_error`, or the framework error's name.
+pub(crate) fn outcome(response: &durable_client::wire::Response) -> &'static str {
+    use durable_client::wire::{Response, WireError};
+    match response {
+        Response::Return(_) | Response::Welcome => "ok",
+        Response::AppError(_) => "app_error",
+        Response::Error(e) => match e {
+            WireError::Unauthenticated => "unauthenticated",
+            WireError::UnknownClass { .. } => "unknown_class",
+            WireError::UnknownMethod { .. } => "unknown_method",
+            WireError::SchemaMismatch { .. } => "schema_mismatch",
+            WireError::Overloaded => "overloaded",
+            WireError::Timeout => "timeout",
+            WireError::ObjectReset { .. } => "object_reset",
+            WireError::TooLarge { .. } => "too_large",
+            WireError::Malformed { .. } => "malformed",
+            WireError::UnsupportedVersion { .. } => "unsupported_version",
+            WireError::ShuttingDown => "shutting_down",
+            WireError::BadArguments { .. } => "bad_arguments",
+            WireError::Internal { .. } => "internal",
+            WireError::Indeterminate { .. } => "indeterminate",
+            WireError::Moved { .. } => "moved",
+            WireError::StorageFull { .. } => "storage_full",
+            WireError::RequestReused => "request_reused",
+        },
+    }
+}
+
+/// A call was answered with `outcome` after `took`.
+pub(crate) fn call_answered(
+    class: &'static str,
+    method: &'static str,
+    outcome: &'static str,
+    took: Duration,
+) {
+    counter!("durable_calls_total", "class" => class, "method" => method, "outcome" => outcome)
+        .increment(1);
+    histogram!("durable_call_seconds", "class" => class).record(took.as_secs_f64());
+}
+
+/// A method ran for `took`.
+pub(crate) fn turn(class: &'static str, took: Duration) {
+    histogram!("durable_turn_seconds", "class" => class).record(took.as_secs_f64());
+}
+
+/// A batch of `calls` calls was committed.
+pub(crate) fn batch(calls: usize) {
+    histogram!("durable_batch_calls").record(calls as f64);
+}
+
+/// One host log round (write + fdatasync) of `records` records took `took`.
+pub(crate) fn log_round(records: usize, took: Duration) {
+    counter!("durable_log_syncs_total").increment(1);
+    histogram!("durable_log_sync_seconds").record(took.as_secs_f64());
+    histogram!("durable_log_round_records").record(records as f64);
+}
+
+/// An object became active (`+1`) or was closed (`-1`); `evicted` counts the latter
+/// when it was an eviction.
+pub(crate) fn object_active(delta: f64, evicted: bool) {
+    gauge!("durable_objects_active").increment(delta);
+    if evicted {
+        counter!("durable_objects_evicted_total").increment(1);
+    }
+}
+
+/// The due index holds `n` objects with pending alarms.
+pub(crate) fn alarms_pending(n: usize) {
+    gauge!("durable_alarms_pending").set(n as f64);
+}
+
+/// An alarm turn started `late` after its due time.
+pub(crate) fn alarm_lateness(late: Duration) {
+    histogram!("durable_alarm_lateness_seconds").record(late.as_secs_f64());
+}
+
+/// The gateway holds `n` WebSockets.
+pub(crate) fn sockets_open(n: usize) {
+    gauge!("durable_sockets_open").set(n as f64);
+}
+
+/// `n` calls are in flight.
+pub(crate) fn calls_in_flight(n: usize) {
+    gauge!("durable_calls_in_flight").set(n as f64);
+}
+
+/// The Prometheus text exposition of everything recorded in this process.
+pub(crate) fn render() -> Option<String> {
+    handle().map(|h| h.render())
+}
