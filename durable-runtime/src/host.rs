@@ -9,7 +9,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::durability::{Durability, WalSync};
 use crate::error::HostError;
 use crate::files::DirLock;
-use crate::gateway::{Deny, Gateway, GatewayConfig, HttpAuth};
+use crate::gateway::{Deny, Gateway, GatewayConfig, HttpAuth, Pages};
 use crate::log::recovery::RecoveryReport;
 use crate::log::{HostLog, LogConfig, LogRecord};
 use crate::placement::{Placement, SingleHost};
@@ -176,6 +176,9 @@ pub struct Host {
     placement: Arc<dyn Placement>,
     http: Option<SocketAddr>,
     http_auth: Option<HttpAuth>,
+    pages: Pages,
+    /// The first invalid page path, reported by [`Host::start`].
+    page_error: Option<String>,
 }
 
 impl std::fmt::Debug for Host {
@@ -192,6 +195,7 @@ impl std::fmt::Debug for Host {
             .field("require_client_cert", &self.require_client_cert)
             .field("http", &self.http)
             .field("http_auth", &self.http_auth.is_some())
+            .field("pages", &self.pages)
             .finish()
     }
 }
@@ -214,6 +218,8 @@ impl Host {
             placement: Arc::new(SingleHost),
             http: None,
             http_auth: None,
+            pages: Pages::default(),
+            page_error: None,
         }
     }
 
@@ -250,6 +256,31 @@ impl Host {
         check: impl Fn(&http::HeaderMap, &str) -> Result<Caller, Deny> + Send + Sync + 'static,
     ) -> Self {
         self.http_auth = Some(Arc::new(check));
+        self
+    }
+
+    /// Serve a static page at `path` on the HTTP gateway (`GET`, no token needed):
+    /// a small HTML document with its script and style inline, typically
+    /// `include_str!`'d, such as the chat room's page at `/chat/`. A path ending in
+    /// `/` also answers its bare form with a redirect (`/chat` to `/chat/`). Paths
+    /// are absolute, of letters, digits and `/-_.~`, outside `/v1/`; [`Host::start`]
+    /// fails on any other. The page's own calls and WebSockets go through the
+    /// gateway's auth as any other request: a public page needs a
+    /// [`Host::http_auth`] check that admits its classes. Served with a content
+    /// security policy that lets the page reach only the host that served it.
+    ///
+    /// ```
+    /// # use durable_runtime::Host;
+    /// let host = Host::builder("data").page("/hello/", "<!doctype html><p>hello</p>");
+    /// ```
+    pub fn page(
+        mut self,
+        path: impl Into<String>,
+        html: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Self {
+        if let Err(e) = self.pages.add(path.into(), html.into()) {
+            self.page_error.get_or_insert(e);
+        }
         self
     }
 
@@ -402,6 +433,14 @@ impl Host {
             return Err(HostError::Config(format!(
                 "limits out of range: {limits:?}"
             )));
+        }
+        if let Some(e) = self.page_error {
+            return Err(HostError::Config(e));
+        }
+        if !self.pages.is_empty() && self.http.is_none() {
+            tracing::warn!(
+                "pages are registered but the HTTP gateway is off (--http): they are not served"
+            );
         }
         if self.require_client_cert && self.client_ca.is_none() {
             return Err(HostError::Config(
@@ -611,6 +650,7 @@ impl Host {
                         auth: self.http_auth.clone(),
                         max_body: limits.max_frame,
                         sockets: sockets.clone(),
+                        pages: self.pages.clone(),
                     },
                 )
                 .map_err(|e| HostError::io("starting the HTTP gateway", e))

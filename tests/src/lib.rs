@@ -245,7 +245,7 @@ pub enum ProbeError {
 
 /// Register the example classes and the test classes.
 pub fn register_all(host: durable::Host) -> durable::Host {
-    durable_examples::register_all(host)
+    durable_examples::web::serve_pages(durable_examples::register_all(host))
         .register::<Probe>()
         .register::<Starter>()
         .register::<WsProbe>()
