@@ -63,6 +63,13 @@ pub struct Limits {
     /// A rate each caller key may sustain on one object (a token bucket); past it
     /// that caller gets `Overloaded` at once. Default: none.
     pub caller_rate: Option<crate::admission::CallerRate>,
+    /// Most WebSockets the HTTP gateway holds open at once, host-wide; past it
+    /// upgrades are refused (503). Default [`crate::DEFAULT_MAX_SOCKETS`].
+    pub max_sockets: usize,
+    /// The gateway pings each WebSocket this often, without waking its object, and
+    /// closes one that answered nothing for two intervals
+    /// ([`crate::CLOSE_NO_PONG`]). Zero: no pings. Default 30 s.
+    pub ws_ping_interval: Duration,
 }
 
 impl Default for Limits {
@@ -83,6 +90,8 @@ impl Default for Limits {
             max_inflight_calls: 100_000,
             max_inflight_bytes: 1 << 30,
             caller_rate: None,
+            max_sockets: crate::sockets::DEFAULT_MAX_SOCKETS,
+            ws_ping_interval: Duration::from_secs(30),
         }
     }
 }
@@ -584,7 +593,7 @@ impl Host {
             })
             .transpose()?;
 
-        let sockets = Arc::new(crate::sockets::Registry::default());
+        let sockets = Arc::new(crate::sockets::Registry::new(limits.max_sockets));
         let shards = Arc::new(
             Shards::start(
                 limits.shards,
@@ -651,6 +660,7 @@ impl Host {
                         max_body: limits.max_frame,
                         sockets: sockets.clone(),
                         pages: self.pages.clone(),
+                        ping_interval: limits.ws_ping_interval,
                     },
                 )
                 .map_err(|e| HostError::io("starting the HTTP gateway", e))

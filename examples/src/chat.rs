@@ -153,6 +153,11 @@ impl ChatRoom {
         Ok(lines)
     }
 
+    /// Who is in the room: the users of its open sockets, sorted, each once.
+    pub async fn here(&self, ctx: &mut Context) -> Result<Vec<String>, Error> {
+        Ok(presence(ctx, None))
+    }
+
     /// Store a line from `user` and broadcast it to the room; returns its number.
     pub async fn post(
         &mut self,

@@ -334,3 +334,93 @@ async fn many_clients_get_every_broadcast_in_order_across_an_eviction() {
     }
     host.kill9();
 }
+
+/// Evict every idle object: with `--shards 1 --max-active 1`, a call to another
+/// object takes the only active slot.
+async fn evict_others(host: &HostProcess) {
+    let answer = reqwest::Client::new()
+        .post(host.http_url("/v1/objects/Counter/evictor/increment"))
+        .bearer_auth(token(host))
+        .json(&serde_json::json!({"by": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_and_auto_responses_never_wake_the_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(
+        dir.path(),
+        &[
+            "--shards",
+            "1",
+            "--max-active",
+            "1",
+            "--ws-ping-secs",
+            "0.1",
+        ],
+    );
+    // One socket, read all along (so its client answers the pings).
+    let mut a = connect(&host, "WsProbe/quiet/ws").await;
+    say(&mut a, "a-in").await;
+    assert_eq!(next_text(&mut a).await, "a-in");
+    say(&mut a, "boot").await;
+    assert_eq!(next_text(&mut a).await, "boot:1");
+    evict_others(&host).await;
+    // While evicted: the gateway pings (the client's pongs go back unasked), and
+    // answers `ping` with `pong` itself.
+    let mut pings = 0;
+    while pings < 3 {
+        match tokio::time::timeout(WAIT, a.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Ping(_) => pings += 1,
+            other => panic!("expected a ping, got {other:?}"),
+        }
+    }
+    for _ in 0..3 {
+        say(&mut a, "ping").await;
+        assert_eq!(next_text(&mut a).await, "pong");
+    }
+    // Had any of that woken the probe, this would evict it again, and the next
+    // message would find a third activation.
+    evict_others(&host).await;
+    say(&mut a, "boot").await;
+    assert_eq!(next_text(&mut a).await, "boot:2");
+    host.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_and_the_socket_cap_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &["--ws-ping-secs", "0.1", "--max-sockets", "2"]);
+    let (mut a, mut b) = pair(&host, "WsProbe/cap/ws").await;
+    // A third socket is refused while two are open.
+    let url = host
+        .http_url("/v1/objects/WsProbe/cap/ws")
+        .replacen("http://", "ws://", 1);
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(&host)).parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 503)
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // `b` stops reading, so it never answers the pings: it is closed (1001) and the
+    // object learns it; `a` keeps reading (its client answers) and stays.
+    let left = next_text(&mut a).await;
+    assert_eq!(left, format!("left:{}", durable::CLOSE_NO_PONG));
+    say(&mut a, "still here").await;
+    assert_eq!(next_text(&mut a).await, "still here");
+    drop(b.close(None).await);
+    host.kill9();
+}

@@ -93,6 +93,8 @@ pub(crate) struct GatewayConfig {
     pub(crate) sockets: Arc<crate::sockets::Registry>,
     /// The application's static pages.
     pub(crate) pages: Pages,
+    /// How often to ping each WebSocket (zero: never).
+    pub(crate) ping_interval: Duration,
 }
 
 /// A running gateway: its address, and the means to stop it.

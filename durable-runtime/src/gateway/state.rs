@@ -25,6 +25,8 @@ pub(crate) struct State {
     pub(crate) sockets: Arc<crate::sockets::Registry>,
     /// The application's static pages.
     pub(crate) pages: super::Pages,
+    /// How often to ping each WebSocket (zero: never).
+    pub(crate) ping_interval: std::time::Duration,
 }
 
 impl State {
@@ -37,6 +39,7 @@ impl State {
             token_caller: Caller(TOKEN_CALLER.into()),
             sockets: config.sockets,
             pages: config.pages,
+            ping_interval: config.ping_interval,
         }
     }
 
