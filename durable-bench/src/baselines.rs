@@ -583,7 +583,7 @@ impl Http {
 /// doing what a hand-written chat server does: every socket gets a bounded queue and
 /// a writer task, and each text message from any socket is pushed to every socket's
 /// queue (the sender's too). No storage, no turns, no durability. Its sockets read
-/// through a 4 KiB buffer, as the gateway's do.
+/// through a 4 KiB buffer and send without Nagle's delay, as the gateway's do.
 pub fn ws_fanout_server() -> ExitCode {
     use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
     use futures_util::{SinkExt, StreamExt};
@@ -627,9 +627,14 @@ pub fn ws_fanout_server() -> ExitCode {
                 }
             }),
         );
+        use axum::serve::ListenerExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("listening on {}", listener.local_addr().unwrap());
         let _ = std::io::stdout().flush();
+        // Without Nagle's algorithm, as the gateway's sockets.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let _ = axum::serve(listener, app).await;
     });
     ExitCode::SUCCESS
