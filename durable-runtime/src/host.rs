@@ -134,12 +134,24 @@ fn raise_fd_limit() -> u64 {
 /// catalog, the alarm index.
 const RESERVED_FDS: u64 = 512;
 
+/// The descriptors the object cap leaves for the gateway's WebSockets (one each):
+/// the socket cap, but at most half of what is left after [`RESERVED_FDS`]; none
+/// without the gateway.
+fn socket_fds(gateway: bool, max_sockets: usize, fds: u64) -> u64 {
+    if gateway {
+        (max_sockets as u64).min(fds.saturating_sub(RESERVED_FDS) / 2)
+    } else {
+        0
+    }
+}
+
 /// The active-object cap for a requested `max_active` (0: as many as fit) and the
-/// open-file limit `fds`. Each active object holds three descriptors (database,
-/// WAL, shared memory). Said once at start: at `info` when derived, as a warning
-/// only when an explicit request had to be lowered.
-fn active_cap(requested: usize, fds: u64) -> usize {
-    let fit = (fds.saturating_sub(RESERVED_FDS) / 3).max(16) as usize;
+/// open-file limit `fds`, of which `sockets` are left for WebSockets. Each active
+/// object holds three descriptors (database, WAL, shared memory). Said once at
+/// start: at `info` when derived, as a warning only when an explicit request had to
+/// be lowered.
+fn active_cap(requested: usize, fds: u64, sockets: u64) -> usize {
+    let fit = (fds.saturating_sub(RESERVED_FDS + sockets) / 3).max(16) as usize;
     if requested == 0 {
         tracing::info!(
             open_files = fds,
@@ -471,7 +483,9 @@ impl Host {
         let lock = DirLock::acquire(&self.data_dir).map_err(HostError::Config)?;
         crate::store::configure_sqlite();
         let mut limits = limits;
-        limits.max_active = active_cap(limits.max_active, raise_fd_limit());
+        let fds = raise_fd_limit();
+        let sockets = socket_fds(self.http.is_some(), limits.max_sockets, fds);
+        limits.max_active = active_cap(limits.max_active, fds, sockets);
         crate::files::create_dirs(&self.data_dir.join("objects"))
             .map_err(|e| HostError::io(format!("creating {}", self.data_dir.display()), e))?;
         let tls = crate::tls::load_or_create(&self.data_dir, &self.tls_names)?;
@@ -891,5 +905,22 @@ impl RunningHost {
             return false;
         }
         rx.await.unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_object_cap_leaves_room_for_websockets_when_the_gateway_is_on() {
+        assert_eq!(socket_fds(false, 16_384, 20_000), 0);
+        assert_eq!(active_cap(0, 20_000, 0), 6_496);
+        let sockets = socket_fds(true, 16_384, 20_000);
+        assert_eq!(sockets, 9_744);
+        assert_eq!(active_cap(0, 20_000, sockets), 3_248);
+        // A small socket cap takes only what it needs.
+        assert_eq!(socket_fds(true, 100, 20_000), 100);
+        assert_eq!(active_cap(50, 20_000, 100), 50);
     }
 }
