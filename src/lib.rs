@@ -74,8 +74,9 @@ pub use durable_runtime::{
     Storage,
 };
 pub use durable_runtime::{
-    FromWsMessage, Socket, SocketHandlers, SocketId, WsMessage, CLOSE_INTERNAL, CLOSE_REFUSED,
-    CLOSE_SLOW_CLIENT, CLOSE_TRY_AGAIN, MAX_ATTACHMENT_BYTES, MAX_TAGS, MAX_TAG_BYTES, SEND_QUEUE,
+    FromWsMessage, Socket, SocketHandlers, SocketId, WsMessage, CLOSE_INTERNAL, CLOSE_NO_PONG,
+    CLOSE_REFUSED, CLOSE_SLOW_CLIENT, CLOSE_TRY_AGAIN, DEFAULT_MAX_SOCKETS, MAX_ATTACHMENT_BYTES,
+    MAX_AUTO_RESPONSE_BYTES, MAX_TAGS, MAX_TAG_BYTES, SEND_QUEUE,
 };
 
 #[doc(hidden)]

@@ -578,3 +578,82 @@ impl Http {
         Ok(())
     }
 }
+
+/// `__ws-fanout`: the baseline of `broadcast_1000`, a bare axum WebSocket server
+/// doing what a hand-written chat server does: every socket gets a bounded queue and
+/// a writer task, and each text message from any socket is pushed to every socket's
+/// queue (the sender's too). No storage, no turns, no durability. Its sockets read
+/// through a 4 KiB buffer and send without Nagle's delay, as the gateway's do.
+pub fn ws_fanout_server() -> ExitCode {
+    use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+    use futures_util::{SinkExt, StreamExt};
+    use std::sync::Mutex;
+    type Sockets = Arc<Mutex<Vec<tokio::sync::mpsc::Sender<Message>>>>;
+    async fn socket(ws: WebSocket, sockets: Sockets) {
+        let (mut sink, mut stream) = ws.split();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(1024);
+        sockets.lock().unwrap().push(tx);
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if sink.send(m).await.is_err() {
+                    return;
+                }
+            }
+        });
+        while let Some(Ok(m)) = stream.next().await {
+            if let Message::Text(t) = m {
+                let all = sockets.lock().unwrap();
+                for s in all.iter() {
+                    let _ = s.try_send(Message::Text(t.clone()));
+                }
+            }
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let sockets: Sockets = Arc::default();
+        let app = axum::Router::new().route(
+            "/ws",
+            axum::routing::get(move |up: WebSocketUpgrade| {
+                let sockets = sockets.clone();
+                // The same read buffer as the gateway's (tungstenite zero-fills its
+                // default 128 KiB before each read).
+                async move {
+                    up.read_buffer_size(4096)
+                        .on_upgrade(move |ws| socket(ws, sockets))
+                }
+            }),
+        );
+        use axum::serve::ListenerExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("listening on {}", listener.local_addr().unwrap());
+        let _ = std::io::stdout().flush();
+        // Without Nagle's algorithm, as the gateway's sockets.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let _ = axum::serve(listener, app).await;
+    });
+    ExitCode::SUCCESS
+}
+
+/// Raise this process's open-file limit to its hard limit (children inherit it):
+/// the WebSocket scenarios hold thousands of sockets.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    lim.rlim_cur
+}

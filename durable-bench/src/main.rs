@@ -8,7 +8,7 @@
 //! It starts what it needs itself: a real host process (this binary re-executed as
 //! `__host`), Redis and PostgreSQL servers when installed, workerd when
 //! `durable-bench/workerd/install.sh` has installed it, and a bare quinn echo server
-//! (`__quinn-echo`). Every row's ratio is > 1 when durable is better than the baseline.
+//! (`__quinn-echo`), and a bare axum WebSocket fan-out server (`__ws-fanout`). Every row's ratio is > 1 when durable is better than the baseline.
 
 mod baselines;
 mod scenarios;
@@ -30,6 +30,8 @@ pub const SCENARIOS: &[&str] = &[
     "startup_1m",
     "increments_postgres",
     "http_call",
+    "broadcast_1000",
+    "memory_socket",
 ];
 
 #[derive(Parser, Debug)]
@@ -37,7 +39,7 @@ pub const SCENARIOS: &[&str] = &[
 struct Args {
     /// Scenarios to run (default: all): increments_many, increments_hot, read_latency,
     /// activation, alarm_lateness, memory_idle, startup_100k, startup_1m, increments_postgres,
-    /// http_call.
+    /// http_call, broadcast_1000, memory_socket.
     scenarios: Vec<String>,
     /// Short runs (under two minutes in all), for CI smoke use.
     #[arg(long)]
@@ -117,6 +119,7 @@ fn main() -> ExitCode {
             return durable::cli::run(args, durable_tests::register_all);
         }
         Some("__quinn-echo") => return baselines::quinn_echo_server(),
+        Some("__ws-fanout") => return baselines::ws_fanout_server(),
         _ => {}
     }
     let args = Args::parse();

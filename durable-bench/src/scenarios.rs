@@ -67,6 +67,8 @@ pub async fn run_all(selected: &[&str], quick: bool) -> (Vec<Row>, Vec<(String, 
             "startup_1m" => startup(&plan, "startup_1m", 1_000_000).await,
             "increments_postgres" => increments_postgres(&mut plan).await,
             "http_call" => http_call(&plan).await,
+            "broadcast_1000" => broadcast_1000(&plan).await,
+            "memory_socket" => memory_socket(&plan).await,
             other => Err(format!("unknown scenario {other}")),
         };
         match result {
@@ -956,5 +958,264 @@ async fn increments_postgres(plan: &mut Plan) -> Result<Vec<Row>, String> {
         "incr/s",
         baseline,
         &against,
+    )])
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsSink = futures_util::stream::SplitSink<WsStream, tokio_tungstenite::tungstenite::Message>;
+
+/// A host process serving HTTP too; returns it with the gateway's address.
+async fn http_host(dir: &Path, extra: &[&str]) -> Result<(Server, std::net::SocketAddr), String> {
+    let mut args: Vec<&OsStr> = vec![os("__host"), os("serve"), os("--data-dir"), dir.as_os_str()];
+    args.extend([
+        os("--listen"),
+        os("127.0.0.1:0"),
+        os("--http"),
+        os("127.0.0.1:0"),
+    ]);
+    args.extend(extra.iter().map(|s| os(s)));
+    let (server, lines) = baselines::spawn_self_lines(&args, &[("RUST_LOG", "error")], 2)?;
+    let http = lines[0]
+        .strip_prefix("http listening on ")
+        .ok_or_else(|| format!("unexpected second line {:?}", lines[0]))?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    Ok((server, http))
+}
+
+/// Open a WebSocket to `url`, with the host token if given.
+async fn ws_open(url: &str, token: Option<&str>) -> Result<WsStream, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().map_err(|e| e.to_string())?;
+    if let Some(t) = token {
+        let value = format!("Bearer {t}").parse().map_err(|_| "bad token")?;
+        request.headers_mut().insert("authorization", value);
+    }
+    // A small read buffer: tungstenite zero-fills the whole buffer (128 KiB by
+    // default) before each read, which would dominate a thousand small reads.
+    let config =
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+        .await
+        .map_err(|e| format!("opening {url}: {e}"))?;
+    Ok(ws)
+}
+
+/// `n` sockets to an echo-to-all server (the `WsProbe` object, or the bare axum
+/// baseline), all joined. A reader task per socket reports each `t:` and `sync-`
+/// message with the instant it arrived.
+struct Fanout {
+    sinks: Vec<WsSink>,
+    arrivals: tokio::sync::mpsc::UnboundedReceiver<(usize, String, Instant)>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Fanout {
+    async fn open(url: &str, token: Option<&str>, n: usize) -> Result<Fanout, String> {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let (tx, arrivals) = tokio::sync::mpsc::unbounded_channel();
+        let mut fanout = Fanout {
+            sinks: Vec::with_capacity(n),
+            arrivals,
+            readers: Vec::with_capacity(n),
+        };
+        for i in 0..n {
+            let (sink, mut stream) = ws_open(url, token).await?.split();
+            let tx = tx.clone();
+            fanout.readers.push(tokio::spawn(async move {
+                while let Some(Ok(m)) = stream.next().await {
+                    if let Message::Text(t) = m {
+                        if t.starts_with("t:") || t.starts_with("sync-") {
+                            let _ = tx.send((i, t.to_string(), Instant::now()));
+                        }
+                    }
+                }
+            }));
+            fanout.sinks.push(sink);
+        }
+        // A socket has joined once its join turn ran, which its upgrade does not wait
+        // for: broadcast until one message reaches every socket.
+        for k in 0.. {
+            let text = format!("sync-{k}");
+            fanout.sinks[n - 1]
+                .send(Message::text(text.clone()))
+                .await
+                .map_err(|e| e.to_string())?;
+            match fanout.expect(&text, n, Duration::from_secs(2)).await {
+                Ok(_) => break,
+                Err(e) if k >= 10 => return Err(e),
+                Err(_) => continue,
+            }
+        }
+        Ok(fanout)
+    }
+
+    /// Wait up to `wait` for `count` arrivals of `text`; returns the last one's
+    /// instant.
+    async fn expect(
+        &mut self,
+        text: &str,
+        count: usize,
+        wait: Duration,
+    ) -> Result<Instant, String> {
+        let mut last = Instant::now();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut seen = 0;
+        while seen < count {
+            let next = tokio::time::timeout_at(deadline, self.arrivals.recv()).await;
+            match next {
+                Ok(Some((_, t, at))) if t == text => {
+                    seen += 1;
+                    last = at;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Err("every socket closed".into()),
+                Err(_) => {
+                    return Err(format!(
+                        "{seen} of {count} sockets got {text:?} in {wait:?}"
+                    ))
+                }
+            }
+        }
+        Ok(last)
+    }
+
+    /// `rounds` broadcasts, one at a time: the time from sending each to its arrival
+    /// at the last socket, in milliseconds, sorted.
+    async fn measure(&mut self, warm: usize, rounds: usize) -> Result<Vec<f64>, String> {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::Message;
+        let n = self.sinks.len();
+        let mut out = Vec::with_capacity(rounds);
+        for k in 0..warm + rounds {
+            let text = format!("t:{k}");
+            let sent = Instant::now();
+            self.sinks[k % n]
+                .send(Message::text(text.clone()))
+                .await
+                .map_err(|e| e.to_string())?;
+            let last = self.expect(&text, n, Duration::from_secs(20)).await?;
+            if k >= warm {
+                out.push(last.duration_since(sent).as_secs_f64() * 1e3);
+            }
+        }
+        out.sort_by(f64::total_cmp);
+        Ok(out)
+    }
+
+    fn close(self) {
+        for r in self.readers {
+            r.abort();
+        }
+    }
+}
+
+/// One message from a turn to 1,000 open sockets, until the last one has it (the
+/// time includes the sender's message reaching the object), against a bare axum
+/// server fanning out the same message the same way, without turns or storage.
+async fn broadcast_1000(plan: &Plan) -> Result<Vec<Row>, String> {
+    const SOCKETS: usize = 1000;
+    baselines::raise_fd_limit();
+    let (warm, rounds) = if plan.quick { (5, 30) } else { (20, 300) };
+    let dir = plan.dir("broadcast");
+    let (server, http) = http_host(&dir, &[]).await?;
+    let token =
+        std::fs::read_to_string(dir.join("tls").join("token")).map_err(|e| e.to_string())?;
+    let url = format!("ws://{http}/v1/objects/WsProbe/fanout/ws");
+    let mut durable = Fanout::open(&url, Some(token.trim()), SOCKETS).await?;
+    let ours = durable.measure(warm, rounds).await?;
+    durable.close();
+    server.stop();
+    let bare = baselines::spawn_self(&[os("__ws-fanout")], &[])?;
+    let mut axum = Fanout::open(&format!("ws://{}/ws", bare.addr), None, SOCKETS).await?;
+    let theirs = axum.measure(warm, rounds).await?;
+    axum.close();
+    bare.stop();
+    let against = "bare axum fan-out, same machine";
+    Ok(vec![
+        Row::lower(
+            "broadcast_1000",
+            percentile(&ours, 0.5),
+            "ms p50 to last",
+            Some(percentile(&theirs, 0.5)),
+            against,
+        ),
+        Row::lower(
+            "broadcast_1000",
+            percentile(&ours, 0.99),
+            "ms p99 to last",
+            Some(percentile(&theirs, 0.99)),
+            against,
+        ),
+    ])
+}
+
+/// Resident memory of the host per hibernated socket: `n` sockets open on one chat
+/// room, the room evicted (the gateway alone holds them).
+async fn memory_socket(plan: &Plan) -> Result<Vec<Row>, String> {
+    use durable_examples::chat::ChatRoom;
+    let limit = baselines::raise_fd_limit();
+    let n: usize = if plan.quick { 2_000 } else { 10_000 };
+    // Each socket is a file descriptor on both sides, plus the host's own files.
+    if (limit as usize) < n + 1_000 {
+        return Err(format!(
+            "the open-file limit ({limit}) is too low for {n} sockets: raise it (ulimit -Hn)"
+        ));
+    }
+    let dir = plan.dir("memory-socket");
+    // One shard holding one active object: a call to another object evicts the room.
+    let (server, http) = http_host(&dir, &["--shards", "1", "--max-active", "1"]).await?;
+    let token =
+        std::fs::read_to_string(dir.join("tls").join("token")).map_err(|e| e.to_string())?;
+    let token = token.trim();
+    let config = ClientConfig::from_data_dir(server.addr, &dir).map_err(|e| e.to_string())?;
+    let client = Client::connect(config).await.map_err(|e| e.to_string())?;
+    let room = client.get::<ChatRoom>("memory");
+    let counter = client.get::<Counter>("elsewhere");
+    // Warm up every path once (a socket, the room, the counter), then measure.
+    let url = |i: usize| format!("ws://{http}/v1/objects/ChatRoom/memory/ws?user=u{i}");
+    drop(ws_open(&url(0), Some(token)).await?);
+    room.here().await.map_err(|e| e.to_string())?;
+    counter.increment(1).await.map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = server.rss();
+    let mut sockets = Vec::with_capacity(n);
+    for i in 0..n {
+        sockets.push(ws_open(&url(i), Some(token)).await?);
+    }
+    // Every socket has joined (tagged, with its user as attachment)...
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let here = room.here().await.map_err(|e| e.to_string())?.len();
+        if here == n {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{here} of {n} sockets joined in 120 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...and the room is evicted: its only slot goes to the counter.
+    counter.increment(1).await.map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let per = server.rss().saturating_sub(before) as f64 / n as f64;
+    // Still open: the room wakes and sees them all.
+    let here = room.here().await.map_err(|e| e.to_string())?.len();
+    if here != n {
+        return Err(format!(
+            "after the eviction {here} of {n} sockets are listed"
+        ));
+    }
+    drop(sockets);
+    client.close();
+    server.stop();
+    Ok(vec![Row::lower(
+        "memory_socket",
+        per,
+        &format!("B/hibernated ws/{n}"),
+        None,
+        "-",
     )])
 }

@@ -79,6 +79,13 @@ enum Command {
         /// it that caller gets Overloaded at once (default: no rate).
         #[arg(long, env = "DURABLE_CALLER_RATE")]
         caller_rate: Option<crate::admission::CallerRate>,
+        /// Most WebSockets held open at once by the HTTP gateway.
+        #[arg(long, env = "DURABLE_MAX_SOCKETS", default_value_t = crate::sockets::DEFAULT_MAX_SOCKETS)]
+        max_sockets: usize,
+        /// Seconds between the gateway's pings of each WebSocket (0: none); a socket
+        /// that answers nothing for two intervals is closed.
+        #[arg(long, env = "DURABLE_WS_PING_SECS", default_value_t = 30.0)]
+        ws_ping_secs: f64,
         /// Accept client certificates signed by the CA in this PEM file instead of the
         /// token (token clients still connect unless --require-client-cert). Not set:
         /// no client certificate is trusted, not even from the host's own dev CA.
@@ -279,6 +286,8 @@ where
             max_inflight_calls,
             max_inflight_bytes,
             caller_rate,
+            max_sockets,
+            ws_ping_secs,
             client_ca,
             require_client_cert,
             http,
@@ -316,6 +325,12 @@ where
                         l.max_inflight_calls = max_inflight_calls.max(1);
                         l.max_inflight_bytes = max_inflight_bytes.max(1);
                         l.caller_rate = caller_rate;
+                        l.max_sockets = max_sockets;
+                        l.ws_ping_interval = if ws_ping_secs.is_finite() && ws_ping_secs > 0.0 {
+                            Duration::from_secs_f64(ws_ping_secs.min(86_400.0))
+                        } else {
+                            Duration::ZERO
+                        };
                         if let Some(s) = shards {
                             l.shards = s;
                         }

@@ -9,7 +9,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::durability::{Durability, WalSync};
 use crate::error::HostError;
 use crate::files::DirLock;
-use crate::gateway::{Deny, Gateway, GatewayConfig, HttpAuth};
+use crate::gateway::{Deny, Gateway, GatewayConfig, HttpAuth, Pages};
 use crate::log::recovery::RecoveryReport;
 use crate::log::{HostLog, LogConfig, LogRecord};
 use crate::placement::{Placement, SingleHost};
@@ -63,6 +63,13 @@ pub struct Limits {
     /// A rate each caller key may sustain on one object (a token bucket); past it
     /// that caller gets `Overloaded` at once. Default: none.
     pub caller_rate: Option<crate::admission::CallerRate>,
+    /// Most WebSockets the HTTP gateway holds open at once, host-wide; past it
+    /// upgrades are refused (503). Default [`crate::DEFAULT_MAX_SOCKETS`].
+    pub max_sockets: usize,
+    /// The gateway pings each WebSocket this often, without waking its object, and
+    /// closes one that answered nothing for two intervals
+    /// ([`crate::CLOSE_NO_PONG`]). Zero: no pings. Default 30 s.
+    pub ws_ping_interval: Duration,
 }
 
 impl Default for Limits {
@@ -83,6 +90,8 @@ impl Default for Limits {
             max_inflight_calls: 100_000,
             max_inflight_bytes: 1 << 30,
             caller_rate: None,
+            max_sockets: crate::sockets::DEFAULT_MAX_SOCKETS,
+            ws_ping_interval: Duration::from_secs(30),
         }
     }
 }
@@ -125,12 +134,24 @@ fn raise_fd_limit() -> u64 {
 /// catalog, the alarm index.
 const RESERVED_FDS: u64 = 512;
 
+/// The descriptors the object cap leaves for the gateway's WebSockets (one each):
+/// the socket cap, but at most half of what is left after [`RESERVED_FDS`]; none
+/// without the gateway.
+fn socket_fds(gateway: bool, max_sockets: usize, fds: u64) -> u64 {
+    if gateway {
+        (max_sockets as u64).min(fds.saturating_sub(RESERVED_FDS) / 2)
+    } else {
+        0
+    }
+}
+
 /// The active-object cap for a requested `max_active` (0: as many as fit) and the
-/// open-file limit `fds`. Each active object holds three descriptors (database,
-/// WAL, shared memory). Said once at start: at `info` when derived, as a warning
-/// only when an explicit request had to be lowered.
-fn active_cap(requested: usize, fds: u64) -> usize {
-    let fit = (fds.saturating_sub(RESERVED_FDS) / 3).max(16) as usize;
+/// open-file limit `fds`, of which `sockets` are left for WebSockets. Each active
+/// object holds three descriptors (database, WAL, shared memory). Said once at
+/// start: at `info` when derived, as a warning only when an explicit request had to
+/// be lowered.
+fn active_cap(requested: usize, fds: u64, sockets: u64) -> usize {
+    let fit = (fds.saturating_sub(RESERVED_FDS + sockets) / 3).max(16) as usize;
     if requested == 0 {
         tracing::info!(
             open_files = fds,
@@ -176,6 +197,9 @@ pub struct Host {
     placement: Arc<dyn Placement>,
     http: Option<SocketAddr>,
     http_auth: Option<HttpAuth>,
+    pages: Pages,
+    /// The first invalid page path, reported by [`Host::start`].
+    page_error: Option<String>,
 }
 
 impl std::fmt::Debug for Host {
@@ -192,6 +216,7 @@ impl std::fmt::Debug for Host {
             .field("require_client_cert", &self.require_client_cert)
             .field("http", &self.http)
             .field("http_auth", &self.http_auth.is_some())
+            .field("pages", &self.pages)
             .finish()
     }
 }
@@ -214,6 +239,8 @@ impl Host {
             placement: Arc::new(SingleHost),
             http: None,
             http_auth: None,
+            pages: Pages::default(),
+            page_error: None,
         }
     }
 
@@ -250,6 +277,31 @@ impl Host {
         check: impl Fn(&http::HeaderMap, &str) -> Result<Caller, Deny> + Send + Sync + 'static,
     ) -> Self {
         self.http_auth = Some(Arc::new(check));
+        self
+    }
+
+    /// Serve a static page at `path` on the HTTP gateway (`GET`, no token needed):
+    /// a small HTML document with its script and style inline, typically
+    /// `include_str!`'d, such as the chat room's page at `/chat/`. A path ending in
+    /// `/` also answers its bare form with a redirect (`/chat` to `/chat/`). Paths
+    /// are absolute, of letters, digits and `/-_.~`, outside `/v1/`; [`Host::start`]
+    /// fails on any other. The page's own calls and WebSockets go through the
+    /// gateway's auth as any other request: a public page needs a
+    /// [`Host::http_auth`] check that admits its classes. Served with a content
+    /// security policy that lets the page reach only the host that served it.
+    ///
+    /// ```
+    /// # use durable_runtime::Host;
+    /// let host = Host::builder("data").page("/hello/", "<!doctype html><p>hello</p>");
+    /// ```
+    pub fn page(
+        mut self,
+        path: impl Into<String>,
+        html: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Self {
+        if let Err(e) = self.pages.add(path.into(), html.into()) {
+            self.page_error.get_or_insert(e);
+        }
         self
     }
 
@@ -403,6 +455,14 @@ impl Host {
                 "limits out of range: {limits:?}"
             )));
         }
+        if let Some(e) = self.page_error {
+            return Err(HostError::Config(e));
+        }
+        if !self.pages.is_empty() && self.http.is_none() {
+            tracing::warn!(
+                "pages are registered but the HTTP gateway is off (--http): they are not served"
+            );
+        }
         if self.require_client_cert && self.client_ca.is_none() {
             return Err(HostError::Config(
                 "requiring client certificates needs a client CA (--client-ca)".into(),
@@ -425,7 +485,9 @@ impl Host {
         // The Prometheus recorder, before anything records (once per process).
         let _ = crate::telemetry::handle();
         let mut limits = limits;
-        limits.max_active = active_cap(limits.max_active, raise_fd_limit());
+        let fds = raise_fd_limit();
+        let sockets = socket_fds(self.http.is_some(), limits.max_sockets, fds);
+        limits.max_active = active_cap(limits.max_active, fds, sockets);
         crate::files::create_dirs(&self.data_dir.join("objects"))
             .map_err(|e| HostError::io(format!("creating {}", self.data_dir.display()), e))?;
         let tls = crate::tls::load_or_create(&self.data_dir, &self.tls_names)?;
@@ -547,7 +609,7 @@ impl Host {
             })
             .transpose()?;
 
-        let sockets = Arc::new(crate::sockets::Registry::default());
+        let sockets = Arc::new(crate::sockets::Registry::new(limits.max_sockets));
         let shards = Arc::new(
             Shards::start(
                 limits.shards,
@@ -613,6 +675,8 @@ impl Host {
                         auth: self.http_auth.clone(),
                         max_body: limits.max_frame,
                         sockets: sockets.clone(),
+                        pages: self.pages.clone(),
+                        ping_interval: limits.ws_ping_interval,
                     },
                 )
                 .map_err(|e| HostError::io("starting the HTTP gateway", e))
@@ -843,5 +907,22 @@ impl RunningHost {
             return false;
         }
         rx.await.unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_object_cap_leaves_room_for_websockets_when_the_gateway_is_on() {
+        assert_eq!(socket_fds(false, 16_384, 20_000), 0);
+        assert_eq!(active_cap(0, 20_000, 0), 6_496);
+        let sockets = socket_fds(true, 16_384, 20_000);
+        assert_eq!(sockets, 9_744);
+        assert_eq!(active_cap(0, 20_000, sockets), 3_248);
+        // A small socket cap takes only what it needs.
+        assert_eq!(socket_fds(true, 100, 20_000), 100);
+        assert_eq!(active_cap(50, 20_000, 100), 50);
     }
 }

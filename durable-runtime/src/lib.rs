@@ -48,8 +48,9 @@ pub use log::recovery::RecoveryReport;
 pub use log::{LogConfig, LogRecord, RecordKind, TailProblem};
 pub use placement::{Owner, Placement, SingleHost};
 pub use sockets::{
-    FromWsMessage, Socket, SocketHandlers, SocketId, WsMessage, CLOSE_INTERNAL, CLOSE_REFUSED,
-    CLOSE_SLOW_CLIENT, CLOSE_TRY_AGAIN, MAX_ATTACHMENT_BYTES, MAX_TAGS, MAX_TAG_BYTES, SEND_QUEUE,
+    FromWsMessage, Socket, SocketHandlers, SocketId, WsMessage, CLOSE_INTERNAL, CLOSE_NO_PONG,
+    CLOSE_REFUSED, CLOSE_SLOW_CLIENT, CLOSE_TRY_AGAIN, DEFAULT_MAX_SOCKETS, MAX_ATTACHMENT_BYTES,
+    MAX_AUTO_RESPONSE_BYTES, MAX_TAGS, MAX_TAG_BYTES, SEND_QUEUE,
 };
 pub use store::list_objects;
 

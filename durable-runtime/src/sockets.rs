@@ -13,7 +13,7 @@
 use durable_client::ObjectId;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,6 +25,13 @@ pub const MAX_TAGS: usize = 16;
 
 /// Longest tag, in bytes.
 pub const MAX_TAG_BYTES: usize = 256;
+
+/// Longest request or response of an auto-response pair
+/// ([`crate::Context::set_auto_response`]), in bytes.
+pub const MAX_AUTO_RESPONSE_BYTES: usize = 2048;
+
+/// Most WebSockets a host holds open by default ([`crate::Limits::max_sockets`]).
+pub const DEFAULT_MAX_SOCKETS: usize = 16_384;
 
 /// Messages that may wait to be written to one socket; past it the socket is closed
 /// with [`CLOSE_SLOW_CLIENT`] (a slow client never stalls the object or other sockets).
@@ -45,6 +52,10 @@ pub const CLOSE_TRY_AGAIN: u16 = 1013;
 /// Close code when the object's turn failed for another reason than its own error
 /// (1011, internal error).
 pub const CLOSE_INTERNAL: u16 = 1011;
+
+/// Close code of a socket whose client answered none of the gateway's pings for two
+/// ping intervals (1001, going away).
+pub const CLOSE_NO_PONG: u16 = 1001;
 
 /// A WebSocket's id: unique on this host while it runs (sockets do not survive a
 /// restart of the host).
@@ -176,6 +187,7 @@ pub(crate) enum SocketOp {
     Close(SocketId, u16, String),
     SetTags(SocketId, Vec<String>),
     SetAttachment(SocketId, Option<Vec<u8>>),
+    AutoResponse(Option<(String, String)>),
 }
 
 /// Why a socket is being closed.
@@ -247,15 +259,55 @@ type Key = (&'static str, ObjectId);
 
 /// The host's open WebSockets, by object: the gateway adds and removes them, turns
 /// read them and the output gate applies turns' socket effects to them.
-#[derive(Default)]
 pub(crate) struct Registry {
     objects: Mutex<HashMap<Key, HashMap<SocketId, Entry>>>,
+    /// Objects' auto-response pairs (request text, response text), kept while the
+    /// object has open sockets.
+    auto: Mutex<HashMap<Key, (String, String)>>,
     next: AtomicU64,
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new(DEFAULT_MAX_SOCKETS)
+    }
 }
 
 impl Registry {
-    /// A new socket of an object, with no tags.
-    pub(crate) fn register(&self, class: &'static str, id: ObjectId, query: String) -> Registered {
+    /// A registry holding at most `max` sockets.
+    pub(crate) fn new(max: usize) -> Self {
+        Registry {
+            objects: Mutex::default(),
+            auto: Mutex::default(),
+            next: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Whether the host holds as many sockets as it may.
+    pub(crate) fn is_full(&self) -> bool {
+        self.open.load(Ordering::Relaxed) >= self.max
+    }
+
+    /// A new socket of an object, with no tags; `None` if the host holds as many
+    /// sockets as it may.
+    pub(crate) fn register(
+        &self,
+        class: &'static str,
+        id: ObjectId,
+        query: String,
+    ) -> Option<Registered> {
+        let taken = self
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return None;
+        }
         let socket = SocketId(self.next.fetch_add(1, Ordering::Relaxed) + 1);
         let (tx, outgoing) = mpsc::channel(SEND_QUEUE);
         let (kill_tx, kill) = oneshot::channel();
@@ -271,11 +323,34 @@ impl Registry {
             .entry((class, id))
             .or_default()
             .insert(socket, entry);
-        Registered {
+        Some(Registered {
             id: socket,
             outgoing,
             kill,
+        })
+    }
+
+    /// If `text` is the object's auto-response request, queue the response to the
+    /// socket and answer true: the object is not asked.
+    pub(crate) fn auto_respond(
+        &self,
+        class: &'static str,
+        id: ObjectId,
+        socket: SocketId,
+        text: &str,
+    ) -> bool {
+        let response = match self.auto_lock().get(&(class, id)) {
+            Some((request, response)) if request == text => response.clone(),
+            _ => return false,
+        };
+        if let Some(e) = self
+            .lock()
+            .get_mut(&(class, id))
+            .and_then(|s| s.get_mut(&socket))
+        {
+            e.push(socket, Outgoing::Text(response));
         }
+        true
     }
 
     /// Forget a socket whose connection ended: the socket as it was, and why it was
@@ -289,8 +364,10 @@ impl Registry {
         let mut objects = self.lock();
         let sockets = objects.get_mut(&(class, id))?;
         let entry = sockets.remove(&socket)?;
+        self.open.fetch_sub(1, Ordering::Relaxed);
         if sockets.is_empty() {
             objects.remove(&(class, id));
+            self.auto_lock().remove(&(class, id));
         }
         Some((entry.socket(socket), entry.closing))
     }
@@ -409,12 +486,23 @@ impl Registry {
                         e.attachment = attachment;
                     }
                 }
+                SocketOp::AutoResponse(pair) => {
+                    let mut auto = self.auto_lock();
+                    match pair {
+                        Some(pair) => auto.insert((class, id), pair),
+                        None => auto.remove(&(class, id)),
+                    };
+                }
             }
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, HashMap<SocketId, Entry>>> {
         self.objects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn auto_lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, (String, String)>> {
+        self.auto.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -489,6 +577,27 @@ impl crate::Context {
         Ok(())
     }
 
+    /// Answer every text message equal to `request` with `response` from the
+    /// gateway, without waking the object (as Cloudflare's
+    /// `setWebSocketAutoResponse`): for a keep-alive such as `ping` / `pong` that a
+    /// hibernated object should not pay for. One pair per object, kept while it has
+    /// open sockets (set it in `#[on_connect]`); `None` removes it. Each text is at
+    /// most [`MAX_AUTO_RESPONSE_BYTES`].
+    pub fn set_auto_response(&mut self, pair: Option<(&str, &str)>) -> Result<(), crate::Error> {
+        if let Some((request, response)) = pair {
+            if request.len().max(response.len()) > MAX_AUTO_RESPONSE_BYTES {
+                return Err(crate::Error::new(
+                    crate::ErrorKind::LimitExceeded,
+                    format!("an auto-response text is at most {MAX_AUTO_RESPONSE_BYTES} bytes"),
+                ));
+            }
+        }
+        self.effects.sockets.push(SocketOp::AutoResponse(
+            pair.map(|(q, a)| (q.to_owned(), a.to_owned())),
+        ));
+        Ok(())
+    }
+
     /// Set a socket's attachment: a small serde value (at most
     /// [`MAX_ATTACHMENT_BYTES`] postcard-encoded) kept by the gateway with the socket,
     /// so it survives the object's eviction. `None` clears it.
@@ -533,9 +642,9 @@ mod tests {
     fn broadcast_by_tag_and_a_full_queue_closes_only_that_socket() {
         let r = Registry::default();
         let id = ObjectId::from_name("Chat", "room");
-        let mut a = r.register("Chat", id, String::new());
-        let mut b = r.register("Chat", id, String::new());
-        let c = r.register("Chat", id, String::new());
+        let mut a = r.register("Chat", id, String::new()).unwrap();
+        let mut b = r.register("Chat", id, String::new()).unwrap();
+        let c = r.register("Chat", id, String::new()).unwrap();
         r.apply(
             "Chat",
             id,
@@ -573,5 +682,33 @@ mod tests {
         let (socket, closing) = r.remove("Chat", id, a.id).unwrap();
         assert_eq!((socket.tags(), closing), (&["room".to_owned()][..], None));
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn the_cap_and_the_auto_response() {
+        let r = Registry::new(2);
+        let id = ObjectId::from_name("Chat", "room");
+        let mut a = r.register("Chat", id, String::new()).unwrap();
+        let b = r.register("Chat", id, String::new()).unwrap();
+        assert!(r.is_full());
+        assert!(r.register("Chat", id, String::new()).is_none());
+        assert!(!r.auto_respond("Chat", id, a.id, "ping"));
+        r.apply(
+            "Chat",
+            id,
+            vec![SocketOp::AutoResponse(Some(("ping".into(), "pong".into())))],
+        );
+        assert!(r.auto_respond("Chat", id, a.id, "ping"));
+        assert!(!r.auto_respond("Chat", id, a.id, "ping!"));
+        assert_eq!(
+            a.outgoing.try_recv().unwrap(),
+            Outgoing::Text("pong".into())
+        );
+        r.remove("Chat", id, b.id).unwrap();
+        assert!(!r.is_full());
+        // The pair goes with the object's last socket.
+        r.remove("Chat", id, a.id).unwrap();
+        let c = r.register("Chat", id, String::new()).unwrap();
+        assert!(!r.auto_respond("Chat", id, c.id, "ping"));
     }
 }

@@ -9,6 +9,13 @@
 //! sends is stored and broadcast to the room as `alice: text`. The history is also
 //! a remote method (`POST /v1/objects/ChatRoom/{room}/history`), and `post` sends a
 //! message into the room from HTTP or QUIC.
+//!
+//! A socket opened with `&format=json` (the page at `/chat/` does) gets JSON instead
+//! of plain lines, and presence: `{"type":"history","lines":[LINE...]}` on connect,
+//! `{"type":"line","seq":N,"user":U,"text":T}` for each message, and
+//! `{"type":"presence","users":[U...]}` whenever someone joins or leaves. Presence is
+//! read from the sockets the gateway holds (their tags and attachments), so it needs
+//! no table and survives the room's eviction.
 
 use durable::{durable_object, on_close, on_connect, on_message, Context, Error, Socket};
 use serde::{Deserialize, Serialize};
@@ -21,6 +28,12 @@ pub const MAX_MESSAGE: usize = 4096;
 
 /// The tag every socket of the room carries.
 pub const ROOM_TAG: &str = "room";
+
+/// The tag of sockets that get plain `user: text` lines.
+pub const TEXT_TAG: &str = "text";
+
+/// The tag of sockets that get JSON messages and presence (`format=json`).
+pub const JSON_TAG: &str = "json";
 
 /// One chat room.
 pub struct ChatRoom;
@@ -49,14 +62,68 @@ struct Member {
     user: String,
 }
 
-/// The `user=` parameter of a query string, or `anonymous`.
+/// What a JSON socket receives.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ToClient<'a> {
+    History { lines: &'a [ChatLine] },
+    Line(&'a ChatLine),
+    Presence { users: Vec<String> },
+}
+
+fn json(m: &ToClient<'_>) -> String {
+    // Serializing these plain structs cannot fail.
+    serde_json::to_string(m).unwrap_or_default()
+}
+
+/// The `user=` parameter of a query string (percent-decoded, 1 to 64 bytes), or
+/// `anonymous`.
 fn user_of(query: &str) -> String {
-    query
+    param(query, "user")
+        .filter(|u| !u.is_empty() && u.len() <= 64 && !u.chars().any(char::is_control))
+        .unwrap_or_else(|| "anonymous".to_owned())
+}
+
+/// Whether the socket asked for JSON (`format=json`).
+fn wants_json(query: &str) -> bool {
+    param(query, "format").as_deref() == Some("json")
+}
+
+/// The percent-decoded value of `key` in a query string; `None` if absent or not
+/// UTF-8.
+pub(crate) fn param(query: &str, key: &str) -> Option<String> {
+    let raw = query
         .split('&')
-        .find_map(|kv| kv.strip_prefix("user="))
-        .filter(|u| !u.is_empty() && u.len() <= 64)
-        .unwrap_or("anonymous")
-        .to_owned()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))?;
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut it = raw.bytes();
+    while let Some(b) = it.next() {
+        match b {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let hex = [it.next()?, it.next()?];
+                let hex = std::str::from_utf8(&hex).ok()?;
+                bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            }
+            b => bytes.push(b),
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// Who is in the room: the users of its open sockets (and `joining`, whose tags
+/// this turn sets), sorted, each once.
+fn presence(ctx: &Context, joining: Option<&str>) -> Vec<String> {
+    let mut users: Vec<String> = ctx
+        .sockets(Some(ROOM_TAG))
+        .iter()
+        .filter_map(|s| s.attachment::<Member>())
+        .map(|m| m.user)
+        .chain(joining.map(str::to_owned))
+        .collect();
+    users.sort();
+    users.dedup();
+    users
 }
 
 #[durable_object]
@@ -86,6 +153,11 @@ impl ChatRoom {
         Ok(lines)
     }
 
+    /// Who is in the room: the users of its open sockets, sorted, each once.
+    pub async fn here(&self, ctx: &mut Context) -> Result<Vec<String>, Error> {
+        Ok(presence(ctx, None))
+    }
+
     /// Store a line from `user` and broadcast it to the room; returns its number.
     pub async fn post(
         &mut self,
@@ -96,15 +168,25 @@ impl ChatRoom {
         self.say(ctx, user, text)
     }
 
-    /// A socket joins: tag it with the room, remember who it is, send it the history.
+    /// A socket joins: tag it with the room, remember who it is, send it the history
+    /// (and, for JSON sockets, tell the room who is here).
     #[on_connect]
     async fn join(&mut self, ctx: &mut Context, socket: Socket) -> Result<(), Error> {
         let user = user_of(socket.query());
-        ctx.set_tags(socket.id(), [ROOM_TAG])?;
-        ctx.set_attachment(socket.id(), Some(&Member { user }))?;
-        for line in self.history(ctx, HISTORY as u32).await? {
-            ctx.send(socket.id(), line.render());
+        let as_json = wants_json(socket.query());
+        let format = if as_json { JSON_TAG } else { TEXT_TAG };
+        ctx.set_tags(socket.id(), [ROOM_TAG, format])?;
+        let history = self.history(ctx, HISTORY as u32).await?;
+        if as_json {
+            ctx.send(socket.id(), json(&ToClient::History { lines: &history }));
+            let users = presence(ctx, Some(&user));
+            ctx.broadcast(JSON_TAG, json(&ToClient::Presence { users }));
+        } else {
+            for line in history {
+                ctx.send(socket.id(), line.render());
+            }
         }
+        ctx.set_attachment(socket.id(), Some(&Member { user }))?;
         Ok(())
     }
 
@@ -117,9 +199,15 @@ impl ChatRoom {
         self.say(ctx, user, text).map(drop)
     }
 
-    /// A socket left: nothing to store (presence is the set of open sockets).
+    /// A socket left: nothing to store (presence is the set of open sockets); the
+    /// JSON sockets learn who is still here.
     #[on_close]
-    async fn left(&mut self, _ctx: &mut Context, _socket: Socket, _code: u16, _reason: String) {}
+    async fn left(&mut self, ctx: &mut Context, _socket: Socket, _code: u16, _reason: String) {
+        if !ctx.sockets(Some(JSON_TAG)).is_empty() {
+            let users = presence(ctx, None);
+            ctx.broadcast(JSON_TAG, json(&ToClient::Presence { users }));
+        }
+    }
 }
 
 impl ChatRoom {
@@ -135,7 +223,8 @@ impl ChatRoom {
             .sql()
             .query_row("SELECT max(seq) FROM lines", [], |r| r.get(0))?;
         let line = ChatLine { seq, user, text };
-        ctx.broadcast(ROOM_TAG, line.render());
+        ctx.broadcast(TEXT_TAG, line.render());
+        ctx.broadcast(JSON_TAG, json(&ToClient::Line(&line)));
         Ok(seq)
     }
 }

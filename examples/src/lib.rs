@@ -1,12 +1,14 @@
 //! Runnable applications built on durable, one per use case in the seed articles.
 //! Each class lives in its own module; [`register_all`] serves them all from the
-//! `host` binary, and each has a client binary of its own.
+//! `host` binary (with the web pages of [`web::serve_pages`]), and each has a client
+//! binary of its own.
 #![warn(missing_docs, rust_2018_idioms)]
 
 pub mod auction;
 pub mod chat;
 pub mod cli;
 pub mod counter;
+pub mod doc;
 pub mod eventlog;
 pub mod lock;
 pub mod ratelimit;
@@ -14,6 +16,7 @@ pub mod reservation;
 pub mod session;
 pub mod subscription;
 pub mod twin;
+pub mod web;
 
 /// Register every example class on a host.
 pub fn register_all(host: durable::Host) -> durable::Host {
@@ -27,6 +30,7 @@ pub fn register_all(host: durable::Host) -> durable::Host {
         .register::<eventlog::EventLog>()
         .register::<lock::LockTable>()
         .register::<twin::DeviceTwin>()
+        .register::<doc::Document>()
 }
 
 /// Unsigned integers in SQLite, which stores signed 64-bit integers (rusqlite maps

@@ -245,7 +245,7 @@ pub enum ProbeError {
 
 /// Register the example classes and the test classes.
 pub fn register_all(host: durable::Host) -> durable::Host {
-    durable_examples::register_all(host)
+    durable_examples::web::serve_pages(durable_examples::register_all(host))
         .register::<Probe>()
         .register::<Starter>()
         .register::<WsProbe>()
@@ -256,8 +256,9 @@ pub fn register_all(host: durable::Host) -> durable::Host {
 /// WebSocket test object: every socket is tagged `all`. `boot` broadcasts
 /// `boot:N`, N the number of times the object was activated (to see an eviction). A text message `fail:X`
 /// broadcasts `X` and then fails its turn (so `X` must never arrive); `flood:N:SIZE`
-/// broadcasts `N` messages of `SIZE` bytes in one turn; anything else is broadcast
-/// as is. When a socket leaves, the others get `left:CODE`.
+/// broadcasts `N` messages of `SIZE` bytes in one turn; `ping` is answered `pong`
+/// by the gateway (an auto-response: it never reaches the object); anything else is
+/// broadcast as is. When a socket leaves, the others get `left:CODE`.
 pub struct WsProbe {
     boot: i64,
 }
@@ -274,9 +275,10 @@ impl WsProbe {
         Ok(WsProbe { boot })
     }
 
-    /// Every socket joins `all`.
+    /// Every socket joins `all`; `ping` is answered `pong` by the gateway.
     #[durable::on_connect]
     async fn join(&mut self, ctx: &mut Context, socket: durable::Socket) -> Result<(), Error> {
+        ctx.set_auto_response(Some(("ping", "pong")))?;
         ctx.set_tags(socket.id(), ["all"])
     }
 

@@ -1,8 +1,9 @@
 //! WebSockets with hibernation against a real host process (`serve --http`): the
 //! chat room example broadcasts in order to every socket of the room, a room evicted
 //! while its sockets stay open wakes on the next message with its sockets, tags and
-//! attachments intact, a message sent by a turn that fails never leaves, and a
-//! client that does not read is closed without stalling the others.
+//! attachments intact, a message sent by a turn that fails never leaves, a client
+//! that does not read is closed without stalling the others, and 200 clients all get
+//! every broadcast, in one order, before and after their object's eviction.
 
 mod common;
 
@@ -250,5 +251,176 @@ async fn a_client_close_runs_on_close_with_its_code() {
         .http_url("/v1/objects/WsProbe/c/ws")
         .replacen("http://", "ws://", 1);
     assert!(tokio_tungstenite::connect_async(url).await.is_err());
+    host.kill9();
+}
+
+/// Read until `want` arrives, skipping other messages.
+async fn skip_to(ws: &mut Ws, want: &str) {
+    while next_text(ws).await != want {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_get_every_broadcast_in_order_across_an_eviction() {
+    const CLIENTS: usize = 200;
+    const MESSAGES: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    // One shard with one active object: a call to another object evicts the probe.
+    let host = start(dir.path(), &["--shards", "1", "--max-active", "1"]);
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        let mut ws = connect(&host, "WsProbe/many/ws").await;
+        // Its join ran once its own message comes back (its turns queue in order).
+        say(&mut ws, &format!("join-{i}")).await;
+        skip_to(&mut ws, &format!("join-{i}")).await;
+        clients.push(ws);
+    }
+    say(&mut clients[0], "boot").await;
+    let all = futures_util::future::join_all(clients.iter_mut().map(|ws| async move {
+        loop {
+            let m = next_text(ws).await;
+            if m.starts_with("boot:") {
+                return m;
+            }
+        }
+    }))
+    .await;
+    assert!(all.iter().all(|m| m == "boot:1"), "{:?}", &all[..3]);
+
+    // Evict it: the only active slot goes to a counter. Every socket stays open.
+    let answer = reqwest::Client::new()
+        .post(host.http_url("/v1/objects/Counter/other/increment"))
+        .bearer_auth(token(&host))
+        .json(&serde_json::json!({"by": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
+
+    // A message from the last socket wakes it (a second activation), with all of
+    // its sockets still tagged.
+    say(&mut clients[CLIENTS - 1], "boot").await;
+    let all = futures_util::future::join_all(
+        clients
+            .iter_mut()
+            .map(|ws| async move { next_text(ws).await }),
+    )
+    .await;
+    assert!(all.iter().all(|m| m == "boot:2"), "{:?}", &all[..3]);
+    for i in 0..MESSAGES {
+        say(&mut clients[i % 7], &format!("m-{i}")).await;
+    }
+    // Seven senders race each other into the object; whatever order it put their
+    // messages in, every socket got that one order, and each sender's own messages
+    // in the order sent.
+    let got = futures_util::future::join_all(clients.iter_mut().map(|ws| async move {
+        let mut got = Vec::with_capacity(MESSAGES);
+        for _ in 0..MESSAGES {
+            got.push(next_text(ws).await);
+        }
+        got
+    }))
+    .await;
+    assert!(got.iter().all(|g| g == &got[0]), "one order for all");
+    let order: Vec<usize> = got[0]
+        .iter()
+        .map(|m| m.strip_prefix("m-").unwrap().parse().unwrap())
+        .collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..MESSAGES).collect::<Vec<_>>(), "each once");
+    for sender in 0..7 {
+        let mine: Vec<usize> = order.iter().copied().filter(|i| i % 7 == sender).collect();
+        assert!(mine.is_sorted(), "sender {sender}: {mine:?}");
+    }
+    host.kill9();
+}
+
+/// Evict every idle object: with `--shards 1 --max-active 1`, a call to another
+/// object takes the only active slot.
+async fn evict_others(host: &HostProcess) {
+    let answer = reqwest::Client::new()
+        .post(host.http_url("/v1/objects/Counter/evictor/increment"))
+        .bearer_auth(token(host))
+        .json(&serde_json::json!({"by": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_and_auto_responses_never_wake_the_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(
+        dir.path(),
+        &[
+            "--shards",
+            "1",
+            "--max-active",
+            "1",
+            "--ws-ping-secs",
+            "0.1",
+        ],
+    );
+    // One socket, read all along (so its client answers the pings).
+    let mut a = connect(&host, "WsProbe/quiet/ws").await;
+    say(&mut a, "a-in").await;
+    assert_eq!(next_text(&mut a).await, "a-in");
+    say(&mut a, "boot").await;
+    assert_eq!(next_text(&mut a).await, "boot:1");
+    evict_others(&host).await;
+    // While evicted: the gateway pings (the client's pongs go back unasked), and
+    // answers `ping` with `pong` itself.
+    let mut pings = 0;
+    while pings < 3 {
+        match tokio::time::timeout(WAIT, a.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Ping(_) => pings += 1,
+            other => panic!("expected a ping, got {other:?}"),
+        }
+    }
+    for _ in 0..3 {
+        say(&mut a, "ping").await;
+        assert_eq!(next_text(&mut a).await, "pong");
+    }
+    // Had any of that woken the probe, this would evict it again, and the next
+    // message would find a third activation.
+    evict_others(&host).await;
+    say(&mut a, "boot").await;
+    assert_eq!(next_text(&mut a).await, "boot:2");
+    host.kill9();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_and_the_socket_cap_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &["--ws-ping-secs", "0.1", "--max-sockets", "2"]);
+    let (mut a, mut b) = pair(&host, "WsProbe/cap/ws").await;
+    // A third socket is refused while two are open.
+    let url = host
+        .http_url("/v1/objects/WsProbe/cap/ws")
+        .replacen("http://", "ws://", 1);
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(&host)).parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 503)
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // `b` stops reading, so it never answers the pings: it is closed (1001) and the
+    // object learns it; `a` keeps reading (its client answers) and stays.
+    let left = next_text(&mut a).await;
+    assert_eq!(left, format!("left:{}", durable::CLOSE_NO_PONG));
+    say(&mut a, "still here").await;
+    assert_eq!(next_text(&mut a).await, "still here");
+    drop(b.close(None).await);
     host.kill9();
 }

@@ -4,13 +4,16 @@
 //! arguments by name, turns it into the same call a QUIC client sends (the postcard
 //! argument tuple, through the converters `#[durable_object]` generates next to its
 //! dispatch) and answers with the JSON result; `GET /v1/classes` lists what can be
-//! called. See `docs/gateway.md`.
+//! called; `GET /v1/objects/{class}/{name}/ws` opens a WebSocket held for an object;
+//! any other GET path may be one of the application's static pages
+//! ([`crate::Host::page`]). See `docs/gateway.md`.
 //!
 //! Built on hyper (HTTP/1.1) with axum's router. Every connection has a header read
 //! deadline, the host a cap on open connections, every body the host's frame limit
 //! and a read deadline; nothing a client sends can panic the host: every failure is
 //! a JSON error with a fitting status.
 
+mod pages;
 mod reply;
 mod routes;
 mod state;
@@ -20,6 +23,7 @@ use crate::calls::{Caller, Calls};
 use http::{HeaderMap, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+pub(crate) use pages::Pages;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,6 +91,10 @@ pub(crate) struct GatewayConfig {
     pub(crate) max_body: usize,
     /// The host's WebSockets (the gateway holds them; shards act on them).
     pub(crate) sockets: Arc<crate::sockets::Registry>,
+    /// The application's static pages.
+    pub(crate) pages: Pages,
+    /// How often to ping each WebSocket (zero: never).
+    pub(crate) ping_interval: Duration,
 }
 
 /// A running gateway: its address, and the means to stop it.

@@ -81,12 +81,21 @@ async fn metrics(Extract(state): Extract<Arc<State>>, headers: HeaderMap) -> Res
     }
 }
 
-async fn not_found() -> ApiError {
+/// Any other path: one of the application's pages, or a JSON 404.
+async fn not_found(
+    Extract(state): Extract<Arc<State>>,
+    method: http::Method,
+    uri: http::Uri,
+) -> Response {
+    if let Some(page) = state.pages.serve(&method, uri.path()) {
+        return page;
+    }
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
         "no such path: calls are POST /v1/objects/{class}/{name}/{method}, the list is GET /v1/classes",
     )
+    .into_response()
 }
 
 async fn method_not_allowed() -> ApiError {

@@ -1,4 +1,5 @@
-//! The gateway's shared state: the host's call entry, the socket registry, and who
+//! The gateway's shared state: the host's call entry, the socket registry, the
+//! application's pages, and who
 //! may call (the host token, or the application's check). Routes and WebSockets both
 //! read it.
 
@@ -22,6 +23,10 @@ pub(crate) struct State {
     token_caller: Caller,
     /// The WebSockets the gateway holds.
     pub(crate) sockets: Arc<crate::sockets::Registry>,
+    /// The application's static pages.
+    pub(crate) pages: super::Pages,
+    /// How often to ping each WebSocket (zero: never).
+    pub(crate) ping_interval: std::time::Duration,
 }
 
 impl State {
@@ -33,6 +38,8 @@ impl State {
             max_body: config.max_body,
             token_caller: Caller(TOKEN_CALLER.into()),
             sockets: config.sockets,
+            pages: config.pages,
+            ping_interval: config.ping_interval,
         }
     }
 

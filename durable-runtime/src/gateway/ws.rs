@@ -2,15 +2,18 @@
 //! object (see [`crate::sockets`]). Each socket has two tasks: a reader that turns
 //! the client's messages and close into turns of the object, one at a time and in
 //! order, and a writer that drains the socket's bounded queue (filled by released
-//! batches) to the client. Pings are answered by the WebSocket layer without a turn.
+//! batches) to the client. Pings are answered by the WebSocket layer without a turn;
+//! the writer pings the client every `--ws-ping-secs` and closes it if nothing came
+//! back for two intervals, and the reader answers the object's auto-response pair
+//! itself: neither wakes the object.
 
 use super::reply::ApiError;
 use super::state::State;
 use crate::calls::Caller;
 use crate::class::ClassEntry;
 use crate::sockets::{
-    Closing, Outgoing, Registered, SocketEvent, WsMessage, CLOSE_INTERNAL, CLOSE_REFUSED,
-    CLOSE_TRY_AGAIN,
+    Closing, Outgoing, Registered, SocketEvent, WsMessage, CLOSE_INTERNAL, CLOSE_NO_PONG,
+    CLOSE_REFUSED, CLOSE_TRY_AGAIN,
 };
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
@@ -18,9 +21,15 @@ use durable_client::wire::{Response as Answer, WireError};
 use durable_client::ObjectId;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// The read buffer of a socket. tungstenite's default (128 KiB) is zero-filled before
+/// the first read, so it would cost each open socket 128 KiB of resident memory;
+/// larger messages grow the buffer as needed (up to the frame limit).
+const READ_BUFFER: usize = 4096;
 
 /// How long the writer tries to send a close frame to a client that may not read.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -48,10 +57,18 @@ pub(super) fn upgrade(
     if state.calls.is_shutting_down() {
         return Err(ApiError::wire(WireError::ShuttingDown));
     }
+    if state.sockets.is_full() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sockets",
+            "the host holds as many WebSockets as it may (--max-sockets): try again later",
+        ));
+    }
     let max = state.max_body;
     Ok(upgrade
         .max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| run(state, class, name, caller, query, socket))
         .into_response())
 }
@@ -67,11 +84,41 @@ async fn run(
 ) {
     let registry = state.sockets.clone();
     let object = ObjectId::from_name(class.name, &name);
-    let Registered { id, outgoing, kill } = registry.register(class.name, object, query);
+    let Some(Registered { id, outgoing, kill }) = registry.register(class.name, object, query)
+    else {
+        // Filled up since the upgrade was accepted.
+        let mut socket = socket;
+        let frame = CloseFrame {
+            code: CLOSE_TRY_AGAIN,
+            reason: "too many WebSockets on this host".into(),
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+        return;
+    };
     tracing::debug!(class = class.name, %object, socket = %id, "WebSocket open");
     let (sink, mut stream) = socket.split();
     let (done_tx, mut done) = oneshot::channel::<()>();
-    tokio::spawn(write(sink, outgoing, kill, done_tx));
+    // When the client last sent anything (a pong included), in ms since `opened`.
+    let opened = tokio::time::Instant::now();
+    let heard = Arc::new(AtomicU64::new(0));
+    let pings = Pings {
+        every: state.ping_interval,
+        opened,
+        heard: heard.clone(),
+        close: {
+            let (registry, class) = (registry.clone(), class.name);
+            Box::new(move || {
+                registry.close(
+                    class,
+                    object,
+                    id,
+                    CLOSE_NO_PONG,
+                    "no answer to pings".into(),
+                )
+            })
+        },
+    };
+    tokio::spawn(write(sink, outgoing, kill, done_tx, pings));
     let close = |code: u16, reason: &str| {
         registry.close(class.name, object, id, code, reason.to_owned());
     };
@@ -104,6 +151,7 @@ async fn run(
             _ = &mut done => break,
             next = stream.next() => next,
         };
+        heard.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
         let message = match next {
             None | Some(Err(_)) => break,
             Some(Ok(Message::Close(frame))) => {
@@ -112,7 +160,12 @@ async fn run(
                     .unwrap_or((1005, String::new()));
                 break;
             }
-            Some(Ok(Message::Text(t))) => WsMessage::Text(t.to_string()),
+            Some(Ok(Message::Text(t))) => {
+                if registry.auto_respond(class.name, object, id, t.as_str()) {
+                    continue;
+                }
+                WsMessage::Text(t.to_string())
+            }
             Some(Ok(Message::Binary(b))) => WsMessage::Binary(b.to_vec()),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
         };
@@ -174,21 +227,59 @@ fn judge(answer: Answer, refused: &str) -> Result<(), (u16, String)> {
     }
 }
 
+/// The writer's keep-alive: ping every `every` (never if zero), and `close` the
+/// socket once the client was silent for two intervals.
+struct Pings {
+    every: Duration,
+    opened: tokio::time::Instant,
+    heard: Arc<AtomicU64>,
+    close: Box<dyn FnOnce() + Send>,
+}
+
 /// Write the socket's queue to the client until it closes, the queue ends (the
 /// socket left the registry) or the host or object closes the socket (then a close
-/// frame, within [`CLOSE_TIMEOUT`]). Dropping `done` tells the reader.
+/// frame, within [`CLOSE_TIMEOUT`]), pinging it meanwhile. Dropping `done` tells the
+/// reader.
 async fn write(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut outgoing: tokio::sync::mpsc::Receiver<Outgoing>,
     mut kill: oneshot::Receiver<Closing>,
     done: oneshot::Sender<()>,
+    pings: Pings,
 ) {
     let closing = {
         let write_all = async {
-            while let Some(m) = outgoing.recv().await {
-                let frame = match m {
-                    Outgoing::Text(t) => Message::Text(t.into()),
-                    Outgoing::Binary(b) => Message::Binary(b.into()),
+            let Pings {
+                every,
+                opened,
+                heard,
+                close,
+            } = pings;
+            let mut close = Some(close);
+            let period = if every.is_zero() {
+                Duration::from_secs(86_400 * 365)
+            } else {
+                every
+            };
+            let mut ticker = tokio::time::interval_at(opened + period, period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let frame = tokio::select! {
+                    m = outgoing.recv() => match m {
+                        Some(Outgoing::Text(t)) => Message::Text(t.into()),
+                        Some(Outgoing::Binary(b)) => Message::Binary(b.into()),
+                        None => return,
+                    },
+                    _ = ticker.tick(), if !every.is_zero() => {
+                        let silent = opened.elapsed().saturating_sub(Duration::from_millis(heard.load(Ordering::Relaxed)));
+                        if silent > every * 2 {
+                            if let Some(close) = close.take() {
+                                close(); // the kill arm ends this writer
+                            }
+                            continue;
+                        }
+                        Message::Ping(Default::default())
+                    }
                 };
                 if sink.send(frame).await.is_err() {
                     return;

@@ -1,5 +1,8 @@
-//! `host serve --data-dir DIR --listen ADDR`: serves every example class.
+//! `host serve --data-dir DIR --listen ADDR [--http ADDR]`: serves every example
+//! class, and with `--http` the pages at `/chat/` and `/doc/`.
 
 fn main() -> std::process::ExitCode {
-    durable::cli::main(durable_examples::register_all)
+    durable::cli::main(|host| {
+        durable_examples::web::serve_pages(durable_examples::register_all(host))
+    })
 }

@@ -3,6 +3,8 @@
 //! the second), connect clients, kill it with SIGKILL.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
