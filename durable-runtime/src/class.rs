@@ -225,6 +225,10 @@ impl<T: Hosted> Instance for T {
         if method == SOCKET_METHOD {
             return Hosted::dispatch_socket(self, ctx, args);
         }
+        if method == crate::streams::STREAM_READ_METHOD {
+            let outcome = crate::streams::read_turn(ctx, args);
+            return Box::pin(async move { outcome });
+        }
         Hosted::dispatch(self, ctx, method, args)
     }
     fn dispatch_alarm<'a>(

@@ -131,7 +131,7 @@ impl Context {
     }
 
     /// Erase the object: drop every table it created, every key-value entry, every
-    /// pending alarm and its schema version, inside the current turn. When the turn
+    /// pending alarm, every stream and its schema version, inside the current turn. When the turn
     /// commits, the in-memory instance is dropped; the next call activates a fresh one
     /// (whose constructor runs its migrations again).
     pub fn delete_all(&mut self) -> Result<(), Error> {
@@ -152,6 +152,7 @@ impl Context {
         }
         self.conn.execute_batch(
             "DELETE FROM _durable_kv; DELETE FROM _durable_alarms; DELETE FROM _durable_alarm_failures;
+             DELETE FROM _durable_streams; DELETE FROM _durable_stream_heads;
              DELETE FROM _durable_meta WHERE key = 'schema_version';",
         )?;
         self.effects.alarms_changed = true;

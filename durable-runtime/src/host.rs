@@ -176,6 +176,7 @@ pub struct Host {
     placement: Arc<dyn Placement>,
     http: Option<SocketAddr>,
     http_auth: Option<HttpAuth>,
+    pages: Vec<crate::gateway::Page>,
 }
 
 impl std::fmt::Debug for Host {
@@ -214,6 +215,7 @@ impl Host {
             placement: Arc::new(SingleHost),
             http: None,
             http_auth: None,
+            pages: Vec::new(),
         }
     }
 
@@ -250,6 +252,16 @@ impl Host {
         check: impl Fn(&http::HeaderMap, &str) -> Result<Caller, Deny> + Send + Sync + 'static,
     ) -> Self {
         self.http_auth = Some(Arc::new(check));
+        self
+    }
+
+    /// Serve a static HTML page at `path` on the HTTP gateway (`GET`, no auth: a page
+    /// holds no data; the calls it makes authenticate as usual). `path` starts with
+    /// `/` and must not be under `/v1/`; a page registered twice keeps the last
+    /// `html`. Typically `include_str!` of a file next to the application's code.
+    pub fn page(mut self, path: &'static str, html: &'static str) -> Self {
+        self.pages.retain(|p| p.path != path);
+        self.pages.push(crate::gateway::Page { path, html });
         self
     }
 
@@ -548,6 +560,7 @@ impl Host {
             .transpose()?;
 
         let sockets = Arc::new(crate::sockets::Registry::default());
+        let streams = Arc::new(crate::streams::Hub::default());
         let shards = Arc::new(
             Shards::start(
                 limits.shards,
@@ -572,6 +585,7 @@ impl Host {
                     unclean_start,
                     verified: Default::default(),
                     sockets: Some(sockets.clone()),
+                    streams: Some(streams.clone()),
                 },
             )
             .map_err(|e| HostError::io("starting shard threads", e))?,
@@ -613,6 +627,8 @@ impl Host {
                         auth: self.http_auth.clone(),
                         max_body: limits.max_frame,
                         sockets: sockets.clone(),
+                        streams: streams.clone(),
+                        pages: self.pages.clone(),
                     },
                 )
                 .map_err(|e| HostError::io("starting the HTTP gateway", e))

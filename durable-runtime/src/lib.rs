@@ -31,6 +31,7 @@ mod server;
 mod shard;
 mod sockets;
 mod store;
+mod streams;
 mod telemetry;
 pub mod testing;
 mod tls;
@@ -52,6 +53,7 @@ pub use sockets::{
     CLOSE_SLOW_CLIENT, CLOSE_TRY_AGAIN, MAX_ATTACHMENT_BYTES, MAX_TAGS, MAX_TAG_BYTES, SEND_QUEUE,
 };
 pub use store::list_objects;
+pub use streams::{valid_stream_name, StreamState, MAX_STREAM_ITEM, MAX_STREAM_NAME};
 
 /// Re-exported so that applications use the same SQLite types (`params!`, `Row`, ...).
 pub use rusqlite;

@@ -11,10 +11,14 @@
 //! and a read deadline; nothing a client sends can panic the host: every failure is
 //! a JSON error with a fitting status.
 
+mod pages;
 mod reply;
 mod routes;
 mod state;
+mod streams;
 mod ws;
+
+pub(crate) use pages::Page;
 
 use crate::calls::{Caller, Calls};
 use http::{HeaderMap, StatusCode};
@@ -87,6 +91,10 @@ pub(crate) struct GatewayConfig {
     pub(crate) max_body: usize,
     /// The host's WebSockets (the gateway holds them; shards act on them).
     pub(crate) sockets: Arc<crate::sockets::Registry>,
+    /// The followers of the host's streams.
+    pub(crate) streams: Arc<crate::streams::Hub>,
+    /// The application's static pages.
+    pub(crate) pages: Vec<Page>,
 }
 
 /// A running gateway: its address, and the means to stop it.
@@ -97,6 +105,7 @@ pub(crate) struct Gateway {
     connections: Arc<Semaphore>,
     acceptor: tokio::task::JoinHandle<()>,
     sockets: Arc<crate::sockets::Registry>,
+    streams: Arc<crate::streams::Hub>,
 }
 
 impl Gateway {
@@ -112,7 +121,7 @@ impl Gateway {
     /// tokio runtime.
     pub(crate) fn start(
         listener: std::net::TcpListener,
-        config: GatewayConfig,
+        mut config: GatewayConfig,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::from_std(listener)?;
         let local_addr = listener.local_addr()?;
@@ -120,7 +129,9 @@ impl Gateway {
             tracing::warn!(addr = %local_addr, "the HTTP gateway listens on every network interface, in plain HTTP: tokens and arguments cross the network unencrypted; put a TLS proxy in front or listen on a specific address");
         }
         let sockets = config.sockets.clone();
-        let router = routes::router(Arc::new(state::State::new(config)));
+        let streams = config.streams.clone();
+        let pages = std::mem::take(&mut config.pages);
+        let router = pages::add(routes::router(Arc::new(state::State::new(config))), pages);
         let (stop, stopped) = watch::channel(0u8);
         let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let acceptor = tokio::spawn(accept_loop(listener, router, stopped, connections.clone()));
@@ -131,6 +142,7 @@ impl Gateway {
             connections,
             acceptor,
             sockets,
+            streams,
         })
     }
 
@@ -144,6 +156,7 @@ impl Gateway {
     pub(crate) async fn shutdown(self, limit: Duration) {
         let _ = self.stop.send(1);
         self.sockets.close_all();
+        self.streams.close_all();
         let all = MAX_CONNECTIONS as u32;
         let _ = tokio::time::timeout(limit, self.connections.acquire_many(all)).await;
         self.abort().await;
@@ -153,6 +166,7 @@ impl Gateway {
     pub(crate) async fn abort(self) {
         let _ = self.stop.send(2);
         self.sockets.close_all();
+        self.streams.close_all();
         self.acceptor.abort();
         let _ = self.acceptor.await;
     }

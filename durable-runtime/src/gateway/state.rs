@@ -22,6 +22,8 @@ pub(crate) struct State {
     token_caller: Caller,
     /// The WebSockets the gateway holds.
     pub(crate) sockets: Arc<crate::sockets::Registry>,
+    /// The followers of the host's streams.
+    pub(crate) streams: Arc<crate::streams::Hub>,
 }
 
 impl State {
@@ -33,6 +35,7 @@ impl State {
             max_body: config.max_body,
             token_caller: Caller(TOKEN_CALLER.into()),
             sockets: config.sockets,
+            streams: config.streams,
         }
     }
 
