@@ -3,6 +3,7 @@
 //! `host` binary, and each has a client binary of its own.
 #![warn(missing_docs, rust_2018_idioms)]
 
+pub mod ai;
 pub mod auction;
 pub mod chat;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod twin;
 
 /// Register every example class on a host.
 pub fn register_all(host: durable::Host) -> durable::Host {
+    let host = ai::register(host);
     host.register::<counter::Counter>()
         .register::<reservation::Flight>()
         .register::<subscription::Subscription>()
