@@ -317,6 +317,21 @@ impl crate::Context {
         Ok(s.last_seq)
     }
 
+    /// Create `stream`, empty, if it does not exist yet, so that clients may follow
+    /// it before its first item (a stream is also created by its first item).
+    pub fn stream_open(&mut self, stream: &str) -> Result<StreamState, Error> {
+        check_name(stream)?;
+        if let Some(s) = state(&self.conn, stream)? {
+            return Ok(s);
+        }
+        let s = StreamState {
+            last_seq: 0,
+            ended: false,
+        };
+        set_state(&self.conn, stream, s)?;
+        Ok(s)
+    }
+
     /// End `stream`: followers get an end-of-stream after its last item, and no more
     /// items may be appended. Ending a stream that has no item yet creates it, empty.
     /// Returns the last sequence number. Ending an ended stream changes nothing.

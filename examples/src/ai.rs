@@ -156,6 +156,7 @@ impl AiChat {
             .sql()
             .query_row("SELECT last_insert_rowid()", [], |r| r.get(0))?;
         let id = id as u64;
+        ctx.stream_open(&stream_of(id))?;
         Self::schedule_generate(ctx, TICK, &id.to_string(), id)?;
         Ok(Reply {
             id,
