@@ -333,3 +333,56 @@ async fn bad_requests_get_json_errors() {
     let open = get(&format!("AiChat/c3/streams/{stream}"), false).send().await.unwrap();
     assert_eq!(open.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn acknowledged_items_survive_kill_9_and_a_failed_turn_leaves_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    // Items whose call was answered are durable: random ones, so that nothing could
+    // regenerate them after the crash.
+    let mut want = Vec::new();
+    for round in 0..20 {
+        let items: Vec<String> = (0..5).map(|i| format!("{round}-{i}-{}", Instant::now().elapsed().as_nanos())).collect();
+        let last = call(&host, "StreamProbe/p/push", json!({"stream": "s", "items": items})).await;
+        want.extend(items);
+        assert_eq!(last, want.len() as u64);
+    }
+    // A turn that pushes and fails: rolled back, its item never released.
+    let r = http()
+        .post(host.http_url("/v1/objects/StreamProbe/p/push_and_fail"))
+        .bearer_auth(token(&host))
+        .json(&json!({"stream": "s", "item": "never"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let listen = host.addr;
+    host.kill9();
+
+    let host = HostProcess::start_on_with(dir.path(), listen, &["--http", "127.0.0.1:0"]);
+    let url = |after: u64| {
+        host.http_url(&format!("/v1/objects/StreamProbe/p/streams/s?after={after}"))
+    };
+    let mut follower = Events {
+        response: http().get(url(0)).bearer_auth(token(&host)).send().await.unwrap(),
+        buffer: String::new(),
+    };
+    for (i, item) in want.iter().enumerate() {
+        assert_eq!(follower.next().await, Some(Sse::Item(i as u64 + 1, item.clone())));
+    }
+    // The live tail: pushed after the follower caught up, then the end.
+    call(&host, "StreamProbe/p/push", json!({"stream": "s", "items": ["live"]})).await;
+    assert_eq!(follower.next().await, Some(Sse::Item(101, "live".into())));
+    call(&host, "StreamProbe/p/end", json!({"stream": "s"})).await;
+    assert_eq!(follower.next().await, Some(Sse::End(101)));
+    assert_eq!(follower.next().await, None);
+    // Pushing to an ended stream is the method's error.
+    let r = http()
+        .post(host.http_url("/v1/objects/StreamProbe/p/push"))
+        .bearer_auth(token(&host))
+        .json(&json!({"stream": "s", "items": ["late"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}
