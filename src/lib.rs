@@ -73,9 +73,7 @@ pub use durable_runtime::{
     Hosted, HttpAuth, JsonArg, JsonArgs, JsonMethod, Limits, ListOptions, RunningHost, Sql,
     Storage,
 };
-pub use durable_runtime::{
-    valid_stream_name, StreamState, MAX_STREAM_ITEM, MAX_STREAM_NAME,
-};
+pub use durable_runtime::{valid_stream_name, StreamState, MAX_STREAM_ITEM, MAX_STREAM_NAME};
 pub use durable_runtime::{
     FromWsMessage, Socket, SocketHandlers, SocketId, WsMessage, CLOSE_INTERNAL, CLOSE_REFUSED,
     CLOSE_SLOW_CLIENT, CLOSE_TRY_AGAIN, MAX_ATTACHMENT_BYTES, MAX_TAGS, MAX_TAG_BYTES, SEND_QUEUE,

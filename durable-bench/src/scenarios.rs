@@ -466,19 +466,23 @@ async fn stream_resume(plan: &Plan) -> Result<Vec<Row>, String> {
                 .await
                 .map_err(|e| e.to_string())?;
             if status != 200 {
-                return Err(format!("POST {path}: {status} {}", String::from_utf8_lossy(&body)));
+                return Err(format!(
+                    "POST {path}: {status} {}",
+                    String::from_utf8_lossy(&body)
+                ));
             }
             Ok::<Vec<u8>, String>(body)
         }
     };
     post("/v1/objects/Counter/stream-bench/increment", br#"{"by":1}"#).await?;
     let tokens = (n as u64 + 10) * 40;
-    let ask = format!(
-        r#"{{"prompt":"a long answer","tokens":{tokens},"tokens_per_second":300}}"#
-    );
+    let ask = format!(r#"{{"prompt":"a long answer","tokens":{tokens},"tokens_per_second":300}}"#);
     let body = post("/v1/objects/AiChat/bench/ask_with", ask.as_bytes()).await?;
     let reply: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-    let stream = reply["stream"].as_str().ok_or("no stream in the reply")?.to_owned();
+    let stream = reply["stream"]
+        .as_str()
+        .ok_or("no stream in the reply")?
+        .to_owned();
     let path = |after: u64| format!("/v1/objects/AiChat/bench/streams/{stream}?after={after}");
 
     let mut resume = Vec::with_capacity(n);
@@ -546,7 +550,11 @@ struct SseReader {
 }
 
 impl SseReader {
-    async fn open(addr: std::net::SocketAddr, path: &str, headers: &str) -> Result<SseReader, String> {
+    async fn open(
+        addr: std::net::SocketAddr,
+        path: &str,
+        headers: &str,
+    ) -> Result<SseReader, String> {
         use tokio::io::AsyncWriteExt;
         let mut stream = tokio::net::TcpStream::connect(addr)
             .await

@@ -218,7 +218,10 @@ fn set_state(conn: &rusqlite::Connection, stream: &str, s: StreamState) -> rusql
 }
 
 /// Read stored items (the body of a [`STREAM_READ_METHOD`] turn).
-pub(crate) fn read(conn: &rusqlite::Connection, request: &ReadRequest) -> rusqlite::Result<ReadPage> {
+pub(crate) fn read(
+    conn: &rusqlite::Connection,
+    request: &ReadRequest,
+) -> rusqlite::Result<ReadPage> {
     let Some(s) = state(conn, &request.stream)? else {
         return Ok(ReadPage::default());
     };
@@ -388,8 +391,20 @@ mod tests {
             json: Arc::from(format!("{seq}")),
         };
         hub.apply("Chat", id, vec![item(1), item(2)]);
-        assert_eq!(a.try_recv().unwrap(), Live::Item { seq: 1, json: "1".into() });
-        assert_eq!(a.try_recv().unwrap(), Live::Item { seq: 2, json: "2".into() });
+        assert_eq!(
+            a.try_recv().unwrap(),
+            Live::Item {
+                seq: 1,
+                json: "1".into()
+            }
+        );
+        assert_eq!(
+            a.try_recv().unwrap(),
+            Live::Item {
+                seq: 2,
+                json: "2".into()
+            }
+        );
         assert!(other.try_recv().is_err());
         // b never reads: past its queue it is dropped, a stays.
         for seq in 3..(FOLLOWER_QUEUE as u64 + 3) {

@@ -75,11 +75,57 @@ pub fn stream_of(id: u64) -> String {
 }
 
 const WORDS: &[&str] = &[
-    "the", "object", "keeps", "its", "state", "in", "one", "SQLite", "file", "and", "answers",
-    "each", "call", "after", "writes", "are", "durable", "so", "a", "reply", "survives", "dropped",
-    "connections", "reloads", "restarts", "of", "host", "while", "tokens", "arrive", "order",
-    "every", "client", "resumes", "from", "last", "sequence", "number", "it", "saw", "with",
-    "nothing", "lost", "or", "repeated", "alarms", "drive", "generator", "at", "steady", "pace",
+    "the",
+    "object",
+    "keeps",
+    "its",
+    "state",
+    "in",
+    "one",
+    "SQLite",
+    "file",
+    "and",
+    "answers",
+    "each",
+    "call",
+    "after",
+    "writes",
+    "are",
+    "durable",
+    "so",
+    "a",
+    "reply",
+    "survives",
+    "dropped",
+    "connections",
+    "reloads",
+    "restarts",
+    "of",
+    "host",
+    "while",
+    "tokens",
+    "arrive",
+    "order",
+    "every",
+    "client",
+    "resumes",
+    "from",
+    "last",
+    "sequence",
+    "number",
+    "it",
+    "saw",
+    "with",
+    "nothing",
+    "lost",
+    "or",
+    "repeated",
+    "alarms",
+    "drive",
+    "generator",
+    "at",
+    "steady",
+    "pace",
 ];
 
 /// Token `i` (from 0) of the reply to `prompt`: a word chosen by a hash of the
@@ -170,7 +216,13 @@ impl AiChat {
         let row = ctx.sql().query_opt(
             "SELECT prompt, tokens, produced FROM replies WHERE id = ?1",
             [id as i64],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?, r.get::<_, u32>(2)?)),
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, u32>(2)?,
+                ))
+            },
         )?;
         let (prompt, tokens, produced) =
             row.ok_or_else(|| Error::new(ErrorKind::NotFound, format!("no reply {id}")))?;
@@ -236,22 +288,26 @@ impl AiChat {
     }
 }
 
-/// Serve [`AiChat`] and its page at `/ai/`, open to callers without the host token
-/// (a demo: the page runs in any browser); every other class still needs the token.
+/// Serve [`AiChat`] and its page at `/ai/`.
 pub fn register(host: durable::Host) -> durable::Host {
-    host.register::<AiChat>()
-        .page("/ai/", PAGE)
-        .http_auth(|headers, class| {
-            if class == "AiChat" {
-                Ok(durable::Caller("ai-page".into()))
-            } else if headers.contains_key(durable::http::header::AUTHORIZATION) {
-                Err(durable::Deny::unauthenticated("wrong token"))
-            } else {
-                Err(durable::Deny::unauthenticated(
-                    "send the host token: Authorization: Bearer TOKEN (DATA_DIR/tls/token)",
-                ))
-            }
-        })
+    host.register::<AiChat>().page("/ai/", PAGE)
+}
+
+/// Let callers without the host token call [`AiChat`] over HTTP (a demo: the page
+/// runs in any browser, and an `EventSource` cannot send an `Authorization` header);
+/// every other class still needs the token. The examples' `host` binary installs it.
+pub fn open_to_browsers(host: durable::Host) -> durable::Host {
+    host.http_auth(|headers, class| {
+        if class == "AiChat" {
+            Ok(durable::Caller("ai-page".into()))
+        } else if headers.contains_key(durable::http::header::AUTHORIZATION) {
+            Err(durable::Deny::unauthenticated("wrong token"))
+        } else {
+            Err(durable::Deny::unauthenticated(
+                "send the host token: Authorization: Bearer TOKEN (DATA_DIR/tls/token)",
+            ))
+        }
+    })
 }
 
 #[cfg(test)]

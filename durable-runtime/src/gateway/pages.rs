@@ -19,9 +19,11 @@ pub(crate) struct Page {
 /// under `/v1/`, is skipped with a warning: the API keeps its paths).
 pub(crate) fn add(mut router: Router, pages: Vec<Page>) -> Router {
     for page in pages {
-        if !page.path.starts_with('/') || page.path.starts_with("/v1/") || page.path.contains('{')
-        {
-            tracing::warn!(path = page.path, "not serving a page there: a page path starts with / and is not under /v1/");
+        if !page.path.starts_with('/') || page.path.starts_with("/v1/") || page.path.contains('{') {
+            tracing::warn!(
+                path = page.path,
+                "not serving a page there: a page path starts with / and is not under /v1/"
+            );
             continue;
         }
         let html = page.html;

@@ -185,9 +185,9 @@ fn after(query: &str, headers: &HeaderMap) -> Result<u64, ApiError> {
         })
     };
     if let Some(v) = headers.get(LAST_EVENT_ID) {
-        let v = v.to_str().map_err(|_| {
-            ApiError::bad_request("bad_request", "Last-Event-ID is not text")
-        })?;
+        let v = v
+            .to_str()
+            .map_err(|_| ApiError::bad_request("bad_request", "Last-Event-ID is not text"))?;
         return parse("Last-Event-ID", v);
     }
     match query.split('&').find_map(|kv| kv.strip_prefix("after=")) {
@@ -308,10 +308,9 @@ fn sse(state: Arc<State>, start: Start) -> Response {
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response();
     // Proxies that buffer would hold the tokens back.
-    response.headers_mut().insert(
-        "x-accel-buffering",
-        http::HeaderValue::from_static("no"),
-    );
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", http::HeaderValue::from_static("no"));
     response
 }
 
@@ -334,7 +333,11 @@ async fn websocket(state: Arc<State>, start: Start, socket: WebSocket) {
         if matches!(out, Out::Failed(_)) {
             code = 1011;
         }
-        if sink.send(Message::Text(out.ws_text().into())).await.is_err() {
+        if sink
+            .send(Message::Text(out.ws_text().into()))
+            .await
+            .is_err()
+        {
             return;
         }
     }
