@@ -36,8 +36,8 @@ pub(crate) const READ_PAGE: u32 = 1024;
 /// stalls the object or other readers, and loses nothing).
 pub(crate) const FOLLOWER_QUEUE: usize = 4096;
 
-/// The method number of a read of stored items (like
-/// [`crate::class::SOCKET_METHOD`], no remote method has it and no client can name it).
+/// The method number of a read of stored items (like the socket events' number, no
+/// remote method has it and no client can name it).
 pub(crate) const STREAM_READ_METHOD: usize = usize::MAX - 1;
 
 /// Where a stream stands, as a turn reads it ([`crate::Context::stream_state`]).
@@ -246,28 +246,6 @@ pub(crate) fn read(
         last_seq: s.last_seq,
         ended: s.ended,
     })
-}
-
-/// The [`STREAM_READ_METHOD`] turn: decode the request, read, encode the page.
-pub(crate) fn read_turn(ctx: &crate::Context, args: &[u8]) -> crate::class::TurnOutcome {
-    use crate::class::TurnOutcome;
-    let request: ReadRequest = match postcard::from_bytes(args) {
-        Ok(r) => r,
-        Err(e) => return TurnOutcome::BadArguments(format!("a stream read: {e}")),
-    };
-    match read(&ctx.conn, &request) {
-        Ok(page) => match postcard::to_stdvec(&page) {
-            Ok(bytes) => TurnOutcome::Return(bytes),
-            Err(e) => TurnOutcome::EncodeFailed(e.to_string()),
-        },
-        Err(e) => {
-            let error = Error::new(ErrorKind::Storage, format!("reading stream items: {e}"));
-            match postcard::to_stdvec(&error) {
-                Ok(bytes) => TurnOutcome::AppError(bytes),
-                Err(e) => TurnOutcome::EncodeFailed(e.to_string()),
-            }
-        }
-    }
 }
 
 /// Resumable streams, from a turn. Appending and ending are writes of the turn (kept
