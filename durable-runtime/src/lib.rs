@@ -19,6 +19,7 @@ mod durability;
 mod error;
 pub mod feed;
 mod files;
+mod follow;
 mod gateway;
 mod host;
 mod log;

@@ -5,24 +5,19 @@
 //! object's table, then the live tail from the host's hub, each exactly once and in
 //! order, then an explicit end.
 //!
-//! One task per follower (the pump) does the reading: it follows the hub *before*
-//! reading the table, so no item falls between the two; items it already sent are
-//! skipped by sequence number, and a gap (a follower the hub dropped for reading too
-//! slowly) sends it back to the table.
+//! One task per follower ([`crate::follow::pump`]) does the reading; this module
+//! only checks the request and renders what the pump sends.
 
 use super::reply::ApiError;
 use super::state::State;
-use crate::calls::Caller;
-use crate::class::ClassEntry;
-use crate::streams::{valid_stream_name, Live, ReadPage, ReadRequest, READ_PAGE};
+use crate::follow::{self, Out, Refused, Start};
+use crate::streams::valid_stream_name;
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, RawQuery, State as Extract};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use durable_client::wire::WireError;
-use durable_client::ObjectId;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, StatusCode};
 use std::convert::Infallible;
@@ -39,46 +34,38 @@ const PUMP_QUEUE: usize = 256;
 /// A comment line this often keeps idle connections (and proxies) open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// What a follower is sent.
-enum Out {
-    Item { seq: u64, json: Arc<str> },
-    End { seq: u64 },
-    Failed(ApiError),
-}
-
-impl Out {
-    /// The WebSocket text of it.
-    fn ws_text(&self) -> String {
-        match self {
-            Out::Item { seq, json } => format!("{{\"seq\":{seq},\"item\":{json}}}"),
-            Out::End { seq } => format!("{{\"end\":true,\"seq\":{seq}}}"),
-            Out::Failed(e) => e.body().to_string(),
-        }
-    }
-
-    /// The server-sent event of it: items are plain `message` events with the
-    /// sequence number as their id; `end` and `failure` are named events.
-    fn sse(&self) -> Event {
-        match self {
-            Out::Item { seq, .. } => Event::default().id(seq.to_string()).data(self.ws_text()),
-            Out::End { seq } => Event::default()
-                .id(seq.to_string())
-                .event("end")
-                .data(self.ws_text()),
-            Out::Failed(_) => Event::default().event("failure").data(self.ws_text()),
-        }
-    }
-}
-
-/// A follower, checked and started: its first page is read.
-struct Start {
-    class: Arc<ClassEntry>,
+/// The context a follower's failure messages name.
+#[derive(Clone)]
+struct Named {
+    class: &'static str,
     name: String,
     stream: String,
-    caller: Caller,
-    after: u64,
-    live: mpsc::Receiver<Live>,
-    first: ReadPage,
+}
+
+/// The WebSocket text of an event.
+fn ws_text(out: &Out, named: &Named) -> String {
+    match out {
+        Out::Item { seq, json } => format!("{{\"seq\":{seq},\"item\":{json}}}"),
+        Out::End { seq } => format!("{{\"end\":true,\"seq\":{seq}}}"),
+        Out::Unknown => unknown_stream(named.class, &named.name, &named.stream)
+            .body()
+            .to_string(),
+        Out::Failed(e) => ApiError::wire(e.clone()).body().to_string(),
+    }
+}
+
+/// The server-sent event of an event: items are plain `message` events with the
+/// sequence number as their id; `end` and `failure` are named events.
+fn sse_event(out: &Out, named: &Named) -> Event {
+    let data = ws_text(out, named);
+    match out {
+        Out::Item { seq, .. } => Event::default().id(seq.to_string()).data(data),
+        Out::End { seq } => Event::default()
+            .id(seq.to_string())
+            .event("end")
+            .data(data),
+        Out::Unknown | Out::Failed(_) => Event::default().event("failure").data(data),
+    }
 }
 
 /// The handler: check the request, read the first page (so that an unknown stream
@@ -91,15 +78,15 @@ pub(super) async fn follow(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match start(&state, path, query.as_deref().unwrap_or(""), &headers).await {
-        Ok(start) => match upgrade {
+        Ok((start, named)) => match upgrade {
             Ok(upgrade) => {
                 let max = state.max_body;
                 upgrade
                     .max_message_size(max)
-                    .on_upgrade(move |socket| websocket(state, start, socket))
+                    .on_upgrade(move |socket| websocket(state, start, named, socket))
                     .into_response()
             }
-            Err(_) => sse(state, start),
+            Err(_) => sse(state, start, named),
         },
         Err(e) => e.into_response(),
     }
@@ -110,7 +97,7 @@ async fn start(
     path: Result<Path<(String, String, String)>, PathRejection>,
     query: &str,
     headers: &HeaderMap,
-) -> Result<Start, ApiError> {
+) -> Result<(Start, Named), ApiError> {
     let Path((class, name, stream)) =
         path.map_err(|e| ApiError::bad_request("bad_request", e.body_text()))?;
     let caller = state.authorize(headers, &class)?;
@@ -132,34 +119,16 @@ async fn start(
         ));
     }
     let after = after(query, headers)?;
-    if state.calls.is_shutting_down() {
-        return Err(ApiError::wire(WireError::ShuttingDown));
-    }
-    let id = ObjectId::from_name(entry.name, &name);
-    // Follow first, then read: nothing released in between is missed.
-    let live = state.streams.follow(entry.name, id, &stream);
-    let request = ReadRequest {
+    let named = Named {
+        class: entry.name,
+        name: name.clone(),
         stream: stream.clone(),
-        after,
-        limit: READ_PAGE,
     };
-    let first = state
-        .calls
-        .stream_read(entry, &name, &request, &caller)
-        .await
-        .map_err(ApiError::wire)?;
-    if !first.known {
-        return Err(unknown_stream(entry.name, &name, &stream));
+    match follow::start(&state.calls, &state.streams, entry, name, stream, after, caller).await {
+        Ok(start) => Ok((start, named)),
+        Err(Refused::Unknown) => Err(unknown_stream(named.class, &named.name, &named.stream)),
+        Err(Refused::Wire(e)) => Err(ApiError::wire(e)),
     }
-    Ok(Start {
-        class: entry.clone(),
-        name,
-        stream,
-        caller,
-        after,
-        live,
-        first,
-    })
 }
 
 fn unknown_stream(class: &str, name: &str, stream: &str) -> ApiError {
@@ -196,113 +165,19 @@ fn after(query: &str, headers: &HeaderMap) -> Result<u64, ApiError> {
     }
 }
 
-/// Feed `tx` until the stream ends, reading fails, the host stops or the follower
-/// leaves.
-async fn pump(state: Arc<State>, start: Start, tx: mpsc::Sender<Out>) {
-    let Start {
-        class,
-        name,
-        stream,
-        caller,
-        mut after,
-        mut live,
-        first,
-    } = start;
-    let id = ObjectId::from_name(class.name, &name);
-    let closed = state.streams.closed();
-    tokio::pin!(closed);
-    let mut page = Some(first);
-    loop {
-        // Catch up from the table.
-        loop {
-            let current = match page.take() {
-                Some(p) => p,
-                None => {
-                    let request = ReadRequest {
-                        stream: stream.clone(),
-                        after,
-                        limit: READ_PAGE,
-                    };
-                    let read = tokio::select! {
-                        _ = &mut closed => Err(WireError::ShuttingDown),
-                        r = state.calls.stream_read(&class, &name, &request, &caller) => r,
-                    };
-                    match read {
-                        Ok(p) if p.known => p,
-                        Ok(_) => {
-                            let _ = tx
-                                .send(Out::Failed(unknown_stream(class.name, &name, &stream)))
-                                .await;
-                            return;
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Out::Failed(ApiError::wire(e))).await;
-                            return;
-                        }
-                    }
-                }
-            };
-            let full = current.items.len() >= READ_PAGE as usize;
-            for (seq, json) in current.items {
-                if seq > after {
-                    if tx
-                        .send(Out::Item {
-                            seq,
-                            json: json.into(),
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    after = seq;
-                }
-            }
-            if current.ended && after >= current.last_seq {
-                let _ = tx.send(Out::End { seq: after }).await;
-                return;
-            }
-            if !full {
-                break;
-            }
-        }
-        // Then the live tail, until it ends or has a gap.
-        loop {
-            let next = tokio::select! {
-                _ = tx.closed() => return,
-                _ = &mut closed => {
-                    let _ = tx.send(Out::Failed(ApiError::wire(WireError::ShuttingDown))).await;
-                    return;
-                }
-                next = live.recv() => next,
-            };
-            match next {
-                Some(Live::Item { seq, .. }) if seq <= after => {}
-                Some(Live::Item { seq, json }) if seq == after + 1 => {
-                    if tx.send(Out::Item { seq, json }).await.is_err() {
-                        return;
-                    }
-                    after = seq;
-                }
-                Some(Live::End { seq }) if seq <= after => {
-                    let _ = tx.send(Out::End { seq: after }).await;
-                    return;
-                }
-                // A gap, or the hub dropped this follower: back to the table.
-                Some(_) | None => break,
-            }
-        }
-        live = state.streams.follow(class.name, id, &stream);
-    }
-}
-
 /// Answer with server-sent events.
-fn sse(state: Arc<State>, start: Start) -> Response {
+fn sse(state: Arc<State>, start: Start, named: Named) -> Response {
     let (tx, rx) = mpsc::channel(PUMP_QUEUE);
-    tokio::spawn(pump(state, start, tx));
-    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+    tokio::spawn(follow::pump(
+        state.calls.clone(),
+        state.streams.clone(),
+        start,
+        tx,
+    ));
+    let events = futures_util::stream::unfold((rx, named), |(mut rx, named)| async move {
         let out = rx.recv().await?;
-        Some((Ok::<Event, Infallible>(out.sse()), rx))
+        let event = sse_event(&out, &named);
+        Some((Ok::<Event, Infallible>(event), (rx, named)))
     });
     let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
@@ -316,9 +191,14 @@ fn sse(state: Arc<State>, start: Start) -> Response {
 
 /// Answer over a WebSocket: one text message per item, the end, then a normal
 /// close (1011 after a failure). What the client sends is ignored.
-async fn websocket(state: Arc<State>, start: Start, socket: WebSocket) {
+async fn websocket(state: Arc<State>, start: Start, named: Named, socket: WebSocket) {
     let (tx, mut rx) = mpsc::channel(PUMP_QUEUE);
-    tokio::spawn(pump(state, start, tx));
+    tokio::spawn(follow::pump(
+        state.calls.clone(),
+        state.streams.clone(),
+        start,
+        tx,
+    ));
     let (mut sink, mut incoming) = socket.split();
     let mut code = 1000;
     loop {
@@ -330,14 +210,11 @@ async fn websocket(state: Arc<State>, start: Start, socket: WebSocket) {
             },
         };
         let Some(out) = out else { break };
-        if matches!(out, Out::Failed(_)) {
+        if matches!(out, Out::Failed(_) | Out::Unknown) {
             code = 1011;
         }
-        if sink
-            .send(Message::Text(out.ws_text().into()))
-            .await
-            .is_err()
-        {
+        let text = ws_text(&out, &named);
+        if sink.send(Message::Text(text.into())).await.is_err() {
             return;
         }
     }
@@ -345,11 +222,8 @@ async fn websocket(state: Arc<State>, start: Start, socket: WebSocket) {
         code,
         reason: "".into(),
     };
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        sink.send(Message::Close(Some(frame))),
-    )
-    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame))))
+        .await;
 }
 
 #[cfg(test)]
