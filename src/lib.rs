@@ -60,8 +60,8 @@
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
 pub use durable_client::{
-    wire, CallError, Client, ClientCert, ClientConfig, ConnectError, MethodInfo, NoError,
-    ObjectClass, ObjectId, ObjectRef, Retry, Transport, TransportFuture, ALPN,
+    wire, CallError, Client, ClientCert, ClientConfig, ConnectError, Follower, MethodInfo, NoError,
+    ObjectClass, ObjectId, ObjectRef, Retry, StreamItem, Transport, TransportFuture, ALPN,
 };
 pub use durable_macros::{alarm, durable_object, on_close, on_connect, on_message};
 pub use durable_runtime::{

@@ -18,8 +18,13 @@ use tokio::sync::mpsc;
 
 /// What a follower is sent.
 pub(crate) enum Out {
-    Item { seq: u64, json: Arc<str> },
-    End { seq: u64 },
+    Item {
+        seq: u64,
+        json: Arc<str>,
+    },
+    End {
+        seq: u64,
+    },
     /// The stream is gone (deleted while followed).
     Unknown,
     Failed(WireError),
@@ -188,4 +193,3 @@ pub(crate) async fn pump(calls: Arc<Calls>, hub: Arc<Hub>, start: Start, tx: mps
         live = hub.follow(class.name, id, &stream);
     }
 }
-

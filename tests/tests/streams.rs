@@ -479,3 +479,70 @@ async fn acknowledged_items_survive_kill_9_and_a_failed_turn_leaves_none() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
+
+#[tokio::test]
+async fn a_typed_rust_client_follows_and_resumes_over_quic() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    let client = host.client().await;
+    let chat = client.get::<ai::AiChat>("c4");
+    let prompt = "and over QUIC";
+    let reply = chat
+        .ask_with(prompt.into(), 60, 120)
+        .await
+        .expect("ask_with");
+    // Read eight items, then go away.
+    let mut first = client
+        .follow::<ai::AiChat, String>("c4", &reply.stream, 0)
+        .await
+        .expect("follow");
+    let mut seen = String::new();
+    for want in 1..=8 {
+        let item = first.next().await.unwrap().expect("an item");
+        assert_eq!(item.seq, want);
+        seen.push_str(&item.item);
+    }
+    drop(first);
+    // Resume after item 8, as an async stream, to the end.
+    let rest = client
+        .follow::<ai::AiChat, String>("c4", &reply.stream, 8)
+        .await
+        .expect("follow again");
+    let items: Vec<_> = rest.into_stream().collect().await;
+    let seqs: Vec<u64> = items.iter().map(|i| i.as_ref().unwrap().seq).collect();
+    expect_contiguous(&seqs, 9, 60);
+    for i in items {
+        seen.push_str(&i.unwrap().item);
+    }
+    assert_eq!(seen, ai::text(prompt, 60));
+    // An ended stream followed again: its end at once.
+    let mut done = client
+        .follow::<ai::AiChat, String>("c4", &reply.stream, 60)
+        .await
+        .unwrap();
+    assert!(done.next().await.unwrap().is_none());
+    // Typed errors.
+    match client
+        .follow::<ai::AiChat, String>("c4", "reply-99", 0)
+        .await
+    {
+        Err(durable::CallError::UnknownStream(_)) => {}
+        other => panic!("expected UnknownStream, got {other:?}"),
+    }
+    match client
+        .follow::<ai::AiChat, String>("c4", "bad name", 0)
+        .await
+    {
+        Err(durable::CallError::BadArguments(_)) => {}
+        other => panic!("expected BadArguments, got {other:?}"),
+    }
+    // An item that does not decode as the asked type is a protocol error.
+    let mut wrong = client
+        .follow::<ai::AiChat, u32>("c4", &reply.stream, 0)
+        .await
+        .unwrap();
+    assert!(matches!(
+        wrong.next().await,
+        Err(durable::CallError::Protocol(_))
+    ));
+}

@@ -60,10 +60,7 @@ fn sse_event(out: &Out, named: &Named) -> Event {
     let data = ws_text(out, named);
     match out {
         Out::Item { seq, .. } => Event::default().id(seq.to_string()).data(data),
-        Out::End { seq } => Event::default()
-            .id(seq.to_string())
-            .event("end")
-            .data(data),
+        Out::End { seq } => Event::default().id(seq.to_string()).event("end").data(data),
         Out::Unknown | Out::Failed(_) => Event::default().event("failure").data(data),
     }
 }
@@ -124,7 +121,17 @@ async fn start(
         name: name.clone(),
         stream: stream.clone(),
     };
-    match follow::start(&state.calls, &state.streams, entry, name, stream, after, caller).await {
+    match follow::start(
+        &state.calls,
+        &state.streams,
+        entry,
+        name,
+        stream,
+        after,
+        caller,
+    )
+    .await
+    {
         Ok(start) => Ok((start, named)),
         Err(Refused::Unknown) => Err(unknown_stream(named.class, &named.name, &named.stream)),
         Err(Refused::Wire(e)) => Err(ApiError::wire(e)),
@@ -222,8 +229,11 @@ async fn websocket(state: Arc<State>, start: Start, named: Named, socket: WebSoc
         code,
         reason: "".into(),
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame))))
-        .await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        sink.send(Message::Close(Some(frame))),
+    )
+    .await;
 }
 
 #[cfg(test)]
