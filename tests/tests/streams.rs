@@ -546,3 +546,49 @@ async fn a_typed_rust_client_follows_and_resumes_over_quic() {
         Err(durable::CallError::Protocol(_))
     ));
 }
+
+#[tokio::test]
+async fn a_shutdown_ends_followers_with_shutting_down_and_the_host_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    let stream = ask(&host, "c5", "a long one", 10_000, 30).await;
+    let mut events = Events::open(&host, "c5", &stream, None, None).await;
+    assert!(matches!(events.next().await, Some(Sse::Item(1, _))));
+    let client = host.client().await;
+    let mut quic = client
+        .follow::<ai::AiChat, String>("c5", &stream, 0)
+        .await
+        .unwrap();
+    assert_eq!(quic.next().await.unwrap().unwrap().seq, 1);
+    let started = Instant::now();
+    unsafe { libc::kill(host.child.id() as i32, libc::SIGTERM) };
+    loop {
+        match events.next().await.expect("a failure event before the end") {
+            Sse::Item(..) => continue,
+            Sse::Failure(e) => {
+                assert_eq!(e["error"]["kind"], "shutting_down", "{e}");
+                break;
+            }
+            Sse::End(_) => panic!("the reply cannot have ended"),
+        }
+    }
+    assert_eq!(events.next().await, None);
+    loop {
+        match quic.next().await {
+            Ok(Some(_)) => continue,
+            Err(durable::CallError::ShuttingDown) => break,
+            other => panic!("expected ShuttingDown, got {other:?}"),
+        }
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let mut host = host;
+        host.child.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "followers did not hold the shutdown"
+    );
+}
