@@ -16,6 +16,10 @@ use durable_client::ObjectId;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+/// Items in the first page a follower reads: small, so that the first missed item
+/// reaches a resuming client without waiting for a whole page to be read and sent.
+const FIRST_PAGE: u32 = 32;
+
 /// What a follower is sent.
 pub(crate) enum Out {
     Item {
@@ -69,7 +73,7 @@ pub(crate) async fn start(
     let request = ReadRequest {
         stream: stream.clone(),
         after,
-        limit: READ_PAGE,
+        limit: FIRST_PAGE,
     };
     let first = calls
         .stream_read(class, &name, &request, &caller)
@@ -115,8 +119,12 @@ pub(crate) async fn pump(calls: Arc<Calls>, hub: Arc<Hub>, start: Start, tx: mps
     loop {
         // Catch up from the table.
         loop {
+            let mut limit = READ_PAGE;
             let current = match page.take() {
-                Some(p) => p,
+                Some(p) => {
+                    limit = FIRST_PAGE;
+                    p
+                }
                 None => {
                     let request = ReadRequest {
                         stream: stream.clone(),
@@ -140,7 +148,7 @@ pub(crate) async fn pump(calls: Arc<Calls>, hub: Arc<Hub>, start: Start, tx: mps
                     }
                 }
             };
-            let full = current.items.len() >= READ_PAGE as usize;
+            let full = current.items.len() >= limit as usize;
             for (seq, json) in current.items {
                 if seq > after {
                     if tx
