@@ -10,7 +10,7 @@
 
 use crate::calls::{Caller, Calls};
 use crate::class::ClassEntry;
-use crate::streams::{Hub, Live, ReadPage, ReadRequest, READ_PAGE};
+use crate::streams::{Following, Hub, Live, ReadPage, ReadRequest, READ_PAGE};
 use durable_client::wire::WireError;
 use durable_client::ObjectId;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ pub(crate) struct Start {
     stream: String,
     caller: Caller,
     after: u64,
-    live: mpsc::Receiver<Live>,
+    live: Following,
     first: ReadPage,
 }
 
@@ -57,7 +57,7 @@ pub(crate) struct Start {
 /// the caller's rights).
 pub(crate) async fn start(
     calls: &Calls,
-    hub: &Hub,
+    hub: &Arc<Hub>,
     class: &Arc<ClassEntry>,
     name: String,
     stream: String,
@@ -180,7 +180,7 @@ pub(crate) async fn pump(calls: Arc<Calls>, hub: Arc<Hub>, start: Start, tx: mps
                     let _ = tx.send(Out::Failed(WireError::ShuttingDown)).await;
                     return;
                 }
-                next = live.recv() => next,
+                next = live.rx.recv() => next,
             };
             match next {
                 Some(Live::Item { seq, .. }) if seq <= after => {}

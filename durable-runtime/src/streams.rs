@@ -94,7 +94,8 @@ type Key = (&'static str, ObjectId, String);
 /// The host's followers of live streams, by object and stream. The gateway adds
 /// them; the output gate hands them durable items.
 pub(crate) struct Hub {
-    followers: Mutex<HashMap<Key, Vec<mpsc::Sender<Live>>>>,
+    followers: Mutex<HashMap<Key, Vec<(u64, mpsc::Sender<Live>)>>>,
+    next: std::sync::atomic::AtomicU64,
     /// Set when the host stops: followers end.
     closing: watch::Sender<bool>,
 }
@@ -103,6 +104,7 @@ impl Default for Hub {
     fn default() -> Self {
         Hub {
             followers: Mutex::default(),
+            next: Default::default(),
             closing: watch::Sender::new(false),
         }
     }
@@ -123,21 +125,39 @@ impl Hub {
         }
     }
 
-    /// Follow `stream` of an object: every item released from now on. The receiver
-    /// ends if the follower fell [`FOLLOWER_QUEUE`] items behind (read the rest from
-    /// the object, then follow again).
+    /// Follow `stream` of an object: every item released from now on, until the
+    /// [`Following`] drops. Its receiver ends if the follower fell
+    /// [`FOLLOWER_QUEUE`] items behind (read the rest from the object, then follow
+    /// again).
     pub(crate) fn follow(
-        &self,
+        self: &Arc<Self>,
         class: &'static str,
         id: ObjectId,
         stream: &str,
-    ) -> mpsc::Receiver<Live> {
+    ) -> Following {
         let (tx, rx) = mpsc::channel(FOLLOWER_QUEUE);
+        let key = (class, id, stream.to_owned());
+        let follower = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.lock()
-            .entry((class, id, stream.to_owned()))
+            .entry(key.clone())
             .or_default()
-            .push(tx);
-        rx
+            .push((follower, tx));
+        Following {
+            hub: self.clone(),
+            key,
+            follower,
+            rx,
+        }
+    }
+
+    fn unfollow(&self, key: &Key, follower: u64) {
+        let mut followers = self.lock();
+        if let Some(list) = followers.get_mut(key) {
+            list.retain(|(f, _)| *f != follower);
+            if list.is_empty() {
+                followers.remove(key);
+            }
+        }
     }
 
     /// Hand a durable batch's stream effects to their followers, in order. Never
@@ -153,7 +173,7 @@ impl Hub {
             let Some(list) = followers.get_mut(&key) else {
                 continue;
             };
-            list.retain(|tx| tx.try_send(live.clone()).is_ok());
+            list.retain(|(_, tx)| tx.try_send(live.clone()).is_ok());
             if list.is_empty() {
                 followers.remove(&key);
             }
@@ -166,8 +186,23 @@ impl Hub {
         self.lock().values().map(Vec::len).sum()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<mpsc::Sender<Live>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<(u64, mpsc::Sender<Live>)>>> {
         self.followers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A follower's place in the [`Hub`]: live items arrive on `rx`; dropping it
+/// leaves the hub.
+pub(crate) struct Following {
+    hub: Arc<Hub>,
+    key: Key,
+    follower: u64,
+    pub(crate) rx: mpsc::Receiver<Live>,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.hub.unfollow(&self.key, self.follower);
     }
 }
 
@@ -358,7 +393,7 @@ mod tests {
 
     #[test]
     fn followers_get_items_in_order_and_a_full_one_is_dropped() {
-        let hub = Hub::default();
+        let hub = Arc::new(Hub::default());
         let id = ObjectId::from_name("Chat", "a");
         let mut a = hub.follow("Chat", id, "r1");
         let b = hub.follow("Chat", id, "r1");
@@ -368,38 +403,33 @@ mod tests {
             seq,
             json: Arc::from(format!("{seq}")),
         };
+        let live = |seq: u64| Live::Item {
+            seq,
+            json: Arc::from(format!("{seq}")),
+        };
         hub.apply("Chat", id, vec![item(1), item(2)]);
-        assert_eq!(
-            a.try_recv().unwrap(),
-            Live::Item {
-                seq: 1,
-                json: "1".into()
-            }
-        );
-        assert_eq!(
-            a.try_recv().unwrap(),
-            Live::Item {
-                seq: 2,
-                json: "2".into()
-            }
-        );
-        assert!(other.try_recv().is_err());
-        // b never reads: past its queue it is dropped, a stays.
+        assert_eq!(a.rx.try_recv().unwrap(), live(1));
+        assert_eq!(a.rx.try_recv().unwrap(), live(2));
+        assert!(other.rx.try_recv().is_err());
+        // b never reads: past its queue it is dropped from the hub, a stays.
         for seq in 3..(FOLLOWER_QUEUE as u64 + 3) {
             hub.apply("Chat", id, vec![item(seq)]);
-            a.try_recv().unwrap();
+            a.rx.try_recv().unwrap();
         }
         assert_eq!(hub.len(), 2);
         drop(b);
-        hub.apply(
-            "Chat",
-            id,
-            vec![StreamOp::End {
-                stream: "r1".into(),
-                seq: 9,
-            }],
-        );
-        assert_eq!(a.try_recv().unwrap(), Live::End { seq: 9 });
+        let end = StreamOp::End {
+            stream: "r1".into(),
+            seq: 9,
+        };
+        hub.apply("Chat", id, vec![end]);
+        assert_eq!(a.rx.try_recv().unwrap(), Live::End { seq: 9 });
+        // Followers leave the hub when they drop, whether or not items come.
+        drop(a);
+        assert_eq!(hub.len(), 1);
+        drop(other);
+        assert_eq!(hub.len(), 0);
+        assert!(hub.lock().is_empty());
     }
 
     #[test]
