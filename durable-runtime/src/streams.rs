@@ -91,10 +91,13 @@ pub(crate) struct ReadPage {
 
 type Key = (&'static str, ObjectId, String);
 
+/// The followers of each stream: their numbers and channels.
+type Followers = HashMap<Key, Vec<(u64, mpsc::Sender<Live>)>>;
+
 /// The host's followers of live streams, by object and stream. The gateway adds
 /// them; the output gate hands them durable items.
 pub(crate) struct Hub {
-    followers: Mutex<HashMap<Key, Vec<(u64, mpsc::Sender<Live>)>>>,
+    followers: Mutex<Followers>,
     next: std::sync::atomic::AtomicU64,
     /// Set when the host stops: followers end.
     closing: watch::Sender<bool>,
@@ -186,7 +189,7 @@ impl Hub {
         self.lock().values().map(Vec::len).sum()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Vec<(u64, mpsc::Sender<Live>)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Followers> {
         self.followers.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
