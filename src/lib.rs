@@ -60,8 +60,8 @@
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
 pub use durable_client::{
-    wire, CallError, Client, ClientCert, ClientConfig, ConnectError, MethodInfo, NoError,
-    ObjectClass, ObjectId, ObjectRef, Retry, Transport, TransportFuture, ALPN,
+    wire, CallError, Client, ClientCert, ClientConfig, ConnectError, Follower, MethodInfo, NoError,
+    ObjectClass, ObjectId, ObjectRef, Retry, StreamItem, Transport, TransportFuture, ALPN,
 };
 pub use durable_macros::{alarm, durable_object, on_close, on_connect, on_message};
 pub use durable_runtime::{
@@ -73,6 +73,7 @@ pub use durable_runtime::{
     Hosted, HttpAuth, JsonArg, JsonArgs, JsonMethod, Limits, ListOptions, RunningHost, Sql,
     Storage,
 };
+pub use durable_runtime::{valid_stream_name, StreamState, MAX_STREAM_ITEM, MAX_STREAM_NAME};
 pub use durable_runtime::{
     FromWsMessage, Socket, SocketHandlers, SocketId, WsMessage, CLOSE_INTERNAL, CLOSE_NO_PONG,
     CLOSE_REFUSED, CLOSE_SLOW_CLIENT, CLOSE_TRY_AGAIN, DEFAULT_MAX_SOCKETS, MAX_ATTACHMENT_BYTES,

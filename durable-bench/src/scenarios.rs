@@ -69,6 +69,7 @@ pub async fn run_all(selected: &[&str], quick: bool) -> (Vec<Row>, Vec<(String, 
             "http_call" => http_call(&plan).await,
             "broadcast_1000" => broadcast_1000(&plan).await,
             "memory_socket" => memory_socket(&plan).await,
+            "stream_resume" => stream_resume(&plan).await,
             other => Err(format!("unknown scenario {other}")),
         };
         match result {
@@ -429,6 +430,211 @@ async fn http_call(plan: &Plan) -> Result<Vec<Row>, String> {
         ));
     }
     Ok(rows)
+}
+
+/// The AI chat case (seed 000): a reply is being produced (an `AiChat` object's
+/// generator, 300 tokens/s); a client reads some of it over server-sent events,
+/// disconnects, stays away ~20 ms while more tokens are produced, and reconnects
+/// with `?after=` its last seq. Measured: from the reconnect (a fresh TCP
+/// connection, as a reloaded page makes) to the first missed item. Baseline, same
+/// run and gateway: a fresh connection and one plain read-only HTTP call
+/// (`Counter.get`).
+async fn stream_resume(plan: &Plan) -> Result<Vec<Row>, String> {
+    let n = if plan.quick { 60 } else { 400 };
+    let dir = plan.dir("stream");
+    let mut args: Vec<&OsStr> = vec![os("__host"), os("serve"), os("--data-dir"), dir.as_os_str()];
+    args.extend([
+        os("--listen"),
+        os("127.0.0.1:0"),
+        os("--http"),
+        os("127.0.0.1:0"),
+    ]);
+    let (server, lines) = baselines::spawn_self_lines(&args, &[("RUST_LOG", "error")], 2)?;
+    let addr: std::net::SocketAddr = lines[0]
+        .strip_prefix("http listening on ")
+        .ok_or_else(|| format!("unexpected second line {:?}", lines[0]))?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let token =
+        std::fs::read_to_string(dir.join("tls").join("token")).map_err(|e| e.to_string())?;
+    let auth = format!("Authorization: Bearer {}\r\n", token.trim());
+    let json = format!("{auth}Content-Type: application/json\r\n");
+    let post = |path: &str, body: &[u8]| {
+        let (json, path, body) = (json.clone(), path.to_owned(), body.to_vec());
+        async move {
+            let mut conn = Http::connect(addr).await.map_err(|e| e.to_string())?;
+            let (status, body) = conn
+                .request("POST", &path, &json, &body)
+                .await
+                .map_err(|e| e.to_string())?;
+            if status != 200 {
+                return Err(format!(
+                    "POST {path}: {status} {}",
+                    String::from_utf8_lossy(&body)
+                ));
+            }
+            Ok::<Vec<u8>, String>(body)
+        }
+    };
+    post("/v1/objects/Counter/stream-bench/increment", br#"{"by":1}"#).await?;
+    let tokens = (n as u64 + 10) * 40;
+    let ask = format!(r#"{{"prompt":"a long answer","tokens":{tokens},"tokens_per_second":300}}"#);
+    let body = post("/v1/objects/AiChat/bench/ask_with", ask.as_bytes()).await?;
+    let reply: serde_json::Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    let stream = reply["stream"]
+        .as_str()
+        .ok_or("no stream in the reply")?
+        .to_owned();
+    let path = |after: u64| format!("/v1/objects/AiChat/bench/streams/{stream}?after={after}");
+
+    let mut resume = Vec::with_capacity(n);
+    let mut plain = Vec::with_capacity(n);
+    let mut last = 0u64;
+    for _ in 0..n + 5 {
+        // Away for a while: the producer carries on.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        let mut events = SseReader::open(addr, &path(last), &auth).await?;
+        let first = events.next_seq().await?;
+        let took = started.elapsed().as_secs_f64() * 1e6;
+        if first != last + 1 {
+            return Err(format!("resumed after {last} but got item {first} first"));
+        }
+        // Read a few more, then drop the connection.
+        last = first;
+        for _ in 0..3 {
+            let seq = events.next_seq().await?;
+            if seq != last + 1 {
+                return Err(format!("item {seq} after {last}"));
+            }
+            last = seq;
+        }
+        drop(events);
+        let started = Instant::now();
+        post("/v1/objects/Counter/stream-bench/get", b"{}").await?;
+        let base = started.elapsed().as_secs_f64() * 1e6;
+        resume.push(took);
+        plain.push(base);
+    }
+    server.stop();
+    // The first five are warm-up.
+    resume.drain(..5);
+    plain.drain(..5);
+    resume.sort_by(f64::total_cmp);
+    plain.sort_by(f64::total_cmp);
+    let against = "fresh connection + one read-only HTTP call, same gateway";
+    Ok(vec![
+        Row::lower(
+            "stream_resume",
+            percentile(&resume, 0.5),
+            "us median to 1st missed item",
+            Some(percentile(&plain, 0.5)),
+            against,
+        ),
+        Row::lower(
+            "stream_resume",
+            percentile(&resume, 0.99),
+            "us p99 to 1st missed item",
+            Some(percentile(&plain, 0.99)),
+            against,
+        ),
+    ])
+}
+
+/// A server-sent events response read off a raw connection (chunked encoding
+/// undone by hand): just enough to find each item's sequence number.
+struct SseReader {
+    stream: tokio::net::TcpStream,
+    /// Raw bytes not yet decoded.
+    raw: Vec<u8>,
+    /// Decoded body bytes not yet parsed into events.
+    body: String,
+}
+
+impl SseReader {
+    async fn open(
+        addr: std::net::SocketAddr,
+        path: &str,
+        headers: &str,
+    ) -> Result<SseReader, String> {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut reader = SseReader {
+            stream,
+            raw: Vec::new(),
+            body: String::new(),
+        };
+        let head_end = loop {
+            if let Some(i) = reader.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            reader.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&reader.raw[..head_end]).into_owned();
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(format!("GET {path}: {}", head.lines().next().unwrap_or("")));
+        }
+        reader.raw.drain(..head_end);
+        Ok(reader)
+    }
+
+    async fn fill(&mut self) -> Result<(), String> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut buf))
+            .await
+            .map_err(|_| "no event within 10 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the event stream ended".into());
+        }
+        self.raw.extend_from_slice(&buf[..n]);
+        Ok(())
+    }
+
+    /// Move whole chunks from `raw` to `body`.
+    fn dechunk(&mut self) -> Result<(), String> {
+        loop {
+            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return Ok(());
+            };
+            let size = std::str::from_utf8(&self.raw[..line_end])
+                .ok()
+                .and_then(|s| usize::from_str_radix(s.trim(), 16).ok())
+                .ok_or("a bad chunk size")?;
+            if self.raw.len() < line_end + 2 + size + 2 {
+                return Ok(());
+            }
+            let data = &self.raw[line_end + 2..line_end + 2 + size];
+            self.body.push_str(&String::from_utf8_lossy(data));
+            self.raw.drain(..line_end + 2 + size + 2);
+        }
+    }
+
+    /// The sequence number of the next item event.
+    async fn next_seq(&mut self) -> Result<u64, String> {
+        loop {
+            self.dechunk()?;
+            while let Some(end) = self.body.find("\n\n") {
+                let event: String = self.body.drain(..end + 2).collect();
+                if event.contains("event:") {
+                    return Err(format!("not an item: {event:?}"));
+                }
+                if let Some(id) = event.lines().find_map(|l| l.strip_prefix("id:")) {
+                    return id.trim().parse().map_err(|_| format!("a bad id {id:?}"));
+                }
+            }
+            self.fill().await?;
+        }
+    }
 }
 
 async fn increments_hot(plan: &Plan) -> Result<Vec<Row>, String> {

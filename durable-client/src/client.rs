@@ -620,3 +620,178 @@ impl ObjectRef {
         })
     }
 }
+
+/// One item of a followed stream ([`Client::follow`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamItem<T> {
+    /// Its sequence number in the stream (from 1): resume after it.
+    pub seq: u64,
+    /// The item.
+    pub item: T,
+}
+
+/// A stream being followed over QUIC ([`Client::follow`]): the items after the
+/// resume point, in order and each once, then the end. Dropping it stops the
+/// follow; the producer carries on. After an error (the connection lost, the host
+/// stopping), follow again after the last `seq` received.
+pub struct Follower<T> {
+    /// Dropping it tells the host to stop (STOP_SENDING).
+    recv: quinn::RecvStream,
+    max_frame: usize,
+    last_seq_at_start: u64,
+    done: bool,
+    _item: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for Follower<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower")
+            .field("last_seq_at_start", &self.last_seq_at_start)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Follow stream `stream` of object `name` of class `C` from after item `after`
+    /// (0: from the first): the items produced so far, then the live tail, then the
+    /// end (see `docs/streams.md`). Items are decoded from their JSON form as `T`.
+    /// Over QUIC only (a client over another transport gets `Rejected`).
+    pub async fn follow<C: ObjectClass, T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        stream: &str,
+        after: u64,
+    ) -> Result<Follower<T>, CallError> {
+        let Link::Quic(inner) = &self.link else {
+            return Err(CallError::Rejected(
+                "following a stream needs a QUIC connection".into(),
+            ));
+        };
+        let request = Request::Follow(wire::FollowRequest {
+            class: C::CLASS.to_owned(),
+            name: name.to_owned(),
+            stream: stream.to_owned(),
+            after,
+        });
+        let frame = wire::encode_frame(&request);
+        let conn = match current(inner) {
+            Some(c) => c,
+            None => establish(inner).await.map_err(|e| match e {
+                ConnectError::Unauthenticated | ConnectError::CertificateRejected(_) => {
+                    CallError::Unauthenticated
+                }
+                other => CallError::ConnectionLost(other.to_string()),
+            })?,
+        };
+        let lost = |e: &dyn std::fmt::Display| CallError::ConnectionLost(e.to_string());
+        let (mut send, recv) = conn.open_bi().await.map_err(|e| {
+            forget(inner, &conn);
+            lost(&e)
+        })?;
+        send.write_all(&frame).await.map_err(|e| lost(&e))?;
+        send.finish().map_err(|e| lost(&e))?;
+        let mut follower = Follower {
+            recv,
+            max_frame: inner.config.max_frame,
+            last_seq_at_start: 0,
+            done: false,
+            _item: std::marker::PhantomData,
+        };
+        match follower.frame().await? {
+            wire::StreamFrame::Started { last_seq } => {
+                follower.last_seq_at_start = last_seq;
+                Ok(follower)
+            }
+            wire::StreamFrame::UnknownStream => Err(CallError::UnknownStream(format!(
+                "object {name:?} of class {} has no stream {stream:?}",
+                C::CLASS
+            ))),
+            wire::StreamFrame::Error(e) => Err(e.into()),
+            other => Err(CallError::Protocol(format!(
+                "expected the start of a follow, got {other:?}"
+            ))),
+        }
+    }
+}
+
+impl<T: serde::de::DeserializeOwned> Follower<T> {
+    /// The stream's last sequence number when the follow started.
+    pub fn last_seq_at_start(&self) -> u64 {
+        self.last_seq_at_start
+    }
+
+    /// The next item; `Ok(None)` once the stream has ended.
+    pub async fn next(&mut self) -> Result<Option<StreamItem<T>>, CallError> {
+        if self.done {
+            return Ok(None);
+        }
+        let frame = self.frame().await;
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                self.done = true;
+                return Err(e);
+            }
+        };
+        match frame {
+            wire::StreamFrame::Item { seq, json } => {
+                let item = serde_json::from_str(&json).map_err(|e| {
+                    self.done = true;
+                    CallError::Protocol(format!("item {seq} does not decode: {e}"))
+                })?;
+                Ok(Some(StreamItem { seq, item }))
+            }
+            wire::StreamFrame::End { .. } => {
+                self.done = true;
+                Ok(None)
+            }
+            other => {
+                self.done = true;
+                Err(match other {
+                    wire::StreamFrame::Error(e) => e.into(),
+                    wire::StreamFrame::UnknownStream => {
+                        CallError::UnknownStream("the stream was deleted".into())
+                    }
+                    other => CallError::Protocol(format!("unexpected {other:?}")),
+                })
+            }
+        }
+    }
+
+    /// The items as a [`futures_util::Stream`], ending after the last item or the
+    /// first error.
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<StreamItem<T>, CallError>> {
+        futures_util::stream::unfold(self, |mut f| async move {
+            match f.next().await {
+                Ok(Some(item)) => Some((Ok(item), f)),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), f)),
+            }
+        })
+    }
+
+    /// Read one frame.
+    async fn frame(&mut self) -> Result<wire::StreamFrame, CallError> {
+        let lost = |e: &dyn std::fmt::Display| CallError::ConnectionLost(e.to_string());
+        let mut prefix = [0u8; 4];
+        self.recv
+            .read_exact(&mut prefix)
+            .await
+            .map_err(|e| lost(&e))?;
+        let len = u32::from_le_bytes(prefix) as usize;
+        if len > self.max_frame {
+            return Err(CallError::Protocol(format!(
+                "a frame of {len} bytes exceeds the limit of {}",
+                self.max_frame
+            )));
+        }
+        let mut frame = vec![0u8; 4 + len];
+        frame[..4].copy_from_slice(&prefix);
+        self.recv
+            .read_exact(&mut frame[4..])
+            .await
+            .map_err(|e| lost(&e))?;
+        wire::decode_frame(&frame, self.max_frame).map_err(|e| CallError::Protocol(e.to_string()))
+    }
+}

@@ -83,6 +83,9 @@ pub enum CallError<E = NoError> {
     /// The host is shutting down; nothing was applied.
     #[error("the host is shutting down")]
     ShuttingDown,
+    /// The object has no stream of that name ([`crate::Client::follow`]).
+    #[error("no such stream: {0}")]
+    UnknownStream(String),
     /// The arguments could not be encoded, or did not decode on the host as the
     /// method's argument types; nothing was applied.
     #[error("bad arguments: {0}")]
@@ -132,6 +135,7 @@ impl<E> CallError<E> {
             | CallError::Unauthenticated
             | CallError::TooLarge { .. }
             | CallError::ShuttingDown
+            | CallError::UnknownStream(_)
             | CallError::Moved(_)
             | CallError::BadArguments(_)
             | CallError::Rejected(_)
@@ -180,6 +184,7 @@ impl<E> CallError<E> {
             CallError::TooLarge { size, limit } => CallError::TooLarge { size, limit },
             CallError::ConnectionLost(m) => CallError::ConnectionLost(m),
             CallError::ShuttingDown => CallError::ShuttingDown,
+            CallError::UnknownStream(s) => CallError::UnknownStream(s),
             CallError::Moved(o) => CallError::Moved(o),
             CallError::BadArguments(m) => CallError::BadArguments(m),
             CallError::Rejected(m) => CallError::Rejected(m),

@@ -15,7 +15,8 @@ pub mod wire;
 
 pub use class::{MethodInfo, ObjectClass};
 pub use client::{
-    Client, ClientCert, ClientConfig, ConnectError, ObjectRef, Transport, TransportFuture,
+    Client, ClientCert, ClientConfig, ConnectError, Follower, ObjectRef, StreamItem, Transport,
+    TransportFuture,
 };
 pub use error::{CallError, NoError};
 pub use id::{ObjectId, ParseIdError};

@@ -24,6 +24,49 @@ pub enum Request {
     },
     /// A call of one method on one object.
     Call(CallRequest),
+    /// Follow a stream of an object: the host answers with [`StreamFrame`]s on this
+    /// QUIC stream, [`StreamFrame::Started`] first, until the end or an error.
+    Follow(FollowRequest),
+}
+
+/// Follow a stream (see `docs/streams.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FollowRequest {
+    /// The class name.
+    pub class: String,
+    /// The object's name (streams are followed by name, as over HTTP).
+    pub name: String,
+    /// The stream's name within the object.
+    pub stream: String,
+    /// Send the items after this sequence number (0: from the first).
+    pub after: u64,
+}
+
+/// What a host sends on a followed stream, one frame each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamFrame {
+    /// The follow started; the stream's last sequence number then.
+    Started {
+        /// The last sequence number when the follow started.
+        last_seq: u64,
+    },
+    /// One item, as JSON.
+    Item {
+        /// Its sequence number.
+        seq: u64,
+        /// The item, as JSON text.
+        json: String,
+    },
+    /// The stream ended after item `seq`; nothing follows.
+    End {
+        /// The last sequence number.
+        seq: u64,
+    },
+    /// The object has no such stream; nothing follows.
+    UnknownStream,
+    /// The follow failed (the host is shutting down, the object could not be read,
+    /// ...); nothing follows. Resume with the last sequence number seen.
+    Error(WireError),
 }
 
 /// One call of one method on one object.

@@ -22,6 +22,9 @@ const MAX_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
 /// A socket event whose turn has not started after this long is dropped (`Timeout`).
 const SOCKET_EVENT_DEADLINE_MS: u64 = 60_000;
 
+/// A stream read whose turn has not started after this long is dropped (`Timeout`).
+const STREAM_READ_DEADLINE_MS: u64 = 30_000;
+
 /// Who is calling: the identity an edge authenticated (a token's holder, a
 /// certificate's subject, an application's own check), carried for tracing now and
 /// for per-caller limits later.
@@ -196,6 +199,70 @@ impl Calls {
                 message: "the host stopped before answering".into(),
             })
         })
+    }
+
+    /// Read the stored items of a stream of object `name` of `class` (see
+    /// [`crate::streams`]): a read turn of the object, queued and gated like a call,
+    /// so it sees exactly the items whose batches are durable or ahead of it.
+    pub(crate) async fn stream_read(
+        &self,
+        class: &Arc<ClassEntry>,
+        name: &str,
+        request: &crate::streams::ReadRequest,
+        caller: &Caller,
+    ) -> Result<crate::streams::ReadPage, WireError> {
+        let received = self.clock.now_ms();
+        let object = ObjectId::from_name(class.name, name);
+        if let Owner::Elsewhere(owner) = self.placement.owner(class.name, object) {
+            return Err(WireError::Moved { owner });
+        }
+        let _guard = self.in_flight.enter();
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(WireError::ShuttingDown);
+        }
+        let args = postcard::to_stdvec(request).map_err(|e| WireError::Internal {
+            message: format!("encoding a stream read: {e}"),
+        })?;
+        tracing::trace!(class = class.name, id = %object, caller = %caller.0, stream = %request.stream, "stream read");
+        let (tx, rx) = oneshot::channel();
+        self.shards.send(Call {
+            class: class.clone(),
+            method: crate::streams::STREAM_READ_METHOD,
+            deadline_ms: received + STREAM_READ_DEADLINE_MS,
+            request: CallRequest {
+                request_id: rand::random(),
+                class: class.name.to_owned(),
+                object,
+                name: Some(name.to_owned()),
+                method: "$stream".into(),
+                fingerprint: 0,
+                timeout_ms: STREAM_READ_DEADLINE_MS,
+                args,
+            },
+            reply: tx,
+        });
+        let answer = rx.await.unwrap_or_else(|_| {
+            Response::Error(WireError::Indeterminate {
+                message: "the host stopped before answering".into(),
+            })
+        });
+        match answer {
+            Response::Return(bytes) => {
+                postcard::from_bytes(&bytes).map_err(|e| WireError::Internal {
+                    message: format!("decoding a stream page: {e}"),
+                })
+            }
+            Response::AppError(bytes) => {
+                let message = postcard::from_bytes::<crate::Error>(&bytes)
+                    .map(|e| e.message)
+                    .unwrap_or_else(|_| "reading the stream failed".into());
+                Err(WireError::Internal { message })
+            }
+            Response::Error(e) => Err(e),
+            Response::Welcome => Err(WireError::Internal {
+                message: "unexpected answer".into(),
+            }),
+        }
     }
 
     /// Whether [`Calls::drain`] has begun: new calls are refused.

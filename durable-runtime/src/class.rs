@@ -225,6 +225,10 @@ impl<T: Hosted> Instance for T {
         if method == SOCKET_METHOD {
             return Hosted::dispatch_socket(self, ctx, args);
         }
+        if method == crate::streams::STREAM_READ_METHOD {
+            let outcome = stream_read_turn(ctx, args);
+            return Box::pin(async move { outcome });
+        }
         Hosted::dispatch(self, ctx, method, args)
     }
     fn dispatch_alarm<'a>(
@@ -234,6 +238,31 @@ impl<T: Hosted> Instance for T {
         args: &'a [u8],
     ) -> BoxTurn<'a> {
         Hosted::dispatch_alarm(self, ctx, alarm, args)
+    }
+}
+
+/// The [`crate::streams::STREAM_READ_METHOD`] turn: decode the request, read, encode the page.
+fn stream_read_turn(ctx: &Context, args: &[u8]) -> TurnOutcome {
+    use crate::streams::{read, ReadRequest};
+    let request: ReadRequest = match postcard::from_bytes(args) {
+        Ok(r) => r,
+        Err(e) => return TurnOutcome::BadArguments(format!("a stream read: {e}")),
+    };
+    match read(&ctx.conn, &request) {
+        Ok(page) => match postcard::to_stdvec(&page) {
+            Ok(bytes) => TurnOutcome::Return(bytes),
+            Err(e) => TurnOutcome::EncodeFailed(e.to_string()),
+        },
+        Err(e) => {
+            let error = crate::Error::new(
+                crate::ErrorKind::Storage,
+                format!("reading stream items: {e}"),
+            );
+            match postcard::to_stdvec(&error) {
+                Ok(bytes) => TurnOutcome::AppError(bytes),
+                Err(e) => TurnOutcome::EncodeFailed(e.to_string()),
+            }
+        }
     }
 }
 

@@ -131,7 +131,7 @@ impl Context {
     }
 
     /// Erase the object: drop every table it created, every key-value entry, every
-    /// pending alarm and its schema version, inside the current turn. When the turn
+    /// pending alarm, every stream and its schema version, inside the current turn. When the turn
     /// commits, the in-memory instance is dropped; the next call activates a fresh one
     /// (whose constructor runs its migrations again).
     pub fn delete_all(&mut self) -> Result<(), Error> {
@@ -152,6 +152,7 @@ impl Context {
         }
         self.conn.execute_batch(
             "DELETE FROM _durable_kv; DELETE FROM _durable_alarms; DELETE FROM _durable_alarm_failures;
+             DELETE FROM _durable_streams; DELETE FROM _durable_stream_heads;
              DELETE FROM _durable_meta WHERE key = 'schema_version';",
         )?;
         self.effects.alarms_changed = true;
@@ -180,7 +181,7 @@ impl Context {
 
     /// Run `f` as a sub-unit of the turn that can fail alone: if it returns `Err`,
     /// everything it did is undone (its SQL and key-value writes, alarms it set or
-    /// cancelled, socket messages it sent, a restore or `delete_all` it asked for)
+    /// cancelled, socket messages it sent, stream items it pushed, a restore or `delete_all` it asked for)
     /// and the error is returned to the method, which may go on and still commit the
     /// rest of the turn; if it returns `Ok`, its writes stay part of the turn (and
     /// are still undone if the turn itself fails). Transactions nest. Implemented
@@ -215,6 +216,7 @@ impl Context {
             return Err(e.into());
         }
         let sockets = self.effects.sockets.len();
+        let streams = self.effects.streams.len();
         let restore = self.effects.restore;
         let reset_instance = self.effects.reset_instance;
         let result = f(self);
@@ -223,6 +225,7 @@ impl Context {
             Ok(_) => format!("RELEASE {name}"),
             Err(_) => {
                 self.effects.sockets.truncate(sockets);
+                self.effects.streams.truncate(streams);
                 self.effects.restore = restore;
                 self.effects.reset_instance = reset_instance;
                 // Alarms may have changed and back: recompute the due index anyway.

@@ -610,6 +610,7 @@ impl Host {
             .transpose()?;
 
         let sockets = Arc::new(crate::sockets::Registry::new(limits.max_sockets));
+        let streams = Arc::new(crate::streams::Hub::default());
         let shards = Arc::new(
             Shards::start(
                 limits.shards,
@@ -634,6 +635,7 @@ impl Host {
                     unclean_start,
                     verified: Default::default(),
                     sockets: Some(sockets.clone()),
+                    streams: Some(streams.clone()),
                 },
             )
             .map_err(|e| HostError::io("starting shard threads", e))?,
@@ -677,6 +679,7 @@ impl Host {
                         sockets: sockets.clone(),
                         pages: self.pages.clone(),
                         ping_interval: limits.ws_ping_interval,
+                        streams: streams.clone(),
                     },
                 )
                 .map_err(|e| HostError::io("starting the HTTP gateway", e))
@@ -694,6 +697,7 @@ impl Host {
             ),
             streams: Default::default(),
             opened: Default::default(),
+            hub: streams.clone(),
         });
         let acceptor = tokio::spawn(server.clone().accept_loop(endpoint.clone()));
         tracing::info!(addr = %local_addr, data_dir = %self.data_dir.display(), "host started");

@@ -19,6 +19,7 @@ mod durability;
 mod error;
 pub mod feed;
 mod files;
+mod follow;
 mod gateway;
 mod host;
 mod log;
@@ -31,6 +32,7 @@ mod server;
 mod shard;
 mod sockets;
 mod store;
+mod streams;
 mod telemetry;
 pub mod testing;
 mod tls;
@@ -53,6 +55,7 @@ pub use sockets::{
     MAX_AUTO_RESPONSE_BYTES, MAX_TAGS, MAX_TAG_BYTES, SEND_QUEUE,
 };
 pub use store::list_objects;
+pub use streams::{valid_stream_name, StreamState, MAX_STREAM_ITEM, MAX_STREAM_NAME};
 
 /// Re-exported so that applications use the same SQLite types (`params!`, `Row`, ...).
 pub use rusqlite;

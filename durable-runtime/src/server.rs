@@ -6,12 +6,18 @@
 //! or a closed stream.
 
 use crate::calls::{Caller, Calls, Gauge};
-use durable_client::wire::{self, FrameError, Request, Response, WireError};
+use crate::follow::{self, Out, Refused};
+use durable_client::wire::{
+    self, FollowRequest, FrameError, Request, Response, StreamFrame, WireError,
+};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Frames waiting between a follower's pump and its QUIC stream.
+const FOLLOW_QUEUE: usize = 256;
 
 /// Largest hello frame accepted before authentication.
 const MAX_HELLO: usize = 4096;
@@ -41,6 +47,8 @@ pub(crate) struct Server {
     pub(crate) streams: Gauge,
     /// Streams opened so far.
     pub(crate) opened: AtomicUsize,
+    /// The followers of the host's streams.
+    pub(crate) hub: Arc<crate::streams::Hub>,
 }
 
 impl Server {
@@ -129,6 +137,7 @@ impl Server {
             tokio::time::timeout(READ_TIMEOUT, read_frame(&mut recv, self.max_frame)).await;
         let response = match request.unwrap_or(Err(FrameError::Truncated)) {
             Ok(Request::Call(call)) => self.calls.call(call, caller).await,
+            Ok(Request::Follow(follow)) => return self.follow(follow, send, caller).await,
             Ok(Request::Hello { .. }) => Response::Error(WireError::Malformed {
                 message: "hello on an authenticated connection".into(),
             }),
@@ -143,11 +152,95 @@ impl Server {
         }
     }
 
+    /// Follow a stream for a client: [`StreamFrame::Started`], then one frame per
+    /// item, then the end (or an error), until the client stops reading.
+    async fn follow(&self, request: FollowRequest, mut send: quinn::SendStream, caller: &Caller) {
+        let start = match self.calls.classes.get(request.class.as_str()) {
+            None => Err(StreamFrame::Error(WireError::UnknownClass {
+                class: request.class,
+            })),
+            Some(_) if !crate::streams::valid_stream_name(&request.stream) => {
+                Err(StreamFrame::Error(WireError::BadArguments {
+                    message: format!(
+                        "a stream name is 1 to {} bytes of letters, digits and -_.:",
+                        crate::streams::MAX_STREAM_NAME
+                    ),
+                }))
+            }
+            Some(class) => {
+                let started = follow::start(
+                    &self.calls,
+                    &self.hub,
+                    class,
+                    request.name,
+                    request.stream,
+                    request.after,
+                    caller.clone(),
+                )
+                .await;
+                match started {
+                    Ok(s) => Ok(s),
+                    Err(Refused::Unknown) => Err(StreamFrame::UnknownStream),
+                    Err(Refused::Wire(e)) => Err(StreamFrame::Error(e)),
+                }
+            }
+        };
+        let start = match start {
+            Ok(s) => s,
+            Err(frame) => {
+                let _ = send.write_all(&wire::encode_frame(&frame)).await;
+                let _ = send.finish();
+                return;
+            }
+        };
+        let started = StreamFrame::Started {
+            last_seq: start.last_seq(),
+        };
+        if send.write_all(&wire::encode_frame(&started)).await.is_err() {
+            return;
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(FOLLOW_QUEUE);
+        tokio::spawn(follow::pump(
+            self.calls.clone(),
+            self.hub.clone(),
+            start,
+            tx,
+        ));
+        loop {
+            let out = tokio::select! {
+                out = rx.recv() => out,
+                _ = send.stopped() => return,
+            };
+            let Some(out) = out else { break };
+            let (frame, last) = match out {
+                Out::Item { seq, json } => (
+                    StreamFrame::Item {
+                        seq,
+                        json: json.to_string(),
+                    },
+                    false,
+                ),
+                Out::End { seq } => (StreamFrame::End { seq }, true),
+                Out::Unknown => (StreamFrame::UnknownStream, true),
+                Out::Failed(e) => (StreamFrame::Error(e), true),
+            };
+            if send.write_all(&wire::encode_frame(&frame)).await.is_err() {
+                return;
+            }
+            if last {
+                break;
+            }
+        }
+        let _ = send.finish();
+    }
+
     /// Wait (up to `limit`) until no stream is between its request and the peer's
     /// acknowledgement of its answer, and none has opened for [`QUIET`]: calls a
     /// client sent just before the stop still arrive, and are answered `ShuttingDown`
     /// rather than lost with the connection. Call after the entry stopped taking calls.
     pub(crate) async fn drain(&self, limit: Duration) {
+        // Followers end now (they would hold their streams open forever).
+        self.hub.close_all();
         let wait = async {
             loop {
                 self.streams.zero().await;

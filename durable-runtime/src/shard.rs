@@ -73,6 +73,8 @@ pub(crate) struct ShardConfig {
     pub(crate) verified: RefCell<std::collections::HashSet<(&'static str, ObjectId)>>,
     /// The host's WebSockets (turns list them; released batches act on them).
     pub(crate) sockets: Option<Arc<crate::sockets::Registry>>,
+    /// The followers of the host's streams (released batches hand them items).
+    pub(crate) streams: Option<Arc<crate::streams::Hub>>,
 }
 
 /// The shard threads and the channels into them.
@@ -413,6 +415,15 @@ type Reply = (ReplyTo, Response, bool);
 enum ReplyTo {
     Caller(oneshot::Sender<Response>),
     Sockets(SocketOutput),
+    Streams(StreamOutput),
+}
+
+/// A batch's stream items, waiting in the output gate with its replies.
+struct StreamOutput {
+    hub: Arc<crate::streams::Hub>,
+    class: &'static str,
+    id: ObjectId,
+    ops: Vec<crate::streams::StreamOp>,
 }
 
 /// A batch's socket effects, waiting in the output gate with its replies.
@@ -432,6 +443,12 @@ impl ReplyTo {
             ReplyTo::Sockets(out) => {
                 if let Response::Return(_) = response {
                     out.registry.apply(out.class, out.id, out.ops);
+                }
+                Ok(())
+            }
+            ReplyTo::Streams(out) => {
+                if let Response::Return(_) = response {
+                    out.hub.apply(out.class, out.id, out.ops);
                 }
                 Ok(())
             }
@@ -1577,6 +1594,15 @@ impl Object {
                 0,
                 (ReplyTo::Sockets(out), Response::Return(Vec::new()), false),
             );
+        }
+        if let (false, Some(hub)) = (effects.streams.is_empty(), &self.config.streams) {
+            let out = StreamOutput {
+                hub: hub.clone(),
+                class: self.class.name,
+                id: self.id,
+                ops: effects.streams,
+            };
+            replies.push((ReplyTo::Streams(out), Response::Return(Vec::new()), false));
         }
         if effects.reset_instance {
             self.instance = None;

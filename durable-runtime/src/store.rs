@@ -16,7 +16,7 @@ pub(crate) const DEFAULT_REQUEST_WINDOW: usize = 1000;
 const PAGE_SIZE: i64 = 1024;
 
 /// Bump when `SCHEMA` changes.
-const SCHEMA_REVISION: i64 = 1;
+const SCHEMA_REVISION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS _durable_meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
@@ -27,6 +27,10 @@ CREATE TABLE IF NOT EXISTS _durable_alarms(name TEXT NOT NULL, key TEXT NOT NULL
 CREATE INDEX IF NOT EXISTS _durable_alarms_due ON _durable_alarms(due_ms);
 CREATE TABLE IF NOT EXISTS _durable_alarm_failures(name TEXT NOT NULL, key TEXT NOT NULL, args BLOB NOT NULL,
   attempts INTEGER NOT NULL, error TEXT NOT NULL, failed_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS _durable_streams(stream TEXT NOT NULL, seq INTEGER NOT NULL, item BLOB NOT NULL,
+  PRIMARY KEY(stream, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _durable_stream_heads(stream TEXT PRIMARY KEY, last_seq INTEGER NOT NULL,
+  ended INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 /// Process-wide SQLite settings for hosting many small connections, applied once
@@ -584,7 +588,8 @@ impl ChangeCapture {
 }
 
 /// The session filter: every table but the runtime's own bookkeeping tables (the
-/// key-value table and the alarm tables hold user state and are captured).
+/// key-value table, the alarm tables and the stream tables hold user state and are
+/// captured).
 unsafe extern "C" fn user_table(
     _ctx: *mut std::os::raw::c_void,
     table: *const std::os::raw::c_char,
@@ -594,7 +599,11 @@ unsafe extern "C" fn user_table(
     let captured = !name.starts_with(b"_durable_")
         || matches!(
             name,
-            b"_durable_kv" | b"_durable_alarms" | b"_durable_alarm_failures"
+            b"_durable_kv"
+                | b"_durable_alarms"
+                | b"_durable_alarm_failures"
+                | b"_durable_streams"
+                | b"_durable_stream_heads"
         );
     captured as std::os::raw::c_int
 }

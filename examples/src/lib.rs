@@ -4,6 +4,7 @@
 //! binary of its own.
 #![warn(missing_docs, rust_2018_idioms)]
 
+pub mod ai;
 pub mod auction;
 pub mod chat;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod web;
 
 /// Register every example class on a host.
 pub fn register_all(host: durable::Host) -> durable::Host {
+    let host = ai::register(host);
     host.register::<counter::Counter>()
         .register::<reservation::Flight>()
         .register::<subscription::Subscription>()

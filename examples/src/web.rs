@@ -1,5 +1,6 @@
-//! The examples' web pages: the chat room at `/chat/` and the collaborative document
-//! at `/doc/`, each one HTML file with its script inline (`examples/web/`), and the
+//! The examples' web pages: the chat room at `/chat/`, the collaborative document
+//! at `/doc/` (each one HTML file with its script inline, `examples/web/`) and the AI
+//! chat at `/ai/` (registered with its class by [`crate::ai::register`]), and the
 //! auth check that lets those pages in without the host token.
 
 use durable::{Caller, Deny, Host};
@@ -16,13 +17,19 @@ pub const PUBLIC_CLASSES: &[&str] = &["ChatRoom", "Document"];
 /// Serve the pages, and admit their requests: a request to a class in
 /// [`PUBLIC_CLASSES`] that comes from a page this host served (its `Origin` names the
 /// host it was sent to, as browsers set it on every WebSocket upgrade) is let in as
-/// the caller `page`. Any other request still needs the host token. The rooms and
-/// documents are public, so this check only keeps other web sites' scripts out; it is
-/// no access control against programs, which can send any `Origin`.
+/// the caller `page`. [`crate::ai::AiChat`] is open to every caller (`ai-page`): its
+/// page follows replies with `EventSource`, whose same-origin GET carries neither an
+/// `Authorization` nor an `Origin` header. Any other request still needs the host
+/// token. The rooms, documents and conversations are public demos, so this check
+/// only keeps other web sites' scripts out of the first two; it is no access control
+/// against programs, which can send any `Origin`.
 pub fn serve_pages(host: Host) -> Host {
     host.page("/chat/", CHAT_PAGE)
         .page("/doc/", DOC_PAGE)
         .http_auth(|headers, class| {
+            if class == "AiChat" {
+                return Ok(Caller("ai-page".into()));
+            }
             if !PUBLIC_CLASSES.contains(&class) {
                 return Err(Deny::unauthenticated(
                     "send the host token: Authorization: Bearer TOKEN (DATA_DIR/tls/token)",

@@ -251,6 +251,48 @@ pub fn register_all(host: durable::Host) -> durable::Host {
         .register::<WsProbe>()
         .register::<Ledger>()
         .register::<Shelf>()
+        .register::<StreamProbe>()
+}
+
+/// Stream test object: appends the items a call names to a stream (so that a test
+/// knows exactly which items were acknowledged), or appends and then fails.
+pub struct StreamProbe;
+
+#[durable_object]
+impl StreamProbe {
+    fn activate(_ctx: &mut Context) -> Result<Self, Error> {
+        Ok(StreamProbe)
+    }
+
+    /// Append `items` to `stream`; the last sequence number.
+    pub async fn push(
+        &mut self,
+        ctx: &mut Context,
+        stream: String,
+        items: Vec<String>,
+    ) -> Result<u64, Error> {
+        let mut last = ctx.stream_open(&stream)?.last_seq;
+        for item in &items {
+            last = ctx.stream_push(&stream, item)?;
+        }
+        Ok(last)
+    }
+
+    /// Append `item` to `stream`, then fail: the item must never be seen.
+    pub async fn push_and_fail(
+        &mut self,
+        ctx: &mut Context,
+        stream: String,
+        item: String,
+    ) -> Result<u64, Error> {
+        ctx.stream_push(&stream, &item)?;
+        Err(Error::msg("failing after the push"))
+    }
+
+    /// End `stream`.
+    pub async fn end(&mut self, ctx: &mut Context, stream: String) -> Result<u64, Error> {
+        ctx.stream_end(&stream)
+    }
 }
 
 /// WebSocket test object: every socket is tagged `all`. `boot` broadcasts

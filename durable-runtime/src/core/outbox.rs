@@ -5,8 +5,8 @@
 //! them once the batch is durable. A turn that ends in `Err` or a panic leaves only
 //! its error reply: its effects are discarded with its writes.
 //!
-//! Pure: no I/O, no clock. The slots later features fill (outgoing calls, stream
-//! items) belong here too, next to the socket messages.
+//! Pure: no I/O, no clock. The slots later features fill (outgoing calls) belong
+//! here too, next to the socket messages and stream items.
 
 use crate::restore_target::RestoreTarget;
 use std::cell::Cell;
@@ -27,6 +27,9 @@ pub(crate) struct Effects {
     /// What the turn did to its WebSockets (sends, broadcasts, closes, tags), in
     /// order: released with the batch's replies once it is durable.
     pub(crate) sockets: Vec<crate::sockets::SocketOp>,
+    /// The items the turn appended to its streams and the streams it ended, in
+    /// order: handed to the streams' followers once the batch is durable.
+    pub(crate) streams: Vec<crate::streams::StreamOp>,
 }
 
 impl Effects {
@@ -40,6 +43,7 @@ impl Effects {
             .set(self.ship_image.get() | later.ship_image.get());
         self.alarms_changed |= later.alarms_changed;
         self.sockets.extend(later.sockets);
+        self.streams.extend(later.streams);
     }
 }
 

@@ -17,6 +17,7 @@ mod pages;
 mod reply;
 mod routes;
 mod state;
+mod streams;
 mod ws;
 
 use crate::calls::{Caller, Calls};
@@ -95,6 +96,8 @@ pub(crate) struct GatewayConfig {
     pub(crate) pages: Pages,
     /// How often to ping each WebSocket (zero: never).
     pub(crate) ping_interval: Duration,
+    /// The followers of the host's streams.
+    pub(crate) streams: Arc<crate::streams::Hub>,
 }
 
 /// A running gateway: its address, and the means to stop it.
@@ -105,6 +108,7 @@ pub(crate) struct Gateway {
     connections: Arc<Semaphore>,
     acceptor: tokio::task::JoinHandle<()>,
     sockets: Arc<crate::sockets::Registry>,
+    streams: Arc<crate::streams::Hub>,
 }
 
 impl Gateway {
@@ -128,6 +132,7 @@ impl Gateway {
             tracing::warn!(addr = %local_addr, "the HTTP gateway listens on every network interface, in plain HTTP: tokens and arguments cross the network unencrypted; put a TLS proxy in front or listen on a specific address");
         }
         let sockets = config.sockets.clone();
+        let streams = config.streams.clone();
         let router = routes::router(Arc::new(state::State::new(config)));
         let (stop, stopped) = watch::channel(0u8);
         let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -139,6 +144,7 @@ impl Gateway {
             connections,
             acceptor,
             sockets,
+            streams,
         })
     }
 
@@ -152,6 +158,7 @@ impl Gateway {
     pub(crate) async fn shutdown(self, limit: Duration) {
         let _ = self.stop.send(1);
         self.sockets.close_all();
+        self.streams.close_all();
         let all = MAX_CONNECTIONS as u32;
         let _ = tokio::time::timeout(limit, self.connections.acquire_many(all)).await;
         self.abort().await;
@@ -161,6 +168,7 @@ impl Gateway {
     pub(crate) async fn abort(self) {
         let _ = self.stop.send(2);
         self.sockets.close_all();
+        self.streams.close_all();
         self.acceptor.abort();
         let _ = self.acceptor.await;
     }

@@ -184,16 +184,23 @@ pub(crate) fn retry_name(retry: Retry) -> &'static str {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The JSON body: `{"error": {"kind", "message", "retry", ...}}`.
+    pub(crate) fn body(&self) -> Value {
         let mut error = Map::new();
         error.insert("kind".into(), self.kind.into());
-        error.insert("message".into(), self.message.into());
+        error.insert("message".into(), self.message.clone().into());
         error.insert("retry".into(), retry_name(self.retry).into());
-        error.extend(self.extra);
+        error.extend(self.extra.clone());
         let mut body = Map::new();
         body.insert("error".into(), Value::Object(error));
-        let mut response = json(self.status, &Value::Object(body));
+        Value::Object(body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = json(self.status, &self.body());
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()

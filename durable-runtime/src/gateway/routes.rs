@@ -50,6 +50,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/v1/objects/{class}/{name}/{method}", post(call))
         // A remote method named `ws` is still reachable by POST.
         .route("/v1/objects/{class}/{name}/ws", get(websocket).post(call))
+        .route(
+            "/v1/objects/{class}/{name}/streams/{stream}",
+            get(super::streams::follow),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

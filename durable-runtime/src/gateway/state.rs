@@ -27,6 +27,8 @@ pub(crate) struct State {
     pub(crate) pages: super::Pages,
     /// How often to ping each WebSocket (zero: never).
     pub(crate) ping_interval: std::time::Duration,
+    /// The followers of the host's streams.
+    pub(crate) streams: Arc<crate::streams::Hub>,
 }
 
 impl State {
@@ -40,6 +42,7 @@ impl State {
             sockets: config.sockets,
             pages: config.pages,
             ping_interval: config.ping_interval,
+            streams: config.streams,
         }
     }
 

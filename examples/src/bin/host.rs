@@ -1,5 +1,5 @@
 //! `host serve --data-dir DIR --listen ADDR [--http ADDR]`: serves every example
-//! class, and with `--http` the pages at `/chat/` and `/doc/`.
+//! class, and with `--http` the pages at `/chat/`, `/doc/` and `/ai/`.
 
 fn main() -> std::process::ExitCode {
     durable::cli::main(|host| {

@@ -1,0 +1,446 @@
+//! Resumable streams: sequences of serde items an object produces over many turns
+//! (a generated reply, token by token), that clients read from any point and follow
+//! live (`GET /v1/objects/{class}/{name}/streams/{stream}?after=SEQ`).
+//!
+//! A turn appends with [`crate::Context::stream_push`] and finishes with
+//! [`crate::Context::stream_end`]. Items are rows of the object's own database
+//! (`_durable_streams`, with `_durable_stream_heads` for each stream's last sequence
+//! number and whether it ended), written in the turn's transaction, so they commit
+//! with the object's batches (many items, one sync) and reach the host log like any
+//! other write. Each item is also an effect of its turn: once the batch is durable
+//! the output gate hands it to the host's [`Hub`], which passes it to the clients
+//! following that stream. A client that was away reads what it missed from the
+//! table (a read turn of the object, [`STREAM_READ_METHOD`], gated like any reply),
+//! then the live tail. Nothing depends on a client being connected: the producer
+//! runs in the object's turns (an alarm, typically), clients only watch.
+//! See `docs/streams.md`.
+
+use crate::error::{Error, ErrorKind};
+use durable_client::ObjectId;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+
+/// Longest stream name, in bytes.
+pub const MAX_STREAM_NAME: usize = 256;
+
+/// Largest stream item, in bytes (as JSON).
+pub const MAX_STREAM_ITEM: usize = 64 * 1024;
+
+/// Most items one read turn returns (a client further behind reads in pages).
+pub(crate) const READ_PAGE: u32 = 1024;
+
+/// Live items that may wait for one follower; past it the follower is dropped from
+/// the hub and catches up from the object's table instead (a slow reader never
+/// stalls the object or other readers, and loses nothing).
+pub(crate) const FOLLOWER_QUEUE: usize = 4096;
+
+/// The method number of a read of stored items (like the socket events' number, no
+/// remote method has it and no client can name it).
+pub(crate) const STREAM_READ_METHOD: usize = usize::MAX - 1;
+
+/// Where a stream stands, as a turn reads it ([`crate::Context::stream_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamState {
+    /// The sequence number of its last item (items are numbered from 1; 0: none yet).
+    pub last_seq: u64,
+    /// Whether [`crate::Context::stream_end`] ended it.
+    pub ended: bool,
+}
+
+/// What a turn did to a stream, released with its batch once durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StreamOp {
+    /// Item `seq` of `stream`, as JSON.
+    Item {
+        stream: String,
+        seq: u64,
+        json: Arc<str>,
+    },
+    /// `stream` ended after item `seq`.
+    End { stream: String, seq: u64 },
+}
+
+/// What a follower receives from the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Live {
+    Item { seq: u64, json: Arc<str> },
+    End { seq: u64 },
+}
+
+/// A read of stored items: those of `stream` after `after`, at most `limit`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ReadRequest {
+    pub(crate) stream: String,
+    pub(crate) after: u64,
+    pub(crate) limit: u32,
+}
+
+/// The answer to a [`ReadRequest`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct ReadPage {
+    /// Whether the stream exists (has an item or ended).
+    pub(crate) known: bool,
+    /// The items, in order: (seq, JSON).
+    pub(crate) items: Vec<(u64, String)>,
+    /// The stream's state when read.
+    pub(crate) last_seq: u64,
+    pub(crate) ended: bool,
+}
+
+type Key = (&'static str, ObjectId, String);
+
+/// The followers of each stream: their numbers and channels.
+type Followers = HashMap<Key, Vec<(u64, mpsc::Sender<Live>)>>;
+
+/// The host's followers of live streams, by object and stream. The gateway adds
+/// them; the output gate hands them durable items.
+pub(crate) struct Hub {
+    followers: Mutex<Followers>,
+    next: std::sync::atomic::AtomicU64,
+    /// Set when the host stops: followers end.
+    closing: watch::Sender<bool>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            followers: Mutex::default(),
+            next: Default::default(),
+            closing: watch::Sender::new(false),
+        }
+    }
+}
+
+impl Hub {
+    /// End every follower (the host is stopping).
+    pub(crate) fn close_all(&self) {
+        self.closing.send_replace(true);
+        self.lock().clear();
+    }
+
+    /// Resolves once [`Hub::close_all`] was called.
+    pub(crate) fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
+
+    /// Follow `stream` of an object: every item released from now on, until the
+    /// [`Following`] drops. Its receiver ends if the follower fell
+    /// [`FOLLOWER_QUEUE`] items behind (read the rest from the object, then follow
+    /// again).
+    pub(crate) fn follow(
+        self: &Arc<Self>,
+        class: &'static str,
+        id: ObjectId,
+        stream: &str,
+    ) -> Following {
+        let (tx, rx) = mpsc::channel(FOLLOWER_QUEUE);
+        let key = (class, id, stream.to_owned());
+        let follower = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock()
+            .entry(key.clone())
+            .or_default()
+            .push((follower, tx));
+        Following {
+            hub: self.clone(),
+            key,
+            follower,
+            rx,
+        }
+    }
+
+    fn unfollow(&self, key: &Key, follower: u64) {
+        let mut followers = self.lock();
+        if let Some(list) = followers.get_mut(key) {
+            list.retain(|(f, _)| *f != follower);
+            if list.is_empty() {
+                followers.remove(key);
+            }
+        }
+    }
+
+    /// Hand a durable batch's stream effects to their followers, in order. Never
+    /// blocks: a follower whose queue is full, or who left, is dropped.
+    pub(crate) fn apply(&self, class: &'static str, id: ObjectId, ops: Vec<StreamOp>) {
+        let mut followers = self.lock();
+        for op in ops {
+            let (stream, live) = match op {
+                StreamOp::Item { stream, seq, json } => (stream, Live::Item { seq, json }),
+                StreamOp::End { stream, seq } => (stream, Live::End { seq }),
+            };
+            let key = (class, id, stream);
+            let Some(list) = followers.get_mut(&key) else {
+                continue;
+            };
+            list.retain(|(_, tx)| tx.try_send(live.clone()).is_ok());
+            if list.is_empty() {
+                followers.remove(&key);
+            }
+        }
+    }
+
+    /// How many followers the hub holds, host-wide.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.lock().values().map(Vec::len).sum()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Followers> {
+        self.followers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A follower's place in the [`Hub`]: live items arrive on `rx`; dropping it
+/// leaves the hub.
+pub(crate) struct Following {
+    hub: Arc<Hub>,
+    key: Key,
+    follower: u64,
+    pub(crate) rx: mpsc::Receiver<Live>,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.hub.unfollow(&self.key, self.follower);
+    }
+}
+
+/// Whether `name` may name a stream: 1 to [`MAX_STREAM_NAME`] bytes of ASCII letters,
+/// digits and `-_.:`.
+pub fn valid_stream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_STREAM_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+fn check_name(stream: &str) -> Result<(), Error> {
+    if valid_stream_name(stream) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Invalid,
+            format!("a stream name is 1 to {MAX_STREAM_NAME} bytes of letters, digits and -_.: (got {stream:?})"),
+        ))
+    }
+}
+
+fn state(conn: &rusqlite::Connection, stream: &str) -> rusqlite::Result<Option<StreamState>> {
+    use rusqlite::OptionalExtension;
+    conn.prepare_cached("SELECT last_seq, ended FROM _durable_stream_heads WHERE stream = ?1")?
+        .query_row([stream], |r| {
+            Ok(StreamState {
+                last_seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                ended: r.get::<_, i64>(1)? != 0,
+            })
+        })
+        .optional()
+}
+
+fn set_state(conn: &rusqlite::Connection, stream: &str, s: StreamState) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO _durable_stream_heads(stream, last_seq, ended) VALUES (?1, ?2, ?3)
+         ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq, ended = excluded.ended",
+    )?
+    .execute(rusqlite::params![
+        stream,
+        i64::try_from(s.last_seq).unwrap_or(i64::MAX),
+        s.ended as i64
+    ])?;
+    Ok(())
+}
+
+/// Read stored items (the body of a [`STREAM_READ_METHOD`] turn).
+pub(crate) fn read(
+    conn: &rusqlite::Connection,
+    request: &ReadRequest,
+) -> rusqlite::Result<ReadPage> {
+    let Some(s) = state(conn, &request.stream)? else {
+        return Ok(ReadPage::default());
+    };
+    let after = i64::try_from(request.after).unwrap_or(i64::MAX);
+    let limit = request.limit.clamp(1, READ_PAGE);
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, item FROM _durable_streams WHERE stream = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let items = stmt
+        .query_map(rusqlite::params![request.stream, after, limit], |r| {
+            let seq: i64 = r.get(0)?;
+            let item: Vec<u8> = r.get(1)?;
+            Ok((
+                u64::try_from(seq).unwrap_or(0),
+                String::from_utf8_lossy(&item).into_owned(),
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ReadPage {
+        known: true,
+        items,
+        last_seq: s.last_seq,
+        ended: s.ended,
+    })
+}
+
+/// Resumable streams, from a turn. Appending and ending are writes of the turn (kept
+/// only if it returns `Ok`); followers get the items once the turn's batch is durable.
+impl crate::Context {
+    /// Append `item` to `stream` (created by its first item) and return its sequence
+    /// number (1, 2, ...). The item is stored as JSON, at most [`MAX_STREAM_ITEM`]
+    /// bytes. Appending to an ended stream is an error.
+    pub fn stream_push<T: Serialize + ?Sized>(
+        &mut self,
+        stream: &str,
+        item: &T,
+    ) -> Result<u64, Error> {
+        check_name(stream)?;
+        let json = serde_json::to_string(item)
+            .map_err(|e| Error::new(ErrorKind::Codec, format!("encoding a stream item: {e}")))?;
+        if json.len() > MAX_STREAM_ITEM {
+            return Err(Error::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "a stream item of {} bytes exceeds {MAX_STREAM_ITEM}",
+                    json.len()
+                ),
+            ));
+        }
+        let mut s = state(&self.conn, stream)?.unwrap_or(StreamState {
+            last_seq: 0,
+            ended: false,
+        });
+        if s.ended {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("stream {stream:?} has ended"),
+            ));
+        }
+        s.last_seq += 1;
+        self.conn
+            .prepare_cached("INSERT INTO _durable_streams(stream, seq, item) VALUES (?1, ?2, ?3)")?
+            .execute(rusqlite::params![
+                stream,
+                i64::try_from(s.last_seq).unwrap_or(i64::MAX),
+                json.as_bytes()
+            ])?;
+        set_state(&self.conn, stream, s)?;
+        self.effects.streams.push(StreamOp::Item {
+            stream: stream.to_owned(),
+            seq: s.last_seq,
+            json: json.into(),
+        });
+        Ok(s.last_seq)
+    }
+
+    /// Create `stream`, empty, if it does not exist yet, so that clients may follow
+    /// it before its first item (a stream is also created by its first item).
+    pub fn stream_open(&mut self, stream: &str) -> Result<StreamState, Error> {
+        check_name(stream)?;
+        if let Some(s) = state(&self.conn, stream)? {
+            return Ok(s);
+        }
+        let s = StreamState {
+            last_seq: 0,
+            ended: false,
+        };
+        set_state(&self.conn, stream, s)?;
+        Ok(s)
+    }
+
+    /// End `stream`: followers get an end-of-stream after its last item, and no more
+    /// items may be appended. Ending a stream that has no item yet creates it, empty.
+    /// Returns the last sequence number. Ending an ended stream changes nothing.
+    pub fn stream_end(&mut self, stream: &str) -> Result<u64, Error> {
+        check_name(stream)?;
+        let mut s = state(&self.conn, stream)?.unwrap_or(StreamState {
+            last_seq: 0,
+            ended: false,
+        });
+        if s.ended {
+            return Ok(s.last_seq);
+        }
+        s.ended = true;
+        set_state(&self.conn, stream, s)?;
+        self.effects.streams.push(StreamOp::End {
+            stream: stream.to_owned(),
+            seq: s.last_seq,
+        });
+        Ok(s.last_seq)
+    }
+
+    /// Where `stream` stands (`None`: no item yet and not ended).
+    pub fn stream_state(&self, stream: &str) -> Result<Option<StreamState>, Error> {
+        Ok(state(&self.conn, stream)?)
+    }
+
+    /// Erase `stream` and its items (readers get `unknown_stream` after this).
+    pub fn stream_delete(&mut self, stream: &str) -> Result<bool, Error> {
+        let n = self
+            .conn
+            .prepare_cached("DELETE FROM _durable_stream_heads WHERE stream = ?1")?
+            .execute([stream])?;
+        self.conn
+            .prepare_cached("DELETE FROM _durable_streams WHERE stream = ?1")?
+            .execute([stream])?;
+        Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn followers_get_items_in_order_and_a_full_one_is_dropped() {
+        let hub = Arc::new(Hub::default());
+        let id = ObjectId::from_name("Chat", "a");
+        let mut a = hub.follow("Chat", id, "r1");
+        let b = hub.follow("Chat", id, "r1");
+        let mut other = hub.follow("Chat", id, "r2");
+        let item = |seq: u64| StreamOp::Item {
+            stream: "r1".into(),
+            seq,
+            json: Arc::from(format!("{seq}")),
+        };
+        let live = |seq: u64| Live::Item {
+            seq,
+            json: Arc::from(format!("{seq}")),
+        };
+        hub.apply("Chat", id, vec![item(1), item(2)]);
+        assert_eq!(a.rx.try_recv().unwrap(), live(1));
+        assert_eq!(a.rx.try_recv().unwrap(), live(2));
+        assert!(other.rx.try_recv().is_err());
+        // b never reads: past its queue it is dropped from the hub, a stays.
+        for seq in 3..(FOLLOWER_QUEUE as u64 + 3) {
+            hub.apply("Chat", id, vec![item(seq)]);
+            a.rx.try_recv().unwrap();
+        }
+        assert_eq!(hub.len(), 2);
+        drop(b);
+        let end = StreamOp::End {
+            stream: "r1".into(),
+            seq: 9,
+        };
+        hub.apply("Chat", id, vec![end]);
+        assert_eq!(a.rx.try_recv().unwrap(), Live::End { seq: 9 });
+        // Followers leave the hub when they drop, whether or not items come.
+        drop(a);
+        assert_eq!(hub.len(), 1);
+        drop(other);
+        assert_eq!(hub.len(), 0);
+        assert!(hub.lock().is_empty());
+    }
+
+    #[test]
+    fn stream_names() {
+        assert!(valid_stream_name("reply-1"));
+        assert!(valid_stream_name("a.b:c_d"));
+        assert!(!valid_stream_name(""));
+        assert!(!valid_stream_name("a/b"));
+        assert!(!valid_stream_name(&"x".repeat(MAX_STREAM_NAME + 1)));
+    }
+}

@@ -1,0 +1,594 @@
+//! Resumable streams against a real host process (`serve --http`), with the AI chat
+//! example (seed 000): a client that disconnects mid-reply and comes back with its
+//! last sequence number gets exactly the rest, in order, including what was produced
+//! while it was away; a second client reading from 0 gets the whole text, over a
+//! WebSocket; the producer finishes with nobody watching; what a client saw survives
+//! `kill -9`, and the reply completes after the restart; bad requests get JSON errors.
+
+mod common;
+
+use common::{token, HostProcess};
+use durable_examples::ai;
+use futures_util::StreamExt;
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn http() -> Client {
+    Client::builder().no_proxy().build().unwrap()
+}
+
+fn start(dir: &std::path::Path) -> HostProcess {
+    HostProcess::start(dir, &["--http", "127.0.0.1:0"])
+}
+
+/// POST a call with the host token; the JSON answer.
+async fn call(host: &HostProcess, path: &str, args: Value) -> Value {
+    let r = http()
+        .post(host.http_url(&format!("/v1/objects/{path}")))
+        .bearer_auth(token(host))
+        .json(&args)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+/// Start a reply of `tokens` tokens at `rate` per second in conversation `c`.
+async fn ask(host: &HostProcess, c: &str, prompt: &str, tokens: u32, rate: u32) -> String {
+    let reply = call(
+        host,
+        &format!("AiChat/{c}/ask_with"),
+        json!({"prompt": prompt, "tokens": tokens, "tokens_per_second": rate}),
+    )
+    .await;
+    reply["stream"].as_str().unwrap().to_owned()
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq)]
+enum Sse {
+    Item(u64, String),
+    End(u64),
+    Failure(Value),
+}
+
+/// A server-sent events connection, parsed by hand (the format is four lines).
+struct Events {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Events {
+    async fn open(
+        host: &HostProcess,
+        c: &str,
+        stream: &str,
+        after: Option<&str>,
+        last: Option<&str>,
+    ) -> Events {
+        let mut url = host.http_url(&format!("/v1/objects/AiChat/{c}/streams/{stream}"));
+        if let Some(a) = after {
+            url.push_str(&format!("?after={a}"));
+        }
+        let mut request = http().get(url).bearer_auth(token(host));
+        if let Some(l) = last {
+            request = request.header("last-event-id", l);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Events {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event (keep-alive comments skipped); `None` when the response ends.
+    async fn next(&mut self) -> Option<Sse> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, None, None);
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().parse::<u64>().unwrap());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data = Some(serde_json::from_str::<Value>(v.trim()).unwrap());
+                    }
+                }
+                let Some(data) = data else { continue };
+                return Some(match event.as_deref() {
+                    None => {
+                        let seq = data["seq"].as_u64().unwrap();
+                        assert_eq!(id, Some(seq), "an item's event id is its seq");
+                        Sse::Item(seq, data["item"].as_str().unwrap().to_owned())
+                    }
+                    Some("end") => Sse::End(data["seq"].as_u64().unwrap()),
+                    Some("failure") => Sse::Failure(data),
+                    Some(other) => panic!("unexpected event {other}"),
+                });
+            }
+            let chunk = tokio::time::timeout(WAIT, self.response.chunk())
+                .await
+                .expect("an event in time")
+                .expect("reading the events");
+            match chunk {
+                Some(bytes) => self.buffer.push_str(std::str::from_utf8(&bytes).unwrap()),
+                None => return None,
+            }
+        }
+    }
+
+    /// Items until the end: (their seqs, their text, the end's seq).
+    async fn rest(&mut self) -> (Vec<u64>, String, u64) {
+        let (mut seqs, mut text) = (Vec::new(), String::new());
+        loop {
+            match self
+                .next()
+                .await
+                .expect("the stream ends with an end event")
+            {
+                Sse::Item(seq, item) => {
+                    seqs.push(seq);
+                    text.push_str(&item);
+                }
+                Sse::End(seq) => return (seqs, text, seq),
+                Sse::Failure(e) => panic!("the stream failed: {e}"),
+            }
+        }
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws(host: &HostProcess, c: &str, stream: &str, after: u64) -> Ws {
+    let url = host
+        .http_url(&format!(
+            "/v1/objects/AiChat/{c}/streams/{stream}?after={after}"
+        ))
+        .replacen("http://", "ws://", 1);
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(host)).parse().unwrap(),
+    );
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the upgrade")
+        .0
+}
+
+/// The next WebSocket message as JSON (`None` once closed).
+async fn ws_next(ws: &mut Ws) -> Option<Value> {
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a message in time")?;
+        match m.ok()? {
+            Message::Text(t) => return Some(serde_json::from_str(&t).unwrap()),
+            Message::Close(_) => return None,
+            _ => continue,
+        }
+    }
+}
+
+fn expect_contiguous(seqs: &[u64], from: u64, to: u64) {
+    let want: Vec<u64> = (from..=to).collect();
+    assert_eq!(seqs, want.as_slice(), "every item once, in order");
+}
+
+#[tokio::test]
+async fn a_client_that_comes_back_gets_exactly_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    let prompt = "why do replies survive reloads";
+    let stream = ask(&host, "c1", prompt, 90, 90).await;
+
+    // The first client reads ten items and goes away.
+    let mut first = Events::open(&host, "c1", &stream, Some("0"), None).await;
+    let mut seen = String::new();
+    for want in 1..=10 {
+        match first.next().await.unwrap() {
+            Sse::Item(seq, item) => {
+                assert_eq!(seq, want);
+                seen.push_str(&item);
+            }
+            other => panic!("expected item {want}, got {other:?}"),
+        }
+    }
+    drop(first);
+
+    // A second client over a WebSocket, from the start: it also tells when the
+    // producer has moved well past what the first client saw.
+    let mut second = ws(&host, "c1", &stream, 0).await;
+    let mut whole = String::new();
+    let mut seqs = Vec::new();
+    while seqs.last().copied().unwrap_or(0) < 40 {
+        let m = ws_next(&mut second).await.unwrap();
+        seqs.push(m["seq"].as_u64().unwrap());
+        whole.push_str(m["item"].as_str().unwrap());
+    }
+
+    // The first client resumes after its last item: as an EventSource does, with
+    // Last-Event-ID (and its stale ?after= ignored).
+    let mut back = Events::open(&host, "c1", &stream, Some("0"), Some("10")).await;
+    let (rest, text, end) = back.rest().await;
+    expect_contiguous(&rest, 11, 90);
+    assert_eq!(end, 90);
+    seen.push_str(&text);
+    assert_eq!(seen, ai::text(prompt, 90), "the full text, once, in order");
+    assert!(
+        back.next().await.is_none(),
+        "the response ends after the end event"
+    );
+
+    // The WebSocket client read everything from 0, then the end and a normal close.
+    loop {
+        let m = ws_next(&mut second)
+            .await
+            .expect("the end before the close");
+        if m["end"] == json!(true) {
+            assert_eq!(m["seq"], 90);
+            break;
+        }
+        seqs.push(m["seq"].as_u64().unwrap());
+        whole.push_str(m["item"].as_str().unwrap());
+    }
+    expect_contiguous(&seqs, 1, 90);
+    assert_eq!(whole, ai::text(prompt, 90));
+    assert!(ws_next(&mut second).await.is_none());
+
+    // A finished stream read again, with ?after= this time: the tail and the end.
+    let mut late = Events::open(&host, "c1", &stream, Some("85"), None).await;
+    let (rest, _, end) = late.rest().await;
+    expect_contiguous(&rest, 86, 90);
+    assert_eq!(end, 90);
+    let mut done = Events::open(&host, "c1", &stream, Some("90"), None).await;
+    assert_eq!(done.next().await, Some(Sse::End(90)));
+}
+
+#[tokio::test]
+async fn the_reply_runs_without_clients_and_what_was_seen_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    let prompt = "what happens on a crash";
+
+    // Nobody watches this one: the producer runs to its end on its own.
+    let quiet = ask(&host, "c2", "nobody watches", 20, 200).await;
+    let started = Instant::now();
+    loop {
+        let status = call(&host, "AiChat/c2/reply", json!({"id": 1})).await;
+        if status["done"] == json!(true) {
+            assert_eq!(status["produced"], 20);
+            assert_eq!(status["text"], ai::text("nobody watches", 20));
+            break;
+        }
+        // No event to await with nobody watching: poll the object.
+        assert!(
+            started.elapsed() < WAIT,
+            "the reply never finished: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // This one is watched, and the host is killed mid-reply.
+    let stream = ask(&host, "c2", prompt, 60, 30).await;
+    let mut events = Events::open(&host, "c2", &stream, None, None).await;
+    let mut seen = String::new();
+    for want in 1..=12 {
+        match events.next().await.unwrap() {
+            Sse::Item(seq, item) => {
+                assert_eq!(seq, want);
+                seen.push_str(&item);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    drop(events);
+    let listen = host.addr;
+    host.kill9();
+
+    // After the restart: everything a client saw is there, the generator (its
+    // alarm, overdue now) carries on, and the reply completes with no gap.
+    let host = HostProcess::start_on_with(dir.path(), listen, &["--http", "127.0.0.1:0"]);
+    let mut again = Events::open(&host, "c2", &stream, Some("0"), None).await;
+    let (seqs, text, end) = again.rest().await;
+    expect_contiguous(&seqs, 1, 60);
+    assert_eq!(end, 60);
+    assert!(text.starts_with(&seen), "what was acknowledged survived");
+    assert_eq!(text, ai::text(prompt, 60));
+    let mut quiet_again = Events::open(&host, "c2", &quiet, None, None).await;
+    let (seqs, text, _) = quiet_again.rest().await;
+    expect_contiguous(&seqs, 1, 20);
+    assert_eq!(text, ai::text("nobody watches", 20));
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    let stream = ask(&host, "c3", "hi", 3, 100).await;
+    let get = |path: &str, auth: bool| {
+        let mut r = http().get(host.http_url(&format!("/v1/objects/{path}")));
+        if auth {
+            r = r.bearer_auth(token(&host));
+        }
+        r
+    };
+    let cases = [
+        (
+            "an unknown stream",
+            get("AiChat/c3/streams/reply-99", true),
+            StatusCode::NOT_FOUND,
+            "unknown_stream",
+        ),
+        (
+            "a stream of an object that never had one",
+            get("AiChat/fresh/streams/x", true),
+            StatusCode::NOT_FOUND,
+            "unknown_stream",
+        ),
+        (
+            "a negative after",
+            get(&format!("AiChat/c3/streams/{stream}?after=-1"), true),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "a non-numeric after",
+            get(&format!("AiChat/c3/streams/{stream}?after=ten"), true),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "a bad Last-Event-ID",
+            get(&format!("AiChat/c3/streams/{stream}"), true).header("last-event-id", "x"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "a bad stream name",
+            get("AiChat/c3/streams/a%20b", true),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "an unknown class",
+            get("Nope/c3/streams/x", true),
+            StatusCode::NOT_FOUND,
+            "unknown_class",
+        ),
+        (
+            "no token for a class that needs one",
+            get("Counter/c3/streams/x", false),
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+        ),
+    ];
+    for (what, request, status, kind) in cases {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), status, "{what}");
+        assert_eq!(
+            r.headers()["content-type"].to_str().unwrap(),
+            "application/json",
+            "{what}"
+        );
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["kind"], kind, "{what}: {body}");
+        assert!(body["error"]["message"].is_string(), "{what}");
+    }
+    // The page is served, without a token.
+    let page = http().get(host.http_url("/ai/")).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.text().await.unwrap().contains("EventSource"));
+    // Following needs the token like calling (this host has no auth hook).
+    let open = get(&format!("AiChat/c3/streams/{stream}"), false)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn acknowledged_items_survive_kill_9_and_a_failed_turn_leaves_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    // Items whose call was answered are durable: random ones, so that nothing could
+    // regenerate them after the crash.
+    let mut want = Vec::new();
+    for round in 0..20 {
+        let items: Vec<String> = (0..5)
+            .map(|i| format!("{round}-{i}-{}", Instant::now().elapsed().as_nanos()))
+            .collect();
+        let last = call(
+            &host,
+            "StreamProbe/p/push",
+            json!({"stream": "s", "items": items}),
+        )
+        .await;
+        want.extend(items);
+        assert_eq!(last, want.len() as u64);
+    }
+    // A turn that pushes and fails: rolled back, its item never released.
+    let r = http()
+        .post(host.http_url("/v1/objects/StreamProbe/p/push_and_fail"))
+        .bearer_auth(token(&host))
+        .json(&json!({"stream": "s", "item": "never"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let listen = host.addr;
+    host.kill9();
+
+    let host = HostProcess::start_on_with(dir.path(), listen, &["--http", "127.0.0.1:0"]);
+    let url = |after: u64| {
+        host.http_url(&format!(
+            "/v1/objects/StreamProbe/p/streams/s?after={after}"
+        ))
+    };
+    let mut follower = Events {
+        response: http()
+            .get(url(0))
+            .bearer_auth(token(&host))
+            .send()
+            .await
+            .unwrap(),
+        buffer: String::new(),
+    };
+    for (i, item) in want.iter().enumerate() {
+        assert_eq!(
+            follower.next().await,
+            Some(Sse::Item(i as u64 + 1, item.clone()))
+        );
+    }
+    // The live tail: pushed after the follower caught up, then the end.
+    call(
+        &host,
+        "StreamProbe/p/push",
+        json!({"stream": "s", "items": ["live"]}),
+    )
+    .await;
+    assert_eq!(follower.next().await, Some(Sse::Item(101, "live".into())));
+    call(&host, "StreamProbe/p/end", json!({"stream": "s"})).await;
+    assert_eq!(follower.next().await, Some(Sse::End(101)));
+    assert_eq!(follower.next().await, None);
+    // Pushing to an ended stream is the method's error.
+    let r = http()
+        .post(host.http_url("/v1/objects/StreamProbe/p/push"))
+        .bearer_auth(token(&host))
+        .json(&json!({"stream": "s", "items": ["late"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+}
+
+#[tokio::test]
+async fn a_typed_rust_client_follows_and_resumes_over_quic() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    let client = host.client().await;
+    let chat = client.get::<ai::AiChat>("c4");
+    let prompt = "and over QUIC";
+    let reply = chat
+        .ask_with(prompt.into(), 60, 120)
+        .await
+        .expect("ask_with");
+    // Read eight items, then go away.
+    let mut first = client
+        .follow::<ai::AiChat, String>("c4", &reply.stream, 0)
+        .await
+        .expect("follow");
+    let mut seen = String::new();
+    for want in 1..=8 {
+        let item = first.next().await.unwrap().expect("an item");
+        assert_eq!(item.seq, want);
+        seen.push_str(&item.item);
+    }
+    drop(first);
+    // Resume after item 8, as an async stream, to the end.
+    let rest = client
+        .follow::<ai::AiChat, String>("c4", &reply.stream, 8)
+        .await
+        .expect("follow again");
+    let items: Vec<_> = rest.into_stream().collect().await;
+    let seqs: Vec<u64> = items.iter().map(|i| i.as_ref().unwrap().seq).collect();
+    expect_contiguous(&seqs, 9, 60);
+    for i in items {
+        seen.push_str(&i.unwrap().item);
+    }
+    assert_eq!(seen, ai::text(prompt, 60));
+    // An ended stream followed again: its end at once.
+    let mut done = client
+        .follow::<ai::AiChat, String>("c4", &reply.stream, 60)
+        .await
+        .unwrap();
+    assert!(done.next().await.unwrap().is_none());
+    // Typed errors.
+    match client
+        .follow::<ai::AiChat, String>("c4", "reply-99", 0)
+        .await
+    {
+        Err(durable::CallError::UnknownStream(_)) => {}
+        other => panic!("expected UnknownStream, got {other:?}"),
+    }
+    match client
+        .follow::<ai::AiChat, String>("c4", "bad name", 0)
+        .await
+    {
+        Err(durable::CallError::BadArguments(_)) => {}
+        other => panic!("expected BadArguments, got {other:?}"),
+    }
+    // An item that does not decode as the asked type is a protocol error.
+    let mut wrong = client
+        .follow::<ai::AiChat, u32>("c4", &reply.stream, 0)
+        .await
+        .unwrap();
+    assert!(matches!(
+        wrong.next().await,
+        Err(durable::CallError::Protocol(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_shutdown_ends_followers_with_shutting_down_and_the_host_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    let stream = ask(&host, "c5", "a long one", 10_000, 30).await;
+    let mut events = Events::open(&host, "c5", &stream, None, None).await;
+    assert!(matches!(events.next().await, Some(Sse::Item(1, _))));
+    let client = host.client().await;
+    let mut quic = client
+        .follow::<ai::AiChat, String>("c5", &stream, 0)
+        .await
+        .unwrap();
+    assert_eq!(quic.next().await.unwrap().unwrap().seq, 1);
+    let started = Instant::now();
+    unsafe { libc::kill(host.child.id() as i32, libc::SIGTERM) };
+    loop {
+        match events.next().await.expect("a failure event before the end") {
+            Sse::Item(..) => continue,
+            Sse::Failure(e) => {
+                assert_eq!(e["error"]["kind"], "shutting_down", "{e}");
+                break;
+            }
+            Sse::End(_) => panic!("the reply cannot have ended"),
+        }
+    }
+    assert_eq!(events.next().await, None);
+    loop {
+        match quic.next().await {
+            Ok(Some(_)) => continue,
+            Err(durable::CallError::ShuttingDown) => break,
+            other => panic!("expected ShuttingDown, got {other:?}"),
+        }
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let mut host = host;
+        host.child.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "followers did not hold the shutdown"
+    );
+}
