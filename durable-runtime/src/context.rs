@@ -188,7 +188,7 @@ impl Context {
     /// with an SQLite savepoint.
     ///
     /// ```no_run
-    /// # use durable::{Context, Error};
+    /// # use durable_runtime::{Context, Error};
     /// # fn example(ctx: &mut Context) -> Result<(), Error> {
     /// let reserved: Result<(), Error> = ctx.transaction(|ctx| {
     ///     ctx.sql().execute("UPDATE stock SET n = n - 1 WHERE item = 'a'", [])?;

@@ -234,3 +234,70 @@ async fn two_document_tabs_edit_at_once_and_converge() {
     }
     host.kill9();
 }
+
+/// The AI chat page (seed 000): a reply streams in; the page reloads mid-reply and
+/// resumes after the last token it showed; it ends with the full text once, in
+/// order, exactly the object's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ai_page_survives_a_reload_mid_reply() {
+    use durable_examples::ai::{AiChat, REPLY_TOKENS};
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &[]);
+    let mut browser = Browser::start();
+    let page = browser.page(&host.http_url("/ai/#c=reload")).await;
+    let prompt = page.find(Locator::Id("prompt")).await.unwrap();
+    prompt
+        .send_keys("tell me about durable objects")
+        .await
+        .unwrap();
+    page.find(Locator::Id("send"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // Some tokens have arrived, the reply is not done: reload now.
+    wait_for(
+        &page,
+        "the first tokens",
+        "Number(document.getElementById('reply').dataset.seq) >= 10",
+    )
+    .await;
+    let before = eval(&page, "document.getElementById('reply').textContent").await;
+    let seen = eval(
+        &page,
+        "Number(document.getElementById('reply').dataset.seq)",
+    )
+    .await
+    .as_u64()
+    .unwrap();
+    assert!(
+        seen < REPLY_TOKENS as u64,
+        "the reply ended before the reload ({seen} tokens): nothing to resume"
+    );
+    page.refresh().await.unwrap();
+    // The reloaded page shows what it had at once, then resumes to the end.
+    let done = wait_for(
+        &page,
+        "the reply to finish after the reload",
+        "document.getElementById('reply').dataset.done === 'true' && document.getElementById('reply').textContent",
+    )
+    .await;
+    let shown = done.as_str().unwrap().to_string();
+    assert!(
+        shown.starts_with(before.as_str().unwrap()),
+        "the page lost what it showed before the reload"
+    );
+    let seq = eval(
+        &page,
+        "Number(document.getElementById('reply').dataset.seq)",
+    )
+    .await;
+    assert_eq!(seq.as_u64(), Some(REPLY_TOKENS as u64));
+    // Exactly the object's text: every token once, in order.
+    let client = host.client().await;
+    let replies = client.get::<AiChat>("reload").replies().await.unwrap();
+    assert_eq!(replies.len(), 1);
+    assert!(replies[0].done);
+    assert_eq!(shown, replies[0].text);
+}
