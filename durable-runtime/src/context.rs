@@ -242,6 +242,32 @@ impl Context {
     }
 }
 
+/// One row as a `T`, through a JSON object of its columns by name.
+fn row_as<T: DeserializeOwned>(names: &[String], row: &Row<'_>) -> Result<T, Error> {
+    use rusqlite::types::ValueRef;
+    use serde_json::Value;
+    let mut object = serde_json::Map::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let value = match row.get_ref(i)? {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(n) => Value::from(n),
+            ValueRef::Real(f) => Value::from(f),
+            ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Blob(b) => Value::from(b.to_vec()),
+        };
+        object.insert(name.clone(), value);
+    }
+    serde_json::from_value(Value::Object(object)).map_err(|e| {
+        Error::new(
+            ErrorKind::Codec,
+            format!(
+                "a row with columns ({}) does not fit: {e}",
+                names.join(", ")
+            ),
+        )
+    })
+}
+
 /// SQL on the object's own database. Every call runs inside the turn's transaction:
 /// it commits when the method returns `Ok` and rolls back on `Err` or panic.
 /// Statements are prepared once and cached per object.
@@ -286,6 +312,52 @@ impl Sql<'_> {
             .prepare_cached(sql)?
             .query_row(params, f)
             .optional()?)
+    }
+
+    /// Run a query and turn every row into a `T` by column name: each row becomes
+    /// an object of its columns (integers and reals as numbers, text as strings,
+    /// blobs as arrays of bytes, NULL as null) deserialized into `T`, so a struct
+    /// with `#[derive(Deserialize)]` whose fields are named like the columns (use
+    /// `AS` to rename) maps without a closure. A row that does not fit `T` is an
+    /// error of kind [`ErrorKind::Codec`] naming the column set.
+    ///
+    /// ```no_run
+    /// # use durable_runtime::{Context, Error};
+    /// #[derive(serde::Deserialize)]
+    /// struct Line { seq: i64, user: String, text: String }
+    /// # fn example(ctx: &mut Context) -> Result<(), Error> {
+    /// let lines: Vec<Line> = ctx.sql().query_as("SELECT seq, user, text FROM lines ORDER BY seq", [])?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn query_as<T: DeserializeOwned, P: Params>(
+        &self,
+        sql: &str,
+        params: P,
+    ) -> Result<Vec<T>, Error> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let names: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
+        let mut rows = stmt.query(params)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(row_as(&names, row)?);
+        }
+        Ok(out)
+    }
+
+    /// Like [`Sql::query_as`] for a query returning at most one row.
+    pub fn query_opt_as<T: DeserializeOwned, P: Params>(
+        &self,
+        sql: &str,
+        params: P,
+    ) -> Result<Option<T>, Error> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let names: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
+        let mut rows = stmt.query(params)?;
+        match rows.next()? {
+            Some(row) => Ok(Some(row_as(&names, row)?)),
+            None => Ok(None),
+        }
     }
 
     /// Run a query and map every row with `f`.

@@ -6,7 +6,7 @@ mod ledger;
 mod shelf;
 
 pub use ledger::Ledger;
-pub use shelf::Shelf;
+pub use shelf::{Shelf, StockRow};
 
 use durable::{alarm, durable_object, Context, Error};
 use std::time::{Duration, UNIX_EPOCH};

@@ -6,6 +6,18 @@ use durable::{durable_object, Context, Error, ErrorKind, ListOptions};
 /// Key-value entries and a stock table.
 pub struct Shelf;
 
+/// A stock row, mapped by column name with `query_as`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StockRow {
+    /// The item.
+    pub item: String,
+    /// How many.
+    pub n: i64,
+    /// A column the query may leave out (then `None`).
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
 #[durable_object]
 impl Shelf {
     fn activate(ctx: &mut Context) -> Result<Self, Error> {
@@ -87,6 +99,25 @@ impl Shelf {
             )],
         )?;
         Ok(taken.is_ok())
+    }
+
+    /// Every stock row, by item, mapped by column name.
+    pub async fn rows(&self, ctx: &mut Context) -> Result<Vec<StockRow>, Error> {
+        ctx.sql()
+            .query_as("SELECT item, n FROM stock ORDER BY item", [])
+    }
+
+    /// One stock row with a renamed column, or none.
+    pub async fn row(&self, ctx: &mut Context, item: String) -> Result<Option<StockRow>, Error> {
+        ctx.sql().query_opt_as(
+            "SELECT item, n, 'counted' AS note FROM stock WHERE item = ?1",
+            [item],
+        )
+    }
+
+    /// A query whose columns do not fit [`StockRow`] (no `n`).
+    pub async fn misfit(&self, ctx: &mut Context) -> Result<Vec<StockRow>, Error> {
+        ctx.sql().query_as("SELECT item FROM stock", [])
     }
 
     /// (stock of `item`, log lines, keys under `took/`).

@@ -67,3 +67,33 @@ async fn a_failed_transaction_undoes_only_its_own_writes() {
     let (a, log, _) = t.get::<Shelf>("s").state("a".into()).await.unwrap();
     assert_eq!((a, log.len()), (1, 3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_map_to_structs_by_column_name() {
+    use durable_tests::StockRow;
+    let t = TestHost::start(|h| h.register::<Shelf>()).await;
+    let shelf = t.get::<Shelf>("s");
+    shelf.stock("b".into(), 2).await.unwrap();
+    shelf.stock("a".into(), 5).await.unwrap();
+    let row = |item: &str, n, note: Option<&str>| StockRow {
+        item: item.into(),
+        n,
+        note: note.map(String::from),
+    };
+    assert_eq!(
+        shelf.rows().await.unwrap(),
+        [row("a", 5, None), row("b", 2, None)]
+    );
+    assert_eq!(
+        shelf.row("b".into()).await.unwrap(),
+        Some(row("b", 2, Some("counted")))
+    );
+    assert_eq!(shelf.row("zzz".into()).await.unwrap(), None);
+    match shelf.misfit().await {
+        Err(durable::CallError::Application(e)) => {
+            assert_eq!(e.kind, durable::ErrorKind::Codec);
+            assert!(e.message.contains("(item)"), "{}", e.message);
+        }
+        other => panic!("expected a Codec error, got {other:?}"),
+    }
+}
