@@ -336,7 +336,7 @@ impl Sql<'_> {
         params: P,
     ) -> Result<Vec<T>, Error> {
         let mut stmt = self.conn.prepare_cached(sql)?;
-        let names: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
+        let names: Vec<String> = stmt.column_names().map(String::from).collect();
         let mut rows = stmt.query(params)?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
@@ -352,7 +352,7 @@ impl Sql<'_> {
         params: P,
     ) -> Result<Option<T>, Error> {
         let mut stmt = self.conn.prepare_cached(sql)?;
-        let names: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
+        let names: Vec<String> = stmt.column_names().map(String::from).collect();
         let mut rows = stmt.query(params)?;
         match rows.next()? {
             Some(row) => Ok(Some(row_as(&names, row)?)),
