@@ -362,6 +362,15 @@ impl Client {
         }
     }
 
+    /// Like [`Client::call_raw`], with the deadline `within` from now.
+    pub async fn call_raw_for(
+        &self,
+        request: &CallRequest,
+        within: Duration,
+    ) -> Result<Response, CallError> {
+        self.call_raw(request, Instant::now() + within).await
+    }
+
     /// Send one call and wait for its response, reconnecting and resending with the
     /// same request id until `deadline`.
     pub async fn call_raw(

@@ -795,14 +795,9 @@ impl Object {
                 .run("BEGIN IMMEDIATE")
                 .map_err(|e| e.to_string())
                 .and_then(|_| {
-                    records.iter().try_for_each(|r| match r.kind {
-                        crate::record::RecordKind::Changes => {
-                            store::apply_changes(&ctx.conn, r, window)
-                        }
-                        crate::record::RecordKind::Image => {
-                            store::apply_image_in_txn(&ctx.conn, &r.payload)
-                        }
-                    })
+                    records
+                        .iter()
+                        .try_for_each(|r| store::apply_record_in_txn(&ctx.conn, r, window))
                 })
         };
         if let Err(e) = applied {

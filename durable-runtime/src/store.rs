@@ -503,6 +503,19 @@ pub(crate) fn apply_image_in_txn(c: &Connection, image: &[u8]) -> Result<(), Str
     c.pragma_update(None, "user_version", version).map_err(err)
 }
 
+/// Apply one record of the log (changes or a whole image) to an object's open
+/// database inside the caller's transaction.
+pub(crate) fn apply_record_in_txn(
+    c: &Connection,
+    record: &crate::record::LogRecord,
+    window: usize,
+) -> Result<(), String> {
+    match record.kind {
+        crate::record::RecordKind::Changes => apply_changes(c, record, window),
+        crate::record::RecordKind::Image => apply_image_in_txn(c, &record.payload),
+    }
+}
+
 /// Apply one `Changes` record of the log to an object's database inside the caller's
 /// transaction: its row changes, the request ids it answered, its batch number.
 pub(crate) fn apply_changes(

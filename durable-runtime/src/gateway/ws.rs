@@ -98,12 +98,11 @@ async fn run(
     tracing::debug!(class = class.name, %object, socket = %id, "WebSocket open");
     let (sink, mut stream) = socket.split();
     let (done_tx, mut done) = oneshot::channel::<()>();
-    // When the client last sent anything (a pong included), in ms since `opened`.
-    let opened = tokio::time::Instant::now();
-    let heard = Arc::new(AtomicU64::new(0));
+    // When the client last sent anything (a pong included), in ms on the clock
+    // module's monotonic clock.
+    let heard = Arc::new(AtomicU64::new(crate::clock::monotonic().as_millis() as u64));
     let pings = Pings {
         every: state.ping_interval,
-        opened,
         heard: heard.clone(),
         close: {
             let (registry, class) = (registry.clone(), class.name);
@@ -151,7 +150,10 @@ async fn run(
             _ = &mut done => break,
             next = stream.next() => next,
         };
-        heard.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        heard.store(
+            crate::clock::monotonic().as_millis() as u64,
+            Ordering::Relaxed,
+        );
         let message = match next {
             None | Some(Err(_)) => break,
             Some(Ok(Message::Close(frame))) => {
@@ -231,7 +233,6 @@ fn judge(answer: Answer, refused: &str) -> Result<(), (u16, String)> {
 /// socket once the client was silent for two intervals.
 struct Pings {
     every: Duration,
-    opened: tokio::time::Instant,
     heard: Arc<AtomicU64>,
     close: Box<dyn FnOnce() + Send>,
 }
@@ -251,7 +252,6 @@ async fn write(
         let write_all = async {
             let Pings {
                 every,
-                opened,
                 heard,
                 close,
             } = pings;
@@ -261,8 +261,10 @@ async fn write(
             } else {
                 every
             };
-            let mut ticker = tokio::time::interval_at(opened + period, period);
+            let mut ticker = tokio::time::interval(period);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick is at once: the first ping goes one period after opening.
+            ticker.tick().await;
             loop {
                 let frame = tokio::select! {
                     m = outgoing.recv() => match m {
@@ -271,7 +273,7 @@ async fn write(
                         None => return,
                     },
                     _ = ticker.tick(), if !every.is_zero() => {
-                        let silent = opened.elapsed().saturating_sub(Duration::from_millis(heard.load(Ordering::Relaxed)));
+                        let silent = crate::clock::monotonic().saturating_sub(Duration::from_millis(heard.load(Ordering::Relaxed)));
                         if silent > every * 2 {
                             if let Some(close) = close.take() {
                                 close(); // the kill arm ends this writer

@@ -110,8 +110,7 @@ pub(crate) async fn call(
     let client = Client::connect(config)
         .await
         .map_err(|e| error_json("connect", e.to_string(), durable_client::Retry::NotApplied))?;
-    let deadline = tokio::time::Instant::now() + target.deadline;
-    let answer = client.call_raw(&request, deadline).await;
+    let answer = client.call_raw_for(&request, target.deadline).await;
     client.close();
     match answer {
         Ok(Response::Return(bytes)) => (json.decode_return)(&bytes)

@@ -145,65 +145,55 @@ fn print_rows(conn: &Connection, table: &str, out: &mut String) -> rusqlite::Res
     Ok(())
 }
 
+/// One alarm line as read: name, key, a time in ms, a number, a text.
+type AlarmRow = (String, String, i64, Option<i64>, Option<String>);
+
 /// `host alarms`: one line per pending alarm, soonest first (name, key, due time,
 /// repeat interval, attempts so far), then the alarms that gave up.
 pub(crate) fn alarms(data_dir: &Path, class: &str, id: ObjectId) -> Result<String, String> {
     let current = super::current(data_dir, class, id)?;
-    let conn = &current.conn;
     let err = |e: rusqlite::Error| format!("reading {class} {id}: {e}");
-    let tx = conn.unchecked_transaction().map_err(err)?;
+    let rows = |sql: &str| -> rusqlite::Result<Vec<AlarmRow>> {
+        let mut stmt = current.conn.prepare(sql)?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        rows.collect()
+    };
     let mut out = String::new();
     let _ = writeln!(out, "name\tkey\tdue\tevery_ms\tattempt");
-    let mut stmt = tx
-        .prepare("SELECT name, key, due_ms, every_ms, attempt FROM _durable_alarms ORDER BY due_ms, name, key")
-        .map_err(err)?;
-    let mut rows = stmt.query([]).map_err(err)?;
-    while let Some(r) = rows.next().map_err(err)? {
-        let (name, key, due, every, attempt): (String, String, i64, Option<i64>, i64) = (
-            r.get(0).map_err(err)?,
-            r.get(1).map_err(err)?,
-            r.get(2).map_err(err)?,
-            r.get(3).map_err(err)?,
-            r.get(4).map_err(err)?,
-        );
+    let pending = rows(
+        "SELECT name, key, due_ms, every_ms, CAST(attempt AS TEXT) FROM _durable_alarms ORDER BY due_ms, name, key",
+    )
+    .map_err(err)?;
+    for (name, key, due, every, attempt) in pending {
         let _ = writeln!(
             out,
-            "{name}\t{}\t{}\t{}\t{attempt}",
+            "{name}\t{}\t{}\t{}\t{}",
             serde_json::Value::String(key),
             utc(due.max(0) as u64),
             every.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
+            attempt.unwrap_or_default(),
         );
     }
-    drop(rows);
-    drop(stmt);
-    let failed: i64 = tx
-        .query_row("SELECT count(*) FROM _durable_alarm_failures", [], |r| {
-            r.get(0)
-        })
-        .map_err(err)?;
-    if failed > 0 {
+    let failed = rows(
+        "SELECT name, key, failed_ms, attempts, error FROM _durable_alarm_failures ORDER BY failed_ms",
+    )
+    .map_err(err)?;
+    if !failed.is_empty() {
         let _ = writeln!(
             out,
-            "\nfailed alarms (gave up after their attempts): {failed}"
+            "\nfailed alarms (gave up after their attempts): {}",
+            failed.len()
         );
-        let mut stmt = tx
-            .prepare("SELECT name, key, attempts, error, failed_ms FROM _durable_alarm_failures ORDER BY failed_ms")
-            .map_err(err)?;
-        let mut rows = stmt.query([]).map_err(err)?;
-        while let Some(r) = rows.next().map_err(err)? {
-            let (name, key, attempts, error, at): (String, String, i64, String, i64) = (
-                r.get(0).map_err(err)?,
-                r.get(1).map_err(err)?,
-                r.get(2).map_err(err)?,
-                r.get(3).map_err(err)?,
-                r.get(4).map_err(err)?,
-            );
+        for (name, key, at, attempts, error) in failed {
             let _ = writeln!(
                 out,
-                "{name}\t{}\t{attempts} attempts\t{}\t{}",
+                "{name}\t{}\t{} attempts\t{}\t{}",
                 serde_json::Value::String(key),
+                attempts.unwrap_or_default(),
                 utc(at.max(0) as u64),
-                serde_json::Value::String(error)
+                serde_json::Value::String(error.unwrap_or_default())
             );
         }
     }

@@ -52,7 +52,6 @@ pub(crate) struct Current {
 
 /// Read the object's current state (see [`Current`]).
 pub(crate) fn current(data_dir: &Path, class: &str, id: ObjectId) -> Result<Current, String> {
-    use crate::record::RecordKind;
     let mut bytes = {
         let mut file = open_object(data_dir, class, id)?;
         let data = file
@@ -82,13 +81,8 @@ pub(crate) fn current(data_dir: &Path, class: &str, id: ObjectId) -> Result<Curr
     if run > 0 {
         let tx = conn.transaction().map_err(|e| err(e.to_string()))?;
         for r in &records[..run] {
-            match r.kind {
-                RecordKind::Changes => {
-                    crate::store::apply_changes(&tx, r, crate::store::DEFAULT_REQUEST_WINDOW)
-                }
-                RecordKind::Image => crate::store::apply_image_in_txn(&tx, &r.payload),
-            }
-            .map_err(err)?;
+            crate::store::apply_record_in_txn(&tx, r, crate::store::DEFAULT_REQUEST_WINDOW)
+                .map_err(err)?;
         }
         tx.commit().map_err(|e| err(e.to_string()))?;
     }
