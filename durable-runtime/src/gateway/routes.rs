@@ -164,14 +164,7 @@ async fn websocket(
         let Path((class, name)) =
             path.map_err(|e| ApiError::bad_request("bad_request", e.body_text()))?;
         let caller = state.authorize(&headers, &class)?;
-        let entry = state.calls.classes.get(class.as_str()).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_class",
-                format!("no class {class:?} on this host (GET /v1/classes lists them)"),
-            )
-            .with("class", class.as_str())
-        })?;
+        let entry = state.class(&class)?;
         let upgrade = upgrade.map_err(|e| {
             ApiError::new(
                 StatusCode::UPGRADE_REQUIRED,
@@ -213,14 +206,7 @@ async fn try_call(
     let Path((class, name, method)) =
         path.map_err(|e| ApiError::bad_request("bad_request", e.body_text()))?;
     let caller = state.authorize(headers, &class)?;
-    let entry = state.calls.classes.get(class.as_str()).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_class",
-            format!("no class {class:?} on this host (GET /v1/classes lists them)"),
-        )
-        .with("class", class.as_str())
-    })?;
+    let entry = state.class(&class)?;
     let unknown_method = |why: &str| {
         ApiError::new(
             StatusCode::NOT_FOUND,

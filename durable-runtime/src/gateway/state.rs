@@ -46,6 +46,18 @@ impl State {
         }
     }
 
+    /// The registered class `class`, or the JSON 404 every route answers.
+    pub(crate) fn class(&self, class: &str) -> Result<&Arc<crate::class::ClassEntry>, ApiError> {
+        self.calls.classes.get(class).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_class",
+                format!("no class {class:?} on this host (GET /v1/classes lists them)"),
+            )
+            .with("class", class)
+        })
+    }
+
     /// Whether the request carries the host token (the operator: `/metrics`).
     pub(crate) fn is_operator(&self, headers: &HeaderMap) -> bool {
         bearer(headers).is_some_and(|t| constant_time_eq(t.as_bytes(), self.token.as_bytes()))

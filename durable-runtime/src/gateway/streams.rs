@@ -98,14 +98,7 @@ async fn start(
     let Path((class, name, stream)) =
         path.map_err(|e| ApiError::bad_request("bad_request", e.body_text()))?;
     let caller = state.authorize(headers, &class)?;
-    let entry = state.calls.classes.get(class.as_str()).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_class",
-            format!("no class {class:?} on this host (GET /v1/classes lists them)"),
-        )
-        .with("class", class.as_str())
-    })?;
+    let entry = state.class(&class)?;
     if !valid_stream_name(&stream) {
         return Err(ApiError::bad_request(
             "bad_request",
