@@ -371,6 +371,32 @@ impl Client {
         self.call_raw(request, Instant::now() + within).await
     }
 
+    /// Send a call made by an object's turn: with the chain of objects waiting on it
+    /// (first caller first) and the caller's tracing span id, so that the host refuses
+    /// a cycle at once ([`CallError::CallCycle`]) and logs where the call came from.
+    /// Runtimes use it for object-to-object calls; over a non-QUIC transport the
+    /// chain is not carried.
+    pub async fn call_chained(
+        &self,
+        request: &CallRequest,
+        chain: Vec<wire::ChainLink>,
+        caller_span: u64,
+        within: Duration,
+    ) -> Result<Response, CallError> {
+        let deadline = Instant::now() + within;
+        match &self.link {
+            Link::Quic(inner) => {
+                let frame = wire::encode_frame(&Request::ChainCall(wire::ChainCall {
+                    call: request.clone(),
+                    chain,
+                    caller_span,
+                }));
+                call_quic(inner, &frame, deadline).await
+            }
+            Link::Other(..) => self.call_raw(request, deadline).await,
+        }
+    }
+
     /// Send one call and wait for its response, reconnecting and resending with the
     /// same request id until `deadline`.
     pub async fn call_raw(
@@ -379,7 +405,10 @@ impl Client {
         deadline: Instant,
     ) -> Result<Response, CallError> {
         match &self.link {
-            Link::Quic(inner) => call_quic(inner, request, deadline).await,
+            Link::Quic(inner) => {
+                let frame = wire::encode_frame(&Request::Call(request.clone()));
+                call_quic(inner, &frame, deadline).await
+            }
             Link::Other(transport, _) => {
                 match tokio::time::timeout_at(deadline, transport.call(request.clone())).await {
                     Ok(result) => result,
@@ -445,12 +474,7 @@ fn forget(inner: &Inner, broken: &quinn::Connection) {
 
 /// Send one call over QUIC and wait for its response, reconnecting and resending with
 /// the same request id until `deadline`.
-async fn call_quic(
-    inner: &Inner,
-    request: &CallRequest,
-    deadline: Instant,
-) -> Result<Response, CallError> {
-    let frame = wire::encode_frame(&Request::Call(request.clone()));
+async fn call_quic(inner: &Inner, frame: &[u8], deadline: Instant) -> Result<Response, CallError> {
     if frame.len() - 4 > inner.config.max_frame {
         return Err(CallError::TooLarge {
             size: (frame.len() - 4) as u64,
@@ -476,7 +500,7 @@ async fn call_quic(
                     }
                 },
             };
-            match exchange(&conn, &frame, inner.config.max_frame).await {
+            match exchange(&conn, frame, inner.config.max_frame).await {
                 Ok(r) => Some(Ok(r)),
                 Err(Exchange::Protocol(m)) => Some(Err(CallError::Protocol(m))),
                 Err(Exchange::Lost(m)) => {

@@ -120,6 +120,10 @@ pub enum CallError<E = NoError> {
     /// the same request id.
     #[error("the call may or may not have been applied: {0}")]
     Indeterminate(String),
+    /// The call would have waited on a turn that waits on it (A calls B calls A): the
+    /// chain, from the first caller to the object called again. Nothing was applied.
+    #[error("call cycle: {}", .0.join(" -> "))]
+    CallCycle(Vec<String>),
 }
 
 impl<E> CallError<E> {
@@ -141,6 +145,7 @@ impl<E> CallError<E> {
             | CallError::Rejected(_)
             | CallError::StorageFull(_)
             | CallError::RequestReused
+            | CallError::CallCycle(_)
             | CallError::Internal(_) => Retry::NotApplied,
             CallError::Timeout
             | CallError::ConnectionLost(_)
@@ -193,6 +198,7 @@ impl<E> CallError<E> {
             CallError::StorageFull(m) => CallError::StorageFull(m),
             CallError::RequestReused => CallError::RequestReused,
             CallError::Indeterminate(m) => CallError::Indeterminate(m),
+            CallError::CallCycle(c) => CallError::CallCycle(c),
         }
     }
 }
@@ -223,6 +229,7 @@ impl<E> From<WireError> for CallError<E> {
             WireError::Moved { owner } => CallError::Moved(owner),
             WireError::StorageFull { message } => CallError::StorageFull(message),
             WireError::RequestReused => CallError::RequestReused,
+            WireError::CallCycle { chain } => CallError::CallCycle(chain),
         }
     }
 }

@@ -8,8 +8,16 @@ use crate::retry::Retry;
 use crate::ObjectId;
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version this crate speaks (and sends).
+///
+/// Version 2 added [`Request::ChainCall`] (a call made by an object's turn, carrying
+/// the chain of objects waiting on it and the caller's span id) and
+/// [`WireError::CallCycle`]. A host answers each frame in the version it came in, so
+/// version 1 clients are still served.
+pub const PROTOCOL_VERSION: u8 = 2;
+
+/// The oldest protocol version this crate still reads.
+pub const MIN_PROTOCOL_VERSION: u8 = 1;
 
 /// The default maximum frame size (length prefix excluded): 4 MiB.
 pub const DEFAULT_MAX_FRAME: usize = 4 << 20;
@@ -27,6 +35,44 @@ pub enum Request {
     /// Follow a stream of an object: the host answers with [`StreamFrame`]s on this
     /// QUIC stream, [`StreamFrame::Started`] first, until the end or an error.
     Follow(FollowRequest),
+    /// A call made by an object's turn (protocol version 2): the call, the objects
+    /// whose turns wait on it and the caller's tracing span. Its deadline is the
+    /// call's `timeout_ms`, what is left of the caller's own.
+    ChainCall(ChainCall),
+}
+
+/// A call made from inside another object's turn ([`Request::ChainCall`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChainCall {
+    /// The call.
+    pub call: CallRequest,
+    /// The objects whose turns are waiting on this call, the first caller first and
+    /// the direct caller last. A call to an object already in its chain is a cycle:
+    /// the host answers [`WireError::CallCycle`] at once (unless the method is
+    /// reentrant), instead of letting it wait for a turn that waits on it.
+    pub chain: Vec<ChainLink>,
+    /// The caller's tracing span id (0: none), recorded on the callee's span.
+    pub caller_span: u64,
+}
+
+/// One object in a call chain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChainLink {
+    /// The class name.
+    pub class: String,
+    /// The object id.
+    pub object: ObjectId,
+    /// The name it was addressed by, if any (for error messages).
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for ChainLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "{}({name})", self.class),
+            None => write!(f, "{}({})", self.class, self.object),
+        }
+    }
 }
 
 /// Follow a stream (see `docs/streams.md`).
@@ -195,6 +241,14 @@ pub enum WireError {
     /// arguments) to this object; this call was not applied. A resend must carry the
     /// same method and arguments as the first; a new call needs a new request id.
     RequestReused,
+    /// The call would wait on a turn that waits on it: its object is already in its
+    /// call chain (A calls B calls A), and the method is not reentrant. Not applied.
+    /// (Protocol version 2; a version 1 client is never in a chain.)
+    CallCycle {
+        /// The objects of the cycle, from the first caller to the object called again,
+        /// as `Class(name)`.
+        chain: Vec<String>,
+    },
 }
 
 impl WireError {
@@ -217,6 +271,7 @@ impl WireError {
             | WireError::Moved { .. }
             | WireError::StorageFull { .. }
             | WireError::RequestReused
+            | WireError::CallCycle { .. }
             | WireError::Internal { .. } => Retry::NotApplied,
         }
     }
@@ -259,10 +314,16 @@ impl From<FrameError> for WireError {
     }
 }
 
-/// Encode a message as one frame.
+/// Encode a message as one frame, in [`PROTOCOL_VERSION`].
 pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    encode_frame_in(msg, PROTOCOL_VERSION)
+}
+
+/// Encode a message as one frame marked with protocol `version` (a host answers in
+/// the version it was asked in).
+pub fn encode_frame_in<T: Serialize>(msg: &T, version: u8) -> Vec<u8> {
     let mut buf = vec![0u8; 5];
-    buf[4] = PROTOCOL_VERSION;
+    buf[4] = version;
     // Serializing our own message types into a Vec cannot fail.
     let buf = postcard::to_extend(msg, buf).expect("postcard serialization into Vec");
     let len = (buf.len() - 4) as u32;
@@ -271,11 +332,20 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
     buf
 }
 
-/// Decode one whole frame (the complete contents of a stream).
+/// Decode one whole frame (the complete contents of a stream), of any version this
+/// crate reads.
 pub fn decode_frame<T: for<'de> Deserialize<'de>>(
     bytes: &[u8],
     limit: usize,
 ) -> Result<T, FrameError> {
+    decode_frame_versioned(bytes, limit).map(|(msg, _)| msg)
+}
+
+/// Decode one whole frame and tell its protocol version.
+pub fn decode_frame_versioned<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<(T, u8), FrameError> {
     if bytes.len() < 5 {
         return Err(FrameError::Truncated);
     }
@@ -293,15 +363,16 @@ pub fn decode_frame<T: for<'de> Deserialize<'de>>(
     if rest.len() as u64 > len {
         return Err(FrameError::Trailing);
     }
-    if rest[0] != PROTOCOL_VERSION {
-        return Err(FrameError::UnsupportedVersion(rest[0]));
+    let version = rest[0];
+    if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+        return Err(FrameError::UnsupportedVersion(version));
     }
     let (msg, tail) = postcard::take_from_bytes::<T>(&rest[1..])
         .map_err(|e| FrameError::Malformed(e.to_string()))?;
     if !tail.is_empty() {
         return Err(FrameError::Malformed("bytes left after the message".into()));
     }
-    Ok(msg)
+    Ok((msg, version))
 }
 
 /// The most bytes a stream may carry for a frame of at most `limit` bytes.

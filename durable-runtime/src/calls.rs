@@ -25,11 +25,29 @@ const SOCKET_EVENT_DEADLINE_MS: u64 = 60_000;
 /// A stream read whose turn has not started after this long is dropped (`Timeout`).
 const STREAM_READ_DEADLINE_MS: u64 = 30_000;
 
-/// Who is calling: the identity an edge authenticated (a token's holder, a
-/// certificate's subject, an application's own check), carried for tracing now and
-/// for per-caller limits later.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
-pub struct Caller(pub String);
+use crate::chain::CallChain;
+pub use crate::chain::Caller;
+
+/// The host's [`Calls`] as the turns of its objects reach it (a weak reference: the
+/// shards that hold it are owned by the `Calls`).
+pub(crate) struct LocalEntry(pub(crate) std::sync::Weak<Calls>);
+
+impl crate::outgoing::LocalCalls for LocalEntry {
+    fn call_in_chain(
+        &self,
+        request: CallRequest,
+        caller: String,
+        chain: CallChain,
+    ) -> crate::outgoing::ReplyFuture {
+        let calls = self.0.upgrade();
+        Box::pin(async move {
+            match calls {
+                Some(calls) => calls.call_in_chain(request, &Caller(caller), chain).await,
+                None => Response::Error(WireError::ShuttingDown),
+            }
+        })
+    }
+}
 
 /// Calls from a client in the same process ([`crate::RunningHost::local_client`]).
 pub(crate) struct Local {
@@ -78,6 +96,28 @@ impl Calls {
     /// from now on the host clock: a call whose turn has not started by then is
     /// answered `Timeout` (not applied).
     pub(crate) async fn call(&self, request: CallRequest, caller: &Caller) -> Response {
+        self.call_chained(request, caller, None).await
+    }
+
+    /// Run a call made by an object's turn (see [`crate::outgoing`]): as
+    /// [`Calls::call`], and a call to an object already in `chain` is refused at once
+    /// with `CallCycle` (it would wait for a turn that waits on it).
+    pub(crate) async fn call_in_chain(
+        &self,
+        request: CallRequest,
+        caller: &Caller,
+        chain: CallChain,
+    ) -> Response {
+        self.call_chained(request, caller, Some(Arc::new(chain)))
+            .await
+    }
+
+    async fn call_chained(
+        &self,
+        request: CallRequest,
+        caller: &Caller,
+        chain: Option<Arc<CallChain>>,
+    ) -> Response {
         let received = self.clock.now_ms();
         let Some(class) = self.classes.get(request.class.as_str()) else {
             return Response::Error(WireError::UnknownClass {
@@ -102,6 +142,12 @@ impl Calls {
                     message: "the object id does not match the name".into(),
                 });
             }
+        }
+        if let Some(cycle) = chain
+            .as_deref()
+            .and_then(|c| c.cycle(class.name, request.object, request.name.as_deref()))
+        {
+            return Response::Error(WireError::CallCycle { chain: cycle });
         }
         if let Owner::Elsewhere(owner) = self.placement.owner(class.name, request.object) {
             return Response::Error(WireError::Moved { owner });
@@ -129,6 +175,7 @@ impl Calls {
             method,
             deadline_ms: received + request.timeout_ms.min(MAX_TIMEOUT_MS),
             request,
+            chain,
             reply: tx,
         });
         let response = rx.await.unwrap_or_else(|_| {
@@ -192,6 +239,7 @@ impl Calls {
                 timeout_ms: SOCKET_EVENT_DEADLINE_MS,
                 args,
             },
+            chain: None,
             reply: tx,
         });
         rx.await.unwrap_or_else(|_| {
@@ -239,6 +287,7 @@ impl Calls {
                 timeout_ms: STREAM_READ_DEADLINE_MS,
                 args,
             },
+            chain: None,
             reply: tx,
         });
         let answer = rx.await.unwrap_or_else(|_| {

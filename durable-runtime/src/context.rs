@@ -14,7 +14,9 @@ pub const MAX_VALUE_BYTES: usize = 2 << 20;
 
 /// The object a turn runs on, and its storage.
 pub struct Context {
-    pub(crate) conn: Connection,
+    /// Shared with the shard, which commits the batch so far while a turn waits on
+    /// another object (see [`crate::outgoing`]).
+    pub(crate) conn: std::rc::Rc<Connection>,
     pub(crate) class: &'static str,
     pub(crate) id: ObjectId,
     pub(crate) name: Option<String>,
@@ -27,6 +29,9 @@ pub struct Context {
     pub(crate) savepoints: u32,
     /// The host's WebSockets (set by the shard; `None` outside a host).
     pub(crate) sockets: Option<std::sync::Arc<crate::sockets::Registry>>,
+    /// What the running turn's calls to other objects need (set by the shard for
+    /// each turn; `None` in activation).
+    pub(crate) turn: Option<crate::outgoing::TurnInfo>,
 }
 
 impl std::fmt::Debug for Context {
@@ -69,6 +74,67 @@ impl Context {
     /// panics, the request is dropped with the turn's writes.
     pub fn restore_to(&mut self, bookmark: u64) {
         self.effects.restore = Some(crate::restore_target::RestoreTarget::Bookmark(bookmark));
+    }
+
+    /// A typed stub for object `name` of class `C` on this host, for calls from this
+    /// turn (`ctx.object::<Inventory>("sku-1").reserve(3).await`).
+    ///
+    /// Each call first makes the writes this object made so far durable (they are
+    /// committed as a batch of their own): the callee never acts on a write the caller
+    /// could still lose. So an outgoing call is a commit point of the turn: if the
+    /// method later returns `Err` or panics, only the writes after its last outgoing
+    /// call are rolled back. While the turn waits, no other call enters this object
+    /// (a call back into it, directly or through others, fails at once with
+    /// `CallError::CallCycle`). The call carries what is left of this turn's deadline,
+    /// and a request id derived from this turn's own, so that a turn run again after a
+    /// crash (its caller resent its request id) does not apply its calls twice.
+    ///
+    /// The stub works only during this turn; outside a host's turn (in activation)
+    /// its calls fail with `CallError::Internal`.
+    pub fn object<C: durable_client::ObjectClass>(&self, name: &str) -> C::Client {
+        self.stub(crate::outgoing::Target::Local).get::<C>(name)
+    }
+
+    /// Like [`Context::object`], addressing the object by id.
+    pub fn object_by_id<C: durable_client::ObjectClass>(&self, id: ObjectId) -> C::Client {
+        self.stub(crate::outgoing::Target::Local).get_by_id::<C>(id)
+    }
+
+    /// Like [`Context::object`], for object `name` of class `C` served by another
+    /// host, reached through `client` (connected to that host). The call carries the
+    /// chain of waiting objects across hosts (a cycle through several hosts is found
+    /// too) and this turn's tracing span id.
+    pub fn object_via<C: durable_client::ObjectClass>(
+        &self,
+        client: &durable_client::Client,
+        name: &str,
+    ) -> C::Client {
+        self.stub(crate::outgoing::Target::Remote(client.clone()))
+            .get::<C>(name)
+    }
+
+    fn stub(&self, target: crate::outgoing::Target) -> durable_client::Client {
+        let mut config = durable_client::ClientConfig::new(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            Vec::new(),
+            String::new(),
+        );
+        if let crate::outgoing::Target::Remote(client) = &target {
+            config.deadline = client.config().deadline;
+        }
+        durable_client::Client::over(
+            std::sync::Arc::new(crate::outgoing::TurnTransport {
+                link: self.turn.as_ref().map(|t| {
+                    t.link(durable_client::wire::ChainLink {
+                        class: self.class.to_owned(),
+                        object: self.id,
+                        name: self.name.clone(),
+                    })
+                }),
+                target,
+            }),
+            config,
+        )
     }
 
     /// Now, as the host's clock says (a virtual clock under the test harness).

@@ -20,6 +20,11 @@ pub enum ErrorKind {
     NotFound,
     /// Anything else (application-defined).
     Other,
+    /// A call to another object failed (see the message; from `CallError` by `?`).
+    Call,
+    /// A call to another object would have closed a cycle (A calls B calls A); the
+    /// message names the chain.
+    CallCycle,
 }
 
 /// A serializable error with a kind and a message.
@@ -74,6 +79,26 @@ impl From<postcard::Error> for Error {
     }
 }
 
+/// A failed call to another object, as the calling method's own error (so that `?`
+/// works on a stub's result in a method returning `Result<_, Error>`): the callee's
+/// own [`Error`] passes through intact (so a cycle found further down the chain stays
+/// [`ErrorKind::CallCycle`]); a cycle is [`ErrorKind::CallCycle`]; anything else
+/// [`ErrorKind::Call`] with the call error's text.
+impl<E: fmt::Display + 'static> From<durable_client::CallError<E>> for Error {
+    fn from(e: durable_client::CallError<E>) -> Self {
+        if let durable_client::CallError::Application(inner) = &e {
+            if let Some(own) = (inner as &dyn std::any::Any).downcast_ref::<Error>() {
+                return own.clone();
+            }
+        }
+        let kind = match &e {
+            durable_client::CallError::CallCycle(_) => ErrorKind::CallCycle,
+            _ => ErrorKind::Call,
+        };
+        Error::new(kind, e.to_string())
+    }
+}
+
 /// Why a host could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -121,6 +146,8 @@ mod wire_form {
             ErrorKind::Invalid,
             ErrorKind::NotFound,
             ErrorKind::Other,
+            ErrorKind::Call,
+            ErrorKind::CallCycle,
         ];
         for (i, k) in kinds.into_iter().enumerate() {
             assert_eq!(postcard::to_stdvec(&k).unwrap(), [i as u8]);

@@ -611,6 +611,8 @@ impl Host {
 
         let sockets = Arc::new(crate::sockets::Registry::new(limits.max_sockets));
         let streams = Arc::new(crate::streams::Hub::default());
+        // How objects' turns reach other objects of this host: set once `Calls` exists.
+        let local: crate::shard::LocalSlot = Default::default();
         let shards = Arc::new(
             Shards::start(
                 limits.shards,
@@ -636,6 +638,7 @@ impl Host {
                     verified: Default::default(),
                     sockets: Some(sockets.clone()),
                     streams: Some(streams.clone()),
+                    local: local.clone(),
                 },
             )
             .map_err(|e| HostError::io("starting shard threads", e))?,
@@ -667,6 +670,7 @@ impl Host {
                 limits.caller_rate,
             ),
         ));
+        let _ = local.set(Arc::new(crate::calls::LocalEntry(Arc::downgrade(&calls))));
         let gateway = http_listener
             .map(|listener| {
                 Gateway::start(

@@ -111,16 +111,18 @@ impl Server {
         by_cert: bool,
     ) -> bool {
         let hello = tokio::time::timeout(READ_TIMEOUT, read_frame(&mut recv, MAX_HELLO)).await;
-        let (ok, response) = match hello.unwrap_or(Err(FrameError::Truncated)) {
-            Ok(Request::Hello { token })
+        let (ok, response, version) = match hello.unwrap_or(Err(FrameError::Truncated)) {
+            Ok((Request::Hello { token }, v))
                 if by_cert || constant_time_eq(token.as_bytes(), self.token.as_bytes()) =>
             {
-                (true, Response::Welcome)
+                (true, Response::Welcome, v)
             }
-            Ok(_) => (false, Response::Error(WireError::Unauthenticated)),
-            Err(e) => (false, Response::Error(e.into())),
+            Ok((_, v)) => (false, Response::Error(WireError::Unauthenticated), v),
+            Err(e) => (false, Response::Error(e.into()), wire::MIN_PROTOCOL_VERSION),
         };
-        let _ = send.write_all(&wire::encode_frame(&response)).await;
+        let _ = send
+            .write_all(&wire::encode_frame_in(&response, version))
+            .await;
         let _ = send.finish();
         ok
     }
@@ -135,15 +137,39 @@ impl Server {
         self.opened.fetch_add(1, Ordering::AcqRel);
         let request =
             tokio::time::timeout(READ_TIMEOUT, read_frame(&mut recv, self.max_frame)).await;
-        let response = match request.unwrap_or(Err(FrameError::Truncated)) {
-            Ok(Request::Call(call)) => self.calls.call(call, caller).await,
-            Ok(Request::Follow(follow)) => return self.follow(follow, send, caller).await,
-            Ok(Request::Hello { .. }) => Response::Error(WireError::Malformed {
-                message: "hello on an authenticated connection".into(),
-            }),
-            Err(e) => Response::Error(e.into()),
+        // Answer in the version asked in (an error about the frame itself, in the
+        // oldest: a client that could not be understood may be old).
+        let (response, version) = match request.unwrap_or(Err(FrameError::Truncated)) {
+            Ok((Request::Call(call), v)) => (self.calls.call(call, caller).await, v),
+            Ok((Request::ChainCall(chained), v)) if v >= 2 => {
+                let chain = crate::chain::CallChain {
+                    links: chained.chain,
+                    caller_span: chained.caller_span,
+                };
+                (
+                    self.calls.call_in_chain(chained.call, caller, chain).await,
+                    v,
+                )
+            }
+            Ok((Request::Follow(follow), v)) => return self.follow(follow, send, caller, v).await,
+            Ok((Request::ChainCall(_), v)) => (
+                Response::Error(WireError::Malformed {
+                    message: "a chained call needs protocol version 2".into(),
+                }),
+                v,
+            ),
+            Ok((Request::Hello { .. }, v)) => (
+                Response::Error(WireError::Malformed {
+                    message: "hello on an authenticated connection".into(),
+                }),
+                v,
+            ),
+            Err(e) => (Response::Error(e.into()), wire::MIN_PROTOCOL_VERSION),
         };
-        let _ = send.write_all(&wire::encode_frame(&response)).await;
+        let response = for_version(response, version);
+        let _ = send
+            .write_all(&wire::encode_frame_in(&response, version))
+            .await;
         let _ = send.finish();
         if self.calls.is_shutting_down() {
             // The endpoint closes once every stream is done: make sure this answer has
@@ -154,7 +180,13 @@ impl Server {
 
     /// Follow a stream for a client: [`StreamFrame::Started`], then one frame per
     /// item, then the end (or an error), until the client stops reading.
-    async fn follow(&self, request: FollowRequest, mut send: quinn::SendStream, caller: &Caller) {
+    async fn follow(
+        &self,
+        request: FollowRequest,
+        mut send: quinn::SendStream,
+        caller: &Caller,
+        version: u8,
+    ) {
         let start = match self.calls.classes.get(request.class.as_str()) {
             None => Err(StreamFrame::Error(WireError::UnknownClass {
                 class: request.class,
@@ -188,7 +220,9 @@ impl Server {
         let start = match start {
             Ok(s) => s,
             Err(frame) => {
-                let _ = send.write_all(&wire::encode_frame(&frame)).await;
+                let _ = send
+                    .write_all(&wire::encode_frame_in(&frame, version))
+                    .await;
                 let _ = send.finish();
                 return;
             }
@@ -196,7 +230,11 @@ impl Server {
         let started = StreamFrame::Started {
             last_seq: start.last_seq(),
         };
-        if send.write_all(&wire::encode_frame(&started)).await.is_err() {
+        if send
+            .write_all(&wire::encode_frame_in(&started, version))
+            .await
+            .is_err()
+        {
             return;
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel(FOLLOW_QUEUE);
@@ -224,7 +262,11 @@ impl Server {
                 Out::Unknown => (StreamFrame::UnknownStream, true),
                 Out::Failed(e) => (StreamFrame::Error(e), true),
             };
-            if send.write_all(&wire::encode_frame(&frame)).await.is_err() {
+            if send
+                .write_all(&wire::encode_frame_in(&frame, version))
+                .await
+                .is_err()
+            {
                 return;
             }
             if last {
@@ -304,8 +346,27 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// Read one whole frame from a stream, checking the declared size before reading.
-async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<Request, FrameError> {
+/// A response as a client of protocol `version` can read it: errors added after
+/// version 1 become the version 1 error of the same retry class. (A version 1 client
+/// makes no chained calls, so it can meet `CallCycle` only through a method that
+/// returned it as its own error, which is not a framework error.)
+fn for_version(response: Response, version: u8) -> Response {
+    match response {
+        Response::Error(WireError::CallCycle { chain }) if version < 2 => {
+            Response::Error(WireError::Internal {
+                message: format!("call cycle: {}", chain.join(" -> ")),
+            })
+        }
+        other => other,
+    }
+}
+
+/// Read one whole frame from a stream, checking the declared size before reading;
+/// with the protocol version it came in.
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    limit: usize,
+) -> Result<(Request, u8), FrameError> {
     let mut prefix = [0u8; 4];
     if recv.read_exact(&mut prefix).await.is_err() {
         return Err(FrameError::Truncated);
@@ -326,7 +387,7 @@ async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<Reques
     let mut frame = Vec::with_capacity(4 + rest.len());
     frame.extend_from_slice(&prefix);
     frame.extend_from_slice(&rest);
-    wire::decode_frame(&frame, limit)
+    wire::decode_frame_versioned(&frame, limit)
 }
 
 /// The caller a connection's client certificate names, if it presented one. The host

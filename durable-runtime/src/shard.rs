@@ -8,12 +8,14 @@
 //! and only then are the batch's replies released (the output gate).
 
 use crate::alarms::AlarmService;
+use crate::chain::CallChain;
 use crate::class::{ClassEntry, Instance, TurnOutcome};
 use crate::clock::Clock;
 use crate::context::Context;
 use crate::core::object::{Action, CoreLimits, Input, ObjectCore, Work as CoreWork};
 use crate::core::outbox::{Effects, Outbox, TurnEnd};
 use crate::durability::{Change, Durability, DurablePos, ObjectLog, Refusal};
+use crate::outgoing::{FlushRequest, LocalCalls};
 use crate::restore_target::RestoreTarget;
 use crate::store::{self, Recorded};
 use durable_client::wire::{CallRequest, Response, WireError};
@@ -35,8 +37,14 @@ pub(crate) struct Call {
     pub(crate) request: CallRequest,
     /// Drop the call unrun after this (ms, the host clock).
     pub(crate) deadline_ms: u64,
+    /// For a call made by another object's turn: the objects waiting on it.
+    pub(crate) chain: Option<Arc<CallChain>>,
     pub(crate) reply: oneshot::Sender<Response>,
 }
+
+/// How the objects' turns reach the host's other objects (set once the host's call
+/// entry exists, after the shards).
+pub(crate) type LocalSlot = Arc<std::sync::OnceLock<Arc<dyn LocalCalls>>>;
 
 /// Settings every shard shares.
 #[derive(Clone)]
@@ -75,6 +83,8 @@ pub(crate) struct ShardConfig {
     pub(crate) sockets: Option<Arc<crate::sockets::Registry>>,
     /// The followers of the host's streams (released batches hand them items).
     pub(crate) streams: Option<Arc<crate::streams::Hub>>,
+    /// How turns call the host's other objects.
+    pub(crate) local: LocalSlot,
 }
 
 /// The shard threads and the channels into them.
@@ -204,6 +214,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         rewinds: Cell::new(0),
         pinned: Cell::new(false),
     });
+    let (flush_tx, flush_rx) = mpsc::unbounded_channel();
     let object = Object {
         slot: slot.clone(),
         class,
@@ -211,6 +222,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         config: config.clone(),
         spare_capture: None,
         ctx: None,
+        conn: None,
         instance: None,
         log: None,
         seq: 0,
@@ -226,6 +238,9 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         txn_open: false,
         deferred: 0,
         holds_memory: false,
+        flush_tx,
+        flush_rx: Some(flush_rx),
+        turns: 0,
     };
     tokio::task::spawn_local(object.run());
     crate::telemetry::object_active(1.0, false);
@@ -353,6 +368,9 @@ struct Object {
     /// Declared before `ctx`: it must be dropped before the connection closes.
     spare_capture: Option<store::ChangeCapture>,
     ctx: Option<Context>,
+    /// The object's connection while it is open (the one `ctx` holds): the batch
+    /// machinery reaches it through here, also while a turn holds `ctx`.
+    conn: Option<Rc<rusqlite::Connection>>,
     instance: Option<Box<dyn Instance>>,
     log: Option<Box<dyn ObjectLog>>,
     /// The last batch committed (and handed to the log); stored in the database.
@@ -388,6 +406,25 @@ struct Object {
     deferred: usize,
     /// The connection may hold cached pages (a batch ran since it last gave them back).
     holds_memory: bool,
+    /// Where the running turn asks for its writes so far to be made durable before it
+    /// calls another object (see [`crate::outgoing`]); taken while a turn runs.
+    flush_tx: mpsc::UnboundedSender<FlushRequest>,
+    flush_rx: Option<mpsc::UnboundedReceiver<FlushRequest>>,
+    /// Turns run so far (a stub kept past its turn is refused).
+    turns: u64,
+}
+
+/// A batch in progress: what its commit needs. A turn that calls another object
+/// commits the batch so far in the middle ([`Object::flush_turn`]) and starts these
+/// over.
+struct Pending {
+    capture: Option<store::ChangeCapture>,
+    /// The write marker when the (remaining) batch began.
+    before: (u64, i64),
+    /// Request ids the (remaining) batch recorded.
+    recorded: Vec<store::RecordedCall>,
+    /// A commit in the middle of the batch failed: the batch fails with this.
+    broken: Option<CommitError>,
 }
 
 /// How long an object stays quiet before its connection gives back its page cache.
@@ -535,6 +572,11 @@ impl std::fmt::Display for CommitError {
 }
 
 impl Object {
+    /// The object's open connection.
+    fn db(&self) -> &rusqlite::Connection {
+        self.conn.as_deref().expect("opened")
+    }
+
     async fn run(mut self) {
         loop {
             self.slot
@@ -957,6 +999,7 @@ impl Object {
             if let Err(e) = self.config.catalog.add(self.class.name, self.id) {
                 tracing::warn!(class = self.class.name, id = %self.id, error = %e, "adding the object to the catalog");
             }
+            self.conn = Some(ctx.conn.clone());
             self.ctx = Some(ctx);
         }
         Ok(())
@@ -994,15 +1037,14 @@ impl Object {
         woken: bool,
         effects: &Effects,
     ) -> Result<Option<Option<u64>>, String> {
-        let ctx = self.ctx.as_mut().expect("active");
+        let conn = self.conn.clone().expect("active");
         if effects.ship_image.get() {
             self.needs_image = true;
         }
         if !(woken || effects.alarms_changed) {
             return Ok(None);
         }
-        let due =
-            crate::alarms::earliest_due(&ctx.conn).map_err(|e| format!("reading alarms: {e}"))?;
+        let due = crate::alarms::earliest_due(&conn).map_err(|e| format!("reading alarms: {e}"))?;
         let provisional = match (self.reported_due, due) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -1073,7 +1115,7 @@ impl Object {
     /// fails, the whole transaction goes, and with deferred batches lost from the file
     /// the object is poisoned until [`Object::heal`] re-applies them from the log.
     fn rollback_batch(&mut self) {
-        let conn = &self.ctx.as_ref().expect("opened").conn;
+        let conn = self.db();
         let undone = conn
             .run("ROLLBACK TO durable_batch")
             .and_then(|_| conn.run("RELEASE durable_batch"));
@@ -1092,7 +1134,7 @@ impl Object {
     /// End the running batch's savepoint; commit the file now if nothing is deferred
     /// (or `now` is set), else leave the transaction open for the next batch.
     fn release_batch(&mut self, now: bool) -> rusqlite::Result<()> {
-        let conn = &self.ctx.as_ref().expect("opened").conn;
+        let conn = self.db();
         conn.run("RELEASE durable_batch")?;
         if now || self.deferred == 0 {
             conn.run("COMMIT")?;
@@ -1109,7 +1151,7 @@ impl Object {
     /// object stops only if batches the log holds are lost from the file (a restart
     /// replays them) or the log failed.
     async fn commit_deferred(&mut self, force: bool) -> FileCommit {
-        if !self.txn_open || self.ctx.is_none() {
+        if !self.txn_open || self.conn.is_none() {
             return if self.poisoned {
                 FileCommit::Stopped
             } else {
@@ -1146,8 +1188,8 @@ impl Object {
             }
             lsn = Some(pos.lsn);
         }
-        let ctx = self.ctx.as_ref().expect("checked above");
-        match ctx.conn.run("COMMIT") {
+        let conn = self.db();
+        match conn.run("COMMIT") {
             Ok(()) => {
                 self.txn_open = false;
                 self.deferred = 0;
@@ -1157,7 +1199,7 @@ impl Object {
                 }
                 FileCommit::Done
             }
-            Err(e) if !ctx.conn.is_autocommit() => {
+            Err(e) if !conn.is_autocommit() => {
                 self.back_off_commits();
                 // SQLite kept the transaction: the batches stay in it, durable in the
                 // log, and the commit is tried again later.
@@ -1257,8 +1299,8 @@ impl Object {
     /// Drop the open transaction and everything deferred in it; with deferred batches
     /// the object is poisoned until [`Object::heal`] re-applies them from the log.
     fn abandon_txn(&mut self) {
-        if let Some(ctx) = self.ctx.as_ref() {
-            let _ = ctx.conn.run("ROLLBACK");
+        if let Some(conn) = self.conn.as_ref() {
+            let _ = conn.run("ROLLBACK");
         }
         self.txn_open = false;
         if self.deferred > 0 {
@@ -1283,8 +1325,8 @@ impl Object {
         recorded: &[store::RecordedCall],
     ) -> Result<(), CommitError> {
         let not_applied = |e: rusqlite::Error| CommitError::NotApplied(e.to_string());
-        let ctx = self.ctx.as_mut().expect("opened");
-        let after = write_marker(&ctx.conn);
+        let conn = self.conn.clone().expect("opened");
+        let after = write_marker(&conn);
         if after == before && !self.needs_image {
             // Nothing was written: the capture is still empty, keep it for next time.
             self.spare_capture = capture;
@@ -1293,7 +1335,7 @@ impl Object {
             return self.release_batch(false).map_err(not_applied);
         }
         let seq = self.seq + 1;
-        store::set_stored_seq(&ctx.conn, seq).map_err(not_applied)?;
+        store::set_stored_seq(&conn, seq).map_err(not_applied)?;
         let log = self.log.as_ref().expect("attached");
         if !log.captures_changes() {
             drop(capture);
@@ -1318,13 +1360,13 @@ impl Object {
                 ))
             }
             _ => {
-                store::set_image_time(&ctx.conn, now).map_err(not_applied)?;
+                store::set_image_time(&conn, now).map_err(not_applied)?;
                 self.last_image_ms = now;
                 self.last_image_seq = seq;
-                let data = ctx.conn.serialize("main").map_err(|e| {
+                let data = store::serialize_copy(&conn).map_err(|e| {
                     CommitError::NotApplied(format!("serializing the database: {e}"))
                 })?;
-                Change::Image(data.to_vec())
+                Change::Image(data)
             }
         };
         drop(capture);
@@ -1336,7 +1378,7 @@ impl Object {
         self.seq = seq;
         self.needs_image = false;
         self.deferred += 1;
-        if let Err(e) = ctx.conn.run("RELEASE durable_batch") {
+        if let Err(e) = conn.run("RELEASE durable_batch") {
             tracing::error!(class = self.class.name, id = %self.id, error = %e, "ending a batch failed after its log write; the object rebuilds it from the log on its next call");
             self.abandon_txn();
             return Err(CommitError::Indeterminate(format!(
@@ -1351,6 +1393,160 @@ impl Object {
             ));
         }
         Ok(())
+    }
+
+    /// What the next turn needs to call other objects (`None` when the host has no
+    /// call entry, as in a bare shard).
+    fn turn_info(
+        &mut self,
+        chain: Option<Arc<CallChain>>,
+        deadline_ms: Option<u64>,
+        request_id: Option<[u8; 16]>,
+        span: u64,
+    ) -> Option<crate::outgoing::TurnInfo> {
+        self.turns += 1;
+        let local = self.config.local.get()?.clone();
+        Some(crate::outgoing::TurnInfo {
+            local,
+            chain,
+            deadline_ms,
+            request_id,
+            span,
+            turn: self.turns,
+            flush: self.flush_tx.clone(),
+            clock: self.config.clock.clone(),
+            sent: Default::default(),
+        })
+    }
+
+    /// Run a turn to its end, and meanwhile answer its requests to make the object's
+    /// writes so far durable before it calls another object.
+    async fn drive<F: std::future::Future>(
+        &mut self,
+        conn: &rusqlite::Connection,
+        bs: &mut Pending,
+        savepoint: &str,
+        turn: F,
+    ) -> F::Output {
+        let mut requests = self.flush_rx.take().expect("one turn at a time");
+        let mut turn = std::pin::pin!(turn);
+        let output = loop {
+            tokio::select! {
+                biased;
+                output = &mut turn => break output,
+                Some((n, answer)) = requests.recv() => {
+                    let result = if n != self.turns {
+                        Err("the stub was made by an earlier turn".to_string())
+                    } else {
+                        self.flush_turn(conn, bs, savepoint).await
+                    };
+                    let _ = answer.send(result);
+                }
+            }
+        };
+        self.flush_rx = Some(requests);
+        output
+    }
+
+    /// The output gate for an outgoing call: commit the batch so far (the turns
+    /// before this one and this turn's writes until now) as a batch of its own, start
+    /// the rest of the batch in fresh savepoints (the turn's own named `savepoint`),
+    /// and wait until everything the object committed is durable. A failure breaks
+    /// the batch: it fails as a whole once the turn ends.
+    async fn flush_turn(
+        &mut self,
+        conn: &rusqlite::Connection,
+        bs: &mut Pending,
+        savepoint: &str,
+    ) -> Result<(), String> {
+        if let Some(broken) = &bs.broken {
+            return Err(broken.to_string());
+        }
+        if write_marker(conn) != bs.before || self.needs_image {
+            let due = match self.index_alarms_before(true, &Effects::default()) {
+                Ok(due) => due,
+                Err(e) => {
+                    bs.broken = Some(CommitError::NotApplied(e.clone()));
+                    return Err(e);
+                }
+            };
+            let committed = self
+                .commit(bs.before, bs.capture.take(), &bs.recorded)
+                .await;
+            if let Err(e) = committed {
+                bs.broken = Some(e.clone());
+                return Err(e.to_string());
+            }
+            if let Some(due) = due {
+                self.index_alarms_after(due);
+            }
+            bs.recorded.clear();
+            let restarted = self
+                .begin_savepoints(conn, savepoint)
+                .and_then(|()| self.start_capture(conn));
+            match restarted {
+                Ok(capture) => bs.capture = capture,
+                Err(e) => {
+                    // The batch so far is on its way to the log; the rest cannot run.
+                    bs.broken = Some(CommitError::Indeterminate(e.clone()));
+                    return Err(e);
+                }
+            }
+            bs.before = write_marker(conn);
+        }
+        let target = self.seq;
+        if target <= self.slot.core.borrow().durable() {
+            return Ok(());
+        }
+        let Some(log) = self.log.as_ref() else {
+            return Ok(());
+        };
+        let mut watch = log.watch();
+        let slot = self.slot.clone();
+        let pos = watch
+            .wait_for(|p| settled(p, target, slot.rewinds.get()))
+            .await
+            .map(|p| *p)
+            .unwrap_or(DurablePos {
+                failed: true,
+                ..DurablePos::default()
+            });
+        if pos.failed || pos.durable < target {
+            let e = CommitError::Indeterminate(
+                "the object's writes could not be made durable before its call to another object"
+                    .into(),
+            );
+            bs.broken = Some(e.clone());
+            return Err(e.to_string());
+        }
+        Ok(())
+    }
+
+    /// After a commit in the middle of a batch: its transaction (if the commit closed
+    /// it), the batch's savepoint and the running turn's.
+    fn begin_savepoints(&mut self, conn: &rusqlite::Connection, turn: &str) -> Result<(), String> {
+        let e = |e: rusqlite::Error| e.to_string();
+        if !self.txn_open {
+            conn.run("BEGIN IMMEDIATE").map_err(e)?;
+            self.txn_open = true;
+        }
+        conn.run("SAVEPOINT durable_batch").map_err(e)?;
+        conn.run(&format!("SAVEPOINT {turn}")).map_err(e)
+    }
+
+    /// A fresh change capture, if the log wants changes.
+    fn start_capture(
+        &mut self,
+        conn: &rusqlite::Connection,
+    ) -> Result<Option<store::ChangeCapture>, String> {
+        let wants = self.log.as_ref().is_some_and(|l| l.captures_changes());
+        if !wants {
+            return Ok(None);
+        }
+        match self.spare_capture.take() {
+            Some(c) => Ok(Some(c)),
+            None => store::ChangeCapture::start(conn).map(Some),
+        }
     }
 
     /// Run one batch: returns the replies it decided (to be released once the batch
@@ -1395,16 +1591,21 @@ impl Object {
             }
             return (fail_all(batch, response), Vec::new());
         }
-        let mut capture = match self.begin() {
+        let capture = match self.begin() {
             Ok(c) => c,
             Err(response) => return (fail_all(batch, response), Vec::new()),
         };
-        let mut before = write_marker(&self.ctx.as_ref().expect("active").conn);
+        let mut bs = Pending {
+            capture,
+            before: write_marker(self.db()),
+            recorded: Vec::new(),
+            broken: None,
+        };
         // Each reply with whether it is a recorded answer (kept if the batch fails).
         let mut outbox: Outbox<((oneshot::Sender<Response>, Response), bool)> = Outbox::default();
         if self.instance.is_none() {
             let activated = self.activate();
-            let wrote = write_marker(&self.ctx.as_ref().expect("opened").conn) != before;
+            let wrote = write_marker(self.db()) != bs.before;
             match activated {
                 // The constructor of an object new to the log wrote (its tables): that
                 // state goes to the log as the object's first image, on its own, so
@@ -1412,7 +1613,7 @@ impl Object {
                 Ok(effects) if wrote && self.needs_image => {
                     let committed = match self.index_alarms_before(false, &effects) {
                         Ok(due) => self
-                            .commit(before, capture.take(), &[])
+                            .commit(bs.before, bs.capture.take(), &[])
                             .await
                             .map(|()| due)
                             .map_err(|e| e.to_string()),
@@ -1431,8 +1632,8 @@ impl Object {
                     };
                     match started {
                         Ok(c) => {
-                            capture = c;
-                            before = write_marker(&self.ctx.as_ref().expect("opened").conn);
+                            bs.capture = c;
+                            bs.before = write_marker(self.db());
                         }
                         Err(response) => {
                             self.instance = None;
@@ -1446,7 +1647,7 @@ impl Object {
                 }
                 Ok(effects) => outbox.finish_turn(TurnEnd::Ok, effects, None),
                 Err(response) => {
-                    drop(capture);
+                    drop(bs.capture.take());
                     self.rollback_batch();
                     if has_alarm_wake {
                         self.retry_alarms_later();
@@ -1455,7 +1656,6 @@ impl Object {
                 }
             }
         }
-        let mut recorded = Vec::new();
         let mut work = batch.into_iter();
         let mut failure: Option<CommitError> = None;
         let mut alarms_ran = false;
@@ -1463,29 +1663,31 @@ impl Object {
         let mut items = 0usize;
         while let Some(item) = work.next() {
             items += 1;
-            let instance = self.instance.as_mut().expect("active");
-            let ctx = self.ctx.as_mut().expect("active");
+            // Out of `self` while the turn runs, so that the turn can wait on another
+            // object while the batch so far commits (`flush_turn`).
+            let mut instance = self.instance.take().expect("active");
+            let mut ctx = self.ctx.take().expect("active");
             ctx.effects = Effects::default();
             let (reply, result) = match item {
                 Work::Call(call) => {
-                    let result = run_call(
-                        instance.as_mut(),
-                        ctx,
-                        &call,
-                        self.config.request_window,
-                        &mut recorded,
-                    )
-                    .await;
+                    let result = run_call(self, instance.as_mut(), &mut ctx, &call, &mut bs).await;
                     (Some(call.reply), result)
                 }
                 Work::Alarm => {
                     alarms_ran = true;
-                    let result =
-                        run_due_alarms(instance.as_mut(), ctx, &self.class, &self.config).await;
+                    let result = run_due_alarms(self, instance.as_mut(), &mut ctx, &mut bs).await;
                     (None, result)
                 }
             };
             let effects = std::mem::take(&mut ctx.effects);
+            self.ctx = Some(ctx);
+            self.instance = Some(instance);
+            let result = match bs.broken.clone() {
+                // The batch so far could not be made durable when the turn called out:
+                // the batch fails as a whole.
+                Some(broken) => Err(broken),
+                None => result.map_err(CommitError::NotApplied),
+            };
             match result {
                 Ok(CallResult::Reply(response)) => {
                     let end = match response {
@@ -1516,13 +1718,13 @@ impl Object {
                     break;
                 }
                 Err(e) => {
-                    let response = internal(e.clone());
+                    let response = e.response();
                     outbox.finish_turn(
                         TurnEnd::Err,
                         effects,
                         reply.map(|tx| ((tx, response), false)),
                     );
-                    failure = Some(CommitError::NotApplied(e));
+                    failure = Some(e);
                     break;
                 }
             }
@@ -1536,7 +1738,10 @@ impl Object {
         }
         crate::telemetry::batch(items);
         if failure.is_none() {
-            if let Err(e) = self.commit(before, capture, &recorded).await {
+            if let Err(e) = self
+                .commit(bs.before, bs.capture.take(), &bs.recorded)
+                .await
+            {
                 failure = Some(e);
             }
         }
@@ -1658,6 +1863,7 @@ impl Object {
         self.instance = None;
         self.spare_capture = None;
         self.ctx = None;
+        self.conn = None;
         let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
         if let Err(e) = store::write_image(&path, &image) {
             self.poisoned = true;
@@ -1715,12 +1921,13 @@ enum CallResult {
 
 /// Run one call inside its own savepoint. `Err` means the batch machinery failed.
 async fn run_call(
+    obj: &mut Object,
     instance: &mut dyn Instance,
     ctx: &mut Context,
     call: &Call,
-    window: usize,
-    recorded: &mut Vec<store::RecordedCall>,
+    bs: &mut Pending,
 ) -> Result<CallResult, String> {
+    let window = obj.config.request_window;
     let request = &call.request;
     if ctx.clock.now_ms() > call.deadline_ms {
         return Ok(CallResult::Reply(Response::Error(WireError::Timeout)));
@@ -1750,11 +1957,27 @@ async fn run_call(
         id = %request.object,
         method = %request.method,
         request_id = %durable_client::ObjectId::from_bytes(request.request_id),
+        caller_span = call.chain.as_ref().map_or(0, |c| c.caller_span),
     );
+    ctx.turn = obj.turn_info(
+        call.chain.clone(),
+        Some(call.deadline_ms),
+        Some(request.request_id),
+        span.id().map_or(0, |i| i.into_u64()),
+    );
+    let conn = ctx.conn.clone();
     let turn =
         tracing::Instrument::instrument(instance.dispatch(ctx, call.method, &request.args), span);
     let started = crate::clock::monotonic();
-    let outcome = AssertUnwindSafe(turn).catch_unwind().await;
+    let outcome = obj
+        .drive(
+            &conn,
+            bs,
+            "durable_call",
+            AssertUnwindSafe(turn).catch_unwind(),
+        )
+        .await;
+    ctx.turn = None;
     crate::telemetry::turn(
         call.class.name,
         crate::clock::monotonic().saturating_sub(started),
@@ -1786,7 +2009,7 @@ async fn run_call(
                 let outcome = Recorded::Return(bytes.clone());
                 store::record_request(&ctx.conn, &request.request_id, digest, &outcome, window)
                     .map_err(db)?;
-                recorded.push((request.request_id, digest, outcome));
+                bs.recorded.push((request.request_id, digest, outcome));
             }
             ctx.conn.run("RELEASE durable_call").map_err(db)?;
             return Ok(CallResult::Reply(Response::Return(bytes)));
@@ -1797,7 +2020,7 @@ async fn run_call(
                 let outcome = Recorded::AppError(bytes.clone());
                 store::record_request(&ctx.conn, &request.request_id, digest, &outcome, window)
                     .map_err(db)?;
-                recorded.push((request.request_id, digest, outcome));
+                bs.recorded.push((request.request_id, digest, outcome));
             }
             Response::AppError(bytes)
         }
@@ -1825,12 +2048,14 @@ async fn run_call(
 /// rolled back and retried later with exponential backoff, or given up on and recorded
 /// after the last attempt. A panic resets the object after recording the attempt.
 async fn run_due_alarms(
+    obj: &mut Object,
     instance: &mut dyn Instance,
     ctx: &mut Context,
-    class: &ClassEntry,
-    config: &ShardConfig,
+    bs: &mut Pending,
 ) -> Result<CallResult, String> {
     let db = |e: rusqlite::Error| e.to_string();
+    let class = obj.class.clone();
+    let config = obj.config.clone();
     let now = config.clock.now_ms();
     let settings = &config.alarms.config;
     // Only the effects of handlers that return `Ok` are kept (left in `ctx.effects`
@@ -1844,9 +2069,12 @@ async fn run_due_alarms(
                 ctx.conn.run("SAVEPOINT durable_alarm").map_err(db)?;
                 ctx.alarm_attempt = Some(attempt);
                 ctx.effects = Effects::default();
-                let outcome = AssertUnwindSafe(instance.dispatch_alarm(ctx, index, &alarm.args))
-                    .catch_unwind()
-                    .await;
+                ctx.turn = obj.turn_info(None, None, None, 0);
+                let conn = ctx.conn.clone();
+                let turn = AssertUnwindSafe(instance.dispatch_alarm(ctx, index, &alarm.args))
+                    .catch_unwind();
+                let outcome = obj.drive(&conn, bs, "durable_alarm", turn).await;
+                ctx.turn = None;
                 ctx.alarm_attempt = None;
                 let effects = std::mem::take(&mut ctx.effects);
                 let failed = match outcome {

@@ -111,6 +111,7 @@ pub(crate) fn outcome(response: &durable_client::wire::Response) -> &'static str
             WireError::Moved { .. } => "moved",
             WireError::StorageFull { .. } => "storage_full",
             WireError::RequestReused => "request_reused",
+            WireError::CallCycle { .. } => "call_cycle",
         },
     }
 }

@@ -2,9 +2,11 @@
 //! sleeps on demand. The `durable-test-host` binary serves them next to every
 //! example class.
 
+mod hop;
 mod ledger;
 mod shelf;
 
+pub use hop::Hop;
 pub use ledger::Ledger;
 pub use shelf::{Shelf, StockRow};
 
@@ -252,6 +254,7 @@ pub fn register_all(host: durable::Host) -> durable::Host {
         .register::<Ledger>()
         .register::<Shelf>()
         .register::<StreamProbe>()
+        .register::<Hop>()
 }
 
 /// Stream test object: appends the items a call names to a stream (so that a test

@@ -163,6 +163,11 @@ impl ApiError {
                 "request_reused",
                 "the Idempotency-Key was used before by a different call to this object; this call was not applied",
             ),
+            WireError::CallCycle { chain } => ApiError::new(
+                StatusCode::CONFLICT,
+                "call_cycle",
+                format!("call cycle: {}; nothing was applied", chain.join(" -> ")),
+            ),
         };
         error.retry(retry)
     }
@@ -248,6 +253,12 @@ mod tests {
                 507,
             ),
             (WireError::RequestReused, 422),
+            (
+                WireError::CallCycle {
+                    chain: vec!["A(a)".into(), "B(b)".into(), "A(a)".into()],
+                },
+                409,
+            ),
             (
                 WireError::Moved {
                     owner: "h:1".into(),

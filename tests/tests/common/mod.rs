@@ -40,7 +40,22 @@ impl HostProcess {
         Self::spawn(data_dir, "127.0.0.1:0", extra, log)
     }
 
+    /// Like [`HostProcess::start`], with environment variables for the host.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> HostProcess {
+        Self::spawn_env(data_dir, "127.0.0.1:0", extra, None, env)
+    }
+
     fn spawn(data_dir: &Path, listen: &str, extra: &[&str], log: Option<&Path>) -> HostProcess {
+        Self::spawn_env(data_dir, listen, extra, log, &[])
+    }
+
+    fn spawn_env(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> HostProcess {
         let stderr = match log {
             Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
             None => Stdio::inherit(),
@@ -52,6 +67,7 @@ impl HostProcess {
             .args(["--listen", listen])
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
