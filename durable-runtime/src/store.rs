@@ -812,6 +812,25 @@ pub fn list_objects(data_dir: &Path) -> std::io::Result<Vec<(String, ObjectId, O
     Ok(out)
 }
 
+/// A copy of the whole database `main` of `conn`, as `sqlite3_serialize` lays it out
+/// (the bytes of a database file). Takes a shared borrow, unlike rusqlite's
+/// `serialize`: the copy is made before this returns.
+pub(crate) fn serialize_copy(conn: &Connection) -> Result<Vec<u8>, String> {
+    use rusqlite::ffi;
+    let mut size: ffi::sqlite3_int64 = 0;
+    // SAFETY: a live connection handle; with flags 0 SQLite returns a fresh buffer
+    // (or null), which is copied and then freed with sqlite3_free.
+    unsafe {
+        let ptr = ffi::sqlite3_serialize(conn.handle(), c"main".as_ptr(), &mut size, 0);
+        if ptr.is_null() {
+            return Err("sqlite3_serialize returned no data (out of memory?)".into());
+        }
+        let bytes = std::slice::from_raw_parts(ptr, size as usize).to_vec();
+        ffi::sqlite3_free(ptr.cast());
+        Ok(bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -848,24 +867,5 @@ mod tests {
         // Opened again, it is a stored object: no image.
         let (_ctx, image) = open(dir.path(), "Counter", id, None, false).unwrap();
         assert!(!image);
-    }
-}
-
-/// A copy of the whole database `main` of `conn`, as `sqlite3_serialize` lays it out
-/// (the bytes of a database file). Takes a shared borrow, unlike rusqlite's
-/// `serialize`: the copy is made before this returns.
-pub(crate) fn serialize_copy(conn: &Connection) -> Result<Vec<u8>, String> {
-    use rusqlite::ffi;
-    let mut size: ffi::sqlite3_int64 = 0;
-    // SAFETY: a live connection handle; with flags 0 SQLite returns a fresh buffer
-    // (or null), which is copied and then freed with sqlite3_free.
-    unsafe {
-        let ptr = ffi::sqlite3_serialize(conn.handle(), c"main".as_ptr(), &mut size, 0);
-        if ptr.is_null() {
-            return Err("sqlite3_serialize returned no data (out of memory?)".into());
-        }
-        let bytes = std::slice::from_raw_parts(ptr, size as usize).to_vec();
-        ffi::sqlite3_free(ptr.cast());
-        Ok(bytes)
     }
 }

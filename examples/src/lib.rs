@@ -12,6 +12,7 @@ pub mod counter;
 pub mod doc;
 pub mod eventlog;
 pub mod lock;
+pub mod order;
 pub mod ratelimit;
 pub mod reservation;
 pub mod session;
@@ -33,6 +34,9 @@ pub fn register_all(host: durable::Host) -> durable::Host {
         .register::<lock::LockTable>()
         .register::<twin::DeviceTwin>()
         .register::<doc::Document>()
+        .register::<order::Order>()
+        .register::<order::Inventory>()
+        .register::<order::Wallet>()
 }
 
 /// Unsigned integers in SQLite, which stores signed 64-bit integers (rusqlite maps

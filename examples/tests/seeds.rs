@@ -128,3 +128,63 @@ async fn a_device_twin_converges_and_ignores_stale_reports() {
         .unwrap();
     assert_eq!(twin.get().await.unwrap().desired.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_reserves_and_charges_or_compensates_and_places_once() {
+    use durable_examples::order::{Inventory, Order, OrderState, Wallet};
+    let register = |h: durable::Host| {
+        h.register::<Order>()
+            .register::<Inventory>()
+            .register::<Wallet>()
+    };
+    let mut t = TestHost::start(register).await;
+    assert_eq!(t.get::<Inventory>("sku-1").restock(5).await.unwrap(), 5);
+    assert_eq!(t.get::<Wallet>("ann").deposit(100).await.unwrap(), 100);
+
+    // Enough stock and money: confirmed, both moved once, however often it is placed.
+    for _ in 0..3 {
+        let s = t
+            .get::<Order>("o1")
+            .place("sku-1".into(), 2, "ann".into(), 60)
+            .await
+            .unwrap();
+        assert_eq!(s, OrderState::Confirmed);
+    }
+    assert_eq!(t.get::<Inventory>("sku-1").available().await.unwrap(), 3);
+    assert_eq!(t.get::<Wallet>("ann").balance().await.unwrap(), 40);
+
+    // Not enough money: the reservation is given back (compensation).
+    let s = t
+        .get::<Order>("o2")
+        .place("sku-1".into(), 3, "ann".into(), 60)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&s, OrderState::Cancelled(why) if why.contains("balance")),
+        "{s:?}"
+    );
+    assert_eq!(t.get::<Inventory>("sku-1").available().await.unwrap(), 3);
+    assert_eq!(t.get::<Wallet>("ann").balance().await.unwrap(), 40);
+
+    // Not enough stock: nothing is charged.
+    let s = t
+        .get::<Order>("o3")
+        .place("sku-1".into(), 9, "ann".into(), 1)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&s, OrderState::Cancelled(why) if why.contains("stock")),
+        "{s:?}"
+    );
+    assert_eq!(t.get::<Wallet>("ann").balance().await.unwrap(), 40);
+
+    // Everything survives a crash.
+    t.crash().await;
+    let t = t;
+    assert_eq!(
+        t.get::<Order>("o1").state().await.unwrap(),
+        OrderState::Confirmed
+    );
+    assert_eq!(t.get::<Inventory>("sku-1").available().await.unwrap(), 3);
+    assert_eq!(t.get::<Wallet>("ann").balance().await.unwrap(), 40);
+}

@@ -129,10 +129,9 @@ impl Hop {
 
     /// Every `(n, how)` recorded here, by `n`.
     pub async fn seen(&mut self, ctx: &mut Context) -> Result<Vec<(i64, String)>, Error> {
-        Ok(ctx
-            .sql()
+        ctx.sql()
             .query("SELECT n, how FROM seen WHERE n >= 0 ORDER BY n", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
-            })?)
+            })
     }
 }

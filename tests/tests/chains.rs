@@ -203,3 +203,63 @@ async fn kill_9_of_the_callers_host_never_leaves_the_callee_ahead() {
         "too little load to mean anything: {told_total}"
     );
 }
+
+/// Protocol version 1 clients are still served: a version 1 hello and call are
+/// answered in version 1 frames; a chained call needs version 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_1_clients_are_still_served() {
+    use durable::wire::{self, CallRequest, ChainCall, Request, Response, WireError};
+    use durable_examples::counter::Counter;
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let conn = common::raw_connection(&host).await;
+    let hello = wire::encode_frame_in(
+        &Request::Hello {
+            token: common::token(&host),
+        },
+        1,
+    );
+    let answer = common::exchange_bytes(&conn, &hello).await;
+    assert_eq!(answer[4], 1, "answered in version 1");
+    assert_eq!(
+        wire::decode_frame::<Response>(&answer, 1 << 20).unwrap(),
+        Response::Welcome
+    );
+    let call = CallRequest {
+        request_id: [9; 16],
+        class: "Counter".into(),
+        object: durable::ObjectId::from_name("Counter", "v1"),
+        name: Some("v1".into()),
+        method: "increment".into(),
+        fingerprint: common::method_fingerprint::<Counter>("increment"),
+        timeout_ms: 5_000,
+        args: postcard::to_stdvec(&(5i64,)).unwrap(),
+    };
+    let answer = common::exchange_bytes(
+        &conn,
+        &wire::encode_frame_in(&Request::Call(call.clone()), 1),
+    )
+    .await;
+    assert_eq!(answer[4], 1, "answered in version 1");
+    assert_eq!(
+        wire::decode_frame::<Response>(&answer, 1 << 20).unwrap(),
+        Response::Return(postcard::to_stdvec(&5i64).unwrap())
+    );
+    let chained = Request::ChainCall(ChainCall {
+        call,
+        chain: vec![],
+        caller_span: 0,
+    });
+    let answer = common::exchange_bytes(&conn, &wire::encode_frame_in(&chained, 1)).await;
+    assert!(matches!(
+        wire::decode_frame::<Response>(&answer, 1 << 20).unwrap(),
+        Response::Error(WireError::Malformed { .. })
+    ));
+    // The same in version 2 is a call (a resend of the same request id: its answer).
+    let answer = common::exchange_bytes(&conn, &wire::encode_frame(&chained)).await;
+    assert_eq!(answer[4], wire::PROTOCOL_VERSION);
+    assert_eq!(
+        wire::decode_frame::<Response>(&answer, 1 << 20).unwrap(),
+        Response::Return(postcard::to_stdvec(&5i64).unwrap())
+    );
+}
