@@ -29,9 +29,15 @@ pub enum CallError<E = NoError> {
     /// The method returned `Err(e)`; its writes were rolled back.
     #[error("the method returned an error: {0}")]
     Application(E),
-    /// The object's queue was full; nothing was applied.
-    #[error("the object is overloaded (its queue is full); nothing was applied")]
-    Overloaded,
+    /// The object's queue was full, the host's bounds on calls in flight were
+    /// reached, or the caller exceeded its rate on this object; nothing was applied.
+    /// `retry_after` is the host's hint of when a retry may get in (`None` from hosts
+    /// that give none).
+    #[error("the object is overloaded; nothing was applied")]
+    Overloaded {
+        /// When a retry may get in, as the host estimates it.
+        retry_after: Option<std::time::Duration>,
+    },
     /// The deadline passed while the client waited: the call may have been applied.
     /// The client resends with the same request id until the deadline, so the call is
     /// applied at most once; to learn its outcome, resend the same request id.
@@ -131,7 +137,7 @@ impl<E> CallError<E> {
     pub fn retry(&self) -> Retry {
         match self {
             CallError::Application(_) | CallError::ObjectReset(_) => Retry::FailedInMethod,
-            CallError::Overloaded
+            CallError::Overloaded { .. }
             | CallError::Expired
             | CallError::UnknownClass(_)
             | CallError::UnknownMethod { .. }
@@ -174,7 +180,7 @@ impl<E> CallError<E> {
     pub fn map_app<F>(self, f: impl FnOnce(E) -> F) -> CallError<F> {
         match self {
             CallError::Application(e) => CallError::Application(f(e)),
-            CallError::Overloaded => CallError::Overloaded,
+            CallError::Overloaded { retry_after } => CallError::Overloaded { retry_after },
             CallError::Timeout => CallError::Timeout,
             CallError::Expired => CallError::Expired,
             CallError::UnknownClass(c) => CallError::UnknownClass(c),
@@ -214,7 +220,10 @@ impl<E> From<WireError> for CallError<E> {
             WireError::SchemaMismatch { class, method } => {
                 CallError::SchemaMismatch { class, method }
             }
-            WireError::Overloaded => CallError::Overloaded,
+            WireError::Overloaded => CallError::Overloaded { retry_after: None },
+            WireError::OverloadedRetry { retry_after_ms } => CallError::Overloaded {
+                retry_after: Some(std::time::Duration::from_millis(retry_after_ms)),
+            },
             WireError::Timeout => CallError::Expired,
             WireError::ObjectReset { message } => CallError::ObjectReset(message),
             WireError::TooLarge { size, limit } => CallError::TooLarge { size, limit },

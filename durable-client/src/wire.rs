@@ -249,6 +249,14 @@ pub enum WireError {
         /// as `Class(name)`.
         chain: Vec<String>,
     },
+    /// [`WireError::Overloaded`] with a hint (protocol version 2): the object's queue
+    /// was full, the host's bounds on calls in flight were reached, or the caller
+    /// exceeded its rate on this object. Not applied; retry after `retry_after_ms`.
+    /// A version 1 client gets plain `Overloaded` instead.
+    OverloadedRetry {
+        /// Milliseconds after which a retry may get in (exact for a caller's rate).
+        retry_after_ms: u64,
+    },
 }
 
 impl WireError {
@@ -272,6 +280,7 @@ impl WireError {
             | WireError::StorageFull { .. }
             | WireError::RequestReused
             | WireError::CallCycle { .. }
+            | WireError::OverloadedRetry { .. }
             | WireError::Internal { .. } => Retry::NotApplied,
         }
     }

@@ -55,6 +55,10 @@ impl std::str::FromStr for CallerRate {
 /// Most buckets kept per map before full (idle) ones are dropped.
 const MAX_BUCKETS: usize = 65_536;
 
+/// The retry-after hint when the host-wide bounds refuse a call: calls in flight
+/// usually finish within a few milliseconds.
+const BOUNDS_RETRY_MS: u64 = 20;
+
 struct Bucket {
     tokens: f64,
     at_ms: u64,
@@ -99,7 +103,9 @@ impl Admission {
     }
 
     /// Let a call of `bytes` argument bytes from `caller` to `class`/`id` in at
-    /// `now_ms`, or refuse it (`None`: answer `Overloaded`).
+    /// `now_ms`, or refuse it (`Err`: answer `Overloaded`, with the milliseconds after
+    /// which a retry may get in: exact for the caller's rate, a short pause for the
+    /// host's bounds).
     pub(crate) fn admit(
         &self,
         class: &str,
@@ -107,7 +113,7 @@ impl Admission {
         caller: &str,
         bytes: usize,
         now_ms: u64,
-    ) -> Option<Permit<'_>> {
+    ) -> Result<Permit<'_>, u64> {
         let calls = self.calls.fetch_add(1, Ordering::AcqRel) + 1;
         let held = self.bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
         let permit = Permit {
@@ -117,14 +123,12 @@ impl Admission {
         // A single call larger than the byte bound still gets in when nothing else
         // is in flight (the frame limit bounds it): the bound must not lock it out.
         if calls > self.max_calls || (held > self.max_bytes && calls > 1) {
-            return None;
+            return Err(BOUNDS_RETRY_MS);
         }
         if let Some(rate) = self.rate {
-            if !self.take_token(rate, class, id, caller, now_ms) {
-                return None;
-            }
+            self.take_token(rate, class, id, caller, now_ms)?;
         }
-        Some(permit)
+        Ok(permit)
     }
 
     fn take_token(
@@ -134,7 +138,7 @@ impl Admission {
         id: ObjectId,
         caller: &str,
         now_ms: u64,
-    ) -> bool {
+    ) -> Result<(), u64> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (class, id, caller).hash(&mut h);
         let map = &self.buckets[(h.finish() % self.buckets.len() as u64) as usize];
@@ -157,9 +161,12 @@ impl Admission {
         b.at_ms = b.at_ms.max(now_ms);
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            // When the bucket holds a whole token again.
+            Err(((1.0 - b.tokens) / rate.per_second * 1000.0 - 1e-6)
+                .ceil()
+                .max(1.0) as u64)
         }
     }
 }
@@ -174,8 +181,9 @@ mod tests {
         let id = ObjectId::from_name("C", "x");
         let p1 = a.admit("C", id, "k", 10, 0).unwrap();
         let p2 = a.admit("C", id, "k", 10, 0).unwrap();
-        assert!(
-            a.admit("C", id, "k", 10, 0).is_none(),
+        assert_eq!(
+            a.admit("C", id, "k", 10, 0).err(),
+            Some(BOUNDS_RETRY_MS),
             "a third call in flight"
         );
         drop(p1);
@@ -184,13 +192,10 @@ mod tests {
         assert_eq!(a.calls.load(Ordering::Acquire), 0);
         assert_eq!(a.bytes.load(Ordering::Acquire), 0);
         let big = a.admit("C", id, "k", 90, 0).unwrap();
-        assert!(
-            a.admit("C", id, "k", 20, 0).is_none(),
-            "past the byte bound"
-        );
+        assert!(a.admit("C", id, "k", 20, 0).is_err(), "past the byte bound");
         drop(big);
         assert!(
-            a.admit("C", id, "k", 500, 0).is_some(),
+            a.admit("C", id, "k", 500, 0).is_ok(),
             "alone, a big call gets in"
         );
     }
@@ -201,22 +206,23 @@ mod tests {
         let x = ObjectId::from_name("C", "x");
         let y = ObjectId::from_name("C", "y");
         let admitted = (0..10)
-            .filter(|_| a.admit("C", x, "k", 1, 0).is_some())
+            .filter(|_| a.admit("C", x, "k", 1, 0).is_ok())
             .count();
         assert_eq!(admitted, 3, "the burst");
-        assert!(a.admit("C", y, "k", 1, 0).is_some(), "another object");
-        assert!(a.admit("C", x, "other", 1, 0).is_some(), "another caller");
-        assert!(
-            a.admit("C", x, "k", 1, 499).is_none(),
-            "not yet one token back"
+        assert!(a.admit("C", y, "k", 1, 0).is_ok(), "another object");
+        assert!(a.admit("C", x, "other", 1, 0).is_ok(), "another caller");
+        assert_eq!(
+            a.admit("C", x, "k", 1, 499).err(),
+            Some(1),
+            "not yet one token back: the hint says when"
         );
         assert!(
-            a.admit("C", x, "k", 1, 500).is_some(),
+            a.admit("C", x, "k", 1, 500).is_ok(),
             "one token after 500 ms at 2/s"
         );
-        assert!(a.admit("C", x, "k", 1, 500).is_none());
+        assert_eq!(a.admit("C", x, "k", 1, 500).err(), Some(500), "the hint");
         let after = (0..10)
-            .filter(|_| a.admit("C", x, "k", 1, 60_000).is_some())
+            .filter(|_| a.admit("C", x, "k", 1, 60_000).is_ok())
             .count();
         assert_eq!(after, 3, "refilled to the burst, no more");
     }

@@ -156,14 +156,17 @@ impl Calls {
         if self.shutting_down.load(Ordering::Acquire) {
             return Response::Error(WireError::ShuttingDown);
         }
-        let Some(_permit) = self.admission.admit(
+        let _permit = match self.admission.admit(
             class.name,
             request.object,
             &caller.0,
             request.args.len(),
             received,
-        ) else {
-            return Response::Error(WireError::Overloaded);
+        ) {
+            Ok(permit) => permit,
+            Err(retry_after_ms) => {
+                return Response::Error(WireError::OverloadedRetry { retry_after_ms })
+            }
         };
         tracing::trace!(class = class.name, id = %request.object, method = %request.method, caller = %caller.0, "call");
         crate::telemetry::calls_in_flight(self.in_flight.get());

@@ -357,6 +357,9 @@ fn for_version(response: Response, version: u8) -> Response {
                 message: format!("call cycle: {}", chain.join(" -> ")),
             })
         }
+        Response::Error(WireError::OverloadedRetry { .. }) if version < 2 => {
+            Response::Error(WireError::Overloaded)
+        }
         other => other,
     }
 }

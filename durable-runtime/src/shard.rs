@@ -344,7 +344,9 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
         match refused {
             Ok(()) => slot.notify.notify_one(),
             Err(Work::Call(call)) => {
-                let _ = call.reply.send(Response::Error(WireError::Overloaded));
+                let _ = call.reply.send(Response::Error(WireError::OverloadedRetry {
+                    retry_after_ms: QUEUE_FULL_RETRY_MS,
+                }));
             }
             Err(Work::Alarm) => config.alarms.wake_done(),
         }
@@ -426,6 +428,9 @@ struct Pending {
     /// A commit in the middle of the batch failed: the batch fails with this.
     broken: Option<CommitError>,
 }
+
+/// The retry-after hint for a call refused because its object's queue is full.
+const QUEUE_FULL_RETRY_MS: u64 = 50;
 
 /// How long an object stays quiet before its connection gives back its page cache.
 const IDLE_RELEASE: Duration = Duration::from_secs(1);

@@ -98,7 +98,7 @@ pub(crate) fn outcome(response: &durable_client::wire::Response) -> &'static str
             WireError::UnknownClass { .. } => "unknown_class",
             WireError::UnknownMethod { .. } => "unknown_method",
             WireError::SchemaMismatch { .. } => "schema_mismatch",
-            WireError::Overloaded => "overloaded",
+            WireError::Overloaded | WireError::OverloadedRetry { .. } => "overloaded",
             WireError::Timeout => "timeout",
             WireError::ObjectReset { .. } => "object_reset",
             WireError::TooLarge { .. } => "too_large",

@@ -31,7 +31,9 @@ async fn a_full_queue_answers_overloaded_quickly() {
     let (mut overloaded, mut ok) = (0, 0);
     for t in tasks {
         match t.await.unwrap() {
-            (Err(CallError::Overloaded), took) => {
+            (Err(CallError::Overloaded { retry_after }), took) => {
+                // A full queue says when to try again.
+                assert_eq!(retry_after, Some(Duration::from_millis(50)));
                 overloaded += 1;
                 assert!(
                     took < Duration::from_millis(500),
@@ -45,7 +47,7 @@ async fn a_full_queue_answers_overloaded_quickly() {
     holder.await.unwrap().unwrap();
     assert_eq!(ok, 4, "exactly the queue's capacity waits and succeeds");
     assert_eq!(overloaded, 16);
-    assert!(CallError::<durable::NoError>::Overloaded.is_retry_safe());
+    assert!(CallError::<durable::NoError>::Overloaded { retry_after: None }.is_retry_safe());
     // After the queue drains the object serves normally.
     probe.put("after".into(), 1).await.unwrap();
 }
@@ -68,7 +70,7 @@ async fn a_caller_past_its_rate_on_one_object_hears_overloaded_at_once_and_nothi
     let ok = results.iter().filter(|r| r.is_ok()).count();
     let overloaded = results
         .iter()
-        .filter(|r| matches!(r, Err(CallError::Overloaded)))
+        .filter(|r| matches!(r, Err(CallError::Overloaded { .. })))
         .count();
     assert_eq!(ok + overloaded, 20, "{results:?}");
     assert!(
@@ -79,13 +81,24 @@ async fn a_caller_past_its_rate_on_one_object_hears_overloaded_at_once_and_nothi
         Err(e) => e.is_retry_safe(),
         Ok(_) => true,
     }));
-    // What was refused was not applied. (Reading is a call too: it waits for the
-    // bucket to refill, as a well-behaved caller would.)
+    // Each refusal says when the bucket holds a token again: within its refill time
+    // (1 s at 1/s), never zero.
+    for r in &results {
+        if let Err(CallError::Overloaded { retry_after }) = r {
+            let after = retry_after.expect("a rate refusal carries a hint");
+            assert!(
+                after > Duration::ZERO && after <= Duration::from_secs(1),
+                "{after:?}"
+            );
+        }
+    }
+    // What was refused was not applied. (Reading is a call too: it waits as long as
+    // the hint says, as a well-behaved caller would.)
     let value = loop {
         match counter.get().await {
-            Err(CallError::Overloaded) if started.elapsed() < Duration::from_secs(5) => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
+            Err(CallError::Overloaded {
+                retry_after: Some(after),
+            }) if started.elapsed() < Duration::from_secs(5) => tokio::time::sleep(after).await,
             other => break other.unwrap(),
         }
     };
@@ -116,7 +129,8 @@ async fn the_host_bounds_calls_in_flight_across_objects() {
     for t in tasks {
         match t.await.unwrap() {
             (Ok(()), _) => ok += 1,
-            (Err(CallError::Overloaded), took) => {
+            (Err(CallError::Overloaded { retry_after }), took) => {
+                assert!(retry_after.is_some());
                 assert!(
                     took < Duration::from_millis(400),
                     "refused at once, not after {took:?}"

@@ -118,6 +118,14 @@ impl ApiError {
                 "the object's queue is full; the call was not applied",
             )
             .retry_after(1),
+            WireError::OverloadedRetry { retry_after_ms } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                "the object or the host is overloaded, or this caller exceeded its rate; the call was not applied",
+            )
+            .with("retry_after_ms", retry_after_ms)
+            // Retry-After counts whole seconds: round up, at least one.
+            .retry_after(retry_after_ms.div_ceil(1000).clamp(1, u64::from(u32::MAX)) as u32),
             WireError::Timeout => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,
                 "timeout",

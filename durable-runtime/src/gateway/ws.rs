@@ -214,7 +214,7 @@ fn judge(answer: Answer, refused: &str) -> Result<(), (u16, String)> {
         Answer::AppError(_) if refused.is_empty() => Ok(()),
         Answer::AppError(_) => Err((CLOSE_REFUSED, refused.to_owned())),
         Answer::Error(WireError::BadArguments { message }) => Err((CLOSE_REFUSED, message)),
-        Answer::Error(WireError::Overloaded) => {
+        Answer::Error(WireError::Overloaded | WireError::OverloadedRetry { .. }) => {
             Err((CLOSE_TRY_AGAIN, "the object is overloaded".into()))
         }
         Answer::Error(WireError::ShuttingDown) => {
