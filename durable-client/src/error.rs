@@ -130,6 +130,16 @@ pub enum CallError<E = NoError> {
     /// chain, from the first caller to the object called again. Nothing was applied.
     #[error("call cycle: {}", .0.join(" -> "))]
     CallCycle(Vec<String>),
+    /// The call's writes would have taken the object past the host's size limit per
+    /// object; they were rolled back, nothing was applied. Delete data (calls that
+    /// delete still work) or raise the limit (`--max-object-bytes`).
+    #[error("the object would hold {size} bytes, past its limit of {limit}; nothing was applied")]
+    ObjectTooLarge {
+        /// The bytes the object would have held.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 impl<E> CallError<E> {
@@ -152,6 +162,7 @@ impl<E> CallError<E> {
             | CallError::StorageFull(_)
             | CallError::RequestReused
             | CallError::CallCycle(_)
+            | CallError::ObjectTooLarge { .. }
             | CallError::Internal(_) => Retry::NotApplied,
             CallError::Timeout
             | CallError::ConnectionLost(_)
@@ -205,6 +216,7 @@ impl<E> CallError<E> {
             CallError::RequestReused => CallError::RequestReused,
             CallError::Indeterminate(m) => CallError::Indeterminate(m),
             CallError::CallCycle(c) => CallError::CallCycle(c),
+            CallError::ObjectTooLarge { size, limit } => CallError::ObjectTooLarge { size, limit },
         }
     }
 }
@@ -239,6 +251,7 @@ impl<E> From<WireError> for CallError<E> {
             WireError::StorageFull { message } => CallError::StorageFull(message),
             WireError::RequestReused => CallError::RequestReused,
             WireError::CallCycle { chain } => CallError::CallCycle(chain),
+            WireError::ObjectTooLarge { size, limit } => CallError::ObjectTooLarge { size, limit },
         }
     }
 }

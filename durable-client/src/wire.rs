@@ -257,6 +257,15 @@ pub enum WireError {
         /// Milliseconds after which a retry may get in (exact for a caller's rate).
         retry_after_ms: u64,
     },
+    /// The call's writes would take the object's database past the host's size limit
+    /// per object (protocol version 2; version 1 clients get `StorageFull`): they
+    /// were rolled back, nothing was applied. Calls that delete still work.
+    ObjectTooLarge {
+        /// The bytes the object would have held.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 impl WireError {
@@ -281,6 +290,7 @@ impl WireError {
             | WireError::RequestReused
             | WireError::CallCycle { .. }
             | WireError::OverloadedRetry { .. }
+            | WireError::ObjectTooLarge { .. }
             | WireError::Internal { .. } => Retry::NotApplied,
         }
     }

@@ -86,6 +86,10 @@ enum Command {
         /// that answers nothing for two intervals is closed.
         #[arg(long, env = "DURABLE_WS_PING_SECS", default_value_t = 30.0)]
         ws_ping_secs: f64,
+        /// Most bytes one object's database may hold; a call that would take it past
+        /// this is rolled back with ObjectTooLarge.
+        #[arg(long, env = "DURABLE_MAX_OBJECT_BYTES", default_value_t = crate::host::DEFAULT_MAX_OBJECT_BYTES)]
+        max_object_bytes: u64,
         /// Accept client certificates signed by the CA in this PEM file instead of the
         /// token (token clients still connect unless --require-client-cert). Not set:
         /// no client certificate is trusted, not even from the host's own dev CA.
@@ -288,6 +292,7 @@ where
             caller_rate,
             max_sockets,
             ws_ping_secs,
+            max_object_bytes,
             client_ca,
             require_client_cert,
             http,
@@ -326,6 +331,7 @@ where
                         l.max_inflight_bytes = max_inflight_bytes.max(1);
                         l.caller_rate = caller_rate;
                         l.max_sockets = max_sockets;
+                        l.max_object_bytes = max_object_bytes.max(1);
                         l.ws_ping_interval = if ws_ping_secs.is_finite() && ws_ping_secs > 0.0 {
                             Duration::from_secs_f64(ws_ping_secs.min(86_400.0))
                         } else {

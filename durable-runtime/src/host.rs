@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The default [`Limits::max_object_bytes`]: 10 GiB.
+pub const DEFAULT_MAX_OBJECT_BYTES: u64 = 10 << 30;
+
 /// Limits a host enforces.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -70,6 +73,11 @@ pub struct Limits {
     /// closes one that answered nothing for two intervals
     /// ([`crate::CLOSE_NO_PONG`]). Zero: no pings. Default 30 s.
     pub ws_ping_interval: Duration,
+    /// Most bytes an object's database may hold (its pages in use). A call whose
+    /// writes take the object past it is rolled back and answered `ObjectTooLarge`
+    /// (not applied); calls that delete still work. Checked when each writing call
+    /// ends. Default 10 GiB.
+    pub max_object_bytes: u64,
 }
 
 impl Default for Limits {
@@ -92,6 +100,7 @@ impl Default for Limits {
             caller_rate: None,
             max_sockets: crate::sockets::DEFAULT_MAX_SOCKETS,
             ws_ping_interval: Duration::from_secs(30),
+            max_object_bytes: DEFAULT_MAX_OBJECT_BYTES,
         }
     }
 }
@@ -639,6 +648,7 @@ impl Host {
                     sockets: Some(sockets.clone()),
                     streams: Some(streams.clone()),
                     local: local.clone(),
+                    max_object_bytes: limits.max_object_bytes,
                 },
             )
             .map_err(|e| HostError::io("starting shard threads", e))?,

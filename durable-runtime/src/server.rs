@@ -360,6 +360,13 @@ fn for_version(response: Response, version: u8) -> Response {
         Response::Error(WireError::OverloadedRetry { .. }) if version < 2 => {
             Response::Error(WireError::Overloaded)
         }
+        Response::Error(WireError::ObjectTooLarge { size, limit }) if version < 2 => {
+            Response::Error(WireError::StorageFull {
+                message: format!(
+                    "the object would hold {size} bytes, past its limit of {limit}; nothing was applied"
+                ),
+            })
+        }
         other => other,
     }
 }

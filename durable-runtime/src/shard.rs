@@ -85,6 +85,8 @@ pub(crate) struct ShardConfig {
     pub(crate) streams: Option<Arc<crate::streams::Hub>>,
     /// How turns call the host's other objects.
     pub(crate) local: LocalSlot,
+    /// Most bytes of pages in use per object database.
+    pub(crate) max_object_bytes: u64,
 }
 
 /// The shard threads and the channels into them.
@@ -1916,6 +1918,18 @@ fn write_marker(conn: &rusqlite::Connection) -> (u64, i64) {
     (conn.total_changes(), schema)
 }
 
+/// The bytes of pages `conn`'s database holds in use (free pages left out: an object
+/// that deleted rows may write again), if more than `limit`.
+fn over_size(conn: &rusqlite::Connection, limit: u64) -> rusqlite::Result<Option<u64>> {
+    let used: i64 = conn
+        .prepare_cached(
+            "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
+        )?
+        .query_row([], |r| r.get(0))?;
+    let used = used.max(0) as u64;
+    Ok((used > limit).then_some(used))
+}
+
 enum CallResult {
     Reply(Response),
     /// The request id was applied by an earlier batch: its recorded answer stands,
@@ -2011,6 +2025,15 @@ async fn run_call(
     let response = match outcome {
         TurnOutcome::Return(bytes) => {
             if wrote {
+                if let Some(size) = over_size(&ctx.conn, obj.config.max_object_bytes).map_err(db)? {
+                    rollback(ctx)?;
+                    return Ok(CallResult::Reply(Response::Error(
+                        WireError::ObjectTooLarge {
+                            size,
+                            limit: obj.config.max_object_bytes,
+                        },
+                    )));
+                }
                 let outcome = Recorded::Return(bytes.clone());
                 store::record_request(&ctx.conn, &request.request_id, digest, &outcome, window)
                     .map_err(db)?;
@@ -2083,7 +2106,18 @@ async fn run_due_alarms(
                 ctx.alarm_attempt = None;
                 let effects = std::mem::take(&mut ctx.effects);
                 let failed = match outcome {
-                    Ok(TurnOutcome::Return(_)) => None,
+                    Ok(TurnOutcome::Return(_)) => match over_size(&ctx.conn, config.max_object_bytes)
+                        .map_err(db)?
+                    {
+                        None => None,
+                        Some(size) => Some((
+                            format!(
+                                "the handler's writes would take the object to {size} bytes, past its limit of {}",
+                                config.max_object_bytes
+                            ),
+                            None,
+                        )),
+                    },
                     Ok(TurnOutcome::AppError(bytes)) => Some((
                         format!("the handler returned an error ({} bytes)", bytes.len()),
                         None,

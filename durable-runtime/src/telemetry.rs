@@ -112,6 +112,7 @@ pub(crate) fn outcome(response: &durable_client::wire::Response) -> &'static str
             WireError::StorageFull { .. } => "storage_full",
             WireError::RequestReused => "request_reused",
             WireError::CallCycle { .. } => "call_cycle",
+            WireError::ObjectTooLarge { .. } => "object_too_large",
         },
     }
 }

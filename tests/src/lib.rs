@@ -34,10 +34,39 @@ impl Probe {
         ctx.sql().migrate(&[
             "CREATE TABLE entries(key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
             "CREATE TABLE rings(key TEXT NOT NULL, attempt INTEGER NOT NULL, at_ms INTEGER NOT NULL, seq INTEGER NOT NULL)",
+            "CREATE TABLE blobs(key TEXT PRIMARY KEY, data BLOB NOT NULL)",
         ])?;
         Ok(Probe {
             attempts: Vec::new(),
         })
+    }
+
+    /// Store `bytes` bytes of data under `key` (replacing what was there).
+    pub async fn put_blob(
+        &mut self,
+        ctx: &mut Context,
+        key: String,
+        bytes: u32,
+    ) -> Result<(), Error> {
+        ctx.sql().execute(
+            "INSERT OR REPLACE INTO blobs(key, data) VALUES (?1, zeroblob(?2))",
+            durable::rusqlite::params![key, bytes],
+        )?;
+        Ok(())
+    }
+
+    /// Delete the blob under `key`; whether there was one.
+    pub async fn delete_blob(&mut self, ctx: &mut Context, key: String) -> Result<bool, Error> {
+        Ok(ctx
+            .sql()
+            .execute("DELETE FROM blobs WHERE key = ?1", [key])?
+            > 0)
+    }
+
+    /// The keys of the stored blobs, in order.
+    pub async fn blobs(&mut self, ctx: &mut Context) -> Result<Vec<String>, Error> {
+        ctx.sql()
+            .query("SELECT key FROM blobs ORDER BY key", [], |r| r.get(0))
     }
 
     /// Schedule the `ring` alarm under `key` at `at_ms` (ms since the epoch); its first

@@ -97,3 +97,47 @@ async fn rows_map_to_structs_by_column_name() {
         other => panic!("expected a Codec error, got {other:?}"),
     }
 }
+
+/// The per-object size limit: a call whose writes take the object past it is rolled
+/// back with `ObjectTooLarge` (not applied), the object keeps serving, and once data is
+/// deleted writes fit again; all of it across a crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_past_its_size_limit_refuses_the_write_and_keeps_serving() {
+    use durable::CallError;
+    use durable_tests::Probe;
+    let limit = 1u64 << 20;
+    let mut t = TestHost::start(move |h| {
+        h.register::<Probe>()
+            .with_limits(move |l| l.max_object_bytes = limit)
+    })
+    .await;
+    let p = t.get::<Probe>("big");
+    let mut stored = Vec::new();
+    let refused = loop {
+        let key = format!("b{:02}", stored.len());
+        match p.put_blob(key.clone(), 200_000).await {
+            Ok(()) => stored.push(key),
+            Err(e) => break e,
+        }
+        assert!(stored.len() < 20, "the limit never bit");
+    };
+    let CallError::ObjectTooLarge { size, limit: l } = refused else {
+        panic!("expected ObjectTooLarge, got {refused:?}");
+    };
+    assert_eq!(l, limit);
+    assert!(size > limit, "{size}");
+    assert!(refused.is_retry_safe());
+    assert!((3..=5).contains(&stored.len()), "{}", stored.len());
+    // The refused write left nothing; what fit is all there.
+    assert_eq!(p.blobs().await.unwrap(), stored);
+    // Reads and small writes that fit still work; deleting makes room again.
+    p.put("small".into(), 1).await.unwrap();
+    assert!(p.delete_blob(stored[0].clone()).await.unwrap());
+    p.put_blob("again".into(), 200_000).await.unwrap();
+    t.crash().await;
+    let p = t.get::<Probe>("big");
+    let mut expect: Vec<String> = stored[1..].to_vec();
+    expect.push("again".into());
+    expect.sort();
+    assert_eq!(p.blobs().await.unwrap(), expect);
+}

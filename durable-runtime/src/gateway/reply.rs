@@ -171,6 +171,13 @@ impl ApiError {
                 "request_reused",
                 "the Idempotency-Key was used before by a different call to this object; this call was not applied",
             ),
+            WireError::ObjectTooLarge { size, limit } => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "object_too_large",
+                format!("the object would hold {size} bytes, past its limit of {limit}; the call was not applied"),
+            )
+            .with("size", size)
+            .with("limit", limit),
             WireError::CallCycle { chain } => ApiError::new(
                 StatusCode::CONFLICT,
                 "call_cycle",
