@@ -2106,18 +2106,17 @@ async fn run_due_alarms(
                 ctx.alarm_attempt = None;
                 let effects = std::mem::take(&mut ctx.effects);
                 let failed = match outcome {
-                    Ok(TurnOutcome::Return(_)) => match over_size(&ctx.conn, config.max_object_bytes)
+                    Ok(TurnOutcome::Return(_)) => over_size(&ctx.conn, config.max_object_bytes)
                         .map_err(db)?
-                    {
-                        None => None,
-                        Some(size) => Some((
-                            format!(
-                                "the handler's writes would take the object to {size} bytes, past its limit of {}",
-                                config.max_object_bytes
-                            ),
-                            None,
-                        )),
-                    },
+                        .map(|size| {
+                            (
+                                format!(
+                                    "the handler's writes would take the object to {size} bytes, past its limit of {}",
+                                    config.max_object_bytes
+                                ),
+                                None,
+                            )
+                        }),
                     Ok(TurnOutcome::AppError(bytes)) => Some((
                         format!("the handler returned an error ({} bytes)", bytes.len()),
                         None,
