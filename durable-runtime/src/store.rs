@@ -119,6 +119,40 @@ pub(crate) fn release_idle_memory(conn: &Connection) {
     }
 }
 
+/// Under the host log, closing an object's connection (eviction) writes and syncs
+/// nothing: SQLite neither checkpoints its WAL into the file on close (that costs an
+/// fsync of the file) nor deletes the WAL and shared-memory files (two unlinks, and
+/// new inodes at the next open). The WAL's frames stay valid (checksummed; the next
+/// open indexes them again), the log holds every batch until a log checkpoint has
+/// synced the object's file and WAL, and a restore removes a stale WAL before it
+/// installs a file. SQLite still checkpoints as the WAL grows, with its own ordering.
+fn keep_wal_on_close(conn: &Connection) {
+    use rusqlite::ffi;
+    let mut on: std::os::raw::c_int = 1;
+    // SAFETY: a live connection with no statements yet; the config and file-control
+    // calls take a pointer to an int that outlives them.
+    unsafe {
+        let rc = ffi::sqlite3_db_config(
+            conn.handle(),
+            ffi::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            1 as std::os::raw::c_int,
+            std::ptr::null_mut::<std::os::raw::c_int>(),
+        );
+        if rc != ffi::SQLITE_OK {
+            tracing::debug!(rc, "could not turn off the checkpoint on close");
+        }
+        let rc = ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&mut on as *mut std::os::raw::c_int).cast(),
+        );
+        if rc != ffi::SQLITE_OK {
+            tracing::debug!(rc, "could not keep the WAL file on close");
+        }
+    }
+}
+
 /// Open (creating if needed) the database of one object and wrap it in a [`Context`].
 /// Returns whether the runtime's tables were created or changed by opening (a new
 /// object, or one written by an older version): its next batch must ship an image. With `sync_new`, a new file and its directory
@@ -158,6 +192,9 @@ pub(crate) fn open(
     if rc != rusqlite::ffi::SQLITE_OK {
         tracing::debug!(rc, "could not shrink the lookaside memory");
     }
+    if !sync_new {
+        keep_wal_on_close(&conn);
+    }
     // A new object ships a whole image with its first batch.
     let mut upgraded = fresh;
     // A new file under the host log needs no sync of its own: its first batch ships a
@@ -176,6 +213,9 @@ pub(crate) fn open(
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "cache_size", -256)?;
+        // The WAL is kept when the object closes (see `keep_wal_on_close`): once a
+        // checkpoint has emptied it, shrink it back to 64 KiB.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.set_prepared_statement_cache_capacity(32);
         let tx = conn.unchecked_transaction()?;

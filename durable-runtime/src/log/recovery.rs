@@ -175,8 +175,9 @@ pub(crate) fn salvage_log(data_dir: &Path, now_ms: u64) -> Result<SalvageReport,
 /// The digest recorded for an object: (batch number, content digest).
 pub(crate) type DigestOf<'a> = &'a dyn Fn(&str, ObjectId) -> Option<(u64, u64)>;
 
-/// Whether the object file at `path` is damaged: its batch number is the one its
-/// digest was recorded at and its content no longer matches, or it cannot be read.
+/// Whether the object file at `path` is damaged: its batch number is below the one its
+/// digest was recorded at (committed batches lost), or equal with other content, or
+/// SQLite cannot read it.
 pub(crate) fn damaged(path: &Path, recorded: (u64, u64)) -> bool {
     let read = || -> rusqlite::Result<(u64, u64)> {
         let conn = rusqlite::Connection::open_with_flags(
@@ -189,7 +190,10 @@ pub(crate) fn damaged(path: &Path, recorded: (u64, u64)) -> bool {
         ))
     };
     match read() {
-        Ok((seq, digest)) => seq == recorded.0 && digest != recorded.1,
+        // Behind the batch it held when it stopped cleanly (recovery has replayed what
+        // the log still had): committed batches were lost, as when a damaged WAL frame
+        // makes SQLite stop reading the WAL there. Or at that batch with other content.
+        Ok((seq, digest)) => seq < recorded.0 || (seq == recorded.0 && digest != recorded.1),
         // Only what SQLite reports as a damaged file counts: a passing error (too many
         // open files, a full disk, an I/O error) must not move a healthy file aside.
         Err(rusqlite::Error::SqliteFailure(e, _)) => matches!(
