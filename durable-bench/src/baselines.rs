@@ -318,14 +318,22 @@ pub fn spawn_self_lines(
 impl Server {
     /// Resident set size of the process, in bytes.
     pub fn rss(&self) -> u64 {
+        self.status_kb("VmRSS:") * 1024
+    }
+
+    /// Its file-backed resident memory in bytes (mapped files: SQLite's WAL indexes).
+    pub fn rss_file(&self) -> u64 {
+        self.status_kb("RssFile:") * 1024
+    }
+
+    fn status_kb(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
             .unwrap_or(0)
-            * 1024
     }
 
     /// The process id.

@@ -101,6 +101,8 @@ fn build_template() -> rusqlite::Result<Vec<u8>> {
 /// more CPU than they hold memory (flushing them too made alarms that wake quiet
 /// objects run 100 ms late at p99).
 pub(crate) fn release_idle_memory(conn: &Connection) {
+    // Prepared statements hold a few KiB each and are cheap to prepare again.
+    conn.flush_prepared_statement_cache();
     // SAFETY: a live connection owned by this thread.
     unsafe {
         rusqlite::ffi::sqlite3_db_release_memory(conn.handle());
