@@ -25,6 +25,7 @@ mod host;
 mod log;
 mod ops;
 mod placement;
+mod reads;
 mod record;
 pub mod restore;
 mod restore_target;
@@ -49,6 +50,7 @@ pub use host::{DurabilityMode, Host, Limits, RunningHost};
 pub use log::recovery::RecoveryReport;
 pub use log::{LogConfig, LogRecord, RecordKind, TailProblem};
 pub use placement::{Owner, Placement, SingleHost};
+pub use reads::{ReadContext, ReadSql, ReadStorage};
 pub use sockets::{
     FromWsMessage, Socket, SocketHandlers, SocketId, WsMessage, CLOSE_INTERNAL, CLOSE_NO_PONG,
     CLOSE_REFUSED, CLOSE_SLOW_CLIENT, CLOSE_TRY_AGAIN, DEFAULT_MAX_SOCKETS, MAX_ATTACHMENT_BYTES,
@@ -73,5 +75,6 @@ pub mod __private {
     };
     pub use crate::context::Context;
     pub use crate::error::Error;
+    pub use crate::reads::ReadContext;
     pub use crate::sockets::{FromWsMessage, SocketEvent, SocketHandlers};
 }

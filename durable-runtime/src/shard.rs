@@ -179,6 +179,36 @@ struct Slot {
     /// failing): it must not be evicted, it heals and commits itself (until then every
     /// checkpoint stays below those batches).
     pinned: Cell<bool>,
+    /// Its read-only calls (see [`crate::reads`]).
+    reads: crate::reads::ReadState,
+}
+
+impl Slot {
+    /// No work queued or running, no output waiting, no read in flight.
+    fn idle(&self) -> bool {
+        self.core.borrow().is_idle() && !self.reads.busy()
+    }
+}
+
+impl crate::reads::Writer for Slot {
+    fn reads(&self) -> &crate::reads::ReadState {
+        &self.reads
+    }
+    fn durable(&self) -> u64 {
+        self.core.borrow().durable()
+    }
+    fn fallback(&self, now: u64, call: Call) {
+        match self.core.borrow_mut().arrive(now, Work::Call(call)) {
+            Ok(()) => self.notify.notify_one(),
+            Err(Work::Call(call)) => {
+                let _ = call.reply.send(Response::Error(WireError::Overloaded));
+            }
+            Err(Work::Alarm) => {}
+        }
+    }
+    fn touch(&self, now: u64) {
+        self.core.borrow_mut().touch(now);
+    }
 }
 
 /// Work for an object: a call, or a wake-up to run due alarms.
@@ -203,6 +233,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         notify: Notify::new(),
         rewinds: Cell::new(0),
         pinned: Cell::new(false),
+        reads: Default::default(),
     });
     let object = Object {
         slot: slot.clone(),
@@ -249,10 +280,8 @@ fn sweep(
     let now = config.clock.now_ms();
     let timeout = config.idle_timeout.as_millis() as u64;
     objects.retain(|_, slot| {
-        let core = slot.core.borrow();
-        let keep = slot.pinned.get()
-            || !(core.is_idle() && now.saturating_sub(core.last_used()) >= timeout);
-        drop(core);
+        let last_used = slot.core.borrow().last_used();
+        let keep = slot.pinned.get() || !(slot.idle() && now.saturating_sub(last_used) >= timeout);
         if !keep {
             close_slot(slot, now);
         }
@@ -262,7 +291,7 @@ fn sweep(
     if objects.len() > limit {
         let mut candidates: Vec<_> = objects
             .iter()
-            .filter(|(_, s)| s.core.borrow().is_idle() && !s.pinned.get())
+            .filter(|(_, s)| s.idle() && !s.pinned.get())
             .map(|(k, s)| (s.core.borrow().last_used(), *k))
             .collect();
         let excess = (objects.len() - limit).min(candidates.len());
@@ -295,6 +324,16 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
             None => break true,
             Some(Message::Close(drain)) => break drain,
             Some(Message::Call(call)) => {
+                // A read-only call to an active object runs at once on its reader.
+                let call = match objects.get(&(call.class.name, call.request.object)) {
+                    Some(slot) if call.class.is_read(call.method) => {
+                        match crate::reads::offer(slot, &config, call) {
+                            Ok(()) => continue,
+                            Err(call) => call,
+                        }
+                    }
+                    _ => call,
+                };
                 (call.class.clone(), call.request.object, Work::Call(call))
             }
             Some(Message::Alarm(class, id)) => {
@@ -306,7 +345,7 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
             }
             Some(Message::Evict(class, id, done)) => {
                 let active = match objects.get(&(class, id)) {
-                    Some(slot) if slot.core.borrow().is_idle() && !slot.pinned.get() => {
+                    Some(slot) if slot.idle() && !slot.pinned.get() => {
                         close_slot(slot, config.clock.now_ms());
                         objects.remove(&(class, id));
                         true
@@ -954,6 +993,7 @@ impl Object {
             let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
             self.log = Some(durability.attach(self.class.name, self.id, &path, self.seq));
             self.slot.rewinds.set(0);
+            self.slot.reads.writer_opened();
             if let Err(e) = self.config.catalog.add(self.class.name, self.id) {
                 tracing::warn!(class = self.class.name, id = %self.id, error = %e, "adding the object to the catalog");
             }
@@ -1343,7 +1383,10 @@ impl Object {
                 "the batch is in the host log but its commit failed: {e}"
             )));
         }
-        if (!self.config.defer_commits || self.deferred >= DEFER_MAX_BATCHES)
+        // With readers about, the file commits as soon as the batch is durable: before
+        // its replies leave (see `crate::reads`).
+        let read_friendly = self.slot.reads.friendly(now);
+        if (!self.config.defer_commits || self.deferred >= DEFER_MAX_BATCHES || read_friendly)
             && self.commit_deferred(false).await == FileCommit::Stopped
         {
             return Err(CommitError::Indeterminate(
@@ -1659,6 +1702,7 @@ impl Object {
         self.spare_capture = None;
         self.ctx = None;
         let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
+        self.slot.reads.file_replaced();
         if let Err(e) = store::write_image(&path, &image) {
             self.poisoned = true;
             return Err(format!(
@@ -1898,7 +1942,7 @@ async fn run_due_alarms(
     Ok(CallResult::Reply(Response::Welcome))
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = panic.downcast_ref::<String>() {

@@ -8,7 +8,7 @@ mod shelf;
 pub use ledger::Ledger;
 pub use shelf::{Shelf, StockRow};
 
-use durable::{alarm, durable_object, Context, Error};
+use durable::{alarm, durable_object, Context, Error, ReadContext};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// An object that does what a test tells it to.
@@ -108,7 +108,7 @@ impl Probe {
     }
 
     /// Successful rings stored: (key, attempt, at_ms), in order.
-    pub async fn rings(&self, ctx: &mut Context) -> Result<Vec<(String, u32, u64)>, Error> {
+    pub async fn rings(&self, ctx: &ReadContext) -> Result<Vec<(String, u32, u64)>, Error> {
         ctx.sql().query(
             "SELECT key, attempt, at_ms FROM rings ORDER BY rowid",
             [],
@@ -117,7 +117,7 @@ impl Probe {
     }
 
     /// The process-wide delivery sequence numbers of the stored rings.
-    pub async fn ring_seqs(&self, ctx: &mut Context) -> Result<Vec<u64>, Error> {
+    pub async fn ring_seqs(&self, ctx: &ReadContext) -> Result<Vec<u64>, Error> {
         ctx.sql()
             .query("SELECT seq FROM rings ORDER BY rowid", [], |r| {
                 Ok(r.get::<_, i64>(0)? as u64)
@@ -125,12 +125,12 @@ impl Probe {
     }
 
     /// Every ring attempt this instance saw, failed ones included.
-    pub async fn attempts(&self, _ctx: &mut Context) -> Vec<(String, u32, u64)> {
+    pub async fn attempts(&self, _ctx: &ReadContext) -> Vec<(String, u32, u64)> {
         self.attempts.clone()
     }
 
     /// Keys of pending alarms.
-    pub async fn pending(&self, ctx: &mut Context) -> Result<Vec<String>, Error> {
+    pub async fn pending(&self, ctx: &ReadContext) -> Result<Vec<String>, Error> {
         Ok(ctx.pending_alarms()?.into_iter().map(|a| a.key).collect())
     }
 
@@ -165,7 +165,7 @@ impl Probe {
     }
 
     /// The value under `key`.
-    pub async fn get(&self, ctx: &mut Context, key: String) -> Result<Option<i64>, Error> {
+    pub async fn get(&self, ctx: &ReadContext, key: String) -> Result<Option<i64>, Error> {
         ctx.sql()
             .query_opt("SELECT value FROM entries WHERE key = ?1", [key], |r| {
                 r.get(0)
@@ -197,7 +197,7 @@ impl Probe {
     }
 
     /// A bookmark of the object's state now.
-    pub async fn bookmark(&self, ctx: &mut Context) -> Option<u64> {
+    pub async fn bookmark(&self, ctx: &ReadContext) -> Option<u64> {
         ctx.bookmark()
     }
 
@@ -389,7 +389,7 @@ impl Starter {
     }
 
     /// How many times the `boot` alarm ran.
-    pub async fn boots(&self, ctx: &mut Context) -> Result<i64, Error> {
+    pub async fn boots(&self, ctx: &ReadContext) -> Result<i64, Error> {
         ctx.sql()
             .query_row("SELECT count(*) FROM boots", [], |r| r.get(0))
     }
