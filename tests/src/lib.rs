@@ -3,9 +3,11 @@
 //! example class.
 
 mod ledger;
+mod reader;
 mod shelf;
 
 pub use ledger::Ledger;
+pub use reader::Reader;
 pub use shelf::{Shelf, StockRow};
 
 use durable::{alarm, durable_object, Context, Error, ReadContext};
@@ -252,6 +254,7 @@ pub fn register_all(host: durable::Host) -> durable::Host {
         .register::<Ledger>()
         .register::<Shelf>()
         .register::<StreamProbe>()
+        .register::<Reader>()
 }
 
 /// Stream test object: appends the items a call names to a stream (so that a test
