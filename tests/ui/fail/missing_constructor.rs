@@ -1,4 +1,4 @@
-use durable::{durable_object, Context, ReadContext};
+use durable::{durable_object, ReadContext};
 
 pub struct Counter {
     value: i64,
