@@ -27,10 +27,11 @@
 //!
 //! **Read-friendly writers.** So that reads rarely fall back, an object that received
 //! a read in the last second commits its file as soon as each batch is durable, before
-//! the batch's replies are released and before the next batch starts (the rule
-//! `--durability fsync`... and the test harness use all the time): then when a reply of
-//! batch `N` leaves the host, the file has committed batch `N`. Objects without
-//! readers keep deferring their file commits (64 batches, or 100 ms quiet).
+//! the batch's replies are released and before the next batch starts (what objects do
+//! all the time when commits are not deferred): then when a reply of batch `N` leaves
+//! the host, the file has committed batch `N`. Objects without readers keep deferring
+//! their file commits (64 batches, or 100 ms quiet). The check above does not rely on
+//! this: it only makes fallbacks rare.
 
 use crate::class::{ClassEntry, Instance, TurnOutcome};
 use crate::context::{Context, ListOptions, Sql, Storage};
