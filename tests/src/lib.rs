@@ -126,8 +126,10 @@ impl Probe {
             })
     }
 
-    /// Every ring attempt this instance saw, failed ones included.
-    pub async fn attempts(&self, _ctx: &ReadContext) -> Vec<(String, u32, u64)> {
+    /// Every ring attempt this instance saw, failed ones included. `&mut self`: it
+    /// reports the writer's in-memory instance (a read-only `&self` method would run
+    /// on a reader instance activated from storage, which keeps no attempts).
+    pub async fn attempts(&mut self, _ctx: &mut Context) -> Vec<(String, u32, u64)> {
         self.attempts.clone()
     }
 
