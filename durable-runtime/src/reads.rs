@@ -352,24 +352,24 @@ fn serves(file_seq: u64, durable: u64) -> bool {
 
 /// Take a read-only call for an object with a slot on this shard, to run at once on
 /// its reader. Gives the call back if it must run as a turn (the writer has not
-/// opened the file yet, or the host runs without its log).
+/// opened the file yet, or the host runs without its log); `None` once it is taken.
 pub(crate) fn offer<W: Writer + 'static>(
     slot: &Rc<W>,
     config: &Rc<ShardConfig>,
     call: Call,
-) -> Result<(), Call> {
+) -> Option<Call> {
     if !config.durability.captures_changes() {
-        return Err(call);
+        return Some(call);
     }
     let now = config.clock.now_ms();
     let state = slot.reads();
     state.friendly_until.set(now + FRIENDLY_MS);
     if !state.ready.get() {
-        return Err(call);
+        return Some(call);
     }
     if state.in_flight.get() >= config.max_queue {
         let _ = call.reply.send(Response::Error(WireError::Overloaded));
-        return Ok(());
+        return None;
     }
     slot.touch(now);
     let mut tx = state.tx.borrow_mut();
@@ -388,9 +388,9 @@ pub(crate) fn offer<W: Writer + 'static>(
     state.in_flight.set(state.in_flight.get() + 1);
     if let Err(e) = tx.send(call) {
         state.in_flight.set(state.in_flight.get() - 1);
-        return Err(e.0);
+        return Some(e.0);
     }
-    Ok(())
+    None
 }
 
 /// A reader: the read connection (query-only) and the instance built on it.

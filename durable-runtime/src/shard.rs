@@ -328,8 +328,8 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
                 let call = match objects.get(&(call.class.name, call.request.object)) {
                     Some(slot) if call.class.is_read(call.method) => {
                         match crate::reads::offer(slot, &config, call) {
-                            Ok(()) => continue,
-                            Err(call) => call,
+                            None => continue,
+                            Some(call) => call,
                         }
                     }
                     _ => call,

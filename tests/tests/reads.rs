@@ -88,7 +88,8 @@ async fn a_read_never_shows_a_write_that_a_kill_loses() {
     for round in 0..3 {
         let host = HostProcess::start(dir.path(), &[]);
         let client = host.client().await;
-        for (name, seen) in read.lock().unwrap().clone() {
+        let before = read.lock().unwrap().clone();
+        for (name, seen) in before {
             let value = client.get::<Counter>(&name).get().await.unwrap();
             assert!(
                 value >= seen,
