@@ -638,6 +638,38 @@ mod tests {
     }
 
     #[test]
+    fn outcomes_map_to_the_replies_a_turn_would_give() {
+        let class = ClassEntry {
+            name: "C",
+            methods: Default::default(),
+            alarms: Default::default(),
+            activate: |_| Err(crate::ActivateError("unused".into())),
+            json: Default::default(),
+            sockets: crate::SocketHandlers {
+                connect: false,
+                message: false,
+                close: false,
+            },
+            reads: Vec::new(),
+        };
+        let r = |o| response(o, &class, "m");
+        assert!(matches!(r(TurnOutcome::Return(vec![1])), Response::Return(b) if b == [1]));
+        assert!(matches!(r(TurnOutcome::AppError(vec![2])), Response::AppError(b) if b == [2]));
+        assert!(matches!(
+            r(TurnOutcome::BadArguments("x".into())),
+            Response::Error(WireError::BadArguments { message }) if message == "x"
+        ));
+        assert!(matches!(
+            r(TurnOutcome::EncodeFailed("y".into())),
+            Response::Error(WireError::Internal { message }) if message.contains('y')
+        ));
+        assert!(matches!(
+            r(TurnOutcome::UnknownMethod),
+            Response::Error(WireError::UnknownMethod { class, method }) if class == "C" && method == "m"
+        ));
+    }
+
+    #[test]
     fn the_read_view_is_the_context_itself() {
         let conn = Connection::open_in_memory().unwrap();
         let ctx = Context::new(conn, "C", ObjectId::from_name("C", "x"), Some("x".into()));
