@@ -70,8 +70,8 @@ pub use durable_runtime::{
 };
 pub use durable_runtime::{
     cli, http, list_objects, rusqlite, Caller, Context, Deny, Error, ErrorKind, Host, HostError,
-    Hosted, HttpAuth, JsonArg, JsonArgs, JsonMethod, Limits, ListOptions, RunningHost, Sql,
-    Storage, DEFAULT_MAX_OBJECT_BYTES,
+    Hosted, HttpAuth, JsonArg, JsonArgs, JsonMethod, Limits, ListOptions, ReadContext, ReadSql,
+    ReadStorage, RunningHost, Sql, Storage, DEFAULT_MAX_OBJECT_BYTES,
 };
 pub use durable_runtime::{valid_stream_name, StreamState, MAX_STREAM_ITEM, MAX_STREAM_NAME};
 pub use durable_runtime::{

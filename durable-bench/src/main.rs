@@ -23,6 +23,7 @@ pub const SCENARIOS: &[&str] = &[
     "increments_many",
     "increments_hot",
     "read_latency",
+    "read_under_write",
     "activation",
     "alarm_lateness",
     "memory_idle",
@@ -39,7 +40,7 @@ pub const SCENARIOS: &[&str] = &[
 #[command(about = "durable's benchmark suite, side by side with its baselines")]
 struct Args {
     /// Scenarios to run (default: all): increments_many, increments_hot, read_latency,
-    /// activation, alarm_lateness, memory_idle, startup_100k, startup_1m,
+    /// read_under_write, activation, alarm_lateness, memory_idle, startup_100k, startup_1m,
     /// increments_postgres, http_call, broadcast_1000, memory_socket, stream_resume.
     scenarios: Vec<String>,
     /// Short runs (under two minutes in all), for CI smoke use.

@@ -60,6 +60,7 @@ pub async fn run_all(selected: &[&str], quick: bool) -> (Vec<Row>, Vec<(String, 
             "increments_many" => increments_many(&mut plan).await,
             "increments_hot" => increments_hot(&plan).await,
             "read_latency" => read_latency(&plan).await,
+            "read_under_write" => read_under_write(&plan).await,
             "activation" => activation(&plan).await,
             "alarm_lateness" => alarm_lateness(&plan).await,
             "memory_idle" => memory_idle(&plan).await,
@@ -750,6 +751,105 @@ async fn read_latency(plan: &Plan) -> Result<Vec<Row>, String> {
             "us median",
             workerd_p50,
             &workerd_against,
+        ),
+    ])
+}
+
+/// `n` sequential `Counter::get` calls after 200 unmeasured ones; sorted latencies in
+/// microseconds.
+async fn sequential_reads(
+    counter: &durable_examples::counter::CounterClient,
+    n: usize,
+) -> Result<Vec<f64>, String> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n + 200 {
+        let start = Instant::now();
+        counter.get().await.map_err(|e| e.to_string())?;
+        if i >= 200 {
+            out.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    out.sort_by(f64::total_cmp);
+    Ok(out)
+}
+
+/// Read-only calls to one hot object: the read latency of `Counter::get` (a `&self`
+/// method, served on the object's reader beside its writer) while 64 callers
+/// increment the same object, against the same read on the object idle; and the
+/// increments' rate with those reads beside them, against the rate without reads.
+async fn read_under_write(plan: &Plan) -> Result<Vec<Row>, String> {
+    let n = if plan.quick { 1_000 } else { 5_000 };
+    let dir = plan.dir("read_under_write");
+    let (server, client) = host(&dir, &[]).await?;
+    let counter = client.get::<Counter>("hot");
+    counter.increment(1).await.map_err(|e| e.to_string())?;
+    let idle = sequential_reads(&counter, n).await?;
+    // 64 writers on the same object: first alone (no reads for over a second, so
+    // the object is not read-friendly), then with one sequential reader beside them.
+    let writers = |secs: f64| {
+        let counter = counter.clone();
+        drive(64, plan.warm, secs, Some(server.pid()), move |_, _| {
+            let counter = counter.clone();
+            async move {
+                counter
+                    .increment(1)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let alone = writers(plan.secs).await?;
+    // One sequential reader beside the writers for their whole run; it measures `n`
+    // reads once the writers are past their warm-up.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (counter, stop, warm) = (counter.clone(), stop.clone(), plan.warm);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(warm)).await;
+            let mut out = Vec::with_capacity(n);
+            let mut reads = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let start = Instant::now();
+                counter.get().await.map_err(|e| e.to_string())?;
+                reads += 1;
+                if reads > 200 && out.len() < n {
+                    out.push(start.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            out.sort_by(f64::total_cmp);
+            Ok::<_, String>((out, reads))
+        })
+    };
+    let beside = writers(plan.secs).await;
+    stop.store(true, Ordering::Relaxed);
+    let (hot, reads) = reader.await.map_err(|e| e.to_string())??;
+    let beside = beside?;
+    client.close();
+    server.stop();
+    let against_idle = "the same read, object idle";
+    Ok(vec![
+        Row::lower(
+            "read_under_write",
+            percentile(&hot, 0.5),
+            "us median, 64 writers on the object",
+            Some(percentile(&idle, 0.5)),
+            against_idle,
+        ),
+        Row::lower(
+            "read_under_write",
+            percentile(&hot, 0.99),
+            "us p99, 64 writers on the object",
+            Some(percentile(&idle, 0.99)),
+            against_idle,
+        ),
+        Row::higher(
+            "read_under_write",
+            beside.rate,
+            &format!("incr/s, one reader beside ({reads} reads)"),
+            Some(alone.rate),
+            "the same 64 writers, no reads",
         ),
     ])
 }

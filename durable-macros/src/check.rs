@@ -412,25 +412,53 @@ fn signature(method: &Method, role: Role, errors: &mut Errors) {
     } else if let Some(where_clause) = &sig.generics.where_clause {
         errors.spanned(where_clause, role.generic());
     }
-    match &method.ctx {
-        ContextArg::First => {}
+    // A remote method taking `&self` is read-only: it takes `ctx: &ReadContext`.
+    let reads = matches!(role, Role::Remote) && method.read_only();
+    match (&method.ctx, reads) {
+        (ContextArg::First(_), false) | (ContextArg::Read(_), true) => {}
         // Without a receiver, `receiver` reported the missing `self`: one error is
         // enough.
-        ContextArg::Missing => {
+        (ContextArg::Missing, _) => {
             if let Some(receiver) = &method.receiver {
                 errors.spanned(
                     receiver,
-                    "add `ctx: &mut Context` as the first argument after `self`",
+                    if reads {
+                        "add `ctx: &ReadContext` as the first argument after `&self`"
+                    } else {
+                        "add `ctx: &mut Context` as the first argument after `self`"
+                    },
                 );
             }
         }
-        ContextArg::Misplaced(arg) => errors.spanned(
+        (ContextArg::Misplaced(arg), _) => errors.spanned(
             arg,
-            "move `ctx: &mut Context` to be the first argument after `self`",
+            if reads {
+                "move `ctx: &ReadContext` to be the first argument after `&self`"
+            } else {
+                "move `ctx: &mut Context` to be the first argument after `self`"
+            },
         ),
-        ContextArg::Shared(ty) => {
+        (ContextArg::First(ty) | ContextArg::Shared(ty), true) => errors.spanned(
+            ty,
+            "a `&self` method is read-only: take `ctx: &ReadContext` (or take `&mut self` to write)",
+        ),
+        (ContextArg::ReadMut(ty), true) => errors.spanned(
+            ty,
+            "the read-only context is shared: write `ctx: &ReadContext`",
+        ),
+        (ContextArg::Shared(ty), false) => {
             errors.spanned(ty, "the context is mutable: write `ctx: &mut Context`")
         }
+        (ContextArg::Read(ty) | ContextArg::ReadMut(ty), false) => errors.spanned(
+            ty,
+            match role {
+                Role::Remote => {
+                    "a `&mut self` method takes `ctx: &mut Context` (read-only methods take `&self` and `ctx: &ReadContext`)"
+                }
+                Role::Alarm => "alarm handlers take `ctx: &mut Context`",
+                Role::Socket => "WebSocket handlers take `ctx: &mut Context`",
+            },
+        ),
     }
     let travels = match role {
         Role::Remote => Travels::Argument,
@@ -638,9 +666,9 @@ mod tests {
     fn valid_block_passes() {
         let found = method_messages(quote::quote! {
             pub async fn increment(&mut self, ctx: &mut Context, by: i64) -> Result<i64, Error> { panic!("fixture") }
-            pub async fn get(&self, _ctx: &mut Context) -> i64 { 0 }
-            pub async fn unit(&self, ctx: &mut Context, mut name: String, tags: Vec<String>) {}
-            pub async fn cow(&self, ctx: &mut Context, s: std::borrow::Cow<'static, str>) {}
+            pub async fn get(&self, _ctx: &ReadContext) -> i64 { 0 }
+            pub async fn unit(&self, ctx: &ReadContext, mut name: String, tags: Vec<String>) {}
+            pub async fn cow(&self, ctx: &ReadContext, s: std::borrow::Cow<'static, str>) {}
             fn private(&self, x: &str) {}
             pub(crate) fn crate_only(&self, x: &str) {}
             pub fn associated(x: &str) {}
@@ -651,7 +679,7 @@ mod tests {
     #[test]
     fn method_errors() {
         let cases: &[(TokenStream, &[&str])] = &[
-            (quote::quote!(pub fn m(&self, ctx: &mut Context) {}), &["remote method `m` must be `async fn`"]),
+            (quote::quote!(pub fn m(&mut self, ctx: &mut Context) {}), &["remote method `m` must be `async fn`"]),
             (
                 quote::quote!(pub async fn m(self, ctx: &mut Context) {}),
                 &["remote methods take `&self` or `&mut self`; `self` by value would consume the object"],
@@ -661,75 +689,99 @@ mod tests {
                 &["remote methods take `&self` or `&mut self`"],
             ),
             (
-                quote::quote!(pub async fn m(&self, x: u8) {}),
+                quote::quote!(pub async fn m(&mut self, x: u8) {}),
                 &["add `ctx: &mut Context` as the first argument after `self`"],
             ),
             (
-                quote::quote!(pub async fn m(&self, x: u8, ctx: &mut Context) {}),
+                quote::quote!(pub async fn m(&mut self, x: u8, ctx: &mut Context) {}),
                 &["move `ctx: &mut Context` to be the first argument after `self`"],
             ),
             (
-                quote::quote!(pub async fn m(&self, ctx: &Context) {}),
+                quote::quote!(pub async fn m(&mut self, ctx: &Context) {}),
                 &["the context is mutable: write `ctx: &mut Context`"],
             ),
             (
-                quote::quote!(pub async fn m<T>(&self, ctx: &mut Context, t: T) {}),
+                quote::quote!(pub async fn m<T>(&self, ctx: &ReadContext, t: T) {}),
                 &["remote methods cannot be generic: the client stub needs concrete argument types"],
             ),
             (
-                quote::quote!(pub async fn m(&self, ctx: &mut Context) where Self: Sized {}),
+                quote::quote!(pub async fn m(&self, ctx: &ReadContext) where Self: Sized {}),
                 &["remote methods cannot be generic: the client stub needs concrete argument types"],
             ),
             (
-                quote::quote!(pub async fn m(&self, ctx: &mut Context, t: impl Into<u8>) {}),
+                quote::quote!(pub async fn m(&self, ctx: &ReadContext, t: impl Into<u8>) {}),
                 &["remote methods cannot be generic: the client stub needs concrete argument types"],
             ),
             (
-                quote::quote!(pub async fn m(&self, ctx: &mut Context, s: &str) {}),
+                quote::quote!(pub async fn m(&self, ctx: &ReadContext, s: &str) {}),
                 &["arguments travel over the network and must be owned: use `String` instead of `&str`"],
             ),
             (
-                quote::quote!(pub async fn m(&self, ctx: &mut Context, s: &[u8]) {}),
+                quote::quote!(pub async fn m(&self, ctx: &ReadContext, s: &[u8]) {}),
                 &["arguments travel over the network and must be owned: use `Vec<T>` instead of `&[T]`"],
             ),
             (
-                quote::quote!(pub async fn m(&self, ctx: &mut Context, s: Vec<&u8>) {}),
+                quote::quote!(pub async fn m(&self, ctx: &ReadContext, s: Vec<&u8>) {}),
                 &["arguments travel over the network and must be owned: use an owned type instead of a reference"],
             ),
             (
-                quote::quote!(pub async fn m(&self, ctx: &mut Context, s: Cow<'_, str>) {}),
+                quote::quote!(pub async fn m(&self, ctx: &ReadContext, s: Cow<'_, str>) {}),
                 &["arguments travel over the network and must be owned: use an owned type instead of one that borrows for `'_`"],
             ),
             (
-                quote::quote!(pub async fn m(&self, ctx: &mut Context) -> &'static str { "" }),
+                quote::quote!(pub async fn m(&self, ctx: &ReadContext) -> &'static str { "" }),
                 &["results travel over the network and must be owned: use `String` instead of `&str`"],
             ),
             (
-                quote::quote!(pub async fn m(&self, ctx: &mut Context, (a, b): (u8, u8)) {}),
+                quote::quote!(pub async fn m(&self, ctx: &ReadContext, (a, b): (u8, u8)) {}),
                 &["arguments of remote methods must be plain names, like `by: i64`: the client stub reuses them"],
             ),
             (
-                quote::quote!(pub async fn m(&self, ctx: &mut Context) -> Result<u8> { panic!("fixture") }),
+                quote::quote!(pub async fn m(&self, ctx: &ReadContext) -> Result<u8> { panic!("fixture") }),
                 &["write the error type explicitly: `Result<T, E>` (the caller needs to decode it)"],
             ),
             (
-                quote::quote!(pub async fn id(&self, ctx: &mut Context) {}),
+                quote::quote!(pub async fn id(&self, ctx: &ReadContext) {}),
                 &["`id` is reserved by the generated client stub: rename the method"],
             ),
             (
-                quote::quote!(pub async fn with_deadline(&self, ctx: &mut Context) {}),
+                quote::quote!(pub async fn with_deadline(&self, ctx: &ReadContext) {}),
                 &["`with_deadline` is reserved by the generated client stub: rename the method"],
             ),
             (
-                quote::quote!(pub async fn __durable_x(&self, ctx: &mut Context) {}),
+                quote::quote!(pub async fn __durable_x(&self, ctx: &ReadContext) {}),
                 &["`__durable_x` is reserved by the generated client stub: rename the method"],
             ),
             (
-                quote::quote!(pub async fn schedule_tick(&self, ctx: &mut Context) {}),
+                quote::quote!(pub async fn schedule_tick(&self, ctx: &ReadContext) {}),
                 &["`schedule_tick`: names starting with `schedule_` and `cancel_` are reserved for alarm helpers: rename the method"],
             ),
             (
-                quote::quote!(pub async unsafe fn m(&self, ctx: &mut Context) {}),
+                quote::quote!(pub async fn m(&self, ctx: &mut Context) {}),
+                &["a `&self` method is read-only: take `ctx: &ReadContext` (or take `&mut self` to write)"],
+            ),
+            (
+                quote::quote!(pub async fn m(&self, ctx: &Context) {}),
+                &["a `&self` method is read-only: take `ctx: &ReadContext` (or take `&mut self` to write)"],
+            ),
+            (
+                quote::quote!(pub async fn m(&self, ctx: &mut ReadContext) {}),
+                &["the read-only context is shared: write `ctx: &ReadContext`"],
+            ),
+            (
+                quote::quote!(pub async fn m(&self, x: u8) {}),
+                &["add `ctx: &ReadContext` as the first argument after `&self`"],
+            ),
+            (
+                quote::quote!(pub async fn m(&self, x: u8, ctx: &ReadContext) {}),
+                &["move `ctx: &ReadContext` to be the first argument after `&self`"],
+            ),
+            (
+                quote::quote!(pub async fn m(&mut self, ctx: &ReadContext) {}),
+                &["a `&mut self` method takes `ctx: &mut Context` (read-only methods take `&self` and `ctx: &ReadContext`)"],
+            ),
+            (
+                quote::quote!(pub async unsafe fn m(&self, ctx: &ReadContext) {}),
                 &["remote method `m` cannot be `unsafe`: a caller over the network cannot uphold its contract"],
             ),
         ];
@@ -868,7 +920,7 @@ mod tests {
     fn alarm_collision_with_a_remote_method_reports_both() {
         let found = method_messages(quote::quote! {
             #[alarm] async fn tick(&self, ctx: &mut Context) {}
-            pub async fn cancel_tick(&self, ctx: &mut Context) {}
+            pub async fn cancel_tick(&self, ctx: &ReadContext) {}
         });
         assert_eq!(
             found,
@@ -896,7 +948,7 @@ mod tests {
     fn all_errors_are_reported_together() {
         let found = method_messages(quote::quote! {
             pub fn a(self, s: &str) {}
-            pub async fn id(&self, ctx: &mut Context) -> Result<u8> { panic!("fixture") }
+            pub async fn id(&self, ctx: &ReadContext) -> Result<u8> { panic!("fixture") }
         });
         assert_eq!(
             found,

@@ -102,25 +102,45 @@ fn activate(c: &Checked<'_>) -> TokenStream {
     }
 }
 
-/// `Hosted::dispatch`: one match arm per remote method, by declaration order.
+/// `Hosted::dispatch` (one match arm per `&mut self` remote method, by declaration
+/// order), and `Hosted::READ_ONLY` with `Hosted::dispatch_read` (one arm per `&self`
+/// method: read-only, run on a shared instance with a `&ReadContext`).
 fn dispatch(c: &Checked<'_>) -> TokenStream {
-    let arms = c.class.methods.iter().enumerate().map(|(index, m)| {
-        let fallible = matches!(m.output, Output::Fallible { .. });
-        dispatch_arm(c, index, m, fallible)
-    });
-    let body = if c.class.methods.is_empty() {
-        quote! {
-            let _ = (self, ctx, method, args);
-            ::durable::__private::TurnOutcome::UnknownMethod
-        }
-    } else {
-        quote! {
-            match method {
-                #(#arms)*
-                _ => ::durable::__private::TurnOutcome::UnknownMethod,
+    let arms = |read: bool| -> Vec<TokenStream> {
+        c.class
+            .methods
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.read_only() == read)
+            .map(|(index, m)| {
+                let fallible = matches!(m.output, Output::Fallible { .. });
+                dispatch_arm(c, index, m, fallible)
+            })
+            .collect()
+    };
+    let body = |arms: Vec<TokenStream>| {
+        if arms.is_empty() {
+            quote! {
+                let _ = (self, ctx, method, args);
+                ::durable::__private::TurnOutcome::UnknownMethod
+            }
+        } else {
+            quote! {
+                match method {
+                    #(#arms)*
+                    _ => ::durable::__private::TurnOutcome::UnknownMethod,
+                }
             }
         }
     };
+    let (writes, reads) = (body(arms(false)), body(arms(true)));
+    let read_only = c
+        .class
+        .methods
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.read_only())
+        .map(|(index, _)| Literal::usize_suffixed(index));
     quote! {
         fn dispatch<'a>(
             &'a mut self,
@@ -128,7 +148,16 @@ fn dispatch(c: &Checked<'_>) -> TokenStream {
             method: usize,
             args: &'a [u8],
         ) -> ::durable::__private::BoxTurn<'a> {
-            ::std::boxed::Box::pin(async move { #body })
+            ::std::boxed::Box::pin(async move { #writes })
+        }
+        const READ_ONLY: &'static [usize] = &[#(#read_only),*];
+        fn dispatch_read<'a>(
+            &'a self,
+            ctx: &'a ::durable::__private::ReadContext,
+            method: usize,
+            args: &'a [u8],
+        ) -> ::durable::__private::BoxTurn<'a> {
+            ::std::boxed::Box::pin(async move { #reads })
         }
     }
 }

@@ -85,7 +85,7 @@ mod tests {
                     pub async fn increment(&mut self, ctx: &mut Context, by: i64) -> Result<i64, durable::Error> {
                         panic!("fixture")
                     }
-                    pub async fn get(&self, ctx: &mut Context) -> i64 { 0 }
+                    pub async fn get(&self, ctx: &ReadContext) -> i64 { 0 }
                     pub async fn reset(&mut self, ctx: &mut Context) {}
                     pub async fn merge(&mut self, ctx: &mut Context, other: Vec<Self>, name: String) -> Self { panic!("fixture") }
                     fn helper(&self) {}

@@ -24,8 +24,10 @@ mod names;
 /// Makes the inherent `impl` block of a type a durable object class.
 ///
 /// The block needs one activation constructor, `fn activate(ctx: &mut Context) ->
-/// Result<Self, E>` (or `-> Self`), and every `pub async fn` taking `&self` or
-/// `&mut self` followed by `ctx: &mut Context` becomes a remote method. The macro
+/// Result<Self, E>` (or `-> Self`), and every `pub async fn` taking `&mut self`
+/// followed by `ctx: &mut Context`, or `&self` followed by `ctx: &ReadContext` (a
+/// read-only method: it runs beside the writer on a read connection, see
+/// `docs/objects.md`), becomes a remote method. The macro
 /// implements the class traits for the type and generates `{Type}Client`, a typed
 /// stub with one `async` method per remote method, and the JSON form of every remote
 /// method, so that the host's HTTP gateway can call it with a JSON object of the

@@ -114,12 +114,17 @@ pub(crate) struct Method {
 
 /// Where a method takes its context.
 pub(crate) enum ContextArg {
-    /// First after `self`, as required.
-    First,
+    /// First after `self`, as `&mut Context` (the type, for its span): as a `&mut self`
+    /// method must.
+    First(Type),
     /// At another position (the argument, for its span).
     Misplaced(FnArg),
     /// First after `self`, but as `&Context` (the type, for its span).
     Shared(Type),
+    /// First after `self`, as `&ReadContext`: as a `&self` (read-only) method must.
+    Read(Type),
+    /// First after `self`, as `&mut ReadContext` (the type, for its span).
+    ReadMut(Type),
     /// Not at all.
     Missing,
 }
@@ -208,18 +213,26 @@ impl Method {
             .filter(|a| matches!(a, FnArg::Typed(_)))
             .cloned()
             .collect();
-        let ctx_at = args.iter().position(|a| context_ref(a).is_some());
+        let ctx_at = args
+            .iter()
+            .position(|a| context_ref(a).is_some() || read_context_ref(a).is_some());
         let ctx = match ctx_at {
             None => ContextArg::Missing,
             Some(at) => {
                 let arg = args.remove(at);
-                match (at, context_ref(&arg)) {
-                    (0, Some(r)) if r.mutability.is_some() => ContextArg::First,
-                    (0, _) => match arg {
-                        FnArg::Typed(t) => ContextArg::Shared(*t.ty),
-                        FnArg::Receiver(_) => ContextArg::Missing,
+                let mutable = context_ref(&arg)
+                    .or_else(|| read_context_ref(&arg))
+                    .is_some_and(|r| r.mutability.is_some());
+                let read = read_context_ref(&arg).is_some();
+                match (at, arg) {
+                    (0, FnArg::Typed(t)) => match (read, mutable) {
+                        (false, true) => ContextArg::First(*t.ty),
+                        (false, false) => ContextArg::Shared(*t.ty),
+                        (true, false) => ContextArg::Read(*t.ty),
+                        (true, true) => ContextArg::ReadMut(*t.ty),
                     },
-                    _ => ContextArg::Misplaced(arg),
+                    (0, FnArg::Receiver(_)) => ContextArg::Missing,
+                    (_, arg) => ContextArg::Misplaced(arg),
                 }
             }
         };
@@ -247,6 +260,14 @@ impl Method {
             args,
             output: Output::read(&f.sig.output),
         }
+    }
+
+    /// Whether the receiver is `&self` (or `self: &Self`): a remote method that
+    /// takes it is read-only.
+    pub(crate) fn read_only(&self) -> bool {
+        self.receiver
+            .as_ref()
+            .is_some_and(|r| matches!(&*r.ty, Type::Reference(t) if t.mutability.is_none()))
     }
 
     /// The method's name.
@@ -389,6 +410,16 @@ fn context_ref(arg: &FnArg) -> Option<&TypeReference> {
     is_named(&r.elem, "Context").then_some(r)
 }
 
+/// The reference, if `arg` is typed `&ReadContext` or `&mut ReadContext` (any path
+/// ending in `ReadContext`).
+fn read_context_ref(arg: &FnArg) -> Option<&TypeReference> {
+    let FnArg::Typed(t) = arg else { return None };
+    let Type::Reference(r) = &*t.ty else {
+        return None;
+    };
+    is_named(&r.elem, "ReadContext").then_some(r)
+}
+
 /// Whether `ty` is a path type whose last segment is `name`.
 fn is_named(ty: &Type, name: &str) -> bool {
     match ty {
@@ -464,7 +495,7 @@ mod tests {
                 fn activate(ctx: &mut Context) -> Result<Self, Error> { panic!("fixture") }
                 /// Adds.
                 pub async fn increment(&mut self, ctx: &mut Context, by: i64) -> Result<i64, Error> { panic!("fixture") }
-                pub async fn get(&self, _ctx: &mut durable::Context) -> i64 { 0 }
+                pub async fn get(&self, _ctx: &durable::ReadContext) -> i64 { 0 }
                 fn helper(&self) {}
                 pub(crate) async fn internal(&self, ctx: &mut Context) {}
                 pub fn new_plain() -> Self { panic!("fixture") }
@@ -482,9 +513,11 @@ mod tests {
             .collect();
         assert_eq!(names, ["increment", "get"]);
         assert_eq!(class.methods[0].docs.len(), 1);
-        assert!(matches!(class.methods[0].ctx, ContextArg::First));
+        assert!(matches!(class.methods[0].ctx, ContextArg::First(_)));
         assert!(matches!(class.methods[0].output, Output::Fallible { .. }));
         assert!(matches!(class.methods[1].output, Output::Value(Some(_))));
+        assert!(matches!(class.methods[1].ctx, ContextArg::Read(_)));
+        assert!(class.methods[1].read_only() && !class.methods[0].read_only());
         assert_eq!(class.methods[0].args.len(), 1);
         assert_eq!(class.methods[0].args[0].ident().unwrap(), "by");
         assert_eq!(class.alarms.len(), 1);
@@ -593,7 +626,7 @@ mod tests {
         assert!(class.constructors.is_empty());
         let release = &class.alarms[0].method;
         assert!(matches!(release.vis, Visibility::Public(_)));
-        assert!(matches!(release.ctx, ContextArg::First));
+        assert!(matches!(release.ctx, ContextArg::First(_)));
         assert!(release.receiver.is_some());
         assert_eq!(release.args.len(), 2);
         assert_eq!(release.args[0].ident().unwrap(), "seat");

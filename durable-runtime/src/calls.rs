@@ -69,6 +69,9 @@ pub(crate) struct Calls {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) placement: Arc<dyn Placement>,
     shutting_down: AtomicBool,
+    /// Read-only methods run beside turns (see [`crate::reads`]), so a call along a
+    /// chain may enter an object whose turn waits on it.
+    reentrant_reads: AtomicBool,
     in_flight: Gauge,
     admission: crate::admission::Admission,
 }
@@ -87,6 +90,7 @@ impl Calls {
             clock,
             placement,
             shutting_down: AtomicBool::new(false),
+            reentrant_reads: AtomicBool::new(false),
             in_flight: Gauge::default(),
             admission,
         }
@@ -97,6 +101,11 @@ impl Calls {
     /// answered `Timeout` (not applied).
     pub(crate) async fn call(&self, request: CallRequest, caller: &Caller) -> Response {
         self.call_chained(request, caller, None).await
+    }
+
+    /// Whether read-only methods run beside turns (and so may be reentered).
+    pub(crate) fn set_reentrant_reads(&self, on: bool) {
+        self.reentrant_reads.store(on, Ordering::Release);
     }
 
     /// Run a call made by an object's turn (see [`crate::outgoing`]): as
@@ -143,8 +152,12 @@ impl Calls {
                 });
             }
         }
+        // A read-only method is reentrant: it runs beside the object's turns, never
+        // waiting on the one that waits on this call.
+        let reentrant = class.is_read(method) && self.reentrant_reads.load(Ordering::Acquire);
         if let Some(cycle) = chain
             .as_deref()
+            .filter(|_| !reentrant)
             .and_then(|c| c.cycle(class.name, request.object, request.name.as_deref()))
         {
             return Response::Error(WireError::CallCycle { chain: cycle });

@@ -3,6 +3,7 @@
 //! the HTTP gateway), and the type-erased registry entry the host keeps per class.
 
 use crate::context::Context;
+use crate::reads::ReadContext;
 use durable_client::{MethodInfo, ObjectClass};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
@@ -52,6 +53,23 @@ pub trait Hosted: ObjectClass + Sized {
 
     /// The alarm handlers, in declaration order.
     const ALARMS: &'static [&'static str] = &[];
+
+    /// The numbers of the read-only remote methods (`&self` methods taking
+    /// `&ReadContext`): they run beside the writer on a read connection, see
+    /// [`Hosted::dispatch_read`].
+    const READ_ONLY: &'static [usize] = &[];
+
+    /// Run read-only method number `method` (one of [`Hosted::READ_ONLY`]) with
+    /// postcard-encoded `args` on a shared instance: writes are refused.
+    fn dispatch_read<'a>(
+        &'a self,
+        ctx: &'a ReadContext,
+        method: usize,
+        args: &'a [u8],
+    ) -> BoxTurn<'a> {
+        let _ = (ctx, method, args);
+        Box::pin(async { TurnOutcome::UnknownMethod })
+    }
 
     /// The JSON form of the remote methods, for the HTTP gateway: argument names and
     /// converters between JSON and the postcard encodings [`Hosted::dispatch`] speaks.
@@ -213,6 +231,13 @@ pub(crate) trait Instance {
         alarm: usize,
         args: &'a [u8],
     ) -> BoxTurn<'a>;
+    /// A read-only method on a reader instance (see [`crate::reads`]).
+    fn dispatch_read<'a>(
+        &'a self,
+        ctx: &'a ReadContext,
+        method: usize,
+        args: &'a [u8],
+    ) -> BoxTurn<'a>;
 }
 
 impl<T: Hosted> Instance for T {
@@ -229,7 +254,20 @@ impl<T: Hosted> Instance for T {
             let outcome = stream_read_turn(ctx, args);
             return Box::pin(async move { outcome });
         }
+        if T::READ_ONLY.contains(&method) {
+            // A read-only method that fell back to a turn: on the writer's instance
+            // and connection, with writes refused by SQLite for its duration.
+            return crate::reads::read_in_turn::<T>(self, ctx, method, args);
+        }
         Hosted::dispatch(self, ctx, method, args)
+    }
+    fn dispatch_read<'a>(
+        &'a self,
+        ctx: &'a ReadContext,
+        method: usize,
+        args: &'a [u8],
+    ) -> BoxTurn<'a> {
+        Hosted::dispatch_read(self, ctx, method, args)
     }
     fn dispatch_alarm<'a>(
         &'a mut self,
@@ -278,6 +316,16 @@ pub(crate) struct ClassEntry {
     pub(crate) json: HashMap<&'static str, &'static JsonMethod>,
     /// Its WebSocket handlers.
     pub(crate) sockets: crate::sockets::SocketHandlers,
+    /// Whether each remote method (by number) is read-only.
+    pub(crate) reads: Vec<bool>,
+}
+
+impl ClassEntry {
+    /// Whether method number `method` is read-only (never for the runtime's own
+    /// method numbers: socket events, stream reads).
+    pub(crate) fn is_read(&self, method: usize) -> bool {
+        self.reads.get(method).copied().unwrap_or(false)
+    }
 }
 
 impl ClassEntry {
@@ -296,6 +344,9 @@ impl ClassEntry {
             activate: activate::<T>,
             json: T::JSON.iter().map(|m| (m.name, m)).collect(),
             sockets: T::SOCKETS,
+            reads: (0..T::METHODS.len())
+                .map(|i| T::READ_ONLY.contains(&i))
+                .collect(),
         }
     }
 }

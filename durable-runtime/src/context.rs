@@ -34,6 +34,31 @@ pub struct Context {
     pub(crate) turn: Option<crate::outgoing::TurnInfo>,
 }
 
+impl Context {
+    /// A context on `conn` for object `id` of `class` (first addressed as `name`), with
+    /// the system clock and nothing else attached: the shard sets the rest.
+    pub(crate) fn new(
+        conn: Connection,
+        class: &'static str,
+        id: ObjectId,
+        name: Option<String>,
+    ) -> Context {
+        Context {
+            conn: std::rc::Rc::new(conn),
+            class,
+            id,
+            name,
+            bookmarks: None,
+            clock: std::sync::Arc::new(crate::clock::SystemClock),
+            alarm_attempt: None,
+            effects: Default::default(),
+            savepoints: 0,
+            sockets: None,
+            turn: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
@@ -342,8 +367,8 @@ fn row_as<T: DeserializeOwned>(names: &[String], row: &Row<'_>) -> Result<T, Err
 /// the transaction. Table names starting with `_durable` are reserved.
 #[derive(Debug)]
 pub struct Sql<'a> {
-    conn: &'a Connection,
-    force_image: &'a std::cell::Cell<bool>,
+    pub(crate) conn: &'a Connection,
+    pub(crate) force_image: &'a std::cell::Cell<bool>,
 }
 
 impl Sql<'_> {
@@ -487,7 +512,7 @@ impl Sql<'_> {
 /// encoded values at most [`MAX_VALUE_BYTES`].
 #[derive(Debug)]
 pub struct Storage<'a> {
-    conn: &'a Connection,
+    pub(crate) conn: &'a Connection,
 }
 
 fn check_key(key: &str) -> Result<(), Error> {

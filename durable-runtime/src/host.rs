@@ -680,6 +680,10 @@ impl Host {
                 limits.caller_rate,
             ),
         ));
+        // Read-only calls run beside turns only under the host log (with `--durability
+        // fsync` they queue as turns): only then may they enter an object whose turn
+        // waits on its caller.
+        calls.set_reentrant_reads(durability.captures_changes());
         let _ = local.set(Arc::new(crate::calls::LocalEntry(Arc::downgrade(&calls))));
         let gateway = http_listener
             .map(|listener| {

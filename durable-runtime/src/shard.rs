@@ -191,6 +191,36 @@ struct Slot {
     /// failing): it must not be evicted, it heals and commits itself (until then every
     /// checkpoint stays below those batches).
     pinned: Cell<bool>,
+    /// Its read-only calls (see [`crate::reads`]).
+    reads: crate::reads::ReadState,
+}
+
+impl Slot {
+    /// No work queued or running, no output waiting, no read in flight.
+    fn idle(&self) -> bool {
+        self.core.borrow().is_idle() && !self.reads.busy()
+    }
+}
+
+impl crate::reads::Writer for Slot {
+    fn reads(&self) -> &crate::reads::ReadState {
+        &self.reads
+    }
+    fn durable(&self) -> u64 {
+        self.core.borrow().durable()
+    }
+    fn fallback(&self, now: u64, call: Call) {
+        match self.core.borrow_mut().arrive(now, Work::Call(call)) {
+            Ok(()) => self.notify.notify_one(),
+            Err(Work::Call(call)) => {
+                let _ = call.reply.send(Response::Error(WireError::Overloaded));
+            }
+            Err(Work::Alarm) => {}
+        }
+    }
+    fn touch(&self, now: u64) {
+        self.core.borrow_mut().touch(now);
+    }
 }
 
 /// Work for an object: a call, or a wake-up to run due alarms.
@@ -215,6 +245,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         notify: Notify::new(),
         rewinds: Cell::new(0),
         pinned: Cell::new(false),
+        reads: Default::default(),
     });
     let (flush_tx, flush_rx) = mpsc::unbounded_channel();
     let object = Object {
@@ -266,10 +297,8 @@ fn sweep(
     let now = config.clock.now_ms();
     let timeout = config.idle_timeout.as_millis() as u64;
     objects.retain(|_, slot| {
-        let core = slot.core.borrow();
-        let keep = slot.pinned.get()
-            || !(core.is_idle() && now.saturating_sub(core.last_used()) >= timeout);
-        drop(core);
+        let last_used = slot.core.borrow().last_used();
+        let keep = slot.pinned.get() || !(slot.idle() && now.saturating_sub(last_used) >= timeout);
         if !keep {
             close_slot(slot, now);
         }
@@ -279,7 +308,7 @@ fn sweep(
     if objects.len() > limit {
         let mut candidates: Vec<_> = objects
             .iter()
-            .filter(|(_, s)| s.core.borrow().is_idle() && !s.pinned.get())
+            .filter(|(_, s)| s.idle() && !s.pinned.get())
             .map(|(k, s)| (s.core.borrow().last_used(), *k))
             .collect();
         let excess = (objects.len() - limit).min(candidates.len());
@@ -312,6 +341,16 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
             None => break true,
             Some(Message::Close(drain)) => break drain,
             Some(Message::Call(call)) => {
+                // A read-only call to an active object runs at once on its reader.
+                let call = match objects.get(&(call.class.name, call.request.object)) {
+                    Some(slot) if call.class.is_read(call.method) => {
+                        match crate::reads::offer(slot, &config, call) {
+                            None => continue,
+                            Some(call) => call,
+                        }
+                    }
+                    _ => call,
+                };
                 (call.class.clone(), call.request.object, Work::Call(call))
             }
             Some(Message::Alarm(class, id)) => {
@@ -323,7 +362,7 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
             }
             Some(Message::Evict(class, id, done)) => {
                 let active = match objects.get(&(class, id)) {
-                    Some(slot) if slot.core.borrow().is_idle() && !slot.pinned.get() => {
+                    Some(slot) if slot.idle() && !slot.pinned.get() => {
                         close_slot(slot, config.clock.now_ms());
                         objects.remove(&(class, id));
                         true
@@ -1003,6 +1042,7 @@ impl Object {
             let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
             self.log = Some(durability.attach(self.class.name, self.id, &path, self.seq));
             self.slot.rewinds.set(0);
+            self.slot.reads.writer_opened();
             if let Err(e) = self.config.catalog.add(self.class.name, self.id) {
                 tracing::warn!(class = self.class.name, id = %self.id, error = %e, "adding the object to the catalog");
             }
@@ -1392,7 +1432,10 @@ impl Object {
                 "the batch is in the host log but its commit failed: {e}"
             )));
         }
-        if (!self.config.defer_commits || self.deferred >= DEFER_MAX_BATCHES)
+        // With readers about, the file commits as soon as the batch is durable: before
+        // its replies leave (see `crate::reads`).
+        let read_friendly = self.slot.reads.friendly(now);
+        if (!self.config.defer_commits || self.deferred >= DEFER_MAX_BATCHES || read_friendly)
             && self.commit_deferred(false).await == FileCommit::Stopped
         {
             return Err(CommitError::Indeterminate(
@@ -1456,10 +1499,12 @@ impl Object {
     }
 
     /// The output gate for an outgoing call: commit the batch so far (the turns
-    /// before this one and this turn's writes until now) as a batch of its own, start
-    /// the rest of the batch in fresh savepoints (the turn's own named `savepoint`),
-    /// and wait until everything the object committed is durable. A failure breaks
-    /// the batch: it fails as a whole once the turn ends.
+    /// before this one and this turn's writes until now) as a batch of its own, wait
+    /// until everything the object committed is durable, commit the file (so that a
+    /// read-only call along the chain, which runs beside this waiting turn, sees those
+    /// writes), and start the rest of the batch in fresh savepoints (the turn's own
+    /// named `savepoint`). A failure breaks the batch: it fails as a whole once the
+    /// turn ends.
     async fn flush_turn(
         &mut self,
         conn: &rusqlite::Connection,
@@ -1469,62 +1514,70 @@ impl Object {
         if let Some(broken) = &bs.broken {
             return Err(broken.to_string());
         }
-        if write_marker(conn) != bs.before || self.needs_image {
-            let due = match self.index_alarms_before(true, &Effects::default()) {
-                Ok(due) => due,
-                Err(e) => {
-                    bs.broken = Some(CommitError::NotApplied(e.clone()));
-                    return Err(e);
-                }
-            };
-            let committed = self
-                .commit(bs.before, bs.capture.take(), &bs.recorded)
-                .await;
-            if let Err(e) = committed {
-                bs.broken = Some(e.clone());
-                return Err(e.to_string());
-            }
-            if let Some(due) = due {
-                self.index_alarms_after(due);
-            }
-            bs.recorded.clear();
-            let restarted = self
-                .begin_savepoints(conn, savepoint)
-                .and_then(|()| self.start_capture(conn));
-            match restarted {
-                Ok(capture) => bs.capture = capture,
-                Err(e) => {
-                    // The batch so far is on its way to the log; the rest cannot run.
-                    bs.broken = Some(CommitError::Indeterminate(e.clone()));
-                    return Err(e);
-                }
-            }
-            bs.before = write_marker(conn);
+        let result = self.flush_turn_inner(conn, bs).await;
+        if let Err(e) = &result {
+            bs.broken.get_or_insert_with(|| e.clone());
         }
-        let target = self.seq;
-        if target <= self.slot.core.borrow().durable() {
-            return Ok(());
+        // Whatever happened, the turn goes on inside its savepoints (its end rolls back
+        // to them).
+        let restarted = self
+            .begin_savepoints(conn, savepoint)
+            .and_then(|()| self.start_capture(conn));
+        match restarted {
+            Ok(capture) => bs.capture = capture,
+            Err(e) => {
+                bs.broken
+                    .get_or_insert(CommitError::Indeterminate(e.clone()));
+                return Err(e);
+            }
         }
-        let Some(log) = self.log.as_ref() else {
-            return Ok(());
+        bs.before = write_marker(conn);
+        result.map_err(|e| e.to_string())
+    }
+
+    async fn flush_turn_inner(
+        &mut self,
+        conn: &rusqlite::Connection,
+        bs: &mut Pending,
+    ) -> Result<(), CommitError> {
+        let wrote = write_marker(conn) != bs.before || self.needs_image;
+        let due = if wrote {
+            self.index_alarms_before(true, &Effects::default())
+                .map_err(CommitError::NotApplied)?
+        } else {
+            None
         };
-        let mut watch = log.watch();
-        let slot = self.slot.clone();
-        let pos = watch
-            .wait_for(|p| settled(p, target, slot.rewinds.get()))
-            .await
-            .map(|p| *p)
-            .unwrap_or(DurablePos {
-                failed: true,
-                ..DurablePos::default()
-            });
-        if pos.failed || pos.durable < target {
-            let e = CommitError::Indeterminate(
-                "the object's writes could not be made durable before its call to another object"
-                    .into(),
-            );
-            bs.broken = Some(e.clone());
-            return Err(e.to_string());
+        // Ends the batch's savepoint (and the turn's inside it); ships what it wrote.
+        self.commit(bs.before, bs.capture.take(), &bs.recorded)
+            .await?;
+        if let Some(due) = due {
+            self.index_alarms_after(due);
+        }
+        bs.recorded.clear();
+        let target = self.seq;
+        if let Some(log) = self.log.as_ref() {
+            if target > self.slot.core.borrow().durable() {
+                let mut watch = log.watch();
+                let slot = self.slot.clone();
+                let pos = watch
+                    .wait_for(|p| settled(p, target, slot.rewinds.get()))
+                    .await
+                    .map(|p| *p)
+                    .unwrap_or(DurablePos {
+                        failed: true,
+                        ..DurablePos::default()
+                    });
+                if pos.failed || pos.durable < target {
+                    return Err(CommitError::Indeterminate(
+                        "the object's writes could not be made durable before its call to another object".into(),
+                    ));
+                }
+            }
+        }
+        if self.commit_deferred(true).await != FileCommit::Done {
+            return Err(CommitError::Indeterminate(
+                "the object's file could not commit its durable writes before its call to another object".into(),
+            ));
         }
         Ok(())
     }
@@ -1872,6 +1925,7 @@ impl Object {
         self.ctx = None;
         self.conn = None;
         let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
+        self.slot.reads.file_replaced();
         if let Err(e) = store::write_image(&path, &image) {
             self.poisoned = true;
             return Err(format!(
@@ -2164,7 +2218,7 @@ async fn run_due_alarms(
     Ok(CallResult::Reply(Response::Welcome))
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = panic.downcast_ref::<String>() {

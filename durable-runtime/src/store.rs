@@ -155,6 +155,26 @@ fn keep_wal_on_close(conn: &Connection) {
     }
 }
 
+/// SQLite gives every connection 120 KiB of lookaside memory by default; a host
+/// keeps thousands of connections open, so keep it small (8 KiB). Call before the
+/// connection prepares any statement.
+pub(crate) fn shrink_lookaside(conn: &Connection) {
+    // SAFETY: a live connection with no statements yet; NULL buffer means SQLite
+    // allocates the (smaller) lookaside itself.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::os::raw::c_void>(),
+            128 as std::os::raw::c_int,
+            64 as std::os::raw::c_int,
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        tracing::debug!(rc, "could not shrink the lookaside memory");
+    }
+}
+
 /// Open (creating if needed) the database of one object and wrap it in a [`Context`].
 /// Returns whether the runtime's tables were created or changed by opening (a new
 /// object, or one written by an older version): its next batch must ship an image. With `sync_new`, a new file and its directory
@@ -178,22 +198,7 @@ pub(crate) fn open(
         .map_err(|e| format!("creating {}: {e}", path.display()))?;
     }
     let conn = Connection::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-    // SQLite gives every connection 120 KiB of lookaside memory by default; a host
-    // keeps thousands of connections open, so keep it small (8 KiB).
-    // SAFETY: a live connection with no statements yet; NULL buffer means SQLite
-    // allocates the (smaller) lookaside itself.
-    let rc = unsafe {
-        rusqlite::ffi::sqlite3_db_config(
-            conn.handle(),
-            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
-            std::ptr::null_mut::<std::os::raw::c_void>(),
-            128 as std::os::raw::c_int,
-            64 as std::os::raw::c_int,
-        )
-    };
-    if rc != rusqlite::ffi::SQLITE_OK {
-        tracing::debug!(rc, "could not shrink the lookaside memory");
-    }
+    shrink_lookaside(&conn);
     if !sync_new {
         keep_wal_on_close(&conn);
     }
@@ -267,22 +272,7 @@ pub(crate) fn open(
         )
         .optional()
         .map_err(|e| e.to_string())?;
-    Ok((
-        Context {
-            conn: std::rc::Rc::new(conn),
-            class,
-            id,
-            name: stored_name,
-            bookmarks: None,
-            clock: std::sync::Arc::new(crate::clock::SystemClock),
-            alarm_attempt: None,
-            effects: Default::default(),
-            savepoints: 0,
-            sockets: None,
-            turn: None,
-        },
-        upgraded,
-    ))
+    Ok((Context::new(conn, class, id, stored_name), upgraded))
 }
 
 /// The number of the last batch the object's database holds (0 if none).

@@ -11,7 +11,7 @@
 //! the last sequence number seen (`?after=N` or `Last-Event-ID`). The page at `/ai/`
 //! ([`PAGE`]) does exactly that and survives a reload mid-reply.
 
-use durable::{alarm, durable_object, Context, Error, ErrorKind};
+use durable::{alarm, durable_object, Context, Error, ErrorKind, ReadContext};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -212,7 +212,7 @@ impl AiChat {
     }
 
     /// Where reply `id` stands, with its text so far.
-    pub async fn reply(&self, ctx: &mut Context, id: u64) -> Result<ReplyStatus, Error> {
+    pub async fn reply(&self, ctx: &ReadContext, id: u64) -> Result<ReplyStatus, Error> {
         let row = ctx.sql().query_opt(
             "SELECT prompt, tokens, produced FROM replies WHERE id = ?1",
             [id as i64],
@@ -240,7 +240,7 @@ impl AiChat {
     }
 
     /// The replies of the conversation, oldest first.
-    pub async fn replies(&self, ctx: &mut Context) -> Result<Vec<ReplyStatus>, Error> {
+    pub async fn replies(&self, ctx: &ReadContext) -> Result<Vec<ReplyStatus>, Error> {
         let ids: Vec<i64> = ctx
             .sql()
             .query("SELECT id FROM replies ORDER BY id", [], |r| r.get(0))?;

@@ -10,7 +10,7 @@
 use crate::sql::{int, uint};
 use crate::time::{instant, millis};
 use durable::rusqlite::params;
-use durable::{alarm, durable_object, Context};
+use durable::{alarm, durable_object, Context, ReadContext};
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
 
@@ -208,7 +208,7 @@ impl Auction {
 
     /// Where the auction stands (past its end it shows as closed even before the
     /// `close` alarm has run).
-    pub async fn status(&self, ctx: &mut Context) -> AuctionState {
+    pub async fn status(&self, ctx: &ReadContext) -> AuctionState {
         match &self.lot {
             None => AuctionState::NotOpen,
             Some(lot) if lot.closed || lot.ends_ms <= millis(ctx.now()) => AuctionState::Closed {

@@ -17,7 +17,9 @@
 //! read from the sockets the gateway holds (their tags and attachments), so it needs
 //! no table and survives the room's eviction.
 
-use durable::{durable_object, on_close, on_connect, on_message, Context, Error, Socket};
+use durable::{
+    durable_object, on_close, on_connect, on_message, Context, Error, ReadContext, Socket,
+};
 use serde::{Deserialize, Serialize};
 
 /// How many recent lines a new socket gets.
@@ -113,7 +115,7 @@ pub(crate) fn param(query: &str, key: &str) -> Option<String> {
 
 /// Who is in the room: the users of its open sockets (and `joining`, whose tags
 /// this turn sets), sorted, each once.
-fn presence(ctx: &Context, joining: Option<&str>) -> Vec<String> {
+fn presence(ctx: &ReadContext, joining: Option<&str>) -> Vec<String> {
     let mut users: Vec<String> = ctx
         .sockets(Some(ROOM_TAG))
         .iter()
@@ -136,7 +138,7 @@ impl ChatRoom {
     }
 
     /// The last `limit` lines (at most [`HISTORY`]), oldest first.
-    pub async fn history(&self, ctx: &mut Context, limit: u32) -> Result<Vec<ChatLine>, Error> {
+    pub async fn history(&self, ctx: &ReadContext, limit: u32) -> Result<Vec<ChatLine>, Error> {
         let limit = (limit as usize).min(HISTORY) as i64;
         let mut lines = ctx.sql().query(
             "SELECT seq, user, text FROM lines ORDER BY seq DESC LIMIT ?1",
@@ -154,7 +156,7 @@ impl ChatRoom {
     }
 
     /// Who is in the room: the users of its open sockets, sorted, each once.
-    pub async fn here(&self, ctx: &mut Context) -> Result<Vec<String>, Error> {
+    pub async fn here(&self, ctx: &ReadContext) -> Result<Vec<String>, Error> {
         Ok(presence(ctx, None))
     }
 
@@ -176,10 +178,10 @@ impl ChatRoom {
         let as_json = wants_json(socket.query());
         let format = if as_json { JSON_TAG } else { TEXT_TAG };
         ctx.set_tags(socket.id(), [ROOM_TAG, format])?;
-        let history = self.history(ctx, HISTORY as u32).await?;
+        let history = self.history(ctx.as_read(), HISTORY as u32).await?;
         if as_json {
             ctx.send(socket.id(), json(&ToClient::History { lines: &history }));
-            let users = presence(ctx, Some(&user));
+            let users = presence(ctx.as_read(), Some(&user));
             ctx.broadcast(JSON_TAG, json(&ToClient::Presence { users }));
         } else {
             for line in history {
@@ -204,7 +206,7 @@ impl ChatRoom {
     #[on_close]
     async fn left(&mut self, ctx: &mut Context, _socket: Socket, _code: u16, _reason: String) {
         if !ctx.sockets(Some(JSON_TAG)).is_empty() {
-            let users = presence(ctx, None);
+            let users = presence(ctx.as_read(), None);
             ctx.broadcast(JSON_TAG, json(&ToClient::Presence { users }));
         }
     }

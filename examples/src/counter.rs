@@ -1,7 +1,7 @@
 //! A counter (seed 001's first object): one integer per object, stored in SQL,
 //! cached in memory while the object is active.
 
-use durable::{durable_object, Context, Error, ErrorKind};
+use durable::{durable_object, Context, Error, ErrorKind, ReadContext};
 
 /// A durable counter.
 pub struct Counter {
@@ -33,7 +33,7 @@ impl Counter {
     }
 
     /// The current value.
-    pub async fn get(&self, _ctx: &mut Context) -> i64 {
+    pub async fn get(&self, _ctx: &ReadContext) -> i64 {
         self.value
     }
 }

@@ -21,7 +21,7 @@
 //!
 //! The text is also readable over HTTP or QUIC (`POST /v1/objects/Document/{name}/text`).
 
-use durable::{durable_object, on_connect, on_message, Context, Error, Socket};
+use durable::{durable_object, on_connect, on_message, Context, Error, ReadContext, Socket};
 use serde::{Deserialize, Serialize};
 
 /// Longest document, in Unicode scalar values.
@@ -224,7 +224,7 @@ impl Document {
     }
 
     /// The current text and its version.
-    pub async fn text(&self, _ctx: &mut Context) -> Result<(i64, String), Error> {
+    pub async fn text(&self, _ctx: &ReadContext) -> Result<(i64, String), Error> {
         Ok((self.version, self.text.iter().collect()))
     }
 

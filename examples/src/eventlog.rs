@@ -3,7 +3,7 @@
 //! by range. Appends are idempotent per client-chosen event id, so a producer that
 //! retries after a lost reply does not append twice even with a new request id.
 
-use durable::{durable_object, Context, Error, ErrorKind};
+use durable::{durable_object, Context, Error, ErrorKind, ReadContext};
 use serde::{Deserialize, Serialize};
 
 /// The most events one read returns.
@@ -82,7 +82,7 @@ impl EventLog {
     /// at most `limit` (≤ [`MAX_READ`]). Read on from the last position returned + 1.
     pub async fn read(
         &self,
-        ctx: &mut Context,
+        ctx: &ReadContext,
         from: u64,
         to: u64,
         limit: u32,
@@ -108,7 +108,7 @@ impl EventLog {
     }
 
     /// The position of the last event (0: none yet).
-    pub async fn last(&self, _ctx: &mut Context) -> u64 {
+    pub async fn last(&self, _ctx: &ReadContext) -> u64 {
         self.last
     }
 }

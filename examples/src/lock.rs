@@ -5,7 +5,7 @@
 //! fencing token that only grows, so a resource can refuse a stale holder.
 
 use crate::time::{instant, millis};
-use durable::{alarm, durable_object, Context, Error, ErrorKind};
+use durable::{alarm, durable_object, Context, Error, ErrorKind, ReadContext};
 use serde::{Deserialize, Serialize};
 
 /// The longest lease, in milliseconds (one hour).
@@ -61,7 +61,7 @@ impl From<Error> for LockError {
 }
 
 impl LockTable {
-    fn holder(ctx: &mut Context, lock: &str, now: u64) -> Result<Option<Lease>, Error> {
+    fn holder(ctx: &ReadContext, lock: &str, now: u64) -> Result<Option<Lease>, Error> {
         ctx.sql().query_opt(
             "SELECT owner, expires_ms, fence FROM locks WHERE lock = ?1 AND expires_ms > ?2",
             durable::rusqlite::params![lock, now as i64],
@@ -107,7 +107,7 @@ impl LockTable {
             )));
         }
         let now = millis(ctx.now());
-        let fence = match Self::holder(ctx, &lock, now)? {
+        let fence = match Self::holder(ctx.as_read(), &lock, now)? {
             Some(held) if held.owner != owner => {
                 return Err(LockError::Held {
                     owner: held.owner,
@@ -147,7 +147,7 @@ impl LockTable {
         owner: String,
     ) -> Result<(), LockError> {
         let now = millis(ctx.now());
-        match Self::holder(ctx, &lock, now)? {
+        match Self::holder(ctx.as_read(), &lock, now)? {
             Some(held) if held.owner == owner => {
                 ctx.sql()
                     .execute("DELETE FROM locks WHERE lock = ?1", [&lock])?;
@@ -161,7 +161,7 @@ impl LockTable {
     /// Who holds `lock` now, if anyone.
     pub async fn holder_of(
         &self,
-        ctx: &mut Context,
+        ctx: &ReadContext,
         lock: String,
     ) -> Result<Option<Lease>, LockError> {
         let now = millis(ctx.now());
@@ -169,7 +169,7 @@ impl LockTable {
     }
 
     /// How many lock rows are stored (expired ones are removed by their alarm).
-    pub async fn stored(&self, ctx: &mut Context) -> Result<u64, LockError> {
+    pub async fn stored(&self, ctx: &ReadContext) -> Result<u64, LockError> {
         let n: i64 = ctx
             .sql()
             .query_row("SELECT count(*) FROM locks", [], |r| r.get(0))?;

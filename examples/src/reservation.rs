@@ -17,7 +17,7 @@
 use crate::sql::int;
 use crate::time::{instant, millis};
 use durable::rusqlite::params;
-use durable::{alarm, durable_object, Context};
+use durable::{alarm, durable_object, Context, ReadContext};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::SystemTime;
@@ -210,7 +210,7 @@ impl Flight {
 
     /// The state of `seat` now (a lapsed hold shows as free even before its release
     /// has run).
-    pub async fn status(&self, ctx: &mut Context, seat: u32) -> SeatStatus {
+    pub async fn status(&self, ctx: &ReadContext, seat: u32) -> SeatStatus {
         let now = millis(ctx.now());
         match self.seats.get(&seat) {
             Some(Seat::Held { user, until_ms }) if *until_ms > now => SeatStatus::Held {
@@ -257,7 +257,7 @@ impl Flight {
     }
 
     /// How many times `seat`'s hold was released by its alarm (for tests and audits).
-    pub async fn releases(&self, ctx: &mut Context, seat: u32) -> Result<u32, BookingError> {
+    pub async fn releases(&self, ctx: &ReadContext, seat: u32) -> Result<u32, BookingError> {
         Ok(ctx.sql().query_row(
             "SELECT count(*) FROM releases WHERE seat = ?1",
             [seat],

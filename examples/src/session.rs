@@ -8,7 +8,7 @@
 //! return a session past its expiry, even in the moment before its alarm has run.
 
 use crate::time::{instant, millis};
-use durable::{alarm, durable_object, Context, ListOptions};
+use durable::{alarm, durable_object, Context, ListOptions, ReadContext};
 use serde::{Deserialize, Serialize};
 
 /// The longest session key, in bytes.
@@ -72,7 +72,7 @@ pub struct SessionStore;
 
 impl SessionStore {
     /// The live session under `key`, if any.
-    fn live(ctx: &mut Context, key: &str) -> Result<Option<Session>, SessionError> {
+    fn live(ctx: &ReadContext, key: &str) -> Result<Option<Session>, SessionError> {
         let now = millis(ctx.now());
         let session: Option<Session> = ctx.storage().get(&entry(key))?;
         Ok(session.filter(|s| s.expires_ms > now))
@@ -111,7 +111,7 @@ impl SessionStore {
     /// expired.
     pub async fn get(
         &self,
-        ctx: &mut Context,
+        ctx: &ReadContext,
         key: String,
     ) -> Result<Option<String>, SessionError> {
         check_key(&key)?;
@@ -128,7 +128,7 @@ impl SessionStore {
     ) -> Result<bool, SessionError> {
         check_key(&key)?;
         check_ttl(ttl_secs)?;
-        let Some(mut session) = Self::live(ctx, &key)? else {
+        let Some(mut session) = Self::live(ctx.as_read(), &key)? else {
             return Ok(false);
         };
         session.expires_ms = millis(ctx.now()) + ttl_secs * 1000;
@@ -140,7 +140,7 @@ impl SessionStore {
     /// there.
     pub async fn remove(&mut self, ctx: &mut Context, key: String) -> Result<bool, SessionError> {
         check_key(&key)?;
-        let live = Self::live(ctx, &key)?.is_some();
+        let live = Self::live(ctx.as_read(), &key)?.is_some();
         ctx.storage().delete(&entry(&key))?;
         Self::cancel_expire(ctx, &key)?;
         Ok(live)
@@ -148,7 +148,7 @@ impl SessionStore {
 
     /// How many sessions are stored, counting an expired one whose alarm has not run
     /// yet (for tests and monitoring).
-    pub async fn stored(&self, ctx: &mut Context) -> Result<u64, SessionError> {
+    pub async fn stored(&self, ctx: &ReadContext) -> Result<u64, SessionError> {
         let opts = ListOptions {
             prefix: Some(PREFIX),
             ..ListOptions::default()

@@ -8,7 +8,7 @@
 //! not, the alarm turns the trial into [`Plan::Expired`]. The plan lives in the
 //! object's key-value storage (`ctx.storage()`) under the key `plan`.
 
-use durable::{alarm, durable_object, Context};
+use durable::{alarm, durable_object, Context, ReadContext};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
 
@@ -110,7 +110,7 @@ impl Subscription {
 
     /// The plan now (a trial past its end shows as expired even before the
     /// `end_trial` alarm has run).
-    pub async fn status(&self, ctx: &mut Context) -> Plan {
+    pub async fn status(&self, ctx: &ReadContext) -> Plan {
         match self.plan {
             Plan::Trial { ends } if ends <= ctx.now() => Plan::Expired,
             ref plan => plan.clone(),

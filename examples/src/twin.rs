@@ -4,7 +4,7 @@
 //! twin says whether it is in sync. A report older than the last one is ignored, so
 //! reordered messages cannot move the state backwards.
 
-use durable::{durable_object, Context, Error, ErrorKind};
+use durable::{durable_object, Context, Error, ErrorKind, ReadContext};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -109,7 +109,7 @@ impl DeviceTwin {
     }
 
     /// Both sides and what differs.
-    pub async fn get(&self, _ctx: &mut Context) -> TwinState {
+    pub async fn get(&self, _ctx: &ReadContext) -> TwinState {
         self.state()
     }
 }

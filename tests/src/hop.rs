@@ -1,7 +1,7 @@
 //! [`Hop`]: objects that call objects, for the tests of object-to-object calls (call
 //! chains, cycles, deadlines, the output gate across a crash).
 
-use durable::{durable_object, Client, ClientConfig, Context, Error, ErrorKind};
+use durable::{durable_object, Client, ClientConfig, Context, Error, ErrorKind, ReadContext};
 
 /// A hop in a chain of objects: relays calls along a path, and writes then tells
 /// another object (on this host, or on the host named by `DURABLE_TEST_PEER`).
@@ -116,6 +116,32 @@ impl Hop {
         ctx.sql()
             .execute("UPDATE seen SET how = 'told' WHERE n = ?1", [n])?;
         Err(Error::new(ErrorKind::Invalid, "failing after the call"))
+    }
+
+    /// How many numbers are recorded here. Read-only, so reentrant: a chain that
+    /// comes back to this object while its turn waits may call it.
+    pub async fn count(&self, ctx: &ReadContext) -> Result<i64, Error> {
+        ctx.sql()
+            .query_row("SELECT COUNT(*) FROM seen WHERE n >= 0", [], |r| r.get(0))
+    }
+
+    /// Write `n` here, then ask `via` to read this object's count back: a chain that
+    /// returns to this object, on its read-only method.
+    pub async fn write_then_ask(
+        &mut self,
+        ctx: &mut Context,
+        n: i64,
+        via: String,
+    ) -> Result<i64, Error> {
+        ctx.sql()
+            .execute("INSERT INTO seen(n, how) VALUES (?1, 'wrote')", [n])?;
+        let me = ctx.name().unwrap_or_default().to_owned();
+        Ok(ctx.object::<Hop>(&via).count_of(me).await?)
+    }
+
+    /// Ask object `name` how many numbers it recorded.
+    pub async fn count_of(&mut self, ctx: &mut Context, name: String) -> Result<i64, Error> {
+        Ok(ctx.object::<Hop>(&name).count().await?)
     }
 
     /// Record that `n` was told.

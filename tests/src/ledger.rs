@@ -2,7 +2,7 @@
 //! object can be checked for consistency on its own (the balance equals the sum of
 //! its entries), whenever it was taken.
 
-use durable::{durable_object, Context, Error};
+use durable::{durable_object, Context, Error, ReadContext};
 
 /// A balance and its entries.
 pub struct Ledger {
@@ -33,7 +33,7 @@ impl Ledger {
     }
 
     /// (balance, sum of the entries, number of entries) as stored.
-    pub async fn audit(&self, ctx: &mut Context) -> Result<(i64, i64, i64), Error> {
+    pub async fn audit(&self, ctx: &ReadContext) -> Result<(i64, i64, i64), Error> {
         ctx.sql().query_row(
             "SELECT (SELECT value FROM balance WHERE id = 1), \
              (SELECT coalesce(sum(amount), 0) FROM entries), (SELECT count(*) FROM entries)",

@@ -4,13 +4,15 @@
 
 mod hop;
 mod ledger;
+mod reader;
 mod shelf;
 
 pub use hop::Hop;
 pub use ledger::Ledger;
+pub use reader::Reader;
 pub use shelf::{Shelf, StockRow};
 
-use durable::{alarm, durable_object, Context, Error};
+use durable::{alarm, durable_object, Context, Error, ReadContext};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// An object that does what a test tells it to.
@@ -139,7 +141,7 @@ impl Probe {
     }
 
     /// Successful rings stored: (key, attempt, at_ms), in order.
-    pub async fn rings(&self, ctx: &mut Context) -> Result<Vec<(String, u32, u64)>, Error> {
+    pub async fn rings(&self, ctx: &ReadContext) -> Result<Vec<(String, u32, u64)>, Error> {
         ctx.sql().query(
             "SELECT key, attempt, at_ms FROM rings ORDER BY rowid",
             [],
@@ -148,20 +150,22 @@ impl Probe {
     }
 
     /// The process-wide delivery sequence numbers of the stored rings.
-    pub async fn ring_seqs(&self, ctx: &mut Context) -> Result<Vec<u64>, Error> {
+    pub async fn ring_seqs(&self, ctx: &ReadContext) -> Result<Vec<u64>, Error> {
         ctx.sql()
             .query("SELECT seq FROM rings ORDER BY rowid", [], |r| {
                 Ok(r.get::<_, i64>(0)? as u64)
             })
     }
 
-    /// Every ring attempt this instance saw, failed ones included.
-    pub async fn attempts(&self, _ctx: &mut Context) -> Vec<(String, u32, u64)> {
+    /// Every ring attempt this instance saw, failed ones included. `&mut self`: it
+    /// reports the writer's in-memory instance (a read-only `&self` method would run
+    /// on a reader instance activated from storage, which keeps no attempts).
+    pub async fn attempts(&mut self, _ctx: &mut Context) -> Vec<(String, u32, u64)> {
         self.attempts.clone()
     }
 
     /// Keys of pending alarms.
-    pub async fn pending(&self, ctx: &mut Context) -> Result<Vec<String>, Error> {
+    pub async fn pending(&self, ctx: &ReadContext) -> Result<Vec<String>, Error> {
         Ok(ctx.pending_alarms()?.into_iter().map(|a| a.key).collect())
     }
 
@@ -196,7 +200,7 @@ impl Probe {
     }
 
     /// The value under `key`.
-    pub async fn get(&self, ctx: &mut Context, key: String) -> Result<Option<i64>, Error> {
+    pub async fn get(&self, ctx: &ReadContext, key: String) -> Result<Option<i64>, Error> {
         ctx.sql()
             .query_opt("SELECT value FROM entries WHERE key = ?1", [key], |r| {
                 r.get(0)
@@ -228,7 +232,7 @@ impl Probe {
     }
 
     /// A bookmark of the object's state now.
-    pub async fn bookmark(&self, ctx: &mut Context) -> Option<u64> {
+    pub async fn bookmark(&self, ctx: &ReadContext) -> Option<u64> {
         ctx.bookmark()
     }
 
@@ -284,6 +288,7 @@ pub fn register_all(host: durable::Host) -> durable::Host {
         .register::<Shelf>()
         .register::<StreamProbe>()
         .register::<Hop>()
+        .register::<Reader>()
 }
 
 /// Stream test object: appends the items a call names to a stream (so that a test
@@ -421,7 +426,7 @@ impl Starter {
     }
 
     /// How many times the `boot` alarm ran.
-    pub async fn boots(&self, ctx: &mut Context) -> Result<i64, Error> {
+    pub async fn boots(&self, ctx: &ReadContext) -> Result<i64, Error> {
         ctx.sql()
             .query_row("SELECT count(*) FROM boots", [], |r| r.get(0))
     }

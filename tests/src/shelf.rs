@@ -1,7 +1,7 @@
 //! [`Shelf`]: exercises the storage API (key-value listing with cursors, batch
 //! deletes) and `ctx.transaction` sub-units that fail alone.
 
-use durable::{durable_object, Context, Error, ErrorKind, ListOptions};
+use durable::{durable_object, Context, Error, ErrorKind, ListOptions, ReadContext};
 
 /// Key-value entries and a stock table.
 pub struct Shelf;
@@ -42,7 +42,7 @@ impl Shelf {
     /// One page of keys: those under `prefix`, after `start_after`, at most `limit`.
     pub async fn page(
         &self,
-        ctx: &mut Context,
+        ctx: &ReadContext,
         prefix: String,
         start_after: Option<String>,
         limit: u32,
@@ -102,13 +102,13 @@ impl Shelf {
     }
 
     /// Every stock row, by item, mapped by column name.
-    pub async fn rows(&self, ctx: &mut Context) -> Result<Vec<StockRow>, Error> {
+    pub async fn rows(&self, ctx: &ReadContext) -> Result<Vec<StockRow>, Error> {
         ctx.sql()
             .query_as("SELECT item, n FROM stock ORDER BY item", [])
     }
 
     /// One stock row with a renamed column, or none.
-    pub async fn row(&self, ctx: &mut Context, item: String) -> Result<Option<StockRow>, Error> {
+    pub async fn row(&self, ctx: &ReadContext, item: String) -> Result<Option<StockRow>, Error> {
         ctx.sql().query_opt_as(
             "SELECT item, n, 'counted' AS note FROM stock WHERE item = ?1",
             [item],
@@ -116,14 +116,14 @@ impl Shelf {
     }
 
     /// A query whose columns do not fit [`StockRow`] (no `n`).
-    pub async fn misfit(&self, ctx: &mut Context) -> Result<Vec<StockRow>, Error> {
+    pub async fn misfit(&self, ctx: &ReadContext) -> Result<Vec<StockRow>, Error> {
         ctx.sql().query_as("SELECT item FROM stock", [])
     }
 
     /// (stock of `item`, log lines, keys under `took/`).
     pub async fn state(
         &self,
-        ctx: &mut Context,
+        ctx: &ReadContext,
         item: String,
     ) -> Result<(i64, Vec<String>, Vec<String>), Error> {
         let n = ctx

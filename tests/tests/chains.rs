@@ -54,6 +54,25 @@ async fn a_cycle_fails_at_once_and_names_its_chain() {
     }
 }
 
+/// A read-only method is reentrant: a chain that comes back to an object whose turn
+/// waits may call it, and it sees the writes the turn made before its call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_may_come_back_to_a_read_only_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    for n in 1..=3 {
+        let started = Instant::now();
+        let count = client
+            .get::<Hop>("r")
+            .write_then_ask(n, "s".into())
+            .await
+            .unwrap();
+        assert_eq!(count, n, "the read sees the write made before the call");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_holds_along_a_chain_of_three_objects() {
     let dir = tempfile::tempdir().unwrap();

@@ -512,7 +512,7 @@ mod in_process {
     //! An application's own auth check, and the JSON forms of many shapes of
     //! arguments and results, on an in-process host.
     use super::*;
-    use durable::{durable_object, Caller, Context, Deny, Error, Host};
+    use durable::{durable_object, Caller, Context, Deny, Error, Host, ReadContext};
     use serde::{Deserialize, Serialize};
     use std::collections::{BTreeMap, HashMap};
 
@@ -541,7 +541,7 @@ mod in_process {
         /// An optional argument may be left out; a raw identifier is named without `r#`.
         pub async fn describe(
             &self,
-            _ctx: &mut Context,
+            _ctx: &ReadContext,
             r#type: String,
             label: Option<String>,
             big: u64,
@@ -570,7 +570,7 @@ mod in_process {
         }
 
         /// Integer map keys become JSON strings.
-        pub async fn counts(&self, _ctx: &mut Context) -> HashMap<u32, u32> {
+        pub async fn counts(&self, _ctx: &ReadContext) -> HashMap<u32, u32> {
             HashMap::from([(7, 1)])
         }
 

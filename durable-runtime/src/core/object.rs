@@ -270,6 +270,12 @@ impl<W: Work, R> ObjectCore<W, R> {
             && self.durable >= self.committed
     }
 
+    /// The object was used without work (a read-only call served beside it): it is
+    /// not idle as of `now`.
+    pub(crate) fn touch(&mut self, now: u64) {
+        self.last_used = self.last_used.max(now);
+    }
+
     /// When work last arrived or a batch last ended (ms).
     pub(crate) fn last_used(&self) -> u64 {
         self.last_used

@@ -1,4 +1,4 @@
-use durable::{durable_object, Context};
+use durable::{durable_object, Context, ReadContext};
 
 pub struct Counter {
     value: i64,
@@ -10,7 +10,7 @@ impl Counter {
         Ok(Counter { value: 0 })
     }
 
-    pub async fn get(&self, _ctx: &mut Context) -> i64 {
+    pub async fn get(&self, _ctx: &ReadContext) -> i64 {
         self.value
     }
 }

@@ -1,4 +1,4 @@
-use durable::{durable_object, Context};
+use durable::{durable_object, Context, ReadContext};
 
 pub struct Counter {
     value: i64,
@@ -10,7 +10,7 @@ impl Counter {
         Ok(Counter { value: 0 })
     }
 
-    pub async fn label(&self, _ctx: &mut Context, name: std::borrow::Cow<'_, str>) -> String {
+    pub async fn label(&self, _ctx: &ReadContext, name: std::borrow::Cow<'_, str>) -> String {
         format!("{name}: {}", self.value)
     }
 }

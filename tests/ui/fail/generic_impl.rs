@@ -1,4 +1,4 @@
-use durable::{durable_object, Context};
+use durable::{durable_object, Context, ReadContext};
 
 pub struct Cell<T> {
     value: T,
@@ -12,7 +12,7 @@ impl<T: Default> Cell<T> {
         }
     }
 
-    pub async fn is_set(&self, _ctx: &mut Context) -> bool {
+    pub async fn is_set(&self, _ctx: &ReadContext) -> bool {
         let _ = &self.value;
         true
     }

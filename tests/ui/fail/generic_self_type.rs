@@ -1,4 +1,4 @@
-use durable::{durable_object, Context};
+use durable::{durable_object, Context, ReadContext};
 
 pub struct Cell<T> {
     value: T,
@@ -10,7 +10,7 @@ impl Cell<i64> {
         Cell { value: 0 }
     }
 
-    pub async fn get(&self, _ctx: &mut Context) -> i64 {
+    pub async fn get(&self, _ctx: &ReadContext) -> i64 {
         self.value
     }
 }

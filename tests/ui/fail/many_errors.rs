@@ -1,5 +1,5 @@
 // Every problem in a block is reported at once, each at its own token.
-use durable::{durable_object, Context};
+use durable::{durable_object, Context, ReadContext};
 
 pub struct Counter {
     value: i64,
@@ -23,7 +23,7 @@ impl Counter {
         format!("{name}: {}", self.value)
     }
 
-    pub async fn id(&self, _ctx: &mut Context) -> i64 {
+    pub async fn id(&self, _ctx: &ReadContext) -> i64 {
         self.value
     }
 }

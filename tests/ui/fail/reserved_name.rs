@@ -1,4 +1,4 @@
-use durable::{durable_object, Context};
+use durable::{durable_object, Context, ReadContext};
 
 pub struct Counter {
     value: i64,
@@ -10,13 +10,13 @@ impl Counter {
         Ok(Counter { value: 0 })
     }
 
-    pub async fn id(&self, _ctx: &mut Context) -> i64 {
+    pub async fn id(&self, _ctx: &ReadContext) -> i64 {
         self.value
     }
 
-    pub async fn with_deadline(&self, _ctx: &mut Context) {}
+    pub async fn with_deadline(&self, _ctx: &ReadContext) {}
 
-    pub async fn __durable_get(&self, _ctx: &mut Context) {}
+    pub async fn __durable_get(&self, _ctx: &ReadContext) {}
 }
 
 fn main() {}

@@ -1,4 +1,4 @@
-use durable::{durable_object, Context};
+use durable::{durable_object, Context, ReadContext};
 
 type Result<T> = std::result::Result<T, durable::Error>;
 
@@ -12,7 +12,7 @@ impl Counter {
         Ok(Counter { value: 0 })
     }
 
-    pub async fn get(&self, _ctx: &mut Context) -> Result<i64> {
+    pub async fn get(&self, _ctx: &ReadContext) -> Result<i64> {
         Ok(self.value)
     }
 }

@@ -10,7 +10,7 @@ impl Counter {
         Ok(Counter { value: 0 })
     }
 
-    pub async fn get(&self, _ctx: &Context) -> i64 {
+    pub async fn get(&mut self, _ctx: &Context) -> i64 {
         self.value
     }
 }

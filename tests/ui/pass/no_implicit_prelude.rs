@@ -41,7 +41,7 @@ impl Counter {
     }
 
     /// The current value.
-    pub async fn get(&self, _ctx: &mut Context) -> i64 {
+    pub async fn get(&self, _ctx: &::durable::ReadContext) -> i64 {
         self.current()
     }
 

@@ -1,7 +1,7 @@
 // `#[durable_object(name = "...")]` renames the class on the wire (and so in object
 // ids and HTTP paths); the type and its stub keep their Rust names.
 
-use durable::{durable_object, Context};
+use durable::{durable_object, Context, ReadContext};
 
 pub struct Counter {
     value: i64,
@@ -13,7 +13,7 @@ impl Counter {
         Ok(Counter { value: 0 })
     }
 
-    pub async fn get(&self, _ctx: &mut Context) -> i64 {
+    pub async fn get(&self, _ctx: &ReadContext) -> i64 {
         self.value
     }
 }

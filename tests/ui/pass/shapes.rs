@@ -4,7 +4,7 @@
 // associated functions and `pub(crate)` methods left alone, and `#[alarm]` handlers
 // (consumed by the macro).
 
-use durable::{durable_object, Context};
+use durable::{durable_object, Context, ReadContext};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -53,7 +53,7 @@ impl Inventory {
             .ok_or_else(|| InventoryError::Missing(item.into_owned()))
     }
 
-    pub async fn snapshot(&self, _ctx: &mut Context) -> Result<Self, durable::Error> {
+    pub async fn snapshot(&self, _ctx: &ReadContext) -> Result<Self, durable::Error> {
         Ok(Inventory {
             items: self.items.clone(),
         })

@@ -1,0 +1,686 @@
+//! Read-only handlers: a remote method taking `&self` and `ctx: &ReadContext` runs
+//! beside the object's writer, on a second, read-only SQLite connection to the same
+//! file, and sees the file's last committed state. It never waits for the object's
+//! queue, its running (or suspended) turn, or its group commit.
+//!
+//! **What a read sees.** Under the host log an object's file commits lazily (its
+//! batches stay in one open transaction until the log holds them all), so the file's
+//! committed state can lag what is durable, and the writer's in-memory instance runs
+//! ahead of both. A read therefore runs on a *reader instance*: one the class's
+//! activation constructor built on the read connection, inside a read transaction,
+//! from the committed state; it is rebuilt whenever the file's committed batch number
+//! ([`store::stored_seq`]) moves.
+//!
+//! **The invariant.** A read shows no write that is not durable, and every write
+//! acknowledged before the read arrived. It is checked at every read, inside the
+//! read's own snapshot: the snapshot's batch number `S` must be at least the object's
+//! durable batch number `D` (outputs leave the output gate only for batches `<= D`,
+//! so every acknowledged write is in `S`), and `S` is always durable because under
+//! the host log the file commits a batch only after the log made it durable (see
+//! `Object::commit_deferred`). When `S < D` (the file still defers durable batches,
+//! the object is healing, ...) or the reader cannot be built (the file is new, a
+//! migration is pending: activation tries to write and SQLite refuses), the read falls
+//! back to a turn on the writer: it queues like any call and its reply waits in the
+//! output gate, as every call did before read-only handlers existed. Under
+//! `--durability fsync` the file commits before its sync, so every read takes that
+//! path.
+//!
+//! **Read-friendly writers.** So that reads rarely fall back, an object that received
+//! a read in the last second commits its file as soon as each batch is durable, before
+//! the batch's replies are released and before the next batch starts (what objects do
+//! all the time when commits are not deferred): then when a reply of batch `N` leaves
+//! the host, the file has committed batch `N`. Objects without readers keep deferring
+//! their file commits (64 batches, or 100 ms quiet). The check above does not rely on
+//! this: it only makes fallbacks rare.
+
+use crate::class::{ClassEntry, Instance, TurnOutcome};
+use crate::context::{Context, ListOptions, Sql, Storage};
+use crate::error::Error;
+use crate::shard::{Call, ShardConfig};
+use crate::store;
+use durable_client::wire::{Response, WireError};
+use durable_client::ObjectId;
+use futures_util::FutureExt;
+use rusqlite::{Connection, OpenFlags, Params, Row};
+use serde::de::DeserializeOwned;
+use std::cell::{Cell, RefCell};
+use std::panic::AssertUnwindSafe;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How long after its last read-only call an object's writer stays read-friendly.
+const FRIENDLY_MS: u64 = 1000;
+
+/// A reader connection unused this long is closed (reopened by the next read).
+const READER_IDLE: Duration = Duration::from_secs(10);
+
+/// What a read-only handler sees of its object: identity, the clock, and read-only
+/// SQL and key-value views of the object's last committed, durable state. Nothing
+/// written through it is possible: there is no `execute`, no `put`, no alarms, and
+/// SQLite itself refuses a write attempted through [`ReadSql::connection`].
+///
+/// A `&self` remote method takes `ctx: &ReadContext`:
+///
+/// ```no_run
+/// # use durable_runtime::{ReadContext, Error};
+/// # struct Counter { value: i64 }
+/// # impl Counter {
+/// pub async fn get(&self, ctx: &ReadContext) -> Result<i64, Error> {
+///     ctx.sql().query_row("SELECT value FROM counter WHERE id = 1", [], |r| r.get(0))
+/// }
+/// # }
+/// ```
+///
+/// A `&mut self` method can lend its [`Context`] to helpers written for reads with
+/// [`Context::as_read`].
+#[repr(transparent)]
+pub struct ReadContext {
+    inner: Context,
+}
+
+impl std::fmt::Debug for ReadContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadContext")
+            .field("class", &self.inner.class)
+            .field("id", &self.inner.id)
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+impl Context {
+    /// This context as the read-only view a `&self` method gets.
+    pub fn as_read(&self) -> &ReadContext {
+        // SAFETY: `ReadContext` is `repr(transparent)` over `Context`.
+        unsafe { &*(self as *const Context as *const ReadContext) }
+    }
+}
+
+impl ReadContext {
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.inner.id
+    }
+
+    /// The name the object was first addressed by, if it was addressed by name.
+    pub fn name(&self) -> Option<&str> {
+        self.inner.name.as_deref()
+    }
+
+    /// The class name.
+    pub fn class(&self) -> &'static str {
+        self.inner.class
+    }
+
+    /// Now, as the host's clock says (a virtual clock under the test harness).
+    pub fn now(&self) -> std::time::SystemTime {
+        self.inner.now()
+    }
+
+    /// A bookmark for the object's state as of now (see [`Context::bookmark`]).
+    pub fn bookmark(&self) -> Option<u64> {
+        self.inner.bookmark()
+    }
+
+    /// The object's pending alarms, soonest first.
+    pub fn pending_alarms(&self) -> Result<Vec<crate::alarms::PendingAlarm>, Error> {
+        self.inner.pending_alarms()
+    }
+
+    /// The object's open WebSockets carrying `tag` (all with `None`), as the gateway
+    /// holds them now.
+    pub fn sockets(&self, tag: Option<&str>) -> Vec<crate::sockets::Socket> {
+        self.inner.sockets(tag)
+    }
+
+    /// One of the object's open WebSockets.
+    pub fn socket(&self, socket: crate::sockets::SocketId) -> Option<crate::sockets::Socket> {
+        self.inner.socket(socket)
+    }
+
+    /// Where the object's stream `stream` stands (`None`: no item yet and not ended).
+    pub fn stream_state(&self, stream: &str) -> Result<Option<crate::StreamState>, Error> {
+        self.inner.stream_state(stream)
+    }
+
+    /// Read-only SQL on the object's database.
+    pub fn sql(&self) -> ReadSql<'_> {
+        ReadSql {
+            sql: Sql {
+                conn: &self.inner.conn,
+                force_image: &self.inner.effects.ship_image,
+            },
+        }
+    }
+
+    /// Read-only key-value storage on the object's database.
+    pub fn storage(&self) -> ReadStorage<'_> {
+        ReadStorage {
+            storage: Storage {
+                conn: &self.inner.conn,
+            },
+        }
+    }
+}
+
+/// Queries on the object's database, from a read-only handler: the same calls as
+/// [`Sql`] without `execute`, `execute_batch` or `migrate`. Statements are prepared
+/// once and cached per connection.
+#[derive(Debug)]
+pub struct ReadSql<'a> {
+    sql: Sql<'a>,
+}
+
+impl ReadSql<'_> {
+    /// Run a query expected to return exactly one row, mapping it with `f` (see
+    /// [`Sql::query_row`]).
+    pub fn query_row<T, P, F>(&self, sql: &str, params: P, f: F) -> Result<T, Error>
+    where
+        P: Params,
+        F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.sql.query_row(sql, params, f)
+    }
+
+    /// Run a query returning at most one row (see [`Sql::query_opt`]).
+    pub fn query_opt<T, P, F>(&self, sql: &str, params: P, f: F) -> Result<Option<T>, Error>
+    where
+        P: Params,
+        F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.sql.query_opt(sql, params, f)
+    }
+
+    /// Run a query and map every row with `f` (see [`Sql::query`]).
+    pub fn query<T, P, F>(&self, sql: &str, params: P, f: F) -> Result<Vec<T>, Error>
+    where
+        P: Params,
+        F: FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.sql.query(sql, params, f)
+    }
+
+    /// Run a query and turn every row into a `T` by column name (see
+    /// [`Sql::query_as`]).
+    pub fn query_as<T: DeserializeOwned, P: Params>(
+        &self,
+        sql: &str,
+        params: P,
+    ) -> Result<Vec<T>, Error> {
+        self.sql.query_as(sql, params)
+    }
+
+    /// Like [`ReadSql::query_as`] for a query returning at most one row.
+    pub fn query_opt_as<T: DeserializeOwned, P: Params>(
+        &self,
+        sql: &str,
+        params: P,
+    ) -> Result<Option<T>, Error> {
+        self.sql.query_opt_as(sql, params)
+    }
+
+    /// The underlying connection, for what this API does not cover. It is read-only:
+    /// SQLite refuses any write through it ("attempt to write a readonly database").
+    pub fn connection(&self) -> &Connection {
+        self.sql.conn
+    }
+}
+
+/// Key-value reads on the object's database, from a read-only handler: the reads of
+/// [`Storage`].
+#[derive(Debug)]
+pub struct ReadStorage<'a> {
+    storage: Storage<'a>,
+}
+
+impl ReadStorage<'_> {
+    /// The value under `key`, if any.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        self.storage.get(key)
+    }
+
+    /// Get many keys at once; missing keys are left out.
+    pub fn get_many<T: DeserializeOwned>(&self, keys: &[&str]) -> Result<Vec<(String, T)>, Error> {
+        self.storage.get_many(keys)
+    }
+
+    /// Entries in key order, filtered by `opts` (see [`Storage::list`]).
+    pub fn list<T: DeserializeOwned>(
+        &self,
+        opts: &ListOptions<'_>,
+    ) -> Result<Vec<(String, T)>, Error> {
+        self.storage.list(opts)
+    }
+}
+
+/// Sets `PRAGMA query_only` on a connection until dropped.
+struct QueryOnly<'a>(&'a Connection);
+
+impl<'a> QueryOnly<'a> {
+    fn on(conn: &'a Connection) -> Self {
+        if let Err(e) = conn.pragma_update(None, "query_only", true) {
+            tracing::warn!(error = %e, "could not make a connection query-only");
+        }
+        QueryOnly(conn)
+    }
+}
+
+impl Drop for QueryOnly<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.pragma_update(None, "query_only", false) {
+            tracing::error!(error = %e, "could not make a connection writable again");
+        }
+    }
+}
+
+/// A read-only method run as a turn (the fallback): on the writer's instance and
+/// connection, behind the object's earlier calls, its reply gated like theirs. SQLite
+/// refuses writes for the method's duration (`PRAGMA query_only`), also if it panics
+/// or is dropped.
+pub(crate) fn read_in_turn<'a, T: crate::Hosted>(
+    this: &'a T,
+    ctx: &'a Context,
+    method: usize,
+    args: &'a [u8],
+) -> crate::BoxTurn<'a> {
+    let guard = QueryOnly::on(&ctx.conn);
+    Box::pin(async move {
+        let outcome = T::dispatch_read(this, ctx.as_read(), method, args).await;
+        drop(guard);
+        outcome
+    })
+}
+
+/// What the shard's object gives the read path (implemented by the shard's slot).
+pub(crate) trait Writer {
+    /// The object's read state.
+    fn reads(&self) -> &ReadState;
+    /// Every batch up to this one is durable, and no reply of a later batch has left.
+    fn durable(&self) -> u64;
+    /// Run `call` as a turn after all (queued behind the object's calls, gated).
+    fn fallback(&self, now: u64, call: Call);
+    /// A read was served: the object is in use (not evicted as idle).
+    fn touch(&self, now: u64);
+}
+
+/// An object's read path: the channel to its reader task, and what its writer tells
+/// it. Lives in the shard's slot; dropping it ends the reader task.
+#[derive(Default)]
+pub(crate) struct ReadState {
+    tx: RefCell<Option<mpsc::UnboundedSender<Call>>>,
+    /// Read calls taken and not yet answered or handed to the writer.
+    in_flight: Cell<usize>,
+    /// The writer has opened (and checked) the object's file in this run.
+    ready: Cell<bool>,
+    /// Changes when the writer replaces the file (a restore): readers reopen it.
+    generation: Cell<u64>,
+    /// The writer stays read-friendly until this time (ms).
+    friendly_until: Cell<u64>,
+}
+
+impl ReadState {
+    /// The writer opened the object's file (after checking it).
+    pub(crate) fn writer_opened(&self) {
+        self.ready.set(true);
+    }
+
+    /// The writer is about to replace the object's file: readers must reopen it.
+    pub(crate) fn file_replaced(&self) {
+        self.generation.set(self.generation.get() + 1);
+    }
+
+    /// Whether the writer must commit its file as soon as each batch is durable.
+    pub(crate) fn friendly(&self, now: u64) -> bool {
+        now < self.friendly_until.get()
+    }
+
+    /// Read calls are in flight: the object is not idle.
+    pub(crate) fn busy(&self) -> bool {
+        self.in_flight.get() > 0
+    }
+}
+
+/// Whether a read may be served from a snapshot of the file at batch `file_seq` when
+/// every batch up to `durable` is durable (and no reply of a later batch has left):
+/// the file must hold every batch whose replies may have left. (That the file holds
+/// nothing that is not durable is the file's own rule under the host log.)
+fn serves(file_seq: u64, durable: u64) -> bool {
+    file_seq >= durable
+}
+
+/// Take a read-only call for an object with a slot on this shard, to run at once on
+/// its reader. Gives the call back if it must run as a turn (the writer has not
+/// opened the file yet, or the host runs without its log); `None` once it is taken.
+pub(crate) fn offer<W: Writer + 'static>(
+    slot: &Rc<W>,
+    config: &Rc<ShardConfig>,
+    call: Call,
+) -> Option<Call> {
+    if !config.durability.captures_changes() {
+        return Some(call);
+    }
+    let now = config.clock.now_ms();
+    let state = slot.reads();
+    state.friendly_until.set(now + FRIENDLY_MS);
+    if !state.ready.get() {
+        return Some(call);
+    }
+    if state.in_flight.get() >= config.max_queue {
+        let _ = call.reply.send(Response::Error(WireError::Overloaded));
+        return None;
+    }
+    slot.touch(now);
+    let mut tx = state.tx.borrow_mut();
+    let tx = tx.get_or_insert_with(|| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = serve(
+            Rc::downgrade(slot),
+            config.clone(),
+            call.class.clone(),
+            call.request.object,
+            rx,
+        );
+        tokio::task::spawn_local(task);
+        tx
+    });
+    state.in_flight.set(state.in_flight.get() + 1);
+    if let Err(e) = tx.send(call) {
+        state.in_flight.set(state.in_flight.get() - 1);
+        return Some(e.0);
+    }
+    None
+}
+
+/// A reader: the read connection (query-only) and the instance built on it.
+struct Reader {
+    ctx: Context,
+    instance: Option<Box<dyn Instance>>,
+    /// The file's batch number `instance` was activated at.
+    instance_seq: u64,
+    /// The [`ReadState::generation`] of the file it opened.
+    generation: u64,
+}
+
+impl Reader {
+    fn open(
+        config: &ShardConfig,
+        class: &'static str,
+        id: ObjectId,
+        generation: u64,
+    ) -> rusqlite::Result<Reader> {
+        let path = store::object_path(&config.data_dir, class, id);
+        // Read-only (never created here; and its close never checkpoints or deletes
+        // the WAL, which matters if the file was replaced under it).
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        store::shrink_lookaside(&conn);
+        conn.pragma_update(None, "query_only", true)?;
+        conn.pragma_update(None, "cache_size", -64)?;
+        conn.set_prepared_statement_cache_capacity(16);
+        let name: Option<String> = rusqlite::OptionalExtension::optional(conn.query_row(
+            "SELECT value FROM _durable_meta WHERE key = 'name'",
+            [],
+            |r| r.get(0),
+        ))?;
+        let mut ctx = Context::new(conn, class, id, name);
+        ctx.bookmarks = config.bookmarks.clone();
+        ctx.clock = config.clock.clone();
+        ctx.sockets = config.sockets.clone();
+        Ok(Reader {
+            ctx,
+            instance: None,
+            instance_seq: 0,
+            generation,
+        })
+    }
+}
+
+/// One object's reader task: runs its read calls one at a time, in arrival order.
+async fn serve<W: Writer + 'static>(
+    slot: Weak<W>,
+    config: Rc<ShardConfig>,
+    class: Arc<ClassEntry>,
+    id: ObjectId,
+    mut rx: mpsc::UnboundedReceiver<Call>,
+) {
+    let mut reader: Option<Reader> = None;
+    loop {
+        let call = if reader.is_some() {
+            match tokio::time::timeout(READER_IDLE, rx.recv()).await {
+                Ok(call) => call,
+                Err(_) => {
+                    reader = None;
+                    continue;
+                }
+            }
+        } else {
+            rx.recv().await
+        };
+        let Some(call) = call else { return };
+        let Some(slot) = slot.upgrade() else {
+            let _ = call.reply.send(Response::Error(WireError::ShuttingDown));
+            continue;
+        };
+        let answer = read(&mut reader, &*slot, &config, &class, id, &call).await;
+        let now = config.clock.now_ms();
+        match answer {
+            Some(response) => {
+                let _ = call.reply.send(response);
+            }
+            None => slot.fallback(now, call),
+        }
+        let state = slot.reads();
+        state.in_flight.set(state.in_flight.get() - 1);
+        slot.touch(now);
+    }
+}
+
+/// Run one read on the reader: its answer, or `None` if it must run as a turn.
+async fn read<W: Writer>(
+    reader: &mut Option<Reader>,
+    slot: &W,
+    config: &ShardConfig,
+    class: &ClassEntry,
+    id: ObjectId,
+    call: &Call,
+) -> Option<Response> {
+    if config.clock.now_ms() > call.deadline_ms {
+        return Some(Response::Error(WireError::Timeout));
+    }
+    let generation = slot.reads().generation.get();
+    if reader.as_ref().is_some_and(|r| r.generation != generation) {
+        *reader = None;
+    }
+    if reader.is_none() {
+        match Reader::open(config, class.name, id, generation) {
+            Ok(r) => *reader = Some(r),
+            Err(e) => {
+                tracing::debug!(class = class.name, %id, error = %e, "opening a reader; the read runs as a turn");
+                return None;
+            }
+        }
+    }
+    let r = reader.as_mut().expect("opened");
+    // The read's snapshot starts with its first read.
+    if r.ctx.conn.execute_batch("BEGIN").is_err() {
+        *reader = None;
+        return None;
+    }
+    let answer = read_in_snapshot(r, slot, class, call).await;
+    if r.ctx.conn.execute_batch("ROLLBACK").is_err() {
+        // A connection that cannot end its snapshot is not reused.
+        *reader = None;
+    }
+    answer
+}
+
+/// The part of [`read`] inside the read transaction.
+async fn read_in_snapshot<W: Writer>(
+    r: &mut Reader,
+    slot: &W,
+    class: &ClassEntry,
+    call: &Call,
+) -> Option<Response> {
+    let seq = match store::stored_seq(&r.ctx.conn) {
+        Ok(seq) => seq,
+        Err(e) => {
+            tracing::debug!(class = class.name, id = %r.ctx.id, error = %e, "reading the file's batch number; the read runs as a turn");
+            return None;
+        }
+    };
+    // Nothing awaits between the snapshot above and this check: the writer's durable
+    // batch number cannot move in between.
+    if !serves(seq, slot.durable()) {
+        return None;
+    }
+    if r.instance.is_none() || r.instance_seq != seq {
+        r.instance = None;
+        let activate = class.activate;
+        let ctx = &mut r.ctx;
+        ctx.effects = Default::default();
+        let activated = std::panic::catch_unwind(AssertUnwindSafe(|| activate(ctx)));
+        ctx.effects = Default::default();
+        match activated {
+            Ok(Ok(instance)) => {
+                r.instance = Some(instance);
+                r.instance_seq = seq;
+            }
+            // It tried to write (a migration not applied yet: a new object, a schema
+            // change), or failed for another reason: the writer's activation decides.
+            Ok(Err(e)) => {
+                tracing::debug!(class = class.name, id = %r.ctx.id, error = %e.0, "activating a reader; the read runs as a turn");
+                return None;
+            }
+            Err(_) => return None,
+        }
+    }
+    let request = &call.request;
+    let span = tracing::debug_span!(
+        "read",
+        class = class.name,
+        id = %request.object,
+        method = %request.method,
+    );
+    let instance = r.instance.as_ref().expect("activated");
+    let turn = instance.dispatch_read(r.ctx.as_read(), call.method, &request.args);
+    let started = crate::clock::monotonic();
+    let outcome = AssertUnwindSafe(tracing::Instrument::instrument(turn, span))
+        .catch_unwind()
+        .await;
+    crate::telemetry::turn(
+        class.name,
+        crate::clock::monotonic().saturating_sub(started),
+    );
+    Some(match outcome {
+        Ok(outcome) => response(outcome, class, &request.method),
+        Err(panic) => {
+            let message = format!(
+                "{}.{} panicked: {}",
+                class.name,
+                request.method,
+                crate::shard::panic_message(&panic)
+            );
+            tracing::warn!(id = %request.object, "{message}; reader instance dropped");
+            r.instance = None;
+            Response::Error(WireError::ObjectReset { message })
+        }
+    })
+}
+
+/// The reply to a read's outcome.
+fn response(outcome: TurnOutcome, class: &ClassEntry, method: &str) -> Response {
+    match outcome {
+        TurnOutcome::Return(bytes) => Response::Return(bytes),
+        TurnOutcome::AppError(bytes) => Response::AppError(bytes),
+        TurnOutcome::BadArguments(message) => Response::Error(WireError::BadArguments { message }),
+        TurnOutcome::EncodeFailed(message) => Response::Error(WireError::Internal {
+            message: format!("encoding the result: {message}"),
+        }),
+        TurnOutcome::UnknownMethod => Response::Error(WireError::UnknownMethod {
+            class: class.name.into(),
+            method: method.into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_serves_only_if_it_holds_every_durable_batch() {
+        assert!(serves(0, 0));
+        assert!(serves(7, 7));
+        // Ahead of what the object's core has heard is durable: the file commits only
+        // durable batches, so this is a batch whose durability is on its way.
+        assert!(serves(8, 7));
+        // Behind: a durable batch (whose replies may have left) is not in the file.
+        assert!(!serves(6, 7));
+    }
+
+    #[test]
+    fn read_state_tracks_friendliness_and_the_file_generation() {
+        let s = ReadState::default();
+        assert!(!s.friendly(0));
+        s.friendly_until.set(1000);
+        assert!(s.friendly(999));
+        assert!(!s.friendly(1000));
+        assert_eq!(s.generation.get(), 0);
+        s.file_replaced();
+        assert_eq!(s.generation.get(), 1);
+        assert!(!s.busy() && !s.ready.get());
+        s.writer_opened();
+        assert!(s.ready.get());
+    }
+
+    #[test]
+    fn outcomes_map_to_the_replies_a_turn_would_give() {
+        let class = ClassEntry {
+            name: "C",
+            methods: Default::default(),
+            alarms: Default::default(),
+            activate: |_| Err(crate::ActivateError("unused".into())),
+            json: Default::default(),
+            sockets: crate::SocketHandlers {
+                connect: false,
+                message: false,
+                close: false,
+            },
+            reads: Vec::new(),
+        };
+        let r = |o| response(o, &class, "m");
+        assert!(matches!(r(TurnOutcome::Return(vec![1])), Response::Return(b) if b == [1]));
+        assert!(matches!(r(TurnOutcome::AppError(vec![2])), Response::AppError(b) if b == [2]));
+        assert!(matches!(
+            r(TurnOutcome::BadArguments("x".into())),
+            Response::Error(WireError::BadArguments { message }) if message == "x"
+        ));
+        assert!(matches!(
+            r(TurnOutcome::EncodeFailed("y".into())),
+            Response::Error(WireError::Internal { message }) if message.contains('y')
+        ));
+        assert!(matches!(
+            r(TurnOutcome::UnknownMethod),
+            Response::Error(WireError::UnknownMethod { class, method }) if class == "C" && method == "m"
+        ));
+    }
+
+    #[test]
+    fn the_read_view_is_the_context_itself() {
+        let conn = Connection::open_in_memory().unwrap();
+        let ctx = Context::new(conn, "C", ObjectId::from_name("C", "x"), Some("x".into()));
+        let read = ctx.as_read();
+        assert_eq!(read.class(), "C");
+        assert_eq!(read.name(), Some("x"));
+        assert_eq!(read.id(), ObjectId::from_name("C", "x"));
+        let n: i64 = read
+            .sql()
+            .query_row("SELECT 41 + 1", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 42);
+    }
+}

@@ -1,0 +1,177 @@
+//! Read-only handlers (`&self` methods taking `&ReadContext`) against a real host
+//! process: they answer while the object's turn is held open, they see every write
+//! acknowledged before them, they never show a write that a `kill -9` then loses, and
+//! SQLite refuses a write attempted through their raw connection.
+
+mod common;
+
+use common::{HostProcess, Told};
+use durable::CallError;
+use durable_examples::counter::Counter;
+use durable_tests::Reader;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_answers_at_once_while_a_turn_is_held_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let r = client.get::<Reader>("held");
+    assert_eq!(r.add(1, 0).await.unwrap(), 1);
+    // The first read may run as a turn (the file still defers the batch); it makes
+    // the object read-friendly.
+    assert_eq!(r.stored().await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A turn that writes, then holds the object for 3 s before it returns.
+    let slow = {
+        let r = r.clone();
+        tokio::spawn(async move { r.add(1, 3000).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let (stored, cached) = (r.stored().await.unwrap(), r.cached().await.unwrap());
+        let took = started.elapsed();
+        // The held turn's write is neither committed nor acknowledged: not seen.
+        assert_eq!((stored, cached), (1, 1));
+        assert!(took < Duration::from_millis(500), "a read took {took:?}");
+    }
+    assert!(!slow.is_finished(), "the held turn ended early");
+    assert_eq!(slow.await.unwrap().unwrap(), 2);
+    assert_eq!(r.stored().await.unwrap(), 2);
+    assert_eq!(r.cached().await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_see_every_write_acknowledged_before_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let counter = client.get::<Counter>("ryw");
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let counter = counter.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..150 {
+                let acked = counter.increment(1).await.unwrap();
+                let seen = counter.get().await.unwrap();
+                assert!(seen >= acked, "read {seen} after {acked} was acknowledged");
+            }
+        }));
+    }
+    // Readers that only read, beside them: what they see never goes back.
+    for _ in 0..4 {
+        let counter = counter.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut last = 0;
+            for _ in 0..300 {
+                let seen = counter.get().await.unwrap();
+                assert!(seen >= last, "a read went back from {last} to {seen}");
+                last = seen;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(counter.get().await.unwrap(), 8 * 150);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_never_shows_a_write_that_a_kill_loses() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = 4;
+    let told = Told::default();
+    // name -> the highest value any read returned.
+    let read: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>> = Arc::default();
+    for round in 0..3 {
+        let host = HostProcess::start(dir.path(), &[]);
+        let client = host.client().await;
+        let before = read.lock().unwrap().clone();
+        for (name, seen) in before {
+            let value = client.get::<Counter>(&name).get().await.unwrap();
+            assert!(
+                value >= seen,
+                "round {round}: {name} = {value} after a restart, but a read returned {seen}"
+            );
+        }
+        // Readers beside the writers until the kill.
+        let mut readers = Vec::new();
+        for t in 0..8 {
+            let name = format!("k{}", t % objects);
+            let counter = client
+                .get::<Counter>(&name)
+                .with_deadline(Duration::from_secs(2));
+            let read = read.clone();
+            readers.push(tokio::spawn(async move {
+                while let Ok(v) = counter.get().await {
+                    let mut read = read.lock().unwrap();
+                    let e = read.entry(name.clone()).or_insert(0);
+                    *e = (*e).max(v);
+                }
+            }));
+        }
+        common::load_until_killed(host, "k", objects, 16, Duration::from_millis(500), &told).await;
+        for r in readers {
+            r.await.unwrap();
+        }
+    }
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let read = read.lock().unwrap().clone();
+    assert_eq!(read.len(), objects, "every object was read");
+    for (name, seen) in read {
+        let value = client.get::<Counter>(&name).get().await.unwrap();
+        let (acked, sent) = told.lock().unwrap()[&name];
+        assert!(
+            value >= seen && value >= acked && value <= sent,
+            "{name} = {value}: a read returned {seen}, a writer was told {acked}, {sent} sent"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refuses_a_write_through_the_raw_connection_of_a_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let r = client.get::<Reader>("sneak");
+    // The object is not active: this read runs as a turn on the writer, with writes
+    // refused for its duration.
+    let refused = r.sneak().await.unwrap();
+    assert!(refused.contains("readonly"), "{refused}");
+    assert_eq!(r.add(1, 0).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Active and committed: on the reader connection.
+    for _ in 0..3 {
+        let refused = r.sneak().await.unwrap();
+        assert!(refused.contains("readonly"), "{refused}");
+    }
+    assert_eq!(r.stored().await.unwrap(), 1);
+    // The writer still writes.
+    assert_eq!(r.add(1, 0).await.unwrap(), 2);
+    assert_eq!(r.stored().await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_read_resets_only_the_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let r = client.get::<Reader>("boom");
+    assert_eq!(r.add(5, 0).await.unwrap(), 5);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(r.cached().await.unwrap(), 5);
+    for _ in 0..2 {
+        match r.boom().await {
+            Err(CallError::ObjectReset(message)) => {
+                assert!(message.contains("boom in a read"), "{message}")
+            }
+            other => panic!("expected ObjectReset, got {other:?}"),
+        }
+    }
+    assert_eq!(r.cached().await.unwrap(), 5);
+    assert_eq!(r.add(1, 0).await.unwrap(), 6);
+    assert_eq!(r.cached().await.unwrap(), 6);
+}
