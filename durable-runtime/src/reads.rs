@@ -1,7 +1,8 @@
 //! Read-only handlers: a remote method taking `&self` and `ctx: &ReadContext` runs
 //! beside the object's writer, on a second, read-only SQLite connection to the same
 //! file, and sees the file's last committed state. It never waits for the object's
-//! queue, its running (or suspended) turn, or its group commit.
+//! queue, its suspended turn, or its group commit (it shares the shard thread, so it
+//! does wait out the synchronous part of a batch in progress).
 //!
 //! **What a read sees.** Under the host log an object's file commits lazily (its
 //! batches stay in one open transaction until the log holds them all), so the file's
