@@ -470,6 +470,9 @@ struct Pending {
     broken: Option<CommitError>,
 }
 
+/// A batch runs at most this long before it lets the shard's other tasks in.
+const BATCH_SLICE: Duration = Duration::from_micros(30);
+
 /// The retry-after hint for a call refused because its object's queue is full.
 const QUEUE_FULL_RETRY_MS: u64 = 50;
 
@@ -1721,8 +1724,16 @@ impl Object {
         let mut alarms_ran = false;
         let mut requeue = Vec::new();
         let mut items = 0usize;
+        let mut ran_since = crate::clock::monotonic();
         while let Some(item) = work.next() {
             items += 1;
+            // A long batch lets the shard's other tasks in between its turns: reads
+            // of this object (they run beside the batch on the committed state), other
+            // objects' calls, replies. Its transaction simply stays open meanwhile.
+            if crate::clock::monotonic().saturating_sub(ran_since) >= BATCH_SLICE {
+                tokio::task::yield_now().await;
+                ran_since = crate::clock::monotonic();
+            }
             // Out of `self` while the turn runs, so that the turn can wait on another
             // object while the batch so far commits (`flush_turn`).
             let mut instance = self.instance.take().expect("active");
@@ -1975,6 +1986,13 @@ fn write_marker(conn: &rusqlite::Connection) -> (u64, i64) {
 /// The bytes of pages `conn`'s database holds in use (free pages left out: an object
 /// that deleted rows may write again), if more than `limit`.
 fn over_size(conn: &rusqlite::Connection, limit: u64) -> rusqlite::Result<Option<u64>> {
+    // Cheap first: at SQLite's largest page size (64 KiB) this many pages fit.
+    let pages: i64 = conn
+        .prepare_cached("PRAGMA page_count")?
+        .query_row([], |r| r.get(0))?;
+    if (pages.max(0) as u64).saturating_mul(65_536) <= limit {
+        return Ok(None);
+    }
     let used: i64 = conn
         .prepare_cached(
             "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",

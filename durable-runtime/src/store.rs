@@ -101,8 +101,9 @@ fn build_template() -> rusqlite::Result<Vec<u8>> {
 /// more CPU than they hold memory (flushing them too made alarms that wake quiet
 /// objects run 100 ms late at p99).
 pub(crate) fn release_idle_memory(conn: &Connection) {
-    // Prepared statements hold a few KiB each and are cheap to prepare again.
-    conn.flush_prepared_statement_cache();
+    // Prepared statements are kept: dropping them here (about 16 KB per object) made
+    // every alarm wake re-parse them, and alarm lateness p99 grew from ~20 ms to
+    // 100-190 ms (BENCHMARKS.md).
     // SAFETY: a live connection owned by this thread.
     unsafe {
         rusqlite::ffi::sqlite3_db_release_memory(conn.handle());
