@@ -369,7 +369,9 @@ pub(crate) fn offer<W: Writer + 'static>(
         return Some(call);
     }
     if state.in_flight.get() >= config.max_queue {
-        let _ = call.reply.send(Response::Error(WireError::Overloaded));
+        let _ = call.reply.send(Response::Error(WireError::OverloadedRetry {
+            retry_after_ms: 50,
+        }));
         return None;
     }
     slot.touch(now);

@@ -1724,12 +1724,14 @@ impl Object {
         let mut alarms_ran = false;
         let mut requeue = Vec::new();
         let mut items = 0usize;
+        // A long batch lets the shard's other tasks in between its turns: reads of this
+        // object (they run beside the batch, on the committed state), other objects'
+        // calls and replies need not wait for the whole batch. Its transaction simply
+        // stays open meanwhile. (Yielding only while the object is being read left
+        // read_under_write at 2x idle instead of 1.3x, for no measurable gain.)
         let mut ran_since = crate::clock::monotonic();
         while let Some(item) = work.next() {
             items += 1;
-            // A long batch lets the shard's other tasks in between its turns: reads
-            // of this object (they run beside the batch on the committed state), other
-            // objects' calls, replies. Its transaction simply stays open meanwhile.
             if crate::clock::monotonic().saturating_sub(ran_since) >= BATCH_SLICE {
                 tokio::task::yield_now().await;
                 ran_since = crate::clock::monotonic();

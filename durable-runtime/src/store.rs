@@ -221,9 +221,6 @@ pub(crate) fn open(
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "cache_size", -256)?;
-        // The WAL is kept when the object closes (see `keep_wal_on_close`): once a
-        // checkpoint has emptied it, shrink it back to 64 KiB.
-        conn.pragma_update(None, "journal_size_limit", 64 * 1024)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.set_prepared_statement_cache_capacity(32);
         let tx = conn.unchecked_transaction()?;
