@@ -213,7 +213,9 @@ impl crate::reads::Writer for Slot {
         match self.core.borrow_mut().arrive(now, Work::Call(call)) {
             Ok(()) => self.notify.notify_one(),
             Err(Work::Call(call)) => {
-                let _ = call.reply.send(Response::Error(WireError::Overloaded));
+                let _ = call.reply.send(Response::Error(WireError::OverloadedRetry {
+                    retry_after_ms: QUEUE_FULL_RETRY_MS,
+                }));
             }
             Err(Work::Alarm) => {}
         }
@@ -341,9 +343,15 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
             None => break true,
             Some(Message::Close(drain)) => break drain,
             Some(Message::Call(call)) => {
-                // A read-only call to an active object runs at once on its reader.
+                // A read-only call to a busy object runs at once on its reader. An idle
+                // object (nothing running, queued or waiting for its sync) takes it as a
+                // turn, which runs and answers at once: its writer's state is then exactly
+                // the durable state, and that path is the shorter one (no second
+                // connection, no read transaction to begin and end).
                 let call = match objects.get(&(call.class.name, call.request.object)) {
-                    Some(slot) if call.class.is_read(call.method) => {
+                    Some(slot)
+                        if call.class.is_read(call.method) && !slot.core.borrow().is_idle() =>
+                    {
                         match crate::reads::offer(slot, &config, call) {
                             None => continue,
                             Some(call) => call,

@@ -82,10 +82,10 @@ async fn a_deadline_holds_along_a_chain_of_three_objects() {
     for name in ["d1", "d2", "d3"] {
         assert!(!client.get::<Hop>(name).ran().await.unwrap());
     }
-    // d3 is busy for 1.5 s: the chain's call to it waits in its queue.
+    // d3 is busy for 2.5 s: the chain's call to it waits in its queue.
     let busy = {
         let d3 = client.get::<Hop>("d3");
-        tokio::spawn(async move { d3.busy(1500).await })
+        tokio::spawn(async move { d3.busy(2500).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
@@ -101,7 +101,7 @@ async fn a_deadline_holds_along_a_chain_of_three_objects() {
         "{err:?}"
     );
     assert!(
-        took >= Duration::from_millis(190) && took < Duration::from_millis(700),
+        took >= Duration::from_millis(190) && took < Duration::from_millis(1000),
         "took {took:?}"
     );
     // d1 and d2 gave up with their caller: they answer again long before d3 is free.
@@ -109,7 +109,7 @@ async fn a_deadline_holds_along_a_chain_of_three_objects() {
     client.get::<Hop>("d1").ran().await.unwrap();
     client.get::<Hop>("d2").ran().await.unwrap();
     assert!(
-        started.elapsed() < Duration::from_millis(900),
+        started.elapsed() < Duration::from_millis(1500),
         "d1 and d2 took {:?}",
         started.elapsed()
     );
