@@ -69,7 +69,7 @@ pub(crate) struct Calls {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) placement: Arc<dyn Placement>,
     shutting_down: AtomicBool,
-    /// Read-only methods run beside turns (see [`crate::reads`]), so a call along a
+    /// Read-only methods run beside turns (on a reader connection), so a call along a
     /// chain may enter an object whose turn waits on it.
     reentrant_reads: AtomicBool,
     in_flight: Gauge,

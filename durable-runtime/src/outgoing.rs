@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 /// A future resolving to the answer of one call.
 pub(crate) type ReplyFuture = Pin<Box<dyn Future<Output = Response> + Send + 'static>>;
 
-/// Delivers calls to the objects of this host (implemented by [`crate::calls::Calls`]).
+/// Delivers calls to the objects of this host (implemented by the host's call entry).
 pub(crate) trait LocalCalls: Send + Sync {
     /// Run one call made in `chain` by `caller`.
     fn call_in_chain(&self, request: CallRequest, caller: String, chain: CallChain) -> ReplyFuture;
