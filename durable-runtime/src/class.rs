@@ -3,7 +3,7 @@
 //! the HTTP gateway), and the type-erased registry entry the host keeps per class.
 
 use crate::context::Context;
-use crate::reads::ReadContext;
+use crate::read_context::{QueryOnly, ReadContext};
 use durable_client::{MethodInfo, ObjectClass};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
@@ -231,7 +231,7 @@ pub(crate) trait Instance {
         alarm: usize,
         args: &'a [u8],
     ) -> BoxTurn<'a>;
-    /// A read-only method on a reader instance (see [`crate::reads`]).
+    /// A read-only method on a reader instance (the read path beside the shards).
     fn dispatch_read<'a>(
         &'a self,
         ctx: &'a ReadContext,
@@ -257,7 +257,7 @@ impl<T: Hosted> Instance for T {
         if T::READ_ONLY.contains(&method) {
             // A read-only method that fell back to a turn: on the writer's instance
             // and connection, with writes refused by SQLite for its duration.
-            return crate::reads::read_in_turn::<T>(self, ctx, method, args);
+            return read_in_turn::<T>(self, ctx, method, args);
         }
         Hosted::dispatch(self, ctx, method, args)
     }
@@ -349,4 +349,22 @@ impl ClassEntry {
                 .collect(),
         }
     }
+}
+
+/// A read-only method run as a turn (the fallback): on the writer's instance and
+/// connection, behind the object's earlier calls, its reply gated like theirs. SQLite
+/// refuses writes for the method's duration (`PRAGMA query_only`), also if it panics
+/// or is dropped.
+pub(crate) fn read_in_turn<'a, T: Hosted>(
+    this: &'a T,
+    ctx: &'a Context,
+    method: usize,
+    args: &'a [u8],
+) -> BoxTurn<'a> {
+    let guard = QueryOnly::on(&ctx.conn);
+    Box::pin(async move {
+        let outcome = T::dispatch_read(this, ctx.as_read(), method, args).await;
+        drop(guard);
+        outcome
+    })
 }

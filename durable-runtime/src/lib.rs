@@ -27,6 +27,7 @@ mod log;
 mod ops;
 mod outgoing;
 mod placement;
+mod read_context;
 mod reads;
 mod record;
 pub mod restore;
@@ -52,7 +53,7 @@ pub use host::{DurabilityMode, Host, Limits, RunningHost, DEFAULT_MAX_OBJECT_BYT
 pub use log::recovery::RecoveryReport;
 pub use log::{LogConfig, LogRecord, RecordKind, TailProblem};
 pub use placement::{Owner, Placement, SingleHost};
-pub use reads::{ReadContext, ReadSql, ReadStorage};
+pub use read_context::{ReadContext, ReadSql, ReadStorage};
 pub use sockets::{
     FromWsMessage, Socket, SocketHandlers, SocketId, WsMessage, CLOSE_INTERNAL, CLOSE_NO_PONG,
     CLOSE_REFUSED, CLOSE_SLOW_CLIENT, CLOSE_TRY_AGAIN, DEFAULT_MAX_SOCKETS, MAX_ATTACHMENT_BYTES,
@@ -77,6 +78,6 @@ pub mod __private {
     };
     pub use crate::context::Context;
     pub use crate::error::Error;
-    pub use crate::reads::ReadContext;
+    pub use crate::read_context::ReadContext;
     pub use crate::sockets::{FromWsMessage, SocketEvent, SocketHandlers};
 }
