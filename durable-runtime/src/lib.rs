@@ -34,6 +34,7 @@ pub mod restore;
 mod restore_target;
 mod server;
 mod shard;
+mod shard_config;
 mod sockets;
 mod store;
 mod streams;

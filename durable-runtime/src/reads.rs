@@ -36,7 +36,7 @@
 
 use crate::class::{ClassEntry, Instance, TurnOutcome};
 use crate::context::Context;
-use crate::shard::{Call, ShardConfig};
+use crate::shard_config::{Call, ShardConfig};
 use crate::store;
 use durable_client::wire::{Response, WireError};
 use durable_client::ObjectId;
@@ -346,7 +346,7 @@ async fn read_in_snapshot<W: Writer>(
                 "{}.{} panicked: {}",
                 class.name,
                 request.method,
-                crate::shard::panic_message(&panic)
+                crate::shard_config::panic_message(&panic)
             );
             tracing::warn!(id = %request.object, "{message}; reader instance dropped");
             r.instance = None;
