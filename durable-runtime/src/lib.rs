@@ -9,6 +9,7 @@
 mod admission;
 pub mod alarms;
 mod calls;
+mod capture;
 mod catalog;
 mod chain;
 mod class;

@@ -7,6 +7,7 @@
 //! only itself), one commit, then the durability component makes the batch durable
 //! and only then are the batch's replies released (the output gate).
 
+use crate::capture::ChangeCapture;
 use crate::chain::CallChain;
 use crate::class::{ClassEntry, Instance, TurnOutcome};
 use crate::clock::Clock;
@@ -357,7 +358,7 @@ struct Object {
     config: Rc<ShardConfig>,
     /// A change capture left empty by a read-only batch, reused by the next one.
     /// Declared before `ctx`: it must be dropped before the connection closes.
-    spare_capture: Option<store::ChangeCapture>,
+    spare_capture: Option<ChangeCapture>,
     ctx: Option<Context>,
     /// The object's connection while it is open (the one `ctx` holds): the batch
     /// machinery reaches it through here, also while a turn holds `ctx`.
@@ -409,7 +410,7 @@ struct Object {
 /// commits the batch so far in the middle ([`Object::flush_turn`]) and starts these
 /// over.
 struct Pending {
-    capture: Option<store::ChangeCapture>,
+    capture: Option<ChangeCapture>,
     /// The write marker when the (remaining) batch began.
     before: (u64, i64),
     /// Request ids the (remaining) batch recorded.
@@ -1082,7 +1083,7 @@ impl Object {
     }
 
     /// Start a batch: begin capturing changes (if the log wants them) and the transaction.
-    fn begin(&mut self) -> Result<Option<store::ChangeCapture>, Response> {
+    fn begin(&mut self) -> Result<Option<ChangeCapture>, Response> {
         let ctx = self.ctx.as_mut().expect("opened");
         // Requests from an earlier, failed batch do not carry over.
         ctx.effects = Effects::default();
@@ -1091,8 +1092,11 @@ impl Object {
         let spare = self.spare_capture.take();
         let capture = if wants {
             Some(match spare {
-                Some(c) => c,
-                None => store::ChangeCapture::start(&ctx.conn).map_err(internal)?,
+                Some(mut c) => {
+                    c.reset();
+                    c
+                }
+                None => ChangeCapture::start(&ctx.conn).map_err(internal)?,
             })
         } else {
             None
@@ -1319,7 +1323,7 @@ impl Object {
     async fn commit(
         &mut self,
         before: (u64, i64),
-        capture: Option<store::ChangeCapture>,
+        capture: Option<ChangeCapture>,
         recorded: &[store::RecordedCall],
     ) -> Result<(), CommitError> {
         let not_applied = |e: rusqlite::Error| CommitError::NotApplied(e.to_string());
@@ -1350,10 +1354,12 @@ impl Object {
         let snapshot_due = self.config.snapshot_every.is_some_and(|every| {
             now.saturating_sub(self.last_image_ms) >= every.as_millis() as u64
         });
-        let change = match &capture {
+        let mut capture = capture;
+        let change = match &mut capture {
             Some(c) if !self.needs_image && !snapshot_due && after.1 == before.1 => {
                 Change::Changeset(store::encode_changes(
-                    &c.changeset().map_err(CommitError::NotApplied)?,
+                    &c.changeset(&conn, after.1)
+                        .map_err(CommitError::NotApplied)?,
                     recorded,
                 ))
             }
@@ -1367,7 +1373,9 @@ impl Object {
                 Change::Image(data)
             }
         };
-        drop(capture);
+        // The capture is empty again (or reset when next taken): keep it, with the
+        // table layouts it has read.
+        self.spare_capture = capture;
         log.submit(seq, Some(change));
         // The batch is on its way to the log and cannot be called back: from here on it
         // is numbered, whatever happens. Its replies wait for the log (the output gate);
@@ -1549,14 +1557,17 @@ impl Object {
     fn start_capture(
         &mut self,
         conn: &rusqlite::Connection,
-    ) -> Result<Option<store::ChangeCapture>, String> {
+    ) -> Result<Option<ChangeCapture>, String> {
         let wants = self.log.as_ref().is_some_and(|l| l.captures_changes());
         if !wants {
             return Ok(None);
         }
         match self.spare_capture.take() {
-            Some(c) => Ok(Some(c)),
-            None => store::ChangeCapture::start(conn).map(Some),
+            Some(mut c) => {
+                c.reset();
+                Ok(Some(c))
+            }
+            None => ChangeCapture::start(conn).map(Some),
         }
     }
 

@@ -555,6 +555,9 @@ impl Segment {
     }
 }
 
+/// The longest a round waits for more records to join it (see `writer_loop`).
+const MAX_LINGER: Duration = Duration::from_micros(250);
+
 fn writer_loop(
     rx: mpsc::Receiver<Msg>,
     shared: Arc<Shared>,
@@ -564,13 +567,27 @@ fn writer_loop(
     let dir = log_dir(&shared.data_dir);
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut batch: Vec<Entry> = Vec::new();
+    let mut last_round = Duration::ZERO;
     loop {
         // A control message ends the round: what came before it is written first.
         let mut control = None;
-        match rx.recv() {
-            Ok(Msg::Append(e)) => batch.push(e),
-            Ok(other) => control = Some(other),
-            Err(_) => return,
+        let (first, waiting) = match rx.try_recv() {
+            Ok(m) => (m, true),
+            Err(mpsc::TryRecvError::Disconnected) => return,
+            Err(mpsc::TryRecvError::Empty) => match rx.recv() {
+                Ok(m) => (m, false),
+                Err(_) => return,
+            },
+        };
+        match first {
+            Msg::Append(e) => batch.push(e),
+            other => control = Some(other),
+        }
+        // Group commit under load: when records were already waiting (they came while
+        // the last round synced), more are on their way; let them gather for half a
+        // sync's time, so each sync carries more of them (an idle log syncs at once).
+        if waiting && control.is_none() && !last_round.is_zero() {
+            std::thread::sleep((last_round / 2).min(MAX_LINGER));
         }
         let mut pending: usize = batch.iter().map(|e| e.payload.len()).sum();
         while control.is_none() && pending < (16 << 20) {
@@ -592,7 +609,7 @@ fn writer_loop(
                     .drain(..)
                     .for_each(|e| e.pos.send_modify(|p| p.failed = true));
             } else {
-                write_round(
+                last_round = write_round(
                     &shared,
                     &dir,
                     &mut segment,
@@ -629,7 +646,7 @@ fn write_round(
     buf: &mut Vec<u8>,
     batch: &mut Vec<Entry>,
     next_lsn: &mut u64,
-) {
+) -> Duration {
     let first = *next_lsn;
     let now = shared.clock.now_ms();
     buf.clear();
@@ -691,12 +708,10 @@ fn write_round(
                     .for_each(|e| e.pos.send_modify(|p| p.failed = true));
             }
         }
-        return;
+        return Duration::ZERO;
     }
-    crate::telemetry::log_round(
-        batch.len(),
-        crate::clock::monotonic().saturating_sub(started),
-    );
+    let took = crate::clock::monotonic().saturating_sub(started);
+    crate::telemetry::log_round(batch.len(), took);
     if let Some(fresh) = fresh {
         *segment = fresh;
     }
@@ -740,6 +755,7 @@ fn write_round(
     if since + buf.len() as u64 > CHECKPOINT_BYTES {
         shared.wake.1.notify_all();
     }
+    took
 }
 
 fn checkpointer_loop(shared: Arc<Shared>, interval: Option<Duration>) {
