@@ -1273,6 +1273,13 @@ impl Object {
         if self.seq == 0 || !ctx.conn.is_autocommit() {
             return;
         }
+        // Unchanged since its digest was recorded (an object that was only read since
+        // its last stop): the recorded digest still stands.
+        if let Ok(Some((seq, _))) = self.config.catalog.digest(self.class.name, self.id) {
+            if seq == self.seq {
+                return;
+            }
+        }
         let size: rusqlite::Result<i64> = ctx.conn.query_row(
             "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
             [],
