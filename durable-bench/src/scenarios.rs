@@ -802,30 +802,43 @@ async fn read_under_write(plan: &Plan) -> Result<Vec<Row>, String> {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let alone = writers(plan.secs).await?;
     // One sequential reader beside the writers for their whole run; it measures `n`
-    // reads once the writers are past their warm-up.
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (counter, stop, warm) = (counter.clone(), stop.clone(), plan.warm);
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs_f64(warm)).await;
-            let mut out = Vec::with_capacity(n);
-            let mut reads = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let start = Instant::now();
-                counter.get().await.map_err(|e| e.to_string())?;
-                reads += 1;
-                if reads > 200 && out.len() < n {
-                    out.push(start.elapsed().as_secs_f64() * 1e6);
+    // reads once the writers are past their warm-up. First on a connection of its own
+    // (another service reading while these write: the object's read path), then on
+    // the writers' own connection (the reads also queue behind the writers' packets in
+    // both ends' QUIC connection and in the writers' client runtime).
+    let read_beside = |reader: <Counter as durable::ObjectClass>::Client| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (stop, warm) = (stop.clone(), plan.warm);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs_f64(warm)).await;
+                let mut out = Vec::with_capacity(n);
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let start = Instant::now();
+                    reader.get().await.map_err(|e| e.to_string())?;
+                    reads += 1;
+                    if reads > 200 && out.len() < n {
+                        out.push(start.elapsed().as_secs_f64() * 1e6);
+                    }
                 }
-            }
-            out.sort_by(f64::total_cmp);
-            Ok::<_, String>((out, reads))
-        })
+                out.sort_by(f64::total_cmp);
+                Ok::<_, String>((out, reads))
+            })
+        };
+        let writers = writers(plan.secs);
+        async move {
+            let beside = writers.await;
+            stop.store(true, Ordering::Relaxed);
+            let (hot, reads) = task.await.map_err(|e| e.to_string())??;
+            Ok::<_, String>((hot, reads, beside?))
+        }
     };
-    let beside = writers(plan.secs).await;
-    stop.store(true, Ordering::Relaxed);
-    let (hot, reads) = reader.await.map_err(|e| e.to_string())??;
-    let beside = beside?;
+    let config = ClientConfig::from_data_dir(server.addr, &dir).map_err(|e| e.to_string())?;
+    let own = Client::connect(config).await.map_err(|e| e.to_string())?;
+    let (hot, reads, beside) = read_beside(own.get::<Counter>("hot")).await?;
+    let (shared, _, _) = read_beside(counter.clone()).await?;
+    own.close();
     client.close();
     server.stop();
     let against_idle = "the same read, object idle";
@@ -851,11 +864,16 @@ async fn read_under_write(plan: &Plan) -> Result<Vec<Row>, String> {
             Some(alone.rate),
             "the same 64 writers, no reads",
         ),
+        Row::lower(
+            "read_under_write",
+            percentile(&shared, 0.5),
+            "us median, reader on the writers' connection",
+            Some(percentile(&idle, 0.5)),
+            against_idle,
+        ),
     ])
 }
 
-/// Sequential `GET /get/read` on an active workerd counter over one keep-alive
-/// connection; sorted latencies in microseconds, after 200 unmeasured calls.
 async fn workerd_read_latency(plan: &Plan, n: usize) -> Result<Vec<f64>, String> {
     let server = workerd(plan, "workerd-read").await?;
     let mut conn = Http::connect(server.addr)
