@@ -5,9 +5,9 @@
 //!
 //! Two implementations:
 //! - the host log, `log::HostLog` (the default): one append-only log for the whole host.
-//!   Each batch hands over its SQLite session changeset (or a database image after a
-//!   schema change); one `fdatasync` of the log covers every batch waiting, from every
-//!   object.
+//!   Each batch hands over its changeset, in SQLite's session format (or a database
+//!   image after a schema change); one `fdatasync` of the log covers every batch
+//!   waiting, from every object.
 //! - [`WalSync`] (`--durability fsync`): a committed batch is made durable by
 //!   `fdatasync` of the object's own `-wal` file on a blocking thread. Syncs of one
 //!   object coalesce. Kept as the baseline the host log is measured against.
@@ -64,7 +64,7 @@ impl Refusal {
 /// What a committed batch changed, for durability components that ship changes.
 #[derive(Debug)]
 pub(crate) enum Change {
-    /// An SQLite session changeset of the batch.
+    /// The batch's changeset (SQLite's session format).
     Changeset(Vec<u8>),
     /// The whole database after the batch (new objects, schema changes).
     Image(Vec<u8>),
