@@ -649,6 +649,18 @@ impl Host {
                     streams: Some(streams.clone()),
                     local: local.clone(),
                     max_object_bytes: limits.max_object_bytes,
+                    // New objects' files, made ahead (host log only: under `--durability
+                    // fsync` a new file is synced before its first reply anyway).
+                    spares: host_log
+                        .as_ref()
+                        .and_then(|_| crate::store::template())
+                        .and_then(|t| match crate::spares::Spares::start(&self.data_dir, t) {
+                            Ok(s) => Some(s),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "no spare object files (new objects create theirs)");
+                                None
+                            }
+                        }),
                 },
             )
             .map_err(|e| HostError::io("starting shard threads", e))?,

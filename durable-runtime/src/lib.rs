@@ -37,6 +37,7 @@ mod server;
 mod shard;
 mod shard_config;
 mod sockets;
+mod spares;
 mod store;
 mod streams;
 mod telemetry;

@@ -970,6 +970,7 @@ impl Object {
                 self.id,
                 name,
                 sync_new,
+                self.config.spares.as_deref(),
             )
             .map_err(|e| {
                 // The message names host paths: the log gets it, the client does not.

@@ -73,6 +73,8 @@ pub(crate) struct ShardConfig {
     pub(crate) local: LocalSlot,
     /// Most bytes of pages in use per object database.
     pub(crate) max_object_bytes: u64,
+    /// Files made ahead for new objects.
+    pub(crate) spares: Option<Arc<crate::spares::Spares>>,
 }
 
 /// The text of a caught panic, for the `Panicked` reply and the log.

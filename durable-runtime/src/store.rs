@@ -68,7 +68,7 @@ pub(crate) fn configure_sqlite() {
 /// and run the schema (together about half the cost of a first call, and on ext4 a
 /// created-and-deleted inode per object). `None` if it could not be built (never
 /// expected): new files then start empty and are set up as before.
-fn template() -> Option<&'static [u8]> {
+pub(crate) fn template() -> Option<&'static [u8]> {
     static TEMPLATE: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
     TEMPLATE
         .get_or_init(|| match build_template() {
@@ -186,17 +186,23 @@ pub(crate) fn open(
     id: ObjectId,
     name: Option<&str>,
     sync_new: bool,
+    spares: Option<&crate::spares::Spares>,
 ) -> Result<(Context, bool), String> {
     let path = object_path(data_dir, class, id);
     let dir = path.parent().expect("object path has a parent");
     let fresh = !path.exists();
     if fresh {
         crate::files::create_dirs(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        match template() {
-            Some(bytes) => crate::files::create_db_from(&path, bytes),
-            None => crate::files::precreate_db(&path),
+        // A spare set of files (the template, empty `-wal` and `-shm`) renamed into
+        // place allocates no inode; without one, create the file.
+        let spare = !sync_new && spares.is_some_and(|s| s.take(&path));
+        if !spare {
+            match template() {
+                Some(bytes) => crate::files::create_db_from(&path, bytes),
+                None => crate::files::precreate_db(&path),
+            }
+            .map_err(|e| format!("creating {}: {e}", path.display()))?;
         }
-        .map_err(|e| format!("creating {}: {e}", path.display()))?;
     }
     let conn = Connection::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
     shrink_lookaside(&conn);
@@ -783,7 +789,7 @@ mod tests {
     fn a_new_object_starts_from_the_template_in_wal_mode_with_the_runtime_tables() {
         let dir = tempfile::tempdir().unwrap();
         let id = ObjectId::random();
-        let (ctx, image) = open(dir.path(), "Counter", id, Some("n"), false).unwrap();
+        let (ctx, image) = open(dir.path(), "Counter", id, Some("n"), false, None).unwrap();
         assert!(image, "a new object's first batch must ship an image");
         let mode: String = ctx
             .conn
@@ -809,7 +815,7 @@ mod tests {
         assert_eq!(ctx.name.as_deref(), Some("n"));
         drop(ctx);
         // Opened again, it is a stored object: no image.
-        let (_ctx, image) = open(dir.path(), "Counter", id, None, false).unwrap();
+        let (_ctx, image) = open(dir.path(), "Counter", id, None, false, None).unwrap();
         assert!(!image);
     }
 }

@@ -1,0 +1,199 @@
+//! Spare object files, made ahead of need. A new object's first call used to create
+//! three inodes (its database, then SQLite's `-wal` and `-shm`), and on a file system
+//! that has seen many files come and go, ext4 spends hundreds of microseconds per new
+//! inode looking for one not recently deleted (`find_inode_bit`, `recently_deleted`):
+//! most of a new object's first call. A background thread keeps a few sets of files
+//! ready under `DATA_DIR/spare/` (the new-object template and empty `-wal` and `-shm`
+//! files); a new object takes one with three renames into place, which allocate
+//! nothing. Nothing here needs syncing: a new object's file is made durable through
+//! the host log like any new file (its first batch ships an image), and a spare left
+//! half-made by a crash is deleted at the next start.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+/// Sets of files kept ready.
+const KEEP: usize = 32;
+
+/// The spare files of one data directory.
+pub(crate) struct Spares {
+    dir: PathBuf,
+    template: &'static [u8],
+    /// Numbers of the complete sets in `dir`, and the next number to make.
+    ready: Mutex<(Vec<u64>, u64)>,
+    wanted: Condvar,
+}
+
+impl Spares {
+    /// Keep spares under `data_dir/spare/`, filled from `template` by a thread that
+    /// ends once the returned handle is dropped. Complete sets left by an earlier run
+    /// are used; anything else there is deleted.
+    pub(crate) fn start(data_dir: &Path, template: &'static [u8]) -> std::io::Result<Arc<Spares>> {
+        let dir = data_dir.join("spare");
+        crate::files::create_dirs(&dir)?;
+        let mut ready = Vec::new();
+        let mut next = 0;
+        let mut leftovers = Vec::new();
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let (stem, suffix) = name.split_once('.').unwrap_or((name, ""));
+            let Ok(n) = stem.parse::<u64>() else {
+                leftovers.push(path);
+                continue;
+            };
+            next = next.max(n + 1);
+            if suffix == "db" && complete(&dir, n) {
+                ready.push(n);
+            } else if !(matches!(suffix, "db-wal" | "db-shm") && complete(&dir, n)) {
+                leftovers.push(path);
+            }
+        }
+        for path in leftovers {
+            let _ = std::fs::remove_file(path);
+        }
+        let spares = Arc::new(Spares {
+            dir,
+            template,
+            ready: Mutex::new((ready, next)),
+            wanted: Condvar::new(),
+        });
+        let weak = Arc::downgrade(&spares);
+        std::thread::Builder::new()
+            .name("durable-spares".into())
+            .spawn(move || fill(weak))?;
+        Ok(spares)
+    }
+
+    /// Put a spare set at `path` (a new object's database, which must not exist) and
+    /// beside it. `false` if none is ready or the renames failed: create it instead.
+    pub(crate) fn take(&self, path: &Path) -> bool {
+        let n = {
+            let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+            let n = ready.0.pop();
+            self.wanted.notify_one();
+            match n {
+                Some(n) => n,
+                None => return false,
+            }
+        };
+        let from = |suffix: &str| self.dir.join(format!("{n}.{suffix}"));
+        let to = |suffix: &str| {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        // The database last: until it is in place, the object does not exist (empty
+        // `-wal` and `-shm` files beside nothing are harmless and replaced next time).
+        let moved = std::fs::rename(from("db-wal"), to("-wal"))
+            .and_then(|_| std::fs::rename(from("db-shm"), to("-shm")))
+            .and_then(|_| std::fs::rename(from("db"), path));
+        if let Err(e) = moved {
+            tracing::debug!(error = %e, "using a spare object file failed; creating one");
+            for suffix in ["db", "db-wal", "db-shm"] {
+                let _ = std::fs::remove_file(from(suffix));
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Make one set of spare files numbered `n`: the `-wal` and `-shm` first, the
+    /// database last (written under a temporary name, then renamed), so a set whose
+    /// database exists is complete.
+    fn make(&self, n: u64) -> std::io::Result<()> {
+        let path = |suffix: &str| self.dir.join(format!("{n}.{suffix}"));
+        for suffix in ["db-wal", "db-shm"] {
+            crate::files::precreate_db(&path(suffix))?;
+        }
+        let tmp = path("tmp");
+        let _ = std::fs::remove_file(&tmp);
+        crate::files::create_db_from(&tmp, self.template)?;
+        std::fs::rename(&tmp, path("db"))
+    }
+}
+
+fn complete(dir: &Path, n: u64) -> bool {
+    ["db", "db-wal", "db-shm"]
+        .iter()
+        .all(|suffix| dir.join(format!("{n}.{suffix}")).exists())
+}
+
+/// The filling thread: keep `KEEP` sets ready while the host holds its handle.
+fn fill(spares: Weak<Spares>) {
+    loop {
+        let Some(spares) = spares.upgrade() else {
+            return;
+        };
+        let n = {
+            let mut ready = spares.ready.lock().unwrap_or_else(|e| e.into_inner());
+            if ready.0.len() >= KEEP {
+                // Wake on a take, or now and then to notice the host is gone.
+                let (guard, _) = spares
+                    .wanted
+                    .wait_timeout(ready, Duration::from_millis(500))
+                    .unwrap_or_else(|e| e.into_inner());
+                ready = guard;
+                if ready.0.len() >= KEEP {
+                    continue;
+                }
+            }
+            ready.1 += 1;
+            ready.1 - 1
+        };
+        match spares.make(n) {
+            Ok(()) => spares
+                .ready
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+                .push(n),
+            Err(e) => {
+                tracing::debug!(error = %e, "making a spare object file failed");
+                drop(spares);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_spare_is_a_complete_set_in_place_and_the_pool_refills() {
+        let dir = tempfile::tempdir().unwrap();
+        let template: &'static [u8] = b"template bytes";
+        let spares = Spares::start(dir.path(), template).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while spares.ready.lock().unwrap().0.len() < KEEP {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pool never filled"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let target = dir.path().join("obj.db");
+        assert!(spares.take(&target));
+        assert_eq!(std::fs::read(&target).unwrap(), template);
+        assert_eq!(std::fs::read(dir.path().join("obj.db-wal")).unwrap(), b"");
+        assert_eq!(std::fs::read(dir.path().join("obj.db-shm")).unwrap(), b"");
+        while spares.ready.lock().unwrap().0.len() < KEEP {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pool never refilled"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A restart keeps the complete sets and deletes a half-made one.
+        drop(spares);
+        std::fs::write(dir.path().join("spare/999.db-wal"), b"").unwrap();
+        std::fs::write(dir.path().join("spare/998.tmp"), b"x").unwrap();
+        let again = Spares::start(dir.path(), template).unwrap();
+        assert!(again.ready.lock().unwrap().0.len() >= KEEP);
+        assert!(!dir.path().join("spare/999.db-wal").exists());
+        assert!(!dir.path().join("spare/998.tmp").exists());
+    }
+}
