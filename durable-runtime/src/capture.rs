@@ -14,6 +14,7 @@
 use rusqlite::ffi;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::Connection;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::os::raw::{c_char, c_int, c_void};
 
@@ -121,8 +122,12 @@ impl ChangeCapture {
         // Per table (in the order first changed), per row key (in the order first
         // changed): the row before the batch (from its first change: whatever a
         // rolled-back savepoint did was undone, so that is still the state the batch
-        // started from), a row holding the key, and whether only triggers changed it.
-        type Rows = (Vec<Vec<u8>>, HashMap<Vec<u8>, (Option<Row>, Row, bool)>);
+        // started from), else the row its first change inserted (either holds the key),
+        // and whether only triggers changed it.
+        type Rows = (
+            Vec<Vec<u8>>,
+            HashMap<Vec<u8>, (Option<Row>, Option<Row>, bool)>,
+        );
         let mut by_table: Vec<(usize, Rows)> = Vec::new();
         for raw in changes {
             let name = &self.state.tables[raw.table];
@@ -139,22 +144,23 @@ impl ChangeCapture {
                 }
             };
             let (order, rows) = &mut by_table[slot].1;
-            let mut note = |key: Vec<u8>, before: Option<Row>, probe: Row| match rows.get_mut(&key)
+            let mut note = |key: Vec<u8>, before: Option<Row>, inserted: Option<Row>| match rows
+                .get_mut(&key)
             {
                 Some(entry) => entry.2 &= raw.indirect,
                 None => {
                     order.push(key.clone());
-                    rows.insert(key, (before, probe, raw.indirect));
+                    rows.insert(key, (before, inserted, raw.indirect));
                 }
             };
             if let Some(old) = raw.old {
                 if let Some(k) = key_of(layout, &old) {
-                    note(k, Some(old.clone()), old);
+                    note(k, Some(old), None);
                 }
             }
             if let Some(new) = raw.new {
                 if let Some(k) = key_of(layout, &new) {
-                    note(k, None, new);
+                    note(k, None, Some(new));
                 }
             }
         }
@@ -164,12 +170,15 @@ impl ChangeCapture {
             let layout = &self.layouts[name];
             let mut header = false;
             for key in order {
-                let Some((before, probe, indirect)) = rows.remove(&key) else {
+                let Some((before, inserted, indirect)) = rows.remove(&key) else {
+                    continue;
+                };
+                let Some(probe) = before.as_ref().or(inserted.as_ref()) else {
                     continue;
                 };
                 // The row as the batch leaves it (read back, as the session extension
                 // does: a savepoint rolled back after the hook saw a change undid it).
-                let after = current(conn, layout, &probe)?;
+                let after = current(conn, layout, probe)?;
                 let (op, body) = match (before, after) {
                     (None, None) => continue,
                     (None, Some(a)) => (ffi::SQLITE_INSERT, record(layout, &a, |_| true)),
@@ -239,7 +248,7 @@ fn key_of(layout: &Layout, row: &Row) -> Option<Vec<u8>> {
             continue;
         }
         let v = value(row, *col);
-        if matches!(v, Val::Null) {
+        if matches!(*v, Val::Null) {
             return None;
         }
         put_value(&mut key, &v);
@@ -247,10 +256,12 @@ fn key_of(layout: &Layout, row: &Row) -> Option<Vec<u8>> {
     Some(key)
 }
 
-fn value(row: &Row, col: Option<usize>) -> Val {
-    match col {
-        None => Val::Int(row.rowid),
-        Some(c) => row.vals.get(c).cloned().unwrap_or(Val::Null),
+/// Column `col` of `row` (`None`: its rowid), borrowed where it is stored.
+fn value(row: &Row, col: Option<usize>) -> Cow<'_, Val> {
+    match col.map(|c| row.vals.get(c)) {
+        None => Cow::Owned(Val::Int(row.rowid)),
+        Some(Some(v)) => Cow::Borrowed(v),
+        Some(None) => Cow::Owned(Val::Null),
     }
 }
 
@@ -391,7 +402,7 @@ fn current(conn: &Connection, layout: &Layout, probe: &Row) -> Result<Option<Row
         .prepare_cached(&layout.select)
         .map_err(|e| e.to_string())?;
     // Bind the key in primary-key order.
-    let mut keys: Vec<(u8, Val)> = layout
+    let mut keys: Vec<(u8, Cow<'_, Val>)> = layout
         .cols
         .iter()
         .zip(&layout.pk)

@@ -523,6 +523,23 @@ fn refused(full: bool) -> Response {
     }
 }
 
+/// Wait until batch `target` is settled in `watch` (see [`settled`]); a closed log
+/// reads as failed.
+async fn settled_pos(
+    mut watch: tokio::sync::watch::Receiver<DurablePos>,
+    slot: &Slot,
+    target: u64,
+) -> DurablePos {
+    watch
+        .wait_for(|p| settled(p, target, slot.rewinds.get()))
+        .await
+        .map(|p| *p)
+        .unwrap_or(DurablePos {
+            failed: true,
+            ..DurablePos::default()
+        })
+}
+
 /// Whether the log has dealt with an object's batches up to `target`, as the object
 /// must learn: durable, failed, or refused (a refusal counts only if the object has
 /// not already undone it).
@@ -1171,16 +1188,7 @@ impl Object {
             if self.config.clock.now_ms() < self.commit_retry_at && !force {
                 return FileCommit::Done;
             }
-            let mut watch = log.watch();
-            let slot = self.slot.clone();
-            let pos = watch
-                .wait_for(|p| settled(p, target, slot.rewinds.get()))
-                .await
-                .map(|p| *p)
-                .unwrap_or(DurablePos {
-                    failed: true,
-                    ..DurablePos::default()
-                });
+            let pos = settled_pos(log.watch(), &self.slot, target).await;
             if pos.failed {
                 tracing::error!(class = self.class.name, id = %self.id, "the host log failed with batches not yet in the file; the object is stopped until a restart");
                 self.abandon_txn();
@@ -1524,16 +1532,7 @@ impl Object {
         let target = self.seq;
         if let Some(log) = self.log.as_ref() {
             if target > self.slot.core.borrow().durable() {
-                let mut watch = log.watch();
-                let slot = self.slot.clone();
-                let pos = watch
-                    .wait_for(|p| settled(p, target, slot.rewinds.get()))
-                    .await
-                    .map(|p| *p)
-                    .unwrap_or(DurablePos {
-                        failed: true,
-                        ..DurablePos::default()
-                    });
+                let pos = settled_pos(log.watch(), &self.slot, target).await;
                 if pos.failed || pos.durable < target {
                     return Err(CommitError::Indeterminate(
                         "the object's writes could not be made durable before its call to another object".into(),

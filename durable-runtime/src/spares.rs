@@ -167,10 +167,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let template: &'static [u8] = b"template bytes";
         let spares = Spares::start(dir.path(), template).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let deadline = crate::clock::monotonic() + Duration::from_secs(10);
         while spares.ready.lock().unwrap().0.len() < KEEP {
             assert!(
-                std::time::Instant::now() < deadline,
+                crate::clock::monotonic() < deadline,
                 "the pool never filled"
             );
             std::thread::sleep(Duration::from_millis(5));
@@ -182,7 +182,7 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("obj.db-shm")).unwrap(), b"");
         while spares.ready.lock().unwrap().0.len() < KEEP {
             assert!(
-                std::time::Instant::now() < deadline,
+                crate::clock::monotonic() < deadline,
                 "the pool never refilled"
             );
             std::thread::sleep(Duration::from_millis(5));
