@@ -293,8 +293,15 @@ pub(crate) fn stored_seq(conn: &Connection) -> rusqlite::Result<u64> {
 
 /// Record `seq` as the last batch the database holds (inside the batch's transaction).
 pub(crate) fn set_stored_seq(conn: &Connection, seq: u64) -> rusqlite::Result<()> {
-    conn.prepare_cached("INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('log_seq', ?1)")?
+    // In place: every batch after an object's first finds the row (`INSERT OR
+    // REPLACE` deleted and re-inserted it, twice the b-tree work per batch).
+    let updated = conn
+        .prepare_cached("UPDATE _durable_meta SET value = ?1 WHERE key = 'log_seq'")?
         .execute([seq as i64])?;
+    if updated == 0 {
+        conn.prepare_cached("INSERT INTO _durable_meta(key, value) VALUES ('log_seq', ?1)")?
+            .execute([seq as i64])?;
+    }
     Ok(())
 }
 
