@@ -80,25 +80,23 @@ impl Default for AlarmConfig {
 
 /// The host's index of earliest due times, one row per object with pending alarms.
 pub(crate) struct AlarmIndex {
-    conn: Mutex<Connection>,
+    db: crate::host_db::HostDb,
 }
 
 impl AlarmIndex {
     pub(crate) fn open(data_dir: &Path) -> rusqlite::Result<AlarmIndex> {
         let path = data_dir.join("alarms.db");
-        let conn = crate::files::open_host_db(
+        let db = crate::host_db::HostDb::open(
             &path,
             "the alarm index",
             "CREATE TABLE IF NOT EXISTS due(class TEXT NOT NULL, id BLOB NOT NULL, due_ms INTEGER NOT NULL,
              PRIMARY KEY(class, id)) WITHOUT ROWID",
         )?;
-        Ok(AlarmIndex {
-            conn: Mutex::new(conn),
-        })
+        Ok(AlarmIndex { db })
     }
 
     pub(crate) fn set(&self, class: &str, id: ObjectId, due: Option<u64>) -> rusqlite::Result<()> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.db.lock();
         match due {
             Some(ms) => conn
                 .prepare_cached(
@@ -113,7 +111,7 @@ impl AlarmIndex {
     }
 
     pub(crate) fn load(&self) -> rusqlite::Result<Vec<(String, ObjectId, u64)>> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.db.lock();
         let mut stmt = conn.prepare("SELECT class, id, due_ms FROM due")?;
         let rows = stmt.query_map([], |r| {
             let id: Vec<u8> = r.get(1)?;

@@ -5,10 +5,10 @@
 //! detects a *damaged* one (the content no longer matches its digest) instead of
 //! serving it. The catalog is synced with every log checkpoint.
 
+use crate::host_db::HostDb;
 use durable_client::ObjectId;
 use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 /// The catalog's file under the data directory.
 pub(crate) fn catalog_path(data_dir: &Path) -> PathBuf {
@@ -17,26 +17,24 @@ pub(crate) fn catalog_path(data_dir: &Path) -> PathBuf {
 
 /// See the module documentation.
 pub(crate) struct Catalog {
-    conn: Mutex<Connection>,
+    db: HostDb,
 }
 
 impl Catalog {
     pub(crate) fn open(data_dir: &Path) -> rusqlite::Result<Catalog> {
         let path = catalog_path(data_dir);
-        let conn = crate::files::open_host_db(
+        let db = HostDb::open(
             &path,
             "the object catalog",
             "CREATE TABLE IF NOT EXISTS objects(class TEXT NOT NULL, id BLOB NOT NULL,
              digest_seq INTEGER, digest BLOB, PRIMARY KEY(class, id)) WITHOUT ROWID",
         )?;
-        Ok(Catalog {
-            conn: Mutex::new(conn),
-        })
+        Ok(Catalog { db })
     }
 
     /// The object exists (its file was created, or it was found on disk).
     pub(crate) fn add(&self, class: &str, id: ObjectId) -> rusqlite::Result<()> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.db.lock();
         conn.prepare_cached("INSERT OR IGNORE INTO objects(class, id) VALUES (?1, ?2)")?
             .execute(rusqlite::params![class, &id.as_bytes()[..]])?;
         Ok(())
@@ -44,7 +42,7 @@ impl Catalog {
 
     /// Whether the object ever existed on this host.
     pub(crate) fn knows(&self, class: &str, id: ObjectId) -> rusqlite::Result<bool> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.db.lock();
         let found = conn
             .prepare_cached("SELECT 1 FROM objects WHERE class = ?1 AND id = ?2")?
             .query_row(rusqlite::params![class, &id.as_bytes()[..]], |_| Ok(()))
@@ -61,7 +59,7 @@ impl Catalog {
         seq: u64,
         digest: u64,
     ) -> rusqlite::Result<()> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.db.lock();
         conn.prepare_cached(
             "INSERT OR REPLACE INTO objects(class, id, digest_seq, digest) VALUES (?1, ?2, ?3, ?4)",
         )?
@@ -76,7 +74,7 @@ impl Catalog {
 
     /// The last digest recorded for the object: (batch number, digest).
     pub(crate) fn digest(&self, class: &str, id: ObjectId) -> rusqlite::Result<Option<(u64, u64)>> {
-        let conn = self.conn.lock().unwrap();
+        let conn = self.db.lock();
         let row: Option<(Option<i64>, Option<Vec<u8>>)> = conn
             .prepare_cached("SELECT digest_seq, digest FROM objects WHERE class = ?1 AND id = ?2")?
             .query_row(rusqlite::params![class, &id.as_bytes()[..]], |r| {

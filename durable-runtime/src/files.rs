@@ -60,27 +60,6 @@ pub(crate) fn create_db_from(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
 }
 
-/// Open (creating it 0600 if needed) one of the host's own SQLite databases, such as
-/// the alarm index or the object catalog, in WAL mode with `schema` applied; `what`
-/// names it in errors.
-pub(crate) fn open_host_db(
-    path: &Path,
-    what: &str,
-    schema: &str,
-) -> rusqlite::Result<rusqlite::Connection> {
-    precreate_db(path).map_err(|e| {
-        rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-            Some(format!("creating {what}: {e}")),
-        )
-    })?;
-    let conn = rusqlite::Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.execute_batch(schema)?;
-    Ok(conn)
-}
-
 /// fsync a directory so that entries created in it survive power loss.
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()

@@ -24,6 +24,7 @@ mod files;
 mod follow;
 mod gateway;
 mod host;
+mod host_db;
 mod log;
 mod ops;
 mod outgoing;
