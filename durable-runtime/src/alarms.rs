@@ -385,9 +385,13 @@ impl AlarmService {
                 }
             }
             let sleep = match queue.wake_at() {
-                Some(due) if !self.clock.is_virtual() => {
-                    Duration::from_millis(due.saturating_sub(now).min(60_000))
-                }
+                // To the microsecond: a wait computed from the truncated millisecond,
+                // then rounded up by the timer, delivered up to 2 ms late.
+                Some(due) if !self.clock.is_virtual() => Duration::from_micros(
+                    due.saturating_mul(1000)
+                        .saturating_sub(self.clock.now_us())
+                        .min(60_000_000),
+                ),
                 _ => Duration::from_secs(3600),
             };
             tokio::select! {

@@ -10,6 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub trait Clock: Send + Sync + 'static {
     /// Now, in milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
+    /// Now, in microseconds since the Unix epoch (what waits until a given millisecond
+    /// use, so as not to wake up to a millisecond late). Defaults to `now_ms() * 1000`.
+    fn now_us(&self) -> u64 {
+        self.now_ms().saturating_mul(1000)
+    }
     /// Whether time moves on its own (a real clock) or only when told (a virtual one).
     fn is_virtual(&self) -> bool {
         false
@@ -23,6 +28,11 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         ms_of(SystemTime::now())
+    }
+    fn now_us(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros().min(u64::MAX as u128) as u64)
     }
 }
 
