@@ -27,6 +27,8 @@ pub struct Context {
     pub(crate) effects: crate::core::outbox::Effects,
     /// Open [`Context::transaction`]s (for the savepoints' names).
     pub(crate) savepoints: u32,
+    /// The last exact page count of the size limit check (see [`crate::size_check`]).
+    pub(crate) size_counted: std::cell::Cell<Option<crate::size_check::Counted>>,
     /// The host's WebSockets (set by the shard; `None` outside a host).
     pub(crate) sockets: Option<std::sync::Arc<crate::sockets::Registry>>,
     /// What the running turn's calls to other objects need (set by the shard for
@@ -53,6 +55,7 @@ impl Context {
             alarm_attempt: None,
             effects: Default::default(),
             savepoints: 0,
+            size_counted: std::cell::Cell::new(None),
             sockets: None,
             turn: None,
         }

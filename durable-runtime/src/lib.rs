@@ -37,6 +37,7 @@ mod restore_target;
 mod server;
 mod shard;
 mod shard_config;
+mod size_check;
 mod sockets;
 mod spares;
 mod store;

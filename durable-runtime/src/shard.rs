@@ -1951,25 +1951,6 @@ fn write_marker(conn: &rusqlite::Connection) -> (u64, i64) {
     (conn.total_changes(), schema)
 }
 
-/// The bytes of pages `conn`'s database holds in use (free pages left out: an object
-/// that deleted rows may write again), if more than `limit`.
-fn over_size(conn: &rusqlite::Connection, limit: u64) -> rusqlite::Result<Option<u64>> {
-    // Cheap first: at SQLite's largest page size (64 KiB) this many pages fit.
-    let pages: i64 = conn
-        .prepare_cached("PRAGMA page_count")?
-        .query_row([], |r| r.get(0))?;
-    if (pages.max(0) as u64).saturating_mul(65_536) <= limit {
-        return Ok(None);
-    }
-    let used: i64 = conn
-        .prepare_cached(
-            "SELECT (page_count - freelist_count) * page_size FROM pragma_page_count(), pragma_freelist_count(), pragma_page_size()",
-        )?
-        .query_row([], |r| r.get(0))?;
-    let used = used.max(0) as u64;
-    Ok((used > limit).then_some(used))
-}
-
 enum CallResult {
     Reply(Response),
     /// The request id was applied by an earlier batch: its recorded answer stands,
@@ -2070,7 +2051,13 @@ async fn run_call(
     let response = match outcome {
         TurnOutcome::Return(bytes) => {
             if wrote {
-                if let Some(size) = over_size(&ctx.conn, obj.config.max_object_bytes).map_err(db)? {
+                if let Some(size) = crate::size_check::over_size(
+                    &ctx.conn,
+                    obj.config.max_object_bytes,
+                    &ctx.size_counted,
+                )
+                .map_err(db)?
+                {
                     rollback(ctx)?;
                     return Ok(CallResult::Reply(Response::Error(
                         WireError::ObjectTooLarge {
@@ -2151,7 +2138,7 @@ async fn run_due_alarms(
                 ctx.alarm_attempt = None;
                 let effects = std::mem::take(&mut ctx.effects);
                 let failed = match outcome {
-                    Ok(TurnOutcome::Return(_)) => over_size(&ctx.conn, config.max_object_bytes)
+                    Ok(TurnOutcome::Return(_)) => crate::size_check::over_size(&ctx.conn, config.max_object_bytes, &ctx.size_counted)
                         .map_err(db)?
                         .map(|size| {
                             (
