@@ -9,8 +9,8 @@
 //! each automatic checkpoint stalled all of them (alarm turns due in those
 //! milliseconds ran that much late). So the writer's connection never checkpoints
 //! (`wal_autocheckpoint=0`); a background thread runs a passive checkpoint through a
-//! connection of its own once a second (nothing to do is a no-op), and the WAL is
-//! folded in the same way on close. Durability is unchanged: commits are
+//! connection of its own once a second (nothing to do is a no-op); closing the last
+//! connection folds in the rest, as SQLite always does. Durability is unchanged: commits are
 //! `synchronous=NORMAL` as before, and the host log's checkpoint syncs these files.
 
 use rusqlite::Connection;
@@ -33,12 +33,8 @@ impl HostDb {
     /// Open (creating it 0600 if needed) the database at `path` in WAL mode with
     /// `schema` applied; `what` names it in errors.
     pub(crate) fn open(path: &Path, what: &str, schema: &str) -> rusqlite::Result<HostDb> {
-        crate::files::precreate_db(path).map_err(|e| {
-            rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                Some(format!("creating {what}: {e}")),
-            )
-        })?;
+        crate::files::precreate_db(path)
+            .map_err(|e| cannot_open(format!("creating {what}: {e}")))?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -52,12 +48,7 @@ impl HostDb {
             std::thread::Builder::new()
                 .name("durable-hostdb".into())
                 .spawn(move || checkpoint_loop(path, name, stop))
-                .map_err(|e| {
-                    rusqlite::Error::SqliteFailure(
-                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
-                        Some(format!("starting the checkpoints of {what}: {e}")),
-                    )
-                })?
+                .map_err(|e| cannot_open(format!("starting the checkpoints of {what}: {e}")))?
         };
         Ok(HostDb {
             conn: Mutex::new(conn),
@@ -70,6 +61,14 @@ impl HostDb {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// An open failure carrying `message`.
+fn cannot_open(message: String) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+        Some(message),
+    )
 }
 
 impl Drop for HostDb {
@@ -150,10 +149,10 @@ mod tests {
             }
         }
         // The rows are in the WAL; the background thread copies them into the file.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = crate::clock::monotonic() + Duration::from_secs(20);
         while std::fs::metadata(&path).unwrap().len() < before + 200 * 4000 {
             assert!(
-                std::time::Instant::now() < deadline,
+                crate::clock::monotonic() < deadline,
                 "the database file was never checkpointed"
             );
             std::thread::sleep(Duration::from_millis(50));
