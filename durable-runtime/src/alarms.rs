@@ -168,15 +168,27 @@ pub(crate) struct DueAlarm {
     pub(crate) attempt: u32,
 }
 
+/// No `LIMIT ?`: a bound limit makes SQLite (built with STAT4, as bundled) re-prepare
+/// the statement on every run; rows are read lazily, so taking `limit` costs the same.
+const DUE_SQL: &str = "SELECT name, key, due_ms, every_ms, args, attempt FROM _durable_alarms WHERE due_ms <= ?1 ORDER BY due_ms";
+const FINISH_SQL: &str = "DELETE FROM _durable_alarms WHERE name = ?1 AND key = ?2 AND due_ms = ?3";
+
+/// Prepare (into the connection's statement cache) what an alarm turn runs first, so
+/// that an object that schedules an alarm parses them then, not when the alarm is due.
+/// A failure here only leaves the parsing for later.
+pub(crate) fn prepare_wake(conn: &Connection) {
+    for sql in [DUE_SQL, FINISH_SQL] {
+        let _ = conn.prepare_cached(sql);
+    }
+}
+
 pub(crate) fn due_alarms(
     conn: &Connection,
     now: u64,
     limit: usize,
 ) -> rusqlite::Result<Vec<DueAlarm>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT name, key, due_ms, every_ms, args, attempt FROM _durable_alarms WHERE due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(rusqlite::params![now as i64, limit as i64], |r| {
+    let mut stmt = conn.prepare_cached(DUE_SQL)?;
+    let rows = stmt.query_map([now as i64], |r| {
         Ok(DueAlarm {
             name: r.get(0)?,
             key: r.get(1)?,
@@ -186,7 +198,7 @@ pub(crate) fn due_alarms(
             attempt: r.get::<_, i64>(5)?.max(0) as u32,
         })
     })?;
-    rows.collect()
+    rows.take(limit).collect()
 }
 
 /// A handler succeeded: remove its alarm, or move a recurring one to its next period —
@@ -204,7 +216,7 @@ pub(crate) fn finish(conn: &Connection, alarm: &DueAlarm, now: u64) -> rusqlite:
                 alarm.due_ms as i64
             ])?,
         None => conn
-            .prepare_cached("DELETE FROM _durable_alarms WHERE name = ?1 AND key = ?2 AND due_ms = ?3")?
+            .prepare_cached(FINISH_SQL)?
             .execute(rusqlite::params![alarm.name, alarm.key, alarm.due_ms as i64])?,
     };
     Ok(())
@@ -414,6 +426,50 @@ impl AlarmService {
 #[cfg(test)]
 mod tests {
     use super::next_period;
+
+    /// How often the cached statement `sql` was prepared again after its first time.
+    fn reprepares(conn: &rusqlite::Connection, sql: &str) -> i32 {
+        conn.prepare_cached(sql)
+            .unwrap()
+            .get_status(rusqlite::StatementStatus::RePrepare)
+    }
+
+    #[test]
+    fn due_alarms_and_their_removal_are_parsed_once_not_on_every_wake() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = durable_client::ObjectId::random();
+        let (ctx, _) = crate::store::open(dir.path(), "C", id, None, false, None).unwrap();
+        let conn = &ctx.conn;
+        super::prepare_wake(conn);
+        for (i, now) in [10u64, 20, 30, 30].into_iter().enumerate() {
+            conn.execute(
+                "INSERT INTO _durable_alarms(name, key, due_ms, args) VALUES ('a', ?1, 5, x'')",
+                [format!("k{i}")],
+            )
+            .unwrap();
+            let due = super::due_alarms(conn, now, 256).unwrap();
+            assert_eq!(due.len(), 1);
+            super::finish(conn, &due[0], now).unwrap();
+            assert_eq!(super::due_alarms(conn, now, 256).unwrap().len(), 0);
+        }
+        // A bound `LIMIT ?` made SQLite re-prepare the due query on every run.
+        assert_eq!(reprepares(conn, super::DUE_SQL), 0);
+        assert_eq!(reprepares(conn, super::FINISH_SQL), 0);
+        // `limit` still bounds the rows read.
+        for k in 0..5 {
+            conn.execute(
+                "INSERT INTO _durable_alarms(name, key, due_ms, args) VALUES ('a', ?1, ?2, x'')",
+                rusqlite::params![format!("m{k}"), k],
+            )
+            .unwrap();
+        }
+        let first: Vec<u64> = super::due_alarms(conn, 100, 3)
+            .unwrap()
+            .iter()
+            .map(|a| a.due_ms)
+            .collect();
+        assert_eq!(first, [0, 1, 2]);
+    }
 
     #[test]
     fn a_recurring_alarm_that_missed_periods_fires_once_then_keeps_its_beat() {

@@ -154,6 +154,22 @@ impl ReadSql<'_> {
         self.sql.query(sql, params, f)
     }
 
+    /// Run a query and map at most `max` rows with `f` (see [`Sql::query_limit`]:
+    /// prefer it to a `LIMIT ?` parameter).
+    pub fn query_limit<T, P, F>(
+        &self,
+        sql: &str,
+        params: P,
+        max: usize,
+        f: F,
+    ) -> Result<Vec<T>, Error>
+    where
+        P: Params,
+        F: FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.sql.query_limit(sql, params, max, f)
+    }
+
     /// Run a query and turn every row into a `T` by column name (see
     /// [`Sql::query_as`]).
     pub fn query_as<T: DeserializeOwned, P: Params>(

@@ -428,6 +428,11 @@ const QUEUE_FULL_RETRY_MS: u64 = 50;
 /// How long an object stays quiet before its connection gives back its page cache.
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
+/// A quiet object whose next alarm is due within this keeps its page cache: an alarm
+/// turn that reads its pages back from the OS runs up to milliseconds late when many
+/// objects' alarms come due together.
+const ALARM_WARM: Duration = Duration::from_secs(10);
+
 /// Most batches an object keeps in its open transaction before committing its file.
 const DEFER_MAX_BATCHES: usize = 64;
 
@@ -616,9 +621,10 @@ impl Object {
                     self.slot.notify.notified().await
                 }
                 None if self.deferred == 0 => {
-                    // Quiet for a while: give back cached pages.
+                    // Quiet for a while: give back cached pages, unless an alarm is due
+                    // soon (its turn would read them all back first, late).
                     let quiet = tokio::time::timeout(IDLE_RELEASE, self.slot.notify.notified());
-                    if quiet.await.is_err() {
+                    if quiet.await.is_err() && !self.alarm_due_soon() {
                         if let Some(ctx) = self.ctx.as_ref() {
                             store::release_idle_memory(&ctx.conn);
                         }
@@ -1062,6 +1068,10 @@ impl Object {
             return Ok(None);
         }
         let due = crate::alarms::earliest_due(&conn).map_err(|e| format!("reading alarms: {e}"))?;
+        if effects.alarms_changed {
+            // Parse the statements an alarm turn runs now, off its due time.
+            crate::alarms::prepare_wake(&conn);
+        }
         let provisional = match (self.reported_due, due) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -1074,6 +1084,12 @@ impl Object {
             self.reported_due = provisional;
         }
         Ok(Some(due))
+    }
+
+    /// Whether the object's earliest alarm is due within [`ALARM_WARM`].
+    fn alarm_due_soon(&self) -> bool {
+        let horizon = self.config.clock.now_ms() + ALARM_WARM.as_millis() as u64;
+        self.reported_due.is_some_and(|due| due <= horizon)
     }
 
     /// After the commit: the exact earliest due time, to the index and the scheduler.

@@ -266,10 +266,12 @@ pub(crate) fn read(
     let after = i64::try_from(request.after).unwrap_or(i64::MAX);
     let limit = request.limit.clamp(1, READ_PAGE);
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, item FROM _durable_streams WHERE stream = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        // No `LIMIT ?` (re-prepared on every run, see `alarms::due_alarms`): rows
+        // are read lazily, in key order, and only `limit` of them.
+        "SELECT seq, item FROM _durable_streams WHERE stream = ?1 AND seq > ?2 ORDER BY seq",
     )?;
     let items = stmt
-        .query_map(rusqlite::params![request.stream, after, limit], |r| {
+        .query_map(rusqlite::params![request.stream, after], |r| {
             let seq: i64 = r.get(0)?;
             let item: Vec<u8> = r.get(1)?;
             Ok((
@@ -277,6 +279,7 @@ pub(crate) fn read(
                 String::from_utf8_lossy(&item).into_owned(),
             ))
         })?
+        .take(limit as usize)
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(ReadPage {
         known: true,

@@ -139,10 +139,11 @@ impl ChatRoom {
 
     /// The last `limit` lines (at most [`HISTORY`]), oldest first.
     pub async fn history(&self, ctx: &ReadContext, limit: u32) -> Result<Vec<ChatLine>, Error> {
-        let limit = (limit as usize).min(HISTORY) as i64;
-        let mut lines = ctx.sql().query(
-            "SELECT seq, user, text FROM lines ORDER BY seq DESC LIMIT ?1",
-            [limit],
+        let limit = (limit as usize).min(HISTORY);
+        let mut lines = ctx.sql().query_limit(
+            "SELECT seq, user, text FROM lines ORDER BY seq DESC",
+            [],
+            limit,
             |r| {
                 Ok(ChatLine {
                     seq: r.get(0)?,

@@ -93,9 +93,10 @@ impl EventLog {
             to.min(self.last)
         };
         let limit = limit.clamp(1, MAX_READ);
-        ctx.sql().query(
-            "SELECT seq, event_id, body, at_ms FROM events WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
-            durable::rusqlite::params![from as i64, to as i64, limit],
+        ctx.sql().query_limit(
+            "SELECT seq, event_id, body, at_ms FROM events WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq",
+            durable::rusqlite::params![from as i64, to as i64],
+            limit as usize,
             |r| {
                 Ok(Event {
                     seq: r.get::<_, i64>(0)? as u64,
