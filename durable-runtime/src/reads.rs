@@ -181,7 +181,7 @@ impl Reader {
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        store::shrink_lookaside(&conn);
+        store::disable_lookaside(&conn);
         conn.pragma_update(None, "query_only", true)?;
         conn.pragma_update(None, "cache_size", -64)?;
         conn.set_prepared_statement_cache_capacity(16);
