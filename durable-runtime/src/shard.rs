@@ -1636,6 +1636,14 @@ impl Object {
             }
             return (fail_all(batch, response), Vec::new());
         }
+        if !self.poisoned
+            && self.instance.is_some()
+            && batch
+                .iter()
+                .all(|w| matches!(w, Work::Call(c) if c.class.is_read(c.method)))
+        {
+            return self.run_reads(batch).await;
+        }
         let capture = match self.begin() {
             Ok(c) => c,
             Err(response) => return (fail_all(batch, response), Vec::new()),
@@ -1870,6 +1878,80 @@ impl Object {
                 tracing::error!(class = self.class.name, id = %self.id, error = %e, "restore failed; the object keeps its state");
             }
         }
+        (replies, requeue)
+    }
+
+    /// A batch of read-only calls on an active object: each turn runs as it is, with
+    /// none of a writing batch's machinery (no transaction of its own to begin and
+    /// commit, no change capture, no savepoints, no request ids): SQLite refuses
+    /// writes while a read-only method runs, so there is nothing to undo, record or
+    /// log. The replies go through the output gate like any batch's: they show the
+    /// state the object's earlier batches left, and leave once those are durable.
+    /// A panic resets the instance, as in a writing batch, and the calls after it run
+    /// again on a fresh activation.
+    async fn run_reads(&mut self, batch: Vec<Work>) -> (Vec<Reply>, Vec<Work>) {
+        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+        let mut work = batch.into_iter();
+        let mut requeue = Vec::new();
+        let mut items = 0usize;
+        while let Some(item) = work.next() {
+            let Work::Call(call) = item else {
+                unreachable!("run_reads takes read-only calls only")
+            };
+            items += 1;
+            let response = if self.config.clock.now_ms() > call.deadline_ms {
+                Response::Error(WireError::Timeout)
+            } else {
+                let instance = self.instance.as_mut().expect("active");
+                let ctx = self.ctx.as_mut().expect("active");
+                ctx.effects = Effects::default();
+                ctx.turn = None;
+                let started = crate::clock::monotonic();
+                let outcome =
+                    AssertUnwindSafe(instance.dispatch(ctx, call.method, &call.request.args))
+                        .catch_unwind()
+                        .await;
+                crate::telemetry::turn(
+                    call.class.name,
+                    crate::clock::monotonic().saturating_sub(started),
+                );
+                match outcome {
+                    Ok(TurnOutcome::Return(bytes)) => Response::Return(bytes),
+                    Ok(TurnOutcome::AppError(bytes)) => Response::AppError(bytes),
+                    Ok(TurnOutcome::BadArguments(message)) => {
+                        Response::Error(WireError::BadArguments { message })
+                    }
+                    Ok(TurnOutcome::EncodeFailed(message)) => {
+                        internal(format!("encoding the result: {message}"))
+                    }
+                    Ok(TurnOutcome::UnknownMethod) => Response::Error(WireError::UnknownMethod {
+                        class: call.class.name.into(),
+                        method: call.request.method.clone(),
+                    }),
+                    Err(panic) => {
+                        let message = format!(
+                            "{}.{} panicked: {}",
+                            call.class.name,
+                            call.request.method,
+                            crate::shard_config::panic_message(&panic)
+                        );
+                        tracing::warn!(id = %call.request.object, "{message}; object reset");
+                        replies.push((
+                            call.reply.into(),
+                            Response::Error(WireError::ObjectReset { message }),
+                            false,
+                        ));
+                        // The instance may be half-changed: drop it. The calls behind
+                        // this one meet a fresh activation.
+                        self.instance = None;
+                        requeue.extend(work.by_ref());
+                        break;
+                    }
+                }
+            };
+            replies.push((call.reply.into(), response, false));
+        }
+        crate::telemetry::batch(items);
         (replies, requeue)
     }
 

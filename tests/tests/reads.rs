@@ -175,3 +175,34 @@ async fn a_panicking_read_resets_only_the_reader() {
     assert_eq!(r.add(1, 0).await.unwrap(), 6);
     assert_eq!(r.cached().await.unwrap(), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_queued_with_a_panicking_read_answer_from_a_fresh_activation() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let r = client.get::<Reader>("mixed");
+    assert_eq!(r.add(7, 0).await.unwrap(), 7);
+    // Many reads at once on the idle object: they queue and run as batches of reads,
+    // some of them behind a read that panics and resets the instance.
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let r = r.clone();
+        tasks.push(tokio::spawn(async move {
+            match i % 10 {
+                0 => match r.boom().await {
+                    Err(CallError::ObjectReset(m)) => assert!(m.contains("boom in a read"), "{m}"),
+                    other => panic!("expected ObjectReset, got {other:?}"),
+                },
+                1..=4 => assert_eq!(r.stored().await.unwrap(), 7),
+                _ => assert_eq!(r.cached().await.unwrap(), 7),
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(r.add(1, 0).await.unwrap(), 8);
+    assert_eq!(r.cached().await.unwrap(), 8);
+    assert_eq!(r.stored().await.unwrap(), 8);
+}
