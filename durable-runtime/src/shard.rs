@@ -1216,7 +1216,14 @@ impl Object {
             lsn = Some(pos.lsn);
         }
         let conn = self.db();
-        match conn.run("COMMIT") {
+        // The file records the last batch it holds as it commits them (a batch does
+        // not: an `UPDATE` per batch was a twelfth of a write's shard time).
+        let committed = match lsn {
+            Some(_) => store::set_stored_seq(conn, self.seq),
+            None => Ok(()),
+        }
+        .and_then(|()| conn.run("COMMIT"));
+        match committed {
             Ok(()) => {
                 self.txn_open = false;
                 self.deferred = 0;
@@ -1369,9 +1376,9 @@ impl Object {
             return self.release_batch(false).map_err(not_applied);
         }
         let seq = self.seq + 1;
-        store::set_stored_seq(&conn, seq).map_err(not_applied)?;
         let log = self.log.as_ref().expect("attached");
         if !log.captures_changes() {
+            store::set_stored_seq(&conn, seq).map_err(not_applied)?;
             drop(capture);
             // The file is the durability: commit every batch. A failed COMMIT may have
             // left the commit frame in the WAL: indeterminate.
@@ -1396,6 +1403,8 @@ impl Object {
                 ))
             }
             _ => {
+                // An image carries its batch number: replaying it sets the file's.
+                store::set_stored_seq(&conn, seq).map_err(not_applied)?;
                 store::set_image_time(&conn, now).map_err(not_applied)?;
                 self.last_image_ms = now;
                 self.last_image_seq = seq;

@@ -15,7 +15,13 @@ use std::process::{Command, Stdio};
 fn modes(dir: &Path, out: &mut Vec<(String, u32, bool)>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let entry = entry.unwrap();
-        let meta = entry.metadata().unwrap();
+        // The host is running: its background threads may rename or remove a file
+        // (a spare set moving into place, a checkpoint's temporary) between the
+        // listing and this look at it.
+        let meta = match entry.metadata() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            other => other.unwrap(),
+        };
         let mode = meta.permissions().mode() & 0o777;
         out.push((entry.path().display().to_string(), mode, meta.is_dir()));
         if meta.is_dir() {
