@@ -642,7 +642,7 @@ impl ObjectRef {
         args: &A,
     ) -> Result<CallRequest, postcard::Error> {
         Ok(CallRequest {
-            request_id: rand::random(),
+            request_id: crate::wire::new_request_id(),
             class: self.class.to_string(),
             object: self.id,
             name: self.name.as_deref().map(str::to_owned),

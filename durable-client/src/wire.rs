@@ -115,10 +115,31 @@ pub enum StreamFrame {
     Error(WireError),
 }
 
+/// A fresh request id: the microseconds since the Unix epoch at `now_us`, big-endian,
+/// then 64 random bits. Unique like a random id (a collision needs the same
+/// microsecond and the same 64 random bits), and ordered by time: the host keeps recent
+/// ids in a B-tree index, where ids that arrive in order land on its last, already
+/// cached page instead of a random one each.
+pub fn request_id_at(now_us: u64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&now_us.to_be_bytes());
+    id[8..].copy_from_slice(&rand::random::<[u8; 8]>());
+    id
+}
+
+/// [`request_id_at`] with the system clock's current time.
+pub fn new_request_id() -> [u8; 16] {
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    request_id_at(now_us)
+}
+
 /// One call of one method on one object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallRequest {
-    /// Unique per logical call; a retry after a lost reply reuses it.
+    /// Unique per logical call; a retry after a lost reply reuses it. Clients make
+    /// them with [`new_request_id`] (any unique 16 bytes work).
     pub request_id: [u8; 16],
     /// The class name.
     pub class: String,
@@ -402,6 +423,25 @@ pub fn stream_limit(limit: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_sort_by_time_and_differ_within_one_microsecond() {
+        let mut ids: Vec<[u8; 16]> = (0..1000u64)
+            .map(|i| request_id_at(1_700_000_000_000_000 + i))
+            .collect();
+        let in_order = ids.clone();
+        ids.sort();
+        assert_eq!(ids, in_order, "byte order is time order");
+        let same: std::collections::HashSet<[u8; 16]> =
+            (0..1000).map(|_| request_id_at(42)).collect();
+        assert_eq!(same.len(), 1000, "random low half");
+        let now = new_request_id();
+        let us = u64::from_be_bytes(now[..8].try_into().unwrap());
+        assert!(
+            us > 1_700_000_000_000_000,
+            "the system clock's microseconds"
+        );
+    }
 
     fn call() -> Request {
         Request::Call(CallRequest {

@@ -246,7 +246,7 @@ impl Calls {
             method: crate::class::SOCKET_METHOD,
             deadline_ms: received + SOCKET_EVENT_DEADLINE_MS,
             request: CallRequest {
-                request_id: rand::random(),
+                request_id: fresh_request_id(),
                 class: class.name.to_owned(),
                 object,
                 name: Some(name.to_owned()),
@@ -294,7 +294,7 @@ impl Calls {
             method: crate::streams::STREAM_READ_METHOD,
             deadline_ms: received + STREAM_READ_DEADLINE_MS,
             request: CallRequest {
-                request_id: rand::random(),
+                request_id: fresh_request_id(),
                 class: class.name.to_owned(),
                 object,
                 name: Some(name.to_owned()),
@@ -382,4 +382,12 @@ impl Drop for GaugeGuard<'_> {
             self.0.idle.notify_waiters();
         }
     }
+}
+
+/// A new request id for a call the host makes up itself (a socket event, a stream
+/// read, an HTTP call without an `Idempotency-Key`): ordered by time like a client's
+/// (see [`durable_client::wire::request_id_at`]).
+pub(crate) fn fresh_request_id() -> [u8; 16] {
+    use crate::clock::Clock;
+    durable_client::wire::request_id_at(crate::clock::SystemClock.now_us())
 }

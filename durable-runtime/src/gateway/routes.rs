@@ -322,7 +322,7 @@ fn deadline_ms(headers: &HeaderMap) -> Result<u64, ApiError> {
 
 /// The call's request id: derived from the `Idempotency-Key` (with the caller and
 /// the call's object and method, so that keys of different callers never meet), the
-/// same on every host and every restart; a fresh random one without a key.
+/// same on every host and every restart; a fresh one without a key.
 fn request_id(
     headers: &HeaderMap,
     caller: &Caller,
@@ -331,7 +331,7 @@ fn request_id(
     method: &str,
 ) -> Result<[u8; 16], ApiError> {
     let Some(key) = headers.get(IDEMPOTENCY_HEADER) else {
-        return Ok(rand::random());
+        return Ok(crate::calls::fresh_request_id());
     };
     let key = key.as_bytes();
     if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
