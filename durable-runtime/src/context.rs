@@ -460,9 +460,7 @@ impl Sql<'_> {
         P: Params,
         F: FnMut(&Row<'_>) -> rusqlite::Result<T>,
     {
-        let mut stmt = self.conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(params, f)?;
-        Ok(rows.collect::<rusqlite::Result<Vec<T>>>()?)
+        self.query_limit(sql, params, usize::MAX, f)
     }
 
     /// Like [`Sql::query`], reading at most `max` rows. SQLite produces rows lazily,

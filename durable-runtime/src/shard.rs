@@ -1925,26 +1925,9 @@ impl Object {
                     crate::clock::monotonic().saturating_sub(started),
                 );
                 match outcome {
-                    Ok(TurnOutcome::Return(bytes)) => Response::Return(bytes),
-                    Ok(TurnOutcome::AppError(bytes)) => Response::AppError(bytes),
-                    Ok(TurnOutcome::BadArguments(message)) => {
-                        Response::Error(WireError::BadArguments { message })
-                    }
-                    Ok(TurnOutcome::EncodeFailed(message)) => {
-                        internal(format!("encoding the result: {message}"))
-                    }
-                    Ok(TurnOutcome::UnknownMethod) => Response::Error(WireError::UnknownMethod {
-                        class: call.class.name.into(),
-                        method: call.request.method.clone(),
-                    }),
+                    Ok(outcome) => turn_response(outcome, &call),
                     Err(panic) => {
-                        let message = format!(
-                            "{}.{} panicked: {}",
-                            call.class.name,
-                            call.request.method,
-                            crate::shard_config::panic_message(&panic)
-                        );
-                        tracing::warn!(id = %call.request.object, "{message}; object reset");
+                        let message = call_panicked(&call, &panic);
                         replies.push((
                             call.reply.into(),
                             Response::Error(WireError::ObjectReset { message }),
@@ -2144,14 +2127,7 @@ async fn run_call(
         Ok(o) => o,
         Err(panic) => {
             rollback(ctx)?;
-            let message = format!(
-                "{}.{} panicked: {}",
-                call.class.name,
-                request.method,
-                panic_message(&panic)
-            );
-            tracing::warn!(id = %request.object, "{message}; object reset");
-            return Ok(CallResult::Panicked(message));
+            return Ok(CallResult::Panicked(call_panicked(call, &panic)));
         }
     };
     let wrote = ctx.conn.total_changes() != before;
@@ -2191,23 +2167,39 @@ async fn run_call(
             }
             Response::AppError(bytes)
         }
-        TurnOutcome::BadArguments(message) => {
+        failed => {
             rollback(ctx)?;
-            Response::Error(WireError::BadArguments { message })
-        }
-        TurnOutcome::EncodeFailed(message) => {
-            rollback(ctx)?;
-            internal(format!("encoding the result: {message}"))
-        }
-        TurnOutcome::UnknownMethod => {
-            rollback(ctx)?;
-            Response::Error(WireError::UnknownMethod {
-                class: call.class.name.into(),
-                method: request.method.clone(),
-            })
+            turn_response(failed, call)
         }
     };
     Ok(CallResult::Reply(response))
+}
+
+/// What a call's caller hears of its turn's outcome.
+fn turn_response(outcome: TurnOutcome, call: &Call) -> Response {
+    match outcome {
+        TurnOutcome::Return(bytes) => Response::Return(bytes),
+        TurnOutcome::AppError(bytes) => Response::AppError(bytes),
+        TurnOutcome::BadArguments(message) => Response::Error(WireError::BadArguments { message }),
+        TurnOutcome::EncodeFailed(message) => internal(format!("encoding the result: {message}")),
+        TurnOutcome::UnknownMethod => Response::Error(WireError::UnknownMethod {
+            class: call.class.name.into(),
+            method: call.request.method.clone(),
+        }),
+    }
+}
+
+/// A call's turn panicked: say so in the log, and return what its caller is told
+/// (the object is reset).
+fn call_panicked(call: &Call, panic: &Box<dyn std::any::Any + Send>) -> String {
+    let message = format!(
+        "{}.{} panicked: {}",
+        call.class.name,
+        call.request.method,
+        panic_message(panic)
+    );
+    tracing::warn!(id = %call.request.object, "{message}; object reset");
+    message
 }
 
 /// Run the object's due alarms, each in its own savepoint: a handler that returns `Ok`
