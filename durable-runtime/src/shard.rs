@@ -217,6 +217,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         flush_tx,
         flush_rx: Some(flush_rx),
         turns: 0,
+        request_max: None,
     };
     tokio::task::spawn_local(object.run());
     crate::telemetry::object_active(1.0, false);
@@ -404,6 +405,12 @@ struct Object {
     flush_rx: Option<mpsc::UnboundedReceiver<FlushRequest>>,
     /// Turns run so far (a stub kept past its turn is refused).
     turns: u64,
+    /// The largest request id recorded in the object's database, once read: a call
+    /// whose id is larger cannot have been applied, and skips the lookup (ids are in
+    /// time order, so most are). `None` until read, and again whenever something other
+    /// than a call may have recorded ids (activation, healing, a restore). A stale
+    /// larger value only costs lookups.
+    request_max: Option<[u8; 16]>,
 }
 
 /// A batch in progress: what its commit needs. A turn that calls another object
@@ -851,6 +858,7 @@ impl Object {
         }
         let ctx = self.ctx.as_ref().expect("opened");
         let window = self.config.request_window;
+        self.request_max = None;
         let applied = if records.is_empty() {
             Ok(())
         } else {
@@ -1024,12 +1032,34 @@ impl Object {
             }
             self.conn = Some(ctx.conn.clone());
             self.ctx = Some(ctx);
+            self.request_max = None;
         }
         Ok(())
     }
 
     /// Activate the instance inside the batch's open transaction. Returns the
     /// constructor's effects, or the error every call of the batch gets.
+    /// Whether request `id` is larger than every id recorded in the object's database
+    /// (and so cannot have been applied before).
+    fn unseen_request(
+        &mut self,
+        conn: &rusqlite::Connection,
+        id: &[u8; 16],
+    ) -> rusqlite::Result<bool> {
+        let max = match self.request_max {
+            Some(max) => max,
+            None => *self.request_max.insert(store::max_request_id(conn)?),
+        };
+        Ok(*id > max)
+    }
+
+    /// Request `id` was just recorded.
+    fn recorded_request(&mut self, id: &[u8; 16]) {
+        if let Some(max) = &mut self.request_max {
+            *max = (*max).max(*id);
+        }
+    }
+
     fn activate(&mut self) -> Result<Effects, Response> {
         let ctx = self.ctx.as_mut().expect("opened");
         let activate = self.class.activate;
@@ -1993,6 +2023,7 @@ impl Object {
         self.spare_capture = None;
         self.ctx = None;
         self.conn = None;
+        self.request_max = None;
         let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
         self.slot.reads.file_replaced();
         if let Err(e) = store::write_image(&path, &image) {
@@ -2066,7 +2097,11 @@ async fn run_call(
     let digest = store::call_digest(&request.method, &request.args);
     // A read-only method writes nothing, so nothing is recorded under its id: it just
     // runs (looking its id up cost a read on an idle object a sixth of its shard time).
-    let recorded = if call.class.is_read(call.method) {
+    let recorded = if call.class.is_read(call.method)
+        || obj
+            .unseen_request(&ctx.conn, &request.request_id)
+            .map_err(db)?
+    {
         None
     } else {
         store::lookup_request(&ctx.conn, &request.request_id).map_err(db)?
@@ -2152,6 +2187,7 @@ async fn run_call(
                 let outcome = Recorded::Return(bytes.clone());
                 store::record_request(&ctx.conn, &request.request_id, digest, &outcome, window)
                     .map_err(db)?;
+                obj.recorded_request(&request.request_id);
                 bs.recorded.push((request.request_id, digest, outcome));
             }
             ctx.conn.run("RELEASE durable_call").map_err(db)?;
@@ -2163,6 +2199,7 @@ async fn run_call(
                 let outcome = Recorded::AppError(bytes.clone());
                 store::record_request(&ctx.conn, &request.request_id, digest, &outcome, window)
                     .map_err(db)?;
+                obj.recorded_request(&request.request_id);
                 bs.recorded.push((request.request_id, digest, outcome));
             }
             Response::AppError(bytes)

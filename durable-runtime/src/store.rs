@@ -760,6 +760,19 @@ pub(crate) fn lookup_request(
         .optional()
 }
 
+/// The largest request id recorded (all zeros if none): the index's last entry.
+pub(crate) fn max_request_id(conn: &Connection) -> rusqlite::Result<[u8; 16]> {
+    let max: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT max(id) FROM _durable_requests")?
+        .query_row([], |r| r.get(0))?;
+    // Ids are 16 bytes; anything else (never written by the runtime) makes every id
+    // look possibly seen, which only costs lookups.
+    Ok(match max {
+        None => [0; 16],
+        Some(v) => v.try_into().unwrap_or([0xff; 16]),
+    })
+}
+
 /// Record a call's outcome and digest; every 64 records, drop those older than
 /// `window`.
 pub(crate) fn record_request(

@@ -116,6 +116,68 @@ async fn a_replayed_request_id_is_applied_once_and_returns_the_first_result() {
     assert_eq!(counter.increment(1).await.unwrap(), 7);
 }
 
+/// The host skips the recorded-answer lookup for an id later than every id it has
+/// recorded for the object (ids are in time order): ids that arrive out of order,
+/// and resends after a restart (the largest id is read again), must still apply once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_out_of_time_order_and_resent_after_a_kill_apply_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let counter = client.get::<Counter>("ordered");
+    let object = client.object_ref("Counter", counter.id(), Some("ordered"));
+    let fingerprint = method_fingerprint::<Counter>("increment");
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let mut requests = Vec::new();
+    // Later first: the earlier ones arrive below the largest id recorded.
+    for (at, by) in [
+        (now_us + 2_000_000, 1i64),
+        (now_us, 10),
+        (now_us + 1_000_000, 100),
+    ] {
+        let mut request = object.prepare("increment", fingerprint, &(by,));
+        request.request_id = durable::wire::request_id_at(at);
+        requests.push(request);
+    }
+    let mut firsts = Vec::new();
+    for request in &requests {
+        firsts.push(
+            object
+                .call_request::<i64, durable::Error>(request)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(firsts, [1, 11, 111]);
+    for (request, first) in requests.iter().zip(&firsts) {
+        let again: i64 = object
+            .call_request::<i64, durable::Error>(request)
+            .await
+            .unwrap();
+        assert_eq!(again, *first);
+    }
+    assert_eq!(counter.get().await.unwrap(), 111);
+    drop(client);
+    host.kill9();
+
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let object = client.object_ref("Counter", counter.id(), Some("ordered"));
+    for (request, first) in requests.iter().rev().zip(firsts.iter().rev()) {
+        let again: i64 = object
+            .call_request::<i64, durable::Error>(request)
+            .await
+            .unwrap();
+        assert_eq!(again, *first);
+    }
+    let counter = client.get::<Counter>("ordered");
+    assert_eq!(counter.get().await.unwrap(), 111);
+    assert_eq!(counter.increment(1000).await.unwrap(), 1111);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_application_errors_are_remembered_too() {
     let dir = tempfile::tempdir().unwrap();
