@@ -1,15 +1,18 @@
-//! The QUIC client: one connection per [`Client`], reused by every call, a stream per
-//! call, transparent reconnects with the same request id, and a deadline per call.
+//! The QUIC client: one connection per [`Client`], reused by every call, every call on
+//! the connection's pipe (a stream per call with hosts older than protocol version
+//! 3), transparent reconnects with the same request id, and a deadline per call.
 //! A [`Client`] can also carry its calls over another [`Transport`] (a host in the
 //! same process: the test harness), with the same stubs.
 
 use crate::error::CallError;
+use crate::pipe::{Exchange, Pipe};
 use crate::wire::{self, CallRequest, Request, Response, WireError};
 use crate::{ObjectClass, ObjectId, ALPN};
 use serde::{de::DeserializeOwned, Serialize};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -177,6 +180,11 @@ struct Inner {
     config: ClientConfig,
     conn: RwLock<Option<quinn::Connection>>,
     connecting: tokio::sync::Mutex<()>,
+    /// The protocol version the host took in the hello: from
+    /// [`wire::PIPE_VERSION`] on, calls go on the connection's pipe.
+    version: AtomicU8,
+    pipe: Mutex<Option<Arc<Pipe>>>,
+    opening_pipe: tokio::sync::Mutex<()>,
 }
 
 /// A future a [`Transport`] returns.
@@ -218,13 +226,6 @@ impl std::fmt::Debug for Client {
                 .finish(),
         }
     }
-}
-
-enum Exchange {
-    /// The connection broke: reconnect and retry with the same request id.
-    Lost(String),
-    /// The host's answer was not a valid frame.
-    Protocol(String),
 }
 
 impl Client {
@@ -299,6 +300,9 @@ impl Client {
             config,
             conn: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            version: AtomicU8::new(wire::PROTOCOL_VERSION),
+            pipe: Mutex::new(None),
+            opening_pipe: tokio::sync::Mutex::new(()),
         });
         // The deadline bounds connecting too, not only calls.
         let deadline = inner.config.deadline;
@@ -359,6 +363,7 @@ impl Client {
             if let Some(conn) = inner.conn.write().unwrap().take() {
                 conn.close(0u32.into(), b"client closed");
             }
+            inner.pipe.lock().unwrap().take();
         }
     }
 
@@ -386,12 +391,12 @@ impl Client {
         let deadline = Instant::now() + within;
         match &self.link {
             Link::Quic(inner) => {
-                let frame = wire::encode_frame(&Request::ChainCall(wire::ChainCall {
+                let request = Request::ChainCall(wire::ChainCall {
                     call: request.clone(),
                     chain,
                     caller_span,
-                }));
-                call_quic(inner, &frame, deadline).await
+                });
+                call_quic(inner, &request, deadline).await
             }
             Link::Other(..) => self.call_raw(request, deadline).await,
         }
@@ -405,10 +410,7 @@ impl Client {
         deadline: Instant,
     ) -> Result<Response, CallError> {
         match &self.link {
-            Link::Quic(inner) => {
-                let frame = wire::encode_frame(&Request::Call(request.clone()));
-                call_quic(inner, &frame, deadline).await
-            }
+            Link::Quic(inner) => call_quic(inner, &Request::Call(request.clone()), deadline).await,
             Link::Other(transport, _) => {
                 match tokio::time::timeout_at(deadline, transport.call(request.clone())).await {
                     Ok(result) => result,
@@ -424,6 +426,27 @@ async fn establish(inner: &Inner) -> Result<quinn::Connection, ConnectError> {
     if let Some(conn) = current(inner) {
         return Ok(conn);
     }
+    loop {
+        let version = inner.version.load(Ordering::Acquire);
+        match connect_in(inner, version).await? {
+            Some(conn) => {
+                *inner.conn.write().unwrap() = Some(conn.clone());
+                return Ok(conn);
+            }
+            // A host older than this version: say hello again in the one before
+            // (version 2 has everything but pipes).
+            None if version > 2 => inner.version.store(version - 1, Ordering::Release),
+            None => {
+                return Err(ConnectError::Connect(format!(
+                    "the host does not speak protocol version {version}"
+                )))
+            }
+        }
+    }
+}
+
+/// Connect and say hello in protocol `version`; `None` if the host does not speak it.
+async fn connect_in(inner: &Inner, version: u8) -> Result<Option<quinn::Connection>, ConnectError> {
     let cfg = &inner.config;
     let conn = inner
         .endpoint
@@ -433,19 +456,22 @@ async fn establish(inner: &Inner) -> Result<quinn::Connection, ConnectError> {
         .map_err(|e| {
             certificate_rejection(&e).unwrap_or_else(|| ConnectError::Connect(e.to_string()))
         })?;
-    let hello = wire::encode_frame(&Request::Hello {
-        token: cfg.token.clone(),
-    });
+    let hello = wire::encode_frame_in(
+        &Request::Hello {
+            token: cfg.token.clone(),
+        },
+        version,
+    );
     match exchange(&conn, &hello, cfg.max_frame).await {
-        Ok(Response::Welcome) => {}
-        Ok(Response::Error(WireError::Unauthenticated)) => {
-            return Err(ConnectError::Unauthenticated)
+        Ok(Response::Welcome) => Ok(Some(conn)),
+        Ok(Response::Error(WireError::Unauthenticated)) => Err(ConnectError::Unauthenticated),
+        Ok(Response::Error(WireError::UnsupportedVersion { .. })) => {
+            conn.close(0u32.into(), b"unsupported version");
+            Ok(None)
         }
-        Ok(other) => {
-            return Err(ConnectError::Connect(format!(
-                "unexpected hello answer {other:?}"
-            )))
-        }
+        Ok(other) => Err(ConnectError::Connect(format!(
+            "unexpected hello answer {other:?}"
+        ))),
         Err(Exchange::Lost(m) | Exchange::Protocol(m)) => {
             // In TLS 1.3 the host checks the client's certificate after the
             // client has finished its handshake: a refusal arrives as the
@@ -453,11 +479,9 @@ async fn establish(inner: &Inner) -> Result<quinn::Connection, ConnectError> {
             if let Some(rejected) = conn.close_reason().as_ref().and_then(certificate_rejection) {
                 return Err(rejected);
             }
-            return Err(ConnectError::Connect(m));
+            Err(ConnectError::Connect(m))
         }
     }
-    *inner.conn.write().unwrap() = Some(conn.clone());
-    Ok(conn)
 }
 
 fn current(inner: &Inner) -> Option<quinn::Connection> {
@@ -474,10 +498,15 @@ fn forget(inner: &Inner, broken: &quinn::Connection) {
 
 /// Send one call over QUIC and wait for its response, reconnecting and resending with
 /// the same request id until `deadline`.
-async fn call_quic(inner: &Inner, frame: &[u8], deadline: Instant) -> Result<Response, CallError> {
-    if frame.len() - 4 > inner.config.max_frame {
+async fn call_quic(
+    inner: &Inner,
+    request: &Request,
+    deadline: Instant,
+) -> Result<Response, CallError> {
+    let size = postcard::experimental::serialized_size(request).unwrap_or(usize::MAX) + 1;
+    if size > inner.config.max_frame {
         return Err(CallError::TooLarge {
-            size: (frame.len() - 4) as u64,
+            size: size as u64,
             limit: inner.config.max_frame as u64,
         });
     }
@@ -500,11 +529,23 @@ async fn call_quic(inner: &Inner, frame: &[u8], deadline: Instant) -> Result<Res
                     }
                 },
             };
-            match exchange(&conn, frame, inner.config.max_frame).await {
+            let version = inner.version.load(Ordering::Acquire);
+            let answer = if version >= wire::PIPE_VERSION {
+                match pipe(inner, &conn).await {
+                    Ok(pipe) => pipe.call(request).await,
+                    Err(e) => Err(e),
+                }
+            } else {
+                let frame = wire::encode_frame_in(request, version);
+                exchange(&conn, &frame, inner.config.max_frame).await
+            };
+            match answer {
                 Ok(r) => Some(Ok(r)),
                 Err(Exchange::Protocol(m)) => Some(Err(CallError::Protocol(m))),
                 Err(Exchange::Lost(m)) => {
-                    forget(inner, &conn);
+                    if conn.close_reason().is_some() || version < wire::PIPE_VERSION {
+                        forget(inner, &conn);
+                    }
                     last_error = m;
                     None
                 }
@@ -528,6 +569,26 @@ async fn call_quic(inner: &Inner, frame: &[u8], deadline: Instant) -> Result<Res
             }
         }
     }
+}
+
+/// The pipe of connection `conn`, opened if it has none (or its last one ended).
+async fn pipe(inner: &Inner, conn: &quinn::Connection) -> Result<Arc<Pipe>, Exchange> {
+    let usable = |inner: &Inner| {
+        let pipe = inner.pipe.lock().unwrap();
+        pipe.as_ref()
+            .filter(|p| p.conn_id() == conn.stable_id() && !p.is_closed())
+            .cloned()
+    };
+    if let Some(pipe) = usable(inner) {
+        return Ok(pipe);
+    }
+    let _opening = inner.opening_pipe.lock().await;
+    if let Some(pipe) = usable(inner) {
+        return Ok(pipe);
+    }
+    let pipe = Arc::new(Pipe::open(conn, inner.config.max_frame).await?);
+    *inner.pipe.lock().unwrap() = Some(pipe.clone());
+    Ok(pipe)
 }
 
 async fn exchange(
@@ -707,7 +768,6 @@ impl Client {
             stream: stream.to_owned(),
             after,
         });
-        let frame = wire::encode_frame(&request);
         let conn = match current(inner) {
             Some(c) => c,
             None => establish(inner).await.map_err(|e| match e {
@@ -717,6 +777,7 @@ impl Client {
                 other => CallError::ConnectionLost(other.to_string()),
             })?,
         };
+        let frame = wire::encode_frame_in(&request, inner.version.load(Ordering::Acquire));
         let lost = |e: &dyn std::fmt::Display| CallError::ConnectionLost(e.to_string());
         let (mut send, recv) = conn.open_bi().await.map_err(|e| {
             forget(inner, &conn);
@@ -806,25 +867,12 @@ impl<T: serde::de::DeserializeOwned> Follower<T> {
 
     /// Read one frame.
     async fn frame(&mut self) -> Result<wire::StreamFrame, CallError> {
-        let lost = |e: &dyn std::fmt::Display| CallError::ConnectionLost(e.to_string());
-        let mut prefix = [0u8; 4];
-        self.recv
-            .read_exact(&mut prefix)
+        let frame = crate::pipe::read_frame(&mut self.recv, self.max_frame)
             .await
-            .map_err(|e| lost(&e))?;
-        let len = u32::from_le_bytes(prefix) as usize;
-        if len > self.max_frame {
-            return Err(CallError::Protocol(format!(
-                "a frame of {len} bytes exceeds the limit of {}",
-                self.max_frame
-            )));
-        }
-        let mut frame = vec![0u8; 4 + len];
-        frame[..4].copy_from_slice(&prefix);
-        self.recv
-            .read_exact(&mut frame[4..])
-            .await
-            .map_err(|e| lost(&e))?;
+            .map_err(|e| match e {
+                Exchange::Lost(m) => CallError::ConnectionLost(m),
+                Exchange::Protocol(m) => CallError::Protocol(m),
+            })?;
         wire::decode_frame(&frame, self.max_frame).map_err(|e| CallError::Protocol(e.to_string()))
     }
 }

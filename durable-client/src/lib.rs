@@ -10,6 +10,7 @@ mod class;
 mod client;
 mod error;
 mod id;
+mod pipe;
 mod retry;
 pub mod wire;
 

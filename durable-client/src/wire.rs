@@ -1,8 +1,10 @@
 //! The wire protocol: one request frame and one response frame per QUIC
-//! bidirectional stream. See `docs/wire.md` for the byte-level description.
+//! bidirectional stream, or (version 3) many calls on one long-lived *pipe* stream,
+//! each tagged. See `docs/wire.md` for the byte-level description.
 //!
 //! A frame is `len: u32 little-endian` (bytes that follow), `version: u8`, then a
-//! postcard body: [`Request`] from the client, [`Response`] from the host.
+//! postcard body: [`Request`] from the client, [`Response`] from the host; on a pipe,
+//! [`PipeCall`] and [`PipeReply`].
 
 use crate::retry::Retry;
 use crate::ObjectId;
@@ -12,9 +14,14 @@ use serde::{Deserialize, Serialize};
 ///
 /// Version 2 added [`Request::ChainCall`] (a call made by an object's turn, carrying
 /// the chain of objects waiting on it and the caller's span id) and
-/// [`WireError::CallCycle`]. A host answers each frame in the version it came in, so
-/// version 1 clients are still served.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// [`WireError::CallCycle`]. Version 3 added [`Request::Pipe`]: many calls on one
+/// stream ([`PipeCall`], [`PipeReply`]). A host answers each frame in the version it
+/// came in, so older clients are still served; a client whose version 3 hello is
+/// refused as unsupported connects again in version 2, without pipes.
+pub const PROTOCOL_VERSION: u8 = 3;
+
+/// The first protocol version with [`Request::Pipe`].
+pub const PIPE_VERSION: u8 = 3;
 
 /// The oldest protocol version this crate still reads.
 pub const MIN_PROTOCOL_VERSION: u8 = 1;
@@ -39,6 +46,40 @@ pub enum Request {
     /// whose turns wait on it and the caller's tracing span. Its deadline is the
     /// call's `timeout_ms`, what is left of the caller's own.
     ChainCall(ChainCall),
+    /// Open a pipe (protocol version 3): the first frame of a stream that then
+    /// carries any number of [`PipeCall`] frames, answered by [`PipeReply`] frames in
+    /// the order the calls finish. The host sends nothing for this frame itself.
+    Pipe,
+}
+
+/// One call on a pipe ([`Request::Pipe`]): `request` is a [`Request::Call`] or a
+/// [`Request::ChainCall`], `tag` the client's number for it (echoed in its
+/// [`PipeReply`]; unique among the pipe's calls in flight).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipeCall {
+    /// The client's number for the call.
+    pub tag: u64,
+    /// The call.
+    pub request: Request,
+}
+
+/// The answer to the [`PipeCall`] with the same `tag`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipeReply {
+    /// The call's tag.
+    pub tag: u64,
+    /// Its answer, as it would be on a stream of its own.
+    pub response: Response,
+}
+
+/// The tag of a pipe frame whose body could not be read whole (it is the body's
+/// first field): `frame` is the frame from its length prefix on, complete or not.
+/// `None` if not even the tag can be read.
+pub fn pipe_frame_tag(frame: &[u8]) -> Option<u64> {
+    let body = frame.get(5..)?;
+    postcard::take_from_bytes::<u64>(body)
+        .ok()
+        .map(|(tag, _)| tag)
 }
 
 /// A call made from inside another object's turn ([`Request::ChainCall`]).
@@ -423,6 +464,45 @@ pub fn stream_limit(limit: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pipe_frames_are_the_bytes_docs_wire_md_shows() {
+        assert_eq!(
+            encode_frame_in(&Request::Pipe, PIPE_VERSION),
+            [2, 0, 0, 0, 3, 4]
+        );
+        let reply = PipeReply {
+            tag: 0,
+            response: Response::Return(vec![0x0a]),
+        };
+        assert_eq!(
+            encode_frame_in(&reply, PIPE_VERSION),
+            [5, 0, 0, 0, 3, 0, 1, 1, 0x0a]
+        );
+        // What the client sends for a call is a `PipeCall`, and its tag is readable
+        // from the front of any frame.
+        let call = Request::Call(CallRequest {
+            request_id: [1; 16],
+            class: "Counter".into(),
+            object: ObjectId::from_bytes([2; 16]),
+            name: None,
+            method: "increment".into(),
+            fingerprint: 0x648e76a19ee276bb,
+            timeout_ms: 5000,
+            args: vec![0x0a],
+        });
+        let frame = encode_frame_in(&(300u64, &call), PIPE_VERSION);
+        let decoded: PipeCall = decode_frame(&frame, 1 << 20).unwrap();
+        assert_eq!(
+            decoded,
+            PipeCall {
+                tag: 300,
+                request: call
+            }
+        );
+        assert_eq!(pipe_frame_tag(&frame[..8]), Some(300));
+        assert_eq!(pipe_frame_tag(&frame[..6]), None);
+    }
 
     #[test]
     fn request_ids_sort_by_time_and_differ_within_one_microsecond() {

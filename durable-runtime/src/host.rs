@@ -728,6 +728,7 @@ impl Host {
             streams: Default::default(),
             opened: Default::default(),
             hub: streams.clone(),
+            closing: tokio::sync::watch::Sender::new(false),
         });
         let acceptor = tokio::spawn(server.clone().accept_loop(endpoint.clone()));
         tracing::info!(addr = %local_addr, data_dir = %self.data_dir.display(), "host started");

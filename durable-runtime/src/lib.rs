@@ -28,6 +28,7 @@ mod host_db;
 mod log;
 mod ops;
 mod outgoing;
+mod pipe;
 mod placement;
 mod read_context;
 mod reads;

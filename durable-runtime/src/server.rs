@@ -1,7 +1,8 @@
 //! The QUIC edge: accepts connections, checks the token on each connection's first
 //! stream (or takes the client certificate rustls verified in the handshake instead),
 //! reads one request frame per stream, hands the call to the host's transport-neutral
-//! entry ([`crate::calls::Calls`]) and writes the reply.
+//! entry ([`crate::calls::Calls`]) and writes the reply. A stream that opens with
+//! `Request::Pipe` carries many calls instead ([`crate::pipe`]).
 //! Nothing a peer sends can panic or stop the host: every failure is a typed reply
 //! or a closed stream.
 
@@ -22,14 +23,15 @@ const FOLLOW_QUEUE: usize = 256;
 /// Largest hello frame accepted before authentication.
 const MAX_HELLO: usize = 4096;
 
-/// Calls an authenticated connection may have in flight at once.
-const MAX_STREAMS: u32 = 4096;
+/// Calls an authenticated connection may have in flight at once (on streams of their
+/// own; a pipe has the same bound of its own).
+pub(crate) const MAX_STREAMS: u32 = 4096;
 
 /// At shutdown, how long no new stream must open before the endpoint closes.
-const QUIET: Duration = Duration::from_millis(100);
+pub(crate) const QUIET: Duration = Duration::from_millis(100);
 
 /// How long an answer may wait for the peer's acknowledgement during shutdown.
-const ACK_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a peer may take to send a whole request frame.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,6 +51,8 @@ pub(crate) struct Server {
     pub(crate) opened: AtomicUsize,
     /// The followers of the host's streams.
     pub(crate) hub: Arc<crate::streams::Hub>,
+    /// Set when the host begins to stop: pipes answer what they have and finish.
+    pub(crate) closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Server {
@@ -110,7 +114,11 @@ impl Server {
         mut recv: quinn::RecvStream,
         by_cert: bool,
     ) -> bool {
-        let hello = tokio::time::timeout(READ_TIMEOUT, read_frame(&mut recv, MAX_HELLO)).await;
+        let hello = tokio::time::timeout(READ_TIMEOUT, async {
+            let hello = read_frame(&mut recv, MAX_HELLO).await?;
+            read_end(&mut recv).await.map(|()| hello)
+        })
+        .await;
         let (ok, response, version) = match hello.unwrap_or(Err(FrameError::Truncated)) {
             Ok((Request::Hello { token }, v))
                 if by_cert || constant_time_eq(token.as_bytes(), self.token.as_bytes()) =>
@@ -135,38 +143,26 @@ impl Server {
     ) {
         let _open = self.streams.enter();
         self.opened.fetch_add(1, Ordering::AcqRel);
-        let request =
-            tokio::time::timeout(READ_TIMEOUT, read_frame(&mut recv, self.max_frame)).await;
-        // Answer in the version asked in (an error about the frame itself, in the
+        let request = tokio::time::timeout(READ_TIMEOUT, async {
+            let request = read_frame(&mut recv, self.max_frame).await?;
+            if !matches!(request, (Request::Pipe, wire::PIPE_VERSION..)) {
+                // One frame per stream, then its end.
+                read_end(&mut recv).await?;
+            }
+            Ok(request)
+        })
+        .await;
+        // Answer in the version asked (an error about the frame itself, in the
         // oldest: a client that could not be understood may be old).
         let (response, version) = match request.unwrap_or(Err(FrameError::Truncated)) {
-            Ok((Request::Call(call), v)) => (self.calls.call(call, caller).await, v),
-            Ok((Request::ChainCall(chained), v)) if v >= 2 => {
-                let chain = crate::chain::CallChain {
-                    links: chained.chain,
-                    caller_span: chained.caller_span,
-                };
-                (
-                    self.calls.call_in_chain(chained.call, caller, chain).await,
-                    v,
-                )
-            }
             Ok((Request::Follow(follow), v)) => return self.follow(follow, send, caller, v).await,
-            Ok((Request::ChainCall(_), v)) => (
-                Response::Error(WireError::Malformed {
-                    message: "a chained call needs protocol version 2".into(),
-                }),
-                v,
-            ),
-            Ok((Request::Hello { .. }, v)) => (
-                Response::Error(WireError::Malformed {
-                    message: "hello on an authenticated connection".into(),
-                }),
-                v,
-            ),
+            Ok((Request::Pipe, v)) if v >= wire::PIPE_VERSION => {
+                drop(_open);
+                return crate::pipe::serve(self, send, recv, caller).await;
+            }
+            Ok((request, v)) => (self.answer(request, v, caller).await, v),
             Err(e) => (Response::Error(e.into()), wire::MIN_PROTOCOL_VERSION),
         };
-        let response = for_version(response, version);
         let _ = send
             .write_all(&wire::encode_frame_in(&response, version))
             .await;
@@ -176,6 +172,31 @@ impl Server {
             // reached the peer first (closing discards unacknowledged data).
             let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
         }
+    }
+
+    /// Answer one request that arrived in protocol `version` (on a stream of its own
+    /// or on a pipe), as a client of that version reads it.
+    pub(crate) async fn answer(&self, request: Request, version: u8, caller: &Caller) -> Response {
+        let malformed = |message: &str| {
+            Response::Error(WireError::Malformed {
+                message: message.into(),
+            })
+        };
+        let response = match request {
+            Request::Call(call) => self.calls.call(call, caller).await,
+            Request::ChainCall(chained) if version >= 2 => {
+                let chain = crate::chain::CallChain {
+                    links: chained.chain,
+                    caller_span: chained.caller_span,
+                };
+                self.calls.call_in_chain(chained.call, caller, chain).await
+            }
+            Request::ChainCall(_) => malformed("a chained call needs protocol version 2"),
+            Request::Hello { .. } => malformed("hello on an authenticated connection"),
+            Request::Pipe => malformed("a pipe needs protocol version 3, and opens a stream"),
+            Request::Follow(_) => malformed("a follow needs a stream of its own"),
+        };
+        for_version(response, version)
     }
 
     /// Follow a stream for a client: [`StreamFrame::Started`], then one frame per
@@ -281,8 +302,10 @@ impl Server {
     /// client sent just before the stop still arrive, and are answered `ShuttingDown`
     /// rather than lost with the connection. Call after the entry stopped taking calls.
     pub(crate) async fn drain(&self, limit: Duration) {
-        // Followers end now (they would hold their streams open forever).
+        // Followers end now (they would hold their streams open forever); pipes finish
+        // once they have answered what they were sent and nothing more comes.
         self.hub.close_all();
+        self.closing.send_replace(true);
         let wait = async {
             loop {
                 self.streams.zero().await;
@@ -371,8 +394,8 @@ fn for_version(response: Response, version: u8) -> Response {
     }
 }
 
-/// Read one whole frame from a stream, checking the declared size before reading;
-/// with the protocol version it came in.
+/// Read one frame from a stream, checking the declared size before reading the body;
+/// with the protocol version it came in. The stream may go on (a pipe).
 async fn read_frame(
     recv: &mut quinn::RecvStream,
     limit: usize,
@@ -389,15 +412,21 @@ async fn read_frame(
             limit: limit as u64,
         });
     }
-    let rest = match recv.read_to_end(len).await {
-        Ok(rest) => rest,
-        Err(quinn::ReadToEndError::TooLong) => return Err(FrameError::Trailing),
-        Err(_) => return Err(FrameError::Truncated),
-    };
-    let mut frame = Vec::with_capacity(4 + rest.len());
-    frame.extend_from_slice(&prefix);
-    frame.extend_from_slice(&rest);
+    let mut frame = vec![0u8; 4 + len];
+    frame[..4].copy_from_slice(&prefix);
+    if recv.read_exact(&mut frame[4..]).await.is_err() {
+        return Err(FrameError::Truncated);
+    }
     wire::decode_frame_versioned(&frame, limit)
+}
+
+/// The end of a stream that carries one frame: anything more is `Trailing`.
+async fn read_end(recv: &mut quinn::RecvStream) -> Result<(), FrameError> {
+    match recv.read_to_end(0).await {
+        Ok(_) => Ok(()),
+        Err(quinn::ReadToEndError::TooLong) => Err(FrameError::Trailing),
+        Err(_) => Err(FrameError::Truncated),
+    }
 }
 
 /// The caller a connection's client certificate names, if it presented one. The host

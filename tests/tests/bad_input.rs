@@ -108,6 +108,111 @@ async fn garbage_truncated_and_oversized_frames_get_typed_errors() {
     assert!(matches!(err, CallError::TooLarge { .. }), "{err:?}");
 }
 
+fn pipe_frame(tag: u64, request: Request) -> Vec<u8> {
+    wire::encode_frame_in(&wire::PipeCall { tag, request }, wire::PIPE_VERSION)
+}
+
+fn counter_call(name: &str, method: &str, args: Vec<u8>) -> Request {
+    Request::Call(CallRequest {
+        request_id: wire::new_request_id(),
+        class: "Counter".into(),
+        object: ObjectId::from_name("Counter", name),
+        name: Some(name.into()),
+        method: method.into(),
+        fingerprint: common::method_fingerprint::<Counter>(method),
+        timeout_ms: 5_000,
+        args,
+    })
+}
+
+/// Read pipe replies until `tags` are all answered (or the host finishes the pipe).
+async fn pipe_replies(recv: &mut quinn::RecvStream, tags: usize) -> Vec<wire::PipeReply> {
+    let mut replies = Vec::new();
+    while replies.len() < tags {
+        let mut prefix = [0u8; 4];
+        if recv.read_exact(&mut prefix).await.is_err() {
+            break;
+        }
+        let mut frame = vec![0u8; 4 + u32::from_le_bytes(prefix) as usize];
+        frame[..4].copy_from_slice(&prefix);
+        recv.read_exact(&mut frame[4..]).await.unwrap();
+        replies.push(wire::decode_frame(&frame, 1 << 20).unwrap());
+    }
+    replies
+}
+
+/// A pipe answers a bad frame by its tag and goes on serving the calls after it; a
+/// frame over the limit cannot be skipped, so it gets `TooLarge` and the pipe ends,
+/// after the calls in flight are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_on_a_pipe_are_answered_by_tag_and_the_pipe_serves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &["--max-frame", "65536"]);
+    let conn = raw_connection(&host).await;
+    assert_eq!(hello(&conn, &token(&host)).await, Response::Welcome);
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut bytes = wire::encode_frame_in(&Request::Pipe, wire::PIPE_VERSION);
+    bytes.extend(pipe_frame(1, counter_call("p", "increment", vec![2])));
+    // Tag 2, then a body that is no request.
+    bytes.extend([5, 0, 0, 0, wire::PIPE_VERSION, 2, 0xff, 0xfe, 0x80]);
+    // Tag 3 in a version nobody speaks.
+    let mut v9 = pipe_frame(3, counter_call("p", "get", vec![]));
+    v9[4] = 9;
+    bytes.extend(v9);
+    // Tag 4: a pipe carries calls, not hellos.
+    bytes.extend(pipe_frame(
+        4,
+        Request::Hello {
+            token: token(&host),
+        },
+    ));
+    bytes.extend(pipe_frame(5, counter_call("p", "increment", vec![6])));
+    send.write_all(&bytes).await.unwrap();
+    let mut replies = pipe_replies(&mut recv, 5).await;
+    replies.sort_by_key(|r| r.tag);
+    let answers: Vec<_> = replies.into_iter().map(|r| (r.tag, r.response)).collect();
+    assert_eq!(answers.len(), 5, "{answers:?}");
+    assert_eq!(answers[0].0, 1);
+    assert!(matches!(answers[0].1, Response::Return(_)), "{answers:?}");
+    assert!(
+        matches!(
+            answers[1],
+            (2, Response::Error(WireError::Malformed { .. }))
+        ),
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers[2],
+        (3, Response::Error(WireError::UnsupportedVersion { got: 9 }))
+    );
+    assert!(
+        matches!(
+            answers[3],
+            (4, Response::Error(WireError::Malformed { .. }))
+        ),
+        "{answers:?}"
+    );
+    assert_eq!(answers[4].0, 5);
+    assert!(matches!(answers[4].1, Response::Return(_)), "{answers:?}");
+
+    // A frame over the limit: its tag hears TooLarge, then the host finishes the pipe.
+    let big = pipe_frame(6, counter_call("p", "increment", vec![7; 1 << 17]));
+    let _ = send.write_all(&big).await;
+    let replies = pipe_replies(&mut recv, 1).await;
+    match &replies[..] {
+        [wire::PipeReply {
+            tag: 6,
+            response: Response::Error(WireError::TooLarge { size, limit: 65536 }),
+        }] => assert!(*size > 65536),
+        other => panic!("expected TooLarge for tag 6, got {other:?}"),
+    }
+    assert!(recv.read_to_end(1 << 20).await.unwrap().is_empty());
+    // Both good calls applied, once each.
+    let client = host.client().await;
+    assert_eq!(client.get::<Counter>("p").get().await.unwrap(), 1 + 3);
+    still_serves(&host).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_class_method_and_schema_mismatch_are_typed_and_touch_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,208 @@
+//! A pipe (protocol version 3): one stream per connection that carries every call,
+//! each tagged, instead of a stream per call. Frames queued together go out in one
+//! write (so many calls share a packet), and answers come back as the host finishes
+//! them. If the pipe or its connection ends, every call waiting on it hears `Lost`
+//! and is resent, under its request id, on a new one.
+
+use crate::wire::{self, PipeReply, Request, Response};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// Why an exchange with the host did not produce an answer.
+pub(crate) enum Exchange {
+    /// The connection (or the pipe) broke: resend with the same request id.
+    Lost(String),
+    /// The host's answer was not a valid frame.
+    Protocol(String),
+}
+
+type Waiter = oneshot::Sender<Result<Response, Exchange>>;
+
+/// The calls waiting for their answers, by tag; `None` once the pipe has closed.
+struct Waiting(Mutex<Option<HashMap<u64, Waiter>>>);
+
+impl Waiting {
+    fn add(&self, tag: u64, waiter: Waiter) -> bool {
+        let mut calls = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match calls.as_mut() {
+            Some(calls) => calls.insert(tag, waiter).is_none(),
+            None => false,
+        }
+    }
+
+    fn take(&self, tag: u64) -> Option<Waiter> {
+        let mut calls = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        calls.as_mut()?.remove(&tag)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
+    /// No more answers will come: tell every waiting call why.
+    fn close(&self, why: impl Fn() -> Exchange) {
+        let calls = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        for (_, waiter) in calls.into_iter().flatten() {
+            let _ = waiter.send(Err(why()));
+        }
+    }
+}
+
+/// One pipe on one connection. Dropping it (when no call uses it any more) finishes
+/// the stream.
+pub(crate) struct Pipe {
+    conn_id: usize,
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    waiting: Arc<Waiting>,
+    next_tag: AtomicU64,
+    /// Dropped with the pipe: stops its reader.
+    _stop: oneshot::Sender<()>,
+}
+
+impl Pipe {
+    /// Open a pipe on `conn`: a new stream, its opening frame queued.
+    pub(crate) async fn open(conn: &quinn::Connection, max_frame: usize) -> Result<Pipe, Exchange> {
+        let (send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| Exchange::Lost(e.to_string()))?;
+        let (frames, queued) = mpsc::unbounded_channel();
+        let (stop, stopped) = oneshot::channel();
+        let waiting = Arc::new(Waiting(Mutex::new(Some(HashMap::new()))));
+        let opening = wire::encode_frame_in(&Request::Pipe, wire::PIPE_VERSION);
+        tokio::spawn(write(send, opening, queued, waiting.clone()));
+        tokio::spawn(read(recv, max_frame, waiting.clone(), stopped));
+        Ok(Pipe {
+            conn_id: conn.stable_id(),
+            frames,
+            waiting,
+            next_tag: AtomicU64::new(0),
+            _stop: stop,
+        })
+    }
+
+    /// The connection it runs on ([`quinn::Connection::stable_id`]).
+    pub(crate) fn conn_id(&self) -> usize {
+        self.conn_id
+    }
+
+    /// Whether it has ended (calls must go on a new one).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.waiting.is_closed()
+    }
+
+    /// Send `request` (a call) and wait for its answer.
+    pub(crate) async fn call(&self, request: &Request) -> Result<Response, Exchange> {
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let (waiter, answer) = oneshot::channel();
+        if !self.waiting.add(tag, waiter) {
+            return Err(Exchange::Lost("the pipe closed".into()));
+        }
+        // A call given up on (its deadline passed) stops waiting; a late answer is
+        // dropped.
+        let _forget = Forget(&self.waiting, tag);
+        // The same bytes as a `PipeCall { tag, request }`, without copying the request.
+        let frame = wire::encode_frame_in(&(tag, request), wire::PIPE_VERSION);
+        if self.frames.send(frame).is_err() {
+            return Err(Exchange::Lost("the pipe closed".into()));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(Exchange::Lost("the pipe closed".into())))
+    }
+}
+
+struct Forget<'a>(&'a Waiting, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.take(self.1);
+    }
+}
+
+/// Write queued frames, as many as are queued at once in one write, until the pipe
+/// is dropped; then finish the stream.
+async fn write(
+    mut send: quinn::SendStream,
+    opening: Vec<u8>,
+    mut queued: mpsc::UnboundedReceiver<Vec<u8>>,
+    waiting: Arc<Waiting>,
+) {
+    let mut buf = opening;
+    loop {
+        while let Ok(more) = queued.try_recv() {
+            buf.extend_from_slice(&more);
+        }
+        if let Err(e) = send.write_all(&buf).await {
+            let why = e.to_string();
+            waiting.close(|| Exchange::Lost(why.clone()));
+            return;
+        }
+        buf.clear();
+        match queued.recv().await {
+            Some(frame) => buf = frame,
+            None => break,
+        }
+    }
+    let _ = send.finish();
+}
+
+/// Hand each answer to the call waiting for it, until the stream ends, breaks or the
+/// pipe is dropped.
+async fn read(
+    mut recv: quinn::RecvStream,
+    max_frame: usize,
+    waiting: Arc<Waiting>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let why = loop {
+        let frame = tokio::select! {
+            frame = read_frame(&mut recv, max_frame) => frame,
+            _ = &mut stopped => break Exchange::Lost("the pipe was dropped".into()),
+        };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => break e,
+        };
+        match wire::decode_frame::<PipeReply>(&frame, max_frame) {
+            Ok(PipeReply { tag, response }) => {
+                if let Some(waiter) = waiting.take(tag) {
+                    let _ = waiter.send(Ok(response));
+                }
+            }
+            Err(e) => break Exchange::Protocol(format!("an answer on the pipe: {e}")),
+        }
+    };
+    let why = match why {
+        Exchange::Lost(m) => (false, m),
+        Exchange::Protocol(m) => (true, m),
+    };
+    waiting.close(|| match &why {
+        (false, m) => Exchange::Lost(m.clone()),
+        (true, m) => Exchange::Protocol(m.clone()),
+    });
+}
+
+/// Read one frame (length prefix included) from a stream that may carry more.
+pub(crate) async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    max_frame: usize,
+) -> Result<Vec<u8>, Exchange> {
+    let lost = |e: &dyn std::fmt::Display| Exchange::Lost(e.to_string());
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await.map_err(|e| lost(&e))?;
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > max_frame {
+        return Err(Exchange::Protocol(format!(
+            "a frame of {len} bytes exceeds the limit of {max_frame}"
+        )));
+    }
+    let mut frame = vec![0u8; 4 + len];
+    frame[..4].copy_from_slice(&prefix);
+    recv.read_exact(&mut frame[4..])
+        .await
+        .map_err(|e| lost(&e))?;
+    Ok(frame)
+}

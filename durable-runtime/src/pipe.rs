@@ -1,0 +1,289 @@
+//! A pipe (protocol version 3): one long-lived stream carrying many calls, each frame a
+//! [`PipeCall`] with the client's tag, each answer a [`PipeReply`] with the same tag,
+//! written as calls finish (not in order). The calls run concurrently, as on streams
+//! of their own; answers that are ready together go out in one write, so a busy
+//! connection sends one packet for many answers instead of one stream each.
+//!
+//! Bad input answers the frame's tag when the frame can be skipped (an unknown
+//! version, a body that does not decode, a request that is not a call); a frame over
+//! the size limit cannot be skipped: its tag gets `TooLarge` and the host stops
+//! reading the pipe, answers the calls in flight, and finishes it. A client resends
+//! what got no answer on a new pipe, under the same request ids.
+
+use crate::calls::Caller;
+use crate::server::{Server, ACK_WAIT, MAX_STREAMS, QUIET};
+use bytes::BytesMut;
+use durable_client::wire::{self, FrameError, PipeCall, PipeReply, Request, Response, WireError};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use std::sync::atomic::Ordering;
+
+/// The most bytes taken from the stream at once.
+const CHUNK: usize = 64 * 1024;
+
+/// What the bytes received so far begin with.
+enum Taken {
+    /// Not a whole frame yet.
+    Partial,
+    /// A call to run.
+    Call {
+        tag: u64,
+        request: Request,
+        version: u8,
+    },
+    /// A whole frame that is refused; the pipe goes on.
+    Refused { tag: u64, error: WireError },
+    /// A frame that cannot be skipped: answer its tag if known, and read no more.
+    Broken { tag: Option<u64>, error: WireError },
+}
+
+/// Serve a pipe whose opening frame has been read, until the client finishes its side
+/// and every call is answered (or the host stops).
+pub(crate) async fn serve(
+    server: &Server,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    caller: &Caller,
+) {
+    let mut closing = server.closing.subscribe();
+    let mut calls = FuturesUnordered::new();
+    let mut input = BytesMut::new();
+    let mut out = Vec::new();
+    let mut reading = true;
+    // Counted as a stream in flight while calls or answers are (the host waits for
+    // them to be answered before it closes its endpoint).
+    let mut busy = None;
+    let max_in_flight = MAX_STREAMS as usize;
+    loop {
+        while reading && calls.len() < max_in_flight {
+            match take_frame(&mut input, server.max_frame) {
+                Taken::Partial => break,
+                Taken::Call {
+                    tag,
+                    request,
+                    version,
+                } => {
+                    server.opened.fetch_add(1, Ordering::AcqRel);
+                    calls.push(async move { (tag, server.answer(request, version, caller).await) });
+                }
+                Taken::Refused { tag, error } => reply(&mut out, tag, Response::Error(error)),
+                Taken::Broken { tag, error } => {
+                    if let Some(tag) = tag {
+                        reply(&mut out, tag, Response::Error(error));
+                    }
+                    reading = false;
+                    let _ = recv.stop(0u32.into());
+                }
+            }
+        }
+        if calls.is_empty() && out.is_empty() {
+            busy = None;
+        } else if busy.is_none() {
+            busy = Some(server.streams.enter());
+        }
+        if !out.is_empty() {
+            if send.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if !reading && calls.is_empty() {
+            break;
+        }
+        let stopping = *closing.borrow();
+        tokio::select! {
+            read = recv.read_chunk(CHUNK, true), if reading && calls.len() < max_in_flight => {
+                match read {
+                    Ok(Some(chunk)) => input.extend_from_slice(&chunk.bytes),
+                    // The client finished its side (or reset it): answer what it sent.
+                    Ok(None) | Err(_) => {
+                        reading = false;
+                        if let (false, Some(tag)) = (input.is_empty(), wire::pipe_frame_tag(&input)) {
+                            reply(&mut out, tag, Response::Error(FrameError::Truncated.into()));
+                        }
+                    }
+                }
+            }
+            Some((tag, response)) = calls.next(), if !calls.is_empty() => {
+                reply(&mut out, tag, response);
+                // Every other answer that is ready goes out in the same write.
+                while let Some(Some((tag, response))) = calls.next().now_or_never() {
+                    reply(&mut out, tag, response);
+                }
+            }
+            _ = closing.changed(), if !stopping => {}
+            // Stopping: once nothing is in flight and nothing came for a while, finish
+            // (before the host's own quiet period ends, so it waits for this one).
+            _ = tokio::time::sleep(QUIET / 2), if stopping && calls.is_empty() => break,
+        }
+    }
+    drop(busy);
+    let _acknowledging = server.streams.enter();
+    let _ = send.finish();
+    if server.calls.is_shutting_down() {
+        // Closing the endpoint discards unacknowledged data: wait for the client to
+        // have every answer first.
+        let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
+    }
+}
+
+fn reply(out: &mut Vec<u8>, tag: u64, response: Response) {
+    out.extend_from_slice(&wire::encode_frame_in(
+        &PipeReply { tag, response },
+        wire::PIPE_VERSION,
+    ));
+}
+
+/// Take the first frame off `input` if it is whole.
+fn take_frame(input: &mut BytesMut, limit: usize) -> Taken {
+    let Some(prefix) = input.get(..4) else {
+        return Taken::Partial;
+    };
+    let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+    if len > limit {
+        let error = FrameError::TooLarge {
+            size: len as u64,
+            limit: limit as u64,
+        }
+        .into();
+        return match wire::pipe_frame_tag(input) {
+            Some(tag) => Taken::Broken {
+                tag: Some(tag),
+                error,
+            },
+            // The tag is a varint of at most 10 bytes after the version byte.
+            None if input.len() >= 15 => Taken::Broken { tag: None, error },
+            None => Taken::Partial,
+        };
+    }
+    if input.len() < 4 + len {
+        input.reserve(4 + len - input.len());
+        return Taken::Partial;
+    }
+    let frame = input.split_to(4 + len);
+    match wire::decode_frame_versioned::<PipeCall>(&frame, limit) {
+        Ok((
+            PipeCall {
+                tag,
+                request: request @ (Request::Call(_) | Request::ChainCall(_)),
+            },
+            version,
+        )) => Taken::Call {
+            tag,
+            request,
+            version,
+        },
+        Ok((PipeCall { tag, .. }, _)) => Taken::Refused {
+            tag,
+            error: WireError::Malformed {
+                message: "a pipe carries calls only".into(),
+            },
+        },
+        Err(e) => match wire::pipe_frame_tag(&frame) {
+            Some(tag) => Taken::Refused {
+                tag,
+                error: e.into(),
+            },
+            None => Taken::Broken {
+                tag: None,
+                error: e.into(),
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use durable_client::wire::CallRequest;
+
+    fn call(tag: u64) -> Vec<u8> {
+        let request = Request::Call(CallRequest {
+            request_id: [7; 16],
+            class: "Counter".into(),
+            object: durable_client::ObjectId::from_bytes([1; 16]),
+            name: None,
+            method: "get".into(),
+            fingerprint: 0,
+            timeout_ms: 1000,
+            args: vec![],
+        });
+        wire::encode_frame_in(&PipeCall { tag, request }, wire::PIPE_VERSION)
+    }
+
+    #[test]
+    fn frames_are_taken_whole_one_at_a_time_whatever_the_chunking() {
+        let bytes: Vec<u8> = (0..5).flat_map(call).collect();
+        for chunk in [1, 3, 7, 64, bytes.len()] {
+            let mut input = BytesMut::new();
+            let mut tags = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                input.extend_from_slice(piece);
+                loop {
+                    match take_frame(&mut input, 1 << 20) {
+                        Taken::Partial => break,
+                        Taken::Call { tag, version, .. } => {
+                            assert_eq!(version, wire::PIPE_VERSION);
+                            tags.push(tag)
+                        }
+                        _ => panic!("refused a good frame"),
+                    }
+                }
+            }
+            assert_eq!(tags, [0, 1, 2, 3, 4], "chunks of {chunk}");
+            assert!(input.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_bad_frame_is_refused_by_tag_and_the_next_one_still_runs() {
+        let mut bad = call(9);
+        bad[4] = 99; // an unknown version
+        let mut not_a_call = wire::encode_frame_in(
+            &PipeCall {
+                tag: 10,
+                request: Request::Pipe,
+            },
+            wire::PIPE_VERSION,
+        );
+        let mut input = BytesMut::new();
+        input.extend_from_slice(&bad);
+        input.extend_from_slice(&not_a_call.split_off(0));
+        input.extend_from_slice(&call(11));
+        assert!(matches!(
+            take_frame(&mut input, 1 << 20),
+            Taken::Refused {
+                tag: 9,
+                error: WireError::UnsupportedVersion { got: 99 }
+            }
+        ));
+        assert!(matches!(
+            take_frame(&mut input, 1 << 20),
+            Taken::Refused {
+                tag: 10,
+                error: WireError::Malformed { .. }
+            }
+        ));
+        assert!(matches!(
+            take_frame(&mut input, 1 << 20),
+            Taken::Call { tag: 11, .. }
+        ));
+    }
+
+    #[test]
+    fn an_oversized_frame_breaks_the_pipe_after_answering_its_tag() {
+        let big = call(12);
+        let mut input = BytesMut::new();
+        // Its prefix alone: the tag is not there yet.
+        input.extend_from_slice(&big[..4]);
+        assert!(matches!(take_frame(&mut input, 8), Taken::Partial));
+        input.extend_from_slice(&big[4..]);
+        assert!(matches!(
+            take_frame(&mut input, 8),
+            Taken::Broken {
+                tag: Some(12),
+                error: WireError::TooLarge { limit: 8, .. }
+            }
+        ));
+    }
+}

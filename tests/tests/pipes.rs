@@ -1,0 +1,140 @@
+//! Pipes (protocol version 3): the client's calls share one stream per connection,
+//! and a client still works with a host that predates pipes.
+
+mod common;
+
+use common::HostProcess;
+use durable::wire::{self, Request, Response, WireError};
+use durable_examples::counter::Counter;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+/// A host of protocol version 2 (before pipes), as far as a client can tell: it
+/// refuses a newer hello with `UnsupportedVersion`, answers a version 2 hello with
+/// `Welcome`, and answers every call on its own stream with `Return(41)`. Records
+/// each frame's (version, request kind).
+async fn version_2_host(tls_dir: &std::path::Path) -> (SocketAddr, Arc<Mutex<Vec<(u8, String)>>>) {
+    let read = |name: &str| std::fs::read(tls_dir.join(name)).unwrap();
+    let chain = rustls_pemfile::certs(&mut read("cert.pem").as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut read("key.pem").as_slice())
+        .unwrap()
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    tls.alpn_protocols = vec![durable::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let endpoint = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(quic)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let bytes = recv.read_to_end(1 << 20).await.unwrap();
+                    let version = bytes[4];
+                    if version > 2 {
+                        log.lock().unwrap().push((version, "refused".into()));
+                        let refusal =
+                            Response::Error(WireError::UnsupportedVersion { got: version });
+                        send.write_all(&wire::encode_frame_in(&refusal, 1))
+                            .await
+                            .unwrap();
+                        send.finish().unwrap();
+                        let _ = send.stopped().await;
+                        conn.close(1u32.into(), b"unauthenticated");
+                        return;
+                    }
+                    let request: Request = wire::decode_frame(&bytes, 1 << 20).unwrap();
+                    let (kind, response) = match request {
+                        Request::Hello { .. } => ("hello", Response::Welcome),
+                        Request::Call(_) => (
+                            "call",
+                            Response::Return(postcard::to_stdvec(&41i64).unwrap()),
+                        ),
+                        _ => (
+                            "other",
+                            Response::Error(WireError::Malformed {
+                                message: "?".into(),
+                            }),
+                        ),
+                    };
+                    log.lock().unwrap().push((version, kind.into()));
+                    send.write_all(&wire::encode_frame_in(&response, version))
+                        .await
+                        .unwrap();
+                    send.finish().unwrap();
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connects_to_a_host_without_pipes_in_version_2_and_calls_a_stream_each() {
+    let dir = tempfile::tempdir().unwrap();
+    // A real host makes the certificates the fake one presents.
+    HostProcess::start(dir.path(), &[]).kill9();
+    let (addr, seen) = version_2_host(&dir.path().join("tls")).await;
+    let client =
+        durable::Client::connect(durable::ClientConfig::from_data_dir(addr, dir.path()).unwrap())
+            .await
+            .unwrap();
+    let counter = client.get::<Counter>("old");
+    assert_eq!(counter.get().await.unwrap(), 41);
+    assert_eq!(counter.get().await.unwrap(), 41);
+    let seen = seen.lock().unwrap().clone();
+    let expected: Vec<(u8, String)> = vec![
+        (wire::PROTOCOL_VERSION, "refused".into()),
+        (2, "hello".into()),
+        (2, "call".into()),
+        (2, "call".into()),
+    ];
+    assert_eq!(seen, expected);
+}
+
+/// Many callers on one client: every call on the connection's one pipe, each answer
+/// to its own caller (an answer handed to the wrong tag would show as a wrong or
+/// repeated value).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_calls_from_forty_tasks_on_one_pipe_each_get_their_own_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let mut tasks = Vec::new();
+    for t in 0..40i64 {
+        let counter = client.get::<Counter>(&format!("c{}", t % 8));
+        let own = client.get::<Counter>(&format!("own{t}"));
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for i in 1..=25i64 {
+                seen.push(counter.increment(1).await.unwrap());
+                // A caller's own counter answers exactly its own running total.
+                assert_eq!(own.increment(t).await.unwrap(), t * i);
+            }
+            seen
+        }));
+    }
+    let mut per_counter = vec![Vec::new(); 8];
+    for (t, task) in tasks.into_iter().enumerate() {
+        per_counter[t % 8].extend(task.await.unwrap());
+    }
+    for mut values in per_counter {
+        values.sort();
+        assert_eq!(values, (1..=125).collect::<Vec<i64>>());
+    }
+}
