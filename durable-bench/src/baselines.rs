@@ -1,5 +1,5 @@
 //! The baselines: Redis (`appendfsync always`), PostgreSQL (synchronous commit), the
-//! raw `fdatasync` rate of the disk, a bare quinn request/response server, and workerd
+//! raw `fdatasync` rate of the disk, a bare quinn echo server (a stream per request, or one stream), and workerd
 //! (Cloudflare's open-source Durable Objects runtime) with SQLite-backed objects on disk.
 
 use std::io::{BufRead, BufReader, Write};
@@ -234,7 +234,8 @@ pub fn fdatasync_rate(dir: &Path, secs: f64) -> Result<f64, String> {
 }
 
 /// `__quinn-echo DIR`: a bare quinn server, same TLS setup as a durable host (TLS 1.3,
-/// a certificate from rcgen), answering each bidirectional stream with its own bytes.
+/// a certificate from rcgen), echoing each bidirectional stream's bytes as they come
+/// (a stream per request, or many requests on one stream as durable's pipe).
 pub fn quinn_echo_server() -> ExitCode {
     let dir = PathBuf::from(std::env::args().nth(2).expect("__quinn-echo DIR"));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -266,10 +267,12 @@ pub fn quinn_echo_server() -> ExitCode {
                 let Ok(conn) = incoming.await else { return };
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     tokio::spawn(async move {
-                        if let Ok(bytes) = recv.read_to_end(1 << 20).await {
-                            let _ = send.write_all(&bytes).await;
-                            let _ = send.finish();
+                        while let Ok(Some(chunk)) = recv.read_chunk(1 << 16, true).await {
+                            if send.write_all(&chunk.bytes).await.is_err() {
+                                return;
+                            }
                         }
+                        let _ = send.finish();
                     });
                 }
             });
