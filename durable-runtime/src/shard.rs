@@ -2184,13 +2184,18 @@ async fn run_call(
                         },
                     )));
                 }
+            }
+            ctx.conn.run("RELEASE durable_call").map_err(db)?;
+            if wrote {
+                // Recorded in the batch's savepoint, not the call's: the request
+                // table's pages are then saved for a rollback once per batch instead
+                // of once per call (a failure here fails the whole batch anyway).
                 let outcome = Recorded::Return(bytes.clone());
                 store::record_request(&ctx.conn, &request.request_id, digest, &outcome, window)
                     .map_err(db)?;
                 obj.recorded_request(&request.request_id);
                 bs.recorded.push((request.request_id, digest, outcome));
             }
-            ctx.conn.run("RELEASE durable_call").map_err(db)?;
             return Ok(CallResult::Reply(Response::Return(bytes)));
         }
         TurnOutcome::AppError(bytes) => {
