@@ -503,7 +503,15 @@ async fn call_quic(
     request: &Request,
     deadline: Instant,
 ) -> Result<Response, CallError> {
-    let size = postcard::experimental::serialized_size(request).unwrap_or(usize::MAX) + 1;
+    // The version byte, and on a pipe the tag (a varint of up to 10 bytes).
+    let overhead = if inner.version.load(Ordering::Acquire) >= wire::PIPE_VERSION {
+        11
+    } else {
+        1
+    };
+    let size = postcard::experimental::serialized_size(request)
+        .unwrap_or(usize::MAX)
+        .saturating_add(overhead);
     if size > inner.config.max_frame {
         return Err(CallError::TooLarge {
             size: size as u64,

@@ -20,31 +20,60 @@ pub(crate) enum Exchange {
 
 type Waiter = oneshot::Sender<Result<Response, Exchange>>;
 
-/// The calls waiting for their answers, by tag; `None` once the pipe has closed.
-struct Waiting(Mutex<Option<HashMap<u64, Waiter>>>);
+/// The calls waiting for their answers, by tag.
+struct Waiting(Mutex<WaitingState>);
+
+struct WaitingState {
+    calls: HashMap<u64, Waiter>,
+    /// New calls may join (the stream can still be written).
+    accepting: bool,
+    /// No more answers will come.
+    closed: bool,
+}
 
 impl Waiting {
+    fn new() -> Waiting {
+        Waiting(Mutex::new(WaitingState {
+            calls: HashMap::new(),
+            accepting: true,
+            closed: false,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WaitingState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn add(&self, tag: u64, waiter: Waiter) -> bool {
-        let mut calls = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match calls.as_mut() {
-            Some(calls) => calls.insert(tag, waiter).is_none(),
-            None => false,
-        }
+        let mut state = self.lock();
+        state.accepting && !state.closed && state.calls.insert(tag, waiter).is_none()
     }
 
     fn take(&self, tag: u64) -> Option<Waiter> {
-        let mut calls = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        calls.as_mut()?.remove(&tag)
+        self.lock().calls.remove(&tag)
     }
 
+    /// Whether new calls must go on another pipe.
     fn is_closed(&self) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+        let state = self.lock();
+        state.closed || !state.accepting
+    }
+
+    /// The stream cannot be written any more: new calls go elsewhere, the answers to
+    /// the calls already sent may still come (the host answers them before it
+    /// finishes its side).
+    fn stop_accepting(&self) {
+        self.lock().accepting = false;
     }
 
     /// No more answers will come: tell every waiting call why.
     fn close(&self, why: impl Fn() -> Exchange) {
-        let calls = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        for (_, waiter) in calls.into_iter().flatten() {
+        let calls = {
+            let mut state = self.lock();
+            state.closed = true;
+            std::mem::take(&mut state.calls)
+        };
+        for (_, waiter) in calls {
             let _ = waiter.send(Err(why()));
         }
     }
@@ -70,7 +99,7 @@ impl Pipe {
             .map_err(|e| Exchange::Lost(e.to_string()))?;
         let (frames, queued) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel();
-        let waiting = Arc::new(Waiting(Mutex::new(Some(HashMap::new()))));
+        let waiting = Arc::new(Waiting::new());
         let opening = wire::encode_frame_in(&Request::Pipe, wire::PIPE_VERSION);
         tokio::spawn(write(send, opening, queued, waiting.clone()));
         tokio::spawn(read(recv, max_frame, waiting.clone(), stopped));
@@ -135,9 +164,10 @@ async fn write(
         while let Ok(more) = queued.try_recv() {
             buf.extend_from_slice(&more);
         }
-        if let Err(e) = send.write_all(&buf).await {
-            let why = e.to_string();
-            waiting.close(|| Exchange::Lost(why.clone()));
+        if send.write_all(&buf).await.is_err() {
+            // The host stopped reading (or the connection is gone): the reader still
+            // takes the answers the host sends for what it read, until the end.
+            waiting.stop_accepting();
             return;
         }
         buf.clear();
@@ -150,7 +180,8 @@ async fn write(
 }
 
 /// Hand each answer to the call waiting for it, until the stream ends, breaks or the
-/// pipe is dropped.
+/// pipe is dropped. An answer this client cannot read fails only its own call; then
+/// the calls still waiting hear `Lost` and are resent under their request ids.
 async fn read(
     mut recv: quinn::RecvStream,
     max_frame: usize,
@@ -158,31 +189,78 @@ async fn read(
     mut stopped: oneshot::Receiver<()>,
 ) {
     let why = loop {
-        let frame = tokio::select! {
-            frame = read_frame(&mut recv, max_frame) => frame,
-            _ = &mut stopped => break Exchange::Lost("the pipe was dropped".into()),
+        let answer = tokio::select! {
+            answer = read_answer(&mut recv, max_frame) => answer,
+            _ = &mut stopped => break "the pipe was dropped".to_string(),
         };
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => break e,
+        let (tag, result) = match answer {
+            Ok(Answer::Frame(frame)) => match wire::decode_frame::<PipeReply>(&frame, max_frame) {
+                Ok(PipeReply { tag, response }) => (Some(tag), Ok(response)),
+                Err(e) => (
+                    wire::pipe_frame_tag(&frame),
+                    Err(Exchange::Protocol(format!("an answer on the pipe: {e}"))),
+                ),
+            },
+            Ok(Answer::TooLarge { tag, len }) => (
+                tag,
+                Err(Exchange::Protocol(format!(
+                    "an answer of {len} bytes exceeds the limit of {max_frame}"
+                ))),
+            ),
+            Err(lost) => break lost,
         };
-        match wire::decode_frame::<PipeReply>(&frame, max_frame) {
-            Ok(PipeReply { tag, response }) => {
+        match tag {
+            Some(tag) => {
                 if let Some(waiter) = waiting.take(tag) {
-                    let _ = waiter.send(Ok(response));
+                    let _ = waiter.send(result);
                 }
             }
-            Err(e) => break Exchange::Protocol(format!("an answer on the pipe: {e}")),
+            None => break "an answer on the pipe names no call".to_string(),
         }
     };
-    let why = match why {
-        Exchange::Lost(m) => (false, m),
-        Exchange::Protocol(m) => (true, m),
-    };
-    waiting.close(|| match &why {
-        (false, m) => Exchange::Lost(m.clone()),
-        (true, m) => Exchange::Protocol(m.clone()),
-    });
+    waiting.close(|| Exchange::Lost(why.clone()));
+}
+
+/// One frame from the host, or the tag of one too large to read (skipped).
+enum Answer {
+    Frame(Vec<u8>),
+    TooLarge { tag: Option<u64>, len: usize },
+}
+
+/// Read the next answer; `Err` if the stream ended or broke.
+async fn read_answer(recv: &mut quinn::RecvStream, max_frame: usize) -> Result<Answer, String> {
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix)
+        .await
+        .map_err(|e| e.to_string())?;
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len <= max_frame {
+        let mut frame = vec![0u8; 4 + len];
+        frame[..4].copy_from_slice(&prefix);
+        recv.read_exact(&mut frame[4..])
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(Answer::Frame(frame));
+    }
+    // Too large for this client: keep the version and the tag, skip the rest.
+    let mut head = prefix.to_vec();
+    let mut left = len;
+    while left > 0 {
+        let chunk = recv
+            .read_chunk(left, true)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the stream ended inside an answer".to_string())?;
+        left -= chunk.bytes.len();
+        if head.len() < 15 {
+            let keep = (15 - head.len()).min(chunk.bytes.len());
+            head.extend_from_slice(&chunk.bytes[..keep]);
+        }
+    }
+    Ok(Answer::TooLarge {
+        tag: wire::pipe_frame_tag(&head),
+        len,
+    })
 }
 
 /// Read one frame (length prefix included) from a stream that may carry more.

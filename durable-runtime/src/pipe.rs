@@ -11,7 +11,7 @@
 //! what got no answer on a new pipe, under the same request ids.
 
 use crate::calls::Caller;
-use crate::server::{Server, ACK_WAIT, MAX_STREAMS, QUIET};
+use crate::server::{Server, ACK_WAIT, MAX_STREAMS, QUIET, READ_TIMEOUT};
 use bytes::BytesMut;
 use durable_client::wire::{self, FrameError, PipeCall, PipeReply, Request, Response, WireError};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -37,8 +37,28 @@ enum Taken {
     Broken { tag: Option<u64>, error: WireError },
 }
 
+/// Answers waiting to be written, and how many answers they hold.
+#[derive(Default)]
+struct Answers {
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+impl Answers {
+    fn push(&mut self, tag: u64, response: Response) {
+        reply(&mut self.bytes, tag, response);
+        self.count += 1;
+    }
+}
+
 /// Serve a pipe whose opening frame has been read, until the client finishes its side
 /// and every call is answered (or the host stops).
+///
+/// The calls, the reading and the writing all make progress in one `select!`: a call
+/// that finishes while the client is slow to read its answers still ends (and gives
+/// back its place among the host's calls in flight); its answer waits in memory.
+/// Calls running plus answers not yet written are bounded by [`MAX_STREAMS`]: past
+/// that the pipe stops reading, and QUIC flow control holds the client back.
 pub(crate) async fn serve(
     server: &Server,
     mut send: quinn::SendStream,
@@ -48,14 +68,19 @@ pub(crate) async fn serve(
     let mut closing = server.closing.subscribe();
     let mut calls = FuturesUnordered::new();
     let mut input = BytesMut::new();
-    let mut out = Vec::new();
+    // Answers being written (`writing`, from `written` on) and gathering behind them.
+    let mut writing = Answers::default();
+    let mut written = 0;
+    let mut gathering = Answers::default();
     let mut reading = true;
-    // Counted as a stream in flight while calls or answers are (the host waits for
-    // them to be answered before it closes its endpoint).
+    // When the first bytes of a frame still incomplete arrived.
+    let mut partial_since: Option<tokio::time::Instant> = None;
+    // Counted as a stream in flight while calls or answers are, and while the host is
+    // stopping (it waits for them before it closes its endpoint).
     let mut busy = None;
-    let max_in_flight = MAX_STREAMS as usize;
+    let bound = MAX_STREAMS as usize;
     loop {
-        while reading && calls.len() < max_in_flight {
+        while reading && calls.len() + writing.count + gathering.count < bound {
             match take_frame(&mut input, server.max_frame) {
                 Taken::Partial => break,
                 Taken::Call {
@@ -66,59 +91,82 @@ pub(crate) async fn serve(
                     server.opened.fetch_add(1, Ordering::AcqRel);
                     calls.push(async move { (tag, server.answer(request, version, caller).await) });
                 }
-                Taken::Refused { tag, error } => reply(&mut out, tag, Response::Error(error)),
+                Taken::Refused { tag, error } => gathering.push(tag, Response::Error(error)),
                 Taken::Broken { tag, error } => {
                     if let Some(tag) = tag {
-                        reply(&mut out, tag, Response::Error(error));
+                        gathering.push(tag, Response::Error(error));
                     }
                     reading = false;
                     let _ = recv.stop(0u32.into());
                 }
             }
         }
-        if calls.is_empty() && out.is_empty() {
-            busy = None;
-        } else if busy.is_none() {
-            busy = Some(server.streams.enter());
-        }
-        if !out.is_empty() {
-            if send.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
-        }
-        if !reading && calls.is_empty() {
-            break;
+        partial_since = match (reading && !input.is_empty(), partial_since) {
+            (false, _) => None,
+            (true, Some(t)) => Some(t),
+            (true, None) => Some(tokio::time::Instant::now()),
+        };
+        if writing.count == 0 && gathering.count > 0 {
+            writing = std::mem::take(&mut gathering);
+            written = 0;
         }
         let stopping = *closing.borrow();
+        if stopping || !calls.is_empty() || writing.count > 0 {
+            busy.get_or_insert_with(|| server.streams.enter());
+        } else {
+            busy = None;
+        }
+        if !reading && calls.is_empty() && writing.count == 0 {
+            break;
+        }
+        let room = calls.len() + writing.count + gathering.count < bound;
         tokio::select! {
-            read = recv.read_chunk(CHUNK, true), if reading && calls.len() < max_in_flight => {
+            read = recv.read_chunk(CHUNK, true), if reading && room => {
                 match read {
                     Ok(Some(chunk)) => input.extend_from_slice(&chunk.bytes),
                     // The client finished its side (or reset it): answer what it sent.
                     Ok(None) | Err(_) => {
                         reading = false;
                         if let (false, Some(tag)) = (input.is_empty(), wire::pipe_frame_tag(&input)) {
-                            reply(&mut out, tag, Response::Error(FrameError::Truncated.into()));
+                            gathering.push(tag, Response::Error(FrameError::Truncated.into()));
                         }
                     }
                 }
             }
+            // Cancel-safe: if it does not finish, nothing was written. (`select!`
+            // evaluates this expression even when the branch is off.)
+            wrote = send.write(writing.bytes.get(written..).unwrap_or_default()), if writing.count > 0 => match wrote {
+                Ok(n) => {
+                    written += n;
+                    if written >= writing.bytes.len() {
+                        writing = Answers::default();
+                        written = 0;
+                    }
+                }
+                // The client stopped reading or the connection is gone.
+                Err(_) => return,
+            },
             Some((tag, response)) = calls.next(), if !calls.is_empty() => {
-                reply(&mut out, tag, response);
+                gathering.push(tag, response);
                 // Every other answer that is ready goes out in the same write.
                 while let Some(Some((tag, response))) = calls.next().now_or_never() {
-                    reply(&mut out, tag, response);
+                    gathering.push(tag, response);
                 }
+            }
+            // A frame begun and not finished within the read timeout: the peer stalls.
+            _ = tokio::time::sleep_until(partial_since.unwrap_or_else(tokio::time::Instant::now) + READ_TIMEOUT),
+                if partial_since.is_some() => {
+                reading = false;
+                let _ = recv.stop(0u32.into());
             }
             _ = closing.changed(), if !stopping => {}
             // Stopping: once nothing is in flight and nothing came for a while, finish
             // (before the host's own quiet period ends, so it waits for this one).
-            _ = tokio::time::sleep(QUIET / 2), if stopping && calls.is_empty() => break,
+            _ = tokio::time::sleep(QUIET / 2), if stopping && calls.is_empty() && writing.count == 0 => break,
         }
     }
-    drop(busy);
-    let _acknowledging = server.streams.enter();
+    // Held until the answers are acknowledged (or the wait gives up).
+    let _acknowledging = busy.unwrap_or_else(|| server.streams.enter());
     let _ = send.finish();
     if server.calls.is_shutting_down() {
         // Closing the endpoint discards unacknowledged data: wait for the client to
@@ -157,7 +205,8 @@ fn take_frame(input: &mut BytesMut, limit: usize) -> Taken {
         };
     }
     if input.len() < 4 + len {
-        input.reserve(4 + len - input.len());
+        // Room for what comes next, not for all the prefix promises.
+        input.reserve((4 + len - input.len()).min(CHUNK));
         return Taken::Partial;
     }
     let frame = input.split_to(4 + len);

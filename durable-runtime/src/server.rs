@@ -27,6 +27,12 @@ const MAX_HELLO: usize = 4096;
 /// own; a pipe has the same bound of its own).
 pub(crate) const MAX_STREAMS: u32 = 4096;
 
+/// Pipes one connection may have open at once (the Rust client opens one).
+const MAX_PIPES: usize = 8;
+
+/// The stream error code of a pipe refused past [`MAX_PIPES`].
+const PIPES_REFUSED: u32 = 2;
+
 /// At shutdown, how long no new stream must open before the endpoint closes.
 pub(crate) const QUIET: Duration = Duration::from_millis(100);
 
@@ -34,7 +40,7 @@ pub(crate) const QUIET: Duration = Duration::from_millis(100);
 pub(crate) const ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a peer may take to send a whole request frame.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) struct Server {
     pub(crate) calls: Arc<Calls>,
@@ -98,10 +104,12 @@ impl Server {
             return;
         }
         let caller = by_cert.map_or_else(|| self.caller.clone(), Arc::new);
+        let pipes = Arc::new(AtomicUsize::new(0));
         while let Ok((send, recv)) = conn.accept_bi().await {
             let server = self.clone();
             let caller = caller.clone();
-            tokio::spawn(async move { server.stream(send, recv, &caller).await });
+            let pipes = pipes.clone();
+            tokio::spawn(async move { server.stream(send, recv, &caller, &pipes).await });
         }
     }
 
@@ -135,11 +143,13 @@ impl Server {
         ok
     }
 
+    /// Serve one stream; `pipes` counts the connection's open pipes.
     async fn stream(
         &self,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
         caller: &Caller,
+        pipes: &AtomicUsize,
     ) {
         let _open = self.streams.enter();
         self.opened.fetch_add(1, Ordering::AcqRel);
@@ -158,7 +168,17 @@ impl Server {
             Ok((Request::Follow(follow), v)) => return self.follow(follow, send, caller, v).await,
             Ok((Request::Pipe, v)) if v >= wire::PIPE_VERSION => {
                 drop(_open);
-                return crate::pipe::serve(self, send, recv, caller).await;
+                if pipes.fetch_add(1, Ordering::AcqRel) >= MAX_PIPES {
+                    // A client needs one; a connection holding more is refused them
+                    // (each may have MAX_STREAMS calls in flight).
+                    pipes.fetch_sub(1, Ordering::AcqRel);
+                    let _ = recv.stop(PIPES_REFUSED.into());
+                    let _ = send.reset(PIPES_REFUSED.into());
+                    return;
+                }
+                crate::pipe::serve(self, send, recv, caller).await;
+                pipes.fetch_sub(1, Ordering::AcqRel);
+                return;
             }
             Ok((request, v)) => (self.answer(request, v, caller).await, v),
             Err(e) => (Response::Error(e.into()), wire::MIN_PROTOCOL_VERSION),
@@ -412,10 +432,14 @@ async fn read_frame(
             limit: limit as u64,
         });
     }
-    let mut frame = vec![0u8; 4 + len];
-    frame[..4].copy_from_slice(&prefix);
-    if recv.read_exact(&mut frame[4..]).await.is_err() {
-        return Err(FrameError::Truncated);
+    // Grown as the bytes come, not reserved for all the prefix promises.
+    let mut frame = Vec::with_capacity(4 + len.min(64 * 1024));
+    frame.extend_from_slice(&prefix);
+    while frame.len() < 4 + len {
+        match recv.read_chunk(4 + len - frame.len(), true).await {
+            Ok(Some(chunk)) => frame.extend_from_slice(&chunk.bytes),
+            Ok(None) | Err(_) => return Err(FrameError::Truncated),
+        }
     }
     wire::decode_frame_versioned(&frame, limit)
 }

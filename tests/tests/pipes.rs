@@ -138,3 +138,41 @@ async fn two_thousand_calls_from_forty_tasks_on_one_pipe_each_get_their_own_answ
         assert_eq!(values, (1..=125).collect::<Vec<i64>>());
     }
 }
+
+/// A call over the host's frame limit gets `TooLarge` and ends the pipe (the host
+/// cannot skip it); the calls sent beside it are still answered or resent under their
+/// request ids on a new pipe: each applies once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_over_the_hosts_frame_limit_fails_alone_and_the_calls_beside_it_apply_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &["--max-frame", "65536"]);
+    // The client's own limit is the default 4 MiB: it sends the big call.
+    let client = host.client().await;
+    let mut small = Vec::new();
+    for _ in 0..3 {
+        for i in 0..20 {
+            let counter = client.get::<Counter>(&format!("beside{i}"));
+            small.push(tokio::spawn(async move { counter.increment(1).await }));
+        }
+    }
+    let big = client.object_ref(
+        "Counter",
+        durable::ObjectId::from_name("Counter", "big"),
+        Some("big"),
+    );
+    let err = big
+        .call::<_, i64, durable::Error>("increment", 0, &vec![7u8; 100_000])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, durable::CallError::TooLarge { .. }),
+        "{err:?}"
+    );
+    for task in small {
+        task.await.unwrap().unwrap();
+    }
+    for i in 0..20 {
+        let counter = client.get::<Counter>(&format!("beside{i}"));
+        assert_eq!(counter.get().await.unwrap(), 3, "beside{i}");
+    }
+}
