@@ -716,19 +716,15 @@ impl Host {
             })
             .transpose()?;
         let server = Arc::new(Server {
-            calls: calls.clone(),
+            edge: crate::answer::Edge::new(calls.clone(), limits.max_frame),
             token: tls.token,
-            max_frame: limits.max_frame,
             caller: Arc::new(Caller("host-token".into())),
             auth: crate::server::AuthLimits::new(
                 limits.auth_timeout,
                 limits.max_unauthenticated,
                 limits.max_unauthenticated_per_ip,
             ),
-            streams: Default::default(),
-            opened: Default::default(),
             hub: streams.clone(),
-            closing: tokio::sync::watch::Sender::new(false),
         });
         let acceptor = tokio::spawn(server.clone().accept_loop(endpoint.clone()));
         tracing::info!(addr = %local_addr, data_dir = %self.data_dir.display(), "host started");

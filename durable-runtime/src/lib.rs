@@ -8,6 +8,7 @@
 
 mod admission;
 pub mod alarms;
+mod answer;
 mod calls;
 mod capture;
 mod catalog;

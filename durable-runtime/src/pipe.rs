@@ -10,8 +10,8 @@
 //! reading the pipe, answers the calls in flight, and finishes it. A client resends
 //! what got no answer on a new pipe, under the same request ids.
 
+use crate::answer::{Edge, ACK_WAIT, MAX_STREAMS, QUIET, READ_TIMEOUT};
 use crate::calls::Caller;
-use crate::server::{Server, ACK_WAIT, MAX_STREAMS, QUIET, READ_TIMEOUT};
 use bytes::BytesMut;
 use durable_client::wire::{self, FrameError, PipeCall, PipeReply, Request, Response, WireError};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -60,12 +60,12 @@ impl Answers {
 /// Calls running plus answers not yet written are bounded by [`MAX_STREAMS`]: past
 /// that the pipe stops reading, and QUIC flow control holds the client back.
 pub(crate) async fn serve(
-    server: &Server,
+    edge: &Edge,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     caller: &Caller,
 ) {
-    let mut closing = server.closing.subscribe();
+    let mut closing = edge.closing.subscribe();
     let mut calls = FuturesUnordered::new();
     let mut input = BytesMut::new();
     // Answers being written (`writing`, from `written` on) and gathering behind them.
@@ -73,23 +73,23 @@ pub(crate) async fn serve(
     let mut written = 0;
     let mut gathering = Answers::default();
     let mut reading = true;
-    // When the first bytes of a frame still incomplete arrived.
-    let mut partial_since: Option<tokio::time::Instant> = None;
+    // Runs from when the first bytes of a frame still incomplete arrived.
+    let mut partial: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
     // Counted as a stream in flight while calls or answers are, and while the host is
     // stopping (it waits for them before it closes its endpoint).
     let mut busy = None;
     let bound = MAX_STREAMS as usize;
     loop {
         while reading && calls.len() + writing.count + gathering.count < bound {
-            match take_frame(&mut input, server.max_frame) {
+            match take_frame(&mut input, edge.max_frame) {
                 Taken::Partial => break,
                 Taken::Call {
                     tag,
                     request,
                     version,
                 } => {
-                    server.opened.fetch_add(1, Ordering::AcqRel);
-                    calls.push(async move { (tag, server.answer(request, version, caller).await) });
+                    edge.opened.fetch_add(1, Ordering::AcqRel);
+                    calls.push(async move { (tag, edge.answer(request, version, caller).await) });
                 }
                 Taken::Refused { tag, error } => gathering.push(tag, Response::Error(error)),
                 Taken::Broken { tag, error } => {
@@ -101,18 +101,18 @@ pub(crate) async fn serve(
                 }
             }
         }
-        partial_since = match (reading && !input.is_empty(), partial_since) {
-            (false, _) => None,
-            (true, Some(t)) => Some(t),
-            (true, None) => Some(tokio::time::Instant::now()),
-        };
+        if !reading || input.is_empty() {
+            partial = None;
+        } else if partial.is_none() {
+            partial = Some(Box::pin(tokio::time::sleep(READ_TIMEOUT)));
+        }
         if writing.count == 0 && gathering.count > 0 {
             writing = std::mem::take(&mut gathering);
             written = 0;
         }
         let stopping = *closing.borrow();
         if stopping || !calls.is_empty() || writing.count > 0 {
-            busy.get_or_insert_with(|| server.streams.enter());
+            busy.get_or_insert_with(|| edge.streams.enter());
         } else {
             busy = None;
         }
@@ -154,8 +154,7 @@ pub(crate) async fn serve(
                 }
             }
             // A frame begun and not finished within the read timeout: the peer stalls.
-            _ = tokio::time::sleep_until(partial_since.unwrap_or_else(tokio::time::Instant::now) + READ_TIMEOUT),
-                if partial_since.is_some() => {
+            Some(()) = async { partial.as_mut()?.await; Some(()) }, if partial.is_some() => {
                 reading = false;
                 let _ = recv.stop(0u32.into());
             }
@@ -166,9 +165,9 @@ pub(crate) async fn serve(
         }
     }
     // Held until the answers are acknowledged (or the wait gives up).
-    let _acknowledging = busy.unwrap_or_else(|| server.streams.enter());
+    let _acknowledging = busy.unwrap_or_else(|| edge.streams.enter());
     let _ = send.finish();
-    if server.calls.is_shutting_down() {
+    if edge.calls.is_shutting_down() {
         // Closing the endpoint discards unacknowledged data: wait for the client to
         // have every answer first.
         let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;

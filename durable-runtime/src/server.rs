@@ -6,7 +6,8 @@
 //! Nothing a peer sends can panic or stop the host: every failure is a typed reply
 //! or a closed stream.
 
-use crate::calls::{Caller, Calls, Gauge};
+use crate::answer::{Edge, ACK_WAIT, MAX_STREAMS, QUIET, READ_TIMEOUT};
+use crate::calls::Caller;
 use crate::follow::{self, Out, Refused};
 use durable_client::wire::{
     self, FollowRequest, FrameError, Request, Response, StreamFrame, WireError,
@@ -23,42 +24,24 @@ const FOLLOW_QUEUE: usize = 256;
 /// Largest hello frame accepted before authentication.
 const MAX_HELLO: usize = 4096;
 
-/// Calls an authenticated connection may have in flight at once (on streams of their
-/// own; a pipe has the same bound of its own).
-pub(crate) const MAX_STREAMS: u32 = 4096;
-
 /// Pipes one connection may have open at once (the Rust client opens one).
 const MAX_PIPES: usize = 8;
 
 /// The stream error code of a pipe refused past [`MAX_PIPES`].
 const PIPES_REFUSED: u32 = 2;
 
-/// At shutdown, how long no new stream must open before the endpoint closes.
-pub(crate) const QUIET: Duration = Duration::from_millis(100);
-
-/// How long an answer may wait for the peer's acknowledgement during shutdown.
-pub(crate) const ACK_WAIT: Duration = Duration::from_secs(2);
-
-/// How long a peer may take to send a whole request frame.
-pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 pub(crate) struct Server {
-    pub(crate) calls: Arc<Calls>,
+    /// What streams and pipes share: the entry, the frame limit, the count of streams
+    /// in flight, the stopping signal.
+    pub(crate) edge: Edge,
     pub(crate) token: String,
-    pub(crate) max_frame: usize,
     /// Who token callers are: the holders of the host token. Callers with a client
     /// certificate are `cert:` and its subject's common name.
     pub(crate) caller: Arc<Caller>,
     /// Deadline and caps for connections that have not authenticated yet.
     pub(crate) auth: AuthLimits,
-    /// Streams between their request and the acknowledgement of their answer.
-    pub(crate) streams: Gauge,
-    /// Streams opened so far.
-    pub(crate) opened: AtomicUsize,
     /// The followers of the host's streams.
     pub(crate) hub: Arc<crate::streams::Hub>,
-    /// Set when the host begins to stop: pipes answer what they have and finish.
-    pub(crate) closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Server {
@@ -151,10 +134,10 @@ impl Server {
         caller: &Caller,
         pipes: &AtomicUsize,
     ) {
-        let _open = self.streams.enter();
-        self.opened.fetch_add(1, Ordering::AcqRel);
+        let _open = self.edge.streams.enter();
+        self.edge.opened.fetch_add(1, Ordering::AcqRel);
         let request = tokio::time::timeout(READ_TIMEOUT, async {
-            let request = read_frame(&mut recv, self.max_frame).await?;
+            let request = read_frame(&mut recv, self.edge.max_frame).await?;
             if !matches!(request, (Request::Pipe, wire::PIPE_VERSION..)) {
                 // One frame per stream, then its end.
                 read_end(&mut recv).await?;
@@ -176,47 +159,22 @@ impl Server {
                     let _ = send.reset(PIPES_REFUSED.into());
                     return;
                 }
-                crate::pipe::serve(self, send, recv, caller).await;
+                crate::pipe::serve(&self.edge, send, recv, caller).await;
                 pipes.fetch_sub(1, Ordering::AcqRel);
                 return;
             }
-            Ok((request, v)) => (self.answer(request, v, caller).await, v),
+            Ok((request, v)) => (self.edge.answer(request, v, caller).await, v),
             Err(e) => (Response::Error(e.into()), wire::MIN_PROTOCOL_VERSION),
         };
         let _ = send
             .write_all(&wire::encode_frame_in(&response, version))
             .await;
         let _ = send.finish();
-        if self.calls.is_shutting_down() {
+        if self.edge.calls.is_shutting_down() {
             // The endpoint closes once every stream is done: make sure this answer has
             // reached the peer first (closing discards unacknowledged data).
             let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
         }
-    }
-
-    /// Answer one request that arrived in protocol `version` (on a stream of its own
-    /// or on a pipe), as a client of that version reads it.
-    pub(crate) async fn answer(&self, request: Request, version: u8, caller: &Caller) -> Response {
-        let malformed = |message: &str| {
-            Response::Error(WireError::Malformed {
-                message: message.into(),
-            })
-        };
-        let response = match request {
-            Request::Call(call) => self.calls.call(call, caller).await,
-            Request::ChainCall(chained) if version >= 2 => {
-                let chain = crate::chain::CallChain {
-                    links: chained.chain,
-                    caller_span: chained.caller_span,
-                };
-                self.calls.call_in_chain(chained.call, caller, chain).await
-            }
-            Request::ChainCall(_) => malformed("a chained call needs protocol version 2"),
-            Request::Hello { .. } => malformed("hello on an authenticated connection"),
-            Request::Pipe => malformed("a pipe needs protocol version 3, and opens a stream"),
-            Request::Follow(_) => malformed("a follow needs a stream of its own"),
-        };
-        for_version(response, version)
     }
 
     /// Follow a stream for a client: [`StreamFrame::Started`], then one frame per
@@ -228,7 +186,7 @@ impl Server {
         caller: &Caller,
         version: u8,
     ) {
-        let start = match self.calls.classes.get(request.class.as_str()) {
+        let start = match self.edge.calls.classes.get(request.class.as_str()) {
             None => Err(StreamFrame::Error(WireError::UnknownClass {
                 class: request.class,
             })),
@@ -242,7 +200,7 @@ impl Server {
             }
             Some(class) => {
                 let started = follow::start(
-                    &self.calls,
+                    &self.edge.calls,
                     &self.hub,
                     class,
                     request.name,
@@ -280,7 +238,7 @@ impl Server {
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel(FOLLOW_QUEUE);
         tokio::spawn(follow::pump(
-            self.calls.clone(),
+            self.edge.calls.clone(),
             self.hub.clone(),
             start,
             tx,
@@ -325,13 +283,15 @@ impl Server {
         // Followers end now (they would hold their streams open forever); pipes finish
         // once they have answered what they were sent and nothing more comes.
         self.hub.close_all();
-        self.closing.send_replace(true);
+        self.edge.closing.send_replace(true);
         let wait = async {
             loop {
-                self.streams.zero().await;
-                let opened = self.opened.load(Ordering::Acquire);
+                self.edge.streams.zero().await;
+                let opened = self.edge.opened.load(Ordering::Acquire);
                 tokio::time::sleep(QUIET).await;
-                if self.opened.load(Ordering::Acquire) == opened && self.streams.get() == 0 {
+                if self.edge.opened.load(Ordering::Acquire) == opened
+                    && self.edge.streams.get() == 0
+                {
                     return;
                 }
             }
@@ -386,31 +346,6 @@ impl Drop for Pending<'_> {
                 p.1.remove(&self.1);
             }
         }
-    }
-}
-
-/// A response as a client of protocol `version` can read it: errors added after
-/// version 1 become the version 1 error of the same retry class. (A version 1 client
-/// makes no chained calls, so it can meet `CallCycle` only through a method that
-/// returned it as its own error, which is not a framework error.)
-fn for_version(response: Response, version: u8) -> Response {
-    match response {
-        Response::Error(WireError::CallCycle { chain }) if version < 2 => {
-            Response::Error(WireError::Internal {
-                message: format!("call cycle: {}", chain.join(" -> ")),
-            })
-        }
-        Response::Error(WireError::OverloadedRetry { .. }) if version < 2 => {
-            Response::Error(WireError::Overloaded)
-        }
-        Response::Error(WireError::ObjectTooLarge { size, limit }) if version < 2 => {
-            Response::Error(WireError::StorageFull {
-                message: format!(
-                    "the object would hold {size} bytes, past its limit of {limit}; nothing was applied"
-                ),
-            })
-        }
-        other => other,
     }
 }
 
