@@ -209,6 +209,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         poisoned: false,
         heal_after: 0,
         unservable: None,
+        first_activation: false,
         commit_retry_at: 0,
         commit_backoff: 0,
         txn_open: false,
@@ -385,6 +386,10 @@ struct Object {
     heal_after: u64,
     /// The object's file is missing or damaged and could not be rebuilt: why.
     unservable: Option<String>,
+    /// This is the object's first activation in this process: make sure the catalog
+    /// lists it (objects stored before the catalog existed). Later activations skip
+    /// that write.
+    first_activation: bool,
     /// After the file's commit failed: not before this time (ms) again, with a backoff
     /// that doubles (ms) while it keeps failing.
     commit_retry_at: u64,
@@ -953,6 +958,7 @@ impl Object {
         } else {
             None
         };
+        self.first_activation = true;
         let Some(problem) = problem else {
             self.config.verified.borrow_mut().insert(key);
             return Ok(());
@@ -995,7 +1001,7 @@ impl Object {
         if self.ctx.is_none() {
             let durability = &self.config.durability;
             let sync_new = !durability.captures_changes();
-            let (mut ctx, upgraded) = store::open(
+            let (mut ctx, opened) = store::open(
                 &self.config.data_dir,
                 self.class.name,
                 self.id,
@@ -1013,22 +1019,29 @@ impl Object {
                     internal("opening the object's database failed (the host log says why)")
                 }
             })?;
-            self.seq = store::stored_seq(&ctx.conn).map_err(|e| internal(e.to_string()))?;
-            self.last_image_ms =
-                store::image_time(&ctx.conn).map_err(|e| internal(e.to_string()))?;
+            self.seq = opened.seq;
+            self.last_image_ms = opened.image_ms;
             ctx.bookmarks = self.config.bookmarks.clone();
             ctx.clock = self.config.clock.clone();
             ctx.sockets = self.config.sockets.clone();
-            self.reported_due =
-                crate::alarms::earliest_due(&ctx.conn).map_err(|e| internal(e.to_string()))?;
+            self.reported_due = opened.earliest_due;
             // An object the log has never seen a batch of ships a whole image first.
-            self.needs_image = (upgraded || self.seq == 0) && durability.captures_changes();
+            self.needs_image = (opened.upgraded || self.seq == 0) && durability.captures_changes();
             let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
             self.log = Some(durability.attach(self.class.name, self.id, &path, self.seq));
             self.slot.rewinds.set(0);
             self.slot.reads.writer_opened();
-            if let Err(e) = self.config.catalog.add(self.class.name, self.id) {
-                tracing::warn!(class = self.class.name, id = %self.id, error = %e, "adding the object to the catalog");
+            // A new file, or the first activation since the host started (an object
+            // stored before the catalog existed): the catalog lists it from now on.
+            if opened.upgraded || std::mem::take(&mut self.first_activation) {
+                if let Err(e) = self.config.catalog.add(self.class.name, self.id) {
+                    tracing::warn!(class = self.class.name, id = %self.id, error = %e, "adding the object to the catalog");
+                    // The next activation checks the file again, and tries again.
+                    self.config
+                        .verified
+                        .borrow_mut()
+                        .remove(&(self.class.name, self.id));
+                }
             }
             self.conn = Some(ctx.conn.clone());
             self.ctx = Some(ctx);

@@ -250,7 +250,7 @@ pub(crate) fn open(
     name: Option<&str>,
     sync_new: bool,
     spares: Option<&crate::spares::Spares>,
-) -> Result<(Context, bool), String> {
+) -> Result<(Context, Opened), String> {
     let path = object_path(data_dir, class, id);
     let dir = path.parent().expect("object path has a parent");
     let fresh = !path.exists();
@@ -279,6 +279,7 @@ pub(crate) fn open(
     // checkpoint syncs the file and its directory entries. (Creating it with SQLite's
     // default syncs cost six fsyncs before the first reply.)
     let lazy_create = fresh && !sync_new;
+    let mut state = (None, None, None, None);
     let mut setup = || -> rusqlite::Result<()> {
         if fresh {
             // Objects are small: 1 KiB pages cut the bytes each commit writes to the
@@ -313,6 +314,23 @@ pub(crate) fn open(
                 [name],
             )?;
         }
+        // What an activation needs to know of the file, read in this transaction (one
+        // statement instead of a read transaction each).
+        state = tx.query_row(
+            "SELECT (SELECT value FROM _durable_meta WHERE key = 'name'),
+                    (SELECT value FROM _durable_meta WHERE key = 'log_seq'),
+                    (SELECT value FROM _durable_meta WHERE key = 'image_ms'),
+                    (SELECT min(due_ms) FROM _durable_alarms)",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                ))
+            },
+        )?;
         tx.commit()?;
         if lazy_create {
             // From here on SQLite orders its own WAL checkpoints safely.
@@ -331,15 +349,28 @@ pub(crate) fn open(
             .and_then(|_| sync_dir(dir.parent().unwrap()))
             .map_err(|e| format!("syncing {}: {e}", path.display()))?;
     }
-    let stored_name: Option<String> = conn
-        .query_row(
-            "SELECT value FROM _durable_meta WHERE key = 'name'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| e.to_string())?;
-    Ok((Context::new(conn, class, id, stored_name), upgraded))
+    let (stored_name, seq, image_ms, due) = state;
+    let opened = Opened {
+        upgraded,
+        seq: seq.unwrap_or(0).max(0) as u64,
+        image_ms: image_ms.unwrap_or(0).max(0) as u64,
+        earliest_due: due.map(|d| d.max(0) as u64),
+    };
+    Ok((Context::new(conn, class, id, stored_name), opened))
+}
+
+/// What [`open`] read of an object's file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Opened {
+    /// The runtime's tables were created or brought up to date (the object's next batch
+    /// ships a whole image).
+    pub(crate) upgraded: bool,
+    /// The last batch the file holds ([`stored_seq`]).
+    pub(crate) seq: u64,
+    /// When it last shipped a whole image (ms since the epoch; 0 if never).
+    pub(crate) image_ms: u64,
+    /// Its earliest alarm ([`crate::alarms::earliest_due`]).
+    pub(crate) earliest_due: Option<u64>,
 }
 
 /// The number of the last batch the object's database holds (0 if none).
@@ -366,18 +397,6 @@ pub(crate) fn set_stored_seq(conn: &Connection, seq: u64) -> rusqlite::Result<()
             .execute([seq as i64])?;
     }
     Ok(())
-}
-
-/// When the object last shipped a whole image (ms since the epoch; 0 if never).
-pub(crate) fn image_time(conn: &Connection) -> rusqlite::Result<u64> {
-    let t: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM _durable_meta WHERE key = 'image_ms'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(t.unwrap_or(0).max(0) as u64)
 }
 
 /// Record that the batch being committed ships a whole image.
@@ -872,8 +891,15 @@ mod tests {
     fn a_new_object_starts_from_the_template_in_wal_mode_with_the_runtime_tables() {
         let dir = tempfile::tempdir().unwrap();
         let id = ObjectId::random();
-        let (ctx, image) = open(dir.path(), "Counter", id, Some("n"), false, None).unwrap();
-        assert!(image, "a new object's first batch must ship an image");
+        let (ctx, opened) = open(dir.path(), "Counter", id, Some("n"), false, None).unwrap();
+        assert!(
+            opened.upgraded,
+            "a new object's first batch must ship an image"
+        );
+        assert_eq!(
+            (opened.seq, opened.image_ms, opened.earliest_due),
+            (0, 0, None)
+        );
         let mode: String = ctx
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -896,9 +922,26 @@ mod tests {
         assert!(created >= 6);
         assert_eq!(tables, created, "every runtime table and index");
         assert_eq!(ctx.name.as_deref(), Some("n"));
+        set_stored_seq(&ctx.conn, 7).unwrap();
+        set_image_time(&ctx.conn, 1234).unwrap();
+        ctx.conn
+            .execute_batch(
+                "INSERT INTO _durable_alarms(name, key, due_ms, args) VALUES ('a', '', 99, x''), ('b', '', 42, x'')",
+            )
+            .unwrap();
         drop(ctx);
-        // Opened again, it is a stored object: no image.
-        let (_ctx, image) = open(dir.path(), "Counter", id, None, false, None).unwrap();
-        assert!(!image);
+        // Opened again, it is a stored object: no image, and what it holds is read back.
+        let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        assert!(!opened.upgraded);
+        assert_eq!(
+            (opened.seq, opened.image_ms, opened.earliest_due),
+            (7, 1234, Some(42))
+        );
+        assert_eq!(opened.seq, stored_seq(&ctx.conn).unwrap());
+        assert_eq!(
+            ctx.name.as_deref(),
+            Some("n"),
+            "the stored name, not asked for"
+        );
     }
 }
