@@ -11,6 +11,7 @@
 //! (`__quinn-echo`), and a bare axum WebSocket fan-out server (`__ws-fanout`). Every row's ratio is > 1 when durable is better than the baseline.
 
 mod baselines;
+mod log_sync;
 mod scenarios;
 
 use clap::Parser;
@@ -34,6 +35,7 @@ pub const SCENARIOS: &[&str] = &[
     "broadcast_1000",
     "memory_socket",
     "stream_resume",
+    "log_sync",
 ];
 
 #[derive(Parser, Debug)]
@@ -41,7 +43,8 @@ pub const SCENARIOS: &[&str] = &[
 struct Args {
     /// Scenarios to run (default: all): increments_many, increments_hot, read_latency,
     /// read_under_write, activation, alarm_lateness, memory_idle, startup_100k, startup_1m,
-    /// increments_postgres, http_call, broadcast_1000, memory_socket, stream_resume.
+    /// increments_postgres, http_call, broadcast_1000, memory_socket, stream_resume,
+    /// log_sync.
     scenarios: Vec<String>,
     /// Short runs (under two minutes in all), for CI smoke use.
     #[arg(long)]

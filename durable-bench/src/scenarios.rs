@@ -71,6 +71,13 @@ pub async fn run_all(selected: &[&str], quick: bool) -> (Vec<Row>, Vec<(String, 
             "broadcast_1000" => broadcast_1000(&plan).await,
             "memory_socket" => memory_socket(&plan).await,
             "stream_resume" => stream_resume(&plan).await,
+            "log_sync" => {
+                let (dir, quick) = (plan.dir("log_sync"), plan.quick);
+                tokio::task::spawn_blocking(move || crate::log_sync::log_sync(&dir, quick))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|rows| rows)
+            }
             other => Err(format!("unknown scenario {other}")),
         };
         match result {
