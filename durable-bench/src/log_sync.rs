@@ -5,10 +5,8 @@
 //! journals the file's new size. Overwriting blocks a file already holds (a segment
 //! zero-filled ahead of time) leaves no metadata to journal. Both patterns run here
 //! alternately in one process, on the benchmark's own directory, so the row says
-//! what preallocated segments would gain on this machine. (The host does not
-//! preallocate yet: after a power loss the pages of an unsynced round can persist in
-//! any order inside a preallocated file, and recovery must first be able to tell
-//! such a torn last round from damage; see BENCHMARKS.md.)
+//! what preallocated segments gain on this machine. (The host log preallocates its
+//! segments: a thread zero-fills them ahead of the writer.)
 
 use crate::Row;
 use std::fs::File;
@@ -82,8 +80,7 @@ fn median(v: &mut [Duration]) -> f64 {
     v[v.len() / 2].as_secs_f64() * 1e6
 }
 
-/// The rows: median latency and CPU per sync, append (the host log today) against
-/// preallocated.
+/// The rows: median latency and CPU per sync, appending against preallocated.
 pub(crate) fn log_sync(dir: &Path, quick: bool) -> Result<Vec<Row>, String> {
     let (syncs, trials) = if quick { (200, 2) } else { (2000, 3) };
     let path = dir.join("segment");

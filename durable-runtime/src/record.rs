@@ -4,7 +4,9 @@
 //! A record is `len: u32 LE` (bytes after this field), `crc: u32 LE` (CRC-32 of the
 //! bytes after this field), `lsn: u64 LE`, `time_ms: u64 LE`, `kind: u8`,
 //! `class_len: u16 LE`, `class`, `object: [u8; 16]`, `seq: u64 LE`, `payload`.
-//! A `len` of zero marks the end of a segment's data.
+//! A `len` of zero marks the end of a segment's data. The kind byte's high bit marks
+//! the first record of a round (the records written together and made durable by one
+//! `fdatasync`); builds before it never set the bit.
 
 use durable_client::ObjectId;
 use std::io::Read;
@@ -41,6 +43,9 @@ pub struct LogRecord {
 
 const FIXED: usize = 4 + 8 + 8 + 1 + 2 + 16 + 8;
 
+/// The kind byte's bit that marks the first record of a round.
+const ROUND_START: u8 = 0x80;
+
 /// Everything of a record but its payload.
 pub(crate) struct Header<'a> {
     pub(crate) lsn: u64,
@@ -49,6 +54,8 @@ pub(crate) struct Header<'a> {
     pub(crate) class: &'a str,
     pub(crate) object: ObjectId,
     pub(crate) seq: u64,
+    /// The first record of a round.
+    pub(crate) round_start: bool,
 }
 
 /// Append the encoding of a record to `out`.
@@ -60,6 +67,7 @@ pub(crate) fn encode(out: &mut Vec<u8>, h: &Header<'_>, payload: &[u8]) {
         class,
         object,
         seq,
+        round_start,
     } = *h;
     let start = out.len();
     let len = FIXED + class.len() + payload.len();
@@ -67,7 +75,7 @@ pub(crate) fn encode(out: &mut Vec<u8>, h: &Header<'_>, payload: &[u8]) {
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&lsn.to_le_bytes());
     out.extend_from_slice(&time_ms.to_le_bytes());
-    out.push(kind as u8);
+    out.push(kind as u8 | if round_start { ROUND_START } else { 0 });
     out.extend_from_slice(&(class.len() as u16).to_le_bytes());
     out.extend_from_slice(class.as_bytes());
     out.extend_from_slice(object.as_bytes());
@@ -107,11 +115,19 @@ pub(crate) struct SegmentRead {
     pub(crate) problem: Option<TailProblem>,
     /// When reading stopped at a problem: the offset and lsn of the first intact record
     /// found after it. Then the problem is damage in the middle, not a torn tail, and
-    /// cutting there would drop records that were written whole.
+    /// cutting there would drop records that were written whole...
     pub(crate) valid_after: Option<(u64, u64)>,
+    /// ...unless they can only be the rest of the round the damage is in: the segment
+    /// marks its rounds (its first record starts one) and no intact record after the
+    /// damage starts another. A round is written only once the one before it is
+    /// durable, so a later round proves the damaged one was synced; without one, what
+    /// follows the damage was never acknowledged (the last round, torn by a power cut:
+    /// inside a preallocated segment its pages may persist in any order).
+    pub(crate) torn_round: bool,
 }
 
-fn decode_body(body: &[u8]) -> Result<LogRecord, TailProblem> {
+/// A record and whether it starts a round.
+fn decode_body(body: &[u8]) -> Result<(LogRecord, bool), TailProblem> {
     let invalid = |why: &str| TailProblem::Invalid(why.into());
     if body.len() < FIXED - 4 {
         return Err(invalid("shorter than its header"));
@@ -119,7 +135,7 @@ fn decode_body(body: &[u8]) -> Result<LogRecord, TailProblem> {
     let u64_at = |i: usize| u64::from_le_bytes(body[i..i + 8].try_into().unwrap());
     let lsn = u64_at(0);
     let time_ms = u64_at(8);
-    let kind = match body[16] {
+    let kind = match body[16] & !ROUND_START {
         0 => RecordKind::Changes,
         1 => RecordKind::Image,
         k => return Err(invalid(&format!("unknown kind {k}"))),
@@ -134,7 +150,7 @@ fn decode_body(body: &[u8]) -> Result<LogRecord, TailProblem> {
         .to_string();
     let object = ObjectId::from_bytes(rest[class_len..class_len + 16].try_into().unwrap());
     let seq = u64::from_le_bytes(rest[class_len + 16..class_len + 24].try_into().unwrap());
-    Ok(LogRecord {
+    let record = LogRecord {
         lsn,
         time_ms,
         kind,
@@ -142,12 +158,13 @@ fn decode_body(body: &[u8]) -> Result<LogRecord, TailProblem> {
         object,
         seq,
         payload: rest[class_len + 24..].to_vec(),
-    })
+    };
+    Ok((record, body[16] & ROUND_START != 0))
 }
 
 /// The record whose `len` bytes (after the length field) start at `at`, if its
 /// checksum matches and its fields decode. The caller has checked that they fit.
-fn checked_record(bytes: &[u8], at: usize, len: usize) -> Result<LogRecord, TailProblem> {
+fn checked_record(bytes: &[u8], at: usize, len: usize) -> Result<(LogRecord, bool), TailProblem> {
     let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
     let body = &bytes[at + 8..at + 4 + len];
     if crc32fast::hash(body) != crc {
@@ -167,6 +184,7 @@ pub(crate) fn parse_segment(bytes: &[u8]) -> SegmentRead {
     let mut records = Vec::new();
     let mut at = 0usize;
     let mut last_lsn = None;
+    let mut marks_rounds = false;
     let problem = loop {
         if at == bytes.len() {
             break None;
@@ -193,7 +211,10 @@ pub(crate) fn parse_segment(bytes: &[u8]) -> SegmentRead {
             break Some(TailProblem::Truncated);
         }
         let record = match checked_record(bytes, at, len) {
-            Ok(r) => r,
+            Ok((r, round_start)) => {
+                marks_rounds |= records.is_empty() && round_start;
+                r
+            }
             Err(p) => break Some(p),
         };
         if last_lsn.is_some_and(|l| record.lsn <= l) {
@@ -209,11 +230,15 @@ pub(crate) fn parse_segment(bytes: &[u8]) -> SegmentRead {
     let valid_after = problem
         .as_ref()
         .and_then(|_| find_intact_record(bytes, at + 1, last_lsn.unwrap_or(0)));
+    let torn_round = valid_after.is_some()
+        && marks_rounds
+        && !round_starts_after(bytes, at + 1, last_lsn.unwrap_or(0));
     SegmentRead {
         records,
         good_len: at as u64,
         problem,
         valid_after,
+        torn_round,
     }
 }
 
@@ -235,7 +260,7 @@ fn find_intact_record(bytes: &[u8], from: usize, after_lsn: u64) -> Option<(u64,
     while at + 8 <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         if len >= FIXED && bytes.len() - at - 4 >= len {
-            if let Ok(r) = checked_record(bytes, at, len) {
+            if let Ok((r, _)) = checked_record(bytes, at, len) {
                 if r.lsn > after_lsn {
                     return Some((at as u64, r.lsn));
                 }
@@ -244,6 +269,20 @@ fn find_intact_record(bytes: &[u8], from: usize, after_lsn: u64) -> Option<(u64,
         at += 1;
     }
     None
+}
+
+/// Whether an intact record with an lsn above `after_lsn` that starts a round lies at
+/// or after `from`.
+fn round_starts_after(bytes: &[u8], mut from: usize, after_lsn: u64) -> bool {
+    while let Some((at, _)) = find_intact_record(bytes, from, after_lsn) {
+        let at = at as usize;
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if matches!(checked_record(bytes, at, len), Ok((_, true))) {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
 }
 
 /// The segment files in `dir`, oldest first, with the first lsn each holds.
@@ -278,7 +317,13 @@ pub(crate) fn segment_name(first_lsn: u64) -> String {
 mod tests {
     use super::*;
 
+    /// Records 1..=n, each a round of its own.
     fn sample(n: u64) -> Vec<u8> {
+        rounds(&[], n)
+    }
+
+    /// Records 1..=n; a round starts at each lsn in `starts` (every lsn if empty).
+    fn rounds(starts: &[u64], n: u64) -> Vec<u8> {
         let mut out = Vec::new();
         for lsn in 1..=n {
             let h = Header {
@@ -288,6 +333,7 @@ mod tests {
                 class: "Counter",
                 object: ObjectId::from_name("Counter", "a"),
                 seq: lsn,
+                round_start: starts.is_empty() || starts.contains(&lsn),
             };
             encode(&mut out, &h, &[1, 2, 3]);
         }
@@ -351,5 +397,40 @@ mod tests {
         let r = parse_segment(&zeroed);
         assert!(matches!(r.problem, Some(TailProblem::Invalid(_))), "{r:?}");
         assert_eq!(r.valid_after, Some((two as u64, 3)));
+        // Later rounds follow the damage: it was synced, so it is damage.
+        assert!(!r.torn_round);
+    }
+
+    #[test]
+    fn a_torn_last_round_is_told_apart_from_damage() {
+        // Rounds [1], [2], [3, 4, 5]; the last is torn: a page of zeros inside it, the
+        // records after the hole intact (a preallocated segment after a power cut).
+        let bytes = rounds(&[1, 2, 3], 5);
+        let two = parse_segment(&rounds(&[1, 2], 2)).good_len as usize;
+        let three = parse_segment(&rounds(&[1, 2, 3], 3)).good_len as usize;
+        let mut torn = bytes.clone();
+        torn[two + 10..three + 10].fill(0);
+        torn.extend([0; 100]);
+        let r = parse_segment(&torn);
+        assert!(r.problem.is_some() && r.valid_after.is_some(), "{r:?}");
+        assert_eq!((r.records.len(), r.good_len as usize), (2, two));
+        assert!(r.torn_round, "only the torn round's own records follow");
+        // The hole in round [2]: round [3, 4, 5] starts after it, so [2] was synced.
+        let one = parse_segment(&rounds(&[1], 1)).good_len as usize;
+        let mut damaged = bytes.clone();
+        damaged[one + 10..two].fill(0);
+        let r = parse_segment(&damaged);
+        assert!(r.valid_after.is_some() && !r.torn_round, "{r:?}");
+        // A segment of a build that did not mark rounds keeps the strict rule.
+        let legacy = rounds(&[99], 5);
+        let mut hole = legacy.clone();
+        hole[two + 10..three + 10].fill(0);
+        let r = parse_segment(&hole);
+        assert!(r.valid_after.is_some() && !r.torn_round, "{r:?}");
+        // The flag does not change what a record decodes to.
+        assert_eq!(
+            parse_segment(&legacy).records,
+            parse_segment(&bytes).records
+        );
     }
 }

@@ -220,6 +220,7 @@ async fn ten_thousand_alarms_across_a_thousand_objects_due_in_one_second_all_fir
     let host = HostProcess::start(dir.path(), &[]);
     let client = host.client().await;
     // Activate the objects first, so that scheduling is quick and the lead time short.
+    let activating = std::time::Instant::now();
     let mut tasks = Vec::new();
     for chunk in 0..50 {
         let client = client.clone();
@@ -233,7 +234,10 @@ async fn ten_thousand_alarms_across_a_thousand_objects_due_in_one_second_all_fir
     for t in tasks {
         t.await.unwrap();
     }
-    let due = ms(SystemTime::now()) + 5_000;
+    // Scheduling takes about as long as activating did: leave it three times that (a
+    // busy machine runs both slowly), and at least 5 s.
+    let lead = (activating.elapsed().as_millis() as u64 * 3).max(5_000);
+    let due = ms(SystemTime::now()) + lead;
     let mut tasks = Vec::new();
     for chunk in 0..50 {
         let client = client.clone();

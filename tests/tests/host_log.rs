@@ -120,7 +120,8 @@ async fn a_torn_or_corrupt_log_tail_is_cut_reported_and_never_applied() {
         // Damage the last record of the newest segment.
         let newest = &newest_segment(&live.join("log"));
         let mut bytes = std::fs::read(newest).unwrap();
-        let full = bytes.len();
+        let full = records_end(&bytes);
+        bytes.truncate(full);
         match damage {
             "truncate" => bytes.truncate(full - 5),
             _ => bytes[full - 3] ^= 0x55,
@@ -301,6 +302,20 @@ async fn a_new_object_file_torn_by_a_power_cut_is_rebuilt_from_its_logged_image(
     assert_eq!(client.get::<Counter>("missing").get().await.unwrap(), 7);
 }
 
+/// Where a segment's records end: the host preallocates segments, so a killed host's
+/// newest one goes on in zeros (a zero length marks the end).
+fn records_end(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while at + 4 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        at += 4 + len;
+    }
+    at.min(bytes.len())
+}
+
 fn newest_segment(log_dir: &Path) -> std::path::PathBuf {
     let mut segments: Vec<_> = std::fs::read_dir(log_dir)
         .unwrap()
@@ -347,7 +362,7 @@ async fn damage_followed_by_intact_records_refuses_to_start_until_salvaged_and_l
     power_cut_copy(&live, &at_checkpoint, &copy);
     let segment = newest_segment(&copy.join("log"));
     let mut bytes = std::fs::read(&segment).unwrap();
-    let middle = bytes.len() / 2;
+    let middle = records_end(&bytes) / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&segment, &bytes).unwrap();
 
@@ -386,6 +401,84 @@ async fn damage_followed_by_intact_records_refuses_to_start_until_salvaged_and_l
     );
 }
 
+/// The offsets at which a segment's records start.
+fn record_starts(bytes: &[u8]) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut at = 0;
+    while at + 4 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        starts.push(at);
+        at += 4 + len;
+    }
+    starts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_last_round_is_cut_at_start_while_damage_before_a_later_round_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let host = HostProcess::start(&live, NO_CHECKPOINTS);
+    let counter = host.client().await.get::<Counter>("t");
+    assert_eq!(counter.increment(1).await.unwrap(), 1);
+    assert!(host.terminate().success());
+    let at_checkpoint = dir.path().join("objects-at-checkpoint");
+    copy_dir(&live.join("objects"), &at_checkpoint);
+    let host = HostProcess::start(&live, NO_CHECKPOINTS);
+    let counter = host.client().await.get::<Counter>("t");
+    for i in 2..=6 {
+        assert_eq!(counter.increment(1).await.unwrap(), i);
+    }
+    host.kill9();
+    // One call at a time: each increment was a round of its own, its record marked as
+    // a round's first (the kind byte's high bit, 24 bytes into the record).
+    let segment = newest_segment(&live.join("log"));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes.truncate(records_end(&bytes));
+    let starts = record_starts(&bytes);
+    assert_eq!(starts.len(), 5, "increments 2..=6");
+    assert!(starts.iter().all(|&at| bytes[at + 24] & 0x80 != 0));
+    let (fifth, sixth) = (starts[3], starts[4]);
+
+    // As if the last two had been one round, torn by a power cut: the sixth's mark
+    // cleared (and its checksum fixed), a page of zeros where the fifth was.
+    let mut torn = bytes.clone();
+    torn[sixth + 24] &= 0x7f;
+    let crc = crc32fast::hash(&torn[sixth + 8..]);
+    torn[sixth + 4..sixth + 8].copy_from_slice(&crc.to_le_bytes());
+    torn[fifth + 8..sixth].fill(0);
+    torn.extend([0; 4096]);
+    // The same hole with the sixth still a round of its own: damage before a later
+    // round, which proves the fifth's round was synced.
+    let mut damaged = bytes.clone();
+    damaged[fifth + 8..sixth].fill(0);
+
+    let name = segment.file_name().unwrap().to_owned();
+    for (case, content) in [("damaged", damaged), ("torn", torn)] {
+        let copy = dir.path().join(case);
+        power_cut_copy(&live, &at_checkpoint, &copy);
+        std::fs::write(copy.join("log").join(&name), &content).unwrap();
+        let log = dir.path().join(format!("{case}.log"));
+        if case == "damaged" {
+            let data = copy.to_str().unwrap();
+            let (ok, _, err) = host_cli(&["serve", "--data-dir", data, "--listen", "127.0.0.1:0"]);
+            assert!(!ok, "started on damage followed by a later round");
+            assert!(err.contains("salvage-log"), "{err}");
+            continue;
+        }
+        let host = HostProcess::start_logged(&copy, &[], Some(&log));
+        assert_eq!(
+            host.client().await.get::<Counter>("t").get().await.unwrap(),
+            4,
+            "the records before the torn round"
+        );
+        let report = std::fs::read_to_string(&log).unwrap();
+        assert!(report.contains("last round is torn"), "{report}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damage_in_a_segment_recovery_does_not_need_is_reported_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
@@ -399,7 +492,7 @@ async fn damage_in_a_segment_recovery_does_not_need_is_reported_not_fatal() {
     assert!(host.terminate().success());
     let segment = newest_segment(&live.join("log"));
     let mut bytes = std::fs::read(&segment).unwrap();
-    let middle = bytes.len() / 2;
+    let middle = records_end(&bytes) / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&segment, &bytes).unwrap();
     let log = dir.path().join("host.log");

@@ -254,6 +254,16 @@ pub(crate) fn recover(
     for (i, (_, path)) in segments.iter().enumerate() {
         let read = read_segment(path).map_err(io("reading a log segment"))?;
         let last_read = read.records.last().map(|r| r.lsn);
+        if read.problem.is_none() {
+            // The zeros of a preallocated segment past its records (a host that was
+            // killed leaves them): not needed, and they would be archived with it.
+            if std::fs::metadata(path).is_ok_and(|m| m.len() > read.good_len) {
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .and_then(|f| f.set_len(read.good_len));
+            }
+        }
         for record in read.records {
             report.last_lsn = report.last_lsn.max(record.lsn);
             if record.lsn <= checkpoint {
@@ -285,7 +295,10 @@ pub(crate) fn recover(
                     .push((path.clone(), read.good_len, problem));
                 continue;
             }
-            if let Some((offset, lsn)) = read.valid_after {
+            // In the newest segment, intact records after the damage that can only be
+            // the rest of its last round were never acknowledged: a torn round.
+            let torn_round = newest && read.torn_round;
+            if let (Some((offset, lsn)), false) = (read.valid_after, torn_round) {
                 return Err(HostError::Config(format!(
                     "log segment {} is damaged at byte {} ({problem}) but intact records follow \
                      (the next at byte {offset}, lsn {lsn}); starting would drop them. Keep a copy \
@@ -309,6 +322,9 @@ pub(crate) fn recover(
             }
             // A torn tail of the newest segment: never apply anything past the last good
             // record; cut it there.
+            if torn_round {
+                tracing::warn!(segment = %path.display(), offset = read.good_len, %problem, "the log's last round is torn (a power cut while it was written; none of it was acknowledged): cut at the last good record");
+            }
             tracing::warn!(segment = %path.display(), offset = read.good_len, %problem, "log tail cut at the last good record");
             let f = std::fs::OpenOptions::new()
                 .write(true)
