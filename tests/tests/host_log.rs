@@ -305,15 +305,9 @@ async fn a_new_object_file_torn_by_a_power_cut_is_rebuilt_from_its_logged_image(
 /// Where a segment's records end: the host preallocates segments, so a killed host's
 /// newest one goes on in zeros (a zero length marks the end).
 fn records_end(bytes: &[u8]) -> usize {
-    let mut at = 0;
-    while at + 4 <= bytes.len() {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        if len == 0 {
-            break;
-        }
-        at += 4 + len;
-    }
-    at.min(bytes.len())
+    record_starts(bytes).last().map_or(0, |&at| {
+        at + 4 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize
+    })
 }
 
 fn newest_segment(log_dir: &Path) -> std::path::PathBuf {
@@ -338,23 +332,34 @@ fn lsns(data: &Path) -> Vec<u64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn damage_followed_by_intact_records_refuses_to_start_until_salvaged_and_lsns_never_repeat() {
-    let dir = tempfile::tempdir().unwrap();
-    let live = dir.path().join("live");
+/// A host under `dir/live` that stopped cleanly with counter `name` at 1, then
+/// acknowledged increments up to `last` one at a time and was killed: its data
+/// directory, and a copy of its objects as of the clean stop (`dir/objects-at-checkpoint`).
+async fn killed_after_increments(
+    dir: &Path,
+    name: &str,
+    last: i64,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let live = dir.join("live");
     let host = HostProcess::start(&live, NO_CHECKPOINTS);
-    let counter = host.client().await.get::<Counter>("d");
+    let counter = host.client().await.get::<Counter>(name);
     assert_eq!(counter.increment(1).await.unwrap(), 1);
     assert!(host.terminate().success());
-    let at_checkpoint = dir.path().join("objects-at-checkpoint");
+    let at_checkpoint = dir.join("objects-at-checkpoint");
     copy_dir(&live.join("objects"), &at_checkpoint);
-
     let host = HostProcess::start(&live, NO_CHECKPOINTS);
-    let counter = host.client().await.get::<Counter>("d");
-    for i in 2..=11 {
+    let counter = host.client().await.get::<Counter>(name);
+    for i in 2..=last {
         assert_eq!(counter.increment(1).await.unwrap(), i);
     }
     host.kill9();
+    (live, at_checkpoint)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_followed_by_intact_records_refuses_to_start_until_salvaged_and_lsns_never_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let (live, at_checkpoint) = killed_after_increments(dir.path(), "d", 11).await;
     let highest_before = *lsns(&live).iter().max().unwrap();
 
     // One flipped byte in the middle of the newest segment: intact records follow it.
@@ -419,19 +424,7 @@ fn record_starts(bytes: &[u8]) -> Vec<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_last_round_is_cut_at_start_while_damage_before_a_later_round_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let live = dir.path().join("live");
-    let host = HostProcess::start(&live, NO_CHECKPOINTS);
-    let counter = host.client().await.get::<Counter>("t");
-    assert_eq!(counter.increment(1).await.unwrap(), 1);
-    assert!(host.terminate().success());
-    let at_checkpoint = dir.path().join("objects-at-checkpoint");
-    copy_dir(&live.join("objects"), &at_checkpoint);
-    let host = HostProcess::start(&live, NO_CHECKPOINTS);
-    let counter = host.client().await.get::<Counter>("t");
-    for i in 2..=6 {
-        assert_eq!(counter.increment(1).await.unwrap(), i);
-    }
-    host.kill9();
+    let (live, at_checkpoint) = killed_after_increments(dir.path(), "t", 6).await;
     // One call at a time: each increment was a round of its own, its record marked as
     // a round's first (the kind byte's high bit, 24 bytes into the record).
     let segment = newest_segment(&live.join("log"));
