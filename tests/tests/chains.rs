@@ -96,8 +96,15 @@ async fn a_deadline_holds_along_a_chain_of_three_objects() {
         .await
         .unwrap_err();
     let took = started.elapsed();
+    // Whichever gives up first answers: the client's own deadline, or d1, whose call
+    // down the chain carries the same deadline and ends with it (`relay` returns that
+    // error as its own).
     assert!(
-        matches!(err, CallError::Timeout | CallError::Expired),
+        match &err {
+            CallError::Timeout | CallError::Expired => true,
+            CallError::Application(e) => e.to_string().contains("deadline passed"),
+            _ => false,
+        },
         "{err:?}"
     );
     assert!(
