@@ -227,12 +227,13 @@ pub(crate) fn parse_segment(bytes: &[u8]) -> SegmentRead {
         records.push(record);
         at += 4 + len;
     };
+    let after = || intact_records(bytes, at + 1, last_lsn.unwrap_or(0));
     let valid_after = problem
         .as_ref()
-        .and_then(|_| find_intact_record(bytes, at + 1, last_lsn.unwrap_or(0)));
-    let torn_round = valid_after.is_some()
-        && marks_rounds
-        && !round_starts_after(bytes, at + 1, last_lsn.unwrap_or(0));
+        .and_then(|_| after().next())
+        .map(|(offset, lsn, _)| (offset, lsn));
+    let torn_round =
+        valid_after.is_some() && marks_rounds && !after().any(|(_, _, round_start)| round_start);
     SegmentRead {
         records,
         good_len: at as u64,
@@ -244,45 +245,27 @@ pub(crate) fn parse_segment(bytes: &[u8]) -> SegmentRead {
 
 /// The lsns of every intact record found anywhere in `bytes` (for salvage).
 pub(crate) fn intact_lsns(bytes: &[u8]) -> Vec<u64> {
-    let mut out = Vec::new();
-    let mut from = 0;
-    while let Some((at, lsn)) = find_intact_record(bytes, from, 0) {
-        out.push(lsn);
-        from = at as usize + 1;
-    }
-    out
+    intact_records(bytes, 0, 0).map(|(_, lsn, _)| lsn).collect()
 }
 
-/// The first offset at or after `from` where a whole record with a good checksum and
-/// an lsn above `after_lsn` starts: its offset and lsn.
-fn find_intact_record(bytes: &[u8], from: usize, after_lsn: u64) -> Option<(u64, u64)> {
-    let mut at = from;
-    while at + 8 <= bytes.len() {
+/// Every whole record with a good checksum and an lsn above `after_lsn` that starts at
+/// or after `from`, scanning byte by byte: its offset, lsn, and whether it starts a
+/// round.
+fn intact_records(
+    bytes: &[u8],
+    from: usize,
+    after_lsn: u64,
+) -> impl Iterator<Item = (u64, u64, bool)> + '_ {
+    (from..bytes.len().saturating_sub(7)).filter_map(move |at| {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        if len >= FIXED && bytes.len() - at - 4 >= len {
-            if let Ok((r, _)) = checked_record(bytes, at, len) {
-                if r.lsn > after_lsn {
-                    return Some((at as u64, r.lsn));
-                }
-            }
+        if len < FIXED || bytes.len() - at - 4 < len {
+            return None;
         }
-        at += 1;
-    }
-    None
-}
-
-/// Whether an intact record with an lsn above `after_lsn` that starts a round lies at
-/// or after `from`.
-fn round_starts_after(bytes: &[u8], mut from: usize, after_lsn: u64) -> bool {
-    while let Some((at, _)) = find_intact_record(bytes, from, after_lsn) {
-        let at = at as usize;
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        if matches!(checked_record(bytes, at, len), Ok((_, true))) {
-            return true;
+        match checked_record(bytes, at, len) {
+            Ok((r, round_start)) if r.lsn > after_lsn => Some((at as u64, r.lsn, round_start)),
+            _ => None,
         }
-        from = at + 1;
-    }
-    false
+    })
 }
 
 /// The segment files in `dir`, oldest first, with the first lsn each holds.
