@@ -636,11 +636,19 @@ impl Object {
                     // Quiet for a while: give back cached pages, unless an alarm is due
                     // soon (its turn would read them all back first, late).
                     let quiet = tokio::time::timeout(IDLE_RELEASE, self.slot.notify.notified());
-                    if quiet.await.is_err() && !self.alarm_due_soon() {
-                        if let Some(ctx) = self.ctx.as_ref() {
-                            store::release_idle_memory(&ctx.conn);
+                    if quiet.await.is_err() {
+                        // Quiet and committed: a digest of what the file now holds, so
+                        // that a crash from here on is checked against it. Not at the
+                        // deferred commit 100 ms after a write: an object written every
+                        // few hundred milliseconds would pay a digest (~120 µs, more than
+                        // its writes) after almost every call.
+                        self.record_digest(DIGEST_QUIET_MAX);
+                        if !self.alarm_due_soon() {
+                            if let Some(ctx) = self.ctx.as_ref() {
+                                store::release_idle_memory(&ctx.conn);
+                            }
+                            self.holds_memory = false;
                         }
-                        self.holds_memory = false;
                     }
                 }
                 None => {
@@ -652,13 +660,8 @@ impl Object {
                             .saturating_sub(self.config.clock.now_ms()),
                     ));
                     let quiet = tokio::time::timeout(wait, self.slot.notify.notified());
-                    if quiet.await.is_err()
-                        && self.commit_deferred(false).await == FileCommit::Done
-                        && !self.txn_open
-                    {
-                        // Quiet and committed: a digest of what the file now holds, so
-                        // that a crash from here on is checked against it.
-                        self.record_digest(DIGEST_QUIET_MAX);
+                    if quiet.await.is_err() {
+                        self.commit_deferred(false).await;
                     }
                 }
                 Some(Action::Run(batch)) => {

@@ -214,7 +214,7 @@ async fn an_object_active_at_a_crash_is_checked_against_its_last_quiet_digest() 
     let counter = client.get::<Counter>("busy");
     counter.increment(MARK).await.unwrap();
     let value = counter.increment(3).await.unwrap();
-    // Quiet for 100 ms, the object commits its file and records a digest of it (no
+    // Quiet for a second, the object has committed its file and records a digest of it (no
     // clean stop): wait until the catalog shows that digest.
     let catalog = rusqlite::Connection::open_with_flags(
         data.join("catalog.db"),
