@@ -13,6 +13,7 @@
 
 use crate::clock::Clock;
 use crate::core::due::DueQueue;
+use crate::tables::{self, Lazy};
 use durable_client::ObjectId;
 use rusqlite::{Connection, OptionalExtension};
 use std::collections::HashMap;
@@ -131,6 +132,9 @@ impl AlarmIndex {
 
 /// An object's pending alarms, soonest first.
 pub(crate) fn pending(conn: &Connection) -> rusqlite::Result<Vec<PendingAlarm>> {
+    if !tables::has_table(conn, Lazy::Alarms)? {
+        return Ok(Vec::new());
+    }
     let mut stmt = conn.prepare_cached(
         "SELECT name, key, due_ms, every_ms, attempt FROM _durable_alarms ORDER BY due_ms, name, key",
     )?;
@@ -150,6 +154,9 @@ pub(crate) fn pending(conn: &Connection) -> rusqlite::Result<Vec<PendingAlarm>> 
 
 /// Earliest due time of an object's pending alarms.
 pub(crate) fn earliest_due(conn: &Connection) -> rusqlite::Result<Option<u64>> {
+    if !tables::has_table(conn, Lazy::Alarms)? {
+        return Ok(None);
+    }
     let due: Option<i64> = conn
         .prepare_cached("SELECT min(due_ms) FROM _durable_alarms")?
         .query_row([], |r| r.get(0))
@@ -187,6 +194,9 @@ pub(crate) fn due_alarms(
     now: u64,
     limit: usize,
 ) -> rusqlite::Result<Vec<DueAlarm>> {
+    if !tables::has_table(conn, Lazy::Alarms)? {
+        return Ok(Vec::new());
+    }
     let mut stmt = conn.prepare_cached(DUE_SQL)?;
     let rows = stmt.query_map([now as i64], |r| {
         Ok(DueAlarm {
@@ -250,6 +260,7 @@ pub(crate) fn give_up(
     error: &str,
     now: u64,
 ) -> rusqlite::Result<()> {
+    tables::ensure_table(conn, Lazy::AlarmFailures)?;
     conn.prepare_cached(
         "INSERT INTO _durable_alarm_failures(name, key, args, attempts, error, failed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
@@ -440,6 +451,7 @@ mod tests {
         let id = durable_client::ObjectId::random();
         let (ctx, _) = crate::store::open(dir.path(), "C", id, None, false, None).unwrap();
         let conn = &ctx.conn;
+        crate::tables::ensure_table(conn, crate::tables::Lazy::Alarms).unwrap();
         super::prepare_wake(conn);
         for (i, now) in [10u64, 20, 30, 30].into_iter().enumerate() {
             conn.execute(

@@ -3,6 +3,7 @@
 //! database, all inside the turn's transaction.
 
 use crate::error::{Error, ErrorKind};
+use crate::tables::{self, Lazy};
 use durable_client::ObjectId;
 use rusqlite::{Connection, OptionalExtension, Params, Row};
 use serde::{de::DeserializeOwned, Serialize};
@@ -199,6 +200,7 @@ impl Context {
             ));
         }
         let args = postcard::to_stdvec(args)?;
+        tables::ensure_table(&self.conn, Lazy::Alarms)?;
         self.conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO _durable_alarms(name, key, due_ms, every_ms, args, attempt) VALUES (?1, ?2, ?3, ?4, ?5, 0)",
@@ -216,6 +218,9 @@ impl Context {
 
     /// Cancel the pending alarm `name` under `key`; returns whether one was pending.
     pub fn cancel_alarm(&mut self, name: &str, key: &str) -> Result<bool, Error> {
+        if !tables::has_table(&self.conn, Lazy::Alarms)? {
+            return Ok(false);
+        }
         let n = self
             .conn
             .prepare_cached("DELETE FROM _durable_alarms WHERE name = ?1 AND key = ?2")?
@@ -244,11 +249,13 @@ impl Context {
                 name.replace('"', "\"\"")
             ))?;
         }
-        self.conn.execute_batch(
-            "DELETE FROM _durable_kv; DELETE FROM _durable_alarms; DELETE FROM _durable_alarm_failures;
-             DELETE FROM _durable_streams; DELETE FROM _durable_stream_heads;
-             DELETE FROM _durable_meta WHERE key = 'schema_version';",
-        )?;
+        for table in Lazy::ALL {
+            if tables::has_table(&self.conn, table)? {
+                self.conn.execute_batch(table.clear())?;
+            }
+        }
+        self.conn
+            .execute_batch("DELETE FROM _durable_meta WHERE key = 'schema_version';")?;
         self.effects.alarms_changed = true;
         self.effects.reset_instance = true;
         self.effects.ship_image.set(true);
@@ -579,6 +586,9 @@ impl Storage<'_> {
     /// The value under `key`, if any.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
         check_key(key)?;
+        if !tables::has_table(self.conn, Lazy::Kv)? {
+            return Ok(None);
+        }
         let bytes: Option<Vec<u8>> = self
             .conn
             .prepare_cached("SELECT value FROM _durable_kv WHERE key = ?1")?
@@ -602,6 +612,7 @@ impl Storage<'_> {
                 ),
             ));
         }
+        tables::ensure_table(self.conn, Lazy::Kv)?;
         self.conn
             .prepare_cached("INSERT INTO _durable_kv(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
             .execute(rusqlite::params![key, bytes])?;
@@ -611,6 +622,9 @@ impl Storage<'_> {
     /// Remove `key`; returns whether it was there.
     pub fn delete(&self, key: &str) -> Result<bool, Error> {
         check_key(key)?;
+        if !tables::has_table(self.conn, Lazy::Kv)? {
+            return Ok(false);
+        }
         Ok(self
             .conn
             .prepare_cached("DELETE FROM _durable_kv WHERE key = ?1")?
@@ -648,6 +662,9 @@ impl Storage<'_> {
         &self,
         opts: &ListOptions<'_>,
     ) -> Result<Vec<(String, T)>, Error> {
+        if !tables::has_table(self.conn, Lazy::Kv)? {
+            return Ok(Vec::new());
+        }
         let (order, after) = if opts.reverse {
             ("DESC", "<")
         } else {

@@ -44,6 +44,7 @@ mod sockets;
 mod spares;
 mod store;
 mod streams;
+mod tables;
 mod telemetry;
 pub mod testing;
 mod tls;

@@ -3,6 +3,7 @@
 //! component), the runtime's own tables, and the record of recent request ids.
 
 use crate::context::Context;
+use crate::tables::{has_table, Lazy};
 use durable_client::ObjectId;
 use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -15,22 +16,14 @@ pub(crate) const DEFAULT_REQUEST_WINDOW: usize = 1000;
 /// The page size of new object databases.
 const PAGE_SIZE: i64 = 1024;
 
-/// Bump when `SCHEMA` changes.
+/// Bump when `SCHEMA` changes (revision 2 files may lack the lazily created tables: they
+/// are created on first use: see [`crate::tables`]).
 const SCHEMA_REVISION: i64 = 2;
 
+/// The runtime's tables every object has.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS _durable_meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS _durable_kv(key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _durable_requests(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, kind INTEGER NOT NULL, body BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS _durable_alarms(name TEXT NOT NULL, key TEXT NOT NULL, due_ms INTEGER NOT NULL,
-  every_ms INTEGER, args BLOB NOT NULL, attempt INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(name, key)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS _durable_alarms_due ON _durable_alarms(due_ms);
-CREATE TABLE IF NOT EXISTS _durable_alarm_failures(name TEXT NOT NULL, key TEXT NOT NULL, args BLOB NOT NULL,
-  attempts INTEGER NOT NULL, error TEXT NOT NULL, failed_ms INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS _durable_streams(stream TEXT NOT NULL, seq INTEGER NOT NULL, item BLOB NOT NULL,
-  PRIMARY KEY(stream, seq)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS _durable_stream_heads(stream TEXT PRIMARY KEY, last_seq INTEGER NOT NULL,
-  ended INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 /// Process-wide SQLite settings for hosting many small connections, applied once
@@ -316,21 +309,25 @@ pub(crate) fn open(
         }
         // What an activation needs to know of the file, read in this transaction (one
         // statement instead of a read transaction each).
-        state = tx.query_row(
+        let read = if has_table(&tx, Lazy::Alarms)? {
             "SELECT (SELECT value FROM _durable_meta WHERE key = 'name'),
                     (SELECT value FROM _durable_meta WHERE key = 'log_seq'),
                     (SELECT value FROM _durable_meta WHERE key = 'image_ms'),
-                    (SELECT min(due_ms) FROM _durable_alarms)",
-            [],
-            |r| {
-                Ok((
-                    r.get::<_, Option<String>>(0)?,
-                    r.get::<_, Option<i64>>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                    r.get::<_, Option<i64>>(3)?,
-                ))
-            },
-        )?;
+                    (SELECT min(due_ms) FROM _durable_alarms)"
+        } else {
+            "SELECT (SELECT value FROM _durable_meta WHERE key = 'name'),
+                    (SELECT value FROM _durable_meta WHERE key = 'log_seq'),
+                    (SELECT value FROM _durable_meta WHERE key = 'image_ms'),
+                    NULL"
+        };
+        state = tx.query_row(read, [], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })?;
         tx.commit()?;
         if lazy_create {
             // From here on SQLite orders its own WAL checkpoints safely.
@@ -919,11 +916,18 @@ mod tests {
             )
             .unwrap();
         let created = SCHEMA.matches("CREATE ").count() as i64;
-        assert!(created >= 6);
-        assert_eq!(tables, created, "every runtime table and index");
+        assert_eq!(created, 2);
+        assert_eq!(
+            tables, created,
+            "the runtime tables every object has, no others"
+        );
+        for lazy in crate::tables::Lazy::ALL {
+            assert!(!has_table(&ctx.conn, lazy).unwrap(), "{lazy:?}");
+        }
         assert_eq!(ctx.name.as_deref(), Some("n"));
         set_stored_seq(&ctx.conn, 7).unwrap();
         set_image_time(&ctx.conn, 1234).unwrap();
+        crate::tables::ensure_table(&ctx.conn, Lazy::Alarms).unwrap();
         ctx.conn
             .execute_batch(
                 "INSERT INTO _durable_alarms(name, key, due_ms, args) VALUES ('a', '', 99, x''), ('b', '', 42, x'')",

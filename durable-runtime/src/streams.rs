@@ -16,6 +16,7 @@
 //! See `docs/streams.md`.
 
 use crate::error::{Error, ErrorKind};
+use crate::tables::{self, Lazy};
 use durable_client::ObjectId;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -232,6 +233,9 @@ fn check_name(stream: &str) -> Result<(), Error> {
 
 fn state(conn: &rusqlite::Connection, stream: &str) -> rusqlite::Result<Option<StreamState>> {
     use rusqlite::OptionalExtension;
+    if !tables::has_table(conn, Lazy::Streams)? {
+        return Ok(None);
+    }
     conn.prepare_cached("SELECT last_seq, ended FROM _durable_stream_heads WHERE stream = ?1")?
         .query_row([stream], |r| {
             Ok(StreamState {
@@ -243,6 +247,7 @@ fn state(conn: &rusqlite::Connection, stream: &str) -> rusqlite::Result<Option<S
 }
 
 fn set_state(conn: &rusqlite::Connection, stream: &str, s: StreamState) -> rusqlite::Result<()> {
+    tables::ensure_table(conn, Lazy::Streams)?;
     conn.prepare_cached(
         "INSERT INTO _durable_stream_heads(stream, last_seq, ended) VALUES (?1, ?2, ?3)
          ON CONFLICT(stream) DO UPDATE SET last_seq = excluded.last_seq, ended = excluded.ended",
@@ -323,6 +328,7 @@ impl crate::Context {
             ));
         }
         s.last_seq += 1;
+        tables::ensure_table(&self.conn, Lazy::Streams)?;
         self.conn
             .prepare_cached("INSERT INTO _durable_streams(stream, seq, item) VALUES (?1, ?2, ?3)")?
             .execute(rusqlite::params![
@@ -382,6 +388,9 @@ impl crate::Context {
 
     /// Erase `stream` and its items (readers get `unknown_stream` after this).
     pub fn stream_delete(&mut self, stream: &str) -> Result<bool, Error> {
+        if !tables::has_table(&self.conn, Lazy::Streams)? {
+            return Ok(false);
+        }
         let n = self
             .conn
             .prepare_cached("DELETE FROM _durable_stream_heads WHERE stream = ?1")?

@@ -2,6 +2,7 @@
 //! pending alarms, read from its file while the host runs.
 
 use super::utc;
+use crate::tables::{has_table, Lazy};
 use durable_client::ObjectId;
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
@@ -94,7 +95,9 @@ pub(crate) fn inspect(data_dir: &Path, class: &str, id: ObjectId) -> Result<Stri
         let _ = writeln!(out, "\ntable {table}\n{sql}");
         print_rows(&tx, table, &mut out).map_err(err)?;
     }
-    let entries: Vec<(String, Vec<u8>)> = {
+    let entries: Vec<(String, Vec<u8>)> = if !has_table(&tx, Lazy::Kv).map_err(err)? {
+        Vec::new()
+    } else {
         let mut stmt = tx
             .prepare("SELECT key, value FROM _durable_kv ORDER BY key")
             .map_err(err)?;
@@ -153,7 +156,10 @@ type AlarmRow = (String, String, i64, Option<i64>, Option<String>);
 pub(crate) fn alarms(data_dir: &Path, class: &str, id: ObjectId) -> Result<String, String> {
     let current = super::current(data_dir, class, id)?;
     let err = |e: rusqlite::Error| format!("reading {class} {id}: {e}");
-    let rows = |sql: &str| -> rusqlite::Result<Vec<AlarmRow>> {
+    let rows = |table: Lazy, sql: &str| -> rusqlite::Result<Vec<AlarmRow>> {
+        if !has_table(&current.conn, table)? {
+            return Ok(Vec::new());
+        }
         let mut stmt = current.conn.prepare(sql)?;
         let rows = stmt.query_map([], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
@@ -163,6 +169,7 @@ pub(crate) fn alarms(data_dir: &Path, class: &str, id: ObjectId) -> Result<Strin
     let mut out = String::new();
     let _ = writeln!(out, "name\tkey\tdue\tevery_ms\tattempt");
     let pending = rows(
+        Lazy::Alarms,
         "SELECT name, key, due_ms, every_ms, CAST(attempt AS TEXT) FROM _durable_alarms ORDER BY due_ms, name, key",
     )
     .map_err(err)?;
@@ -177,6 +184,7 @@ pub(crate) fn alarms(data_dir: &Path, class: &str, id: ObjectId) -> Result<Strin
         );
     }
     let failed = rows(
+        Lazy::AlarmFailures,
         "SELECT name, key, failed_ms, attempts, error FROM _durable_alarm_failures ORDER BY failed_ms",
     )
     .map_err(err)?;
