@@ -395,6 +395,20 @@ impl AlarmService {
             Err(e) => tracing::error!(error = %e, "reading the alarm index"),
         }
         let mut idle_waiters: Vec<oneshot::Sender<()>> = Vec::new();
+        // Due times are waited for by a thread with a precise timer (tokio's rounds up
+        // to its next millisecond tick); tokio's is the fallback if it cannot start.
+        let precise = if self.clock.is_virtual() {
+            None
+        } else {
+            let service = Arc::downgrade(&self);
+            crate::clock::PreciseTimer::start(move || {
+                if let Some(s) = service.upgrade() {
+                    s.poke.notify_one();
+                }
+            })
+            .map_err(|e| tracing::warn!(error = %e, "starting the alarm timer's thread; alarms may run up to 2 ms late"))
+            .ok()
+        };
         loop {
             let now = self.clock.now_ms();
             for ((class, id), due) in queue.take_due_timed(now) {
@@ -416,6 +430,13 @@ impl AlarmService {
                         .min(60_000_000),
                 ),
                 _ => Duration::from_secs(3600),
+            };
+            let sleep = match &precise {
+                Some(timer) => {
+                    timer.wake_after(sleep);
+                    Duration::from_secs(3600)
+                }
+                None => sleep,
             };
             tokio::select! {
                 msg = rx.recv() => match msg {
