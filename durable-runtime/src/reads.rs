@@ -55,6 +55,9 @@ const FRIENDLY_MS: u64 = 1000;
 /// A reader connection unused this long is closed (reopened by the next read).
 const READER_IDLE: Duration = Duration::from_secs(10);
 
+/// A reader connection unused this long gives back its cached pages.
+const READER_RELEASE: Duration = Duration::from_secs(1);
+
 /// What the shard's object gives the read path (implemented by the shard's slot).
 pub(crate) trait Writer {
     /// The object's read state.
@@ -212,10 +215,26 @@ async fn serve<W: Writer + 'static>(
     mut rx: mpsc::UnboundedReceiver<Call>,
 ) {
     let mut reader: Option<Reader> = None;
+    // Whether the open reader gave back its cached pages since its last read.
+    let mut released = false;
     loop {
         let call = if reader.is_some() {
-            match tokio::time::timeout(READER_IDLE, rx.recv()).await {
+            let wait = if released {
+                READER_IDLE.saturating_sub(READER_RELEASE)
+            } else {
+                READER_RELEASE
+            };
+            match tokio::time::timeout(wait, rx.recv()).await {
                 Ok(call) => call,
+                Err(_) if !released => {
+                    // Quiet: give back the pages, as the writer does; the connection
+                    // (and the instance built on it) stays for the next read.
+                    if let Some(r) = reader.as_ref() {
+                        store::release_idle_memory(&r.ctx.conn);
+                    }
+                    released = true;
+                    continue;
+                }
                 Err(_) => {
                     reader = None;
                     continue;
@@ -224,6 +243,7 @@ async fn serve<W: Writer + 'static>(
         } else {
             rx.recv().await
         };
+        released = false;
         let Some(call) = call else { return };
         let Some(slot) = slot.upgrade() else {
             let _ = call.reply.send(Response::Error(WireError::ShuttingDown));
