@@ -226,7 +226,13 @@ pub(crate) fn calls_in_flight(n: usize) {
     });
 }
 
-/// The Prometheus text exposition of everything recorded in this process.
+/// The Prometheus text exposition of everything recorded in this process, with
+/// SQLite's memory (every object's connections: page caches, schemas, statements)
+/// read as it is rendered.
 pub(crate) fn render() -> Option<String> {
-    handle().map(|h| h.render())
+    let handle = handle()?;
+    // SAFETY: a read of SQLite's global memory counter; callable from any thread.
+    let used = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+    gauge!("durable_sqlite_memory_bytes").set(used as f64);
+    Some(handle.render())
 }

@@ -830,4 +830,9 @@ async fn metrics_count_calls_by_class_method_and_outcome_for_the_operator_only()
     assert!(text.contains("durable_call_seconds_bucket"), "{text}");
     assert!(text.contains("durable_turn_seconds_count"), "{text}");
     assert!(text.contains("durable_batch_calls"), "{text}");
+    // Two objects' connections, at least their schemas and the page 1 of each.
+    assert!(
+        sample(&text, "durable_sqlite_memory_bytes", &[]).unwrap_or(0.0) > 4096.0,
+        "{text}"
+    );
 }
