@@ -215,6 +215,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         txn_open: false,
         deferred: 0,
         holds_memory: false,
+        digest_seq: 0,
         flush_tx,
         flush_rx: Some(flush_rx),
         turns: 0,
@@ -404,6 +405,10 @@ struct Object {
     deferred: usize,
     /// The connection may hold cached pages (a batch ran since it last gave them back).
     holds_memory: bool,
+    /// The batch number whose content digest the catalog is known to hold: a quiet
+    /// object kept warm for a coming alarm passes the idle check every second, and
+    /// asking the catalog each time cost a query.
+    digest_seq: u64,
     /// Where the running turn asks for its writes so far to be made durable before it
     /// calls another object (see [`crate::outgoing`]); taken while a turn runs.
     flush_tx: mpsc::UnboundedSender<FlushRequest>,
@@ -1316,6 +1321,8 @@ impl Object {
             // Poisoned only if the file now lacks durable batches.
             self.poisoned = file_seq != Some(durable);
             self.seq = durable;
+            // Batch numbers after `durable` will be reused for other content.
+            self.digest_seq = self.digest_seq.min(durable);
         }
         // A refused image leaves whatever called for it (a new object, a migration):
         // ship one again. Changesets need nothing: each batch captures from its start.
@@ -1344,17 +1351,18 @@ impl Object {
     /// content, so that after an unclean stop damage to it is detected before it is
     /// served (objects up to `max_bytes`; larger ones are not checked there, their
     /// digest would cost too much).
-    fn record_digest(&self, max_bytes: i64) {
+    fn record_digest(&mut self, max_bytes: i64) {
         let Some(ctx) = self.ctx.as_ref() else {
             return;
         };
-        if self.seq == 0 || !ctx.conn.is_autocommit() {
+        if self.seq == 0 || self.seq == self.digest_seq || !ctx.conn.is_autocommit() {
             return;
         }
         // Unchanged since its digest was recorded (an object that was only read since
         // its last stop): the recorded digest still stands.
         if let Ok(Some((seq, _))) = self.config.catalog.digest(self.class.name, self.id) {
             if seq == self.seq {
+                self.digest_seq = seq;
                 return;
             }
         }
@@ -1371,8 +1379,11 @@ impl Object {
                 .catalog
                 .record_digest(self.class.name, self.id, self.seq, d)
         });
-        if let Err(e) = recorded {
-            tracing::warn!(class = self.class.name, id = %self.id, error = %e, "recording the object's digest");
+        match recorded {
+            Ok(()) => self.digest_seq = self.seq,
+            Err(e) => {
+                tracing::warn!(class = self.class.name, id = %self.id, error = %e, "recording the object's digest")
+            }
         }
     }
 

@@ -309,18 +309,18 @@ pub(crate) fn open(
         }
         // What an activation needs to know of the file, read in this transaction (one
         // statement instead of a read transaction each).
-        let read = if has_table(&tx, Lazy::Alarms)? {
-            "SELECT (SELECT value FROM _durable_meta WHERE key = 'name'),
-                    (SELECT value FROM _durable_meta WHERE key = 'log_seq'),
-                    (SELECT value FROM _durable_meta WHERE key = 'image_ms'),
-                    (SELECT min(due_ms) FROM _durable_alarms)"
+        let earliest_due = if has_table(&tx, Lazy::Alarms)? {
+            "(SELECT min(due_ms) FROM _durable_alarms)"
         } else {
+            "NULL"
+        };
+        let read = format!(
             "SELECT (SELECT value FROM _durable_meta WHERE key = 'name'),
                     (SELECT value FROM _durable_meta WHERE key = 'log_seq'),
                     (SELECT value FROM _durable_meta WHERE key = 'image_ms'),
-                    NULL"
-        };
-        state = tx.query_row(read, [], |r| {
+                    {earliest_due}"
+        );
+        state = tx.query_row(&read, [], |r| {
             Ok((
                 r.get::<_, Option<String>>(0)?,
                 r.get::<_, Option<i64>>(1)?,

@@ -23,13 +23,14 @@ pub(crate) enum Lazy {
 }
 
 impl Lazy {
-    /// The table that tells whether this one was created.
-    fn table(self) -> &'static str {
+    /// The table that tells whether this one was created (a C string: the lookup
+    /// then allocates nothing, and it runs before every key-value read).
+    fn table(self) -> &'static std::ffi::CStr {
         match self {
-            Lazy::Kv => "_durable_kv",
-            Lazy::Alarms => "_durable_alarms",
-            Lazy::AlarmFailures => "_durable_alarm_failures",
-            Lazy::Streams => "_durable_stream_heads",
+            Lazy::Kv => c"_durable_kv",
+            Lazy::Alarms => c"_durable_alarms",
+            Lazy::AlarmFailures => c"_durable_alarm_failures",
+            Lazy::Streams => c"_durable_stream_heads",
         }
     }
 
@@ -67,7 +68,7 @@ CREATE TABLE IF NOT EXISTS _durable_stream_heads(stream TEXT PRIMARY KEY, last_s
 /// Whether `table` exists in the connection's current view of the file (a lookup in
 /// SQLite's parsed schema, no statement).
 pub(crate) fn has_table(conn: &Connection, table: Lazy) -> rusqlite::Result<bool> {
-    conn.table_exists(Some("main"), table.table())
+    conn.table_exists(Some(c"main"), table.table())
 }
 
 /// Create `table` if it does not exist yet (inside the caller's transaction).
