@@ -24,7 +24,7 @@ pub struct Context {
     pub(crate) bookmarks: Option<std::sync::Arc<dyn Fn() -> u64 + Send + Sync>>,
     pub(crate) clock: std::sync::Arc<dyn crate::clock::Clock>,
     pub(crate) alarm_attempt: Option<u32>,
-    /// What the running turn asked for beyond its writes (see [`crate::outbox`]).
+    /// What the running turn asked for beyond its writes (see [`crate::core::outbox`]).
     pub(crate) effects: crate::core::outbox::Effects,
     /// Open [`Context::transaction`]s (for the savepoints' names).
     pub(crate) savepoints: u32,

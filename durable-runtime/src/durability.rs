@@ -1,6 +1,6 @@
 //! The durability seam. A turn commits its batch to the object's database and hands
 //! the batch's sequence number to the object's [`ObjectLog`]; replies are released
-//! only once [`ObjectLog::durable`] reaches that number (the output gate). Turn code
+//! only once [`ObjectLog::watch`] shows that number durable (the output gate). Turn code
 //! does not know how durability is achieved.
 //!
 //! Two implementations:

@@ -62,7 +62,9 @@ impl<K: Copy + Ord + Hash> DueQueue<K> {
             .collect()
     }
 
-    /// Like [`DueQueue::take_due`], with each key's due time.
+    /// The keys due at `now`, oldest first, each with its due time, as many as the
+    /// in-flight bound allows; each leaves the queue and counts as in flight until
+    /// [`DueQueue::done`].
     pub(crate) fn take_due_timed(&mut self, now: u64) -> Vec<(K, u64)> {
         let mut out = Vec::new();
         while self.in_flight < self.max_in_flight {
@@ -88,7 +90,7 @@ impl<K: Copy + Ord + Hash> DueQueue<K> {
         self.current.len()
     }
 
-    /// A wake handed out by [`DueQueue::take_due`] finished.
+    /// A wake handed out by [`Self::take_due_timed`] finished.
     pub(crate) fn done(&mut self) {
         debug_assert!(self.in_flight > 0, "done without a wake in flight");
         self.in_flight = self.in_flight.saturating_sub(1);

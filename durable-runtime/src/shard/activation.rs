@@ -1,0 +1,380 @@
+//! Activation and healing: checking an object's file against the catalog, opening it,
+//! building the instance, rebuilding a poisoned file from the log, and the object's
+//! entries in the host's alarm index.
+
+use super::file_txn::Run;
+use super::object::{settled, Object, ALARM_WARM};
+use super::outcomes::{indeterminate, internal, refused};
+use crate::core::outbox::Effects;
+use crate::restore_target::RestoreTarget;
+use crate::shard_config::panic_message;
+use crate::store;
+use durable_client::wire::{Response, WireError};
+use std::panic::AssertUnwindSafe;
+
+impl Object {
+    /// The object stopped because batches the log holds are missing from its file (the
+    /// file's commit failed and SQLite rolled the transaction back, or the object was
+    /// evicted that way: a full disk). Read them back from the log and apply them in a
+    /// new open transaction, as if they had been deferred: the object serves again at
+    /// once, reads included, and its file commits once the disk takes it. A failed
+    /// attempt waits a second before the next.
+    pub(super) async fn heal(&mut self, name: Option<&str>) {
+        let now = self.config.clock.now_ms();
+        if now < self.heal_after || !self.config.durability.captures_changes() {
+            return;
+        }
+        if self.open(name).is_err() {
+            self.heal_after = now + 1000;
+            return;
+        }
+        // Every batch the object numbered must be settled, and durable.
+        let target = self.seq;
+        let slot = self.slot.clone();
+        let log = self.log.as_ref().expect("opened");
+        let pos = match log
+            .watch()
+            .wait_for(|p| settled(p, target, slot.rewinds.get()))
+            .await
+        {
+            Ok(p) => *p,
+            Err(_) => return,
+        };
+        if pos.failed || (pos.rejected.is_some() && pos.epoch == self.slot.rewinds.get()) {
+            return;
+        }
+        self.heal_after = now + 1000;
+        let ctx = self.ctx.as_ref().expect("opened");
+        if !ctx.conn.is_autocommit() {
+            let _ = ctx.conn.run("ROLLBACK");
+        }
+        self.txn_open = false;
+        self.deferred = 0;
+        let file_seq = match store::stored_seq(&ctx.conn) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(class = self.class.name, id = %self.id, error = %e, "healing: reading the file's batch number");
+                return;
+            }
+        };
+        let (data_dir, class, id) = (self.config.data_dir.clone(), self.class.name, self.id);
+        let records = tokio::task::spawn_blocking(move || {
+            crate::log::object_records(&data_dir, class, id, file_seq)
+        })
+        .await;
+        let records = match records {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(class = self.class.name, id = %self.id, error = %e, "healing: reading the host log");
+                return;
+            }
+            Err(_) => return,
+        };
+        let healed_seq = file_seq + records.len() as u64;
+        let contiguous = records
+            .iter()
+            .zip(file_seq + 1..)
+            .all(|(r, seq)| r.seq == seq)
+            && healed_seq >= target;
+        if !contiguous {
+            tracing::warn!(class = self.class.name, id = %self.id, file_seq, target, "healing: the log lacks some of the object's batches; the next restart replays what it has");
+            return;
+        }
+        let ctx = self.ctx.as_ref().expect("opened");
+        let window = self.config.request_window;
+        self.request_max = None;
+        let applied = if records.is_empty() {
+            Ok(())
+        } else {
+            ctx.conn
+                .run("BEGIN IMMEDIATE")
+                .map_err(|e| e.to_string())
+                .and_then(|_| {
+                    records
+                        .iter()
+                        .try_for_each(|r| store::apply_record_in_txn(&ctx.conn, r, window))
+                })
+        };
+        if let Err(e) = applied {
+            let _ = ctx.conn.run("ROLLBACK");
+            tracing::warn!(class = self.class.name, id = %self.id, error = %e, "healing: applying the log's records failed; will try again");
+            return;
+        }
+        if !records.is_empty() {
+            self.txn_open = true;
+            self.needs_image = false;
+        }
+        if let Ok(due) = crate::alarms::earliest_due(&ctx.conn) {
+            self.index_alarms_after(due);
+            self.config.alarms.notify_due(self.class.name, self.id, due);
+        }
+        self.deferred = records.len();
+        self.seq = healed_seq;
+        let lsns: Vec<u64> = records.iter().map(|r| r.lsn).collect();
+        self.log.as_ref().expect("opened").adopt(healed_seq, &lsns);
+        self.instance = None;
+        self.spare_capture = None;
+        self.poisoned = false;
+        self.heal_after = 0;
+        self.config
+            .behind
+            .borrow_mut()
+            .remove(&(self.class.name, self.id));
+        tracing::warn!(class = self.class.name, id = %self.id, batches = records.len(), "rebuilt the object's missing batches from the host log; it serves again");
+    }
+
+    /// Open the database and attach the object's log if needed.
+    pub(super) fn ensure_open(&mut self, name: Option<&str>) -> Result<(), Response> {
+        if self.poisoned {
+            // Not "not applied": this very call may be in the logged batch (a retry
+            // with the same request id), and the restart's replay applies it.
+            return Err(indeterminate(
+                "this object's last batches are in the host log but not in its file (its commit failed: is the disk full?); it is rebuilt from the log as soon as that works, or at the next restart",
+            ));
+        }
+        self.open(name)
+    }
+
+    /// Before the object's file is first opened: a file that is missing though the
+    /// object existed (the catalog knows it), or, after an unclean stop, whose content
+    /// no longer matches the digest recorded when it last stopped cleanly, is never
+    /// served. It is rebuilt from the log archive (the latest retained image and the
+    /// changes after it) and the damaged file is kept beside it as
+    /// `<id>.db.damaged-<ms>`; if the archive cannot rebuild it, the object refuses
+    /// every call until an operator restores it.
+    pub(super) async fn check_file(&mut self) -> Result<(), Response> {
+        let key = (self.class.name, self.id);
+        if let Some(message) = &self.unservable {
+            return Err(internal(message.clone()));
+        }
+        if self.config.verified.borrow().contains(&key) {
+            return Ok(());
+        }
+        let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
+        let catalog = self.config.catalog.clone();
+        let problem = if !path.exists() {
+            match catalog.knows(self.class.name, self.id) {
+                Ok(true) => Some("missing"),
+                Ok(false) => None,
+                Err(e) => return Err(internal(format!("reading the object catalog: {e}"))),
+            }
+        } else if self.config.unclean_start {
+            let digest = catalog
+                .digest(self.class.name, self.id)
+                .map_err(|e| internal(format!("reading the object catalog: {e}")))?;
+            match digest {
+                Some(recorded) => {
+                    let p = path.clone();
+                    let damaged = tokio::task::spawn_blocking(move || {
+                        crate::log::recovery::damaged(&p, recorded)
+                    })
+                    .await
+                    .unwrap_or(false);
+                    damaged.then_some("damaged")
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        self.first_activation = true;
+        let Some(problem) = problem else {
+            self.config.verified.borrow_mut().insert(key);
+            return Ok(());
+        };
+        tracing::error!(class = self.class.name, id = %self.id, problem, "the object's file is {problem}; rebuilding it from the log archive");
+        if problem == "damaged" {
+            crate::log::recovery::move_aside(&path, self.config.clock.now_ms());
+        }
+        self.log = Some(
+            self.config
+                .durability
+                .attach(self.class.name, self.id, &path, 0),
+        );
+        self.slot.rewinds.set(0);
+        let rebuilt = if self.config.durability.captures_changes() {
+            self.restore(RestoreTarget::Bookmark(u64::MAX)).await
+        } else {
+            Err("rebuilding needs the host log".into())
+        };
+        self.log = None;
+        match rebuilt {
+            Ok(()) => {
+                tracing::warn!(class = self.class.name, id = %self.id, problem, "rebuilt the object's file from the log archive");
+                self.config.verified.borrow_mut().insert(key);
+                Ok(())
+            }
+            Err(e) => {
+                let message = format!(
+                    "the object's stored state is {problem} and cannot be rebuilt from the log ({e}); it refuses calls until an operator restores it (restore-object, or a backup)"
+                );
+                tracing::error!(class = self.class.name, id = %self.id, "{message}");
+                self.unservable = Some(message.clone());
+                Err(internal(message))
+            }
+        }
+    }
+
+    /// Open the database and attach the object's log if not open yet.
+    pub(super) fn open(&mut self, name: Option<&str>) -> Result<(), Response> {
+        if self.ctx.is_none() {
+            let durability = &self.config.durability;
+            let sync_new = !durability.captures_changes();
+            let (mut ctx, opened) = store::open(
+                &self.config.data_dir,
+                self.class.name,
+                self.id,
+                name,
+                sync_new,
+                self.config.spares.as_deref(),
+            )
+            .map_err(|e| {
+                // The message names host paths: the log gets it, the client does not.
+                tracing::error!(class = self.class.name, id = %self.id, error = %e, "opening the object's database");
+                let full = e.contains("full");
+                if full {
+                    refused(true)
+                } else {
+                    internal("opening the object's database failed (the host log says why)")
+                }
+            })?;
+            self.seq = opened.seq;
+            self.last_image_ms = opened.image_ms;
+            ctx.bookmarks = self.config.bookmarks.clone();
+            ctx.clock = self.config.clock.clone();
+            ctx.sockets = self.config.sockets.clone();
+            self.reported_due = opened.earliest_due;
+            // An object the log has never seen a batch of ships a whole image first.
+            self.needs_image = (opened.upgraded || self.seq == 0) && durability.captures_changes();
+            let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
+            self.log = Some(durability.attach(self.class.name, self.id, &path, self.seq));
+            self.slot.rewinds.set(0);
+            self.slot.reads.writer_opened();
+            // A new file, or the first activation since the host started (an object
+            // stored before the catalog existed): the catalog lists it from now on.
+            if opened.upgraded || std::mem::take(&mut self.first_activation) {
+                if let Err(e) = self.config.catalog.add(self.class.name, self.id) {
+                    tracing::warn!(class = self.class.name, id = %self.id, error = %e, "adding the object to the catalog");
+                    // The next activation checks the file again, and tries again.
+                    self.config
+                        .verified
+                        .borrow_mut()
+                        .remove(&(self.class.name, self.id));
+                }
+            }
+            self.conn = Some(ctx.conn.clone());
+            self.ctx = Some(ctx);
+            self.request_max = None;
+        }
+        Ok(())
+    }
+
+    /// Activate the instance inside the batch's open transaction. Returns the
+    /// constructor's effects, or the error every call of the batch gets.
+    /// Whether request `id` is larger than every id recorded in the object's database
+    /// (and so cannot have been applied before).
+    pub(super) fn unseen_request(
+        &mut self,
+        conn: &rusqlite::Connection,
+        id: &[u8; 16],
+    ) -> rusqlite::Result<bool> {
+        let max = match self.request_max {
+            Some(max) => max,
+            None => *self.request_max.insert(store::max_request_id(conn)?),
+        };
+        Ok(*id > max)
+    }
+
+    /// Request `id` was just recorded.
+    pub(super) fn recorded_request(&mut self, id: &[u8; 16]) {
+        if let Some(max) = &mut self.request_max {
+            *max = (*max).max(*id);
+        }
+    }
+
+    pub(super) fn activate(&mut self) -> Result<Effects, Response> {
+        let ctx = self.ctx.as_mut().expect("opened");
+        let activate = self.class.activate;
+        ctx.effects = Effects::default();
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| activate(ctx)));
+        let effects = std::mem::take(&mut ctx.effects);
+        match result {
+            Ok(Ok(instance)) => {
+                self.instance = Some(instance);
+                Ok(effects)
+            }
+            Ok(Err(e)) => Err(Response::Error(WireError::ObjectReset {
+                message: format!("activation failed: {}", e.0),
+            })),
+            Err(panic) => Err(Response::Error(WireError::ObjectReset {
+                message: format!("activation panicked: {}", panic_message(&panic)),
+            })),
+        }
+    }
+
+    /// Before the batch can become durable: if its alarms changed (or an alarm wake ran,
+    /// `woken`), lower the index entry to the earlier of the old and new earliest due
+    /// time, so that no durable alarm is ever missing from the index whatever happens
+    /// next. Returns the new earliest due time to publish after the commit. Also turns
+    /// a migration or `delete_all` into an image, so their bookkeeping is logged.
+    pub(super) fn index_alarms_before(
+        &mut self,
+        woken: bool,
+        effects: &Effects,
+    ) -> Result<Option<Option<u64>>, String> {
+        let conn = self.conn.clone().expect("active");
+        if effects.ship_image.get() {
+            self.needs_image = true;
+        }
+        if !(woken || effects.alarms_changed) {
+            return Ok(None);
+        }
+        let due = crate::alarms::earliest_due(&conn).map_err(|e| format!("reading alarms: {e}"))?;
+        if effects.alarms_changed {
+            // Parse the statements an alarm turn runs now, off its due time.
+            crate::alarms::prepare_wake(&conn);
+        }
+        let provisional = match (self.reported_due, due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if provisional != self.reported_due {
+            self.config
+                .alarms
+                .index_due(self.class.name, self.id, provisional)
+                .map_err(|e| format!("updating the alarm index: {e}"))?;
+            self.reported_due = provisional;
+        }
+        Ok(Some(due))
+    }
+
+    /// Whether the object's earliest alarm is due within [`ALARM_WARM`].
+    pub(super) fn alarm_due_soon(&self) -> bool {
+        let horizon = self.config.clock.now_ms() + ALARM_WARM.as_millis() as u64;
+        self.reported_due.is_some_and(|due| due <= horizon)
+    }
+
+    /// After the commit: the exact earliest due time, to the index and the scheduler.
+    pub(super) fn index_alarms_after(&mut self, due: Option<u64>) {
+        if due != self.reported_due {
+            match self.config.alarms.index_due(self.class.name, self.id, due) {
+                Ok(()) => self.reported_due = due,
+                // The index keeps the earlier value: at worst one needless wake.
+                Err(e) => {
+                    tracing::warn!(class = self.class.name, id = %self.id, error = %e, "updating the alarm index")
+                }
+            }
+        }
+        self.config.alarms.notify_due(self.class.name, self.id, due);
+    }
+
+    /// An alarm wake could not run (activation or the batch failed): wake again after
+    /// one backoff period rather than lose the alarms.
+    pub(super) fn retry_alarms_later(&self) {
+        let retry =
+            self.config.clock.now_ms() + self.config.alarms.config.backoff.as_millis() as u64;
+        self.config
+            .alarms
+            .notify_due(self.class.name, self.id, Some(retry));
+    }
+}

@@ -1,0 +1,370 @@
+//! The object's file transaction: a batch's savepoint in the open transaction, its
+//! commit and hand-off to the log, the deferred file commit, rolling back, rewinding
+//! refused batches, and the quiet content digest.
+
+use super::object::{settled_pos, Object, DEFER_MAX_BATCHES};
+use super::outcomes::{internal, CommitError, FileCommit};
+use crate::capture::ChangeCapture;
+use crate::core::outbox::Effects;
+use crate::durability::Change;
+use crate::store;
+use durable_client::wire::Response;
+
+impl Object {
+    /// Start a batch: begin capturing changes (if the log wants them) and the transaction.
+    pub(super) fn begin(&mut self) -> Result<Option<ChangeCapture>, Response> {
+        let ctx = self.ctx.as_mut().expect("opened");
+        // Requests from an earlier, failed batch do not carry over.
+        ctx.effects = Effects::default();
+        let ctx = &*ctx;
+        let wants = self.log.as_ref().expect("attached").captures_changes();
+        let spare = self.spare_capture.take();
+        let capture = if wants {
+            Some(match spare {
+                Some(mut c) => {
+                    c.reset();
+                    c
+                }
+                None => ChangeCapture::start(&ctx.conn).map_err(internal)?,
+            })
+        } else {
+            None
+        };
+        if !self.txn_open {
+            ctx.conn
+                .run("BEGIN IMMEDIATE")
+                .map_err(|e| internal(e.to_string()))?;
+            self.txn_open = true;
+        }
+        ctx.conn
+            .run("SAVEPOINT durable_batch")
+            .map_err(|e| internal(e.to_string()))?;
+        Ok(capture)
+    }
+
+    /// Undo the running batch, keeping the batches deferred before it. If even that
+    /// fails, the whole transaction goes, and with deferred batches lost from the file
+    /// the object is poisoned until [`Object::heal`] re-applies them from the log.
+    pub(super) fn rollback_batch(&mut self) {
+        let conn = self.db();
+        let undone = conn
+            .run("ROLLBACK TO durable_batch")
+            .and_then(|_| conn.run("RELEASE durable_batch"));
+        if undone.is_ok() && self.deferred > 0 {
+            return;
+        }
+        let _ = conn.run("ROLLBACK");
+        self.txn_open = false;
+        if self.deferred > 0 {
+            tracing::error!(class = self.class.name, id = %self.id, "rolling back a batch undid deferred ones; the object rebuilds them from the log on its next call");
+            self.deferred = 0;
+            self.poisoned = true;
+        }
+    }
+
+    /// End the running batch's savepoint; commit the file now if nothing is deferred
+    /// (or `now` is set), else leave the transaction open for the next batch.
+    pub(super) fn release_batch(&mut self, now: bool) -> rusqlite::Result<()> {
+        let conn = self.db();
+        conn.run("RELEASE durable_batch")?;
+        if now || self.deferred == 0 {
+            conn.run("COMMIT")?;
+            self.txn_open = false;
+        }
+        Ok(())
+    }
+
+    /// Commit the file's open transaction, if any, once the log holds every batch in
+    /// it (the log is written ahead of the file), and tell the log the file holds them
+    /// (so checkpoints may pass them). If the log refused some of them, leave them for
+    /// the rewind the core asks for. A commit that fails with the transaction still
+    /// open (SQLite could not write its WAL: a full disk) is tried again later. The
+    /// object stops only if batches the log holds are lost from the file (a restart
+    /// replays them) or the log failed.
+    pub(super) async fn commit_deferred(&mut self, force: bool) -> FileCommit {
+        if !self.txn_open || self.conn.is_none() {
+            return if self.poisoned {
+                FileCommit::Stopped
+            } else {
+                FileCommit::Done
+            };
+        }
+        let mut lsn = None;
+        if self.deferred > 0 {
+            let target = self.seq;
+            let log = self
+                .log
+                .as_ref()
+                .expect("attached while batches are deferred");
+            if self.config.clock.now_ms() < self.commit_retry_at && !force {
+                return FileCommit::Done;
+            }
+            let pos = settled_pos(log.watch(), &self.slot, target).await;
+            if pos.failed {
+                tracing::error!(class = self.class.name, id = %self.id, "the host log failed with batches not yet in the file; the object is stopped until a restart");
+                self.abandon_txn();
+                return FileCommit::Stopped;
+            }
+            if pos.durable < target {
+                return FileCommit::Refused;
+            }
+            lsn = Some(pos.lsn);
+        }
+        let conn = self.db();
+        // The file records the last batch it holds as it commits them (a batch does
+        // not: an `UPDATE` per batch was a twelfth of a write's shard time).
+        let committed = match lsn {
+            Some(_) => store::set_stored_seq(conn, self.seq),
+            None => Ok(()),
+        }
+        .and_then(|()| conn.run("COMMIT"));
+        match committed {
+            Ok(()) => {
+                self.txn_open = false;
+                self.deferred = 0;
+                self.commit_backoff = 0;
+                if let (Some(lsn), Some(log)) = (lsn, self.log.as_ref()) {
+                    log.applied(lsn);
+                }
+                FileCommit::Done
+            }
+            Err(e) if !conn.is_autocommit() => {
+                self.back_off_commits();
+                // SQLite kept the transaction: the batches stay in it, durable in the
+                // log, and the commit is tried again later.
+                tracing::warn!(class = self.class.name, id = %self.id, error = %e, "committing the object's file failed; will try again");
+                FileCommit::Done
+            }
+            Err(e) => {
+                // The log holds the batches, the file does not: they stay unapplied (no
+                // checkpoint passes them) and the object is poisoned: no call builds
+                // on the gap until `heal` re-applies them from the log.
+                tracing::error!(class = self.class.name, id = %self.id, error = %e, "SQLite commit failed after the log write and dropped the transaction; the object rebuilds those batches from the log on its next call");
+                self.back_off_commits();
+                self.abandon_txn();
+                FileCommit::Stopped
+            }
+        }
+    }
+
+    /// The log refused this object's batches after `durable` (none of them is on
+    /// disk) and their replies went out as not applied: roll the file's open
+    /// transaction back (refused and deferred batches alike), drop the instance (it
+    /// may hold their state), renumber from `durable`, and tell the log to take this
+    /// object's batches again. The durable batches the rollback took from the file are
+    /// re-applied from the log by [`Object::heal`] before the next call runs. (A
+    /// savepoint per deferred batch would undo just the refused ones, but nested
+    /// savepoints cost every write a sub-journal page: a rare fault pays instead.)
+    pub(super) fn rewind(&mut self, durable: u64) {
+        if self.seq > durable && self.ctx.is_some() {
+            self.abandon_txn();
+            let file_seq = self
+                .ctx
+                .as_ref()
+                .and_then(|c| store::stored_seq(&c.conn).ok());
+            // Poisoned only if the file now lacks durable batches.
+            self.poisoned = file_seq != Some(durable);
+            self.seq = durable;
+            // Batch numbers after `durable` will be reused for other content.
+            self.digest_seq = self.digest_seq.min(durable);
+        }
+        // A refused image leaves whatever called for it (a new object, a migration):
+        // ship one again. Changesets need nothing: each batch captures from its start.
+        if self.last_image_seq > durable {
+            self.needs_image = true;
+        }
+        self.instance = None;
+        self.spare_capture = None;
+        self.slot.rewinds.set(self.slot.rewinds.get() + 1);
+        if let Some(log) = self.log.as_ref() {
+            log.rewind();
+        }
+        // Alarms set or cancelled by the undone batches: publish what the file says, once
+        // it holds every durable batch again (a poisoned file lacks some: `heal`
+        // publishes them; the index keeps its earlier value till then).
+        if let (Some(ctx), false) = (self.ctx.as_ref(), self.poisoned) {
+            if let Ok(due) = crate::alarms::earliest_due(&ctx.conn) {
+                self.index_alarms_after(due);
+                self.config.alarms.notify_due(self.class.name, self.id, due);
+            }
+        }
+        tracing::info!(class = self.class.name, id = %self.id, durable, "undid the batches the log refused");
+    }
+
+    /// With the file committed (the object stopping, or quiet): record a digest of its
+    /// content, so that after an unclean stop damage to it is detected before it is
+    /// served (objects up to `max_bytes`; larger ones are not checked there, their
+    /// digest would cost too much).
+    pub(super) fn record_digest(&mut self, max_bytes: i64) {
+        let Some(ctx) = self.ctx.as_ref() else {
+            return;
+        };
+        if self.seq == 0 || self.seq == self.digest_seq || !ctx.conn.is_autocommit() {
+            return;
+        }
+        // Unchanged since its digest was recorded (an object that was only read since
+        // its last stop): the recorded digest still stands.
+        if let Ok(Some((seq, _))) = self.config.catalog.digest(self.class.name, self.id) {
+            if seq == self.seq {
+                self.digest_seq = seq;
+                return;
+            }
+        }
+        let size: rusqlite::Result<i64> = ctx.conn.query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |r| r.get(0),
+        );
+        if !size.is_ok_and(|s| s <= max_bytes) {
+            return;
+        }
+        let recorded = crate::catalog::content_digest(&ctx.conn).and_then(|d| {
+            self.config
+                .catalog
+                .record_digest(self.class.name, self.id, self.seq, d)
+        });
+        match recorded {
+            Ok(()) => self.digest_seq = self.seq,
+            Err(e) => {
+                tracing::warn!(class = self.class.name, id = %self.id, error = %e, "recording the object's digest")
+            }
+        }
+    }
+
+    /// The file's commit failed: try again only after a backoff (250 ms, doubling to
+    /// 5 s), so that a full disk is not hammered by every quiet object.
+    pub(super) fn back_off_commits(&mut self) {
+        self.commit_backoff = (self.commit_backoff * 2).clamp(250, 5_000);
+        self.commit_retry_at = self.config.clock.now_ms() + self.commit_backoff;
+    }
+
+    /// Drop the open transaction and everything deferred in it; with deferred batches
+    /// the object is poisoned until [`Object::heal`] re-applies them from the log.
+    pub(super) fn abandon_txn(&mut self) {
+        if let Some(conn) = self.conn.as_ref() {
+            let _ = conn.run("ROLLBACK");
+        }
+        self.txn_open = false;
+        if self.deferred > 0 {
+            self.deferred = 0;
+            self.poisoned = true;
+        }
+        self.instance = None;
+    }
+
+    /// End the running batch. If it wrote anything, number the batch and store the
+    /// number in the same transaction. With a log that captures changes, the batch's
+    /// changeset (or the whole database, when the schema changed or the object is new to
+    /// the log) goes to the log and the batch stays in the open transaction; the file
+    /// commits later, only once the log holds it (see [`Object::commit_deferred`]), so
+    /// the object's file never holds a change the log lacks. Otherwise (`--durability
+    /// fsync`) the file commits now and its sync makes the batch durable. Either way
+    /// the replies wait in the core's output gate.
+    pub(super) async fn commit(
+        &mut self,
+        before: (u64, i64),
+        capture: Option<ChangeCapture>,
+        recorded: &[store::RecordedCall],
+    ) -> Result<(), CommitError> {
+        let not_applied = |e: rusqlite::Error| CommitError::NotApplied(e.to_string());
+        let conn = self.conn.clone().expect("opened");
+        let after = write_marker(&conn);
+        if after == before && !self.needs_image {
+            // Nothing was written: the capture is still empty, keep it for next time.
+            self.spare_capture = capture;
+            // A batch that wrote nothing: whatever happens to its end, nothing of it
+            // can survive.
+            return self.release_batch(false).map_err(not_applied);
+        }
+        let seq = self.seq + 1;
+        let log = self.log.as_ref().expect("attached");
+        if !log.captures_changes() {
+            store::set_stored_seq(&conn, seq).map_err(not_applied)?;
+            drop(capture);
+            // The file is the durability: commit every batch. A failed COMMIT may have
+            // left the commit frame in the WAL: indeterminate.
+            self.release_batch(true)
+                .map_err(|e| CommitError::Indeterminate(format!("commit failed: {e}")))?;
+            self.seq = seq;
+            let log = self.log.as_ref().expect("attached");
+            log.submit(seq, None);
+            return Ok(());
+        }
+        let now = self.config.clock.now_ms();
+        let snapshot_due = self.config.snapshot_every.is_some_and(|every| {
+            now.saturating_sub(self.last_image_ms) >= every.as_millis() as u64
+        });
+        let mut capture = capture;
+        let change = match &mut capture {
+            Some(c) if !self.needs_image && !snapshot_due && after.1 == before.1 => {
+                Change::Changeset(store::encode_changes(
+                    &c.changeset(&conn, after.1)
+                        .map_err(CommitError::NotApplied)?,
+                    recorded,
+                ))
+            }
+            _ => {
+                // An image carries its batch number: replaying it sets the file's.
+                store::set_stored_seq(&conn, seq).map_err(not_applied)?;
+                store::set_image_time(&conn, now).map_err(not_applied)?;
+                self.last_image_ms = now;
+                self.last_image_seq = seq;
+                let data = store::serialize_copy(&conn).map_err(|e| {
+                    CommitError::NotApplied(format!("serializing the database: {e}"))
+                })?;
+                Change::Image(data)
+            }
+        };
+        // The capture is empty again (or reset when next taken): keep it, with the
+        // table layouts it has read.
+        self.spare_capture = capture;
+        log.submit(seq, Some(change));
+        // The batch is on its way to the log and cannot be called back: from here on it
+        // is numbered, whatever happens. Its replies wait for the log (the output gate);
+        // the next batch need not: it runs on top in the same open transaction, and
+        // the file commits only once the log holds every batch in it.
+        self.seq = seq;
+        self.needs_image = false;
+        self.deferred += 1;
+        if let Err(e) = conn.run("RELEASE durable_batch") {
+            tracing::error!(class = self.class.name, id = %self.id, error = %e, "ending a batch failed after its log write; the object rebuilds it from the log on its next call");
+            self.abandon_txn();
+            return Err(CommitError::Indeterminate(format!(
+                "the batch is in the host log but its commit failed: {e}"
+            )));
+        }
+        // With readers about, the file commits as soon as the batch is durable: before
+        // its replies leave (see `crate::reads`).
+        let read_friendly = self.slot.reads.friendly(now);
+        if (!self.config.defer_commits || self.deferred >= DEFER_MAX_BATCHES || read_friendly)
+            && self.commit_deferred(false).await == FileCommit::Stopped
+        {
+            return Err(CommitError::Indeterminate(
+                "the batch may be in the host log but its commit failed".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Statements the runtime runs on every batch, prepared once per connection. (Not the
+/// per-batch savepoints: their names carry the batch number, and caching them would
+/// push every other statement out of the connection's cache.)
+pub(super) trait Run {
+    fn run(&self, sql: &str) -> rusqlite::Result<()>;
+}
+
+impl Run for rusqlite::Connection {
+    fn run(&self, sql: &str) -> rusqlite::Result<()> {
+        self.prepare_cached(sql)?.execute([]).map(drop)
+    }
+}
+
+/// Something that changes whenever a transaction writes rows or the schema.
+pub(super) fn write_marker(conn: &rusqlite::Connection) -> (u64, i64) {
+    let schema: i64 = conn
+        .prepare_cached("PRAGMA schema_version")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .unwrap_or(-1);
+    (conn.total_changes(), schema)
+}

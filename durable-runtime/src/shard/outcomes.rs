@@ -1,0 +1,139 @@
+//! How a batch's work ends: the replies waiting in the output gate and where they go,
+//! the errors a failed batch answers with (by whether its writes may survive), and how
+//! the file's commit ended.
+
+use durable_client::wire::{Response, WireError};
+use durable_client::ObjectId;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// A reply decided by a batch, waiting for the batch to be durable.
+/// The flag marks a recorded answer (a resent request id that an earlier batch
+/// applied): true whatever becomes of this batch, except that if this batch is refused
+/// the earlier one may have been too.
+pub(super) type Reply = (ReplyTo, Response, bool);
+
+/// Where a batch's output goes once the gate releases it: a caller, or the host's
+/// WebSockets (the batch's socket effects, applied only if released as a success).
+pub(super) enum ReplyTo {
+    Caller(oneshot::Sender<Response>),
+    Sockets(SocketOutput),
+    Streams(StreamOutput),
+}
+
+/// A batch's stream items, waiting in the output gate with its replies.
+pub(super) struct StreamOutput {
+    pub(super) hub: Arc<crate::streams::Hub>,
+    pub(super) class: &'static str,
+    pub(super) id: ObjectId,
+    pub(super) ops: Vec<crate::streams::StreamOp>,
+}
+
+/// A batch's socket effects, waiting in the output gate with its replies.
+pub(super) struct SocketOutput {
+    pub(super) registry: Arc<crate::sockets::Registry>,
+    pub(super) class: &'static str,
+    pub(super) id: ObjectId,
+    pub(super) ops: Vec<crate::sockets::SocketOp>,
+}
+
+impl ReplyTo {
+    /// Hand over the output: a caller gets `response`; socket effects are applied if
+    /// `response` says the batch is durable, dropped otherwise.
+    pub(super) fn send(self, response: Response) -> Result<(), Response> {
+        match self {
+            ReplyTo::Caller(tx) => tx.send(response),
+            ReplyTo::Sockets(out) => {
+                if let Response::Return(_) = response {
+                    out.registry.apply(out.class, out.id, out.ops);
+                }
+                Ok(())
+            }
+            ReplyTo::Streams(out) => {
+                if let Response::Return(_) = response {
+                    out.hub.apply(out.class, out.id, out.ops);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl From<oneshot::Sender<Response>> for ReplyTo {
+    fn from(tx: oneshot::Sender<Response>) -> Self {
+        ReplyTo::Caller(tx)
+    }
+}
+
+/// A failure before anything of the batch could reach the log: nothing applied.
+pub(super) fn internal(message: impl Into<String>) -> Response {
+    Response::Error(WireError::Internal {
+        message: message.into(),
+    })
+}
+
+/// A failure after the batch may have reached the log or the object's file: the
+/// calls may have been applied (retry only with the same request id).
+pub(super) fn indeterminate(message: impl Into<String>) -> Response {
+    Response::Error(WireError::Indeterminate {
+        message: message.into(),
+    })
+}
+
+/// The log refused a batch, so nothing of it is on disk: not applied.
+pub(super) fn refused(full: bool) -> Response {
+    if full {
+        Response::Error(WireError::StorageFull {
+            message: "the host's disk is full: the call's writes were undone; writes work again once space is freed".into(),
+        })
+    } else {
+        internal("the host log could not be written: the call's writes were undone")
+    }
+}
+
+/// How committing the file's open transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FileCommit {
+    /// Committed (or nothing to commit, or kept open to try again later).
+    Done,
+    /// The log refused some of the batches: they must be undone first (the core asks
+    /// for a [`Action::Rewind`](crate::core::object::Action::Rewind)).
+    Refused,
+    /// The object had to stop: batches only the log holds are missing from the file.
+    Stopped,
+}
+
+/// Why a batch could not commit, by whether its writes may survive.
+#[derive(Debug, Clone)]
+pub(super) enum CommitError {
+    /// Rolled back before anything reached the log or the file.
+    NotApplied(String),
+    /// The batch may be in the log or the file: it may be applied after a restart.
+    Indeterminate(String),
+}
+
+impl CommitError {
+    pub(super) fn response(&self) -> Response {
+        match self {
+            CommitError::NotApplied(m) => internal(m.clone()),
+            CommitError::Indeterminate(m) => indeterminate(m.clone()),
+        }
+    }
+}
+
+impl std::fmt::Display for CommitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommitError::NotApplied(m) => write!(f, "{m} (rolled back)"),
+            CommitError::Indeterminate(m) => write!(f, "{m} (may be applied)"),
+        }
+    }
+}
+
+pub(super) enum CallResult {
+    Reply(Response),
+    /// The request id was applied by an earlier batch: its recorded answer stands,
+    /// whatever becomes of this batch.
+    Recorded(Response),
+    Panicked(String),
+}
