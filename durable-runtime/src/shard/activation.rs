@@ -263,6 +263,7 @@ impl Object {
                 }
             }
             self.conn = Some(ctx.conn.clone());
+            self.marker = None;
             self.ctx = Some(ctx);
             self.request_max = None;
         }

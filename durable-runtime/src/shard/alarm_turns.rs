@@ -22,6 +22,7 @@ pub(super) async fn run_due_alarms(
     bs: &mut Pending,
 ) -> Result<CallResult, String> {
     let db = |e: rusqlite::Error| e.to_string();
+    bs.fresh = false;
     let class = obj.class.clone();
     let config = obj.config.clone();
     let now = config.clock.now_ms();

@@ -46,6 +46,7 @@ impl Object {
     /// fails, the whole transaction goes, and with deferred batches lost from the file
     /// the object is poisoned until [`Object::heal`] re-applies them from the log.
     pub(super) fn rollback_batch(&mut self) {
+        self.marker = None;
         let conn = self.db();
         let undone = conn
             .run("ROLLBACK TO durable_batch")
@@ -241,6 +242,7 @@ impl Object {
     /// Drop the open transaction and everything deferred in it; with deferred batches
     /// the object is poisoned until [`Object::heal`] re-applies them from the log.
     pub(super) fn abandon_txn(&mut self) {
+        self.marker = None;
         if let Some(conn) = self.conn.as_ref() {
             let _ = conn.run("ROLLBACK");
         }
@@ -272,6 +274,7 @@ impl Object {
         if after == before && !self.needs_image {
             // Nothing was written: the capture is still empty, keep it for next time.
             self.spare_capture = capture;
+            self.marker = Some(after);
             // A batch that wrote nothing: whatever happens to its end, nothing of it
             // can survive.
             return self.release_batch(false).map_err(not_applied);
@@ -297,6 +300,9 @@ impl Object {
         let mut capture = capture;
         let change = match &mut capture {
             Some(c) if !self.needs_image && !snapshot_due && after.1 == before.1 => {
+                // Nothing below writes to the file: `after` stays this connection's
+                // marker until the next batch begins.
+                self.marker = Some(after);
                 Change::Changeset(store::encode_changes(
                     &c.changeset(&conn, after.1)
                         .map_err(CommitError::NotApplied)?,
@@ -357,6 +363,19 @@ pub(super) trait Run {
 impl Run for rusqlite::Connection {
     fn run(&self, sql: &str) -> rusqlite::Result<()> {
         self.prepare_cached(sql)?.execute([]).map(drop)
+    }
+}
+
+impl Object {
+    /// The write marker at the start of a batch: the one the last commit read, if
+    /// nothing has written since (see [`Object::marker`]), else read now.
+    pub(super) fn batch_marker(&mut self) -> (u64, i64) {
+        let kept = self.marker.take();
+        let conn = self.db();
+        match kept {
+            Some(m) if m.0 == conn.total_changes() => m,
+            _ => write_marker(conn),
+        }
     }
 }
 

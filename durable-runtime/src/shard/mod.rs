@@ -171,6 +171,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         flush_rx: Some(flush_rx),
         turns: 0,
         request_max: None,
+        marker: None,
     };
     tokio::task::spawn_local(object.run());
     crate::telemetry::object_active(1.0, false);

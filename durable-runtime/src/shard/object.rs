@@ -87,6 +87,13 @@ pub(super) struct Object {
     /// than a call may have recorded ids (activation, healing, a restore). A stale
     /// larger value only costs lookups.
     pub(super) request_max: Option<[u8; 16]>,
+    /// The write marker the last batch's commit read after it, kept for the next
+    /// batch's start (one `PRAGMA schema_version` per batch instead of two). Used only
+    /// while the connection's change count still matches; cleared whenever the
+    /// transaction is rolled back or the connection replaced. A stale schema version
+    /// could only make a batch look as if it changed the schema (it then ships an
+    /// image), never hide a change: the version only grows, except by a rollback.
+    pub(super) marker: Option<(u64, i64)>,
 }
 
 /// A batch in progress: what its commit needs. A turn that calls another object
@@ -100,6 +107,9 @@ pub(super) struct Pending {
     pub(super) recorded: Vec<store::RecordedCall>,
     /// A commit in the middle of the batch failed: the batch fails with this.
     pub(super) broken: Option<CommitError>,
+    /// Nothing has run in the batch's savepoint yet: the next call can use it as its
+    /// own (most batches hold one call), saving a savepoint and its release.
+    pub(super) fresh: bool,
 }
 
 /// A batch runs at most this long before it lets the shard's other tasks in.

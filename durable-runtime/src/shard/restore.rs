@@ -53,6 +53,7 @@ impl Object {
         self.spare_capture = None;
         self.ctx = None;
         self.conn = None;
+        self.marker = None;
         self.request_max = None;
         let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
         self.slot.reads.file_replaced();

@@ -164,6 +164,10 @@ impl Object {
             self.txn_open = true;
         }
         conn.run("SAVEPOINT durable_batch").map_err(e)?;
+        if turn == BATCH_SAVEPOINT {
+            // The turn runs in the batch's savepoint itself.
+            return Ok(());
+        }
         conn.run(&format!("SAVEPOINT {turn}")).map_err(e)
     }
 
@@ -241,9 +245,10 @@ impl Object {
         };
         let mut bs = Pending {
             capture,
-            before: write_marker(self.db()),
+            before: self.batch_marker(),
             recorded: Vec::new(),
             broken: None,
+            fresh: true,
         };
         // Each reply with whether it is a recorded answer (kept if the batch fails).
         let mut outbox: Outbox<((oneshot::Sender<Response>, Response), bool)> = Outbox::default();
@@ -289,7 +294,10 @@ impl Object {
                         }
                     }
                 }
-                Ok(effects) => outbox.finish_turn(TurnEnd::Ok, effects, None),
+                Ok(effects) => {
+                    bs.fresh = false;
+                    outbox.finish_turn(TurnEnd::Ok, effects, None)
+                }
                 Err(response) => {
                     drop(bs.capture.take());
                     self.rollback_batch();
@@ -530,6 +538,9 @@ impl Object {
     }
 }
 
+/// The batch's savepoint, also the first call's (see [`Pending::fresh`]).
+const BATCH_SAVEPOINT: &str = "durable_batch";
+
 /// Run one call inside its own savepoint. `Err` means the batch machinery failed.
 pub(super) async fn run_call(
     obj: &mut Object,
@@ -567,7 +578,15 @@ pub(super) async fn run_call(
             Recorded::AppError(b) => Response::AppError(b),
         }));
     }
-    ctx.conn.run("SAVEPOINT durable_call").map_err(db)?;
+    // The call's writes go in a savepoint of their own, so that its failure undoes
+    // only them; the first call of a batch uses the batch's (nothing else is in it yet).
+    let own = !std::mem::replace(&mut bs.fresh, false);
+    let savepoint = if own {
+        ctx.conn.run("SAVEPOINT durable_call").map_err(db)?;
+        "durable_call"
+    } else {
+        BATCH_SAVEPOINT
+    };
     let before = ctx.conn.total_changes();
     // One span per call (at debug level: free unless asked for with
     // RUST_LOG=durable_runtime=debug); what the method logs is inside it.
@@ -590,12 +609,7 @@ pub(super) async fn run_call(
         tracing::Instrument::instrument(instance.dispatch(ctx, call.method, &request.args), span);
     let started = crate::clock::monotonic();
     let outcome = obj
-        .drive(
-            &conn,
-            bs,
-            "durable_call",
-            AssertUnwindSafe(turn).catch_unwind(),
-        )
+        .drive(&conn, bs, savepoint, AssertUnwindSafe(turn).catch_unwind())
         .await;
     ctx.turn = None;
     crate::telemetry::turn(
@@ -603,10 +617,15 @@ pub(super) async fn run_call(
         crate::clock::monotonic().saturating_sub(started),
     );
     let rollback = |ctx: &Context| {
-        ctx.conn
-            .run("ROLLBACK TO durable_call")
-            .and_then(|_| ctx.conn.run("RELEASE durable_call"))
-            .map_err(db)
+        if own {
+            ctx.conn
+                .run("ROLLBACK TO durable_call")
+                .and_then(|_| ctx.conn.run("RELEASE durable_call"))
+        } else {
+            // The batch's savepoint stays open (the call's record goes in it).
+            ctx.conn.run("ROLLBACK TO durable_batch")
+        }
+        .map_err(db)
     };
     let outcome = match outcome {
         Ok(o) => o,
@@ -635,7 +654,9 @@ pub(super) async fn run_call(
                     )));
                 }
             }
-            ctx.conn.run("RELEASE durable_call").map_err(db)?;
+            if own {
+                ctx.conn.run("RELEASE durable_call").map_err(db)?;
+            }
             if wrote {
                 // Recorded in the batch's savepoint, not the call's: the request
                 // table's pages are then saved for a rollback once per batch instead
