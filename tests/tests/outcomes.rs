@@ -2,7 +2,8 @@
 //! disk refuses is answered "not applied" (and is not applied, even after a crash),
 //! reads go on, and writes work again once space is freed, without a restart; a turn that returns
 //! `Err` or panics discards what it asked for (a restore) with its writes; restores
-//! run concurrently without sharing scratch files.
+//! run concurrently without sharing scratch files; a file commit that fails after the
+//! log made its batch durable answers the batch as applied.
 
 mod common;
 
@@ -244,5 +245,65 @@ async fn a_full_disk_refuses_writes_as_not_applied_serves_reads_and_recovers_wit
         client.get::<Counter>("full").get().await.unwrap(),
         first + 1
     );
+    drop(host);
+}
+
+/// The object's file commits after every batch while it is being read (see
+/// `durable-runtime/src/reads.rs`). When that commit fails (its disk is full) after the
+/// host log made the batch durable, the batch is applied (the object rebuilds its file
+/// from the log), and its caller hears so: not `Indeterminate`, as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_commit_failing_after_the_log_made_its_batch_durable_answers_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    // The object files on a small disk of their own; the host log and the rest of the
+    // data directory stay on the big one, so the log keeps taking writes.
+    let disk = SmallDisk::mount(&dir.path().join("mnt"), "8m");
+    let objects = disk.0.join("objects");
+    std::fs::create_dir_all(&objects).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::os::unix::fs::symlink(&objects, data.join("objects")).unwrap();
+    let log = dir.path().join("host.log");
+    let host = HostProcess::start_logged(&data, &[], Some(&log));
+    let host_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let client = host.client().await;
+    let counter = client.get::<Counter>("split");
+    let mut value = counter.increment(1).await.unwrap();
+    assert_eq!(value, 1);
+
+    let filler = disk.fill();
+    // Each read makes the next write commit the file at once; the first commit that
+    // needs a new page of its WAL fails.
+    for _ in 0..200 {
+        assert_eq!(counter.get().await.unwrap(), value);
+        let answer = counter.increment(1).await;
+        value += 1;
+        assert_eq!(
+            answer.unwrap_or_else(|e| panic!("write {value} on a full object disk: {e:?}")),
+            value
+        );
+        if host_log().contains("SQLite commit failed") {
+            break;
+        }
+    }
+    assert!(
+        host_log().contains("SQLite commit failed"),
+        "the object's file never failed to commit on its full disk: {}",
+        host_log()
+    );
+    // It serves on from what the log holds, reads and writes alike.
+    for _ in 0..3 {
+        value += 1;
+        assert_eq!(counter.increment(1).await.unwrap(), value);
+        assert_eq!(counter.get().await.unwrap(), value);
+    }
+
+    // Space comes back; after a crash every acknowledged write is there.
+    std::fs::remove_file(filler).unwrap();
+    drop(client);
+    host.kill9();
+    let host = HostProcess::start(&data, &[]);
+    let client = host.client().await;
+    assert_eq!(client.get::<Counter>("split").get().await.unwrap(), value);
     drop(host);
 }

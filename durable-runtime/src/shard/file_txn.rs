@@ -143,7 +143,12 @@ impl Object {
                 tracing::error!(class = self.class.name, id = %self.id, error = %e, "SQLite commit failed after the log write and dropped the transaction; the object rebuilds those batches from the log on its next call");
                 self.back_off_commits();
                 self.abandon_txn();
-                FileCommit::Stopped
+                if lsn.is_some() {
+                    // Checked above: the log holds every batch of the transaction.
+                    FileCommit::StoppedDurable
+                } else {
+                    FileCommit::Stopped
+                }
             }
         }
     }
@@ -342,12 +347,19 @@ impl Object {
         // With readers about, the file commits as soon as the batch is durable: before
         // its replies leave (see `crate::reads`).
         let read_friendly = self.slot.reads.friendly(now);
-        if (!self.config.defer_commits || self.deferred >= DEFER_MAX_BATCHES || read_friendly)
-            && self.commit_deferred(false).await == FileCommit::Stopped
-        {
-            return Err(CommitError::Indeterminate(
-                "the batch may be in the host log but its commit failed".into(),
-            ));
+        if !self.config.defer_commits || self.deferred >= DEFER_MAX_BATCHES || read_friendly {
+            match self.commit_deferred(false).await {
+                FileCommit::Done | FileCommit::Refused => {}
+                // The log made the batch durable before the file's commit failed: it is
+                // applied (the object heals its file from the log), and its replies
+                // leave through the output gate as any durable batch's.
+                FileCommit::StoppedDurable => {}
+                FileCommit::Stopped => {
+                    return Err(CommitError::Indeterminate(
+                        "the batch may be in the host log but its commit failed".into(),
+                    ))
+                }
+            }
         }
         Ok(())
     }

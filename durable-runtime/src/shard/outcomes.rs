@@ -101,6 +101,10 @@ pub(super) enum FileCommit {
     Refused,
     /// The object had to stop: batches only the log holds are missing from the file.
     Stopped,
+    /// Stopped as above, but only after the log made every batch in the transaction
+    /// durable: they are applied (the object rebuilds them from the log), and their
+    /// callers can be told so.
+    StoppedDurable,
 }
 
 /// Why a batch could not commit, by whether its writes may survive.
