@@ -353,7 +353,9 @@ impl Object {
                 // The log made the batch durable before the file's commit failed: it is
                 // applied (the object heals its file from the log), and its replies
                 // leave through the output gate as any durable batch's.
-                FileCommit::StoppedDurable => {}
+                FileCommit::StoppedDurable => {
+                    tracing::warn!(class = self.class.name, id = %self.id, seq, "the batch is durable in the host log though its file commit failed: answered as applied");
+                }
                 FileCommit::Stopped => {
                     return Err(CommitError::Indeterminate(
                         "the batch may be in the host log but its commit failed".into(),

@@ -96,8 +96,15 @@ impl Object {
         if let Err(e) = &result {
             bs.broken.get_or_insert_with(|| e.clone());
         }
-        // Whatever happened, the turn goes on inside its savepoints (its end rolls back
-        // to them).
+        if let Err(CommitError::NotApplied(e)) = &result {
+            // Failed before the batch's savepoint was released: the turn goes on in
+            // the savepoints it had (the broken batch rolls back to them at its end).
+            // Opening new ones on top would leave the outer batch savepoint, with the
+            // failed writes in it, to a later commit.
+            return Err(e.clone());
+        }
+        // Otherwise the batch so far ended: the turn goes on inside new savepoints (its
+        // end rolls back to them).
         let restarted = self
             .begin_savepoints(conn, savepoint)
             .and_then(|()| self.start_capture(conn));
@@ -273,7 +280,16 @@ impl Object {
                             if let Some(due) = due {
                                 self.index_alarms_after(due);
                             }
-                            self.begin()
+                            if self.instance.is_none() {
+                                // The activation is durable, but the file's commit
+                                // failed and stopped the object (it heals from the log):
+                                // none of the calls ran.
+                                Err(internal(
+                                    "the object's file could not commit its activation; the calls did not run",
+                                ))
+                            } else {
+                                self.begin()
+                            }
                         }
                         // No call of the batch has run yet: whatever became of the
                         // activation's own writes, the calls were not applied.
