@@ -52,25 +52,9 @@ pub(crate) fn configure_sqlite() {
             );
         }
         if std::env::var_os("DURABLE_SQLITE_SYSTEM_MALLOC").is_none() {
-            no_huge_pages();
             sqlite_on_mimalloc();
         }
     });
-}
-
-/// No transparent huge pages for this process. mimalloc asks for them on its arenas
-/// (`madvise(MADV_HUGEPAGE)`), so SQLite's heap grew in 2 MiB pages the kernel zeroes
-/// at the first touch (`do_huge_pmd_anonymous_page` was 6% of the shards' time while
-/// new objects were created), and an idle object's freed blocks sat in pages that are
-/// only given back whole (`--quick memory_idle`: 71.1 / 71.6 KB per active object
-/// with them, 68.7 / 69.3 KB without). Best effort: an older kernel refuses, nothing
-/// else changes.
-fn no_huge_pages() {
-    // SAFETY: PR_SET_THP_DISABLE takes an integer flag and touches no memory of ours.
-    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if rc != 0 {
-        tracing::debug!("transparent huge pages could not be turned off for the host");
-    }
 }
 
 /// SQLite's memory from mimalloc instead of the C library's malloc. A host parses and
