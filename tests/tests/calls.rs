@@ -7,6 +7,7 @@ use common::{method_fingerprint, HostProcess};
 use durable::CallError;
 use durable_examples::counter::Counter;
 use durable_tests::{Probe, ProbeError};
+use futures_util::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_increments_from_fifty_tasks_return_exactly_one_to_a_thousand() {
@@ -219,4 +220,53 @@ async fn the_deadline_bounds_connecting_to_a_host_that_is_not_there() {
         "connecting took {:?} with a 500 ms deadline",
         started.elapsed()
     );
+}
+
+/// Calls that arrive together run as one batch, the first in the batch's own savepoint
+/// and the rest each in one of its own: whichever position a failing call takes, it
+/// undoes exactly its writes, and every other call's stand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_batch_each_failing_call_undoes_only_its_own_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let probe = client.get::<Probe>("mixed");
+    // 64 in flight to one object: its batches hold many calls, failing ones first,
+    // last and between.
+    let calls = (0..256).map(|i| {
+        let probe = probe.clone();
+        async move {
+            if i % 3 == 0 {
+                let e = probe.put_then_fail(format!("f{i}"), i).await.unwrap_err();
+                assert_eq!(e, CallError::Application(ProbeError::Refused { value: i }));
+            } else {
+                probe.put(format!("k{i}"), i).await.unwrap();
+            }
+        }
+    });
+    futures_util::stream::iter(calls)
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+    for i in 0..256 {
+        if i % 3 == 0 {
+            assert_eq!(probe.get(format!("f{i}")).await.unwrap(), None, "f{i}");
+        } else {
+            assert_eq!(probe.get(format!("k{i}")).await.unwrap(), Some(i), "k{i}");
+        }
+    }
+    // The same after a crash: the log replays exactly what was answered as applied.
+    drop(client);
+    host.kill9();
+    let host = HostProcess::start(dir.path(), &[]);
+    let probe = host.client().await.get::<Probe>("mixed");
+    for i in 0..256 {
+        let key = if i % 3 == 0 {
+            format!("f{i}")
+        } else {
+            format!("k{i}")
+        };
+        let want = (i % 3 != 0).then_some(i);
+        assert_eq!(probe.get(key).await.unwrap(), want);
+    }
 }
