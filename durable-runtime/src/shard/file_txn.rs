@@ -10,36 +10,58 @@ use crate::durability::Change;
 use crate::store;
 use durable_client::wire::Response;
 
+/// The batch's savepoint, also the first call's (see
+/// [`Pending::fresh`](super::object::Pending::fresh)).
+pub(super) const BATCH_SAVEPOINT: &str = "durable_batch";
+
 impl Object {
     /// Start a batch: begin capturing changes (if the log wants them) and the transaction.
     pub(super) fn begin(&mut self) -> Result<Option<ChangeCapture>, Response> {
-        let ctx = self.ctx.as_mut().expect("opened");
         // Requests from an earlier, failed batch do not carry over.
-        ctx.effects = Effects::default();
-        let ctx = &*ctx;
-        let wants = self.log.as_ref().expect("attached").captures_changes();
-        let spare = self.spare_capture.take();
-        let capture = if wants {
-            Some(match spare {
-                Some(mut c) => {
-                    c.reset();
-                    c
-                }
-                None => ChangeCapture::start(&ctx.conn).map_err(internal)?,
-            })
-        } else {
-            None
-        };
+        self.ctx.as_mut().expect("opened").effects = Effects::default();
+        let conn = self.conn.clone().expect("opened");
+        let capture = self.start_capture(&conn).map_err(internal)?;
+        self.begin_savepoints(&conn, BATCH_SAVEPOINT)
+            .map_err(internal)?;
+        Ok(capture)
+    }
+
+    /// After a commit in the middle of a batch: its transaction (if the commit closed
+    /// it), the batch's savepoint and the running turn's.
+    pub(super) fn begin_savepoints(
+        &mut self,
+        conn: &rusqlite::Connection,
+        turn: &str,
+    ) -> Result<(), String> {
+        let e = |e: rusqlite::Error| e.to_string();
         if !self.txn_open {
-            ctx.conn
-                .run("BEGIN IMMEDIATE")
-                .map_err(|e| internal(e.to_string()))?;
+            conn.run("BEGIN IMMEDIATE").map_err(e)?;
             self.txn_open = true;
         }
-        ctx.conn
-            .run("SAVEPOINT durable_batch")
-            .map_err(|e| internal(e.to_string()))?;
-        Ok(capture)
+        conn.run("SAVEPOINT durable_batch").map_err(e)?;
+        if turn == BATCH_SAVEPOINT {
+            // The turn runs in the batch's savepoint itself.
+            return Ok(());
+        }
+        conn.run(&format!("SAVEPOINT {turn}")).map_err(e)
+    }
+
+    /// A fresh change capture, if the log wants changes.
+    pub(super) fn start_capture(
+        &mut self,
+        conn: &rusqlite::Connection,
+    ) -> Result<Option<ChangeCapture>, String> {
+        let wants = self.log.as_ref().is_some_and(|l| l.captures_changes());
+        if !wants {
+            return Ok(None);
+        }
+        match self.spare_capture.take() {
+            Some(mut c) => {
+                c.reset();
+                Ok(Some(c))
+            }
+            None => ChangeCapture::start(conn).map(Some),
+        }
     }
 
     /// Undo the running batch, keeping the batches deferred before it. If even that

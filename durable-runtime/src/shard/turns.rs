@@ -3,13 +3,12 @@
 //! and what a call's caller hears.
 
 use super::alarm_turns::run_due_alarms;
-use super::file_txn::{write_marker, Run};
+use super::file_txn::{write_marker, Run, BATCH_SAVEPOINT};
 use super::object::{settled_pos, Object, Pending, BATCH_SLICE};
 use super::outcomes::{
     internal, CallResult, CommitError, FileCommit, Reply, ReplyTo, SocketOutput, StreamOutput,
 };
 use super::slot::Work;
-use crate::capture::ChangeCapture;
 use crate::chain::CallChain;
 use crate::class::{Instance, TurnOutcome};
 use crate::context::Context;
@@ -156,44 +155,6 @@ impl Object {
             ));
         }
         Ok(())
-    }
-
-    /// After a commit in the middle of a batch: its transaction (if the commit closed
-    /// it), the batch's savepoint and the running turn's.
-    pub(super) fn begin_savepoints(
-        &mut self,
-        conn: &rusqlite::Connection,
-        turn: &str,
-    ) -> Result<(), String> {
-        let e = |e: rusqlite::Error| e.to_string();
-        if !self.txn_open {
-            conn.run("BEGIN IMMEDIATE").map_err(e)?;
-            self.txn_open = true;
-        }
-        conn.run("SAVEPOINT durable_batch").map_err(e)?;
-        if turn == BATCH_SAVEPOINT {
-            // The turn runs in the batch's savepoint itself.
-            return Ok(());
-        }
-        conn.run(&format!("SAVEPOINT {turn}")).map_err(e)
-    }
-
-    /// A fresh change capture, if the log wants changes.
-    pub(super) fn start_capture(
-        &mut self,
-        conn: &rusqlite::Connection,
-    ) -> Result<Option<ChangeCapture>, String> {
-        let wants = self.log.as_ref().is_some_and(|l| l.captures_changes());
-        if !wants {
-            return Ok(None);
-        }
-        match self.spare_capture.take() {
-            Some(mut c) => {
-                c.reset();
-                Ok(Some(c))
-            }
-            None => ChangeCapture::start(conn).map(Some),
-        }
     }
 
     /// Run one batch: returns the replies it decided (to be released once the batch
@@ -554,9 +515,6 @@ impl Object {
     }
 }
 
-/// The batch's savepoint, also the first call's (see [`Pending::fresh`]).
-const BATCH_SAVEPOINT: &str = "durable_batch";
-
 /// Run one call inside its own savepoint. `Err` means the batch machinery failed.
 pub(super) async fn run_call(
     obj: &mut Object,
@@ -651,6 +609,17 @@ pub(super) async fn run_call(
         }
     };
     let wrote = ctx.conn.total_changes() != before;
+    // A call that wrote records its outcome under its request id, in the batch's
+    // savepoint rather than the call's: the request table's pages are then saved for a
+    // rollback once per batch instead of once per call (a failure here fails the whole
+    // batch anyway).
+    let record = |obj: &mut Object, ctx: &Context, bs: &mut Pending, outcome: Recorded| {
+        store::record_request(&ctx.conn, &request.request_id, digest, &outcome, window)
+            .map_err(db)?;
+        obj.recorded_request(&request.request_id);
+        bs.recorded.push((request.request_id, digest, outcome));
+        Ok::<(), String>(())
+    };
     let response = match outcome {
         TurnOutcome::Return(bytes) => {
             if wrote {
@@ -674,25 +643,14 @@ pub(super) async fn run_call(
                 ctx.conn.run("RELEASE durable_call").map_err(db)?;
             }
             if wrote {
-                // Recorded in the batch's savepoint, not the call's: the request
-                // table's pages are then saved for a rollback once per batch instead
-                // of once per call (a failure here fails the whole batch anyway).
-                let outcome = Recorded::Return(bytes.clone());
-                store::record_request(&ctx.conn, &request.request_id, digest, &outcome, window)
-                    .map_err(db)?;
-                obj.recorded_request(&request.request_id);
-                bs.recorded.push((request.request_id, digest, outcome));
+                record(obj, ctx, bs, Recorded::Return(bytes.clone()))?;
             }
             return Ok(CallResult::Reply(Response::Return(bytes)));
         }
         TurnOutcome::AppError(bytes) => {
             rollback(ctx)?;
             if wrote {
-                let outcome = Recorded::AppError(bytes.clone());
-                store::record_request(&ctx.conn, &request.request_id, digest, &outcome, window)
-                    .map_err(db)?;
-                obj.recorded_request(&request.request_id);
-                bs.recorded.push((request.request_id, digest, outcome));
+                record(obj, ctx, bs, Recorded::AppError(bytes.clone()))?;
             }
             Response::AppError(bytes)
         }
