@@ -68,19 +68,41 @@ fn sqlite_on_mimalloc() {
     use std::os::raw::{c_int, c_void};
     unsafe extern "C" fn malloc(n: c_int) -> *mut c_void {
         // SAFETY: mi_malloc accepts any size; SQLite never asks for a negative one.
-        unsafe { mi::mi_malloc(n.max(0) as usize) }
+        let p = unsafe { mi::mi_malloc(n.max(0) as usize) };
+        // SAFETY: `p` is null or a live block of mimalloc's.
+        heap::add(unsafe { usable(p) });
+        p
     }
     unsafe extern "C" fn free(p: *mut c_void) {
         // SAFETY: `p` came from `malloc`/`realloc` above (SQLite's contract).
-        unsafe { mi::mi_free(p) }
+        unsafe {
+            heap::add(-usable(p));
+            mi::mi_free(p)
+        }
     }
     unsafe extern "C" fn realloc(p: *mut c_void, n: c_int) -> *mut c_void {
-        // SAFETY: as for `free`.
-        unsafe { mi::mi_realloc(p, n.max(0) as usize) }
+        // SAFETY: as for `free`; a failed realloc leaves the old block as it was.
+        unsafe {
+            let before = usable(p);
+            let q = mi::mi_realloc(p, n.max(0) as usize);
+            if !q.is_null() {
+                heap::add(usable(q) - before);
+            }
+            q
+        }
     }
     unsafe extern "C" fn size(p: *mut c_void) -> c_int {
         // SAFETY: as for `free`; SQLite's allocations are far below 2 GiB.
         unsafe { mi::mi_usable_size(p) as c_int }
+    }
+    /// The bytes a block of mimalloc's holds (0 for null).
+    unsafe fn usable(p: *mut c_void) -> i64 {
+        if p.is_null() {
+            0
+        } else {
+            // SAFETY: the caller's: a live block of mimalloc's.
+            unsafe { mi::mi_usable_size(p) as i64 }
+        }
     }
     unsafe extern "C" fn roundup(n: c_int) -> c_int {
         // SAFETY: a pure function of the size.
@@ -110,6 +132,68 @@ fn sqlite_on_mimalloc() {
     };
     if rc != rusqlite::ffi::SQLITE_OK {
         tracing::debug!(rc, "SQLite was initialized already; its allocator kept");
+        return;
+    }
+    // SQLite's own memory statistics take one process-wide mutex around every
+    // allocation and free (`mem0.mutex`): every shard's SQLite work went through it,
+    // and a shard preempted inside mimalloc (a page fault) while holding it stalled
+    // the others for milliseconds (alarm turns ran late in clusters). The allocator
+    // above counts instead, per thread ([`heap`]), and `sqlite_memory_used` reads that.
+    // SAFETY: SQLITE_CONFIG_MEMSTATUS takes an int; SQLite is not initialized yet
+    // (the allocator was just accepted).
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as c_int)
+    };
+    if rc == rusqlite::ffi::SQLITE_OK {
+        heap::COUNTING.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The heap SQLite holds in this process (every connection's page cache, schema and
+/// statements): counted by the allocator when it is mimalloc, else SQLite's own
+/// statistic.
+pub(crate) fn sqlite_memory_used() -> i64 {
+    if heap::COUNTING.load(std::sync::atomic::Ordering::Relaxed) {
+        heap::used()
+    } else {
+        // SAFETY: a read of SQLite's global memory counter; callable from any thread.
+        unsafe { rusqlite::ffi::sqlite3_memory_used() }
+    }
+}
+
+/// Bytes SQLite holds, counted by the allocator in a slot per thread (no lock and no
+/// cache line shared between shards on the hot path; a block freed by another thread
+/// than allocated it moves bytes between slots, the sum stays right).
+mod heap {
+    use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+
+    /// Whether the allocator counts (SQLite's own statistics are off).
+    pub(super) static COUNTING: AtomicBool = AtomicBool::new(false);
+
+    const SLOTS: usize = 32;
+
+    #[repr(align(64))]
+    struct Slot(AtomicI64);
+
+    static USED: [Slot; SLOTS] = [const { Slot(AtomicI64::new(0)) }; SLOTS];
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+    thread_local! {
+        static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SLOTS;
+    }
+
+    /// Count `bytes` (negative when freed) on this thread's slot.
+    pub(super) fn add(bytes: i64) {
+        if bytes != 0 {
+            // A thread being torn down counts on the first slot.
+            let slot = MINE.try_with(|s| *s).unwrap_or(0);
+            USED[slot].0.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// The sum over every slot.
+    pub(super) fn used() -> i64 {
+        USED.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
     }
 }
 
