@@ -1103,6 +1103,10 @@ async fn memory_idle(plan: &Plan) -> Result<Vec<Row>, String> {
     // Of which file-backed: mostly SQLite's WAL index (a 32 KiB shared mapping per open
     // database), which the kernel can reclaim, unlike the process's own heap.
     let per_active_file = stored.rss_file().saturating_sub(file_before) as f64 / n as f64;
+    // Quiet past `--connection-idle-secs` (10 s): each object has closed its database
+    // connection and keeps only its instance.
+    tokio::time::sleep(Duration::from_millis(9_000)).await;
+    let per_closed = stored.rss().saturating_sub(before) as f64 / n as f64;
     c1.close();
     c2.close();
     bare.stop();
@@ -1126,6 +1130,13 @@ async fn memory_idle(plan: &Plan) -> Result<Vec<Row>, String> {
             "memory_idle",
             per_active_file,
             "B/active obj file-backed",
+            None,
+            "-",
+        ),
+        Row::lower(
+            "memory_idle",
+            per_closed,
+            "B/active obj, 11 s quiet",
             None,
             "-",
         ),

@@ -57,6 +57,10 @@ enum Command {
         /// Evict objects idle this many seconds (their next call re-activates them).
         #[arg(long, env = "DURABLE_IDLE_TIMEOUT_SECS", default_value_t = 30.0)]
         idle_timeout_secs: f64,
+        /// Close the database connection of an active object quiet this many seconds
+        /// (it keeps its in-memory state; the next call reopens the file).
+        #[arg(long, env = "DURABLE_CONNECTION_IDLE_SECS", default_value_t = 10.0)]
+        connection_idle_secs: f64,
         /// Most active objects; the least recently used idle ones are evicted first.
         /// 0 (the default): as many as the open-file limit allows, 3 files each.
         #[arg(long, env = "DURABLE_MAX_ACTIVE", default_value_t = 0)]
@@ -284,6 +288,7 @@ where
             checkpoint_secs,
             retention_days,
             idle_timeout_secs,
+            connection_idle_secs,
             max_active,
             auth_timeout_ms,
             max_unauthenticated_per_ip,
@@ -324,6 +329,8 @@ where
                         l.max_queue = max_queue;
                         l.max_frame = max_frame;
                         l.idle_timeout = Duration::from_secs_f64(idle_timeout_secs.max(0.001));
+                        l.connection_idle =
+                            Duration::from_secs_f64(connection_idle_secs.clamp(0.001, 1e9));
                         l.max_active = max_active;
                         l.auth_timeout = Duration::from_millis(auth_timeout_ms.max(1));
                         l.max_unauthenticated_per_ip = max_unauthenticated_per_ip.max(1);

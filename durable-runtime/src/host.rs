@@ -42,6 +42,13 @@ pub struct Limits {
     /// Objects idle this long are evicted (their instance dropped, their database
     /// closed); the next call or alarm re-activates them. Default 30 s.
     pub idle_timeout: Duration,
+    /// An active object quiet this long closes its database connection: its instance
+    /// and in-memory fields stay, and the next call or alarm reopens the file first
+    /// (a few hundred microseconds). It gives back the connection's memory (its
+    /// statements, schema, and the 32 KiB WAL-index mapping) and its three open
+    /// files. An object with an alarm due within 10 s keeps its connection. Default
+    /// 10 s; at or above `idle_timeout`, eviction comes first.
+    pub connection_idle: Duration,
     /// Most active objects on the host; beyond it the least recently used idle ones
     /// are evicted first. Default 0: as many as the open-file limit allows (each
     /// active object holds three files: its database, WAL and shared memory), which
@@ -91,6 +98,7 @@ impl Default for Limits {
                 .map(|n| n.get())
                 .unwrap_or(2),
             idle_timeout: Duration::from_secs(30),
+            connection_idle: Duration::from_secs(10),
             max_active: 0,
             auth_timeout: Duration::from_secs(5),
             max_unauthenticated: 1024,
@@ -639,6 +647,7 @@ impl Host {
                     alarms: alarms.clone(),
                     clock: self.clock.clone(),
                     idle_timeout: limits.idle_timeout,
+                    connection_idle: limits.connection_idle,
                     max_active: (limits.max_active / limits.shards).max(1),
                     defer_commits: host_log.is_some() && !self.clock.is_virtual(),
                     behind: Default::default(),

@@ -50,6 +50,8 @@ pub(crate) struct ShardConfig {
     pub(crate) clock: Arc<dyn Clock>,
     /// Objects idle this long are evicted.
     pub(crate) idle_timeout: Duration,
+    /// Active objects quiet this long close their database connection.
+    pub(crate) connection_idle: Duration,
     /// At most this many active objects per shard; the least recently used idle ones go first.
     pub(crate) max_active: usize,
     /// Keep an object's SQLite transaction open across batches (host log only; off

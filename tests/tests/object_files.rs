@@ -259,3 +259,62 @@ async fn an_object_active_at_a_crash_is_checked_against_its_last_quiet_digest() 
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("the object's file is damaged"), "{text}");
 }
+
+/// The files under `objects/` the process `pid` holds open.
+fn open_object_files(pid: u32) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("/objects/"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_object_closes_its_files_keeps_its_memory_and_reopens_on_the_next_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &["--connection-idle-secs", "0.2"]);
+    let pid = host.child.id();
+    let client = host.client().await;
+    let p = client.get::<durable_tests::Probe>("quiet");
+    p.put("before".into(), 1).await.unwrap();
+    // An alarm leaves a mark in the instance's memory only (its attempts).
+    p.ring_after("r".into(), 10).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while p.attempts().await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the alarm never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        !open_object_files(pid).is_empty(),
+        "an object that was just called holds its files"
+    );
+    // Quiet: after the page-cache release (1 s) and the connection idle time, every
+    // file of the object is closed.
+    while !open_object_files(pid).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a quiet object still holds {:?}",
+            open_object_files(pid)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The instance stayed (its in-memory attempts are there), the file reopens for
+    // the call, and both writes are stored.
+    let attempts = p.attempts().await.unwrap();
+    assert_eq!(attempts.len(), 1, "the instance was kept: {attempts:?}");
+    assert!(
+        !open_object_files(pid).is_empty(),
+        "the call reopened the file"
+    );
+    p.put("after".into(), 2).await.unwrap();
+    assert_eq!(p.get("before".into()).await.unwrap(), Some(1));
+    // Acknowledged writes made through the reopened file survive kill -9.
+    drop(client);
+    host.kill9();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let p = client.get::<durable_tests::Probe>("quiet");
+    assert_eq!(p.get("before".into()).await.unwrap(), Some(1));
+    assert_eq!(p.get("after".into()).await.unwrap(), Some(2));
+}

@@ -3,7 +3,7 @@
 //! entries in the host's alarm index.
 
 use super::file_txn::Run;
-use super::object::{settled, Object, ALARM_WARM};
+use super::object::{settled, Object, ALARM_WARM, DIGEST_STOP_MAX};
 use super::outcomes::{indeterminate, internal, refused};
 use crate::core::outbox::Effects;
 use crate::restore_target::RestoreTarget;
@@ -11,6 +11,7 @@ use crate::shard_config::panic_message;
 use crate::store;
 use durable_client::wire::{Response, WireError};
 use std::panic::AssertUnwindSafe;
+use std::time::Duration;
 
 impl Object {
     /// The object stopped because batches the log holds are missing from its file (the
@@ -245,7 +246,8 @@ impl Object {
             ctx.sockets = self.config.sockets.clone();
             self.reported_due = opened.earliest_due;
             // An object the log has never seen a batch of ships a whole image first.
-            self.needs_image = (opened.upgraded || self.seq == 0) && durability.captures_changes();
+            // (Kept if already due: a refused image is shipped again after a reopen.)
+            self.needs_image |= (opened.upgraded || self.seq == 0) && durability.captures_changes();
             let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
             self.log = Some(durability.attach(self.class.name, self.id, &path, self.seq));
             self.slot.rewinds.set(0);
@@ -268,6 +270,45 @@ impl Object {
             self.request_max = None;
         }
         Ok(())
+    }
+
+    /// How long until this quiet object may close its connection (zero: now), or
+    /// `None` if it may not: no connection, or one still needed (a transaction or
+    /// deferred batches, batches not yet durable, work queued, reads in flight, an
+    /// alarm due soon, a poisoned file).
+    pub(super) fn connection_idle_wait(&self) -> Option<Duration> {
+        let core = self.slot.core.borrow();
+        let closable = self.conn.is_some()
+            && !self.poisoned
+            && !self.txn_open
+            && self.deferred == 0
+            && core.is_idle()
+            && !self.slot.reads.busy()
+            && !self.alarm_due_soon();
+        if !closable {
+            return None;
+        }
+        let at = core.last_used() + self.config.connection_idle.as_millis() as u64;
+        Some(Duration::from_millis(
+            at.saturating_sub(self.config.clock.now_ms()),
+        ))
+    }
+
+    /// Close the database connection of a quiet object, keeping its instance: what
+    /// eviction closes, without the activation the next call would then pay. The
+    /// next batch reopens the file ([`Object::open`]); everything it holds is
+    /// committed (the caller checked), so the reopened connection starts where this
+    /// one stopped.
+    pub(super) fn close_connection(&mut self) {
+        // As at eviction: a digest of what the file holds, for the next unclean start.
+        self.record_digest(DIGEST_STOP_MAX);
+        // The capture and the statements go before the connection they belong to.
+        self.spare_capture = None;
+        self.ctx = None;
+        self.conn = None;
+        self.marker = None;
+        self.log = None;
+        store::collect_soon();
     }
 
     /// Activate the instance inside the batch's open transaction. Returns the

@@ -161,7 +161,19 @@ impl Object {
                     }
                 }
                 None if self.deferred == 0 && !self.holds_memory => {
-                    self.slot.notify.notified().await
+                    match self.connection_idle_wait() {
+                        // Quiet, pages given back: close the connection once quiet
+                        // for `connection_idle` (reads served beside it count).
+                        Some(wait) => {
+                            let quiet = tokio::time::timeout(wait, self.slot.notify.notified());
+                            if quiet.await.is_err()
+                                && self.connection_idle_wait() == Some(Duration::ZERO)
+                            {
+                                self.close_connection();
+                            }
+                        }
+                        None => self.slot.notify.notified().await,
+                    }
                 }
                 None if self.deferred == 0 => {
                     // Quiet for a while: give back cached pages, unless an alarm is due
@@ -268,6 +280,8 @@ impl Object {
                     } else {
                         self.record_digest(DIGEST_STOP_MAX);
                     }
+                    // The connection closes as this task ends: its memory goes back.
+                    store::collect_soon();
                     return;
                 }
             }
