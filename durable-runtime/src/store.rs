@@ -275,6 +275,15 @@ pub(crate) fn collect_soon() {
         // lock, for no measurable memory (SQLite's memory is mimalloc's).
         // SAFETY: mi_collect only frees and purges memory no block uses.
         unsafe { libmimalloc_sys::mi_collect(false) };
+        // Memory freed in the last ~100 ms before that is only due to be purged
+        // (mimalloc delays purges): a second pass, unless another close has scheduled
+        // one of its own.
+        tokio::time::sleep(COLLECT_AFTER * 5).await;
+        if SCHEDULED.with(|s| s.get()) {
+            return;
+        }
+        // SAFETY: mi_collect only frees and purges memory no block uses.
+        unsafe { libmimalloc_sys::mi_collect(false) };
     });
 }
 
