@@ -42,6 +42,7 @@ mod shard_config;
 mod size_check;
 mod sockets;
 mod spares;
+mod sqlite_memory;
 mod store;
 mod streams;
 mod tables;

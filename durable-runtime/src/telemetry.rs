@@ -231,7 +231,7 @@ pub(crate) fn calls_in_flight(n: usize) {
 /// read as it is rendered.
 pub(crate) fn render() -> Option<String> {
     let handle = handle()?;
-    let used = crate::store::sqlite_memory_used();
+    let used = crate::sqlite_memory::sqlite_memory_used();
     gauge!("durable_sqlite_memory_bytes").set(used as f64);
     Some(handle.render())
 }

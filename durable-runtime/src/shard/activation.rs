@@ -308,7 +308,7 @@ impl Object {
         self.conn = None;
         self.marker = None;
         self.log = None;
-        store::collect_soon();
+        crate::sqlite_memory::collect_soon();
     }
 
     /// Activate the instance inside the batch's open transaction. Returns the

@@ -281,7 +281,7 @@ impl Object {
                         self.record_digest(DIGEST_STOP_MAX);
                     }
                     // The connection closes as this task ends: its memory goes back.
-                    store::collect_soon();
+                    crate::sqlite_memory::collect_soon();
                     return;
                 }
             }
