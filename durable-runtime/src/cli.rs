@@ -62,7 +62,7 @@ enum Command {
         #[arg(long, env = "DURABLE_CONNECTION_IDLE_SECS", default_value_t = 10.0)]
         connection_idle_secs: f64,
         /// Most active objects; the least recently used idle ones are evicted first.
-        /// 0 (the default): as many as the open-file limit allows, 3 files each.
+        /// 0 (the default): as many as the open-file limit allows, up to 3 files each.
         #[arg(long, env = "DURABLE_MAX_ACTIVE", default_value_t = 0)]
         max_active: usize,
         /// Close a connection that has not presented the token this many milliseconds
@@ -328,9 +328,8 @@ where
                     .with_limits(|l| {
                         l.max_queue = max_queue;
                         l.max_frame = max_frame;
-                        l.idle_timeout = Duration::from_secs_f64(idle_timeout_secs.max(0.001));
-                        l.connection_idle =
-                            Duration::from_secs_f64(connection_idle_secs.clamp(0.001, 1e9));
+                        l.idle_timeout = seconds(idle_timeout_secs);
+                        l.connection_idle = seconds(connection_idle_secs);
                         l.max_active = max_active;
                         l.auth_timeout = Duration::from_millis(auth_timeout_ms.max(1));
                         l.max_unauthenticated_per_ip = max_unauthenticated_per_ip.max(1);
@@ -641,5 +640,15 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
+    })
+}
+
+/// A duration flag given in seconds, kept between 1 ms and 10^9 s (NaN reads as 1 ms:
+/// `Duration::from_secs_f64` panics on NaN, infinities and negatives).
+fn seconds(s: f64) -> Duration {
+    Duration::from_secs_f64(if s.is_nan() {
+        0.001
+    } else {
+        s.clamp(0.001, 1e9)
     })
 }

@@ -51,7 +51,7 @@ pub struct Limits {
     pub connection_idle: Duration,
     /// Most active objects on the host; beyond it the least recently used idle ones
     /// are evicted first. Default 0: as many as the open-file limit allows (each
-    /// active object holds three files: its database, WAL and shared memory), which
+    /// active object may hold three files: its database, WAL and shared memory), which
     /// the host raises to the most the OS permits at start. A value above what the
     /// limit allows is lowered to fit it, with a warning.
     pub max_active: usize,

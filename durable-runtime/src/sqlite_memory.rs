@@ -156,13 +156,10 @@ const COLLECT_AFTER: std::time::Duration = std::time::Duration::from_millis(200)
 /// [`COLLECT_AFTER`] of closes and releases. Call from a shard's task (it spawns a
 /// local one).
 pub(crate) fn collect_soon() {
-    thread_local! {
-        static SCHEDULED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    }
-    if SCHEDULED.with(|s| s.replace(true)) {
+    if STOPPED.with(|s| s.get()) || SCHEDULED.with(|s| s.replace(true)) {
         return;
     }
-    tokio::task::spawn_local(async {
+    let task = tokio::task::spawn_local(async {
         tokio::time::sleep(COLLECT_AFTER).await;
         SCHEDULED.with(|s| s.set(false));
         // Not forced: a forced collection took 0.2-6 ms of the shard (and gave back
@@ -181,4 +178,27 @@ pub(crate) fn collect_soon() {
         // SAFETY: mi_collect only frees and purges memory no block uses.
         unsafe { libmimalloc_sys::mi_collect(false) };
     });
+    // A collection still in its second pass would skip it now (`SCHEDULED`): it goes.
+    if let Some(before) = COLLECTION.with(|c| c.borrow_mut().replace(task)) {
+        before.abort();
+    }
+}
+
+thread_local! {
+    /// A collection is scheduled on this thread.
+    static SCHEDULED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// This thread's shard is stopping: no more collections.
+    static STOPPED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The scheduled collection, to cancel when the shard stops.
+    static COLLECTION: std::cell::RefCell<Option<tokio::task::JoinHandle<()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// This thread's shard stops: cancel a scheduled collection (it would keep the shard's
+/// tasks, and so its stop, waiting up to 1.2 s) and schedule no more.
+pub(crate) fn stop_collecting() {
+    STOPPED.with(|s| s.set(true));
+    if let Some(task) = COLLECTION.with(|c| c.borrow_mut().take()) {
+        task.abort();
+    }
 }

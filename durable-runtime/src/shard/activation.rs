@@ -3,7 +3,7 @@
 //! entries in the host's alarm index.
 
 use super::file_txn::Run;
-use super::object::{settled, Object, ALARM_WARM, DIGEST_STOP_MAX};
+use super::object::{settled, Object, ALARM_WARM, DIGEST_QUIET_MAX};
 use super::outcomes::{indeterminate, internal, refused};
 use crate::core::outbox::Effects;
 use crate::restore_target::RestoreTarget;
@@ -275,10 +275,13 @@ impl Object {
     /// How long until this quiet object may close its connection (zero: now), or
     /// `None` if it may not: no connection, or one still needed (a transaction or
     /// deferred batches, batches not yet durable, work queued, reads in flight, an
-    /// alarm due soon, a poisoned file).
+    /// alarm due soon, a poisoned file, or no host log).
     pub(super) fn connection_idle_wait(&self) -> Option<Duration> {
         let core = self.slot.core.borrow();
+        // Under `--durability fsync` closing would checkpoint and sync the file (the
+        // WAL is kept on close only under the host log): not worth it.
         let closable = self.conn.is_some()
+            && self.config.durability.captures_changes()
             && !self.poisoned
             && !self.txn_open
             && self.deferred == 0
@@ -300,15 +303,22 @@ impl Object {
     /// committed (the caller checked), so the reopened connection starts where this
     /// one stopped.
     pub(super) fn close_connection(&mut self) {
-        // As at eviction: a digest of what the file holds, for the next unclean start.
-        self.record_digest(DIGEST_STOP_MAX);
-        // The capture and the statements go before the connection they belong to.
+        // A digest of what the file holds, for the next unclean start (the quiet
+        // bound: an object quiet this long already had its quiet digest, unless larger).
+        self.record_digest(DIGEST_QUIET_MAX);
+        self.drop_connection();
+        self.log = None;
+        self.slot.detaches.set(self.slot.detaches.get() + 1);
+        crate::sqlite_memory::collect_soon();
+    }
+
+    /// Close the connection and what belongs to it (the capture and the statements go
+    /// before the connection itself), and forget the write marker it gave.
+    pub(super) fn drop_connection(&mut self) {
         self.spare_capture = None;
         self.ctx = None;
         self.conn = None;
         self.marker = None;
-        self.log = None;
-        crate::sqlite_memory::collect_soon();
     }
 
     /// Activate the instance inside the batch's open transaction. Returns the

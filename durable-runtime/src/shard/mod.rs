@@ -138,6 +138,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         core: RefCell::new(ObjectCore::new(limits, 0, config.clock.now_ms())),
         notify: Notify::new(),
         rewinds: Cell::new(0),
+        detaches: Cell::new(0),
         pinned: Cell::new(false),
         reads: Default::default(),
     });
@@ -296,6 +297,8 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
             Err(Work::Alarm) => config.alarms.wake_done(),
         }
     };
+    // The shard stops once its tasks end: none may wait to give memory back.
+    crate::sqlite_memory::stop_collecting();
     let now = config.clock.now_ms();
     for slot in objects.values() {
         let input = if drain { Input::Close } else { Input::Crash };

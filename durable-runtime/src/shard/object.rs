@@ -329,10 +329,14 @@ impl Object {
         }
         let slot = self.slot.clone();
         let clock = self.config.clock.clone();
+        let detaches = self.slot.detaches.get();
         tokio::task::spawn_local(async move {
             let ready = |p: &DurablePos| settled(p, target, slot.rewinds.get());
             let pos = match watch.wait_for(ready).await {
                 Ok(p) => *p,
+                // The object let go of this handle (it waits for a batch a refusal
+                // undid): nothing to report.
+                Err(_) if slot.detaches.get() != detaches => return,
                 Err(_) => DurablePos {
                     failed: true,
                     ..DurablePos::default()

@@ -50,10 +50,7 @@ impl Object {
         // happens to the file below.
         self.seq = report.new_seq;
         self.instance = None;
-        self.spare_capture = None;
-        self.ctx = None;
-        self.conn = None;
-        self.marker = None;
+        self.drop_connection();
         self.request_max = None;
         let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
         self.slot.reads.file_replaced();
@@ -65,6 +62,7 @@ impl Object {
         }
         if let Some(log) = self.log.take() {
             log.applied(pos.lsn);
+            self.slot.detaches.set(self.slot.detaches.get() + 1);
         }
         // The restored state has its own alarms: index them.
         let due = rusqlite::Connection::open(&path)

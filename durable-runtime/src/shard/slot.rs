@@ -16,6 +16,10 @@ pub(super) struct Slot {
     /// How many times the object rewound since it attached its log: a refusal the log
     /// reports with an older count was already undone (see [`DurablePos::epoch`](crate::durability::DurablePos::epoch)).
     pub(super) rewinds: Cell<u64>,
+    /// Changes whenever the object lets go of its log handle (closing its connection
+    /// when quiet, a restore): a durability watch on the handle before then sees its
+    /// channel close, which is no failure of the log.
+    pub(super) detaches: Cell<u64>,
     /// The object's file lacks batches the log holds (poisoned, or its commit keeps
     /// failing): it must not be evicted, it heals and commits itself (until then every
     /// checkpoint stays below those batches).
