@@ -927,16 +927,7 @@ async fn activation(plan: &Plan) -> Result<Vec<Row>, String> {
     }
     // Every object has been idle past the timeout (and the sweep has run): evicted.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut cold = Vec::with_capacity(n);
-    let mut warm = Vec::with_capacity(n);
-    for s in &stubs {
-        let start = Instant::now();
-        s.get().await.map_err(|e| e.to_string())?;
-        cold.push(start.elapsed().as_secs_f64() * 1e6);
-        let start = Instant::now();
-        s.get().await.map_err(|e| e.to_string())?;
-        warm.push(start.elapsed().as_secs_f64() * 1e6);
-    }
+    let (cold, warm) = first_and_again(&stubs).await?;
     // The first call ever to each of `fresh_n` objects: nothing stored yet, so
     // activation creates the database and runs the class's migration.
     let fresh_n = if plan.quick { 100 } else { n };
@@ -949,8 +940,6 @@ async fn activation(plan: &Plan) -> Result<Vec<Row>, String> {
     }
     client.close();
     server.stop();
-    cold.sort_by(f64::total_cmp);
-    warm.sort_by(f64::total_cmp);
     fresh.sort_by(f64::total_cmp);
     let workerd = workerd_first_calls(plan, fresh_n).await;
     let (workerd_p50, workerd_against) = baseline_of(
@@ -1108,20 +1097,10 @@ async fn memory_idle(plan: &Plan) -> Result<Vec<Row>, String> {
     tokio::time::sleep(Duration::from_millis(9_000)).await;
     let per_closed = stored.rss().saturating_sub(before) as f64 / n as f64;
     // What the next call to such an object costs: it reopens the file first.
-    let timed = n.min(500);
-    let mut reopen = Vec::with_capacity(timed);
-    let mut warm = Vec::with_capacity(timed);
-    for i in 0..timed {
-        let c = c2.get::<Counter>(&format!("m{i}"));
-        let start = Instant::now();
-        c.get().await.map_err(|e| e.to_string())?;
-        reopen.push(start.elapsed().as_secs_f64() * 1e6);
-        let start = Instant::now();
-        c.get().await.map_err(|e| e.to_string())?;
-        warm.push(start.elapsed().as_secs_f64() * 1e6);
-    }
-    reopen.sort_by(f64::total_cmp);
-    warm.sort_by(f64::total_cmp);
+    let stubs: Vec<_> = (0..n.min(500))
+        .map(|i| c2.get::<Counter>(&format!("m{i}")))
+        .collect();
+    let (reopen, warm) = first_and_again(&stubs).await?;
     c1.close();
     c2.close();
     bare.stop();
@@ -1209,6 +1188,26 @@ async fn memory_preauth(plan: &Plan) -> Result<f64, String> {
 }
 
 /// Call every counter `m0..m{n}` (an increment, or a read), 64 at a time.
+/// One `get` on each counter, timed, then the same call again at once: the two sets of
+/// latencies in microseconds, each sorted.
+async fn first_and_again(
+    stubs: &[<Counter as durable::ObjectClass>::Client],
+) -> Result<(Vec<f64>, Vec<f64>), String> {
+    let mut first = Vec::with_capacity(stubs.len());
+    let mut again = Vec::with_capacity(stubs.len());
+    for s in stubs {
+        let start = Instant::now();
+        s.get().await.map_err(|e| e.to_string())?;
+        first.push(start.elapsed().as_secs_f64() * 1e6);
+        let start = Instant::now();
+        s.get().await.map_err(|e| e.to_string())?;
+        again.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    first.sort_by(f64::total_cmp);
+    again.sort_by(f64::total_cmp);
+    Ok((first, again))
+}
+
 async fn for_each_object(client: &Client, n: usize, write: bool) -> Result<(), String> {
     for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
         let calls = chunk.iter().map(|i| {

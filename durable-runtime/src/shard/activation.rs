@@ -198,7 +198,7 @@ impl Object {
         } else {
             Err("rebuilding needs the host log".into())
         };
-        self.log = None;
+        self.detach_log();
         match rebuilt {
             Ok(()) => {
                 tracing::warn!(class = self.class.name, id = %self.id, problem, "rebuilt the object's file from the log archive");
@@ -307,9 +307,19 @@ impl Object {
         // bound: an object quiet this long already had its quiet digest, unless larger).
         self.record_digest(DIGEST_QUIET_MAX);
         self.drop_connection();
-        self.log = None;
-        self.slot.detaches.set(self.slot.detaches.get() + 1);
+        self.detach_log();
         crate::sqlite_memory::collect_soon();
+    }
+
+    /// Let go of the object's log handle (returned): durability watches on it then see
+    /// their channel close, and [`Slot::detaches`](super::slot::Slot::detaches) tells
+    /// them that is no failure of the log.
+    pub(super) fn detach_log(&mut self) -> Option<Box<dyn crate::durability::ObjectLog>> {
+        let log = self.log.take();
+        if log.is_some() {
+            self.slot.detaches.set(self.slot.detaches.get() + 1);
+        }
+        log
     }
 
     /// Close the connection and what belongs to it (the capture and the statements go

@@ -60,9 +60,8 @@ impl Object {
                 "installing the restored state (replayed on restart): {e}"
             ));
         }
-        if let Some(log) = self.log.take() {
+        if let Some(log) = self.detach_log() {
             log.applied(pos.lsn);
-            self.slot.detaches.set(self.slot.detaches.get() + 1);
         }
         // The restored state has its own alarms: index them.
         let due = rusqlite::Connection::open(&path)
