@@ -318,3 +318,52 @@ async fn a_quiet_object_closes_its_files_keeps_its_memory_and_reopens_on_the_nex
     assert_eq!(p.get("before".into()).await.unwrap(), Some(1));
     assert_eq!(p.get("after".into()).await.unwrap(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_object_reopens_its_file_ahead_of_its_next_alarm() {
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &["--connection-idle-secs", "0.2"]);
+    let pid = host.child.id();
+    let client = host.client().await;
+    let p = client.get::<durable_tests::Probe>("sleeper");
+    // Far enough ahead that the quiet object closes its files (an alarm due within
+    // 10 s keeps them open), near enough for a test.
+    p.ring_after("wake".into(), 14_000).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    // No calls from here until the files reopen: a call would reopen them itself.
+    while !open_object_files(pid).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a quiet object still holds {:?}",
+            open_object_files(pid)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    while open_object_files(pid).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the files never reopened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let reopened_ms = now_ms();
+    let rung_ms = loop {
+        if let Some(ring) = p.rings().await.unwrap().first() {
+            break ring.2;
+        }
+        assert!(std::time::Instant::now() < deadline, "the alarm never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    // The files were open well before the alarm's turn (2 s ahead; before, the turn
+    // itself opened them, late).
+    assert!(
+        reopened_ms + 1_000 <= rung_ms,
+        "reopened at {reopened_ms}, the alarm ran at {rung_ms}"
+    );
+}

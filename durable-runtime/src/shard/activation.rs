@@ -3,7 +3,7 @@
 //! entries in the host's alarm index.
 
 use super::file_txn::Run;
-use super::object::{settled, Object, ALARM_WARM, DIGEST_QUIET_MAX};
+use super::object::{settled, Object, ALARM_REOPEN_LEAD, ALARM_WARM, DIGEST_QUIET_MAX};
 use super::outcomes::{indeterminate, internal, refused};
 use crate::core::outbox::Effects;
 use crate::restore_target::RestoreTarget;
@@ -309,6 +309,33 @@ impl Object {
         self.drop_connection();
         self.detach_log();
         crate::sqlite_memory::collect_soon();
+    }
+
+    /// How long until this object, its connection closed, should reopen it ahead of its
+    /// next alarm ([`ALARM_REOPEN_LEAD`] before it is due; zero: now), or `None`: open,
+    /// no alarm, poisoned, or a reopen for this alarm already tried.
+    pub(super) fn reopen_wait(&self) -> Option<Duration> {
+        let due = self.reported_due?;
+        if self.conn.is_some() || self.poisoned || self.reopened_for == Some(due) {
+            return None;
+        }
+        let at = due.saturating_sub(ALARM_REOPEN_LEAD.as_millis() as u64);
+        Some(Duration::from_millis(
+            at.saturating_sub(self.config.clock.now_ms()),
+        ))
+    }
+
+    /// Reopen a closed connection for an alarm soon due, and parse what its turn runs
+    /// first. A failure is left for the alarm's turn, which opens the file anyway (and
+    /// answers for it).
+    pub(super) fn reopen_for_alarm(&mut self) {
+        self.reopened_for = self.reported_due;
+        match self.open(None) {
+            Ok(()) => crate::alarms::prepare_wake(self.db()),
+            Err(_) => {
+                tracing::debug!(class = self.class.name, id = %self.id, "reopening ahead of an alarm failed; the alarm's turn opens the file")
+            }
+        }
     }
 
     /// Let go of the object's log handle (returned): durability watches on it then see

@@ -173,6 +173,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         turns: 0,
         request_max: None,
         marker: None,
+        reopened_for: None,
     };
     tokio::task::spawn_local(object.run());
     crate::telemetry::object_active(1.0, false);

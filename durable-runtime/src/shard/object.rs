@@ -94,6 +94,9 @@ pub(super) struct Object {
     /// could only make a batch look as if it changed the schema (it then ships an
     /// image), never hide a change: the version only grows, except by a rollback.
     pub(super) marker: Option<(u64, i64)>,
+    /// The alarm due time a closed connection was last reopened ahead of (see
+    /// [`Object::reopen_wait`]): a failed reopen is not tried again for the same alarm.
+    pub(super) reopened_for: Option<u64>,
 }
 
 /// A batch in progress: what its commit needs. A turn that calls another object
@@ -122,6 +125,11 @@ pub(super) const IDLE_RELEASE: Duration = Duration::from_secs(1);
 /// turn that reads its pages back from the OS runs up to milliseconds late when many
 /// objects' alarms come due together.
 pub(super) const ALARM_WARM: Duration = Duration::from_secs(10);
+
+/// A quiet object that closed its connection reopens it this long before its next
+/// alarm is due, so that the alarm's turn does not pay the open (and the parse of the
+/// alarm statements) late.
+pub(super) const ALARM_REOPEN_LEAD: Duration = Duration::from_secs(2);
 
 /// Most batches an object keeps in its open transaction before committing its file.
 pub(super) const DEFER_MAX_BATCHES: usize = 64;
@@ -172,7 +180,16 @@ impl Object {
                                 self.close_connection();
                             }
                         }
-                        None => self.slot.notify.notified().await,
+                        // Closed (or not closable): wake to reopen ahead of an alarm.
+                        None => match self.reopen_wait() {
+                            Some(wait) => {
+                                let quiet = tokio::time::timeout(wait, self.slot.notify.notified());
+                                if quiet.await.is_err() {
+                                    self.reopen_for_alarm();
+                                }
+                            }
+                            None => self.slot.notify.notified().await,
+                        },
                     }
                 }
                 None if self.deferred == 0 => {
