@@ -11,6 +11,7 @@
 //! against its state after, as the session extension would (rowid tables without a
 //! primary key are keyed by rowid, as with `SQLITE_SESSION_OBJCONFIG_ROWID`).
 
+use crate::db::Statements;
 use rusqlite::ffi;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::Connection;
@@ -109,7 +110,11 @@ impl ChangeCapture {
     /// The changeset of everything captured since the capture started or was last
     /// reset, then reset. `conn` is the captured connection, `schema` its current
     /// `PRAGMA schema_version` (table layouts are re-read when it moves).
-    pub(crate) fn changeset(&mut self, conn: &Connection, schema: i64) -> Result<Vec<u8>, String> {
+    pub(crate) fn changeset(
+        &mut self,
+        conn: &impl Statements,
+        schema: i64,
+    ) -> Result<Vec<u8>, String> {
         if std::mem::take(&mut self.state.failed) {
             self.state.changes.clear();
             return Err("capturing the batch's changes ran out of memory".into());
@@ -132,7 +137,7 @@ impl ChangeCapture {
         for raw in changes {
             let name = &self.state.tables[raw.table];
             if !self.layouts.contains_key(name) {
-                let layout = read_layout(conn, name)?;
+                let layout = read_layout(conn.conn(), name)?;
                 self.layouts.insert(name.clone(), layout);
             }
             let layout = &self.layouts[name];
@@ -397,41 +402,41 @@ fn quote(identifier: &str) -> String {
 }
 
 /// The row with `probe`'s key as it is now, if there is one.
-fn current(conn: &Connection, layout: &Layout, probe: &Row) -> Result<Option<Row>, String> {
-    let mut st = conn
-        .prepare_cached(&layout.select)
-        .map_err(|e| e.to_string())?;
-    // Bind the key in primary-key order.
-    let mut keys: Vec<(u8, Cow<'_, Val>)> = layout
-        .cols
-        .iter()
-        .zip(&layout.pk)
-        .filter(|(_, &k)| k != 0)
-        .map(|(c, &k)| (k, value(probe, *c)))
-        .collect();
-    keys.sort_by_key(|(k, _)| *k);
-    for (i, (_, v)) in keys.iter().enumerate() {
-        st.raw_bind_parameter(i + 1, v).map_err(|e| e.to_string())?;
-    }
-    let mut rows = st.raw_query();
-    let Some(r) = rows.next().map_err(|e| e.to_string())? else {
-        return Ok(None);
-    };
-    let width = layout.cols.iter().flatten().max().map_or(0, |m| m + 1);
-    let mut row = Row {
-        rowid: r.get::<_, i64>(0).map_err(|e| e.to_string())?,
-        vals: vec![Val::Null; width],
-    };
-    for (i, col) in layout.cols.iter().flatten().enumerate() {
-        row.vals[*col] = match r.get_ref(i + 1).map_err(|e| e.to_string())? {
-            ValueRef::Integer(v) => Val::Int(v),
-            ValueRef::Real(v) => Val::Real(v),
-            ValueRef::Text(t) => Val::Text(t.to_vec()),
-            ValueRef::Blob(b) => Val::Blob(b.to_vec()),
-            ValueRef::Null => Val::Null,
+fn current(conn: &impl Statements, layout: &Layout, probe: &Row) -> Result<Option<Row>, String> {
+    conn.with(&layout.select, |st| {
+        // Bind the key in primary-key order.
+        let mut keys: Vec<(u8, Cow<'_, Val>)> = layout
+            .cols
+            .iter()
+            .zip(&layout.pk)
+            .filter(|(_, &k)| k != 0)
+            .map(|(c, &k)| (k, value(probe, *c)))
+            .collect();
+        keys.sort_by_key(|(k, _)| *k);
+        for (i, (_, v)) in keys.iter().enumerate() {
+            st.raw_bind_parameter(i + 1, v)?;
+        }
+        let mut rows = st.raw_query();
+        let Some(r) = rows.next()? else {
+            return Ok(None);
         };
-    }
-    Ok(Some(row))
+        let width = layout.cols.iter().flatten().max().map_or(0, |m| m + 1);
+        let mut row = Row {
+            rowid: r.get::<_, i64>(0)?,
+            vals: vec![Val::Null; width],
+        };
+        for (i, col) in layout.cols.iter().flatten().enumerate() {
+            row.vals[*col] = match r.get_ref(i + 1)? {
+                ValueRef::Integer(v) => Val::Int(v),
+                ValueRef::Real(v) => Val::Real(v),
+                ValueRef::Text(t) => Val::Text(t.to_vec()),
+                ValueRef::Blob(b) => Val::Blob(b.to_vec()),
+                ValueRef::Null => Val::Null,
+            };
+        }
+        Ok(Some(row))
+    })
+    .map_err(|e| e.to_string())
 }
 
 impl rusqlite::ToSql for Val {

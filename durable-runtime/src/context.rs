@@ -2,6 +2,7 @@
 //! ([`Sql`]) and key-value storage ([`Storage`]) on the object's own SQLite
 //! database, all inside the turn's transaction.
 
+use crate::db::{Db, Statements};
 use crate::error::{Error, ErrorKind};
 use crate::tables::{self, Lazy};
 use durable_client::ObjectId;
@@ -17,7 +18,7 @@ pub const MAX_VALUE_BYTES: usize = 2 << 20;
 pub struct Context {
     /// Shared with the shard, which commits the batch so far while a turn waits on
     /// another object (see [`crate::outgoing`]).
-    pub(crate) conn: std::rc::Rc<Connection>,
+    pub(crate) conn: std::rc::Rc<crate::db::Db>,
     pub(crate) class: &'static str,
     pub(crate) id: ObjectId,
     pub(crate) name: Option<String>,
@@ -47,7 +48,7 @@ impl Context {
         name: Option<String>,
     ) -> Context {
         Context {
-            conn: std::rc::Rc::new(conn),
+            conn: std::rc::Rc::new(crate::db::Db::new(conn)),
             class,
             id,
             name,
@@ -377,14 +378,14 @@ fn row_as<T: DeserializeOwned>(names: &[String], row: &Row<'_>) -> Result<T, Err
 /// the transaction. Table names starting with `_durable` are reserved.
 #[derive(Debug)]
 pub struct Sql<'a> {
-    pub(crate) conn: &'a Connection,
+    pub(crate) conn: &'a Db,
     pub(crate) force_image: &'a std::cell::Cell<bool>,
 }
 
 impl Sql<'_> {
     /// Execute one statement; returns the number of rows changed.
     pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize, Error> {
-        Ok(self.conn.prepare_cached(sql)?.execute(params)?)
+        Ok(self.conn.exec(sql, params)?)
     }
 
     /// Execute several statements separated by `;` (no parameters).
@@ -399,7 +400,7 @@ impl Sql<'_> {
         P: Params,
         F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
     {
-        Ok(self.conn.prepare_cached(sql)?.query_row(params, f)?)
+        Ok(self.conn.with(sql, |s| s.query_row(params, f))?)
     }
 
     /// Run a query returning at most one row.
@@ -408,11 +409,7 @@ impl Sql<'_> {
         P: Params,
         F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
     {
-        Ok(self
-            .conn
-            .prepare_cached(sql)?
-            .query_row(params, f)
-            .optional()?)
+        Ok(self.conn.with(sql, |s| s.query_row(params, f).optional())?)
     }
 
     /// Run a query and turn every row into a `T` by column name: each row becomes
@@ -548,7 +545,7 @@ impl Sql<'_> {
 /// encoded values at most [`MAX_VALUE_BYTES`].
 #[derive(Debug)]
 pub struct Storage<'a> {
-    pub(crate) conn: &'a Connection,
+    pub(crate) conn: &'a Db,
 }
 
 fn check_key(key: &str) -> Result<(), Error> {
@@ -591,9 +588,9 @@ impl Storage<'_> {
         }
         let bytes: Option<Vec<u8>> = self
             .conn
-            .prepare_cached("SELECT value FROM _durable_kv WHERE key = ?1")?
-            .query_row([key], |r| r.get(0))
-            .optional()?;
+            .with("SELECT value FROM _durable_kv WHERE key = ?1", |s| {
+                s.query_row([key], |r| r.get(0)).optional()
+            })?;
         bytes
             .map(|b| postcard::from_bytes(&b).map_err(Error::from))
             .transpose()
@@ -613,9 +610,10 @@ impl Storage<'_> {
             ));
         }
         tables::ensure_table(self.conn, Lazy::Kv)?;
-        self.conn
-            .prepare_cached("INSERT INTO _durable_kv(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
-            .execute(rusqlite::params![key, bytes])?;
+        self.conn.exec(
+            "INSERT INTO _durable_kv(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            rusqlite::params![key, bytes],
+        )?;
         Ok(())
     }
 
@@ -627,8 +625,7 @@ impl Storage<'_> {
         }
         Ok(self
             .conn
-            .prepare_cached("DELETE FROM _durable_kv WHERE key = ?1")?
-            .execute([key])?
+            .exec("DELETE FROM _durable_kv WHERE key = ?1", [key])?
             > 0)
     }
 

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod clock;
 mod context;
 mod core;
+mod db;
 mod durability;
 mod error;
 pub mod feed;

@@ -3,6 +3,7 @@
 //! component), the runtime's own tables, and the record of recent request ids.
 
 use crate::context::Context;
+use crate::db::Statements;
 use crate::tables::{has_table, Lazy};
 use durable_client::ObjectId;
 use rusqlite::{Connection, OptionalExtension};
@@ -316,15 +317,18 @@ pub(crate) fn stored_seq(conn: &Connection) -> rusqlite::Result<u64> {
 }
 
 /// Record `seq` as the last batch the database holds (inside the batch's transaction).
-pub(crate) fn set_stored_seq(conn: &Connection, seq: u64) -> rusqlite::Result<()> {
+pub(crate) fn set_stored_seq(conn: &impl Statements, seq: u64) -> rusqlite::Result<()> {
     // In place: every batch after an object's first finds the row (`INSERT OR
     // REPLACE` deleted and re-inserted it, twice the b-tree work per batch).
-    let updated = conn
-        .prepare_cached("UPDATE _durable_meta SET value = ?1 WHERE key = 'log_seq'")?
-        .execute([seq as i64])?;
+    let updated = conn.exec(
+        "UPDATE _durable_meta SET value = ?1 WHERE key = 'log_seq'",
+        [seq as i64],
+    )?;
     if updated == 0 {
-        conn.prepare_cached("INSERT INTO _durable_meta(key, value) VALUES ('log_seq', ?1)")?
-            .execute([seq as i64])?;
+        conn.exec(
+            "INSERT INTO _durable_meta(key, value) VALUES ('log_seq', ?1)",
+            [seq as i64],
+        )?;
     }
     Ok(())
 }
@@ -689,31 +693,35 @@ pub(crate) fn decode_changes(payload: &[u8]) -> Result<ChangesPayload<'_>, Strin
 /// (0 if recorded before digests existed). The `kind` column holds the outcome in
 /// its low bit and the digest above it.
 pub(crate) fn lookup_request(
-    conn: &Connection,
+    conn: &impl Statements,
     id: &[u8; 16],
 ) -> rusqlite::Result<Option<(u64, Recorded)>> {
-    conn.prepare_cached("SELECT kind, body FROM _durable_requests WHERE id = ?1")?
-        .query_row([&id[..]], |r| {
-            let kind: i64 = r.get(0)?;
-            let body: Vec<u8> = r.get(1)?;
-            let digest = (kind as u64) >> 1;
-            Ok((
-                digest,
-                if kind & 1 == 0 {
-                    Recorded::Return(body)
-                } else {
-                    Recorded::AppError(body)
-                },
-            ))
-        })
-        .optional()
+    conn.with(
+        "SELECT kind, body FROM _durable_requests WHERE id = ?1",
+        |s| {
+            s.query_row([&id[..]], |r| {
+                let kind: i64 = r.get(0)?;
+                let body: Vec<u8> = r.get(1)?;
+                let digest = (kind as u64) >> 1;
+                Ok((
+                    digest,
+                    if kind & 1 == 0 {
+                        Recorded::Return(body)
+                    } else {
+                        Recorded::AppError(body)
+                    },
+                ))
+            })
+            .optional()
+        },
+    )
 }
 
 /// The largest request id recorded (all zeros if none): the index's last entry.
-pub(crate) fn max_request_id(conn: &Connection) -> rusqlite::Result<[u8; 16]> {
-    let max: Option<Vec<u8>> = conn
-        .prepare_cached("SELECT max(id) FROM _durable_requests")?
-        .query_row([], |r| r.get(0))?;
+pub(crate) fn max_request_id(conn: &impl Statements) -> rusqlite::Result<[u8; 16]> {
+    let max: Option<Vec<u8>> = conn.with("SELECT max(id) FROM _durable_requests", |s| {
+        s.query_row([], |r| r.get(0))
+    })?;
     // Ids are 16 bytes; anything else (never written by the runtime) makes every id
     // look possibly seen, which only costs lookups.
     Ok(match max {
@@ -725,7 +733,7 @@ pub(crate) fn max_request_id(conn: &Connection) -> rusqlite::Result<[u8; 16]> {
 /// Record a call's outcome and digest; every 64 records, drop those older than
 /// `window`.
 pub(crate) fn record_request(
-    conn: &Connection,
+    conn: &impl Statements,
     id: &[u8; 16],
     digest: u64,
     outcome: &Recorded,
@@ -736,19 +744,20 @@ pub(crate) fn record_request(
         Recorded::Return(b) => (digest << 1, b),
         Recorded::AppError(b) => (digest << 1 | 1, b),
     };
-    let inserted = conn
-        .prepare_cached(
-            "INSERT OR IGNORE INTO _durable_requests(id, kind, body) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(rusqlite::params![&id[..], kind, body])?;
+    let inserted = conn.exec(
+        "INSERT OR IGNORE INTO _durable_requests(id, kind, body) VALUES (?1, ?2, ?3)",
+        rusqlite::params![&id[..], kind, body],
+    )?;
     if inserted == 0 {
         // Already recorded (a replay): no new row, and last_insert_rowid() is not ours.
         return Ok(());
     }
-    let seq = conn.last_insert_rowid();
+    let seq = conn.conn().last_insert_rowid();
     if seq % 64 == 0 {
-        conn.prepare_cached("DELETE FROM _durable_requests WHERE seq <= ?1")?
-            .execute([seq - window as i64])?;
+        conn.exec(
+            "DELETE FROM _durable_requests WHERE seq <= ?1",
+            [seq - window as i64],
+        )?;
     }
     Ok(())
 }
@@ -858,7 +867,7 @@ mod tests {
             assert!(!has_table(&ctx.conn, lazy).unwrap(), "{lazy:?}");
         }
         assert_eq!(ctx.name.as_deref(), Some("n"));
-        set_stored_seq(&ctx.conn, 7).unwrap();
+        set_stored_seq(&*ctx.conn, 7).unwrap();
         set_image_time(&ctx.conn, 1234).unwrap();
         crate::tables::ensure_table(&ctx.conn, Lazy::Alarms).unwrap();
         ctx.conn

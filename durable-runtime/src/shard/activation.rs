@@ -364,7 +364,7 @@ impl Object {
     /// (and so cannot have been applied before).
     pub(super) fn unseen_request(
         &mut self,
-        conn: &rusqlite::Connection,
+        conn: &crate::db::Db,
         id: &[u8; 16],
     ) -> rusqlite::Result<bool> {
         let max = match self.request_max {

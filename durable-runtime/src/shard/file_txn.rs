@@ -6,6 +6,7 @@ use super::object::{settled_pos, Object, DEFER_MAX_BATCHES};
 use super::outcomes::{internal, CommitError, FileCommit};
 use crate::capture::ChangeCapture;
 use crate::core::outbox::Effects;
+use crate::db::Statements;
 use crate::durability::Change;
 use crate::store;
 use durable_client::wire::Response;
@@ -30,7 +31,7 @@ impl Object {
     /// it), the batch's savepoint and the running turn's.
     pub(super) fn begin_savepoints(
         &mut self,
-        conn: &rusqlite::Connection,
+        conn: &crate::db::Db,
         turn: &str,
     ) -> Result<(), String> {
         let e = |e: rusqlite::Error| e.to_string();
@@ -49,7 +50,7 @@ impl Object {
     /// A fresh change capture, if the log wants changes.
     pub(super) fn start_capture(
         &mut self,
-        conn: &rusqlite::Connection,
+        conn: &crate::db::Db,
     ) -> Result<Option<ChangeCapture>, String> {
         let wants = self.log.as_ref().is_some_and(|l| l.captures_changes());
         if !wants {
@@ -309,7 +310,7 @@ impl Object {
         let seq = self.seq + 1;
         let log = self.log.as_ref().expect("attached");
         if !log.captures_changes() {
-            store::set_stored_seq(&conn, seq).map_err(not_applied)?;
+            store::set_stored_seq(&*conn, seq).map_err(not_applied)?;
             drop(capture);
             // The file is the durability: commit every batch. A failed COMMIT may have
             // left the commit frame in the WAL: indeterminate.
@@ -331,14 +332,14 @@ impl Object {
                 // marker until the next batch begins.
                 self.marker = Some(after);
                 Change::Changeset(store::encode_changes(
-                    &c.changeset(&conn, after.1)
+                    &c.changeset(&*conn, after.1)
                         .map_err(CommitError::NotApplied)?,
                     recorded,
                 ))
             }
             _ => {
                 // An image carries its batch number: replaying it sets the file's.
-                store::set_stored_seq(&conn, seq).map_err(not_applied)?;
+                store::set_stored_seq(&*conn, seq).map_err(not_applied)?;
                 store::set_image_time(&conn, now).map_err(not_applied)?;
                 self.last_image_ms = now;
                 self.last_image_seq = seq;
@@ -396,9 +397,9 @@ pub(super) trait Run {
     fn run(&self, sql: &str) -> rusqlite::Result<()>;
 }
 
-impl Run for rusqlite::Connection {
+impl Run for crate::db::Db {
     fn run(&self, sql: &str) -> rusqlite::Result<()> {
-        self.prepare_cached(sql)?.execute([]).map(drop)
+        crate::db::Statements::exec(self, sql, []).map(drop)
     }
 }
 
@@ -416,10 +417,9 @@ impl Object {
 }
 
 /// Something that changes whenever a transaction writes rows or the schema.
-pub(super) fn write_marker(conn: &rusqlite::Connection) -> (u64, i64) {
+pub(super) fn write_marker(conn: &crate::db::Db) -> (u64, i64) {
     let schema: i64 = conn
-        .prepare_cached("PRAGMA schema_version")
-        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .with("PRAGMA schema_version", |s| s.query_row([], |r| r.get(0)))
         .unwrap_or(-1);
     (conn.total_changes(), schema)
 }

@@ -31,7 +31,7 @@ pub(super) struct Object {
     pub(super) ctx: Option<Context>,
     /// The object's connection while it is open (the one `ctx` holds): the batch
     /// machinery reaches it through here, also while a turn holds `ctx`.
-    pub(super) conn: Option<Rc<rusqlite::Connection>>,
+    pub(super) conn: Option<Rc<crate::db::Db>>,
     pub(super) instance: Option<Box<dyn Instance>>,
     pub(super) log: Option<Box<dyn ObjectLog>>,
     /// The last batch committed (and handed to the log); stored in the database.
@@ -144,7 +144,7 @@ pub(super) const DEFER_IDLE: Duration = Duration::from_millis(100);
 
 impl Object {
     /// The object's open connection.
-    pub(super) fn db(&self) -> &rusqlite::Connection {
+    pub(super) fn db(&self) -> &crate::db::Db {
         self.conn.as_deref().expect("opened")
     }
 

@@ -50,7 +50,7 @@ impl Object {
     /// writes so far durable before it calls another object.
     pub(super) async fn drive<F: std::future::Future>(
         &mut self,
-        conn: &rusqlite::Connection,
+        conn: &crate::db::Db,
         bs: &mut Pending,
         savepoint: &str,
         turn: F,
@@ -84,7 +84,7 @@ impl Object {
     /// turn ends.
     pub(super) async fn flush_turn(
         &mut self,
-        conn: &rusqlite::Connection,
+        conn: &crate::db::Db,
         bs: &mut Pending,
         savepoint: &str,
     ) -> Result<(), String> {
@@ -121,7 +121,7 @@ impl Object {
 
     pub(super) async fn flush_turn_inner(
         &mut self,
-        conn: &rusqlite::Connection,
+        conn: &crate::db::Db,
         bs: &mut Pending,
     ) -> Result<(), CommitError> {
         let wrote = write_marker(conn) != bs.before || self.needs_image;
@@ -539,7 +539,7 @@ pub(super) async fn run_call(
     {
         None
     } else {
-        store::lookup_request(&ctx.conn, &request.request_id).map_err(db)?
+        store::lookup_request(&*ctx.conn, &request.request_id).map_err(db)?
     };
     if let Some((first, recorded)) = recorded {
         if first != 0 && first != digest {
@@ -614,7 +614,7 @@ pub(super) async fn run_call(
     // rollback once per batch instead of once per call (a failure here fails the whole
     // batch anyway).
     let record = |obj: &mut Object, ctx: &Context, bs: &mut Pending, outcome: Recorded| {
-        store::record_request(&ctx.conn, &request.request_id, digest, &outcome, window)
+        store::record_request(&*ctx.conn, &request.request_id, digest, &outcome, window)
             .map_err(db)?;
         obj.recorded_request(&request.request_id);
         bs.recorded.push((request.request_id, digest, outcome));
