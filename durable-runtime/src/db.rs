@@ -7,7 +7,7 @@
 //! list scanned by length and text: nothing hashed, nothing allocated. Users' SQL keeps
 //! going through rusqlite's cache.
 
-use rusqlite::{Connection, Params, Statement};
+use rusqlite::{Connection, Params, PrepFlags, Statement};
 use std::cell::RefCell;
 
 /// A connection and the runtime statements prepared on it. Dereferences to the
@@ -104,7 +104,9 @@ impl Statements for Db {
         let mut stmt = match taken {
             Some(stmt) => stmt,
             None => {
-                let stmt = self.conn.prepare(sql)?;
+                let stmt = self
+                    .conn
+                    .prepare_with_flags(sql, PrepFlags::SQLITE_PREPARE_PERSISTENT)?;
                 // SAFETY: the statement borrows `*self.conn`, which is boxed (it never
                 // moves) and outlives every statement in `held` (field order). The
                 // statement is lent out only to `f`, for a lifetime `f` cannot name,
