@@ -385,7 +385,7 @@ pub struct Sql<'a> {
 impl Sql<'_> {
     /// Execute one statement; returns the number of rows changed.
     pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize, Error> {
-        Ok(self.conn.exec(sql, params)?)
+        Ok(self.conn.prepare_cached(sql)?.execute(params)?)
     }
 
     /// Execute several statements separated by `;` (no parameters).
@@ -400,7 +400,7 @@ impl Sql<'_> {
         P: Params,
         F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
     {
-        Ok(self.conn.with(sql, |s| s.query_row(params, f))?)
+        Ok(self.conn.prepare_cached(sql)?.query_row(params, f)?)
     }
 
     /// Run a query returning at most one row.
@@ -409,7 +409,11 @@ impl Sql<'_> {
         P: Params,
         F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
     {
-        Ok(self.conn.with(sql, |s| s.query_row(params, f).optional())?)
+        Ok(self
+            .conn
+            .prepare_cached(sql)?
+            .query_row(params, f)
+            .optional()?)
     }
 
     /// Run a query and turn every row into a `T` by column name: each row becomes

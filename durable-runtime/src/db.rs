@@ -3,9 +3,11 @@
 //! rusqlite's statement cache costs, on every use, a trim and a hash of the SQL, an
 //! `Arc<str>` allocated for its key, and a second hash to put the statement back: ~5%
 //! of a host's time under increments (BENCHMARKS.md, session 14). The runtime runs a
-//! handful of statements on every call and batch, so [`Db`] keeps those in a short
-//! list scanned by length and text: nothing hashed, nothing allocated. Users' SQL keeps
-//! going through rusqlite's cache.
+//! handful of fixed statements on every call and batch (savepoints, the request record,
+//! the batch number, key-value storage, the change capture's row reads), so [`Db`]
+//! keeps those in a short list scanned by length and text: nothing hashed, nothing
+//! allocated. Users' own SQL keeps going through rusqlite's cache (its texts are
+//! unbounded, and its least recently used statements go first).
 
 use rusqlite::{Connection, Params, PrepFlags, Statement};
 use std::cell::RefCell;
@@ -16,7 +18,8 @@ pub(crate) struct Db {
     /// Declared before `conn`: every statement is finalized before the connection
     /// closes (SQLite refuses to close a connection with live statements).
     held: RefCell<Vec<Held>>,
-    /// Boxed so that its address, which the held statements borrow, never moves.
+    /// Boxed so that its address, which the held statements borrow, never moves
+    /// (also if the `Db` itself is moved with statements in `held`).
     conn: Box<Connection>,
 }
 
@@ -115,6 +118,9 @@ impl Statements for Db {
             }
         };
         let result = f(&mut stmt);
+        // As rusqlite's cache does: a kept statement holds no copy of its last values
+        // (a value of megabytes, or a named parameter the next use leaves unbound).
+        stmt.clear_bindings();
         let mut held = self.held.borrow_mut();
         let room = held.len() < HELD_MAX;
         match held.iter_mut().find(same) {
@@ -177,6 +183,19 @@ mod tests {
         const BAD: &str = "SELECT * FROM missing";
         assert!(db.exec(BAD, []).is_err());
         assert_eq!(db.held.borrow().len(), 2);
+        // A kept statement forgets its values: unbound, a parameter reads NULL.
+        const ECHO: &str = "SELECT ?1";
+        let first: Option<String> = db
+            .with(ECHO, |s| {
+                s.raw_bind_parameter(1, "a large value")?;
+                s.raw_query().next()?.unwrap().get(0)
+            })
+            .unwrap();
+        assert_eq!(first.as_deref(), Some("a large value"));
+        let again: Option<String> = db
+            .with(ECHO, |s| s.raw_query().next()?.unwrap().get(0))
+            .unwrap();
+        assert_eq!(again, None);
         // Past the bound, statements go through rusqlite's cache.
         for i in 0..HELD_MAX + 4 {
             let n: i64 = db

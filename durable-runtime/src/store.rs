@@ -98,7 +98,8 @@ fn build_template() -> rusqlite::Result<Vec<u8>> {
 /// more CPU than they hold memory (flushing them too made alarms that wake quiet
 /// objects run 100 ms late at p99).
 pub(crate) fn release_idle_memory(conn: &Connection) {
-    // Prepared statements are kept: dropping them here (about 16 KB per object) made
+    // Prepared statements are kept (rusqlite's cache and the runtime's own in `Db`):
+    // dropping them here (about 16 KB per object) made
     // every alarm wake re-parse them, and alarm lateness p99 grew from ~20 ms to
     // 100-190 ms (BENCHMARKS.md).
     // SAFETY: a live connection owned by this thread.

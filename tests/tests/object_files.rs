@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::HostProcess;
+use common::{open_object_files, HostProcess};
 use durable::CallError;
 use durable_examples::counter::Counter;
 use std::path::{Path, PathBuf};
@@ -260,16 +260,6 @@ async fn an_object_active_at_a_crash_is_checked_against_its_last_quiet_digest() 
     assert!(text.contains("the object's file is damaged"), "{text}");
 }
 
-/// The files under `objects/` the process `pid` holds open.
-fn open_object_files(pid: u32) -> Vec<PathBuf> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter(|target| target.to_string_lossy().contains("/objects/"))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_object_closes_its_files_keeps_its_memory_and_reopens_on_the_next_call() {
     let dir = tempfile::tempdir().unwrap();
@@ -328,13 +318,18 @@ async fn a_closed_object_reopens_its_file_ahead_of_its_next_alarm() {
             .as_millis() as u64
     };
     let dir = tempfile::tempdir().unwrap();
-    let host = HostProcess::start(dir.path(), &["--connection-idle-secs", "0.2"]);
+    // No log checkpoints: one syncs object files, which would look like a reopen.
+    let host = HostProcess::start(
+        dir.path(),
+        &["--connection-idle-secs", "0.2", "--checkpoint-secs", "0"],
+    );
     let pid = host.child.id();
     let client = host.client().await;
     let p = client.get::<durable_tests::Probe>("sleeper");
     // Far enough ahead that the quiet object closes its files (an alarm due within
-    // 10 s keeps them open), near enough for a test.
-    p.ring_after("wake".into(), 14_000).await.unwrap();
+    // 10 s keeps them open: the close, ~1.2 s after the call, has 8 s to happen), near
+    // enough for a test.
+    p.ring_after("wake".into(), 18_000).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
     // No calls from here until the files reopen: a call would reopen them itself.
     while !open_object_files(pid).is_empty() {

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{method_fingerprint, HostProcess};
+use common::{method_fingerprint, open_object_files, HostProcess};
 use durable::{CallError, Retry};
 use durable_examples::counter::Counter;
 use durable_tests::{Probe, ProbeError};
@@ -309,16 +309,6 @@ async fn a_file_commit_failing_after_the_log_made_its_batch_durable_answers_appl
     let client = host.client().await;
     assert_eq!(client.get::<Counter>("split").get().await.unwrap(), value);
     drop(host);
-}
-
-/// The files under `objects/` the process `pid` holds open.
-fn open_object_files(pid: u32) -> Vec<PathBuf> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-        .filter(|target| target.to_string_lossy().contains("/objects/"))
-        .collect()
 }
 
 /// A full disk refuses writes while many are in flight; space comes back; the quiet

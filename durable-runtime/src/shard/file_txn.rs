@@ -390,9 +390,8 @@ impl Object {
     }
 }
 
-/// Statements the runtime runs on every batch, prepared once per connection. (Not the
-/// per-batch savepoints: their names carry the batch number, and caching them would
-/// push every other statement out of the connection's cache.)
+/// Statements the runtime runs on every batch, prepared once per connection and kept
+/// by the connection's [`Db`](crate::db::Db).
 pub(super) trait Run {
     fn run(&self, sql: &str) -> rusqlite::Result<()>;
 }

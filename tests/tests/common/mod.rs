@@ -265,3 +265,13 @@ pub fn method_fingerprint<C: durable::ObjectClass>(name: &str) -> u64 {
         .unwrap()
         .fingerprint
 }
+
+/// The files under `objects/` the process `pid` holds open.
+pub fn open_object_files(pid: u32) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("/objects/"))
+        .collect()
+}
