@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{open_object_files, HostProcess};
+use common::{open_object_files, until_object_files_closed, HostProcess};
 use durable::CallError;
 use durable_examples::counter::Counter;
 use std::path::{Path, PathBuf};
@@ -281,14 +281,7 @@ async fn a_quiet_object_closes_its_files_keeps_its_memory_and_reopens_on_the_nex
     );
     // Quiet: after the page-cache release (1 s) and the connection idle time, every
     // file of the object is closed.
-    while !open_object_files(pid).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a quiet object still holds {:?}",
-            open_object_files(pid)
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    until_object_files_closed(pid, deadline).await;
     // The instance stayed (its in-memory attempts are there), the file reopens for
     // the call, and both writes are stored.
     let attempts = p.attempts().await.unwrap();
@@ -332,14 +325,7 @@ async fn a_closed_object_reopens_its_file_ahead_of_its_next_alarm() {
     p.ring_after("wake".into(), 18_000).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
     // No calls from here until the files reopen: a call would reopen them itself.
-    while !open_object_files(pid).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a quiet object still holds {:?}",
-            open_object_files(pid)
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_object_files_closed(pid, deadline).await;
     while open_object_files(pid).is_empty() {
         assert!(
             std::time::Instant::now() < deadline,

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{method_fingerprint, open_object_files, HostProcess};
+use common::{method_fingerprint, until_object_files_closed, HostProcess};
 use durable::{CallError, Retry};
 use durable_examples::counter::Counter;
 use durable_tests::{Probe, ProbeError};
@@ -359,14 +359,7 @@ async fn writes_work_after_a_full_disk_refused_them_and_the_quiet_object_closed_
         // and closes its files.
         std::fs::remove_file(filler).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !open_object_files(pid).is_empty() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "round {round}: the quiet object still holds {:?}",
-                open_object_files(pid)
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        until_object_files_closed(pid, deadline).await;
         // Every later write is applied, and answered so.
         let mut last = 0;
         for _ in 0..3 {

@@ -275,3 +275,16 @@ pub fn open_object_files(pid: u32) -> Vec<std::path::PathBuf> {
         .filter(|target| target.to_string_lossy().contains("/objects/"))
         .collect()
 }
+
+/// Wait (polling, no calls to the host) until the process `pid` holds no file under
+/// `objects/` open; panics with what it still holds at `deadline`.
+pub async fn until_object_files_closed(pid: u32, deadline: std::time::Instant) {
+    while !open_object_files(pid).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a quiet object still holds {:?}",
+            open_object_files(pid)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
