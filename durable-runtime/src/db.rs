@@ -59,6 +59,11 @@ pub(crate) trait Statements {
     fn exec(&self, sql: &str, params: impl Params) -> rusqlite::Result<usize> {
         self.with(sql, |stmt| stmt.execute(params))
     }
+
+    /// Execute `sql`, which takes no parameters (`BEGIN`, a savepoint, `COMMIT`, ...).
+    fn run(&self, sql: &str) -> rusqlite::Result<()> {
+        self.exec(sql, []).map(drop)
+    }
 }
 
 impl Statements for Connection {

@@ -2,10 +2,10 @@
 //! building the instance, rebuilding a poisoned file from the log, and the object's
 //! entries in the host's alarm index.
 
-use super::file_txn::Run;
 use super::object::{settled, Object, ALARM_REOPEN_LEAD, ALARM_WARM, DIGEST_QUIET_MAX};
 use super::outcomes::{indeterminate, internal, refused};
 use crate::core::outbox::Effects;
+use crate::db::Statements;
 use crate::restore_target::RestoreTarget;
 use crate::shard_config::panic_message;
 use crate::store;

@@ -1,11 +1,11 @@
 //! Running an object's due alarms as turns of a batch.
 
-use super::file_txn::Run;
 use super::object::{Object, Pending};
 use super::outcomes::CallResult;
 use crate::class::{Instance, TurnOutcome};
 use crate::context::Context;
 use crate::core::outbox::Effects;
+use crate::db::Statements;
 use crate::shard_config::panic_message;
 use durable_client::wire::Response;
 use futures_util::FutureExt;

@@ -390,18 +390,6 @@ impl Object {
     }
 }
 
-/// Statements the runtime runs on every batch, prepared once per connection and kept
-/// by the connection's [`Db`](crate::db::Db).
-pub(super) trait Run {
-    fn run(&self, sql: &str) -> rusqlite::Result<()>;
-}
-
-impl Run for crate::db::Db {
-    fn run(&self, sql: &str) -> rusqlite::Result<()> {
-        crate::db::Statements::exec(self, sql, []).map(drop)
-    }
-}
-
 impl Object {
     /// The write marker at the start of a batch: the one the last commit read, if
     /// nothing has written since (see [`Object::marker`]), else read now.

@@ -3,7 +3,7 @@
 //! and what a call's caller hears.
 
 use super::alarm_turns::run_due_alarms;
-use super::file_txn::{write_marker, Run, BATCH_SAVEPOINT};
+use super::file_txn::{write_marker, BATCH_SAVEPOINT};
 use super::object::{settled_pos, Object, Pending, BATCH_SLICE};
 use super::outcomes::{
     internal, CallResult, CommitError, FileCommit, Reply, ReplyTo, SocketOutput, StreamOutput,
@@ -13,6 +13,7 @@ use crate::chain::CallChain;
 use crate::class::{Instance, TurnOutcome};
 use crate::context::Context;
 use crate::core::outbox::{Effects, Outbox, TurnEnd};
+use crate::db::Statements;
 use crate::shard_config::{panic_message, Call};
 use crate::store::{self, Recorded};
 use durable_client::wire::{Response, WireError};
