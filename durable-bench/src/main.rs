@@ -12,6 +12,7 @@
 
 mod baselines;
 mod log_sync;
+mod machine;
 mod scenarios;
 
 use clap::Parser;
@@ -70,6 +71,9 @@ pub struct Row {
     /// What the baseline is (printed, not in the JSON).
     #[serde(skip)]
     pub against: String,
+    /// The share of the machine's CPU time (%) the hypervisor gave to other guests
+    /// while the scenario ran (`/proc/stat` steal); `None` where it cannot be read.
+    pub stolen_pct: Option<f64>,
 }
 
 impl Row {
@@ -112,6 +116,7 @@ impl Row {
             baseline,
             ratio,
             against: against.into(),
+            stolen_pct: None,
         }
     }
 }
@@ -154,6 +159,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(scenarios::run_all(&selected, args.quick));
     let (rows, failures) = result;
     print_table(&rows);
+    print_steal_warning(&rows);
     if rows.iter().any(|r| r.against == "workerd: not installed") {
         println!("{}", baselines::WORKERD_MISSING);
     }
@@ -186,12 +192,12 @@ fn fmt(v: f64) -> String {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<20} {:>12} {:<14} {:>12}  {:<34} {:>7}",
-        "scenario", "value", "unit", "baseline", "baseline is", "ratio"
+        "{:<20} {:>12} {:<14} {:>12}  {:<34} {:>7} {:>7}",
+        "scenario", "value", "unit", "baseline", "baseline is", "ratio", "stolen"
     );
     for r in rows {
         println!(
-            "{:<20} {:>12} {:<14} {:>12}  {:<34} {:>7}",
+            "{:<20} {:>12} {:<14} {:>12}  {:<34} {:>7} {:>7}",
             r.scenario,
             fmt(r.value),
             r.unit,
@@ -200,6 +206,34 @@ fn print_table(rows: &[Row]) {
             r.ratio
                 .map(|x| format!("{x:.2}x"))
                 .unwrap_or_else(|| "-".into()),
+            r.stolen_pct
+                .map(|p| format!("{p:.1}%"))
+                .unwrap_or_else(|| "-".into()),
         );
     }
+}
+
+/// Name the scenarios that ran while the hypervisor took much of the machine away.
+fn print_steal_warning(rows: &[Row]) {
+    let mut noisy: Vec<(&str, f64)> = Vec::new();
+    for r in rows {
+        if let Some(p) = r.stolen_pct.filter(|p| *p >= machine::STEAL_WARN_PCT) {
+            if !noisy.iter().any(|(s, _)| *s == r.scenario) {
+                noisy.push((&r.scenario, p));
+            }
+        }
+    }
+    if noisy.is_empty() {
+        return;
+    }
+    let list: Vec<String> = noisy
+        .iter()
+        .map(|(s, p)| format!("{s} ({p:.1}%)"))
+        .collect();
+    println!(
+        "note: the hypervisor gave other guests {:.0}% or more of this machine's CPU time during {}; \
+         their tails and ratios say more about the neighbours than about durable: rerun them on a quiet machine",
+        machine::STEAL_WARN_PCT,
+        list.join(", ")
+    );
 }

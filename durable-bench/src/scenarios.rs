@@ -56,6 +56,7 @@ pub async fn run_all(selected: &[&str], quick: bool) -> (Vec<Row>, Vec<(String, 
     for scenario in selected {
         eprintln!("running {scenario} ...");
         let started = Instant::now();
+        let cpu_before = crate::machine::CpuTimes::now();
         let result = match *scenario {
             "increments_many" => increments_many(&mut plan).await,
             "increments_hot" => increments_hot(&plan).await,
@@ -80,11 +81,23 @@ pub async fn run_all(selected: &[&str], quick: bool) -> (Vec<Row>, Vec<(String, 
             }
             other => Err(format!("unknown scenario {other}")),
         };
+        let stolen = cpu_before
+            .zip(crate::machine::CpuTimes::now())
+            .and_then(|(before, after)| before.stolen_pct(&after));
         match result {
-            Ok(r) => rows.extend(r),
+            Ok(r) => rows.extend(r.into_iter().map(|row| Row {
+                stolen_pct: stolen,
+                ..row
+            })),
             Err(e) => failures.push((scenario.to_string(), e)),
         }
-        eprintln!("  {scenario} took {:.1} s", started.elapsed().as_secs_f64());
+        eprintln!(
+            "  {scenario} took {:.1} s{}",
+            started.elapsed().as_secs_f64(),
+            stolen.map_or(String::new(), |p| format!(
+                ", {p:.1}% of the CPU time stolen"
+            ))
+        );
     }
     let _ = std::fs::remove_dir_all(&plan.root);
     (rows, failures)
@@ -1020,6 +1033,10 @@ async fn alarm_lateness(plan: &Plan) -> Result<Vec<Row>, String> {
     if ms_now() >= due {
         return Err("scheduling took longer than the lead time".into());
     }
+    // The baseline, in the same window: a bare thread sleeping to the same due times
+    // (what this machine's timers give while durable's alarms run beside it).
+    let dues: Vec<u64> = (0..objects).map(own_due).collect();
+    let bare = std::thread::spawn(move || bare_timer_lateness(dues, 10));
     tokio::time::sleep(Duration::from_millis(due + 1_000 - ms_now())).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut lateness = Vec::with_capacity(objects * 10);
@@ -1039,24 +1056,47 @@ async fn alarm_lateness(plan: &Plan) -> Result<Vec<Row>, String> {
     }
     client.close();
     server.stop();
+    let mut bare = bare.join().map_err(|_| "the bare timer thread panicked")?;
+    bare.sort_by(f64::total_cmp);
     lateness.sort_by(f64::total_cmp);
     let n = lateness.len();
+    let against = "a bare thread sleeping to them";
     Ok(vec![
         Row::lower(
             "alarm_lateness",
             percentile(&lateness, 0.5),
             &format!("ms median/{n}"),
-            None,
-            "-",
+            Some(percentile(&bare, 0.5)),
+            against,
         ),
         Row::lower(
             "alarm_lateness",
             percentile(&lateness, 0.99),
             &format!("ms p99/{n}"),
-            None,
-            "-",
+            Some(percentile(&bare, 0.99)),
+            against,
         ),
     ])
+}
+
+/// How late (ms, as the alarms measure it: whole milliseconds of the wall clock) a
+/// thread doing nothing else wakes for each of `dues` (`per_due` timers each),
+/// sleeping to them in order.
+fn bare_timer_lateness(mut dues: Vec<u64>, per_due: usize) -> Vec<f64> {
+    dues.sort_unstable();
+    let mut late = Vec::with_capacity(dues.len() * per_due);
+    for due in dues {
+        let now_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as u64;
+        if let Some(wait) = (due * 1000).checked_sub(now_us) {
+            std::thread::sleep(Duration::from_micros(wait));
+        }
+        let woke = ms_now() as f64 - due as f64;
+        late.extend(std::iter::repeat_n(woke, per_due));
+    }
+    late
 }
 
 async fn memory_idle(plan: &Plan) -> Result<Vec<Row>, String> {
