@@ -215,7 +215,10 @@ pub(crate) fn open(
             conn.pragma_update(None, "page_size", PAGE_SIZE)?;
         }
         let sync = if lazy_create { "OFF" } else { "NORMAL" };
-        conn.pragma_update(None, "synchronous", sync)?;
+        if fresh {
+            // Set before the switch to WAL too, so that the switch syncs nothing.
+            conn.pragma_update(None, "synchronous", sync)?;
+        }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "cache_size", -256)?;
@@ -234,12 +237,6 @@ pub(crate) fn open(
             tx.execute(
                 "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('class', ?1), ('id', ?2)",
                 rusqlite::params![class, id.to_string()],
-            )?;
-        }
-        if let Some(name) = name {
-            tx.execute(
-                "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('name', ?1)",
-                [name],
             )?;
         }
         // What an activation needs to know of the file, read in this transaction (one
@@ -263,6 +260,15 @@ pub(crate) fn open(
                 r.get::<_, Option<i64>>(3)?,
             ))
         })?;
+        // A name is stored once, by the first open that knows it (every open by name
+        // writing it again cost a write transaction per activation).
+        if let (Some(name), None) = (name, &state.0) {
+            tx.execute(
+                "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('name', ?1)",
+                [name],
+            )?;
+            state.0 = Some(name.to_owned());
+        }
         tx.commit()?;
         if lazy_create {
             // From here on SQLite orders its own WAL checkpoints safely.
