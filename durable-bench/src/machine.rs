@@ -4,15 +4,16 @@
 //! and swings throughput by multiples between runs of the same code; a row measured
 //! while much was stolen says more about the neighbours than about durable.
 
-/// Above this share of stolen CPU time, a scenario's figures are flagged as unreliable.
+/// At this share of stolen CPU time or more, a scenario's figures are flagged as
+/// unreliable.
 pub const STEAL_WARN_PCT: f64 = 5.0;
 
 /// The machine's cumulative CPU times (all CPUs, in clock ticks), from `/proc/stat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuTimes {
-    /// Every state's ticks summed (user, nice, system, idle, iowait, irq, softirq,
-    /// steal).
-    total: u64,
+    /// The ticks the CPUs wanted to run: user, nice, system, irq, softirq and steal
+    /// (idle and iowait left out, so that an idle CPU does not dilute the share).
+    wanted: u64,
     /// Ticks a vCPU wanted to run but the hypervisor ran something else.
     steal: u64,
 }
@@ -23,11 +24,12 @@ impl CpuTimes {
         parse(&std::fs::read_to_string("/proc/stat").ok()?)
     }
 
-    /// The percentage of CPU time stolen between `self` and a later reading `after`.
+    /// Between `self` and a later reading `after`: the percentage of the time the CPUs
+    /// wanted to run that the hypervisor gave to someone else.
     pub fn stolen_pct(&self, after: &CpuTimes) -> Option<f64> {
-        let total = after.total.checked_sub(self.total)?;
+        let wanted = after.wanted.checked_sub(self.wanted)?;
         let steal = after.steal.checked_sub(self.steal)?;
-        (total > 0).then(|| 100.0 * steal as f64 / total as f64)
+        (wanted > 0).then(|| 100.0 * steal as f64 / wanted as f64)
     }
 }
 
@@ -43,8 +45,9 @@ fn parse(stat: &str) -> Option<CpuTimes> {
     if ticks.len() < 8 {
         return None;
     }
+    // user nice system idle iowait irq softirq steal
     Some(CpuTimes {
-        total: ticks.iter().sum(),
+        wanted: ticks.iter().sum::<u64>() - ticks[3] - ticks[4],
         steal: ticks[7],
     })
 }
@@ -54,11 +57,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn steal_is_the_eighth_column_as_a_share_of_all_ticks() {
+    fn steal_is_the_eighth_column_as_a_share_of_the_ticks_not_idle() {
         let before = parse("cpu  100 0 50 800 10 0 0 40 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n").unwrap();
-        let after = parse("cpu  200 0 100 1550 10 0 0 140 0 0\n").unwrap();
-        // 1000 more ticks in all, 100 of them stolen.
-        assert_eq!(before.stolen_pct(&after), Some(10.0));
+        // 300 more ticks wanted (user 100, system 100, steal 100); idle and iowait
+        // grew too and do not count.
+        let after = parse("cpu  200 0 150 1550 30 0 0 140 0 0\n").unwrap();
+        assert_eq!(before.stolen_pct(&after), Some(100.0 / 3.0));
         assert_eq!(before.stolen_pct(&before), None, "no time passed");
         assert_eq!(after.stolen_pct(&before), None, "not a later reading");
         assert_eq!(

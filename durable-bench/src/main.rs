@@ -97,7 +97,11 @@ impl Row {
         baseline: Option<f64>,
         against: &str,
     ) -> Row {
-        let ratio = baseline.filter(|_| value > 0.0).map(|b| b / value);
+        // No ratio against a perfect (zero) baseline or of a perfect value: 0x and
+        // infinity say nothing a reader can compare.
+        let ratio = baseline
+            .filter(|b| value > 0.0 && *b > 0.0)
+            .map(|b| b / value);
         Row::new(scenario, value, unit, baseline, ratio, against)
     }
 

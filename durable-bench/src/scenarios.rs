@@ -119,10 +119,14 @@ async fn host(dir: &Path, extra: &[&str]) -> Result<(Server, Client), String> {
 }
 
 fn ms_now() -> u64 {
+    (us_now() / 1000) as u64
+}
+
+fn us_now() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
-        .as_millis() as u64
+        .as_micros()
 }
 
 /// What `drive` measured.
@@ -1080,18 +1084,14 @@ async fn alarm_lateness(plan: &Plan) -> Result<Vec<Row>, String> {
 }
 
 /// How late (ms, as the alarms measure it: whole milliseconds of the wall clock) a
-/// thread doing nothing else wakes for each of `dues` (`per_due` timers each),
-/// sleeping to them in order.
+/// thread doing nothing else wakes for each of `dues`, sleeping to them in order; each
+/// wake counted `per_due` times, to weigh like durable's alarms (`per_due` per due time).
 fn bare_timer_lateness(mut dues: Vec<u64>, per_due: usize) -> Vec<f64> {
     dues.sort_unstable();
     let mut late = Vec::with_capacity(dues.len() * per_due);
     for due in dues {
-        let now_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros() as u64;
-        if let Some(wait) = (due * 1000).checked_sub(now_us) {
-            std::thread::sleep(Duration::from_micros(wait));
+        if let Some(wait) = (u128::from(due) * 1000).checked_sub(us_now()) {
+            std::thread::sleep(Duration::from_micros(wait as u64));
         }
         let woke = ms_now() as f64 - due as f64;
         late.extend(std::iter::repeat_n(woke, per_due));

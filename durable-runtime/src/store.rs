@@ -216,7 +216,8 @@ pub(crate) fn open(
         }
         let sync = if lazy_create { "OFF" } else { "NORMAL" };
         if fresh {
-            // Set before the switch to WAL too, so that the switch syncs nothing.
+            // Set before the switch to WAL too (for a lazily created file that is `OFF`:
+            // the switch then syncs nothing).
             conn.pragma_update(None, "synchronous", sync)?;
         }
         conn.pragma_update(None, "journal_mode", "WAL")?;
