@@ -140,35 +140,36 @@ pub(crate) fn content_digest(conn: &Connection) -> rusqlite::Result<u64> {
         };
         // Read by `_rowid_` wherever `SELECT _rowid_` works: every rowid table, a
         // virtual table that has one, and a WITHOUT ROWID table with a column of that
-        // name (the digest has always been defined so).
-        let by_rowid = |columns: &[(i64, String)]| {
-            columns
-                .iter()
-                .any(|(_, name)| name.eq_ignore_ascii_case("_rowid_"))
-        };
-        let columns: Vec<(i64, String)> = if without_rowid {
+        // name, generated ones included (the digest has always been defined so; hence
+        // `table_xinfo`, which lists generated columns, not `table_info`).
+        let read_columns = || -> rusqlite::Result<Vec<(i64, String)>> {
             // `q` is schema-qualified; the pragma takes the schema in front.
             let bare = format!("\"{}\"", table.replace('"', "\"\""));
-            let mut st = conn.prepare(&format!("PRAGMA main.table_info({bare})"))?;
+            let mut st = conn.prepare(&format!("PRAGMA main.table_xinfo({bare})"))?;
             let rows = st.query_map([], |r| Ok((r.get::<_, i64>(5)?, r.get::<_, String>(1)?)))?;
-            rows.collect::<Result<Vec<_>, _>>()?
-        } else {
-            Vec::new()
+            rows.collect()
         };
-        let rowid = if virtual_table {
-            conn.prepare(&format!("SELECT _rowid_ FROM {q} LIMIT 0"))
-                .is_ok()
+        let (rowid, columns) = if virtual_table {
+            let probe = conn.prepare(&format!("SELECT _rowid_ FROM {q} LIMIT 0"));
+            (probe.is_ok(), None)
+        } else if !without_rowid {
+            (true, None)
         } else {
-            !without_rowid || by_rowid(&columns)
+            let columns = read_columns()?;
+            let named = columns
+                .iter()
+                .any(|(_, name)| name.eq_ignore_ascii_case("_rowid_"));
+            (named, Some(columns))
         };
         let select = if rowid {
             format!("SELECT _rowid_, * FROM {q}{except} ORDER BY _rowid_")
-        } else if virtual_table {
-            // A virtual table without rowids: in the order it gives.
-            format!("SELECT * FROM {q}{except}")
         } else {
-            // WITHOUT ROWID: key order, whatever index the planner would scan.
-            let mut keys = columns;
+            // Key order (WITHOUT ROWID, or a virtual table without rowids that declares
+            // a key), whatever index the planner would scan.
+            let mut keys = match columns {
+                Some(columns) => columns,
+                None => read_columns()?,
+            };
             keys.retain(|(pk, _)| *pk > 0);
             keys.sort();
             let order: Vec<String> = keys
@@ -258,7 +259,7 @@ mod tests {
 
     /// Tables of every kind the digest meets: rowid tables (with and without an alias
     /// of the rowid, one with a column named `_rowid_`), WITHOUT ROWID ones (one with a
-    /// column named `_rowid_`), quoted names, the object's name row (left out), an FTS5
+    /// column named `_rowid_`, one with a generated column so named), quoted names, the object's name row (left out), an FTS5
     /// table with its shadow tables, a view and an index (neither is content).
     const FIXTURE: &str = r#"
         CREATE TABLE _durable_meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
@@ -275,6 +276,8 @@ mod tests {
         INSERT INTO wr VALUES (2, 'p', 'c2'), (1, 'p', 'c1'), (1, 'a', NULL);
         CREATE TABLE wr_named(_rowid_ INT PRIMARY KEY, v) WITHOUT ROWID;
         INSERT INTO wr_named VALUES (5, 'five'), (4, 'four');
+        CREATE TABLE wr_generated(k INT PRIMARY KEY, _ROWID_ AS (10 - k)) WITHOUT ROWID;
+        INSERT INTO wr_generated(k) VALUES (1), (2), (3);
         CREATE VIRTUAL TABLE docs USING fts5(body);
         INSERT INTO docs(body) VALUES ('hello world'), ('durable objects');
         CREATE VIEW v AS SELECT * FROM ipk;
@@ -288,6 +291,6 @@ mod tests {
         // implementation that probed every table with `SELECT _rowid_`).
         let c = Connection::open_in_memory().unwrap();
         c.execute_batch(FIXTURE).unwrap();
-        assert_eq!(content_digest(&c).unwrap(), 0x1dc6_4231_4ff8_fe1a);
+        assert_eq!(content_digest(&c).unwrap(), 0xc475_cbae_30ed_2046);
     }
 }
