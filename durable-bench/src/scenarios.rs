@@ -1012,6 +1012,9 @@ async fn workerd_first_calls(plan: &Plan, n: usize) -> Result<Vec<f64>, String> 
     Ok(latencies)
 }
 
+/// Alarms each object of `alarm_lateness` schedules, all at its own due time.
+const RINGS: usize = 10;
+
 async fn alarm_lateness(plan: &Plan) -> Result<Vec<Row>, String> {
     let objects = if plan.quick { 200 } else { 1_000 };
     let dir = plan.dir("alarms");
@@ -1024,7 +1027,7 @@ async fn alarm_lateness(plan: &Plan) -> Result<Vec<Row>, String> {
         tasks.push(tokio::spawn(async move {
             for o in (chunk..objects).step_by(16) {
                 let p = client.get::<Probe>(&format!("m{o}"));
-                p.ring_many_at(10, due + (o as u64 * 37) % 1000)
+                p.ring_many_at(RINGS as u32, due + (o as u64 * 37) % 1000)
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -1040,20 +1043,20 @@ async fn alarm_lateness(plan: &Plan) -> Result<Vec<Row>, String> {
     // The baseline, in the same window: a bare thread sleeping to the same due times
     // (what this machine's timers give while durable's alarms run beside it).
     let dues: Vec<u64> = (0..objects).map(own_due).collect();
-    let bare = std::thread::spawn(move || bare_timer_lateness(dues, 10));
+    let bare = std::thread::spawn(move || bare_timer_lateness(dues, RINGS));
     tokio::time::sleep(Duration::from_millis(due + 1_000 - ms_now())).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    let mut lateness = Vec::with_capacity(objects * 10);
+    let mut lateness = Vec::with_capacity(objects * RINGS);
     for o in 0..objects {
         let p = client.get::<Probe>(&format!("m{o}"));
         loop {
             let rings = p.rings().await.map_err(|e| e.to_string())?;
-            if rings.len() >= 10 {
+            if rings.len() >= RINGS {
                 lateness.extend(rings.iter().map(|r| r.2 as f64 - own_due(o) as f64));
                 break;
             }
             if Instant::now() > deadline {
-                return Err(format!("m{o} fired {} of 10 alarms", rings.len()));
+                return Err(format!("m{o} fired {} of {RINGS} alarms", rings.len()));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
