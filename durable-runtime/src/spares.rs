@@ -4,8 +4,8 @@
 //! inode looking for one not recently deleted (`find_inode_bit`, `recently_deleted`):
 //! most of a new object's first call. A background thread keeps a few sets of files
 //! ready under `DATA_DIR/spare/` (the new-object template and empty `-wal` and `-shm`
-//! files); a new object takes one with three renames into place, which allocate
-//! nothing. Nothing here needs syncing: a new object's file is made durable through
+//! files, made in `spare/make/` and renamed into the pool); a new object takes one
+//! with three renames into place, which allocate nothing. Nothing here needs syncing: a new object's file is made durable through
 //! the host log like any new file (its first batch ships an image), and a spare left
 //! half-made by a crash is deleted at the next start.
 
@@ -31,12 +31,19 @@ impl Spares {
     /// are used; anything else there is deleted.
     pub(crate) fn start(data_dir: &Path, template: &'static [u8]) -> std::io::Result<Arc<Spares>> {
         let dir = data_dir.join("spare");
-        crate::files::create_dirs(&dir)?;
+        crate::files::create_dirs(&dir.join(MAKE_DIR))?;
         let mut ready = Vec::new();
         let mut next = 0;
         let mut leftovers = Vec::new();
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
+            if path.is_dir() {
+                // `make/`: what a crash left there never joined the pool.
+                for made in std::fs::read_dir(&path)? {
+                    let _ = std::fs::remove_file(made?.path());
+                }
+                continue;
+            }
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             let (stem, suffix) = name.split_once('.').unwrap_or((name, ""));
             let Ok(n) = stem.parse::<u64>() else {
@@ -99,20 +106,33 @@ impl Spares {
         true
     }
 
-    /// Make one set of spare files numbered `n`: the `-wal` and `-shm` first, the
-    /// database last (written under a temporary name, then renamed), so a set whose
-    /// database exists is complete.
+    /// Make one set of spare files numbered `n`. The files are created in `make/` and
+    /// then renamed into the pool: creating a file holds its directory's lock for as
+    /// long as the file system takes to find a free inode (over a millisecond on an
+    /// ext4 that has seen many files deleted), and a take renaming out of the same
+    /// directory waited that long for each of its three renames. The `-wal` and
+    /// `-shm` move first and the database last, so a set whose database is in the
+    /// pool is complete.
     fn make(&self, n: u64) -> std::io::Result<()> {
+        let make = self.dir.join(MAKE_DIR);
+        let made = |suffix: &str| make.join(format!("{n}.{suffix}"));
         let path = |suffix: &str| self.dir.join(format!("{n}.{suffix}"));
-        for suffix in ["db-wal", "db-shm"] {
-            crate::files::precreate_db(&path(suffix))?;
+        for suffix in ["db-wal", "db-shm", "db"] {
+            let _ = std::fs::remove_file(made(suffix));
         }
-        let tmp = path("tmp");
-        let _ = std::fs::remove_file(&tmp);
-        crate::files::create_db_from(&tmp, self.template)?;
-        std::fs::rename(&tmp, path("db"))
+        crate::files::create_db_from(&made("db"), self.template)?;
+        for suffix in ["db-wal", "db-shm"] {
+            crate::files::precreate_db(&made(suffix))?;
+        }
+        for suffix in ["db-wal", "db-shm", "db"] {
+            std::fs::rename(made(suffix), path(suffix))?;
+        }
+        Ok(())
     }
 }
+
+/// The directory under `spare/` in which sets are made before they join the pool.
+const MAKE_DIR: &str = "make";
 
 fn complete(dir: &Path, n: u64) -> bool {
     ["db", "db-wal", "db-shm"]
@@ -191,9 +211,11 @@ mod tests {
         drop(spares);
         std::fs::write(dir.path().join("spare/999.db-wal"), b"").unwrap();
         std::fs::write(dir.path().join("spare/998.tmp"), b"x").unwrap();
+        std::fs::write(dir.path().join("spare/make/997.db-shm"), b"").unwrap();
         let again = Spares::start(dir.path(), template).unwrap();
         assert!(again.ready.lock().unwrap().0.len() >= KEEP);
         assert!(!dir.path().join("spare/999.db-wal").exists());
         assert!(!dir.path().join("spare/998.tmp").exists());
+        assert!(!dir.path().join("spare/make/997.db-shm").exists());
     }
 }
