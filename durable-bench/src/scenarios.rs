@@ -945,6 +945,10 @@ async fn activation(plan: &Plan) -> Result<Vec<Row>, String> {
     // Every object has been idle past the timeout (and the sweep has run): evicted.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (cold, warm) = first_and_again(&stubs).await?;
+    // What this file system charges for a new inode beside the objects: a new object
+    // whose first call finds no spare set ready creates three (on an ext4 directory
+    // that has seen many files deleted, over a millisecond each).
+    let creates = file_creates(&dir.join("fs-probe"), if plan.quick { 50 } else { 200 })?;
     // The first call ever to each of `fresh_n` objects: nothing stored yet, so
     // activation creates the database and runs the class's migration.
     let fresh_n = if plan.quick { 100 } else { n };
@@ -987,7 +991,33 @@ async fn activation(plan: &Plan) -> Result<Vec<Row>, String> {
             workerd_p50,
             &workerd_against,
         ),
+        Row::lower(
+            "activation",
+            percentile(&creates, 0.5),
+            "us p50 create file",
+            None,
+            "-",
+        ),
     ])
+}
+
+/// Create `n` empty files one after another in a new directory `dir` (removed after);
+/// sorted latencies in microseconds.
+fn file_creates(dir: &std::path::Path, n: usize) -> Result<Vec<f64>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    let mut took = Vec::with_capacity(n);
+    for i in 0..n {
+        let start = Instant::now();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(dir.join(format!("{i}")))
+            .map_err(|e| e.to_string())?;
+        took.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    took.sort_by(f64::total_cmp);
+    Ok(took)
 }
 
 /// The first call ever (`GET /get/new<i>`) to each of n workerd counters, one after
