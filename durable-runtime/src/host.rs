@@ -663,7 +663,7 @@ impl Host {
                     spares: host_log
                         .as_ref()
                         .and_then(|_| crate::store::template())
-                        .and_then(|t| match crate::spares::Spares::start(&self.data_dir, t) {
+                        .and_then(|t| match crate::spares::Spares::start(&self.data_dir, t, crate::store::preopen) {
                             Ok(s) => Some(s),
                             Err(e) => {
                                 tracing::warn!(error = %e, "no spare object files (new objects create theirs)");

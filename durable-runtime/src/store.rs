@@ -182,24 +182,33 @@ pub(crate) fn open(
     let path = object_path(data_dir, class, id);
     let dir = path.parent().expect("object path has a parent");
     let fresh = !path.exists();
+    let mut preopened = None;
     if fresh {
         crate::files::create_dirs(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         // A spare set of files (the template, empty `-wal` and `-shm`) renamed into
-        // place allocates no inode; without one, create the file.
-        let spare = !sync_new && spares.is_some_and(|s| s.take(&path));
-        if !spare {
-            match template() {
+        // place allocates no inode, and usually comes with its connection open;
+        // without one, create the file.
+        match spares.filter(|_| !sync_new).and_then(|s| s.take(&path)) {
+            Some(taken) => preopened = taken.conn,
+            None => match template() {
                 Some(bytes) => crate::files::create_db_from(&path, bytes),
                 None => crate::files::precreate_db(&path),
             }
-            .map_err(|e| format!("creating {}: {e}", path.display()))?;
+            .map_err(|e| format!("creating {}: {e}", path.display()))?,
         }
     }
-    let conn = Connection::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-    disable_lookaside(&conn);
-    if !sync_new {
-        keep_wal_on_close(&conn);
-    }
+    let conn = match preopened {
+        Some(conn) => conn,
+        None => {
+            let conn =
+                Connection::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+            disable_lookaside(&conn);
+            if !sync_new {
+                keep_wal_on_close(&conn);
+            }
+            conn
+        }
+    };
     // A new object ships a whole image with its first batch.
     let mut upgraded = fresh;
     // A new file under the host log needs no sync of its own: its first batch ships a
@@ -296,6 +305,19 @@ pub(crate) fn open(
         earliest_due: due.map(|d| d.max(0) as u64),
     };
     Ok((Context::new(conn, class, id, stored_name), opened))
+}
+
+/// Open a spare set's database ahead of a new object (see [`crate::spares`]): as
+/// [`open`] opens a new file under the host log (lookaside off, the WAL kept on
+/// close, nothing synced), with WAL mode entered, so its shared memory is set up.
+/// `None` if that fails (the object then opens its file itself).
+pub(crate) fn preopen(path: &Path) -> Option<Connection> {
+    let conn = Connection::open(path).ok()?;
+    disable_lookaside(&conn);
+    keep_wal_on_close(&conn);
+    conn.pragma_update(None, "synchronous", "OFF").ok()?;
+    conn.pragma_update(None, "journal_mode", "WAL").ok()?;
+    Some(conn)
 }
 
 /// What [`open`] read of an object's file.
@@ -897,5 +919,53 @@ mod tests {
             Some("n"),
             "the stored name, not asked for"
         );
+    }
+
+    #[test]
+    fn a_new_object_on_a_spare_opened_ahead_writes_its_own_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let spares =
+            crate::spares::Spares::start(dir.path(), template().unwrap(), preopen).unwrap();
+        let deadline = crate::clock::monotonic() + std::time::Duration::from_secs(10);
+        while spares.preopened() == 0 {
+            assert!(
+                crate::clock::monotonic() < deadline,
+                "no spare was opened ahead"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let id = ObjectId::random();
+        let (ctx, opened) =
+            open(dir.path(), "Counter", id, Some("n"), false, Some(&spares)).unwrap();
+        assert!(opened.upgraded);
+        // The connection is the one opened ahead: SQLite still names the file where
+        // it was made.
+        let named = ctx.conn.path().unwrap_or_default().to_owned();
+        assert!(named.contains("make"), "{named}");
+        ctx.conn
+            .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (42);")
+            .unwrap();
+        // Its writes are in the object's own files (the WAL beside the database).
+        let path = object_path(dir.path(), "Counter", id);
+        let other = Connection::open(&path).unwrap();
+        let x: i64 = other
+            .query_row("SELECT x FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(x, 42);
+        drop(other);
+        drop(ctx);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            assert!(std::path::Path::new(&p).exists(), "{suffix}");
+        }
+        let (ctx, opened) = open(dir.path(), "Counter", id, None, false, Some(&spares)).unwrap();
+        assert!(!opened.upgraded);
+        assert_eq!(ctx.name.as_deref(), Some("n"));
+        let x: i64 = ctx
+            .conn
+            .query_row("SELECT x FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(x, 42);
     }
 }
