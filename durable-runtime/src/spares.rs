@@ -5,9 +5,10 @@
 //! most of a new object's first call. A background thread keeps a few sets of files
 //! ready under `DATA_DIR/spare/` (the new-object template and empty `-wal` and `-shm`
 //! files, made in `spare/make/` and renamed into the pool); a new object takes one
-//! with three renames into place, which allocate nothing. Nothing here needs syncing: a new object's file is made durable through
-//! the host log like any new file (its first batch ships an image), and a spare left
-//! half-made by a crash is deleted at the next start.
+//! with three renames into place, which allocate nothing. Nothing here needs syncing:
+//! a new object's file is made durable through the host log like any new file (its
+//! first batch ships an image), and a spare left half-made by a crash is deleted at
+//! the next start.
 //!
 //! The filler also opens each set's SQLite connection ahead (WAL mode entered, its
 //! shared memory set up: about a quarter of a new object's first call here). The
