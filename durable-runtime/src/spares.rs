@@ -144,18 +144,24 @@ impl Spares {
         let make = self.dir.join(MAKE_DIR);
         let made = |suffix: &str| make.join(format!("{n}.{suffix}"));
         let path = |suffix: &str| self.dir.join(format!("{n}.{suffix}"));
-        for suffix in ["db-wal", "db-shm", "db"] {
-            let _ = std::fs::remove_file(made(suffix));
+        let result = (|| {
+            crate::files::create_db_from(&made("db"), self.template)?;
+            for suffix in ["db-wal", "db-shm"] {
+                crate::files::precreate_db(&made(suffix))?;
+            }
+            let conn = (self.preopen)(&made("db"));
+            for suffix in ["db-wal", "db-shm", "db"] {
+                std::fs::rename(made(suffix), path(suffix))?;
+            }
+            Ok(conn)
+        })();
+        if result.is_err() {
+            // Numbers are not reused: what this attempt left in `make/` goes now.
+            for suffix in ["db-wal", "db-shm", "db"] {
+                let _ = std::fs::remove_file(made(suffix));
+            }
         }
-        crate::files::create_db_from(&made("db"), self.template)?;
-        for suffix in ["db-wal", "db-shm"] {
-            crate::files::precreate_db(&made(suffix))?;
-        }
-        let conn = (self.preopen)(&made("db"));
-        for suffix in ["db-wal", "db-shm", "db"] {
-            std::fs::rename(made(suffix), path(suffix))?;
-        }
-        Ok(conn)
+        result
     }
 }
 

@@ -200,13 +200,7 @@ pub(crate) fn open(
     let conn = match preopened {
         Some(conn) => conn,
         None => {
-            let conn =
-                Connection::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
-            disable_lookaside(&conn);
-            if !sync_new {
-                keep_wal_on_close(&conn);
-            }
-            conn
+            connect(&path, !sync_new).map_err(|e| format!("opening {}: {e}", path.display()))?
         }
     };
     // A new object ships a whole image with its first batch.
@@ -312,12 +306,21 @@ pub(crate) fn open(
 /// close, nothing synced), with WAL mode entered, so its shared memory is set up.
 /// `None` if that fails (the object then opens its file itself).
 pub(crate) fn preopen(path: &Path) -> Option<Connection> {
-    let conn = Connection::open(path).ok()?;
-    disable_lookaside(&conn);
-    keep_wal_on_close(&conn);
+    let conn = connect(path, true).ok()?;
     conn.pragma_update(None, "synchronous", "OFF").ok()?;
     conn.pragma_update(None, "journal_mode", "WAL").ok()?;
     Some(conn)
+}
+
+/// A connection to an object's file as the runtime holds one: lookaside off and, under
+/// the host log (`keep_wal`), the WAL and shared memory kept on close.
+fn connect(path: &Path, keep_wal: bool) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    disable_lookaside(&conn);
+    if keep_wal {
+        keep_wal_on_close(&conn);
+    }
+    Ok(conn)
 }
 
 /// What [`open`] read of an object's file.
