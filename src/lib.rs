@@ -65,8 +65,8 @@ pub use durable_client::{
 };
 pub use durable_macros::{alarm, durable_object, on_close, on_connect, on_message};
 pub use durable_runtime::{
-    alarms, clock, feed, restore, testing, AlarmConfig, Clock, DurabilityMode, LogConfig,
-    PendingAlarm, VirtualClock, When,
+    alarms, clock, feed, restore, testing, AlarmConfig, Allocator, Clock, DurabilityMode,
+    LogConfig, PendingAlarm, VirtualClock, When,
 };
 pub use durable_runtime::{
     cli, http, list_objects, rusqlite, Caller, Context, Deny, Error, ErrorKind, Host, HostError,

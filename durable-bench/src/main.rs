@@ -125,6 +125,10 @@ impl Row {
     }
 }
 
+// The host runs as this binary (`__host`): the allocator a host should declare.
+#[global_allocator]
+static GLOBAL: durable::Allocator = durable::Allocator;
+
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().collect();
     match raw.get(1).map(String::as_str) {

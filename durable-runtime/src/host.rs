@@ -498,6 +498,7 @@ impl Host {
             }
         }
         let lock = DirLock::acquire(&self.data_dir).map_err(HostError::Config)?;
+        crate::allocator::no_huge_pages();
         crate::store::configure_sqlite();
         // The Prometheus recorder, before anything records (once per process).
         let _ = crate::telemetry::handle();

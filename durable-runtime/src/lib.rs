@@ -8,6 +8,7 @@
 
 mod admission;
 pub mod alarms;
+mod allocator;
 mod answer;
 mod calls;
 mod capture;
@@ -53,6 +54,7 @@ mod tls;
 
 pub use admission::CallerRate;
 pub use alarms::{AlarmConfig, PendingAlarm, When};
+pub use allocator::Allocator;
 pub use calls::Caller;
 pub use class::{ActivateError, BoxTurn, Hosted, JsonArg, JsonArgs, JsonMethod, TurnOutcome};
 pub use clock::{Clock, SystemClock, VirtualClock};
