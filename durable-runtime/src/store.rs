@@ -17,6 +17,9 @@ pub(crate) const DEFAULT_REQUEST_WINDOW: usize = 1000;
 /// The page size of new object databases.
 const PAGE_SIZE: i64 = 1024;
 
+/// Each object connection's page cache: at most 256 KiB (`PRAGMA cache_size`).
+const CACHE_KIB: i64 = -256;
+
 /// Bump when `SCHEMA` changes (revision 2 files may lack the lazily created tables: they
 /// are created on first use: see [`crate::tables`]).
 const SCHEMA_REVISION: i64 = 2;
@@ -197,6 +200,9 @@ pub(crate) fn open(
             .map_err(|e| format!("creating {}: {e}", path.display()))?,
         }
     }
+    // A spare opened ahead is the template as [`preopen`] left it: the runtime's tables
+    // at this revision, WAL mode, the connection's settings made, nothing stored.
+    let ready = preopened.is_some();
     let conn = match preopened {
         Some(conn) => conn,
         None => {
@@ -212,6 +218,26 @@ pub(crate) fn open(
     let lazy_create = fresh && !sync_new;
     let mut state = (None, None, None, None);
     let mut setup = || -> rusqlite::Result<()> {
+        if ready {
+            // What the statements below would find and do on such a file, without
+            // their six statements (a new object's first call waits for them).
+            conn.set_prepared_statement_cache_capacity(32);
+            let tx = conn.unchecked_transaction()?;
+            tx.execute(
+                "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('class', ?1), ('id', ?2)",
+                rusqlite::params![class, id.to_string()],
+            )?;
+            if let Some(name) = name {
+                tx.execute(
+                    "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('name', ?1)",
+                    [name],
+                )?;
+                state.0 = Some(name.to_owned());
+            }
+            tx.commit()?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            return Ok(());
+        }
         if fresh {
             // Objects are small: 1 KiB pages cut the bytes each commit writes to the
             // WAL and the page cache each connection holds (4 KiB is SQLite's default).
@@ -225,7 +251,7 @@ pub(crate) fn open(
         }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", sync)?;
-        conn.pragma_update(None, "cache_size", -256)?;
+        conn.pragma_update(None, "cache_size", CACHE_KIB)?;
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.set_prepared_statement_cache_capacity(32);
         let tx = conn.unchecked_transaction()?;
@@ -306,9 +332,13 @@ pub(crate) fn open(
 /// close, nothing synced), with WAL mode entered, so its shared memory is set up.
 /// `None` if that fails (the object then opens its file itself).
 pub(crate) fn preopen(path: &Path) -> Option<Connection> {
+    // Without a template the spare files are empty: [`open`] sets them up itself.
+    template()?;
     let conn = connect(path, true).ok()?;
     conn.pragma_update(None, "synchronous", "OFF").ok()?;
     conn.pragma_update(None, "journal_mode", "WAL").ok()?;
+    conn.pragma_update(None, "cache_size", CACHE_KIB).ok()?;
+    conn.pragma_update(None, "temp_store", "MEMORY").ok()?;
     Some(conn)
 }
 
@@ -945,6 +975,22 @@ mod tests {
         // it was made.
         let named = ctx.conn.path().unwrap_or_default().to_owned();
         assert!(named.contains("make"), "{named}");
+        // Set up as a file opened here would be: settings, and the runtime's records.
+        let pragma = |p: &str| -> i64 { ctx.conn.query_row(p, [], |r| r.get(0)).unwrap() };
+        assert_eq!(pragma("PRAGMA synchronous"), 1, "NORMAL");
+        assert_eq!(pragma("PRAGMA cache_size"), CACHE_KIB);
+        assert_eq!(pragma("PRAGMA temp_store"), 2, "MEMORY");
+        assert_eq!(pragma("PRAGMA user_version"), SCHEMA_REVISION);
+        let meta = |k: &str| -> String {
+            ctx.conn
+                .query_row("SELECT value FROM _durable_meta WHERE key = ?1", [k], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+        };
+        assert_eq!(meta("class"), "Counter");
+        assert_eq!(meta("id"), id.to_string());
+        assert_eq!(meta("name"), "n");
         ctx.conn
             .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (42);")
             .unwrap();
