@@ -54,9 +54,35 @@ pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            start_upkeep(handle.clone());
             Some(handle)
         })
         .as_ref()
+}
+
+/// How often the recorder's histograms are folded into their buckets.
+const UPKEEP_EVERY: Duration = if cfg!(test) {
+    Duration::from_millis(50)
+} else {
+    Duration::from_secs(1)
+};
+
+/// The recorder keeps every histogram sample (8 bytes and more each, three per call)
+/// until something folds them into the buckets: a scrape of `/metrics`, or this
+/// thread. Without it a host that nobody scraped grew by ~3.4 MB a second at 80,000
+/// calls a second (`durable-bench increments_hot`, the host's RSS: 17 MB to 59 MB in
+/// 10 s; with a fold every 5 s it stayed between 25 and 39 MB). If the thread cannot
+/// start, scrapes still fold them; that is logged.
+fn start_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new()
+        .name("durable-metrics".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            handle.run_upkeep();
+        });
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "could not start folding the metrics' histograms; only scrapes of /metrics will");
+    }
 }
 
 fn describe() {
@@ -234,4 +260,47 @@ pub(crate) fn render() -> Option<String> {
     let used = crate::sqlite_memory::sqlite_memory_used();
     gauge!("durable_sqlite_memory_bytes").set(used as f64);
     Some(handle.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The process's resident memory (Linux), in bytes.
+    fn rss_bytes() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap();
+        kb * 1024
+    }
+
+    /// Histogram samples that nobody scrapes are folded into their buckets, not kept:
+    /// recording ten million of them (80 MB and more if kept) leaves the process about
+    /// as large as before.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn unscraped_histogram_samples_do_not_pile_up() {
+        assert!(handle().is_some(), "the runtime's recorder is installed");
+        let h = histogram!("durable_test_upkeep_seconds");
+        for _ in 0..250_000 {
+            h.record(0.001);
+        }
+        std::thread::sleep(UPKEEP_EVERY * 3);
+        let before = rss_bytes();
+        for _ in 0..40 {
+            for _ in 0..250_000 {
+                h.record(0.001);
+            }
+            std::thread::sleep(UPKEEP_EVERY * 2);
+        }
+        let grown = rss_bytes().saturating_sub(before);
+        assert!(
+            grown < 40 << 20,
+            "RSS grew by {} MB over 10,000,000 unscraped samples",
+            grown >> 20
+        );
+    }
 }
