@@ -223,15 +223,9 @@ pub(crate) fn open(
             // their six statements (a new object's first call waits for them).
             conn.set_prepared_statement_cache_capacity(32);
             let tx = conn.unchecked_transaction()?;
-            tx.execute(
-                "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('class', ?1), ('id', ?2)",
-                rusqlite::params![class, id.to_string()],
-            )?;
+            write_identity(&tx, class, id)?;
             if let Some(name) = name {
-                tx.execute(
-                    "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('name', ?1)",
-                    [name],
-                )?;
+                write_name(&tx, name)?;
                 state.0 = Some(name.to_owned());
             }
             tx.commit()?;
@@ -264,10 +258,7 @@ pub(crate) fn open(
             upgraded = true;
         }
         if fresh {
-            tx.execute(
-                "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('class', ?1), ('id', ?2)",
-                rusqlite::params![class, id.to_string()],
-            )?;
+            write_identity(&tx, class, id)?;
         }
         // What an activation needs to know of the file, read in this transaction (one
         // statement instead of a read transaction each).
@@ -293,10 +284,7 @@ pub(crate) fn open(
         // A name is stored once, by the first open that knows it (every open by name
         // writing it again cost a write transaction per activation).
         if let (Some(name), None) = (name, &state.0) {
-            tx.execute(
-                "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('name', ?1)",
-                [name],
-            )?;
+            write_name(&tx, name)?;
             state.0 = Some(name.to_owned());
         }
         tx.commit()?;
@@ -325,6 +313,24 @@ pub(crate) fn open(
         earliest_due: due.map(|d| d.max(0) as u64),
     };
     Ok((Context::new(conn, class, id, stored_name), opened))
+}
+
+/// Record a new file's class and id in its runtime table.
+fn write_identity(conn: &Connection, class: &str, id: ObjectId) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('class', ?1), ('id', ?2)",
+        rusqlite::params![class, id.to_string()],
+    )?;
+    Ok(())
+}
+
+/// Record the object's name, unless the file has one.
+fn write_name(conn: &Connection, name: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('name', ?1)",
+        [name],
+    )?;
+    Ok(())
 }
 
 /// Open a spare set's database ahead of a new object (see [`crate::spares`]): as
