@@ -461,6 +461,10 @@ impl Host {
 
     /// Create the data directory and TLS material if needed, start the shards, bind
     /// the QUIC endpoint and start serving. Must be called inside a tokio runtime.
+    ///
+    /// Turns transparent huge pages off for the whole process, for good (and for the
+    /// processes it starts after): a host's threads stalled for milliseconds on the
+    /// first touch of each (see `docs/operations.md`).
     pub async fn start(self) -> Result<RunningHost, HostError> {
         let limits = self.limits;
         if limits.max_queue == 0

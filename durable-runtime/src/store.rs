@@ -341,6 +341,16 @@ pub(crate) fn preopen(path: &Path) -> Option<Connection> {
     // Without a template the spare files are empty: [`open`] sets them up itself.
     template()?;
     let conn = connect(path, true).ok()?;
+    // [`open`] takes such a connection for the template as built: make sure it is.
+    let revision: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .ok()?;
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM _durable_meta", [], |r| r.get(0))
+        .ok()?;
+    if revision != SCHEMA_REVISION || rows != 0 {
+        return None;
+    }
     conn.pragma_update(None, "synchronous", "OFF").ok()?;
     conn.pragma_update(None, "journal_mode", "WAL").ok()?;
     conn.pragma_update(None, "cache_size", CACHE_KIB).ok()?;
