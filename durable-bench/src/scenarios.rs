@@ -136,10 +136,6 @@ struct Measured {
     /// CPU time (user + system) of the watched process in the measured window, per
     /// completed operation, in microseconds.
     cpu_us_per_op: Option<f64>,
-    /// How much the watched process's resident memory grew in that window, in KB per
-    /// 100,000 operations (a leak per call shows here: the metrics' histogram samples,
-    /// before they were folded, read ~4,200).
-    rss_growth_kb: Option<f64>,
 }
 
 /// Run `op(task, i)` from `concurrency` tasks for warm-up plus `secs`; returns the
@@ -178,14 +174,12 @@ where
     }
     tokio::time::sleep(Duration::from_secs_f64(warm)).await;
     let cpu_before = watch.and_then(baselines::cpu_secs);
-    let rss_before = watch.and_then(baselines::rss_bytes);
     measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     let n = done.load(Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
     let cpu_after = watch.and_then(baselines::cpu_secs);
-    let rss_after = watch.and_then(baselines::rss_bytes);
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.map_err(|e| e.to_string())??;
@@ -194,14 +188,9 @@ where
         (Some(b), Some(a)) if n > 0 => Some((a - b) * 1e6 / n as f64),
         _ => None,
     };
-    let rss_growth_kb = match (rss_before, rss_after) {
-        (Some(b), Some(a)) if n > 0 => Some((a as f64 - b as f64) / 1024.0 * 1e5 / n as f64),
-        _ => None,
-    };
     Ok(Measured {
         rate: n as f64 / elapsed,
         cpu_us_per_op,
-        rss_growth_kb,
     })
 }
 
@@ -389,7 +378,6 @@ async fn increments_many(plan: &mut Plan) -> Result<Vec<Row>, String> {
             &against,
         ));
     }
-    rows.extend(rss_growth_row("increments_many", &durable));
     Ok(rows)
 }
 
@@ -707,21 +695,7 @@ async fn increments_hot(plan: &Plan) -> Result<Vec<Row>, String> {
             &against,
         ));
     }
-    rows.extend(rss_growth_row("increments_hot", &durable));
     Ok(rows)
-}
-
-/// The host's memory growth over the measured window, per 100,000 calls: near 0 when
-/// nothing is kept per call.
-fn rss_growth_row(scenario: &str, measured: &Measured) -> Option<Row> {
-    let kb = measured.rss_growth_kb?;
-    Some(Row::lower(
-        scenario,
-        kb,
-        "KB host RSS growth/100k",
-        None,
-        "-",
-    ))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
