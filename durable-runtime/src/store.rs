@@ -221,7 +221,6 @@ pub(crate) fn open(
         if ready {
             // What the statements below would find and do on such a file, without
             // their six statements (a new object's first call waits for them).
-            conn.set_prepared_statement_cache_capacity(32);
             let tx = conn.unchecked_transaction()?;
             write_identity(&tx, class, id)?;
             if let Some(name) = name {
@@ -243,11 +242,7 @@ pub(crate) fn open(
             // the switch then syncs nothing).
             conn.pragma_update(None, "synchronous", sync)?;
         }
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", sync)?;
-        conn.pragma_update(None, "cache_size", CACHE_KIB)?;
-        conn.pragma_update(None, "temp_store", "MEMORY")?;
-        conn.set_prepared_statement_cache_capacity(32);
+        settings(&conn, sync)?;
         let tx = conn.unchecked_transaction()?;
         // The runtime's tables, created or brought up to date once (user_version
         // records the revision; `migrate` keeps its own version in `_durable_meta`).
@@ -338,8 +333,6 @@ fn write_name(conn: &Connection, name: &str) -> rusqlite::Result<()> {
 /// close, nothing synced), with WAL mode entered, so its shared memory is set up.
 /// `None` if that fails (the object then opens its file itself).
 pub(crate) fn preopen(path: &Path) -> Option<Connection> {
-    // Without a template the spare files are empty: [`open`] sets them up itself.
-    template()?;
     let conn = connect(path, true).ok()?;
     // [`open`] takes such a connection for the template as built: make sure it is.
     let revision: i64 = conn
@@ -351,18 +344,28 @@ pub(crate) fn preopen(path: &Path) -> Option<Connection> {
     if revision != SCHEMA_REVISION || rows != 0 {
         return None;
     }
+    // `OFF` before the switch to WAL too: the switch then syncs nothing.
     conn.pragma_update(None, "synchronous", "OFF").ok()?;
-    conn.pragma_update(None, "journal_mode", "WAL").ok()?;
-    conn.pragma_update(None, "cache_size", CACHE_KIB).ok()?;
-    conn.pragma_update(None, "temp_store", "MEMORY").ok()?;
+    settings(&conn, "OFF").ok()?;
     Some(conn)
 }
 
-/// A connection to an object's file as the runtime holds one: lookaside off and, under
-/// the host log (`keep_wal`), the WAL and shared memory kept on close.
+/// The settings of an object's connection: WAL mode, `synchronous` as given, its page
+/// cache, temporary tables in memory.
+fn settings(conn: &Connection, sync: &str) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "cache_size", CACHE_KIB)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")
+}
+
+/// A connection to an object's file as the runtime holds one: lookaside off, room for
+/// 32 cached statements and, under the host log (`keep_wal`), the WAL and shared
+/// memory kept on close.
 fn connect(path: &Path, keep_wal: bool) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     disable_lookaside(&conn);
+    conn.set_prepared_statement_cache_capacity(32);
     if keep_wal {
         keep_wal_on_close(&conn);
     }
