@@ -387,14 +387,12 @@ pub(crate) struct Opened {
 }
 
 /// The number of the last batch the object's database holds (0 if none).
-pub(crate) fn stored_seq(conn: &Connection) -> rusqlite::Result<u64> {
-    let seq: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM _durable_meta WHERE key = 'log_seq'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
+pub(crate) fn stored_seq(conn: &impl Statements) -> rusqlite::Result<u64> {
+    // A kept statement: a reader checks this before every read.
+    let seq: Option<i64> = conn.with(
+        "SELECT value FROM _durable_meta WHERE key = 'log_seq'",
+        |s| s.query_row([], |r| r.get(0)).optional(),
+    )?;
     Ok(seq.unwrap_or(0).max(0) as u64)
 }
 
@@ -965,7 +963,7 @@ mod tests {
             (opened.seq, opened.image_ms, opened.earliest_due),
             (7, 1234, Some(42))
         );
-        assert_eq!(opened.seq, stored_seq(&ctx.conn).unwrap());
+        assert_eq!(opened.seq, stored_seq(&*ctx.conn).unwrap());
         assert_eq!(
             ctx.name.as_deref(),
             Some("n"),

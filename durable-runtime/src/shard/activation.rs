@@ -51,7 +51,7 @@ impl Object {
         }
         self.txn_open = false;
         self.deferred = 0;
-        let file_seq = match store::stored_seq(&ctx.conn) {
+        let file_seq = match store::stored_seq(&*ctx.conn) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(class = self.class.name, id = %self.id, error = %e, "healing: reading the file's batch number");

@@ -190,7 +190,7 @@ impl Object {
             let file_seq = self
                 .ctx
                 .as_ref()
-                .and_then(|c| store::stored_seq(&c.conn).ok());
+                .and_then(|c| store::stored_seq(&*c.conn).ok());
             // Poisoned only if the file now lacks durable batches.
             self.poisoned = file_seq != Some(durable);
             self.seq = durable;
