@@ -3,7 +3,7 @@
 //! the HTTP gateway), and the type-erased registry entry the host keeps per class.
 
 use crate::context::Context;
-use crate::read_context::{QueryOnly, ReadContext};
+use crate::read_context::{ReadContext, ReadTurnScope};
 use durable_client::{MethodInfo, ObjectClass};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
@@ -352,16 +352,16 @@ impl ClassEntry {
 }
 
 /// A read-only method run as a turn (the fallback): on the writer's instance and
-/// connection, behind the object's earlier calls, its reply gated like theirs. SQLite
-/// refuses writes for the method's duration (`PRAGMA query_only`), also if it panics
-/// or is dropped.
+/// connection, behind the object's earlier calls, its reply gated like theirs. Its
+/// writes are refused for the method's duration, also if it panics or is dropped (see
+/// [`crate::read_context::RawGuard`]).
 pub(crate) fn read_in_turn<'a, T: Hosted>(
     this: &'a T,
     ctx: &'a Context,
     method: usize,
     args: &'a [u8],
 ) -> BoxTurn<'a> {
-    let guard = QueryOnly::on(&ctx.conn);
+    let guard = ReadTurnScope::enter(ctx);
     Box::pin(async move {
         let outcome = T::dispatch_read(this, ctx.as_read(), method, args).await;
         drop(guard);

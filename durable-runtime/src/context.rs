@@ -36,6 +36,9 @@ pub struct Context {
     /// What the running turn's calls to other objects need (set by the shard for
     /// each turn; `None` in activation).
     pub(crate) turn: Option<crate::outgoing::TurnInfo>,
+    /// Whether a read-only method running as a turn on this (writable) connection has
+    /// been lent the raw connection (see [`crate::read_context::RawGuard`]).
+    pub(crate) raw_guard: std::cell::Cell<crate::read_context::RawGuard>,
 }
 
 impl Context {
@@ -60,6 +63,7 @@ impl Context {
             size_counted: std::cell::Cell::new(None),
             sockets: None,
             turn: None,
+            raw_guard: Default::default(),
         }
     }
 }
@@ -273,6 +277,7 @@ impl Context {
         Sql {
             conn: &self.conn,
             force_image: &self.effects.ship_image,
+            read_only: false,
         }
     }
 
@@ -380,9 +385,23 @@ fn row_as<T: DeserializeOwned>(names: &[String], row: &Row<'_>) -> Result<T, Err
 pub struct Sql<'a> {
     pub(crate) conn: &'a Db,
     pub(crate) force_image: &'a std::cell::Cell<bool>,
+    /// Queries only (a read-only handler's [`crate::ReadSql`]): a statement that would
+    /// write is refused before it runs.
+    pub(crate) read_only: bool,
 }
 
 impl Sql<'_> {
+    /// The cached statement for `sql`; refused if this is a read-only view and the
+    /// statement writes (the error SQLite gives a write under `PRAGMA query_only`,
+    /// without that pragma's cost: setting it expires every prepared statement).
+    fn query_statement(&self, sql: &str) -> Result<rusqlite::CachedStatement<'_>, Error> {
+        let stmt = self.conn.prepare_cached(sql)?;
+        if self.read_only && !stmt.readonly() {
+            return Err(crate::read_context::write_refused().into());
+        }
+        Ok(stmt)
+    }
+
     /// Execute one statement; returns the number of rows changed.
     pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize, Error> {
         Ok(self.conn.prepare_cached(sql)?.execute(params)?)
@@ -400,7 +419,7 @@ impl Sql<'_> {
         P: Params,
         F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
     {
-        Ok(self.conn.prepare_cached(sql)?.query_row(params, f)?)
+        Ok(self.query_statement(sql)?.query_row(params, f)?)
     }
 
     /// Run a query returning at most one row.
@@ -409,11 +428,7 @@ impl Sql<'_> {
         P: Params,
         F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
     {
-        Ok(self
-            .conn
-            .prepare_cached(sql)?
-            .query_row(params, f)
-            .optional()?)
+        Ok(self.query_statement(sql)?.query_row(params, f).optional()?)
     }
 
     /// Run a query and turn every row into a `T` by column name: each row becomes
@@ -437,7 +452,7 @@ impl Sql<'_> {
         sql: &str,
         params: P,
     ) -> Result<Vec<T>, Error> {
-        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut stmt = self.query_statement(sql)?;
         let names: Vec<String> = stmt.column_names().map(String::from).collect();
         let mut rows = stmt.query(params)?;
         let mut out = Vec::new();
@@ -453,7 +468,7 @@ impl Sql<'_> {
         sql: &str,
         params: P,
     ) -> Result<Option<T>, Error> {
-        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut stmt = self.query_statement(sql)?;
         let names: Vec<String> = stmt.column_names().map(String::from).collect();
         let mut rows = stmt.query(params)?;
         match rows.next()? {
@@ -494,7 +509,7 @@ impl Sql<'_> {
         P: Params,
         F: FnMut(&Row<'_>) -> rusqlite::Result<T>,
     {
-        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut stmt = self.query_statement(sql)?;
         let rows = stmt.query_map(params, f)?;
         Ok(rows.take(max).collect::<rusqlite::Result<Vec<T>>>()?)
     }

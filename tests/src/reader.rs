@@ -60,6 +60,21 @@ impl Reader {
         }
     }
 
+    /// Try to write through a query (`UPDATE ... RETURNING`); the error it gets.
+    pub async fn sneak_query(&self, ctx: &ReadContext) -> Result<String, Error> {
+        match ctx.sql().query_row(
+            "UPDATE v SET n = n + 1000 WHERE id = 1 RETURNING n",
+            [],
+            |r| r.get::<_, i64>(0),
+        ) {
+            Ok(n) => Err(Error::new(
+                ErrorKind::Invalid,
+                format!("a read-only handler wrote n = {n}"),
+            )),
+            Err(e) => Ok(e.to_string()),
+        }
+    }
+
     /// Panic.
     pub async fn boom(&self, _ctx: &ReadContext) -> i64 {
         panic!("boom in a read")

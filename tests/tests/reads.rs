@@ -142,10 +142,21 @@ async fn sqlite_refuses_a_write_through_the_raw_connection_of_a_read() {
     let refused = r.sneak().await.unwrap();
     assert!(refused.contains("readonly"), "{refused}");
     assert_eq!(r.add(1, 0).await.unwrap(), 1);
+    // Idle: a read runs as a turn on the writer; a query that writes is refused
+    // before it runs, whether or not the raw connection was taken before it.
+    for _ in 0..2 {
+        let refused = r.sneak_query().await.unwrap();
+        assert!(refused.contains("readonly"), "{refused}");
+        let refused = r.sneak().await.unwrap();
+        assert!(refused.contains("readonly"), "{refused}");
+    }
+    assert_eq!(r.stored().await.unwrap(), 1);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Active and committed: on the reader connection.
     for _ in 0..3 {
         let refused = r.sneak().await.unwrap();
+        assert!(refused.contains("readonly"), "{refused}");
+        let refused = r.sneak_query().await.unwrap();
         assert!(refused.contains("readonly"), "{refused}");
     }
     assert_eq!(r.stored().await.unwrap(), 1);
