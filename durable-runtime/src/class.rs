@@ -256,7 +256,7 @@ impl<T: Hosted> Instance for T {
         }
         if T::READ_ONLY.contains(&method) {
             // A read-only method that fell back to a turn: on the writer's instance
-            // and connection, with writes refused by SQLite for its duration.
+            // and connection, with writes refused for its duration.
             return read_in_turn::<T>(self, ctx, method, args);
         }
         Hosted::dispatch(self, ctx, method, args)

@@ -395,7 +395,17 @@ impl Sql<'_> {
     /// statement writes (the error SQLite gives a write under `PRAGMA query_only`,
     /// without that pragma's cost: setting it expires every prepared statement).
     fn query_statement(&self, sql: &str) -> Result<rusqlite::CachedStatement<'_>, Error> {
-        let stmt = self.conn.prepare_cached(sql)?;
+        let stmt = match self.conn.prepare_cached(sql) {
+            Ok(stmt) => stmt,
+            // The read-only methods' authorizer refused it (see `Db::read_scope`).
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if self.read_only
+                    && e.code == rusqlite::ErrorCode::AuthorizationForStatementDenied =>
+            {
+                return Err(crate::read_context::write_refused().into())
+            }
+            Err(e) => return Err(e.into()),
+        };
         if self.read_only && !stmt.readonly() {
             return Err(crate::read_context::write_refused().into());
         }

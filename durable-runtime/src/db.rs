@@ -9,8 +9,11 @@
 //! allocated. Users' own SQL keeps going through rusqlite's cache (its texts are
 //! unbounded, and its least recently used statements go first).
 
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, Params, PrepFlags, Statement};
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// A connection and the runtime statements prepared on it. Dereferences to the
 /// [`Connection`] for everything else.
@@ -21,6 +24,8 @@ pub(crate) struct Db {
     /// Boxed so that its address, which the held statements borrow, never moves
     /// (also if the `Db` itself is moved with statements in `held`).
     conn: Box<Connection>,
+    /// On while a read-only method runs on this connection (see [`Db::read_scope`]).
+    read_scope: Arc<AtomicBool>,
 }
 
 /// Most statement texts a [`Db`] keeps; others go through rusqlite's cache.
@@ -33,11 +38,102 @@ struct Held {
 }
 
 impl Db {
-    pub(crate) fn new(conn: Connection) -> Db {
+    pub(crate) fn new(mut conn: Connection) -> Db {
+        let read_scope = Arc::new(AtomicBool::new(false));
+        let scope = read_scope.clone();
+        // Installed once, on a connection with no statements yet (installing one
+        // expires every prepared statement).
+        let installed = conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+            if scope.load(Ordering::Relaxed) && !reads_only(&ctx.action) {
+                Authorization::Deny
+            } else {
+                Authorization::Allow
+            }
+        }));
+        if let Err(e) = installed {
+            tracing::warn!(error = %e, "could not install the read-only methods' authorizer");
+        }
         Db {
             held: RefCell::new(Vec::new()),
             conn: Box::new(conn),
+            read_scope,
         }
+    }
+
+    /// While on, SQLite refuses to prepare any statement on this connection that does
+    /// more than read: writes, schema changes, transaction control and savepoints,
+    /// `ATTACH`/`DETACH`, `ANALYZE`, and pragmas other than the schema and status
+    /// reads in [`PRAGMAS_ARG`] and [`PRAGMAS_READ`] (also nested ones, such as `PRAGMA optimize`'s
+    /// `ANALYZE`). A read-only method runs with it on. Statements prepared before are
+    /// not checked again: [`crate::context::Sql`] refuses those that write
+    /// (`sqlite3_stmt_readonly`), and the raw connection lent to a read-only method
+    /// has `PRAGMA query_only` set (see [`crate::read_context::RawGuard`]).
+    pub(crate) fn read_scope(&self, on: bool) {
+        self.read_scope.store(on, Ordering::Relaxed);
+    }
+
+    /// [`Db::read_scope`] on until the returned guard is dropped.
+    pub(crate) fn enter_read_scope(&self) -> ReadScope<'_> {
+        self.read_scope(true);
+        ReadScope(self)
+    }
+}
+
+/// A read-only method's scope on a connection (see [`Db::enter_read_scope`]).
+pub(crate) struct ReadScope<'a>(&'a Db);
+
+impl Drop for ReadScope<'_> {
+    fn drop(&mut self) {
+        self.0.read_scope(false);
+    }
+}
+
+/// Pragmas a read-only method may run with an argument (`PRAGMA table_info(t)`): they
+/// read the schema or check the file, and change nothing.
+const PRAGMAS_ARG: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_list",
+    "index_info",
+    "index_xinfo",
+    "foreign_key_list",
+    "foreign_key_check",
+    "integrity_check",
+    "quick_check",
+];
+
+/// Pragmas a read-only method may run without a value only (with one, most set).
+const PRAGMAS_READ: &[&str] = &[
+    "user_version",
+    "schema_version",
+    "data_version",
+    "page_count",
+    "page_size",
+    "freelist_count",
+    "collation_list",
+    "function_list",
+    "module_list",
+    "pragma_list",
+    "database_list",
+    "compile_options",
+];
+
+/// Whether a statement doing `action` only reads.
+fn reads_only(action: &AuthAction<'_>) -> bool {
+    match action {
+        AuthAction::Select
+        | AuthAction::Read { .. }
+        | AuthAction::Function { .. }
+        | AuthAction::Recursive => true,
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value,
+        } => {
+            let is = |p: &&str| p.eq_ignore_ascii_case(pragma_name);
+            PRAGMAS_ARG.iter().any(is) || (pragma_value.is_none() && PRAGMAS_READ.iter().any(is))
+        }
+        _ => false,
     }
 }
 
@@ -159,6 +255,43 @@ impl std::ops::Deref for Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_read_scope_only_statements_that_read_prepare() {
+        let db = Db::new(Connection::open_in_memory().unwrap());
+        db.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+            .unwrap();
+        let scope = db.enter_read_scope();
+        for sql in [
+            "SELECT x FROM t",
+            "PRAGMA table_info(t)",
+            "PRAGMA user_version",
+            "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 3) SELECT n FROM c",
+        ] {
+            assert!(db.prepare(sql).is_ok(), "{sql} is a read");
+        }
+        for sql in [
+            "INSERT INTO t VALUES (2)",
+            "CREATE TABLE u(y)",
+            "BEGIN",
+            "COMMIT",
+            "SAVEPOINT s",
+            "PRAGMA user_version = 7",
+            "PRAGMA query_only = 1",
+            "PRAGMA optimize",
+            "ANALYZE",
+            "ATTACH ':memory:' AS o",
+        ] {
+            assert!(db.prepare(sql).is_err(), "{sql} is refused in a read scope");
+        }
+        drop(scope);
+        db.execute_batch("INSERT INTO t VALUES (2); PRAGMA user_version = 7")
+            .unwrap();
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
+    }
 
     #[test]
     fn statements_are_kept_by_text_reused_and_finalized_before_the_connection_closes() {

@@ -11,8 +11,11 @@ use std::cell::Cell;
 
 /// What a read-only handler sees of its object: identity, the clock, and read-only
 /// SQL and key-value views of the object's last committed, durable state. Nothing
-/// written through it is possible: there is no `execute`, no `put`, no alarms, and
-/// SQLite itself refuses a write attempted through [`ReadSql::connection`].
+/// written through it is possible in a read-only method: there is no `execute`, no
+/// `put`, no alarms, and SQLite itself refuses any statement that does more than read
+/// (a write, transaction control, `ATTACH`, a pragma that sets), also through
+/// [`ReadSql::connection`]. (A writing turn lending its context with
+/// [`Context::as_read`] keeps its connection writable.)
 ///
 /// A `&self` remote method takes `ctx: &ReadContext`:
 ///
@@ -193,14 +196,18 @@ impl ReadSql<'_> {
         self.sql.query_opt_as(sql, params)
     }
 
-    /// The underlying connection, for what this API does not cover. It is read-only:
-    /// SQLite refuses any write through it ("attempt to write a readonly database").
+    /// The underlying connection, for what this API does not cover. In a read-only
+    /// method it is read-only: SQLite refuses any write through it ("not authorized",
+    /// or "attempt to write a readonly database" for a statement prepared earlier).
     pub fn connection(&self) -> &Connection {
         if self.raw_guard.get() == RawGuard::Armed {
-            // The writer's connection, lent to a read-only method running as a turn.
+            // The writer's connection, lent to a read-only method running as a turn:
+            // its statements prepared before the method are not checked again.
+            self.sql.conn.read_scope(false);
             if let Err(e) = self.sql.conn.pragma_update(None, "query_only", true) {
                 tracing::warn!(error = %e, "could not make a connection query-only");
             }
+            self.sql.conn.read_scope(true);
             self.raw_guard.set(RawGuard::Set);
         }
         self.sql.conn
@@ -235,11 +242,13 @@ impl ReadStorage<'_> {
 }
 
 /// How a read-only method running as a turn on the writer's connection is kept from
-/// writing. Its queries through [`ReadSql`] are checked one by one (a statement that
+/// writing. While it runs, SQLite refuses to prepare any statement that does more than
+/// read ([`crate::db::Db::read_scope`], an authorizer), and its queries through
+/// [`ReadSql`] that were prepared earlier are checked one by one (a statement that
 /// would write is refused before it runs); only if it takes the raw connection
-/// ([`ReadSql::connection`]) is `PRAGMA query_only` set, until the turn ends. (Setting
-/// that pragma on every such read, and clearing it after, cost ~3 µs of a 47 µs read:
-/// SQLite expires every prepared statement of the connection each time.)
+/// ([`ReadSql::connection`]) is `PRAGMA query_only` set too, until the turn ends.
+/// (Setting that pragma on every such read, and clearing it after, cost ~3 µs of a
+/// 47 µs read: SQLite expires every prepared statement of the connection each time.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum RawGuard {
     /// Not in a read-only turn on a writable connection.
@@ -258,12 +267,14 @@ pub(crate) struct ReadTurnScope<'a>(&'a Context);
 impl<'a> ReadTurnScope<'a> {
     pub(crate) fn enter(ctx: &'a Context) -> Self {
         ctx.raw_guard.set(RawGuard::Armed);
+        ctx.conn.read_scope(true);
         ReadTurnScope(ctx)
     }
 }
 
 impl Drop for ReadTurnScope<'_> {
     fn drop(&mut self) {
+        self.0.conn.read_scope(false);
         if self.0.raw_guard.replace(RawGuard::Off) == RawGuard::Set {
             if let Err(e) = self.0.conn.pragma_update(None, "query_only", false) {
                 tracing::error!(error = %e, "could not make a connection writable again");
@@ -277,6 +288,10 @@ impl Drop for ReadTurnScope<'_> {
 pub(crate) fn write_refused() -> rusqlite::Error {
     rusqlite::Error::SqliteFailure(
         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
-        Some("attempt to write a readonly database".into()),
+        Some(
+            "attempt to write a readonly database (a read-only method may only read: no \
+             writes, transaction control, ATTACH or pragmas that set)"
+                .into(),
+        ),
     )
 }

@@ -352,11 +352,15 @@ async fn read_in_snapshot<W: Writer>(
         method = %request.method,
     );
     let instance = r.instance.as_ref().expect("activated");
+    // The connection is read-only; the scope also refuses transaction control (ending
+    // the read's snapshot), `ATTACH` and setting pragmas.
+    let scope = r.ctx.conn.enter_read_scope();
     let turn = instance.dispatch_read(r.ctx.as_read(), call.method, &request.args);
     let started = crate::clock::monotonic();
     let outcome = AssertUnwindSafe(tracing::Instrument::instrument(turn, span))
         .catch_unwind()
         .await;
+    drop(scope);
     crate::telemetry::turn(
         class.name,
         crate::clock::monotonic().saturating_sub(started),

@@ -75,6 +75,14 @@ impl Reader {
         }
     }
 
+    /// Run `sql` through a read-only query; the error it gets, or "ran".
+    pub async fn try_sql(&self, ctx: &ReadContext, sql: String) -> Result<String, Error> {
+        match ctx.sql().query_opt(&sql, [], |_| Ok(())) {
+            Ok(_) => Ok("ran".into()),
+            Err(e) => Ok(e.to_string()),
+        }
+    }
+
     /// Panic.
     pub async fn boom(&self, _ctx: &ReadContext) -> i64 {
         panic!("boom in a read")
