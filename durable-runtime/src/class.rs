@@ -354,7 +354,7 @@ impl ClassEntry {
 /// A read-only method run as a turn (the fallback): on the writer's instance and
 /// connection, behind the object's earlier calls, its reply gated like theirs. Its
 /// writes are refused for the method's duration, also if it panics or is dropped (see
-/// [`crate::read_context::RawGuard`]).
+/// [`crate::db::RawGuard`]).
 pub(crate) fn read_in_turn<'a, T: Hosted>(
     this: &'a T,
     ctx: &'a Context,

@@ -37,8 +37,8 @@ pub struct Context {
     /// each turn; `None` in activation).
     pub(crate) turn: Option<crate::outgoing::TurnInfo>,
     /// Whether a read-only method running as a turn on this (writable) connection has
-    /// been lent the raw connection (see [`crate::read_context::RawGuard`]).
-    pub(crate) raw_guard: std::cell::Cell<crate::read_context::RawGuard>,
+    /// been lent the raw connection (see [`crate::db::RawGuard`]).
+    pub(crate) raw_guard: std::cell::Cell<crate::db::RawGuard>,
 }
 
 impl Context {
@@ -402,12 +402,12 @@ impl Sql<'_> {
                 if self.read_only
                     && e.code == rusqlite::ErrorCode::AuthorizationForStatementDenied =>
             {
-                return Err(crate::read_context::write_refused().into())
+                return Err(crate::db::write_refused().into())
             }
             Err(e) => return Err(e.into()),
         };
         if self.read_only && !stmt.readonly() {
-            return Err(crate::read_context::write_refused().into());
+            return Err(crate::db::write_refused().into());
         }
         Ok(stmt)
     }

@@ -3,6 +3,7 @@
 //! writes. The read path that runs these handlers lives beside the shards.
 
 use crate::context::{Context, ListOptions, Sql, Storage};
+use crate::db::RawGuard;
 use crate::error::Error;
 use durable_client::ObjectId;
 use rusqlite::{Connection, Params, Row};
@@ -241,25 +242,6 @@ impl ReadStorage<'_> {
     }
 }
 
-/// How a read-only method running as a turn on the writer's connection is kept from
-/// writing. While it runs, SQLite refuses to prepare any statement that does more than
-/// read ([`crate::db::Db::read_scope`], an authorizer), and its queries through
-/// [`ReadSql`] that were prepared earlier are checked one by one (a statement that
-/// would write is refused before it runs); only if it takes the raw connection
-/// ([`ReadSql::connection`]) is `PRAGMA query_only` set too, until the turn ends.
-/// (Setting that pragma on every such read, and clearing it after, cost ~3 µs of a
-/// 47 µs read: SQLite expires every prepared statement of the connection each time.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum RawGuard {
-    /// Not in a read-only turn on a writable connection.
-    #[default]
-    Off,
-    /// In one; the raw connection has not been lent.
-    Armed,
-    /// In one, and `query_only` is set on the connection.
-    Set,
-}
-
 /// The read-only turn's scope on `ctx`: arms the guard, and clears `query_only` when
 /// dropped if it was set (also if the method panics or its future is dropped).
 pub(crate) struct ReadTurnScope<'a>(&'a Context);
@@ -281,17 +263,4 @@ impl Drop for ReadTurnScope<'_> {
             }
         }
     }
-}
-
-/// The error a write gets in a read-only handler: SQLite's own for a write under
-/// `PRAGMA query_only`.
-pub(crate) fn write_refused() -> rusqlite::Error {
-    rusqlite::Error::SqliteFailure(
-        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
-        Some(
-            "attempt to write a readonly database (a read-only method may only read: no \
-             writes, transaction control, ATTACH or pragmas that set)"
-                .into(),
-        ),
-    )
 }
