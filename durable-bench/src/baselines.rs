@@ -416,6 +416,20 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     (ticks > 0).then(|| (utime + stime) as f64 / ticks as f64)
 }
 
+/// Resident set size of process `pid`, in bytes (`VmRSS` of `/proc/PID/status`).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// Where the workerd baseline lives: its config, worker and npm install.
 pub fn workerd_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("workerd")
