@@ -207,14 +207,15 @@ where
         _ => None,
     };
     let second = Duration::from_secs(1);
-    let lowest = |keep: &dyn Fn(Duration) -> bool| {
+    // The lowest reading taken between `from` and `to` into the window.
+    let lowest = |from: Duration, to: Duration| {
         rss.iter()
-            .filter(|(at, _)| keep(*at))
+            .filter(|(at, _)| (from..=to).contains(at))
             .map(|(_, b)| *b)
             .min()
     };
-    let first = lowest(&|at| at <= second);
-    let last = lowest(&|at| at + second >= window);
+    let first = lowest(Duration::ZERO, second);
+    let last = lowest(window.saturating_sub(second), Duration::MAX);
     let rss_growth_kb = match (first, last) {
         (Some(b), Some(a)) if n > 0 && window > 2 * second => {
             Some((a as f64 - b as f64) / 1024.0 * 1e5 / n as f64)

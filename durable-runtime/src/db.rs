@@ -63,8 +63,8 @@ impl Db {
     /// While on, SQLite refuses to prepare any statement on this connection that does
     /// more than read: writes, schema changes, transaction control and savepoints,
     /// `ATTACH`/`DETACH`, `ANALYZE`, and pragmas other than the schema and status
-    /// reads in [`PRAGMAS_ARG`] and [`PRAGMAS_READ`] (also nested ones, such as `PRAGMA optimize`'s
-    /// `ANALYZE`). A read-only method runs with it on. Statements prepared before are
+    /// reads in [`PRAGMAS_ARG`] and [`PRAGMAS_READ`] (also nested ones, such as
+    /// `PRAGMA optimize`'s `ANALYZE`). A read-only method runs with it on. Statements prepared before are
     /// not checked again: the read-only methods' SQL view refuses those that write
     /// (`sqlite3_stmt_readonly`), and the raw connection lent to a read-only method
     /// has `PRAGMA query_only` set (see [`RawGuard`]).
