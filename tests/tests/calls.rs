@@ -117,6 +117,77 @@ async fn a_replayed_request_id_is_applied_once_and_returns_the_first_result() {
     assert_eq!(counter.increment(1).await.unwrap(), 7);
 }
 
+/// A request's record reaches the object's file only when the file commits (every few
+/// batches, or when the object goes quiet); until then the host answers resends from
+/// memory. Copies of one request sent together (most land in one batch, the rest in the
+/// deferred batches after it) among other calls, then again once the object went quiet
+/// and its file committed, and again after a `kill -9` (the log replays the records):
+/// applied once every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_request_sent_together_apply_once_before_and_after_the_file_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let counter = client.get::<Counter>("copies");
+    let object = client.object_ref("Counter", counter.id(), Some("copies"));
+    let fingerprint = method_fingerprint::<Counter>("increment");
+    let request = object.prepare("increment", fingerprint, &(1000i64,));
+    let copies = (0..16).map(|_| object.call_request::<i64, durable::Error>(&request));
+    let others = (0..16).map(|_| counter.increment(1));
+    let (copies, others) = futures_util::future::join(
+        futures_util::future::join_all(copies),
+        futures_util::future::join_all(others),
+    )
+    .await;
+    let copies: Vec<i64> = copies.into_iter().map(Result::unwrap).collect();
+    let mut others: Vec<i64> = others.into_iter().map(Result::unwrap).collect();
+    // Every copy has the first one's answer, the other calls distinct answers of
+    // their own, and the total shows the request applied once.
+    assert!(copies.iter().all(|c| *c == copies[0]), "{copies:?}");
+    others.sort();
+    others.dedup();
+    assert_eq!(others.len(), 16, "{others:?}");
+    assert!(!others.contains(&copies[0]), "{others:?} {}", copies[0]);
+    assert_eq!(counter.get().await.unwrap(), 1016);
+    // Quiet past the deferred commit (100 ms): the record is in the file now.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let again = object.call_request::<i64, durable::Error>(&request).await;
+    assert_eq!(again.unwrap(), copies[0]);
+    assert_eq!(counter.get().await.unwrap(), 1016);
+    // Fresh records, still only in memory and the log when the host is killed: after the
+    // restart the log's replay answers them.
+    assert_eq!(counter.increment(1).await.unwrap(), 1017);
+    let late = object.prepare("increment", fingerprint, &(5i64,));
+    assert_eq!(
+        object
+            .call_request::<i64, durable::Error>(&late)
+            .await
+            .unwrap(),
+        1022
+    );
+    assert_eq!(
+        object
+            .call_request::<i64, durable::Error>(&late)
+            .await
+            .unwrap(),
+        1022
+    );
+    drop(client);
+    host.kill9();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let object = client.object_ref("Counter", counter.id(), Some("copies"));
+    for (request, first) in [(&request, copies[0]), (&late, 1022)] {
+        let again: i64 = object
+            .call_request::<i64, durable::Error>(request)
+            .await
+            .unwrap();
+        assert_eq!(again, first);
+    }
+    let counter = client.get::<Counter>("copies");
+    assert_eq!(counter.get().await.unwrap(), 1022);
+}
+
 /// The host skips the recorded-answer lookup for an id later than every id it has
 /// recorded for the object (ids are in time order): ids that arrive out of order,
 /// and resends after a restart (the largest id is read again), must still apply once.

@@ -50,6 +50,7 @@ impl Object {
             let _ = ctx.conn.run("ROLLBACK");
         }
         self.txn_open = false;
+        self.unfiled.clear();
         self.deferred = 0;
         let file_seq = match store::stored_seq(&*ctx.conn) {
             Ok(s) => s,
@@ -356,6 +357,8 @@ impl Object {
         self.ctx = None;
         self.conn = None;
         self.marker = None;
+        // An open transaction goes with the connection.
+        self.unfiled.clear();
     }
 
     /// Activate the instance inside the batch's open transaction. Returns the

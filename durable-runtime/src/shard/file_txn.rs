@@ -79,6 +79,7 @@ impl Object {
         }
         let _ = conn.run("ROLLBACK");
         self.txn_open = false;
+        self.unfiled.clear();
         if self.deferred > 0 {
             tracing::error!(class = self.class.name, id = %self.id, "rolling back a batch undid deferred ones; the object rebuilds them from the log on its next call");
             self.deferred = 0;
@@ -136,15 +137,20 @@ impl Object {
         }
         let conn = self.db();
         // The file records the last batch it holds as it commits them (a batch does
-        // not: an `UPDATE` per batch was a twelfth of a write's shard time).
+        // not: an `UPDATE` per batch was a twelfth of a write's shard time), and the
+        // request records of its deferred batches (see `super::unfiled`).
         let committed = match lsn {
-            Some(_) => store::set_stored_seq(conn, self.seq),
+            Some(_) => self
+                .unfiled
+                .write(conn, self.config.request_window)
+                .and_then(|()| store::set_stored_seq(conn, self.seq)),
             None => Ok(()),
         }
         .and_then(|()| conn.run("COMMIT"));
         match committed {
             Ok(()) => {
                 self.txn_open = false;
+                self.unfiled.clear();
                 self.deferred = 0;
                 self.commit_backoff = 0;
                 if let (Some(lsn), Some(log)) = (lsn, self.log.as_ref()) {
@@ -275,6 +281,7 @@ impl Object {
             let _ = conn.run("ROLLBACK");
         }
         self.txn_open = false;
+        self.unfiled.clear();
         if self.deferred > 0 {
             self.deferred = 0;
             self.poisoned = true;
@@ -294,12 +301,12 @@ impl Object {
         &mut self,
         before: (u64, i64),
         capture: Option<ChangeCapture>,
-        recorded: &[store::RecordedCall],
+        recorded: Vec<store::RecordedCall>,
     ) -> Result<(), CommitError> {
         let not_applied = |e: rusqlite::Error| CommitError::NotApplied(e.to_string());
         let conn = self.conn.clone().expect("opened");
         let after = write_marker(&conn);
-        if after == before && !self.needs_image {
+        if after == before && !self.needs_image && recorded.is_empty() {
             // Nothing was written: the capture is still empty, keep it for next time.
             self.spare_capture = capture;
             self.marker = Some(after);
@@ -309,7 +316,10 @@ impl Object {
         }
         let seq = self.seq + 1;
         let log = self.log.as_ref().expect("attached");
+        let window = self.config.request_window;
         if !log.captures_changes() {
+            // Nothing is deferred: the records go in with the batch.
+            super::unfiled::write_records(&*conn, &recorded, window).map_err(not_applied)?;
             store::set_stored_seq(&*conn, seq).map_err(not_applied)?;
             drop(capture);
             // The file is the durability: commit every batch. A failed COMMIT may have
@@ -326,6 +336,8 @@ impl Object {
             now.saturating_sub(self.last_image_ms) >= every.as_millis() as u64
         });
         let mut capture = capture;
+        // Whether this batch's savepoint holds every request record so far (an image).
+        let mut filed = false;
         let change = match &mut capture {
             Some(c) if !self.needs_image && !snapshot_due && after.1 == before.1 => {
                 // Nothing below writes to the file: `after` stays this connection's
@@ -334,10 +346,17 @@ impl Object {
                 Change::Changeset(store::encode_changes(
                     &c.changeset(&*conn, after.1)
                         .map_err(CommitError::NotApplied)?,
-                    recorded,
+                    &recorded,
                 ))
             }
             _ => {
+                // An image replaces the file on replay and carries no request records
+                // of its own: it must hold every one so far, the deferred batches' too.
+                self.unfiled
+                    .write(&*conn, window)
+                    .and_then(|()| super::unfiled::write_records(&*conn, &recorded, window))
+                    .map_err(not_applied)?;
+                filed = true;
                 // An image carries its batch number: replaying it sets the file's.
                 store::set_stored_seq(&*conn, seq).map_err(not_applied)?;
                 store::set_image_time(&conn, now).map_err(not_applied)?;
@@ -366,6 +385,13 @@ impl Object {
             return Err(CommitError::Indeterminate(format!(
                 "the batch is in the host log but its commit failed: {e}"
             )));
+        }
+        // The batch's records are the file's once it commits (in the transaction already
+        // if an image wrote them all).
+        if filed {
+            self.unfiled.clear();
+        } else {
+            self.unfiled.extend(recorded);
         }
         // With readers about, the file commits as soon as the batch is durable: before
         // its replies leave (see `crate::reads`).

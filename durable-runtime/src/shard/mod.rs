@@ -24,6 +24,7 @@ mod outcomes;
 mod restore;
 mod slot;
 mod turns;
+mod unfiled;
 
 use self::object::Object;
 use self::slot::{Slot, Work, QUEUE_FULL_RETRY_MS};
@@ -172,6 +173,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         flush_rx: Some(flush_rx),
         turns: 0,
         request_max: None,
+        unfiled: Default::default(),
         marker: None,
         reopened_for: None,
     };

@@ -87,6 +87,10 @@ pub(super) struct Object {
     /// than a call may have recorded ids (activation, healing, a restore). A stale
     /// larger value only costs lookups.
     pub(super) request_max: Option<[u8; 16]>,
+    /// Request records of the deferred batches, not yet written to the file's request
+    /// table (see [`super::unfiled`]): written as the file commits, dropped whenever the
+    /// open transaction is.
+    pub(super) unfiled: super::unfiled::Unfiled,
     /// The write marker the last batch's commit read after it, kept for the next
     /// batch's start (one `PRAGMA schema_version` per batch instead of two). Used only
     /// while the connection's change count still matches; cleared whenever the

@@ -133,12 +133,15 @@ impl Object {
             None
         };
         // Ends the batch's savepoint (and the turn's inside it); ships what it wrote.
-        self.commit(bs.before, bs.capture.take(), &bs.recorded)
-            .await?;
+        self.commit(
+            bs.before,
+            bs.capture.take(),
+            std::mem::take(&mut bs.recorded),
+        )
+        .await?;
         if let Some(due) = due {
             self.index_alarms_after(due);
         }
-        bs.recorded.clear();
         let target = self.seq;
         if let Some(log) = self.log.as_ref() {
             if target > self.slot.core.borrow().durable() {
@@ -231,7 +234,7 @@ impl Object {
                 Ok(effects) if wrote && self.needs_image => {
                     let committed = match self.index_alarms_before(false, &effects) {
                         Ok(due) => self
-                            .commit(bs.before, bs.capture.take(), &[])
+                            .commit(bs.before, bs.capture.take(), Vec::new())
                             .await
                             .map(|()| due)
                             .map_err(|e| e.to_string()),
@@ -379,7 +382,11 @@ impl Object {
         crate::telemetry::batch(items);
         if failure.is_none() {
             if let Err(e) = self
-                .commit(bs.before, bs.capture.take(), &bs.recorded)
+                .commit(
+                    bs.before,
+                    bs.capture.take(),
+                    std::mem::take(&mut bs.recorded),
+                )
                 .await
             {
                 failure = Some(e);
@@ -524,7 +531,6 @@ pub(super) async fn run_call(
     call: &Call,
     bs: &mut Pending,
 ) -> Result<CallResult, String> {
-    let window = obj.config.request_window;
     let request = &call.request;
     if ctx.clock.now_ms() > call.deadline_ms {
         return Ok(CallResult::Reply(Response::Error(WireError::Timeout)));
@@ -540,7 +546,16 @@ pub(super) async fn run_call(
     {
         None
     } else {
-        store::lookup_request(&*ctx.conn, &request.request_id).map_err(db)?
+        // This batch's records, then the deferred batches' (see `super::unfiled`), then
+        // the file's.
+        let id = &request.request_id;
+        match bs.recorded.iter().find(|(r, _, _)| r == id) {
+            Some((_, digest, outcome)) => Some((*digest, outcome.clone())),
+            None => match obj.unfiled.get(id) {
+                Some(found) => Some(found),
+                None => store::lookup_request(&*ctx.conn, id).map_err(db)?,
+            },
+        }
     };
     if let Some((first, recorded)) = recorded {
         if first != 0 && first != digest {
@@ -610,13 +625,10 @@ pub(super) async fn run_call(
         }
     };
     let wrote = ctx.conn.total_changes() != before;
-    // A call that wrote records its outcome under its request id, in the batch's
-    // savepoint rather than the call's: the request table's pages are then saved for a
-    // rollback once per batch instead of once per call (a failure here fails the whole
-    // batch anyway).
-    let record = |obj: &mut Object, ctx: &Context, bs: &mut Pending, outcome: Recorded| {
-        store::record_request(&*ctx.conn, &request.request_id, digest, &outcome, window)
-            .map_err(db)?;
+    // A call that wrote records its outcome under its request id: with the batch, which
+    // carries it to the log; the file's request table gets it when the file commits
+    // (see `super::unfiled`).
+    let record = |obj: &mut Object, _: &Context, bs: &mut Pending, outcome: Recorded| {
         obj.recorded_request(&request.request_id);
         bs.recorded.push((request.request_id, digest, outcome));
         Ok::<(), String>(())
