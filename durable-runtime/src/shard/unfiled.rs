@@ -40,11 +40,11 @@ impl Unfiled {
         })
     }
 
-    /// Forget everything held (the transaction the records were meant for is gone:
-    /// whoever re-applies its batches from the log files their records too).
+    /// Forget everything held: written to the file, or the transaction the records were
+    /// meant for is gone (whoever re-applies its batches from the log writes their
+    /// records too). The allocations go too: a quiet object holds none of it.
     pub(super) fn clear(&mut self) {
-        self.records.clear();
-        self.index.clear();
+        *self = Unfiled::default();
     }
 
     /// Write every record held into the request table, in order, in the connection's
