@@ -745,9 +745,6 @@ impl Prealloc {
     }
 }
 
-/// The longest a round waits for more records to join it (see `writer_loop`).
-const MAX_LINGER: Duration = Duration::from_micros(250);
-
 fn writer_loop(
     rx: mpsc::Receiver<Msg>,
     shared: Arc<Shared>,
@@ -771,28 +768,21 @@ fn write_rounds(
     let dir = log_dir(&shared.data_dir);
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut batch: Vec<Entry> = Vec::new();
-    let mut last_round = Duration::ZERO;
     let mut free_space = None;
     loop {
         // A control message ends the round: what came before it is written first.
         let mut control = None;
-        let (first, waiting) = match rx.try_recv() {
-            Ok(m) => (m, true),
-            Err(mpsc::TryRecvError::Disconnected) => return,
-            Err(mpsc::TryRecvError::Empty) => match rx.recv() {
-                Ok(m) => (m, false),
-                Err(_) => return,
-            },
+        // Group commit: a round takes whatever is waiting and starts at once. What
+        // arrives while it syncs makes the next round (no linger for more: with the
+        // callers waiting on this round, a wait only delays them; increments_hot
+        // 39k -> 45k incr/s without the 125-250 µs linger, increments_many unchanged).
+        let first = match rx.recv() {
+            Ok(m) => m,
+            Err(_) => return,
         };
         match first {
             Msg::Append(e) => batch.push(e),
             other => control = Some(other),
-        }
-        // Group commit under load: when records were already waiting (they came while
-        // the last round synced), more are on their way; let them gather for half a
-        // sync's time, so each sync carries more of them (an idle log syncs at once).
-        if waiting && control.is_none() && !last_round.is_zero() {
-            std::thread::sleep((last_round / 2).min(MAX_LINGER));
         }
         let mut pending: usize = batch.iter().map(|e| e.payload.len()).sum();
         while control.is_none() && pending < (16 << 20) {
@@ -822,9 +812,8 @@ fn write_rounds(
                 batch
                     .drain(..)
                     .for_each(|e| e.pos.send_modify(|p| p.rejected = Some(Refusal::Full)));
-                last_round = Duration::ZERO;
             } else {
-                last_round = write_round(
+                write_round(
                     shared,
                     &dir,
                     segment,
@@ -863,7 +852,7 @@ fn write_round(
     buf: &mut Vec<u8>,
     batch: &mut Vec<Entry>,
     next_lsn: &mut u64,
-) -> Duration {
+) {
     let first = *next_lsn;
     let now = shared.clock.now_ms();
     buf.clear();
@@ -928,7 +917,7 @@ fn write_round(
                     .for_each(|e| e.pos.send_modify(|p| p.failed = true));
             }
         }
-        return Duration::ZERO;
+        return;
     }
     let took = crate::clock::monotonic().saturating_sub(started);
     crate::telemetry::log_round(batch.len(), took);
@@ -984,7 +973,6 @@ fn write_round(
     if since + buf.len() as u64 > CHECKPOINT_BYTES {
         shared.wake.1.notify_all();
     }
-    took
 }
 
 fn checkpointer_loop(shared: Arc<Shared>, interval: Option<Duration>) {
