@@ -135,7 +135,8 @@ impl Object {
             }
             lsn = Some(pos.lsn);
         }
-        let conn = self.db();
+        let conn = self.conn.clone().expect("open: checked above");
+        let conn = &*conn;
         // The file records the last batch it holds as it commits them (a batch does
         // not: an `UPDATE` per batch was a twelfth of a write's shard time), and the
         // request records of its deferred batches (see `super::unfiled`).
@@ -353,8 +354,7 @@ impl Object {
                 // An image replaces the file on replay and carries no request records
                 // of its own: it must hold every one so far, the deferred batches' too.
                 self.unfiled
-                    .write(&*conn, window)
-                    .and_then(|()| super::unfiled::write_records(&*conn, &recorded, window))
+                    .write_within_batch(&*conn, &recorded, window)
                     .map_err(not_applied)?;
                 filed = true;
                 // An image carries its batch number: replaying it sets the file's.

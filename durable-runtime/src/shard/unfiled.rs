@@ -18,6 +18,12 @@ pub(super) struct Unfiled {
     records: Vec<RecordedCall>,
     /// Request id -> position in `records`.
     index: HashMap<[u8; 16], usize>,
+    /// How many of `records` (from the first) are written into the open transaction
+    /// already, outside any savepoint: a commit that failed with its transaction kept
+    /// leaves them there, and its retry must not write them again. (Written again, rows
+    /// the window had already dropped would come back with new sequence numbers and
+    /// push out newer ones.)
+    written: usize,
 }
 
 impl Unfiled {
@@ -47,12 +53,30 @@ impl Unfiled {
         *self = Unfiled::default();
     }
 
-    /// Write every record held into the request table, in order, in the connection's
-    /// open transaction; dropping the oldest beyond `window` as [`store::record_request`]
-    /// does. The records stay held until [`Unfiled::clear`]: writing them again is
-    /// harmless (a recorded id is skipped), so a failure part way can simply be retried.
-    pub(super) fn write(&self, conn: &impl Statements, window: usize) -> rusqlite::Result<()> {
-        write_records(conn, &self.records, window)
+    /// Write the records held and not yet written into the request table, in order, in
+    /// the connection's open transaction outside any savepoint (just before the file
+    /// commits), dropping the oldest beyond `window` as [`store::record_request`] does.
+    /// They stay held (and answer lookups) until [`Unfiled::clear`]; a failure part way
+    /// leaves the rest for the next try.
+    pub(super) fn write(&mut self, conn: &impl Statements, window: usize) -> rusqlite::Result<()> {
+        for (id, digest, outcome) in &self.records[self.written..] {
+            store::record_request(conn, id, *digest, outcome, window)?;
+            self.written += 1;
+        }
+        Ok(())
+    }
+
+    /// Write the records not yet written, then `batch`'s, inside the running batch's
+    /// savepoint (an image batch, which must hold them all): a rollback of the batch
+    /// undoes these rows, so they do not count as written.
+    pub(super) fn write_within_batch(
+        &self,
+        conn: &impl Statements,
+        batch: &[RecordedCall],
+        window: usize,
+    ) -> rusqlite::Result<()> {
+        write_records(conn, &self.records[self.written..], window)?;
+        write_records(conn, batch, window)
     }
 }
 
@@ -73,6 +97,55 @@ mod tests {
 
     fn rec(n: u8, body: &[u8]) -> RecordedCall {
         ([n; 16], u64::from(n), Recorded::Return(body.to_vec()))
+    }
+
+    /// The newest `window` request ids of `conn`'s table.
+    fn newest(conn: &rusqlite::Connection, window: usize) -> Vec<u8> {
+        let mut ids: Vec<u8> = conn
+            .prepare("SELECT id FROM _durable_requests ORDER BY seq DESC")
+            .unwrap()
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .unwrap()
+            .map(|r| r.unwrap()[0])
+            .take(window)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn a_retried_write_does_not_write_again_or_push_out_newer_records() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE _durable_requests(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, kind INTEGER NOT NULL, body BLOB NOT NULL);
+             BEGIN;",
+        )
+        .unwrap();
+        let window = 100;
+        let mut u = Unfiled::default();
+        u.extend((0..130).map(|n| rec(n, b"x")).collect());
+        u.write(&conn, window).unwrap();
+        // The file's commit failed with its transaction kept; more batches came.
+        u.extend((130..200).map(|n| rec(n, b"y")).collect());
+        u.write(&conn, window).unwrap();
+        // A second retry finds nothing left to write.
+        u.write(&conn, window).unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM _durable_requests", [], |r| r.get(0))
+            .unwrap();
+        assert!(rows >= window as i64, "{rows}");
+        // Each record was inserted once: 200 sequence numbers in all.
+        let last: i64 = conn
+            .query_row("SELECT max(seq) FROM _durable_requests", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(last, 200);
+        // The newest `window` records are the last `window` ids held, each once.
+        assert_eq!(newest(&conn, window), (100..200).collect::<Vec<u8>>());
+        // An image batch writes what is not written yet, and does not count it.
+        u.extend(vec![rec(200, b"z")]);
+        u.write_within_batch(&conn, &[rec(201, b"w")], window)
+            .unwrap();
+        assert_eq!(u.written, 200);
     }
 
     #[test]
