@@ -628,10 +628,9 @@ pub(super) async fn run_call(
     // A call that wrote records its outcome under its request id: with the batch, which
     // carries it to the log; the file's request table gets it when the file commits
     // (see `super::unfiled`).
-    let record = |obj: &mut Object, _: &Context, bs: &mut Pending, outcome: Recorded| {
+    let record = |obj: &mut Object, bs: &mut Pending, outcome: Recorded| {
         obj.recorded_request(&request.request_id);
         bs.recorded.push((request.request_id, digest, outcome));
-        Ok::<(), String>(())
     };
     let response = match outcome {
         TurnOutcome::Return(bytes) => {
@@ -656,14 +655,14 @@ pub(super) async fn run_call(
                 ctx.conn.run("RELEASE durable_call").map_err(db)?;
             }
             if wrote {
-                record(obj, ctx, bs, Recorded::Return(bytes.clone()))?;
+                record(obj, bs, Recorded::Return(bytes.clone()));
             }
             return Ok(CallResult::Reply(Response::Return(bytes)));
         }
         TurnOutcome::AppError(bytes) => {
             rollback(ctx)?;
             if wrote {
-                record(obj, ctx, bs, Recorded::AppError(bytes.clone()))?;
+                record(obj, bs, Recorded::AppError(bytes.clone()));
             }
             Response::AppError(bytes)
         }
