@@ -375,6 +375,33 @@ fn row_as<T: DeserializeOwned>(names: &[String], row: &Row<'_>) -> Result<T, Err
     })
 }
 
+/// Stores the schema version `migrate` brought the file to.
+pub(crate) const WRITE_SCHEMA_VERSION: &str =
+    "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('schema_version', ?1)";
+
+/// Drop every table and view of the user's (the runtime's own stay) and the stored
+/// schema version: a new object's file as the template made it, but for its identity.
+fn back_to_template(conn: &crate::db::Db) -> rusqlite::Result<()> {
+    let objects: Vec<(String, String)> = conn
+        .prepare(
+            "SELECT type, name FROM sqlite_master WHERE type IN ('view', 'table')
+               AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+               AND name NOT LIKE '\\_durable\\_%' ESCAPE '\\'
+             ORDER BY type = 'table'",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (kind, name) in objects {
+        let kind = if kind == "view" { "VIEW" } else { "TABLE" };
+        conn.execute_batch(&format!(
+            "DROP {kind} IF EXISTS main.\"{}\"",
+            name.replace('"', "\"\"")
+        ))?;
+    }
+    conn.execute("DELETE FROM _durable_meta WHERE key = 'schema_version'", [])?;
+    Ok(())
+}
+
 /// SQL on the object's own database. Every call runs inside the turn's transaction:
 /// it commits when the method returns `Ok` and rolls back on `Err` or panic.
 /// Statements are prepared once and cached per object.
@@ -530,11 +557,23 @@ impl Sql<'_> {
     /// Call it from the activation constructor with the whole list every time;
     /// append new migrations, never edit applied ones.
     pub fn migrate(&self, migrations: &[&str]) -> Result<usize, Error> {
-        let current: i64 = self.conn.query_row(
-            "SELECT coalesce((SELECT value FROM _durable_meta WHERE key = 'schema_version'), 0)",
-            [],
-            |r| r.get(0),
-        )?;
+        let assumed = self.conn.take_assumed_schema_version();
+        let current: i64 = match assumed {
+            Some(a) if a.digest.is_none_or(|d| d == crate::db::migrations_digest(migrations)) => {
+                a.version
+            }
+            // A new object's file made with its class's migrations applied ahead, but
+            // this call passes others: back to the template's schema, then as usual.
+            Some(_) => {
+                back_to_template(self.conn)?;
+                0
+            }
+            None => self.conn.query_row(
+                "SELECT coalesce((SELECT value FROM _durable_meta WHERE key = 'schema_version'), 0)",
+                [],
+                |r| r.get(0),
+            )?,
+        };
         let current = current.max(0) as usize;
         if current > migrations.len() {
             return Err(Error::new(
@@ -545,8 +584,26 @@ impl Sql<'_> {
                 ),
             ));
         }
-        for m in &migrations[current..] {
-            self.conn.execute_batch(m)?;
+        // Every migration, on a new object's file made from the template: if they
+        // would do the same on every such file, the class's next new objects get
+        // theirs with them applied ahead (see `crate::spares`).
+        let learn = !migrations.is_empty()
+            && assumed
+                == Some(crate::db::Assumed {
+                    version: 0,
+                    digest: None,
+                });
+        if learn {
+            self.conn.start_schema_watch();
+        }
+        let ran = migrations[current..]
+            .iter()
+            .try_for_each(|m| self.conn.execute_batch(m));
+        let same = learn && self.conn.end_schema_watch();
+        ran?;
+        if same {
+            *self.conn.template_made.borrow_mut() =
+                Some(migrations.iter().map(|m| m.to_string()).collect());
         }
         if current < migrations.len() {
             // The version lives in the runtime's own table, which changesets leave
@@ -554,10 +611,8 @@ impl Sql<'_> {
             self.force_image.set(true);
         }
         if current < migrations.len() {
-            self.conn.execute(
-                "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('schema_version', ?1)",
-                [migrations.len() as i64],
-            )?;
+            self.conn
+                .execute(WRITE_SCHEMA_VERSION, [migrations.len() as i64])?;
         }
         Ok(migrations.len())
     }

@@ -11,8 +11,8 @@
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, Params, PrepFlags, Statement};
-use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 /// A connection and the runtime statements prepared on it. Dereferences to the
@@ -26,7 +26,45 @@ pub(crate) struct Db {
     conn: Box<Connection>,
     /// On while a read-only method runs on this connection (see [`Db::read_scope`]).
     read_scope: Arc<AtomicBool>,
+    /// Whether statements are being watched, and whether one was seen that could do
+    /// something else on another new object's file (see [`Db::start_schema_watch`]).
+    schema_watch: Arc<AtomicU8>,
+    /// The schema version `migrate` would read, known without reading it, with the
+    /// connection's count of changed rows at the time (see [`Db::assume_schema_version`]).
+    assumed_version: Cell<Option<(Assumed, u64)>>,
+    /// Migrations that ran, watched, on a new object's file from the template: any new
+    /// file of the class may be made with them applied (see [`crate::spares`]).
+    pub(crate) template_made: RefCell<Option<Vec<String>>>,
+    /// A new object's file made with its class's migrations applied ahead, until its
+    /// first activation: that activation counts as having written them.
+    pub(crate) migrated_ahead: Cell<bool>,
 }
+
+/// What a new object's file holds of `migrate`'s migrations (see
+/// [`Db::assume_schema_version`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Assumed {
+    /// The stored schema version.
+    pub(crate) version: i64,
+    /// For a file made with a class's migrations applied ahead, the digest of those
+    /// migrations' texts ([`migrations_digest`]).
+    pub(crate) digest: Option<u64>,
+}
+
+/// A digest of a list of migrations' texts (FNV-1a, each text ended by a zero byte).
+pub(crate) fn migrations_digest<S: AsRef<str>>(migrations: &[S]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for m in migrations {
+        for b in m.as_ref().bytes().chain([0]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+const WATCH_OFF: u8 = 0;
+const WATCH_ON: u8 = 1;
+const WATCH_SEEN: u8 = 2;
 
 /// Most statement texts a [`Db`] keeps; others go through rusqlite's cache.
 const HELD_MAX: usize = 24;
@@ -41,9 +79,14 @@ impl Db {
     pub(crate) fn new(mut conn: Connection) -> Db {
         let read_scope = Arc::new(AtomicBool::new(false));
         let scope = read_scope.clone();
+        let schema_watch = Arc::new(AtomicU8::new(WATCH_OFF));
+        let watch = schema_watch.clone();
         // Installed once, on a connection with no statements yet (installing one
         // expires every prepared statement).
         let installed = conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+            if watch.load(Ordering::Relaxed) == WATCH_ON && !same_on_every_new_file(&ctx.action) {
+                watch.store(WATCH_SEEN, Ordering::Relaxed);
+            }
             if scope.load(Ordering::Relaxed) && !reads_only(&ctx.action) {
                 Authorization::Deny
             } else {
@@ -57,7 +100,48 @@ impl Db {
             held: RefCell::new(Vec::new()),
             conn: Box::new(conn),
             read_scope,
+            schema_watch,
+            assumed_version: Cell::new(None),
+            template_made: RefCell::new(None),
+            migrated_ahead: Cell::new(false),
         }
+    }
+
+    /// Watch the statements prepared from now on (see [`Db::end_schema_watch`]).
+    pub(crate) fn start_schema_watch(&self) {
+        self.schema_watch.store(WATCH_ON, Ordering::Relaxed);
+    }
+
+    /// Stop watching; whether every statement prepared since
+    /// [`Db::start_schema_watch`] would do the same on every new object's file: schema
+    /// changes, and reads and writes of the tables they make, with no function but
+    /// the deterministic ones in [`SAME_FUNCTIONS`] and nothing of the runtime's own
+    /// tables (which hold the object's identity).
+    pub(crate) fn end_schema_watch(&self) -> bool {
+        self.schema_watch.swap(WATCH_OFF, Ordering::Relaxed) == WATCH_ON
+    }
+
+    /// The file's stored schema version (`migrate`'s) is `version`, known without a
+    /// statement (a new object's file, made from the template, stores none): the next
+    /// [`Db::take_assumed_schema_version`] answers it unless a row changed since.
+    pub(crate) fn assume_schema_version(&self, assumed: Assumed) {
+        self.assumed_version
+            .set(Some((assumed, self.conn.total_changes())));
+    }
+
+    /// What [`Db::take_assumed_schema_version`] would answer, without taking it.
+    #[cfg(test)]
+    pub(crate) fn assumed_schema_version(&self) -> Option<Assumed> {
+        let kept = self.assumed_version.get()?;
+        (kept.1 == self.conn.total_changes()).then_some(kept.0)
+    }
+
+    /// The version [`Db::assume_schema_version`] gave, once, if no statement of this
+    /// connection has changed a row since (a write, a rolled-back write or an applied
+    /// changeset each count; after one the version is read from the file again).
+    pub(crate) fn take_assumed_schema_version(&self) -> Option<Assumed> {
+        let (assumed, changes) = self.assumed_version.take()?;
+        (changes == self.conn.total_changes()).then_some(assumed)
     }
 
     /// While on, SQLite refuses to prepare any statement on this connection that does
@@ -165,6 +249,83 @@ fn reads_only(action: &AuthAction<'_>) -> bool {
             let is = |p: &&str| p.eq_ignore_ascii_case(pragma_name);
             PRAGMAS_ARG.iter().any(is) || (pragma_value.is_none() && PRAGMAS_READ.iter().any(is))
         }
+        _ => false,
+    }
+}
+
+/// Functions whose result depends only on their arguments, which a migration may call
+/// and still do the same on every new object's file.
+const SAME_FUNCTIONS: &[&str] = &[
+    "abs",
+    "coalesce",
+    "glob",
+    "hex",
+    "ifnull",
+    "iif",
+    "instr",
+    "length",
+    "like",
+    "lower",
+    "ltrim",
+    "max",
+    "min",
+    "nullif",
+    "printf",
+    "format",
+    "quote",
+    "replace",
+    "round",
+    "rtrim",
+    "substr",
+    "substring",
+    "trim",
+    "typeof",
+    "unhex",
+    "unicode",
+    "upper",
+    "count",
+    "sum",
+    "total",
+    "avg",
+    "group_concat",
+    "json",
+    "json_array",
+    "json_object",
+    "json_extract",
+    "json_valid",
+    "json_type",
+    "json_quote",
+    "char",
+    "zeroblob",
+];
+
+/// Whether a statement doing `action`, prepared on a new object's file, does the same on
+/// every other one: schema changes and what they read and write, reads and writes of
+/// users' tables, deterministic functions. Not the runtime's own tables (they hold the
+/// object's identity and bookkeeping), pragmas, transaction control, `ATTACH`, virtual
+/// or temporary objects, or other functions (`random()`, the time, ...).
+fn same_on_every_new_file(action: &AuthAction<'_>) -> bool {
+    let users = |table: &str| !table.starts_with("_durable_");
+    match action {
+        AuthAction::CreateView { .. }
+        | AuthAction::DropView { .. }
+        | AuthAction::Reindex { .. }
+        | AuthAction::Select
+        | AuthAction::Recursive => true,
+        AuthAction::CreateTable { table_name }
+        | AuthAction::CreateIndex { table_name, .. }
+        | AuthAction::CreateTrigger { table_name, .. }
+        | AuthAction::DropTable { table_name }
+        | AuthAction::DropIndex { table_name, .. }
+        | AuthAction::DropTrigger { table_name, .. }
+        | AuthAction::AlterTable { table_name, .. }
+        | AuthAction::Read { table_name, .. }
+        | AuthAction::Insert { table_name }
+        | AuthAction::Update { table_name, .. }
+        | AuthAction::Delete { table_name } => users(table_name),
+        AuthAction::Function { function_name } => SAME_FUNCTIONS
+            .iter()
+            .any(|f| f.eq_ignore_ascii_case(function_name)),
         _ => false,
     }
 }
@@ -287,6 +448,205 @@ impl std::ops::Deref for Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_assumed_schema_version_holds_once_and_only_until_a_row_changes() {
+        let db = Db::new(Connection::open_in_memory().unwrap());
+        db.execute_batch("CREATE TABLE t(x)").unwrap();
+        let zero = Assumed {
+            version: 0,
+            digest: None,
+        };
+        let three = Assumed {
+            version: 3,
+            digest: None,
+        };
+        db.assume_schema_version(zero);
+        assert_eq!(db.take_assumed_schema_version(), Some(zero));
+        assert_eq!(db.take_assumed_schema_version(), None, "once");
+        db.assume_schema_version(three);
+        db.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        assert_eq!(db.take_assumed_schema_version(), None, "a write since");
+        // A write rolled back counts too: what it wrote is gone, but so may be a
+        // version it stored.
+        db.assume_schema_version(three);
+        db.execute_batch("BEGIN; INSERT INTO t VALUES (2); ROLLBACK;")
+            .unwrap();
+        assert_eq!(
+            db.take_assumed_schema_version(),
+            None,
+            "a rolled-back write"
+        );
+        db.assume_schema_version(three);
+        db.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+            .unwrap();
+        assert_eq!(
+            db.take_assumed_schema_version(),
+            Some(three),
+            "a read changes nothing"
+        );
+    }
+
+    /// A Db as a new object's file from the template opens: the runtime's table, no
+    /// schema version, and the version assumed.
+    fn new_file() -> Db {
+        let db = Db::new(Connection::open_in_memory().unwrap());
+        db.execute_batch(
+            "CREATE TABLE _durable_meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
+             INSERT INTO _durable_meta VALUES ('id', 'abc');",
+        )
+        .unwrap();
+        db.assume_schema_version(Assumed {
+            version: 0,
+            digest: None,
+        });
+        db
+    }
+
+    fn migrate(db: &Db, list: &[&str]) -> Result<usize, crate::Error> {
+        let force_image = Cell::new(false);
+        let sql = crate::context::Sql {
+            conn: db,
+            force_image: &force_image,
+            read_only: false,
+        };
+        sql.migrate(list)
+    }
+
+    #[test]
+    fn migrations_that_do_the_same_on_every_new_file_are_learnt_and_no_others() {
+        let same: &[&[&str]] = &[
+            &["CREATE TABLE t(k TEXT PRIMARY KEY, v INTEGER NOT NULL DEFAULT 0)"],
+            &[
+                "CREATE TABLE t(x); CREATE INDEX t_x ON t(lower(x))",
+                "INSERT INTO t VALUES ('a'), (upper('b')); ALTER TABLE t ADD COLUMN y",
+                "CREATE VIEW v AS SELECT count(*) FROM t; CREATE TRIGGER g AFTER INSERT ON t BEGIN SELECT 1; END",
+            ],
+        ];
+        for list in same {
+            let db = new_file();
+            assert_eq!(migrate(&db, list).unwrap(), list.len());
+            let learnt = db.template_made.borrow_mut().take();
+            assert_eq!(
+                learnt.as_deref(),
+                Some(&list.iter().map(|m| m.to_string()).collect::<Vec<_>>()[..]),
+                "{list:?}"
+            );
+        }
+        let different: &[&[&str]] = &[
+            &["CREATE TABLE t(x); INSERT INTO t VALUES (random())"],
+            &[
+                "CREATE TABLE t(x)",
+                "INSERT INTO t VALUES (datetime('now'))",
+            ],
+            // The object's identity.
+            &["CREATE TABLE t(x); INSERT INTO t SELECT value FROM _durable_meta"],
+            &["PRAGMA foreign_keys = ON; CREATE TABLE t(x)"],
+            &["CREATE TEMP TABLE t(x)"],
+            &["CREATE TABLE t(x)", "ATTACH ':memory:' AS other"],
+        ];
+        for list in different {
+            let db = new_file();
+            // They run (only their file is not taken as any other new file's).
+            assert_eq!(migrate(&db, list).unwrap(), list.len(), "{list:?}");
+            assert!(db.template_made.borrow().is_none(), "{list:?}");
+            // The watch is off again: the read-only scope's authorizer is unaffected.
+            assert!(!db.end_schema_watch());
+        }
+        // Only on a file the template made: not on one opened otherwise.
+        let db = new_file();
+        db.take_assumed_schema_version();
+        migrate(&db, &["CREATE TABLE t(x)"]).unwrap();
+        assert!(db.template_made.borrow().is_none());
+    }
+
+    #[test]
+    fn a_file_made_with_other_migrations_goes_back_to_the_template_first() {
+        let db = new_file();
+        db.execute_batch(
+            "CREATE TABLE old(x); CREATE VIEW old_v AS SELECT x FROM old;
+             CREATE TABLE seq(id INTEGER PRIMARY KEY AUTOINCREMENT);
+             INSERT INTO _durable_meta VALUES ('schema_version', 2);",
+        )
+        .unwrap();
+        let made_with = crate::db::migrations_digest(&["CREATE TABLE old(x)", "..."]);
+        db.assume_schema_version(Assumed {
+            version: 2,
+            digest: Some(made_with),
+        });
+        assert_eq!(migrate(&db, &["CREATE TABLE new(y)"]).unwrap(), 1);
+        let names: Vec<String> = db
+            .prepare("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(names, ["_durable_meta", "new"]);
+        let version: i64 = db
+            .query_row(
+                "SELECT value FROM _durable_meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, 1);
+        // The same list it was made with: taken as applied, nothing runs.
+        let db = new_file();
+        let list = ["CREATE TABLE a(x)"];
+        db.assume_schema_version(Assumed {
+            version: 1,
+            digest: Some(crate::db::migrations_digest(&list)),
+        });
+        assert_eq!(migrate(&db, &list).unwrap(), 1);
+        let made: i64 = db
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'a'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(made, 0, "taken as made ahead (this file was not)");
+    }
+
+    #[test]
+    fn migrate_takes_an_assumed_schema_version_instead_of_reading_it() {
+        let db = Db::new(Connection::open_in_memory().unwrap());
+        db.execute_batch(
+            "CREATE TABLE _durable_meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID",
+        )
+        .unwrap();
+        let force_image = Cell::new(false);
+        let sql = crate::context::Sql {
+            conn: &db,
+            force_image: &force_image,
+            read_only: false,
+        };
+        // Told (wrongly, to see it used) that the first migration is applied.
+        db.assume_schema_version(Assumed {
+            version: 1,
+            digest: None,
+        });
+        assert_eq!(
+            sql.migrate(&["CREATE TABLE a(x)", "CREATE TABLE b(x)"])
+                .unwrap(),
+            2
+        );
+        let tables: Vec<String> = db
+            .prepare("SELECT name FROM sqlite_master WHERE name IN ('a', 'b')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(tables, ["b"]);
+        // Used up: the next call reads the stored version (2), and runs nothing.
+        assert_eq!(
+            sql.migrate(&["CREATE TABLE a(x)", "CREATE TABLE b(x)"])
+                .unwrap(),
+            2
+        );
+    }
 
     #[test]
     fn in_read_scope_only_statements_that_read_prepare() {

@@ -186,18 +186,33 @@ pub(crate) fn open(
     let dir = path.parent().expect("object path has a parent");
     let fresh = !path.exists();
     let mut preopened = None;
+    let mut migrated = None;
     if fresh {
         crate::files::create_dirs(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         // A spare set of files (the template, empty `-wal` and `-shm`) renamed into
         // place allocates no inode, and usually comes with its connection open;
         // without one, create the file.
-        match spares.filter(|_| !sync_new).and_then(|s| s.take(&path)) {
-            Some(taken) => preopened = taken.conn,
-            None => match template() {
-                Some(bytes) => crate::files::create_db_from(&path, bytes),
-                None => crate::files::precreate_db(&path),
+        match spares
+            .filter(|_| !sync_new)
+            .and_then(|s| s.take(class, &path))
+        {
+            Some(taken) => {
+                crate::telemetry::new_object_file(if taken.migrated.is_some() {
+                    "class"
+                } else {
+                    "spare"
+                });
+                preopened = taken.conn;
+                migrated = taken.migrated;
             }
-            .map_err(|e| format!("creating {}: {e}", path.display()))?,
+            None => {
+                crate::telemetry::new_object_file("created");
+                match template() {
+                    Some(bytes) => crate::files::create_db_from(&path, bytes),
+                    None => crate::files::precreate_db(&path),
+                }
+                .map_err(|e| format!("creating {}: {e}", path.display()))?
+            }
         }
     }
     // A spare opened ahead is the template as [`preopen`] left it: the runtime's tables
@@ -307,24 +322,36 @@ pub(crate) fn open(
         image_ms: image_ms.unwrap_or(0).max(0) as u64,
         earliest_due: due.map(|d| d.max(0) as u64),
     };
-    Ok((Context::new(conn, class, id, stored_name), opened))
+    let ctx = Context::new(conn, class, id, stored_name);
+    if ready {
+        // The template stores no schema version, a class's set that of the migrations
+        // it was made with: `migrate` need not read it.
+        ctx.conn.assume_schema_version(crate::db::Assumed {
+            version: migrated.as_ref().map_or(0, |m| m.list.len() as i64),
+            digest: migrated.as_ref().map(|m| m.digest),
+        });
+        ctx.conn.migrated_ahead.set(migrated.is_some());
+    }
+    Ok((ctx, opened))
 }
+
+/// Records a new file's class and id in its runtime table.
+const WRITE_IDENTITY: &str =
+    "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('class', ?1), ('id', ?2)";
+
+/// Records the object's name, unless the file has one.
+const WRITE_NAME: &str = "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('name', ?1)";
 
 /// Record a new file's class and id in its runtime table.
 fn write_identity(conn: &Connection, class: &str, id: ObjectId) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('class', ?1), ('id', ?2)",
-        rusqlite::params![class, id.to_string()],
-    )?;
+    conn.prepare_cached(WRITE_IDENTITY)?
+        .execute(rusqlite::params![class, id.to_string()])?;
     Ok(())
 }
 
 /// Record the object's name, unless the file has one.
 fn write_name(conn: &Connection, name: &str) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('name', ?1)",
-        [name],
-    )?;
+    conn.prepare_cached(WRITE_NAME)?.execute([name])?;
     Ok(())
 }
 
@@ -332,7 +359,10 @@ fn write_name(conn: &Connection, name: &str) -> rusqlite::Result<()> {
 /// [`open`] opens a new file under the host log (lookaside off, the WAL kept on
 /// close, nothing synced), with WAL mode entered, so its shared memory is set up.
 /// `None` if that fails (the object then opens its file itself).
-pub(crate) fn preopen(path: &Path) -> Option<Connection> {
+pub(crate) fn preopen(
+    path: &Path,
+    migrations: Option<&crate::spares::Migrations>,
+) -> Option<Connection> {
     let conn = connect(path, true).ok()?;
     // [`open`] takes such a connection for the template as built: make sure it is.
     let revision: i64 = conn
@@ -347,6 +377,21 @@ pub(crate) fn preopen(path: &Path) -> Option<Connection> {
     // `OFF` before the switch to WAL too: the switch then syncs nothing.
     conn.pragma_update(None, "synchronous", "OFF").ok()?;
     settings(&conn, "OFF").ok()?;
+    if let Some(m) = migrations {
+        // As `migrate` would on the new object's file (where they did the same).
+        let tx = conn.unchecked_transaction().ok()?;
+        for sql in &m.list {
+            tx.execute_batch(sql).ok()?;
+        }
+        tx.execute(crate::context::WRITE_SCHEMA_VERSION, [m.list.len() as i64])
+            .ok()?;
+        tx.commit().ok()?;
+    }
+    // The statements [`open`] runs on such a file, parsed here rather than in the new
+    // object's first call (they stay prepared: nothing changes the schema before).
+    for sql in [WRITE_IDENTITY, WRITE_NAME] {
+        conn.prepare_cached(sql).ok()?;
+    }
     Some(conn)
 }
 
@@ -972,6 +1017,101 @@ mod tests {
     }
 
     #[test]
+    fn a_class_that_taught_its_migrations_gets_files_with_them_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let spares =
+            crate::spares::Spares::start(dir.path(), template().unwrap(), preopen).unwrap();
+        let list = [
+            "CREATE TABLE c(n INTEGER NOT NULL)",
+            "INSERT INTO c VALUES (0)",
+        ];
+        spares.learn("Counter", list.iter().map(|m| m.to_string()).collect());
+        let deadline = crate::clock::monotonic() + std::time::Duration::from_secs(10);
+        while spares.ready_for("Counter") == 0 {
+            assert!(
+                crate::clock::monotonic() < deadline,
+                "no set made for the class"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let id = ObjectId::random();
+        let (mut ctx, _) =
+            open(dir.path(), "Counter", id, Some("n"), false, Some(&spares)).unwrap();
+        let named = ctx.conn.path().unwrap_or_default().to_owned();
+        assert!(named.contains("make/c"), "a class's set: {named}");
+        // `migrate` finds them applied (and runs nothing: the row is not doubled).
+        assert_eq!(ctx.sql().migrate(&list).unwrap(), 2);
+        let rows = |ctx: &Context| -> i64 {
+            ctx.conn
+                .query_row("SELECT count(*) FROM c", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(rows(&ctx), 1);
+        let name: String = ctx
+            .conn
+            .query_row(
+                "SELECT value FROM _durable_meta WHERE key = 'id'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(name, id.to_string());
+        ctx.conn.execute("UPDATE c SET n = 5", []).unwrap();
+        drop(ctx);
+        // Another class's new object gets a plain file.
+        let other = ObjectId::random();
+        let (mut plain, _) = open(dir.path(), "Other", other, None, false, Some(&spares)).unwrap();
+        assert_eq!(plain.sql().migrate(&["CREATE TABLE o(x)"]).unwrap(), 1);
+        let c: i64 = plain
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'c'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(c, 0);
+        drop(plain);
+        // Reopened from its own path: what it holds is its own.
+        let (mut ctx, opened) =
+            open(dir.path(), "Counter", id, None, false, Some(&spares)).unwrap();
+        assert!(!opened.upgraded);
+        assert_eq!(ctx.sql().migrate(&list).unwrap(), 2);
+        let n: i64 = ctx
+            .conn
+            .query_row("SELECT n FROM c", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((rows(&ctx), n), (1, 5));
+    }
+
+    #[test]
+    fn a_spare_opened_ahead_has_the_statements_of_open_prepared() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spare.db");
+        crate::files::create_db_from(&path, template().unwrap()).unwrap();
+        let conn = preopen(&path, None).unwrap();
+        let prepared = |sql: &str| -> bool {
+            // SAFETY: walks the connection's own list of statements, read only, while
+            // no other thread uses it.
+            unsafe {
+                let db = conn.handle();
+                let mut st = rusqlite::ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
+                while !st.is_null() {
+                    let text = std::ffi::CStr::from_ptr(rusqlite::ffi::sqlite3_sql(st));
+                    if text.to_str() == Ok(sql) {
+                        return true;
+                    }
+                    st = rusqlite::ffi::sqlite3_next_stmt(db, st);
+                }
+            }
+            false
+        };
+        for sql in [WRITE_IDENTITY, WRITE_NAME] {
+            assert!(prepared(sql), "{sql}");
+        }
+    }
+
+    #[test]
     fn a_new_object_on_a_spare_opened_ahead_writes_its_own_files() {
         let dir = tempfile::tempdir().unwrap();
         let spares =
@@ -985,7 +1125,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let id = ObjectId::random();
-        let (ctx, opened) =
+        let (mut ctx, opened) =
             open(dir.path(), "Counter", id, Some("n"), false, Some(&spares)).unwrap();
         assert!(opened.upgraded);
         // The connection is the one opened ahead: SQLite still names the file where
@@ -1008,9 +1148,25 @@ mod tests {
         assert_eq!(meta("class"), "Counter");
         assert_eq!(meta("id"), id.to_string());
         assert_eq!(meta("name"), "n");
-        ctx.conn
-            .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (42);")
+        // `migrate` knows the file's version (none) without a statement of its own.
+        assert_eq!(
+            ctx.conn.assumed_schema_version(),
+            Some(crate::db::Assumed {
+                version: 0,
+                digest: None
+            })
+        );
+        let migrations = ["CREATE TABLE t(x)", "INSERT INTO t VALUES (42)"];
+        assert_eq!(ctx.sql().migrate(&migrations).unwrap(), 2);
+        let version: i64 = ctx
+            .conn
+            .query_row(
+                "SELECT value FROM _durable_meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
+        assert_eq!(version, 2);
         // Its writes are in the object's own files (the WAL beside the database).
         let path = object_path(dir.path(), "Counter", id);
         let other = Connection::open(&path).unwrap();

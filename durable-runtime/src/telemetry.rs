@@ -135,6 +135,10 @@ fn describe() {
         Unit::Seconds,
         "How long after its due time an alarm turn started."
     );
+    describe_counter!(
+        "durable_new_object_files_total",
+        "New objects' files, by how they were made: `class` (a spare set with the class's migrations applied ahead), `spare` (a plain spare set) or `created` (none was ready)."
+    );
     describe_gauge!("durable_sockets_open", "WebSockets held by the gateway.");
     describe_gauge!(
         "durable_calls_in_flight",
@@ -226,6 +230,12 @@ pub(crate) fn object_active(delta: f64, evicted: bool) {
     if evicted {
         counter!("durable_objects_evicted_total").increment(1);
     }
+}
+
+/// A new object's file was made: `made` is `class`, `spare` or `created` (see
+/// `durable_new_object_files_total`).
+pub(crate) fn new_object_file(made: &'static str) {
+    counter!("durable_new_object_files_total", "made" => made).increment(1);
 }
 
 /// The due index holds `n` objects with pending alarms.

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{token, HostProcess};
+use common::{host_cli, token, HostProcess};
 use durable_examples::counter::Counter;
 use durable_tests::Probe;
 use reqwest::{Client, StatusCode};
@@ -751,6 +751,86 @@ mod in_process {
         assert_eq!(send(keyed("bob")).await, (StatusCode::OK, json!(4)));
         assert_eq!(send(keyed("ann")).await, (StatusCode::OK, json!(3)));
         running.shutdown().await;
+    }
+}
+
+/// After a class's first new object ran its migrations (schema and constant rows
+/// only), its next new objects get files with them applied ahead: they serve, their
+/// first change shows in the change feed after their snapshot as any new object's
+/// does, and they survive `kill -9`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_objects_on_files_migrated_ahead_serve_show_their_first_change_and_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &[]);
+    let client = host.client().await;
+    client.get::<Counter>("teacher").increment(1).await.unwrap();
+    // The class's own sets are named `c<n>.db` under `spare/`.
+    let spare = dir.path().join("spare");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_dir(&spare).unwrap().flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name.starts_with('c') && name.ends_with(".db")
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "no set of the class's own was made"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let names = ["a", "b"];
+    for name in names {
+        assert_eq!(client.get::<Counter>(name).increment(5).await.unwrap(), 5);
+    }
+    let metrics = http()
+        .get(host.http_url("/metrics"))
+        .bearer_auth(token(&host))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let made = |how: &str| {
+        sample(
+            &metrics,
+            "durable_new_object_files_total",
+            &[&format!("made=\"{how}\"")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(made("class"), 2.0, "{metrics}");
+    assert_eq!(
+        made("class") + made("spare") + made("created"),
+        3.0,
+        "{metrics}"
+    );
+    host.kill9();
+    let host = start(dir.path(), &[]);
+    let client = host.client().await;
+    for name in names {
+        assert_eq!(client.get::<Counter>(name).increment(1).await.unwrap(), 6);
+    }
+    drop(client);
+    host.terminate();
+    let (ok, out, err) = host_cli(&["changes", "--data-dir", dir.path().to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for name in names {
+        let id = durable::ObjectId::from_name("Counter", name).to_string();
+        let seen: Vec<(String, Option<i64>)> = out
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|v| v["object"] == id.as_str())
+            .filter(|v| v["op"] == "snapshot" || v["table"] == "counter")
+            .map(|v| {
+                (
+                    v["op"].as_str().unwrap().to_owned(),
+                    v["new"]["value"].as_i64(),
+                )
+            })
+            .collect();
+        let snapshot = ("snapshot".to_owned(), None);
+        let update = |n| ("update".to_owned(), Some(n));
+        assert_eq!(seen, [snapshot, update(5), update(6)], "{name}: {out}");
     }
 }
 

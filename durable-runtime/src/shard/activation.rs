@@ -390,6 +390,12 @@ impl Object {
         ctx.effects = Effects::default();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| activate(ctx)));
         let effects = std::mem::take(&mut ctx.effects);
+        // Its migrations would do the same on every new file: the class's next new
+        // objects may get theirs with them applied.
+        let learnt = ctx.conn.template_made.borrow_mut().take();
+        if let (Some(list), Some(spares)) = (learnt, self.config.spares.as_ref()) {
+            spares.learn(self.class.name, list);
+        }
         match result {
             Ok(Ok(instance)) => {
                 self.instance = Some(instance);

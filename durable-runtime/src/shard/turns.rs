@@ -226,7 +226,10 @@ impl Object {
         let mut outbox: Outbox<((oneshot::Sender<Response>, Response), bool)> = Outbox::default();
         if self.instance.is_none() {
             let activated = self.activate();
-            let wrote = write_marker(self.db()) != bs.before;
+            // A file made with the class's migrations applied ahead: the constructor's
+            // `migrate` found them done, but they are as new to the log as if it had
+            // just written them.
+            let wrote = write_marker(self.db()) != bs.before || self.db().migrated_ahead.get();
             match activated {
                 // The constructor of an object new to the log wrote (its tables): that
                 // state goes to the log as the object's first image, on its own, so
@@ -242,6 +245,7 @@ impl Object {
                     };
                     let started = match committed {
                         Ok(due) => {
+                            self.db().migrated_ahead.set(false);
                             if let Some(due) = due {
                                 self.index_alarms_after(due);
                             }
