@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Host CPU per new object, by thread: N sequential first calls (`counter get new<i>`,
+# one client process each, so the spare pool never runs dry), with the host's
+# per-thread user + system time over them divided by N.
+#   durable-bench/new-object-cpu.sh BIN_DIR [N=300]
+# BIN_DIR holds the example `host` and `counter` (cargo build --release -p
+# durable-examples --bin host --bin counter). Ticks are 10 ms: at N=300 a figure moves
+# in steps of ~33 µs; compare alternated runs of two builds.
+set -euo pipefail
+bin=$1 n=${2:-300}
+dir=$(mktemp -d)
+"$bin/host" serve --data-dir "$dir" --listen 127.0.0.1:0 >"$dir.log" 2>&1 &
+pid=$!
+addr=""
+for _ in $(seq 100); do
+  addr=$(grep -o 'listening on [0-9.:]*' "$dir.log" | head -1 | awk '{print $3}' || true)
+  [ -n "$addr" ] && break
+  sleep 0.1
+done
+c=("$bin/counter" --connect "$addr" --ca "$dir/tls/ca.pem" --token-file "$dir/tls/token")
+"${c[@]}" get warm >/dev/null
+sleep 0.5
+snap() {
+  for t in /proc/$pid/task/*; do
+    echo "$(tr ' ' _ <"$t/comm") $(awk '{print $14+$15}' "$t/stat")"
+  done | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort
+}
+snap >"$dir.a"
+for i in $(seq "$n"); do "${c[@]}" get "new$i" >/dev/null; done
+snap >"$dir.b"
+tick=$(getconf CLK_TCK)
+join "$dir.a" "$dir.b" | awk -v n="$n" -v tick="$tick" \
+  '{d=$3-$2; if (d>0) printf "%-18s %6.0f us/new object\n", $1, d*1000000/tick/n}'
+kill "$pid"; wait "$pid" 2>/dev/null || true
+rm -rf "$dir" "$dir.log" "$dir.a" "$dir.b"
