@@ -235,15 +235,19 @@ pub(crate) fn open(
     let mut setup = || -> rusqlite::Result<()> {
         if ready {
             // What the statements below would find and do on such a file, without
-            // their six statements (a new object's first call waits for them).
-            let tx = conn.unchecked_transaction()?;
-            write_identity(&tx, class, id)?;
-            if let Some(name) = name {
-                write_name(&tx, name)?;
-                state.0 = Some(name.to_owned());
+            // their six statements (a new object's first call waits for them), through
+            // statements [`preopen`] parsed.
+            conn.prepare_cached(BEGIN)?.execute([])?;
+            let written = write_identity(&conn, class, id)
+                .and_then(|()| name.map_or(Ok(()), |name| write_name(&conn, name)))
+                .and_then(|()| conn.prepare_cached(COMMIT)?.execute([]));
+            if let Err(e) = written {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                return Err(e);
             }
-            tx.commit()?;
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            state.0 = name.map(str::to_owned);
             return Ok(());
         }
         if fresh {
@@ -335,6 +339,11 @@ pub(crate) fn open(
     Ok((ctx, opened))
 }
 
+/// The transaction [`open`] writes a new file's identity in, on a connection opened
+/// ahead.
+const BEGIN: &str = "BEGIN";
+const COMMIT: &str = "COMMIT";
+
 /// Records a new file's class and id in its runtime table.
 const WRITE_IDENTITY: &str =
     "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('class', ?1), ('id', ?2)";
@@ -387,9 +396,12 @@ pub(crate) fn preopen(
             .ok()?;
         tx.commit().ok()?;
     }
+    // In WAL mode now: from here on SQLite orders its own checkpoints safely (a commit
+    // syncs nothing either way).
+    conn.pragma_update(None, "synchronous", "NORMAL").ok()?;
     // The statements [`open`] runs on such a file, parsed here rather than in the new
     // object's first call (they stay prepared: nothing changes the schema before).
-    for sql in [WRITE_IDENTITY, WRITE_NAME] {
+    for sql in [BEGIN, WRITE_IDENTITY, WRITE_NAME, COMMIT] {
         conn.prepare_cached(sql).ok()?;
     }
     Some(conn)
@@ -1106,7 +1118,7 @@ mod tests {
             }
             false
         };
-        for sql in [WRITE_IDENTITY, WRITE_NAME] {
+        for sql in [BEGIN, WRITE_IDENTITY, WRITE_NAME, COMMIT] {
             assert!(prepared(sql), "{sql}");
         }
     }
