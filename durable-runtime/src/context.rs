@@ -259,8 +259,9 @@ impl Context {
                 self.conn.execute_batch(table.clear())?;
             }
         }
-        self.conn
-            .execute_batch("DELETE FROM _durable_meta WHERE key = 'schema_version';")?;
+        self.conn.execute_batch(
+            "DELETE FROM _durable_meta WHERE key IN ('schema_version', 'schema_digest');",
+        )?;
         self.effects.alarms_changed = true;
         self.effects.reset_instance = true;
         self.effects.ship_image.set(true);
@@ -379,8 +380,9 @@ fn row_as<T: DeserializeOwned>(names: &[String], row: &Row<'_>) -> Result<T, Err
 pub(crate) const WRITE_SCHEMA_VERSION: &str =
     "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('schema_version', ?1)";
 
-/// Drop every table and view of the user's (the runtime's own stay) and the stored
-/// schema version: a new object's file as the template made it, but for its identity.
+/// Drop every table and view of the user's (the runtime's own stay), the stored schema
+/// version and the digest of the migrations the file was made with: a new object's
+/// file as the template made it, but for its identity.
 fn back_to_template(conn: &crate::db::Db) -> rusqlite::Result<()> {
     let objects: Vec<(String, String)> = conn
         .prepare(
@@ -398,7 +400,10 @@ fn back_to_template(conn: &crate::db::Db) -> rusqlite::Result<()> {
             name.replace('"', "\"\"")
         ))?;
     }
-    conn.execute("DELETE FROM _durable_meta WHERE key = 'schema_version'", [])?;
+    conn.execute(
+        "DELETE FROM _durable_meta WHERE key IN ('schema_version', 'schema_digest')",
+        [],
+    )?;
     Ok(())
 }
 
@@ -558,21 +563,31 @@ impl Sql<'_> {
     /// append new migrations, never edit applied ones.
     pub fn migrate(&self, migrations: &[&str]) -> Result<usize, Error> {
         let assumed = self.conn.take_assumed_schema_version();
-        let current: i64 = match assumed {
-            Some(a) if a.digest.is_none_or(|d| d == crate::db::migrations_digest(migrations)) => {
-                a.version
+        // The version, and for a file made with its class's migrations applied ahead
+        // that no batch of has reached the log yet, the digest of those migrations.
+        let (current, made_with): (i64, Option<u64>) = match assumed {
+            Some(a) => (a.version, a.digest),
+            None => {
+                let (version, digest, logged): (i64, Option<i64>, Option<i64>) =
+                    self.conn.query_row(
+                        "SELECT coalesce((SELECT value FROM _durable_meta WHERE key = 'schema_version'), 0),
+                                (SELECT value FROM _durable_meta WHERE key = 'schema_digest'),
+                                (SELECT value FROM _durable_meta WHERE key = 'log_seq')",
+                        [],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )?;
+                let fresh = logged.unwrap_or(0) <= 0;
+                (version, digest.filter(|_| fresh).map(|d| d as u64))
             }
-            // A new object's file made with its class's migrations applied ahead, but
-            // this call passes others: back to the template's schema, then as usual.
-            Some(_) => {
+        };
+        let current = match made_with {
+            // Made with other migrations than this call passes (and holding nothing of
+            // the object's own yet): back to the template's schema, then as usual.
+            Some(digest) if digest != crate::db::migrations_digest(migrations) => {
                 back_to_template(self.conn)?;
                 0
             }
-            None => self.conn.query_row(
-                "SELECT coalesce((SELECT value FROM _durable_meta WHERE key = 'schema_version'), 0)",
-                [],
-                |r| r.get(0),
-            )?,
+            _ => current,
         };
         let current = current.max(0) as usize;
         if current > migrations.len() {
@@ -587,15 +602,11 @@ impl Sql<'_> {
         // Every migration, on a new object's file made from the template: if they
         // would do the same on every such file, the class's next new objects get
         // theirs with them applied ahead (see `crate::spares`).
+        // (Only if nothing run on the file since it was opened changed its schema or
+        // its settings: the migrations then ran as on any new file.)
         let learn = !migrations.is_empty()
-            && assumed
-                == Some(crate::db::Assumed {
-                    version: 0,
-                    digest: None,
-                });
-        if learn {
-            self.conn.start_schema_watch();
-        }
+            && assumed == Some(crate::db::Assumed::TEMPLATE)
+            && self.conn.start_schema_watch();
         let ran = migrations[current..]
             .iter()
             .try_for_each(|m| self.conn.execute_batch(m));

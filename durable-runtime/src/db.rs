@@ -35,9 +35,6 @@ pub(crate) struct Db {
     /// Migrations that ran, watched, on a new object's file from the template: any new
     /// file of the class may be made with them applied (see [`crate::spares`]).
     pub(crate) template_made: RefCell<Option<Vec<String>>>,
-    /// A new object's file made with its class's migrations applied ahead, until its
-    /// first activation: that activation counts as having written them.
-    pub(crate) migrated_ahead: Cell<bool>,
 }
 
 /// What a new object's file holds of `migrate`'s migrations (see
@@ -49,6 +46,14 @@ pub(crate) struct Assumed {
     /// For a file made with a class's migrations applied ahead, the digest of those
     /// migrations' texts ([`migrations_digest`]).
     pub(crate) digest: Option<u64>,
+}
+
+impl Assumed {
+    /// A file as the template made it: no schema version stored.
+    pub(crate) const TEMPLATE: Assumed = Assumed {
+        version: 0,
+        digest: None,
+    };
 }
 
 /// A digest of a list of migrations' texts (FNV-1a, each text ended by a zero byte).
@@ -65,6 +70,7 @@ pub(crate) fn migrations_digest<S: AsRef<str>>(migrations: &[S]) -> u64 {
 const WATCH_OFF: u8 = 0;
 const WATCH_ON: u8 = 1;
 const WATCH_SEEN: u8 = 2;
+const WATCH_BEFORE: u8 = 3;
 
 /// Most statement texts a [`Db`] keeps; others go through rusqlite's cache.
 const HELD_MAX: usize = 24;
@@ -84,7 +90,12 @@ impl Db {
         // Installed once, on a connection with no statements yet (installing one
         // expires every prepared statement).
         let installed = conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-            if watch.load(Ordering::Relaxed) == WATCH_ON && !same_on_every_new_file(&ctx.action) {
+            let seen = match watch.load(Ordering::Relaxed) {
+                WATCH_BEFORE => shapes_the_file(&ctx.action),
+                WATCH_ON => !same_on_every_new_file(&ctx.action),
+                _ => false,
+            };
+            if seen {
                 watch.store(WATCH_SEEN, Ordering::Relaxed);
             }
             if scope.load(Ordering::Relaxed) && !reads_only(&ctx.action) {
@@ -103,13 +114,16 @@ impl Db {
             schema_watch,
             assumed_version: Cell::new(None),
             template_made: RefCell::new(None),
-            migrated_ahead: Cell::new(false),
         }
     }
 
-    /// Watch the statements prepared from now on (see [`Db::end_schema_watch`]).
-    pub(crate) fn start_schema_watch(&self) {
-        self.schema_watch.store(WATCH_ON, Ordering::Relaxed);
+    /// Watch the statements prepared from now on, if nothing prepared since the file's
+    /// version was assumed (for a file made from the template) changed its schema, set
+    /// a pragma or attached a database (see [`shapes_the_file`]); whether it does.
+    pub(crate) fn start_schema_watch(&self) -> bool {
+        self.schema_watch
+            .compare_exchange(WATCH_BEFORE, WATCH_ON, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Stop watching; whether every statement prepared since
@@ -124,9 +138,18 @@ impl Db {
     /// The file's stored schema version (`migrate`'s) is `version`, known without a
     /// statement (a new object's file, made from the template, stores none): the next
     /// [`Db::take_assumed_schema_version`] answers it unless a row changed since.
+    /// A file made from the template (version 0, no digest) is watched from here on,
+    /// for anything that would make `migrate` run on another schema than the
+    /// template's (see [`Db::start_schema_watch`]).
     pub(crate) fn assume_schema_version(&self, assumed: Assumed) {
         self.assumed_version
             .set(Some((assumed, self.conn.total_changes())));
+        let watch = if assumed == Assumed::TEMPLATE {
+            WATCH_BEFORE
+        } else {
+            WATCH_OFF
+        };
+        self.schema_watch.store(watch, Ordering::Relaxed);
     }
 
     /// What [`Db::take_assumed_schema_version`] would answer, without taking it.
@@ -297,7 +320,26 @@ const SAME_FUNCTIONS: &[&str] = &[
     "json_quote",
     "char",
     "zeroblob",
+    // What SQLite itself calls to rewrite the schema for `ALTER TABLE ... RENAME` and
+    // `DROP COLUMN`.
+    "sqlite_rename_column",
+    "sqlite_rename_table",
+    "sqlite_rename_test",
+    "sqlite_rename_quotefix",
+    "sqlite_drop_column",
 ];
+
+/// Whether a statement doing `action`, prepared before `migrate`, could make the
+/// migrations run on another schema or with other settings than on a file fresh from
+/// the template: a schema change, a pragma that sets, `ATTACH`. (Rows written are seen
+/// by the change count instead; transaction control and reads are the runtime's own
+/// business before a turn.)
+fn shapes_the_file(action: &AuthAction<'_>) -> bool {
+    !matches!(
+        action,
+        AuthAction::Transaction { .. } | AuthAction::Savepoint { .. }
+    ) && !reads_only(action)
+}
 
 /// Whether a statement doing `action`, prepared on a new object's file, does the same on
 /// every other one: schema changes and what they read and write, reads and writes of
@@ -312,6 +354,13 @@ fn same_on_every_new_file(action: &AuthAction<'_>) -> bool {
         | AuthAction::Reindex { .. }
         | AuthAction::Select
         | AuthAction::Recursive => true,
+        // Virtual tables that read the file's pages or the connection's state.
+        AuthAction::Read { table_name, .. }
+            if ["dbstat", "sqlite_dbpage", "sqlite_stmt"].contains(table_name)
+                || table_name.starts_with("pragma_") =>
+        {
+            false
+        }
         AuthAction::CreateTable { table_name }
         | AuthAction::CreateIndex { table_name, .. }
         | AuthAction::CreateTrigger { table_name, .. }
@@ -521,6 +570,7 @@ mod tests {
                 "CREATE TABLE t(x); CREATE INDEX t_x ON t(lower(x))",
                 "INSERT INTO t VALUES ('a'), (upper('b')); ALTER TABLE t ADD COLUMN y",
                 "CREATE VIEW v AS SELECT count(*) FROM t; CREATE TRIGGER g AFTER INSERT ON t BEGIN SELECT 1; END",
+                "ALTER TABLE t RENAME COLUMN y TO z; ALTER TABLE t RENAME TO u",
             ],
         ];
         for list in same {
@@ -544,6 +594,8 @@ mod tests {
             &["PRAGMA foreign_keys = ON; CREATE TABLE t(x)"],
             &["CREATE TEMP TABLE t(x)"],
             &["CREATE TABLE t(x)", "ATTACH ':memory:' AS other"],
+            // The file's own pages or settings, through a table-valued pragma.
+            &["CREATE TABLE t(x); INSERT INTO t SELECT count(*) FROM pragma_table_info('_durable_meta')"],
         ];
         for list in different {
             let db = new_file();
@@ -558,6 +610,84 @@ mod tests {
         db.take_assumed_schema_version();
         migrate(&db, &["CREATE TABLE t(x)"]).unwrap();
         assert!(db.template_made.borrow().is_none());
+        // Nor if the file's schema or settings changed before `migrate` (the list would
+        // then not do on another new file what it did on this one); the runtime's own
+        // transaction control and schema reads before it do not count.
+        for before in [
+            "CREATE TABLE IF NOT EXISTS kv(x)",
+            "PRAGMA foreign_keys = ON",
+        ] {
+            let db = new_file();
+            db.execute_batch(before).unwrap();
+            migrate(&db, &["CREATE TABLE t(x)"]).unwrap();
+            assert!(db.template_made.borrow().is_none(), "{before}");
+        }
+        let db = new_file();
+        db.execute_batch("BEGIN; SAVEPOINT s; PRAGMA schema_version; RELEASE s;")
+            .unwrap();
+        migrate(&db, &["CREATE TABLE t(x)"]).unwrap();
+        assert!(
+            db.template_made.borrow().is_some(),
+            "runtime statements before"
+        );
+    }
+
+    #[test]
+    fn a_file_made_with_other_migrations_is_recognised_after_a_rolled_back_activation() {
+        // As the filler makes a class's set (version 2 of list `old`, its digest kept).
+        let old = ["CREATE TABLE old(x)", "INSERT INTO old VALUES (1)"];
+        let made = |db: &Db| {
+            db.execute_batch("CREATE TABLE old(x); INSERT INTO old VALUES (1);")
+                .unwrap();
+            db.execute(
+                "INSERT INTO _durable_meta VALUES ('schema_version', 2), ('schema_digest', ?1)",
+                [crate::db::migrations_digest(&old) as i64],
+            )
+            .unwrap();
+        };
+        let names = |db: &Db| -> Vec<String> {
+            db.prepare(
+                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        };
+        let new = [
+            "CREATE TABLE a(x)",
+            "CREATE TABLE b(x)",
+            "CREATE TABLE c(x)",
+        ];
+        let db = new_file();
+        made(&db);
+        db.assume_schema_version(Assumed {
+            version: 2,
+            digest: Some(crate::db::migrations_digest(&old)),
+        });
+        // The first activation passes another list, then fails: all of it rolls back.
+        db.execute_batch("BEGIN").unwrap();
+        assert_eq!(migrate(&db, &new).unwrap(), 3);
+        db.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(names(&db), ["_durable_meta", "old"]);
+        // The next one reads the digest from the file: back to the template again.
+        assert_eq!(migrate(&db, &new).unwrap(), 3);
+        assert_eq!(names(&db), ["_durable_meta", "a", "b", "c"]);
+        // Once a batch of the object is in the log, its file is its own: a digest left
+        // there is not looked at (a later build appending a migration only runs it).
+        let db = new_file();
+        made(&db);
+        db.execute("INSERT INTO _durable_meta VALUES ('log_seq', 4)", [])
+            .unwrap();
+        db.take_assumed_schema_version();
+        let appended = [old[0], old[1], "CREATE TABLE more(y)"];
+        assert_eq!(migrate(&db, &appended).unwrap(), 3);
+        assert_eq!(names(&db), ["_durable_meta", "more", "old"]);
+        let kept: i64 = db
+            .query_row("SELECT count(*) FROM old", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, 1);
     }
 
     #[test]

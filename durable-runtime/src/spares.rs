@@ -65,6 +65,9 @@ struct Pool {
 struct ClassPool {
     migrations: Arc<Migrations>,
     ready: Vec<Spare>,
+    /// Making a set failed (the migrations do not apply to the template alone, say):
+    /// none is made again, and the class's new objects take plain sets.
+    failed: bool,
 }
 
 impl Pool {
@@ -76,7 +79,7 @@ impl Pool {
         }
         self.classes
             .values()
-            .filter(|c| c.ready.len() < CLASS_KEEP)
+            .filter(|c| !c.failed && c.ready.len() < CLASS_KEEP)
             .min_by_key(|c| c.ready.len())
             .map(|c| Some(c.migrations.clone()))
     }
@@ -231,6 +234,7 @@ impl Spares {
             ClassPool {
                 migrations: Arc::new(Migrations { list, digest }),
                 ready: Vec::new(),
+                failed: false,
             },
         );
         self.wanted.notify_one();
@@ -362,6 +366,19 @@ fn fill(spares: Weak<Spares>) {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "making a spare object file failed");
+                if let Some(m) = &migrations {
+                    // Not for lack of disk alone: the class's list may not apply to the
+                    // template by itself. Its new objects take plain sets from now on.
+                    let mut pool = spares.ready.lock().unwrap_or_else(|e| e.into_inner());
+                    let class = pool
+                        .classes
+                        .values_mut()
+                        .find(|c| Arc::ptr_eq(&c.migrations, m));
+                    if let Some(class) = class {
+                        class.failed = true;
+                    }
+                    continue;
+                }
                 drop(spares);
                 std::thread::sleep(Duration::from_secs(1));
             }

@@ -334,7 +334,6 @@ pub(crate) fn open(
             version: migrated.as_ref().map_or(0, |m| m.list.len() as i64),
             digest: migrated.as_ref().map(|m| m.digest),
         });
-        ctx.conn.migrated_ahead.set(migrated.is_some());
     }
     Ok((ctx, opened))
 }
@@ -394,6 +393,13 @@ pub(crate) fn preopen(
         }
         tx.execute(crate::context::WRITE_SCHEMA_VERSION, [m.list.len() as i64])
             .ok()?;
+        // Kept in the file too: should the object's first activation roll back, the
+        // next `migrate` still knows which list made the file (see `Sql::migrate`).
+        tx.execute(
+            "INSERT INTO _durable_meta(key, value) VALUES ('schema_digest', ?1)",
+            [m.digest as i64],
+        )
+        .ok()?;
         tx.commit().ok()?;
     }
     // In WAL mode now: from here on SQLite orders its own checkpoints safely (a commit
@@ -1094,6 +1100,35 @@ mod tests {
             .query_row("SELECT n FROM c", [], |r| r.get(0))
             .unwrap();
         assert_eq!((rows(&ctx), n), (1, 5));
+    }
+
+    #[test]
+    fn a_class_whose_migrations_do_not_apply_alone_gets_no_sets_and_blocks_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let spares =
+            crate::spares::Spares::start(dir.path(), template().unwrap(), preopen).unwrap();
+        // Learnt from a file its constructor had given a table first: alone, it fails.
+        spares.learn("Bad", vec!["ALTER TABLE kv ADD COLUMN y".into()]);
+        spares.learn("Good", vec!["CREATE TABLE g(x)".into()]);
+        let deadline = crate::clock::monotonic() + std::time::Duration::from_secs(10);
+        while spares.ready_for("Good") == 0 {
+            assert!(
+                crate::clock::monotonic() < deadline,
+                "the other class got no set"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(spares.ready_for("Bad"), 0);
+        let (mut ctx, _) = open(
+            dir.path(),
+            "Bad",
+            ObjectId::random(),
+            None,
+            false,
+            Some(&spares),
+        )
+        .unwrap();
+        assert_eq!(ctx.sql().migrate(&["CREATE TABLE kv(x)"]).unwrap(), 1);
     }
 
     #[test]

@@ -226,10 +226,10 @@ impl Object {
         let mut outbox: Outbox<((oneshot::Sender<Response>, Response), bool)> = Outbox::default();
         if self.instance.is_none() {
             let activated = self.activate();
-            // A file made with the class's migrations applied ahead: the constructor's
-            // `migrate` found them done, but they are as new to the log as if it had
-            // just written them.
-            let wrote = write_marker(self.db()) != bs.before || self.db().migrated_ahead.get();
+            // An object new to the log counts as written even if its constructor wrote
+            // nothing (its file came with its class's migrations applied ahead, or its
+            // class has none): its state so far goes to the log on its own.
+            let wrote = write_marker(self.db()) != bs.before || self.seq == 0;
             match activated {
                 // The constructor of an object new to the log wrote (its tables): that
                 // state goes to the log as the object's first image, on its own, so
@@ -245,7 +245,6 @@ impl Object {
                     };
                     let started = match committed {
                         Ok(due) => {
-                            self.db().migrated_ahead.set(false);
                             if let Some(due) = due {
                                 self.index_alarms_after(due);
                             }
