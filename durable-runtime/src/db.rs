@@ -33,7 +33,7 @@ pub(crate) struct Db {
     /// connection's count of changed rows at the time (see [`Db::assume_schema_version`]).
     assumed_version: Cell<Option<(Assumed, u64)>>,
     /// Migrations that ran, watched, on a new object's file from the template: any new
-    /// file of the class may be made with them applied (see [`crate::spares`]).
+    /// file of the class may be made with them applied (see the spare files module).
     pub(crate) template_made: RefCell<Option<Vec<String>>>,
 }
 
