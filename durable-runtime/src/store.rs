@@ -476,12 +476,14 @@ pub(crate) fn set_stored_seq(conn: &impl Statements, seq: u64) -> rusqlite::Resu
     Ok(())
 }
 
-/// Record that the batch being committed ships a whole image.
-pub(crate) fn set_image_time(conn: &Connection, ms: u64) -> rusqlite::Result<()> {
+/// Record `seq` as the last batch the database holds, and that this batch ships a
+/// whole image, made at `ms`: one statement (an object's first image found neither
+/// row, and paid for three statements parsed on its new connection).
+pub(crate) fn set_image_seq(conn: &Connection, seq: u64, ms: u64) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('image_ms', ?1)",
+        "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('log_seq', ?1), ('image_ms', ?2)",
     )?
-    .execute([ms as i64])?;
+    .execute([seq as i64, ms as i64])?;
     Ok(())
 }
 
@@ -1010,8 +1012,7 @@ mod tests {
             assert!(!has_table(&ctx.conn, lazy).unwrap(), "{lazy:?}");
         }
         assert_eq!(ctx.name.as_deref(), Some("n"));
-        set_stored_seq(&*ctx.conn, 7).unwrap();
-        set_image_time(&ctx.conn, 1234).unwrap();
+        set_image_seq(&ctx.conn, 7, 1234).unwrap();
         crate::tables::ensure_table(&ctx.conn, Lazy::Alarms).unwrap();
         ctx.conn
             .execute_batch(

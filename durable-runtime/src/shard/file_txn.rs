@@ -358,8 +358,7 @@ impl Object {
                     .map_err(not_applied)?;
                 filed = true;
                 // An image carries its batch number: replaying it sets the file's.
-                store::set_stored_seq(&*conn, seq).map_err(not_applied)?;
-                store::set_image_time(&conn, now).map_err(not_applied)?;
+                store::set_image_seq(&conn, seq, now).map_err(not_applied)?;
                 self.last_image_ms = now;
                 self.last_image_seq = seq;
                 let data = store::serialize_copy(&conn).map_err(|e| {
