@@ -239,29 +239,12 @@ impl Context {
     /// commits, the in-memory instance is dropped; the next call activates a fresh one
     /// (whose constructor runs its migrations again).
     pub fn delete_all(&mut self) -> Result<(), Error> {
-        let objects: Vec<(String, String)> = {
-            let mut stmt = self.conn.prepare(
-                "SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' AND name NOT LIKE '\\_durable\\_%' ESCAPE '\\'
-                 AND type IN ('table', 'view', 'trigger')",
-            )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        for (kind, name) in objects {
-            let kind = kind.to_uppercase();
-            self.conn.execute_batch(&format!(
-                "DROP {kind} IF EXISTS \"{}\"",
-                name.replace('"', "\"\"")
-            ))?;
-        }
+        drop_users_schema(&self.conn)?;
         for table in Lazy::ALL {
             if tables::has_table(&self.conn, table)? {
                 self.conn.execute_batch(table.clear())?;
             }
         }
-        self.conn.execute_batch(
-            "DELETE FROM _durable_meta WHERE key IN ('schema_version', 'schema_digest');",
-        )?;
         self.effects.alarms_changed = true;
         self.effects.reset_instance = true;
         self.effects.ship_image.set(true);
@@ -380,31 +363,28 @@ fn row_as<T: DeserializeOwned>(names: &[String], row: &Row<'_>) -> Result<T, Err
 pub(crate) const WRITE_SCHEMA_VERSION: &str =
     "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('schema_version', ?1)";
 
-/// Drop every table and view of the user's (the runtime's own stay), the stored schema
-/// version and the digest of the migrations the file was made with: a new object's
-/// file as the template made it, but for its identity.
-fn back_to_template(conn: &crate::db::Db) -> rusqlite::Result<()> {
+/// Drop every table, view and trigger of the user's (the runtime's own stay), the
+/// stored schema version and the digest of the migrations the file was made with:
+/// what `delete_all` erases of the schema, and what takes a new object's file made
+/// with other migrations back to the template's.
+fn drop_users_schema(conn: &crate::db::Db) -> rusqlite::Result<()> {
     let objects: Vec<(String, String)> = conn
         .prepare(
-            "SELECT type, name FROM sqlite_master WHERE type IN ('view', 'table')
-               AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
-               AND name NOT LIKE '\\_durable\\_%' ESCAPE '\\'
-             ORDER BY type = 'table'",
+            "SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' AND name NOT LIKE '\\_durable\\_%' ESCAPE '\\'
+             AND type IN ('table', 'view', 'trigger')",
         )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     for (kind, name) in objects {
-        let kind = if kind == "view" { "VIEW" } else { "TABLE" };
+        let kind = kind.to_uppercase();
         conn.execute_batch(&format!(
-            "DROP {kind} IF EXISTS main.\"{}\"",
+            "DROP {kind} IF EXISTS \"{}\"",
             name.replace('"', "\"\"")
         ))?;
     }
-    conn.execute(
-        "DELETE FROM _durable_meta WHERE key IN ('schema_version', 'schema_digest')",
-        [],
-    )?;
-    Ok(())
+    conn.execute_batch(
+        "DELETE FROM _durable_meta WHERE key IN ('schema_version', 'schema_digest');",
+    )
 }
 
 /// SQL on the object's own database. Every call runs inside the turn's transaction:
@@ -584,7 +564,7 @@ impl Sql<'_> {
             // Made with other migrations than this call passes (and holding nothing of
             // the object's own yet): back to the template's schema, then as usual.
             Some(digest) if digest != crate::db::migrations_digest(migrations) => {
-                back_to_template(self.conn)?;
+                drop_users_schema(self.conn)?;
                 0
             }
             _ => current,

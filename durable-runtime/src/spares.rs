@@ -71,6 +71,13 @@ struct ClassPool {
 }
 
 impl Pool {
+    /// The class whose sets are made with `migrations`.
+    fn class_made_with(&mut self, migrations: &Arc<Migrations>) -> Option<&mut ClassPool> {
+        self.classes
+            .values_mut()
+            .find(|c| Arc::ptr_eq(&c.migrations, migrations))
+    }
+
     /// What to make next: a plain set while fewer than `KEEP` are ready, then the
     /// class pool most in need, if any is short of `CLASS_KEEP`.
     fn wanted(&self) -> Option<Option<Arc<Migrations>>> {
@@ -354,11 +361,7 @@ fn fill(spares: Weak<Spares>) {
                 match migrations {
                     None => pool.plain.push(spare),
                     Some(m) => {
-                        let class = pool
-                            .classes
-                            .values_mut()
-                            .find(|c| Arc::ptr_eq(&c.migrations, &m));
-                        if let Some(class) = class {
+                        if let Some(class) = pool.class_made_with(&m) {
                             class.ready.push(spare);
                         }
                     }
@@ -370,11 +373,7 @@ fn fill(spares: Weak<Spares>) {
                     // Not for lack of disk alone: the class's list may not apply to the
                     // template by itself. Its new objects take plain sets from now on.
                     let mut pool = spares.ready.lock().unwrap_or_else(|e| e.into_inner());
-                    let class = pool
-                        .classes
-                        .values_mut()
-                        .find(|c| Arc::ptr_eq(&c.migrations, m));
-                    if let Some(class) = class {
+                    if let Some(class) = pool.class_made_with(m) {
                         class.failed = true;
                     }
                     continue;

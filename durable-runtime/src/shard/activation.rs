@@ -392,6 +392,9 @@ impl Object {
         let effects = std::mem::take(&mut ctx.effects);
         // Its migrations would do the same on every new file: the class's next new
         // objects may get theirs with them applied.
+        // The watch (from the file's opening) ends with the activation, `migrate` called
+        // or not: later turns' statements are not looked at.
+        ctx.conn.end_schema_watch();
         let learnt = ctx.conn.template_made.borrow_mut().take();
         if let (Some(list), Some(spares)) = (learnt, self.config.spares.as_ref()) {
             spares.learn(self.class.name, list);
