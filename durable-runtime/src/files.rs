@@ -13,6 +13,13 @@ pub(crate) fn object_path(data_dir: &Path, class: &str, id: ObjectId) -> PathBuf
         .join(format!("{id}.db"))
 }
 
+/// The WAL beside a database file: `PATH-wal`.
+pub(crate) fn wal_path(db: &Path) -> PathBuf {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
+}
+
 /// Files under a data directory are readable and writable by the host's user only.
 pub(crate) const FILE_MODE: u32 = 0o600;
 /// Directories under a data directory are reachable by the host's user only.

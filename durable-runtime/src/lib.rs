@@ -51,6 +51,7 @@ mod tables;
 mod telemetry;
 pub mod testing;
 mod tls;
+mod wal_index;
 
 pub use admission::CallerRate;
 pub use alarms::{AlarmConfig, PendingAlarm, When};

@@ -42,7 +42,7 @@ use crate::store;
 use durable_client::wire::{Response, WireError};
 use durable_client::ObjectId;
 use futures_util::FutureExt;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::OpenFlags;
 use std::cell::{Cell, RefCell};
 use std::panic::AssertUnwindSafe;
 use std::rc::{Rc, Weak};
@@ -181,7 +181,7 @@ impl Reader {
         let path = store::object_path(&config.data_dir, class, id);
         // Read-only (never created here; and its close never checkpoints or deletes
         // the WAL, which matters if the file was replaced under it).
-        let conn = Connection::open_with_flags(
+        let conn = crate::wal_index::open(
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
@@ -461,7 +461,7 @@ mod tests {
 
     #[test]
     fn the_read_view_is_the_context_itself() {
-        let conn = Connection::open_in_memory().unwrap();
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
         let ctx = Context::new(conn, "C", ObjectId::from_name("C", "x"), Some("x".into()));
         let read = ctx.as_read();
         assert_eq!(read.class(), "C");

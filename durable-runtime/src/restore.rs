@@ -65,7 +65,8 @@ pub(crate) fn rebuild(
     store::replay(&tmp, &to_apply, window)?;
     let new_seq = max_seq + 1;
     let image = {
-        let mut conn = rusqlite::Connection::open(&tmp).map_err(|e| e.to_string())?;
+        let mut conn =
+            crate::wal_index::open(&tmp, Default::default()).map_err(|e| e.to_string())?;
         store::set_stored_seq(&conn, new_seq).map_err(|e| e.to_string())?;
         let data = conn.serialize("main").map_err(|e| e.to_string())?;
         data.to_vec()
@@ -116,7 +117,7 @@ pub fn restore_object(
     .map_err(|e| format!("recovering the log first: {e}"))?;
     let path = store::object_path(data_dir, class, id);
     let current_seq = if path.exists() {
-        let conn = rusqlite::Connection::open(&path).map_err(|e| e.to_string())?;
+        let conn = crate::wal_index::open(&path, Default::default()).map_err(|e| e.to_string())?;
         store::stored_seq(&conn).map_err(|e| e.to_string())?
     } else {
         0

@@ -58,6 +58,8 @@ pub(crate) fn configure_sqlite() {
         if std::env::var_os("DURABLE_SQLITE_SYSTEM_MALLOC").is_none() {
             crate::sqlite_memory::use_mimalloc();
         }
+        // Last: registering a VFS initializes SQLite.
+        crate::wal_index::register();
     });
 }
 
@@ -426,7 +428,7 @@ fn settings(conn: &Connection, sync: &str) -> rusqlite::Result<()> {
 /// 32 cached statements and, under the host log (`keep_wal`), the WAL and shared
 /// memory kept on close.
 fn connect(path: &Path, keep_wal: bool) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
+    let conn = crate::wal_index::open(path, Default::default())?;
     disable_lookaside(&conn);
     conn.set_prepared_statement_cache_capacity(32);
     if keep_wal {
@@ -527,7 +529,7 @@ pub(crate) fn replay(
 ) -> Result<(usize, Option<u64>), String> {
     use crate::record::RecordKind;
     let open = |path: &Path| -> Result<Connection, String> {
-        let c = Connection::open(path).map_err(|e| e.to_string())?;
+        let c = crate::wal_index::open(path, Default::default()).map_err(|e| e.to_string())?;
         c.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| e.to_string())?;
         c.pragma_update(None, "synchronous", "NORMAL")
@@ -929,7 +931,7 @@ pub fn list_objects(data_dir: &Path) -> std::io::Result<Vec<(String, ObjectId, O
             else {
                 continue;
             };
-            let name = Connection::open_with_flags(&f, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            let name = crate::wal_index::open(&f, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
                 .ok()
                 .and_then(|c| {
                     c.query_row(
@@ -1217,7 +1219,7 @@ mod tests {
         assert_eq!(version, 2);
         // Its writes are in the object's own files (the WAL beside the database).
         let path = object_path(dir.path(), "Counter", id);
-        let other = Connection::open(&path).unwrap();
+        let other = crate::wal_index::open(&path, Default::default()).unwrap();
         let x: i64 = other
             .query_row("SELECT x FROM t", [], |r| r.get(0))
             .unwrap();

@@ -125,7 +125,7 @@ impl TestHost {
     pub fn storage<C: ObjectClass>(&self, name: &str) -> rusqlite::Connection {
         let path =
             crate::store::object_path(&self.dir, C::CLASS, ObjectId::from_name(C::CLASS, name));
-        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        crate::wal_index::open(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
     }
 

@@ -209,8 +209,19 @@ async fn a_full_disk_refuses_writes_as_not_applied_serves_reads_and_recovers_wit
     // its own file (healing first if its commit had failed): its file holds the value.
     std::fs::remove_file(filler).unwrap();
     let db = find_db(&data.join("objects"));
+    // Read from a copy of the file and its WAL: a running host locks other processes
+    // out of the files of its active objects (a torn copy fails to read: tried again).
+    let copies = tempfile::tempdir().unwrap();
     let stored = || -> Option<i64> {
-        rusqlite::Connection::open(&db)
+        let copy = copies.path().join("copy.db");
+        let _ = std::fs::remove_file(copies.path().join("copy.db-wal"));
+        std::fs::copy(&db, &copy).ok()?;
+        let mut wal = db.clone().into_os_string();
+        wal.push("-wal");
+        if let Ok(bytes) = std::fs::read(&wal) {
+            std::fs::write(copies.path().join("copy.db-wal"), bytes).ok()?;
+        }
+        rusqlite::Connection::open(&copy)
             .ok()?
             .query_row("SELECT value FROM counter WHERE id = 1", [], |r| r.get(0))
             .ok()

@@ -180,10 +180,7 @@ pub(crate) type DigestOf<'a> = &'a dyn Fn(&str, ObjectId) -> Option<(u64, u64)>;
 /// SQLite cannot read it.
 pub(crate) fn damaged(path: &Path, recorded: (u64, u64)) -> bool {
     let read = || -> rusqlite::Result<(u64, u64)> {
-        let conn = rusqlite::Connection::open_with_flags(
-            path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )?;
+        let conn = crate::wal_index::open(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         Ok((
             store::stored_seq(&conn)?,
             crate::catalog::content_digest(&conn)?,

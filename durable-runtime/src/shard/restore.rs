@@ -64,7 +64,7 @@ impl Object {
             log.applied(pos.lsn);
         }
         // The restored state has its own alarms: index them.
-        let due = rusqlite::Connection::open(&path)
+        let due = crate::wal_index::open(&path, Default::default())
             .and_then(|c| crate::alarms::earliest_due(&c))
             .map_err(|e| format!("reading the restored alarms: {e}"))?;
         self.config

@@ -1,0 +1,635 @@
+//! Object files' WAL index in the host's memory: a SQLite VFS, [`VFS_NAME`], that is
+//! the platform's `unix` VFS except for the shared-memory methods.
+//!
+//! A WAL database needs an index of its WAL shared by every connection to it. The
+//! `unix` VFS keeps it in a `-shm` file mapped into memory, and coordinates through
+//! `fcntl` locks on that file: the first connection to a file truncates it, grows it
+//! page by page and maps it; every read transaction locks and unlocks a byte of it.
+//! For an object, whose connections all live in the host, that is about forty system
+//! calls per activation (half of all an activation makes) for no sharing at all.
+//!
+//! Here the index of each file (keyed by device and inode, so a spare renamed into
+//! place keeps its index) is heap memory shared by the connections of this process,
+//! with the same lock semantics under a mutex. One `fcntl` lock keeps other processes
+//! out: while the host has a file's index, it holds a write lock on the byte of the
+//! file's `-shm` that SQLite's `unix` VFS takes first ("dead man switch"), so a
+//! `sqlite3` shell or another program opening the file meanwhile is refused
+//! (`SQLITE_BUSY`, or `SQLITE_PROTOCOL` once SQLite's retries give up) rather than
+//! given an index of its own that would not see the host's writes. (Operator
+//! commands read object files by copying them instead: [`crate::files::snapshot`].)
+//!
+//! **Rule.** Every connection of this process to an object file must use this VFS
+//! ([`crate::files::open_object_db`]): a connection through `unix` would build an
+//! index of its own, and closing it would release the process's `fcntl` lock on the
+//! `-shm` (POSIX drops every lock a process holds on a file when it closes any of its
+//! descriptors).
+
+use rusqlite::ffi;
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The VFS's name, for `sqlite3_open_v2`.
+pub(crate) const VFS_NAME: &str = "durable-objects";
+
+/// SQLite's shared-memory lock slots (`SQLITE_SHM_NLOCK`).
+const NLOCK: usize = 8;
+
+/// The byte of a `-shm` file the `unix` VFS locks to learn whether it is the first
+/// connection (`UNIX_SHM_DMS`: `(22 + SQLITE_SHM_NLOCK) * 4 + SQLITE_SHM_NLOCK`).
+const DMS_BYTE: i64 = 128;
+
+/// One file's index, shared by its connections in this process.
+struct Node {
+    state: Mutex<State>,
+    /// The file's `-shm`, write-locked at [`DMS_BYTE`] while the node lives (closing
+    /// it releases the lock).
+    _lock: std::fs::File,
+}
+
+#[derive(Default)]
+struct State {
+    /// The index's regions (32 KiB each); a region's memory never moves.
+    regions: Vec<Box<[u8]>>,
+    /// Per lock slot: connections holding it shared.
+    shared: [u32; NLOCK],
+    /// Per lock slot: whether a connection holds it exclusively.
+    exclusive: [bool; NLOCK],
+}
+
+type Key = (u64, u64);
+
+fn nodes() -> &'static Mutex<HashMap<Key, Arc<Node>>> {
+    static NODES: OnceLock<Mutex<HashMap<Key, Arc<Node>>>> = OnceLock::new();
+    NODES.get_or_init(Default::default)
+}
+
+/// Our part of a `sqlite3_file`; the `unix` VFS's file follows at [`HEADER`].
+#[repr(C)]
+struct File {
+    base: ffi::sqlite3_file,
+    /// The file's name as SQLite gave it to `xOpen` (valid until `xClose`), for a main
+    /// database; null otherwise.
+    path: *const c_char,
+    /// Device and inode of a main database.
+    key: Key,
+    /// The node of this connection (from `Arc::into_raw`), once it mapped the index.
+    node: *const Node,
+    /// Lock slots this connection holds shared / exclusively (bit i: slot i).
+    shared: u8,
+    exclusive: u8,
+}
+
+const HEADER: usize = (std::mem::size_of::<File>() + 15) & !15;
+
+/// The `unix` VFS, found once.
+fn unix() -> *mut ffi::sqlite3_vfs {
+    struct Ptr(*mut ffi::sqlite3_vfs);
+    // SAFETY: VFS objects are registered once and never freed; SQLite reads them from
+    // any thread.
+    unsafe impl Send for Ptr {}
+    unsafe impl Sync for Ptr {}
+    static UNIX: OnceLock<Ptr> = OnceLock::new();
+    UNIX.get_or_init(|| {
+        // SAFETY: a NUL-terminated name; returns null or a registered VFS.
+        Ptr(unsafe { ffi::sqlite3_vfs_find(c"unix".as_ptr()) })
+    })
+    .0
+}
+
+/// Register the VFS (once; after SQLite's process-wide configuration, since
+/// registering initializes SQLite). Returns false if it could not be (no `unix` VFS):
+/// object files then open through the default VFS.
+pub(crate) fn register() -> bool {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        let unix = unix();
+        if unix.is_null() {
+            return false;
+        }
+        // SAFETY: `unix` is a registered VFS; the copy is leaked (VFS objects must live
+        // as long as the process) and only its open method and file size differ.
+        unsafe {
+            let mut vfs = *unix;
+            vfs.szOsFile = HEADER as c_int + (*unix).szOsFile;
+            vfs.zName = c"durable-objects".as_ptr();
+            vfs.pNext = std::ptr::null_mut();
+            vfs.xOpen = Some(x_open);
+            vfs.xFullPathname = Some(x_full_pathname);
+            let vfs = Box::leak(Box::new(vfs));
+            ffi::sqlite3_vfs_register(vfs, 0) == ffi::SQLITE_OK
+        }
+    })
+}
+
+/// Open an object file (or a spare, or a copy being made into one) through this VFS:
+/// the only way this process may open one (see the module's rule).
+pub(crate) fn open(
+    path: &std::path::Path,
+    flags: rusqlite::OpenFlags,
+) -> rusqlite::Result<rusqlite::Connection> {
+    if register() {
+        rusqlite::Connection::open_with_flags_and_vfs(path, flags, VFS_NAME)
+    } else {
+        rusqlite::Connection::open_with_flags(path, flags)
+    }
+}
+
+/// An absolute path is used as it is (the `unix` VFS resolves symbolic links one path
+/// element at a time, a system call each, so that a database reached through a link
+/// gets its WAL beside the link's target: object files are never links, and a link
+/// among their directories leads their WAL to the same place either way). Others are
+/// resolved by `unix`.
+unsafe extern "C" fn x_full_pathname(
+    vfs: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    n_out: c_int,
+    out: *mut c_char,
+) -> c_int {
+    // SAFETY: `name` is NUL-terminated; `out` has room for `n_out` bytes.
+    unsafe {
+        let bytes = CStr::from_ptr(name).to_bytes_with_nul();
+        if bytes.first() == Some(&b'/') {
+            if bytes.len() > n_out.max(0) as usize {
+                return ffi::SQLITE_CANTOPEN;
+            }
+            std::ptr::copy_nonoverlapping(bytes.as_ptr() as *const c_char, out, bytes.len());
+            return ffi::SQLITE_OK;
+        }
+        let unix = unix();
+        let _ = vfs;
+        ((*unix).xFullPathname.expect("unix xFullPathname"))(unix, name, n_out, out)
+    }
+}
+
+/// The `unix` file inside ours.
+///
+/// # Safety
+/// `f` points to a file this VFS opened.
+unsafe fn real(f: *mut ffi::sqlite3_file) -> *mut ffi::sqlite3_file {
+    unsafe { (f as *mut u8).add(HEADER) as *mut ffi::sqlite3_file }
+}
+
+/// The `unix` file's methods.
+///
+/// # Safety
+/// `f` points to a file this VFS opened successfully.
+unsafe fn methods(f: *mut ffi::sqlite3_file) -> &'static ffi::sqlite3_io_methods {
+    unsafe { &*(*real(f)).pMethods }
+}
+
+unsafe extern "C" fn x_open(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: ffi::sqlite3_filename,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    // SAFETY: SQLite hands us `szOsFile` bytes for `file`; `name` is null or a
+    // NUL-terminated path valid until `xClose`.
+    unsafe {
+        std::ptr::write(
+            file as *mut File,
+            File {
+                base: ffi::sqlite3_file {
+                    pMethods: std::ptr::null(),
+                },
+                path: std::ptr::null(),
+                key: (0, 0),
+                node: std::ptr::null(),
+                shared: 0,
+                exclusive: 0,
+            },
+        );
+        let unix = unix();
+        let rc = ((*unix).xOpen.expect("unix xOpen"))(unix, name, real(file), flags, out_flags);
+        if rc != ffi::SQLITE_OK || (*real(file)).pMethods.is_null() {
+            return rc;
+        }
+        let f = &mut *(file as *mut File);
+        if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 && !name.is_null() {
+            if let Some(key) = CStr::from_ptr(name)
+                .to_str()
+                .ok()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map(|m| (m.dev(), m.ino()))
+            {
+                f.path = name;
+                f.key = key;
+            }
+        }
+        f.base.pMethods = &METHODS;
+        rc
+    }
+}
+
+static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 3,
+    xClose: Some(x_close),
+    xRead: Some(x_read),
+    xWrite: Some(x_write),
+    xTruncate: Some(x_truncate),
+    xSync: Some(x_sync),
+    xFileSize: Some(x_file_size),
+    xLock: Some(x_lock),
+    xUnlock: Some(x_unlock),
+    xCheckReservedLock: Some(x_check_reserved_lock),
+    xFileControl: Some(x_file_control),
+    xSectorSize: Some(x_sector_size),
+    xDeviceCharacteristics: Some(x_device_characteristics),
+    xShmMap: Some(x_shm_map),
+    xShmLock: Some(x_shm_lock),
+    xShmBarrier: Some(x_shm_barrier),
+    xShmUnmap: Some(x_shm_unmap),
+    xFetch: Some(x_fetch),
+    xUnfetch: Some(x_unfetch),
+};
+
+// Everything but shared memory goes to the `unix` file as it is.
+// SAFETY (all forwarding methods): SQLite calls them only on a file this VFS opened
+// successfully, whose `unix` part has its methods set.
+
+unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
+    unsafe {
+        release(f);
+        let rc = (methods(f).xClose.expect("xClose"))(real(f));
+        (*f).pMethods = std::ptr::null();
+        rc
+    }
+}
+unsafe extern "C" fn x_read(f: *mut ffi::sqlite3_file, b: *mut c_void, n: c_int, o: i64) -> c_int {
+    unsafe { (methods(f).xRead.expect("xRead"))(real(f), b, n, o) }
+}
+unsafe extern "C" fn x_write(
+    f: *mut ffi::sqlite3_file,
+    b: *const c_void,
+    n: c_int,
+    o: i64,
+) -> c_int {
+    unsafe { (methods(f).xWrite.expect("xWrite"))(real(f), b, n, o) }
+}
+unsafe extern "C" fn x_truncate(f: *mut ffi::sqlite3_file, size: i64) -> c_int {
+    unsafe { (methods(f).xTruncate.expect("xTruncate"))(real(f), size) }
+}
+unsafe extern "C" fn x_sync(f: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+    unsafe { (methods(f).xSync.expect("xSync"))(real(f), flags) }
+}
+unsafe extern "C" fn x_file_size(f: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
+    unsafe { (methods(f).xFileSize.expect("xFileSize"))(real(f), size) }
+}
+unsafe extern "C" fn x_lock(f: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    unsafe { (methods(f).xLock.expect("xLock"))(real(f), level) }
+}
+unsafe extern "C" fn x_unlock(f: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    unsafe { (methods(f).xUnlock.expect("xUnlock"))(real(f), level) }
+}
+unsafe extern "C" fn x_check_reserved_lock(f: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
+    unsafe { (methods(f).xCheckReservedLock.expect("xCheckReservedLock"))(real(f), out) }
+}
+unsafe extern "C" fn x_file_control(
+    f: *mut ffi::sqlite3_file,
+    op: c_int,
+    arg: *mut c_void,
+) -> c_int {
+    unsafe { (methods(f).xFileControl.expect("xFileControl"))(real(f), op, arg) }
+}
+unsafe extern "C" fn x_sector_size(f: *mut ffi::sqlite3_file) -> c_int {
+    unsafe { (methods(f).xSectorSize.expect("xSectorSize"))(real(f)) }
+}
+unsafe extern "C" fn x_device_characteristics(f: *mut ffi::sqlite3_file) -> c_int {
+    unsafe {
+        (methods(f)
+            .xDeviceCharacteristics
+            .expect("xDeviceCharacteristics"))(real(f))
+    }
+}
+unsafe extern "C" fn x_fetch(
+    f: *mut ffi::sqlite3_file,
+    o: i64,
+    n: c_int,
+    pp: *mut *mut c_void,
+) -> c_int {
+    unsafe {
+        match methods(f).xFetch {
+            Some(fetch) if methods(f).iVersion >= 3 => fetch(real(f), o, n, pp),
+            _ => {
+                *pp = std::ptr::null_mut();
+                ffi::SQLITE_OK
+            }
+        }
+    }
+}
+unsafe extern "C" fn x_unfetch(f: *mut ffi::sqlite3_file, o: i64, p: *mut c_void) -> c_int {
+    unsafe {
+        match methods(f).xUnfetch {
+            Some(unfetch) if methods(f).iVersion >= 3 => unfetch(real(f), o, p),
+            _ => ffi::SQLITE_OK,
+        }
+    }
+}
+
+/// This connection's node, found or made (taking the `-shm` lock).
+fn acquire(f: &mut File) -> Result<*const Node, c_int> {
+    if !f.node.is_null() {
+        return Ok(f.node);
+    }
+    if f.path.is_null() {
+        return Err(ffi::SQLITE_IOERR_SHMOPEN);
+    }
+    let mut nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
+    let node = match nodes.get(&f.key) {
+        Some(node) => node.clone(),
+        None => {
+            // SAFETY: `path` is the NUL-terminated name SQLite opened the file by,
+            // valid until `xClose`.
+            let path = unsafe { CStr::from_ptr(f.path) }
+                .to_str()
+                .map_err(|_| ffi::SQLITE_IOERR_SHMOPEN)?;
+            let lock = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(crate::files::FILE_MODE)
+                .open(format!("{path}-shm"))
+                .map_err(|_| ffi::SQLITE_IOERR_SHMOPEN)?;
+            if !write_lock(&lock) {
+                // Another process has the file open through SQLite's own index.
+                return Err(ffi::SQLITE_BUSY);
+            }
+            let node = Arc::new(Node {
+                state: Mutex::new(State::default()),
+                _lock: lock,
+            });
+            nodes.insert(f.key, node.clone());
+            node
+        }
+    };
+    f.node = Arc::into_raw(node);
+    Ok(f.node)
+}
+
+/// Take the write lock on [`DMS_BYTE`] of `file` without waiting.
+fn write_lock(file: &std::fs::File) -> bool {
+    // SAFETY: a zeroed `flock` is valid; F_SETLK reads it and nothing else.
+    unsafe {
+        let mut lock: libc::flock = std::mem::zeroed();
+        lock.l_type = libc::F_WRLCK as _;
+        lock.l_whence = libc::SEEK_SET as _;
+        lock.l_start = DMS_BYTE;
+        lock.l_len = 1;
+        libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock) == 0
+    }
+}
+
+/// Let go of this connection's locks and node (the last user drops the index and its
+/// `-shm` lock).
+///
+/// # Safety
+/// `f` points to a file this VFS opened.
+unsafe fn release(f: *mut ffi::sqlite3_file) {
+    let f = unsafe { &mut *(f as *mut File) };
+    if f.node.is_null() {
+        return;
+    }
+    let mut nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: `node` came from `Arc::into_raw` in `acquire` and is released once.
+    let node = unsafe { Arc::from_raw(f.node) };
+    f.node = std::ptr::null();
+    {
+        let mut state = node.state.lock().unwrap_or_else(|e| e.into_inner());
+        for i in 0..NLOCK {
+            if f.shared & (1 << i) != 0 {
+                state.shared[i] -= 1;
+            }
+            if f.exclusive & (1 << i) != 0 {
+                state.exclusive[i] = false;
+            }
+        }
+    }
+    f.shared = 0;
+    f.exclusive = 0;
+    // The map's reference and ours: we are the last user.
+    if Arc::strong_count(&node) == 2 {
+        nodes.remove(&f.key);
+    }
+}
+
+unsafe extern "C" fn x_shm_map(
+    f: *mut ffi::sqlite3_file,
+    region: c_int,
+    size: c_int,
+    extend: c_int,
+    pp: *mut *mut c_void,
+) -> c_int {
+    // SAFETY: SQLite passes a file this VFS opened and a pointer to write the region to.
+    unsafe {
+        *pp = std::ptr::null_mut();
+        let file = &mut *(f as *mut File);
+        let node = match acquire(file) {
+            Ok(node) => &*node,
+            Err(rc) => return rc,
+        };
+        let (region, size) = (region.max(0) as usize, size.max(0) as usize);
+        let mut state = node.state.lock().unwrap_or_else(|e| e.into_inner());
+        while state.regions.len() <= region {
+            if extend == 0 {
+                return ffi::SQLITE_OK;
+            }
+            state.regions.push(vec![0u8; size].into_boxed_slice());
+        }
+        *pp = state.regions[region].as_mut_ptr() as *mut c_void;
+        ffi::SQLITE_OK
+    }
+}
+
+unsafe extern "C" fn x_shm_lock(
+    f: *mut ffi::sqlite3_file,
+    offset: c_int,
+    n: c_int,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: SQLite passes a file this VFS opened; it locks only after mapping.
+    let file = unsafe { &mut *(f as *mut File) };
+    if file.node.is_null() || offset < 0 || n < 1 || (offset + n) as usize > NLOCK {
+        return ffi::SQLITE_IOERR_SHMLOCK;
+    }
+    // SAFETY: a node stays alive while this connection holds it.
+    let node = unsafe { &*file.node };
+    let mut state = node.state.lock().unwrap_or_else(|e| e.into_inner());
+    let slots = offset as usize..(offset + n) as usize;
+    let mine = |mask: u8, i: usize| mask & (1 << i) != 0;
+    if flags & ffi::SQLITE_SHM_UNLOCK != 0 {
+        for i in slots {
+            if mine(file.shared, i) {
+                state.shared[i] -= 1;
+                file.shared &= !(1 << i);
+            }
+            if mine(file.exclusive, i) {
+                state.exclusive[i] = false;
+                file.exclusive &= !(1 << i);
+            }
+        }
+        return ffi::SQLITE_OK;
+    }
+    if flags & ffi::SQLITE_SHM_SHARED != 0 {
+        for i in slots.clone() {
+            if state.exclusive[i] && !mine(file.exclusive, i) {
+                return ffi::SQLITE_BUSY;
+            }
+        }
+        for i in slots {
+            if !mine(file.shared, i) && !mine(file.exclusive, i) {
+                state.shared[i] += 1;
+                file.shared |= 1 << i;
+            }
+        }
+        return ffi::SQLITE_OK;
+    }
+    // Exclusive: nobody else may hold any of the slots, in either mode.
+    for i in slots.clone() {
+        let others_shared = state.shared[i] - u32::from(mine(file.shared, i));
+        if others_shared > 0 || (state.exclusive[i] && !mine(file.exclusive, i)) {
+            return ffi::SQLITE_BUSY;
+        }
+    }
+    for i in slots {
+        if mine(file.shared, i) {
+            state.shared[i] -= 1;
+            file.shared &= !(1 << i);
+        }
+        state.exclusive[i] = true;
+        file.exclusive |= 1 << i;
+    }
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn x_shm_barrier(_f: *mut ffi::sqlite3_file) {
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+unsafe extern "C" fn x_shm_unmap(f: *mut ffi::sqlite3_file, _delete: c_int) -> c_int {
+    // SAFETY: SQLite passes a file this VFS opened. The `-shm` file stays (it is only
+    // the lock's file here).
+    unsafe { release(f) };
+    ffi::SQLITE_OK
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::{Connection, OpenFlags};
+
+    fn wal(path: &std::path::Path) -> Connection {
+        let c = open(path, OpenFlags::default()).unwrap();
+        c.busy_timeout(std::time::Duration::ZERO).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c
+    }
+
+    #[test]
+    fn connections_of_one_file_share_its_index_and_snapshots_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let a = wal(&path);
+        a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let b = wal(&path);
+        let count = |c: &Connection| -> i64 {
+            c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(count(&b), 1);
+        // A read transaction keeps its snapshot while the other connection writes.
+        b.execute_batch("BEGIN").unwrap();
+        assert_eq!(count(&b), 1);
+        a.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        assert_eq!(count(&b), 1);
+        b.execute_batch("COMMIT").unwrap();
+        assert_eq!(count(&b), 2);
+        // One writer at a time: the second `BEGIN IMMEDIATE` is refused, not lost.
+        a.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let e = b.execute_batch("BEGIN IMMEDIATE").unwrap_err();
+        assert_eq!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy)
+        );
+        a.execute_batch("COMMIT").unwrap();
+        b.execute_batch("BEGIN IMMEDIATE; INSERT INTO t VALUES (3); COMMIT")
+            .unwrap();
+        assert_eq!(count(&a), 3);
+        // A checkpoint while nobody reads copies the WAL into the file.
+        a.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap();
+        assert_eq!(count(&b), 3);
+    }
+
+    #[test]
+    fn the_index_goes_with_its_last_connection_and_is_rebuilt_from_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let a = wal(&path);
+        a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2);")
+            .unwrap();
+        let key = {
+            let m = std::fs::metadata(&path).unwrap();
+            (m.dev(), m.ino())
+        };
+        assert!(nodes().lock().unwrap().contains_key(&key));
+        // Kept on close, as the host keeps it: the WAL still holds the rows.
+        a.execute_batch("PRAGMA wal_autocheckpoint = 0").unwrap();
+        unsafe {
+            let mut on: c_int = 1;
+            ffi::sqlite3_file_control(
+                a.handle(),
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_PERSIST_WAL,
+                &mut on as *mut c_int as *mut c_void,
+            );
+            ffi::sqlite3_db_config(
+                a.handle(),
+                ffi::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                1 as c_int,
+                std::ptr::null_mut::<c_int>(),
+            );
+        }
+        drop(a);
+        assert!(!nodes().lock().unwrap().contains_key(&key));
+        assert!(
+            std::fs::metadata(dir.path().join("o.db-wal"))
+                .unwrap()
+                .len()
+                > 0
+        );
+        let b = wal(&path);
+        let n: i64 = b
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn a_file_renamed_with_its_connection_open_keeps_one_index() {
+        // A spare is opened ahead under its own name and renamed into place.
+        let dir = tempfile::tempdir().unwrap();
+        let spare = dir.path().join("spare.db");
+        let a = wal(&spare);
+        a.execute_batch("CREATE TABLE t(x);").unwrap();
+        let placed = dir.path().join("object.db");
+        for suffix in ["", "-wal", "-shm"] {
+            std::fs::rename(
+                format!("{}{suffix}", spare.display()),
+                format!("{}{suffix}", placed.display()),
+            )
+            .unwrap();
+        }
+        let b = wal(&placed);
+        a.execute("INSERT INTO t VALUES (7)", []).unwrap();
+        let x: i64 = b.query_row("SELECT x FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(x, 7);
+    }
+}
