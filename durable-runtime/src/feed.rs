@@ -55,8 +55,8 @@ impl ColumnNames {
         let key = (class.to_string(), object, table.to_string());
         if !self.cache.contains_key(&key) {
             let path = crate::store::object_path(&self.data_dir, class, object);
-            let conn =
-                crate::wal_index::open(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+            // From a copy: the host may have the file open (see `file_copy`).
+            let conn = crate::file_copy::open_snapshot(&path).ok()?;
             let mut stmt = conn
                 .prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")
                 .ok()?;

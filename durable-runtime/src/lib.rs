@@ -23,6 +23,7 @@ mod db;
 mod durability;
 mod error;
 pub mod feed;
+mod file_copy;
 mod files;
 mod follow;
 mod gateway;

@@ -931,18 +931,17 @@ pub fn list_objects(data_dir: &Path) -> std::io::Result<Vec<(String, ObjectId, O
             else {
                 continue;
             };
-            let name = crate::wal_index::open(&f, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            // From a copy: the host may have the file open (see `file_copy`).
+            let name = crate::file_copy::open_snapshot(&f).ok().and_then(|c| {
+                c.query_row(
+                    "SELECT value FROM _durable_meta WHERE key = 'name'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
                 .ok()
-                .and_then(|c| {
-                    c.query_row(
-                        "SELECT value FROM _durable_meta WHERE key = 'name'",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .ok()
-                    .flatten()
-                });
+                .flatten()
+            });
             out.push((class_name.clone(), id, name));
         }
     }

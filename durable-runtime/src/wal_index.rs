@@ -51,8 +51,9 @@ struct Node {
 
 #[derive(Default)]
 struct State {
-    /// The index's regions (32 KiB each); a region's memory never moves.
-    regions: Vec<Box<[u8]>>,
+    /// The index's regions (32 KiB each, as 8-byte words: SQLite reads them as
+    /// aligned integers); a region's memory never moves.
+    regions: Vec<Box<[u64]>>,
     /// Per lock slot: connections holding it shared.
     shared: [u32; NLOCK],
     /// Per lock slot: whether a connection holds it exclusively.
@@ -164,6 +165,17 @@ unsafe extern "C" fn x_full_pathname(
     }
 }
 
+/// A NUL-terminated path as a `Path` (any bytes).
+///
+/// # Safety
+/// `name` is a NUL-terminated string that outlives the result.
+unsafe fn path_of<'a>(name: *const c_char) -> &'a std::path::Path {
+    use std::os::unix::ffi::OsStrExt;
+    std::path::Path::new(std::ffi::OsStr::from_bytes(unsafe {
+        CStr::from_ptr(name).to_bytes()
+    }))
+}
+
 /// The `unix` file inside ours.
 ///
 /// # Safety
@@ -209,18 +221,26 @@ unsafe extern "C" fn x_open(
             return rc;
         }
         let f = &mut *(file as *mut File);
+        f.base.pMethods = &METHODS;
         if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 && !name.is_null() {
-            if let Some(key) = CStr::from_ptr(name)
-                .to_str()
-                .ok()
-                .and_then(|p| std::fs::metadata(p).ok())
-                .map(|m| (m.dev(), m.ino()))
-            {
+            if let Ok(m) = std::fs::metadata(path_of(name)) {
+                // The key is the inode the path names now: make sure it is the one the
+                // descriptor has (a file renamed onto the path in between would give
+                // this connection another file's index).
+                let mut moved: c_int = 0;
+                let rc = (methods(file).xFileControl.expect("xFileControl"))(
+                    real(file),
+                    ffi::SQLITE_FCNTL_HAS_MOVED,
+                    &mut moved as *mut c_int as *mut c_void,
+                );
+                if rc != ffi::SQLITE_OK || moved != 0 {
+                    x_close(file);
+                    return ffi::SQLITE_CANTOPEN;
+                }
                 f.path = name;
-                f.key = key;
+                f.key = (m.dev(), m.ino());
             }
         }
-        f.base.pMethods = &METHODS;
         rc
     }
 }
@@ -344,20 +364,21 @@ fn acquire(f: &mut File) -> Result<*const Node, c_int> {
         None => {
             // SAFETY: `path` is the NUL-terminated name SQLite opened the file by,
             // valid until `xClose`.
-            let path = unsafe { CStr::from_ptr(f.path) }
-                .to_str()
-                .map_err(|_| ffi::SQLITE_IOERR_SHMOPEN)?;
+            let mut shm = unsafe { path_of(f.path) }.as_os_str().to_owned();
+            shm.push("-shm");
             let lock = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .mode(crate::files::FILE_MODE)
-                .open(format!("{path}-shm"))
+                .open(&shm)
                 .map_err(|_| ffi::SQLITE_IOERR_SHMOPEN)?;
             if !write_lock(&lock) {
-                // Another process has the file open through SQLite's own index.
-                return Err(ffi::SQLITE_BUSY);
+                // Another process has the file open through SQLite's own index. Not
+                // `SQLITE_BUSY`: SQLite would retry that for seconds (on a shard thread).
+                tracing::error!(file = ?shm, "another process has this object's file open through SQLite (a `sqlite3` shell?); the host cannot open it until that process closes it");
+                return Err(ffi::SQLITE_IOERR_SHMOPEN);
             }
             let node = Arc::new(Node {
                 state: Mutex::new(State::default()),
@@ -438,7 +459,9 @@ unsafe extern "C" fn x_shm_map(
             if extend == 0 {
                 return ffi::SQLITE_OK;
             }
-            state.regions.push(vec![0u8; size].into_boxed_slice());
+            state
+                .regions
+                .push(vec![0u64; size.div_ceil(8)].into_boxed_slice());
         }
         *pp = state.regions[region].as_mut_ptr() as *mut c_void;
         ffi::SQLITE_OK

@@ -359,7 +359,17 @@ async fn a_closed_object_reopens_its_file_ahead_of_its_next_alarm() {
 async fn another_process_is_kept_out_of_an_open_object_file_and_inspect_still_reads_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let host = HostProcess::start(&data, &[]);
+    // The object keeps its file open throughout (a quiet one closes it after a while,
+    // and then holds nothing).
+    let host = HostProcess::start(
+        &data,
+        &[
+            "--connection-idle-secs",
+            "600",
+            "--idle-timeout-secs",
+            "600",
+        ],
+    );
     let client = host.client().await;
     let counter = client.get::<Counter>("kept");
     counter.increment(41).await.unwrap();
@@ -399,4 +409,40 @@ async fn another_process_is_kept_out_of_an_open_object_file_and_inspect_still_re
     drop(client);
     assert!(host.terminate().success());
     assert_eq!(read().unwrap(), 43);
+}
+
+/// A program that opened an object's file through SQLite while the host had it closed
+/// (a `sqlite3` shell left open) holds SQLite's own lock on it: the host's next open of
+/// that file fails at once, as an error its caller sees (not seconds of SQLite retries
+/// on a shard thread), and works again once the program lets go. Nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_file_held_by_another_program_fails_its_calls_at_once_until_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &["--connection-idle-secs", "0.2"]);
+    let pid = host.child.id();
+    let client = host.client().await;
+    let counter = client.get::<Counter>("held");
+    assert_eq!(counter.increment(7).await.unwrap(), 7);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    until_object_files_closed(pid, deadline).await;
+    let db = object_files(dir.path())
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "db"))
+        .unwrap();
+    let outsider =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let seen: i64 = outsider
+        .query_row("SELECT value FROM counter WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(seen, 7);
+    let started = std::time::Instant::now();
+    let e = counter.increment(1).await.unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "the call waited {:?} ({e})",
+        started.elapsed()
+    );
+    drop(outsider);
+    assert_eq!(counter.increment(1).await.unwrap(), 8);
 }

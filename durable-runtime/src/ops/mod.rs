@@ -2,7 +2,7 @@
 //! object (`inspect`, `alarms`), copy every object while the host serves (`backup`)
 //! and fill a new data directory from such a copy (`restore`), and call a method of
 //! a running host from the shell (`call`). Every command here reads object files by
-//! copying them (see `snapshot`), which runs beside the host and never blocks it.
+//! copying them (`file_copy`), which runs beside the host and never blocks it.
 
 mod backup;
 mod call;
@@ -13,86 +13,13 @@ pub(crate) use call::{call, CallTarget};
 pub(crate) use inspect::{alarms, inspect};
 
 use durable_client::ObjectId;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use std::path::Path;
 
 /// The id a command line names: 32 hex digits, or a name within the class.
 pub(crate) fn object_id(class: &str, name: &str) -> ObjectId {
     name.parse()
         .unwrap_or_else(|_| ObjectId::from_name(class, name))
-}
-
-/// The bytes of a stored object's database as its last commit left them (its WAL
-/// applied), or a message saying it has none.
-///
-/// Read by copying, never by opening the live file: a running host keeps each active
-/// object's WAL index in its own memory and locks other processes out of the file
-/// (see `wal_index`), and a reader here must never make the host wait either. The
-/// database and its WAL are copied into a private directory between two reads of the
-/// WAL's header; equal headers (same salts, so the WAL was not restarted meanwhile)
-/// mean every page a concurrent checkpoint rewrote in the database during the copy is
-/// also in the copied WAL, which SQLite's recovery then applies on top. Otherwise the
-/// copy is taken again.
-fn snapshot(data_dir: &Path, class: &str, id: ObjectId) -> Result<Vec<u8>, String> {
-    let path = crate::files::object_path(data_dir, class, id);
-    if !path.exists() {
-        return Err(format!(
-            "no stored object {class} {id} in {}",
-            data_dir.display()
-        ));
-    }
-    let wal = crate::files::wal_path(&path);
-    let header = |bytes: &[u8]| bytes.get(..32).map(<[u8]>::to_vec);
-    let read_header = || -> Option<Vec<u8>> {
-        use std::io::Read;
-        let mut h = [0u8; 32];
-        let mut f = std::fs::File::open(&wal).ok()?;
-        f.read_exact(&mut h).ok()?;
-        Some(h.to_vec())
-    };
-    let err = |e: std::io::Error| format!("copying {class} {id}: {e}");
-    for _ in 0..100 {
-        let before = read_header();
-        let db = std::fs::read(&path).map_err(err)?;
-        let log = match std::fs::read(&wal) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(err(e)),
-        };
-        if before != read_header() || before != header(&log) {
-            continue;
-        }
-        return materialize(&db, &log).map_err(|e| format!("reading {class} {id}: {e}"));
-    }
-    Err(format!(
-        "copying {class} {id}: its WAL kept changing under the copy; try again"
-    ))
-}
-
-/// The database `db` with the WAL `log` applied, through a private copy on disk.
-fn materialize(db: &[u8], log: &[u8]) -> Result<Vec<u8>, String> {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "durable-snapshot-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let copy = dir.join("copy.db");
-    let read = || -> Result<Vec<u8>, String> {
-        std::fs::write(&copy, db).map_err(|e| e.to_string())?;
-        if !log.is_empty() {
-            std::fs::write(crate::files::wal_path(&copy), log).map_err(|e| e.to_string())?;
-        }
-        let mut conn =
-            crate::wal_index::open(&copy, OpenFlags::default()).map_err(|e| e.to_string())?;
-        let bytes = conn.serialize("main").map_err(|e| e.to_string())?;
-        Ok(bytes.to_vec())
-    };
-    let bytes = read();
-    let _ = std::fs::remove_dir_all(&dir);
-    bytes
 }
 
 /// An object as its host has made it durable: a snapshot of its file (one read
@@ -109,15 +36,15 @@ pub(crate) struct Current {
 
 /// Read the object's current state (see [`Current`]).
 pub(crate) fn current(data_dir: &Path, class: &str, id: ObjectId) -> Result<Current, String> {
-    let mut bytes = snapshot(data_dir, class, id)?;
-    if bytes.len() > 19 {
-        // The in-memory VFS has no WAL: read the snapshot as a rollback-journal file.
-        bytes[18] = 1;
-        bytes[19] = 1;
+    let path = crate::files::object_path(data_dir, class, id);
+    if !path.exists() {
+        return Err(format!(
+            "no stored object {class} {id} in {}",
+            data_dir.display()
+        ));
     }
-    let mut conn = Connection::open_in_memory().map_err(|e| e.to_string())?;
-    conn.deserialize_read_exact("main", &bytes[..], bytes.len(), false)
-        .map_err(|e| format!("reading {class} {id}: {e}"))?;
+    let mut conn =
+        crate::file_copy::open_snapshot(&path).map_err(|e| format!("reading {class} {id}: {e}"))?;
     let err = |e: String| format!("bringing {class} {id} forward from the host log: {e}");
     let file_seq = crate::store::stored_seq(&conn).map_err(|e| err(e.to_string()))?;
     let records = crate::log::object_records(data_dir, class, id, file_seq)
