@@ -16,10 +16,12 @@
 //! `sqlite3` shell or another program opening the file meanwhile is refused
 //! (`SQLITE_BUSY`, or `SQLITE_PROTOCOL` once SQLite's retries give up) rather than
 //! given an index of its own that would not see the host's writes. (Operator
-//! commands read object files by copying them instead: [`crate::files::snapshot`].)
+//! commands read object files by copying them instead: [`crate::file_copy`].) The
+//! other way round, a program that opened a file through SQLite while the host had it
+//! closed makes the host's next open of it fail at once, with a log line naming it.
 //!
 //! **Rule.** Every connection of this process to an object file must use this VFS
-//! ([`crate::files::open_object_db`]): a connection through `unix` would build an
+//! ([`open`]): a connection through `unix` would build an
 //! index of its own, and closing it would release the process's `fcntl` lock on the
 //! `-shm` (POSIX drops every lock a process holds on a file when it closes any of its
 //! descriptors).
