@@ -193,6 +193,7 @@ impl Calls {
             request,
             chain,
             reply: tx,
+            sent: crate::clock::monotonic(),
         });
         let response = rx.await.unwrap_or_else(|_| {
             // The shard stopped (a crash, or a stop without draining) after taking the
@@ -257,6 +258,7 @@ impl Calls {
             },
             chain: None,
             reply: tx,
+            sent: crate::clock::monotonic(),
         });
         rx.await.unwrap_or_else(|_| {
             Response::Error(WireError::Indeterminate {
@@ -305,6 +307,7 @@ impl Calls {
             },
             chain: None,
             reply: tx,
+            sent: crate::clock::monotonic(),
         });
         let answer = rx.await.unwrap_or_else(|_| {
             Response::Error(WireError::Indeterminate {

@@ -26,6 +26,9 @@ pub(crate) struct Call {
     /// For a call made by another object's turn: the objects waiting on it.
     pub(crate) chain: Option<Arc<CallChain>>,
     pub(crate) reply: oneshot::Sender<Response>,
+    /// When it was handed to its shard ([`crate::clock::monotonic`]): its wait in the
+    /// object's queue is measured from here (`durable_call_queue_seconds`).
+    pub(crate) sent: std::time::Duration,
 }
 
 /// How the objects' turns reach the host's other objects (set once the host's call

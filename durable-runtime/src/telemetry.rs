@@ -19,6 +19,7 @@ struct Handles {
     calls: HashMap<(usize, usize, usize), Counter>,
     call_seconds: HashMap<usize, Histogram>,
     turn_seconds: HashMap<usize, Histogram>,
+    stage_seconds: HashMap<(usize, Stage), Histogram>,
     batch_calls: Option<Histogram>,
     in_flight: Option<Gauge>,
 }
@@ -100,6 +101,21 @@ fn describe() {
         "durable_turn_seconds",
         Unit::Seconds,
         "Time a method ran (its turn, without the commit), by class."
+    );
+    describe_histogram!(
+        "durable_call_queue_seconds",
+        Unit::Seconds,
+        "Time a call waited in its object's queue (from its hand-off to the shard until its batch began), by class."
+    );
+    describe_histogram!(
+        "durable_batch_seconds",
+        Unit::Seconds,
+        "Time a batch ran (its turns and its commit, until handed to the host log), by class."
+    );
+    describe_histogram!(
+        "durable_gate_seconds",
+        Unit::Seconds,
+        "Time a committed batch's replies waited in the output gate for the host log to make it durable, by class."
     );
     describe_histogram!(
         "durable_batch_calls",
@@ -203,6 +219,33 @@ pub(crate) fn turn(class: &'static str, took: Duration) {
         h.turn_seconds
             .entry(key(class))
             .or_insert_with(|| histogram!("durable_turn_seconds", "class" => class))
+            .record(took.as_secs_f64());
+    });
+}
+
+/// Where a call's time in its shard goes, stage by stage (see [`stage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Stage {
+    /// From the hand-off to the shard until the call's batch began.
+    Queue,
+    /// A batch running: its turns and its commit, until its record is handed to the
+    /// host log.
+    Batch,
+    /// A committed batch's replies held in the output gate until the host log made
+    /// the batch durable.
+    Gate,
+}
+
+/// A call or batch spent `took` in `stage`.
+pub(crate) fn stage(class: &'static str, stage: Stage, took: Duration) {
+    with_handles(|h| {
+        h.stage_seconds
+            .entry((key(class), stage))
+            .or_insert_with(|| match stage {
+                Stage::Queue => histogram!("durable_call_queue_seconds", "class" => class),
+                Stage::Batch => histogram!("durable_batch_seconds", "class" => class),
+                Stage::Gate => histogram!("durable_gate_seconds", "class" => class),
+            })
             .record(took.as_secs_f64());
     });
 }

@@ -910,6 +910,28 @@ async fn metrics_count_calls_by_class_method_and_outcome_for_the_operator_only()
     assert!(text.contains("durable_call_seconds_bucket"), "{text}");
     assert!(text.contains("durable_turn_seconds_count"), "{text}");
     assert!(text.contains("durable_batch_calls"), "{text}");
+    // Where the calls' time went: each of the five calls that reached a shard waited in
+    // a queue; every batch ran; the four that wrote passed the output gate.
+    let counter = [r#"class="Counter""#];
+    let stage = |name: &str| sample(&text, name, &counter);
+    assert_eq!(
+        stage("durable_call_queue_seconds_count"),
+        Some(5.0),
+        "{text}"
+    );
+    assert!(
+        stage("durable_batch_seconds_count").unwrap_or(0.0) >= 4.0,
+        "{text}"
+    );
+    assert!(
+        stage("durable_gate_seconds_count").unwrap_or(0.0) >= 4.0,
+        "{text}"
+    );
+    let (gate, call) = (
+        stage("durable_gate_seconds_sum").unwrap(),
+        stage("durable_call_seconds_sum").unwrap(),
+    );
+    assert!(gate > 0.0 && gate < call, "{text}");
     // Two objects' connections, at least their schemas and the page 1 of each.
     assert!(
         sample(&text, "durable_sqlite_memory_bytes", &[]).unwrap_or(0.0) > 4096.0,

@@ -145,6 +145,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
     });
     let (flush_tx, flush_rx) = mpsc::unbounded_channel();
     let object = Object {
+        gated_since: Default::default(),
         slot: slot.clone(),
         class,
         id,

@@ -13,7 +13,9 @@ use crate::durability::{DurablePos, ObjectLog, Refusal};
 use crate::outgoing::FlushRequest;
 use crate::shard_config::ShardConfig;
 use crate::store;
+use crate::telemetry::{self, Stage};
 use durable_client::ObjectId;
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,9 @@ use tokio::sync::mpsc;
 
 /// One object's state on its shard.
 pub(super) struct Object {
+    /// Committed batches whose durability is awaited, with when each was handed to
+    /// the log (for `durable_gate_seconds`), oldest first.
+    pub(super) gated_since: VecDeque<(u64, Duration)>,
     pub(super) slot: Rc<Slot>,
     pub(super) class: Arc<ClassEntry>,
     pub(super) id: ObjectId,
@@ -152,6 +157,19 @@ impl Object {
         self.conn.as_deref().expect("opened")
     }
 
+    /// Replies were released: the batches now durable left the output gate.
+    fn gate_passed(&mut self) {
+        let durable = self.slot.core.borrow().durable();
+        let now = crate::clock::monotonic();
+        while let Some(&(seq, since)) = self.gated_since.front() {
+            if seq > durable {
+                break;
+            }
+            self.gated_since.pop_front();
+            telemetry::stage(self.class.name, Stage::Gate, now.saturating_sub(since));
+        }
+    }
+
     pub(super) async fn run(mut self) {
         loop {
             self.slot
@@ -230,6 +248,16 @@ impl Object {
                 }
                 Some(Action::Run(batch)) => {
                     self.holds_memory = true;
+                    let began = crate::clock::monotonic();
+                    for w in &batch {
+                        if let Work::Call(call) = w {
+                            telemetry::stage(
+                                self.class.name,
+                                Stage::Queue,
+                                began.saturating_sub(call.sent),
+                            );
+                        }
+                    }
                     let alarm_wakes = batch.iter().filter(|w| !w.is_call()).count();
                     let seq_before = self.seq;
                     let (outputs, requeue) = self.run_batch(batch).await;
@@ -239,6 +267,11 @@ impl Object {
                         self.config.alarms.wake_done();
                     }
                     let committed = (self.seq != seq_before).then_some(self.seq);
+                    let ended = crate::clock::monotonic();
+                    telemetry::stage(self.class.name, Stage::Batch, ended.saturating_sub(began));
+                    if let Some(seq) = committed.filter(|_| !outputs.is_empty()) {
+                        self.gated_since.push_back((seq, ended));
+                    }
                     let now = self.config.clock.now_ms();
                     self.slot.core.borrow_mut().handle(
                         now,
@@ -254,6 +287,7 @@ impl Object {
                     for (tx, response, _) in replies {
                         let _ = tx.send(response);
                     }
+                    self.gate_passed();
                 }
                 Some(Action::Indeterminate(replies)) => {
                     for (tx, _, _) in replies {
@@ -263,6 +297,7 @@ impl Object {
                             "the write could not be made durable (sync failed)",
                         ));
                     }
+                    self.gated_since.clear();
                 }
                 Some(Action::Refused { outputs, full }) => {
                     for (tx, _, recorded) in outputs {
@@ -274,8 +309,12 @@ impl Object {
                             refused(full)
                         });
                     }
+                    self.gated_since.clear();
                 }
-                Some(Action::Rewind(durable)) => self.rewind(durable),
+                Some(Action::Rewind(durable)) => {
+                    self.gated_since.clear();
+                    self.rewind(durable)
+                }
                 Some(Action::Dropped(work)) => {
                     // A simulated crash: callers see their call end unanswered.
                     for w in work {
