@@ -193,7 +193,7 @@ impl Calls {
             request,
             chain,
             reply: tx,
-            sent: crate::clock::monotonic(),
+            sent: started,
         });
         let response = rx.await.unwrap_or_else(|_| {
             // The shard stopped (a crash, or a stop without draining) after taking the

@@ -238,15 +238,24 @@ pub(crate) enum Stage {
 
 /// A call or batch spent `took` in `stage`.
 pub(crate) fn stage(class: &'static str, stage: Stage, took: Duration) {
+    stages(class, stage, [took]);
+}
+
+/// Calls or batches spent each of `took` in `stage` (one handle lookup for them all:
+/// a batch's calls record their queue waits together).
+pub(crate) fn stages(class: &'static str, stage: Stage, took: impl IntoIterator<Item = Duration>) {
     with_handles(|h| {
-        h.stage_seconds
+        let histogram = h
+            .stage_seconds
             .entry((key(class), stage))
             .or_insert_with(|| match stage {
                 Stage::Queue => histogram!("durable_call_queue_seconds", "class" => class),
                 Stage::Batch => histogram!("durable_batch_seconds", "class" => class),
                 Stage::Gate => histogram!("durable_gate_seconds", "class" => class),
-            })
-            .record(took.as_secs_f64());
+            });
+        for t in took {
+            histogram.record(t.as_secs_f64());
+        }
     });
 }
 

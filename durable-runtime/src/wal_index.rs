@@ -16,7 +16,7 @@
 //! `sqlite3` shell or another program opening the file meanwhile is refused
 //! (`SQLITE_BUSY`, or `SQLITE_PROTOCOL` once SQLite's retries give up) rather than
 //! given an index of its own that would not see the host's writes. (Operator
-//! commands read object files by copying them instead: [`crate::file_copy`].) The
+//! commands read object files by copying them instead: the `file_copy` module.) The
 //! other way round, a program that opened a file through SQLite while the host had it
 //! closed makes the host's next open of it fail at once, with a log line naming it.
 //!

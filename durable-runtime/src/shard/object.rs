@@ -249,15 +249,11 @@ impl Object {
                 Some(Action::Run(batch)) => {
                     self.holds_memory = true;
                     let began = crate::clock::monotonic();
-                    for w in &batch {
-                        if let Work::Call(call) = w {
-                            telemetry::stage(
-                                self.class.name,
-                                Stage::Queue,
-                                began.saturating_sub(call.sent),
-                            );
-                        }
-                    }
+                    let waits = batch.iter().filter_map(|w| match w {
+                        Work::Call(call) => Some(began.saturating_sub(call.sent)),
+                        Work::Alarm => None,
+                    });
+                    telemetry::stages(self.class.name, Stage::Queue, waits);
                     let alarm_wakes = batch.iter().filter(|w| !w.is_call()).count();
                     let seq_before = self.seq;
                     let (outputs, requeue) = self.run_batch(batch).await;
