@@ -136,6 +136,8 @@ struct Measured {
     /// CPU time (user + system) of the watched process in the measured window, per
     /// completed operation, in microseconds.
     cpu_us_per_op: Option<f64>,
+    /// The same for this process (the load generator, the client side of every call).
+    client_cpu_us_per_op: Option<f64>,
     /// How much the watched process's resident memory grew in that window (the lowest
     /// reading of its last second against that of its first), in KB per 100,000
     /// operations; `None` for a window of 2 s or less.
@@ -178,6 +180,7 @@ where
     }
     tokio::time::sleep(Duration::from_secs_f64(warm)).await;
     let cpu_before = watch.and_then(baselines::cpu_secs);
+    let own_before = baselines::cpu_secs(std::process::id());
     measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
     let window = Duration::from_secs_f64(secs);
@@ -198,14 +201,17 @@ where
     let n = done.load(Ordering::Relaxed);
     let elapsed = start.elapsed().as_secs_f64();
     let cpu_after = watch.and_then(baselines::cpu_secs);
+    let own_after = baselines::cpu_secs(std::process::id());
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.map_err(|e| e.to_string())??;
     }
-    let cpu_us_per_op = match (cpu_before, cpu_after) {
+    let per_op = |before: Option<f64>, after: Option<f64>| match (before, after) {
         (Some(b), Some(a)) if n > 0 => Some((a - b) * 1e6 / n as f64),
         _ => None,
     };
+    let cpu_us_per_op = per_op(cpu_before, cpu_after);
+    let client_cpu_us_per_op = per_op(own_before, own_after);
     let second = Duration::from_secs(1);
     // The lowest reading taken between `from` and `to` into the window.
     let lowest = |from: Duration, to: Duration| {
@@ -225,6 +231,7 @@ where
     Ok(Measured {
         rate: n as f64 / elapsed,
         cpu_us_per_op,
+        client_cpu_us_per_op,
         rss_growth_kb,
     })
 }
@@ -295,6 +302,39 @@ async fn redis_increments(plan: &Plan, keys: usize) -> Result<Measured, String> 
 /// The unit of the host-CPU rows: CPU time (user + system) of the server process in
 /// the measured window, per acknowledged call.
 const CPU_UNIT: &str = "µs host CPU/op";
+
+/// The CPU time this process (the client side: encoding, QUIC, TLS) spent per call.
+const CLIENT_CPU_UNIT: &str = "µs client CPU/op";
+
+/// The highest rate this machine's CPUs allow at the CPU cost per call just measured:
+/// every CPU busy with the host and the client and nothing else, `CPUs / (host +
+/// client CPU per call)`. On a machine where the host and its load generator share a
+/// few CPUs this caps every throughput row: a ratio target above `ceiling / baseline`
+/// needs less CPU per call, not less waiting. `None` without both figures.
+fn cpu_ceiling(m: &Measured) -> Option<f64> {
+    let cpus = std::thread::available_parallelism().ok()?.get() as f64;
+    let per_call = m.cpu_us_per_op? + m.client_cpu_us_per_op?;
+    (per_call > 0.0).then(|| cpus * 1e6 / per_call)
+}
+
+/// The client-CPU row and the CPU-ceiling row of a throughput scenario, the ceiling
+/// against the scenario's first baseline.
+fn cpu_rows(scenario: &str, m: &Measured, baseline: Option<f64>, against: &str) -> Vec<Row> {
+    let mut rows = Vec::new();
+    if let Some(client) = m.client_cpu_us_per_op {
+        rows.push(Row::lower(scenario, client, CLIENT_CPU_UNIT, None, "-"));
+    }
+    if let Some(ceiling) = cpu_ceiling(m) {
+        rows.push(Row::higher(
+            scenario,
+            ceiling,
+            "incr/s CPU ceiling",
+            baseline,
+            against,
+        ));
+    }
+    rows
+}
 
 /// The baseline figure of a row from a baseline's result, and what to print beside it.
 fn baseline_of<T, U>(
@@ -413,6 +453,9 @@ async fn increments_many(plan: &mut Plan) -> Result<Vec<Row>, String> {
             &against,
         ));
     }
+    let (baseline, against) =
+        baseline_of(&redis, |r| Some(r.rate), "Redis INCR, appendfsync always");
+    rows.extend(cpu_rows("increments_many", &durable, baseline, &against));
     Ok(rows)
 }
 
@@ -730,6 +773,12 @@ async fn increments_hot(plan: &Plan) -> Result<Vec<Row>, String> {
             &against,
         ));
     }
+    rows.extend(cpu_rows(
+        "increments_hot",
+        &durable,
+        Some(fsync),
+        "write+fdatasync per call, same disk",
+    ));
     // A leak per call shows here (unscraped histogram samples read ~4,200 before
     // session 17's fix). One object: its request window is full within the warm-up,
     // and the host's RSS is flat after ~2 s. Full runs only (`--quick`'s 2 s window is
