@@ -10,7 +10,6 @@ use crate::placement::{Owner, Placement};
 use crate::shard::{Call, Shards};
 use durable_client::wire::{CallRequest, Response, WireError};
 use durable_client::ObjectId;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,7 +63,7 @@ impl durable_client::Transport for Local {
 
 /// The entry every edge calls through.
 pub(crate) struct Calls {
-    pub(crate) classes: HashMap<&'static str, Arc<ClassEntry>>,
+    pub(crate) classes: crate::class::NameMap<Arc<ClassEntry>>,
     pub(crate) shards: Arc<Shards>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) placement: Arc<dyn Placement>,
@@ -78,7 +77,7 @@ pub(crate) struct Calls {
 
 impl Calls {
     pub(crate) fn new(
-        classes: HashMap<&'static str, Arc<ClassEntry>>,
+        classes: crate::class::NameMap<Arc<ClassEntry>>,
         shards: Arc<Shards>,
         clock: Arc<dyn Clock>,
         placement: Arc<dyn Placement>,

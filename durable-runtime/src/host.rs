@@ -17,7 +17,6 @@ use crate::server::Server;
 use crate::shard::{Message, ShardConfig, Shards};
 use durable_client::ObjectId;
 use durable_client::{wire, ClientConfig, ALPN};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -494,7 +493,7 @@ impl Host {
             .as_deref()
             .map(crate::tls::client_roots)
             .transpose()?;
-        let mut classes: HashMap<&'static str, Arc<ClassEntry>> = HashMap::new();
+        let mut classes: crate::class::NameMap<Arc<ClassEntry>> = Default::default();
         for class in self.classes {
             let name = class.name;
             if classes.insert(name, Arc::new(class)).is_some() {

@@ -10,7 +10,6 @@ use crate::outgoing::LocalCalls;
 use durable_client::wire::{CallRequest, Response};
 use durable_client::ObjectId;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +47,7 @@ pub(crate) struct ShardConfig {
     /// The host log's durable lsn, for bookmarks.
     pub(crate) bookmarks: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
     /// Every class the host serves (alarm wakes name only the class).
-    pub(crate) classes: HashMap<&'static str, Arc<ClassEntry>>,
+    pub(crate) classes: crate::class::NameMap<Arc<ClassEntry>>,
     pub(crate) alarms: Arc<AlarmService>,
     pub(crate) clock: Arc<dyn Clock>,
     /// Objects idle this long are evicted.
