@@ -308,7 +308,7 @@ type Activate = fn(&mut Context) -> Result<Box<dyn Instance>, ActivateError>;
 /// A table by name whose names the runtime sets (classes, methods, alarms), hashed
 /// with FxHash instead of SipHash: every call looks its class and method up. SipHash
 /// was 3-4% of a host's user-space instructions per call under increments_many, these
-/// tables and the metric handles' about a third of that
+/// tables and the metric handles' almost half of that
 /// (`durable-bench/instructions.sh`). Safe from collision floods: a caller's string is
 /// only ever looked up, never inserted.
 pub(crate) type NameMap<V> = rustc_hash::FxHashMap<&'static str, V>;
