@@ -6,6 +6,7 @@
 # run, the increments per second and the host process's CPU time per increment (user +
 # system from /proc/PID/stat, over the measured run). Compare pairs, not absolutes.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 base=$1 new=$2 objects=${3:-256} secs=${4:-6} rounds=${5:-3}
 client="$new/counter"
 tick=$(getconf CLK_TCK)
@@ -14,12 +15,8 @@ run() {
   dir=$(mktemp -d)
   "$bin/host" serve --data-dir "$dir" --listen 127.0.0.1:0 >"$dir.log" 2>&1 &
   local pid=$!
-  local addr=""
-  for _ in $(seq 100); do
-    addr=$(grep -o 'listening on [0-9.:]*' "$dir.log" | awk '{print $3}' || true)
-    [ -n "$addr" ] && break
-    sleep 0.1
-  done
+  local addr
+  addr=$(wait_addr "$dir.log")
   local c=("$client" --connect "$addr" --ca "$dir/tls/ca.pem" --token-file "$dir/tls/token")
   "${c[@]}" bench --objects "$objects" --concurrency 64 --seconds 1 >/dev/null
   local t0 t1 out n

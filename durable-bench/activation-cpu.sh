@@ -10,17 +10,13 @@
 # dwarf` of the host over the calls is written there. Ticks are 10 ms: at N=300 a
 # figure moves in steps of ~33 µs; compare alternated runs of two builds.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 bin=$1 n=${2:-300} perfout=${3:-}
 dir=$(mktemp -d)
 "$bin/host" serve --data-dir "$dir" --listen 127.0.0.1:0 --idle-timeout-secs 0.5 >"$dir.log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir" "$dir.log" "$dir.a" "$dir.b"' EXIT
-addr=""
-for _ in $(seq 100); do
-  addr=$(grep -o 'listening on [0-9.:]*' "$dir.log" | head -1 | awk '{print $3}' || true)
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
+addr=$(wait_addr "$dir.log")
 c=("$bin/counter" --connect "$addr" --ca "$dir/tls/ca.pem" --token-file "$dir/tls/token")
 for i in $(seq "$n"); do "${c[@]}" increment "a$i" >/dev/null; done
 sleep 2

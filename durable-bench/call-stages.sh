@@ -7,18 +7,14 @@
 # BIN_DIR holds the example `host` and `counter` (cargo build --release -p
 # durable-examples --bin host --bin counter). OBJECTS=1 is increments_hot's shape.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 bin=$1 objects=${2:-1} seconds=${3:-4}
 dir=$(mktemp -d)
 "$bin/host" serve --data-dir "$dir" --listen 127.0.0.1:0 --http 127.0.0.1:0 >"$dir.log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir" "$dir.log" "$dir.time"' EXIT
-addr="" http=""
-for _ in $(seq 100); do
-  addr=$(grep -o '^listening on [0-9.:]*' "$dir.log" | head -1 | awk '{print $3}' || true)
-  http=$(grep -o '^http listening on [0-9.:]*' "$dir.log" | head -1 | awk '{print $4}' || true)
-  [ -n "$addr" ] && [ -n "$http" ] && break
-  sleep 0.1
-done
+addr=$(wait_addr "$dir.log")
+http=$(wait_addr "$dir.log" "http listening on")
 c=("$bin/counter" --connect "$addr" --ca "$dir/tls/ca.pem" --token-file "$dir/tls/token")
 metrics() {
   curl -s -H "Authorization: Bearer $(cat "$dir/tls/token")" "http://$http/metrics" |

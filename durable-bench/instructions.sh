@@ -15,6 +15,7 @@
 # not with figures from a normal run. Kernel work (system calls, context switches,
 # loopback UDP) is not counted.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 bin=$1 objects=${2:-256} short=${3:-10} long=${4:-20} top=${5:-30}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -22,12 +23,8 @@ run() { # seconds -> "calls" ; writes $work/cg.$1
   local secs=$1 dir="$work/data.$1" log="$work/host.$1.log"
   valgrind --tool=cachegrind --cache-sim=no --cachegrind-out-file="$work/cg.$secs" \
     "$bin/host" serve --data-dir "$dir" --listen 127.0.0.1:0 >"$log" 2>&1 &
-  local pid=$! addr=""
-  for _ in $(seq 600); do
-    addr=$(grep -o '^listening on [0-9.:]*' "$log" | head -1 | awk '{print $3}' || true)
-    [ -n "$addr" ] && break
-    sleep 0.1
-  done
+  local pid=$! addr
+  addr=$(wait_addr "$log" "listening on" 600)
   [ -n "$addr" ] || { cat "$log" >&2; kill "$pid"; return 1; }
   "$bin/counter" --connect "$addr" --ca "$dir/tls/ca.pem" --token-file "$dir/tls/token" \
     --deadline-ms 60000 bench --objects "$objects" --concurrency 64 --seconds "$secs" |

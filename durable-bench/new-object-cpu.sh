@@ -7,16 +7,12 @@
 # durable-examples --bin host --bin counter). Ticks are 10 ms: at N=300 a figure moves
 # in steps of ~33 µs; compare alternated runs of two builds.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 bin=$1 n=${2:-300}
 dir=$(mktemp -d)
 "$bin/host" serve --data-dir "$dir" --listen 127.0.0.1:0 >"$dir.log" 2>&1 &
 pid=$!
-addr=""
-for _ in $(seq 100); do
-  addr=$(grep -o 'listening on [0-9.:]*' "$dir.log" | head -1 | awk '{print $3}' || true)
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
+addr=$(wait_addr "$dir.log")
 c=("$bin/counter" --connect "$addr" --ca "$dir/tls/ca.pem" --token-file "$dir/tls/token")
 "${c[@]}" get warm >/dev/null
 sleep 0.5

@@ -13,17 +13,13 @@
 # network threads. The window includes the client's connect and its first call to
 # each object (a first activation); `host` is the whole process's CPU per call.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 bin=$1 objects=${2:-256} seconds=${3:-5}
 dir=$(mktemp -d)
 "$bin/host" serve --data-dir "$dir" --listen 127.0.0.1:0 >"$dir.log" 2>&1 &
 pid=$!
 trap 'status=$?; [ $status -ne 0 ] && cat "$dir.log" >&2; kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$dir" "$dir.log" "$dir.a" "$dir.b"' EXIT
-addr=""
-for _ in $(seq 100); do
-  addr=$(grep -o '^listening on [0-9.:]*' "$dir.log" | head -1 | awk '{print $3}' || true)
-  [ -n "$addr" ] && break
-  sleep 0.1
-done
+addr=$(wait_addr "$dir.log")
 c=("$bin/counter" --connect "$addr" --ca "$dir/tls/ca.pem" --token-file "$dir/tls/token")
 "${c[@]}" bench --objects "$objects" --concurrency 64 --seconds 1 >/dev/null
 # Per thread name: voluntary and involuntary switches, and user + system ticks.
