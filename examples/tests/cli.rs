@@ -1,4 +1,4 @@
-//! The `reservation` and `ratelimit` client binaries against a real `host` process:
+//! The `reservation`, `ratelimit` and `counter` client binaries against a real `host` process:
 //! each run is a separate process that connects, calls, prints and exits, so these
 //! pin the output contract the binaries' docs promise.
 
@@ -156,4 +156,42 @@ fn ratelimit_allows_up_to_the_capacity_then_limits() {
         String::from_utf8_lossy(&bad.stderr),
         "error: invalid request: the capacity must be at least 1\n"
     );
+}
+
+const COUNTER: &str = env!("CARGO_BIN_EXE_counter");
+
+#[test]
+fn counter_bench_reads_prints_rate_and_percentiles() {
+    let host = Host::start();
+    let out = host.ok(
+        COUNTER,
+        &[
+            "bench",
+            "--reads",
+            "--objects",
+            "3",
+            "--concurrency",
+            "2",
+            "--seconds",
+            "0.3",
+        ],
+    );
+    // reads=N seconds=S per_second=R p50_us=A p99_us=B
+    let fields: Vec<(&str, f64)> = out
+        .trim()
+        .split(' ')
+        .map(|f| {
+            let (k, v) = f.split_once('=').unwrap_or_else(|| panic!("{out:?}"));
+            (k, v.parse().unwrap_or_else(|_| panic!("{out:?}")))
+        })
+        .collect();
+    let keys: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        keys,
+        ["reads", "seconds", "per_second", "p50_us", "p99_us"],
+        "{out:?}"
+    );
+    let (reads, p50, p99) = (fields[0].1, fields[3].1, fields[4].1);
+    assert!(reads > 0.0, "{out:?}");
+    assert!(0.0 < p50 && p50 <= p99, "{out:?}");
 }

@@ -3,7 +3,7 @@
 //! ```text
 //! counter --connect ADDR --ca DIR/tls/ca.pem --token-file DIR/tls/token increment NAME [BY]
 //! counter ... get NAME
-//! counter ... bench --objects N --concurrency C --seconds S
+//! counter ... bench --objects N --concurrency C --seconds S [--reads]
 //! ```
 
 use clap::{Parser, Subcommand};
@@ -28,7 +28,8 @@ enum Command {
     Increment { name: String, by: Option<i64> },
     /// Print the value of the counter NAME.
     Get { name: String },
-    /// Drive increments with C calls in flight over N objects for S seconds.
+    /// Drive increments (with `--reads`: reads) with C calls in flight over N objects
+    /// for S seconds.
     Bench {
         #[arg(long, default_value_t = 256)]
         objects: usize,
@@ -36,6 +37,10 @@ enum Command {
         concurrency: usize,
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
+        /// Read the counters (`get`, a read-only call) instead of incrementing them,
+        /// and print the calls' latency percentiles.
+        #[arg(long)]
+        reads: bool,
     },
 }
 
@@ -60,7 +65,14 @@ async fn main() {
             objects,
             concurrency,
             seconds,
+            reads: false,
         } => bench(client, objects.max(1), concurrency.max(1), seconds).await,
+        Command::Bench {
+            objects,
+            concurrency,
+            seconds,
+            reads: true,
+        } => read_bench(client, objects.max(1), concurrency.max(1), seconds).await,
     }
 }
 
@@ -119,5 +131,58 @@ async fn bench(client: durable::Client, objects: usize, concurrency: usize, seco
     println!(
         "increments={total} seconds={elapsed:.2} per_second={:.0}",
         total as f64 / elapsed
+    );
+}
+
+/// Read `objects` counters (made first, one increment each) with `concurrency` calls in
+/// flight for `seconds`; prints the reads per second and their latency percentiles.
+async fn read_bench(client: durable::Client, objects: usize, concurrency: usize, seconds: f64) {
+    let run: u32 = rand::random();
+    let stubs: Arc<Vec<_>> = Arc::new(
+        (0..objects)
+            .map(|i| client.get::<Counter>(&format!("reads-{run:08x}-{i}")))
+            .collect(),
+    );
+    for s in stubs.iter() {
+        if let Err(e) = s.increment(1).await {
+            fail(format!("making the counters: {e}"));
+        }
+    }
+    let start = Instant::now();
+    let stop = start + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::with_capacity(concurrency);
+    for t in 0..concurrency {
+        let stubs = stubs.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut took = Vec::new();
+            let mut i = t;
+            while Instant::now() < stop {
+                let begun = Instant::now();
+                match stubs[i % stubs.len()].get().await {
+                    Ok(_) => took.push(begun.elapsed().as_secs_f64() * 1e6),
+                    Err(e) => fail(format!("a read failed: {e}")),
+                }
+                i += concurrency;
+            }
+            took
+        }));
+    }
+    let mut took = Vec::new();
+    for t in tasks {
+        took.extend(t.await.unwrap_or_default());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    took.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        took.get(((took.len() as f64 * q) as usize).min(took.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    println!(
+        "reads={} seconds={elapsed:.2} per_second={:.0} p50_us={:.0} p99_us={:.0}",
+        took.len(),
+        took.len() as f64 / elapsed,
+        at(0.5),
+        at(0.99)
     );
 }
