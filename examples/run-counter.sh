@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main example, end to end: start a host, call a Counter through the typed stub
-# from a separate process, run a short benchmark, stop the host.
+# from a separate process, run a short benchmark of writes and one of reads, stop the
+# host.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p durable-examples --bins
@@ -17,3 +18,5 @@ echo "+ counter increment hits 41"; counter increment hits 41
 echo "+ counter get hits";          counter get hits
 echo "+ counter bench --objects 256 --concurrency 64 --seconds 3"
 counter bench --objects 256 --concurrency 64 --seconds 3
+echo "+ counter bench --reads --objects 1 --concurrency 1 --seconds 2"
+counter bench --reads --objects 1 --concurrency 1 --seconds 2
