@@ -33,6 +33,10 @@ enum Command {
         /// Shard threads that run turns (default: number of CPUs).
         #[arg(long, env = "DURABLE_SHARDS")]
         shards: Option<usize>,
+        /// Threads that serve the network: QUIC, TLS, the HTTP/WebSocket gateway
+        /// (default: number of CPUs). See "Sizing a host" in docs/operations.md.
+        #[arg(long, env = "DURABLE_NET_THREADS")]
+        net_threads: Option<usize>,
         /// Calls that may wait per object before callers get Overloaded.
         #[arg(long, env = "DURABLE_MAX_QUEUE", default_value_t = 1024)]
         max_queue: usize,
@@ -281,6 +285,7 @@ where
             data_dir,
             listen,
             shards,
+            net_threads,
             max_queue,
             max_frame,
             tls_names,
@@ -312,10 +317,13 @@ where
                 Some(Ok(pem)) => Some(pem),
                 None => None,
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.enable_all();
+            // Without the flag, tokio's default: `TOKIO_WORKER_THREADS`, else one per CPU.
+            if let Some(n) = net_threads {
+                runtime.worker_threads(n.max(1));
+            }
+            let rt = match runtime.build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: starting the runtime: {e}");

@@ -740,7 +740,13 @@ impl Host {
             hub: streams.clone(),
         });
         let acceptor = tokio::spawn(server.clone().accept_loop(endpoint.clone()));
-        tracing::info!(addr = %local_addr, data_dir = %self.data_dir.display(), "host started");
+        tracing::info!(
+            addr = %local_addr,
+            data_dir = %self.data_dir.display(),
+            shards = limits.shards,
+            network_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+            "host started"
+        );
         Ok(RunningHost {
             endpoint,
             server,

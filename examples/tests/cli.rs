@@ -195,3 +195,37 @@ fn counter_bench_reads_prints_rate_and_percentiles() {
     assert!(reads > 0.0, "{out:?}");
     assert!(0.0 < p50 && p50 <= p99, "{out:?}");
 }
+
+/// The `host started` line a `host serve` with `args` logs (stderr, `RUST_LOG=info`).
+fn started_line(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("TOKIO_WORKER_THREADS")
+        .env_remove("DURABLE_NET_THREADS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the host");
+    let line = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("host started"));
+    let _ = child.kill();
+    let _ = child.wait();
+    line.expect("the host logged no `host started` line")
+}
+
+#[test]
+fn serve_starts_as_many_network_threads_as_asked() {
+    assert!(started_line(&["--net-threads", "3", "--shards", "2"])
+        .ends_with("shards=2 network_threads=3"),);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let line = started_line(&[]);
+    assert!(line.ends_with(&format!("network_threads={cpus}")), "{line}");
+}
