@@ -44,7 +44,10 @@ enum Command {
     },
 }
 
-#[tokio::main]
+// One thread for the calls and the client's I/O: with a worker per CPU, the pipe's
+// tasks and the callers wake each other across threads, which doubled the client's
+// CPU per call on two vCPUs (docs/clients.md).
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let cli = Cli::parse();
     let client = cli.connect.client().await;
