@@ -396,7 +396,6 @@ async fn increments_many(plan: &mut Plan) -> Result<Vec<Row>, String> {
     let redis = redis_increments(plan, 256).await;
     let (redis_rate, redis_against) =
         baseline_of(&redis, |r| Some(r.rate), "Redis INCR, appendfsync always");
-    let (baseline, against) = (redis_rate, redis_against.clone());
     let mut rows = Vec::new();
     let dir = plan.dir("many");
     let (server, client) = host(&dir, &[]).await?;
@@ -408,8 +407,8 @@ async fn increments_many(plan: &mut Plan) -> Result<Vec<Row>, String> {
         "increments_many",
         durable.rate,
         "incr/s",
-        baseline,
-        &against,
+        redis_rate,
+        &redis_against,
     ));
     let dir = plan.dir("many-fsync");
     let (server, client) = host(&dir, &["--durability", "fsync"]).await?;
@@ -420,8 +419,8 @@ async fn increments_many(plan: &mut Plan) -> Result<Vec<Row>, String> {
         "increments_many",
         fsync.rate,
         "incr/s fsync",
-        baseline,
-        &against,
+        redis_rate,
+        &redis_against,
     ));
     let workerd = workerd_increments(plan, 256).await;
     let (baseline, against) = baseline_of(&workerd, |w| Some(w.rate), WORKERD_INCR);

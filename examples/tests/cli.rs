@@ -8,6 +8,18 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, SystemTime};
 
+/// `host serve` on `data_dir`, on a free loopback port, with `args` after.
+fn serve(data_dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_host"));
+    command
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args);
+    command
+}
+
 /// A `host serve` process on a temporary data directory, killed when dropped.
 struct Host {
     child: Child,
@@ -18,11 +30,7 @@ struct Host {
 impl Host {
     fn start() -> Host {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(["--listen", "127.0.0.1:0"])
+        let mut child = serve(dir.path(), &[])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -199,12 +207,7 @@ fn counter_bench_reads_prints_rate_and_percentiles() {
 /// The `host started` line a `host serve` with `args` logs (stderr, `RUST_LOG=info`).
 fn started_line(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_host"))
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
+    let mut child = serve(dir.path(), args)
         .env("RUST_LOG", "info")
         .env_remove("TOKIO_WORKER_THREADS")
         .env_remove("DURABLE_NET_THREADS")

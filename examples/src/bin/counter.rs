@@ -68,14 +68,15 @@ async fn main() {
             objects,
             concurrency,
             seconds,
-            reads: false,
-        } => bench(client, objects.max(1), concurrency.max(1), seconds).await,
-        Command::Bench {
-            objects,
-            concurrency,
-            seconds,
-            reads: true,
-        } => read_bench(client, objects.max(1), concurrency.max(1), seconds).await,
+            reads,
+        } => {
+            let (objects, concurrency) = (objects.max(1), concurrency.max(1));
+            if reads {
+                read_bench(client, objects, concurrency, seconds).await
+            } else {
+                bench(client, objects, concurrency, seconds).await
+            }
+        }
     }
 }
 
