@@ -1,12 +1,15 @@
-//! The `log_sync` probe: what one `fdatasync` of the host log's pattern costs on this
-//! disk, against the same write into a preallocated, zero-filled file.
+//! The `log_sync` probe: what one durable round of the host log costs on this disk,
+//! written three ways.
 //!
-//! The host log appends each round to its segment and syncs it: every sync also
-//! journals the file's new size. Overwriting blocks a file already holds (a segment
-//! zero-filled ahead of time) leaves no metadata to journal. Both patterns run here
-//! alternately in one process, on the benchmark's own directory, so the row says
-//! what preallocated segments gain on this machine. (The host log preallocates its
-//! segments: a thread zero-fills them ahead of the writer.)
+//! Appending a round to a file and syncing it also journals the file's new size.
+//! Overwriting blocks a file already holds (a segment zero-filled ahead of time)
+//! leaves no metadata to journal. A direct, synchronous write (`O_DIRECT | O_DSYNC`)
+//! over such blocks skips the page cache and its writeback as well, and needs no
+//! `fdatasync`. The patterns run alternately in one process, on the benchmark's own
+//! directory, so the rows say what each step gains on this machine. The host log
+//! does the last: a thread zero-fills its segments ahead of the writer, which writes
+//! each round directly (buffered writes and `fdatasync` where the file system takes
+//! no direct I/O; the direct rows are then left out).
 
 use crate::Row;
 use std::fs::File;
@@ -36,23 +39,36 @@ fn thread_cpu() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-/// `syncs` rounds appended to a new file (`preallocated`: written over a file
-/// zero-filled and synced first), each followed by `fdatasync`.
-fn trial(
-    path: &Path,
-    syncs: usize,
-    preallocated: bool,
-    into: &mut Measured,
-) -> std::io::Result<()> {
+/// How a trial writes its rounds.
+#[derive(Clone, Copy)]
+enum Pattern {
+    /// Appended to a new file, each followed by `fdatasync`.
+    Append,
+    /// Written over a file zero-filled and synced first, each followed by `fdatasync`.
+    Preallocated,
+    /// Written over such a file opened `O_DIRECT | O_DSYNC`, as the host log writes:
+    /// the last partial block again, then the round, in whole blocks; no `fdatasync`.
+    Direct,
+}
+
+/// Direct I/O's unit, and one block of memory aligned to it.
+const BLOCK: usize = 4096;
+#[derive(Clone, Copy)]
+#[repr(C, align(4096))]
+struct Block([u8; BLOCK]);
+
+/// `syncs` rounds written to a new file as `pattern` says.
+fn trial(path: &Path, syncs: usize, pattern: Pattern, into: &mut Measured) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let _ = std::fs::remove_file(path);
     let mut file = File::options()
         .create_new(true)
         .write(true)
-        .append(!preallocated)
+        .append(matches!(pattern, Pattern::Append))
         .open(path)?;
-    if preallocated {
+    if !matches!(pattern, Pattern::Append) {
         let zeros = vec![0u8; 1 << 20];
-        let mut left = syncs * ROUND + ROUND;
+        let mut left = syncs * ROUND + 2 * BLOCK;
         while left > 0 {
             let n = left.min(zeros.len());
             file.write_all(&zeros[..n])?;
@@ -61,12 +77,42 @@ fn trial(
         file.sync_all()?;
         file.seek(SeekFrom::Start(0))?;
     }
+    if matches!(pattern, Pattern::Direct) {
+        file = File::options()
+            .write(true)
+            .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+            .open(path)?;
+    }
     let round = vec![0x5a_u8; ROUND];
+    // The direct pattern's memory: the last partial block, then the round.
+    let mut blocks = vec![Block([0; BLOCK]); ROUND.div_ceil(BLOCK) + 1];
+    let (mut block_start, mut tail) = (0usize, 0usize);
     let cpu = thread_cpu();
     for _ in 0..syncs {
         let started = Instant::now();
-        file.write_all(&round)?;
-        file.sync_data()?;
+        match pattern {
+            Pattern::Append | Pattern::Preallocated => {
+                file.write_all(&round)?;
+                file.sync_data()?;
+            }
+            Pattern::Direct => {
+                let len = std::mem::size_of_val(&blocks[..]);
+                // SAFETY: `Block` is plain bytes without padding; the slice borrows
+                // the vector's `len` initialized bytes.
+                let buf = unsafe {
+                    std::slice::from_raw_parts_mut(blocks.as_mut_ptr().cast::<u8>(), len)
+                };
+                let end = tail + ROUND;
+                buf[tail..end].copy_from_slice(&round);
+                let written = end.div_ceil(BLOCK) * BLOCK;
+                buf[end..written].fill(0);
+                file.write_all_at(&buf[..written], block_start as u64)?;
+                let full = end / BLOCK * BLOCK;
+                buf.copy_within(full..end, 0);
+                block_start += full;
+                tail = end - full;
+            }
+        }
         into.latencies.push(started.elapsed());
     }
     into.cpu += thread_cpu().saturating_sub(cpu);
@@ -80,23 +126,37 @@ fn median(v: &mut [Duration]) -> f64 {
     v[v.len() / 2].as_secs_f64() * 1e6
 }
 
-/// The rows: median latency and CPU per sync, appending against preallocated.
+/// The rows: median latency and CPU per sync, appending and direct writes against
+/// preallocated.
 pub(crate) fn log_sync(dir: &Path, quick: bool) -> Result<Vec<Row>, String> {
     let (syncs, trials) = if quick { (200, 2) } else { (2000, 3) };
     let path = dir.join("segment");
-    let (mut append, mut zeroed) = (Measured::default(), Measured::default());
+    let mut append = Measured::default();
+    let mut zeroed = Measured::default();
+    let mut direct = Measured::default();
+    let mut direct_ok = true;
     for _ in 0..trials {
-        trial(&path, syncs, false, &mut append).map_err(|e| format!("append trial: {e}"))?;
-        trial(&path, syncs, true, &mut zeroed).map_err(|e| format!("preallocated trial: {e}"))?;
+        trial(&path, syncs, Pattern::Append, &mut append)
+            .map_err(|e| format!("append trial: {e}"))?;
+        trial(&path, syncs, Pattern::Preallocated, &mut zeroed)
+            .map_err(|e| format!("preallocated trial: {e}"))?;
+        match trial(&path, syncs, Pattern::Direct, &mut direct) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let _ = std::fs::remove_file(&path);
+                direct_ok = false;
+            }
+            r => r.map_err(|e| format!("direct trial: {e}"))?,
+        }
     }
     let against = "the same round, preallocated file";
     let cpu = |m: &Measured| m.cpu.as_secs_f64() * 1e6 / f64::from(m.syncs.max(1));
-    Ok(vec![
+    let zeroed_p50 = median(&mut zeroed.latencies);
+    let mut rows = vec![
         Row::lower(
             "log_sync",
             median(&mut append.latencies),
             "us median, append",
-            Some(median(&mut zeroed.latencies)),
+            Some(zeroed_p50),
             against,
         ),
         Row::lower(
@@ -106,5 +166,25 @@ pub(crate) fn log_sync(dir: &Path, quick: bool) -> Result<Vec<Row>, String> {
             Some(cpu(&zeroed)),
             against,
         ),
-    ])
+    ];
+    if !direct_ok {
+        return Ok(rows);
+    }
+    rows.extend([
+        Row::lower(
+            "log_sync",
+            median(&mut direct.latencies),
+            "us median, direct",
+            Some(zeroed_p50),
+            against,
+        ),
+        Row::lower(
+            "log_sync",
+            cpu(&direct),
+            "us CPU/sync, direct",
+            Some(cpu(&zeroed)),
+            against,
+        ),
+    ]);
+    Ok(rows)
 }

@@ -745,6 +745,7 @@ impl Host {
             data_dir = %self.data_dir.display(),
             shards = limits.shards,
             network_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+            log_writes = %host_log.as_ref().map_or("none", |l| l.writes()),
             "host started"
         );
         Ok(RunningHost {

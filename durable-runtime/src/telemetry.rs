@@ -124,12 +124,12 @@ fn describe() {
     );
     describe_counter!(
         "durable_log_syncs_total",
-        "fdatasync calls on the host log."
+        "Durable rounds written to the host log."
     );
     describe_histogram!(
         "durable_log_sync_seconds",
         Unit::Seconds,
-        "Time of one host log write and fdatasync round."
+        "Time of one host log round (its write until it is durable)."
     );
     describe_histogram!(
         "durable_log_round_records",

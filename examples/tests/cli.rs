@@ -206,11 +206,18 @@ fn counter_bench_reads_prints_rate_and_percentiles() {
 
 /// The `host started` line a `host serve` with `args` logs (stderr, `RUST_LOG=info`).
 fn started_line(args: &[&str]) -> String {
+    started_line_with(args, &[])
+}
+
+/// [`started_line`] with environment variables for the host.
+fn started_line_with(args: &[&str], env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut child = serve(dir.path(), args)
         .env("RUST_LOG", "info")
         .env_remove("TOKIO_WORKER_THREADS")
         .env_remove("DURABLE_NET_THREADS")
+        .env_remove("DURABLE_LOG_DIRECT")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -226,9 +233,34 @@ fn started_line(args: &[&str]) -> String {
 
 #[test]
 fn serve_starts_as_many_network_threads_as_asked() {
-    assert!(started_line(&["--net-threads", "3", "--shards", "2"])
-        .ends_with("shards=2 network_threads=3"),);
+    let line = started_line(&["--net-threads", "3", "--shards", "2"]);
+    assert!(line.contains(" shards=2 network_threads=3 "), "{line}");
     let cpus = std::thread::available_parallelism().unwrap().get();
     let line = started_line(&[]);
-    assert!(line.ends_with(&format!("network_threads={cpus}")), "{line}");
+    assert!(
+        line.contains(&format!(" network_threads={cpus} ")),
+        "{line}"
+    );
+}
+
+/// The `host started` line says how the host log reaches the disk: directly where the
+/// data directory's file system takes `O_DIRECT` writes, else (or with
+/// `DURABLE_LOG_DIRECT=0`) buffered with `fdatasync`; no log under `--durability fsync`.
+#[test]
+fn serve_names_how_the_host_log_is_written() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = tempfile::tempdir().unwrap();
+    let direct_works = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(probe.path().join("probe"))
+        .is_ok();
+    let expected = if direct_works { "direct" } else { "buffered" };
+    let line = started_line(&[]);
+    assert!(line.ends_with(&format!("log_writes={expected}")), "{line}");
+    let line = started_line_with(&[], &[("DURABLE_LOG_DIRECT", "0")]);
+    assert!(line.ends_with("log_writes=buffered"), "{line}");
+    let line = started_line(&["--durability", "fsync"]);
+    assert!(line.ends_with("log_writes=none"), "{line}");
 }
