@@ -6,7 +6,7 @@
 //! `class_len: u16 LE`, `class`, `object: [u8; 16]`, `seq: u64 LE`, `payload`.
 //! A `len` of zero marks the end of a segment's data. The kind byte's high bit marks
 //! the first record of a round (the records written together and made durable by one
-//! `fdatasync`); builds before it never set the bit.
+//! synchronous write); builds before it never set the bit.
 
 use durable_client::ObjectId;
 use std::io::Read;

@@ -269,7 +269,7 @@ pub(crate) fn batch(calls: usize) {
     });
 }
 
-/// One host log round (write + fdatasync) of `records` records took `took`.
+/// One host log round (its write until durable) of `records` records took `took`.
 pub(crate) fn log_round(records: usize, took: Duration) {
     counter!("durable_log_syncs_total").increment(1);
     histogram!("durable_log_sync_seconds").record(took.as_secs_f64());

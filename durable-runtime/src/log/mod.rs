@@ -4,8 +4,9 @@
 //! - Objects commit to their own SQLite files with `synchronous=NORMAL` (no fsync) and
 //!   hand each batch's session changeset (or a database image after a schema change or
 //!   on creation) to [`HostLog`].
-//! - One writer thread appends whatever is waiting, issues one `fdatasync` for all of
-//!   it, and only then marks those batches durable, which releases their replies. The
+//! - One writer thread appends whatever is waiting in one synchronous write (direct,
+//!   see [`direct`]; a buffered write and `fdatasync` where the file system takes no
+//!   direct I/O), and only then marks those batches durable, which releases their replies. The
 //!   segment is zero-filled ahead of it by another thread ([`Prealloc`]), so that sync
 //!   has no file size to journal; each round's first record is marked, which lets
 //!   recovery tell a torn last round from damage ([`crate::record`]).
@@ -645,7 +646,7 @@ const PREPARE_CHUNK: u64 = 1 << 20;
 const PREPARE_LEAD: u64 = 2 << 20;
 
 /// Preallocation of the segment being written: a thread zero-fills and syncs it ahead
-/// of the writer, so a round's `fdatasync` overwrites blocks the file already holds and
+/// of the writer, so a round's synchronous write overwrites blocks the file already holds and
 /// has no metadata (the file's size) to journal (`durable-bench log_sync`: about a third
 /// less time and CPU per sync here). The writer claims each round's range before it
 /// writes; the preparer zero-fills only above every claim, and a round that would
@@ -858,7 +859,7 @@ fn write_rounds(
     }
 }
 
-/// Append one round of records with one `fdatasync`, then mark them durable. If the
+/// Append one round of records in one synchronous write, then mark them durable. If the
 /// write or the sync fails, cut the segment back to where the round began and sync
 /// that: then none of the round is on disk, its batches are refused (their objects
 /// undo them and carry on), and the log keeps going, so a disk that fills up and is
