@@ -141,4 +141,64 @@ mod tests {
             assert!(on_disk[expected.len()..].iter().all(|&b| b == 0));
         }
     }
+
+    /// A round that fails (here a full disk) changes nothing the next round relies on:
+    /// once the caller cuts the file back to the segment's end, as the writer does, a
+    /// later round lands right after the last good one. Mounts a small tmpfs (CI runs
+    /// as root; tmpfs takes `O_DIRECT` since Linux 6.6).
+    #[test]
+    fn after_a_failed_round_the_next_lands_after_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs to fill it and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(dir.path());
+        let path = dir.path().join("segment");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .open(&path)
+            .unwrap();
+        let mut d = DirectAppender::open(&path, &file, 0)
+            .unwrap()
+            .expect("tmpfs takes O_DIRECT writes on this kernel");
+        let (mut size, mut good) = (0u64, Vec::new());
+        let failed = (0..100).find_map(|i| {
+            let round = vec![i as u8 | 1; 10_000];
+            match d.append(size, &round) {
+                Ok(()) => {
+                    size += round.len() as u64;
+                    good.extend_from_slice(&round);
+                    None
+                }
+                Err(e) => Some(e),
+            }
+        });
+        let e = failed.expect("a 64 KiB disk fills within 100 rounds of 10 KB");
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        file.set_len(size).unwrap();
+        // The block holding the segment's end stays allocated: a small round fits.
+        d.append(size, b"after").unwrap();
+        good.extend_from_slice(b"after");
+        let on_disk = std::fs::read(&path).unwrap();
+        assert_eq!(&on_disk[..good.len()], &good[..]);
+        assert!(on_disk[good.len()..].iter().all(|&b| b == 0));
+    }
 }
