@@ -173,7 +173,7 @@ mod tests {
         let file = File::options()
             .read(true)
             .write(true)
-            .create(true)
+            .create_new(true)
             .open(&path)
             .unwrap();
         let mut d = DirectAppender::open(&path, &file, 0)
