@@ -908,13 +908,19 @@ fn write_round(
             prealloc.claim(segment.size, end);
             &mut *segment
         };
-        match &mut target.direct {
-            Some(d) => d.append(target.size, buf),
-            None => {
-                target.file.write_all_at(buf, target.size)?;
-                target.file.sync_data()
+        if let Some(d) = &mut target.direct {
+            match d.append(target.size, buf) {
+                // A file system that opened the file for direct I/O but refuses the
+                // write's alignment: write buffered from now on (nothing was written).
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!(error = %e, "the host log's direct write was refused; writing through the page cache and fdatasync instead");
+                    target.direct = None;
+                }
+                done => return done,
             }
         }
+        target.file.write_all_at(buf, target.size)?;
+        target.file.sync_data()
     })();
     if let Err(e) = result {
         // The round's lsns are not reused: lsns never repeat, gaps are allowed.
