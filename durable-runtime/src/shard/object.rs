@@ -157,10 +157,11 @@ impl Object {
         self.conn.as_deref().expect("opened")
     }
 
-    /// Replies were released: the batches now durable left the output gate.
-    fn gate_passed(&mut self) {
+    /// Replies were released at `now` (taken before they were sent, so that a thread
+    /// switch while sending them does not count as waiting): the batches now durable
+    /// left the output gate.
+    fn gate_passed(&mut self, now: Duration) {
         let durable = self.slot.core.borrow().durable();
-        let now = crate::clock::monotonic();
         while let Some(&(seq, since)) = self.gated_since.front() {
             if seq > durable {
                 break;
@@ -280,10 +281,11 @@ impl Object {
                     self.watch_durability();
                 }
                 Some(Action::Release(replies)) => {
+                    let released = crate::clock::monotonic();
                     for (tx, response, _) in replies {
                         let _ = tx.send(response);
                     }
-                    self.gate_passed();
+                    self.gate_passed(released);
                 }
                 Some(Action::Indeterminate(replies)) => {
                     for (tx, _, _) in replies {
