@@ -22,6 +22,9 @@ use std::path::Path;
 /// (512 is the usual logical block size; 4096 also suits 4K-sector disks.)
 pub(super) const BLOCK: u64 = 4096;
 
+/// Blocks of memory kept between rounds (64 KiB); a larger round's are given back.
+const KEEP_BLOCKS: usize = 16;
+
 /// One block of aligned memory.
 #[derive(Clone, Copy)]
 #[repr(C, align(4096))]
@@ -77,7 +80,7 @@ impl DirectAppender {
         let tail = (size - block_start) as usize;
         let mut appender = DirectAppender {
             file: direct,
-            blocks: vec![Block([0; BLOCK as usize]); 16],
+            blocks: vec![Block([0; BLOCK as usize]); KEEP_BLOCKS],
             block_start,
             tail,
         };
@@ -104,6 +107,11 @@ impl DirectAppender {
         buf.copy_within(full..end, 0);
         self.block_start += full as u64;
         self.tail = end - full;
+        // A large round (an object's image) does not keep its memory.
+        if self.blocks.len() > KEEP_BLOCKS {
+            self.blocks.truncate(KEEP_BLOCKS);
+            self.blocks.shrink_to_fit();
+        }
         Ok(())
     }
 }

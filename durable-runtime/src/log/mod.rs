@@ -578,6 +578,15 @@ struct Segment {
 }
 
 impl Segment {
+    /// Where the preparer may start zero-filling: the records' end, or with direct
+    /// writes the end of the block holding it (the writer writes that block again).
+    fn claim_floor(&self) -> u64 {
+        match self.direct {
+            Some(_) => direct::padded_end(self.size, 0),
+            None => self.size,
+        }
+    }
+
     fn create(dir: &Path, first_lsn: u64) -> std::io::Result<Segment> {
         let path = dir.join(segment_name(first_lsn));
         let file = crate::files::private_file()
@@ -679,7 +688,7 @@ impl Prealloc {
         Prealloc {
             state: Mutex::new(Prepared {
                 file: Some(segment.file.clone()),
-                claimed: segment.size,
+                claimed: segment.claim_floor(),
                 ..Prepared::default()
             }),
             changed: Condvar::new(),
@@ -707,7 +716,7 @@ impl Prealloc {
         let mut p = self.lock();
         p.file = Some(segment.file.clone());
         p.generation += 1;
-        p.claimed = segment.size;
+        p.claimed = segment.claim_floor();
         p.zeroed = 0;
         p.failed = false;
         self.changed.notify_all();
@@ -911,7 +920,8 @@ fn write_round(
         if let Some(d) = &mut target.direct {
             match d.append(target.size, buf) {
                 // A file system that opened the file for direct I/O but refuses the
-                // write's alignment: write buffered from now on (nothing was written).
+                // write's alignment: write buffered from now on (the whole round again,
+                // from the segment's end, over whatever part of it got written).
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::warn!(error = %e, "the host log's direct write was refused; writing through the page cache and fdatasync instead");
                     target.direct = None;
