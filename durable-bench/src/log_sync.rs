@@ -9,7 +9,7 @@
 //! directory, so the rows say what each step gains on this machine. The host log
 //! does the last: a thread zero-fills its segments ahead of the writer, which writes
 //! each round directly (buffered writes and `fdatasync` where the file system takes
-//! no direct I/O; the direct rows are then left out).
+//! no direct I/O or `DURABLE_LOG_DIRECT=0` says so; the direct rows are then left out).
 
 use crate::Row;
 use std::fs::File;
@@ -46,29 +46,27 @@ enum Pattern {
     Append,
     /// Written over a file zero-filled and synced first, each followed by `fdatasync`.
     Preallocated,
-    /// Written over such a file opened `O_DIRECT | O_DSYNC`, as the host log writes:
-    /// the last partial block again, then the round, in whole blocks; no `fdatasync`.
+    /// Written over such a file by the host log's own direct writer (`O_DIRECT |
+    /// O_DSYNC`: the last partial block again, then the round, in whole blocks; no
+    /// `fdatasync`).
     Direct,
 }
 
-/// Direct I/O's unit, and one block of memory aligned to it.
-const BLOCK: usize = 4096;
-#[derive(Clone, Copy)]
-#[repr(C, align(4096))]
-struct Block([u8; BLOCK]);
+/// Room past the rounds for a direct write's last block.
+const SLACK: usize = 2 * 4096;
 
 /// `syncs` rounds written to a new file as `pattern` says.
 fn trial(path: &Path, syncs: usize, pattern: Pattern, into: &mut Measured) -> std::io::Result<()> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let _ = std::fs::remove_file(path);
     let mut file = File::options()
         .create_new(true)
+        .read(true)
         .write(true)
         .append(matches!(pattern, Pattern::Append))
         .open(path)?;
     if !matches!(pattern, Pattern::Append) {
         let zeros = vec![0u8; 1 << 20];
-        let mut left = syncs * ROUND + 2 * BLOCK;
+        let mut left = syncs * ROUND + SLACK;
         while left > 0 {
             let n = left.min(zeros.len());
             file.write_all(&zeros[..n])?;
@@ -77,40 +75,26 @@ fn trial(path: &Path, syncs: usize, pattern: Pattern, into: &mut Measured) -> st
         file.sync_all()?;
         file.seek(SeekFrom::Start(0))?;
     }
-    if matches!(pattern, Pattern::Direct) {
-        file = File::options()
-            .write(true)
-            .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
-            .open(path)?;
-    }
+    let mut direct = match pattern {
+        Pattern::Direct => Some(
+            durable_runtime::__bench::DirectAppender::open(path, &file, 0)?
+                .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?,
+        ),
+        _ => None,
+    };
     let round = vec![0x5a_u8; ROUND];
-    // The direct pattern's memory: the last partial block, then the round.
-    let mut blocks = vec![Block([0; BLOCK]); ROUND.div_ceil(BLOCK) + 1];
-    let (mut block_start, mut tail) = (0usize, 0usize);
+    let mut size = 0u64;
     let cpu = thread_cpu();
     for _ in 0..syncs {
         let started = Instant::now();
-        match pattern {
-            Pattern::Append | Pattern::Preallocated => {
+        match &mut direct {
+            Some(d) => {
+                d.append(size, &round)?;
+                size += ROUND as u64;
+            }
+            None => {
                 file.write_all(&round)?;
                 file.sync_data()?;
-            }
-            Pattern::Direct => {
-                let len = std::mem::size_of_val(&blocks[..]);
-                // SAFETY: `Block` is plain bytes without padding; the slice borrows
-                // the vector's `len` initialized bytes.
-                let buf = unsafe {
-                    std::slice::from_raw_parts_mut(blocks.as_mut_ptr().cast::<u8>(), len)
-                };
-                let end = tail + ROUND;
-                buf[tail..end].copy_from_slice(&round);
-                let written = end.div_ceil(BLOCK) * BLOCK;
-                buf[end..written].fill(0);
-                file.write_all_at(&buf[..written], block_start as u64)?;
-                let full = end / BLOCK * BLOCK;
-                buf.copy_within(full..end, 0);
-                block_start += full;
-                tail = end - full;
             }
         }
         into.latencies.push(started.elapsed());

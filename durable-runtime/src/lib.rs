@@ -82,6 +82,12 @@ pub use rusqlite;
 /// Re-exported for HTTP auth checks ([`Host::http_auth`] gets an [`http::HeaderMap`]).
 pub use http;
 
+/// The host log's direct writer, for `durable-bench`'s `log_sync` probe (not an API).
+#[doc(hidden)]
+pub mod __bench {
+    pub use crate::log::direct::DirectAppender;
+}
+
 #[doc(hidden)]
 pub mod __private {
     pub use crate::alarms::When;

@@ -39,7 +39,7 @@ fn bytes(blocks: &mut [Block]) -> &mut [u8] {
 }
 
 /// Appends rounds to one segment (see the module's text).
-pub(super) struct DirectAppender {
+pub struct DirectAppender {
     /// The segment opened `O_WRONLY | O_DIRECT | O_DSYNC`.
     file: File,
     /// The segment's last partial block, then room for a round.
@@ -63,7 +63,7 @@ pub(super) fn padded_end(size: u64, len: usize) -> u64 {
 impl DirectAppender {
     /// Open `path` (a segment whose records end at `size`, read through `file`) for
     /// direct writes; `None` where the file system does not take them.
-    pub(super) fn open(path: &Path, file: &File, size: u64) -> io::Result<Option<Self>> {
+    pub fn open(path: &Path, file: &File, size: u64) -> io::Result<Option<Self>> {
         if !wanted() {
             return Ok(None);
         }
@@ -90,7 +90,7 @@ impl DirectAppender {
 
     /// Write `round` at `size` (the segment's end) and return once it is durable. On
     /// an error nothing changes here: the caller cuts the file back to `size`.
-    pub(super) fn append(&mut self, size: u64, round: &[u8]) -> io::Result<()> {
+    pub fn append(&mut self, size: u64, round: &[u8]) -> io::Result<()> {
         debug_assert_eq!(size, self.block_start + self.tail as u64);
         let end = self.tail + round.len();
         let padded = (end as u64).div_ceil(BLOCK) as usize;

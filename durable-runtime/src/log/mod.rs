@@ -15,7 +15,7 @@
 //! - On start, [`recovery::recover`] replays the records after the last checkpoint into
 //!   objects whose stored batch number is behind, so replay is idempotent.
 
-mod direct;
+pub(crate) mod direct;
 pub(crate) mod recovery;
 
 use crate::record;
@@ -578,12 +578,13 @@ struct Segment {
 }
 
 impl Segment {
-    /// Where the preparer may start zero-filling: the records' end, or with direct
-    /// writes the end of the block holding it (the writer writes that block again).
-    fn claim_floor(&self) -> u64 {
+    /// The end of what writing `len` more bytes touches: the records' end, or with
+    /// direct writes the end of the block holding it (whole blocks are written). The
+    /// preparer zero-fills only above it.
+    fn claim_end(&self, len: usize) -> u64 {
         match self.direct {
-            Some(_) => direct::padded_end(self.size, 0),
-            None => self.size,
+            Some(_) => direct::padded_end(self.size, len),
+            None => self.size + len as u64,
         }
     }
 
@@ -688,7 +689,7 @@ impl Prealloc {
         Prealloc {
             state: Mutex::new(Prepared {
                 file: Some(segment.file.clone()),
-                claimed: segment.claim_floor(),
+                claimed: segment.claim_end(0),
                 ..Prepared::default()
             }),
             changed: Condvar::new(),
@@ -716,7 +717,7 @@ impl Prealloc {
         let mut p = self.lock();
         p.file = Some(segment.file.clone());
         p.generation += 1;
-        p.claimed = segment.claim_floor();
+        p.claimed = segment.claim_end(0);
         p.zeroed = 0;
         p.failed = false;
         self.changed.notify_all();
@@ -909,12 +910,7 @@ fn write_round(
         let target = if rollover {
             fresh.insert(Segment::create(dir, first)?)
         } else {
-            // A direct write covers whole blocks: the preparer stays above them.
-            let end = match segment.direct {
-                Some(_) => direct::padded_end(segment.size, buf.len()),
-                None => segment.size + buf.len() as u64,
-            };
-            prealloc.claim(segment.size, end);
+            prealloc.claim(segment.size, segment.claim_end(buf.len()));
             &mut *segment
         };
         if let Some(d) = &mut target.direct {
