@@ -52,9 +52,108 @@ struct Layout {
     cols: Vec<Option<usize>>,
     /// The primary-key ordinal of each changeset column (0: not part of it).
     pk: Vec<u8>,
+    /// The key's columns (as in `cols`), in primary-key order: the parameters of
+    /// `select`.
+    key: Vec<Option<usize>>,
     /// Reads one row back by its key: the rowid, then each column of `cols` but the
     /// rowid.
     select: String,
+}
+
+/// One row a batch changed: its key, its state before the batch (from its first
+/// change: whatever a rolled-back savepoint did was undone, so that is still the state
+/// the batch started from), else the row its first change inserted (either holds the
+/// key), and whether only triggers changed it.
+struct Touched {
+    table: usize,
+    key: Vec<u8>,
+    before: Option<Row>,
+    inserted: Option<Row>,
+    indirect: bool,
+}
+
+/// Rows a batch changed, in the order first changed, found by table and key: by a
+/// scan while there are few (most batches change a row or two), through an index past
+/// [`Touched::SCAN_MAX`].
+#[derive(Default)]
+struct TouchedRows {
+    rows: Vec<Touched>,
+    /// (table, key) -> position in `rows`; SipHash, as callers choose the keys.
+    index: Option<HashMap<(usize, Vec<u8>), usize>>,
+}
+
+impl Touched {
+    /// Past this many rows, [`TouchedRows`] indexes them.
+    const SCAN_MAX: usize = 16;
+}
+
+impl TouchedRows {
+    fn find(&self, table: usize, key: &[u8]) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(&(table, key.to_vec())).copied(),
+            None => self
+                .rows
+                .iter()
+                .position(|t| t.table == table && t.key == key),
+        }
+    }
+
+    /// Note a change of the row `key` of `table`: its first change records the row
+    /// before it (`before`) or the row it inserted; a later one only whether every
+    /// change so far was a trigger's.
+    fn note(
+        &mut self,
+        table: usize,
+        key: &[u8],
+        before: Option<Row>,
+        inserted: Option<Row>,
+        indirect: bool,
+    ) {
+        if let Some(i) = self.find(table, key) {
+            self.rows[i].indirect &= indirect;
+            return;
+        }
+        let at = self.rows.len();
+        self.rows.push(Touched {
+            table,
+            key: key.to_vec(),
+            before,
+            inserted,
+            indirect,
+        });
+        match &mut self.index {
+            Some(index) => {
+                index.insert((table, key.to_vec()), at);
+            }
+            None if self.rows.len() > Touched::SCAN_MAX => {
+                self.index = Some(
+                    self.rows
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| ((t.table, t.key.clone()), i))
+                        .collect(),
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// The rows grouped by table, tables in the order first changed, each table's rows
+    /// in the order first changed.
+    fn into_grouped(self) -> Vec<Touched> {
+        let mut rows = self.rows;
+        if rows.iter().any(|t| t.table != rows[0].table) {
+            let mut rank: Vec<usize> = Vec::new();
+            for t in &rows {
+                if !rank.contains(&t.table) {
+                    rank.push(t.table);
+                }
+            }
+            // Stable: each table's rows keep their order.
+            rows.sort_by_key(|t| rank.iter().position(|&r| r == t.table));
+        }
+        rows
+    }
 }
 
 /// What the hook fills (boxed: SQLite holds a pointer to it).
@@ -72,8 +171,8 @@ struct State {
 pub(crate) struct ChangeCapture {
     db: *mut ffi::sqlite3,
     state: Box<State>,
-    /// Table layouts, valid for `schema`.
-    layouts: HashMap<Vec<u8>, Layout>,
+    /// Table layouts by table (as in `State::tables`), valid for `schema`.
+    layouts: Vec<Option<Layout>>,
     schema: i64,
 }
 
@@ -97,7 +196,7 @@ impl ChangeCapture {
         Ok(ChangeCapture {
             db,
             state,
-            layouts: HashMap::new(),
+            layouts: Vec::new(),
             schema: i64::MIN,
         })
     }
@@ -124,96 +223,74 @@ impl ChangeCapture {
             self.layouts.clear();
             self.schema = schema;
         }
-        let changes = std::mem::take(&mut self.state.changes);
-        // Per table (in the order first changed), per row key (in the order first
-        // changed): the row before the batch (from its first change: whatever a
-        // rolled-back savepoint did was undone, so that is still the state the batch
-        // started from), else the row its first change inserted (either holds the key),
-        // and whether only triggers changed it.
-        type Rows = (
-            Vec<Vec<u8>>,
-            HashMap<Vec<u8>, (Option<Row>, Option<Row>, bool)>,
-        );
-        let mut by_table: Vec<(usize, Rows)> = Vec::new();
-        for raw in changes {
-            let name = &self.state.tables[raw.table];
-            if !self.layouts.contains_key(name) {
-                let layout = layout_of(conn, name)?;
-                self.layouts.insert(name.clone(), layout);
+        // Taken for the loop and put back empty: the next batch reuses its memory.
+        let mut changes = std::mem::take(&mut self.state.changes);
+        let mut touched = TouchedRows::default();
+        let mut key = Vec::new();
+        for raw in changes.drain(..) {
+            if self.layouts.len() <= raw.table {
+                self.layouts.resize(raw.table + 1, None);
             }
-            let layout = &self.layouts[name];
-            let slot = match by_table.iter().position(|(t, _)| *t == raw.table) {
-                Some(i) => i,
-                None => {
-                    by_table.push((raw.table, Default::default()));
-                    by_table.len() - 1
-                }
-            };
-            let (order, rows) = &mut by_table[slot].1;
-            let mut note = |key: Vec<u8>, before: Option<Row>, inserted: Option<Row>| match rows
-                .get_mut(&key)
-            {
-                Some(entry) => entry.2 &= raw.indirect,
-                None => {
-                    order.push(key.clone());
-                    rows.insert(key, (before, inserted, raw.indirect));
-                }
-            };
+            if self.layouts[raw.table].is_none() {
+                let layout = layout_of(conn, &self.state.tables[raw.table])?;
+                self.layouts[raw.table] = Some(layout);
+            }
+            let layout = self.layouts[raw.table].as_ref().expect("just read");
             if let Some(old) = raw.old {
-                if let Some(k) = key_of(layout, &old) {
-                    note(k, Some(old), None);
+                if key_of(layout, &old, &mut key) {
+                    touched.note(raw.table, &key, Some(old), None, raw.indirect);
                 }
             }
             if let Some(new) = raw.new {
-                if let Some(k) = key_of(layout, &new) {
-                    note(k, None, Some(new));
+                if key_of(layout, &new, &mut key) {
+                    touched.note(raw.table, &key, None, Some(new), raw.indirect);
                 }
             }
         }
+        self.state.changes = changes;
         let mut out = Vec::new();
-        for (table, (order, mut rows)) in by_table {
-            let name = &self.state.tables[table];
-            let layout = &self.layouts[name];
-            let mut header = false;
-            for key in order {
-                let Some((before, inserted, indirect)) = rows.remove(&key) else {
-                    continue;
-                };
-                let Some(probe) = before.as_ref().or(inserted.as_ref()) else {
-                    continue;
-                };
-                // The row as the batch leaves it (read back, as the session extension
-                // does: a savepoint rolled back after the hook saw a change undid it).
-                let after = current(conn, layout, probe)?;
-                let (op, body) = match (before, after) {
-                    (None, None) => continue,
-                    (None, Some(a)) => (ffi::SQLITE_INSERT, record(layout, &a, |_| true)),
-                    (Some(b), None) => (ffi::SQLITE_DELETE, record(layout, &b, |_| true)),
-                    (Some(b), Some(a)) => {
-                        let changed: Vec<bool> = layout
-                            .cols
-                            .iter()
-                            .map(|c| value(&b, *c) != value(&a, *c))
-                            .collect();
-                        if !changed.contains(&true) {
-                            continue;
-                        }
-                        let mut body = record(layout, &b, |i| changed[i] || layout.pk[i] != 0);
-                        body.extend(record(layout, &a, |i| changed[i]));
-                        (ffi::SQLITE_UPDATE, body)
+        let mut header_for = None;
+        let mut changed: Vec<bool> = Vec::new();
+        for t in touched.into_grouped() {
+            let name = &self.state.tables[t.table];
+            let layout = self.layouts[t.table].as_ref().expect("read above");
+            let Some(probe) = t.before.as_ref().or(t.inserted.as_ref()) else {
+                continue;
+            };
+            // The row as the batch leaves it (read back, as the session extension
+            // does: a savepoint rolled back after the hook saw a change undid it).
+            let after = current(conn, layout, probe)?;
+            let op = match (&t.before, &after) {
+                (None, None) => continue,
+                (None, Some(_)) => ffi::SQLITE_INSERT,
+                (Some(_), None) => ffi::SQLITE_DELETE,
+                (Some(b), Some(a)) => {
+                    changed.clear();
+                    changed.extend(layout.cols.iter().map(|c| value(b, *c) != value(a, *c)));
+                    if !changed.contains(&true) {
+                        continue;
                     }
-                };
-                if !header {
-                    header = true;
-                    out.push(b'T');
-                    put_varint(&mut out, layout.cols.len() as u64);
-                    out.extend_from_slice(&layout.pk);
-                    out.extend_from_slice(name);
-                    out.push(0);
+                    ffi::SQLITE_UPDATE
                 }
-                out.push(op as u8);
-                out.push(indirect as u8);
-                out.extend(body);
+            };
+            if header_for != Some(t.table) {
+                header_for = Some(t.table);
+                out.push(b'T');
+                put_varint(&mut out, layout.cols.len() as u64);
+                out.extend_from_slice(&layout.pk);
+                out.extend_from_slice(name);
+                out.push(0);
+            }
+            out.push(op as u8);
+            out.push(t.indirect as u8);
+            match (&t.before, &after) {
+                (None, Some(a)) => put_record(&mut out, layout, a, |_| true),
+                (Some(b), None) => put_record(&mut out, layout, b, |_| true),
+                (Some(b), Some(a)) => {
+                    put_record(&mut out, layout, b, |i| changed[i] || layout.pk[i] != 0);
+                    put_record(&mut out, layout, a, |i| changed[i]);
+                }
+                (None, None) => unreachable!("skipped above"),
             }
         }
         Ok(out)
@@ -245,21 +322,18 @@ fn user_table(name: &[u8]) -> bool {
         )
 }
 
-/// The row's key: its primary-key values (or rowid), `None` if one is NULL (such rows
-/// are not captured, as in the session extension).
-fn key_of(layout: &Layout, row: &Row) -> Option<Vec<u8>> {
-    let mut key = Vec::new();
-    for (i, col) in layout.cols.iter().enumerate() {
-        if layout.pk[i] == 0 {
-            continue;
-        }
+/// Write the row's key (its primary-key values, or rowid) into `key`; `false` if one
+/// is NULL (such rows are not captured, as in the session extension).
+fn key_of(layout: &Layout, row: &Row, key: &mut Vec<u8>) -> bool {
+    key.clear();
+    for col in &layout.key {
         let v = value(row, *col);
         if matches!(*v, Val::Null) {
-            return None;
+            return false;
         }
-        put_value(&mut key, &v);
+        put_value(key, &v);
     }
-    Some(key)
+    true
 }
 
 /// Column `col` of `row` (`None`: its rowid), borrowed where it is stored.
@@ -271,17 +345,16 @@ fn value(row: &Row, col: Option<usize>) -> Cow<'_, Val> {
     }
 }
 
-/// A changeset record: every column, the ones `include` leaves out as "undefined".
-fn record(layout: &Layout, row: &Row, include: impl Fn(usize) -> bool) -> Vec<u8> {
-    let mut out = Vec::new();
+/// Append a changeset record: every column, the ones `include` leaves out as
+/// "undefined".
+fn put_record(out: &mut Vec<u8>, layout: &Layout, row: &Row, include: impl Fn(usize) -> bool) {
     for (i, col) in layout.cols.iter().enumerate() {
         if include(i) {
-            put_value(&mut out, &value(row, *col));
+            put_value(out, &value(row, *col));
         } else {
             out.push(0);
         }
     }
-    out
 }
 
 fn put_value(out: &mut Vec<u8>, v: &Val) {
@@ -437,7 +510,20 @@ fn read_layout(conn: &Connection, name: &[u8]) -> Result<Layout, String> {
         cols.insert(0, None);
         pk.insert(0, 1);
     }
-    Ok(Layout { cols, pk, select })
+    let mut key: Vec<(u8, Option<usize>)> = cols
+        .iter()
+        .zip(&pk)
+        .filter(|(_, &k)| k != 0)
+        .map(|(c, &k)| (k, *c))
+        .collect();
+    key.sort_by_key(|(k, _)| *k);
+    let key = key.into_iter().map(|(_, c)| c).collect();
+    Ok(Layout {
+        cols,
+        pk,
+        key,
+        select,
+    })
 }
 
 fn quote(identifier: &str) -> String {
@@ -447,17 +533,8 @@ fn quote(identifier: &str) -> String {
 /// The row with `probe`'s key as it is now, if there is one.
 fn current(conn: &impl Statements, layout: &Layout, probe: &Row) -> Result<Option<Row>, String> {
     conn.with(&layout.select, |st| {
-        // Bind the key in primary-key order.
-        let mut keys: Vec<(u8, Cow<'_, Val>)> = layout
-            .cols
-            .iter()
-            .zip(&layout.pk)
-            .filter(|(_, &k)| k != 0)
-            .map(|(c, &k)| (k, value(probe, *c)))
-            .collect();
-        keys.sort_by_key(|(k, _)| *k);
-        for (i, (_, v)) in keys.iter().enumerate() {
-            st.raw_bind_parameter(i + 1, v)?;
+        for (i, col) in layout.key.iter().enumerate() {
+            st.raw_bind_parameter(i + 1, &*value(probe, *col))?;
         }
         let mut rows = st.raw_query();
         let Some(r) = rows.next()? else {
@@ -774,6 +851,61 @@ mod tests {
         drop(capture);
         let again = ChangeCapture::start(&c).unwrap();
         drop(again);
+    }
+
+    /// Random batches over every kind of table: key changes, `REPLACE`, statements
+    /// that fail half way (their changes undone by SQLite after the hook saw them),
+    /// savepoints rolled back, and batches past the rows [`TouchedRows`] scans. Each
+    /// batch's changeset, applied to a replica, must give the live state.
+    #[test]
+    fn random_batches_with_failing_statements_and_rollbacks_replay_onto_a_replica() {
+        let mut seed: u64 = 0x5eed;
+        let mut rnd = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let live = db();
+        let replica = db();
+        let mut capture = ChangeCapture::start(&live).unwrap();
+        let mut failed = 0;
+        for round in 0..600 {
+            let statements = 1 + rnd(if round % 4 == 0 { 80 } else { 12 });
+            let undo_at = (rnd(4) == 0).then(|| rnd(statements));
+            live.execute_batch("SAVEPOINT turn").unwrap();
+            for i in 0..statements {
+                let (k, k2, v) = (rnd(30), rnd(30), rnd(40));
+                let sql = match rnd(13) {
+                    0 => format!("INSERT OR IGNORE INTO ipk VALUES ({k}, 'v{v}')"),
+                    1 => format!("UPDATE ipk SET v = 'u{v}' WHERE id = {k}"),
+                    2 => format!("UPDATE ipk SET id = {k2} WHERE id = {k}"),
+                    3 => format!("DELETE FROM ipk WHERE id = {k}"),
+                    4 => format!(
+                        "INSERT OR REPLACE INTO tpk VALUES ('{k}', {v}, x'0{}')",
+                        v % 10
+                    ),
+                    5 => format!("UPDATE tpk SET k = '{k2}' WHERE k = '{k}'"),
+                    6 => format!("DELETE FROM tpk WHERE k = '{k}'"),
+                    7 => format!("INSERT INTO plain VALUES ({k}, {v})"),
+                    8 => format!("UPDATE plain SET b = {v} WHERE a = {k}"),
+                    9 => format!("DELETE FROM plain WHERE a = {k}"),
+                    10 => format!("INSERT OR REPLACE INTO wr VALUES ({k}, 'p{}', {v})", v % 3),
+                    11 => format!("UPDATE wr SET a = {k2} WHERE a = {k}"),
+                    // Fails once either key is taken, perhaps after inserting the first.
+                    _ => format!("INSERT INTO ipk VALUES ({k}, 'x'), ({k2}, 'y')"),
+                };
+                failed += live.execute(&sql, []).is_err() as usize;
+                if undo_at == Some(i) {
+                    live.execute_batch("ROLLBACK TO turn").unwrap();
+                }
+            }
+            live.execute_batch("RELEASE turn").unwrap();
+            let changes = capture.changeset(&live, schema(&live)).unwrap();
+            apply(&replica, &changes);
+            assert_eq!(dump(&live), dump(&replica), "after round {round}");
+        }
+        assert!(failed > 100, "statements that failed half way: {failed}");
     }
 
     #[test]

@@ -743,9 +743,7 @@ pub(crate) fn apply_changes(
         },
     )
     .map_err(|e| format!("lsn {}: applying changes: {e}", record.lsn))?;
-    for (id, digest, outcome) in &calls {
-        record_request(c, id, *digest, outcome, window).map_err(|e| e.to_string())?;
-    }
+    record_requests(c, &calls, window, |_| {}).map_err(|e| e.to_string())?;
     set_stored_seq(c, record.seq).map_err(|e| e.to_string())
 }
 
@@ -877,36 +875,80 @@ pub(crate) fn max_request_id(conn: &impl Statements) -> rusqlite::Result<[u8; 16
     })
 }
 
-/// Record a call's outcome and digest; every 64 records, drop those older than
-/// `window`.
-pub(crate) fn record_request(
+/// Record calls' outcomes and digests in order (a request id already recorded is
+/// skipped); whenever the sequence passes a multiple of 64, drop the records older
+/// than `window`. Several records go in each `INSERT` (one statement per record was a
+/// thirtieth of a shard's time under increments_many); `done` hears how many records
+/// each statement wrote, so a failure part way leaves the rest for a retry.
+pub(crate) fn record_requests(
     conn: &impl Statements,
-    id: &[u8; 16],
-    digest: u64,
-    outcome: &Recorded,
+    records: &[RecordedCall],
     window: usize,
+    mut done: impl FnMut(usize),
 ) -> rusqlite::Result<()> {
-    let digest = (digest & ((1 << 62) - 1)) as i64;
-    let (kind, body) = match outcome {
-        Recorded::Return(b) => (digest << 1, b),
-        Recorded::AppError(b) => (digest << 1 | 1, b),
-    };
-    let inserted = conn.exec(
-        "INSERT OR IGNORE INTO _durable_requests(id, kind, body) VALUES (?1, ?2, ?3)",
-        rusqlite::params![&id[..], kind, body],
-    )?;
-    if inserted == 0 {
-        // Already recorded (a replay): no new row, and last_insert_rowid() is not ours.
-        return Ok(());
-    }
-    let seq = conn.conn().last_insert_rowid();
-    if seq % 64 == 0 {
-        conn.exec(
-            "DELETE FROM _durable_requests WHERE seq <= ?1",
-            [seq - window as i64],
-        )?;
+    let mut rest = records;
+    while !rest.is_empty() {
+        let rows = REQUEST_ROWS
+            .iter()
+            .copied()
+            .find(|&n| n <= rest.len())
+            .expect("the last is 1");
+        let (chunk, after) = rest.split_at(rows);
+        let inserted = conn.with(insert_requests_sql(rows), |st| {
+            for (i, (id, digest, outcome)) in chunk.iter().enumerate() {
+                let digest = (digest & ((1 << 62) - 1)) as i64;
+                let (kind, body) = match outcome {
+                    Recorded::Return(b) => (digest << 1, b),
+                    Recorded::AppError(b) => (digest << 1 | 1, b),
+                };
+                st.raw_bind_parameter(3 * i + 1, &id[..])?;
+                st.raw_bind_parameter(3 * i + 2, kind)?;
+                st.raw_bind_parameter(3 * i + 3, &body[..])?;
+            }
+            st.raw_execute()
+        })?;
+        // Rows the statement inserted took consecutive sequence numbers, the last
+        // `last_insert_rowid()` (which is not ours if it inserted none: a replay).
+        if inserted > 0 {
+            let last = conn.conn().last_insert_rowid();
+            let first = last - inserted as i64 + 1;
+            let passed = last - last.rem_euclid(64);
+            if passed >= first {
+                conn.exec(
+                    "DELETE FROM _durable_requests WHERE seq <= ?1",
+                    [passed - window as i64],
+                )?;
+            }
+        }
+        done(rows);
+        rest = after;
     }
     Ok(())
+}
+
+/// Records per `INSERT` of [`record_requests`], largest first.
+const REQUEST_ROWS: [usize; 3] = [16, 4, 1];
+
+/// The `INSERT` of `rows` request records (one of [`REQUEST_ROWS`]).
+fn insert_requests_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::LazyLock<Vec<(usize, String)>> = std::sync::LazyLock::new(|| {
+        REQUEST_ROWS
+            .iter()
+            .map(|&n| {
+                let values = vec!["(?, ?, ?)"; n].join(", ");
+                (
+                    n,
+                    format!(
+                        "INSERT OR IGNORE INTO _durable_requests(id, kind, body) VALUES {values}"
+                    ),
+                )
+            })
+            .collect()
+    });
+    &SQL.iter()
+        .find(|(n, _)| *n == rows)
+        .expect("one of REQUEST_ROWS")
+        .1
 }
 
 /// Objects stored under a data directory: (class, id, name).
@@ -971,6 +1013,63 @@ pub(crate) fn serialize_copy(conn: &Connection) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records written in statements of several rows, in pieces of every size, with
+    /// ids recorded before among them: each new id gets the next sequence number in
+    /// order, a repeated one none, and what is kept is what one `INSERT` per record
+    /// kept (every record from the last multiple of 64 minus `window` on).
+    #[test]
+    fn request_records_in_several_rows_per_insert_keep_what_one_per_insert_kept() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE _durable_requests(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, kind INTEGER NOT NULL, body BLOB NOT NULL);",
+        )
+        .unwrap();
+        let window = 100;
+        let id = |n: u32| {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&n.to_be_bytes());
+            id
+        };
+        let mut next = 0u32;
+        let mut expected: Vec<[u8; 16]> = Vec::new();
+        for piece in [1usize, 7, 16, 33, 5, 64, 21, 2, 90, 3, 17, 40] {
+            let mut records = Vec::new();
+            for k in 0..piece {
+                // Every fifth record repeats an id recorded before (a replay).
+                let n = if k % 5 == 4 && next > 0 {
+                    next - 1
+                } else {
+                    next
+                };
+                if n == next {
+                    next += 1;
+                    expected.push(id(n));
+                }
+                records.push((id(n), u64::from(n), Recorded::Return(vec![k as u8])));
+            }
+            let mut counted = 0;
+            record_requests(&conn, &records, window, |n| counted += n).unwrap();
+            assert_eq!(counted, piece);
+        }
+        let rows: Vec<(i64, Vec<u8>)> = conn
+            .prepare("SELECT seq, id FROM _durable_requests ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        let last = expected.len() as i64;
+        let cut = (last - last % 64) - window as i64;
+        let kept: Vec<(i64, Vec<u8>)> = expected
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (i as i64 + 1, id.to_vec()))
+            .filter(|(seq, _)| *seq > cut)
+            .collect();
+        assert!(last > 200 && cut > 0, "{last}");
+        assert_eq!(rows, kept);
+    }
 
     #[test]
     fn a_new_object_starts_from_the_template_in_wal_mode_with_the_runtime_tables() {

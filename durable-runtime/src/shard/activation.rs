@@ -358,7 +358,7 @@ impl Object {
         self.conn = None;
         self.marker = None;
         // An open transaction goes with the connection.
-        self.unfiled.clear();
+        self.unfiled.release();
     }
 
     /// Activate the instance inside the batch's open transaction. Returns the

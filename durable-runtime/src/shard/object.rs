@@ -230,6 +230,7 @@ impl Object {
                             if let Some(ctx) = self.ctx.as_ref() {
                                 store::release_idle_memory(&ctx.conn);
                             }
+                            self.unfiled.release();
                             self.holds_memory = false;
                         }
                     }
