@@ -50,7 +50,7 @@ impl Object {
             let _ = ctx.conn.run("ROLLBACK");
         }
         self.txn_open = false;
-        self.unfiled.clear();
+        self.unfiled.release();
         self.deferred = 0;
         let file_seq = match store::stored_seq(&*ctx.conn) {
             Ok(s) => s,

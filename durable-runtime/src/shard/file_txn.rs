@@ -79,7 +79,7 @@ impl Object {
         }
         let _ = conn.run("ROLLBACK");
         self.txn_open = false;
-        self.unfiled.clear();
+        self.unfiled.release();
         if self.deferred > 0 {
             tracing::error!(class = self.class.name, id = %self.id, "rolling back a batch undid deferred ones; the object rebuilds them from the log on its next call");
             self.deferred = 0;
@@ -282,7 +282,7 @@ impl Object {
             let _ = conn.run("ROLLBACK");
         }
         self.txn_open = false;
-        self.unfiled.clear();
+        self.unfiled.release();
         if self.deferred > 0 {
             self.deferred = 0;
             self.poisoned = true;
@@ -367,8 +367,13 @@ impl Object {
                 Change::Image(data)
             }
         };
-        // The capture is empty again (or reset when next taken): keep it, with the
-        // table layouts it has read.
+        // Keep the capture, emptied, with the table layouts it has read (an image's
+        // batch left its rows in it).
+        if let Some(c) = capture.as_mut() {
+            if matches!(change, Change::Image(_)) {
+                c.reset();
+            }
+        }
         self.spare_capture = capture;
         log.submit(seq, Some(change));
         // The batch is on its way to the log and cannot be called back: from here on it

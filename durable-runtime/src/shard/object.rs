@@ -74,7 +74,8 @@ pub(super) struct Object {
     /// Batches in the open transaction that the file has not committed: handed to the
     /// log (durable, or on their way), committed to the file once the log has them.
     pub(super) deferred: usize,
-    /// The connection may hold cached pages (a batch ran since it last gave them back).
+    /// The connection may hold cached pages (a batch ran since it last gave them back),
+    /// and the unfiled request records the memory of their last file commit.
     pub(super) holds_memory: bool,
     /// The batch number whose content digest the catalog is known to hold: a quiet
     /// object kept warm for a coming alarm passes the idle check every second, and
@@ -226,11 +227,13 @@ impl Object {
                         // few hundred milliseconds would pay a digest (~120 µs, more than
                         // its writes) after almost every call.
                         self.record_digest(DIGEST_QUIET_MAX);
+                        // The request records' memory, kept across file commits under
+                        // load (an alarm's turn needs none of it).
+                        self.unfiled.release();
                         if !self.alarm_due_soon() {
                             if let Some(ctx) = self.ctx.as_ref() {
                                 store::release_idle_memory(&ctx.conn);
                             }
-                            self.unfiled.release();
                             self.holds_memory = false;
                         }
                     }
