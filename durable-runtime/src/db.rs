@@ -432,11 +432,13 @@ impl Statements for Db {
         sql: &str,
         f: impl FnOnce(&mut Statement<'_>) -> rusqlite::Result<R>,
     ) -> rusqlite::Result<R> {
-        let same = |h: &&mut Held| h.sql.len() == sql.len() && *h.sql == *sql;
+        let same = |h: &Held| h.sql.len() == sql.len() && *h.sql == *sql;
+        // Where the text is held (entries are never removed, so it stays there).
+        let at = self.held.borrow().iter().position(same);
         let taken = {
             let mut held = self.held.borrow_mut();
             let full = held.len() >= HELD_MAX;
-            match held.iter_mut().find(same) {
+            match at.map(|i| &mut held[i]) {
                 Some(h) => h.stmt.take(),
                 // Past the bound: rusqlite's cache.
                 None if full => {
@@ -466,7 +468,9 @@ impl Statements for Db {
         stmt.clear_bindings();
         let mut held = self.held.borrow_mut();
         let room = held.len() < HELD_MAX;
-        match held.iter_mut().find(same) {
+        // Held since (by a nested use of the same text) if not before.
+        let at = at.or_else(|| held.iter().position(same));
+        match at.map(|i| &mut held[i]) {
             Some(h) if h.stmt.is_none() => h.stmt = Some(stmt),
             None if room => held.push(Held {
                 sql: sql.into(),

@@ -166,5 +166,15 @@ mod tests {
         u.clear();
         assert!(u.records.is_empty() && u.index.is_empty());
         assert_eq!(u.get(&[1; 16]), None);
+        // A clear keeps the memory for the next batches; a release gives it back.
+        assert!(u.records.capacity() >= 3 && u.index.capacity() >= 3);
+        u.extend(vec![rec(4, b"d")]);
+        assert_eq!(u.get(&[4; 16]), Some((4, Recorded::Return(b"d".to_vec()))));
+        u.release();
+        assert_eq!(
+            (u.records.capacity(), u.index.capacity(), u.written),
+            (0, 0, 0)
+        );
+        assert_eq!(u.get(&[4; 16]), None);
     }
 }
