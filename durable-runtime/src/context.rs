@@ -426,12 +426,10 @@ impl Sql<'_> {
 
     /// Execute one statement; returns the number of rows changed.
     pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize, Error> {
-        if self.read_only {
-            return Ok(self.query_statement(sql)?.execute(params)?);
-        }
-        // The connection's own kept statements (a search by text), as the runtime's
-        // statements are: cheaper than rusqlite's cache for the few a class runs.
-        Ok(crate::db::Statements::exec(self.conn, sql, params)?)
+        // rusqlite's cache, not the connection's kept statements (`Db::with`): those
+        // are never evicted, and a class that builds its SQL text per call would fill
+        // them and leave the runtime's own statements to that cache.
+        Ok(self.conn.prepare_cached(sql)?.execute(params)?)
     }
 
     /// Execute several statements separated by `;` (no parameters).
