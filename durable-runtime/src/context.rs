@@ -426,10 +426,10 @@ impl Sql<'_> {
 
     /// Execute one statement; returns the number of rows changed.
     pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize, Error> {
-        // rusqlite's cache, not the connection's kept statements (`Db::with`): those
-        // are never evicted, and a class that builds its SQL text per call would fill
-        // them and leave the runtime's own statements to that cache.
-        Ok(self.conn.prepare_cached(sql)?.execute(params)?)
+        // Kept by text apart from the runtime's statements (rusqlite's cache, which
+        // hashes the text and relinks an LRU list, cost more than the increment's own
+        // statement here).
+        Ok(self.conn.exec_user(sql, params)?)
     }
 
     /// Execute several statements separated by `;` (no parameters).

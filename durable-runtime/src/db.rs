@@ -21,6 +21,9 @@ pub(crate) struct Db {
     /// Declared before `conn`: every statement is finalized before the connection
     /// closes (SQLite refuses to close a connection with live statements).
     held: RefCell<Vec<Held>>,
+    /// The same for the statements a class's methods execute (`Sql::execute`), apart:
+    /// a class that builds its SQL text per call fills only these.
+    user_held: RefCell<Vec<Held>>,
     /// Boxed so that its address, which the held statements borrow, never moves
     /// (also if the `Db` itself is moved with statements in `held`).
     conn: Box<Connection>,
@@ -75,6 +78,9 @@ const WATCH_BEFORE: u8 = 3;
 /// Most statement texts a [`Db`] keeps; others go through rusqlite's cache.
 const HELD_MAX: usize = 24;
 
+/// Most texts of a class's own statements a [`Db`] keeps (see [`Db::exec_user`]).
+const USER_HELD_MAX: usize = 8;
+
 struct Held {
     sql: Box<str>,
     /// `None` while lent out.
@@ -109,6 +115,7 @@ impl Db {
         }
         Db {
             held: RefCell::new(Vec::new()),
+            user_held: RefCell::new(Vec::new()),
             conn: Box::new(conn),
             read_scope,
             schema_watch,
@@ -432,12 +439,34 @@ impl Statements for Db {
         sql: &str,
         f: impl FnOnce(&mut Statement<'_>) -> rusqlite::Result<R>,
     ) -> rusqlite::Result<R> {
+        self.with_in(&self.held, HELD_MAX, sql, f)
+    }
+}
+
+impl Db {
+    /// Execute a statement of a class's method: kept by text as the runtime's own are
+    /// ([`Statements::with`]), in a list of its own of [`USER_HELD_MAX`] texts (past
+    /// those, rusqlite's cache), so that SQL text built per call cannot push the
+    /// runtime's statements out.
+    pub(crate) fn exec_user(&self, sql: &str, params: impl Params) -> rusqlite::Result<usize> {
+        self.with_in(&self.user_held, USER_HELD_MAX, sql, |st| st.execute(params))
+    }
+
+    /// [`Statements::with`] over the kept statements `list`, which keeps at most `max`
+    /// texts.
+    fn with_in<R>(
+        &self,
+        list: &RefCell<Vec<Held>>,
+        max: usize,
+        sql: &str,
+        f: impl FnOnce(&mut Statement<'_>) -> rusqlite::Result<R>,
+    ) -> rusqlite::Result<R> {
         let same = |h: &Held| h.sql.len() == sql.len() && *h.sql == *sql;
         // Where the text is held (entries are never removed, so it stays there).
-        let at = self.held.borrow().iter().position(same);
+        let at = list.borrow().iter().position(same);
         let taken = {
-            let mut held = self.held.borrow_mut();
-            let full = held.len() >= HELD_MAX;
+            let mut held = list.borrow_mut();
+            let full = held.len() >= max;
             match at.map(|i| &mut held[i]) {
                 Some(h) => h.stmt.take(),
                 // Past the bound: rusqlite's cache.
@@ -456,7 +485,8 @@ impl Statements for Db {
                     .conn
                     .prepare_with_flags(sql, PrepFlags::SQLITE_PREPARE_PERSISTENT)?;
                 // SAFETY: the statement borrows `*self.conn`, which is boxed (it never
-                // moves) and outlives every statement in `held` (field order). The
+                // moves) and outlives every statement in `held` and `user_held` (field
+                // order). The
                 // statement is lent out only to `f`, for a lifetime `f` cannot name,
                 // and is either put back into `held` or dropped here.
                 unsafe { std::mem::transmute::<Statement<'_>, Statement<'static>>(stmt) }
@@ -466,8 +496,8 @@ impl Statements for Db {
         // As rusqlite's cache does: a kept statement holds no copy of its last values
         // (a value of megabytes, or a named parameter the next use leaves unbound).
         stmt.clear_bindings();
-        let mut held = self.held.borrow_mut();
-        let room = held.len() < HELD_MAX;
+        let mut held = list.borrow_mut();
+        let room = held.len() < max;
         // Held since (by a nested use of the same text) if not before.
         let at = at.or_else(|| held.iter().position(same));
         match at.map(|i| &mut held[i]) {
@@ -846,6 +876,15 @@ mod tests {
         // A failed preparation keeps nothing and says why.
         const BAD: &str = "SELECT * FROM missing";
         assert!(db.exec(BAD, []).is_err());
+        assert_eq!(db.held.borrow().len(), 2);
+        // A class's statements are kept apart, up to their own bound: SQL text built
+        // per call fills those and leaves the runtime's alone.
+        for x in 0..(USER_HELD_MAX as i64 + 5) {
+            let sql = format!("INSERT INTO t VALUES ({x})");
+            assert_eq!(db.exec_user(&sql, []).unwrap(), 1);
+            assert_eq!(db.exec_user(&sql, []).unwrap(), 1);
+        }
+        assert_eq!(db.user_held.borrow().len(), USER_HELD_MAX);
         assert_eq!(db.held.borrow().len(), 2);
         // A kept statement forgets its values: unbound, a parameter reads NULL.
         const ECHO: &str = "SELECT ?1";
