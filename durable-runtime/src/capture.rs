@@ -74,7 +74,7 @@ struct Touched {
 
 /// Rows a batch changed, in the order first changed, found by table and key: by a
 /// scan while there are few (most batches change a row or two), through an index past
-/// [`Touched::SCAN_MAX`].
+/// [`TouchedRows::SCAN_MAX`].
 #[derive(Default)]
 struct TouchedRows {
     rows: Vec<Touched>,
@@ -85,12 +85,10 @@ struct TouchedRows {
     index: Option<HashMap<(usize, Vec<u8>), usize>>,
 }
 
-impl Touched {
-    /// Past this many rows, [`TouchedRows`] indexes them.
-    const SCAN_MAX: usize = 16;
-}
-
 impl TouchedRows {
+    /// Past this many rows, they are indexed.
+    const SCAN_MAX: usize = 16;
+
     fn find(&self, table: usize, key: &[u8]) -> Option<usize> {
         match &self.index {
             Some(index) => index.get(&(table, key.to_vec())).copied(),
@@ -135,7 +133,7 @@ impl TouchedRows {
             Some(index) => {
                 index.insert((table, key.to_vec()), at);
             }
-            None if self.rows.len() > Touched::SCAN_MAX => {
+            None if self.rows.len() > Self::SCAN_MAX => {
                 self.index = Some(
                     self.rows
                         .iter()
