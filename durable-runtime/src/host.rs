@@ -554,6 +554,8 @@ impl Host {
             self.data_dir.join("alarms.db"),
             crate::catalog::catalog_path(&self.data_dir),
         ];
+        // Which shard threads run: the log's writer waits for them to park.
+        let running = Arc::new(crate::running::Running::new(limits.shards));
         let (durability, host_log): (Arc<dyn Durability>, Option<Arc<HostLog>>) =
             match self.durability {
                 DurabilityMode::HostLog => {
@@ -564,6 +566,7 @@ impl Host {
                             &self.log,
                             also_sync,
                             self.clock.clone(),
+                            running.clone(),
                         )
                         .map_err(|e| HostError::io("starting the host log", e))?,
                     );
@@ -675,6 +678,7 @@ impl Host {
                             }
                         }),
                 },
+                running,
             )
             .map_err(|e| HostError::io("starting shard threads", e))?,
         );

@@ -39,6 +39,7 @@ mod reads;
 mod record;
 pub mod restore;
 mod restore_target;
+mod running;
 mod server;
 mod shard;
 mod shard_config;

@@ -24,6 +24,7 @@ pub use crate::record::{LogRecord, RecordKind, TailProblem};
 
 use crate::clock::Clock;
 use crate::durability::{Change, Durability, DurablePos, ObjectLog, Refusal};
+use crate::running::Running;
 use durable_client::ObjectId;
 use std::collections::HashMap;
 use std::fs::File;
@@ -356,6 +357,7 @@ impl HostLog {
         config: &LogConfig,
         also_sync: Vec<PathBuf>,
         clock: Arc<dyn Clock>,
+        running: Arc<Running>,
     ) -> std::io::Result<HostLog> {
         let dir = log_dir(data_dir);
         crate::files::create_dirs(&dir)?;
@@ -386,7 +388,7 @@ impl HostLog {
                 .name("durable-log-writer".into())
                 .spawn({
                     let prealloc = prealloc.clone();
-                    move || writer_loop(rx, shared, next_lsn, segment, &prealloc)
+                    move || writer_loop(rx, shared, next_lsn, segment, &prealloc, &running)
                 })?
         };
         let preparer = std::thread::Builder::new()
@@ -782,11 +784,40 @@ fn writer_loop(
     next_lsn: u64,
     mut segment: Segment,
     prealloc: &Prealloc,
+    running: &Running,
 ) {
-    write_rounds(rx, &shared, next_lsn, &mut segment, prealloc);
+    write_rounds(rx, &shared, next_lsn, &mut segment, prealloc, running);
     // The zeros past the records are not needed any more (they read as the end).
     prealloc.stop();
     let _ = segment.file.set_len(segment.size);
+}
+
+/// The longest a round waits for running shards to hand over their batches.
+const LINGER_MAX: Duration = Duration::from_micros(200);
+
+/// How many records the last round must have held (of more than one object) for the
+/// next to wait: with a few callers a round holds all of their calls already, and a
+/// wait would only put them in lock-step.
+const LINGER_AFTER: usize = 5;
+
+/// Move what is waiting in the channel into the round, up to a control message or 16
+/// MiB of records.
+fn take_waiting(
+    rx: &mpsc::Receiver<Msg>,
+    batch: &mut Vec<Entry>,
+    pending: &mut usize,
+    control: &mut Option<Msg>,
+) {
+    while control.is_none() && *pending < (16 << 20) {
+        match rx.try_recv() {
+            Ok(Msg::Append(e)) => {
+                *pending += e.payload.len();
+                batch.push(e);
+            }
+            Ok(other) => *control = Some(other),
+            Err(_) => break,
+        }
+    }
 }
 
 fn write_rounds(
@@ -795,8 +826,10 @@ fn write_rounds(
     mut next_lsn: u64,
     segment: &mut Segment,
     prealloc: &Prealloc,
+    running: &Running,
 ) {
     let dir = log_dir(&shared.data_dir);
+    let mut last_round_shared = false;
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut batch: Vec<Entry> = Vec::new();
     let mut free_space = None;
@@ -804,9 +837,9 @@ fn write_rounds(
         // A control message ends the round: what came before it is written first.
         let mut control = None;
         // Group commit: a round takes whatever is waiting and starts at once. What
-        // arrives while it syncs makes the next round (no linger for more: with the
-        // callers waiting on this round, a wait only delays them; increments_hot
-        // 39k -> 45k incr/s without the 125-250 µs linger, increments_many unchanged).
+        // arrives while it syncs makes the next round. No fixed linger for more: with
+        // the callers waiting on this round, a blind wait only delays them
+        // (increments_hot 39k -> 45k incr/s without a 125-250 µs linger).
         let first = match rx.recv() {
             Ok(m) => m,
             Err(_) => return,
@@ -816,16 +849,19 @@ fn write_rounds(
             other => control = Some(other),
         }
         let mut pending: usize = batch.iter().map(|e| e.payload.len()).sum();
-        while control.is_none() && pending < (16 << 20) {
-            match rx.try_recv() {
-                Ok(Msg::Append(e)) => {
-                    pending += e.payload.len();
-                    batch.push(e);
-                }
-                Ok(other) => control = Some(other),
-                Err(_) => break,
-            }
+        take_waiting(&rx, &mut batch, &mut pending, &mut control);
+        // But under load from many objects (the last round held LINGER_AFTER records
+        // or more, of more than one object) and while a shard is still running, their
+        // next batches are microseconds away: wait for the shards to park (see
+        // `running`), then take what they handed over. Not for one busy object: its
+        // next batch runs while this round is written, and waiting for it would undo
+        // that overlap.
+        if control.is_none() && last_round_shared && running.any() {
+            running.wait_parked(LINGER_MAX);
+            take_waiting(&rx, &mut batch, &mut pending, &mut control);
         }
+        last_round_shared = batch.len() >= LINGER_AFTER
+            && batch.iter().any(|e| !Arc::ptr_eq(&e.pos, &batch[0].pos));
         // An object whose earlier batch the log refused builds on state that was
         // undone: refuse its later batches too, until it rewinds.
         batch.retain(|e| e.pos.borrow().rejected.is_none());

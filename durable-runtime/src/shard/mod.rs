@@ -30,6 +30,7 @@ use self::object::Object;
 use self::slot::{Slot, Work, QUEUE_FULL_RETRY_MS};
 use crate::class::ClassEntry;
 use crate::core::object::{CoreLimits, Input, ObjectCore};
+use crate::running::Running;
 pub(crate) use crate::shard_config::{Call, LocalSlot, ShardConfig};
 use durable_client::wire::{Response, WireError};
 use durable_client::ObjectId;
@@ -58,7 +59,11 @@ pub(crate) enum Message {
 }
 
 impl Shards {
-    pub(crate) fn start(n: usize, config: ShardConfig) -> std::io::Result<Shards> {
+    pub(crate) fn start(
+        n: usize,
+        config: ShardConfig,
+        running: Arc<Running>,
+    ) -> std::io::Result<Shards> {
         let mut senders = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
@@ -68,6 +73,14 @@ impl Shards {
                 .enable_all()
                 .max_blocking_threads(64)
                 .thread_name(format!("durable-shard-{i}-io"))
+                .on_thread_park({
+                    let running = running.clone();
+                    move || running.parking()
+                })
+                .on_thread_unpark({
+                    let running = running.clone();
+                    move || running.resumed()
+                })
                 .build()?;
             let handle = std::thread::Builder::new()
                 .name(format!("durable-shard-{i}"))
