@@ -792,7 +792,8 @@ fn writer_loop(
     let _ = segment.file.set_len(segment.size);
 }
 
-/// The longest a round waits for running shards to hand over their batches.
+/// The longest a round waits for running shards to hand over their batches (and never
+/// longer than the last round took to write).
 const LINGER_MAX: Duration = Duration::from_micros(200);
 
 /// How many records the last round must have held (of more than one object) for the
@@ -830,6 +831,7 @@ fn write_rounds(
 ) {
     let dir = log_dir(&shared.data_dir);
     let mut last_round_shared = false;
+    let mut last_took = Duration::ZERO;
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut batch: Vec<Entry> = Vec::new();
     let mut free_space = None;
@@ -857,14 +859,15 @@ fn write_rounds(
         // next batch runs while this round is written, and waiting for it would undo
         // that overlap.
         if control.is_none() && last_round_shared && running.any() {
-            running.wait_parked(LINGER_MAX);
+            // No longer than a round takes: where syncs are fast, so is the wait.
+            running.wait_parked(last_took.min(LINGER_MAX));
             take_waiting(&rx, &mut batch, &mut pending, &mut control);
         }
-        last_round_shared = batch.len() >= LINGER_AFTER
-            && batch.iter().any(|e| !Arc::ptr_eq(&e.pos, &batch[0].pos));
         // An object whose earlier batch the log refused builds on state that was
         // undone: refuse its later batches too, until it rewinds.
         batch.retain(|e| e.pos.borrow().rejected.is_none());
+        last_round_shared = batch.len() >= LINGER_AFTER
+            && batch.iter().any(|e| !Arc::ptr_eq(&e.pos, &batch[0].pos));
         if !batch.is_empty() {
             if shared.failed.load(Ordering::Acquire) {
                 batch
@@ -880,7 +883,7 @@ fn write_rounds(
                     .drain(..)
                     .for_each(|e| e.pos.send_modify(|p| p.rejected = Some(Refusal::Full)));
             } else {
-                write_round(
+                last_took = write_round(
                     shared,
                     &dir,
                     segment,
@@ -919,7 +922,7 @@ fn write_round(
     buf: &mut Vec<u8>,
     batch: &mut Vec<Entry>,
     next_lsn: &mut u64,
-) {
+) -> Duration {
     let first = *next_lsn;
     let now = shared.clock.now_ms();
     buf.clear();
@@ -996,7 +999,7 @@ fn write_round(
                     .for_each(|e| e.pos.send_modify(|p| p.failed = true));
             }
         }
-        return;
+        return Duration::ZERO;
     }
     let took = crate::clock::monotonic().saturating_sub(started);
     crate::telemetry::log_round(batch.len(), took);
@@ -1052,6 +1055,7 @@ fn write_round(
     if since + buf.len() as u64 > CHECKPOINT_BYTES {
         shared.wake.1.notify_all();
     }
+    took
 }
 
 fn checkpointer_loop(shared: Arc<Shared>, interval: Option<Duration>) {

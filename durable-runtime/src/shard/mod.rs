@@ -82,9 +82,12 @@ impl Shards {
                     move || running.resumed()
                 })
                 .build()?;
+            let running = running.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("durable-shard-{i}"))
                 .spawn(move || {
+                    // A thread that stops (or panics) stops counting as running.
+                    let _stopped = running.stopped_on_drop();
                     let local = tokio::task::LocalSet::new();
                     local.block_on(&rt, route(rx, Rc::new(config)));
                     // Let every object finish its queue and release its replies.
