@@ -913,7 +913,8 @@ fn write_rounds(
 /// that: then none of the round is on disk, its batches are refused (their objects
 /// undo them and carry on), and the log keeps going, so a disk that fills up and is
 /// freed again needs no restart. Only if even the cut fails is the outcome unknown:
-/// then nothing more is acknowledged until a restart replays the log.
+/// then nothing more is acknowledged until a restart replays the log. Returns how long
+/// the write took (zero if it failed).
 fn write_round(
     shared: &Shared,
     dir: &Path,
