@@ -486,9 +486,8 @@ impl Db {
                     .prepare_with_flags(sql, PrepFlags::SQLITE_PREPARE_PERSISTENT)?;
                 // SAFETY: the statement borrows `*self.conn`, which is boxed (it never
                 // moves) and outlives every statement in `held` and `user_held` (field
-                // order). The
-                // statement is lent out only to `f`, for a lifetime `f` cannot name,
-                // and is either put back into `held` or dropped here.
+                // order). The statement is lent out only to `f`, for a lifetime `f`
+                // cannot name, and is either put back into `list` or dropped here.
                 unsafe { std::mem::transmute::<Statement<'_>, Statement<'static>>(stmt) }
             }
         };

@@ -555,7 +555,7 @@ impl Host {
             crate::catalog::catalog_path(&self.data_dir),
         ];
         // Which shard threads run: the log's writer waits for them to park.
-        let running = Arc::new(crate::running::Running::new(limits.shards));
+        let running = Arc::new(crate::running::Running::new());
         let (durability, host_log): (Arc<dyn Durability>, Option<Arc<HostLog>>) =
             match self.durability {
                 DurabilityMode::HostLog => {

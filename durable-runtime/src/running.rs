@@ -4,13 +4,12 @@
 //! Most of a host log round's CPU is the round itself, whatever it holds: a write
 //! that exits to the hypervisor, its completion, and a sleep and wake of the writer
 //! (on the project's 2-vCPU VMs those were most of the writer's ~11 µs per call at
-//! ~7 records a round). With callers
-//! waiting on many objects, a round started the moment its first record came holds
-//! a handful of records; the rest come a few microseconds later and wait a whole
-//! round. A shard thread that is running (not parked) is about to hand over more: the
-//! writer waits for the shards to park, for at most a bound, and then writes
-//! everything at once. A shard that parks is out of work, so waiting for it costs
-//! the round nothing it could have had sooner.
+//! ~7 records a round). With callers waiting on many objects, a round started the
+//! moment its first record came holds a handful of records; the rest come a few
+//! microseconds later and wait a whole round. A shard thread that is running (not
+//! parked) is about to hand over more: the writer waits for the shards to park, for
+//! at most a bound, and then writes everything at once. A shard that parks is out of
+//! work, so waiting for it costs the round nothing it could have had sooner.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -25,10 +24,11 @@ pub(crate) struct Running {
 }
 
 impl Running {
-    /// For `threads` shard threads, all running (each parks once it has no work).
-    pub(crate) fn new(threads: usize) -> Running {
+    /// None running yet: each shard thread counts itself from its start
+    /// ([`Running::started`]).
+    pub(crate) fn new() -> Running {
         Running {
-            count: AtomicUsize::new(threads),
+            count: AtomicUsize::new(0),
             waiting: AtomicBool::new(false),
             waiter: OnceLock::new(),
         }
@@ -49,9 +49,10 @@ impl Running {
         }
     }
 
-    /// A guard for a shard thread's life: when the thread ends (its runtime's last
-    /// hook was an unpark) or unwinds, it stops counting as running.
-    pub(crate) fn stopped_on_drop(self: &Arc<Self>) -> Stopped {
+    /// A shard thread starts, running: it counts until the guard drops, when the
+    /// thread ends (its runtime's last hook was an unpark) or unwinds.
+    pub(crate) fn started(self: &Arc<Self>) -> Stopped {
+        self.resumed();
         Stopped(self.clone())
     }
 
@@ -75,7 +76,7 @@ impl Running {
     }
 }
 
-/// See [`Running::stopped_on_drop`].
+/// See [`Running::started`].
 pub(crate) struct Stopped(Arc<Running>);
 
 impl Drop for Stopped {
@@ -90,7 +91,10 @@ mod tests {
 
     #[test]
     fn the_last_shard_to_park_ends_the_wait() {
-        let running = Arc::new(Running::new(2));
+        // Two shard threads running.
+        let running = Arc::new(Running::new());
+        running.resumed();
+        running.resumed();
         running.parking();
         assert!(running.any());
         let r = running.clone();
@@ -109,10 +113,10 @@ mod tests {
 
     #[test]
     fn a_shard_thread_that_ends_stops_counting() {
-        let running = Arc::new(Running::new(1));
+        let running = Arc::new(Running::new());
         let r = running.clone();
         std::thread::spawn(move || {
-            let _stopped = r.stopped_on_drop();
+            let _stopped = r.started();
             // A runtime's park and unpark, then the thread ends running.
             r.parking();
             r.resumed();
@@ -120,11 +124,10 @@ mod tests {
         .join()
         .unwrap();
         assert!(!running.any());
-        // A thread counted as running that panics outside its runtime's park.
-        running.resumed();
+        // A thread that panics outside its runtime's park.
         let r = running.clone();
         let _ = std::thread::spawn(move || {
-            let _stopped = r.stopped_on_drop();
+            let _stopped = r.started();
             panic!("a shard thread that panics");
         })
         .join();
@@ -133,7 +136,8 @@ mod tests {
 
     #[test]
     fn no_wait_when_every_shard_is_parked() {
-        let running = Running::new(1);
+        let running = Running::new();
+        running.resumed();
         running.parking();
         // Would sleep 600 s if it waited.
         running.wait_parked(Duration::from_secs(600));

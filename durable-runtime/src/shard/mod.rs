@@ -86,8 +86,8 @@ impl Shards {
             let handle = std::thread::Builder::new()
                 .name(format!("durable-shard-{i}"))
                 .spawn(move || {
-                    // A thread that stops (or panics) stops counting as running.
-                    let _stopped = running.stopped_on_drop();
+                    // Counted as running until it stops (or panics).
+                    let _running = running.started();
                     let local = tokio::task::LocalSet::new();
                     local.block_on(&rt, route(rx, Rc::new(config)));
                     // Let every object finish its queue and release its replies.
