@@ -233,7 +233,7 @@ pub(crate) fn open(
     // checkpoint syncs the file and its directory entries. (Creating it with SQLite's
     // default syncs cost six fsyncs before the first reply.)
     let lazy_create = fresh && !sync_new;
-    let mut state = (None, None, None, None);
+    let mut state = State::default();
     let mut setup = || -> rusqlite::Result<()> {
         if ready {
             // What the statements below would find and do on such a file, without
@@ -249,8 +249,23 @@ pub(crate) fn open(
                 }
                 return Err(e);
             }
-            state.0 = name.map(str::to_owned);
+            state.name = name.map(str::to_owned);
             return Ok(());
+        }
+        if !fresh && header_is_current(&path) {
+            // A file this runtime made and brought up to date before: in WAL mode (a
+            // lasting setting of the file), its runtime tables at this revision (both
+            // read from its header, which SQLite reads anyway), so the connection's
+            // settings and one read are all an activation needs (`PRAGMA
+            // journal_mode`, `PRAGMA user_version` and a transaction around them were
+            // four statements more on a connection whose every statement is parsed
+            // afresh).
+            connection_settings(&conn, "NORMAL")?;
+            state = read_state(&conn)?;
+            if name.is_none() || state.name.is_some() {
+                return Ok(());
+            }
+            // The first open that knows the object's name: stored below.
         }
         if fresh {
             // Objects are small: 1 KiB pages cut the bytes each commit writes to the
@@ -276,32 +291,13 @@ pub(crate) fn open(
         if fresh {
             write_identity(&tx, class, id)?;
         }
-        // What an activation needs to know of the file, read in this transaction (one
-        // statement instead of a read transaction each).
-        let earliest_due = if has_table(&tx, Lazy::Alarms)? {
-            "(SELECT min(due_ms) FROM _durable_alarms)"
-        } else {
-            "NULL"
-        };
-        let read = format!(
-            "SELECT (SELECT value FROM _durable_meta WHERE key = 'name'),
-                    (SELECT value FROM _durable_meta WHERE key = 'log_seq'),
-                    (SELECT value FROM _durable_meta WHERE key = 'image_ms'),
-                    {earliest_due}"
-        );
-        state = tx.query_row(&read, [], |r| {
-            Ok((
-                r.get::<_, Option<String>>(0)?,
-                r.get::<_, Option<i64>>(1)?,
-                r.get::<_, Option<i64>>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-            ))
-        })?;
+        // What an activation needs to know of the file, read in this transaction.
+        state = read_state(&tx)?;
         // A name is stored once, by the first open that knows it (every open by name
         // writing it again cost a write transaction per activation).
-        if let (Some(name), None) = (name, &state.0) {
+        if let (Some(name), None) = (name, &state.name) {
             write_name(&tx, name)?;
-            state.0 = Some(name.to_owned());
+            state.name = Some(name.to_owned());
         }
         tx.commit()?;
         if lazy_create {
@@ -321,14 +317,25 @@ pub(crate) fn open(
             .and_then(|_| sync_dir(dir.parent().unwrap()))
             .map_err(|e| format!("syncing {}: {e}", path.display()))?;
     }
-    let (stored_name, seq, image_ms, due) = state;
+    let seq = state.seq.unwrap_or(0).max(0) as u64;
     let opened = Opened {
         upgraded,
-        seq: seq.unwrap_or(0).max(0) as u64,
-        image_ms: image_ms.unwrap_or(0).max(0) as u64,
-        earliest_due: due.map(|d| d.max(0) as u64),
+        seq,
+        image_ms: state.image_ms.unwrap_or(0).max(0) as u64,
+        earliest_due: state.due.map(|d| d.max(0) as u64),
     };
-    let ctx = Context::new(conn, class, id, stored_name);
+    let ctx = Context::new(conn, class, id, state.name);
+    // The class's schema version and migrations' digest, read above: the constructor's
+    // `migrate` need not read them again (a statement parsed on every activation).
+    // What `migrate` makes of a file that stores neither is left to it (it may learn
+    // the class's migrations from a new file, see `crate::spares`).
+    let known = crate::db::Assumed {
+        version: state.schema_version,
+        digest: state.schema_digest.filter(|_| seq == 0).map(|d| d as u64),
+    };
+    if !ready && known != crate::db::Assumed::TEMPLATE {
+        ctx.conn.assume_schema_version(known);
+    }
     if ready {
         // The template stores no schema version, a class's set that of the migrations
         // it was made with: `migrate` need not read it.
@@ -419,9 +426,77 @@ pub(crate) fn preopen(
 /// cache, temporary tables in memory.
 fn settings(conn: &Connection, sync: &str) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    connection_settings(conn, sync)
+}
+
+/// The settings of [`settings`] that last only as long as the connection.
+fn connection_settings(conn: &Connection, sync: &str) -> rusqlite::Result<()> {
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "cache_size", CACHE_KIB)?;
     conn.pragma_update(None, "temp_store", "MEMORY")
+}
+
+/// Whether the database file at `path` says, in its header, that it is in WAL mode
+/// (read and write versions 2, bytes 18 and 19) with the runtime's tables at
+/// [`SCHEMA_REVISION`] or later (`PRAGMA user_version`, bytes 60 to 63). The header
+/// in the file may be older than the newest page 1 in the WAL, but neither value ever
+/// goes back: a header that says so is still right. Anything else (a short or
+/// unreadable file too): `false`, and [`open`] asks SQLite.
+fn header_is_current(path: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; 64];
+    let read = std::fs::File::open(path).and_then(|f| f.read_exact_at(&mut header, 0));
+    read.is_ok()
+        && header.starts_with(b"SQLite format 3\0")
+        && header[18] == 2
+        && header[19] == 2
+        && i64::from(i32::from_be_bytes(
+            header[60..64].try_into().expect("4 bytes"),
+        )) >= SCHEMA_REVISION
+}
+
+/// What an activation reads of an object's file ([`read_state`]).
+#[derive(Debug, Default)]
+struct State {
+    name: Option<String>,
+    seq: Option<i64>,
+    image_ms: Option<i64>,
+    due: Option<i64>,
+    schema_version: i64,
+    schema_digest: Option<i64>,
+}
+
+/// Everything an activation needs to know of the file, in one statement: its name,
+/// last batch, last image, earliest alarm, and the class's schema version and
+/// migrations' digest (for `migrate`).
+fn read_state(conn: &Connection) -> rusqlite::Result<State> {
+    const WITH_ALARMS: &str = "SELECT (SELECT value FROM _durable_meta WHERE key = 'name'),
+        (SELECT value FROM _durable_meta WHERE key = 'log_seq'),
+        (SELECT value FROM _durable_meta WHERE key = 'image_ms'),
+        (SELECT min(due_ms) FROM _durable_alarms),
+        coalesce((SELECT value FROM _durable_meta WHERE key = 'schema_version'), 0),
+        (SELECT value FROM _durable_meta WHERE key = 'schema_digest')";
+    const WITHOUT_ALARMS: &str = "SELECT (SELECT value FROM _durable_meta WHERE key = 'name'),
+        (SELECT value FROM _durable_meta WHERE key = 'log_seq'),
+        (SELECT value FROM _durable_meta WHERE key = 'image_ms'),
+        NULL,
+        coalesce((SELECT value FROM _durable_meta WHERE key = 'schema_version'), 0),
+        (SELECT value FROM _durable_meta WHERE key = 'schema_digest')";
+    let sql = if has_table(conn, Lazy::Alarms)? {
+        WITH_ALARMS
+    } else {
+        WITHOUT_ALARMS
+    };
+    conn.query_row(sql, [], |r| {
+        Ok(State {
+            name: r.get(0)?,
+            seq: r.get(1)?,
+            image_ms: r.get(2)?,
+            due: r.get(3)?,
+            schema_version: r.get(4)?,
+            schema_digest: r.get(5)?,
+        })
+    })
 }
 
 /// A connection to an object's file as the runtime holds one: lookaside off, room for
@@ -1133,6 +1208,67 @@ mod tests {
             Some("n"),
             "the stored name, not asked for"
         );
+    }
+
+    #[test]
+    fn a_stored_object_reopens_from_its_header_and_one_read_and_an_old_one_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = ObjectId::random();
+        let path = object_path(dir.path(), "Counter", id);
+        let (mut ctx, _) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        assert!(
+            header_is_current(&path),
+            "the template's header: WAL, this revision"
+        );
+        ctx.sql().migrate(&["CREATE TABLE t(x)"]).unwrap();
+        set_image_seq(&ctx.conn, 3, 1000).unwrap();
+        drop(ctx);
+        // Reopened by a name it does not store yet: the name is written (the one read
+        // is not all this open needs).
+        let (ctx, opened) = open(dir.path(), "Counter", id, Some("late"), false, None).unwrap();
+        assert!(!opened.upgraded);
+        assert_eq!((opened.seq, opened.image_ms), (3, 1000));
+        assert_eq!(ctx.name.as_deref(), Some("late"));
+        drop(ctx);
+        // Reopened again: the name is read back, and the schema version read with it
+        // is what `migrate` goes by (no read of its own).
+        let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        assert_eq!((opened.seq, opened.image_ms), (3, 1000));
+        assert_eq!(ctx.name.as_deref(), Some("late"));
+        assert_eq!(
+            ctx.conn.assumed_schema_version(),
+            Some(crate::db::Assumed {
+                version: 1,
+                digest: None
+            })
+        );
+        // An older revision in the header (as an earlier runtime left it): SQLite is
+        // asked, and the runtime's tables are brought up to date.
+        ctx.conn
+            .execute_batch("PRAGMA user_version = 1; PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+        drop(ctx);
+        assert!(!header_is_current(&path));
+        let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        assert!(opened.upgraded, "an upgraded file ships an image");
+        let revision: i64 = ctx
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(revision, SCHEMA_REVISION);
+        assert_eq!(ctx.name.as_deref(), Some("late"));
+        // A file in rollback-journal mode is not taken for one in WAL mode.
+        ctx.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")
+            .unwrap();
+        drop(ctx);
+        assert!(!header_is_current(&path));
+        let (ctx, _) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        let mode: String = ctx
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
     }
 
     #[test]
