@@ -234,6 +234,7 @@ pub(crate) fn open(
     // default syncs cost six fsyncs before the first reply.)
     let lazy_create = fresh && !sync_new;
     let mut state = State::default();
+    let mut from_header = false;
     let mut setup = || -> rusqlite::Result<()> {
         if ready {
             // What the statements below would find and do on such a file, without
@@ -252,7 +253,7 @@ pub(crate) fn open(
             state.name = name.map(str::to_owned);
             return Ok(());
         }
-        if !fresh && header_is_current(&path) {
+        if !fresh && header_is_current(&conn) {
             // A file this runtime made and brought up to date before: in WAL mode (a
             // lasting setting of the file), its runtime tables at this revision (both
             // read from its header, which SQLite reads anyway), so the connection's
@@ -263,9 +264,11 @@ pub(crate) fn open(
             connection_settings(&conn, "NORMAL")?;
             state = read_state(&conn)?;
             if name.is_none() || state.name.is_some() {
+                from_header = true;
                 return Ok(());
             }
-            // The first open that knows the object's name: stored below.
+            // The first open that knows the object's name: stored below, with the
+            // settings and the read again (once in an object's life).
         }
         if fresh {
             // Objects are small: 1 KiB pages cut the bytes each commit writes to the
@@ -320,6 +323,7 @@ pub(crate) fn open(
     let seq = state.seq.unwrap_or(0).max(0) as u64;
     let opened = Opened {
         upgraded,
+        from_header,
         seq,
         image_ms: state.image_ms.unwrap_or(0).max(0) as u64,
         earliest_due: state.due.map(|d| d.max(0) as u64),
@@ -436,17 +440,43 @@ fn connection_settings(conn: &Connection, sync: &str) -> rusqlite::Result<()> {
     conn.pragma_update(None, "temp_store", "MEMORY")
 }
 
-/// Whether the database file at `path` says, in its header, that it is in WAL mode
-/// (read and write versions 2, bytes 18 and 19) with the runtime's tables at
-/// [`SCHEMA_REVISION`] or later (`PRAGMA user_version`, bytes 60 to 63). The header
-/// in the file may be older than the newest page 1 in the WAL, but neither value ever
-/// goes back: a header that says so is still right. Anything else (a short or
-/// unreadable file too): `false`, and [`open`] asks SQLite.
-fn header_is_current(path: &Path) -> bool {
-    use std::os::unix::fs::FileExt;
+/// Whether the database file open on `conn` says, in its header, that it is in WAL
+/// mode (read and write versions 2, bytes 18 and 19) with the runtime's tables at
+/// [`SCHEMA_REVISION`] or later (`PRAGMA user_version`, bytes 60 to 63). Read through
+/// the connection's own descriptor (opening the file again and closing it would drop
+/// every POSIX lock this process holds on it, a reader connection's too).
+///
+/// The header in the file can be older than the newest page 1, which may still be in
+/// the WAL. The journal mode in it is WAL for as long as the file is: leaving WAL mode
+/// rewrites the file itself. The revision only rises as the runtime upgrades a file
+/// (an image of an older revision applied to it is brought up to date in the same
+/// transaction, see [`apply_image_in_txn`]); a method that sets `user_version` itself
+/// meddles with the runtime's own field, and at worst makes an open ship an image it
+/// need not. Anything else (a short file, a read that fails): `false`, and [`open`]
+/// asks SQLite.
+fn header_is_current(conn: &Connection) -> bool {
+    use rusqlite::ffi;
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
     let mut header = [0u8; 64];
-    let read = std::fs::File::open(path).and_then(|f| f.read_exact_at(&mut header, 0));
-    read.is_ok()
+    // SAFETY: `conn` is open; SQLITE_FCNTL_FILE_POINTER writes the main database's
+    // open file (owned by SQLite, valid while the connection is) into `file`, and its
+    // `xRead` fills at most `header.len()` bytes of `header`.
+    let read = unsafe {
+        let rc = ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&mut file as *mut *mut ffi::sqlite3_file).cast(),
+        );
+        if rc != ffi::SQLITE_OK || file.is_null() || (*file).pMethods.is_null() {
+            return false;
+        }
+        match (*(*file).pMethods).xRead {
+            Some(x_read) => x_read(file, header.as_mut_ptr().cast(), header.len() as i32, 0),
+            None => return false,
+        }
+    };
+    read == ffi::SQLITE_OK
         && header.starts_with(b"SQLite format 3\0")
         && header[18] == 2
         && header[19] == 2
@@ -470,18 +500,21 @@ struct State {
 /// last batch, last image, earliest alarm, and the class's schema version and
 /// migrations' digest (for `migrate`).
 fn read_state(conn: &Connection) -> rusqlite::Result<State> {
-    const WITH_ALARMS: &str = "SELECT (SELECT value FROM _durable_meta WHERE key = 'name'),
-        (SELECT value FROM _durable_meta WHERE key = 'log_seq'),
-        (SELECT value FROM _durable_meta WHERE key = 'image_ms'),
-        (SELECT min(due_ms) FROM _durable_alarms),
-        coalesce((SELECT value FROM _durable_meta WHERE key = 'schema_version'), 0),
-        (SELECT value FROM _durable_meta WHERE key = 'schema_digest')";
-    const WITHOUT_ALARMS: &str = "SELECT (SELECT value FROM _durable_meta WHERE key = 'name'),
-        (SELECT value FROM _durable_meta WHERE key = 'log_seq'),
-        (SELECT value FROM _durable_meta WHERE key = 'image_ms'),
-        NULL,
-        coalesce((SELECT value FROM _durable_meta WHERE key = 'schema_version'), 0),
-        (SELECT value FROM _durable_meta WHERE key = 'schema_digest')";
+    /// The read, with `$due` for the earliest alarm (the alarm table is made lazily).
+    macro_rules! state_sql {
+        ($due:literal) => {
+            concat!(
+                "SELECT (SELECT value FROM _durable_meta WHERE key = 'name'),
+                    (SELECT value FROM _durable_meta WHERE key = 'log_seq'),
+                    (SELECT value FROM _durable_meta WHERE key = 'image_ms'), ",
+                $due,
+                ", coalesce((SELECT value FROM _durable_meta WHERE key = 'schema_version'), 0),
+                    (SELECT value FROM _durable_meta WHERE key = 'schema_digest')"
+            )
+        };
+    }
+    const WITH_ALARMS: &str = state_sql!("(SELECT min(due_ms) FROM _durable_alarms)");
+    const WITHOUT_ALARMS: &str = state_sql!("NULL");
     let sql = if has_table(conn, Lazy::Alarms)? {
         WITH_ALARMS
     } else {
@@ -518,6 +551,9 @@ pub(crate) struct Opened {
     /// The runtime's tables were created or brought up to date (the object's next batch
     /// ships a whole image).
     pub(crate) upgraded: bool,
+    /// The file's header said WAL mode and this revision: only the connection's
+    /// settings and one read ran ([`header_is_current`]).
+    pub(crate) from_header: bool,
     /// The last batch the file holds ([`stored_seq`]).
     pub(crate) seq: u64,
     /// When it last shipped a whole image (ms since the epoch; 0 if never).
@@ -782,7 +818,13 @@ pub(crate) fn apply_image_in_txn(c: &Connection, image: &[u8]) -> Result<(), Str
     let version: i64 = mem
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(err)?;
-    c.pragma_update(None, "user_version", version).map_err(err)
+    if version < SCHEMA_REVISION {
+        // An image an earlier runtime logged: its file comes out at this revision, as
+        // opening it would make it (and as `open` reads from its header).
+        c.execute_batch(SCHEMA).map_err(err)?;
+    }
+    c.pragma_update(None, "user_version", version.max(SCHEMA_REVISION))
+        .map_err(err)
 }
 
 /// Apply one record of the log (changes or a whole image) to an object's open
@@ -1214,10 +1256,10 @@ mod tests {
     fn a_stored_object_reopens_from_its_header_and_one_read_and_an_old_one_is_upgraded() {
         let dir = tempfile::tempdir().unwrap();
         let id = ObjectId::random();
-        let path = object_path(dir.path(), "Counter", id);
-        let (mut ctx, _) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        let (mut ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        assert!(!opened.from_header, "a new file");
         assert!(
-            header_is_current(&path),
+            header_is_current(&ctx.conn),
             "the template's header: WAL, this revision"
         );
         ctx.sql().migrate(&["CREATE TABLE t(x)"]).unwrap();
@@ -1227,12 +1269,15 @@ mod tests {
         // is not all this open needs).
         let (ctx, opened) = open(dir.path(), "Counter", id, Some("late"), false, None).unwrap();
         assert!(!opened.upgraded);
+        assert!(!opened.from_header, "the name had to be written");
         assert_eq!((opened.seq, opened.image_ms), (3, 1000));
         assert_eq!(ctx.name.as_deref(), Some("late"));
         drop(ctx);
-        // Reopened again: the name is read back, and the schema version read with it
-        // is what `migrate` goes by (no read of its own).
+        // Reopened again: from the header and one read, the name read back, and the
+        // schema version read with it is what `migrate` goes by (no read of its own).
         let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        assert!(opened.from_header);
+        assert!(!opened.upgraded);
         assert_eq!((opened.seq, opened.image_ms), (3, 1000));
         assert_eq!(ctx.name.as_deref(), Some("late"));
         assert_eq!(
@@ -1247,9 +1292,10 @@ mod tests {
         ctx.conn
             .execute_batch("PRAGMA user_version = 1; PRAGMA wal_checkpoint(TRUNCATE);")
             .unwrap();
+        assert!(!header_is_current(&ctx.conn));
         drop(ctx);
-        assert!(!header_is_current(&path));
         let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        assert!(!opened.from_header);
         assert!(opened.upgraded, "an upgraded file ships an image");
         let revision: i64 = ctx
             .conn
@@ -1261,14 +1307,31 @@ mod tests {
         ctx.conn
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")
             .unwrap();
+        assert!(!header_is_current(&ctx.conn));
         drop(ctx);
-        assert!(!header_is_current(&path));
-        let (ctx, _) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        assert!(!opened.from_header);
         let mode: String = ctx
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+        // An image an earlier runtime logged comes out at this revision: the next open
+        // may go by the header.
+        let image = serialize_copy(&ctx.conn).unwrap();
+        let old = {
+            let mut bytes = image.clone();
+            bytes[60..64].copy_from_slice(&1i32.to_be_bytes());
+            bytes
+        };
+        ctx.conn.execute_batch("BEGIN").unwrap();
+        apply_image_in_txn(&ctx.conn, &old).unwrap();
+        ctx.conn.execute_batch("COMMIT").unwrap();
+        let revision: i64 = ctx
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(revision, SCHEMA_REVISION);
     }
 
     #[test]

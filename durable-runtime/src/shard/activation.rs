@@ -240,6 +240,7 @@ impl Object {
                     internal("opening the object's database failed (the host log says why)")
                 }
             })?;
+            tracing::trace!(class = self.class.name, id = %self.id, from_header = opened.from_header, seq = opened.seq, "opened the object's database");
             self.seq = opened.seq;
             self.last_image_ms = opened.image_ms;
             ctx.bookmarks = self.config.bookmarks.clone();
