@@ -1287,30 +1287,34 @@ mod tests {
                 digest: None
             })
         );
-        // An older revision in the header (as an earlier runtime left it): SQLite is
-        // asked, and the runtime's tables are brought up to date.
-        ctx.conn
-            .execute_batch("PRAGMA user_version = 1; PRAGMA wal_checkpoint(TRUNCATE);")
-            .unwrap();
-        assert!(!header_is_current(&ctx.conn));
-        drop(ctx);
-        let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
-        assert!(!opened.from_header);
+        // Run `sql` on the open file, whose header then no longer says it is current,
+        // and reopen it: SQLite is asked.
+        let reopen_after = |ctx: Context, sql: &str| {
+            ctx.conn.execute_batch(sql).unwrap();
+            assert!(!header_is_current(&ctx.conn), "{sql}");
+            drop(ctx);
+            let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+            assert!(!opened.from_header, "{sql}");
+            (ctx, opened)
+        };
+        let revision = |conn: &Connection| -> i64 {
+            conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap()
+        };
+        // An older revision in the header (as an earlier runtime left it): the
+        // runtime's tables are brought up to date.
+        let (ctx, opened) = reopen_after(
+            ctx,
+            "PRAGMA user_version = 1; PRAGMA wal_checkpoint(TRUNCATE);",
+        );
         assert!(opened.upgraded, "an upgraded file ships an image");
-        let revision: i64 = ctx
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(revision, SCHEMA_REVISION);
+        assert_eq!(revision(&ctx.conn), SCHEMA_REVISION);
         assert_eq!(ctx.name.as_deref(), Some("late"));
         // A file in rollback-journal mode is not taken for one in WAL mode.
-        ctx.conn
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")
-            .unwrap();
-        assert!(!header_is_current(&ctx.conn));
-        drop(ctx);
-        let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
-        assert!(!opened.from_header);
+        let (ctx, _) = reopen_after(
+            ctx,
+            "PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;",
+        );
         let mode: String = ctx
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -1327,11 +1331,7 @@ mod tests {
         ctx.conn.execute_batch("BEGIN").unwrap();
         apply_image_in_txn(&ctx.conn, &old).unwrap();
         ctx.conn.execute_batch("COMMIT").unwrap();
-        let revision: i64 = ctx
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(revision, SCHEMA_REVISION);
+        assert_eq!(revision(&ctx.conn), SCHEMA_REVISION);
     }
 
     #[test]
