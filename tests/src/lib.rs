@@ -289,6 +289,28 @@ pub fn register_all(host: durable::Host) -> durable::Host {
         .register::<StreamProbe>()
         .register::<Hop>()
         .register::<Reader>()
+        .register::<Boots>()
+}
+
+/// An object whose constructor writes on every activation (it counts them): a read
+/// that activates it must still log that write, once.
+pub struct Boots;
+
+#[durable_object]
+impl Boots {
+    fn activate(ctx: &mut Context) -> Result<Self, Error> {
+        ctx.sql()
+            .migrate(&["CREATE TABLE activations(n INTEGER NOT NULL)"])?;
+        ctx.sql()
+            .execute("INSERT INTO activations(n) VALUES (1)", [])?;
+        Ok(Boots)
+    }
+
+    /// How many times the object has been activated.
+    pub async fn activations(&self, ctx: &ReadContext) -> Result<i64, Error> {
+        ctx.sql()
+            .query_row("SELECT count(*) FROM activations", [], |r| r.get(0))
+    }
 }
 
 /// Stream test object: appends the items a call names to a stream (so that a test

@@ -6,9 +6,10 @@
 mod common;
 
 use common::{HostProcess, Told};
+use durable::testing::TestHost;
 use durable::CallError;
 use durable_examples::counter::Counter;
-use durable_tests::Reader;
+use durable_tests::{Boots, Reader};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -279,4 +280,62 @@ async fn reads_queued_with_a_panicking_read_answer_from_a_fresh_activation() {
     assert_eq!(r.add(1, 0).await.unwrap(), 8);
     assert_eq!(r.cached().await.unwrap(), 8);
     assert_eq!(r.stored().await.unwrap(), 8);
+}
+
+/// The files of object `name` of class `class` under the harness's data directory.
+fn remove_object_files(t: &TestHost, class: &str, name: &str) {
+    let id = durable::ObjectId::from_name(class, name);
+    let dir = t.data_dir().join("objects").join(class);
+    for suffix in ["", "-wal", "-shm"] {
+        let path = dir.join(format!("{id}.db{suffix}"));
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+/// A read that activates an evicted object runs its constructor without a writing
+/// batch's machinery only while the constructor writes nothing. This one writes at
+/// every activation: each read after an eviction must count one more activation (not
+/// two, not none), and those writes must be in the host log: the object rebuilt from
+/// the log alone counts them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_activates_an_object_logs_its_constructors_writes_once() {
+    let mut t = TestHost::start(|h| h.register::<Boots>()).await;
+    let b = t.get::<Boots>("b");
+    assert_eq!(b.activations().await.unwrap(), 1);
+    for n in 2..=4 {
+        assert!(t.evict::<Boots>("b").await);
+        assert_eq!(b.activations().await.unwrap(), n);
+        assert_eq!(
+            b.activations().await.unwrap(),
+            n,
+            "active: no new activation"
+        );
+    }
+    assert!(t.evict::<Boots>("b").await);
+    remove_object_files(&t, "Boots", "b");
+    t.crash().await;
+    let b = t.get::<Boots>("b");
+    // Rebuilt with its four activations, then activated a fifth time.
+    assert_eq!(b.activations().await.unwrap(), 5);
+}
+
+/// A read that activates an object whose constructor writes nothing answers from the
+/// stored state, and the object's later writes build on it (also once rebuilt from
+/// the host log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_activates_an_evicted_object_and_its_writes_go_on_from_there() {
+    let mut t = TestHost::start(|h| h.register::<Counter>()).await;
+    let c = t.get::<Counter>("c");
+    assert_eq!(c.increment(5).await.unwrap(), 5);
+    for n in [5, 6, 7] {
+        assert!(t.evict::<Counter>("c").await);
+        assert_eq!(c.get().await.unwrap(), n);
+        assert_eq!(c.increment(1).await.unwrap(), n + 1);
+    }
+    assert!(t.evict::<Counter>("c").await);
+    assert_eq!(c.get().await.unwrap(), 8);
+    assert!(t.evict::<Counter>("c").await);
+    remove_object_files(&t, "Counter", "c");
+    t.crash().await;
+    assert_eq!(t.get::<Counter>("c").get().await.unwrap(), 8);
 }

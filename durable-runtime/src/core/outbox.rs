@@ -33,6 +33,16 @@ pub(crate) struct Effects {
 }
 
 impl Effects {
+    /// Whether the turn asked for nothing beyond its reply.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.restore.is_none()
+            && !self.reset_instance
+            && !self.ship_image.get()
+            && !self.alarms_changed
+            && self.sockets.is_empty()
+            && self.streams.is_empty()
+    }
+
     /// Fold in the effects of a later turn of the same batch.
     pub(crate) fn absorb(&mut self, later: Effects) {
         if later.restore.is_some() {

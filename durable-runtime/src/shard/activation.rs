@@ -385,6 +385,42 @@ impl Object {
         }
     }
 
+    /// Activate for a batch of read-only calls the way such a batch then runs on an
+    /// active object: in a read transaction of its own, with none of a writing batch's
+    /// machinery (change capture, savepoints, request ids, a commit to hand to the
+    /// log). That holds only if the constructor writes nothing and asks for nothing
+    /// (no migration to apply, no alarm to set, no image to ship); otherwise the
+    /// transaction is rolled back, the instance dropped, and the batch activates as a
+    /// writing batch (the constructor runs again there, and its writes are logged).
+    /// Leaves `instance` set if the activation held.
+    pub(super) fn activate_to_read(&mut self) {
+        // An object new to the log ships an image with its first batch; one whose open
+        // transaction holds deferred batches activates inside it.
+        if self.txn_open || self.needs_image {
+            return;
+        }
+        let conn = self.conn.clone().expect("opened");
+        if conn.run("BEGIN").is_err() {
+            return;
+        }
+        let changes = conn.total_changes();
+        let activated = self.activate();
+        let wrote = conn.total_changes() != changes
+            || conn.is_autocommit()
+            || !matches!(
+                conn.transaction_state(Some(rusqlite::MAIN_DB)),
+                Ok(rusqlite::TransactionState::Read | rusqlite::TransactionState::None)
+            );
+        let held = matches!(&activated, Ok(effects) if effects.is_empty()) && !wrote;
+        if held && conn.run("COMMIT").is_ok() {
+            return;
+        }
+        if !conn.is_autocommit() {
+            let _ = conn.run("ROLLBACK");
+        }
+        self.instance = None;
+    }
+
     pub(super) fn activate(&mut self) -> Result<Effects, Response> {
         let ctx = self.ctx.as_mut().expect("opened");
         let activate = self.class.activate;

@@ -203,12 +203,13 @@ impl Object {
             }
             return (fail_all(batch, response), Vec::new());
         }
-        if !self.poisoned
-            && self.instance.is_some()
-            && batch
-                .iter()
-                .all(|w| matches!(w, Work::Call(c) if c.class.is_read(c.method)))
-        {
+        let reads_only = batch
+            .iter()
+            .all(|w| matches!(w, Work::Call(c) if c.class.is_read(c.method)));
+        if reads_only && !self.poisoned && self.instance.is_none() {
+            self.activate_to_read();
+        }
+        if reads_only && !self.poisoned && self.instance.is_some() {
             return self.run_reads(batch).await;
         }
         let capture = match self.begin() {
