@@ -8,6 +8,7 @@ use durable_client::{MethodInfo, ObjectClass};
 use serde::{de::DeserializeOwned, Serialize};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The future of one turn, borrowing the object and its context.
 pub type BoxTurn<'a> = Pin<Box<dyn Future<Output = TurnOutcome> + 'a>>;
@@ -325,6 +326,49 @@ pub(crate) struct ClassEntry {
     pub(crate) sockets: crate::sockets::SocketHandlers,
     /// Whether each remote method (by number) is read-only.
     pub(crate) reads: Vec<bool>,
+    /// How its objects' activations by read-only calls fared.
+    pub(crate) read_activations: ReadActivations,
+}
+
+/// How a class's objects fared when read-only calls activated them without a writing
+/// batch (`Object::activate_to_read`), so that a class whose constructor writes at
+/// every activation does not pay for a try that falls back each time: after
+/// [`ReadActivations::GIVE_UP`] fallbacks in a row, only one activation in
+/// [`ReadActivations::RETRY_EVERY`] tries (a constructor's writes may depend on the
+/// object's data).
+#[derive(Debug, Default)]
+pub(crate) struct ReadActivations {
+    /// Fallbacks since the last activation that held.
+    misses: AtomicU32,
+    /// Activations not tried since giving up.
+    skipped: AtomicU32,
+}
+
+impl ReadActivations {
+    /// Fallbacks in a row after which most activations do not try.
+    pub(crate) const GIVE_UP: u32 = 4;
+    /// Once given up, one activation in this many tries again.
+    pub(crate) const RETRY_EVERY: u32 = 64;
+
+    /// Whether the next activation by read-only calls should try.
+    pub(crate) fn worth_trying(&self) -> bool {
+        self.misses.load(Ordering::Relaxed) < Self::GIVE_UP
+            || self.skipped.fetch_add(1, Ordering::Relaxed) % Self::RETRY_EVERY
+                == Self::RETRY_EVERY - 1
+    }
+
+    /// A try held (`true`) or fell back.
+    pub(crate) fn record(&self, held: bool) {
+        if held {
+            self.misses.store(0, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .misses
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                    Some(m.saturating_add(1))
+                });
+        }
+    }
 }
 
 impl ClassEntry {
@@ -354,6 +398,7 @@ impl ClassEntry {
             reads: (0..T::METHODS.len())
                 .map(|i| T::READ_ONLY.contains(&i))
                 .collect(),
+            read_activations: ReadActivations::default(),
         }
     }
 }
@@ -374,4 +419,30 @@ pub(crate) fn read_in_turn<'a, T: Hosted>(
         drop(guard);
         outcome
     })
+}
+
+#[cfg(test)]
+mod read_activation_tests {
+    use super::ReadActivations;
+
+    #[test]
+    fn after_four_fallbacks_in_a_row_one_activation_in_sixty_four_tries_until_one_holds() {
+        let r = ReadActivations::default();
+        for _ in 0..ReadActivations::GIVE_UP {
+            assert!(r.worth_trying());
+            r.record(false);
+        }
+        let tries = (0..ReadActivations::RETRY_EVERY * 2)
+            .filter(|_| r.worth_trying())
+            .count();
+        assert_eq!(tries, 2);
+        // One that holds: every activation tries again.
+        r.record(true);
+        assert!((0..10).all(|_| r.worth_trying()));
+        // A fallback now and then is not a run of them.
+        r.record(false);
+        r.record(true);
+        r.record(false);
+        assert!(r.worth_trying());
+    }
 }

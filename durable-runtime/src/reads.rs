@@ -192,8 +192,9 @@ impl Reader {
         let name: Option<String> = rusqlite::OptionalExtension::optional(conn.query_row(
             "SELECT value FROM _durable_meta WHERE key = 'name'",
             [],
-            |r| r.get(0),
-        ))?;
+            |r| Ok(store::stored_name(r.get_ref(0)?)),
+        ))?
+        .flatten();
         let mut ctx = Context::new(conn, class, id, name);
         ctx.bookmarks = config.bookmarks.clone();
         ctx.clock = config.clock.clone();
@@ -441,6 +442,7 @@ mod tests {
                 close: false,
             },
             reads: Vec::new(),
+            read_activations: Default::default(),
         };
         let r = |o| response(o, &class, "m");
         assert!(matches!(r(TurnOutcome::Return(vec![1])), Response::Return(b) if b == [1]));

@@ -360,8 +360,10 @@ const COMMIT: &str = "COMMIT";
 const WRITE_IDENTITY: &str =
     "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('class', ?1), ('id', ?2)";
 
-/// Records the object's name, unless the file has one.
-const WRITE_NAME: &str = "INSERT OR IGNORE INTO _durable_meta(key, value) VALUES ('name', ?1)";
+/// Records the object's name (an open writes it only if the file has none it can read,
+/// see [`stored_name`]). Bound as the text's bytes: `value` has numeric affinity, which
+/// would store a name that looks like a number (`"123"`, `"007"`) as that number.
+const WRITE_NAME: &str = "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('name', ?1)";
 
 /// Record a new file's class and id in its runtime table.
 fn write_identity(conn: &Connection, class: &str, id: ObjectId) -> rusqlite::Result<()> {
@@ -372,8 +374,21 @@ fn write_identity(conn: &Connection, class: &str, id: ObjectId) -> rusqlite::Res
 
 /// Record the object's name, unless the file has one.
 fn write_name(conn: &Connection, name: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(WRITE_NAME)?.execute([name])?;
+    conn.prepare_cached(WRITE_NAME)?
+        .execute([name.as_bytes()])?;
     Ok(())
+}
+
+/// An object's name as its file stores it: text, or the bytes of the text (what
+/// [`write_name`] stores). `None` for none, or for a number: an earlier runtime stored
+/// names as text, and SQLite made those that look like numbers into numbers (`"007"`
+/// into 7), which cannot be read back; the next open that knows the name replaces it.
+pub(crate) fn stored_name(value: rusqlite::types::ValueRef<'_>) -> Option<String> {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Text(b) | ValueRef::Blob(b) => String::from_utf8(b.to_vec()).ok(),
+        _ => None,
+    }
 }
 
 /// Open a spare set's database ahead of a new object (see [`crate::spares`]): as
@@ -508,7 +523,7 @@ fn read_state(conn: &Connection) -> rusqlite::Result<State> {
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         match row.get_ref(0)?.as_str().unwrap_or_default() {
-            "name" => state.name = row.get(1)?,
+            "name" => state.name = stored_name(row.get_ref(1)?),
             "log_seq" => state.seq = row.get(1)?,
             "image_ms" => state.image_ms = row.get(1)?,
             "schema_version" => state.schema_version = row.get::<_, Option<i64>>(1)?.unwrap_or(0),
@@ -1086,10 +1101,11 @@ pub fn list_objects(data_dir: &Path) -> std::io::Result<Vec<(String, ObjectId, O
                 c.query_row(
                     "SELECT value FROM _durable_meta WHERE key = 'name'",
                     [],
-                    |r| r.get(0),
+                    |r| Ok(stored_name(r.get_ref(0)?)),
                 )
                 .optional()
                 .ok()
+                .flatten()
                 .flatten()
             });
             out.push((class_name.clone(), id, name));
@@ -1241,6 +1257,41 @@ mod tests {
             Some("n"),
             "the stored name, not asked for"
         );
+    }
+
+    #[test]
+    fn a_name_that_looks_like_a_number_is_stored_as_written_and_a_converted_one_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = ObjectId::random();
+        let (ctx, _) = open(dir.path(), "Counter", id, Some("007"), false, None).unwrap();
+        assert_eq!(ctx.name.as_deref(), Some("007"));
+        drop(ctx);
+        let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        assert!(opened.from_header);
+        assert_eq!(ctx.name.as_deref(), Some("007"));
+        // What an earlier runtime stored: the text, which the column made a number.
+        ctx.conn
+            .execute_batch("UPDATE _durable_meta SET value = '007' WHERE key = 'name'")
+            .unwrap();
+        let kind: String = ctx
+            .conn
+            .query_row(
+                "SELECT typeof(value) FROM _durable_meta WHERE key = 'name'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(kind, "integer");
+        drop(ctx);
+        // Unreadable as a name, not an error; the next open that knows the name fixes it.
+        let (ctx, _) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        assert_eq!(ctx.name, None);
+        drop(ctx);
+        let (ctx, _) = open(dir.path(), "Counter", id, Some("007"), false, None).unwrap();
+        assert_eq!(ctx.name.as_deref(), Some("007"));
+        drop(ctx);
+        let (ctx, _) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        assert_eq!(ctx.name.as_deref(), Some("007"));
     }
 
     #[test]
@@ -1479,7 +1530,7 @@ mod tests {
         let meta = |k: &str| -> String {
             ctx.conn
                 .query_row("SELECT value FROM _durable_meta WHERE key = ?1", [k], |r| {
-                    r.get(0)
+                    Ok(stored_name(r.get_ref(0)?).unwrap_or_default())
                 })
                 .unwrap()
         };

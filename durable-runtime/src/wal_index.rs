@@ -64,47 +64,61 @@ struct State {
 
 impl Drop for State {
     fn drop(&mut self) {
-        give_back(std::mem::take(&mut self.regions));
+        spare_regions().give_back(std::mem::take(&mut self.regions));
     }
 }
 
-/// The most regions kept for reuse (2 MiB): a closed file's index gives its regions
-/// back, and the next file opened takes one instead of new memory.
-const SPARE_REGIONS: usize = 64;
-
-fn spare_regions() -> &'static Mutex<Vec<Box<[u64]>>> {
-    static SPARE: OnceLock<Mutex<Vec<Box<[u64]>>>> = OnceLock::new();
-    SPARE.get_or_init(Default::default)
+/// Regions kept for reuse: a closed file's index gives its regions back, and the next
+/// file opened takes one instead of new memory. (New memory costs a page fault per 4
+/// KiB page as SQLite first writes it: with the allocation's own zeroing, about a
+/// twentieth of an activation's time on the shard.)
+struct SpareRegions {
+    regions: Mutex<Vec<Box<[u64]>>>,
+    /// The most regions kept.
+    cap: usize,
 }
 
-/// A zeroed region of `words` 8-byte words: a spare one cleared, else new memory.
-/// (New memory costs a page fault per 4 KiB page as SQLite first writes it: with the
-/// allocation's own zeroing, about a twentieth of an activation's time on the shard.)
-fn new_region(words: usize) -> Box<[u64]> {
-    let spare = {
-        let mut spare = spare_regions().lock().unwrap_or_else(|e| e.into_inner());
-        spare
-            .iter()
-            .rposition(|r| r.len() == words)
-            .map(|i| spare.swap_remove(i))
-    };
-    match spare {
-        Some(mut region) => {
-            region.fill(0);
-            region
+impl SpareRegions {
+    const fn new(cap: usize) -> SpareRegions {
+        SpareRegions {
+            regions: Mutex::new(Vec::new()),
+            cap,
         }
-        None => vec![0u64; words].into_boxed_slice(),
+    }
+
+    /// A zeroed region of `words` 8-byte words: a spare one cleared, else new memory.
+    fn take(&self, words: usize) -> Box<[u64]> {
+        let spare = {
+            let mut spare = self.regions.lock().unwrap_or_else(|e| e.into_inner());
+            spare
+                .iter()
+                .rposition(|r| r.len() == words)
+                .map(|i| spare.swap_remove(i))
+        };
+        match spare {
+            Some(mut region) => {
+                region.fill(0);
+                region
+            }
+            None => vec![0u64; words].into_boxed_slice(),
+        }
+    }
+
+    /// Keep `regions`, up to the cap; free the rest.
+    fn give_back(&self, regions: Vec<Box<[u64]>>) {
+        if regions.is_empty() {
+            return;
+        }
+        let mut spare = self.regions.lock().unwrap_or_else(|e| e.into_inner());
+        let room = self.cap.saturating_sub(spare.len());
+        spare.extend(regions.into_iter().take(room));
     }
 }
 
-/// Keep `regions` for [`new_region`], up to [`SPARE_REGIONS`]; free the rest.
-fn give_back(regions: Vec<Box<[u64]>>) {
-    if regions.is_empty() {
-        return;
-    }
-    let mut spare = spare_regions().lock().unwrap_or_else(|e| e.into_inner());
-    let room = SPARE_REGIONS.saturating_sub(spare.len());
-    spare.extend(regions.into_iter().take(room));
+/// The host's spare regions: up to 64 (2 MiB).
+fn spare_regions() -> &'static SpareRegions {
+    static SPARE: SpareRegions = SpareRegions::new(64);
+    &SPARE
 }
 
 type Key = (u64, u64);
@@ -506,7 +520,7 @@ unsafe extern "C" fn x_shm_map(
             if extend == 0 {
                 return ffi::SQLITE_OK;
             }
-            state.regions.push(new_region(size.div_ceil(8)));
+            state.regions.push(spare_regions().take(size.div_ceil(8)));
         }
         *pp = state.regions[region].as_mut_ptr() as *mut c_void;
         ffi::SQLITE_OK
@@ -599,23 +613,27 @@ mod tests {
 
     #[test]
     fn a_region_given_back_is_taken_again_cleared_and_the_spares_stay_bounded() {
-        // A size no index uses (theirs are 4096 words), so that tests running beside
-        // this one never take it.
+        let spares = SpareRegions::new(2);
         let region = vec![7u64; 3].into_boxed_slice();
         let at = region.as_ptr();
-        give_back(vec![region]);
-        let again = new_region(3);
+        spares.give_back(vec![region]);
+        // A pool of this test's own: no other test takes from it or fills it.
+        let again = spares.take(3);
         assert_eq!(again.as_ptr(), at, "the spare region is reused");
         assert!(again.iter().all(|&w| w == 0), "and cleared");
-        let fresh = new_region(3);
+        let fresh = spares.take(3);
         assert_ne!(fresh.as_ptr(), at);
         assert_eq!(fresh.len(), 3);
-        give_back(
-            (0..SPARE_REGIONS + 5)
-                .map(|_| vec![0u64; 2].into_boxed_slice())
-                .collect(),
+        // Only a region of the size asked for is taken.
+        spares.give_back(vec![vec![5u64; 4].into_boxed_slice()]);
+        assert_eq!(spares.take(3).len(), 3);
+        assert_eq!(spares.regions.lock().unwrap().len(), 1);
+        spares.give_back((0..5).map(|_| vec![0u64; 2].into_boxed_slice()).collect());
+        assert_eq!(
+            spares.regions.lock().unwrap().len(),
+            2,
+            "kept up to the cap"
         );
-        assert!(spare_regions().lock().unwrap().len() <= SPARE_REGIONS);
     }
 
     #[test]

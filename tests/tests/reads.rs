@@ -339,3 +339,22 @@ async fn a_read_activates_an_evicted_object_and_its_writes_go_on_from_there() {
     t.crash().await;
     assert_eq!(t.get::<Counter>("c").get().await.unwrap(), 8);
 }
+
+/// Object names that look like numbers (`"123"`, `"007"`) are stored as written:
+/// the object reopens after an eviction with the name it was called by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_named_like_a_number_reopens_under_its_name() {
+    let t = TestHost::start(|h| h.register::<Counter>()).await;
+    for name in ["123", "007", "1e3", "-0"] {
+        let c = t.get::<Counter>(name);
+        assert_eq!(c.increment(2).await.unwrap(), 2, "{name}");
+        assert!(t.evict::<Counter>(name).await);
+        assert_eq!(c.get().await.unwrap(), 2, "{name} read after an eviction");
+        assert!(t.evict::<Counter>(name).await);
+        assert_eq!(
+            c.increment(1).await.unwrap(),
+            3,
+            "{name} written after an eviction"
+        );
+    }
+}

@@ -35,12 +35,21 @@ pub(crate) struct Effects {
 impl Effects {
     /// Whether the turn asked for nothing beyond its reply.
     pub(crate) fn is_empty(&self) -> bool {
-        self.restore.is_none()
-            && !self.reset_instance
-            && !self.ship_image.get()
-            && !self.alarms_changed
-            && self.sockets.is_empty()
-            && self.streams.is_empty()
+        // Every field named: a new one must be decided on here.
+        let Effects {
+            restore,
+            reset_instance,
+            ship_image,
+            alarms_changed,
+            sockets,
+            streams,
+        } = self;
+        restore.is_none()
+            && !reset_instance
+            && !ship_image.get()
+            && !alarms_changed
+            && sockets.is_empty()
+            && streams.is_empty()
     }
 
     /// Fold in the effects of a later turn of the same batch.

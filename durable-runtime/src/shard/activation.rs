@@ -392,11 +392,14 @@ impl Object {
     /// (no migration to apply, no alarm to set, no image to ship); otherwise the
     /// transaction is rolled back, the instance dropped, and the batch activates as a
     /// writing batch (the constructor runs again there, and its writes are logged).
-    /// Leaves `instance` set if the activation held.
+    /// While the constructor runs, SQLite refuses every commit, so that not even one
+    /// that ends this transaction early (transaction control, which constructors must
+    /// not use) can put a write in the file that the log lacks. Leaves `instance` set
+    /// if the activation held.
     pub(super) fn activate_to_read(&mut self) {
         // An object new to the log ships an image with its first batch; one whose open
         // transaction holds deferred batches activates inside it.
-        if self.txn_open || self.needs_image {
+        if self.txn_open || self.needs_image || !self.class.read_activations.worth_trying() {
             return;
         }
         let conn = self.conn.clone().expect("opened");
@@ -404,15 +407,20 @@ impl Object {
             return;
         }
         let changes = conn.total_changes();
+        refuse_commits(&conn, true);
         let activated = self.activate();
+        refuse_commits(&conn, false);
         let wrote = conn.total_changes() != changes
             || conn.is_autocommit()
             || !matches!(
                 conn.transaction_state(Some(rusqlite::MAIN_DB)),
                 Ok(rusqlite::TransactionState::Read | rusqlite::TransactionState::None)
             );
-        let held = matches!(&activated, Ok(effects) if effects.is_empty()) && !wrote;
-        if held && conn.run("COMMIT").is_ok() {
+        let held = matches!(&activated, Ok(effects) if effects.is_empty())
+            && !wrote
+            && conn.run("COMMIT").is_ok();
+        self.class.read_activations.record(held);
+        if held {
             return;
         }
         if !conn.is_autocommit() {
@@ -514,5 +522,61 @@ impl Object {
         self.config
             .alarms
             .notify_due(self.class.name, self.id, Some(retry));
+    }
+}
+
+/// While `on`, SQLite refuses every commit on `conn` (a commit hook that vetoes it: the
+/// transaction is rolled back and the statement fails). The runtime sets no other
+/// commit hook.
+fn refuse_commits(conn: &crate::db::Db, on: bool) {
+    unsafe extern "C" fn veto(_: *mut std::ffi::c_void) -> std::ffi::c_int {
+        1
+    }
+    // SAFETY: the handle is `conn`'s, open; the hook takes no context and is removed
+    // (`None`) before the statement that ends the read transaction.
+    unsafe {
+        rusqlite::ffi::sqlite3_commit_hook(
+            conn.handle(),
+            on.then_some(veto as unsafe extern "C" fn(_) -> _),
+            std::ptr::null_mut(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuse_commits;
+    use crate::db::{Db, Statements};
+    use rusqlite::Connection;
+
+    #[test]
+    fn while_commits_are_refused_no_write_reaches_the_file_whatever_ends_the_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::new(Connection::open(dir.path().join("f.db")).unwrap());
+        db.execute_batch("CREATE TABLE t(x)").unwrap();
+        let count = |db: &Db| -> i64 {
+            db.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .unwrap()
+        };
+        db.run("BEGIN").unwrap();
+        refuse_commits(&db, true);
+        // A write that ends the transaction itself, and one in autocommit after it.
+        assert!(db
+            .execute_batch("INSERT INTO t VALUES (1); COMMIT")
+            .is_err());
+        assert!(db.is_autocommit(), "the refused commit rolled back");
+        assert!(db.execute("INSERT INTO t VALUES (2)", []).is_err());
+        refuse_commits(&db, false);
+        assert_eq!(count(&db), 0);
+        let other = Connection::open(dir.path().join("f.db")).unwrap();
+        assert_eq!(
+            other
+                .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+                .unwrap(),
+            0
+        );
+        // Off again: commits go through.
+        db.execute("INSERT INTO t VALUES (3)", []).unwrap();
+        assert_eq!(count(&db), 1);
     }
 }
