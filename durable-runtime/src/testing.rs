@@ -177,7 +177,17 @@ impl TestHost {
 impl Drop for TestHost {
     fn drop(&mut self) {
         self.client.close();
-        // The host's threads end with the process; its files go now.
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // The host's threads end with the process; its files go now. One of them may be
+        // making a new object's spare file in the directory meanwhile, and its removal
+        // then fails part way: try again (that thread makes files only in directories
+        // that exist, and waits a second after a failure).
+        for _ in 0..200 {
+            match std::fs::remove_dir_all(&self.dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => return,
+            }
+        }
     }
 }

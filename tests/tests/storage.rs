@@ -141,3 +141,22 @@ async fn an_object_past_its_size_limit_refuses_the_write_and_keeps_serving() {
     expect.sort();
     assert_eq!(p.blobs().await.unwrap(), expect);
 }
+
+/// A harness leaves nothing behind: its data directory goes when it is dropped, even
+/// while the host's background thread is making new objects' spare files in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_harness_removes_its_data_directory() {
+    for round in 0..8 {
+        let t = TestHost::start(|h| h.register::<Shelf>()).await;
+        // New objects take spare files, which the background thread then replaces.
+        for i in 0..24 {
+            t.get::<Shelf>(&format!("s{i}"))
+                .put_all(vec!["k".into()], 1)
+                .await
+                .unwrap();
+        }
+        let dir = t.data_dir().to_owned();
+        drop(t);
+        assert!(!dir.exists(), "round {round}: {} is left", dir.display());
+    }
+}
