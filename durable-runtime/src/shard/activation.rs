@@ -406,12 +406,12 @@ impl Object {
         if conn.run("BEGIN").is_err() {
             return;
         }
-        let changes = conn.total_changes();
         refuse_commits(&conn, true);
         let activated = self.activate();
         refuse_commits(&conn, false);
-        let wrote = conn.total_changes() != changes
-            || conn.is_autocommit()
+        // Any write, even one a savepoint rolled back, leaves a write transaction; one
+        // that ended the transaction was refused, which leaves none at all.
+        let wrote = conn.is_autocommit()
             || !matches!(
                 conn.transaction_state(Some(rusqlite::MAIN_DB)),
                 Ok(rusqlite::TransactionState::Read | rusqlite::TransactionState::None)
