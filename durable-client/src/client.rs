@@ -1,6 +1,10 @@
-//! The QUIC client: one connection per [`Client`], reused by every call, every call on
-//! the connection's pipe (a stream per call with hosts older than protocol version
-//! 3), transparent reconnects with the same request id, and a deadline per call.
+//! The QUIC client: one connection per [`Client`] to the host's address, reused by
+//! every call, every call on the connection's pipe (a stream per call with hosts older
+//! than protocol version 3), transparent reconnects with the same request id, and a
+//! deadline per call. A host with lanes (one endpoint per shard thread, see
+//! [`Response::Lanes`]) gets a connection per lane too, opened at first use: each call
+//! goes on the lane of the shard that owns its object, and on the first connection
+//! while that lane cannot be reached.
 //! A [`Client`] can also carry its calls over another [`Transport`] (a host in the
 //! same process: the test harness), with the same stubs.
 
@@ -21,6 +25,12 @@ const KEEP_ALIVE: Duration = Duration::from_millis(300);
 /// How long a connection may go without any packet from the host before it is
 /// declared dead.
 const IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long connecting to a lane may take before the call goes on the first
+/// connection instead.
+const LANE_CONNECT: Duration = Duration::from_millis(1000);
+/// How long a lane that could not be reached is left alone (its calls go on the first
+/// connection meanwhile).
+const LANE_RETRY: Duration = Duration::from_secs(5);
 
 /// How to reach and trust a host.
 #[derive(Clone)]
@@ -178,13 +188,48 @@ fn certificate_rejection(error: &quinn::ConnectionError) -> Option<ConnectError>
 struct Inner {
     endpoint: quinn::Endpoint,
     config: ClientConfig,
-    conn: RwLock<Option<quinn::Connection>>,
-    connecting: tokio::sync::Mutex<()>,
+    /// The connection to the host's address.
+    main: Arc<Lane>,
     /// The protocol version the host took in the hello: from
     /// [`wire::PIPE_VERSION`] on, calls go on the connection's pipe.
     version: AtomicU8,
+    /// The host's lanes, as its answer on the first connection with this stable id
+    /// named them (a new first connection asks again: a restarted host has new ones).
+    lanes: RwLock<Option<(usize, Lanes)>>,
+}
+
+/// The host's lanes, in shard order.
+type Lanes = Arc<Vec<Arc<Lane>>>;
+
+/// One address of the host, its connection and the connection's pipe.
+struct Lane {
+    addr: SocketAddr,
+    conn: RwLock<Option<quinn::Connection>>,
+    connecting: tokio::sync::Mutex<()>,
     pipe: Mutex<Option<Arc<Pipe>>>,
     opening_pipe: tokio::sync::Mutex<()>,
+    /// A lane that could not be reached is not tried again before this.
+    down_until: Mutex<Option<Instant>>,
+}
+
+impl Lane {
+    fn new(addr: SocketAddr) -> Lane {
+        Lane {
+            addr,
+            conn: RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            pipe: Mutex::new(None),
+            opening_pipe: tokio::sync::Mutex::new(()),
+            down_until: Mutex::new(None),
+        }
+    }
+
+    fn close(&self) {
+        if let Some(conn) = self.conn.write().unwrap().take() {
+            conn.close(0u32.into(), b"client closed");
+        }
+        self.pipe.lock().unwrap().take();
+    }
 }
 
 /// A future a [`Transport`] returns.
@@ -297,12 +342,10 @@ impl Client {
         endpoint.set_default_client_config(client_config);
         let inner = Arc::new(Inner {
             endpoint,
+            main: Arc::new(Lane::new(config.addr)),
             config,
-            conn: RwLock::new(None),
-            connecting: tokio::sync::Mutex::new(()),
             version: AtomicU8::new(wire::PROTOCOL_VERSION),
-            pipe: Mutex::new(None),
-            opening_pipe: tokio::sync::Mutex::new(()),
+            lanes: RwLock::new(None),
         });
         // The deadline bounds connecting too, not only calls.
         let deadline = inner.config.deadline;
@@ -360,10 +403,12 @@ impl Client {
     /// Close the connection (a client over another transport has none).
     pub fn close(&self) {
         if let Link::Quic(inner) = &self.link {
-            if let Some(conn) = inner.conn.write().unwrap().take() {
-                conn.close(0u32.into(), b"client closed");
+            inner.main.close();
+            if let Some((_, lanes)) = inner.lanes.write().unwrap().take() {
+                for lane in lanes.iter() {
+                    lane.close();
+                }
             }
-            inner.pipe.lock().unwrap().take();
         }
     }
 
@@ -422,15 +467,19 @@ impl Client {
 }
 
 async fn establish(inner: &Inner) -> Result<quinn::Connection, ConnectError> {
-    let _guard = inner.connecting.lock().await;
-    if let Some(conn) = current(inner) {
+    let main = &inner.main;
+    let _guard = main.connecting.lock().await;
+    if let Some(conn) = current(main) {
         return Ok(conn);
     }
     loop {
         let version = inner.version.load(Ordering::Acquire);
-        match connect_in(inner, version).await? {
+        match connect_in(inner, main.addr, version).await? {
             Some(conn) => {
-                *inner.conn.write().unwrap() = Some(conn.clone());
+                // Asked now, so that the first calls already use them (a failure is
+                // asked again by the next call).
+                let _ = refresh_lanes(inner, &conn).await;
+                *main.conn.write().unwrap() = Some(conn.clone());
                 return Ok(conn);
             }
             // A host older than this version: say hello again in the one before
@@ -445,12 +494,97 @@ async fn establish(inner: &Inner) -> Result<quinn::Connection, ConnectError> {
     }
 }
 
-/// Connect and say hello in protocol `version`; `None` if the host does not speak it.
-async fn connect_in(inner: &Inner, version: u8) -> Result<Option<quinn::Connection>, ConnectError> {
+/// Ask the host's lanes on its first connection `main` and keep them for it (none if
+/// the host names none, does not know the question, or speaks a protocol before
+/// pipes). Fails only if `main` is lost.
+async fn refresh_lanes(inner: &Inner, main: &quinn::Connection) -> Result<(), Exchange> {
+    let version = inner.version.load(Ordering::Acquire);
+    let lanes = if version >= wire::PIPE_VERSION {
+        let ask = wire::encode_frame_in(&Request::Lanes, version);
+        match exchange(main, &ask, inner.config.max_frame).await {
+            Ok(Response::Lanes(ports)) => ports
+                .into_iter()
+                .map(|port| Arc::new(Lane::new(SocketAddr::new(inner.config.addr.ip(), port))))
+                .collect(),
+            Ok(_) | Err(Exchange::Protocol(_)) => Vec::new(),
+            Err(lost) => return Err(lost),
+        }
+    } else {
+        Vec::new()
+    };
+    *inner.lanes.write().unwrap() = Some((main.stable_id(), Arc::new(lanes)));
+    Ok(())
+}
+
+/// Whether the lanes kept came with the first connection `main`.
+fn lanes_known(inner: &Inner, main: &quinn::Connection) -> bool {
+    matches!(&*inner.lanes.read().unwrap(), Some((id, _)) if *id == main.stable_id())
+}
+
+/// The lane to send `request` on: the one of the shard that owns its object, if the
+/// host has lanes, they came with the first connection `main`, and the lane is not
+/// left alone after failing; else the first connection's.
+fn lane_for(inner: &Inner, main: &quinn::Connection, request: &Request) -> Arc<Lane> {
+    let call = match request {
+        Request::Call(call) => call,
+        Request::ChainCall(chained) => &chained.call,
+        _ => return inner.main.clone(),
+    };
+    let lanes = inner.lanes.read().unwrap();
+    let Some((id, lanes)) = lanes.as_ref() else {
+        return inner.main.clone();
+    };
+    if *id != main.stable_id() || lanes.is_empty() {
+        return inner.main.clone();
+    }
+    let lane = &lanes[wire::lane_of(&call.class, &call.object, lanes.len())];
+    let down = *lane.down_until.lock().unwrap();
+    match down {
+        Some(until) if Instant::now() < until => inner.main.clone(),
+        _ => lane.clone(),
+    }
+}
+
+/// The connection of `lane` (not the first one), connected if it has none: `None` if
+/// it cannot be reached within [`LANE_CONNECT`] (the lane is then left alone for
+/// [`LANE_RETRY`]).
+async fn lane_connection(inner: &Inner, lane: &Lane) -> Option<quinn::Connection> {
+    if let Some(conn) = current(lane) {
+        return Some(conn);
+    }
+    let _guard = lane.connecting.lock().await;
+    if let Some(conn) = current(lane) {
+        return Some(conn);
+    }
+    // Calls that waited here while the last try failed go on the first connection.
+    if matches!(*lane.down_until.lock().unwrap(), Some(until) if Instant::now() < until) {
+        return None;
+    }
+    let version = inner.version.load(Ordering::Acquire);
+    let connected = tokio::time::timeout(LANE_CONNECT, connect_in(inner, lane.addr, version)).await;
+    match connected {
+        Ok(Ok(Some(conn))) => {
+            *lane.conn.write().unwrap() = Some(conn.clone());
+            Some(conn)
+        }
+        _ => {
+            *lane.down_until.lock().unwrap() = Some(Instant::now() + LANE_RETRY);
+            None
+        }
+    }
+}
+
+/// Connect to `addr` and say hello in protocol `version`; `None` if the host does not
+/// speak it.
+async fn connect_in(
+    inner: &Inner,
+    addr: SocketAddr,
+    version: u8,
+) -> Result<Option<quinn::Connection>, ConnectError> {
     let cfg = &inner.config;
     let conn = inner
         .endpoint
-        .connect(cfg.addr, &cfg.server_name)
+        .connect(addr, &cfg.server_name)
         .map_err(|e| ConnectError::Connect(e.to_string()))?
         .await
         .map_err(|e| {
@@ -484,13 +618,13 @@ async fn connect_in(inner: &Inner, version: u8) -> Result<Option<quinn::Connecti
     }
 }
 
-fn current(inner: &Inner) -> Option<quinn::Connection> {
-    let conn = inner.conn.read().unwrap().clone();
+fn current(lane: &Lane) -> Option<quinn::Connection> {
+    let conn = lane.conn.read().unwrap().clone();
     conn.filter(|c| c.close_reason().is_none())
 }
 
-fn forget(inner: &Inner, broken: &quinn::Connection) {
-    let mut slot = inner.conn.write().unwrap();
+fn forget(lane: &Lane, broken: &quinn::Connection) {
+    let mut slot = lane.conn.write().unwrap();
     if slot.as_ref().map(|c| c.stable_id()) == Some(broken.stable_id()) {
         *slot = None;
     }
@@ -522,7 +656,7 @@ async fn call_quic(
     let mut last_error = String::new();
     loop {
         let attempt = async {
-            let conn = match current(inner) {
+            let main = match current(&inner.main) {
                 Some(c) => c,
                 None => match establish(inner).await {
                     Ok(c) => c,
@@ -537,9 +671,28 @@ async fn call_quic(
                     }
                 },
             };
+            if !lanes_known(inner, &main) {
+                if let Err(Exchange::Lost(m)) = refresh_lanes(inner, &main).await {
+                    forget(&inner.main, &main);
+                    last_error = m;
+                    return None;
+                }
+            }
+            let mut lane = lane_for(inner, &main, request);
+            let conn = if Arc::ptr_eq(&lane, &inner.main) {
+                main
+            } else {
+                match lane_connection(inner, &lane).await {
+                    Some(conn) => conn,
+                    None => {
+                        lane = inner.main.clone();
+                        main
+                    }
+                }
+            };
             let version = inner.version.load(Ordering::Acquire);
             let answer = if version >= wire::PIPE_VERSION {
-                match pipe(inner, &conn).await {
+                match pipe(inner, &lane, &conn).await {
                     Ok(pipe) => pipe.call(request).await,
                     Err(e) => Err(e),
                 }
@@ -552,7 +705,13 @@ async fn call_quic(
                 Err(Exchange::Protocol(m)) => Some(Err(CallError::Protocol(m))),
                 Err(Exchange::Lost(m)) => {
                     if conn.close_reason().is_some() || version < wire::PIPE_VERSION {
-                        forget(inner, &conn);
+                        forget(&lane, &conn);
+                    }
+                    if !Arc::ptr_eq(&lane, &inner.main) {
+                        // A lane lost: perhaps the host is gone, and a restarted one
+                        // has other lanes. Ask again on the first connection, which
+                        // also tells whether the host is still there.
+                        inner.lanes.write().unwrap().take();
                     }
                     last_error = m;
                     None
@@ -579,23 +738,24 @@ async fn call_quic(
     }
 }
 
-/// The pipe of connection `conn`, opened if it has none (or its last one ended).
-async fn pipe(inner: &Inner, conn: &quinn::Connection) -> Result<Arc<Pipe>, Exchange> {
-    let usable = |inner: &Inner| {
-        let pipe = inner.pipe.lock().unwrap();
+/// The pipe of `lane`'s connection `conn`, opened if it has none (or its last one
+/// ended).
+async fn pipe(inner: &Inner, lane: &Lane, conn: &quinn::Connection) -> Result<Arc<Pipe>, Exchange> {
+    let usable = |lane: &Lane| {
+        let pipe = lane.pipe.lock().unwrap();
         pipe.as_ref()
             .filter(|p| p.conn_id() == conn.stable_id() && !p.is_closed())
             .cloned()
     };
-    if let Some(pipe) = usable(inner) {
+    if let Some(pipe) = usable(lane) {
         return Ok(pipe);
     }
-    let _opening = inner.opening_pipe.lock().await;
-    if let Some(pipe) = usable(inner) {
+    let _opening = lane.opening_pipe.lock().await;
+    if let Some(pipe) = usable(lane) {
         return Ok(pipe);
     }
     let pipe = Arc::new(Pipe::open(conn, inner.config.max_frame).await?);
-    *inner.pipe.lock().unwrap() = Some(pipe.clone());
+    *lane.pipe.lock().unwrap() = Some(pipe.clone());
     Ok(pipe)
 }
 
@@ -687,7 +847,9 @@ impl ObjectRef {
                     .map_err(|e| CallError::Protocol(format!("decoding the error: {e}")))?,
             )),
             Response::Error(e) => Err(e.into()),
-            Response::Welcome => Err(CallError::Protocol("unexpected Welcome".into())),
+            Response::Welcome | Response::Lanes(_) => {
+                Err(CallError::Protocol("unexpected answer to a call".into()))
+            }
         }
     }
 
@@ -776,7 +938,7 @@ impl Client {
             stream: stream.to_owned(),
             after,
         });
-        let conn = match current(inner) {
+        let conn = match current(&inner.main) {
             Some(c) => c,
             None => establish(inner).await.map_err(|e| match e {
                 ConnectError::Unauthenticated | ConnectError::CertificateRejected(_) => {
@@ -788,7 +950,7 @@ impl Client {
         let frame = wire::encode_frame_in(&request, inner.version.load(Ordering::Acquire));
         let lost = |e: &dyn std::fmt::Display| CallError::ConnectionLost(e.to_string());
         let (mut send, recv) = conn.open_bi().await.map_err(|e| {
-            forget(inner, &conn);
+            forget(&inner.main, &conn);
             lost(&e)
         })?;
         send.write_all(&frame).await.map_err(|e| lost(&e))?;

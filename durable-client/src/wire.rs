@@ -50,6 +50,10 @@ pub enum Request {
     /// carries any number of [`PipeCall`] frames, answered by [`PipeReply`] frames in
     /// the order the calls finish. The host sends nothing for this frame itself.
     Pipe,
+    /// Ask for the host's lanes (protocol version 3, on a stream of its own after the
+    /// hello): answered with [`Response::Lanes`]. A host that predates lanes answers
+    /// an error; the client then sends every call on its first connection.
+    Lanes,
 }
 
 /// One call on a pipe ([`Request::Pipe`]): `request` is a [`Request::Call`] or a
@@ -210,6 +214,27 @@ pub enum Response {
     AppError(Vec<u8>),
     /// The framework could not complete the call.
     Error(WireError),
+    /// The answer to [`Request::Lanes`]: the UDP ports of the host's lanes, one per
+    /// shard thread, in shard order (empty if the host has none). A lane is an
+    /// endpoint served by the shard thread itself: a call sent on the lane of the
+    /// shard that owns its object ([`lane_of`]) is read, run and answered on one
+    /// thread, without a hand-off between threads. Lanes take the same hello and the
+    /// same requests as the host's address; any call may go to any of them.
+    Lanes(Vec<u16>),
+}
+
+/// The lane (the index into [`Response::Lanes`]) of the shard that owns object `id`
+/// of `class` on a host of `lanes` shards; `0` if `lanes` is `0`.
+pub fn lane_of(class: &str, id: &ObjectId, lanes: usize) -> usize {
+    if lanes == 0 {
+        return 0;
+    }
+    let b = id.as_bytes();
+    let fnv = class.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    let h = u64::from_le_bytes(b[..8].try_into().expect("8 bytes")) ^ fnv;
+    (h % lanes as u64) as usize
 }
 
 /// Framework errors on the wire.

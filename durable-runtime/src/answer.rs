@@ -69,6 +69,7 @@ impl Edge {
             Request::Hello { .. } => malformed("hello on an authenticated connection"),
             Request::Pipe => malformed("a pipe needs protocol version 3, and opens a stream"),
             Request::Follow(_) => malformed("a follow needs a stream of its own"),
+            Request::Lanes => malformed("lanes are asked on a stream of their own"),
         };
         for_version(response, version)
     }

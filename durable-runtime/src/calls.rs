@@ -326,7 +326,7 @@ impl Calls {
                 Err(WireError::Internal { message })
             }
             Response::Error(e) => Err(e),
-            Response::Welcome => Err(WireError::Internal {
+            Response::Welcome | Response::Lanes(_) => Err(WireError::Internal {
                 message: "unexpected answer".into(),
             }),
         }

@@ -37,6 +37,12 @@ enum Command {
         /// (default: number of CPUs). See "Sizing a host" in docs/operations.md.
         #[arg(long, env = "DURABLE_NET_THREADS")]
         net_threads: Option<usize>,
+        /// The shard threads' own QUIC endpoints ("lanes"), where the Rust client
+        /// sends each call to the thread that owns its object: `auto` (ports the
+        /// system picks, on the --listen address), a first port (one per shard from
+        /// it), or `off`. See "Lanes" in docs/clients.md.
+        #[arg(long, env = "DURABLE_LANES", default_value = "auto")]
+        lanes: crate::host::Lanes,
         /// Calls that may wait per object before callers get Overloaded.
         #[arg(long, env = "DURABLE_MAX_QUEUE", default_value_t = 1024)]
         max_queue: usize,
@@ -286,6 +292,7 @@ where
             listen,
             shards,
             net_threads,
+            lanes,
             max_queue,
             max_frame,
             tls_names,
@@ -361,7 +368,7 @@ where
                 if let Some(pem) = client_ca {
                     host = host.client_ca(pem);
                 }
-                host = host.require_client_cert(require_client_cert);
+                host = host.require_client_cert(require_client_cert).lanes(lanes);
                 if let Some(addr) = http {
                     host = host.http(addr);
                 }

@@ -186,6 +186,37 @@ fn active_cap(requested: usize, fds: u64, sockets: u64) -> usize {
     }
 }
 
+/// Where a host's lanes listen: one QUIC endpoint per shard thread, served by that
+/// thread, beside the host's address (see `docs/clients.md`, "Lanes"). The Rust client
+/// learns their ports after its hello and sends each call on the lane of the shard
+/// that owns the object, which saves the call two hand-offs between threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lanes {
+    /// On the host's IP address, at ports the system picks (the default).
+    #[default]
+    Auto,
+    /// On the host's IP address, at this port and the ones after it, one per shard.
+    From(u16),
+    /// No lanes: every call comes in at the host's address.
+    Off,
+}
+
+impl std::str::FromStr for Lanes {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Lanes, String> {
+        match s {
+            "auto" => Ok(Lanes::Auto),
+            "off" => Ok(Lanes::Off),
+            port => port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .map(Lanes::From)
+                .ok_or_else(|| format!("expected auto, off or a first port number, got {s:?}")),
+        }
+    }
+}
+
 /// How committed writes are made durable before replies leave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DurabilityMode {
@@ -214,6 +245,7 @@ pub struct Host {
     http: Option<SocketAddr>,
     http_auth: Option<HttpAuth>,
     pages: Pages,
+    lanes: Lanes,
     /// The first invalid page path, reported by [`Host::start`].
     page_error: Option<String>,
 }
@@ -256,8 +288,15 @@ impl Host {
             http: None,
             http_auth: None,
             pages: Pages::default(),
+            lanes: Lanes::default(),
             page_error: None,
         }
+    }
+
+    /// Where the host's lanes listen ([`Lanes::Auto`] unless set).
+    pub fn lanes(mut self, lanes: Lanes) -> Self {
+        self.lanes = lanes;
+        self
     }
 
     /// Also serve the HTTP/JSON gateway on this TCP address (off by default):
@@ -617,6 +656,7 @@ impl Host {
         transport.max_concurrent_bidi_streams(1u32.into());
         transport.max_concurrent_uni_streams(0u32.into());
         server_config.transport_config(Arc::new(transport));
+        let lane_config = server_config.clone();
         let endpoint = quinn::Endpoint::server(server_config, self.listen)
             .map_err(|e| HostError::io(format!("binding {}", self.listen), e))?;
         let local_addr = endpoint
@@ -732,7 +772,9 @@ impl Host {
                 .map_err(|e| HostError::io("starting the HTTP gateway", e))
             })
             .transpose()?;
+        let lane_sockets = bind_lanes(self.lanes, local_addr.ip(), limits.shards)?;
         let server = Arc::new(Server {
+            lanes: lane_sockets.iter().map(|(_, addr)| addr.port()).collect(),
             edge: crate::answer::Edge::new(calls.clone(), limits.max_frame),
             token: tls.token,
             caller: Arc::new(Caller("host-token".into())),
@@ -743,17 +785,24 @@ impl Host {
             ),
             hub: streams.clone(),
         });
-        let acceptor = tokio::spawn(server.clone().accept_loop(endpoint.clone()));
+        let acceptor = tokio::spawn(
+            server
+                .clone()
+                .accept_loop(endpoint.clone(), crate::answer::MAX_STREAMS),
+        );
+        let lanes = start_lanes(&shards, &server, lane_config, lane_sockets).await?;
         tracing::info!(
             addr = %local_addr,
             data_dir = %self.data_dir.display(),
             shards = limits.shards,
             network_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+            lanes = ?server.lanes,
             log_writes = %host_log.as_ref().map_or("none", |l| l.writes()),
             "host started"
         );
         Ok(RunningHost {
             endpoint,
+            lanes,
             server,
             gateway,
             calls,
@@ -770,6 +819,75 @@ impl Host {
     }
 }
 
+/// Bind the UDP sockets of `shards` lanes on `ip` (none with [`Lanes::Off`]).
+fn bind_lanes(
+    lanes: Lanes,
+    ip: std::net::IpAddr,
+    shards: usize,
+) -> Result<Vec<(std::net::UdpSocket, SocketAddr)>, HostError> {
+    let first = match lanes {
+        Lanes::Off => return Ok(Vec::new()),
+        Lanes::Auto => None,
+        Lanes::From(port) => Some(port),
+    };
+    (0..shards)
+        .map(|i| {
+            let port = match first {
+                None => 0,
+                Some(p) => u16::try_from(usize::from(p) + i).map_err(|_| {
+                    HostError::Config(format!("--lanes {p}: {shards} lanes run past port 65535"))
+                })?,
+            };
+            let addr = SocketAddr::new(ip, port);
+            let socket = std::net::UdpSocket::bind(addr)
+                .map_err(|e| HostError::io(format!("binding lane {i} at {addr}"), e))?;
+            let bound = socket
+                .local_addr()
+                .map_err(|e| HostError::io("reading a lane's bound address", e))?;
+            Ok((socket, bound))
+        })
+        .collect()
+}
+
+/// Make each lane's endpoint on its shard's thread and start accepting there.
+async fn start_lanes(
+    shards: &Shards,
+    server: &Arc<Server>,
+    config: quinn::ServerConfig,
+    sockets: Vec<(std::net::UdpSocket, SocketAddr)>,
+) -> Result<Vec<quinn::Endpoint>, HostError> {
+    let mut made = Vec::with_capacity(sockets.len());
+    for (i, (socket, addr)) in sockets.into_iter().enumerate() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let server = server.clone();
+        let config = config.clone();
+        let setup = Box::new(move || {
+            let endpoint = quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(config),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            );
+            if let Ok(endpoint) = &endpoint {
+                // Spawned from the shard's thread: the endpoint's connections, streams
+                // and pipes are tasks of the shard's runtime.
+                tokio::spawn(server.accept_loop(endpoint.clone(), crate::server::LANE_STREAMS));
+            }
+            let _ = tx.send(endpoint);
+        });
+        let stopped = || std::io::Error::other("the shard stopped");
+        let made_one = match shards.run_on(i, setup) {
+            Ok(()) => rx.await.map_err(|_| stopped()),
+            Err(()) => Err(stopped()),
+        };
+        let endpoint = made_one
+            .and_then(|e| e)
+            .map_err(|e| HostError::io(format!("starting lane {i} at {addr}"), e))?;
+        made.push(endpoint);
+    }
+    Ok(made)
+}
+
 /// `DATA_DIR/running`: present while a host runs (see [`Host::start`]).
 fn running_marker(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("running")
@@ -779,6 +897,8 @@ fn running_marker(data_dir: &std::path::Path) -> PathBuf {
 #[derive(Debug)]
 pub struct RunningHost {
     endpoint: quinn::Endpoint,
+    /// The lanes' endpoints, in shard order.
+    lanes: Vec<quinn::Endpoint>,
     server: Arc<Server>,
     gateway: Option<Gateway>,
     calls: Arc<Calls>,
@@ -829,6 +949,14 @@ impl RunningHost {
     /// The address the host listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The addresses of the host's lanes, in shard order (empty with [`Lanes::Off`]).
+    pub fn lane_addrs(&self) -> Vec<SocketAddr> {
+        self.lanes
+            .iter()
+            .filter_map(|e| e.local_addr().ok())
+            .collect()
     }
 
     /// The TCP address the HTTP gateway listens on, if [`Host::http`] turned it on.
@@ -894,8 +1022,16 @@ impl RunningHost {
             gateway.abort().await;
         }
         self.endpoint.close(0u32.into(), b"host shutting down");
+        for lane in &self.lanes {
+            lane.close(0u32.into(), b"host shutting down");
+        }
         if clean {
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+            let idle = futures_util::future::join_all(
+                std::iter::once(&self.endpoint)
+                    .chain(&self.lanes)
+                    .map(|e| e.wait_idle()),
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(2), idle).await;
         }
         self.acceptor.abort();
         let _ = self.acceptor.await;

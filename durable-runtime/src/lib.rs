@@ -64,7 +64,7 @@ pub use clock::{Clock, SystemClock, VirtualClock};
 pub use context::{Context, ListOptions, Sql, Storage, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 pub use error::{Error, ErrorKind, HostError};
 pub use gateway::{Deny, HttpAuth};
-pub use host::{DurabilityMode, Host, Limits, RunningHost, DEFAULT_MAX_OBJECT_BYTES};
+pub use host::{DurabilityMode, Host, Lanes, Limits, RunningHost, DEFAULT_MAX_OBJECT_BYTES};
 pub use log::recovery::RecoveryReport;
 pub use log::{LogConfig, LogRecord, RecordKind, TailProblem};
 pub use placement::{Owner, Placement, SingleHost};

@@ -1,4 +1,5 @@
-//! The QUIC edge: accepts connections, checks the token on each connection's first
+//! The QUIC edge: accepts connections (on the host's address, and on each shard's lane,
+//! where the same code runs on the shard's thread), checks the token on each connection's first
 //! stream (or takes the client certificate rustls verified in the handshake instead),
 //! reads one request frame per stream, hands the call to the host's transport-neutral
 //! entry ([`crate::calls::Calls`]) and writes the reply. A stream that opens with
@@ -6,7 +7,7 @@
 //! Nothing a peer sends can panic or stop the host: every failure is a typed reply
 //! or a closed stream.
 
-use crate::answer::{Edge, ACK_WAIT, MAX_STREAMS, QUIET, READ_TIMEOUT};
+use crate::answer::{Edge, ACK_WAIT, QUIET, READ_TIMEOUT};
 use crate::calls::Caller;
 use crate::follow::{self, Out, Refused};
 use durable_client::wire::{
@@ -30,6 +31,12 @@ const MAX_PIPES: usize = 8;
 /// The stream error code of a pipe refused past [`MAX_PIPES`].
 const PIPES_REFUSED: u32 = 2;
 
+/// Streams a lane's authenticated connection may have open at once: its pipes and a
+/// few more. Quinn sizes a connection's stream state by this limit, and a client has a
+/// connection per lane (calls on a lane go on a pipe; streams of one call each, and
+/// follows, on the host's address).
+pub(crate) const LANE_STREAMS: u32 = 16;
+
 pub(crate) struct Server {
     /// What streams and pipes share: the entry, the frame limit, the count of streams
     /// in flight, the stopping signal.
@@ -42,17 +49,21 @@ pub(crate) struct Server {
     pub(crate) auth: AuthLimits,
     /// The followers of the host's streams.
     pub(crate) hub: Arc<crate::streams::Hub>,
+    /// The UDP ports of the host's lanes, in shard order (see [`Response::Lanes`]).
+    pub(crate) lanes: Vec<u16>,
 }
 
 impl Server {
-    pub(crate) async fn accept_loop(self: Arc<Self>, endpoint: quinn::Endpoint) {
+    /// Accept `endpoint`'s connections; each may open `streams` streams at once once
+    /// authenticated.
+    pub(crate) async fn accept_loop(self: Arc<Self>, endpoint: quinn::Endpoint, streams: u32) {
         while let Some(incoming) = endpoint.accept().await {
             let server = self.clone();
-            tokio::spawn(async move { server.connection(incoming).await });
+            tokio::spawn(async move { server.connection(incoming, streams).await });
         }
     }
 
-    async fn connection(self: Arc<Self>, incoming: quinn::Incoming) {
+    async fn connection(self: Arc<Self>, incoming: quinn::Incoming, streams: u32) {
         let ip = incoming.remote_address().ip();
         let Some(pending) = self.auth.admit(ip) else {
             // Too many connections waiting to authenticate: refuse before the handshake.
@@ -78,7 +89,7 @@ impl Server {
             }
         };
         if ok {
-            conn.set_max_concurrent_bi_streams(MAX_STREAMS.into());
+            conn.set_max_concurrent_bi_streams(streams.into());
         }
         if !ok {
             // Let the rejection reach the client, then close.
@@ -163,6 +174,7 @@ impl Server {
                 pipes.fetch_sub(1, Ordering::AcqRel);
                 return;
             }
+            Ok((Request::Lanes, v)) => (Response::Lanes(self.lanes.clone()), v),
             Ok((request, v)) => (self.edge.answer(request, v, caller).await, v),
             Err(e) => (Response::Error(e.into()), wire::MIN_PROTOCOL_VERSION),
         };

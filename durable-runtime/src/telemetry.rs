@@ -167,7 +167,7 @@ fn describe() {
 pub(crate) fn outcome(response: &durable_client::wire::Response) -> &'static str {
     use durable_client::wire::{Response, WireError};
     match response {
-        Response::Return(_) | Response::Welcome => "ok",
+        Response::Return(_) | Response::Welcome | Response::Lanes(_) => "ok",
         Response::AppError(_) => "app_error",
         Response::Error(e) => match e {
             WireError::Unauthenticated => "unauthenticated",

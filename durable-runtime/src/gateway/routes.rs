@@ -276,7 +276,7 @@ async fn try_call(
             Err(ApiError::application(body))
         }
         Answer::Error(e) => Err(ApiError::wire(e)),
-        Answer::Welcome => Err(ApiError::new(
+        Answer::Welcome | Answer::Lanes(_) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "unexpected answer",

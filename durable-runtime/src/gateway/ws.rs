@@ -210,7 +210,7 @@ async fn run(
 /// back and its effects dropped, the socket stays), or the close code and reason.
 fn judge(answer: Answer, refused: &str) -> Result<(), (u16, String)> {
     match answer {
-        Answer::Return(_) | Answer::Welcome => Ok(()),
+        Answer::Return(_) | Answer::Welcome | Answer::Lanes(_) => Ok(()),
         Answer::AppError(_) if refused.is_empty() => Ok(()),
         Answer::AppError(_) => Err((CLOSE_REFUSED, refused.to_owned())),
         Answer::Error(WireError::BadArguments { message }) => Err((CLOSE_REFUSED, message)),

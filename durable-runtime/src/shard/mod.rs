@@ -1,6 +1,9 @@
 //! Shards: a few threads, each with a single-threaded executor that owns its objects,
 //! their SQLite connections and their queues. An object is pinned to one shard by its
-//! id, so turns need no locks; the network runtime only moves frames in and out.
+//! id ([`durable_client::wire::lane_of`]), so turns need no locks; the network runtime
+//! only moves frames in and out. Each shard's executor also serves the shard's *lane*
+//! (its own QUIC endpoint, started through [`Shards::run_on`]): a call that comes in on
+//! the lane of its object's shard never leaves that thread.
 //!
 //! Each object runs one task that takes the calls waiting in its bounded queue as a
 //! batch: one SQLite transaction, one savepoint per call (a failing call rolls back
@@ -56,6 +59,8 @@ pub(crate) enum Message {
     Evict(&'static str, ObjectId, oneshot::Sender<bool>),
     /// Finish queued work (or, with `false`, drop it as a crash would) and stop.
     Close(bool),
+    /// Run this on the shard's thread, in its runtime (see [`Shards::run_on`]).
+    Run(Box<dyn FnOnce() + Send>),
 }
 
 impl Shards {
@@ -121,10 +126,15 @@ impl Shards {
         id: ObjectId,
         message: Message,
     ) -> Result<(), Box<Message>> {
-        let b = id.as_bytes();
-        let h = u64::from_le_bytes(b[..8].try_into().unwrap()) ^ fnv(class.as_bytes());
-        let shard = (h % self.senders.len() as u64) as usize;
+        let shard = durable_client::wire::lane_of(class, &id, self.senders.len());
         self.senders[shard].send(message).map_err(|e| Box::new(e.0))
+    }
+
+    /// Run `setup` on shard `i`'s thread, inside its runtime (a lane's endpoint is
+    /// made there, so that its tasks run on that thread). Gives it back if the shard
+    /// has stopped.
+    pub(crate) fn run_on(&self, i: usize, setup: Box<dyn FnOnce() + Send>) -> Result<(), ()> {
+        self.senders[i].send(Message::Run(setup)).map_err(|_| ())
     }
 
     /// Stop taking calls, finish every queued one (or drop them all, with `drain`
@@ -138,12 +148,6 @@ impl Shards {
             let _ = t.join();
         }
     }
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ *b as u64).wrapping_mul(0x100000001b3)
-    })
 }
 
 fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) -> Rc<Slot> {
@@ -259,6 +263,10 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
         let (class, id, work) = match message {
             None => break true,
             Some(Message::Close(drain)) => break drain,
+            Some(Message::Run(setup)) => {
+                setup();
+                continue;
+            }
             Some(Message::Call(call)) => {
                 // A read-only call to a busy object runs at once on its reader. An idle
                 // object (nothing running, queued or waiting for its sync) takes it as a

@@ -171,6 +171,14 @@ pub async fn raw_connection(host: &HostProcess) -> quinn::Connection {
 pub async fn try_raw_connection(
     host: &HostProcess,
 ) -> Result<quinn::Connection, quinn::ConnectionError> {
+    raw_connection_to(host, host.addr).await
+}
+
+/// A raw QUIC connection to `addr`, trusting `host`'s CA (one of its lanes).
+pub async fn raw_connection_to(
+    host: &HostProcess,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
     let ca = std::fs::read(host.data_dir.join("tls/ca.pem")).unwrap();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
@@ -186,7 +194,7 @@ pub async fn try_raw_connection(
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    endpoint.connect(host.addr, "localhost").unwrap().await
+    endpoint.connect(addr, "localhost").unwrap().await
 }
 
 /// Send `bytes` on a new stream of `conn` and read the whole answer.
