@@ -25,12 +25,12 @@ const KEEP_ALIVE: Duration = Duration::from_millis(300);
 /// How long a connection may go without any packet from the host before it is
 /// declared dead.
 const IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
-/// How long connecting to a lane may take before the call goes on the first
-/// connection instead.
-const LANE_CONNECT: Duration = Duration::from_millis(1000);
+/// How long connecting to a lane may take before it counts as unreachable.
+const LANE_CONNECT: Duration = Duration::from_secs(3);
 /// How long a lane that could not be reached is left alone (its calls go on the first
-/// connection meanwhile).
+/// connection meanwhile); doubled after each failure in a row, up to [`LANE_RETRY_MAX`].
 const LANE_RETRY: Duration = Duration::from_secs(5);
+const LANE_RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// How to reach and trust a host.
 #[derive(Clone)]
@@ -210,6 +210,10 @@ struct Lane {
     opening_pipe: tokio::sync::Mutex<()>,
     /// A lane that could not be reached is not tried again before this.
     down_until: Mutex<Option<Instant>>,
+    /// Lanes only: a connection is being made in the background.
+    opening: std::sync::atomic::AtomicBool,
+    /// Lanes only: tries to connect that failed in a row.
+    failures: std::sync::atomic::AtomicU32,
 }
 
 impl Lane {
@@ -221,6 +225,8 @@ impl Lane {
             pipe: Mutex::new(None),
             opening_pipe: tokio::sync::Mutex::new(()),
             down_until: Mutex::new(None),
+            opening: Default::default(),
+            failures: Default::default(),
         }
     }
 
@@ -545,33 +551,36 @@ fn lane_for(inner: &Inner, main: &quinn::Connection, request: &Request) -> Arc<L
     }
 }
 
-/// The connection of `lane` (not the first one), connected if it has none: `None` if
-/// it cannot be reached within [`LANE_CONNECT`] (the lane is then left alone for
-/// [`LANE_RETRY`]).
-async fn lane_connection(inner: &Inner, lane: &Lane) -> Option<quinn::Connection> {
+/// The connection of `lane` (not the first one), if it has one. If not, one is made in
+/// the background (no call waits for it: they go on the first connection until it is
+/// there); a lane that cannot be reached within [`LANE_CONNECT`] is left alone for
+/// [`LANE_RETRY`], twice as long after each failure in a row.
+fn lane_connection(inner: &Arc<Inner>, lane: &Arc<Lane>) -> Option<quinn::Connection> {
     if let Some(conn) = current(lane) {
         return Some(conn);
     }
-    let _guard = lane.connecting.lock().await;
-    if let Some(conn) = current(lane) {
-        return Some(conn);
-    }
-    // Calls that waited here while the last try failed go on the first connection.
-    if matches!(*lane.down_until.lock().unwrap(), Some(until) if Instant::now() < until) {
+    if lane.opening.swap(true, Ordering::AcqRel) {
         return None;
     }
-    let version = inner.version.load(Ordering::Acquire);
-    let connected = tokio::time::timeout(LANE_CONNECT, connect_in(inner, lane.addr, version)).await;
-    match connected {
-        Ok(Ok(Some(conn))) => {
-            *lane.conn.write().unwrap() = Some(conn.clone());
-            Some(conn)
+    let (inner, lane) = (inner.clone(), lane.clone());
+    tokio::spawn(async move {
+        let version = inner.version.load(Ordering::Acquire);
+        let connected =
+            tokio::time::timeout(LANE_CONNECT, connect_in(&inner, lane.addr, version)).await;
+        match connected {
+            Ok(Ok(Some(conn))) => {
+                lane.failures.store(0, Ordering::Release);
+                *lane.conn.write().unwrap() = Some(conn);
+            }
+            _ => {
+                let failures = lane.failures.fetch_add(1, Ordering::AcqRel).min(16);
+                let wait = LANE_RETRY.saturating_mul(1 << failures).min(LANE_RETRY_MAX);
+                *lane.down_until.lock().unwrap() = Some(Instant::now() + wait);
+            }
         }
-        _ => {
-            *lane.down_until.lock().unwrap() = Some(Instant::now() + LANE_RETRY);
-            None
-        }
-    }
+        lane.opening.store(false, Ordering::Release);
+    });
+    None
 }
 
 /// Connect to `addr` and say hello in protocol `version`; `None` if the host does not
@@ -633,7 +642,7 @@ fn forget(lane: &Lane, broken: &quinn::Connection) {
 /// Send one call over QUIC and wait for its response, reconnecting and resending with
 /// the same request id until `deadline`.
 async fn call_quic(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     request: &Request,
     deadline: Instant,
 ) -> Result<Response, CallError> {
@@ -682,7 +691,7 @@ async fn call_quic(
             let conn = if Arc::ptr_eq(&lane, &inner.main) {
                 main
             } else {
-                match lane_connection(inner, &lane).await {
+                match lane_connection(inner, &lane) {
                     Some(conn) => conn,
                     None => {
                         lane = inner.main.clone();

@@ -123,3 +123,77 @@ async fn a_client_keeps_calling_across_a_restart_that_moves_the_lanes() {
         assert_eq!(client.get::<Counter>(name).increment(1).await.unwrap(), 2);
     }
 }
+
+/// Forward UDP datagrams from `listen` to `to` and back (one socket toward `to` per
+/// peer): the host's address seen through a port mapping, which its lanes are not.
+async fn relay(listen: SocketAddr, to: SocketAddr) -> SocketAddr {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use tokio::net::UdpSocket;
+    let front = Arc::new(UdpSocket::bind(listen).await.unwrap());
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut peers: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let Ok((n, peer)) = front.recv_from(&mut buf).await else {
+                return;
+            };
+            let back = match peers.get(&peer) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                    s.connect(to).await.unwrap();
+                    let (s2, front) = (s.clone(), front.clone());
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 65_536];
+                        while let Ok(n) = s2.recv(&mut buf).await {
+                            let _ = front.send_to(&buf[..n], peer).await;
+                        }
+                    });
+                    peers.insert(peer, s.clone());
+                    s
+                }
+            };
+            let _ = back.send(&buf[..n]).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_the_client_cannot_reach_cost_its_calls_no_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &["--shards", "2"]);
+    assert_eq!(lanes_of(&host).await.len(), 2);
+    // The client reaches the host at 127.0.0.2 through the relay; the lanes it is told
+    // of are at 127.0.0.2 too, where nothing listens (the host is on 127.0.0.1).
+    let front = relay("127.0.0.2:0".parse().unwrap(), host.addr).await;
+    for port in lanes_of(&host).await {
+        let far = SocketAddr::new(front.ip(), port);
+        let tried = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            raw_connection_to(&host, far),
+        );
+        assert!(
+            !matches!(tried.await, Ok(Ok(_))),
+            "the lane at {far} must be out of reach"
+        );
+    }
+    let config = durable::ClientConfig::from_data_dir(front, &host.data_dir).unwrap();
+    let client = durable::Client::connect(config).await.unwrap();
+    let start = std::time::Instant::now();
+    let mut slowest = std::time::Duration::ZERO;
+    for i in 0..40 {
+        let call = std::time::Instant::now();
+        let counter = client.get::<Counter>(&format!("far{}", i % 8));
+        assert_eq!(counter.increment(1).await.unwrap(), 1 + i / 8);
+        slowest = slowest.max(call.elapsed());
+    }
+    // Connecting to a lane takes up to 3 s to give up; no call waited for it.
+    assert!(
+        slowest < std::time::Duration::from_millis(1000),
+        "slowest call {slowest:?} (all: {:?})",
+        start.elapsed()
+    );
+}
