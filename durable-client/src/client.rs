@@ -31,6 +31,11 @@ const LANE_CONNECT: Duration = Duration::from_secs(3);
 /// connection meanwhile); doubled after each failure in a row, up to [`LANE_RETRY_MAX`].
 const LANE_RETRY: Duration = Duration::from_secs(5);
 const LANE_RETRY_MAX: Duration = Duration::from_secs(300);
+/// How long a lane's connection may go without a packet before it is declared dead.
+/// Longer than the first connection's: a shard thread serves its lane between turns,
+/// and a long turn must not cut its lane's connections. A dead host is noticed on the
+/// first connection, whose loss closes the lanes' connections.
+const LANE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to reach and trust a host.
 #[derive(Clone)]
@@ -193,9 +198,13 @@ struct Inner {
     /// The protocol version the host took in the hello: from
     /// [`wire::PIPE_VERSION`] on, calls go on the connection's pipe.
     version: AtomicU8,
-    /// The host's lanes, as its answer on the first connection with this stable id
+    /// How lane connections are made (a longer idle timeout than the first one's).
+    lane_config: quinn::ClientConfig,
+    /// One refresh of the lanes at a time.
+    refreshing: tokio::sync::Mutex<()>,
+    /// The host's lanes, as its answer on this first connection
     /// named them (a new first connection asks again: a restarted host has new ones).
-    lanes: RwLock<Option<(usize, Lanes)>>,
+    lanes: RwLock<Option<(quinn::Connection, Lanes)>>,
 }
 
 /// The host's lanes, in shard order.
@@ -336,7 +345,18 @@ impl Client {
                 .try_into()
                 .expect("1.5 s is a valid idle timeout"),
         ));
-        client_config.transport_config(Arc::new(transport));
+        let transport = Arc::new(transport);
+        client_config.transport_config(transport.clone());
+        let mut lane_config = client_config.clone();
+        let mut lane_transport = quinn::TransportConfig::default();
+        lane_transport.max_concurrent_bidi_streams(4096u32.into());
+        lane_transport.keep_alive_interval(Some(KEEP_ALIVE));
+        lane_transport.max_idle_timeout(Some(
+            LANE_IDLE_TIMEOUT
+                .try_into()
+                .expect("30 s is a valid idle timeout"),
+        ));
+        lane_config.transport_config(Arc::new(lane_transport));
         let bind: SocketAddr = if config.addr.is_ipv6() {
             "[::]:0"
         } else {
@@ -351,6 +371,8 @@ impl Client {
             main: Arc::new(Lane::new(config.addr)),
             config,
             version: AtomicU8::new(wire::PROTOCOL_VERSION),
+            lane_config,
+            refreshing: tokio::sync::Mutex::new(()),
             lanes: RwLock::new(None),
         });
         // The deadline bounds connecting too, not only calls.
@@ -472,7 +494,7 @@ impl Client {
     }
 }
 
-async fn establish(inner: &Inner) -> Result<quinn::Connection, ConnectError> {
+async fn establish(inner: &Arc<Inner>) -> Result<quinn::Connection, ConnectError> {
     let main = &inner.main;
     let _guard = main.connecting.lock().await;
     if let Some(conn) = current(main) {
@@ -480,7 +502,7 @@ async fn establish(inner: &Inner) -> Result<quinn::Connection, ConnectError> {
     }
     loop {
         let version = inner.version.load(Ordering::Acquire);
-        match connect_in(inner, main.addr, version).await? {
+        match connect_in(inner, main.addr, version, None).await? {
             Some(conn) => {
                 // Asked now, so that the first calls already use them (a failure is
                 // asked again by the next call).
@@ -502,8 +524,12 @@ async fn establish(inner: &Inner) -> Result<quinn::Connection, ConnectError> {
 
 /// Ask the host's lanes on its first connection `main` and keep them for it (none if
 /// the host names none, does not know the question, or speaks a protocol before
-/// pipes). Fails only if `main` is lost.
-async fn refresh_lanes(inner: &Inner, main: &quinn::Connection) -> Result<(), Exchange> {
+/// pipes); their connections close when `main` does. Fails only if `main` is lost.
+async fn refresh_lanes(inner: &Arc<Inner>, main: &quinn::Connection) -> Result<(), Exchange> {
+    let _one = inner.refreshing.lock().await;
+    if lanes_known(inner, main) {
+        return Ok(());
+    }
     let version = inner.version.load(Ordering::Acquire);
     let lanes = if version >= wire::PIPE_VERSION {
         let ask = wire::encode_frame_in(&Request::Lanes, version);
@@ -518,13 +544,27 @@ async fn refresh_lanes(inner: &Inner, main: &quinn::Connection) -> Result<(), Ex
     } else {
         Vec::new()
     };
-    *inner.lanes.write().unwrap() = Some((main.stable_id(), Arc::new(lanes)));
+    let lanes: Lanes = Arc::new(lanes);
+    *inner.lanes.write().unwrap() = Some((main.clone(), lanes.clone()));
+    if !lanes.is_empty() {
+        // Lanes live as long as the first connection: once it is lost (the host may
+        // be gone, and a restarted one has other lanes), calls on them end at once and
+        // go again, after a new first connection asks for the lanes anew.
+        let main = main.clone();
+        tokio::spawn(async move {
+            main.closed().await;
+            for lane in lanes.iter() {
+                lane.close();
+            }
+        });
+    }
     Ok(())
 }
 
-/// Whether the lanes kept came with the first connection `main`.
+/// Whether the lanes kept came with the first connection `main` (held there, so its
+/// stable id cannot belong to another connection).
 fn lanes_known(inner: &Inner, main: &quinn::Connection) -> bool {
-    matches!(&*inner.lanes.read().unwrap(), Some((id, _)) if *id == main.stable_id())
+    matches!(&*inner.lanes.read().unwrap(), Some((c, _)) if c.stable_id() == main.stable_id())
 }
 
 /// The lane to send `request` on: the one of the shard that owns its object, if the
@@ -537,10 +577,10 @@ fn lane_for(inner: &Inner, main: &quinn::Connection, request: &Request) -> Arc<L
         _ => return inner.main.clone(),
     };
     let lanes = inner.lanes.read().unwrap();
-    let Some((id, lanes)) = lanes.as_ref() else {
+    let Some((known, lanes)) = lanes.as_ref() else {
         return inner.main.clone();
     };
-    if *id != main.stable_id() || lanes.is_empty() {
+    if known.stable_id() != main.stable_id() || lanes.is_empty() {
         return inner.main.clone();
     }
     let lane = &lanes[wire::lane_of(&call.class, &call.object, lanes.len())];
@@ -562,11 +602,21 @@ fn lane_connection(inner: &Arc<Inner>, lane: &Arc<Lane>) -> Option<quinn::Connec
     if lane.opening.swap(true, Ordering::AcqRel) {
         return None;
     }
-    let (inner, lane) = (inner.clone(), lane.clone());
+    /// Clears `opening` however the try ends (also if its task is dropped).
+    struct Opening(Arc<Lane>);
+    impl Drop for Opening {
+        fn drop(&mut self) {
+            self.0.opening.store(false, Ordering::Release);
+        }
+    }
+    let (inner, opening) = (inner.clone(), Opening(lane.clone()));
     tokio::spawn(async move {
+        let lane = &opening.0;
         let version = inner.version.load(Ordering::Acquire);
+        let config = Some(&inner.lane_config);
         let connected =
-            tokio::time::timeout(LANE_CONNECT, connect_in(&inner, lane.addr, version)).await;
+            tokio::time::timeout(LANE_CONNECT, connect_in(&inner, lane.addr, version, config))
+                .await;
         match connected {
             Ok(Ok(Some(conn))) => {
                 lane.failures.store(0, Ordering::Release);
@@ -578,22 +628,26 @@ fn lane_connection(inner: &Arc<Inner>, lane: &Arc<Lane>) -> Option<quinn::Connec
                 *lane.down_until.lock().unwrap() = Some(Instant::now() + wait);
             }
         }
-        lane.opening.store(false, Ordering::Release);
     });
     None
 }
 
-/// Connect to `addr` and say hello in protocol `version`; `None` if the host does not
-/// speak it.
+/// Connect to `addr` (with `config`, else the endpoint's default) and say hello in
+/// protocol `version`; `None` if the host does not speak it.
 async fn connect_in(
     inner: &Inner,
     addr: SocketAddr,
     version: u8,
+    config: Option<&quinn::ClientConfig>,
 ) -> Result<Option<quinn::Connection>, ConnectError> {
     let cfg = &inner.config;
-    let conn = inner
-        .endpoint
-        .connect(addr, &cfg.server_name)
+    let connecting = match config {
+        Some(config) => inner
+            .endpoint
+            .connect_with(config.clone(), addr, &cfg.server_name),
+        None => inner.endpoint.connect(addr, &cfg.server_name),
+    };
+    let conn = connecting
         .map_err(|e| ConnectError::Connect(e.to_string()))?
         .await
         .map_err(|e| {
@@ -715,12 +769,6 @@ async fn call_quic(
                 Err(Exchange::Lost(m)) => {
                     if conn.close_reason().is_some() || version < wire::PIPE_VERSION {
                         forget(&lane, &conn);
-                    }
-                    if !Arc::ptr_eq(&lane, &inner.main) {
-                        // A lane lost: perhaps the host is gone, and a restarted one
-                        // has other lanes. Ask again on the first connection, which
-                        // also tells whether the host is still there.
-                        inner.lanes.write().unwrap().take();
                     }
                     last_error = m;
                     None

@@ -677,6 +677,8 @@ impl Host {
         let streams = Arc::new(crate::streams::Hub::default());
         // How objects' turns reach other objects of this host: set once `Calls` exists.
         let local: crate::shard::LocalSlot = Default::default();
+        // Bound before anything starts: a port in use fails the start with nothing to undo.
+        let lane_sockets = bind_lanes(self.lanes, local_addr.ip(), limits.shards)?;
         let shards = Arc::new(
             Shards::start(
                 limits.shards,
@@ -772,7 +774,6 @@ impl Host {
                 .map_err(|e| HostError::io("starting the HTTP gateway", e))
             })
             .transpose()?;
-        let lane_sockets = bind_lanes(self.lanes, local_addr.ip(), limits.shards)?;
         let server = Arc::new(Server {
             lanes: lane_sockets.iter().map(|(_, addr)| addr.port()).collect(),
             edge: crate::answer::Edge::new(calls.clone(), limits.max_frame),
@@ -785,12 +786,29 @@ impl Host {
             ),
             hub: streams.clone(),
         });
+        let lanes = match start_lanes(&shards, &server, lane_config, lane_sockets).await {
+            Ok(lanes) => LaneEndpoints(lanes),
+            Err(e) => {
+                // Nothing was answered yet: stop what started, as a crash would.
+                scheduler.abort();
+                if let Some(gateway) = gateway {
+                    gateway.abort().await;
+                }
+                endpoint.close(0u32.into(), b"host failed to start");
+                let durability = durability.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    shards.shutdown(false);
+                    durability.shutdown(false);
+                })
+                .await;
+                return Err(e);
+            }
+        };
         let acceptor = tokio::spawn(
             server
                 .clone()
                 .accept_loop(endpoint.clone(), crate::answer::MAX_STREAMS),
         );
-        let lanes = start_lanes(&shards, &server, lane_config, lane_sockets).await?;
         tracing::info!(
             addr = %local_addr,
             data_dir = %self.data_dir.display(),
@@ -816,6 +834,20 @@ impl Host {
             scheduler,
             _lock: lock,
         })
+    }
+}
+
+/// The lanes' endpoints, closed when dropped: their tasks run on the shard threads and
+/// hold the server, whose calls hold the shards' channels, so a host dropped without
+/// [`RunningHost::shutdown`] would otherwise keep its shard threads forever.
+#[derive(Debug)]
+struct LaneEndpoints(Vec<quinn::Endpoint>);
+
+impl Drop for LaneEndpoints {
+    fn drop(&mut self) {
+        for lane in &self.0 {
+            lane.close(0u32.into(), b"host stopped");
+        }
     }
 }
 
@@ -898,7 +930,7 @@ fn running_marker(data_dir: &std::path::Path) -> PathBuf {
 pub struct RunningHost {
     endpoint: quinn::Endpoint,
     /// The lanes' endpoints, in shard order.
-    lanes: Vec<quinn::Endpoint>,
+    lanes: LaneEndpoints,
     server: Arc<Server>,
     gateway: Option<Gateway>,
     calls: Arc<Calls>,
@@ -954,6 +986,7 @@ impl RunningHost {
     /// The addresses of the host's lanes, in shard order (empty with [`Lanes::Off`]).
     pub fn lane_addrs(&self) -> Vec<SocketAddr> {
         self.lanes
+            .0
             .iter()
             .filter_map(|e| e.local_addr().ok())
             .collect()
@@ -1022,13 +1055,13 @@ impl RunningHost {
             gateway.abort().await;
         }
         self.endpoint.close(0u32.into(), b"host shutting down");
-        for lane in &self.lanes {
+        for lane in &self.lanes.0 {
             lane.close(0u32.into(), b"host shutting down");
         }
         if clean {
             let idle = futures_util::future::join_all(
                 std::iter::once(&self.endpoint)
-                    .chain(&self.lanes)
+                    .chain(&self.lanes.0)
                     .map(|e| e.wait_idle()),
             );
             let _ = tokio::time::timeout(Duration::from_secs(2), idle).await;

@@ -15,7 +15,7 @@
 //! ```
 
 use crate::clock::{Clock, VirtualClock};
-use crate::host::{Host, RunningHost};
+use crate::host::{Host, Lanes, RunningHost};
 use crate::log::LogConfig;
 use durable_client::{Client, ObjectClass, ObjectId};
 use std::path::{Path, PathBuf};
@@ -65,7 +65,8 @@ impl TestHost {
         clock: &Arc<VirtualClock>,
         configure: &Configure,
     ) -> (RunningHost, Client) {
-        let host = configure(Host::builder(dir))
+        // Its client is in process: no lanes, unless `configure` asks for them.
+        let host = configure(Host::builder(dir).lanes(Lanes::Off))
             .clock(clock.clone() as Arc<dyn Clock>)
             .log_config(LogConfig {
                 checkpoint_interval: None,

@@ -197,3 +197,59 @@ async fn lanes_the_client_cannot_reach_cost_its_calls_no_wait() {
         start.elapsed()
     );
 }
+
+/// The names of this process's threads that are a host's shards.
+fn shard_threads() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_owned())
+        .filter(|c| c.starts_with("durable-shard"))
+        .collect()
+}
+
+/// A host dropped without a shutdown, with a client still connected to its lanes, lets
+/// its shard threads end once its runtime does (the lanes' tasks, which run on those
+/// threads, would otherwise keep them alive for good).
+#[test]
+fn a_host_dropped_without_a_shutdown_lets_its_shard_threads_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = rt.block_on(async {
+        let host = durable::Host::builder(dir.path())
+            .register::<Counter>()
+            .with_limits(|l| l.shards = 2)
+            .start()
+            .await
+            .unwrap();
+        assert_eq!(host.lane_addrs().len(), 2);
+        let client = durable::Client::connect(host.client_config().unwrap())
+            .await
+            .unwrap();
+        // Calls on every lane: each has a connection open.
+        for i in 0..16 {
+            let counter = client.get::<Counter>(&format!("d{i}"));
+            for _ in 0..3 {
+                counter.increment(1).await.unwrap();
+            }
+        }
+        assert!(!shard_threads().is_empty());
+        drop(host);
+        client
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !shard_threads().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shard threads still running: {:?}",
+            shard_threads()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(client);
+}
