@@ -37,6 +37,16 @@ const LANE_RETRY_MAX: Duration = Duration::from_secs(300);
 /// first connection, whose loss closes the lanes' connections.
 const LANE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A connection's transport settings: keep-alives every [`KEEP_ALIVE`], closed after
+/// `idle` without a packet from the host.
+fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(4096u32.into());
+    transport.keep_alive_interval(Some(KEEP_ALIVE));
+    transport.max_idle_timeout(Some(idle.try_into().expect("a valid idle timeout")));
+    Arc::new(transport)
+}
+
 /// How to reach and trust a host.
 #[derive(Clone)]
 pub struct ClientConfig {
@@ -334,29 +344,12 @@ impl Client {
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| ConnectError::Tls(e.to_string()))?;
         let mut client_config = quinn::ClientConfig::new(Arc::new(quic));
-        let mut transport = quinn::TransportConfig::default();
-        transport.max_concurrent_bidi_streams(4096u32.into());
+        let mut lane_config = client_config.clone();
         // A dead host (killed, or its machine gone) is noticed within about a second:
         // keep-alives every 300 ms, and a connection with no answer for 1.5 s is
         // closed, so calls move to a new connection instead of waiting on the old one.
-        transport.keep_alive_interval(Some(KEEP_ALIVE));
-        transport.max_idle_timeout(Some(
-            IDLE_TIMEOUT
-                .try_into()
-                .expect("1.5 s is a valid idle timeout"),
-        ));
-        let transport = Arc::new(transport);
-        client_config.transport_config(transport.clone());
-        let mut lane_config = client_config.clone();
-        let mut lane_transport = quinn::TransportConfig::default();
-        lane_transport.max_concurrent_bidi_streams(4096u32.into());
-        lane_transport.keep_alive_interval(Some(KEEP_ALIVE));
-        lane_transport.max_idle_timeout(Some(
-            LANE_IDLE_TIMEOUT
-                .try_into()
-                .expect("30 s is a valid idle timeout"),
-        ));
-        lane_config.transport_config(Arc::new(lane_transport));
+        client_config.transport_config(transport(IDLE_TIMEOUT));
+        lane_config.transport_config(transport(LANE_IDLE_TIMEOUT));
         let bind: SocketAddr = if config.addr.is_ipv6() {
             "[::]:0"
         } else {
