@@ -17,6 +17,10 @@ pub(crate) trait Work {
     fn is_call(&self) -> bool;
 }
 
+/// A batch of at least this many items, taken while nothing of the object waits for
+/// the disk, is split in two (see [`ObjectCore::poll`]).
+const SPLIT_AT: usize = 8;
+
 /// Limits of one object's core.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CoreLimits {
@@ -242,7 +246,14 @@ impl<W: Work, R> ObjectCore<W, R> {
         }
         match self.life {
             Life::Active | Life::Closing if !self.queue.is_empty() => {
-                let n = self.queue.len().min(self.limits.max_batch.max(1));
+                let mut n = self.queue.len().min(self.limits.max_batch.max(1));
+                if n >= SPLIT_AT && self.committed <= self.durable {
+                    // Nothing of this object is on its way to disk: the first half goes
+                    // now, and its sync runs while the second half does (which then
+                    // joins the next round). One batch of everything would leave the
+                    // shard idle through the sync, and its callers all waiting.
+                    n = n.div_ceil(2);
+                }
                 let batch: Vec<W> = self.queue.drain(..n).collect();
                 self.queued_calls -= batch.iter().filter(|w| w.is_call()).count();
                 self.running = true;
@@ -350,6 +361,45 @@ mod tests {
             },
         );
         assert_eq!(c.poll(), Some(Action::Run(vec![W::Call(2), W::Call(3)])));
+    }
+
+    #[test]
+    fn a_long_queue_taken_while_the_disk_is_idle_goes_in_two_batches() {
+        let mut c = core(100, 256);
+        for i in 0..10 {
+            c.arrive(0, W::Call(i)).unwrap();
+        }
+        // Nothing on its way to disk: half now, so that its sync overlaps the rest.
+        let first: Vec<W> = (0..5).map(W::Call).collect();
+        assert_eq!(c.poll(), Some(Action::Run(first)));
+        c.handle(
+            1,
+            Input::BatchEnded {
+                committed: Some(1),
+                outputs: vec![1],
+                requeue: vec![],
+            },
+        );
+        // Batch 1 is not durable yet: everything else goes at once.
+        let rest: Vec<W> = (5..10).map(W::Call).collect();
+        assert_eq!(c.poll(), Some(Action::Run(rest)));
+        c.handle(
+            2,
+            Input::BatchEnded {
+                committed: Some(2),
+                outputs: vec![2],
+                requeue: vec![],
+            },
+        );
+        c.handle(3, Input::Durable(2));
+        assert_eq!(c.poll(), Some(Action::Release(vec![1])));
+        assert_eq!(c.poll(), Some(Action::Release(vec![2])));
+        // A short queue is never split.
+        for i in 10..17 {
+            c.arrive(4, W::Call(i)).unwrap();
+        }
+        let all: Vec<W> = (10..17).map(W::Call).collect();
+        assert_eq!(c.poll(), Some(Action::Run(all)));
     }
 
     #[test]
