@@ -843,11 +843,18 @@ impl Host {
 #[derive(Debug)]
 struct LaneEndpoints(Vec<quinn::Endpoint>);
 
+impl LaneEndpoints {
+    /// Close every lane's endpoint and its connections.
+    fn close(&self) {
+        for lane in &self.0 {
+            lane.close(0u32.into(), b"host shutting down");
+        }
+    }
+}
+
 impl Drop for LaneEndpoints {
     fn drop(&mut self) {
-        for lane in &self.0 {
-            lane.close(0u32.into(), b"host stopped");
-        }
+        self.close();
     }
 }
 
@@ -1055,9 +1062,7 @@ impl RunningHost {
             gateway.abort().await;
         }
         self.endpoint.close(0u32.into(), b"host shutting down");
-        for lane in &self.lanes.0 {
-            lane.close(0u32.into(), b"host shutting down");
-        }
+        self.lanes.close();
         if clean {
             let idle = futures_util::future::join_all(
                 std::iter::once(&self.endpoint)
