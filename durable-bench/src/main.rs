@@ -2,7 +2,7 @@
 //! would otherwise pick, measured in one run on the same machine.
 //!
 //! ```text
-//! cargo run --release -p durable-bench -- [SCENARIO...] [--quick] [--json FILE]
+//! cargo run --release -p durable-bench -- [SCENARIO...] [--quick] [--json FILE] [--load-threads N]
 //! ```
 //!
 //! It starts what it needs itself: a real host process (this binary re-executed as
@@ -53,6 +53,13 @@ struct Args {
     /// Also write the rows as a JSON array to FILE.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Threads of the load generator (a tokio runtime), which drives durable and every
+    /// baseline alike. The default, 2, is a multi-threaded runtime, as most applications
+    /// run; 1 is a current-thread runtime, which spends about half the client CPU per
+    /// call and so leaves more of a small machine to the servers. BENCHMARKS.md's tables
+    /// use the default.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    load_threads: u16,
 }
 
 /// One figure of a scenario.
@@ -159,11 +166,17 @@ fn main() -> ExitCode {
         }
         out
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = match args.load_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.into())
+            .enable_all()
+            .build(),
+    }
+    .expect("tokio runtime");
+    eprintln!("load generator: {} thread(s)", args.load_threads);
     let result = rt.block_on(scenarios::run_all(&selected, args.quick));
     let (rows, failures) = result;
     print_table(&rows);
