@@ -205,6 +205,8 @@ struct Inner {
     config: ClientConfig,
     /// The connection to the host's address.
     main: Arc<Lane>,
+    /// One first connection made at a time.
+    connecting: tokio::sync::Mutex<()>,
     /// The protocol version the host took in the hello: from
     /// [`wire::PIPE_VERSION`] on, calls go on the connection's pipe.
     version: AtomicU8,
@@ -224,15 +226,11 @@ type Lanes = Arc<Vec<Arc<Lane>>>;
 struct Lane {
     addr: SocketAddr,
     conn: RwLock<Option<quinn::Connection>>,
-    connecting: tokio::sync::Mutex<()>,
     pipe: Mutex<Option<Arc<Pipe>>>,
     opening_pipe: tokio::sync::Mutex<()>,
-    /// A lane that could not be reached is not tried again before this.
-    down_until: Mutex<Option<Instant>>,
-    /// Lanes only: a connection is being made in the background.
-    opening: std::sync::atomic::AtomicBool,
-    /// Lanes only: tries to connect that failed in a row.
-    failures: std::sync::atomic::AtomicU32,
+    /// Lanes only: whether a connection is being made and when to try again after a
+    /// failure. (The first connection is made on demand by [`establish`].)
+    reach: Reach,
 }
 
 impl Lane {
@@ -240,12 +238,9 @@ impl Lane {
         Lane {
             addr,
             conn: RwLock::new(None),
-            connecting: tokio::sync::Mutex::new(()),
             pipe: Mutex::new(None),
             opening_pipe: tokio::sync::Mutex::new(()),
-            down_until: Mutex::new(None),
-            opening: Default::default(),
-            failures: Default::default(),
+            reach: Reach::default(),
         }
     }
 
@@ -254,6 +249,46 @@ impl Lane {
             conn.close(0u32.into(), b"client closed");
         }
         self.pipe.lock().unwrap().take();
+    }
+}
+
+/// A lane's connection attempts, made in the background: one at a time, and after a
+/// failure none for [`LANE_RETRY`], twice as long after each failure in a row (at most
+/// [`LANE_RETRY_MAX`]).
+#[derive(Default)]
+struct Reach {
+    /// A lane that could not be reached is not tried again before this.
+    down_until: Mutex<Option<Instant>>,
+    /// A connection is being made.
+    opening: std::sync::atomic::AtomicBool,
+    /// Tries that failed in a row.
+    failures: std::sync::atomic::AtomicU32,
+}
+
+impl Reach {
+    /// Whether the lane is left alone after failing.
+    fn is_down(&self) -> bool {
+        matches!(*self.down_until.lock().unwrap(), Some(until) if Instant::now() < until)
+    }
+
+    /// Claim the one try at a time; `false` if one is under way.
+    fn start(&self) -> bool {
+        !self.opening.swap(true, Ordering::AcqRel)
+    }
+
+    /// The try ended (however it ended).
+    fn ended(&self) {
+        self.opening.store(false, Ordering::Release);
+    }
+
+    fn succeeded(&self) {
+        self.failures.store(0, Ordering::Release);
+    }
+
+    fn failed(&self) {
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel).min(16);
+        let wait = LANE_RETRY.saturating_mul(1 << failures).min(LANE_RETRY_MAX);
+        *self.down_until.lock().unwrap() = Some(Instant::now() + wait);
     }
 }
 
@@ -362,6 +397,7 @@ impl Client {
         let inner = Arc::new(Inner {
             endpoint,
             main: Arc::new(Lane::new(config.addr)),
+            connecting: tokio::sync::Mutex::new(()),
             config,
             version: AtomicU8::new(wire::PROTOCOL_VERSION),
             lane_config,
@@ -489,7 +525,7 @@ impl Client {
 
 async fn establish(inner: &Arc<Inner>) -> Result<quinn::Connection, ConnectError> {
     let main = &inner.main;
-    let _guard = main.connecting.lock().await;
+    let _guard = inner.connecting.lock().await;
     if let Some(conn) = current(main) {
         return Ok(conn);
     }
@@ -577,10 +613,10 @@ fn lane_for(inner: &Inner, main: &quinn::Connection, request: &Request) -> Arc<L
         return inner.main.clone();
     }
     let lane = &lanes[wire::lane_of(&call.class, &call.object, lanes.len())];
-    let down = *lane.down_until.lock().unwrap();
-    match down {
-        Some(until) if Instant::now() < until => inner.main.clone(),
-        _ => lane.clone(),
+    if lane.reach.is_down() {
+        inner.main.clone()
+    } else {
+        lane.clone()
     }
 }
 
@@ -592,14 +628,14 @@ fn lane_connection(inner: &Arc<Inner>, lane: &Arc<Lane>) -> Option<quinn::Connec
     if let Some(conn) = current(lane) {
         return Some(conn);
     }
-    if lane.opening.swap(true, Ordering::AcqRel) {
+    if !lane.reach.start() {
         return None;
     }
-    /// Clears `opening` however the try ends (also if its task is dropped).
+    /// Ends the try however it ends (also if its task is dropped).
     struct Opening(Arc<Lane>);
     impl Drop for Opening {
         fn drop(&mut self) {
-            self.0.opening.store(false, Ordering::Release);
+            self.0.reach.ended();
         }
     }
     let (inner, opening) = (inner.clone(), Opening(lane.clone()));
@@ -612,14 +648,10 @@ fn lane_connection(inner: &Arc<Inner>, lane: &Arc<Lane>) -> Option<quinn::Connec
                 .await;
         match connected {
             Ok(Ok(Some(conn))) => {
-                lane.failures.store(0, Ordering::Release);
+                lane.reach.succeeded();
                 *lane.conn.write().unwrap() = Some(conn);
             }
-            _ => {
-                let failures = lane.failures.fetch_add(1, Ordering::AcqRel).min(16);
-                let wait = LANE_RETRY.saturating_mul(1 << failures).min(LANE_RETRY_MAX);
-                *lane.down_until.lock().unwrap() = Some(Instant::now() + wait);
-            }
+            _ => lane.reach.failed(),
         }
     });
     None

@@ -790,17 +790,11 @@ impl Host {
             Ok(lanes) => LaneEndpoints(lanes),
             Err(e) => {
                 // Nothing was answered yet: stop what started, as a crash would.
-                scheduler.abort();
                 if let Some(gateway) = gateway {
                     gateway.abort().await;
                 }
                 endpoint.close(0u32.into(), b"host failed to start");
-                let durability = durability.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    shards.shutdown(false);
-                    durability.shutdown(false);
-                })
-                .await;
+                stop_work(scheduler, shards, durability.clone(), false).await;
                 return Err(e);
             }
         };
@@ -835,6 +829,24 @@ impl Host {
             _lock: lock,
         })
     }
+}
+
+/// Stop the alarm scheduler, then, off the async runtime, the shards (`clean`: they
+/// finish their queues; else they drop them, as a crash would) and the durability
+/// component: the end of every stop, and of a start that failed part way.
+async fn stop_work(
+    scheduler: tokio::task::JoinHandle<()>,
+    shards: Arc<Shards>,
+    durability: Arc<dyn Durability>,
+    clean: bool,
+) {
+    scheduler.abort();
+    let _ = scheduler.await;
+    let _ = tokio::task::spawn_blocking(move || {
+        shards.shutdown(clean);
+        durability.shutdown(clean);
+    })
+    .await;
 }
 
 /// The lanes' endpoints, closed when dropped: their tasks run on the shard threads and
@@ -1073,14 +1085,12 @@ impl RunningHost {
         }
         self.acceptor.abort();
         let _ = self.acceptor.await;
-        self.scheduler.abort();
-        let _ = self.scheduler.await;
-        let calls = self.calls;
-        let durability = self.durability;
-        let _ = tokio::task::spawn_blocking(move || {
-            calls.shards.shutdown(clean);
-            durability.shutdown(clean);
-        })
+        stop_work(
+            self.scheduler,
+            self.calls.shards.clone(),
+            self.durability,
+            clean,
+        )
         .await;
         if clean {
             let _ = std::fs::remove_file(running_marker(&self.data_dir));
