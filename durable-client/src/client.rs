@@ -25,6 +25,11 @@ const KEEP_ALIVE: Duration = Duration::from_millis(300);
 /// How long a connection may go without any packet from the host before it is
 /// declared dead.
 const IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Calls that belong on a lane sent on the first connection before the lane is
+/// connected: the handshake costs its shard thread about a millisecond of CPU (every
+/// object of that shard waits through it), which a client that makes a few calls and
+/// leaves would never earn back.
+const LANE_AFTER: u32 = 16;
 /// How long connecting to a lane may take before it counts as unreachable.
 const LANE_CONNECT: Duration = Duration::from_secs(3);
 /// How long a lane that could not be reached is left alone (its calls go on the first
@@ -252,11 +257,14 @@ impl Lane {
     }
 }
 
-/// A lane's connection attempts, made in the background: one at a time, and after a
-/// failure none for [`LANE_RETRY`], twice as long after each failure in a row (at most
+/// A lane's connection attempts, made in the background: none before the client has
+/// had [`LANE_AFTER`] calls for it, one at a time, and after a failure none for
+/// [`LANE_RETRY`], twice as long after each failure in a row (at most
 /// [`LANE_RETRY_MAX`]).
 #[derive(Default)]
 struct Reach {
+    /// Calls that belonged on the lane, up to [`LANE_AFTER`].
+    wanted: std::sync::atomic::AtomicU32,
     /// A lane that could not be reached is not tried again before this.
     down_until: Mutex<Option<Instant>>,
     /// A connection is being made.
@@ -271,8 +279,14 @@ impl Reach {
         matches!(*self.down_until.lock().unwrap(), Some(until) if Instant::now() < until)
     }
 
-    /// Claim the one try at a time; `false` if one is under way.
+    /// Count a call that belongs on the lane; then claim the one try at a time: `false`
+    /// if the lane is not wanted enough yet or a try is under way.
     fn start(&self) -> bool {
+        if self.wanted.load(Ordering::Relaxed) < LANE_AFTER
+            && self.wanted.fetch_add(1, Ordering::Relaxed) + 1 < LANE_AFTER
+        {
+            return false;
+        }
         !self.opening.swap(true, Ordering::AcqRel)
     }
 
@@ -621,8 +635,8 @@ fn lane_for(inner: &Inner, main: &quinn::Connection, request: &Request) -> Arc<L
 }
 
 /// The connection of `lane` (not the first one), if it has one. If not, one is made in
-/// the background (no call waits for it: they go on the first connection until it is
-/// there); a lane that cannot be reached within [`LANE_CONNECT`] is left alone for
+/// the background once [`LANE_AFTER`] calls wanted it (no call waits for it: they go
+/// on the first connection until it is there); a lane that cannot be reached within [`LANE_CONNECT`] is left alone for
 /// [`LANE_RETRY`], twice as long after each failure in a row.
 fn lane_connection(inner: &Arc<Inner>, lane: &Arc<Lane>) -> Option<quinn::Connection> {
     if let Some(conn) = current(lane) {

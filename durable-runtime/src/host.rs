@@ -801,7 +801,7 @@ impl Host {
         let acceptor = tokio::spawn(
             server
                 .clone()
-                .accept_loop(endpoint.clone(), crate::answer::MAX_STREAMS),
+                .accept_loop(endpoint.clone(), crate::server::EndpointKind::Address),
         );
         tracing::info!(
             addr = %local_addr,
@@ -922,7 +922,9 @@ async fn start_lanes(
             if let Ok(endpoint) = &endpoint {
                 // Spawned from the shard's thread: the endpoint's connections, streams
                 // and pipes are tasks of the shard's runtime.
-                tokio::spawn(server.accept_loop(endpoint.clone(), crate::server::LANE_STREAMS));
+                tokio::spawn(
+                    server.accept_loop(endpoint.clone(), crate::server::EndpointKind::Lane),
+                );
             }
             let _ = tx.send(endpoint);
         });

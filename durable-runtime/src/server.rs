@@ -35,7 +35,34 @@ const PIPES_REFUSED: u32 = 2;
 /// few more. Quinn sizes a connection's stream state by this limit, and a client has a
 /// connection per lane (calls on a lane go on a pipe; streams of one call each, and
 /// follows, on the host's address).
-pub(crate) const LANE_STREAMS: u32 = 16;
+const LANE_STREAMS: u32 = 16;
+
+/// Which of the host's endpoints a connection came in on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum EndpointKind {
+    /// The host's `--listen` address: any call, and streams of one call each.
+    Address,
+    /// A shard's lane.
+    Lane,
+}
+
+impl EndpointKind {
+    /// Streams an authenticated connection may have open at once.
+    fn streams(self) -> u32 {
+        match self {
+            EndpointKind::Address => crate::answer::MAX_STREAMS,
+            EndpointKind::Lane => LANE_STREAMS,
+        }
+    }
+
+    /// The `endpoint` label of `durable_connections_total`.
+    fn label(self) -> &'static str {
+        match self {
+            EndpointKind::Address => "address",
+            EndpointKind::Lane => "lane",
+        }
+    }
+}
 
 pub(crate) struct Server {
     /// What streams and pipes share: the entry, the frame limit, the count of streams
@@ -56,14 +83,14 @@ pub(crate) struct Server {
 impl Server {
     /// Accept `endpoint`'s connections; each may open `streams` streams at once once
     /// authenticated.
-    pub(crate) async fn accept_loop(self: Arc<Self>, endpoint: quinn::Endpoint, streams: u32) {
+    pub(crate) async fn accept_loop(self: Arc<Self>, endpoint: quinn::Endpoint, on: EndpointKind) {
         while let Some(incoming) = endpoint.accept().await {
             let server = self.clone();
-            tokio::spawn(async move { server.connection(incoming, streams).await });
+            tokio::spawn(async move { server.connection(incoming, on).await });
         }
     }
 
-    async fn connection(self: Arc<Self>, incoming: quinn::Incoming, streams: u32) {
+    async fn connection(self: Arc<Self>, incoming: quinn::Incoming, on: EndpointKind) {
         let ip = incoming.remote_address().ip();
         let Some(pending) = self.auth.admit(ip) else {
             // Too many connections waiting to authenticate: refuse before the handshake.
@@ -89,7 +116,8 @@ impl Server {
             }
         };
         if ok {
-            conn.set_max_concurrent_bi_streams(streams.into());
+            conn.set_max_concurrent_bi_streams(on.streams().into());
+            crate::telemetry::connection_authenticated(on.label());
         }
         if !ok {
             // Let the rejection reach the client, then close.

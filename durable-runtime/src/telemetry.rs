@@ -156,6 +156,10 @@ fn describe() {
         "durable_new_object_files_total",
         "New objects' files, by how they were made: `class` (a spare set with the class's migrations applied ahead), `spare` (a plain spare set) or `created` (none was ready)."
     );
+    describe_counter!(
+        "durable_connections_total",
+        "QUIC connections that authenticated, by endpoint: `address` (the host's `--listen` address) or `lane` (a shard's lane)."
+    );
     describe_gauge!("durable_sockets_open", "WebSockets held by the gateway.");
     describe_gauge!(
         "durable_calls_in_flight",
@@ -274,6 +278,11 @@ pub(crate) fn log_round(records: usize, took: Duration) {
     counter!("durable_log_syncs_total").increment(1);
     histogram!("durable_log_sync_seconds").record(took.as_secs_f64());
     histogram!("durable_log_round_records").record(records as f64);
+}
+
+/// A QUIC connection authenticated on `endpoint` (`address` or `lane`).
+pub(crate) fn connection_authenticated(endpoint: &'static str) {
+    counter!("durable_connections_total", "endpoint" => endpoint).increment(1);
 }
 
 /// An object became active (`+1`) or was closed (`-1`); `evicted` counts the latter

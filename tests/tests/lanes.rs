@@ -35,6 +35,43 @@ fn returned(response: Response) -> i64 {
     }
 }
 
+/// How many connections authenticated on the host's `endpoint` (`address` or `lane`),
+/// from its metrics (the host needs `--http`).
+async fn connections(host: &HostProcess, endpoint: &str) -> f64 {
+    let text = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(host.http_url("/metrics"))
+        .bearer_auth(token(host))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("durable_connections_total{{endpoint=\"{endpoint}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// Wait (up to 10 s) until `endpoint` has counted `n` connections.
+async fn until_connections(host: &HostProcess, endpoint: &str, n: f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = connections(host, endpoint).await;
+        if now == n {
+            return;
+        }
+        assert!(
+            now < n && std::time::Instant::now() < deadline,
+            "{now} connections on {endpoint}, expected {n}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 async fn lanes_of(host: &HostProcess) -> Vec<u16> {
     let conn = raw_connection(host).await;
     assert_eq!(hello(&conn, &token(host)).await, Response::Welcome);
@@ -106,13 +143,20 @@ async fn with_lanes_off_the_host_names_none_and_the_client_calls_its_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_keeps_calling_across_a_restart_that_moves_the_lanes() {
     let dir = tempfile::tempdir().unwrap();
-    let host = HostProcess::start(dir.path(), &[]);
+    let host = HostProcess::start(dir.path(), &["--shards", "2", "--http", "127.0.0.1:0"]);
     let before = lanes_of(&host).await;
     let client = host.client().await;
     let names: Vec<String> = (0..16).map(|i| format!("r{i}")).collect();
-    for name in &names {
-        assert_eq!(client.get::<Counter>(name).increment(1).await.unwrap(), 1);
+    for round in 1..=4 {
+        for name in &names {
+            assert_eq!(
+                client.get::<Counter>(name).increment(1).await.unwrap(),
+                round
+            );
+        }
     }
+    // Calls enough for both lanes: the client is on them when the host dies.
+    until_connections(&host, "lane", 2.0).await;
     let addr = host.addr;
     host.kill9();
     // Its lanes' ports die with it; a restarted host picks new ones.
@@ -120,8 +164,48 @@ async fn a_client_keeps_calling_across_a_restart_that_moves_the_lanes() {
     let after = lanes_of(&host).await;
     assert_ne!(before, after, "a restarted host has new lanes");
     for name in &names {
-        assert_eq!(client.get::<Counter>(name).increment(1).await.unwrap(), 2);
+        assert_eq!(client.get::<Counter>(name).increment(1).await.unwrap(), 5);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connects_a_lane_only_once_it_has_calls_enough_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &["--shards", "2", "--http", "127.0.0.1:0"]);
+    let client = host.client().await;
+    // A few calls, as from a command-line tool: a lane's handshake (a millisecond of its
+    // shard thread's CPU) would not pay for itself.
+    for i in 0..8 {
+        assert_eq!(
+            client
+                .get::<Counter>(&format!("few{i}"))
+                .increment(1)
+                .await
+                .unwrap(),
+            1
+        );
+    }
+    assert_eq!(connections(&host, "address").await, 1.0);
+    assert_eq!(
+        connections(&host, "lane").await,
+        0.0,
+        "no lane for eight calls"
+    );
+    // Many calls over objects of both shards: each lane is connected, once.
+    for i in 0..200 {
+        let counter = client.get::<Counter>(&format!("many{}", i % 20));
+        assert_eq!(counter.increment(1).await.unwrap(), 1 + i / 20);
+    }
+    until_connections(&host, "lane", 2.0).await;
+    for i in 0..100 {
+        client
+            .get::<Counter>(&format!("many{}", i % 20))
+            .increment(1)
+            .await
+            .unwrap();
+    }
+    assert_eq!(connections(&host, "lane").await, 2.0);
+    assert_eq!(connections(&host, "address").await, 1.0);
 }
 
 /// Forward UDP datagrams from `listen` to `to` and back (one socket toward `to` per
@@ -184,7 +268,9 @@ async fn lanes_the_client_cannot_reach_cost_its_calls_no_wait() {
     let client = durable::Client::connect(config).await.unwrap();
     let start = std::time::Instant::now();
     let mut slowest = std::time::Duration::ZERO;
-    for i in 0..40 {
+    // Past the calls a lane must have before the client tries it, the tries (up to 3 s
+    // each to give up) run while the calls go on.
+    for i in 0..120 {
         let call = std::time::Instant::now();
         let counter = client.get::<Counter>(&format!("far{}", i % 8));
         assert_eq!(counter.increment(1).await.unwrap(), 1 + i / 8);
