@@ -243,7 +243,9 @@ pub(crate) fn open(
             conn.prepare_cached(BEGIN)?.execute([])?;
             let written = write_identity(&conn, class, id)
                 .and_then(|()| name.map_or(Ok(()), |name| write_name(&conn, name)))
-                .and_then(|()| conn.prepare_cached(COMMIT)?.execute([]));
+                .and_then(|()| conn.prepare_cached(COMMIT)?.execute([]))
+                // Set when prepared, so never from the statement cache (see `preopen`).
+                .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"));
             if let Err(e) = written {
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
@@ -430,9 +432,13 @@ pub(crate) fn preopen(
         .ok()?;
         tx.commit().ok()?;
     }
-    // In WAL mode now: from here on SQLite orders its own checkpoints safely (a commit
-    // syncs nothing either way).
-    conn.pragma_update(None, "synchronous", "NORMAL").ok()?;
+    // Left `OFF` for [`open`], which sets `NORMAL` after the object's first commit. With
+    // `NORMAL`, a commit that writes the WAL's header syncs the WAL and, the first time,
+    // its directory: here the first commit into an empty WAL (a class without
+    // migrations), two fsyncs the new object's first call waited for on its shard
+    // thread. That sync orders a new header before the frames after it, against older
+    // frames still in the file; an empty WAL has none. (SQLite sets `synchronous` when
+    // the pragma is prepared, so it is not among the statements parsed below.)
     // The statements [`open`] runs on such a file, parsed here rather than in the new
     // object's first call (they stay prepared: nothing changes the schema before).
     for sql in [BEGIN, WRITE_IDENTITY, WRITE_NAME, COMMIT] {
@@ -1498,6 +1504,12 @@ mod tests {
         for sql in [BEGIN, WRITE_IDENTITY, WRITE_NAME, COMMIT] {
             assert!(prepared(sql), "{sql}");
         }
+        // Left `OFF` until `open` has made the object's first commit, which then syncs
+        // neither the WAL (whose header it writes) nor the WAL's directory.
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 0, "OFF");
     }
 
     #[test]
