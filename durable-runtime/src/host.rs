@@ -771,9 +771,17 @@ impl Host {
                         streams: streams.clone(),
                     },
                 )
-                .map_err(|e| HostError::io("starting the HTTP gateway", e))
             })
-            .transpose()?;
+            .transpose();
+        let gateway = match gateway {
+            Ok(gateway) => gateway,
+            Err(e) => {
+                // Nothing was answered yet: stop what started, as a crash would.
+                endpoint.close(0u32.into(), b"host failed to start");
+                stop_work(scheduler, shards, durability.clone(), false).await;
+                return Err(HostError::io("starting the HTTP gateway", e));
+            }
+        };
         let server = Arc::new(Server {
             lanes: lane_sockets.iter().map(|(_, addr)| addr.port()).collect(),
             edge: crate::answer::Edge::new(calls.clone(), limits.max_frame),

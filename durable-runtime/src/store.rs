@@ -431,14 +431,18 @@ pub(crate) fn preopen(
         )
         .ok()?;
         tx.commit().ok()?;
+        // The WAL has its header now: from here on SQLite orders its own checkpoints
+        // and WAL restarts safely.
+        conn.pragma_update(None, "synchronous", "NORMAL").ok()?;
     }
-    // Left `OFF` for [`open`], which sets `NORMAL` after the object's first commit. With
-    // `NORMAL`, a commit that writes the WAL's header syncs the WAL and, the first time,
-    // its directory: here the first commit into an empty WAL (a class without
-    // migrations), two fsyncs the new object's first call waited for on its shard
+    // Without migrations, left `OFF` for [`open`], which sets `NORMAL` after the
+    // object's first commit. With `NORMAL`, a commit that writes the WAL's header
+    // syncs the WAL and, the first time, its directory: here the first commit into an
+    // empty WAL, two fsyncs the new object's first call waited for on its shard
     // thread. That sync orders a new header before the frames after it, against older
-    // frames still in the file; an empty WAL has none. (SQLite sets `synchronous` when
-    // the pragma is prepared, so it is not among the statements parsed below.)
+    // frames still in the file; an empty WAL (made with the set) has none. (SQLite
+    // sets `synchronous` when the pragma is prepared, so it is not among the
+    // statements parsed below.)
     // The statements [`open`] runs on such a file, parsed here rather than in the new
     // object's first call (they stay prepared: nothing changes the schema before).
     for sql in [BEGIN, WRITE_IDENTITY, WRITE_NAME, COMMIT] {
@@ -1510,6 +1514,19 @@ mod tests {
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap();
         assert_eq!(sync, 0, "OFF");
+        // A class's set: its migrations' commit wrote the WAL's header; `NORMAL` after.
+        drop(conn);
+        let path = dir.path().join("class.db");
+        crate::files::create_db_from(&path, template().unwrap()).unwrap();
+        let migrations = crate::spares::Migrations {
+            list: vec!["CREATE TABLE t(x)".into()],
+            digest: 7,
+        };
+        let conn = preopen(&path, Some(&migrations)).unwrap();
+        let sync: i64 = conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 1, "NORMAL");
     }
 
     #[test]

@@ -35,15 +35,15 @@ fn returned(response: Response) -> i64 {
     }
 }
 
-/// How many connections authenticated on the host's `endpoint` (`address` or `lane`),
-/// from its metrics (the host needs `--http`).
-async fn connections(host: &HostProcess, endpoint: &str) -> f64 {
+/// How many connections authenticated on `endpoint` (`address` or `lane`), from the
+/// metrics of the host whose HTTP gateway is at `http`.
+async fn connections_at(http: SocketAddr, token: &str, endpoint: &str) -> f64 {
     let text = reqwest::Client::builder()
         .no_proxy()
         .build()
         .unwrap()
-        .get(host.http_url("/metrics"))
-        .bearer_auth(token(host))
+        .get(format!("http://{http}/metrics"))
+        .bearer_auth(token)
         .send()
         .await
         .unwrap()
@@ -56,11 +56,18 @@ async fn connections(host: &HostProcess, endpoint: &str) -> f64 {
         .map_or(0.0, |v| v.parse().unwrap())
 }
 
-/// Wait (up to 10 s) until `endpoint` has counted `n` connections.
-async fn until_connections(host: &HostProcess, endpoint: &str, n: f64) {
+/// [`connections_at`] for a host process started with `--http`.
+async fn connections(host: &HostProcess, endpoint: &str) -> f64 {
+    let http = host.http.expect("the host was started with --http");
+    connections_at(http, &token(host), endpoint).await
+}
+
+/// Wait (up to 10 s) until `endpoint` of the host whose gateway is at `http` has
+/// counted `n` connections.
+async fn until_connections_at(http: SocketAddr, token: &str, endpoint: &str, n: f64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let now = connections(host, endpoint).await;
+        let now = connections_at(http, token, endpoint).await;
         if now == n {
             return;
         }
@@ -70,6 +77,12 @@ async fn until_connections(host: &HostProcess, endpoint: &str, n: f64) {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// [`until_connections_at`] for a host process started with `--http`.
+async fn until_connections(host: &HostProcess, endpoint: &str, n: f64) {
+    let http = host.http.expect("the host was started with --http");
+    until_connections_at(http, &token(host), endpoint, n).await
 }
 
 async fn lanes_of(host: &HostProcess) -> Vec<u16> {
@@ -309,6 +322,7 @@ fn a_host_dropped_without_a_shutdown_lets_its_shard_threads_end() {
         let host = durable::Host::builder(dir.path())
             .register::<Counter>()
             .with_limits(|l| l.shards = 2)
+            .http("127.0.0.1:0".parse().unwrap())
             .start()
             .await
             .unwrap();
@@ -316,13 +330,15 @@ fn a_host_dropped_without_a_shutdown_lets_its_shard_threads_end() {
         let client = durable::Client::connect(host.client_config().unwrap())
             .await
             .unwrap();
-        // Calls on every lane: each has a connection open.
+        // Calls enough on every lane that each has a connection open.
         for i in 0..16 {
             let counter = client.get::<Counter>(&format!("d{i}"));
-            for _ in 0..3 {
+            for _ in 0..8 {
                 counter.increment(1).await.unwrap();
             }
         }
+        let token = std::fs::read_to_string(dir.path().join("tls/token")).unwrap();
+        until_connections_at(host.http_addr().unwrap(), token.trim(), "lane", 2.0).await;
         assert!(!shard_threads().is_empty());
         drop(host);
         client
