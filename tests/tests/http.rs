@@ -781,15 +781,7 @@ async fn new_objects_on_files_migrated_ahead_serve_show_their_first_change_and_s
     for name in names {
         assert_eq!(client.get::<Counter>(name).increment(5).await.unwrap(), 5);
     }
-    let metrics = http()
-        .get(host.http_url("/metrics"))
-        .bearer_auth(token(&host))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_at(host.http.unwrap(), &token(&host)).await;
     let made = |how: &str| {
         sample(
             &metrics,

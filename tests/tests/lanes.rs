@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{exchange_bytes, hello, raw_connection, raw_connection_to, token, HostProcess};
+use common::{
+    exchange_bytes, hello, metrics_at, raw_connection, raw_connection_to, token, HostProcess,
+};
 use durable::wire::{self, CallRequest, Request, Response, WireError};
 use durable::ObjectId;
 use durable_examples::counter::Counter;
@@ -38,18 +40,7 @@ fn returned(response: Response) -> i64 {
 /// How many connections authenticated on `endpoint` (`address` or `lane`), from the
 /// metrics of the host whose HTTP gateway is at `http`.
 async fn connections_at(http: SocketAddr, token: &str, endpoint: &str) -> f64 {
-    let text = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("http://{http}/metrics"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_at(http, token).await;
     let series = format!("durable_connections_total{{endpoint=\"{endpoint}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&series))

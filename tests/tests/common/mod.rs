@@ -215,6 +215,22 @@ pub async fn hello(conn: &quinn::Connection, token: &str) -> durable::wire::Resp
     durable::wire::decode_frame(&answer, 1 << 20).unwrap()
 }
 
+/// The metrics (Prometheus text) of the host whose HTTP gateway is at `http`.
+pub async fn metrics_at(http: SocketAddr, token: &str) -> String {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{http}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub fn token(host: &HostProcess) -> String {
     std::fs::read_to_string(host.data_dir.join("tls/token"))
         .unwrap()
