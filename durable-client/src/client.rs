@@ -636,8 +636,9 @@ fn lane_for(inner: &Inner, main: &quinn::Connection, request: &Request) -> Arc<L
 
 /// The connection of `lane` (not the first one), if it has one. If not, one is made in
 /// the background once [`LANE_AFTER`] calls wanted it (no call waits for it: they go
-/// on the first connection until it is there); a lane that cannot be reached within [`LANE_CONNECT`] is left alone for
-/// [`LANE_RETRY`], twice as long after each failure in a row.
+/// on the first connection until it is there); a lane that cannot be reached within
+/// [`LANE_CONNECT`] is left alone for [`LANE_RETRY`], twice as long after each failure
+/// in a row.
 fn lane_connection(inner: &Arc<Inner>, lane: &Arc<Lane>) -> Option<quinn::Connection> {
     if let Some(conn) = current(lane) {
         return Some(conn);

@@ -776,9 +776,7 @@ impl Host {
         let gateway = match gateway {
             Ok(gateway) => gateway,
             Err(e) => {
-                // Nothing was answered yet: stop what started, as a crash would.
-                endpoint.close(0u32.into(), b"host failed to start");
-                stop_work(scheduler, shards, durability.clone(), false).await;
+                abandon_start(None, &endpoint, scheduler, shards, durability.clone()).await;
                 return Err(HostError::io("starting the HTTP gateway", e));
             }
         };
@@ -797,12 +795,7 @@ impl Host {
         let lanes = match start_lanes(&shards, &server, lane_config, lane_sockets).await {
             Ok(lanes) => LaneEndpoints(lanes),
             Err(e) => {
-                // Nothing was answered yet: stop what started, as a crash would.
-                if let Some(gateway) = gateway {
-                    gateway.abort().await;
-                }
-                endpoint.close(0u32.into(), b"host failed to start");
-                stop_work(scheduler, shards, durability.clone(), false).await;
+                abandon_start(gateway, &endpoint, scheduler, shards, durability.clone()).await;
                 return Err(e);
             }
         };
@@ -837,6 +830,22 @@ impl Host {
             _lock: lock,
         })
     }
+}
+
+/// Stop what a start that failed part way had started: nothing was answered yet, so
+/// as a crash would.
+async fn abandon_start(
+    gateway: Option<Gateway>,
+    endpoint: &quinn::Endpoint,
+    scheduler: tokio::task::JoinHandle<()>,
+    shards: Arc<Shards>,
+    durability: Arc<dyn Durability>,
+) {
+    if let Some(gateway) = gateway {
+        gateway.abort().await;
+    }
+    endpoint.close(0u32.into(), b"host failed to start");
+    stop_work(scheduler, shards, durability, false).await;
 }
 
 /// Stop the alarm scheduler, then, off the async runtime, the shards (`clean`: they

@@ -81,8 +81,8 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Accept `endpoint`'s connections; each may open `streams` streams at once once
-    /// authenticated.
+    /// Accept `endpoint`'s connections (the host's address or a lane, `on`); each may
+    /// open as many streams at once as `on` allows once authenticated.
     pub(crate) async fn accept_loop(self: Arc<Self>, endpoint: quinn::Endpoint, on: EndpointKind) {
         while let Some(incoming) = endpoint.accept().await {
             let server = self.clone();
