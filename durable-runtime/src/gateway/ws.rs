@@ -208,9 +208,15 @@ async fn run(
 
 /// A socket turn's answer: fine (the handler's own error too: its turn was rolled
 /// back and its effects dropped, the socket stays), or the close code and reason.
+/// A connection's answers (`Welcome`, `Lanes`) never answer a turn: one here is the
+/// host's fault, and closes the socket as an internal error, as the HTTP routes
+/// answer it with a 500.
 fn judge(answer: Answer, refused: &str) -> Result<(), (u16, String)> {
     match answer {
-        Answer::Return(_) | Answer::Welcome | Answer::Lanes(_) => Ok(()),
+        Answer::Return(_) => Ok(()),
+        Answer::Welcome | Answer::Lanes(_) => {
+            Err((CLOSE_INTERNAL, "the host gave an unexpected answer".into()))
+        }
         Answer::AppError(_) if refused.is_empty() => Ok(()),
         Answer::AppError(_) => Err((CLOSE_REFUSED, refused.to_owned())),
         Answer::Error(WireError::BadArguments { message }) => Err((CLOSE_REFUSED, message)),
@@ -302,4 +308,20 @@ async fn write(
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
     }
     drop(done);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connections_answer_to_a_socket_turn_closes_the_socket_as_internal() {
+        assert_eq!(judge(Answer::Return(Vec::new()), "refused"), Ok(()));
+        assert_eq!(judge(Answer::AppError(Vec::new()), ""), Ok(()));
+        for answer in [Answer::Welcome, Answer::Lanes(Vec::new())] {
+            let (code, reason) = judge(answer, "").unwrap_err();
+            assert_eq!(code, CLOSE_INTERNAL);
+            assert!(reason.contains("unexpected"), "{reason}");
+        }
+    }
 }
