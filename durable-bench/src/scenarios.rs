@@ -1042,6 +1042,8 @@ async fn activation(plan: &Plan) -> Result<Vec<Row>, String> {
     let n = if plan.quick { 200 } else { 1_000 };
     let dir = plan.dir("activation");
     let (server, client) = host(&dir, &["--idle-timeout-secs", "0.5"]).await?;
+    // Long enough past the idle timeout for the sweep to have evicted every object.
+    const EVICTED: Duration = Duration::from_millis(1500);
     let stubs: Vec<_> = (0..n)
         .map(|i| client.get::<Counter>(&format!("a{i}")))
         .collect();
@@ -1049,7 +1051,7 @@ async fn activation(plan: &Plan) -> Result<Vec<Row>, String> {
         s.increment(1).await.map_err(|e| e.to_string())?;
     }
     // Every object has been idle past the timeout (and the sweep has run): evicted.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(EVICTED).await;
     let (cold, warm) = first_and_again(&stubs).await?;
     // What this file system charges for a new inode beside the objects: a new object
     // whose first call finds no spare set ready creates three (on an ext4 directory
@@ -1082,7 +1084,7 @@ async fn activation(plan: &Plan) -> Result<Vec<Row>, String> {
     for r in futures_util::future::join_all(driven).await {
         r?;
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(EVICTED).await;
     let (busy_cold, busy_warm) = first_and_again(&busy).await?;
     client.close();
     server.stop();
