@@ -157,6 +157,10 @@ fn describe() {
         "New objects' files, by how they were made: `class` (a spare set with the class's migrations applied ahead), `spare` (a plain spare set) or `created` (none was ready)."
     );
     describe_counter!(
+        "durable_wal_compactions_total",
+        "Closing objects' WALs (64 KiB or more) copied into their files, synced and truncated, so that the next activation need not index them."
+    );
+    describe_counter!(
         "durable_connections_total",
         "QUIC connections that authenticated, by endpoint: `address` (the host's `--listen` address) or `lane` (a shard's lane)."
     );
@@ -298,6 +302,12 @@ pub(crate) fn object_active(delta: f64, evicted: bool) {
 /// `durable_new_object_files_total`).
 pub(crate) fn new_object_file(made: &'static str) {
     counter!("durable_new_object_files_total", "made" => made).increment(1);
+}
+
+/// A closed object's WAL was copied into its file, synced and truncated (see
+/// `durable_wal_compactions_total`).
+pub(crate) fn wal_compacted() {
+    counter!("durable_wal_compactions_total").increment(1);
 }
 
 /// The due index holds `n` objects with pending alarms.

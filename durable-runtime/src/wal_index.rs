@@ -128,6 +128,73 @@ fn nodes() -> &'static Mutex<HashMap<Key, Arc<Node>>> {
     NODES.get_or_init(Default::default)
 }
 
+/// Files marked for a WAL truncation ([`mark_compaction`]), with each mark's token.
+/// Locked only while [`nodes`] is (in that order).
+fn marks() -> &'static Mutex<HashMap<Key, u64>> {
+    static MARKS: OnceLock<Mutex<HashMap<Key, u64>>> = OnceLock::new();
+    MARKS.get_or_init(Default::default)
+}
+
+/// A file whose WAL a closing connection copied whole into it, marked so that the WAL
+/// can be truncated once the file is synced ([`finish_compaction`]).
+#[derive(Debug)]
+pub(crate) struct Compaction {
+    key: Key,
+    token: u64,
+}
+
+/// Mark the object file at `path` for a WAL truncation. The caller's connection has
+/// just copied every frame of the WAL into the file (a complete checkpoint) and is
+/// about to close; from here on, any connection of this process that maps the file's
+/// index cancels the mark (it may write new frames).
+pub(crate) fn mark_compaction(path: &std::path::Path) -> std::io::Result<Compaction> {
+    static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if !register() {
+        // Connections then open through `unix`, whose index this module cannot see.
+        return Err(std::io::Error::other("no WAL index of this process's own"));
+    }
+    let m = std::fs::metadata(path)?;
+    let key = (m.dev(), m.ino());
+    let token = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
+    marks()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, token);
+    Ok(Compaction { key, token })
+}
+
+/// Truncate the WAL of the file at `path` to nothing, if that is still safe: its mark
+/// is the one [`mark_compaction`] gave (no connection of this process mapped the
+/// file's index since), no connection has it mapped now, and `path` still names that
+/// file (a restore may have replaced it). The caller has synced the file since the
+/// mark, so it holds every frame the WAL does, durably. Returns whether it truncated.
+/// Done under the lock every connection takes to map an index: none can start reading
+/// the WAL meanwhile.
+pub(crate) fn finish_compaction(path: &std::path::Path, c: Compaction) -> std::io::Result<bool> {
+    let nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
+    let mut marks = marks().lock().unwrap_or_else(|e| e.into_inner());
+    if marks.get(&c.key) != Some(&c.token) {
+        return Ok(false);
+    }
+    marks.remove(&c.key);
+    if nodes.contains_key(&c.key) {
+        return Ok(false);
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if (m.dev(), m.ino()) == c.key => {}
+        Ok(_) => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    let wal = crate::files::wal_path(path);
+    match std::fs::OpenOptions::new().write(true).open(&wal) {
+        Ok(f) => f.set_len(0).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Our part of a `sqlite3_file`; the `unix` VFS's file follows at [`HEADER`].
 #[repr(C)]
 struct File {
@@ -420,6 +487,13 @@ fn acquire(f: &mut File) -> Result<*const Node, c_int> {
         return Err(ffi::SQLITE_IOERR_SHMOPEN);
     }
     let mut nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
+    // This connection may write the WAL: a truncation marked before must not happen.
+    {
+        let mut marks = marks().lock().unwrap_or_else(|e| e.into_inner());
+        if !marks.is_empty() {
+            marks.remove(&f.key);
+        }
+    }
     let node = match nodes.get(&f.key) {
         Some(node) => node.clone(),
         None => {

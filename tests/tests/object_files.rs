@@ -446,3 +446,62 @@ async fn an_object_file_held_by_another_program_fails_its_calls_at_once_until_re
     drop(outsider);
     assert_eq!(counter.increment(1).await.unwrap(), 8);
 }
+
+/// The WAL of the one object under `data` (spares live elsewhere).
+fn object_wal(data: &Path) -> PathBuf {
+    let wals: Vec<_> = object_files(data)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".db-wal"))
+        .collect();
+    assert_eq!(wals.len(), 1, "{wals:?}");
+    wals.into_iter().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_objects_large_wal_is_folded_into_its_file_and_what_it_held_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let idle = ["--idle-timeout-secs", "0.3"];
+    let host = HostProcess::start(dir.path(), &idle);
+    let client = host.client().await;
+    let counter = client.get::<Counter>("busy");
+    // One call at a time: a batch and a few WAL frames each, well past 64 KiB.
+    let mut value = 0;
+    for _ in 0..400 {
+        value = counter.increment(1).await.unwrap();
+    }
+    let wal = object_wal(dir.path());
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(len(&wal) >= 64 << 10, "the WAL holds {} bytes", len(&wal));
+    // Evicted: the WAL is copied into the file, the file synced, the WAL truncated.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while len(&wal) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL kept {} bytes",
+            len(&wal)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(client);
+    host.kill9();
+    let host = HostProcess::start(dir.path(), &idle);
+    let client = host.client().await;
+    let counter = client.get::<Counter>("busy");
+    assert_eq!(
+        counter.get().await.unwrap(),
+        value,
+        "after kill -9, compacted"
+    );
+    // The reactivated object writes on into its empty WAL.
+    assert_eq!(counter.increment(1).await.unwrap(), value + 1);
+    drop(client);
+    host.kill9();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let counter = client.get::<Counter>("busy");
+    assert_eq!(
+        counter.get().await.unwrap(),
+        value + 1,
+        "after kill -9, written on"
+    );
+}

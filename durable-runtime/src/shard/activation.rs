@@ -242,6 +242,7 @@ impl Object {
             })?;
             tracing::trace!(class = self.class.name, id = %self.id, from_header = opened.from_header, seq = opened.seq, "opened the object's database");
             self.seq = opened.seq;
+            self.sync_off = opened.sync_off;
             self.last_image_ms = opened.image_ms;
             ctx.bookmarks = self.config.bookmarks.clone();
             ctx.clock = self.config.clock.clone();
@@ -308,9 +309,33 @@ impl Object {
         // A digest of what the file holds, for the next unclean start (the quiet
         // bound: an object quiet this long already had its quiet digest, unless larger).
         self.record_digest(DIGEST_QUIET_MAX);
-        self.drop_connection();
+        self.close_compacting();
         self.detach_log();
         crate::sqlite_memory::collect_soon();
+    }
+
+    /// Close the connection (as [`Object::drop_connection`]), first copying a large WAL
+    /// into the file; a blocking thread then syncs the file and truncates the WAL
+    /// ([`store::compact_on_close`]). Only under the host log (otherwise SQLite's own
+    /// close checkpoints and deletes the WAL), and only with everything the log holds
+    /// in the file.
+    pub(super) fn close_compacting(&mut self) {
+        let compactable = self.config.durability.captures_changes()
+            && !self.poisoned
+            && !(self.txn_open && self.deferred > 0);
+        let path = store::object_path(&self.config.data_dir, self.class.name, self.id);
+        let marked = match self.conn.as_deref() {
+            Some(conn) if compactable => store::compact_on_close(conn, &path),
+            _ => None,
+        };
+        self.drop_connection();
+        if let Some(marked) = marked {
+            tokio::task::spawn_blocking(move || {
+                if store::finish_compaction(&path, marked) {
+                    crate::telemetry::wal_compacted();
+                }
+            });
+        }
     }
 
     /// How long until this object, its connection closed, should reopen it ahead of its

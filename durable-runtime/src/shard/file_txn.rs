@@ -95,8 +95,24 @@ impl Object {
         if now || self.deferred == 0 {
             conn.run("COMMIT")?;
             self.txn_open = false;
+            self.committed_file();
         }
         Ok(())
+    }
+
+    /// The file just committed: a connection opened on an empty WAL goes back to
+    /// `synchronous=NORMAL` (see [`store::Opened::sync_off`]), before the log hears
+    /// that the file holds the commit's batches. (Setting it does no I/O; should it
+    /// fail all the same, the next commit tries again.)
+    fn committed_file(&mut self) {
+        if self.sync_off {
+            match store::sync_normal(self.db()) {
+                Ok(()) => self.sync_off = false,
+                Err(e) => {
+                    tracing::error!(class = self.class.name, id = %self.id, error = %e, "setting synchronous=NORMAL after a commit")
+                }
+            }
+        }
     }
 
     /// Commit the file's open transaction, if any, once the log holds every batch in
@@ -150,6 +166,7 @@ impl Object {
         .and_then(|()| conn.run("COMMIT"));
         match committed {
             Ok(()) => {
+                self.committed_file();
                 self.txn_open = false;
                 self.unfiled.clear();
                 self.deferred = 0;

@@ -197,6 +197,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         unfiled: Default::default(),
         marker: None,
         reopened_for: None,
+        sync_off: false,
     };
     tokio::task::spawn_local(object.run());
     crate::telemetry::object_active(1.0, false);

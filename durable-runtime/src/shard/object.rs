@@ -107,6 +107,9 @@ pub(super) struct Object {
     /// The alarm due time a closed connection was last reopened ahead of (see
     /// [`Object::reopen_wait`]): a failed reopen is not tried again for the same alarm.
     pub(super) reopened_for: Option<u64>,
+    /// The connection runs with `synchronous=OFF` until the file's next commit (its WAL
+    /// was empty when opened: see [`store::Opened::sync_off`]).
+    pub(super) sync_off: bool,
 }
 
 /// A batch in progress: what its commit needs. A turn that calls another object
@@ -341,8 +344,10 @@ impl Object {
                             .insert((self.class.name, self.id));
                     } else {
                         self.record_digest(DIGEST_STOP_MAX);
+                        self.close_compacting();
                     }
-                    // The connection closes as this task ends: its memory goes back.
+                    // The connection closes (if it did not above) as this task ends: its
+                    // memory goes back.
                     crate::sqlite_memory::collect_soon();
                     return;
                 }
