@@ -149,9 +149,10 @@ fn keep_wal_on_close(conn: &Connection) {
     }
 }
 
-/// Whether the WAL beside the object file at `path` is there, empty. (Not a missing
-/// one: SQLite would create it, and `NORMAL` then syncs its directory entry, which no
-/// log checkpoint does.)
+/// Whether the WAL file beside the object file at `path` is empty (no older frames
+/// at all, not only none valid). Asked only when the WAL index says it holds no frames.
+/// (If SQLite just created it, the next log checkpoint syncs its directory entry before
+/// it retires any batch of it.)
 fn wal_is_empty(path: &Path) -> bool {
     std::fs::metadata(crate::files::wal_path(path)).is_ok_and(|m| m.len() == 0)
 }
@@ -342,10 +343,14 @@ pub(crate) fn open(
             // journal_mode`, `PRAGMA user_version` and a transaction around them were
             // four statements more on a connection whose every statement is parsed
             // afresh).
-            // An empty WAL (compacted when the object last closed): its first commit
-            // runs with `OFF` too (see [`Opened::sync_off`]).
-            sync_off = !sync_new && wal_is_empty(&path);
-            connection_settings(&conn, if sync_off { "OFF" } else { "NORMAL" })?;
+            connection_settings(&conn, "NORMAL")?;
+            // An empty WAL (compacted when the object last closed), as the first
+            // statement found it: its first commit runs with `OFF` too (see
+            // [`Opened::sync_off`]).
+            if !sync_new && crate::wal_index::wal_frames(&conn) == Some(0) && wal_is_empty(&path) {
+                conn.pragma_update(None, "synchronous", "OFF")?;
+                sync_off = true;
+            }
             state = read_state(&conn)?;
             if name.is_none() || state.name.is_some() {
                 from_header = true;
@@ -654,7 +659,7 @@ pub(crate) struct Opened {
     /// The file's header said WAL mode and this revision: only the connection's
     /// settings and one read ran ([`header_is_current`]).
     pub(crate) from_header: bool,
-    /// The connection was left at `synchronous=OFF`, because the WAL is empty: the
+    /// The connection was left at `synchronous=OFF`, because the WAL file is empty: the
     /// caller sets `NORMAL` ([`sync_normal`]) right after the file's next commit, before
     /// the log may count that commit's batches as in the file. With `NORMAL`, the first
     /// commit into an empty WAL writes its header and syncs it (and, the first time,

@@ -164,6 +164,42 @@ pub(crate) fn mark_compaction(path: &std::path::Path) -> std::io::Result<Compact
     Ok(Compaction { key, token })
 }
 
+/// How many valid frames the WAL of the database open on `conn` holds, as the WAL
+/// index in this process's memory says (`mxFrame` of SQLite's `WalIndexHdr`, at byte
+/// 16 of the index's first region, in native byte order). No system call: what the
+/// connection's last read transaction built or found. `None` if the connection is not
+/// through this VFS, has not mapped the index, or the index is not initialized.
+pub(crate) fn wal_frames(conn: &rusqlite::Connection) -> Option<u32> {
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: `conn` is open; SQLITE_FCNTL_FILE_POINTER writes the main database's open
+    // file (owned by SQLite, valid while the connection is) into `file`. It is one of
+    // ours only if its methods are this VFS's, and then it starts with a `File` whose
+    // node, if set, came from `Arc::into_raw` and lives until the file's `xClose`.
+    unsafe {
+        let rc = ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&mut file as *mut *mut ffi::sqlite3_file).cast(),
+        );
+        if rc != ffi::SQLITE_OK || file.is_null() || !std::ptr::eq((*file).pMethods, &METHODS) {
+            return None;
+        }
+        let f = &*(file as *const File);
+        if f.node.is_null() {
+            return None;
+        }
+        let state = (*f.node).state.lock().unwrap_or_else(|e| e.into_inner());
+        let words = state.regions.first()?;
+        // Bytes 12..16: `isInit` (byte 12); bytes 16..20: `mxFrame`.
+        let [w1, w2] = [words.get(1)?, words.get(2)?].map(|w| w.to_ne_bytes());
+        if w1[4] != 1 {
+            return None;
+        }
+        Some(u32::from_ne_bytes(w2[..4].try_into().expect("4 bytes")))
+    }
+}
+
 /// Truncate the WAL of the file at `path` to nothing, if that is still safe: its mark
 /// is the one [`mark_compaction`] gave (no connection of this process mapped the
 /// file's index since), no connection has it mapped now, and `path` still names that
