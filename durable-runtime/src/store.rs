@@ -265,8 +265,20 @@ pub(crate) fn open(
 ) -> Result<(Context, Opened), String> {
     let path = object_path(data_dir, class, id);
     let dir = path.parent().expect("object path has a parent");
-    let fresh = !path.exists();
-    let mut preopened = None;
+    // A stored object's file opens at once, without a `stat` first (in an activation
+    // each system call costs microseconds); a missing one is made below and opened
+    // then. (Not found: checked by `stat`, so that a file that would not open for
+    // another reason is never taken for a new one.)
+    let mut preopened = match connect_existing(&path, !sync_new) {
+        Ok(conn) => Some(conn),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::CannotOpen && !path.exists() =>
+        {
+            None
+        }
+        Err(e) => return Err(format!("opening {}: {e}", path.display())),
+    };
+    let fresh = preopened.is_none();
     let mut migrated = None;
     if fresh {
         crate::files::create_dirs(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -298,7 +310,7 @@ pub(crate) fn open(
     }
     // A spare opened ahead is the template as [`preopen`] left it: the runtime's tables
     // at this revision, WAL mode, the connection's settings made, nothing stored.
-    let ready = preopened.is_some();
+    let ready = fresh && preopened.is_some();
     let conn = match preopened {
         Some(conn) => conn,
         None => {
@@ -641,7 +653,21 @@ fn read_state(conn: &Connection) -> rusqlite::Result<State> {
 /// 32 cached statements and, under the host log (`keep_wal`), the WAL and shared
 /// memory kept on close.
 fn connect(path: &Path, keep_wal: bool) -> rusqlite::Result<Connection> {
-    let conn = crate::wal_index::open(path, Default::default())?;
+    connect_with(path, keep_wal, Default::default())
+}
+
+/// [`connect`] to a file that must exist already (`SQLITE_CANTOPEN` if it does not).
+fn connect_existing(path: &Path, keep_wal: bool) -> rusqlite::Result<Connection> {
+    let flags = rusqlite::OpenFlags::default() - rusqlite::OpenFlags::SQLITE_OPEN_CREATE;
+    connect_with(path, keep_wal, flags)
+}
+
+fn connect_with(
+    path: &Path,
+    keep_wal: bool,
+    flags: rusqlite::OpenFlags,
+) -> rusqlite::Result<Connection> {
+    let conn = crate::wal_index::open(path, flags)?;
     disable_lookaside(&conn);
     conn.set_prepared_statement_cache_capacity(32);
     if keep_wal {
