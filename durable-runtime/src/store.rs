@@ -157,10 +157,22 @@ fn wal_is_empty(path: &Path) -> bool {
     std::fs::metadata(crate::files::wal_path(path)).is_ok_and(|m| m.len() == 0)
 }
 
-/// Back to `synchronous=NORMAL` after the commit an open left at `OFF` (see
-/// [`Opened::sync_off`]).
+/// SQLite's automatic checkpoint, in WAL pages (its default, which object connections
+/// keep except while [`Opened::sync_off`]).
+const AUTOCHECKPOINT_PAGES: i64 = 1000;
+
+/// Leave `conn` at `synchronous=OFF` with no automatic checkpoint, until
+/// [`sync_normal`]: see [`Opened::sync_off`].
+fn sync_off(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "synchronous", "OFF")?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+}
+
+/// Back to `synchronous=NORMAL`, and SQLite's automatic checkpoint, after the commit
+/// an open left at `OFF` (see [`Opened::sync_off`]).
 pub(crate) fn sync_normal(conn: &Connection) -> rusqlite::Result<()> {
-    conn.pragma_update(None, "synchronous", "NORMAL")
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES)
 }
 
 /// A closing object's WAL at least this large is copied into its file and truncated
@@ -168,21 +180,14 @@ pub(crate) fn sync_normal(conn: &Connection) -> rusqlite::Result<()> {
 /// microsecond a frame, and compacting costs a sync of the file.
 const COMPACT_WAL_BYTES: u64 = 64 << 10;
 
-/// Before an object's connection closes under the host log (eviction, or a quiet
-/// object closing it): if its WAL holds at least [`COMPACT_WAL_BYTES`], copy every
-/// frame into the file now and mark the file, so that [`finish_compaction`] can
-/// truncate the WAL once the file is synced. Otherwise the WAL stays as it is (see
-/// [`keep_wal_on_close`]), and the next open reads and checksums every frame again:
-/// for an object written a few thousand times that is most of its activation (a WAL
-/// of ~1,000 frames, 1 MB, costs ~350 µs of CPU to index), and it keeps up to a
-/// megabyte on disk per object.
-///
-/// The copy runs here, on the object's own connection (its WAL index is in memory),
-/// with `synchronous=OFF`: the connection is closing, and until the WAL is truncated it
-/// stays the authority for every page it holds, so an unsynced copy loses nothing.
-/// The sync and the truncation run off the shard ([`finish_compaction`]). `None` when
-/// there is nothing worth doing, or the copy was not complete (a reader's snapshot
-/// held frames back).
+/// As an object's connection closes under the host log (eviction, or a quiet object
+/// closing it): if its WAL holds at least [`COMPACT_WAL_BYTES`], mark the file for a
+/// compaction, which [`finish_compaction`] then runs off the shard. Otherwise the WAL
+/// stays as it is (see [`keep_wal_on_close`]), and the next open reads and checksums
+/// every frame again: for an object written a few thousand times that is most of its
+/// activation (a WAL of ~1,000 frames, 1 MB, costs ~350 µs of CPU to index), and it
+/// keeps up to a megabyte on disk per object. `None`: nothing worth doing, or a
+/// transaction is open on `conn`.
 pub(crate) fn compact_on_close(
     conn: &Connection,
     path: &Path,
@@ -191,40 +196,47 @@ pub(crate) fn compact_on_close(
     if wal.len() < COMPACT_WAL_BYTES || !conn.is_autocommit() {
         return None;
     }
-    let copied = conn
-        .pragma_update(None, "synchronous", "OFF")
-        .and_then(|()| {
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            })
-        });
-    match copied {
-        Ok((0, frames, done)) if frames == done => crate::wal_index::mark_compaction(path).ok(),
-        Ok(_) => None,
-        Err(e) => {
-            tracing::debug!(error = %e, "copying a closing object's WAL into its file");
-            None
-        }
-    }
+    crate::wal_index::mark_compaction(path).ok()
 }
 
-/// Off the shard, after [`compact_on_close`] and the connection's close: sync the
-/// object's file, then truncate its WAL if no connection has opened the file since
-/// (see [`crate::wal_index::finish_compaction`]). A failure only leaves the WAL as it
-/// was. Returns whether the WAL was truncated.
+/// Off the shard, after [`compact_on_close`] and the object's connection closed: copy
+/// the WAL into the file through a connection of its own, with `synchronous=NORMAL`'s
+/// ordering (a passive checkpoint: the WAL synced, its frames copied, the file synced,
+/// and only then are the frames counted as copied), close it, and truncate the WAL if
+/// no other connection has opened the file since the mark (see
+/// [`crate::wal_index::finish_compaction`]). A connection opened meanwhile on the
+/// shard works beside the checkpoint, which never blocks it, and keeps the WAL. A
+/// failure only leaves the WAL as it was. Returns whether the WAL was truncated.
 pub(crate) fn finish_compaction(path: &Path, c: crate::wal_index::Compaction) -> bool {
-    let synced = std::fs::File::open(path).and_then(|f| f.sync_data());
-    match synced.and_then(|()| crate::wal_index::finish_compaction(path, c)) {
-        Ok(truncated) => truncated,
-        Err(e) => {
-            tracing::debug!(error = %e, "compacting a closed object's WAL");
-            false
+    let copied = crate::wal_index::compacting(&c, || -> rusqlite::Result<bool> {
+        // Not created if missing; closing it neither checkpoints again nor deletes the
+        // WAL.
+        let conn = connect_existing(path, true)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let (busy, frames, done) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        Ok(busy == 0 && frames > 0 && frames == done)
+    });
+    let truncated = match copied {
+        Ok(true) => crate::wal_index::finish_compaction(path, c),
+        Ok(false) => {
+            crate::wal_index::forget(c);
+            Ok(false)
         }
-    }
+        Err(e) => {
+            crate::wal_index::forget(c);
+            Err(std::io::Error::other(e))
+        }
+    };
+    truncated.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "compacting a closed object's WAL");
+        false
+    })
 }
 
 /// SQLite gives every connection 120 KiB of lookaside memory by default; a host
@@ -360,7 +372,7 @@ pub(crate) fn open(
             // statement found it: its first commit runs with `OFF` too (see
             // [`Opened::sync_off`]).
             if !sync_new && crate::wal_index::wal_frames(&conn) == Some(0) && wal_is_empty(&path) {
-                conn.pragma_update(None, "synchronous", "OFF")?;
+                self::sync_off(&conn)?;
                 sync_off = true;
             }
             state = read_state(&conn)?;
@@ -691,8 +703,9 @@ pub(crate) struct Opened {
     /// commit into an empty WAL writes its header and syncs it (and, the first time,
     /// its directory) on the shard thread: that sync orders a new header before the
     /// frames after it, against older frames still in the file, and an empty WAL has
-    /// none. A checkpoint inside that commit copies only its own batches, which the log
-    /// still holds. (As a new object's first commit, see `preopen`.)
+    /// none. SQLite's automatic checkpoint is off until then too: at `OFF` it would copy
+    /// frames into the file with no sync at all, and the next commit (at `NORMAL`) could
+    /// restart the WAL over them. (As a new object's first commit, see `preopen`.)
     pub(crate) sync_off: bool,
     /// The last batch the file holds ([`stored_seq`]).
     pub(crate) seq: u64,
@@ -1784,12 +1797,18 @@ mod tests {
         let sync = |c: &Connection| -> i64 {
             c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
         };
+        let autocheckpoint = |c: &Connection| -> i64 {
+            c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+                .unwrap()
+        };
         assert_eq!(sync(&ctx.conn), 0, "OFF");
+        assert_eq!(autocheckpoint(&ctx.conn), 0, "no checkpoint at OFF");
         ctx.conn
             .execute("INSERT INTO t VALUES (1000, zeroblob(10))", [])
             .unwrap();
         sync_normal(&ctx.conn).unwrap();
         assert_eq!(sync(&ctx.conn), 1, "NORMAL");
+        assert_eq!(autocheckpoint(&ctx.conn), AUTOCHECKPOINT_PAGES);
         drop(ctx);
         assert_eq!(rows(&path), 201);
         // A WAL with frames: `NORMAL` from the start.
@@ -1806,8 +1825,8 @@ mod tests {
             object_path(dir.path(), "Counter", a),
             object_path(dir.path(), "Counter", b),
         );
-        // Reopened, written and closed between the mark and the truncation: the WAL
-        // holds frames the synced file may lack, and stays.
+        // Reopened, written and closed between the mark and the compaction: the WAL
+        // stays (the compaction copies it, but does not truncate it).
         let ctx = written(dir.path(), a, 100);
         let marked = compact_on_close(&ctx.conn, &path_a).unwrap();
         drop(ctx);
@@ -1820,19 +1839,60 @@ mod tests {
         assert!(!finish_compaction(&path_a, marked));
         assert_eq!(wal_len(&path_a), before);
         assert_eq!(rows(&path_a), 101);
-        // Still open (a reader) when the sync is done: the WAL stays too.
+        // A reader that had the file open before the mark, and still has: the WAL
+        // stays too (the truncation would pull it from under the reader's index).
         let ctx = written(dir.path(), b, 100);
-        let marked = compact_on_close(&ctx.conn, &path_b).unwrap();
-        let reader = crate::wal_index::open(&path_b, Default::default()).unwrap();
+        let reader = connect(&path_b, true).unwrap();
         let n: i64 = reader
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 100);
+        let marked = compact_on_close(&ctx.conn, &path_b).unwrap();
         drop(ctx);
+        let before = wal_len(&path_b);
         assert!(!finish_compaction(&path_b, marked));
-        assert!(wal_len(&path_b) > 0);
+        assert_eq!(wal_len(&path_b), before);
+        let n: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 100);
         drop(reader);
         assert_eq!(rows(&path_b), 100);
+    }
+
+    #[test]
+    fn a_compacted_files_truncation_lost_to_a_power_cut_replays_its_wal_onto_the_same_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = ObjectId::random();
+        let path = object_path(dir.path(), "Counter", id);
+        let ctx = written(dir.path(), id, 200);
+        // Rows rewritten and deleted, so that the WAL holds several versions of pages.
+        ctx.conn
+            .execute_batch(
+                "UPDATE t SET v = zeroblob(500) WHERE k % 3 = 0; DELETE FROM t WHERE k % 7 = 0;",
+            )
+            .unwrap();
+        let expected: i64 = ctx
+            .conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        let marked = compact_on_close(&ctx.conn, &path).unwrap();
+        drop(ctx);
+        // The WAL as the compaction synced it before copying.
+        let wal = std::fs::read(crate::files::wal_path(&path)).unwrap();
+        assert!(finish_compaction(&path, marked));
+        assert_eq!(wal_len(&path), 0);
+        // The truncation did not reach the disk: the WAL is back beside the file.
+        std::fs::write(crate::files::wal_path(&path), &wal).unwrap();
+        let conn = connect(&path, true).unwrap();
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, expected);
     }
 
     #[test]

@@ -128,25 +128,46 @@ fn nodes() -> &'static Mutex<HashMap<Key, Arc<Node>>> {
     NODES.get_or_init(Default::default)
 }
 
-/// Files marked for a WAL truncation ([`mark_compaction`]), with each mark's token.
-/// Locked only while [`nodes`] is (in that order).
-fn marks() -> &'static Mutex<HashMap<Key, u64>> {
-    static MARKS: OnceLock<Mutex<HashMap<Key, u64>>> = OnceLock::new();
+/// Files marked for a WAL compaction ([`mark_compaction`]), by key. Locked only
+/// while [`nodes`] is, or alone (never the other way round).
+fn marks() -> &'static Mutex<HashMap<Key, Mark>> {
+    static MARKS: OnceLock<Mutex<HashMap<Key, Mark>>> = OnceLock::new();
     MARKS.get_or_init(Default::default)
 }
 
-/// A file whose WAL a closing connection copied whole into it, marked so that the WAL
-/// can be truncated once the file is synced ([`finish_compaction`]).
+/// Signalled when a truncation ends ([`Mark::Truncating`] removed).
+fn truncated() -> &'static std::sync::Condvar {
+    static TRUNCATED: std::sync::Condvar = std::sync::Condvar::new();
+    &TRUNCATED
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mark {
+    /// Marked with this token; no connection has mapped the file's index since.
+    Marked(u64),
+    /// Its WAL is being truncated: a connection that maps the index waits.
+    Truncating,
+}
+
+std::thread_local! {
+    /// The file whose compaction this thread is running ([`compacting`]): its own
+    /// connection's mapping does not cancel the mark.
+    static COMPACTING: std::cell::Cell<Option<Key>> = const { std::cell::Cell::new(None) };
+}
+
+/// An object file marked for a WAL compaction: its WAL is to be copied into it, the
+/// file synced and the WAL truncated, off the shard ([`crate::store::finish_compaction`]).
 #[derive(Debug)]
 pub(crate) struct Compaction {
     key: Key,
     token: u64,
 }
 
-/// Mark the object file at `path` for a WAL truncation. The caller's connection has
-/// just copied every frame of the WAL into the file (a complete checkpoint) and is
-/// about to close; from here on, any connection of this process that maps the file's
-/// index cancels the mark (it may write new frames).
+/// Mark the object file at `path` for a WAL compaction, as its object's connection
+/// closes. From here on, any connection of this process that maps the file's index
+/// (other than the compaction's own, see [`compacting`]) cancels the mark: it may
+/// write new frames, or hold the index where the truncation would pull the WAL from
+/// under it.
 pub(crate) fn mark_compaction(path: &std::path::Path) -> std::io::Result<Compaction> {
     static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     if !register() {
@@ -157,11 +178,80 @@ pub(crate) fn mark_compaction(path: &std::path::Path) -> std::io::Result<Compact
     let key = (m.dev(), m.ino());
     let token = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
+    let mut marks = marks().lock().unwrap_or_else(|e| e.into_inner());
+    if marks.get(&key) == Some(&Mark::Truncating) {
+        return Err(std::io::Error::other("a truncation is under way"));
+    }
+    marks.insert(key, Mark::Marked(token));
+    Ok(Compaction { key, token })
+}
+
+/// Run `f` (which opens the compaction's own connection to the file, copies its WAL
+/// and closes it) without that connection cancelling the mark.
+pub(crate) fn compacting<T>(c: &Compaction, f: impl FnOnce() -> T) -> T {
+    COMPACTING.with(|k| k.set(Some(c.key)));
+    let out = f();
+    COMPACTING.with(|k| k.set(None));
+    out
+}
+
+/// Drop a mark whose compaction will not truncate (its copy failed or was partial).
+pub(crate) fn forget(c: Compaction) {
+    let _nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
+    let mut marks = marks().lock().unwrap_or_else(|e| e.into_inner());
+    if marks.get(&c.key) == Some(&Mark::Marked(c.token)) {
+        marks.remove(&c.key);
+    }
+}
+
+/// Truncate the WAL of the file at `path` to nothing, if that is still safe: its mark
+/// is the one [`mark_compaction`] gave (no other connection of this process mapped the
+/// file's index since), no connection has it mapped now, and `path` still names that
+/// file (a restore may have replaced it). The caller has copied every frame into the
+/// file with SQLite's own ordering (the WAL synced, then the file, see
+/// [`crate::store::finish_compaction`]): the file holds every frame the WAL does,
+/// durably, and the WAL's frames are durable too (should the truncation itself not
+/// survive a power cut, they replay onto the same pages). Returns whether it
+/// truncated. A connection that maps the file's index meanwhile waits for the
+/// truncation (a system call) to end; others never do.
+pub(crate) fn finish_compaction(path: &std::path::Path, c: Compaction) -> std::io::Result<bool> {
+    {
+        let nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
+        let mut marks = marks().lock().unwrap_or_else(|e| e.into_inner());
+        if marks.get(&c.key) != Some(&Mark::Marked(c.token)) {
+            return Ok(false);
+        }
+        if nodes.contains_key(&c.key) {
+            marks.remove(&c.key);
+            return Ok(false);
+        }
+        match std::fs::metadata(path) {
+            Ok(m) if (m.dev(), m.ino()) == c.key => {}
+            other => {
+                marks.remove(&c.key);
+                return other.map(|_| false).or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(false)
+                    } else {
+                        Err(e)
+                    }
+                });
+            }
+        }
+        marks.insert(c.key, Mark::Truncating);
+    }
+    let wal = crate::files::wal_path(path);
+    let result = match std::fs::OpenOptions::new().write(true).open(&wal) {
+        Ok(f) => f.set_len(0).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    };
     marks()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(key, token);
-    Ok(Compaction { key, token })
+        .remove(&c.key);
+    truncated().notify_all();
+    result
 }
 
 /// How many valid frames the WAL of the database open on `conn` holds, as the WAL
@@ -197,37 +287,6 @@ pub(crate) fn wal_frames(conn: &rusqlite::Connection) -> Option<u32> {
             return None;
         }
         Some(u32::from_ne_bytes(w2[..4].try_into().expect("4 bytes")))
-    }
-}
-
-/// Truncate the WAL of the file at `path` to nothing, if that is still safe: its mark
-/// is the one [`mark_compaction`] gave (no connection of this process mapped the
-/// file's index since), no connection has it mapped now, and `path` still names that
-/// file (a restore may have replaced it). The caller has synced the file since the
-/// mark, so it holds every frame the WAL does, durably. Returns whether it truncated.
-/// Done under the lock every connection takes to map an index: none can start reading
-/// the WAL meanwhile.
-pub(crate) fn finish_compaction(path: &std::path::Path, c: Compaction) -> std::io::Result<bool> {
-    let nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
-    let mut marks = marks().lock().unwrap_or_else(|e| e.into_inner());
-    if marks.get(&c.key) != Some(&c.token) {
-        return Ok(false);
-    }
-    marks.remove(&c.key);
-    if nodes.contains_key(&c.key) {
-        return Ok(false);
-    }
-    match std::fs::metadata(path) {
-        Ok(m) if (m.dev(), m.ino()) == c.key => {}
-        Ok(_) => return Ok(false),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    }
-    let wal = crate::files::wal_path(path);
-    match std::fs::OpenOptions::new().write(true).open(&wal) {
-        Ok(f) => f.set_len(0).map(|()| true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
     }
 }
 
@@ -523,10 +582,14 @@ fn acquire(f: &mut File) -> Result<*const Node, c_int> {
         return Err(ffi::SQLITE_IOERR_SHMOPEN);
     }
     let mut nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
-    // This connection may write the WAL: a truncation marked before must not happen.
+    // This connection may write the WAL: a truncation marked before must not happen,
+    // and one under way must end before SQLite reads the WAL.
     {
         let mut marks = marks().lock().unwrap_or_else(|e| e.into_inner());
-        if !marks.is_empty() {
+        while marks.get(&f.key) == Some(&Mark::Truncating) {
+            marks = truncated().wait(marks).unwrap_or_else(|e| e.into_inner());
+        }
+        if !marks.is_empty() && COMPACTING.with(|k| k.get()) != Some(f.key) {
             marks.remove(&f.key);
         }
     }

@@ -460,7 +460,7 @@ fn object_wal(data: &Path) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evicted_objects_large_wal_is_folded_into_its_file_and_what_it_held_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let idle = ["--idle-timeout-secs", "0.3"];
+    let idle = ["--idle-timeout-secs", "1"];
     let host = HostProcess::start(dir.path(), &idle);
     let client = host.client().await;
     let counter = client.get::<Counter>("busy");

@@ -102,9 +102,10 @@ impl Object {
 
     /// The file just committed: a connection opened on an empty WAL goes back to
     /// `synchronous=NORMAL` (see [`store::Opened::sync_off`]), before the log hears
-    /// that the file holds the commit's batches. (Setting it does no I/O; should it
-    /// fail all the same, the next commit tries again.)
-    fn committed_file(&mut self) {
+    /// that the file holds the commit's batches. Returns whether the connection is at
+    /// `NORMAL`. (Setting it does no I/O; should it fail all the same, the log is not
+    /// told, so it keeps the batches, and the next commit tries again.)
+    fn committed_file(&mut self) -> bool {
         if self.sync_off {
             match store::sync_normal(self.db()) {
                 Ok(()) => self.sync_off = false,
@@ -113,6 +114,7 @@ impl Object {
                 }
             }
         }
+        !self.sync_off
     }
 
     /// Commit the file's open transaction, if any, once the log holds every batch in
@@ -166,12 +168,12 @@ impl Object {
         .and_then(|()| conn.run("COMMIT"));
         match committed {
             Ok(()) => {
-                self.committed_file();
+                let normal = self.committed_file();
                 self.txn_open = false;
                 self.unfiled.clear();
                 self.deferred = 0;
                 self.commit_backoff = 0;
-                if let (Some(lsn), Some(log)) = (lsn, self.log.as_ref()) {
+                if let (Some(lsn), Some(log), true) = (lsn, self.log.as_ref(), normal) {
                     log.applied(lsn);
                 }
                 FileCommit::Done
