@@ -180,63 +180,103 @@ pub(crate) fn sync_normal(conn: &Connection) -> rusqlite::Result<()> {
 /// microsecond a frame, and compacting costs a sync of the file.
 const COMPACT_WAL_BYTES: u64 = 64 << 10;
 
+/// Compactions under way in this process at most ([`compact_on_close`]). Each reads
+/// the WAL and syncs twice on a blocking thread: when more objects close at once (a
+/// sweep of many idle objects, a shutdown), the others keep their WAL, as they would
+/// without compaction, rather than queue syncs against the host log's.
+const MAX_COMPACTIONS: usize = 4;
+
+static COMPACTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// An object file marked for a WAL compaction, holding one of the
+/// [`MAX_COMPACTIONS`] places until it is finished or dropped.
+#[derive(Debug)]
+pub(crate) struct Compaction {
+    path: PathBuf,
+    mark: Option<crate::wal_index::Compaction>,
+}
+
+impl Drop for Compaction {
+    fn drop(&mut self) {
+        if let Some(mark) = self.mark.take() {
+            crate::wal_index::forget(mark);
+        }
+        COMPACTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// As an object's connection closes under the host log (eviction, or a quiet object
 /// closing it): if its WAL holds at least [`COMPACT_WAL_BYTES`], mark the file for a
-/// compaction, which [`finish_compaction`] then runs off the shard. Otherwise the WAL
+/// compaction, which [`Compaction::finish`] then runs off the shard. Otherwise the WAL
 /// stays as it is (see [`keep_wal_on_close`]), and the next open reads and checksums
 /// every frame again: for an object written a few thousand times that is most of its
 /// activation (a WAL of ~1,000 frames, 1 MB, costs ~350 µs of CPU to index), and it
-/// keeps up to a megabyte on disk per object. `None`: nothing worth doing, or a
-/// transaction is open on `conn`.
-pub(crate) fn compact_on_close(
-    conn: &Connection,
-    path: &Path,
-) -> Option<crate::wal_index::Compaction> {
+/// keeps up to a megabyte on disk per object. `None`: nothing worth doing, a
+/// transaction is open on `conn`, or [`MAX_COMPACTIONS`] are under way.
+pub(crate) fn compact_on_close(conn: &Connection, path: &Path) -> Option<Compaction> {
+    use std::sync::atomic::Ordering;
     let wal = std::fs::metadata(crate::files::wal_path(path)).ok()?;
     if wal.len() < COMPACT_WAL_BYTES || !conn.is_autocommit() {
         return None;
     }
-    crate::wal_index::mark_compaction(path).ok()
+    COMPACTIONS
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < MAX_COMPACTIONS).then_some(n + 1)
+        })
+        .ok()?;
+    // Holds its place from here: dropped, it gives it back.
+    let mut c = Compaction {
+        path: path.to_owned(),
+        mark: None,
+    };
+    c.mark = Some(crate::wal_index::mark_compaction(path).ok()?);
+    Some(c)
 }
 
-/// Off the shard, after [`compact_on_close`] and the object's connection closed: copy
-/// the WAL into the file through a connection of its own, with `synchronous=NORMAL`'s
-/// ordering (a passive checkpoint: the WAL synced, its frames copied, the file synced,
-/// and only then are the frames counted as copied), close it, and truncate the WAL if
-/// no other connection has opened the file since the mark (see
-/// [`crate::wal_index::finish_compaction`]). A connection opened meanwhile on the
-/// shard works beside the checkpoint, which never blocks it, and keeps the WAL. A
-/// failure only leaves the WAL as it was. Returns whether the WAL was truncated.
-pub(crate) fn finish_compaction(path: &Path, c: crate::wal_index::Compaction) -> bool {
-    let copied = crate::wal_index::compacting(&c, || -> rusqlite::Result<bool> {
-        // Not created if missing; closing it neither checkpoints again nor deletes the
-        // WAL.
-        let conn = connect_existing(path, true)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let (busy, frames, done) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        })?;
-        Ok(busy == 0 && frames > 0 && frames == done)
-    });
-    let truncated = match copied {
-        Ok(true) => crate::wal_index::finish_compaction(path, c),
-        Ok(false) => {
-            crate::wal_index::forget(c);
-            Ok(false)
-        }
-        Err(e) => {
-            crate::wal_index::forget(c);
-            Err(std::io::Error::other(e))
-        }
-    };
-    truncated.unwrap_or_else(|e| {
-        tracing::debug!(error = %e, "compacting a closed object's WAL");
-        false
-    })
+impl Compaction {
+    /// Off the shard, after [`compact_on_close`] and the object's connection closed:
+    /// copy the WAL into the file through a connection of its own, with
+    /// `synchronous=NORMAL`'s ordering (a passive checkpoint: the WAL synced, its frames
+    /// copied, the file synced, and only then are the frames counted as copied), close
+    /// it, and truncate the WAL if no other connection has opened the file since the
+    /// mark (see [`crate::wal_index::finish_compaction`]). A connection opened meanwhile
+    /// on the shard works beside the checkpoint, which never blocks it, and keeps the
+    /// WAL. A failure only leaves the WAL as it was. Returns whether the WAL was
+    /// truncated.
+    pub(crate) fn finish(mut self) -> bool {
+        let mark = self.mark.take().expect("marked");
+        let path = self.path.as_path();
+        let copied = crate::wal_index::compacting(&mark, || -> rusqlite::Result<bool> {
+            // Not created if missing; closing it neither checkpoints again nor deletes
+            // the WAL.
+            let conn = connect_existing(path, true)?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            let (busy, frames, done) =
+                conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?;
+            Ok(busy == 0 && frames > 0 && frames == done)
+        });
+        let truncated = match copied {
+            Ok(true) => crate::wal_index::finish_compaction(path, mark),
+            Ok(false) => {
+                crate::wal_index::forget(mark);
+                Ok(false)
+            }
+            Err(e) => {
+                crate::wal_index::forget(mark);
+                Err(std::io::Error::other(e))
+            }
+        };
+        truncated.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "compacting a closed object's WAL");
+            false
+        })
+    }
 }
 
 /// SQLite gives every connection 120 KiB of lookaside memory by default; a host
@@ -1786,7 +1826,7 @@ mod tests {
             wal_len(&path) >= COMPACT_WAL_BYTES,
             "nothing truncated before the sync"
         );
-        assert!(finish_compaction(&path, marked));
+        assert!(marked.finish());
         assert_eq!(wal_len(&path), 0);
         assert_eq!(rows(&path), 200, "every row is in the file");
         // The next open finds an empty WAL: its first commit writes the WAL's header
@@ -1836,7 +1876,7 @@ mod tests {
             .unwrap();
         drop(ctx);
         let before = wal_len(&path_a);
-        assert!(!finish_compaction(&path_a, marked));
+        assert!(!marked.finish());
         assert_eq!(wal_len(&path_a), before);
         assert_eq!(rows(&path_a), 101);
         // A reader that had the file open before the mark, and still has: the WAL
@@ -1850,7 +1890,7 @@ mod tests {
         let marked = compact_on_close(&ctx.conn, &path_b).unwrap();
         drop(ctx);
         let before = wal_len(&path_b);
-        assert!(!finish_compaction(&path_b, marked));
+        assert!(!marked.finish());
         assert_eq!(wal_len(&path_b), before);
         let n: i64 = reader
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
@@ -1880,7 +1920,7 @@ mod tests {
         drop(ctx);
         // The WAL as the compaction synced it before copying.
         let wal = std::fs::read(crate::files::wal_path(&path)).unwrap();
-        assert!(finish_compaction(&path, marked));
+        assert!(marked.finish());
         assert_eq!(wal_len(&path), 0);
         // The truncation did not reach the disk: the WAL is back beside the file.
         std::fs::write(crate::files::wal_path(&path), &wal).unwrap();
@@ -1913,6 +1953,30 @@ mod tests {
             "a transaction"
         );
         ctx.conn.execute_batch("COMMIT").unwrap();
+        assert!(compact_on_close(&ctx.conn, &path).is_some());
+    }
+
+    #[test]
+    fn at_most_a_few_compactions_run_at_once_and_a_dropped_one_gives_its_place_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut held = Vec::new();
+        let mut refused = None;
+        for _ in 0..MAX_COMPACTIONS + 1 {
+            let id = ObjectId::random();
+            let ctx = written(dir.path(), id, 100);
+            let path = object_path(dir.path(), "Counter", id);
+            match compact_on_close(&ctx.conn, &path) {
+                Some(c) => held.push(c),
+                None => {
+                    refused = Some((ctx, path));
+                    break;
+                }
+            }
+        }
+        // (Other tests of this process may hold a place meanwhile.)
+        assert!(!held.is_empty() && held.len() <= MAX_COMPACTIONS);
+        let (ctx, path) = refused.expect("one past the most is refused");
+        held.pop();
         assert!(compact_on_close(&ctx.conn, &path).is_some());
     }
 }

@@ -156,7 +156,7 @@ std::thread_local! {
 }
 
 /// An object file marked for a WAL compaction: its WAL is to be copied into it, the
-/// file synced and the WAL truncated, off the shard ([`crate::store::finish_compaction`]).
+/// file synced and the WAL truncated, off the shard ([`crate::store::Compaction::finish`]).
 #[derive(Debug)]
 pub(crate) struct Compaction {
     key: Key,
@@ -209,7 +209,7 @@ pub(crate) fn forget(c: Compaction) {
 /// file's index since), no connection has it mapped now, and `path` still names that
 /// file (a restore may have replaced it). The caller has copied every frame into the
 /// file with SQLite's own ordering (the WAL synced, then the file, see
-/// [`crate::store::finish_compaction`]): the file holds every frame the WAL does,
+/// [`crate::store::Compaction::finish`]): the file holds every frame the WAL does,
 /// durably, and the WAL's frames are durable too (should the truncation itself not
 /// survive a power cut, they replay onto the same pages). Returns whether it
 /// truncated. A connection that maps the file's index meanwhile waits for the

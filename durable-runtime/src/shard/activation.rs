@@ -331,7 +331,7 @@ impl Object {
         self.drop_connection();
         if let Some(marked) = marked {
             tokio::task::spawn_blocking(move || {
-                if store::finish_compaction(&path, marked) {
+                if marked.finish() {
                     crate::telemetry::wal_compacted();
                 }
             });
