@@ -505,3 +505,53 @@ async fn an_evicted_objects_large_wal_is_folded_into_its_file_and_what_it_held_s
         "after kill -9, written on"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_object_writes_on_with_its_wal_checkpointed_as_usual() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &["--idle-timeout-secs", "1"]);
+    let client = host.client().await;
+    let p = client.get::<durable_tests::Probe>("big");
+    p.put_blob("first".into(), 100_000).await.unwrap();
+    let wal = object_wal(dir.path());
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+    // The file commits 100 ms after the call (the log made it durable before).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while len(&wal) < 64 << 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL holds {} bytes",
+            len(&wal)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    while len(&wal) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL kept {} bytes",
+            len(&wal)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Reactivated on an empty WAL: its first file commit runs without syncs or
+    // automatic checkpoints, and every later one as usual. ~3 MB in ~9 file commits
+    // (one per 64 batches): with SQLite's checkpoint back, the WAL restarts once it
+    // passes 1,000 pages and stays well under what was written.
+    let n = 600;
+    for i in 0..n {
+        p.put_blob(format!("b{i}"), 5_000).await.unwrap();
+    }
+    let written = n * 5_000;
+    assert!(
+        len(&wal) < written / 2,
+        "the WAL grew to {} bytes of {written} written",
+        len(&wal)
+    );
+    assert_eq!(p.blobs().await.unwrap().len(), n as usize + 1);
+    drop(client);
+    host.kill9();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let p = client.get::<durable_tests::Probe>("big");
+    assert_eq!(p.blobs().await.unwrap().len(), n as usize + 1);
+}
