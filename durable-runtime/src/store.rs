@@ -408,15 +408,18 @@ pub(crate) fn open(
             // four statements more on a connection whose every statement is parsed
             // afresh).
             connection_settings(&conn, "NORMAL")?;
-            // An empty WAL (compacted when the object last closed), as the first
-            // statement found it: its first commit runs with `OFF` too (see
-            // [`Opened::sync_off`]).
-            if !sync_new && crate::wal_index::wal_frames(&conn) == Some(0) && wal_is_empty(&path) {
-                self::sync_off(&conn)?;
-                sync_off = true;
-            }
             state = read_state(&conn)?;
             if name.is_none() || state.name.is_some() {
+                // An empty WAL (compacted when the object last closed), as the first
+                // statement found it: its first commit runs with `OFF` too (see
+                // [`Opened::sync_off`]).
+                if !sync_new
+                    && crate::wal_index::wal_frames(&conn) == Some(0)
+                    && wal_is_empty(&path)
+                {
+                    self::sync_off(&conn)?;
+                    sync_off = true;
+                }
                 from_header = true;
                 return Ok(());
             }
@@ -434,7 +437,6 @@ pub(crate) fn open(
             // the switch then syncs nothing).
             conn.pragma_update(None, "synchronous", sync)?;
         }
-        sync_off = false;
         settings(&conn, sync)?;
         let tx = conn.unchecked_transaction()?;
         // The runtime's tables, created or brought up to date once (user_version
@@ -1879,25 +1881,49 @@ mod tests {
         assert!(!marked.finish());
         assert_eq!(wal_len(&path_a), before);
         assert_eq!(rows(&path_a), 101);
-        // A reader that had the file open before the mark, and still has: the WAL
-        // stays too (the truncation would pull it from under the reader's index).
+        // A reader that has the file open as its object closes: no mark (a connection
+        // that mapped the index before the mark could never cancel it), and the WAL
+        // stays.
         let ctx = written(dir.path(), b, 100);
         let reader = connect(&path_b, true).unwrap();
         let n: i64 = reader
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 100);
-        let marked = compact_on_close(&ctx.conn, &path_b).unwrap();
-        drop(ctx);
-        let before = wal_len(&path_b);
-        assert!(!marked.finish());
-        assert_eq!(wal_len(&path_b), before);
+        assert!(compact_on_close(&ctx.conn, &path_b).is_none());
+        // Gone before the mark: marked.
+        drop(reader);
+        let marked = compact_on_close(&ctx.conn, &path_b).expect("marked");
+        // Opened after the mark, still open when the copy is done: the WAL stays.
+        let reader = connect(&path_b, true).unwrap();
         let n: i64 = reader
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 100);
+        drop(ctx);
+        let before = wal_len(&path_b);
+        assert!(!marked.finish());
+        assert_eq!(wal_len(&path_b), before);
         drop(reader);
         assert_eq!(rows(&path_b), 100);
+    }
+
+    #[test]
+    fn a_compacted_object_opened_by_a_name_it_does_not_store_yet_keeps_sqlites_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = ObjectId::random();
+        let path = object_path(dir.path(), "Counter", id);
+        let ctx = written(dir.path(), id, 100);
+        let marked = compact_on_close(&ctx.conn, &path).unwrap();
+        drop(ctx);
+        assert!(marked.finish());
+        // The name's write commits in `open` itself: `NORMAL` and the automatic
+        // checkpoint from there on.
+        let (ctx, opened) = open(dir.path(), "Counter", id, Some("late"), false, None).unwrap();
+        assert!(!opened.sync_off);
+        let pragma = |sql: &str| -> i64 { ctx.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(pragma("PRAGMA synchronous"), 1, "NORMAL");
+        assert_eq!(pragma("PRAGMA wal_autocheckpoint"), AUTOCHECKPOINT_PAGES);
     }
 
     #[test]

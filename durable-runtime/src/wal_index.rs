@@ -177,7 +177,14 @@ pub(crate) fn mark_compaction(path: &std::path::Path) -> std::io::Result<Compact
     let m = std::fs::metadata(path)?;
     let key = (m.dev(), m.ino());
     let token = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
+    let nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
+    // The map's reference and the closing connection's: another connection that mapped
+    // the index before the mark would never cancel it (it maps once), so none may have.
+    if nodes.get(&key).is_some_and(|n| Arc::strong_count(n) > 2) {
+        return Err(std::io::Error::other(
+            "another connection has the file open",
+        ));
+    }
     let mut marks = marks().lock().unwrap_or_else(|e| e.into_inner());
     if marks.get(&key) == Some(&Mark::Truncating) {
         return Err(std::io::Error::other("a truncation is under way"));
@@ -189,18 +196,32 @@ pub(crate) fn mark_compaction(path: &std::path::Path) -> std::io::Result<Compact
 /// Run `f` (which opens the compaction's own connection to the file, copies its WAL
 /// and closes it) without that connection cancelling the mark.
 pub(crate) fn compacting<T>(c: &Compaction, f: impl FnOnce() -> T) -> T {
+    /// Clears [`COMPACTING`] however `f` ends (a panic included).
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            COMPACTING.with(|k| k.set(None));
+        }
+    }
     COMPACTING.with(|k| k.set(Some(c.key)));
-    let out = f();
-    COMPACTING.with(|k| k.set(None));
-    out
+    let _clear = Clear;
+    f()
 }
 
 /// Drop a mark whose compaction will not truncate (its copy failed or was partial).
 pub(crate) fn forget(c: Compaction) {
-    let _nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
-    let mut marks = marks().lock().unwrap_or_else(|e| e.into_inner());
-    if marks.get(&c.key) == Some(&Mark::Marked(c.token)) {
-        marks.remove(&c.key);
+    drop(c);
+}
+
+/// A compaction dropped unfinished (a failed copy, a panic, a task that never ran)
+/// takes its mark with it. (After [`finish_compaction`] the mark is gone already.)
+impl Drop for Compaction {
+    fn drop(&mut self) {
+        let _nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
+        let mut marks = marks().lock().unwrap_or_else(|e| e.into_inner());
+        if marks.get(&self.key) == Some(&Mark::Marked(self.token)) {
+            marks.remove(&self.key);
+        }
     }
 }
 
@@ -215,7 +236,7 @@ pub(crate) fn forget(c: Compaction) {
 /// truncated. A connection that maps the file's index meanwhile waits for the
 /// truncation (a system call) to end; others never do.
 pub(crate) fn finish_compaction(path: &std::path::Path, c: Compaction) -> std::io::Result<bool> {
-    {
+    let wal = {
         let nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
         let mut marks = marks().lock().unwrap_or_else(|e| e.into_inner());
         if marks.get(&c.key) != Some(&Mark::Marked(c.token)) {
@@ -225,27 +246,37 @@ pub(crate) fn finish_compaction(path: &std::path::Path, c: Compaction) -> std::i
             marks.remove(&c.key);
             return Ok(false);
         }
+        let not_found = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        };
         match std::fs::metadata(path) {
             Ok(m) if (m.dev(), m.ino()) == c.key => {}
             other => {
                 marks.remove(&c.key);
-                return other.map(|_| false).or_else(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        Ok(false)
-                    } else {
-                        Err(e)
-                    }
-                });
+                return other.map(|_| false).or_else(not_found);
             }
         }
-        marks.insert(c.key, Mark::Truncating);
-    }
-    let wal = crate::files::wal_path(path);
-    let result = match std::fs::OpenOptions::new().write(true).open(&wal) {
-        Ok(f) => f.set_len(0).map(|()| true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
+        // Opened here, where the file is known to be the marked one: a WAL that a
+        // restore puts in place once the locks are let go is never touched.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .open(crate::files::wal_path(path))
+        {
+            Ok(f) => {
+                marks.insert(c.key, Mark::Truncating);
+                f
+            }
+            Err(e) => {
+                marks.remove(&c.key);
+                return not_found(e);
+            }
+        }
     };
+    let result = wal.set_len(0).map(|()| true);
     marks()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -581,18 +612,24 @@ fn acquire(f: &mut File) -> Result<*const Node, c_int> {
     if f.path.is_null() {
         return Err(ffi::SQLITE_IOERR_SHMOPEN);
     }
-    let mut nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
     // This connection may write the WAL: a truncation marked before must not happen,
-    // and one under way must end before SQLite reads the WAL.
-    {
+    // and one under way must end before SQLite reads the WAL (waited for without the
+    // lock every other file's connections take).
+    let mut nodes = loop {
+        let nodes = nodes().lock().unwrap_or_else(|e| e.into_inner());
         let mut marks = marks().lock().unwrap_or_else(|e| e.into_inner());
-        while marks.get(&f.key) == Some(&Mark::Truncating) {
-            marks = truncated().wait(marks).unwrap_or_else(|e| e.into_inner());
+        if marks.get(&f.key) == Some(&Mark::Truncating) {
+            drop(nodes);
+            while marks.get(&f.key) == Some(&Mark::Truncating) {
+                marks = truncated().wait(marks).unwrap_or_else(|e| e.into_inner());
+            }
+            continue;
         }
         if !marks.is_empty() && COMPACTING.with(|k| k.get()) != Some(f.key) {
             marks.remove(&f.key);
         }
-    }
+        break nodes;
+    };
     let node = match nodes.get(&f.key) {
         Some(node) => node.clone(),
         None => {
