@@ -457,6 +457,21 @@ fn object_wal(data: &Path) -> PathBuf {
     wals.into_iter().next().unwrap()
 }
 
+/// Wait (polling the file, no calls to the host) until the WAL's length passes `done`;
+/// panics after 20 s with what it holds.
+async fn wal_until(wal: &Path, what: &str, done: impl Fn(u64) -> bool) {
+    let len = || std::fs::metadata(wal).unwrap().len();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done(len()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL did not {what}: {} bytes",
+            len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_evicted_objects_large_wal_is_folded_into_its_file_and_what_it_held_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
@@ -470,18 +485,10 @@ async fn an_evicted_objects_large_wal_is_folded_into_its_file_and_what_it_held_s
         value = counter.increment(1).await.unwrap();
     }
     let wal = object_wal(dir.path());
-    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
-    assert!(len(&wal) >= 64 << 10, "the WAL holds {} bytes", len(&wal));
+    // The file commits every 64 batches, and 100 ms after the last call.
+    wal_until(&wal, "grow past 64 KiB", |len| len >= 64 << 10).await;
     // Evicted: the WAL is copied into the file, the file synced, the WAL truncated.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while len(&wal) > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the WAL kept {} bytes",
-            len(&wal)
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wal_until(&wal, "be truncated", |len| len == 0).await;
     drop(client);
     host.kill9();
     let host = HostProcess::start(dir.path(), &idle);
@@ -514,25 +521,10 @@ async fn a_compacted_object_writes_on_with_its_wal_checkpointed_as_usual() {
     let p = client.get::<durable_tests::Probe>("big");
     p.put_blob("first".into(), 100_000).await.unwrap();
     let wal = object_wal(dir.path());
-    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
     // The file commits 100 ms after the call (the log made it durable before).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while len(&wal) < 64 << 10 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the WAL holds {} bytes",
-            len(&wal)
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    while len(&wal) > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the WAL kept {} bytes",
-            len(&wal)
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wal_until(&wal, "grow past 64 KiB", |len| len >= 64 << 10).await;
+    wal_until(&wal, "be truncated", |len| len == 0).await;
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
     // Reactivated on an empty WAL: its first file commit runs without syncs or
     // automatic checkpoints, and every later one as usual. ~3 MB in ~9 file commits
     // (one per 64 batches): with SQLite's checkpoint back, the WAL restarts once it
