@@ -196,11 +196,10 @@ pub(crate) struct Compaction {
     mark: Option<crate::wal_index::Compaction>,
 }
 
+/// Gives its place back; an unfinished mark goes with it (see the `Drop` of
+/// [`crate::wal_index::Compaction`]).
 impl Drop for Compaction {
     fn drop(&mut self) {
-        if let Some(mark) = self.mark.take() {
-            crate::wal_index::forget(mark);
-        }
         COMPACTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
@@ -261,16 +260,11 @@ impl Compaction {
                 })?;
             Ok(busy == 0 && frames > 0 && frames == done)
         });
+        // A mark not finished is dropped, and with it from the index's marks.
         let truncated = match copied {
             Ok(true) => crate::wal_index::finish_compaction(path, mark),
-            Ok(false) => {
-                crate::wal_index::forget(mark);
-                Ok(false)
-            }
-            Err(e) => {
-                crate::wal_index::forget(mark);
-                Err(std::io::Error::other(e))
-            }
+            Ok(false) => Ok(false),
+            Err(e) => Err(std::io::Error::other(e)),
         };
         truncated.unwrap_or_else(|e| {
             tracing::debug!(error = %e, "compacting a closed object's WAL");

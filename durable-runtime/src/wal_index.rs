@@ -156,7 +156,7 @@ std::thread_local! {
 }
 
 /// An object file marked for a WAL compaction: its WAL is to be copied into it, the
-/// file synced and the WAL truncated, off the shard ([`crate::store::Compaction::finish`]).
+/// file synced and the WAL truncated, off the shard (by the store module).
 #[derive(Debug)]
 pub(crate) struct Compaction {
     key: Key,
@@ -208,11 +208,6 @@ pub(crate) fn compacting<T>(c: &Compaction, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Drop a mark whose compaction will not truncate (its copy failed or was partial).
-pub(crate) fn forget(c: Compaction) {
-    drop(c);
-}
-
 /// A compaction dropped unfinished (a failed copy, a panic, a task that never ran)
 /// takes its mark with it. (After [`finish_compaction`] the mark is gone already.)
 impl Drop for Compaction {
@@ -230,7 +225,7 @@ impl Drop for Compaction {
 /// file's index since), no connection has it mapped now, and `path` still names that
 /// file (a restore may have replaced it). The caller has copied every frame into the
 /// file with SQLite's own ordering (the WAL synced, then the file, see
-/// [`crate::store::Compaction::finish`]): the file holds every frame the WAL does,
+/// the store module's compaction): the file holds every frame the WAL does,
 /// durably, and the WAL's frames are durable too (should the truncation itself not
 /// survive a power cut, they replay onto the same pages). Returns whether it
 /// truncated. A connection that maps the file's index meanwhile waits for the

@@ -314,8 +314,8 @@ impl Object {
         crate::sqlite_memory::collect_soon();
     }
 
-    /// Close the connection (as [`Object::drop_connection`]), first copying a large WAL
-    /// into the file; a blocking thread then syncs the file and truncates the WAL
+    /// Close the connection (as [`Object::drop_connection`]); if its WAL is large, a
+    /// blocking thread then copies it into the file, syncs, and truncates it
     /// ([`store::compact_on_close`]). Only under the host log (otherwise SQLite's own
     /// close checkpoints and deletes the WAL), and only with everything the log holds
     /// in the file.
