@@ -24,6 +24,7 @@ mod durability;
 mod error;
 pub mod feed;
 mod file_copy;
+mod file_locks;
 mod files;
 mod follow;
 mod gateway;

@@ -1,5 +1,9 @@
 //! Object files' WAL index in the host's memory: a SQLite VFS, [`VFS_NAME`], that is
-//! the platform's `unix` VFS except for the shared-memory methods.
+//! the platform's `unix` VFS except for the shared-memory methods and the database's
+//! locks. Files open through SQLite's `unix-none` (the `unix` VFS without `fcntl`
+//! locks and without its list of open files, which every open walks); a main
+//! database's locks are kept by the `file_locks` module with the `unix` VFS's
+//! semantics between connections of one process.
 //!
 //! A WAL database needs an index of its WAL shared by every connection to it. The
 //! `unix` VFS keeps it in a `-shm` file mapped into memory, and coordinates through
@@ -26,6 +30,7 @@
 //! `-shm` (POSIX drops every lock a process holds on a file when it closes any of its
 //! descriptors).
 
+use crate::file_locks;
 use rusqlite::ffi;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -330,9 +335,37 @@ struct File {
     /// Lock slots this connection holds shared / exclusively (bit i: slot i).
     shared: u8,
     exclusive: u8,
+    /// The database lock this connection holds (`SQLITE_LOCK_*`), if `locked`.
+    level: c_int,
+    /// Whether this main database's locks are kept in `file_locks` (attached at open,
+    /// detached at close).
+    locked: bool,
 }
 
 const HEADER: usize = (std::mem::size_of::<File>() + 15) & !15;
+
+/// The VFS files open through, found once, and whether our own methods keep main
+/// databases' locks: `unix-none` (no `fcntl` locks, no list of open files to walk at
+/// each open; `file_locks` keeps the locks instead), else `unix` with its own.
+fn inner() -> (*mut ffi::sqlite3_vfs, bool) {
+    struct Ptr(*mut ffi::sqlite3_vfs, bool);
+    // SAFETY: as in `unix`.
+    unsafe impl Send for Ptr {}
+    unsafe impl Sync for Ptr {}
+    static INNER: OnceLock<Ptr> = OnceLock::new();
+    let p = INNER.get_or_init(|| {
+        // SAFETY: a NUL-terminated name; returns null or a registered VFS.
+        let none = unsafe { ffi::sqlite3_vfs_find(c"unix-none".as_ptr()) };
+        // The same file object (its size is what `register` reserved).
+        // SAFETY: both are registered VFS objects.
+        if !none.is_null() && unsafe { (*none).szOsFile == (*unix()).szOsFile } {
+            Ptr(none, true)
+        } else {
+            Ptr(unix(), false)
+        }
+    });
+    (p.0, p.1)
+}
 
 /// The `unix` VFS, found once.
 fn unix() -> *mut ffi::sqlite3_vfs {
@@ -462,32 +495,38 @@ unsafe extern "C" fn x_open(
                 node: std::ptr::null(),
                 shared: 0,
                 exclusive: 0,
+                level: file_locks::NONE,
+                locked: false,
             },
         );
-        let unix = unix();
-        let rc = ((*unix).xOpen.expect("unix xOpen"))(unix, name, real(file), flags, out_flags);
+        let main = flags & ffi::SQLITE_OPEN_MAIN_DB != 0 && !name.is_null();
+        let key_of = |m: std::fs::Metadata| (m.dev(), m.ino());
+        // The inode the path names before the open and after it: the descriptor opened
+        // in between is that file's (a file renamed onto the path meanwhile would give
+        // this connection another file's index and locks).
+        let before = match main {
+            true => std::fs::metadata(path_of(name)).ok().map(key_of),
+            false => None,
+        };
+        let (inner, own_locks) = inner();
+        let rc = ((*inner).xOpen.expect("xOpen"))(inner, name, real(file), flags, out_flags);
         if rc != ffi::SQLITE_OK || (*real(file)).pMethods.is_null() {
             return rc;
         }
         let f = &mut *(file as *mut File);
         f.base.pMethods = &METHODS;
-        if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 && !name.is_null() {
-            if let Ok(m) = std::fs::metadata(path_of(name)) {
-                // The key is the inode the path names now: make sure it is the one the
-                // descriptor has (a file renamed onto the path in between would give
-                // this connection another file's index).
-                let mut moved: c_int = 0;
-                let rc = (methods(file).xFileControl.expect("xFileControl"))(
-                    real(file),
-                    ffi::SQLITE_FCNTL_HAS_MOVED,
-                    &mut moved as *mut c_int as *mut c_void,
-                );
-                if rc != ffi::SQLITE_OK || moved != 0 {
+        if main {
+            if let Ok(key) = std::fs::metadata(path_of(name)).map(key_of) {
+                if before.is_some_and(|b| b != key) {
                     x_close(file);
                     return ffi::SQLITE_CANTOPEN;
                 }
                 f.path = name;
-                f.key = (m.dev(), m.ino());
+                f.key = key;
+                if own_locks {
+                    file_locks::attach(key);
+                    f.locked = true;
+                }
             }
         }
         rc
@@ -523,6 +562,11 @@ static METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
 unsafe extern "C" fn x_close(f: *mut ffi::sqlite3_file) -> c_int {
     unsafe {
         release(f);
+        let file = &mut *(f as *mut File);
+        if file.locked {
+            file_locks::detach(file.key, file.level);
+            file.locked = false;
+        }
         let rc = (methods(f).xClose.expect("xClose"))(real(f));
         (*f).pMethods = std::ptr::null();
         rc
@@ -548,14 +592,39 @@ unsafe extern "C" fn x_sync(f: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
 unsafe extern "C" fn x_file_size(f: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
     unsafe { (methods(f).xFileSize.expect("xFileSize"))(real(f), size) }
 }
+// A main database's locks are in `file_locks` when its inner file takes none
+// (`unix-none`); other files (a temporary database) are this connection's alone.
 unsafe extern "C" fn x_lock(f: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    unsafe { (methods(f).xLock.expect("xLock"))(real(f), level) }
+    unsafe {
+        let file = &mut *(f as *mut File);
+        if !file.locked {
+            return (methods(f).xLock.expect("xLock"))(real(f), level);
+        }
+        match file_locks::lock(file.key, &mut file.level, level) {
+            Ok(()) => ffi::SQLITE_OK,
+            Err(file_locks::Busy) => ffi::SQLITE_BUSY,
+        }
+    }
 }
 unsafe extern "C" fn x_unlock(f: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    unsafe { (methods(f).xUnlock.expect("xUnlock"))(real(f), level) }
+    unsafe {
+        let file = &mut *(f as *mut File);
+        if !file.locked {
+            return (methods(f).xUnlock.expect("xUnlock"))(real(f), level);
+        }
+        file_locks::unlock(file.key, &mut file.level, level);
+        ffi::SQLITE_OK
+    }
 }
 unsafe extern "C" fn x_check_reserved_lock(f: *mut ffi::sqlite3_file, out: *mut c_int) -> c_int {
-    unsafe { (methods(f).xCheckReservedLock.expect("xCheckReservedLock"))(real(f), out) }
+    unsafe {
+        let file = &*(f as *const File);
+        if !file.locked {
+            return (methods(f).xCheckReservedLock.expect("xCheckReservedLock"))(real(f), out);
+        }
+        *out = file_locks::reserved(file.key) as c_int;
+        ffi::SQLITE_OK
+    }
 }
 unsafe extern "C" fn x_file_control(
     f: *mut ffi::sqlite3_file,
@@ -839,6 +908,39 @@ mod tests {
             2,
             "kept up to the cap"
         );
+    }
+
+    #[test]
+    fn a_closing_connection_checkpoints_only_when_no_other_has_the_file_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let wal_len = || std::fs::metadata(crate::files::wal_path(&path)).map(|m| m.len());
+        let a = wal(&path);
+        a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let b = wal(&path);
+        let count: i64 = b
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 1);
+        let written = wal_len().unwrap();
+        assert!(written > 0);
+        // `a` closes while `b` holds its shared lock: SQLite's exclusive lock for the
+        // closing checkpoint is refused, so the WAL stays as it is.
+        drop(a);
+        assert_eq!(wal_len().unwrap(), written, "no checkpoint under a reader");
+        let count: i64 = b
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 1);
+        // The last connection gets it: SQLite checkpoints and removes the WAL.
+        drop(b);
+        assert!(wal_len().is_err(), "the last close removes the WAL");
+        let c = wal(&path);
+        let count: i64 = c
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 1, "what the WAL held is in the file");
     }
 
     #[test]

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Host CPU per reopening of an object file while K other objects have theirs open: N
+# counters incremented, 11 s quiet (each closes its database after
+# `--connection-idle-secs`, 10 s), then K other counters driven for 2 s and 3 s quiet
+# (their files open, their quiet digests made), then N sequential `counter get` (one client process each; each reopens its
+# file), with the host's per-thread user + system time over them divided by N.
+#   durable-bench/open-with-active.sh BIN_DIR [N=300] [K=0] [PERF_OUT]
+# BIN_DIR holds the example `host` and `counter` (cargo build --release -p
+# durable-examples --bin host --bin counter). Ticks are 10 ms: at N=300 a figure moves
+# in steps of ~33 µs; compare alternated runs of two builds, or of two K. With
+# PERF_OUT, `perf record --call-graph dwarf` of the host over the calls is written there.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+bin=$1 n=${2:-300} k=${3:-0} perfout=${4:-}
+dir=$(mktemp -d)
+"$bin/host" serve --data-dir "$dir" --listen 127.0.0.1:0 --idle-timeout-secs 3600 >"$dir.log" 2>&1 &
+pid=$!
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir" "$dir.log" "$dir.a" "$dir.b"' EXIT
+addr=$(wait_addr "$dir.log")
+c=("$bin/counter" --connect "$addr" --ca "$dir/tls/ca.pem" --token-file "$dir/tls/token")
+for i in $(seq "$n"); do "${c[@]}" increment "a$i" >/dev/null; done
+sleep 11
+if [ "$k" -gt 0 ]; then
+  "${c[@]}" bench --objects "$k" --seconds 2 >/dev/null
+  # Past the quiet digest (1 s) of each of the K, before their quiet close (10 s).
+  sleep 3
+fi
+snap() {
+  for t in /proc/$pid/task/*; do
+    echo "$(tr ' ' _ <"$t/comm") $(awk '{print $14+$15}' "$t/stat")"
+  done | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort
+}
+if [ -n "$perfout" ]; then
+  perf record -F 4999 --call-graph dwarf -o "$perfout" -p "$pid" >/dev/null 2>&1 &
+  perf_pid=$!
+  sleep 1
+fi
+snap >"$dir.a"
+for i in $(seq "$n"); do "${c[@]}" get "a$i" >/dev/null; done
+snap >"$dir.b"
+if [ -n "$perfout" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
+tick=$(getconf CLK_TCK)
+join "$dir.a" "$dir.b" | awk -v n="$n" -v tick="$tick" \
+  '{d=$3-$2; if (d>0) printf "%-18s %6.0f us/open\n", $1, d*1000000/tick/n}'
