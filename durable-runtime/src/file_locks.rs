@@ -45,7 +45,8 @@ struct Locks {
 
 impl Locks {
     /// Raise the lock of a connection holding `held` to `want` (shared, reserved or
-    /// exclusive; pending is only ever the state a refused exclusive lock leaves).
+    /// exclusive; pending is only ever the state an exclusive lock asked for from
+    /// reserved leaves while others still read, as in SQLite 3.54's `unixLock`).
     fn lock(&mut self, held: &mut i32, want: i32) -> Result<(), Busy> {
         if *held >= want {
             return Ok(());
@@ -63,10 +64,15 @@ impl Locks {
             *held = SHARED;
             return Ok(());
         }
-        if want == EXCLUSIVE && self.shared > 1 {
-            // Others still read: new readers wait (pending) until this one lets go.
+        if want == EXCLUSIVE && *held == RESERVED {
+            // A writer on its way to exclusive: no new reader from here on (pending),
+            // even if others still read.
             self.level = PENDING;
             *held = PENDING;
+        }
+        if want == EXCLUSIVE && self.shared > 1 {
+            // Others still read. From shared (a closing connection's try at its
+            // checkpoint) that changes nothing; from reserved it stays pending.
             return Err(Busy);
         }
         self.level = want;
@@ -167,11 +173,25 @@ mod tests {
     }
 
     #[test]
+    fn an_exclusive_lock_from_shared_is_refused_under_readers_and_changes_nothing() {
+        let mut l = Locks::default();
+        let (mut a, mut b, mut c) = (NONE, NONE, NONE);
+        l.lock(&mut a, SHARED).unwrap();
+        l.lock(&mut b, SHARED).unwrap();
+        // A closing connection's try at its checkpoint: refused, and readers still come.
+        assert_eq!(l.lock(&mut a, EXCLUSIVE), Err(Busy));
+        assert_eq!((a, l.level, l.shared), (SHARED, SHARED, 2));
+        l.lock(&mut c, SHARED).unwrap();
+        assert_eq!(l.shared, 3);
+    }
+
+    #[test]
     fn an_exclusive_lock_waits_for_readers_and_its_pending_keeps_new_ones_out() {
         let mut l = Locks::default();
         let (mut a, mut b, mut c) = (NONE, NONE, NONE);
         l.lock(&mut a, SHARED).unwrap();
         l.lock(&mut b, SHARED).unwrap();
+        l.lock(&mut a, RESERVED).unwrap();
         assert_eq!(l.lock(&mut a, EXCLUSIVE), Err(Busy));
         assert_eq!((a, l.level), (PENDING, PENDING));
         // Pending: no new reader, and no one else goes above shared.
@@ -213,6 +233,7 @@ mod tests {
         let (mut a, mut b) = (NONE, NONE);
         lock(key, &mut a, SHARED).unwrap();
         lock(key, &mut b, SHARED).unwrap();
+        lock(key, &mut a, RESERVED).unwrap();
         assert_eq!(lock(key, &mut a, EXCLUSIVE), Err(Busy));
         // `b` closes holding shared; `a`'s exclusive is then granted.
         detach(key, b);

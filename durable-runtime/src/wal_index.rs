@@ -516,17 +516,21 @@ unsafe extern "C" fn x_open(
         let f = &mut *(file as *mut File);
         f.base.pMethods = &METHODS;
         if main {
-            if let Ok(key) = std::fs::metadata(path_of(name)).map(key_of) {
-                if before.is_some_and(|b| b != key) {
+            match std::fs::metadata(path_of(name)).map(key_of) {
+                Ok(key) if before.is_none_or(|b| b == key) => {
+                    f.path = name;
+                    f.key = key;
+                    if own_locks {
+                        file_locks::attach(key);
+                        f.locked = true;
+                    }
+                }
+                // Renamed over, or gone (a database without locks would be left).
+                _ if own_locks || before.is_some() => {
                     x_close(file);
                     return ffi::SQLITE_CANTOPEN;
                 }
-                f.path = name;
-                f.key = key;
-                if own_locks {
-                    file_locks::attach(key);
-                    f.locked = true;
-                }
+                _ => {}
             }
         }
         rc
@@ -631,7 +635,21 @@ unsafe extern "C" fn x_file_control(
     op: c_int,
     arg: *mut c_void,
 ) -> c_int {
-    unsafe { (methods(f).xFileControl.expect("xFileControl"))(real(f), op, arg) }
+    unsafe {
+        let file = &*(f as *const File);
+        // `unix-none` has no inode to compare and always answers "not moved": answer
+        // as `unix` does (the path gone, or naming another file), for the pager's
+        // checks before a closing checkpoint and a journal.
+        if op == ffi::SQLITE_FCNTL_HAS_MOVED && file.locked {
+            let moved = match std::fs::metadata(path_of(file.path)) {
+                Ok(m) => (m.dev(), m.ino()) != file.key,
+                Err(_) => true,
+            };
+            *(arg as *mut c_int) = moved as c_int;
+            return ffi::SQLITE_OK;
+        }
+        (methods(f).xFileControl.expect("xFileControl"))(real(f), op, arg)
+    }
 }
 unsafe extern "C" fn x_sector_size(f: *mut ffi::sqlite3_file) -> c_int {
     unsafe { (methods(f).xSectorSize.expect("xSectorSize"))(real(f)) }
@@ -941,6 +959,35 @@ mod tests {
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(count, 1, "what the WAL held is in the file");
+    }
+
+    #[test]
+    fn a_connection_learns_that_its_file_was_renamed_over_or_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let a = wal(&path);
+        a.execute_batch("CREATE TABLE t(x)").unwrap();
+        let moved = |c: &Connection| -> c_int {
+            let mut moved: c_int = -1;
+            // SAFETY: HAS_MOVED writes one int.
+            let rc = unsafe {
+                ffi::sqlite3_file_control(
+                    c.handle(),
+                    c"main".as_ptr(),
+                    ffi::SQLITE_FCNTL_HAS_MOVED,
+                    (&mut moved as *mut c_int).cast(),
+                )
+            };
+            assert_eq!(rc, ffi::SQLITE_OK);
+            moved
+        };
+        assert_eq!(moved(&a), 0);
+        let other = dir.path().join("other.db");
+        wal(&other).execute_batch("CREATE TABLE u(y)").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        assert_eq!(moved(&a), 1, "another file at the path");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(moved(&a), 1, "no file at the path");
     }
 
     #[test]
