@@ -16,16 +16,9 @@ addr=$(wait_addr "$dir.log")
 c=("$bin/counter" --connect "$addr" --ca "$dir/tls/ca.pem" --token-file "$dir/tls/token")
 "${c[@]}" get warm >/dev/null
 sleep 0.5
-snap() {
-  for t in /proc/$pid/task/*; do
-    echo "$(tr ' ' _ <"$t/comm") $(awk '{print $14+$15}' "$t/stat")"
-  done | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort
-}
-snap >"$dir.a"
+thread_cpu "$pid" >"$dir.a"
 for i in $(seq "$n"); do "${c[@]}" get "new$i" >/dev/null; done
-snap >"$dir.b"
-tick=$(getconf CLK_TCK)
-join "$dir.a" "$dir.b" | awk -v n="$n" -v tick="$tick" \
-  '{d=$3-$2; if (d>0) printf "%-18s %6.0f us/new object\n", $1, d*1000000/tick/n}'
+thread_cpu "$pid" >"$dir.b"
+per_thread "$dir.a" "$dir.b" "$n" "new object"
 kill "$pid"; wait "$pid" 2>/dev/null || true
 rm -rf "$dir" "$dir.log" "$dir.a" "$dir.b"

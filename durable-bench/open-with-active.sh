@@ -25,20 +25,9 @@ if [ "$k" -gt 0 ]; then
   # Past the quiet digest (1 s) of each of the K, before their quiet close (10 s).
   sleep 3
 fi
-snap() {
-  for t in /proc/$pid/task/*; do
-    echo "$(tr ' ' _ <"$t/comm") $(awk '{print $14+$15}' "$t/stat")"
-  done | awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort
-}
-if [ -n "$perfout" ]; then
-  perf record -F 4999 --call-graph dwarf -o "$perfout" -p "$pid" >/dev/null 2>&1 &
-  perf_pid=$!
-  sleep 1
-fi
-snap >"$dir.a"
+perf_start "$pid" "$perfout"
+thread_cpu "$pid" >"$dir.a"
 for i in $(seq "$n"); do "${c[@]}" get "a$i" >/dev/null; done
-snap >"$dir.b"
-if [ -n "$perfout" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
-tick=$(getconf CLK_TCK)
-join "$dir.a" "$dir.b" | awk -v n="$n" -v tick="$tick" \
-  '{d=$3-$2; if (d>0) printf "%-18s %6.0f us/open\n", $1, d*1000000/tick/n}'
+thread_cpu "$pid" >"$dir.b"
+perf_stop
+per_thread "$dir.a" "$dir.b" "$n" open
