@@ -12,12 +12,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 bin=$1 n=${2:-300} perfout=${3:-}
-dir=$(mktemp -d)
-"$bin/host" serve --data-dir "$dir" --listen 127.0.0.1:0 --idle-timeout-secs 0.5 >"$dir.log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir" "$dir.log" "$dir.a" "$dir.b"' EXIT
-addr=$(wait_addr "$dir.log")
-c=("$bin/counter" --connect "$addr" --ca "$dir/tls/ca.pem" --token-file "$dir/tls/token")
+start_host "$bin" --idle-timeout-secs 0.5
 for i in $(seq "$n"); do "${c[@]}" increment "a$i" >/dev/null; done
 sleep 2
 perf_start "$pid" "$perfout"

@@ -45,3 +45,18 @@ perf_stop() {
   kill -INT "$perf_pid"
   wait "$perf_pid" || true
 }
+
+# start_host BIN [HOST ARGS...]: BIN's example host serving on loopback from a new
+# data directory ($dir, its log $dir.log), its pid in $pid, its address in $addr, and
+# `c` the `counter` client command for it (an array). On exit the host is killed and
+# $dir and every $dir.* file removed.
+start_host() {
+  local bin=$1
+  shift
+  dir=$(mktemp -d)
+  "$bin/host" serve --data-dir "$dir" --listen 127.0.0.1:0 "$@" >"$dir.log" 2>&1 &
+  pid=$!
+  trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$dir" "$dir".*' EXIT
+  addr=$(wait_addr "$dir.log")
+  c=("$bin/counter" --connect "$addr" --ca "$dir/tls/ca.pem" --token-file "$dir/tls/token")
+}

@@ -9,16 +9,10 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 bin=$1 n=${2:-300}
-dir=$(mktemp -d)
-"$bin/host" serve --data-dir "$dir" --listen 127.0.0.1:0 >"$dir.log" 2>&1 &
-pid=$!
-addr=$(wait_addr "$dir.log")
-c=("$bin/counter" --connect "$addr" --ca "$dir/tls/ca.pem" --token-file "$dir/tls/token")
+start_host "$bin"
 "${c[@]}" get warm >/dev/null
 sleep 0.5
 thread_cpu "$pid" >"$dir.a"
 for i in $(seq "$n"); do "${c[@]}" get "new$i" >/dev/null; done
 thread_cpu "$pid" >"$dir.b"
 per_thread "$dir.a" "$dir.b" "$n" "new object"
-kill "$pid"; wait "$pid" 2>/dev/null || true
-rm -rf "$dir" "$dir.log" "$dir.a" "$dir.b"
