@@ -120,12 +120,12 @@ pub(crate) fn attach(key: Key) {
 
 /// A connection holding `held` on the file `key` closed: its lock goes, and the file's
 /// entry with the last connection.
-pub(crate) fn detach(key: Key, held: i32) {
+pub(crate) fn detach(key: Key, mut held: i32) {
     let mut table = table().lock().unwrap_or_else(|e| e.into_inner());
     let Some(locks) = table.get_mut(&key) else {
         return;
     };
-    locks.unlock(&mut held.clone(), NONE);
+    locks.unlock(&mut held, NONE);
     locks.files = locks.files.saturating_sub(1);
     if locks.files == 0 {
         table.remove(&key);

@@ -348,36 +348,34 @@ const HEADER: usize = (std::mem::size_of::<File>() + 15) & !15;
 /// databases' locks: `unix-none` (no `fcntl` locks, no list of open files to walk at
 /// each open; `file_locks` keeps the locks instead), else `unix` with its own.
 fn inner() -> (*mut ffi::sqlite3_vfs, bool) {
-    struct Ptr(*mut ffi::sqlite3_vfs, bool);
-    // SAFETY: as in `unix`.
-    unsafe impl Send for Ptr {}
-    unsafe impl Sync for Ptr {}
-    static INNER: OnceLock<Ptr> = OnceLock::new();
-    let p = INNER.get_or_init(|| {
+    static INNER: OnceLock<(Vfs, bool)> = OnceLock::new();
+    let (vfs, own_locks) = INNER.get_or_init(|| {
         // SAFETY: a NUL-terminated name; returns null or a registered VFS.
         let none = unsafe { ffi::sqlite3_vfs_find(c"unix-none".as_ptr()) };
         // The same file object (its size is what `register` reserved).
         // SAFETY: both are registered VFS objects.
         if !none.is_null() && unsafe { (*none).szOsFile == (*unix()).szOsFile } {
-            Ptr(none, true)
+            (Vfs(none), true)
         } else {
-            Ptr(unix(), false)
+            (Vfs(unix()), false)
         }
     });
-    (p.0, p.1)
+    (vfs.0, *own_locks)
 }
+
+/// A registered VFS, kept in a static.
+struct Vfs(*mut ffi::sqlite3_vfs);
+// SAFETY: VFS objects are registered once and never freed; SQLite reads them from any
+// thread.
+unsafe impl Send for Vfs {}
+unsafe impl Sync for Vfs {}
 
 /// The `unix` VFS, found once.
 fn unix() -> *mut ffi::sqlite3_vfs {
-    struct Ptr(*mut ffi::sqlite3_vfs);
-    // SAFETY: VFS objects are registered once and never freed; SQLite reads them from
-    // any thread.
-    unsafe impl Send for Ptr {}
-    unsafe impl Sync for Ptr {}
-    static UNIX: OnceLock<Ptr> = OnceLock::new();
+    static UNIX: OnceLock<Vfs> = OnceLock::new();
     UNIX.get_or_init(|| {
         // SAFETY: a NUL-terminated name; returns null or a registered VFS.
-        Ptr(unsafe { ffi::sqlite3_vfs_find(c"unix".as_ptr()) })
+        Vfs(unsafe { ffi::sqlite3_vfs_find(c"unix".as_ptr()) })
     })
     .0
 }
