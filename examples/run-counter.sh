@@ -5,14 +5,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p durable-examples --bins
+bin=${CARGO_TARGET_DIR:-target}/release
 data=$(mktemp -d)
 addr=127.0.0.1:${PORT:-4433}
-target/release/host serve --data-dir "$data" --listen "$addr" > "$data/host.out" &
+# The host's log (its warnings included) goes to a file, shown if it fails to start.
+"$bin/host" serve --data-dir "$data" --listen "$addr" > "$data/host.out" 2> "$data/host.err" &
 host=$!
 trap 'kill $host 2>/dev/null; wait $host 2>/dev/null; rm -rf "$data"' EXIT
-until grep -q "listening on" "$data/host.out" 2>/dev/null; do sleep 0.05; done
+trap 'exit 130' INT TERM
+until grep -q "listening on" "$data/host.out" 2>/dev/null; do
+  if ! kill -0 "$host" 2>/dev/null; then
+    echo "the host did not start:" >&2
+    cat "$data/host.err" >&2
+    exit 1
+  fi
+  sleep 0.05
+done
 head -1 "$data/host.out"
-counter() { target/release/counter --connect "$addr" --ca "$data/tls/ca.pem" --token-file "$data/tls/token" "$@"; }
+counter() { "$bin/counter" --connect "$addr" --ca "$data/tls/ca.pem" --token-file "$data/tls/token" "$@"; }
 echo "+ counter increment hits";    counter increment hits
 echo "+ counter increment hits 41"; counter increment hits 41
 echo "+ counter get hits";          counter get hits

@@ -79,6 +79,10 @@ pub use durable_runtime::{
     CLOSE_REFUSED, CLOSE_SLOW_CLIENT, CLOSE_TRY_AGAIN, DEFAULT_MAX_SOCKETS, MAX_ATTACHMENT_BYTES,
     MAX_AUTO_RESPONSE_BYTES, MAX_TAGS, MAX_TAG_BYTES, SEND_QUEUE,
 };
+pub use durable_runtime::{
+    Lanes, LogRecord, Owner, Placement, RecordKind, RecoveryReport, SingleHost, SystemClock,
+    TailProblem, MAX_KEY_BYTES, MAX_VALUE_BYTES,
+};
 
 #[doc(hidden)]
 pub mod __private {

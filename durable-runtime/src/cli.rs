@@ -1,6 +1,8 @@
-//! The standard host command line: `serve` runs a host with the application's classes;
-//! `objects` lists the objects stored in a data directory. An application's host binary
-//! is one line: `durable::cli::main(|host| host.register::<MyClass>())`.
+//! The standard host command line: `serve` runs a host with the application's classes,
+//! and the operator's tools beside it (`call`, `objects`, `inspect`, `alarms`,
+//! `changes`, `backup`, `restore`, `restore-object`, `salvage-log`, `classes`,
+//! `client-cert`; docs/operations.md has each). An application's host binary is one
+//! line: `durable::cli::main(|host| host.register::<MyClass>())`.
 
 use crate::host::{DurabilityMode, Host};
 use crate::log::LogConfig;
@@ -216,8 +218,9 @@ enum Command {
         request_id: Option<String>,
     },
     /// Print a stored object's tables and key-value entries, read-only (safe while
-    /// the host runs). Shows the object's file as of its last commit; the `batch`
-    /// number says which.
+    /// the host runs). Shows everything the host has acknowledged: a snapshot of the
+    /// object's file brought forward, in memory, with the host log's batches past it;
+    /// the first line says how many came from each.
     Inspect {
         /// The data directory.
         #[arg(long, env = "DURABLE_DATA_DIR")]

@@ -341,3 +341,50 @@ async fn in_a_batch_each_failing_call_undoes_only_its_own_writes() {
         assert_eq!(probe.get(key).await.unwrap(), want);
     }
 }
+
+/// Sends the object named "away" to another host; keeps every other one here.
+struct AwayElsewhere;
+
+impl durable::Placement for AwayElsewhere {
+    fn owner(&self, class: &str, id: durable::ObjectId) -> durable::Owner {
+        if id == durable::ObjectId::from_name(class, "away") {
+            durable::Owner::Elsewhere("10.0.0.2:7400".into())
+        } else {
+            durable::Owner::Here
+        }
+    }
+}
+
+/// A placement written against the `durable` crate alone: over QUIC, the typed stub
+/// of an object placed elsewhere gets `Moved` with its owner (not applied, nothing
+/// activated here), while the others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placement_from_the_facade_sends_a_stub_elsewhere_and_serves_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = durable::Host::builder(dir.path())
+        .register::<Counter>()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .placement(std::sync::Arc::new(AwayElsewhere))
+        .start()
+        .await
+        .unwrap();
+    let client = durable::Client::connect(host.client_config().unwrap())
+        .await
+        .unwrap();
+    let err = client
+        .get::<Counter>("away")
+        .increment(1)
+        .await
+        .unwrap_err();
+    assert_eq!(err, CallError::Moved("10.0.0.2:7400".into()));
+    assert!(err.is_retry_safe(), "{err:?}");
+    assert_eq!(client.get::<Counter>("home").increment(1).await.unwrap(), 1);
+    client.close();
+    host.shutdown().await;
+    let stored: Vec<_> = durable::list_objects(dir.path())
+        .unwrap()
+        .into_iter()
+        .map(|(_, _, name)| name)
+        .collect();
+    assert_eq!(stored, vec![Some("home".to_string())]);
+}
