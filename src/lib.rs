@@ -1,7 +1,8 @@
 //! **durable**: Durable Objects for any machine.
 //!
 //! Put `#[durable_object]` on a struct's `impl` block and every object of that class
-//! gets exactly one live instance, handles one call at a time, owns a private SQLite
+//! gets exactly one live instance that writes, handles one call at a time (read-only
+//! methods run beside it, on a reader of its committed state), owns a private SQLite
 //! database whose writes are durable before anyone hears of them, and is called by
 //! other services through a generated, typed client stub over QUIC, or by curl and
 //! browsers through the host's HTTP/JSON gateway (`serve --http`).
@@ -75,13 +76,13 @@ pub use durable_runtime::{
 };
 pub use durable_runtime::{valid_stream_name, StreamState, MAX_STREAM_ITEM, MAX_STREAM_NAME};
 pub use durable_runtime::{
+    CallerRate, Lanes, LogRecord, Owner, Placement, RecordKind, RecoveryReport, SingleHost,
+    SystemClock, TailProblem, MAX_KEY_BYTES, MAX_VALUE_BYTES,
+};
+pub use durable_runtime::{
     FromWsMessage, Socket, SocketHandlers, SocketId, WsMessage, CLOSE_INTERNAL, CLOSE_NO_PONG,
     CLOSE_REFUSED, CLOSE_SLOW_CLIENT, CLOSE_TRY_AGAIN, DEFAULT_MAX_SOCKETS, MAX_ATTACHMENT_BYTES,
     MAX_AUTO_RESPONSE_BYTES, MAX_TAGS, MAX_TAG_BYTES, SEND_QUEUE,
-};
-pub use durable_runtime::{
-    Lanes, LogRecord, Owner, Placement, RecordKind, RecoveryReport, SingleHost, SystemClock,
-    TailProblem, MAX_KEY_BYTES, MAX_VALUE_BYTES,
 };
 
 #[doc(hidden)]

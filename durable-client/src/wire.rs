@@ -332,8 +332,8 @@ pub enum WireError {
     /// call chain (A calls B calls A), and the method is not reentrant. Not applied.
     /// (Protocol version 2; a version 1 client is never in a chain.)
     CallCycle {
-        /// The objects of the cycle, from the first caller to the object called again,
-        /// as `Class(name)`.
+        /// The objects of the cycle, from the called object's place in the chain to
+        /// it called again (`Hop(a) -> Hop(b) -> Hop(a)`), as `Class(name)`.
         chain: Vec<String>,
     },
     /// [`WireError::Overloaded`] with a hint (protocol version 2): the object's queue

@@ -117,9 +117,11 @@ impl Context {
     /// committed as a batch of their own): the callee never acts on a write the caller
     /// could still lose. So an outgoing call is a commit point of the turn: if the
     /// method later returns `Err` or panics, only the writes after its last outgoing
-    /// call are rolled back. While the turn waits, no other call enters this object
+    /// call are rolled back. While the turn waits, no other turn enters this object
     /// (a call back into it, directly or through others, fails at once with
-    /// `CallError::CallCycle`). The call carries what is left of this turn's deadline,
+    /// `CallError::CallCycle`, unless the method called is read-only: those run beside
+    /// the waiting turn, on a reader that sees the writes committed before this call;
+    /// under `--durability fsync` they queue as turns, so they fail too). The call carries what is left of this turn's deadline,
     /// and a request id derived from this turn's own, so that a turn run again after a
     /// crash (its caller resent its request id) does not apply its calls twice.
     ///
@@ -388,8 +390,10 @@ fn drop_users_schema(conn: &crate::db::Db) -> rusqlite::Result<()> {
 }
 
 /// SQL on the object's own database. Every call runs inside the turn's transaction:
-/// it commits when the method returns `Ok` and rolls back on `Err` or panic.
-/// Statements are prepared once and cached per object.
+/// it commits when the method returns `Ok` and rolls back on `Err` or panic (an
+/// outgoing call through [`Context::object`] is a commit point: writes before it stay).
+/// Prepared statements are cached on the object's connection (the most recent 32; the
+/// cache goes with the connection when the object is evicted or goes quiet).
 ///
 /// Do not issue `BEGIN`, `COMMIT`, `ROLLBACK` or `SAVEPOINT` yourself; the runtime owns
 /// the transaction. Table names starting with `_durable` are reserved.
