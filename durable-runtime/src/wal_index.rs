@@ -456,6 +456,15 @@ unsafe fn path_of<'a>(name: *const c_char) -> &'a std::path::Path {
     }))
 }
 
+/// The file (device and inode) the path `name` names now, if any.
+///
+/// # Safety
+/// As [`path_of`].
+unsafe fn key_at(name: *const c_char) -> Option<Key> {
+    let m = std::fs::metadata(unsafe { path_of(name) }).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
 /// The `unix` file inside ours.
 ///
 /// # Safety
@@ -498,14 +507,10 @@ unsafe extern "C" fn x_open(
             },
         );
         let main = flags & ffi::SQLITE_OPEN_MAIN_DB != 0 && !name.is_null();
-        let key_of = |m: std::fs::Metadata| (m.dev(), m.ino());
         // The inode the path names before the open and after it: the descriptor opened
         // in between is that file's (a file renamed onto the path meanwhile would give
         // this connection another file's index and locks).
-        let before = match main {
-            true => std::fs::metadata(path_of(name)).ok().map(key_of),
-            false => None,
-        };
+        let before = if main { key_at(name) } else { None };
         let (inner, own_locks) = inner();
         let rc = ((*inner).xOpen.expect("xOpen"))(inner, name, real(file), flags, out_flags);
         if rc != ffi::SQLITE_OK || (*real(file)).pMethods.is_null() {
@@ -514,8 +519,8 @@ unsafe extern "C" fn x_open(
         let f = &mut *(file as *mut File);
         f.base.pMethods = &METHODS;
         if main {
-            match std::fs::metadata(path_of(name)).map(key_of) {
-                Ok(key) if before.is_none_or(|b| b == key) => {
+            match key_at(name) {
+                Some(key) if before.is_none_or(|b| b == key) => {
                     f.path = name;
                     f.key = key;
                     if own_locks {
@@ -639,11 +644,7 @@ unsafe extern "C" fn x_file_control(
         // as `unix` does (the path gone, or naming another file), for the pager's
         // checks before a closing checkpoint and a journal.
         if op == ffi::SQLITE_FCNTL_HAS_MOVED && file.locked {
-            let moved = match std::fs::metadata(path_of(file.path)) {
-                Ok(m) => (m.dev(), m.ino()) != file.key,
-                Err(_) => true,
-            };
-            *(arg as *mut c_int) = moved as c_int;
+            *(arg as *mut c_int) = (key_at(file.path) != Some(file.key)) as c_int;
             return ffi::SQLITE_OK;
         }
         (methods(f).xFileControl.expect("xFileControl"))(real(f), op, arg)
