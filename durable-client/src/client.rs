@@ -49,6 +49,7 @@ fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
     transport.max_concurrent_bidi_streams(4096u32.into());
     transport.keep_alive_interval(Some(KEEP_ALIVE));
     transport.max_idle_timeout(Some(idle.try_into().expect("a valid idle timeout")));
+    crate::wire::tune_transport(&mut transport);
     Arc::new(transport)
 }
 

@@ -655,6 +655,7 @@ impl Host {
         // server raises it once the token checks out.
         transport.max_concurrent_bidi_streams(1u32.into());
         transport.max_concurrent_uni_streams(0u32.into());
+        wire::tune_transport(&mut transport);
         server_config.transport_config(Arc::new(transport));
         let lane_config = server_config.clone();
         let endpoint = quinn::Endpoint::server(server_config, self.listen)
