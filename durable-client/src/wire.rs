@@ -444,15 +444,26 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Vec<u8> {
 
 /// Encode a message as one frame marked with protocol `version` (a host answers in
 /// the version it was asked in).
-pub fn encode_frame_in<T: Serialize>(msg: &T, version: u8) -> Vec<u8> {
-    let mut buf = vec![0u8; 5];
-    buf[4] = version;
-    // Serializing our own message types into a Vec cannot fail.
-    let buf = postcard::to_extend(msg, buf).expect("postcard serialization into Vec");
-    let len = (buf.len() - 4) as u32;
-    let mut buf = buf;
-    buf[..4].copy_from_slice(&len.to_le_bytes());
+pub fn encode_frame_in<T: Serialize + ?Sized>(msg: &T, version: u8) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_frame_into(&mut buf, msg, version);
     buf
+}
+
+/// Append `msg` to `out` as one frame marked with protocol `version`: what
+/// [`encode_frame_in`] returns, without a buffer of its own (answers written together
+/// go into one).
+pub fn encode_frame_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, msg: &T, version: u8) {
+    // The exact size first (a walk of the message that copies nothing), so that the
+    // bytes go into one allocation instead of one per doubling.
+    let size = postcard::experimental::serialized_size(msg).unwrap_or(0);
+    out.reserve(5 + size);
+    let start = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, version]);
+    // Serializing our own message types into a Vec cannot fail.
+    *out = postcard::to_extend(msg, std::mem::take(out)).expect("postcard serialization into Vec");
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
 
 /// Decode one whole frame (the complete contents of a stream), of any version this

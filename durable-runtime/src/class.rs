@@ -130,7 +130,9 @@ pub fn encode_result<T: Serialize, E: Serialize>(result: Result<T, E>) -> TurnOu
 
 /// Encode an infallible method's value.
 pub fn encode_value<T: Serialize>(value: T) -> TurnOutcome {
-    match postcard::to_stdvec(&value) {
+    // Sized first: one allocation instead of one per doubling.
+    let size = postcard::experimental::serialized_size(&value).unwrap_or(0);
+    match postcard::to_extend(&value, Vec::with_capacity(size)) {
         Ok(bytes) => TurnOutcome::Return(bytes),
         Err(e) => TurnOutcome::EncodeFailed(e.to_string()),
     }

@@ -175,10 +175,7 @@ pub(crate) async fn serve(
 }
 
 fn reply(out: &mut Vec<u8>, tag: u64, response: Response) {
-    out.extend_from_slice(&wire::encode_frame_in(
-        &PipeReply { tag, response },
-        wire::PIPE_VERSION,
-    ));
+    wire::encode_frame_into(out, &PipeReply { tag, response }, wire::PIPE_VERSION);
 }
 
 /// Take the first frame off `input` if it is whole.

@@ -89,14 +89,19 @@ pub(crate) struct Outbox<R> {
 
 impl<R> Default for Outbox<R> {
     fn default() -> Self {
-        Outbox {
-            effects: Effects::default(),
-            replies: Vec::new(),
-        }
+        Outbox::with_capacity(0)
     }
 }
 
 impl<R> Outbox<R> {
+    /// An empty outbox with room for `replies` replies (a batch's calls).
+    pub(crate) fn with_capacity(replies: usize) -> Self {
+        Outbox {
+            effects: Effects::default(),
+            replies: Vec::with_capacity(replies),
+        }
+    }
+
     /// Record a finished turn: its effects stand only if it ended `Ok`; its reply (if
     /// it has a caller) is kept either way.
     pub(crate) fn finish_turn(&mut self, end: TurnEnd, effects: Effects, reply: Option<R>) {

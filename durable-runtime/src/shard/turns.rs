@@ -219,12 +219,13 @@ impl Object {
         let mut bs = Pending {
             capture,
             before: self.batch_marker(),
-            recorded: Vec::new(),
+            recorded: Vec::with_capacity(batch.len()),
             broken: None,
             fresh: true,
         };
         // Each reply with whether it is a recorded answer (kept if the batch fails).
-        let mut outbox: Outbox<((oneshot::Sender<Response>, Response), bool)> = Outbox::default();
+        let mut outbox: Outbox<((oneshot::Sender<Response>, Response), bool)> =
+            Outbox::with_capacity(batch.len());
         if self.instance.is_none() {
             let activated = self.activate();
             // An object new to the log counts as written even if its constructor wrote
