@@ -570,11 +570,14 @@ fn shared_text(sql: &str) -> Arc<str> {
 /// not of a pass over the text. Equal keys of different texts cost a text comparison.
 fn text_key(sql: &str) -> u64 {
     let b = sql.as_bytes();
-    let word = |at: usize| {
-        let mut w = [0u8; 8];
-        let end = b.len().min(at + 8);
-        w[..end - at].copy_from_slice(&b[at..end]);
-        u64::from_le_bytes(w)
+    let word = |at: usize| match b.get(at..at + 8) {
+        // One load (nearly every statement is longer than 8 bytes).
+        Some(w) => u64::from_le_bytes(w.try_into().expect("8 bytes")),
+        None => {
+            let mut w = [0u8; 8];
+            w[..b.len() - at].copy_from_slice(&b[at..]);
+            u64::from_le_bytes(w)
+        }
     };
     let mixed = (b.len() as u64)
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
