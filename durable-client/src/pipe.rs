@@ -53,6 +53,11 @@ impl Waiting {
         self.lock().calls.remove(&tag)
     }
 
+    /// How many calls wait for their answers.
+    fn len(&self) -> usize {
+        self.lock().calls.len()
+    }
+
     /// Whether new calls must go on another pipe.
     fn is_closed(&self) -> bool {
         let state = self.lock();
@@ -151,6 +156,10 @@ impl Drop for Forget<'_> {
     }
 }
 
+/// Most times the writer lets callers run before a write, while their frames keep
+/// coming (see [`write`]).
+const COALESCE_YIELDS: usize = 8;
+
 /// Write queued frames, as many as are queued at once in one write, until the pipe
 /// is dropped; then finish the stream.
 async fn write(
@@ -160,9 +169,32 @@ async fn write(
     waiting: Arc<Waiting>,
 ) {
     let mut buf = opening;
+    // Frames in `buf` (the opening counts as one).
+    let mut frames = 1;
     loop {
         while let Ok(more) = queued.try_recv() {
             buf.extend_from_slice(&more);
+            frames += 1;
+        }
+        // Calls answered together send their next calls together. On a runtime with
+        // several workers those callers run beside this task, and writing the first
+        // frame at once sent a packet per call (0.59 datagrams per call against 0.18
+        // on one thread, 256 counters, 64 in flight). So while more calls wait for
+        // answers than it holds frames, it lets the callers run (a yield, again while
+        // frames keep coming, at most `COALESCE_YIELDS` times) before it writes. A call
+        // alone on the pipe goes at once.
+        let mut yields = 0;
+        while yields < COALESCE_YIELDS && waiting.len() > frames {
+            let before = frames;
+            tokio::task::yield_now().await;
+            while let Ok(more) = queued.try_recv() {
+                buf.extend_from_slice(&more);
+                frames += 1;
+            }
+            if frames == before {
+                break;
+            }
+            yields += 1;
         }
         if send.write_all(&buf).await.is_err() {
             // The host stopped reading (or the connection is gone): the reader still
@@ -172,7 +204,10 @@ async fn write(
         }
         buf.clear();
         match queued.recv().await {
-            Some(frame) => buf = frame,
+            Some(frame) => {
+                buf = frame;
+                frames = 1;
+            }
             None => break,
         }
     }
