@@ -972,7 +972,7 @@ impl ObjectRef {
     ) -> Result<CallRequest, postcard::Error> {
         Ok(CallRequest {
             request_id: crate::wire::new_request_id(),
-            class: self.class.to_string(),
+            class: String::from(&*self.class),
             object: self.id,
             name: self.name.as_deref().map(str::to_owned),
             method: method.to_owned(),
