@@ -218,30 +218,19 @@ async fn write(
 /// pipe is dropped. An answer this client cannot read fails only its own call; then
 /// the calls still waiting hear `Lost` and are resent under their request ids.
 async fn read(
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     max_frame: usize,
     waiting: Arc<Waiting>,
     mut stopped: oneshot::Receiver<()>,
 ) {
+    let mut answers = Answers::new(recv, max_frame);
     let why = loop {
         let answer = tokio::select! {
-            answer = read_answer(&mut recv, max_frame) => answer,
+            answer = answers.next() => answer,
             _ = &mut stopped => break "the pipe was dropped".to_string(),
         };
         let (tag, result) = match answer {
-            Ok(Answer::Frame(frame)) => match wire::decode_frame::<PipeReply>(&frame, max_frame) {
-                Ok(PipeReply { tag, response }) => (Some(tag), Ok(response)),
-                Err(e) => (
-                    wire::pipe_frame_tag(&frame),
-                    Err(Exchange::Protocol(format!("an answer on the pipe: {e}"))),
-                ),
-            },
-            Ok(Answer::TooLarge { tag, len }) => (
-                tag,
-                Err(Exchange::Protocol(format!(
-                    "an answer of {len} bytes exceeds the limit of {max_frame}"
-                ))),
-            ),
+            Ok(answer) => answer,
             Err(lost) => break lost,
         };
         match tag {
@@ -256,46 +245,95 @@ async fn read(
     waiting.close(|| Exchange::Lost(why.clone()));
 }
 
-/// One frame from the host, or the tag of one too large to read (skipped).
-enum Answer {
-    Frame(Vec<u8>),
-    TooLarge { tag: Option<u64>, len: usize },
+/// Most bytes one read of the stream takes.
+const READ_CHUNK: usize = 64 << 10;
+
+/// The answers on a pipe's stream, read a chunk at a time: every answer a chunk holds
+/// costs one read (one lock of the connection, which the callers' writes take too on
+/// other workers), not two per answer.
+struct Answers {
+    recv: quinn::RecvStream,
+    max_frame: usize,
+    /// Bytes read and not yet taken, from `at`.
+    buf: Vec<u8>,
+    at: usize,
+    /// Bytes still to drop of an answer too large to read.
+    skip: usize,
 }
 
-/// Read the next answer; `Err` if the stream ended or broke.
-async fn read_answer(recv: &mut quinn::RecvStream, max_frame: usize) -> Result<Answer, String> {
-    let mut prefix = [0u8; 4];
-    recv.read_exact(&mut prefix)
-        .await
-        .map_err(|e| e.to_string())?;
-    let len = u32::from_le_bytes(prefix) as usize;
-    if len <= max_frame {
-        let mut frame = vec![0u8; 4 + len];
-        frame[..4].copy_from_slice(&prefix);
-        recv.read_exact(&mut frame[4..])
-            .await
-            .map_err(|e| e.to_string())?;
-        return Ok(Answer::Frame(frame));
-    }
-    // Too large for this client: keep the version and the tag, skip the rest.
-    let mut head = prefix.to_vec();
-    let mut left = len;
-    while left > 0 {
-        let chunk = recv
-            .read_chunk(left, true)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "the stream ended inside an answer".to_string())?;
-        left -= chunk.bytes.len();
-        if head.len() < 15 {
-            let keep = (15 - head.len()).min(chunk.bytes.len());
-            head.extend_from_slice(&chunk.bytes[..keep]);
+/// An answer's tag (if it could be read) and what it says.
+type Answered = (Option<u64>, Result<Response, Exchange>);
+
+impl Answers {
+    fn new(recv: quinn::RecvStream, max_frame: usize) -> Answers {
+        Answers {
+            recv,
+            max_frame,
+            buf: Vec::new(),
+            at: 0,
+            skip: 0,
         }
     }
-    Ok(Answer::TooLarge {
-        tag: wire::pipe_frame_tag(&head),
-        len,
-    })
+
+    /// The next answer; `Err` if the stream ended or broke.
+    async fn next(&mut self) -> Result<Answered, String> {
+        loop {
+            if let Some(answer) = self.take() {
+                return Ok(answer);
+            }
+            // Keep only what is not taken, then read more.
+            self.buf.drain(..self.at);
+            self.at = 0;
+            let chunk = self
+                .recv
+                .read_chunk(READ_CHUNK, true)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "the stream ended".to_string())?;
+            let mut bytes = &chunk.bytes[..];
+            let dropped = self.skip.min(bytes.len());
+            self.skip -= dropped;
+            bytes = &bytes[dropped..];
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// The first answer in the buffer, if it holds all of it (or, for one too large to
+    /// read, enough to tell its tag: the rest is skipped as it comes).
+    fn take(&mut self) -> Option<Answered> {
+        let have = &self.buf[self.at..];
+        if self.skip > 0 || have.len() < 4 {
+            return None;
+        }
+        let len = u32::from_le_bytes(have[..4].try_into().expect("4 bytes")) as usize;
+        if len <= self.max_frame {
+            let frame = have.get(..4 + len)?;
+            self.at += 4 + len;
+            return Some(
+                match wire::decode_frame::<PipeReply>(frame, self.max_frame) {
+                    Ok(PipeReply { tag, response }) => (Some(tag), Ok(response)),
+                    Err(e) => (
+                        wire::pipe_frame_tag(frame),
+                        Err(Exchange::Protocol(format!("an answer on the pipe: {e}"))),
+                    ),
+                },
+            );
+        }
+        // Too large for this client: keep the version and the tag (a varint of at most
+        // 10 bytes after the version byte), skip the rest.
+        let head = have.get(..(4 + len).min(15))?;
+        let tag = wire::pipe_frame_tag(head);
+        let now = have.len().min(4 + len);
+        self.at += now;
+        self.skip = 4 + len - now;
+        Some((
+            tag,
+            Err(Exchange::Protocol(format!(
+                "an answer of {len} bytes exceeds the limit of {}",
+                self.max_frame
+            ))),
+        ))
+    }
 }
 
 /// Read one frame (length prefix included) from a stream that may carry more.

@@ -176,3 +176,48 @@ async fn a_call_over_the_hosts_frame_limit_fails_alone_and_the_calls_beside_it_a
         assert_eq!(counter.get().await.unwrap(), 3, "beside{i}");
     }
 }
+
+/// Answers are read from the pipe a chunk at a time: one larger than a chunk (64 KiB)
+/// arrives whole, and one over the client's own frame limit fails only its own call
+/// (skipped as it comes) while the calls beside it and after it on the same pipe get
+/// their answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_span_chunks_and_one_over_the_clients_limit_fails_alone() {
+    use durable_tests::Probe;
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let roomy = host.client().await;
+    let probe = roomy.get::<Probe>("many-keys");
+    // 100 keys of 1,000 bytes: a `blobs()` answer of about 100 KB.
+    let keys: Vec<String> = (0..100)
+        .map(|i| format!("{i:03}{}", "k".repeat(997)))
+        .collect();
+    for key in &keys {
+        probe.put_blob(key.clone(), 1).await.unwrap();
+    }
+    assert_eq!(probe.blobs().await.unwrap(), keys, "an answer over a chunk");
+
+    let mut config = host.client_config();
+    config.max_frame = 16 << 10;
+    let narrow = durable::Client::connect(config).await.unwrap();
+    let probe = narrow.get::<Probe>("many-keys");
+    let mut beside = Vec::new();
+    for i in 0..20 {
+        let counter = narrow.get::<Counter>(&format!("narrow{i}"));
+        beside.push(tokio::spawn(async move { counter.increment(1).await }));
+    }
+    let err = probe.blobs().await.unwrap_err();
+    assert!(
+        matches!(&err, durable::CallError::Protocol(m) if m.contains("exceeds the limit")),
+        "{err:?}"
+    );
+    for task in beside {
+        assert_eq!(task.await.unwrap().unwrap(), 1);
+    }
+    // The pipe goes on past the skipped answer.
+    for i in 0..20 {
+        let counter = narrow.get::<Counter>(&format!("narrow{i}"));
+        assert_eq!(counter.increment(1).await.unwrap(), 2, "narrow{i}");
+    }
+    assert_eq!(probe.blobs().await.unwrap_err().retry(), err.retry());
+}
