@@ -9,12 +9,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 bin=$1 objects=${2:-1} seconds=${3:-4}
-dir=$(mktemp -d)
-"$bin/host" serve --data-dir "$dir" --listen 127.0.0.1:0 >"$dir.log" 2>&1 &
-pid=$!
-trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$dir" "$dir.log" "$dir.time"' EXIT
-addr=$(wait_addr "$dir.log")
-c=("$bin/counter" --connect "$addr" --ca "$dir/tls/ca.pem" --token-file "$dir/tls/token")
+start_host "$bin"
 "${c[@]}" bench --objects "$objects" --concurrency 64 --seconds 1 >/dev/null
 nstat -n
 h0=$(awk '{print $14+$15}' "/proc/$pid/stat")
