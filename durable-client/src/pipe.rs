@@ -281,9 +281,13 @@ impl Answers {
             if let Some(answer) = self.take() {
                 return Ok(answer);
             }
-            // Keep only what is not taken, then read more.
+            // Keep only what is not taken, then read more. The memory a large answer
+            // took is given back once the buffer is empty.
             self.buf.drain(..self.at);
             self.at = 0;
+            if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
+                self.buf = Vec::new();
+            }
             let chunk = self
                 .recv
                 .read_chunk(READ_CHUNK, true)
