@@ -121,9 +121,10 @@ impl Context {
     /// (a call back into it, directly or through others, fails at once with
     /// `CallError::CallCycle`, unless the method called is read-only: those run beside
     /// the waiting turn, on a reader that sees the writes committed before this call;
-    /// under `--durability fsync` they queue as turns, so they fail too). The call carries what is left of this turn's deadline,
-    /// and a request id derived from this turn's own, so that a turn run again after a
-    /// crash (its caller resent its request id) does not apply its calls twice.
+    /// under `--durability fsync` they queue as turns, so they fail too). The call
+    /// carries what is left of this turn's deadline, and a request id derived from this
+    /// turn's own, so that a turn run again after a crash (its caller resent its
+    /// request id) does not apply its calls twice.
     ///
     /// The stub works only during this turn; outside a host's turn (in activation)
     /// its calls fail with `CallError::Internal`.

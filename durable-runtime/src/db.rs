@@ -98,12 +98,7 @@ impl HeldList {
 
     /// Where `sql` (whose key is `key`) is held.
     fn find(&self, key: u64, sql: &str) -> Option<usize> {
-        self.keys
-            .iter()
-            .enumerate()
-            .filter(|(_, k)| **k == key)
-            .map(|(i, _)| i)
-            .find(|&i| *self.entries[i].sql == *sql)
+        (0..self.keys.len()).find(|&i| self.keys[i] == key && *self.entries[i].sql == *sql)
     }
 }
 
