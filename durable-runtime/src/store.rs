@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 pub(crate) use crate::files::{object_path, sync_dir};
 
-/// Recent writing calls whose request ids an object remembers, by default.
+/// Recent writing calls whose request ids an object remembers at least, by default.
 pub(crate) const DEFAULT_REQUEST_WINDOW: usize = 1000;
 
 /// The page size of new object databases.
@@ -20,15 +20,45 @@ const PAGE_SIZE: i64 = 1024;
 /// Each object connection's page cache: at most 256 KiB (`PRAGMA cache_size`).
 const CACHE_KIB: i64 = -256;
 
-/// Bump when `SCHEMA` changes (revision 2 files may lack the lazily created tables: they
-/// are created on first use: see [`crate::tables`]).
-const SCHEMA_REVISION: i64 = 2;
+/// Bump when `SCHEMA` changes, and bring older files up in [`upgrade_schema`]
+/// (revision 2 files may lack the lazily created tables: they are created on first
+/// use: see [`crate::tables`]; revision 3 keeps request records in two generations).
+const SCHEMA_REVISION: i64 = 3;
 
-/// The runtime's tables every object has.
+/// The runtime's tables every object has: its metadata, and its request records in two
+/// generations (see [`record_requests`]).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS _durable_meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS _durable_requests(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, kind INTEGER NOT NULL, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS _durable_requests_0(id BLOB PRIMARY KEY, kind INTEGER NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _durable_requests_1(id BLOB PRIMARY KEY, kind INTEGER NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;
 ";
+
+/// The two generations of request records (see [`record_requests`]).
+const REQUEST_TABLES: [&str; 2] = ["_durable_requests_0", "_durable_requests_1"];
+
+/// Bring the runtime's tables of a file at `revision` up to [`SCHEMA_REVISION`], inside
+/// the caller's transaction. Revisions before 3 kept request records in one table,
+/// `_durable_requests`, in the order recorded: its records become the first generation.
+fn upgrade_schema(conn: &Connection, revision: i64) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    if revision < 3 && conn.table_exists(Some(c"main"), c"_durable_requests")? {
+        let moved = conn.execute(
+            "INSERT OR IGNORE INTO _durable_requests_0(id, kind, body)
+             SELECT id, kind, body FROM _durable_requests ORDER BY seq",
+            [],
+        )?;
+        let max: Option<Vec<u8>> =
+            conn.query_row("SELECT max(id) FROM _durable_requests", [], |r| r.get(0))?;
+        conn.execute_batch("DROP TABLE _durable_requests")?;
+        let state = RequestTables {
+            generation: 0,
+            count: moved,
+            max: max_id(max),
+        };
+        state.store(conn)?;
+    }
+    conn.pragma_update(None, "user_version", SCHEMA_REVISION)
+}
 
 /// Process-wide SQLite settings for hosting many small connections, applied once
 /// before the first connection opens: no bulk page-cache allocation per connection
@@ -437,8 +467,7 @@ pub(crate) fn open(
         // records the revision; `migrate` keeps its own version in `_durable_meta`).
         let revision: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if revision < SCHEMA_REVISION {
-            tx.execute_batch(SCHEMA)?;
-            tx.pragma_update(None, "user_version", SCHEMA_REVISION)?;
+            upgrade_schema(&tx, revision)?;
             upgraded = true;
         }
         if fresh {
@@ -1010,10 +1039,10 @@ pub(crate) fn apply_image_in_txn(c: &Connection, image: &[u8]) -> Result<(), Str
     if version < SCHEMA_REVISION {
         // An image an earlier runtime logged: its file comes out at this revision, as
         // opening it would make it (and as `open` reads from its header).
-        c.execute_batch(SCHEMA).map_err(err)?;
+        upgrade_schema(c, version).map_err(err)
+    } else {
+        c.pragma_update(None, "user_version", version).map_err(err)
     }
-    c.pragma_update(None, "user_version", version.max(SCHEMA_REVISION))
-        .map_err(err)
 }
 
 /// Apply one record of the log (changes or a whole image) to an object's open
@@ -1148,7 +1177,8 @@ pub(crate) fn lookup_request(
     id: &[u8; 16],
 ) -> rusqlite::Result<Option<(u64, Recorded)>> {
     conn.with(
-        "SELECT kind, body FROM _durable_requests WHERE id = ?1",
+        "SELECT kind, body FROM _durable_requests_0 WHERE id = ?1
+         UNION ALL SELECT kind, body FROM _durable_requests_1 WHERE id = ?1",
         |s| {
             s.query_row([&id[..]], |r| {
                 let kind: i64 = r.get(0)?;
@@ -1168,39 +1198,122 @@ pub(crate) fn lookup_request(
     )
 }
 
-/// The largest request id recorded (all zeros if none): the index's last entry.
+/// The largest request id recorded (all zeros if none), as [`record_requests`] keeps
+/// it beside the tables (it may be larger than any id still held: that only costs
+/// lookups).
 pub(crate) fn max_request_id(conn: &impl Statements) -> rusqlite::Result<[u8; 16]> {
-    let max: Option<Vec<u8>> = conn.with("SELECT max(id) FROM _durable_requests", |s| {
-        s.query_row([], |r| r.get(0))
-    })?;
-    // Ids are 16 bytes; anything else (never written by the runtime) makes every id
-    // look possibly seen, which only costs lookups.
-    Ok(match max {
-        None => [0; 16],
-        Some(v) => v.try_into().unwrap_or([0xff; 16]),
-    })
+    RequestTables::load(conn).map(|t| t.max)
 }
 
-/// Record calls' outcomes and digests in order (a request id already recorded is
-/// skipped); whenever the sequence passes a multiple of 64, drop the records older
-/// than `window`. Several records go in each `INSERT` (one statement per record was a
-/// thirtieth of a shard's time under increments_many); `done` hears how many records
-/// each statement wrote, so a failure part way leaves the rest for a retry.
+/// A request id as stored, 16 bytes; anything else (never written by the runtime)
+/// reads as larger than every id, which only costs lookups.
+fn max_id(value: Option<Vec<u8>>) -> [u8; 16] {
+    match value {
+        None => [0; 16],
+        Some(v) => v.try_into().unwrap_or([0xff; 16]),
+    }
+}
+
+/// Where request records go: which of the two tables takes new ones, how many it
+/// holds, and the largest id recorded. One `_durable_meta` row, `requests`: 8 bytes
+/// (count * 2 + generation, little-endian) and the 16-byte id; absent in a file that
+/// recorded none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RequestTables {
+    generation: usize,
+    count: usize,
+    max: [u8; 16],
+}
+
+impl RequestTables {
+    fn load(conn: &impl Statements) -> rusqlite::Result<RequestTables> {
+        let value: Option<Vec<u8>> = conn.with(
+            "SELECT value FROM _durable_meta WHERE key = 'requests'",
+            |s| s.query_row([], |r| r.get(0)).optional(),
+        )?;
+        Ok(match value {
+            Some(v) if v.len() == 24 => {
+                let head = u64::from_le_bytes(v[..8].try_into().expect("8 bytes"));
+                RequestTables {
+                    generation: (head & 1) as usize,
+                    count: (head >> 1) as usize,
+                    max: v[8..].try_into().expect("16 bytes"),
+                }
+            }
+            None => RequestTables {
+                generation: 0,
+                count: 0,
+                max: [0; 16],
+            },
+            // Not the runtime's: every id looks possibly seen, and the first table
+            // counts as full (the next record empties the second and starts it).
+            Some(_) => RequestTables {
+                generation: 0,
+                count: usize::MAX >> 1,
+                max: [0xff; 16],
+            },
+        })
+    }
+
+    fn store(&self, conn: &impl Statements) -> rusqlite::Result<()> {
+        let mut value = [0u8; 24];
+        let head = (self.count.min(usize::MAX >> 1) as u64) << 1 | self.generation as u64;
+        value[..8].copy_from_slice(&head.to_le_bytes());
+        value[8..].copy_from_slice(&self.max);
+        conn.exec(
+            "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('requests', ?1)",
+            [&value[..]],
+        )
+        .map(|_| ())
+    }
+}
+
+/// Record calls' outcomes and digests in order. Records go into the current of two
+/// tables (generations), keyed by request id (one B-tree each, `WITHOUT ROWID`); once
+/// it holds `window` records, the other table is emptied and takes the next ones. So
+/// at least the last `window` records are always kept (at most twice that, and a
+/// statement's worth more), and dropping old records costs one `DELETE` of a whole
+/// table per `window` records instead of a row and its index entry per record. A
+/// request id already in the current table is skipped; one recorded again in the
+/// other (only a replay records an id twice, with the same outcome) takes one more
+/// row until that table is emptied. Several records go in each `INSERT` (one
+/// statement per record was a thirtieth of a shard's time under increments_many);
+/// `done` hears how many records each statement wrote, so a failure part way leaves
+/// the rest for a retry.
 pub(crate) fn record_requests(
     conn: &impl Statements,
     records: &[RecordedCall],
     window: usize,
     mut done: impl FnMut(usize),
 ) -> rusqlite::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut tables = RequestTables::load(conn)?;
+    // Raised first: a larger stored max only costs lookups, a smaller one would skip
+    // the lookup of an id recorded.
+    let max = records.iter().map(|r| r.0).max().expect("not empty");
+    if max > tables.max {
+        tables.max = max;
+        tables.store(conn)?;
+    }
     let mut rest = records;
     while !rest.is_empty() {
+        if tables.count >= window.max(1) {
+            // The other table's records are all older than this one's `window`.
+            tables.generation = 1 - tables.generation;
+            conn.exec(REQUEST_CLEAR[tables.generation], [])?;
+            tables.count = 0;
+            // Stored at once: a failure after this must not empty it again.
+            tables.store(conn)?;
+        }
         let rows = REQUEST_ROWS
             .iter()
             .copied()
             .find(|&n| n <= rest.len())
             .expect("the last is 1");
         let (chunk, after) = rest.split_at(rows);
-        let inserted = conn.with(insert_requests_sql(rows), |st| {
+        let inserted = conn.with(insert_requests_sql(tables.generation, rows), |st| {
             for (i, (id, digest, outcome)) in chunk.iter().enumerate() {
                 let digest = (digest & ((1 << 62) - 1)) as i64;
                 let (kind, body) = match outcome {
@@ -1213,48 +1326,45 @@ pub(crate) fn record_requests(
             }
             st.raw_execute()
         })?;
-        // Rows the statement inserted took consecutive sequence numbers, the last
-        // `last_insert_rowid()` (which is not ours if it inserted none: a replay).
-        if inserted > 0 {
-            let last = conn.conn().last_insert_rowid();
-            let first = last - inserted as i64 + 1;
-            let passed = last - last.rem_euclid(64);
-            if passed >= first {
-                conn.exec(
-                    "DELETE FROM _durable_requests WHERE seq <= ?1",
-                    [passed - window as i64],
-                )?;
-            }
-        }
+        tables.count += inserted;
         done(rows);
         rest = after;
     }
-    Ok(())
+    // A failure before this leaves the count low: the table only grows past `window`.
+    tables.store(conn)
 }
 
 /// Records per `INSERT` of [`record_requests`], largest first.
 const REQUEST_ROWS: [usize; 3] = [16, 4, 1];
 
-/// The `INSERT` of `rows` request records (one of [`REQUEST_ROWS`]).
-fn insert_requests_sql(rows: usize) -> &'static str {
-    static SQL: std::sync::LazyLock<Vec<(usize, String)>> = std::sync::LazyLock::new(|| {
-        REQUEST_ROWS
-            .iter()
-            .map(|&n| {
-                let values = vec!["(?, ?, ?)"; n].join(", ");
-                (
-                    n,
-                    format!(
-                        "INSERT OR IGNORE INTO _durable_requests(id, kind, body) VALUES {values}"
-                    ),
-                )
+/// Emptying each generation's table.
+const REQUEST_CLEAR: [&str; 2] = [
+    "DELETE FROM _durable_requests_0",
+    "DELETE FROM _durable_requests_1",
+];
+
+/// The `INSERT` of `rows` request records (one of [`REQUEST_ROWS`]) into generation
+/// `generation`'s table.
+fn insert_requests_sql(generation: usize, rows: usize) -> &'static str {
+    static SQL: std::sync::LazyLock<Vec<(usize, usize, String)>> = std::sync::LazyLock::new(|| {
+        (0..2)
+            .flat_map(|g| {
+                REQUEST_ROWS.iter().map(move |&n| {
+                    let values = vec!["(?, ?, ?)"; n].join(", ");
+                    let table = REQUEST_TABLES[g];
+                    (
+                        g,
+                        n,
+                        format!("INSERT OR IGNORE INTO {table}(id, kind, body) VALUES {values}"),
+                    )
+                })
             })
             .collect()
     });
     &SQL.iter()
-        .find(|(n, _)| *n == rows)
+        .find(|(g, n, _)| *g == generation && *n == rows)
         .expect("one of REQUEST_ROWS")
-        .1
+        .2
 }
 
 /// Objects stored under a data directory: (class, id, name).
@@ -1321,17 +1431,27 @@ pub(crate) fn serialize_copy(conn: &Connection) -> Result<Vec<u8>, String> {
 mod tests {
     use super::*;
 
+    /// The request records of `conn`: each generation's ids.
+    fn generations(conn: &Connection) -> [Vec<[u8; 16]>; 2] {
+        REQUEST_TABLES.map(|t| {
+            conn.prepare(&format!("SELECT id FROM {t}"))
+                .unwrap()
+                .query_map([], |r| r.get::<_, Vec<u8>>(0))
+                .unwrap()
+                .map(|r| r.unwrap().try_into().unwrap())
+                .collect()
+        })
+    }
+
     /// Records written in statements of several rows, in pieces of every size, with
-    /// ids recorded before among them: each new id gets the next sequence number in
-    /// order, a repeated one none, and what is kept is what one `INSERT` per record
-    /// kept (every record from the last multiple of 64 minus `window` on).
+    /// ids recorded just before among them (a replay): the newest `window` ids are
+    /// always all kept, and no more than twice the window (and a statement's worth)
+    /// ever is; each id is kept with its own outcome; the count in `_durable_meta`
+    /// matches the current table's rows.
     #[test]
-    fn request_records_in_several_rows_per_insert_keep_what_one_per_insert_kept() {
-        let conn = rusqlite::Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE _durable_requests(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, kind INTEGER NOT NULL, body BLOB NOT NULL);",
-        )
-        .unwrap();
+    fn request_records_keep_at_least_the_window_and_at_most_twice_it() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
         let window = 100;
         let id = |n: u32| {
             let mut id = [0u8; 16];
@@ -1339,11 +1459,12 @@ mod tests {
             id
         };
         let mut next = 0u32;
-        let mut expected: Vec<[u8; 16]> = Vec::new();
-        for piece in [1usize, 7, 16, 33, 5, 64, 21, 2, 90, 3, 17, 40] {
+        let mut switches = 0;
+        let mut last_generation = 0;
+        for piece in [1usize, 7, 16, 33, 5, 64, 21, 2, 90, 3, 17, 40, 250, 1, 99] {
             let mut records = Vec::new();
             for k in 0..piece {
-                // Every fifth record repeats an id recorded before (a replay).
+                // Every fifth record repeats the id recorded before it (a replay).
                 let n = if k % 5 == 4 && next > 0 {
                     next - 1
                 } else {
@@ -1351,31 +1472,97 @@ mod tests {
                 };
                 if n == next {
                     next += 1;
-                    expected.push(id(n));
                 }
-                records.push((id(n), u64::from(n), Recorded::Return(vec![k as u8])));
+                records.push((id(n), u64::from(n), Recorded::Return(vec![n as u8])));
             }
             let mut counted = 0;
             record_requests(&conn, &records, window, |n| counted += n).unwrap();
             assert_eq!(counted, piece);
+            let [a, b] = generations(&conn);
+            let held: std::collections::HashSet<[u8; 16]> =
+                a.iter().chain(b.iter()).copied().collect();
+            let newest = next.saturating_sub(window as u32)..next;
+            assert!(newest.clone().all(|n| held.contains(&id(n))), "{next}");
+            assert!(
+                a.len() + b.len() <= 2 * window + 16,
+                "{}",
+                a.len() + b.len()
+            );
+            let RequestTables {
+                generation, count, ..
+            } = RequestTables::load(&conn).unwrap();
+            assert_eq!(count, [a.len(), b.len()][generation]);
+            if generation != last_generation {
+                switches += 1;
+                last_generation = generation;
+            }
+            for n in newest {
+                assert_eq!(
+                    lookup_request(&conn, &id(n)).unwrap(),
+                    Some((u64::from(n), Recorded::Return(vec![n as u8])))
+                );
+            }
         }
-        let rows: Vec<(i64, Vec<u8>)> = conn
-            .prepare("SELECT seq, id FROM _durable_requests ORDER BY seq")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect();
-        let last = expected.len() as i64;
-        let cut = (last - last % 64) - window as i64;
-        let kept: Vec<(i64, Vec<u8>)> = expected
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (i as i64 + 1, id.to_vec()))
-            .filter(|(seq, _)| *seq > cut)
-            .collect();
-        assert!(last > 200 && cut > 0, "{last}");
-        assert_eq!(rows, kept);
+        assert!(next > 500 && switches >= 3, "{next} {switches}");
+        assert_eq!(max_request_id(&conn).unwrap(), id(next - 1));
+    }
+
+    /// A file of revision 2 (one request table, ordered by `seq`) opens with its
+    /// records in the first generation and the old table gone; an image of revision 2
+    /// applied to a file comes out the same way.
+    #[test]
+    fn an_older_request_table_is_brought_over_on_open_and_from_an_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = ObjectId::random();
+        let (ctx, _) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        let revision_2 = "DROP TABLE _durable_requests_0; DROP TABLE _durable_requests_1;
+             CREATE TABLE _durable_requests(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, kind INTEGER NOT NULL, body BLOB NOT NULL);
+             INSERT INTO _durable_requests(seq, id, kind, body) VALUES
+               (7, x'02000000000000000000000000000000', 4, x'aa'),
+               (8, x'01000000000000000000000000000000', 7, x'bb');
+             PRAGMA user_version = 2;";
+        let mut one = [0u8; 16];
+        one[0] = 1;
+        let mut two = [0u8; 16];
+        two[0] = 2;
+        let check = |conn: &Connection| {
+            let revision: i64 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(revision, SCHEMA_REVISION);
+            assert!(!conn
+                .table_exists(Some(c"main"), c"_durable_requests")
+                .unwrap());
+            let tables = RequestTables::load(conn).unwrap();
+            assert_eq!((tables.generation, tables.count), (0, 2));
+            assert_eq!(
+                lookup_request(conn, &one).unwrap(),
+                Some((3, Recorded::AppError(vec![0xbb])))
+            );
+            assert_eq!(
+                lookup_request(conn, &two).unwrap(),
+                Some((2, Recorded::Return(vec![0xaa])))
+            );
+            assert_eq!(max_request_id(conn).unwrap(), two);
+        };
+        ctx.conn
+            .execute_batch(&format!("{revision_2} PRAGMA wal_checkpoint(TRUNCATE);"))
+            .unwrap();
+        drop(ctx);
+        let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        assert!(opened.upgraded);
+        check(&ctx.conn);
+        // The same from an image of revision 2.
+        let old = Connection::open_in_memory().unwrap();
+        old.execute_batch(SCHEMA).unwrap();
+        old.execute_batch(revision_2).unwrap();
+        let image = serialize_copy(&old).unwrap();
+        let (other, _) =
+            open(dir.path(), "Counter", ObjectId::random(), None, false, None).unwrap();
+        other.conn.execute_batch("BEGIN").unwrap();
+        apply_image_in_txn(&other.conn, &image).unwrap();
+        other.conn.execute_batch("COMMIT").unwrap();
+        check(&other.conn);
     }
 
     #[test]
@@ -1410,7 +1597,7 @@ mod tests {
             )
             .unwrap();
         let created = SCHEMA.matches("CREATE ").count() as i64;
-        assert_eq!(created, 2);
+        assert_eq!(created, 3);
         assert_eq!(
             tables, created,
             "the runtime tables every object has, no others"

@@ -479,9 +479,10 @@ async fn an_evicted_objects_large_wal_is_folded_into_its_file_and_what_it_held_s
     let host = HostProcess::start(dir.path(), &idle);
     let client = host.client().await;
     let counter = client.get::<Counter>("busy");
-    // One call at a time: a batch and a few WAL frames each, well past 64 KiB.
+    // One call at a time: a batch and a few WAL frames each, well past 64 KiB (400
+    // calls were ~62 KiB once request records took one B-tree instead of two).
     let mut value = 0;
-    for _ in 0..400 {
+    for _ in 0..700 {
         value = counter.increment(1).await.unwrap();
     }
     let wal = object_wal(dir.path());

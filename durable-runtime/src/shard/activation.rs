@@ -387,8 +387,6 @@ impl Object {
         self.unfiled.release();
     }
 
-    /// Activate the instance inside the batch's open transaction. Returns the
-    /// constructor's effects, or the error every call of the batch gets.
     /// Whether request `id` is larger than every id recorded in the object's database
     /// (and so cannot have been applied before).
     pub(super) fn unseen_request(
@@ -454,6 +452,8 @@ impl Object {
         self.instance = None;
     }
 
+    /// Activate the instance inside the batch's open transaction. Returns the
+    /// constructor's effects, or the error every call of the batch gets.
     pub(super) fn activate(&mut self) -> Result<Effects, Response> {
         let ctx = self.ctx.as_mut().expect("opened");
         let activate = self.class.activate;
