@@ -1272,8 +1272,10 @@ impl RequestTables {
 /// tables (generations), keyed by request id (one B-tree each, `WITHOUT ROWID`); once
 /// it holds `window` records, the other table is emptied and takes the next ones. So
 /// at least the last `window` records are always kept (at most twice that, and a
-/// statement's worth more), and dropping old records costs one `DELETE` of a whole
-/// table per `window` records instead of a row and its index entry per record. A
+/// statement's worth more), each record is one B-tree entry (it was a row and an
+/// index entry), and old records go by one `DELETE` of a whole table per `window`
+/// records (SQLite still removes its rows one by one, in key order: the connection's
+/// preupdate hook turns off its truncate shortcut). A
 /// request id already in the current table is skipped; one recorded again in the
 /// other (only a replay records an id twice, with the same outcome) takes one more
 /// row until that table is emptied. Several records go in each `INSERT` (one
