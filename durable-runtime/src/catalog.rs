@@ -72,6 +72,18 @@ impl Catalog {
         Ok(())
     }
 
+    /// Forget the object's digest: its file's content changed without a new batch
+    /// number (the runtime upgraded its own tables on open), so the digest no longer
+    /// stands for that number. The next clean stop or quiet spell records a new one.
+    pub(crate) fn forget_digest(&self, class: &str, id: ObjectId) -> rusqlite::Result<()> {
+        let conn = self.db.lock();
+        conn.prepare_cached(
+            "UPDATE objects SET digest_seq = NULL, digest = NULL WHERE class = ?1 AND id = ?2",
+        )?
+        .execute(rusqlite::params![class, &id.as_bytes()[..]])?;
+        Ok(())
+    }
+
     /// The last digest recorded for the object: (batch number, digest).
     pub(crate) fn digest(&self, class: &str, id: ObjectId) -> rusqlite::Result<Option<(u64, u64)>> {
         let conn = self.db.lock();
@@ -255,6 +267,11 @@ mod tests {
         c.record_digest("C", id, 9, 0xdead_beef_0000_0001).unwrap();
         c.add("C", id).unwrap();
         assert_eq!(c.digest("C", id).unwrap(), Some((9, 0xdead_beef_0000_0001)));
+        // Forgotten (an upgrade changed the file under the same batch number): no
+        // digest to check against, the object still known.
+        c.forget_digest("C", id).unwrap();
+        assert_eq!(c.digest("C", id).unwrap(), None);
+        assert!(c.knows("C", id).unwrap());
     }
 
     /// Tables of every kind the digest meets: rowid tables (with and without an alias

@@ -1067,6 +1067,15 @@ pub(crate) fn apply_changes(
 ) -> Result<(), String> {
     use rusqlite::session::{ConflictAction, ConflictType};
     let (changeset, calls) = decode_changes(&record.payload)?;
+    // A file an earlier runtime wrote (or an image it logged, just written by a
+    // replay): brought up to this revision first, as opening it would, so that the
+    // request records below have their tables.
+    let revision: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    if revision < SCHEMA_REVISION {
+        upgrade_schema(c, revision).map_err(|e| format!("lsn {}: upgrading: {e}", record.lsn))?;
+    }
     c.apply_strm(
         &mut &changeset[..],
         None::<fn(&str) -> bool>,
@@ -1511,9 +1520,9 @@ mod tests {
 
     /// A file of revision 2 (one request table, ordered by `seq`) opens with its
     /// records in the first generation and the old table gone; an image of revision 2
-    /// applied to a file comes out the same way.
+    /// applied to a file, or replayed with a batch after it, comes out the same way.
     #[test]
-    fn an_older_request_table_is_brought_over_on_open_and_from_an_image() {
+    fn an_older_request_table_is_brought_over_on_open_from_an_image_and_in_a_replay() {
         let dir = tempfile::tempdir().unwrap();
         let id = ObjectId::random();
         let (ctx, _) = open(dir.path(), "Counter", id, None, false, None).unwrap();
@@ -1565,6 +1574,44 @@ mod tests {
         apply_image_in_txn(&other.conn, &image).unwrap();
         other.conn.execute_batch("COMMIT").unwrap();
         check(&other.conn);
+        // A replay (recovery, a rebuild, a restore) of a revision-2 image followed by a
+        // batch that recorded a call: the file is brought up before the call's record
+        // goes in, and holds all three.
+        let path = dir.path().join("replayed.db");
+        let mut three = [0u8; 16];
+        three[0] = 3;
+        let record = |seq: u64, kind: crate::record::RecordKind, payload: Vec<u8>| {
+            crate::record::LogRecord {
+                lsn: seq,
+                time_ms: 0,
+                kind,
+                class: "Counter".into(),
+                object: id,
+                seq,
+                payload,
+            }
+        };
+        let records = [
+            record(1, crate::record::RecordKind::Image, image.clone()),
+            record(
+                2,
+                crate::record::RecordKind::Changes,
+                encode_changes(&[], &[(three, 5, Recorded::Return(vec![0xcc]))]),
+            ),
+        ];
+        let (applied, _) = replay(&path, &records, 1000).unwrap();
+        assert_eq!(applied, 2);
+        let replayed = Connection::open(&path).unwrap();
+        let tables = RequestTables::load(&replayed).unwrap();
+        assert_eq!((tables.generation, tables.count, tables.max), (0, 3, three));
+        assert_eq!(
+            lookup_request(&replayed, &three).unwrap(),
+            Some((5, Recorded::Return(vec![0xcc])))
+        );
+        assert_eq!(
+            lookup_request(&replayed, &one).unwrap(),
+            Some((3, Recorded::AppError(vec![0xbb])))
+        );
     }
 
     #[test]

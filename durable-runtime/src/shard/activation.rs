@@ -258,7 +258,18 @@ impl Object {
             // A new file, or the first activation since the host started (an object
             // stored before the catalog existed): the catalog lists it from now on.
             if opened.upgraded || std::mem::take(&mut self.first_activation) {
-                if let Err(e) = self.config.catalog.add(self.class.name, self.id) {
+                // An upgrade changed the file's content under the same batch number:
+                // a digest recorded before it would take the file for damaged after an
+                // unclean stop. (A new file, upgraded too, has none: digests are
+                // recorded from the first batch on.)
+                let forgot = if opened.upgraded && opened.seq > 0 {
+                    self.config.catalog.forget_digest(self.class.name, self.id)
+                } else {
+                    Ok(())
+                };
+                if let Err(e) =
+                    forgot.and_then(|()| self.config.catalog.add(self.class.name, self.id))
+                {
                     tracing::warn!(class = self.class.name, id = %self.id, error = %e, "adding the object to the catalog");
                     // The next activation checks the file again, and tries again.
                     self.config

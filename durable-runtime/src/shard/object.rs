@@ -94,7 +94,7 @@ pub(super) struct Object {
     /// larger value only costs lookups.
     pub(super) request_max: Option<[u8; 16]>,
     /// Request records of the deferred batches, not yet written to the file's request
-    /// table (see [`super::unfiled`]): written as the file commits, dropped whenever the
+    /// tables (see [`super::unfiled`]): written as the file commits, dropped whenever the
     /// open transaction is.
     pub(super) unfiled: super::unfiled::Unfiled,
     /// The write marker the last batch's commit read after it, kept for the next

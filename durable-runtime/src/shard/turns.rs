@@ -631,7 +631,7 @@ pub(super) async fn run_call(
     };
     let wrote = ctx.conn.total_changes() != before;
     // A call that wrote records its outcome under its request id: with the batch, which
-    // carries it to the log; the file's request table gets it when the file commits
+    // carries it to the log; the file's request tables get it when the file commits
     // (see `super::unfiled`).
     let record = |obj: &mut Object, bs: &mut Pending, outcome: Recorded| {
         obj.recorded_request(&request.request_id);

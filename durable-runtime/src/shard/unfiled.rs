@@ -1,6 +1,6 @@
 //! Request records not yet in the object's file. A batch's request records (each call's
 //! request id, digest and outcome) travel to the host log inside the batch's record;
-//! the file's request table gets them only when the file commits its open transaction
+//! the file's request tables get them only when the file commits its open transaction
 //! (every few batches, or when the object goes quiet): one run of appends then, instead
 //! of two B-tree inserts and their sub-journal pages inside every call's savepoint (a
 //! fifth of a shard's time in increments_many). Until then the object answers retries
@@ -20,9 +20,9 @@ pub(super) struct Unfiled {
     index: HashMap<[u8; 16], usize>,
     /// How many of `records` (from the first) are written into the open transaction
     /// already, outside any savepoint: a commit that failed with its transaction kept
-    /// leaves them there, and its retry must not write them again. (Written again, rows
-    /// the window had already dropped would come back with new sequence numbers and
-    /// push out newer ones.)
+    /// leaves them there, and its retry must not write them again. (Written again, they
+    /// would count twice towards the window, and records could be dropped before
+    /// `window` newer ones were kept.)
     written: usize,
 }
 
@@ -63,7 +63,7 @@ impl Unfiled {
         *self = Unfiled::default();
     }
 
-    /// Write the records held and not yet written into the request table, in order, in
+    /// Write the records held and not yet written into the request tables, in order, in
     /// the connection's open transaction outside any savepoint (just before the file
     /// commits), dropping the oldest beyond `window` as [`store::record_requests`] does.
     /// They stay held (and answer lookups) until [`Unfiled::clear`]; a failure part way
@@ -87,7 +87,7 @@ impl Unfiled {
     }
 }
 
-/// Write `records` into the request table (see [`Unfiled::write`]).
+/// Write `records` into the request tables (see [`Unfiled::write`]).
 pub(super) fn write_records(
     conn: &impl Statements,
     records: &[RecordedCall],
