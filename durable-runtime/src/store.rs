@@ -1071,7 +1071,8 @@ pub(crate) fn apply_changes(
     // replay): brought up to this revision first, as opening it would, so that the
     // request records below have their tables.
     let revision: i64 = c
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .prepare_cached("PRAGMA user_version")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
         .map_err(|e| e.to_string())?;
     if revision < SCHEMA_REVISION {
         upgrade_schema(c, revision).map_err(|e| format!("lsn {}: upgrading: {e}", record.lsn))?;
@@ -1281,16 +1282,15 @@ impl RequestTables {
 /// tables (generations), keyed by request id (one B-tree each, `WITHOUT ROWID`); once
 /// it holds `window` records, the other table is emptied and takes the next ones. So
 /// at least the last `window` records are always kept (at most twice that), the same
-/// ones however the records are split between calls, each record is one B-tree entry (it was a row and an
-/// index entry), and old records go by one `DELETE` of a whole table per `window`
-/// records (SQLite still removes its rows one by one, in key order: the connection's
-/// preupdate hook turns off its truncate shortcut). A
-/// request id already in the current table is skipped; one recorded again in the
-/// other (only a replay records an id twice, with the same outcome) takes one more
-/// row until that table is emptied. Several records go in each `INSERT` (one
-/// statement per record was a thirtieth of a shard's time under increments_many);
-/// `done` hears how many records each statement wrote, so a failure part way leaves
-/// the rest for a retry.
+/// ones however the records are split between calls; each record is one B-tree entry
+/// (it was a row and an index entry); and old records go by one `DELETE` of a whole
+/// table per `window` records (SQLite still removes its rows one by one, in key
+/// order: the connection's preupdate hook turns off its truncate shortcut). A request
+/// id already in the current table is skipped; one recorded again in the other (only
+/// a replay records an id twice, with the same outcome) takes one more row until that
+/// table is emptied. Several records go in each `INSERT` (one statement per record
+/// was a thirtieth of a shard's time under increments_many); `done` hears how many
+/// records each statement wrote, so a failure part way leaves the rest for a retry.
 pub(crate) fn record_requests(
     conn: &impl Statements,
     records: &[RecordedCall],
@@ -1308,9 +1308,9 @@ pub(crate) fn record_requests(
         tables.max = max;
         tables.store(conn)?;
     }
+    let window = window.max(1);
     let mut rest = records;
     while !rest.is_empty() {
-        let window = window.max(1);
         if tables.count >= window {
             // The other table's records are all older than this one's `window`.
             tables.generation = 1 - tables.generation;
