@@ -331,6 +331,7 @@ pub(crate) fn disable_lookaside(conn: &Connection) {
 /// Returns whether the runtime's tables were created or changed by opening (a new
 /// object, or one written by an older version): its next batch must ship an image. With `sync_new`, a new file and its directory
 /// entries are made durable before returning (when no log will carry its image).
+#[cfg(test)]
 pub(crate) fn open(
     data_dir: &Path,
     class: &'static str,
@@ -338,6 +339,24 @@ pub(crate) fn open(
     name: Option<&str>,
     sync_new: bool,
     spares: Option<&crate::spares::Spares>,
+) -> Result<(Context, Opened), String> {
+    open_with(data_dir, class, id, name, sync_new, spares, &mut || Ok(()))
+}
+
+/// [`open`], calling `before_upgrade` just before the runtime's tables of an existing
+/// file written by an older version are brought up to date (not for a new file, nor for
+/// a current one). The upgrade changes the file's content under the same batch number,
+/// so the activation forgets the file's recorded content digest there: before, so that
+/// neither a failure to forget it nor a crash right after the upgrade leaves a digest the
+/// file no longer matches. If it fails, the file is left as it was and the open fails.
+pub(crate) fn open_with(
+    data_dir: &Path,
+    class: &'static str,
+    id: ObjectId,
+    name: Option<&str>,
+    sync_new: bool,
+    spares: Option<&crate::spares::Spares>,
+    before_upgrade: &mut dyn FnMut() -> rusqlite::Result<()>,
 ) -> Result<(Context, Opened), String> {
     let path = object_path(data_dir, class, id);
     let dir = path.parent().expect("object path has a parent");
@@ -467,6 +486,9 @@ pub(crate) fn open(
         // records the revision; `migrate` keeps its own version in `_durable_meta`).
         let revision: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if revision < SCHEMA_REVISION {
+            if !fresh {
+                before_upgrade()?;
+            }
             upgrade_schema(&tx, revision)?;
             upgraded = true;
         }
@@ -1546,6 +1568,70 @@ mod tests {
                 RequestTables::load(&conn).unwrap()
             );
         }
+    }
+
+    /// The hook an activation forgets the file's digest in runs only before an older
+    /// file's upgrade, with the file still at its old revision; if it fails, the open
+    /// fails and the file is left as it was, and the next open upgrades it.
+    #[test]
+    fn an_older_files_upgrade_waits_for_the_hook_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = ObjectId::random();
+        let revision = |path: &Path| -> i64 {
+            Connection::open(path)
+                .unwrap()
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap()
+        };
+        let path = object_path(dir.path(), "Counter", id);
+        let calls = std::cell::Cell::new(0);
+        // A new file: no hook.
+        let (ctx, opened) = open_with(dir.path(), "Counter", id, None, false, None, &mut || {
+            calls.set(calls.get() + 1);
+            Ok(())
+        })
+        .unwrap();
+        assert!(opened.upgraded);
+        assert_eq!(calls.get(), 0, "a new file has no digest to forget");
+        ctx.conn
+            .execute_batch(
+                "DROP TABLE _durable_requests_0; DROP TABLE _durable_requests_1;
+                 CREATE TABLE _durable_requests(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, kind INTEGER NOT NULL, body BLOB NOT NULL);
+                 PRAGMA user_version = 2; PRAGMA wal_checkpoint(TRUNCATE);",
+            )
+            .unwrap();
+        drop(ctx);
+        // The hook fails: no upgrade, the open fails.
+        let failed = open_with(dir.path(), "Counter", id, None, false, None, &mut || {
+            calls.set(calls.get() + 1);
+            assert_eq!(revision(&path), 2, "the hook runs before the upgrade");
+            Err(rusqlite::Error::InvalidQuery)
+        });
+        assert!(failed.is_err());
+        assert_eq!(calls.get(), 1);
+        assert_eq!(
+            revision(&path),
+            2,
+            "a failed hook leaves the file as it was"
+        );
+        // Then it succeeds: upgraded, the hook run once more.
+        let (ctx, opened) = open_with(dir.path(), "Counter", id, None, false, None, &mut || {
+            calls.set(calls.get() + 1);
+            Ok(())
+        })
+        .unwrap();
+        assert!(opened.upgraded);
+        assert_eq!(calls.get(), 2);
+        drop(ctx);
+        assert_eq!(revision(&path), SCHEMA_REVISION);
+        // A current file: no hook.
+        let (_ctx, opened) = open_with(dir.path(), "Counter", id, None, false, None, &mut || {
+            calls.set(calls.get() + 1);
+            Ok(())
+        })
+        .unwrap();
+        assert!(!opened.upgraded);
+        assert_eq!(calls.get(), 2);
     }
 
     /// A file of revision 2 (one request table, ordered by `seq`) opens with its

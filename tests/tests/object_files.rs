@@ -262,6 +262,86 @@ async fn an_object_active_at_a_crash_is_checked_against_its_last_quiet_digest() 
     assert!(text.contains("the object's file is damaged"), "{text}");
 }
 
+/// A file an older runtime left (request records in one table, revision 2), with the
+/// content digest that runtime recorded for it: the activation that upgrades it forgets
+/// that digest, so after an unclean stop right after (no new batch, no quiet spell to
+/// record a new digest) the upgraded file is not taken for damaged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_runtimes_file_upgraded_just_before_a_crash_is_not_taken_for_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let host = HostProcess::start(&data, &[]);
+    let client = host.client().await;
+    let counter = client.get::<Counter>("old");
+    counter.increment(MARK).await.unwrap();
+    let value = counter.increment(5).await.unwrap();
+    drop(client);
+    assert!(host.terminate().success());
+    // Stand in for the older runtime: its request table, its revision, and the digest
+    // it recorded of that content at the file's batch number.
+    let db = object_files(&data)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "db"))
+        .unwrap();
+    let file = rusqlite::Connection::open(&db).unwrap();
+    file.execute_batch(
+        "CREATE TABLE _durable_requests(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, kind INTEGER NOT NULL, body BLOB NOT NULL);
+         INSERT INTO _durable_requests(id, kind, body)
+           SELECT id, kind, body FROM _durable_requests_0 ORDER BY id;
+         DROP TABLE _durable_requests_0; DROP TABLE _durable_requests_1;
+         DELETE FROM _durable_meta WHERE key = 'requests';
+         PRAGMA user_version = 2;
+         PRAGMA wal_checkpoint(TRUNCATE);",
+    )
+    .unwrap();
+    drop(file);
+    let old_digest = durable::testing::content_digest(&db).unwrap();
+    let catalog = rusqlite::Connection::open(data.join("catalog.db")).unwrap();
+    let digest = |catalog: &rusqlite::Connection| -> Option<i64> {
+        catalog
+            .query_row("SELECT digest_seq FROM objects", [], |r| r.get(0))
+            .unwrap()
+    };
+    let seq = digest(&catalog).expect("a clean stop records a digest");
+    catalog
+        .execute(
+            "UPDATE objects SET digest = ?1",
+            [&old_digest.to_le_bytes()[..]],
+        )
+        .unwrap();
+    drop(catalog);
+    // This runtime opens it (and upgrades it) for a read, then dies at once.
+    let host = HostProcess::start(&data, &[]);
+    let client = host.client().await;
+    assert_eq!(client.get::<Counter>("old").get().await.unwrap(), value);
+    drop(client);
+    host.kill9();
+    let revision: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert!(revision > 2, "the read upgraded the file");
+    let catalog = rusqlite::Connection::open(data.join("catalog.db")).unwrap();
+    assert_eq!(
+        digest(&catalog),
+        None,
+        "the old digest (batch {seq}) was forgotten"
+    );
+    drop(catalog);
+    let log = dir.path().join("host.log");
+    let host = HostProcess::start_logged(&data, &[], Some(&log));
+    let client = host.client().await;
+    assert_eq!(client.get::<Counter>("old").get().await.unwrap(), value);
+    assert_eq!(
+        client.get::<Counter>("old").increment(1).await.unwrap(),
+        value + 1
+    );
+    drop(client);
+    drop(host);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("damaged"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_object_closes_its_files_keeps_its_memory_and_reopens_on_the_next_call() {
     let dir = tempfile::tempdir().unwrap();

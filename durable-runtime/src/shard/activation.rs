@@ -222,13 +222,19 @@ impl Object {
         if self.ctx.is_none() {
             let durability = &self.config.durability;
             let sync_new = !durability.captures_changes();
-            let (mut ctx, opened) = store::open(
+            // An upgrade changes the file's content under the same batch number: a
+            // digest recorded before it would take the file for damaged after an
+            // unclean stop, so it is forgotten first (see `store::open_with`).
+            let catalog = &self.config.catalog;
+            let (class, id) = (self.class.name, self.id);
+            let (mut ctx, opened) = store::open_with(
                 &self.config.data_dir,
-                self.class.name,
-                self.id,
+                class,
+                id,
                 name,
                 sync_new,
                 self.config.spares.as_deref(),
+                &mut || catalog.forget_digest(class, id),
             )
             .map_err(|e| {
                 // The message names host paths: the log gets it, the client does not.
@@ -258,18 +264,7 @@ impl Object {
             // A new file, or the first activation since the host started (an object
             // stored before the catalog existed): the catalog lists it from now on.
             if opened.upgraded || std::mem::take(&mut self.first_activation) {
-                // An upgrade changed the file's content under the same batch number:
-                // a digest recorded before it would take the file for damaged after an
-                // unclean stop. (A new file, upgraded too, has none: digests are
-                // recorded from the first batch on.)
-                let forgot = if opened.upgraded && opened.seq > 0 {
-                    self.config.catalog.forget_digest(self.class.name, self.id)
-                } else {
-                    Ok(())
-                };
-                if let Err(e) =
-                    forgot.and_then(|()| self.config.catalog.add(self.class.name, self.id))
-                {
+                if let Err(e) = self.config.catalog.add(self.class.name, self.id) {
                     tracing::warn!(class = self.class.name, id = %self.id, error = %e, "adding the object to the catalog");
                     // The next activation checks the file again, and tries again.
                     self.config
