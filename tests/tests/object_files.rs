@@ -31,6 +31,14 @@ fn object_files(data: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The database file of the test's one object under `data`.
+fn object_db(data: &Path) -> PathBuf {
+    object_files(data)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "db"))
+        .expect("an object file")
+}
+
 /// Flip one bit of `value`'s stored bytes wherever they are (main file or WAL);
 /// returns how many places.
 fn flip_stored(data: &Path, value: i64) -> usize {
@@ -243,10 +251,7 @@ async fn an_object_active_at_a_crash_is_checked_against_its_last_quiet_digest() 
     // its memory and locks other processes out of the file.)
     drop(client);
     host.kill9(); // the object was active: no clean stop, no final checkpoint
-    let db = object_files(&data)
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "db"))
-        .unwrap();
+    let db = object_db(&data);
     rusqlite::Connection::open(&db)
         .unwrap()
         .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -279,10 +284,7 @@ async fn an_older_runtimes_file_upgraded_just_before_a_crash_is_not_taken_for_da
     assert!(host.terminate().success());
     // Stand in for the older runtime: its request table, its revision, and the digest
     // it recorded of that content at the file's batch number.
-    let db = object_files(&data)
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "db"))
-        .unwrap();
+    let db = object_db(&data);
     let file = rusqlite::Connection::open(&db).unwrap();
     file.execute_batch(
         "CREATE TABLE _durable_requests(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, kind INTEGER NOT NULL, body BLOB NOT NULL);
@@ -454,10 +456,7 @@ async fn another_process_is_kept_out_of_an_open_object_file_and_inspect_still_re
     let counter = client.get::<Counter>("kept");
     counter.increment(41).await.unwrap();
     assert_eq!(counter.increment(1).await.unwrap(), 42);
-    let db = object_files(&data)
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "db"))
-        .unwrap();
+    let db = object_db(&data);
     let read = || -> rusqlite::Result<i64> {
         let c =
             rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -505,10 +504,7 @@ async fn an_object_file_held_by_another_program_fails_its_calls_at_once_until_re
     assert_eq!(counter.increment(7).await.unwrap(), 7);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     until_object_files_closed(pid, deadline).await;
-    let db = object_files(dir.path())
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "db"))
-        .unwrap();
+    let db = object_db(dir.path());
     let outsider =
         rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
