@@ -1585,12 +1585,16 @@ mod tests {
         };
         let path = object_path(dir.path(), "Counter", id);
         let calls = std::cell::Cell::new(0);
+        // An open whose hook only counts its calls.
+        let open_counted = || {
+            open_with(dir.path(), "Counter", id, None, false, None, &mut || {
+                calls.set(calls.get() + 1);
+                Ok(())
+            })
+            .unwrap()
+        };
         // A new file: no hook.
-        let (ctx, opened) = open_with(dir.path(), "Counter", id, None, false, None, &mut || {
-            calls.set(calls.get() + 1);
-            Ok(())
-        })
-        .unwrap();
+        let (ctx, opened) = open_counted();
         assert!(opened.upgraded);
         assert_eq!(calls.get(), 0, "a new file has no digest to forget");
         ctx.conn
@@ -1615,21 +1619,13 @@ mod tests {
             "a failed hook leaves the file as it was"
         );
         // Then it succeeds: upgraded, the hook run once more.
-        let (ctx, opened) = open_with(dir.path(), "Counter", id, None, false, None, &mut || {
-            calls.set(calls.get() + 1);
-            Ok(())
-        })
-        .unwrap();
+        let (ctx, opened) = open_counted();
         assert!(opened.upgraded);
         assert_eq!(calls.get(), 2);
         drop(ctx);
         assert_eq!(revision(&path), SCHEMA_REVISION);
         // A current file: no hook.
-        let (_ctx, opened) = open_with(dir.path(), "Counter", id, None, false, None, &mut || {
-            calls.set(calls.get() + 1);
-            Ok(())
-        })
-        .unwrap();
+        let (_ctx, opened) = open_counted();
         assert!(!opened.upgraded);
         assert_eq!(calls.get(), 2);
     }
