@@ -1336,7 +1336,8 @@ pub(crate) fn record_requests(
         if tables.count >= window {
             // The other table's records are all older than this one's `window`.
             tables.generation = 1 - tables.generation;
-            conn.exec(REQUEST_CLEAR[tables.generation], [])?;
+            let clear = REQUEST_CLEAR[tables.generation];
+            crate::capture::suspended(conn.conn(), || conn.exec(clear, []))?;
             tables.count = 0;
             // Stored at once: a failure after this must not empty it again.
             tables.store(conn)?;
