@@ -325,36 +325,6 @@ impl Drop for ChangeCapture {
     }
 }
 
-/// Run `f` with the connection's change capture, if one runs, suspended: for statements
-/// on the runtime's bookkeeping tables only, which the capture ignores anyway, and which
-/// SQLite runs faster without a preupdate hook. A `DELETE` of a whole table prepared
-/// while no hook is set frees its pages at once (its truncate optimization) instead
-/// of removing its rows one by one, rebalancing as it goes: the request records'
-/// `DELETE` of a full generation was a fifth of their cost, and that of a shard's
-/// time under one hot object. (Whether the optimization applies is decided when the
-/// statement is prepared: one prepared here and cached keeps it.)
-pub(crate) fn suspended<R>(conn: &Connection, f: impl FnOnce() -> R) -> R {
-    /// Puts the hook back, even if `f` panics.
-    struct Resume(*mut ffi::sqlite3, *mut c_void);
-    impl Drop for Resume {
-        fn drop(&mut self) {
-            if !self.1.is_null() {
-                // SAFETY: the same connection and the same capture state that
-                // `suspended` took the hook from. The capture frees its state only
-                // when dropped, after removing its hook; callers pass `f` a statement
-                // to run, never the capture, so it is alive here.
-                unsafe { ffi::sqlite3_preupdate_hook(self.0, Some(on_change), self.1) };
-            }
-        }
-    }
-    // SAFETY: the handle of a live connection, used during this call only.
-    let db = unsafe { conn.handle() };
-    // SAFETY: as above; the hook is put back by `Resume` with the state it had.
-    let state = unsafe { ffi::sqlite3_preupdate_hook(db, None, std::ptr::null_mut()) };
-    let _resume = Resume(db, state);
-    f()
-}
-
 /// The tables whose changes are captured: every table but the runtime's own
 /// bookkeeping tables (the key-value table, the alarm tables and the stream tables hold
 /// user state and are captured).
@@ -899,53 +869,6 @@ mod tests {
         drop(capture);
         let again = ChangeCapture::start(&c).unwrap();
         drop(again);
-    }
-
-    /// Whether `sql`, prepared now, deletes a whole table at once (`OP_Clear`) rather
-    /// than row by row.
-    fn clears_at_once(c: &Connection, sql: &str) -> bool {
-        let mut st = c.prepare(&format!("EXPLAIN {sql}")).unwrap();
-        let ops: Vec<String> = st
-            .query_map([], |r| r.get::<_, String>(1))
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect();
-        ops.iter().any(|op| op == "Clear")
-    }
-
-    #[test]
-    fn a_suspended_capture_lets_a_whole_table_go_at_once_and_resumes_even_after_a_panic() {
-        let c = db();
-        c.execute_batch(
-            "CREATE TABLE _durable_requests_0(id BLOB PRIMARY KEY, v) WITHOUT ROWID;
-             INSERT INTO _durable_requests_0 VALUES (x'01', 1), (x'02', 2);",
-        )
-        .unwrap();
-        let clear = "DELETE FROM _durable_requests_0";
-        let mut capture = ChangeCapture::start(&c).unwrap();
-        // With the hook set SQLite removes rows one by one (for the hook to see each).
-        assert!(!clears_at_once(&c, clear));
-        assert!(suspended(&c, || clears_at_once(&c, clear)));
-        suspended(&c, || c.execute_batch(clear)).unwrap();
-        let left: i64 = c
-            .query_row("SELECT count(*) FROM _durable_requests_0", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(left, 0);
-        // The capture goes on, after a panic inside too.
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            suspended(&c, || panic!("inside"))
-        }));
-        assert!(panicked.is_err());
-        c.execute_batch("UPDATE ipk SET v = 'seen' WHERE id = 1")
-            .unwrap();
-        assert!(!capture.changeset(&c, schema(&c)).unwrap().is_empty());
-        // And without a capture, `suspended` changes nothing.
-        drop(capture);
-        suspended(&c, || {
-            c.execute_batch("UPDATE ipk SET v = 'x' WHERE id = 1")
-        })
-        .unwrap();
-        assert!(ChangeCapture::start(&c).is_ok());
     }
 
     /// Random batches over every kind of table: key changes, `REPLACE`, statements

@@ -22,40 +22,87 @@ const CACHE_KIB: i64 = -256;
 
 /// Bump when `SCHEMA` changes, and bring older files up in [`upgrade_schema`]
 /// (revision 2 files may lack the lazily created tables: they are created on first
-/// use: see [`crate::tables`]; revision 3 keeps request records in two generations).
-const SCHEMA_REVISION: i64 = 3;
+/// use: see [`crate::tables`]; revision 3 kept request records in two generations of
+/// a row each, revision 4 in blocks).
+const SCHEMA_REVISION: i64 = 4;
 
-/// The runtime's tables every object has: its metadata, and its request records in two
-/// generations (see [`record_requests`]).
+/// The runtime's tables every object has: its metadata, and its request records in
+/// blocks (see [`record_requests`]).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS _durable_meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS _durable_requests_0(id BLOB PRIMARY KEY, kind INTEGER NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS _durable_requests_1(id BLOB PRIMARY KEY, kind INTEGER NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _durable_request_blocks(block INTEGER PRIMARY KEY, records BLOB NOT NULL);
 ";
 
-/// The two generations of request records (see [`record_requests`]).
-const REQUEST_TABLES: [&str; 2] = ["_durable_requests_0", "_durable_requests_1"];
-
 /// Bring the runtime's tables of a file at `revision` up to [`SCHEMA_REVISION`], inside
-/// the caller's transaction. Revisions before 3 kept request records in one table,
-/// `_durable_requests`, in the order recorded: its records become the first generation.
+/// the caller's transaction. Request records of earlier revisions move into blocks,
+/// oldest first, and their tables go: revision 2 kept them in one table,
+/// `_durable_requests`, in the order recorded; revision 3 in two generations,
+/// `_durable_requests_0` and `_durable_requests_1` (the older first, each in id order:
+/// ids begin with the time they were made), with the current generation and the
+/// largest id in the `_durable_meta` row `requests`. All of them are kept; the next
+/// records appended trim them to the window.
 fn upgrade_schema(conn: &Connection, revision: i64) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)?;
-    if revision < 3 && conn.table_exists(Some(c"main"), c"_durable_requests")? {
-        let moved = conn.execute(
-            "INSERT OR IGNORE INTO _durable_requests_0(id, kind, body)
-             SELECT id, kind, body FROM _durable_requests ORDER BY seq",
-            [],
-        )?;
-        let max: Option<Vec<u8>> =
-            conn.query_row("SELECT max(id) FROM _durable_requests", [], |r| r.get(0))?;
-        conn.execute_batch("DROP TABLE _durable_requests")?;
-        let state = RequestTables {
-            generation: 0,
-            count: moved,
-            max: max_id(max),
+    if revision < 4 {
+        let read = |sql: &str| -> rusqlite::Result<Vec<RecordedCall>> {
+            let mut st = conn.prepare(sql)?;
+            let rows = st.query_map([], |r| {
+                let id: Vec<u8> = r.get(0)?;
+                let kind: i64 = r.get(1)?;
+                let body: Vec<u8> = r.get(2)?;
+                let outcome = if kind & 1 == 0 {
+                    Recorded::Return(body)
+                } else {
+                    Recorded::AppError(body)
+                };
+                Ok((max_id(Some(id)), (kind as u64) >> 1, outcome))
+            })?;
+            rows.collect()
         };
-        state.store(conn)?;
+        let mut records = Vec::new();
+        let mut max = [0u8; 16];
+        if conn.table_exists(Some(c"main"), c"_durable_requests")? {
+            records.extend(read(
+                "SELECT id, kind, body FROM _durable_requests ORDER BY seq",
+            )?);
+            conn.execute_batch("DROP TABLE _durable_requests")?;
+        }
+        let generations = [
+            (c"_durable_requests_0", "_durable_requests_0"),
+            (c"_durable_requests_1", "_durable_requests_1"),
+        ];
+        if conn.table_exists(Some(c"main"), generations[0].0)? {
+            let state: Option<Vec<u8>> = conn
+                .query_row(
+                    "SELECT value FROM _durable_meta WHERE key = 'requests'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            // 8 bytes (count * 2 + current generation) and the largest id.
+            let current = match &state {
+                Some(v) if v.len() == 24 => (v[0] & 1) as usize,
+                _ => 0,
+            };
+            if let Some(v) = state.filter(|v| v.len() == 24) {
+                max = v[8..].try_into().expect("16 bytes");
+            }
+            for (exists, table) in [generations[1 - current], generations[current]] {
+                if conn.table_exists(Some(c"main"), exists)? {
+                    records.extend(read(&format!(
+                        "SELECT id, kind, body FROM {table} ORDER BY id"
+                    ))?);
+                    conn.execute_batch(&format!("DROP TABLE {table}"))?;
+                }
+            }
+            conn.execute("DELETE FROM _durable_meta WHERE key = 'requests'", [])?;
+        }
+        record_requests(conn, &records, usize::MAX, |_| {})?;
+        let mut log = RequestLog::load(conn)?;
+        if max > log.max {
+            log.max = max;
+            log.store(conn)?;
+        }
     }
     conn.pragma_update(None, "user_version", SCHEMA_REVISION)
 }
@@ -1202,39 +1249,35 @@ pub(crate) fn decode_changes(payload: &[u8]) -> Result<ChangesPayload<'_>, Strin
 }
 
 /// The recorded outcome of request `id`, with the digest of the call that made it
-/// (0 if recorded before digests existed). The `kind` column holds the outcome in
-/// its low bit and the digest above it.
+/// (0 if recorded before digests existed), from the file's request records: the
+/// blocks are read newest first (an id recorded again, after it left the window, has
+/// its latest outcome). Reads every block for an id not recorded: the object keeps its
+/// recent records in memory and asks the file only for ids older than those (see
+/// `shard::unfiled`).
 pub(crate) fn lookup_request(
     conn: &impl Statements,
     id: &[u8; 16],
 ) -> rusqlite::Result<Option<(u64, Recorded)>> {
     conn.with(
-        "SELECT kind, body FROM _durable_requests_0 WHERE id = ?1
-         UNION ALL SELECT kind, body FROM _durable_requests_1 WHERE id = ?1",
+        "SELECT records FROM _durable_request_blocks ORDER BY block DESC",
         |s| {
-            s.query_row([&id[..]], |r| {
-                let kind: i64 = r.get(0)?;
-                let body: Vec<u8> = r.get(1)?;
-                let digest = (kind as u64) >> 1;
-                Ok((
-                    digest,
-                    if kind & 1 == 0 {
-                        Recorded::Return(body)
-                    } else {
-                        Recorded::AppError(body)
-                    },
-                ))
-            })
-            .optional()
+            let mut rows = s.query([])?;
+            while let Some(row) = rows.next()? {
+                let block = row.get_ref(0)?.as_blob()?;
+                if let Some(found) = RecordIter(block).find(|r| r.0 == *id) {
+                    return Ok(Some((found.1, found.to_recorded())));
+                }
+            }
+            Ok(None)
         },
     )
 }
 
 /// The largest request id recorded (all zeros if none), as [`record_requests`] keeps
-/// it beside the tables (it may be larger than any id still held: that only costs
+/// it beside the records (it may be larger than any id still held: that only costs
 /// lookups).
 pub(crate) fn max_request_id(conn: &impl Statements) -> rusqlite::Result<[u8; 16]> {
-    RequestTables::load(conn).map(|t| t.max)
+    RequestLog::load(conn).map(|t| t.max)
 }
 
 /// A request id as stored, 16 bytes; anything else (never written by the runtime)
@@ -1246,73 +1289,134 @@ fn max_id(value: Option<Vec<u8>>) -> [u8; 16] {
     }
 }
 
-/// Where request records go: which of the two tables takes new ones, how many it
-/// holds, and the largest id recorded. One `_durable_meta` row, `requests`: 8 bytes
-/// (count * 2 + generation, little-endian) and the 16-byte id; absent in a file that
-/// recorded none.
+/// Request records per block (see [`record_requests`]).
+const BLOCK_RECORDS: u64 = 64;
+
+/// How many request records were ever appended, and the largest id recorded. One
+/// `_durable_meta` row, `request_log`: the count (8 bytes, little-endian) and the
+/// 16-byte id; absent in a file that recorded none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct RequestTables {
-    generation: usize,
-    count: usize,
+struct RequestLog {
+    count: u64,
     max: [u8; 16],
 }
 
-impl RequestTables {
-    fn load(conn: &impl Statements) -> rusqlite::Result<RequestTables> {
+impl RequestLog {
+    fn load(conn: &impl Statements) -> rusqlite::Result<RequestLog> {
         let value: Option<Vec<u8>> = conn.with(
-            "SELECT value FROM _durable_meta WHERE key = 'requests'",
+            "SELECT value FROM _durable_meta WHERE key = 'request_log'",
             |s| s.query_row([], |r| r.get(0)).optional(),
         )?;
         Ok(match value {
-            Some(v) if v.len() == 24 => {
-                let head = u64::from_le_bytes(v[..8].try_into().expect("8 bytes"));
-                RequestTables {
-                    generation: (head & 1) as usize,
-                    count: (head >> 1) as usize,
-                    max: v[8..].try_into().expect("16 bytes"),
-                }
-            }
-            None => RequestTables {
-                generation: 0,
+            Some(v) if v.len() == 24 => RequestLog {
+                count: u64::from_le_bytes(v[..8].try_into().expect("8 bytes")),
+                max: v[8..].try_into().expect("16 bytes"),
+            },
+            None => RequestLog {
                 count: 0,
                 max: [0; 16],
             },
-            // Not the runtime's: every id looks possibly seen, and the first table
-            // counts as full (the next record empties the second and starts it).
-            Some(_) => RequestTables {
-                generation: 0,
-                count: usize::MAX >> 1,
-                max: [0xff; 16],
-            },
+            // Not the runtime's: every id looks possibly seen, and the next records
+            // start a block after the last one held.
+            Some(_) => {
+                let last: Option<i64> = conn
+                    .with("SELECT max(block) FROM _durable_request_blocks", |s| {
+                        s.query_row([], |r| r.get(0))
+                    })?;
+                RequestLog {
+                    count: last.map_or(0, |b| (b.max(0) as u64 + 1) * BLOCK_RECORDS),
+                    max: [0xff; 16],
+                }
+            }
         })
     }
 
     fn store(&self, conn: &impl Statements) -> rusqlite::Result<()> {
         let mut value = [0u8; 24];
-        let head = (self.count.min(usize::MAX >> 1) as u64) << 1 | self.generation as u64;
-        value[..8].copy_from_slice(&head.to_le_bytes());
+        value[..8].copy_from_slice(&self.count.to_le_bytes());
         value[8..].copy_from_slice(&self.max);
         conn.exec(
-            "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('requests', ?1)",
+            "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('request_log', ?1)",
             [&value[..]],
         )
         .map(|_| ())
     }
 }
 
-/// Record calls' outcomes and digests in order. Records go into the current of two
-/// tables (generations), keyed by request id (one B-tree each, `WITHOUT ROWID`); once
-/// it holds `window` records, the other table is emptied and takes the next ones. So
-/// at least the last `window` records are always kept (at most twice that), the same
-/// ones however the records are split between calls; each record is one B-tree entry
-/// (it was a row and an index entry); and old records go by one `DELETE` of a whole
-/// table per `window` records (SQLite still removes its rows one by one, in key
-/// order: the connection's preupdate hook turns off its truncate shortcut). A request
-/// id already in the current table is skipped; one recorded again in the other (only
-/// a replay records an id twice, with the same outcome) takes one more row until that
-/// table is emptied. Several records go in each `INSERT` (one statement per record
-/// was a thirtieth of a shard's time under increments_many); `done` hears how many
-/// records each statement wrote, so a failure part way leaves the rest for a retry.
+/// One request record as a block holds it: the id (16 bytes), the outcome in the low
+/// bit of `kind` and the call's digest above it (8 bytes, little-endian), the body's
+/// length (4 bytes, little-endian) and the body.
+fn encode_record(out: &mut Vec<u8>, (id, digest, outcome): &RecordedCall) {
+    let digest = (digest & ((1 << 62) - 1)) as i64;
+    let (kind, body) = match outcome {
+        Recorded::Return(b) => (digest << 1, b),
+        Recorded::AppError(b) => (digest << 1 | 1, b),
+    };
+    out.extend_from_slice(id);
+    out.extend_from_slice(&kind.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(body);
+}
+
+/// A record read from a block, its body borrowed.
+struct BlockRecord<'a>([u8; 16], u64, bool, &'a [u8]);
+
+impl BlockRecord<'_> {
+    fn to_recorded(&self) -> Recorded {
+        if self.2 {
+            Recorded::AppError(self.3.to_vec())
+        } else {
+            Recorded::Return(self.3.to_vec())
+        }
+    }
+}
+
+/// The records of a block, in order; a block cut short (never written so by the
+/// runtime) ends at its last whole record.
+struct RecordIter<'a>(&'a [u8]);
+
+impl<'a> Iterator for RecordIter<'a> {
+    type Item = BlockRecord<'a>;
+
+    fn next(&mut self) -> Option<BlockRecord<'a>> {
+        let head = self.0.get(..28)?;
+        let id: [u8; 16] = head[..16].try_into().expect("16 bytes");
+        let kind = i64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
+        let len = u32::from_le_bytes(head[24..28].try_into().expect("4 bytes")) as usize;
+        let body = self.0.get(28..28 + len)?;
+        self.0 = &self.0[28 + len..];
+        Some(BlockRecord(id, (kind as u64) >> 1, kind & 1 == 1, body))
+    }
+}
+
+/// The first `n` records of a block, as bytes.
+fn first_records(block: &[u8], n: usize) -> &[u8] {
+    let mut rest = RecordIter(block);
+    for _ in 0..n {
+        if rest.next().is_none() {
+            break;
+        }
+    }
+    &block[..block.len() - rest.0.len()]
+}
+
+/// Record calls' outcomes and digests, in order, appended to the object's request
+/// records: blocks of [`BLOCK_RECORDS`] records each (one row, one blob), block `b`
+/// holding records `b * 64` to `b * 64 + 63` of all ever appended. The last block is
+/// rewritten as it fills. Blocks whose records are all older than the newest `window`
+/// are deleted, so at least the last `window` records are kept (at most 63 more).
+///
+/// What the blocks hold depends only on the records in order, not on how they were
+/// split between calls (a live object appends many batches' records at a file commit,
+/// a replay one batch's at a time): the content digest of a replayed file matches the
+/// live one's. An id recorded again (a retry after it left the window) is appended
+/// again; lookups read the newest first. One row per 64 records instead of a B-tree
+/// entry each (and a row deleted per record that aged out) made a hot object's file
+/// commits several times cheaper.
+///
+/// `done` hears how many records were appended once they all were: a failure part
+/// way leaves the count in `_durable_meta` as it was, and a retry writes the same
+/// blocks again over what the failed try wrote.
 pub(crate) fn record_requests(
     conn: &impl Statements,
     records: &[RecordedCall],
@@ -1322,88 +1426,54 @@ pub(crate) fn record_requests(
     if records.is_empty() {
         return Ok(());
     }
-    let mut tables = RequestTables::load(conn)?;
-    // Raised first: a larger stored max only costs lookups, a smaller one would skip
-    // the lookup of an id recorded.
+    let mut log = RequestLog::load(conn)?;
+    let before = log.count;
     let max = records.iter().map(|r| r.0).max().expect("not empty");
-    if max > tables.max {
-        tables.max = max;
-        tables.store(conn)?;
-    }
-    let window = window.max(1);
-    let mut rest = records;
-    while !rest.is_empty() {
-        if tables.count >= window {
-            // The other table's records are all older than this one's `window`.
-            tables.generation = 1 - tables.generation;
-            let clear = REQUEST_CLEAR[tables.generation];
-            crate::capture::suspended(conn.conn(), || conn.exec(clear, []))?;
-            tables.count = 0;
-            // Stored at once: a failure after this must not empty it again.
-            tables.store(conn)?;
+    log.max = log.max.max(max);
+    let mut block = log.count / BLOCK_RECORDS;
+    let mut held = (log.count % BLOCK_RECORDS) as usize;
+    let mut buf = Vec::new();
+    if held > 0 {
+        let last: Option<Vec<u8>> = conn.with(
+            "SELECT records FROM _durable_request_blocks WHERE block = ?1",
+            |s| s.query_row([block as i64], |r| r.get(0)).optional(),
+        )?;
+        if let Some(last) = last {
+            buf.extend_from_slice(first_records(&last, held));
         }
-        // Never past `window` in one table: the switch then falls after the same record
-        // however the records came in pieces (a replay writes them batch by batch, the
-        // live object many batches at once), and so do the tables' contents.
-        let room = rest.len().min(window - tables.count);
-        let rows = REQUEST_ROWS
-            .iter()
-            .copied()
-            .find(|&n| n <= room)
-            .expect("the last is 1");
-        let (chunk, after) = rest.split_at(rows);
-        let inserted = conn.with(insert_requests_sql(tables.generation, rows), |st| {
-            for (i, (id, digest, outcome)) in chunk.iter().enumerate() {
-                let digest = (digest & ((1 << 62) - 1)) as i64;
-                let (kind, body) = match outcome {
-                    Recorded::Return(b) => (digest << 1, b),
-                    Recorded::AppError(b) => (digest << 1 | 1, b),
-                };
-                st.raw_bind_parameter(3 * i + 1, &id[..])?;
-                st.raw_bind_parameter(3 * i + 2, kind)?;
-                st.raw_bind_parameter(3 * i + 3, &body[..])?;
-            }
-            st.raw_execute()
-        })?;
-        tables.count += inserted;
-        done(rows);
-        rest = after;
     }
-    // A failure before this leaves the count low: the table only grows past `window`.
-    tables.store(conn)
-}
-
-/// Records per `INSERT` of [`record_requests`], largest first.
-const REQUEST_ROWS: [usize; 3] = [16, 4, 1];
-
-/// Emptying each generation's table.
-const REQUEST_CLEAR: [&str; 2] = [
-    "DELETE FROM _durable_requests_0",
-    "DELETE FROM _durable_requests_1",
-];
-
-/// The `INSERT` of `rows` request records (one of [`REQUEST_ROWS`]) into generation
-/// `generation`'s table.
-fn insert_requests_sql(generation: usize, rows: usize) -> &'static str {
-    static SQL: std::sync::LazyLock<Vec<(usize, usize, String)>> = std::sync::LazyLock::new(|| {
-        (0..2)
-            .flat_map(|g| {
-                REQUEST_ROWS.iter().map(move |&n| {
-                    let values = vec!["(?, ?, ?)"; n].join(", ");
-                    let table = REQUEST_TABLES[g];
-                    (
-                        g,
-                        n,
-                        format!("INSERT OR IGNORE INTO {table}(id, kind, body) VALUES {values}"),
-                    )
-                })
-            })
-            .collect()
-    });
-    &SQL.iter()
-        .find(|(g, n, _)| *g == generation && *n == rows)
-        .expect("one of REQUEST_ROWS")
-        .2
+    let write = |block: u64, bytes: &[u8]| {
+        conn.exec(
+            "INSERT OR REPLACE INTO _durable_request_blocks(block, records) VALUES (?1, ?2)",
+            rusqlite::params![block as i64, bytes],
+        )
+    };
+    for record in records {
+        encode_record(&mut buf, record);
+        held += 1;
+        log.count += 1;
+        if held as u64 == BLOCK_RECORDS {
+            write(block, &buf)?;
+            block += 1;
+            held = 0;
+            buf.clear();
+        }
+    }
+    if held > 0 {
+        write(block, &buf)?;
+    }
+    // Blocks before the one that holds the oldest of the newest `window` records.
+    let window = window.max(1) as u64;
+    let first_kept = |count: u64| count.saturating_sub(window) / BLOCK_RECORDS;
+    if first_kept(log.count) > first_kept(before) {
+        conn.exec(
+            "DELETE FROM _durable_request_blocks WHERE block < ?1",
+            [first_kept(log.count) as i64],
+        )?;
+    }
+    log.store(conn)?;
+    done(records.len());
+    Ok(())
 }
 
 /// Objects stored under a data directory: (class, id, name).
@@ -1470,27 +1540,28 @@ pub(crate) fn serialize_copy(conn: &Connection) -> Result<Vec<u8>, String> {
 mod tests {
     use super::*;
 
-    /// The request records of `conn`: each generation's ids.
-    fn generations(conn: &Connection) -> [Vec<[u8; 16]>; 2] {
-        REQUEST_TABLES.map(|t| {
-            conn.prepare(&format!("SELECT id FROM {t}"))
-                .unwrap()
-                .query_map([], |r| r.get::<_, Vec<u8>>(0))
-                .unwrap()
-                .map(|r| r.unwrap().try_into().unwrap())
-                .collect()
-        })
+    /// The request records of `conn`: each block's number and ids, in order.
+    fn blocks(conn: &Connection) -> Vec<(i64, Vec<[u8; 16]>)> {
+        conn.prepare("SELECT block, records FROM _durable_request_blocks ORDER BY block")
+            .unwrap()
+            .query_map([], |r| {
+                let records: Vec<u8> = r.get(1)?;
+                Ok((r.get(0)?, RecordIter(&records).map(|r| r.0).collect()))
+            })
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
     }
 
-    /// Records written in statements of several rows, in pieces of every size, with
-    /// ids recorded just before among them (a replay): the newest `window` ids are
-    /// always all kept, and no more than twice the window ever is; each id is kept with
-    /// its own outcome; the count in `_durable_meta` matches the current table's rows;
-    /// and the same records written in other pieces (all at once, as a live object's
+    /// Records appended in pieces of every size, with ids recorded just before among
+    /// them (a replay): the newest `window` records are always all kept, and at most
+    /// 63 more; blocks hold 64 records each, in order, the last one the rest; each id
+    /// looks up its own outcome; the count in `_durable_meta` is every record appended;
+    /// and the same records appended in other pieces (all at once, as a live object's
     /// file commit; a batch's worth at a time, as a replay; one by one) leave the same
-    /// tables.
+    /// blocks.
     #[test]
-    fn request_records_keep_at_least_the_window_and_at_most_twice_it() {
+    fn request_records_keep_the_window_in_blocks_the_same_however_they_come() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA).unwrap();
         let window = 100;
@@ -1501,8 +1572,6 @@ mod tests {
         };
         let mut next = 0u32;
         let mut all = Vec::new();
-        let mut switches = 0;
-        let mut last_generation = 0;
         for piece in [1usize, 7, 16, 33, 5, 64, 21, 2, 90, 3, 17, 40, 250, 1, 99] {
             let mut records = Vec::new();
             for k in 0..piece {
@@ -1521,40 +1590,42 @@ mod tests {
             record_requests(&conn, &records, window, |n| counted += n).unwrap();
             assert_eq!(counted, piece);
             all.extend(records);
-            let [a, b] = generations(&conn);
-            let held: std::collections::HashSet<[u8; 16]> =
-                a.iter().chain(b.iter()).copied().collect();
-            let newest = next.saturating_sub(window as u32)..next;
-            assert!(newest.clone().all(|n| held.contains(&id(n))), "{next}");
-            assert!(a.len() + b.len() <= 2 * window, "{}", a.len() + b.len());
-            let RequestTables {
-                generation, count, ..
-            } = RequestTables::load(&conn).unwrap();
-            assert_eq!(count, [a.len(), b.len()][generation]);
-            if generation != last_generation {
-                switches += 1;
-                last_generation = generation;
+            let held = blocks(&conn);
+            let ids: Vec<[u8; 16]> = held.iter().flat_map(|(_, ids)| ids.clone()).collect();
+            // The newest `window` records, and no more than 63 older ones.
+            assert_eq!(
+                ids[..],
+                all[all.len() - ids.len()..]
+                    .iter()
+                    .map(|r| r.0)
+                    .collect::<Vec<_>>()[..]
+            );
+            assert!(
+                ids.len() >= window.min(all.len()) && ids.len() < window + 64,
+                "{}",
+                ids.len()
+            );
+            for (i, (block, in_block)) in held.iter().enumerate() {
+                assert_eq!(*block as usize, (all.len() - ids.len()) / 64 + i);
+                assert!(in_block.len() == 64 || i == held.len() - 1);
             }
-            for n in newest {
+            assert_eq!(RequestLog::load(&conn).unwrap().count, all.len() as u64);
+            for r in &all[all.len() - window.min(all.len())..] {
                 assert_eq!(
-                    lookup_request(&conn, &id(n)).unwrap(),
-                    Some((u64::from(n), Recorded::Return(vec![n as u8])))
+                    lookup_request(&conn, &r.0).unwrap(),
+                    Some((r.1, r.2.clone()))
                 );
             }
         }
-        assert!(next > 500 && switches >= 3, "{next} {switches}");
+        assert!(next > 500);
+        assert_eq!(lookup_request(&conn, &id(next)).unwrap(), None);
         assert_eq!(max_request_id(&conn).unwrap(), id(next - 1));
-        let rows = |conn: &Connection| -> Vec<(String, Vec<u8>, i64, Vec<u8>)> {
-            REQUEST_TABLES
-                .iter()
-                .flat_map(|t| {
-                    conn.prepare(&format!("SELECT id, kind, body FROM {t} ORDER BY id"))
-                        .unwrap()
-                        .query_map([], |r| Ok((t.to_string(), r.get(0)?, r.get(1)?, r.get(2)?)))
-                        .unwrap()
-                        .map(|r| r.unwrap())
-                        .collect::<Vec<_>>()
-                })
+        let rows = |conn: &Connection| -> Vec<(i64, Vec<u8>)> {
+            conn.prepare("SELECT block, records FROM _durable_request_blocks ORDER BY block")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(|r| r.unwrap())
                 .collect()
         };
         for size in [all.len(), 23, 1] {
@@ -1565,10 +1636,105 @@ mod tests {
             }
             assert_eq!(rows(&other), rows(&conn), "in pieces of {size}");
             assert_eq!(
-                RequestTables::load(&other).unwrap(),
-                RequestTables::load(&conn).unwrap()
+                RequestLog::load(&other).unwrap(),
+                RequestLog::load(&conn).unwrap()
+            );
+            assert_eq!(
+                crate::catalog::content_digest(&other).unwrap(),
+                crate::catalog::content_digest(&conn).unwrap()
             );
         }
+        // An append that fails part way (its block written, the count not) and is tried
+        // again leaves what one append leaves.
+        let other = Connection::open_in_memory().unwrap();
+        other.execute_batch(SCHEMA).unwrap();
+        let (head, tail) = all.split_at(all.len() - 70);
+        record_requests(&other, head, window, |_| {}).unwrap();
+        other
+            .execute_batch(
+                "CREATE TRIGGER fail BEFORE INSERT ON _durable_meta BEGIN SELECT RAISE(ABORT, 'full'); END;
+                 CREATE TRIGGER fail2 BEFORE UPDATE ON _durable_meta BEGIN SELECT RAISE(ABORT, 'full'); END;",
+            )
+            .unwrap();
+        let mut counted = 0;
+        assert!(record_requests(&other, tail, window, |n| counted += n).is_err());
+        assert_eq!(counted, 0);
+        other
+            .execute_batch("DROP TRIGGER fail; DROP TRIGGER fail2;")
+            .unwrap();
+        record_requests(&other, tail, window, |n| counted += n).unwrap();
+        assert_eq!(counted, tail.len());
+        assert_eq!(rows(&other), rows(&conn));
+    }
+
+    /// A file of revision 3 (request records in two generations, the current one and
+    /// the largest id in `_durable_meta`) opens with every record in blocks, the older
+    /// generation's first, the largest id kept, and the old tables and row gone.
+    #[test]
+    fn a_revision_3_files_two_generations_move_into_blocks_older_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = ObjectId::random();
+        let (ctx, _) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        let rid = |n: u8| [n; 16];
+        // Generation 1 is current (head: count 1 * 2 + 1); the largest id ever recorded
+        // (0x09..) is no longer held.
+        let mut head = Vec::new();
+        head.extend_from_slice(&3u64.to_le_bytes());
+        head.extend_from_slice(&rid(9));
+        ctx.conn
+            .execute_batch(
+                "DROP TABLE _durable_request_blocks;
+                 CREATE TABLE _durable_requests_0(id BLOB PRIMARY KEY, kind INTEGER NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;
+                 CREATE TABLE _durable_requests_1(id BLOB PRIMARY KEY, kind INTEGER NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;
+                 INSERT INTO _durable_requests_0 VALUES
+                   (x'02020202020202020202020202020202', 4, x'aa'),
+                   (x'01010101010101010101010101010101', 2, x'bb');
+                 INSERT INTO _durable_requests_1 VALUES
+                   (x'03030303030303030303030303030303', 7, x'cc');
+                 PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        ctx.conn
+            .execute(
+                "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('requests', ?1)",
+                [&head[..]],
+            )
+            .unwrap();
+        ctx.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        drop(ctx);
+        let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        assert!(opened.upgraded);
+        let conn: &Connection = ctx.conn.conn();
+        assert_eq!(blocks(conn), vec![(0, vec![rid(1), rid(2), rid(3)])]);
+        assert_eq!(
+            RequestLog::load(conn).unwrap(),
+            RequestLog {
+                count: 3,
+                max: rid(9)
+            }
+        );
+        assert_eq!(
+            lookup_request(conn, &rid(3)).unwrap(),
+            Some((3, Recorded::AppError(vec![0xcc])))
+        );
+        assert_eq!(
+            lookup_request(conn, &rid(2)).unwrap(),
+            Some((2, Recorded::Return(vec![0xaa])))
+        );
+        for gone in [c"_durable_requests_0", c"_durable_requests_1"] {
+            assert!(!conn.table_exists(Some(c"main"), gone).unwrap());
+        }
+        let old: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT value FROM _durable_meta WHERE key = 'requests'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap();
+        assert_eq!(old, None);
     }
 
     /// The hook an activation forgets the file's digest in runs only before an older
@@ -1600,7 +1766,7 @@ mod tests {
         assert_eq!(calls.get(), 0, "a new file has no digest to forget");
         ctx.conn
             .execute_batch(
-                "DROP TABLE _durable_requests_0; DROP TABLE _durable_requests_1;
+                "DROP TABLE _durable_request_blocks;
                  CREATE TABLE _durable_requests(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, kind INTEGER NOT NULL, body BLOB NOT NULL);
                  PRAGMA user_version = 2; PRAGMA wal_checkpoint(TRUNCATE);",
             )
@@ -1639,7 +1805,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let id = ObjectId::random();
         let (ctx, _) = open(dir.path(), "Counter", id, None, false, None).unwrap();
-        let revision_2 = "DROP TABLE _durable_requests_0; DROP TABLE _durable_requests_1;
+        let revision_2 = "DROP TABLE _durable_request_blocks;
              CREATE TABLE _durable_requests(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, kind INTEGER NOT NULL, body BLOB NOT NULL);
              INSERT INTO _durable_requests(seq, id, kind, body) VALUES
                (7, x'02000000000000000000000000000000', 4, x'aa'),
@@ -1657,8 +1823,8 @@ mod tests {
             assert!(!conn
                 .table_exists(Some(c"main"), c"_durable_requests")
                 .unwrap());
-            let tables = RequestTables::load(conn).unwrap();
-            assert_eq!((tables.generation, tables.count), (0, 2));
+            assert_eq!(RequestLog::load(conn).unwrap().count, 2);
+            assert_eq!(blocks(conn), vec![(0, vec![two, one])]);
             assert_eq!(
                 lookup_request(conn, &one).unwrap(),
                 Some((3, Recorded::AppError(vec![0xbb])))
@@ -1715,8 +1881,8 @@ mod tests {
         let (applied, _) = replay(&path, &records, 1000).unwrap();
         assert_eq!(applied, 2);
         let replayed = Connection::open(&path).unwrap();
-        let tables = RequestTables::load(&replayed).unwrap();
-        assert_eq!((tables.generation, tables.count, tables.max), (0, 3, three));
+        let log = RequestLog::load(&replayed).unwrap();
+        assert_eq!((log.count, log.max), (3, three));
         assert_eq!(
             lookup_request(&replayed, &three).unwrap(),
             Some((5, Recorded::Return(vec![0xcc])))
@@ -1759,7 +1925,7 @@ mod tests {
             )
             .unwrap();
         let created = SCHEMA.matches("CREATE ").count() as i64;
-        assert_eq!(created, 3);
+        assert_eq!(created, 2);
         assert_eq!(
             tables, created,
             "the runtime tables every object has, no others"

@@ -287,11 +287,37 @@ async fn an_older_runtimes_file_upgraded_just_before_a_crash_is_not_taken_for_da
     let db = object_db(&data);
     let file = rusqlite::Connection::open(&db).unwrap();
     file.execute_batch(
-        "CREATE TABLE _durable_requests(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, kind INTEGER NOT NULL, body BLOB NOT NULL);
-         INSERT INTO _durable_requests(id, kind, body)
-           SELECT id, kind, body FROM _durable_requests_0 ORDER BY id;
-         DROP TABLE _durable_requests_0; DROP TABLE _durable_requests_1;
-         DELETE FROM _durable_meta WHERE key = 'requests';
+        "CREATE TABLE _durable_requests(seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, kind INTEGER NOT NULL, body BLOB NOT NULL);",
+    )
+    .unwrap();
+    // This runtime's blocks of records (docs/storage.md): id (16 bytes), kind (8),
+    // body length (4), body; one row each in the old table.
+    let blocks: Vec<Vec<u8>> = file
+        .prepare("SELECT records FROM _durable_request_blocks ORDER BY block")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let mut moved = 0;
+    for block in blocks {
+        let mut rest = &block[..];
+        while rest.len() >= 28 {
+            let kind = i64::from_le_bytes(rest[16..24].try_into().unwrap());
+            let len = u32::from_le_bytes(rest[24..28].try_into().unwrap()) as usize;
+            file.execute(
+                "INSERT INTO _durable_requests(id, kind, body) VALUES (?1, ?2, ?3)",
+                rusqlite::params![&rest[..16], kind, &rest[28..28 + len]],
+            )
+            .unwrap();
+            moved += 1;
+            rest = &rest[28 + len..];
+        }
+    }
+    assert_eq!(moved, 2, "both increments recorded their request ids");
+    file.execute_batch(
+        "DROP TABLE _durable_request_blocks;
+         DELETE FROM _durable_meta WHERE key = 'request_log';
          PRAGMA user_version = 2;
          PRAGMA wal_checkpoint(TRUNCATE);",
     )

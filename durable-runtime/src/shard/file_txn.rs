@@ -170,7 +170,7 @@ impl Object {
             Ok(()) => {
                 let normal = self.committed_file();
                 self.txn_open = false;
-                self.unfiled.clear();
+                self.unfiled.committed();
                 self.deferred = 0;
                 self.commit_backoff = 0;
                 if let (Some(lsn), Some(log), true) = (lsn, self.log.as_ref(), normal) {
@@ -340,12 +340,14 @@ impl Object {
         if !log.captures_changes() {
             // Nothing is deferred: the records go in with the batch.
             super::unfiled::write_records(&*conn, &recorded, window).map_err(not_applied)?;
+            let filed = recorded;
             store::set_stored_seq(&*conn, seq).map_err(not_applied)?;
             drop(capture);
             // The file is the durability: commit every batch. A failed COMMIT may have
             // left the commit frame in the WAL: indeterminate.
             self.release_batch(true)
                 .map_err(|e| CommitError::Indeterminate(format!("commit failed: {e}")))?;
+            self.unfiled.filed_with_batch(&*conn, filed);
             self.seq = seq;
             let log = self.log.as_ref().expect("attached");
             log.submit(seq, None);
@@ -412,9 +414,9 @@ impl Object {
         // The batch's records are the file's once it commits (in the transaction already
         // if an image wrote them all).
         if filed {
-            self.unfiled.clear();
+            self.unfiled.release();
         } else {
-            self.unfiled.extend(recorded);
+            self.unfiled.extend(&*conn, recorded);
         }
         // With readers about, the file commits as soon as the batch is durable: before
         // its replies leave (see `crate::reads`).

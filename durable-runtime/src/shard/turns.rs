@@ -558,6 +558,8 @@ pub(super) async fn run_call(
             Some((_, digest, outcome)) => Some((*digest, outcome.clone())),
             None => match obj.unfiled.get(id) {
                 Some(found) => Some(found),
+                // Above every id recorded and not held: never recorded.
+                None if obj.unfiled.above_floor(&*ctx.conn, id).map_err(db)? => None,
                 None => store::lookup_request(&*ctx.conn, id).map_err(db)?,
             },
         }
