@@ -126,6 +126,13 @@ pub(super) struct Pending {
     /// Nothing has run in the batch's savepoint yet: the next call can use it as its
     /// own (most batches hold one call), saving a savepoint and its release.
     pub(super) fresh: bool,
+    /// The host clock (ms) when the batch began or last let the shard's other tasks
+    /// in (at most [`BATCH_SLICE`] of turns ago): calls' deadlines are checked against
+    /// it, one clock read per slice instead of one per call.
+    pub(super) now_ms: u64,
+    /// When the last turn ended ([`crate::clock::monotonic`]), or the batch began:
+    /// the batch's time slice is measured to it, without reading the clock again.
+    pub(super) turn_ended: Duration,
 }
 
 /// A batch runs at most this long before it lets the shard's other tasks in.

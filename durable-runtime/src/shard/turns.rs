@@ -222,6 +222,8 @@ impl Object {
             recorded: Vec::with_capacity(batch.len()),
             broken: None,
             fresh: true,
+            now_ms: self.config.clock.now_ms(),
+            turn_ended: crate::clock::monotonic(),
         };
         // Each reply with whether it is a recorded answer (kept if the batch fails).
         let mut outbox: Outbox<((oneshot::Sender<Response>, Response), bool)> =
@@ -304,12 +306,14 @@ impl Object {
         // calls and replies need not wait for the whole batch. Its transaction simply
         // stays open meanwhile. (Yielding only while the object is being read left
         // read_under_write at 2x idle instead of 1.3x, for no measurable gain.)
-        let mut ran_since = crate::clock::monotonic();
+        let mut ran_since = bs.turn_ended;
         while let Some(item) = work.next() {
             items += 1;
-            if crate::clock::monotonic().saturating_sub(ran_since) >= BATCH_SLICE {
+            if bs.turn_ended.saturating_sub(ran_since) >= BATCH_SLICE {
                 tokio::task::yield_now().await;
                 ran_since = crate::clock::monotonic();
+                bs.turn_ended = ran_since;
+                bs.now_ms = self.config.clock.now_ms();
             }
             // Out of `self` while the turn runs, so that the turn can wait on another
             // object while the batch so far commits (`flush_turn`).
@@ -324,6 +328,7 @@ impl Object {
                 Work::Alarm => {
                     alarms_ran = true;
                     let result = run_due_alarms(self, instance.as_mut(), &mut ctx, &mut bs).await;
+                    bs.turn_ended = crate::clock::monotonic();
                     (None, result)
                 }
             };
@@ -537,7 +542,7 @@ pub(super) async fn run_call(
     bs: &mut Pending,
 ) -> Result<CallResult, String> {
     let request = &call.request;
-    if ctx.clock.now_ms() > call.deadline_ms {
+    if bs.now_ms > call.deadline_ms {
         return Ok(CallResult::Reply(Response::Error(WireError::Timeout)));
     }
     let db = |e: rusqlite::Error| e.to_string();
@@ -609,10 +614,8 @@ pub(super) async fn run_call(
         .drive(&conn, bs, savepoint, AssertUnwindSafe(turn).catch_unwind())
         .await;
     ctx.turn = None;
-    crate::telemetry::turn(
-        call.class.name,
-        crate::clock::monotonic().saturating_sub(started),
-    );
+    bs.turn_ended = crate::clock::monotonic();
+    crate::telemetry::turn(call.class.name, bs.turn_ended.saturating_sub(started));
     let rollback = |ctx: &Context| {
         if own {
             ctx.conn
