@@ -30,7 +30,7 @@ const SCHEMA_REVISION: i64 = 4;
 /// blocks (see [`record_requests`]).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS _durable_meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS _durable_request_blocks(block INTEGER PRIMARY KEY, records BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS _durable_request_blocks(block INTEGER PRIMARY KEY, first INTEGER NOT NULL, records BLOB NOT NULL);
 ";
 
 /// Bring the runtime's tables of a file at `revision` up to [`SCHEMA_REVISION`], inside
@@ -39,8 +39,8 @@ CREATE TABLE IF NOT EXISTS _durable_request_blocks(block INTEGER PRIMARY KEY, re
 /// `_durable_requests`, in the order recorded; revision 3 in two generations,
 /// `_durable_requests_0` and `_durable_requests_1` (the older first, each in id order:
 /// ids begin with the time they were made), with the current generation and the
-/// largest id in the `_durable_meta` row `requests`. All of them are kept; the next
-/// records appended trim them to the window.
+/// largest id in the `_durable_meta` row `requests`. All of them are kept until
+/// `window` records were appended after them.
 fn upgrade_schema(conn: &Connection, revision: i64) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)?;
     if revision < 4 {
@@ -97,7 +97,20 @@ fn upgrade_schema(conn: &Connection, revision: i64) -> rusqlite::Result<()> {
             }
             conn.execute("DELETE FROM _durable_meta WHERE key = 'requests'", [])?;
         }
-        record_requests(conn, &records, usize::MAX, |_| {})?;
+        // One block before the first, numbered -1 and not counted: revision 3 kept its
+        // records in id order, not in the order recorded, so the block goes only
+        // once `window` records were appended after it (see `record_requests`).
+        if !records.is_empty() {
+            let mut bytes = Vec::new();
+            for record in &records {
+                encode_record(&mut bytes, record);
+                max = max.max(record.0);
+            }
+            conn.execute(
+                "INSERT OR REPLACE INTO _durable_request_blocks(block, first, records) VALUES (-1, 0, ?1)",
+                [&bytes[..]],
+            )?;
+        }
         let mut log = RequestLog::load(conn)?;
         if max > log.max {
             log.max = max;
@@ -1289,8 +1302,11 @@ fn max_id(value: Option<Vec<u8>>) -> [u8; 16] {
     }
 }
 
-/// Request records per block (see [`record_requests`]).
-const BLOCK_RECORDS: u64 = 64;
+/// Most request records per block (see [`record_requests`]).
+const BLOCK_RECORDS: usize = 64;
+
+/// Most bytes of a block, but for its first record (see [`record_requests`]).
+const BLOCK_BYTES: usize = 4096;
 
 /// How many request records were ever appended, and the largest id recorded. One
 /// `_durable_meta` row, `request_log`: the count (8 bytes, little-endian) and the
@@ -1320,11 +1336,11 @@ impl RequestLog {
             // start a block after the last one held.
             Some(_) => {
                 let last: Option<i64> = conn
-                    .with("SELECT max(block) FROM _durable_request_blocks", |s| {
+                    .with("SELECT max(first) FROM _durable_request_blocks", |s| {
                         s.query_row([], |r| r.get(0))
                     })?;
                 RequestLog {
-                    count: last.map_or(0, |b| (b.max(0) as u64 + 1) * BLOCK_RECORDS),
+                    count: last.map_or(0, |f| f.max(0) as u64 + BLOCK_RECORDS as u64),
                     max: [0xff; 16],
                 }
             }
@@ -1401,22 +1417,25 @@ fn first_records(block: &[u8], n: usize) -> &[u8] {
 }
 
 /// Record calls' outcomes and digests, in order, appended to the object's request
-/// records: blocks of [`BLOCK_RECORDS`] records each (one row, one blob), block `b`
-/// holding records `b * 64` to `b * 64 + 63` of all ever appended. The last block is
-/// rewritten as it fills. Blocks whose records are all older than the newest `window`
-/// are deleted, so at least the last `window` records are kept (at most 63 more).
+/// records: blocks of up to [`BLOCK_RECORDS`] records and [`BLOCK_BYTES`] bytes (a
+/// record larger than that has a block of its own), one row and one blob each, with
+/// the number of the block's first record among all ever appended (`first`). The
+/// last block is rewritten as it fills. Blocks whose records are all older than the
+/// newest `window` are deleted, so at least the last `window` records are kept (at
+/// most a block's worth more).
 ///
 /// What the blocks hold depends only on the records in order, not on how they were
 /// split between calls (a live object appends many batches' records at a file commit,
 /// a replay one batch's at a time): the content digest of a replayed file matches the
 /// live one's. An id recorded again (a retry after it left the window) is appended
-/// again; lookups read the newest first. One row per 64 records instead of a B-tree
-/// entry each (and a row deleted per record that aged out) made a hot object's file
-/// commits several times cheaper.
+/// again; lookups read the newest blocks first. One row per 64 records instead of a
+/// B-tree entry each (and a row deleted per record that aged out) made a hot object's
+/// file commits several times cheaper; the bound on bytes keeps a block's rewrite
+/// small when calls return large results.
 ///
 /// `done` hears how many records were appended once they all were: a failure part
-/// way leaves the count in `_durable_meta` as it was, and a retry writes the same
-/// blocks again over what the failed try wrote.
+/// way leaves the count in `_durable_meta` as it was, and a retry (with these records
+/// and maybe more) writes the same blocks again over what the failed try wrote.
 pub(crate) fn record_requests(
     conn: &impl Statements,
     records: &[RecordedCall],
@@ -1427,53 +1446,77 @@ pub(crate) fn record_requests(
         return Ok(());
     }
     let mut log = RequestLog::load(conn)?;
-    let before = log.count;
     let max = records.iter().map(|r| r.0).max().expect("not empty");
     log.max = log.max.max(max);
-    let mut block = log.count / BLOCK_RECORDS;
-    let mut held = (log.count % BLOCK_RECORDS) as usize;
-    let mut buf = Vec::new();
-    if held > 0 {
-        let last: Option<Vec<u8>> = conn.with(
-            "SELECT records FROM _durable_request_blocks WHERE block = ?1",
-            |s| s.query_row([block as i64], |r| r.get(0)).optional(),
-        )?;
-        if let Some(last) = last {
-            buf.extend_from_slice(first_records(&last, held));
+    // The block that holds the last record appended (blocks a failed try wrote past
+    // it start at or after the count: they are written again below).
+    let tail: Option<(i64, i64, Vec<u8>)> = conn.with(
+        "SELECT block, first, records FROM _durable_request_blocks
+         WHERE first < ?1 ORDER BY block DESC LIMIT 1",
+        |s| {
+            s.query_row([log.count as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+        },
+    )?;
+    let (mut block, mut first, mut buf, mut held) = match tail {
+        Some((block, first, bytes)) => {
+            let held = (log.count as i64 - first) as usize;
+            (block, first, first_records(&bytes, held).to_vec(), held)
         }
-    }
-    let write = |block: u64, bytes: &[u8]| {
+        None => (0, log.count as i64, Vec::new(), 0),
+    };
+    let write = |block: i64, first: i64, bytes: &[u8]| {
         conn.exec(
-            "INSERT OR REPLACE INTO _durable_request_blocks(block, records) VALUES (?1, ?2)",
-            rusqlite::params![block as i64, bytes],
+            "INSERT OR REPLACE INTO _durable_request_blocks(block, first, records) VALUES (?1, ?2, ?3)",
+            rusqlite::params![block, first, bytes],
         )
     };
+    // Whether the block in `buf` took records here (else the file holds it as it is).
+    let mut changed = false;
     for record in records {
+        let start = buf.len();
         encode_record(&mut buf, record);
+        if held > 0 && (held == BLOCK_RECORDS || buf.len() > BLOCK_BYTES) {
+            // Full: the record starts the next block.
+            let next = buf.split_off(start);
+            if changed {
+                write(block, first, &buf)?;
+            }
+            (block, first, buf, held) = (block + 1, log.count as i64, next, 0);
+        }
+        changed = true;
         held += 1;
         log.count += 1;
-        if held as u64 == BLOCK_RECORDS {
-            write(block, &buf)?;
-            block += 1;
-            held = 0;
-            buf.clear();
-        }
     }
-    if held > 0 {
-        write(block, &buf)?;
-    }
-    // Blocks before the one that holds the oldest of the newest `window` records.
-    let window = window.max(1) as u64;
-    let first_kept = |count: u64| count.saturating_sub(window) / BLOCK_RECORDS;
-    if first_kept(log.count) > first_kept(before) {
+    write(block, first, &buf)?;
+    // Every block before the one that holds the oldest of the newest `window` records.
+    if let Some(keep_from) = log.count.checked_sub(window.max(1) as u64) {
         conn.exec(
-            "DELETE FROM _durable_request_blocks WHERE block < ?1",
-            [first_kept(log.count) as i64],
+            "DELETE FROM _durable_request_blocks WHERE block <
+               (SELECT max(block) FROM _durable_request_blocks WHERE first <= ?1)",
+            [keep_from as i64],
         )?;
     }
     log.store(conn)?;
     done(records.len());
     Ok(())
+}
+
+/// Every request id the file's records hold (for an object that must tell, for many
+/// ids, whether its file recorded them: see `shard::unfiled`).
+pub(crate) fn recorded_ids(
+    conn: &impl Statements,
+) -> rusqlite::Result<std::collections::HashSet<[u8; 16]>> {
+    conn.with("SELECT records FROM _durable_request_blocks", |s| {
+        let mut ids = std::collections::HashSet::new();
+        let mut rows = s.query([])?;
+        while let Some(row) = rows.next()? {
+            ids.extend(RecordIter(row.get_ref(0)?.as_blob()?).map(|r| r.0));
+        }
+        Ok(ids)
+    })
 }
 
 /// Objects stored under a data directory: (class, id, name).
@@ -1667,6 +1710,66 @@ mod tests {
         assert_eq!(rows(&other), rows(&conn));
     }
 
+    /// Records with large bodies: a block closes before it would pass 4 KiB (a larger
+    /// record has one of its own), so rewriting the last block stays small; the blocks
+    /// are the same however the records come, and the window holds.
+    #[test]
+    fn blocks_close_by_bytes_for_large_results() {
+        let sizes = [
+            10usize, 3000, 900, 900, 900, 900, 10_000, 5, 5, 2000, 2100, 1, 4000,
+        ];
+        let all: Vec<RecordedCall> = (0..120u32)
+            .map(|n| {
+                let mut id = [0u8; 16];
+                id[..4].copy_from_slice(&n.to_be_bytes());
+                let body = vec![n as u8; sizes[n as usize % sizes.len()]];
+                (id, u64::from(n), Recorded::AppError(body))
+            })
+            .collect();
+        let window = 30;
+        let mut layouts = Vec::new();
+        for size in [all.len(), 7, 1] {
+            let conn = Connection::open_in_memory().unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            for piece in all.chunks(size) {
+                record_requests(&conn, piece, window, |_| {}).unwrap();
+            }
+            let rows: Vec<(i64, i64, Vec<u8>)> = conn
+                .prepare("SELECT block, first, records FROM _durable_request_blocks ORDER BY block")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+            let mut next = rows[0].1;
+            for (_, first, bytes) in &rows {
+                let n = RecordIter(bytes).count() as i64;
+                assert_eq!(*first, next, "blocks follow each other");
+                assert!(
+                    n == 1 || bytes.len() <= BLOCK_BYTES,
+                    "{n} records, {} bytes",
+                    bytes.len()
+                );
+                next += n;
+            }
+            assert_eq!(next, all.len() as i64);
+            assert!(all.len() as i64 - rows[0].1 >= window as i64);
+            assert!(
+                all.len() as i64 - rows[1].1 < window as i64,
+                "no block more than needed"
+            );
+            for r in &all[all.len() - window..] {
+                assert_eq!(
+                    lookup_request(&conn, &r.0).unwrap(),
+                    Some((r.1, r.2.clone()))
+                );
+            }
+            layouts.push(rows);
+        }
+        assert_eq!(layouts[0], layouts[1]);
+        assert_eq!(layouts[0], layouts[2]);
+    }
+
     /// A file of revision 3 (request records in two generations, the current one and
     /// the largest id in `_durable_meta`) opens with every record in blocks, the older
     /// generation's first, the largest id kept, and the old tables and row gone.
@@ -1707,11 +1810,12 @@ mod tests {
         let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
         assert!(opened.upgraded);
         let conn: &Connection = ctx.conn.conn();
-        assert_eq!(blocks(conn), vec![(0, vec![rid(1), rid(2), rid(3)])]);
+        // Before the first block, not counted, until `window` records come after it.
+        assert_eq!(blocks(conn), vec![(-1, vec![rid(1), rid(2), rid(3)])]);
         assert_eq!(
             RequestLog::load(conn).unwrap(),
             RequestLog {
-                count: 3,
+                count: 0,
                 max: rid(9)
             }
         );
@@ -1735,6 +1839,17 @@ mod tests {
             .optional()
             .unwrap();
         assert_eq!(old, None);
+        // The old records stay until `window` new ones were appended (a record made
+        // last may sort first by id), then go.
+        let window = 2;
+        let new = |n: u8| vec![(rid(n), 1, Recorded::Return(vec![]))];
+        record_requests(conn, &new(10), window, |_| {}).unwrap();
+        assert_eq!(
+            lookup_request(conn, &rid(1)).unwrap(),
+            Some((1, Recorded::Return(vec![0xbb])))
+        );
+        record_requests(conn, &new(11), window, |_| {}).unwrap();
+        assert_eq!(blocks(conn), vec![(0, vec![rid(10), rid(11)])]);
     }
 
     /// The hook an activation forgets the file's digest in runs only before an older
@@ -1823,8 +1938,8 @@ mod tests {
             assert!(!conn
                 .table_exists(Some(c"main"), c"_durable_requests")
                 .unwrap());
-            assert_eq!(RequestLog::load(conn).unwrap().count, 2);
-            assert_eq!(blocks(conn), vec![(0, vec![two, one])]);
+            assert_eq!(RequestLog::load(conn).unwrap().count, 0);
+            assert_eq!(blocks(conn), vec![(-1, vec![two, one])]);
             assert_eq!(
                 lookup_request(conn, &one).unwrap(),
                 Some((3, Recorded::AppError(vec![0xbb])))
@@ -1882,7 +1997,7 @@ mod tests {
         assert_eq!(applied, 2);
         let replayed = Connection::open(&path).unwrap();
         let log = RequestLog::load(&replayed).unwrap();
-        assert_eq!((log.count, log.max), (3, three));
+        assert_eq!((log.count, log.max), (1, three));
         assert_eq!(
             lookup_request(&replayed, &three).unwrap(),
             Some((5, Recorded::Return(vec![0xcc])))

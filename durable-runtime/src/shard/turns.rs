@@ -295,6 +295,10 @@ impl Object {
                     return (fail_all(batch, response), Vec::new());
                 }
             }
+            // The activation took time (its image may have waited for the log): the
+            // calls' deadlines are checked against the clock after it.
+            bs.now_ms = self.config.clock.now_ms();
+            bs.turn_ended = crate::clock::monotonic();
         }
         let mut work = batch.into_iter();
         let mut failure: Option<CommitError> = None;
@@ -565,11 +569,14 @@ pub(super) async fn run_call(
                 Some(found) => Some(found),
                 // Above every id recorded and not held: never recorded.
                 None if obj.unfiled.above_floor(&*ctx.conn, id).map_err(db)? => None,
+                None if !obj.unfiled.in_file(&*ctx.conn, id).map_err(db)? => None,
                 None => store::lookup_request(&*ctx.conn, id).map_err(db)?,
             },
         }
     };
     if let Some((first, recorded)) = recorded {
+        // No turn ran, but the batch's slice counts the lookup.
+        bs.turn_ended = crate::clock::monotonic();
         if first != 0 && first != digest {
             // Not the call that used this id first: answering with that call's
             // result would tell this caller its own call happened.

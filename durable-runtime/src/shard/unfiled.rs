@@ -11,8 +11,10 @@
 //! every id recorded and not held here is at most the floor. A call whose id is above
 //! the floor and not held was never recorded, without reading the file. That is the
 //! common case under load: ids begin with the time their caller made them, and calls
-//! made at about the same time arrive out of order (the file's blocks, see
-//! [`store::record_requests`], are read only for ids older than everything here).
+//! made at about the same time arrive out of order. Ids at or below the floor are
+//! looked up in the set of ids the file's blocks hold (see
+//! [`store::record_requests`]), read once after each file commit that needs it, and
+//! only an id found there has its block read for its outcome (a retry).
 
 use crate::db::Statements;
 use crate::store::{self, Recorded, RecordedCall};
@@ -40,6 +42,10 @@ pub(super) struct Unfiled {
     /// Every id recorded and not held here is at most this; `None` while nothing is
     /// held (then it is the file's largest id, read when asked).
     floor: Option<[u8; 16]>,
+    /// Every id the file's records hold, read once an id at or below the floor had to
+    /// be looked for there (a caller whose ids come from a clock behind the others'
+    /// asks for many); dropped whenever the file's records change.
+    file_ids: Option<std::collections::HashSet<[u8; 16]>>,
 }
 
 impl Unfiled {
@@ -89,6 +95,22 @@ impl Unfiled {
         Ok(*id > floor)
     }
 
+    /// Whether the file's records hold request `id`, an id not held here and at or
+    /// below the floor (see [`Unfiled::above_floor`]). Reads every id the file holds
+    /// the first time it is asked after the file's records changed; records written
+    /// into the open transaction since are all held here.
+    pub(super) fn in_file(
+        &mut self,
+        conn: &impl Statements,
+        id: &[u8; 16],
+    ) -> rusqlite::Result<bool> {
+        let ids = match &mut self.file_ids {
+            Some(ids) => ids,
+            None => self.file_ids.insert(store::recorded_ids(conn)?),
+        };
+        Ok(ids.contains(id))
+    }
+
     /// The file committed everything written into its transaction: those records are
     /// filed. The newest [`KEEP_FILED`] of them stay held (with what is not written
     /// yet); the floor rises past those let go. The memory stays for the next batches
@@ -96,6 +118,7 @@ impl Unfiled {
     /// time): [`Unfiled::release`] gives it back when the object goes quiet.
     pub(super) fn committed(&mut self) {
         self.filed = self.written;
+        self.file_ids = None;
         let held_filed = (self.filed - self.base) as usize;
         let drop = held_filed.saturating_sub(KEEP_FILED);
         if drop == 0 {
@@ -178,7 +201,7 @@ mod tests {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         conn.execute_batch(
             "CREATE TABLE _durable_meta(key TEXT PRIMARY KEY, value ANY) WITHOUT ROWID;
-             CREATE TABLE _durable_request_blocks(block INTEGER PRIMARY KEY, records BLOB NOT NULL);
+             CREATE TABLE _durable_request_blocks(block INTEGER PRIMARY KEY, first INTEGER NOT NULL, records BLOB NOT NULL);
              BEGIN;",
         )
         .unwrap();
@@ -279,5 +302,16 @@ mod tests {
         )
         .unwrap();
         assert!(!u.above_floor(&conn, &unseen).unwrap());
+        // At or below the floor, the file's ids tell (read once, until the file's
+        // records change).
+        assert!(u.in_file(&conn, &many[3].0).unwrap());
+        assert!(u.in_file(&conn, &unseen).unwrap());
+        let mut never = many[3].0;
+        never[0] = 0x9f;
+        assert!(!u.in_file(&conn, &never).unwrap());
+        u.extend(&conn, vec![(never, 2, Recorded::Return(vec![]))]);
+        u.write(&conn, 1000).unwrap();
+        u.committed();
+        assert!(u.in_file(&conn, &never).unwrap());
     }
 }
