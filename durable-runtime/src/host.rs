@@ -35,7 +35,7 @@ pub struct Limits {
     /// Most calls committed together in one batch (one transaction, one sync). Default 256.
     pub max_batch: usize,
     /// Recent request ids remembered per object for deduplicating retries: at least
-    /// this many (up to 64 more are kept). Default 1,000.
+    /// this many (up to 63 more are kept). Default 1,000.
     pub request_window: usize,
     /// Shard threads that run turns. Default: the number of CPUs.
     pub shards: usize,

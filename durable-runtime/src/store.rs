@@ -23,8 +23,8 @@ const CACHE_KIB: i64 = -256;
 /// Bump when `SCHEMA` changes, and bring older files up in [`upgrade_schema`]
 /// (revision 2 files may lack the lazily created tables: they are created on first
 /// use: see [`crate::tables`]; revision 3 kept request records in two generations of
-/// a row each, revision 4 in blocks).
-const SCHEMA_REVISION: i64 = 4;
+/// a row each, revision 4 in blocks without their first record's number, 5 with it).
+const SCHEMA_REVISION: i64 = 5;
 
 /// The runtime's tables every object has: its metadata, and its request records in
 /// blocks (see [`record_requests`]).
@@ -42,8 +42,38 @@ CREATE TABLE IF NOT EXISTS _durable_request_blocks(block INTEGER PRIMARY KEY, fi
 /// largest id in the `_durable_meta` row `requests`. All of them are kept until
 /// `window` records were appended after them.
 fn upgrade_schema(conn: &Connection, revision: i64) -> rusqlite::Result<()> {
+    // Revision 4's blocks (no `first` column; numbered from 0, 64 records each, in the
+    // order recorded, with its count and largest id in `request_log`): read before the
+    // table is made again.
+    let mut records = Vec::new();
+    let mut max = [0u8; 16];
+    let old_blocks = revision < 5
+        && conn.table_exists(Some(c"main"), c"_durable_request_blocks")?
+        && !conn.column_exists(Some(c"main"), c"_durable_request_blocks", c"first")?;
+    if old_blocks {
+        let blocks: Vec<Vec<u8>> = conn
+            .prepare("SELECT records FROM _durable_request_blocks ORDER BY block")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for block in &blocks {
+            records.extend(RecordIter(block).map(|r| (r.0, r.1, r.to_recorded())));
+        }
+        let state: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT value FROM _durable_meta WHERE key = 'request_log'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(v) = state.filter(|v| v.len() == 24) {
+            max = v[8..].try_into().expect("16 bytes");
+        }
+        conn.execute_batch(
+            "DROP TABLE _durable_request_blocks; DELETE FROM _durable_meta WHERE key = 'request_log';",
+        )?;
+    }
     conn.execute_batch(SCHEMA)?;
-    if revision < 4 {
+    if revision < 5 {
         let read = |sql: &str| -> rusqlite::Result<Vec<RecordedCall>> {
             let mut st = conn.prepare(sql)?;
             let rows = st.query_map([], |r| {
@@ -59,8 +89,6 @@ fn upgrade_schema(conn: &Connection, revision: i64) -> rusqlite::Result<()> {
             })?;
             rows.collect()
         };
-        let mut records = Vec::new();
-        let mut max = [0u8; 16];
         if conn.table_exists(Some(c"main"), c"_durable_requests")? {
             records.extend(read(
                 "SELECT id, kind, body FROM _durable_requests ORDER BY seq",
@@ -1335,12 +1363,14 @@ impl RequestLog {
             // Not the runtime's: every id looks possibly seen, and the next records
             // start a block after the last one held.
             Some(_) => {
-                let last: Option<i64> = conn
-                    .with("SELECT max(first) FROM _durable_request_blocks", |s| {
-                        s.query_row([], |r| r.get(0))
-                    })?;
+                let last: Option<(i64, Vec<u8>)> = conn.with(
+                    "SELECT first, records FROM _durable_request_blocks ORDER BY block DESC LIMIT 1",
+                    |s| s.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional(),
+                )?;
                 RequestLog {
-                    count: last.map_or(0, |f| f.max(0) as u64 + BLOCK_RECORDS as u64),
+                    count: last.map_or(0, |(first, records)| {
+                        first.max(0) as u64 + RecordIter(&records).count() as u64
+                    }),
                     max: [0xff; 16],
                 }
             }
@@ -1433,9 +1463,8 @@ fn first_records(block: &[u8], n: usize) -> &[u8] {
 /// file commits several times cheaper; the bound on bytes keeps a block's rewrite
 /// small when calls return large results.
 ///
-/// `done` hears how many records were appended once they all were: a failure part
-/// way leaves the count in `_durable_meta` as it was, and a retry (with these records
-/// and maybe more) writes the same blocks again over what the failed try wrote.
+/// `done` hears how many records were appended once they all were; a failure leaves
+/// the records as they were (the append runs in a savepoint of its own), for a retry.
 pub(crate) fn record_requests(
     conn: &impl Statements,
     records: &[RecordedCall],
@@ -1445,6 +1474,31 @@ pub(crate) fn record_requests(
     if records.is_empty() {
         return Ok(());
     }
+    // All or nothing: a failure after the `DELETE` (the count's write, on a full disk)
+    // must not leave the blocks it deleted gone and the count as it was, or the retry
+    // would start from a tail that is no longer there.
+    conn.run("SAVEPOINT durable_records")?;
+    match append_requests(conn, records, window) {
+        Ok(()) => {
+            conn.run("RELEASE durable_records")?;
+            done(records.len());
+            Ok(())
+        }
+        Err(e) => {
+            let _ = conn
+                .run("ROLLBACK TO durable_records")
+                .and_then(|()| conn.run("RELEASE durable_records"));
+            Err(e)
+        }
+    }
+}
+
+/// [`record_requests`]' work, inside its savepoint.
+fn append_requests(
+    conn: &impl Statements,
+    records: &[RecordedCall],
+    window: usize,
+) -> rusqlite::Result<()> {
     let mut log = RequestLog::load(conn)?;
     let max = records.iter().map(|r| r.0).max().expect("not empty");
     log.max = log.max.max(max);
@@ -1478,7 +1532,7 @@ pub(crate) fn record_requests(
     for record in records {
         let start = buf.len();
         encode_record(&mut buf, record);
-        if held > 0 && (held == BLOCK_RECORDS || buf.len() > BLOCK_BYTES) {
+        if held > 0 && (held >= BLOCK_RECORDS || buf.len() > BLOCK_BYTES) {
             // Full: the record starts the next block.
             let next = buf.split_off(start);
             if changed {
@@ -1499,9 +1553,7 @@ pub(crate) fn record_requests(
             [keep_from as i64],
         )?;
     }
-    log.store(conn)?;
-    done(records.len());
-    Ok(())
+    log.store(conn)
 }
 
 /// Every request id the file's records hold (for an object that must tell, for many
@@ -1687,11 +1739,14 @@ mod tests {
                 crate::catalog::content_digest(&conn).unwrap()
             );
         }
-        // An append that fails part way (its block written, the count not) and is tried
-        // again leaves what one append leaves.
+        // An append that fails at its end (its blocks written, the old ones deleted
+        // past the window, the count not written) leaves the records as they were, and
+        // tried again leaves what one append leaves.
         let other = Connection::open_in_memory().unwrap();
         other.execute_batch(SCHEMA).unwrap();
-        let (head, tail) = all.split_at(all.len() - 70);
+        // The retry also carries records that came after (a live object's next commit).
+        let (head, tail) = all.split_at(all.len() - 160);
+        let failing = &tail[..150];
         record_requests(&other, head, window, |_| {}).unwrap();
         other
             .execute_batch(
@@ -1700,7 +1755,7 @@ mod tests {
             )
             .unwrap();
         let mut counted = 0;
-        assert!(record_requests(&other, tail, window, |n| counted += n).is_err());
+        assert!(record_requests(&other, failing, window, |n| counted += n).is_err());
         assert_eq!(counted, 0);
         other
             .execute_batch("DROP TRIGGER fail; DROP TRIGGER fail2;")
@@ -1768,6 +1823,66 @@ mod tests {
         }
         assert_eq!(layouts[0], layouts[1]);
         assert_eq!(layouts[0], layouts[2]);
+    }
+
+    /// A file of revision 4 (blocks without `first`) opens with its records in the
+    /// block before the first, in order, its largest id kept.
+    #[test]
+    fn a_revision_4_files_blocks_move_before_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = ObjectId::random();
+        let (ctx, _) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        let rid = |n: u8| [n; 16];
+        let mut block = Vec::new();
+        for n in [4u8, 2, 7] {
+            encode_record(
+                &mut block,
+                &(rid(n), u64::from(n), Recorded::Return(vec![n])),
+            );
+        }
+        let mut state = Vec::new();
+        state.extend_from_slice(&3u64.to_le_bytes());
+        state.extend_from_slice(&rid(8));
+        ctx.conn
+            .execute_batch(
+                "DROP TABLE _durable_request_blocks;
+                 CREATE TABLE _durable_request_blocks(block INTEGER PRIMARY KEY, records BLOB NOT NULL);
+                 PRAGMA user_version = 4;",
+            )
+            .unwrap();
+        ctx.conn
+            .execute(
+                "INSERT INTO _durable_request_blocks(block, records) VALUES (0, ?1)",
+                [&block[..]],
+            )
+            .unwrap();
+        ctx.conn
+            .execute(
+                "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('request_log', ?1)",
+                [&state[..]],
+            )
+            .unwrap();
+        ctx.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        drop(ctx);
+        let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
+        assert!(opened.upgraded);
+        let conn: &Connection = ctx.conn.conn();
+        assert_eq!(blocks(conn), vec![(-1, vec![rid(4), rid(2), rid(7)])]);
+        assert_eq!(
+            RequestLog::load(conn).unwrap(),
+            RequestLog {
+                count: 0,
+                max: rid(8)
+            }
+        );
+        assert_eq!(
+            lookup_request(conn, &rid(2)).unwrap(),
+            Some((2, Recorded::Return(vec![2])))
+        );
+        record_requests(conn, &[(rid(9), 9, Recorded::Return(vec![]))], 1000, |_| {}).unwrap();
+        assert_eq!(blocks(conn).last(), Some(&(0, vec![rid(9)])));
     }
 
     /// A file of revision 3 (request records in two generations, the current one and
