@@ -78,14 +78,8 @@ fn upgrade_schema(conn: &Connection, revision: i64) -> rusqlite::Result<()> {
             let mut st = conn.prepare(sql)?;
             let rows = st.query_map([], |r| {
                 let id: Vec<u8> = r.get(0)?;
-                let kind: i64 = r.get(1)?;
-                let body: Vec<u8> = r.get(2)?;
-                let outcome = if kind & 1 == 0 {
-                    Recorded::Return(body)
-                } else {
-                    Recorded::AppError(body)
-                };
-                Ok((max_id(Some(id)), (kind as u64) >> 1, outcome))
+                let (digest, app_error) = unpack_kind(r.get(1)?);
+                Ok((max_id(Some(id)), digest, Recorded::of(app_error, r.get(2)?)))
             })?;
             rows.collect()
         };
@@ -1209,6 +1203,31 @@ pub(crate) enum Recorded {
     AppError(Vec<u8>),
 }
 
+impl Recorded {
+    /// The outcome stored with an error bit and a body.
+    fn of(app_error: bool, body: Vec<u8>) -> Recorded {
+        if app_error {
+            Recorded::AppError(body)
+        } else {
+            Recorded::Return(body)
+        }
+    }
+}
+
+/// A stored record's `kind`: the call's digest (62 bits) above the outcome's error bit.
+fn pack_kind(digest: u64, outcome: &Recorded) -> (i64, &[u8]) {
+    let digest = (digest & ((1 << 62) - 1)) as i64;
+    match outcome {
+        Recorded::Return(b) => (digest << 1, b),
+        Recorded::AppError(b) => (digest << 1 | 1, b),
+    }
+}
+
+/// The digest and the error bit of a stored `kind` (see [`pack_kind`]).
+fn unpack_kind(kind: i64) -> (u64, bool) {
+    ((kind as u64) >> 1, kind & 1 == 1)
+}
+
 /// The payload of a `Changes` log record: the session changeset of the batch's user
 /// tables, and the request ids the batch recorded (the runtime's own tables are left
 /// out of the changeset: capturing them would cost a session table per batch).
@@ -1275,15 +1294,7 @@ pub(crate) fn decode_changes(payload: &[u8]) -> Result<ChangesPayload<'_>, Strin
         let len =
             u32::from_le_bytes(rest.get(at..at + 4).ok_or_else(bad)?.try_into().unwrap()) as usize;
         let body = rest.get(at + 4..at + 4 + len).ok_or_else(bad)?.to_vec();
-        calls.push((
-            id,
-            digest,
-            if kind & 1 == 0 {
-                Recorded::Return(body)
-            } else {
-                Recorded::AppError(body)
-            },
-        ));
+        calls.push((id, digest, Recorded::of(kind & 1 == 1, body)));
         rest = &rest[at + 4 + len..];
     }
     Ok((changeset, calls))
@@ -1393,11 +1404,7 @@ impl RequestLog {
 /// bit of `kind` and the call's digest above it (8 bytes, little-endian), the body's
 /// length (4 bytes, little-endian) and the body.
 fn encode_record(out: &mut Vec<u8>, (id, digest, outcome): &RecordedCall) {
-    let digest = (digest & ((1 << 62) - 1)) as i64;
-    let (kind, body) = match outcome {
-        Recorded::Return(b) => (digest << 1, b),
-        Recorded::AppError(b) => (digest << 1 | 1, b),
-    };
+    let (kind, body) = pack_kind(*digest, outcome);
     out.extend_from_slice(id);
     out.extend_from_slice(&kind.to_le_bytes());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -1409,11 +1416,7 @@ struct BlockRecord<'a>([u8; 16], u64, bool, &'a [u8]);
 
 impl BlockRecord<'_> {
     fn to_recorded(&self) -> Recorded {
-        if self.2 {
-            Recorded::AppError(self.3.to_vec())
-        } else {
-            Recorded::Return(self.3.to_vec())
-        }
+        Recorded::of(self.2, self.3.to_vec())
     }
 }
 
@@ -1431,7 +1434,8 @@ impl<'a> Iterator for RecordIter<'a> {
         let len = u32::from_le_bytes(head[24..28].try_into().expect("4 bytes")) as usize;
         let body = self.0.get(28..28 + len)?;
         self.0 = &self.0[28 + len..];
-        Some(BlockRecord(id, (kind as u64) >> 1, kind & 1 == 1, body))
+        let (digest, app_error) = unpack_kind(kind);
+        Some(BlockRecord(id, digest, app_error, body))
     }
 }
 
@@ -1825,13 +1829,25 @@ mod tests {
         assert_eq!(layouts[0], layouts[2]);
     }
 
+    /// Turn a new object's file into one an older runtime left: `sql`, then each
+    /// statement with its blob, all in the main file (the WAL checkpointed).
+    fn older_file(dir: &Path, id: ObjectId, sql: &str, rows: &[(&str, &[u8])]) {
+        let (ctx, _) = open(dir, "Counter", id, None, false, None).unwrap();
+        ctx.conn.execute_batch(sql).unwrap();
+        for (statement, blob) in rows {
+            ctx.conn.execute(statement, [blob]).unwrap();
+        }
+        ctx.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+    }
+
     /// A file of revision 4 (blocks without `first`) opens with its records in the
     /// block before the first, in order, its largest id kept.
     #[test]
     fn a_revision_4_files_blocks_move_before_the_first() {
         let dir = tempfile::tempdir().unwrap();
         let id = ObjectId::random();
-        let (ctx, _) = open(dir.path(), "Counter", id, None, false, None).unwrap();
         let rid = |n: u8| [n; 16];
         let mut block = Vec::new();
         for n in [4u8, 2, 7] {
@@ -1843,29 +1859,23 @@ mod tests {
         let mut state = Vec::new();
         state.extend_from_slice(&3u64.to_le_bytes());
         state.extend_from_slice(&rid(8));
-        ctx.conn
-            .execute_batch(
-                "DROP TABLE _durable_request_blocks;
-                 CREATE TABLE _durable_request_blocks(block INTEGER PRIMARY KEY, records BLOB NOT NULL);
-                 PRAGMA user_version = 4;",
-            )
-            .unwrap();
-        ctx.conn
-            .execute(
-                "INSERT INTO _durable_request_blocks(block, records) VALUES (0, ?1)",
-                [&block[..]],
-            )
-            .unwrap();
-        ctx.conn
-            .execute(
-                "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('request_log', ?1)",
-                [&state[..]],
-            )
-            .unwrap();
-        ctx.conn
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-            .unwrap();
-        drop(ctx);
+        older_file(
+            dir.path(),
+            id,
+            "DROP TABLE _durable_request_blocks;
+             CREATE TABLE _durable_request_blocks(block INTEGER PRIMARY KEY, records BLOB NOT NULL);
+             PRAGMA user_version = 4;",
+            &[
+                (
+                    "INSERT INTO _durable_request_blocks(block, records) VALUES (0, ?1)",
+                    &block,
+                ),
+                (
+                    "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('request_log', ?1)",
+                    &state,
+                ),
+            ],
+        );
         let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
         assert!(opened.upgraded);
         let conn: &Connection = ctx.conn.conn();
@@ -1892,16 +1902,16 @@ mod tests {
     fn a_revision_3_files_two_generations_move_into_blocks_older_first() {
         let dir = tempfile::tempdir().unwrap();
         let id = ObjectId::random();
-        let (ctx, _) = open(dir.path(), "Counter", id, None, false, None).unwrap();
         let rid = |n: u8| [n; 16];
         // Generation 1 is current (head: count 1 * 2 + 1); the largest id ever recorded
         // (0x09..) is no longer held.
         let mut head = Vec::new();
         head.extend_from_slice(&3u64.to_le_bytes());
         head.extend_from_slice(&rid(9));
-        ctx.conn
-            .execute_batch(
-                "DROP TABLE _durable_request_blocks;
+        older_file(
+            dir.path(),
+            id,
+            "DROP TABLE _durable_request_blocks;
                  CREATE TABLE _durable_requests_0(id BLOB PRIMARY KEY, kind INTEGER NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;
                  CREATE TABLE _durable_requests_1(id BLOB PRIMARY KEY, kind INTEGER NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;
                  INSERT INTO _durable_requests_0 VALUES
@@ -1910,18 +1920,11 @@ mod tests {
                  INSERT INTO _durable_requests_1 VALUES
                    (x'03030303030303030303030303030303', 7, x'cc');
                  PRAGMA user_version = 3;",
-            )
-            .unwrap();
-        ctx.conn
-            .execute(
+            &[(
                 "INSERT OR REPLACE INTO _durable_meta(key, value) VALUES ('requests', ?1)",
-                [&head[..]],
-            )
-            .unwrap();
-        ctx.conn
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
-            .unwrap();
-        drop(ctx);
+                &head,
+            )],
+        );
         let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
         assert!(opened.upgraded);
         let conn: &Connection = ctx.conn.conn();

@@ -32,8 +32,6 @@ pub(super) struct Unfiled {
     index: HashMap<[u8; 16], u64>,
     /// The number of `records[0]`: how many were let go from the front.
     base: u64,
-    /// How many of all records (from the first) are in the file (committed).
-    filed: u64,
     /// How many of all records (from the first) are written into the open transaction
     /// already, outside any savepoint: a commit that failed with its transaction kept
     /// leaves them there, and its retry must not write them again. (Written again, they
@@ -117,9 +115,9 @@ impl Unfiled {
     /// (growing it again after every file commit under load cost ~1% of a shard's
     /// time): [`Unfiled::release`] gives it back when the object goes quiet.
     pub(super) fn committed(&mut self) {
-        self.filed = self.written;
         self.file_ids = None;
-        let held_filed = (self.filed - self.base) as usize;
+        // Everything written is now filed.
+        let held_filed = (self.written - self.base) as usize;
         let drop = held_filed.saturating_sub(KEEP_FILED);
         if drop == 0 {
             return;
