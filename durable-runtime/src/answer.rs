@@ -3,8 +3,10 @@
 //! closes its endpoint), the signal that the host is stopping, and the edge's bounds.
 //! Below both the stream server and the pipes.
 
-use crate::calls::{Caller, Calls, Gauge};
-use durable_client::wire::{Request, Response, WireError};
+use crate::answering::{Answer, PipeAnswers};
+use crate::calls::{Caller, Calls, Gauge, InFlight};
+use crate::chain::CallChain;
+use durable_client::wire::{CallRequest, Request, Response, WireError};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,27 +53,57 @@ impl Edge {
     /// Answer one request that arrived in protocol `version` (on a stream of its own
     /// or on a pipe), as a client of that version reads it.
     pub(crate) async fn answer(&self, request: Request, version: u8, caller: &Caller) -> Response {
-        let malformed = |message: &str| {
-            Response::Error(WireError::Malformed {
-                message: message.into(),
-            })
-        };
-        let response = match request {
-            Request::Call(call) => self.calls.call(call, caller).await,
-            Request::ChainCall(chained) if version >= 2 => {
-                let chain = crate::chain::CallChain {
-                    links: chained.chain,
-                    caller_span: chained.caller_span,
-                };
-                self.calls.call_in_chain(chained.call, caller, chain).await
-            }
-            Request::ChainCall(_) => malformed("a chained call needs protocol version 2"),
-            Request::Hello { .. } => malformed("hello on an authenticated connection"),
-            Request::Pipe => malformed("a pipe needs protocol version 3, and opens a stream"),
-            Request::Follow(_) => malformed("a follow needs a stream of its own"),
-            Request::Lanes => malformed("lanes are asked on a stream of their own"),
+        let response = match call_of(request, version) {
+            Ok((call, None)) => self.calls.call(call, caller).await,
+            Ok((call, Some(chain))) => self.calls.call_in_chain(call, caller, chain).await,
+            Err(response) => response,
         };
         for_version(response, version)
+    }
+
+    /// Start one request that arrived on a pipe in protocol `version`: a call
+    /// admitted and handed to its shard, whose answer lands in `answers` under `key`
+    /// (give it to the client through [`for_version`]); or the answer at once.
+    pub(crate) fn start(
+        &self,
+        request: Request,
+        version: u8,
+        caller: &Caller,
+        answers: &Arc<PipeAnswers>,
+        key: usize,
+    ) -> Result<InFlight<'_>, Response> {
+        let at_once = |response| for_version(response, version);
+        let (call, chain) = call_of(request, version).map_err(at_once)?;
+        let admitted = self
+            .calls
+            .admit(call, caller, chain.map(Arc::new))
+            .map_err(at_once)?;
+        Ok(admitted.send(&self.calls.shards, Answer::Pipe(answers.slot(key))))
+    }
+}
+
+/// The call a request makes (with its chain, for a chained call), or the answer to a
+/// request that is not a call this protocol `version` takes.
+fn call_of(request: Request, version: u8) -> Result<(CallRequest, Option<CallChain>), Response> {
+    let malformed = |message: &str| {
+        Err(Response::Error(WireError::Malformed {
+            message: message.into(),
+        }))
+    };
+    match request {
+        Request::Call(call) => Ok((call, None)),
+        Request::ChainCall(chained) if version >= 2 => Ok((
+            chained.call,
+            Some(CallChain {
+                links: chained.chain,
+                caller_span: chained.caller_span,
+            }),
+        )),
+        Request::ChainCall(_) => malformed("a chained call needs protocol version 2"),
+        Request::Hello { .. } => malformed("hello on an authenticated connection"),
+        Request::Pipe => malformed("a pipe needs protocol version 3, and opens a stream"),
+        Request::Follow(_) => malformed("a follow needs a stream of its own"),
+        Request::Lanes => malformed("lanes are asked on a stream of their own"),
     }
 }
 
@@ -79,7 +111,7 @@ impl Edge {
 /// version 1 become the version 1 error of the same retry class. (A version 1 client
 /// makes no chained calls, so it can meet `CallCycle` only through a method that
 /// returned it as its own error, which is not a framework error.)
-fn for_version(response: Response, version: u8) -> Response {
+pub(crate) fn for_version(response: Response, version: u8) -> Response {
     match response {
         Response::Error(WireError::CallCycle { chain }) if version < 2 => {
             Response::Error(WireError::Internal {

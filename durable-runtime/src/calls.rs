@@ -4,6 +4,7 @@
 //! that owns the object and resolves to its reply. The QUIC edge uses it; the HTTP
 //! gateway and object-to-object calls are meant to as well.
 
+use crate::answering::{stopped_before_answering, Answer};
 use crate::class::ClassEntry;
 use crate::clock::Clock;
 use crate::placement::{Owner, Placement};
@@ -126,29 +127,52 @@ impl Calls {
         caller: &Caller,
         chain: Option<Arc<CallChain>>,
     ) -> Response {
+        let admitted = match self.admit(request, caller, chain) {
+            Ok(admitted) => admitted,
+            Err(response) => return response,
+        };
+        let (tx, rx) = oneshot::channel();
+        let in_flight = admitted.send(&self.shards, Answer::Caller(tx));
+        // A dropped sender: the shard stopped (a crash, or a stop without draining)
+        // after taking the call; its batch may have reached the log.
+        let response = rx.await.unwrap_or_else(|_| stopped_before_answering());
+        in_flight.answered(&response);
+        response
+    }
+
+    /// Check a call (class, method, schema, name, cycle, placement) and admit it
+    /// among the calls in flight, or answer it at once. An edge that gathers its
+    /// answers itself (a pipe) hands the admitted call to its shard with
+    /// [`Admitted::send`]; [`Calls::call`] does both and waits.
+    pub(crate) fn admit(
+        &self,
+        request: CallRequest,
+        caller: &Caller,
+        chain: Option<Arc<CallChain>>,
+    ) -> Result<Admitted<'_>, Response> {
         let received = self.clock.now_ms();
         let Some(class) = self.classes.get(request.class.as_str()) else {
-            return Response::Error(WireError::UnknownClass {
+            return Err(Response::Error(WireError::UnknownClass {
                 class: request.class,
-            });
+            }));
         };
         let Some(&(method, info)) = class.methods.get(request.method.as_str()) else {
-            return Response::Error(WireError::UnknownMethod {
+            return Err(Response::Error(WireError::UnknownMethod {
                 class: request.class,
                 method: request.method,
-            });
+            }));
         };
         if info.fingerprint != request.fingerprint {
-            return Response::Error(WireError::SchemaMismatch {
+            return Err(Response::Error(WireError::SchemaMismatch {
                 class: request.class,
                 method: request.method,
-            });
+            }));
         }
         if let Some(name) = &request.name {
             if !names_match(class.name, name, request.object) {
-                return Response::Error(WireError::Malformed {
+                return Err(Response::Error(WireError::Malformed {
                     message: "the object id does not match the name".into(),
-                });
+                }));
             }
         }
         // A read-only method is reentrant: it runs beside the object's turns, never
@@ -159,16 +183,16 @@ impl Calls {
             .filter(|_| !reentrant)
             .and_then(|c| c.cycle(class.name, request.object, request.name.as_deref()))
         {
-            return Response::Error(WireError::CallCycle { chain: cycle });
+            return Err(Response::Error(WireError::CallCycle { chain: cycle }));
         }
         if let Owner::Elsewhere(owner) = self.placement.owner(class.name, request.object) {
-            return Response::Error(WireError::Moved { owner });
+            return Err(Response::Error(WireError::Moved { owner }));
         }
-        let _guard = self.in_flight.enter();
+        let guard = self.in_flight.enter();
         if self.shutting_down.load(Ordering::Acquire) {
-            return Response::Error(WireError::ShuttingDown);
+            return Err(Response::Error(WireError::ShuttingDown));
         }
-        let _permit = match self.admission.admit(
+        let permit = match self.admission.admit(
             class.name,
             request.object,
             &caller.0,
@@ -177,37 +201,23 @@ impl Calls {
         ) {
             Ok(permit) => permit,
             Err(retry_after_ms) => {
-                return Response::Error(WireError::OverloadedRetry { retry_after_ms })
+                return Err(Response::Error(WireError::OverloadedRetry {
+                    retry_after_ms,
+                }))
             }
         };
         tracing::trace!(class = class.name, id = %request.object, method = %request.method, caller = %caller.0, "call");
         crate::telemetry::calls_in_flight(self.in_flight.get());
-        let started = crate::clock::monotonic();
-        let method_name = info.name;
-        let (tx, rx) = oneshot::channel();
-        self.shards.send(Call {
+        Ok(Admitted {
             class: class.clone(),
             method,
+            method_name: info.name,
             deadline_ms: received + request.timeout_ms.min(MAX_TIMEOUT_MS),
             request,
             chain,
-            reply: tx,
-            sent: started,
-        });
-        let response = rx.await.unwrap_or_else(|_| {
-            // The shard stopped (a crash, or a stop without draining) after taking the
-            // call: its batch may have reached the log.
-            Response::Error(WireError::Indeterminate {
-                message: "the host stopped before answering".into(),
-            })
-        });
-        crate::telemetry::call_answered(
-            class.name,
-            method_name,
-            crate::telemetry::outcome(&response),
-            crate::clock::monotonic().saturating_sub(started),
-        );
-        response
+            guard,
+            permit,
+        })
     }
 
     /// Deliver a WebSocket event to object `name` of `class` as a turn: it queues,
@@ -256,7 +266,7 @@ impl Calls {
                 args,
             },
             chain: None,
-            reply: tx,
+            reply: crate::answering::Answer::Caller(tx),
             sent: crate::clock::monotonic(),
         });
         rx.await.unwrap_or_else(|_| {
@@ -305,7 +315,7 @@ impl Calls {
                 args,
             },
             chain: None,
-            reply: tx,
+            reply: crate::answering::Answer::Caller(tx),
             sent: crate::clock::monotonic(),
         });
         let answer = rx.await.unwrap_or_else(|_| {
@@ -392,6 +402,65 @@ impl Drop for GaugeGuard<'_> {
 pub(crate) fn fresh_request_id() -> [u8; 16] {
     use crate::clock::Clock;
     durable_client::wire::request_id_at(crate::clock::SystemClock.now_us())
+}
+
+/// A call that passed [`Calls::admit`]: it holds its place among the host's calls in
+/// flight and its caller's share until it is answered.
+pub(crate) struct Admitted<'a> {
+    class: Arc<ClassEntry>,
+    method: usize,
+    method_name: &'static str,
+    deadline_ms: u64,
+    request: CallRequest,
+    chain: Option<Arc<CallChain>>,
+    guard: GaugeGuard<'a>,
+    permit: crate::admission::Permit<'a>,
+}
+
+impl<'a> Admitted<'a> {
+    /// Hand the call to the shard that owns its object; its answer goes to `answer`.
+    pub(crate) fn send(self, shards: &Shards, answer: Answer) -> InFlight<'a> {
+        let started = crate::clock::monotonic();
+        let class = self.class.name;
+        shards.send(Call {
+            class: self.class,
+            method: self.method,
+            deadline_ms: self.deadline_ms,
+            request: self.request,
+            chain: self.chain,
+            reply: answer,
+            sent: started,
+        });
+        InFlight {
+            class,
+            method_name: self.method_name,
+            started,
+            _guard: self.guard,
+            _permit: self.permit,
+        }
+    }
+}
+
+/// A call handed to its shard, until its answer: then its place among the calls in
+/// flight and its caller's share are given back.
+pub(crate) struct InFlight<'a> {
+    class: &'static str,
+    method_name: &'static str,
+    started: Duration,
+    _guard: GaugeGuard<'a>,
+    _permit: crate::admission::Permit<'a>,
+}
+
+impl InFlight<'_> {
+    /// The call was answered with `response`.
+    pub(crate) fn answered(self, response: &Response) {
+        crate::telemetry::call_answered(
+            self.class,
+            self.method_name,
+            crate::telemetry::outcome(response),
+            crate::clock::monotonic().saturating_sub(self.started),
+        );
+    }
 }
 
 /// Names this thread found to match their ids lately, by the id's first byte: a

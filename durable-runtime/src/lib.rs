@@ -10,6 +10,7 @@ mod admission;
 pub mod alarms;
 mod allocator;
 mod answer;
+mod answering;
 mod calls;
 mod capture;
 mod catalog;

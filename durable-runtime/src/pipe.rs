@@ -10,13 +10,13 @@
 //! reading the pipe, answers the calls in flight, and finishes it. A client resends
 //! what got no answer on a new pipe, under the same request ids.
 
-use crate::answer::{Edge, ACK_WAIT, MAX_STREAMS, QUIET, READ_TIMEOUT};
-use crate::calls::Caller;
+use crate::answer::{for_version, Edge, ACK_WAIT, MAX_STREAMS, QUIET, READ_TIMEOUT};
+use crate::answering::PipeAnswers;
+use crate::calls::{Caller, InFlight};
 use bytes::BytesMut;
 use durable_client::wire::{self, FrameError, PipeCall, PipeReply, Request, Response, WireError};
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use futures_util::FutureExt;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// The most bytes taken from the stream at once.
 const CHUNK: usize = 64 * 1024;
@@ -51,12 +51,66 @@ impl Answers {
     }
 }
 
+/// A pipe's calls handed to their shards, by the key their answers land under: each
+/// with the client's tag and protocol version. Keys are reused once answered.
+struct Running<'a> {
+    calls: Vec<Option<(u64, u8, InFlight<'a>)>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl<'a> Running<'a> {
+    fn new() -> Self {
+        Running {
+            calls: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// The key the next call will have.
+    fn next_key(&self) -> usize {
+        self.free.last().copied().unwrap_or(self.calls.len())
+    }
+
+    /// Add a call under [`Running::next_key`].
+    fn insert(&mut self, call: (u64, u8, InFlight<'a>)) {
+        match self.free.pop() {
+            Some(key) => self.calls[key] = Some(call),
+            None => self.calls.push(Some(call)),
+        }
+        self.len += 1;
+    }
+
+    fn remove(&mut self, key: usize) -> Option<(u64, u8, InFlight<'a>)> {
+        let call = self.calls.get_mut(key)?.take()?;
+        self.free.push(key);
+        self.len -= 1;
+        Some(call)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Drops the answers of a pipe that is gone.
+struct CloseOnDrop(Arc<PipeAnswers>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// Serve a pipe whose opening frame has been read, until the client finishes its side
 /// and every call is answered (or the host stops).
 ///
 /// The calls, the reading and the writing all make progress in one `select!`: a call
 /// that finishes while the client is slow to read its answers still ends (and gives
-/// back its place among the host's calls in flight); its answer waits in memory.
+/// back its place among the host's calls in flight); its answer waits in memory. The
+/// calls' answers land in one [`PipeAnswers`] as their shards release them, and wake
+/// this task once for all that landed together.
 /// Calls running plus answers not yet written are bounded by [`MAX_STREAMS`]: past
 /// that the pipe stops reading, and QUIC flow control holds the client back.
 pub(crate) async fn serve(
@@ -66,7 +120,9 @@ pub(crate) async fn serve(
     caller: &Caller,
 ) {
     let mut closing = edge.closing.subscribe();
-    let mut calls = FuturesUnordered::new();
+    let landing = Arc::new(PipeAnswers::default());
+    let _close = CloseOnDrop(landing.clone());
+    let mut calls = Running::new();
     let mut input = BytesMut::new();
     // Answers being written (`writing`, from `written` on) and gathering behind them.
     let mut writing = Answers::default();
@@ -80,7 +136,7 @@ pub(crate) async fn serve(
     let mut busy = None;
     let bound = MAX_STREAMS as usize;
     loop {
-        while reading && calls.len() + writing.count + gathering.count < bound {
+        while reading && calls.len + writing.count + gathering.count < bound {
             match take_frame(&mut input, edge.max_frame) {
                 Taken::Partial => break,
                 Taken::Call {
@@ -89,7 +145,10 @@ pub(crate) async fn serve(
                     version,
                 } => {
                     edge.opened.fetch_add(1, Ordering::AcqRel);
-                    calls.push(async move { (tag, edge.answer(request, version, caller).await) });
+                    match edge.start(request, version, caller, &landing, calls.next_key()) {
+                        Ok(call) => calls.insert((tag, version, call)),
+                        Err(response) => gathering.push(tag, response),
+                    }
                 }
                 Taken::Refused { tag, error } => gathering.push(tag, Response::Error(error)),
                 Taken::Broken { tag, error } => {
@@ -119,7 +178,7 @@ pub(crate) async fn serve(
         if !reading && calls.is_empty() && writing.count == 0 {
             break;
         }
-        let room = calls.len() + writing.count + gathering.count < bound;
+        let room = calls.len + writing.count + gathering.count < bound;
         tokio::select! {
             read = recv.read_chunk(CHUNK, true), if reading && room => {
                 match read {
@@ -146,11 +205,13 @@ pub(crate) async fn serve(
                 // The client stopped reading or the connection is gone.
                 Err(_) => return,
             },
-            Some((tag, response)) = calls.next(), if !calls.is_empty() => {
-                gathering.push(tag, response);
-                // Every other answer that is ready goes out in the same write.
-                while let Some(Some((tag, response))) = calls.next().now_or_never() {
-                    gathering.push(tag, response);
+            // Every answer that landed goes out in the same write.
+            landed = std::future::poll_fn(|cx| landing.poll_take(cx)), if !calls.is_empty() => {
+                for (key, response) in landed {
+                    if let Some((tag, version, call)) = calls.remove(key) {
+                        call.answered(&response);
+                        gathering.push(tag, for_version(response, version));
+                    }
                 }
             }
             // A frame begun and not finished within the read timeout: the peer stalls.

@@ -7,13 +7,12 @@ use crate::class::ClassEntry;
 use crate::clock::Clock;
 use crate::durability::Durability;
 use crate::outgoing::LocalCalls;
-use durable_client::wire::{CallRequest, Response};
+use durable_client::wire::CallRequest;
 use durable_client::ObjectId;
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
 
 /// One call routed to an object.
 pub(crate) struct Call {
@@ -24,7 +23,7 @@ pub(crate) struct Call {
     pub(crate) deadline_ms: u64,
     /// For a call made by another object's turn: the objects waiting on it.
     pub(crate) chain: Option<Arc<CallChain>>,
-    pub(crate) reply: oneshot::Sender<Response>,
+    pub(crate) reply: crate::answering::Answer,
     /// When it was handed to its shard ([`crate::clock::monotonic`]): its wait in the
     /// object's queue is measured from here (`durable_call_queue_seconds`).
     pub(crate) sent: std::time::Duration,

@@ -5,7 +5,6 @@
 use durable_client::wire::{Response, WireError};
 use durable_client::ObjectId;
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
 /// A reply decided by a batch, waiting for the batch to be durable.
 /// The flag marks a recorded answer (a resent request id that an earlier batch
@@ -16,7 +15,7 @@ pub(super) type Reply = (ReplyTo, Response, bool);
 /// Where a batch's output goes once the gate releases it: a caller, or the host's
 /// WebSockets (the batch's socket effects, applied only if released as a success).
 pub(super) enum ReplyTo {
-    Caller(oneshot::Sender<Response>),
+    Caller(crate::answering::Answer),
     Sockets(SocketOutput),
     Streams(StreamOutput),
 }
@@ -59,8 +58,8 @@ impl ReplyTo {
     }
 }
 
-impl From<oneshot::Sender<Response>> for ReplyTo {
-    fn from(tx: oneshot::Sender<Response>) -> Self {
+impl From<crate::answering::Answer> for ReplyTo {
+    fn from(tx: crate::answering::Answer) -> Self {
         ReplyTo::Caller(tx)
     }
 }

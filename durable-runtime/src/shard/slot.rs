@@ -58,7 +58,9 @@ impl crate::reads::Writer for Slot {
     }
 }
 
-/// Work for an object: a call, or a wake-up to run due alarms.
+/// Work for an object: a call, or a wake-up to run due alarms. (A call is moved into
+/// its object's queue and out once; boxing it would cost an allocation per call.)
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Work {
     Call(Call),
     Alarm,

@@ -20,7 +20,6 @@ use durable_client::wire::{Response, WireError};
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
 impl Object {
     /// What the next turn needs to call other objects (`None` when the host has no
@@ -226,7 +225,7 @@ impl Object {
             turn_ended: crate::clock::monotonic(),
         };
         // Each reply with whether it is a recorded answer (kept if the batch fails).
-        let mut outbox: Outbox<((oneshot::Sender<Response>, Response), bool)> =
+        let mut outbox: Outbox<((crate::answering::Answer, Response), bool)> =
             Outbox::with_capacity(batch.len());
         if self.instance.is_none() {
             let activated = self.activate();
