@@ -8,7 +8,8 @@ use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// The handles of the metrics recorded on every call, per thread, by their labels
@@ -18,11 +19,169 @@ use std::time::Duration;
 #[derive(Default)]
 struct Handles {
     calls: FxHashMap<(usize, usize, usize), Counter>,
-    call_seconds: FxHashMap<usize, Histogram>,
-    turn_seconds: FxHashMap<usize, Histogram>,
-    stage_seconds: FxHashMap<(usize, Stage), Histogram>,
+    /// The per-call histograms: this thread's bins (our recorder), or the
+    /// application's recorder's handles.
+    timings: FxHashMap<(usize, Timing), Timed>,
     batch_calls: Option<Histogram>,
     in_flight: Option<Gauge>,
+}
+
+/// A per-call histogram's handle on this thread.
+enum Timed {
+    Bins(Arc<Bins>),
+    Recorder(Histogram),
+}
+
+impl Timed {
+    fn record(&self, seconds: f64) {
+        match self {
+            Timed::Bins(bins) => bins.record(seconds),
+            Timed::Recorder(h) => h.record(seconds),
+        }
+    }
+}
+
+/// The histograms recorded on every call or batch, by class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Timing {
+    Call,
+    Turn,
+    Queue,
+    Batch,
+    Gate,
+}
+
+impl Timing {
+    const ALL: [Timing; 5] = [
+        Timing::Call,
+        Timing::Turn,
+        Timing::Queue,
+        Timing::Batch,
+        Timing::Gate,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Timing::Call => "durable_call_seconds",
+            Timing::Turn => "durable_turn_seconds",
+            Timing::Queue => "durable_call_queue_seconds",
+            Timing::Batch => "durable_batch_seconds",
+            Timing::Gate => "durable_gate_seconds",
+        }
+    }
+
+    fn help(self) -> &'static str {
+        match self {
+            Timing::Call => "Time from a call's arrival to its answer (durability included), by class.",
+            Timing::Turn => "Time a method ran (its turn, without the commit), by class.",
+            Timing::Queue => "Time a call waited in its object's queue (from its hand-off to the shard until its batch began), by class.",
+            Timing::Batch => "Time a batch ran (its turns and its commit, until handed to the host log), by class.",
+            Timing::Gate => "Time a committed batch's replies waited in the output gate for the host log to make it durable, by class.",
+        }
+    }
+}
+
+/// The bucket bounds of every histogram (seconds, or counts).
+const BOUNDS: [f64; 16] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// One thread's counts of one per-call histogram (one class): written by that thread
+/// only, summed over threads when `/metrics` is rendered. A sample costs a bucket
+/// search and two plain stores; through the recorder it cost ~80 ns (an append to a
+/// shared sample list folded later), about 1.5% of a hot object's shard per histogram.
+struct Bins {
+    timing: Timing,
+    class: &'static str,
+    /// Samples per bucket (not cumulative): `counts[i]` holds those at most
+    /// `BOUNDS[i]` and above the bound before; the last, those above every bound.
+    counts: [AtomicU64; BOUNDS.len() + 1],
+    /// The samples' sum, as `f64` bits.
+    sum: AtomicU64,
+}
+
+impl Bins {
+    /// Only the owning thread records.
+    fn record(&self, v: f64) {
+        let count = &self.counts[BOUNDS.partition_point(|b| *b < v)];
+        count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let sum = f64::from_bits(self.sum.load(Ordering::Relaxed)) + v;
+        self.sum.store(sum.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// Every thread's bins, for rendering.
+static ALL_BINS: Mutex<Vec<Arc<Bins>>> = Mutex::new(Vec::new());
+
+/// This thread's handle of `timing` for `class`.
+fn timed<'h>(h: &'h mut Handles, timing: Timing, class: &'static str) -> &'h Timed {
+    h.timings.entry((key(class), timing)).or_insert_with(|| {
+        if handle().is_some() {
+            let bins = Arc::new(Bins {
+                timing,
+                class,
+                counts: Default::default(),
+                sum: AtomicU64::new(0f64.to_bits()),
+            });
+            ALL_BINS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(bins.clone());
+            Timed::Bins(bins)
+        } else {
+            Timed::Recorder(histogram!(timing.name(), "class" => class))
+        }
+    })
+}
+
+/// The per-call histograms, in the Prometheus text format, summed over threads.
+fn render_bins(out: &mut String) {
+    use std::fmt::Write;
+    let mut summed: std::collections::BTreeMap<
+        (Timing, &'static str),
+        ([u64; BOUNDS.len() + 1], f64),
+    > = Default::default();
+    for bins in ALL_BINS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let (counts, sum) = summed.entry((bins.timing, bins.class)).or_default();
+        for (c, b) in counts.iter_mut().zip(&bins.counts) {
+            *c += b.load(Ordering::Relaxed);
+        }
+        *sum += f64::from_bits(bins.sum.load(Ordering::Relaxed));
+    }
+    for timing in Timing::ALL {
+        let mut rows = summed
+            .range((timing, "")..)
+            .take_while(|((t, _), _)| *t == timing);
+        let Some(first) = rows.next() else {
+            continue;
+        };
+        let name = timing.name();
+        let _ = writeln!(out, "# HELP {name} {}", timing.help());
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for ((_, class), (counts, sum)) in std::iter::once(first).chain(rows) {
+            let class = class
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let mut cumulative = 0;
+            for (bound, count) in BOUNDS.iter().zip(counts) {
+                cumulative += count;
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{class=\"{class}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            cumulative += counts[BOUNDS.len()];
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{class=\"{class}\",le=\"+Inf\"}} {cumulative}"
+            );
+            let _ = writeln!(out, "{name}_sum{{class=\"{class}\"}} {sum}");
+            let _ = writeln!(out, "{name}_count{{class=\"{class}\"}} {cumulative}");
+        }
+        out.push('\n');
+    }
 }
 
 thread_local! {
@@ -47,10 +206,7 @@ pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-                    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ])
+                .set_buckets(&BOUNDS)
                 .ok()?
                 .build_recorder();
             let handle = recorder.handle();
@@ -93,31 +249,9 @@ fn describe() {
         "durable_calls_total",
         "Calls answered, by class, method and outcome."
     );
-    describe_histogram!(
-        "durable_call_seconds",
-        Unit::Seconds,
-        "Time from a call's arrival to its answer (durability included), by class."
-    );
-    describe_histogram!(
-        "durable_turn_seconds",
-        Unit::Seconds,
-        "Time a method ran (its turn, without the commit), by class."
-    );
-    describe_histogram!(
-        "durable_call_queue_seconds",
-        Unit::Seconds,
-        "Time a call waited in its object's queue (from its hand-off to the shard until its batch began), by class."
-    );
-    describe_histogram!(
-        "durable_batch_seconds",
-        Unit::Seconds,
-        "Time a batch ran (its turns and its commit, until handed to the host log), by class."
-    );
-    describe_histogram!(
-        "durable_gate_seconds",
-        Unit::Seconds,
-        "Time a committed batch's replies waited in the output gate for the host log to make it durable, by class."
-    );
+    for timing in Timing::ALL {
+        describe_histogram!(timing.name(), Unit::Seconds, timing.help());
+    }
     describe_histogram!(
         "durable_batch_calls",
         "Calls per batch (one commit, one log record)."
@@ -215,21 +349,13 @@ pub(crate) fn call_answered(
                 counter!("durable_calls_total", "class" => class, "method" => method, "outcome" => outcome)
             })
             .increment(1);
-        h.call_seconds
-            .entry(key(class))
-            .or_insert_with(|| histogram!("durable_call_seconds", "class" => class))
-            .record(took.as_secs_f64());
+        timed(h, Timing::Call, class).record(took.as_secs_f64());
     });
 }
 
 /// A method ran for `took`.
 pub(crate) fn turn(class: &'static str, took: Duration) {
-    with_handles(|h| {
-        h.turn_seconds
-            .entry(key(class))
-            .or_insert_with(|| histogram!("durable_turn_seconds", "class" => class))
-            .record(took.as_secs_f64());
-    });
+    with_handles(|h| timed(h, Timing::Turn, class).record(took.as_secs_f64()));
 }
 
 /// Where a call's time in its shard goes, stage by stage (see [`stage`]).
@@ -253,15 +379,13 @@ pub(crate) fn stage(class: &'static str, stage: Stage, took: Duration) {
 /// Calls or batches spent each of `took` in `stage` (one handle lookup for them all:
 /// a batch's calls record their queue waits together).
 pub(crate) fn stages(class: &'static str, stage: Stage, took: impl IntoIterator<Item = Duration>) {
+    let timing = match stage {
+        Stage::Queue => Timing::Queue,
+        Stage::Batch => Timing::Batch,
+        Stage::Gate => Timing::Gate,
+    };
     with_handles(|h| {
-        let histogram = h
-            .stage_seconds
-            .entry((key(class), stage))
-            .or_insert_with(|| match stage {
-                Stage::Queue => histogram!("durable_call_queue_seconds", "class" => class),
-                Stage::Batch => histogram!("durable_batch_seconds", "class" => class),
-                Stage::Gate => histogram!("durable_gate_seconds", "class" => class),
-            });
+        let histogram = timed(h, timing, class);
         for t in took {
             histogram.record(t.as_secs_f64());
         }
@@ -341,7 +465,9 @@ pub(crate) fn render() -> Option<String> {
     let handle = handle()?;
     let used = crate::sqlite_memory::sqlite_memory_used();
     gauge!("durable_sqlite_memory_bytes").set(used as f64);
-    Some(handle.render())
+    let mut text = handle.render();
+    render_bins(&mut text);
+    Some(text)
 }
 
 #[cfg(test)]
@@ -357,6 +483,63 @@ mod tests {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .unwrap();
         kb * 1024
+    }
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix)?.strip_prefix(' '))
+    }
+
+    /// The per-call histograms are kept by each thread and summed when rendered, in
+    /// the exposition format of the recorder's own histograms (cumulative buckets, a
+    /// sample on a bound counted in that bound's bucket).
+    #[test]
+    fn per_call_histograms_sum_over_threads_as_prometheus_histograms() {
+        assert!(handle().is_some(), "the runtime's recorder is installed");
+        let class = "TelemetryTestClass";
+        turn(class, Duration::from_micros(100));
+        std::thread::spawn(move || {
+            turn(class, Duration::from_millis(3));
+            turn(class, Duration::from_secs(20));
+            stage(class, Stage::Gate, Duration::from_millis(1));
+        })
+        .join()
+        .unwrap();
+        let text = render().unwrap();
+        assert!(
+            text.contains("# TYPE durable_turn_seconds histogram"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP durable_gate_seconds "), "{text}");
+        let bucket = |le: &str| {
+            line(
+                &text,
+                &format!("durable_turn_seconds_bucket{{class=\"{class}\",le=\"{le}\"}}"),
+            )
+        };
+        assert_eq!(bucket("0.0001"), Some("1"));
+        assert_eq!(bucket("0.0025"), Some("1"));
+        assert_eq!(bucket("0.005"), Some("2"));
+        assert_eq!(bucket("10"), Some("2"));
+        assert_eq!(bucket("+Inf"), Some("3"));
+        let count = line(
+            &text,
+            &format!("durable_turn_seconds_count{{class=\"{class}\"}}"),
+        );
+        assert_eq!(count, Some("3"));
+        let sum: f64 = line(
+            &text,
+            &format!("durable_turn_seconds_sum{{class=\"{class}\"}}"),
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+        assert!((sum - 20.0031).abs() < 1e-9, "{sum}");
+        let gate = line(
+            &text,
+            &format!("durable_gate_seconds_count{{class=\"{class}\"}}"),
+        );
+        assert_eq!(gate, Some("1"));
     }
 
     /// Histogram samples that nobody scrapes are folded into their buckets, not kept:
