@@ -111,8 +111,47 @@ impl Bins {
     }
 }
 
-/// Every thread's bins, for rendering.
-static ALL_BINS: Mutex<Vec<Arc<Bins>>> = Mutex::new(Vec::new());
+/// The counts of one histogram and class: per bucket (not cumulative), and the sum.
+type Summed = ([u64; BOUNDS.len() + 1], f64);
+
+/// Every live thread's bins, and what threads that ended had counted (a thread's
+/// bins are folded in here when it ends, so that threads that come and go do not
+/// pile bins up).
+struct AllBins {
+    live: Vec<Arc<Bins>>,
+    ended: std::collections::BTreeMap<(Timing, &'static str), Summed>,
+}
+
+static ALL_BINS: Mutex<AllBins> = Mutex::new(AllBins {
+    live: Vec::new(),
+    ended: std::collections::BTreeMap::new(),
+});
+
+fn all_bins() -> std::sync::MutexGuard<'static, AllBins> {
+    ALL_BINS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Bins {
+    fn add_to(&self, (counts, sum): &mut Summed) {
+        for (c, b) in counts.iter_mut().zip(&self.counts) {
+            *c += b.load(Ordering::Relaxed);
+        }
+        *sum += f64::from_bits(self.sum.load(Ordering::Relaxed));
+    }
+}
+
+impl Drop for Handles {
+    /// The thread ends: its counts move to the ended threads' totals.
+    fn drop(&mut self) {
+        let mut all = all_bins();
+        for timed in self.timings.values() {
+            if let Timed::Bins(bins) = timed {
+                all.live.retain(|b| !Arc::ptr_eq(b, bins));
+                bins.add_to(all.ended.entry((bins.timing, bins.class)).or_default());
+            }
+        }
+    }
+}
 
 /// This thread's handle of `timing` for `class`.
 fn timed<'h>(h: &'h mut Handles, timing: Timing, class: &'static str) -> &'h Timed {
@@ -124,10 +163,7 @@ fn timed<'h>(h: &'h mut Handles, timing: Timing, class: &'static str) -> &'h Tim
                 counts: Default::default(),
                 sum: AtomicU64::new(0f64.to_bits()),
             });
-            ALL_BINS
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(bins.clone());
+            all_bins().live.push(bins.clone());
             Timed::Bins(bins)
         } else {
             Timed::Recorder(histogram!(timing.name(), "class" => class))
@@ -138,17 +174,14 @@ fn timed<'h>(h: &'h mut Handles, timing: Timing, class: &'static str) -> &'h Tim
 /// The per-call histograms, in the Prometheus text format, summed over threads.
 fn render_bins(out: &mut String) {
     use std::fmt::Write;
-    let mut summed: std::collections::BTreeMap<
-        (Timing, &'static str),
-        ([u64; BOUNDS.len() + 1], f64),
-    > = Default::default();
-    for bins in ALL_BINS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        let (counts, sum) = summed.entry((bins.timing, bins.class)).or_default();
-        for (c, b) in counts.iter_mut().zip(&bins.counts) {
-            *c += b.load(Ordering::Relaxed);
+    let summed = {
+        let all = all_bins();
+        let mut summed = all.ended.clone();
+        for bins in &all.live {
+            bins.add_to(summed.entry((bins.timing, bins.class)).or_default());
         }
-        *sum += f64::from_bits(bins.sum.load(Ordering::Relaxed));
-    }
+        summed
+    };
     for timing in Timing::ALL {
         let mut rows = summed
             .range((timing, "")..)
@@ -540,6 +573,16 @@ mod tests {
             &format!("durable_gate_seconds_count{{class=\"{class}\"}}"),
         );
         assert_eq!(gate, Some("1"));
+        // The thread that ended left its counts, not its bins.
+        let live = |timing| {
+            all_bins()
+                .live
+                .iter()
+                .filter(|b| b.class == class && b.timing == timing)
+                .count()
+        };
+        assert_eq!(live(Timing::Gate), 0);
+        assert_eq!(live(Timing::Turn), 1);
     }
 
     /// Histogram samples that nobody scrapes are folded into their buckets, not kept:
