@@ -81,7 +81,13 @@ impl PipeAnswers {
     pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Vec<(usize, Response)>> {
         let mut landed = self.lock();
         if landed.answers.is_empty() {
-            landed.waker = Some(cx.waker().clone());
+            if !landed
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                landed.waker = Some(cx.waker().clone());
+            }
             return Poll::Pending;
         }
         Poll::Ready(std::mem::take(&mut landed.answers))

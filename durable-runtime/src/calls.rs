@@ -473,7 +473,7 @@ const NAMES_KEPT: usize = 64;
 const NAME_KEPT_MAX: usize = 64;
 
 /// A name kept: its class (by address), its id and the name.
-type KeptName = Option<(usize, ObjectId, Box<str>)>;
+type KeptName = Option<(&'static str, ObjectId, Box<str>)>;
 
 thread_local! {
     static NAMES: std::cell::RefCell<Vec<KeptName>> = std::cell::RefCell::new(vec![None; NAMES_KEPT]);
@@ -482,16 +482,15 @@ thread_local! {
 /// Whether `object` is the id of the object `name` of class `class`.
 fn names_match(class: &'static str, name: &str, object: ObjectId) -> bool {
     let at = object.as_bytes()[0] as usize % NAMES_KEPT;
-    let class_key = class.as_ptr() as usize;
     let kept = NAMES.with(|n| {
-        matches!(&n.borrow()[at], Some((c, id, kept)) if *c == class_key && *id == object && **kept == *name)
+        matches!(&n.borrow()[at], Some((c, id, kept)) if std::ptr::eq(*c, class) && *id == object && **kept == *name)
     });
     if kept {
         return true;
     }
     let matches = ObjectId::from_name(class, name) == object;
     if matches && name.len() <= NAME_KEPT_MAX {
-        NAMES.with(|n| n.borrow_mut()[at] = Some((class_key, object, name.into())));
+        NAMES.with(|n| n.borrow_mut()[at] = Some((class, object, name.into())));
     }
     matches
 }

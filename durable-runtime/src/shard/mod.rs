@@ -211,9 +211,11 @@ fn close_slot(slot: &Slot, now: u64) {
     crate::telemetry::object_active(-1.0, true);
 }
 
-/// A shard's active objects. Their ids may be the callers' own (an object without a
-/// name): hashed with a seed drawn per process (foldhash, a few times cheaper than
-/// SipHash on every call).
+/// A shard's active objects, hashed with foldhash (seeded per map and per process; a
+/// few times cheaper than SipHash on every call). Ids may be the callers' own (an
+/// object without a name), and foldhash does not claim resistance to a caller that
+/// searches for collisions; the map holds at most `max_active` objects, and each new
+/// one opens a database file, which costs far more than a longer probe.
 type Objects = HashMap<(&'static str, ObjectId), Rc<Slot>, foldhash::quality::RandomState>;
 
 /// Evict objects idle past the timeout, then the least recently used idle ones while

@@ -28,9 +28,10 @@ pub(super) const KEEP_FILED: usize = 256;
 pub(super) struct Unfiled {
     records: Vec<RecordedCall>,
     /// Request id -> position in all records ever held since the last release
-    /// (`records[0]` is number `base`). Ids are the callers' own: hashed with a seed
-    /// drawn per process (foldhash; SipHash cost a shard ~1% under load), in a map of
-    /// at most [`KEEP_FILED`] and the records not yet filed.
+    /// (`records[0]` is number `base`). Ids are the callers' own, hashed with foldhash
+    /// (seeded per map and per process; SipHash cost a shard ~1% under load). Colliding
+    /// ids can only lengthen probes in a map of at most [`KEEP_FILED`] and the records
+    /// not yet filed.
     index: HashMap<[u8; 16], u64, foldhash::quality::RandomState>,
     /// The number of `records[0]`: how many were let go from the front.
     base: u64,
