@@ -266,14 +266,10 @@ impl Calls {
                 args,
             },
             chain: None,
-            reply: crate::answering::Answer::Caller(tx),
+            reply: Answer::Caller(tx),
             sent: crate::clock::monotonic(),
         });
-        rx.await.unwrap_or_else(|_| {
-            Response::Error(WireError::Indeterminate {
-                message: "the host stopped before answering".into(),
-            })
-        })
+        rx.await.unwrap_or_else(|_| stopped_before_answering())
     }
 
     /// Read the stored items of a stream of object `name` of `class` (see
@@ -315,14 +311,10 @@ impl Calls {
                 args,
             },
             chain: None,
-            reply: crate::answering::Answer::Caller(tx),
+            reply: Answer::Caller(tx),
             sent: crate::clock::monotonic(),
         });
-        let answer = rx.await.unwrap_or_else(|_| {
-            Response::Error(WireError::Indeterminate {
-                message: "the host stopped before answering".into(),
-            })
-        });
+        let answer = rx.await.unwrap_or_else(|_| stopped_before_answering());
         match answer {
             Response::Return(bytes) => {
                 postcard::from_bytes(&bytes).map_err(|e| WireError::Internal {

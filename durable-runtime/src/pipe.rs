@@ -55,8 +55,8 @@ impl Answers {
 /// with the client's tag and protocol version. Keys are reused once answered.
 struct Running<'a> {
     calls: Vec<Option<(u64, u8, InFlight<'a>)>>,
+    /// Keys of `calls` that are empty.
     free: Vec<usize>,
-    len: usize,
 }
 
 impl<'a> Running<'a> {
@@ -64,7 +64,6 @@ impl<'a> Running<'a> {
         Running {
             calls: Vec::new(),
             free: Vec::new(),
-            len: 0,
         }
     }
 
@@ -79,18 +78,20 @@ impl<'a> Running<'a> {
             Some(key) => self.calls[key] = Some(call),
             None => self.calls.push(Some(call)),
         }
-        self.len += 1;
     }
 
     fn remove(&mut self, key: usize) -> Option<(u64, u8, InFlight<'a>)> {
         let call = self.calls.get_mut(key)?.take()?;
         self.free.push(key);
-        self.len -= 1;
         Some(call)
     }
 
+    fn len(&self) -> usize {
+        self.calls.len() - self.free.len()
+    }
+
     fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 }
 
@@ -136,7 +137,7 @@ pub(crate) async fn serve(
     let mut busy = None;
     let bound = MAX_STREAMS as usize;
     loop {
-        while reading && calls.len + writing.count + gathering.count < bound {
+        while reading && calls.len() + writing.count + gathering.count < bound {
             match take_frame(&mut input, edge.max_frame) {
                 Taken::Partial => break,
                 Taken::Call {
@@ -178,7 +179,7 @@ pub(crate) async fn serve(
         if !reading && calls.is_empty() && writing.count == 0 {
             break;
         }
-        let room = calls.len + writing.count + gathering.count < bound;
+        let room = calls.len() + writing.count + gathering.count < bound;
         tokio::select! {
             read = recv.read_chunk(CHUNK, true), if reading && room => {
                 match read {

@@ -1879,20 +1879,24 @@ mod tests {
         let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
         assert!(opened.upgraded);
         let conn: &Connection = ctx.conn.conn();
-        assert_eq!(blocks(conn), vec![(-1, vec![rid(4), rid(2), rid(7)])]);
-        assert_eq!(
-            RequestLog::load(conn).unwrap(),
-            RequestLog {
-                count: 0,
-                max: rid(8)
-            }
-        );
+        assert_legacy_block(conn, &[rid(4), rid(2), rid(7)], rid(8));
         assert_eq!(
             lookup_request(conn, &rid(2)).unwrap(),
             Some((2, Recorded::Return(vec![2])))
         );
         record_requests(conn, &[(rid(9), 9, Recorded::Return(vec![]))], 1000, |_| {}).unwrap();
         assert_eq!(blocks(conn).last(), Some(&(0, vec![rid(9)])));
+    }
+
+    /// An upgraded file holds its older records, `ids` in order, in the block before
+    /// the first (not counted, until `window` records come after it), and keeps `max`
+    /// as the largest id recorded.
+    fn assert_legacy_block(conn: &Connection, ids: &[[u8; 16]], max: [u8; 16]) {
+        assert_eq!(blocks(conn), vec![(-1, ids.to_vec())]);
+        assert_eq!(
+            RequestLog::load(conn).unwrap(),
+            RequestLog { count: 0, max }
+        );
     }
 
     /// A file of revision 3 (request records in two generations, the current one and
@@ -1928,15 +1932,7 @@ mod tests {
         let (ctx, opened) = open(dir.path(), "Counter", id, None, false, None).unwrap();
         assert!(opened.upgraded);
         let conn: &Connection = ctx.conn.conn();
-        // Before the first block, not counted, until `window` records come after it.
-        assert_eq!(blocks(conn), vec![(-1, vec![rid(1), rid(2), rid(3)])]);
-        assert_eq!(
-            RequestLog::load(conn).unwrap(),
-            RequestLog {
-                count: 0,
-                max: rid(9)
-            }
-        );
+        assert_legacy_block(conn, &[rid(1), rid(2), rid(3)], rid(9));
         assert_eq!(
             lookup_request(conn, &rid(3)).unwrap(),
             Some((3, Recorded::AppError(vec![0xcc])))

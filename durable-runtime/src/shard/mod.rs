@@ -303,10 +303,9 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
                     // At the cap: make room before opening another database.
                     sweep(&mut objects, &config, 1);
                 }
-                objects
-                    .entry(key)
-                    .or_insert_with(|| spawn_object(&config, class, id))
-                    .clone()
+                let slot = spawn_object(&config, class, id);
+                objects.insert(key, slot.clone());
+                slot
             }
         };
         // A read-only call to a busy object runs at once on its reader. An idle object
