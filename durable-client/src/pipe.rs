@@ -6,7 +6,7 @@
 
 use crate::wire::{self, PipeReply, Request, Response};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,7 +21,12 @@ pub(crate) enum Exchange {
 type Waiter = oneshot::Sender<Result<Response, Exchange>>;
 
 /// The calls waiting for their answers, by tag.
-struct Waiting(Mutex<WaitingState>);
+struct Waiting {
+    state: Mutex<WaitingState>,
+    /// How many calls wait (`state.calls.len()`, kept beside it so that the writer
+    /// can read it without the lock the callers and the reader take).
+    count: AtomicUsize,
+}
 
 struct WaitingState {
     calls: HashMap<u64, Waiter>,
@@ -33,29 +38,58 @@ struct WaitingState {
 
 impl Waiting {
     fn new() -> Waiting {
-        Waiting(Mutex::new(WaitingState {
-            calls: HashMap::new(),
-            accepting: true,
-            closed: false,
-        }))
+        Waiting {
+            state: Mutex::new(WaitingState {
+                calls: HashMap::new(),
+                accepting: true,
+                closed: false,
+            }),
+            count: AtomicUsize::new(0),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, WaitingState> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keep `count` in step with `state` (under its lock).
+    fn counted(&self, state: &WaitingState) {
+        self.count.store(state.calls.len(), Ordering::Relaxed);
     }
 
     fn add(&self, tag: u64, waiter: Waiter) -> bool {
         let mut state = self.lock();
-        state.accepting && !state.closed && state.calls.insert(tag, waiter).is_none()
+        let added = state.accepting && !state.closed && state.calls.insert(tag, waiter).is_none();
+        self.counted(&state);
+        added
     }
 
     fn take(&self, tag: u64) -> Option<Waiter> {
-        self.lock().calls.remove(&tag)
+        let mut state = self.lock();
+        let waiter = state.calls.remove(&tag);
+        self.counted(&state);
+        waiter
+    }
+
+    /// The waiters of `answers`' tags, taken under one lock: the answers a read brought
+    /// (a whole wave of them under load) cost one lock, which the callers on other
+    /// workers take too, not one each. Answers whose call stopped waiting are dropped.
+    fn take_all(
+        &self,
+        answers: &mut Vec<(u64, Result<Response, Exchange>)>,
+    ) -> Vec<(Waiter, Result<Response, Exchange>)> {
+        let mut state = self.lock();
+        let taken = answers
+            .drain(..)
+            .filter_map(|(tag, result)| state.calls.remove(&tag).map(|w| (w, result)))
+            .collect();
+        self.counted(&state);
+        taken
     }
 
     /// How many calls wait for their answers.
     fn len(&self) -> usize {
-        self.lock().calls.len()
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Whether new calls must go on another pipe.
@@ -76,7 +110,9 @@ impl Waiting {
         let calls = {
             let mut state = self.lock();
             state.closed = true;
-            std::mem::take(&mut state.calls)
+            let calls = std::mem::take(&mut state.calls);
+            self.counted(&state);
+            calls
         };
         for (_, waiter) in calls {
             let _ = waiter.send(Err(why()));
@@ -136,23 +172,37 @@ impl Pipe {
         }
         // A call given up on (its deadline passed) stops waiting; a late answer is
         // dropped.
-        let _forget = Forget(&self.waiting, tag);
+        let mut forget = Forget {
+            waiting: &self.waiting,
+            tag,
+            armed: true,
+        };
         // The same bytes as a `PipeCall { tag, request }`, without copying the request.
         let frame = wire::encode_frame_in(&(tag, request), wire::PIPE_VERSION);
         if self.frames.send(frame).is_err() {
             return Err(Exchange::Lost("the pipe closed".into()));
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(Exchange::Lost("the pipe closed".into())))
+        let answer = answer.await;
+        // Answered or not, its waiter left the table (the reader took it, or the pipe
+        // closed and dropped them all): nothing to forget.
+        forget.armed = false;
+        answer.unwrap_or_else(|_| Err(Exchange::Lost("the pipe closed".into())))
     }
 }
 
-struct Forget<'a>(&'a Waiting, u64);
+/// Takes a call's waiter out of the table if the call stops waiting before its answer
+/// (its future dropped).
+struct Forget<'a> {
+    waiting: &'a Waiting,
+    tag: u64,
+    armed: bool,
+}
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.0.take(self.1);
+        if self.armed {
+            self.waiting.take(self.tag);
+        }
     }
 }
 
@@ -224,22 +274,33 @@ async fn read(
     mut stopped: oneshot::Receiver<()>,
 ) {
     let mut answers = Answers::new(recv, max_frame);
+    let mut landed = Vec::new();
     let why = loop {
         let answer = tokio::select! {
             answer = answers.next() => answer,
             _ = &mut stopped => break "the pipe was dropped".to_string(),
         };
-        let (tag, result) = match answer {
-            Ok(answer) => answer,
+        let mut next = match answer {
+            Ok(answer) => Some(answer),
             Err(lost) => break lost,
         };
-        match tag {
-            Some(tag) => {
-                if let Some(waiter) = waiting.take(tag) {
-                    let _ = waiter.send(result);
+        // This answer and every other whole one the last read brought.
+        let mut nameless = false;
+        while let Some((tag, result)) = next {
+            match tag {
+                Some(tag) => landed.push((tag, result)),
+                None => {
+                    nameless = true;
+                    break;
                 }
             }
-            None => break "an answer on the pipe names no call".to_string(),
+            next = answers.take();
+        }
+        for (waiter, result) in waiting.take_all(&mut landed) {
+            let _ = waiter.send(result);
+        }
+        if nameless {
+            break "an answer on the pipe names no call".to_string();
         }
     };
     waiting.close(|| Exchange::Lost(why.clone()));
