@@ -526,10 +526,19 @@ impl Client {
         request: &CallRequest,
         deadline: Instant,
     ) -> Result<Response, CallError> {
+        self.call_owned(request.clone(), deadline).await
+    }
+
+    /// [`Client::call_raw`] with a request of its own (a stub's call: no copy).
+    async fn call_owned(
+        &self,
+        request: CallRequest,
+        deadline: Instant,
+    ) -> Result<Response, CallError> {
         match &self.link {
-            Link::Quic(inner) => call_quic(inner, &Request::Call(request.clone()), deadline).await,
+            Link::Quic(inner) => call_quic(inner, &Request::Call(request), deadline).await,
             Link::Other(transport, _) => {
-                match tokio::time::timeout_at(deadline, transport.call(request.clone())).await {
+                match tokio::time::timeout_at(deadline, transport.call(request)).await {
                     Ok(result) => result,
                     Err(_) => Err(CallError::Timeout),
                 }
@@ -922,7 +931,7 @@ impl ObjectRef {
         let request = self
             .try_prepare(method, fingerprint, args)
             .map_err(|e| CallError::BadArguments(format!("encoding arguments: {e}")))?;
-        self.call_request(&request).await
+        self.send(request).await
     }
 
     /// Send a prepared request (used to resend a request id deliberately).
@@ -931,10 +940,19 @@ impl ObjectRef {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
+        self.send(request.clone()).await
+    }
+
+    /// Send `request` and decode its answer.
+    async fn send<T, E>(&self, request: CallRequest) -> Result<T, CallError<E>>
+    where
+        T: DeserializeOwned,
+        E: DeserializeOwned,
+    {
         let deadline = Instant::now() + self.deadline;
         match self
             .client
-            .call_raw(request, deadline)
+            .call_owned(request, deadline)
             .await
             .map_err(|e| e.map_app(|n| match n {}))?
         {
