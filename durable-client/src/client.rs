@@ -931,7 +931,7 @@ impl ObjectRef {
         let request = self
             .try_prepare(method, fingerprint, args)
             .map_err(|e| CallError::BadArguments(format!("encoding arguments: {e}")))?;
-        self.send(request).await
+        self.call_prepared(request).await
     }
 
     /// Send a prepared request (used to resend a request id deliberately).
@@ -940,11 +940,11 @@ impl ObjectRef {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        self.send(request.clone()).await
+        self.call_prepared(request.clone()).await
     }
 
-    /// Send `request` and decode its answer.
-    async fn send<T, E>(&self, request: CallRequest) -> Result<T, CallError<E>>
+    /// Send `request`, wait for its answer and decode it.
+    async fn call_prepared<T, E>(&self, request: CallRequest) -> Result<T, CallError<E>>
     where
         T: DeserializeOwned,
         E: DeserializeOwned,

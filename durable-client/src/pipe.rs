@@ -59,7 +59,17 @@ impl Waiting {
 
     fn add(&self, tag: u64, waiter: Waiter) -> bool {
         let mut state = self.lock();
-        let added = state.accepting && !state.closed && state.calls.insert(tag, waiter).is_none();
+        // A tag already waiting is refused, not replaced (tags come from a counter, so
+        // this does not happen; replacing would leave a call waiting forever).
+        let added = state.accepting
+            && !state.closed
+            && match state.calls.entry(tag) {
+                std::collections::hash_map::Entry::Occupied(_) => false,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(waiter);
+                    true
+                }
+            };
         self.counted(&state);
         added
     }
@@ -87,7 +97,9 @@ impl Waiting {
         taken
     }
 
-    /// How many calls wait for their answers.
+    /// How many calls wait for their answers: a snapshot that may already be stale,
+    /// read without the lock (the writer uses it only to decide whether to let
+    /// callers run before it writes).
     fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)
     }
@@ -183,8 +195,8 @@ impl Pipe {
             return Err(Exchange::Lost("the pipe closed".into()));
         }
         let answer = answer.await;
-        // Answered or not, its waiter left the table (the reader took it, or the pipe
-        // closed and dropped them all): nothing to forget.
+        // Answered or not, its waiter left the table (the reader took it and answered,
+        // or the pipe closed and `close` took it and sent it `Lost`): nothing to forget.
         forget.armed = false;
         answer.unwrap_or_else(|_| Err(Exchange::Lost("the pipe closed".into())))
     }
@@ -296,8 +308,10 @@ async fn read(
             }
             next = answers.take();
         }
-        for (waiter, result) in waiting.take_all(&mut landed) {
-            let _ = waiter.send(result);
+        if !landed.is_empty() {
+            for (waiter, result) in waiting.take_all(&mut landed) {
+                let _ = waiter.send(result);
+            }
         }
         if nameless {
             break "an answer on the pipe names no call".to_string();
