@@ -743,6 +743,28 @@ fn forget(lane: &Lane, broken: &quinn::Connection) {
     }
 }
 
+/// At least the bytes `Request::Call(call)` takes in postcard: its variant and each
+/// length and integer as a varint of at most 10 bytes, the ids as their bytes, and
+/// every string and the arguments in full.
+fn call_size_bound(call: &CallRequest) -> usize {
+    const VARINT: usize = 10;
+    let text = call.class.len() + call.name.as_ref().map_or(0, String::len) + call.method.len();
+    // variant, request id, object id, class, name (tag + length), method, fingerprint,
+    // timeout, arguments' length
+    VARINT
+        + 16
+        + 16
+        + VARINT
+        + 1
+        + VARINT
+        + VARINT
+        + VARINT
+        + VARINT
+        + VARINT
+        + text
+        + call.args.len()
+}
+
 /// Send one call over QUIC and wait for its response, reconnecting and resending with
 /// the same request id until `deadline`.
 async fn call_quic(
@@ -756,9 +778,16 @@ async fn call_quic(
     } else {
         1
     };
-    let size = postcard::experimental::serialized_size(request)
-        .unwrap_or(usize::MAX)
-        .saturating_add(overhead);
+    // A plain call whose bound fits needs no exact size (a walk of the whole request,
+    // and the frame's encoding walks it again).
+    let fits = matches!(request, Request::Call(call) if call_size_bound(call).saturating_add(overhead) <= inner.config.max_frame);
+    let size = if fits {
+        0
+    } else {
+        postcard::experimental::serialized_size(request)
+            .unwrap_or(usize::MAX)
+            .saturating_add(overhead)
+    };
     if size > inner.config.max_frame {
         return Err(CallError::TooLarge {
             size: size as u64,
@@ -1160,5 +1189,46 @@ impl<T: serde::de::DeserializeOwned> Follower<T> {
                 Exchange::Protocol(m) => CallError::Protocol(m),
             })?;
         wire::decode_frame(&frame, self.max_frame).map_err(|e| CallError::Protocol(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_size_bound_of_a_call_is_never_below_its_encoding() {
+        let long = "x".repeat(70_000);
+        for (class, name, method, args, fingerprint, timeout_ms) in [
+            ("", None, "", 0, 0, 0),
+            ("Counter", Some("o1"), "increment", 3, u64::MAX, u64::MAX),
+            (
+                long.as_str(),
+                Some(long.as_str()),
+                long.as_str(),
+                300_000,
+                1 << 40,
+                1 << 20,
+            ),
+            ("C", Some(""), "m", 127, 128, 16_384),
+        ] {
+            let call = CallRequest {
+                request_id: [0xff; 16],
+                class: class.into(),
+                object: ObjectId::from_bytes([0xff; 16]),
+                name: name.map(str::to_owned),
+                method: method.into(),
+                fingerprint,
+                timeout_ms,
+                args: vec![0xff; args],
+            };
+            let exact = postcard::experimental::serialized_size(&Request::Call(call.clone()))
+                .expect("sized");
+            assert!(
+                call_size_bound(&call) >= exact,
+                "bound {} below the encoding's {exact}",
+                call_size_bound(&call)
+            );
+        }
     }
 }
