@@ -1069,7 +1069,7 @@ async fn activation(plan: &Plan) -> Result<Vec<Row>, String> {
     }
     fresh.sort_by(f64::total_cmp);
     // Objects written a few thousand times, one call after another (each file commit
-    // every 64 batches adds frames to the WAL, which closing keeps): evicted, then the
+    // every 128 batches adds frames to the WAL, which closing keeps): evicted, then the
     // first call to each. An activation reads every frame of its object's WAL.
     let (busy_n, busy_calls) = if plan.quick { (5, 2_000) } else { (10, 4_000) };
     let busy: Vec<_> = (0..busy_n)

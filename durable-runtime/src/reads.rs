@@ -31,7 +31,7 @@
 //! the batch's replies are released and before the next batch starts (what objects do
 //! all the time when commits are not deferred): then when a reply of batch `N` leaves
 //! the host, the file has committed batch `N`. Objects without readers keep deferring
-//! their file commits (64 batches, or 100 ms quiet). The check above does not rely on
+//! their file commits (128 batches, or 100 ms quiet). The check above does not rely on
 //! this: it only makes fallbacks rare.
 
 use crate::class::{ClassEntry, Instance, TurnOutcome};

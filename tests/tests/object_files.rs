@@ -581,14 +581,15 @@ async fn an_evicted_objects_large_wal_is_folded_into_its_file_and_what_it_held_s
     let host = HostProcess::start(dir.path(), &idle);
     let client = host.client().await;
     let counter = client.get::<Counter>("busy");
-    // One call at a time: a batch and a few WAL frames each, well past 64 KiB (400
-    // calls were ~62 KiB once request records took one B-tree instead of two).
+    // One call at a time: a batch each, and a few WAL frames each file commit (every
+    // 128 batches), well past 64 KiB (700 calls were under it once the file committed
+    // every 128 batches instead of 64).
     let mut value = 0;
-    for _ in 0..700 {
+    for _ in 0..1_600 {
         value = counter.increment(1).await.unwrap();
     }
     let wal = object_wal(dir.path());
-    // The file commits every 64 batches, and 100 ms after the last call.
+    // The file commits every 128 batches, and 100 ms after the last call.
     wal_until(&wal, "grow past 64 KiB", |len| len >= 64 << 10).await;
     // Evicted: the WAL is copied into the file, the file synced, the WAL truncated.
     wal_until(&wal, "be truncated", |len| len == 0).await;
@@ -629,8 +630,8 @@ async fn a_compacted_object_writes_on_with_its_wal_checkpointed_as_usual() {
     wal_until(&wal, "be truncated", |len| len == 0).await;
     let len = |p: &Path| std::fs::metadata(p).unwrap().len();
     // Reactivated on an empty WAL: its first file commit runs without syncs or
-    // automatic checkpoints, and every later one as usual. ~3 MB in ~9 file commits
-    // (one per 64 batches): with SQLite's checkpoint back, the WAL restarts once it
+    // automatic checkpoints, and every later one as usual. ~3 MB in ~5 file commits
+    // (one per 128 batches): with SQLite's checkpoint back, the WAL restarts once it
     // passes 1,000 pages and stays well under what was written.
     let n = 600;
     for i in 0..n {

@@ -152,7 +152,12 @@ pub(super) const ALARM_WARM: Duration = Duration::from_secs(10);
 pub(super) const ALARM_REOPEN_LEAD: Duration = Duration::from_secs(2);
 
 /// Most batches an object keeps in its open transaction before committing its file.
-pub(super) const DEFER_MAX_BATCHES: usize = 64;
+/// Each commit holds the shard while it writes the batches' request records and the
+/// WAL, and a hot object's pipeline of batches and log rounds takes a while to refill
+/// after it: 128 gave one hot object about 4% more calls per second than 64 (0-8%
+/// across five alternated comparisons, BENCHMARKS.md, session 41), for a commit about
+/// twice as long, half as often.
+pub(super) const DEFER_MAX_BATCHES: usize = 128;
 
 /// Largest object whose content digest is recorded when it stops, and when it goes
 /// quiet (see `Object::record_digest`).
