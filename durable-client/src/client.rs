@@ -781,18 +781,16 @@ async fn call_quic(
     // A plain call whose bound fits needs no exact size (a walk of the whole request,
     // and the frame's encoding walks it again).
     let fits = matches!(request, Request::Call(call) if call_size_bound(call).saturating_add(overhead) <= inner.config.max_frame);
-    let size = if fits {
-        0
-    } else {
-        postcard::experimental::serialized_size(request)
+    if !fits {
+        let size = postcard::experimental::serialized_size(request)
             .unwrap_or(usize::MAX)
-            .saturating_add(overhead)
-    };
-    if size > inner.config.max_frame {
-        return Err(CallError::TooLarge {
-            size: size as u64,
-            limit: inner.config.max_frame as u64,
-        });
+            .saturating_add(overhead);
+        if size > inner.config.max_frame {
+            return Err(CallError::TooLarge {
+                size: size as u64,
+                limit: inner.config.max_frame as u64,
+            });
+        }
     }
     let mut backoff = Duration::from_millis(5);
     let mut last_error = String::new();

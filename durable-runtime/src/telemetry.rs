@@ -109,6 +109,14 @@ impl Bins {
         let sum = f64::from_bits(self.sum.load(Ordering::Relaxed)) + v;
         self.sum.store(sum.to_bits(), Ordering::Relaxed);
     }
+
+    /// Add these counts and sum to `summed`.
+    fn add_to(&self, (counts, sum): &mut Summed) {
+        for (c, b) in counts.iter_mut().zip(&self.counts) {
+            *c += b.load(Ordering::Relaxed);
+        }
+        *sum += f64::from_bits(self.sum.load(Ordering::Relaxed));
+    }
 }
 
 /// The counts of one histogram and class: per bucket (not cumulative), and the sum.
@@ -129,15 +137,6 @@ static ALL_BINS: Mutex<AllBins> = Mutex::new(AllBins {
 
 fn all_bins() -> std::sync::MutexGuard<'static, AllBins> {
     ALL_BINS.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Bins {
-    fn add_to(&self, (counts, sum): &mut Summed) {
-        for (c, b) in counts.iter_mut().zip(&self.counts) {
-            *c += b.load(Ordering::Relaxed);
-        }
-        *sum += f64::from_bits(self.sum.load(Ordering::Relaxed));
-    }
 }
 
 impl Drop for Handles {
