@@ -66,7 +66,7 @@ pub(crate) trait Writer {
     /// Every batch up to this one is durable, and no reply of a later batch has left.
     fn durable(&self) -> u64;
     /// Run `call` as a turn after all (queued behind the object's calls, gated).
-    fn fallback(&self, now: u64, call: Call);
+    fn fallback(&self, now: u64, call: Box<Call>);
     /// A read was served: the object is in use (not evicted as idle).
     fn touch(&self, now: u64);
 }
@@ -75,7 +75,7 @@ pub(crate) trait Writer {
 /// it. Lives in the shard's slot; dropping it ends the reader task.
 #[derive(Default)]
 pub(crate) struct ReadState {
-    tx: RefCell<Option<mpsc::UnboundedSender<Call>>>,
+    tx: RefCell<Option<mpsc::UnboundedSender<Box<Call>>>>,
     /// Read calls taken and not yet answered or handed to the writer.
     in_flight: Cell<usize>,
     /// The writer has opened (and checked) the object's file in this run.
@@ -122,8 +122,8 @@ fn serves(file_seq: u64, durable: u64) -> bool {
 pub(crate) fn offer<W: Writer + 'static>(
     slot: &Rc<W>,
     config: &Rc<ShardConfig>,
-    call: Call,
-) -> Option<Call> {
+    call: Box<Call>,
+) -> Option<Box<Call>> {
     if !config.durability.captures_changes() {
         return Some(call);
     }
@@ -214,7 +214,7 @@ async fn serve<W: Writer + 'static>(
     config: Rc<ShardConfig>,
     class: Arc<ClassEntry>,
     id: ObjectId,
-    mut rx: mpsc::UnboundedReceiver<Call>,
+    mut rx: mpsc::UnboundedReceiver<Box<Call>>,
 ) {
     let mut reader: Option<Reader> = None;
     // Whether the open reader gave back its cached pages since its last read.

@@ -42,7 +42,7 @@ impl crate::reads::Writer for Slot {
     fn durable(&self) -> u64 {
         self.core.borrow().durable()
     }
-    fn fallback(&self, now: u64, call: Call) {
+    fn fallback(&self, now: u64, call: Box<Call>) {
         match self.core.borrow_mut().arrive(now, Work::Call(call)) {
             Ok(()) => self.notify.notify_one(),
             Err(Work::Call(call)) => {
@@ -62,7 +62,7 @@ impl crate::reads::Writer for Slot {
 /// its object's queue and out once; boxing it would cost an allocation per call.)
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Work {
-    Call(Call),
+    Call(Box<Call>),
     Alarm,
 }
 
