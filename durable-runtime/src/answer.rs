@@ -4,7 +4,7 @@
 //! Below both the stream server and the pipes.
 
 use crate::answering::{Answer, PipeAnswers};
-use crate::calls::{Caller, Calls, Gauge, InFlight};
+use crate::calls::{Arrival, Caller, Calls, Gauge, InFlight};
 use crate::chain::CallChain;
 use durable_client::wire::{CallRequest, Request, Response, WireError};
 use std::sync::atomic::AtomicUsize;
@@ -71,12 +71,13 @@ impl Edge {
         caller: &Caller,
         answers: &Arc<PipeAnswers>,
         key: usize,
+        arrival: Arrival,
     ) -> Result<InFlight<'_>, Response> {
         let at_once = |response| for_version(response, version);
         let (call, chain) = call_of(request, version).map_err(at_once)?;
         let admitted = self
             .calls
-            .admit(call, caller, chain.map(Arc::new))
+            .admit(call, caller, chain.map(Arc::new), arrival)
             .map_err(at_once)?;
         Ok(admitted.send(&self.calls.shards, Answer::Pipe(answers.slot(key))))
     }

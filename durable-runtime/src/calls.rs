@@ -127,7 +127,7 @@ impl Calls {
         caller: &Caller,
         chain: Option<Arc<CallChain>>,
     ) -> Response {
-        let admitted = match self.admit(request, caller, chain) {
+        let admitted = match self.admit(request, caller, chain, Arrival::now(&*self.clock)) {
             Ok(admitted) => admitted,
             Err(response) => return response,
         };
@@ -149,8 +149,9 @@ impl Calls {
         request: CallRequest,
         caller: &Caller,
         chain: Option<Arc<CallChain>>,
+        arrival: Arrival,
     ) -> Result<Admitted<'_>, Response> {
-        let received = self.clock.now_ms();
+        let received = arrival.ms;
         let Some(class) = self.classes.get(request.class.as_str()) else {
             return Err(Response::Error(WireError::UnknownClass {
                 class: request.class,
@@ -213,6 +214,7 @@ impl Calls {
             method,
             method_name: info.name,
             deadline_ms: received + request.timeout_ms.min(MAX_TIMEOUT_MS),
+            arrived: arrival.at,
             request,
             chain,
             guard,
@@ -403,6 +405,7 @@ pub(crate) struct Admitted<'a> {
     method: usize,
     method_name: &'static str,
     deadline_ms: u64,
+    arrived: std::time::Duration,
     request: CallRequest,
     chain: Option<Arc<CallChain>>,
     guard: GaugeGuard<'a>,
@@ -412,7 +415,7 @@ pub(crate) struct Admitted<'a> {
 impl<'a> Admitted<'a> {
     /// Hand the call to the shard that owns its object; its answer goes to `answer`.
     pub(crate) fn send(self, shards: &Shards, answer: Answer) -> InFlight<'a> {
-        let started = crate::clock::monotonic();
+        let started = self.arrived;
         let class = self.class.name;
         shards.send(Call {
             class: self.class,
@@ -446,12 +449,37 @@ pub(crate) struct InFlight<'a> {
 impl InFlight<'_> {
     /// The call was answered with `response`.
     pub(crate) fn answered(self, response: &Response) {
+        self.answered_at(response, crate::clock::monotonic());
+    }
+
+    /// The call was answered with `response` at `now` ([`crate::clock::monotonic`]:
+    /// an edge that hands out several answers at once reads it once for all).
+    pub(crate) fn answered_at(self, response: &Response, now: std::time::Duration) {
         crate::telemetry::call_answered(
             self.class,
             self.method_name,
             crate::telemetry::outcome(response),
-            crate::clock::monotonic().saturating_sub(self.started),
+            now.saturating_sub(self.started),
         );
+    }
+}
+
+/// When a call arrived: the host clock (ms, for its deadline and its caller's share)
+/// and [`crate::clock::monotonic`] (its time in the host). A transport that takes
+/// several calls at once (a pipe's frames from one read) reads both once for all.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrival {
+    pub(crate) ms: u64,
+    pub(crate) at: std::time::Duration,
+}
+
+impl Arrival {
+    /// Now, as `clock` reads it.
+    pub(crate) fn now(clock: &dyn Clock) -> Arrival {
+        Arrival {
+            ms: clock.now_ms(),
+            at: crate::clock::monotonic(),
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 
 use crate::answer::{for_version, Edge, ACK_WAIT, MAX_STREAMS, QUIET, READ_TIMEOUT};
 use crate::answering::PipeAnswers;
-use crate::calls::{Caller, InFlight};
+use crate::calls::{Arrival, Caller, InFlight};
 use bytes::BytesMut;
 use durable_client::wire::{self, FrameError, PipeCall, PipeReply, Request, Response, WireError};
 use std::sync::atomic::Ordering;
@@ -137,6 +137,8 @@ pub(crate) async fn serve(
     let mut busy = None;
     let bound = MAX_STREAMS as usize;
     loop {
+        // The calls taken from one read arrived together: the clocks are read once.
+        let mut arrival = None;
         while reading && calls.len() + writing.count + gathering.count < bound {
             match take_frame(&mut input, edge.max_frame) {
                 Taken::Partial => break,
@@ -146,7 +148,15 @@ pub(crate) async fn serve(
                     version,
                 } => {
                     edge.opened.fetch_add(1, Ordering::AcqRel);
-                    match edge.start(request, version, caller, &landing, calls.next_key()) {
+                    let arrival = *arrival.get_or_insert_with(|| Arrival::now(&*edge.calls.clock));
+                    match edge.start(
+                        request,
+                        version,
+                        caller,
+                        &landing,
+                        calls.next_key(),
+                        arrival,
+                    ) {
                         Ok(call) => calls.insert((tag, version, call)),
                         Err(response) => gathering.push(tag, response),
                     }
@@ -208,9 +218,10 @@ pub(crate) async fn serve(
             },
             // Every answer that landed goes out in the same write.
             landed = std::future::poll_fn(|cx| landing.poll_take(cx)), if !calls.is_empty() => {
+                let now = crate::clock::monotonic();
                 for (key, response) in landed {
                     if let Some((tag, version, call)) = calls.remove(key) {
-                        call.answered(&response);
+                        call.answered_at(&response, now);
                         gathering.push(tag, for_version(response, version));
                     }
                 }
