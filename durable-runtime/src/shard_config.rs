@@ -24,8 +24,9 @@ pub(crate) struct Call {
     /// For a call made by another object's turn: the objects waiting on it.
     pub(crate) chain: Option<Arc<CallChain>>,
     pub(crate) reply: crate::answering::Answer,
-    /// When it was handed to its shard ([`crate::clock::monotonic`]): its wait in the
-    /// object's queue is measured from here (`durable_call_queue_seconds`).
+    /// When it arrived ([`crate::clock::monotonic`]; see [`crate::calls::Arrival`]):
+    /// its wait in the object's queue is measured from here
+    /// (`durable_call_queue_seconds`).
     pub(crate) sent: std::time::Duration,
 }
 

@@ -393,7 +393,8 @@ pub(crate) fn turn(class: &'static str, took: Duration) {
 /// Where a call's time in its shard goes, stage by stage (see [`stage`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Stage {
-    /// From the hand-off to the shard until the call's batch began.
+    /// From the call's arrival (its hand-off to the shard, or on a pipe the read that
+    /// brought it) until the call's batch began.
     Queue,
     /// A batch running: its turns and its commit, until its record is handed to the
     /// host log.
