@@ -74,7 +74,7 @@ impl Timing {
         match self {
             Timing::Call => "Time from a call's arrival to its answer (durability included), by class.",
             Timing::Turn => "Time a method ran (its turn, without the commit), by class.",
-            Timing::Queue => "Time a call waited in its object's queue (from its hand-off to the shard until its batch began), by class.",
+            Timing::Queue => "Time a call waited in its object's queue (from its arrival until its batch began), by class.",
             Timing::Batch => "Time a batch ran (its turns and its commit, until handed to the host log), by class.",
             Timing::Gate => "Time a committed batch's replies waited in the output gate for the host log to make it durable, by class.",
         }

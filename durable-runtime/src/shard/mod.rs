@@ -259,28 +259,34 @@ async fn route(mut rx: mpsc::UnboundedReceiver<Message>, config: Rc<ShardConfig>
     let period = (config.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     let mut sweeper = tokio::time::interval(period);
     sweeper.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The clock as read when the router last waited: the messages that were queued
-    // together arrive at the same millisecond (one read per wake, not per call).
+    // The clock as read when the router last woke: the messages queued by then arrived
+    // within the same few microseconds (one read per wake, not per call).
     let mut now = config.clock.now_ms();
     // Messages taken without waiting since the router last waited; it waits (and so
     // looks at the sweeper) at least every `DRAIN_MAX`.
     let mut drained = 0usize;
     let drain = loop {
-        let queued = match drained < DRAIN_MAX {
-            true => rx.try_recv().ok(),
-            false => None,
+        // A message already queued, taken without a `select!` (and without polling the
+        // sweeper's timer) for each. Through `poll_recv`, so that each counts against
+        // the task's budget (the router still yields to the shard's other tasks) and a
+        // send in progress on another thread is waited for, not spun on.
+        let queued = if drained < DRAIN_MAX {
+            std::future::poll_fn(|cx| std::task::Poll::Ready(rx.poll_recv(cx))).await
+        } else {
+            std::task::Poll::Pending
         };
         let message = match queued {
-            Some(m) => {
+            std::task::Poll::Ready(m) => {
                 drained += 1;
-                Some(m)
+                m
             }
-            None => {
+            std::task::Poll::Pending => {
                 drained = 0;
                 let m = tokio::select! {
                     m = rx.recv() => m,
                     _ = sweeper.tick() => {
                         sweep(&mut objects, &config, 0);
+                        now = config.clock.now_ms();
                         continue;
                     }
                 };

@@ -58,9 +58,8 @@ impl crate::reads::Writer for Slot {
     }
 }
 
-/// Work for an object: a call, or a wake-up to run due alarms. (A call is moved into
-/// its object's queue and out once; boxing it would cost an allocation per call.)
-#[allow(clippy::large_enum_variant)]
+/// Work for an object: a call (boxed as it entered the shard: it is moved through the
+/// router, the object's queue and its batch), or a wake-up to run due alarms.
 pub(super) enum Work {
     Call(Box<Call>),
     Alarm,
