@@ -269,7 +269,7 @@ impl Calls {
             },
             chain: None,
             reply: Answer::Caller(tx),
-            sent: crate::clock::monotonic(),
+            arrived: crate::clock::monotonic(),
         });
         rx.await.unwrap_or_else(|_| stopped_before_answering())
     }
@@ -314,7 +314,7 @@ impl Calls {
             },
             chain: None,
             reply: Answer::Caller(tx),
-            sent: crate::clock::monotonic(),
+            arrived: crate::clock::monotonic(),
         });
         let answer = rx.await.unwrap_or_else(|_| stopped_before_answering());
         match answer {
@@ -424,7 +424,7 @@ impl<'a> Admitted<'a> {
             request: self.request,
             chain: self.chain,
             reply: answer,
-            sent: started,
+            arrived: started,
         });
         InFlight {
             class,

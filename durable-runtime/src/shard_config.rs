@@ -24,10 +24,10 @@ pub(crate) struct Call {
     /// For a call made by another object's turn: the objects waiting on it.
     pub(crate) chain: Option<Arc<CallChain>>,
     pub(crate) reply: crate::answering::Answer,
-    /// When it arrived ([`crate::clock::monotonic`]; see [`crate::calls::Arrival`]):
+    /// When it arrived ([`crate::clock::monotonic`], as its transport read it):
     /// its wait in the object's queue is measured from here
     /// (`durable_call_queue_seconds`).
-    pub(crate) sent: std::time::Duration,
+    pub(crate) arrived: std::time::Duration,
 }
 
 /// How the objects' turns reach the host's other objects (set once the host's call

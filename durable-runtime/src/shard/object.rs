@@ -270,7 +270,7 @@ impl Object {
                     self.holds_memory = true;
                     let began = crate::clock::monotonic();
                     let waits = batch.iter().filter_map(|w| match w {
-                        Work::Call(call) => Some(began.saturating_sub(call.sent)),
+                        Work::Call(call) => Some(began.saturating_sub(call.arrived)),
                         Work::Alarm => None,
                     });
                     telemetry::stages(self.class.name, Stage::Queue, waits);
