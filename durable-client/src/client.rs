@@ -13,10 +13,13 @@ use crate::pipe::{Exchange, Pipe};
 use crate::wire::{self, CallRequest, Request, Response, WireError};
 use crate::{ObjectClass, ObjectId, ALPN};
 use serde::{de::DeserializeOwned, Serialize};
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -728,6 +731,8 @@ async fn connect_in(
             }
             Err(ConnectError::Connect(m))
         }
+        // Only a pipe's calls time out in the exchange itself.
+        Err(Exchange::TimedOut) => Err(ConnectError::Connect("the hello timed out".into())),
     }
 }
 
@@ -795,73 +800,37 @@ async fn call_quic(
     let mut backoff = Duration::from_millis(5);
     let mut last_error = String::new();
     loop {
-        let attempt = async {
-            let main = match current(&inner.main) {
-                Some(c) => c,
-                None => match establish(inner).await {
-                    Ok(c) => c,
-                    // Neither a refused token nor a refused certificate fixes
-                    // itself by retrying.
-                    Err(ConnectError::Unauthenticated | ConnectError::CertificateRejected(_)) => {
-                        return Some(Err(CallError::Unauthenticated))
-                    }
-                    Err(e) => {
-                        last_error = e.to_string();
-                        return None;
-                    }
-                },
-            };
-            if !lanes_known(inner, &main) {
-                if let Err(Exchange::Lost(m)) = refresh_lanes(inner, &main).await {
-                    forget(&inner.main, &main);
-                    last_error = m;
-                    return None;
-                }
+        // Where the call goes. When the connection, its lanes and its pipe are up,
+        // the first poll finds them and no timer is set; only connecting or opening
+        // runs under a timer to the deadline.
+        let routed = {
+            let mut route = pin!(route(inner, request, &mut last_error));
+            match poll_fn(|cx| Poll::Ready(route.as_mut().poll(cx))).await {
+                Poll::Ready(routed) => Some(routed),
+                Poll::Pending => tokio::time::timeout_at(deadline, route).await.ok(),
             }
-            let mut lane = lane_for(inner, &main, request);
-            let conn = if Arc::ptr_eq(&lane, &inner.main) {
-                main
-            } else {
-                match lane_connection(inner, &lane) {
-                    Some(conn) => conn,
-                    None => {
-                        lane = inner.main.clone();
-                        main
-                    }
-                }
-            };
-            let version = inner.version.load(Ordering::Acquire);
-            let answer = if version >= wire::PIPE_VERSION {
-                match pipe(inner, &lane, &conn).await {
-                    Ok(pipe) => pipe.call(request).await,
-                    Err(e) => Err(e),
-                }
-            } else {
+        };
+        let outcome = match routed {
+            None => return Err(timed_out(last_error)),
+            Some(Err(Some(e))) => return Err(e),
+            Some(Err(None)) => None,
+            // The pipe answers the call with `TimedOut` at its deadline.
+            Some(Ok(Route::Pipe(lane, conn, pipe))) => {
+                let answer = pipe.call(request, deadline).await;
+                settle(answer, &lane, &conn, wire::PIPE_VERSION, &mut last_error)
+            }
+            Some(Ok(Route::Stream(lane, conn, version))) => {
                 let frame = wire::encode_frame_in(request, version);
-                exchange(&conn, &frame, inner.config.max_frame).await
-            };
-            match answer {
-                Ok(r) => Some(Ok(r)),
-                Err(Exchange::Protocol(m)) => Some(Err(CallError::Protocol(m))),
-                Err(Exchange::Lost(m)) => {
-                    if conn.close_reason().is_some() || version < wire::PIPE_VERSION {
-                        forget(&lane, &conn);
-                    }
-                    last_error = m;
-                    None
+                let exchanged = exchange(&conn, &frame, inner.config.max_frame);
+                match tokio::time::timeout_at(deadline, exchanged).await {
+                    Ok(answer) => settle(answer, &lane, &conn, version, &mut last_error),
+                    Err(_) => return Err(timed_out(last_error)),
                 }
             }
         };
-        match tokio::time::timeout_at(deadline, attempt).await {
-            Err(_) => {
-                return Err(if last_error.is_empty() {
-                    CallError::Timeout
-                } else {
-                    CallError::ConnectionLost(last_error)
-                })
-            }
-            Ok(Some(result)) => return result,
-            Ok(None) => {
+        match outcome {
+            Some(result) => return result,
+            None => {
                 if Instant::now() + backoff >= deadline {
                     return Err(CallError::ConnectionLost(last_error));
                 }
@@ -869,6 +838,101 @@ async fn call_quic(
                 backoff = (backoff * 2).min(Duration::from_millis(250));
             }
         }
+    }
+}
+
+/// What a call goes on: a lane's connection and its pipe, or (before protocol version
+/// 3) the connection, a stream per call, in `version`.
+enum Route {
+    Pipe(Arc<Lane>, quinn::Connection, Arc<Pipe>),
+    Stream(Arc<Lane>, quinn::Connection, u8),
+}
+
+/// The route for `request`, connecting, learning the lanes and opening a pipe as
+/// needed. `Err(Some(_))` ends the call; `Err(None)` tries again after a pause (why in
+/// `last_error`).
+async fn route(
+    inner: &Arc<Inner>,
+    request: &Request,
+    last_error: &mut String,
+) -> Result<Route, Option<CallError>> {
+    let main = match current(&inner.main) {
+        Some(c) => c,
+        None => match establish(inner).await {
+            Ok(c) => c,
+            // Neither a refused token nor a refused certificate fixes itself by
+            // retrying.
+            Err(ConnectError::Unauthenticated | ConnectError::CertificateRejected(_)) => {
+                return Err(Some(CallError::Unauthenticated))
+            }
+            Err(e) => {
+                *last_error = e.to_string();
+                return Err(None);
+            }
+        },
+    };
+    if !lanes_known(inner, &main) {
+        if let Err(Exchange::Lost(m)) = refresh_lanes(inner, &main).await {
+            forget(&inner.main, &main);
+            *last_error = m;
+            return Err(None);
+        }
+    }
+    let mut lane = lane_for(inner, &main, request);
+    let conn = if Arc::ptr_eq(&lane, &inner.main) {
+        main
+    } else {
+        match lane_connection(inner, &lane) {
+            Some(conn) => conn,
+            None => {
+                lane = inner.main.clone();
+                main
+            }
+        }
+    };
+    let version = inner.version.load(Ordering::Acquire);
+    if version < wire::PIPE_VERSION {
+        return Ok(Route::Stream(lane, conn, version));
+    }
+    match pipe(inner, &lane, &conn).await {
+        Ok(pipe) => Ok(Route::Pipe(lane, conn, pipe)),
+        Err(e) => match settle(Err(e), &lane, &conn, version, last_error) {
+            Some(Err(e)) => Err(Some(e)),
+            _ => Err(None),
+        },
+    }
+}
+
+/// What an exchange on `lane`'s connection `conn` (in protocol `version`) means for
+/// the call: its result, or `None` to resend it (the connection forgotten if it broke;
+/// why in `last_error`).
+fn settle(
+    answer: Result<Response, Exchange>,
+    lane: &Lane,
+    conn: &quinn::Connection,
+    version: u8,
+    last_error: &mut String,
+) -> Option<Result<Response, CallError>> {
+    match answer {
+        Ok(r) => Some(Ok(r)),
+        Err(Exchange::Protocol(m)) => Some(Err(CallError::Protocol(m))),
+        Err(Exchange::TimedOut) => Some(Err(timed_out(std::mem::take(last_error)))),
+        Err(Exchange::Lost(m)) => {
+            if conn.close_reason().is_some() || version < wire::PIPE_VERSION {
+                forget(lane, conn);
+            }
+            *last_error = m;
+            None
+        }
+    }
+}
+
+/// A call's deadline passed: `Timeout`, or the loss that kept it from an answer.
+fn timed_out(last_error: String) -> CallError {
+    if last_error.is_empty() {
+        CallError::Timeout
+    } else {
+        CallError::ConnectionLost(last_error)
     }
 }
 
@@ -1185,6 +1249,7 @@ impl<T: serde::de::DeserializeOwned> Follower<T> {
             .map_err(|e| match e {
                 Exchange::Lost(m) => CallError::ConnectionLost(m),
                 Exchange::Protocol(m) => CallError::Protocol(m),
+                Exchange::TimedOut => CallError::Timeout,
             })?;
         wire::decode_frame(&frame, self.max_frame).map_err(|e| CallError::Protocol(e.to_string()))
     }

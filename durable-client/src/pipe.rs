@@ -3,12 +3,17 @@
 //! write (so many calls share a packet), and answers come back as the host finishes
 //! them. If the pipe or its connection ends, every call waiting on it hears `Lost`
 //! and is resent, under its request id, on a new one.
+//!
+//! A pipe also keeps its calls' deadlines: one task per pipe sleeps until the earliest
+//! and answers every call past its deadline with [`Exchange::TimedOut`], so a call on
+//! a pipe registers no timer of its own.
 
 use crate::wire::{self, PipeReply, Request, Response};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
 
 /// Why an exchange with the host did not produce an answer.
 pub(crate) enum Exchange {
@@ -16,6 +21,8 @@ pub(crate) enum Exchange {
     Lost(String),
     /// The host's answer was not a valid frame.
     Protocol(String),
+    /// The call's deadline passed before its answer came (it may have been applied).
+    TimedOut,
 }
 
 type Waiter = oneshot::Sender<Result<Response, Exchange>>;
@@ -26,14 +33,21 @@ struct Waiting {
     /// How many calls wait (`state.calls.len()`, kept beside it so that the writer
     /// can read it without the lock the callers and the reader take).
     count: AtomicUsize,
+    /// Wakes the deadline keeper ([`keep_deadlines`]): a call came with a deadline
+    /// before the time it sleeps until, or the pipe closed.
+    keeper: Notify,
 }
 
 struct WaitingState {
-    calls: HashMap<u64, Waiter>,
+    /// Each waiting call's waiter and deadline.
+    calls: HashMap<u64, (Waiter, Instant)>,
     /// New calls may join (the stream can still be written).
     accepting: bool,
     /// No more answers will come.
     closed: bool,
+    /// When the deadline keeper looks next (no later than the earliest deadline of the
+    /// calls waiting); `None` while it waits to be told of a call.
+    look_at: Option<Instant>,
 }
 
 impl Waiting {
@@ -43,8 +57,10 @@ impl Waiting {
                 calls: HashMap::new(),
                 accepting: true,
                 closed: false,
+                look_at: None,
             }),
             count: AtomicUsize::new(0),
+            keeper: Notify::new(),
         }
     }
 
@@ -57,7 +73,8 @@ impl Waiting {
         self.count.store(state.calls.len(), Ordering::Relaxed);
     }
 
-    fn add(&self, tag: u64, waiter: Waiter) -> bool {
+    /// Add a call waiting until `deadline`; false if the pipe takes no more calls.
+    fn add(&self, tag: u64, waiter: Waiter, deadline: Instant) -> bool {
         let mut state = self.lock();
         // A tag already waiting is refused, not replaced (tags come from a counter, so
         // this does not happen; replacing would leave a call waiting forever).
@@ -66,19 +83,53 @@ impl Waiting {
             && match state.calls.entry(tag) {
                 std::collections::hash_map::Entry::Occupied(_) => false,
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(waiter);
+                    v.insert((waiter, deadline));
                     true
                 }
             };
         self.counted(&state);
+        // Calls with one timeout come in the order of their deadlines: only the first
+        // after the keeper found none waiting (or one with a shorter timeout) wakes it.
+        let sooner = added && state.look_at.is_none_or(|at| deadline < at);
+        if sooner {
+            state.look_at = Some(deadline);
+        }
+        drop(state);
+        if sooner {
+            self.keeper.notify_one();
+        }
         added
     }
 
     fn take(&self, tag: u64) -> Option<Waiter> {
         let mut state = self.lock();
-        let waiter = state.calls.remove(&tag);
+        let waiter = state.calls.remove(&tag).map(|(w, _)| w);
         self.counted(&state);
         waiter
+    }
+
+    /// Answer every call whose deadline is at or before `now` with
+    /// [`Exchange::TimedOut`] (a late answer is then dropped), and set when to look
+    /// next: at the earliest deadline left. `None` once the pipe has closed.
+    fn expire(&self, now: Instant) -> Option<Option<Instant>> {
+        let (expired, next): (Vec<Waiter>, _) = {
+            let mut state = self.lock();
+            if state.closed {
+                return None;
+            }
+            let expired = state
+                .calls
+                .extract_if(|_, (_, deadline)| *deadline <= now)
+                .map(|(_, (w, _))| w)
+                .collect();
+            state.look_at = state.calls.values().map(|(_, d)| *d).min();
+            self.counted(&state);
+            (expired, state.look_at)
+        };
+        for waiter in expired {
+            let _ = waiter.send(Err(Exchange::TimedOut));
+        }
+        Some(next)
     }
 
     /// The waiters of `answers`' tags, taken under one lock: the answers a read brought
@@ -91,7 +142,7 @@ impl Waiting {
         let mut state = self.lock();
         let taken = answers
             .drain(..)
-            .filter_map(|(tag, result)| state.calls.remove(&tag).map(|w| (w, result)))
+            .filter_map(|(tag, result)| state.calls.remove(&tag).map(|(w, _)| (w, result)))
             .collect();
         self.counted(&state);
         taken
@@ -126,7 +177,9 @@ impl Waiting {
             self.counted(&state);
             calls
         };
-        for (_, waiter) in calls {
+        // The deadline keeper ends.
+        self.keeper.notify_one();
+        for (_, (waiter, _)) in calls {
             let _ = waiter.send(Err(why()));
         }
     }
@@ -156,6 +209,7 @@ impl Pipe {
         let opening = wire::encode_frame_in(&Request::Pipe, wire::PIPE_VERSION);
         tokio::spawn(write(send, opening, queued, waiting.clone()));
         tokio::spawn(read(recv, max_frame, waiting.clone(), stopped));
+        tokio::spawn(keep_deadlines(waiting.clone()));
         Ok(Pipe {
             conn_id: conn.stable_id(),
             frames,
@@ -175,11 +229,16 @@ impl Pipe {
         self.waiting.is_closed()
     }
 
-    /// Send `request` (a call) and wait for its answer.
-    pub(crate) async fn call(&self, request: &Request) -> Result<Response, Exchange> {
+    /// Send `request` (a call) and wait for its answer, until `deadline`
+    /// ([`Exchange::TimedOut`] then).
+    pub(crate) async fn call(
+        &self,
+        request: &Request,
+        deadline: Instant,
+    ) -> Result<Response, Exchange> {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let (waiter, answer) = oneshot::channel();
-        if !self.waiting.add(tag, waiter) {
+        if !self.waiting.add(tag, waiter, deadline) {
             return Err(Exchange::Lost("the pipe closed".into()));
         }
         // A call given up on (its deadline passed) stops waiting; a late answer is
@@ -196,7 +255,8 @@ impl Pipe {
         }
         let answer = answer.await;
         // Answered or not, its waiter left the table (the reader took it and answered,
-        // or the pipe closed and `close` took it and sent it `Lost`): nothing to forget.
+        // the keeper took it past its deadline, or the pipe closed and `close` took it
+        // and sent it `Lost`): nothing to forget.
         forget.armed = false;
         answer.unwrap_or_else(|_| Err(Exchange::Lost("the pipe closed".into())))
     }
@@ -214,6 +274,28 @@ impl Drop for Forget<'_> {
     fn drop(&mut self) {
         if self.armed {
             self.waiting.take(self.tag);
+        }
+    }
+}
+
+/// Answer the pipe's calls whose deadlines pass, until the pipe closes: sleep until
+/// the earliest deadline (or until told of a sooner one), answer those past it, look
+/// again. With one timeout for all calls it wakes about once per timeout, not per call.
+async fn keep_deadlines(waiting: Arc<Waiting>) {
+    let mut look_at = None;
+    loop {
+        match look_at {
+            None => waiting.keeper.notified().await,
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = waiting.keeper.notified() => {}
+                }
+            }
+        }
+        match waiting.expire(Instant::now()) {
+            Some(next) => look_at = next,
+            None => return,
         }
     }
 }

@@ -221,3 +221,53 @@ async fn answers_span_chunks_and_one_over_the_clients_limit_fails_alone() {
     }
     assert_eq!(probe.blobs().await.unwrap_err().retry(), err.retry());
 }
+
+/// A call on a pipe that outlives its deadline ends with `Timeout` at the deadline,
+/// also when it is sent after a call with a later one (the pipe's deadline keeper is
+/// woken for the sooner deadline); the late answer goes to no one, the longer call
+/// still gets its own, and the pipe carries the next calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_on_a_pipe_times_out_at_its_deadline_and_the_pipe_carries_on() {
+    use durable::CallError;
+    use durable_tests::Hop;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    for name in ["long", "short"] {
+        assert!(!client.get::<Hop>(name).ran().await.unwrap());
+    }
+    let long = {
+        let hop = client
+            .get::<Hop>("long")
+            .with_deadline(Duration::from_secs(20));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            hop.busy(1200).await.map(|()| started.elapsed())
+        })
+    };
+    let short = client
+        .get::<Hop>("short")
+        .with_deadline(Duration::from_millis(300));
+    for _ in 0..2 {
+        // The turn starts at once and sleeps 800 ms: only the client's deadline ends
+        // the wait.
+        let started = Instant::now();
+        let err = short.busy(800).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, CallError::Timeout), "{err:?}");
+        assert!(
+            took >= Duration::from_millis(299) && took < Duration::from_millis(600),
+            "took {took:?}"
+        );
+        // Once the object is free again, the same pipe answers a plain call.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!short.ran().await.unwrap());
+    }
+    let took = long.await.unwrap().unwrap();
+    assert!(took >= Duration::from_millis(1200), "took {took:?}");
+    assert_eq!(
+        client.get::<Counter>("after").increment(2).await.unwrap(),
+        2
+    );
+}
