@@ -117,10 +117,15 @@ impl Waiting {
             if state.closed {
                 return None;
             }
-            let expired = state
+            let past: Vec<u64> = state
                 .calls
-                .extract_if(|_, (_, deadline)| *deadline <= now)
-                .map(|(_, (w, _))| w)
+                .iter()
+                .filter(|(_, (_, deadline))| *deadline <= now)
+                .map(|(tag, _)| *tag)
+                .collect();
+            let expired = past
+                .iter()
+                .filter_map(|tag| state.calls.remove(tag).map(|(w, _)| w))
                 .collect();
             state.look_at = state.calls.values().map(|(_, d)| *d).min();
             self.counted(&state);
