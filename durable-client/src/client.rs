@@ -280,6 +280,10 @@ struct Reach {
 impl Reach {
     /// Whether the lane is left alone after failing.
     fn is_down(&self) -> bool {
+        // A lane that never failed (or succeeded since) is up: no lock, no clock.
+        if self.failures.load(Ordering::Acquire) == 0 {
+            return false;
+        }
         matches!(*self.down_until.lock().unwrap(), Some(until) if Instant::now() < until)
     }
 
@@ -627,10 +631,8 @@ fn lanes_known(inner: &Inner, main: &quinn::Connection) -> bool {
 /// host has lanes, they came with the first connection `main`, and the lane is not
 /// left alone after failing; else the first connection's.
 fn lane_for(inner: &Inner, main: &quinn::Connection, request: &Request) -> Arc<Lane> {
-    let call = match request {
-        Request::Call(call) => call,
-        Request::ChainCall(chained) => &chained.call,
-        _ => return inner.main.clone(),
+    let Some(call) = call_of(request) else {
+        return inner.main.clone();
     };
     let lanes = inner.lanes.read().unwrap();
     let Some((known, lanes)) = lanes.as_ref() else {
@@ -815,9 +817,15 @@ async fn call_quic(
             Some(Err(Some(e))) => return Err(e),
             Some(Err(None)) => None,
             // The pipe answers the call with `TimedOut` at its deadline.
-            Some(Ok(Route::Pipe(lane, conn, pipe))) => {
+            Some(Ok(Route::Pipe(lane, pipe))) => {
                 let answer = pipe.call(request, deadline).await;
-                settle(answer, &lane, &conn, wire::PIPE_VERSION, &mut last_error)
+                settle(
+                    answer,
+                    &lane,
+                    pipe.conn(),
+                    wire::PIPE_VERSION,
+                    &mut last_error,
+                )
             }
             Some(Ok(Route::Stream(lane, conn, version))) => {
                 let frame = wire::encode_frame_in(request, version);
@@ -841,11 +849,50 @@ async fn call_quic(
     }
 }
 
-/// What a call goes on: a lane's connection and its pipe, or (before protocol version
-/// 3) the connection, a stream per call, in `version`.
+/// What a call goes on: a lane's pipe (on the lane's connection), or (before protocol
+/// version 3) the lane's connection, a stream per call, in `version`.
 enum Route {
-    Pipe(Arc<Lane>, quinn::Connection, Arc<Pipe>),
+    Pipe(Arc<Lane>, Arc<Pipe>),
     Stream(Arc<Lane>, quinn::Connection, u8),
+}
+
+/// The open pipe of the lane `request` belongs on, if it has one: most calls' route,
+/// found with a read of the lanes and a lock of the lane's pipe. A pipe ends when its
+/// connection does (its reader sees the stream break), and a lane's pipe is taken away
+/// when the first connection its lanes came with is lost; a call that still finds one
+/// closing is resent under its request id like any call on a pipe that breaks.
+fn open_pipe(inner: &Inner, request: &Request) -> Option<(Arc<Lane>, Arc<Pipe>)> {
+    let lane = {
+        let lanes = inner.lanes.read().unwrap();
+        match (call_of(request), lanes.as_ref()) {
+            (Some(call), Some((_, lanes))) if !lanes.is_empty() => {
+                let lane = &lanes[wire::lane_of(&call.class, &call.object, lanes.len())];
+                if lane.reach.is_down() {
+                    inner.main.clone()
+                } else {
+                    lane.clone()
+                }
+            }
+            _ => inner.main.clone(),
+        }
+    };
+    let pipe = lane
+        .pipe
+        .lock()
+        .unwrap()
+        .as_ref()
+        .filter(|p| !p.is_closed())
+        .cloned()?;
+    Some((lane, pipe))
+}
+
+/// The call `request` makes, if it makes one.
+fn call_of(request: &Request) -> Option<&CallRequest> {
+    match request {
+        Request::Call(call) => Some(call),
+        Request::ChainCall(chained) => Some(&chained.call),
+        _ => None,
+    }
 }
 
 /// The route for `request`, connecting, learning the lanes and opening a pipe as
@@ -856,6 +903,9 @@ async fn route(
     request: &Request,
     last_error: &mut String,
 ) -> Result<Route, Option<CallError>> {
+    if let Some((lane, pipe)) = open_pipe(inner, request) {
+        return Ok(Route::Pipe(lane, pipe));
+    }
     let main = match current(&inner.main) {
         Some(c) => c,
         None => match establish(inner).await {
@@ -895,7 +945,7 @@ async fn route(
         return Ok(Route::Stream(lane, conn, version));
     }
     match pipe(inner, &lane, &conn).await {
-        Ok(pipe) => Ok(Route::Pipe(lane, conn, pipe)),
+        Ok(pipe) => Ok(Route::Pipe(lane, pipe)),
         Err(e) => match settle(Err(e), &lane, &conn, version, last_error) {
             Some(Err(e)) => Err(Some(e)),
             _ => Err(None),
@@ -942,7 +992,7 @@ async fn pipe(inner: &Inner, lane: &Lane, conn: &quinn::Connection) -> Result<Ar
     let usable = |lane: &Lane| {
         let pipe = lane.pipe.lock().unwrap();
         pipe.as_ref()
-            .filter(|p| p.conn_id() == conn.stable_id() && !p.is_closed())
+            .filter(|p| p.conn().stable_id() == conn.stable_id() && !p.is_closed())
             .cloned()
     };
     if let Some(pipe) = usable(lane) {
@@ -1019,10 +1069,12 @@ impl ObjectRef {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
+        // One reading of the clock for the request id's time and the deadline.
+        let now = Instant::now();
         let request = self
-            .try_prepare(method, fingerprint, args)
+            .try_prepare(method, fingerprint, args, wall_us_at(now))
             .map_err(|e| CallError::BadArguments(format!("encoding arguments: {e}")))?;
-        self.call_prepared(request).await
+        self.call_prepared(request, now + self.deadline).await
     }
 
     /// Send a prepared request (used to resend a request id deliberately).
@@ -1031,16 +1083,20 @@ impl ObjectRef {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        self.call_prepared(request.clone()).await
+        self.call_prepared(request.clone(), Instant::now() + self.deadline)
+            .await
     }
 
-    /// Send `request`, wait for its answer and decode it.
-    async fn call_prepared<T, E>(&self, request: CallRequest) -> Result<T, CallError<E>>
+    /// Send `request`, wait until `deadline` for its answer and decode it.
+    async fn call_prepared<T, E>(
+        &self,
+        request: CallRequest,
+        deadline: Instant,
+    ) -> Result<T, CallError<E>>
     where
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let deadline = Instant::now() + self.deadline;
         match self
             .client
             .call_owned(request, deadline)
@@ -1069,18 +1125,20 @@ impl ObjectRef {
         fingerprint: u64,
         args: &A,
     ) -> CallRequest {
-        self.try_prepare(method, fingerprint, args)
+        self.try_prepare(method, fingerprint, args, wall_us_at(Instant::now()))
             .expect("encoding arguments")
     }
 
+    /// The request, its id made for the wall-clock time `now_us`.
     fn try_prepare<A: Serialize + ?Sized>(
         &self,
         method: &str,
         fingerprint: u64,
         args: &A,
+        now_us: u64,
     ) -> Result<CallRequest, postcard::Error> {
         Ok(CallRequest {
-            request_id: crate::wire::new_request_id(),
+            request_id: crate::wire::request_id_at(now_us),
             class: String::from(&*self.class),
             object: self.id,
             name: self.name.as_deref().map(str::to_owned),
@@ -1090,6 +1148,23 @@ impl ObjectRef {
             args: postcard::to_stdvec(args)?,
         })
     }
+}
+
+/// The wall-clock time at `now` in microseconds since the Unix epoch, for request ids
+/// ([`wire::request_id_at`]): the system clock read once per process, then moved on by
+/// the monotonic clock, so that a call reads one clock, not two. A step of the system
+/// clock after that first reading is not seen; an id's time only orders ids roughly
+/// (their uniqueness is in their 64 random bits).
+fn wall_us_at(now: Instant) -> u64 {
+    static ANCHOR: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
+    let (at, wall_us) = ANCHOR.get_or_init(|| {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        (std::time::Instant::now(), wall)
+    });
+    let since = now.into_std().saturating_duration_since(*at);
+    wall_us.saturating_add(since.as_micros() as u64)
 }
 
 /// One item of a followed stream ([`Client::follow`]).
@@ -1258,6 +1333,26 @@ impl<T: serde::de::DeserializeOwned> Follower<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_ids_time_follows_the_system_clock_and_never_goes_back() {
+        let wall = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
+        };
+        let before = wall(std::time::SystemTime::now());
+        let first = wall_us_at(Instant::now());
+        std::thread::sleep(Duration::from_millis(20));
+        let second = wall_us_at(Instant::now());
+        let after = wall(std::time::SystemTime::now());
+        // Read through the monotonic clock, the times stay within the system clock's
+        // readings around them (a millisecond of slack for the two clocks' rounding).
+        assert!(
+            first + 1_000 >= before && first <= after + 1_000,
+            "{before} {first} {after}"
+        );
+        assert!(second >= first + 20_000, "{first} {second}");
+        assert!(second <= after + 1_000, "{second} {after}");
+    }
 
     #[test]
     fn the_size_bound_of_a_call_is_never_below_its_encoding() {

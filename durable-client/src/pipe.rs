@@ -10,7 +10,7 @@
 
 use crate::wire::{self, PipeReply, Request, Response};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
@@ -33,6 +33,9 @@ struct Waiting {
     /// How many calls wait (`state.calls.len()`, kept beside it so that the writer
     /// can read it without the lock the callers and the reader take).
     count: AtomicUsize,
+    /// `state.accepting && !state.closed`, kept beside it so that a call can tell
+    /// without the lock whether the pipe takes it.
+    open: AtomicBool,
     /// Wakes the deadline keeper ([`keep_deadlines`]): a call came with a deadline
     /// before the time it sleeps until, or the pipe closed.
     keeper: Notify,
@@ -60,6 +63,7 @@ impl Waiting {
                 look_at: None,
             }),
             count: AtomicUsize::new(0),
+            open: AtomicBool::new(true),
             keeper: Notify::new(),
         }
     }
@@ -162,8 +166,7 @@ impl Waiting {
 
     /// Whether new calls must go on another pipe.
     fn is_closed(&self) -> bool {
-        let state = self.lock();
-        state.closed || !state.accepting
+        !self.open.load(Ordering::Acquire)
     }
 
     /// The stream cannot be written any more: new calls go elsewhere, the answers to
@@ -171,6 +174,7 @@ impl Waiting {
     /// finishes its side).
     fn stop_accepting(&self) {
         self.lock().accepting = false;
+        self.open.store(false, Ordering::Release);
     }
 
     /// No more answers will come: tell every waiting call why.
@@ -178,6 +182,7 @@ impl Waiting {
         let calls = {
             let mut state = self.lock();
             state.closed = true;
+            self.open.store(false, Ordering::Release);
             let calls = std::mem::take(&mut state.calls);
             self.counted(&state);
             calls
@@ -193,7 +198,7 @@ impl Waiting {
 /// One pipe on one connection. Dropping it (when no call uses it any more) finishes
 /// the stream.
 pub(crate) struct Pipe {
-    conn_id: usize,
+    conn: quinn::Connection,
     frames: mpsc::UnboundedSender<Vec<u8>>,
     waiting: Arc<Waiting>,
     next_tag: AtomicU64,
@@ -216,7 +221,7 @@ impl Pipe {
         tokio::spawn(read(recv, max_frame, waiting.clone(), stopped));
         tokio::spawn(keep_deadlines(waiting.clone()));
         Ok(Pipe {
-            conn_id: conn.stable_id(),
+            conn: conn.clone(),
             frames,
             waiting,
             next_tag: AtomicU64::new(0),
@@ -224,9 +229,9 @@ impl Pipe {
         })
     }
 
-    /// The connection it runs on ([`quinn::Connection::stable_id`]).
-    pub(crate) fn conn_id(&self) -> usize {
-        self.conn_id
+    /// The connection it runs on.
+    pub(crate) fn conn(&self) -> &quinn::Connection {
+        &self.conn
     }
 
     /// Whether it has ended (calls must go on a new one).

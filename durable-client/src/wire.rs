@@ -185,7 +185,8 @@ pub enum StreamFrame {
 pub fn request_id_at(now_us: u64) -> [u8; 16] {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&now_us.to_be_bytes());
-    id[8..].copy_from_slice(&rand::random::<[u8; 8]>());
+    // One draw of 64 bits (an array of bytes would draw each byte on its own).
+    id[8..].copy_from_slice(&rand::random::<u64>().to_le_bytes());
     id
 }
 
