@@ -515,12 +515,15 @@ impl Client {
         let deadline = Instant::now() + within;
         match &self.link {
             Link::Quic(inner) => {
-                let request = Request::ChainCall(wire::ChainCall {
-                    call: request.clone(),
-                    chain,
-                    caller_span,
-                });
-                call_quic(inner, &request, deadline).await
+                let outgoing = Outgoing {
+                    message: wire::encode_request(&Request::ChainCall(wire::ChainCall {
+                        call: request.clone(),
+                        chain,
+                        caller_span,
+                    })),
+                    lane_key: Some((&request.class, request.object)),
+                };
+                call_quic(inner, &outgoing, deadline).await
             }
             Link::Other(..) => self.call_raw(request, deadline).await,
         }
@@ -533,19 +536,16 @@ impl Client {
         request: &CallRequest,
         deadline: Instant,
     ) -> Result<Response, CallError> {
-        self.call_owned(request.clone(), deadline).await
-    }
-
-    /// [`Client::call_raw`] with a request of its own (a stub's call: no copy).
-    async fn call_owned(
-        &self,
-        request: CallRequest,
-        deadline: Instant,
-    ) -> Result<Response, CallError> {
         match &self.link {
-            Link::Quic(inner) => call_quic(inner, &Request::Call(request), deadline).await,
+            Link::Quic(inner) => {
+                let outgoing = Outgoing {
+                    message: wire::encode_call(request),
+                    lane_key: Some((&request.class, request.object)),
+                };
+                call_quic(inner, &outgoing, deadline).await
+            }
             Link::Other(transport, _) => {
-                match tokio::time::timeout_at(deadline, transport.call(request)).await {
+                match tokio::time::timeout_at(deadline, transport.call(request.clone())).await {
                     Ok(result) => result,
                     Err(_) => Err(CallError::Timeout),
                 }
@@ -630,8 +630,8 @@ fn lanes_known(inner: &Inner, main: &quinn::Connection) -> bool {
 /// The lane to send `request` on: the one of the shard that owns its object, if the
 /// host has lanes, they came with the first connection `main`, and the lane is not
 /// left alone after failing; else the first connection's.
-fn lane_for(inner: &Inner, main: &quinn::Connection, request: &Request) -> Arc<Lane> {
-    let Some(call) = call_of(request) else {
+fn lane_for(inner: &Inner, main: &quinn::Connection, outgoing: &Outgoing<'_>) -> Arc<Lane> {
+    let Some((class, object)) = outgoing.lane_key else {
         return inner.main.clone();
     };
     let lanes = inner.lanes.read().unwrap();
@@ -641,7 +641,7 @@ fn lane_for(inner: &Inner, main: &quinn::Connection, request: &Request) -> Arc<L
     if known.stable_id() != main.stable_id() || lanes.is_empty() {
         return inner.main.clone();
     }
-    let lane = &lanes[wire::lane_of(&call.class, &call.object, lanes.len())];
+    let lane = &lanes[wire::lane_of(class, &object, lanes.len())];
     if lane.reach.is_down() {
         inner.main.clone()
     } else {
@@ -750,33 +750,11 @@ fn forget(lane: &Lane, broken: &quinn::Connection) {
     }
 }
 
-/// At least the bytes `Request::Call(call)` takes in postcard: its variant and each
-/// length and integer as a varint of at most 10 bytes, the ids as their bytes, and
-/// every string and the arguments in full.
-fn call_size_bound(call: &CallRequest) -> usize {
-    const VARINT: usize = 10;
-    let text = call.class.len() + call.name.as_ref().map_or(0, String::len) + call.method.len();
-    // variant, request id, object id, class, name (tag + length), method, fingerprint,
-    // timeout, arguments' length
-    VARINT
-        + 16
-        + 16
-        + VARINT
-        + 1
-        + VARINT
-        + VARINT
-        + VARINT
-        + VARINT
-        + VARINT
-        + text
-        + call.args.len()
-}
-
 /// Send one call over QUIC and wait for its response, reconnecting and resending with
 /// the same request id until `deadline`.
 async fn call_quic(
     inner: &Arc<Inner>,
-    request: &Request,
+    outgoing: &Outgoing<'_>,
     deadline: Instant,
 ) -> Result<Response, CallError> {
     // The version byte, and on a pipe the tag (a varint of up to 10 bytes).
@@ -785,19 +763,12 @@ async fn call_quic(
     } else {
         1
     };
-    // A plain call whose bound fits needs no exact size (a walk of the whole request,
-    // and the frame's encoding walks it again).
-    let fits = matches!(request, Request::Call(call) if call_size_bound(call).saturating_add(overhead) <= inner.config.max_frame);
-    if !fits {
-        let size = postcard::experimental::serialized_size(request)
-            .unwrap_or(usize::MAX)
-            .saturating_add(overhead);
-        if size > inner.config.max_frame {
-            return Err(CallError::TooLarge {
-                size: size as u64,
-                limit: inner.config.max_frame as u64,
-            });
-        }
+    let size = outgoing.message.len().saturating_add(overhead);
+    if size > inner.config.max_frame {
+        return Err(CallError::TooLarge {
+            size: size as u64,
+            limit: inner.config.max_frame as u64,
+        });
     }
     let mut backoff = Duration::from_millis(5);
     let mut last_error = String::new();
@@ -806,7 +777,7 @@ async fn call_quic(
         // the first poll finds them and no timer is set; only connecting or opening
         // runs under a timer to the deadline.
         let routed = {
-            let mut route = pin!(route(inner, request, &mut last_error));
+            let mut route = pin!(route(inner, outgoing, &mut last_error));
             match poll_fn(|cx| Poll::Ready(route.as_mut().poll(cx))).await {
                 Poll::Ready(routed) => Some(routed),
                 Poll::Pending => tokio::time::timeout_at(deadline, route).await.ok(),
@@ -818,7 +789,7 @@ async fn call_quic(
             Some(Err(None)) => None,
             // The pipe answers the call with `TimedOut` at its deadline.
             Some(Ok(Route::Pipe(lane, pipe))) => {
-                let answer = pipe.call(request, deadline).await;
+                let answer = pipe.call(&outgoing.message, deadline).await;
                 settle(
                     answer,
                     &lane,
@@ -828,7 +799,7 @@ async fn call_quic(
                 )
             }
             Some(Ok(Route::Stream(lane, conn, version))) => {
-                let frame = wire::encode_frame_in(request, version);
+                let frame = wire::frame_of(&outgoing.message, version, None);
                 let exchanged = exchange(&conn, &frame, inner.config.max_frame);
                 match tokio::time::timeout_at(deadline, exchanged).await {
                     Ok(answer) => settle(answer, &lane, &conn, version, &mut last_error),
@@ -849,6 +820,14 @@ async fn call_quic(
     }
 }
 
+/// A call on its way: its request's bytes, encoded once for every time it is sent,
+/// and the class and object it goes to (which lane it belongs on).
+struct Outgoing<'a> {
+    /// The postcard bytes of the `Request::Call` (or `Request::ChainCall`).
+    message: Vec<u8>,
+    lane_key: Option<(&'a str, ObjectId)>,
+}
+
 /// What a call goes on: a lane's pipe (on the lane's connection), or (before protocol
 /// version 3) the lane's connection, a stream per call, in `version`.
 enum Route {
@@ -861,12 +840,12 @@ enum Route {
 /// connection does (its reader sees the stream break), and a lane's pipe is taken away
 /// when the first connection its lanes came with is lost; a call that still finds one
 /// closing is resent under its request id like any call on a pipe that breaks.
-fn open_pipe(inner: &Inner, request: &Request) -> Option<(Arc<Lane>, Arc<Pipe>)> {
+fn open_pipe(inner: &Inner, outgoing: &Outgoing<'_>) -> Option<(Arc<Lane>, Arc<Pipe>)> {
     let lane = {
         let lanes = inner.lanes.read().unwrap();
-        match (call_of(request), lanes.as_ref()) {
-            (Some(call), Some((_, lanes))) if !lanes.is_empty() => {
-                let lane = &lanes[wire::lane_of(&call.class, &call.object, lanes.len())];
+        match (outgoing.lane_key, lanes.as_ref()) {
+            (Some((class, object)), Some((_, lanes))) if !lanes.is_empty() => {
+                let lane = &lanes[wire::lane_of(class, &object, lanes.len())];
                 if lane.reach.is_down() {
                     inner.main.clone()
                 } else {
@@ -886,24 +865,15 @@ fn open_pipe(inner: &Inner, request: &Request) -> Option<(Arc<Lane>, Arc<Pipe>)>
     Some((lane, pipe))
 }
 
-/// The call `request` makes, if it makes one.
-fn call_of(request: &Request) -> Option<&CallRequest> {
-    match request {
-        Request::Call(call) => Some(call),
-        Request::ChainCall(chained) => Some(&chained.call),
-        _ => None,
-    }
-}
-
 /// The route for `request`, connecting, learning the lanes and opening a pipe as
 /// needed. `Err(Some(_))` ends the call; `Err(None)` tries again after a pause (why in
 /// `last_error`).
 async fn route(
     inner: &Arc<Inner>,
-    request: &Request,
+    outgoing: &Outgoing<'_>,
     last_error: &mut String,
 ) -> Result<Route, Option<CallError>> {
-    if let Some((lane, pipe)) = open_pipe(inner, request) {
+    if let Some((lane, pipe)) = open_pipe(inner, outgoing) {
         return Ok(Route::Pipe(lane, pipe));
     }
     let main = match current(&inner.main) {
@@ -928,7 +898,7 @@ async fn route(
             return Err(None);
         }
     }
-    let mut lane = lane_for(inner, &main, request);
+    let mut lane = lane_for(inner, &main, outgoing);
     let conn = if Arc::ptr_eq(&lane, &inner.main) {
         main
     } else {
@@ -1071,10 +1041,41 @@ impl ObjectRef {
     {
         // One reading of the clock for the request id's time and the deadline.
         let now = Instant::now();
-        let request = self
-            .try_prepare(method, fingerprint, args, wall_us_at(now))
-            .map_err(|e| CallError::BadArguments(format!("encoding arguments: {e}")))?;
-        self.call_prepared(request, now + self.deadline).await
+        let deadline = now + self.deadline;
+        let bad = |e: postcard::Error| CallError::BadArguments(format!("encoding arguments: {e}"));
+        let inner = match &self.client.link {
+            Link::Quic(inner) => inner,
+            Link::Other(..) => {
+                let request = self
+                    .try_prepare(method, fingerprint, args, wall_us_at(now))
+                    .map_err(bad)?;
+                return self.call_prepared(&request, deadline).await;
+            }
+        };
+        // Over QUIC the request is encoded straight from its parts: no copies of the
+        // names, the arguments encoded in place.
+        let args_len = postcard::experimental::serialized_size(args).map_err(bad)?;
+        let name = self.name.as_deref();
+        let mut message = Vec::with_capacity(
+            64 + self.class.len() + name.map_or(0, str::len) + method.len() + args_len,
+        );
+        wire::encode_call_head(
+            &mut message,
+            &wire::request_id_at(wall_us_at(now)),
+            &self.class,
+            &self.id,
+            name,
+            method,
+            fingerprint,
+            self.deadline.as_millis() as u64,
+            args_len,
+        );
+        let message = postcard::to_extend(args, message).map_err(bad)?;
+        let outgoing = Outgoing {
+            message,
+            lane_key: Some((&self.class, self.id)),
+        };
+        decode_answer(call_quic(inner, &outgoing, deadline).await)
     }
 
     /// Send a prepared request (used to resend a request id deliberately).
@@ -1083,37 +1084,21 @@ impl ObjectRef {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        self.call_prepared(request.clone(), Instant::now() + self.deadline)
+        self.call_prepared(request, Instant::now() + self.deadline)
             .await
     }
 
     /// Send `request`, wait until `deadline` for its answer and decode it.
     async fn call_prepared<T, E>(
         &self,
-        request: CallRequest,
+        request: &CallRequest,
         deadline: Instant,
     ) -> Result<T, CallError<E>>
     where
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        match self
-            .client
-            .call_owned(request, deadline)
-            .await
-            .map_err(|e| e.map_app(|n| match n {}))?
-        {
-            Response::Return(bytes) => postcard::from_bytes(&bytes)
-                .map_err(|e| CallError::Protocol(format!("decoding the result: {e}"))),
-            Response::AppError(bytes) => Err(CallError::Application(
-                postcard::from_bytes(&bytes)
-                    .map_err(|e| CallError::Protocol(format!("decoding the error: {e}")))?,
-            )),
-            Response::Error(e) => Err(e.into()),
-            Response::Welcome | Response::Lanes(_) => {
-                Err(CallError::Protocol("unexpected answer to a call".into()))
-            }
-        }
+        decode_answer(self.client.call_raw(request, deadline).await)
     }
 
     /// A request for `method` with a fresh request id, without sending it (to resend
@@ -1147,6 +1132,26 @@ impl ObjectRef {
             timeout_ms: self.deadline.as_millis() as u64,
             args: postcard::to_stdvec(args)?,
         })
+    }
+}
+
+/// A call's result from the host's answer: the method's value or its error, decoded.
+fn decode_answer<T, E>(answer: Result<Response, CallError>) -> Result<T, CallError<E>>
+where
+    T: DeserializeOwned,
+    E: DeserializeOwned,
+{
+    match answer.map_err(|e| e.map_app(|n| match n {}))? {
+        Response::Return(bytes) => postcard::from_bytes(&bytes)
+            .map_err(|e| CallError::Protocol(format!("decoding the result: {e}"))),
+        Response::AppError(bytes) => Err(CallError::Application(
+            postcard::from_bytes(&bytes)
+                .map_err(|e| CallError::Protocol(format!("decoding the error: {e}")))?,
+        )),
+        Response::Error(e) => Err(e.into()),
+        Response::Welcome | Response::Lanes(_) => {
+            Err(CallError::Protocol("unexpected answer to a call".into()))
+        }
     }
 }
 
@@ -1352,41 +1357,5 @@ mod tests {
         );
         assert!(second >= first + 20_000, "{first} {second}");
         assert!(second <= after + 1_000, "{second} {after}");
-    }
-
-    #[test]
-    fn the_size_bound_of_a_call_is_never_below_its_encoding() {
-        let long = "x".repeat(70_000);
-        for (class, name, method, args, fingerprint, timeout_ms) in [
-            ("", None, "", 0, 0, 0),
-            ("Counter", Some("o1"), "increment", 3, u64::MAX, u64::MAX),
-            (
-                long.as_str(),
-                Some(long.as_str()),
-                long.as_str(),
-                300_000,
-                1 << 40,
-                1 << 20,
-            ),
-            ("C", Some(""), "m", 127, 128, 16_384),
-        ] {
-            let call = CallRequest {
-                request_id: [0xff; 16],
-                class: class.into(),
-                object: ObjectId::from_bytes([0xff; 16]),
-                name: name.map(str::to_owned),
-                method: method.into(),
-                fingerprint,
-                timeout_ms,
-                args: vec![0xff; args],
-            };
-            let exact = postcard::experimental::serialized_size(&Request::Call(call.clone()))
-                .expect("sized");
-            assert!(
-                call_size_bound(&call) >= exact,
-                "bound {} below the encoding's {exact}",
-                call_size_bound(&call)
-            );
-        }
     }
 }

@@ -239,11 +239,12 @@ impl Pipe {
         self.waiting.is_closed()
     }
 
-    /// Send `request` (a call) and wait for its answer, until `deadline`
+    /// Send the call whose request's bytes are `message` and wait for its answer, until
+    /// `deadline`
     /// ([`Exchange::TimedOut`] then).
     pub(crate) async fn call(
         &self,
-        request: &Request,
+        message: &[u8],
         deadline: Instant,
     ) -> Result<Response, Exchange> {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
@@ -258,8 +259,8 @@ impl Pipe {
             tag,
             armed: true,
         };
-        // The same bytes as a `PipeCall { tag, request }`, without copying the request.
-        let frame = wire::encode_frame_in(&(tag, request), wire::PIPE_VERSION);
+        // A `PipeCall { tag, request }`: the tag, then the request's bytes.
+        let frame = wire::frame_of(message, wire::PIPE_VERSION, Some(tag));
         if self.frames.send(frame).is_err() {
             return Err(Exchange::Lost("the pipe closed".into()));
         }
