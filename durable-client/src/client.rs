@@ -544,13 +544,20 @@ impl Client {
                 };
                 call_quic(inner, &outgoing, deadline).await
             }
-            Link::Other(transport, _) => {
-                match tokio::time::timeout_at(deadline, transport.call(request.clone())).await {
-                    Ok(result) => result,
-                    Err(_) => Err(CallError::Timeout),
-                }
-            }
+            Link::Other(transport, _) => call_other(transport, request.clone(), deadline).await,
         }
+    }
+}
+
+/// Send `request` over a [`Transport`] other than QUIC, until `deadline`.
+async fn call_other(
+    transport: &Arc<dyn Transport>,
+    request: CallRequest,
+    deadline: Instant,
+) -> Result<Response, CallError> {
+    match tokio::time::timeout_at(deadline, transport.call(request)).await {
+        Ok(result) => result,
+        Err(_) => Err(CallError::Timeout),
     }
 }
 
@@ -1045,11 +1052,11 @@ impl ObjectRef {
         let bad = |e: postcard::Error| CallError::BadArguments(format!("encoding arguments: {e}"));
         let inner = match &self.client.link {
             Link::Quic(inner) => inner,
-            Link::Other(..) => {
+            Link::Other(transport, _) => {
                 let request = self
                     .try_prepare(method, fingerprint, args, wall_us_at(now))
                     .map_err(bad)?;
-                return self.call_prepared(&request, deadline).await;
+                return decode_answer(call_other(transport, request, deadline).await);
             }
         };
         // Over QUIC the request is encoded straight from its parts: no copies of the
@@ -1070,7 +1077,15 @@ impl ObjectRef {
             self.deadline.as_millis() as u64,
             args_len,
         );
+        let head = message.len();
         let message = postcard::to_extend(args, message).map_err(bad)?;
+        if message.len() - head != args_len {
+            // A `Serialize` that writes other bytes each time: the length sent would lie.
+            return Err(CallError::BadArguments(format!(
+                "encoding arguments: {args_len} bytes measured, {} written",
+                message.len() - head
+            )));
+        }
         let outgoing = Outgoing {
             message,
             lane_key: Some((&self.class, self.id)),
@@ -1156,21 +1171,33 @@ where
 }
 
 /// The wall-clock time at `now` in microseconds since the Unix epoch, for request ids
-/// ([`wire::request_id_at`]): the system clock read once per process, then moved on by
-/// the monotonic clock, so that a call reads one clock, not two. A step of the system
-/// clock after that first reading is not seen; an id's time only orders ids roughly
-/// (their uniqueness is in their 64 random bits).
+/// ([`wire::request_id_at`]), without reading the system clock on every call: each
+/// thread reads it at most once per [`WALL_CLOCK_REREAD`] of the monotonic clock and
+/// moves it on by the monotonic clock in between. So an id's time follows a step of the
+/// system clock (or a machine's suspend, which stops the monotonic clock) within that
+/// interval (the host finds ids that arrive in order fastest).
 fn wall_us_at(now: Instant) -> u64 {
-    static ANCHOR: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
-    let (at, wall_us) = ANCHOR.get_or_init(|| {
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        (std::time::Instant::now(), wall)
-    });
-    let since = now.into_std().saturating_duration_since(*at);
-    wall_us.saturating_add(since.as_micros() as u64)
+    thread_local! {
+        static ANCHOR: std::cell::Cell<Option<(std::time::Instant, u64)>> =
+            const { std::cell::Cell::new(None) };
+    }
+    let now = now.into_std();
+    ANCHOR.with(|anchor| match anchor.get() {
+        Some((at, wall_us)) if now >= at && now - at < WALL_CLOCK_REREAD => {
+            wall_us.saturating_add((now - at).as_micros() as u64)
+        }
+        _ => {
+            let wall_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            anchor.set(Some((now, wall_us)));
+            wall_us
+        }
+    })
 }
+
+/// How often (at most) a thread reads the system clock for request ids.
+const WALL_CLOCK_REREAD: Duration = Duration::from_secs(1);
 
 /// One item of a followed stream ([`Client::follow`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -293,6 +293,7 @@ impl Drop for Forget<'_> {
 /// the earliest deadline (or until told of a sooner one), answer those past it, look
 /// again. With one timeout for all calls it wakes about once per timeout, not per call.
 async fn keep_deadlines(waiting: Arc<Waiting>) {
+    let _ends = CloseOnDrop(&waiting);
     let mut look_at = None;
     loop {
         match look_at {
@@ -308,6 +309,21 @@ async fn keep_deadlines(waiting: Arc<Waiting>) {
             Some(next) => look_at = next,
             None => return,
         }
+    }
+}
+
+/// Closes the pipe's table of calls when the reader or the deadline keeper ends, also
+/// when its task is dropped unfinished: the runtime the pipe's tasks run on (the one
+/// that opened it) may shut down while callers on other runtimes wait. They then hear
+/// `Lost` and resend on a new pipe, instead of waiting for answers and deadlines no
+/// task keeps any more.
+struct CloseOnDrop<'a>(&'a Waiting);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        // After a normal end the table is closed already: this finds no calls.
+        self.0
+            .close(|| Exchange::Lost("the pipe's tasks ended".into()));
     }
 }
 
@@ -378,6 +394,7 @@ async fn read(
     waiting: Arc<Waiting>,
     mut stopped: oneshot::Receiver<()>,
 ) {
+    let _ends = CloseOnDrop(&waiting);
     let mut answers = Answers::new(recv, max_frame);
     let mut landed = Vec::new();
     let why = loop {

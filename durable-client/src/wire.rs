@@ -512,7 +512,9 @@ pub(crate) fn encode_request(request: &Request) -> Vec<u8> {
 
 /// The postcard bytes of `Request::Call(call)`, without copying `call` into one.
 pub(crate) fn encode_call(call: &CallRequest) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + call.class.len() + call.method.len() + call.args.len());
+    let name = call.name.as_ref().map_or(0, String::len);
+    let mut out =
+        Vec::with_capacity(64 + call.class.len() + name + call.method.len() + call.args.len());
     encode_call_head(
         &mut out,
         &call.request_id,

@@ -230,6 +230,7 @@ async fn answers_span_chunks_and_one_over_the_clients_limit_fails_alone() {
 async fn a_call_on_a_pipe_times_out_at_its_deadline_and_the_pipe_carries_on() {
     use durable::CallError;
     use durable_tests::Hop;
+    use std::future::Future;
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path(), &[]);
@@ -237,37 +238,98 @@ async fn a_call_on_a_pipe_times_out_at_its_deadline_and_the_pipe_carries_on() {
     for name in ["long", "short"] {
         assert!(!client.get::<Hop>(name).ran().await.unwrap());
     }
-    let long = {
-        let hop = client
-            .get::<Hop>("long")
-            .with_deadline(Duration::from_secs(20));
-        tokio::spawn(async move {
-            let started = Instant::now();
-            hop.busy(1200).await.map(|()| started.elapsed())
-        })
-    };
+    // The long call is sent first: its first poll finds the pipe open and queues its
+    // frame (and its 20 s deadline) before the short calls come.
+    let long_hop = client
+        .get::<Hop>("long")
+        .with_deadline(Duration::from_secs(20));
+    let started = Instant::now();
+    let mut long = Box::pin(async move { long_hop.busy(2500).await });
+    assert!(
+        std::future::poll_fn(|cx| std::task::Poll::Ready(long.as_mut().poll(cx)))
+            .await
+            .is_pending()
+    );
+    let long = tokio::spawn(async move { long.await.map(|()| started.elapsed()) });
     let short = client
         .get::<Hop>("short")
         .with_deadline(Duration::from_millis(300));
+    let patient = client
+        .get::<Hop>("short")
+        .with_deadline(Duration::from_secs(20));
     for _ in 0..2 {
-        // The turn starts at once and sleeps 800 ms: only the client's deadline ends
+        // The turn starts at once and sleeps 2 s: only the client's deadline ends
         // the wait.
         let started = Instant::now();
-        let err = short.busy(800).await.unwrap_err();
+        let err = short.busy(2000).await.unwrap_err();
         let took = started.elapsed();
         assert!(matches!(err, CallError::Timeout), "{err:?}");
         assert!(
-            took >= Duration::from_millis(299) && took < Duration::from_millis(600),
+            took >= Duration::from_millis(299) && took < Duration::from_millis(1500),
             "took {took:?}"
         );
-        // Once the object is free again, the same pipe answers a plain call.
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        assert!(!short.ran().await.unwrap());
+        // The same pipe answers a call queued behind the busy turn once it ends.
+        assert!(!patient.ran().await.unwrap());
+        assert!(started.elapsed() >= Duration::from_millis(2000));
     }
     let took = long.await.unwrap().unwrap();
-    assert!(took >= Duration::from_millis(1200), "took {took:?}");
+    assert!(took >= Duration::from_millis(2500), "took {took:?}");
     assert_eq!(
         client.get::<Counter>("after").increment(2).await.unwrap(),
         2
     );
+}
+
+/// The pipe's tasks run on the runtime that opened it. When that runtime shuts down
+/// while a call from another runtime waits on the pipe, the call does not wait forever
+/// for an answer or a deadline no task keeps: it ends by its deadline.
+#[test]
+fn a_call_ends_by_its_deadline_when_the_runtime_that_opened_its_pipe_is_gone() {
+    use durable_tests::Hop;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let config = host.client_config();
+    let (give, client) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let opener = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = durable::Client::connect(config).await.unwrap();
+            // Opens the pipe (and the lane's): their tasks run here.
+            assert!(!client.get::<Hop>("h").ran().await.unwrap());
+            give.send(client).unwrap();
+            let _ = stopped.await;
+        });
+        // Dropping the runtime drops the pipe's tasks unfinished.
+    });
+    let client = client.recv().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let hop = client.get::<Hop>("h").with_deadline(Duration::from_secs(3));
+        let started = Instant::now();
+        let call = tokio::spawn(async move { hop.busy(1500).await });
+        // The opener's runtime goes away while the call waits on its pipe.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.send(()).unwrap();
+        opener.join().unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(20), call)
+            .await
+            .expect("the call still waits, long past its deadline")
+            .unwrap();
+        // Whatever it ends with (the answer, a timeout, a lost connection), it ends by
+        // its deadline.
+        assert!(
+            started.elapsed() < Duration::from_millis(4000),
+            "ended after {:?} with {ended:?}",
+            started.elapsed()
+        );
+    });
 }
