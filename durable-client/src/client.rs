@@ -750,10 +750,17 @@ fn current(lane: &Lane) -> Option<quinn::Connection> {
     conn.filter(|c| c.close_reason().is_none())
 }
 
+/// Stop using `broken` as `lane`'s connection, and its pipe with it (calls find a
+/// lane's open pipe without looking at the connection: [`open_pipe`]).
 fn forget(lane: &Lane, broken: &quinn::Connection) {
     let mut slot = lane.conn.write().unwrap();
     if slot.as_ref().map(|c| c.stable_id()) == Some(broken.stable_id()) {
         *slot = None;
+    }
+    drop(slot);
+    let mut pipe = lane.pipe.lock().unwrap();
+    if pipe.as_ref().map(|p| p.conn().stable_id()) == Some(broken.stable_id()) {
+        *pipe = None;
     }
 }
 
