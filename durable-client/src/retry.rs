@@ -4,8 +4,8 @@ use serde::{Deserialize, Serialize};
 
 /// Whether a failed call may have been applied: the three retry classes.
 ///
-/// On the wire the class is implied by the [`WireError`](crate::wire::WireError) variant (see `docs/wire.md`);
-/// [`CallError::retry`](crate::CallError::retry) and [`WireError::retry`](crate::wire::WireError::retry) give it.
+/// On the wire the class is implied by the `WireError` variant (see `docs/wire.md`);
+/// [`CallError::retry`](crate::CallError::retry) and `WireError::retry` give it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Retry {
     /// Certainly not applied: the call never reached a turn, or its turn's writes were
