@@ -645,10 +645,19 @@ fn lane_for(inner: &Inner, main: &quinn::Connection, outgoing: &Outgoing<'_>) ->
     let Some((known, lanes)) = lanes.as_ref() else {
         return inner.main.clone();
     };
-    if known.stable_id() != main.stable_id() || lanes.is_empty() {
+    if known.stable_id() != main.stable_id() {
         return inner.main.clone();
     }
-    let lane = &lanes[wire::lane_of(class, &object, lanes.len())];
+    pick_lane(inner, lanes, class, &object)
+}
+
+/// Of the host's `lanes`, the one of the shard that owns `class`'s `object`, unless it
+/// is left alone after failing (or the host has none); else the first connection's.
+fn pick_lane(inner: &Inner, lanes: &[Arc<Lane>], class: &str, object: &ObjectId) -> Arc<Lane> {
+    if lanes.is_empty() {
+        return inner.main.clone();
+    }
+    let lane = &lanes[wire::lane_of(class, object, lanes.len())];
     if lane.reach.is_down() {
         inner.main.clone()
     } else {
@@ -855,19 +864,9 @@ enum Route {
 /// when the first connection its lanes came with is lost; a call that still finds one
 /// closing is resent under its request id like any call on a pipe that breaks.
 fn open_pipe(inner: &Inner, outgoing: &Outgoing<'_>) -> Option<(Arc<Lane>, Arc<Pipe>)> {
-    let lane = {
-        let lanes = inner.lanes.read().unwrap();
-        match (outgoing.lane_key, lanes.as_ref()) {
-            (Some((class, object)), Some((_, lanes))) if !lanes.is_empty() => {
-                let lane = &lanes[wire::lane_of(class, &object, lanes.len())];
-                if lane.reach.is_down() {
-                    inner.main.clone()
-                } else {
-                    lane.clone()
-                }
-            }
-            _ => inner.main.clone(),
-        }
+    let lane = match (outgoing.lane_key, inner.lanes.read().unwrap().as_ref()) {
+        (Some((class, object)), Some((_, lanes))) => pick_lane(inner, lanes, class, &object),
+        _ => inner.main.clone(),
     };
     let pipe = lane
         .pipe
@@ -1068,31 +1067,17 @@ impl ObjectRef {
         };
         // Over QUIC the request is encoded straight from its parts: no copies of the
         // names, the arguments encoded in place.
-        let args_len = postcard::experimental::serialized_size(args).map_err(bad)?;
-        let name = self.name.as_deref();
-        let mut message = Vec::with_capacity(
-            64 + self.class.len() + name.map_or(0, str::len) + method.len() + args_len,
-        );
-        wire::encode_call_head(
-            &mut message,
-            &wire::request_id_at(wall_us_at(now)),
-            &self.class,
-            &self.id,
-            name,
+        let parts = wire::CallParts {
+            request_id: wire::request_id_at(wall_us_at(now)),
+            class: &self.class,
+            object: self.id,
+            name: self.name.as_deref(),
             method,
             fingerprint,
-            self.deadline.as_millis() as u64,
-            args_len,
-        );
-        let head = message.len();
-        let message = postcard::to_extend(args, message).map_err(bad)?;
-        if message.len() - head != args_len {
-            // A `Serialize` that writes other bytes each time: the length sent would lie.
-            return Err(CallError::BadArguments(format!(
-                "encoding arguments: {args_len} bytes measured, {} written",
-                message.len() - head
-            )));
-        }
+            timeout_ms: self.deadline.as_millis() as u64,
+        };
+        let message = wire::encode_call_parts(&parts, args)
+            .map_err(|e| CallError::BadArguments(format!("encoding arguments: {e}")))?;
         let outgoing = Outgoing {
             message,
             lane_key: Some((&self.class, self.id)),
@@ -1106,20 +1091,7 @@ impl ObjectRef {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        self.call_prepared(request, Instant::now() + self.deadline)
-            .await
-    }
-
-    /// Send `request`, wait until `deadline` for its answer and decode it.
-    async fn call_prepared<T, E>(
-        &self,
-        request: &CallRequest,
-        deadline: Instant,
-    ) -> Result<T, CallError<E>>
-    where
-        T: DeserializeOwned,
-        E: DeserializeOwned,
-    {
+        let deadline = Instant::now() + self.deadline;
         decode_answer(self.client.call_raw(request, deadline).await)
     }
 

@@ -459,10 +459,23 @@ pub fn encode_frame_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, msg: &T, vers
     // bytes go into one allocation instead of one per doubling.
     let size = postcard::experimental::serialized_size(msg).unwrap_or(0);
     out.reserve(5 + size);
-    let start = out.len();
-    out.extend_from_slice(&[0, 0, 0, 0, version]);
+    let start = start_frame(out, version);
     // Serializing our own message types into a Vec cannot fail.
     *out = postcard::to_extend(msg, std::mem::take(out)).expect("postcard serialization into Vec");
+    finish_frame(out, start);
+}
+
+/// Append a frame's length prefix (filled in by [`finish_frame`]) and its version
+/// byte; returns where the frame starts.
+fn start_frame(out: &mut Vec<u8>, version: u8) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0, 0, 0, 0, version]);
+    start
+}
+
+/// Fill in the length prefix of the frame that starts at `start` and ends at the end
+/// of `out`.
+fn finish_frame(out: &mut [u8], start: usize) {
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
 }
@@ -470,36 +483,57 @@ pub fn encode_frame_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, msg: &T, vers
 /// The variant index of [`Request::Call`] in postcard (its position in the enum).
 const CALL_VARIANT: u32 = 1;
 
-/// Append the postcard bytes of a [`Request::Call`] with these fields, up to and
-/// including the length of its arguments: the caller appends the `args_len` bytes of
-/// the arguments (already encoded) after them. The same bytes as encoding the
-/// `Request::Call(CallRequest { .. })`, without building one (no copies of the names).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn encode_call_head(
-    out: &mut Vec<u8>,
-    request_id: &[u8; 16],
-    class: &str,
-    object: &ObjectId,
-    name: Option<&str>,
-    method: &str,
-    fingerprint: u64,
-    timeout_ms: u64,
-    args_len: usize,
-) {
+/// A call's fields, borrowed: what [`encode_call_parts`] encodes as a `Request::Call`
+/// without building a [`CallRequest`] (no copies of the names).
+pub(crate) struct CallParts<'a> {
+    pub(crate) request_id: [u8; 16],
+    pub(crate) class: &'a str,
+    pub(crate) object: ObjectId,
+    pub(crate) name: Option<&'a str>,
+    pub(crate) method: &'a str,
+    pub(crate) fingerprint: u64,
+    pub(crate) timeout_ms: u64,
+}
+
+/// The postcard bytes of `Request::Call` for `call` with the arguments `args` encoded
+/// in place: the same bytes as encoding the `Request::Call(CallRequest { .. })`. `Err`
+/// says why the arguments could not be encoded.
+pub(crate) fn encode_call_parts<A: Serialize + ?Sized>(
+    call: &CallParts<'_>,
+    args: &A,
+) -> Result<Vec<u8>, String> {
+    let args_len = postcard::experimental::serialized_size(args).map_err(|e| e.to_string())?;
+    let out = call_buffer(call, args_len);
+    let head = out.len();
+    let out = postcard::to_extend(args, out).map_err(|e| e.to_string())?;
+    if out.len() - head != args_len {
+        // A `Serialize` that writes other bytes each time: the length sent would lie.
+        return Err(format!(
+            "{args_len} bytes measured, {} written",
+            out.len() - head
+        ));
+    }
+    Ok(out)
+}
+
+/// A buffer sized for `call` with `args_len` bytes of arguments, holding its bytes up
+/// to and including the arguments' length (the arguments' bytes come next).
+fn call_buffer(call: &CallParts<'_>, args_len: usize) -> Vec<u8> {
+    let names = call.class.len() + call.name.map_or(0, str::len) + call.method.len();
     let head = (
         CALL_VARIANT,
-        request_id,
-        class,
-        object,
-        name,
-        method,
-        fingerprint,
-        timeout_ms,
+        &call.request_id,
+        call.class,
+        &call.object,
+        call.name,
+        call.method,
+        call.fingerprint,
+        call.timeout_ms,
         args_len,
     );
     // Serializing into a Vec cannot fail.
-    *out =
-        postcard::to_extend(&head, std::mem::take(out)).expect("postcard serialization into Vec");
+    postcard::to_extend(&head, Vec::with_capacity(64 + names + args_len))
+        .expect("postcard serialization into Vec")
 }
 
 /// The postcard bytes of `request` (a frame's message, without its prefix).
@@ -512,20 +546,17 @@ pub(crate) fn encode_request(request: &Request) -> Vec<u8> {
 
 /// The postcard bytes of `Request::Call(call)`, without copying `call` into one.
 pub(crate) fn encode_call(call: &CallRequest) -> Vec<u8> {
-    let name = call.name.as_ref().map_or(0, String::len);
-    let mut out =
-        Vec::with_capacity(64 + call.class.len() + name + call.method.len() + call.args.len());
-    encode_call_head(
-        &mut out,
-        &call.request_id,
-        &call.class,
-        &call.object,
-        call.name.as_deref(),
-        &call.method,
-        call.fingerprint,
-        call.timeout_ms,
-        call.args.len(),
-    );
+    let parts = CallParts {
+        request_id: call.request_id,
+        class: &call.class,
+        object: call.object,
+        name: call.name.as_deref(),
+        method: &call.method,
+        fingerprint: call.fingerprint,
+        timeout_ms: call.timeout_ms,
+    };
+    // The arguments are encoded already: their bytes follow their length.
+    let mut out = call_buffer(&parts, call.args.len());
     out.extend_from_slice(&call.args);
     out
 }
@@ -534,13 +565,12 @@ pub(crate) fn encode_call(call: &CallRequest) -> Vec<u8> {
 /// `tag` on a pipe (a [`PipeCall`]'s bytes are its tag's, then its request's).
 pub(crate) fn frame_of(message: &[u8], version: u8, tag: Option<u64>) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + 1 + 10 + message.len());
-    out.extend_from_slice(&[0, 0, 0, 0, version]);
+    let start = start_frame(&mut out, version);
     if let Some(tag) = tag {
         out = postcard::to_extend(&tag, out).expect("postcard serialization into Vec");
     }
     out.extend_from_slice(message);
-    let len = (out.len() - 4) as u32;
-    out[..4].copy_from_slice(&len.to_le_bytes());
+    finish_frame(&mut out, start);
     out
 }
 
