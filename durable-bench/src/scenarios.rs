@@ -129,6 +129,12 @@ fn us_now() -> u128 {
         .as_micros()
 }
 
+/// One task's count of completed operations, alone on its cache line (128 bytes: two
+/// lines, for CPUs that fetch lines in adjacent pairs).
+#[derive(Default)]
+#[repr(align(128))]
+struct Count(AtomicU64);
+
 /// What `drive` measured.
 struct Measured {
     /// Completed operations per second in the measured window.
@@ -161,18 +167,23 @@ where
     let op = Arc::new(op);
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
+    // Each task counts its own operations on a cache line of its own: one counter
+    // shared by every task would be a line the load generator's threads fight over on
+    // every call (the harness's cost, not the measured system's).
+    let done: Arc<Vec<Count>> = Arc::new((0..concurrency).map(|_| Count::default()).collect());
     let mut tasks = Vec::new();
     for t in 0..concurrency {
         let (op, measuring, stop, done) =
             (op.clone(), measuring.clone(), stop.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
+            let mut counted = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 op(t, i).await?;
                 i += 1;
                 if measuring.load(Ordering::Relaxed) {
-                    done.fetch_add(1, Ordering::Relaxed);
+                    counted += 1;
+                    done[t].0.store(counted, Ordering::Relaxed);
                 }
             }
             Ok::<(), String>(())
@@ -198,7 +209,7 @@ where
             rss.push((start.elapsed(), bytes));
         }
     }
-    let n = done.load(Ordering::Relaxed);
+    let n: u64 = done.iter().map(|c| c.0.load(Ordering::Relaxed)).sum();
     let elapsed = start.elapsed().as_secs_f64();
     let cpu_after = watch.and_then(baselines::cpu_secs);
     let own_after = baselines::cpu_secs(std::process::id());
