@@ -256,18 +256,20 @@ async fn durable_increments(
     objects: usize,
     plan: &Plan,
 ) -> Result<Measured, String> {
-    let stubs: Arc<Vec<_>> = Arc::new(
-        (0..objects)
-            .map(|i| client.get::<Counter>(&format!("o{i}")))
-            .collect(),
-    );
+    let stubs: Vec<_> = (0..objects)
+        .map(|i| client.get::<Counter>(&format!("o{i}")))
+        .collect();
     for chunk in stubs.chunks(64) {
         for r in futures_util::future::join_all(chunk.iter().map(|s| s.get())).await {
             r.map_err(|e| e.to_string())?;
         }
     }
+    // Each task its own copy of the stubs, as the other systems' tasks each have their
+    // own connection: a call then touches no reference count the 64 tasks share (the
+    // op's future owns what it uses, so it clones its task's `Arc`).
+    let per_task: Vec<Arc<Vec<_>>> = (0..64).map(|_| Arc::new(stubs.to_vec())).collect();
     drive(64, plan.warm, plan.secs, Some(server.pid()), move |t, i| {
-        let stubs = stubs.clone();
+        let stubs = per_task[t].clone();
         async move {
             let o = (t + i as usize * 64) % stubs.len();
             stubs[o]
@@ -943,9 +945,11 @@ async fn read_under_write(plan: &Plan) -> Result<Vec<Row>, String> {
     // 64 writers on the same object: first alone (no reads for over a second, so
     // the object is not read-friendly), then with one sequential reader beside them.
     let writers = |secs: f64| {
-        let counter = counter.clone();
-        drive(64, plan.warm, secs, Some(server.pid()), move |_, _| {
-            let counter = counter.clone();
+        // Each writer its own stub (see `durable_increments`).
+        let per_task: Vec<Arc<durable_examples::counter::CounterClient>> =
+            (0..64).map(|_| Arc::new(counter.clone())).collect();
+        drive(64, plan.warm, secs, Some(server.pid()), move |t, _| {
+            let counter = per_task[t].clone();
             async move {
                 counter
                     .increment(1)
