@@ -9,17 +9,14 @@
 //! same process: the test harness), with the same stubs.
 
 use crate::error::CallError;
-use crate::pipe::{Exchange, Pipe};
+use crate::pipe::{Exchange, Pipe, Sent};
 use crate::wire::{self, CallRequest, Request, Response, WireError};
 use crate::{ObjectClass, ObjectId, ALPN};
 use serde::{de::DeserializeOwned, Serialize};
-use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -648,20 +645,25 @@ fn lane_for(inner: &Inner, main: &quinn::Connection, outgoing: &Outgoing<'_>) ->
     if known.stable_id() != main.stable_id() {
         return inner.main.clone();
     }
-    pick_lane(inner, lanes, class, &object)
+    pick_lane(inner, lanes, class, &object).clone()
 }
 
 /// Of the host's `lanes`, the one of the shard that owns `class`'s `object`, unless it
 /// is left alone after failing (or the host has none); else the first connection's.
-fn pick_lane(inner: &Inner, lanes: &[Arc<Lane>], class: &str, object: &ObjectId) -> Arc<Lane> {
+fn pick_lane<'a>(
+    inner: &'a Inner,
+    lanes: &'a [Arc<Lane>],
+    class: &str,
+    object: &ObjectId,
+) -> &'a Arc<Lane> {
     if lanes.is_empty() {
-        return inner.main.clone();
+        return &inner.main;
     }
     let lane = &lanes[wire::lane_of(class, object, lanes.len())];
     if lane.reach.is_down() {
-        inner.main.clone()
+        &inner.main
     } else {
-        lane.clone()
+        lane
     }
 }
 
@@ -760,7 +762,7 @@ fn current(lane: &Lane) -> Option<quinn::Connection> {
 }
 
 /// Stop using `broken` as `lane`'s connection, and its pipe with it (calls find a
-/// lane's open pipe without looking at the connection: [`open_pipe`]).
+/// lane's open pipe without looking at the connection: [`send_on_open_pipe`]).
 fn forget(lane: &Lane, broken: &quinn::Connection) {
     let mut slot = lane.conn.write().unwrap();
     if slot.as_ref().map(|c| c.stable_id()) == Some(broken.stable_id()) {
@@ -796,37 +798,39 @@ async fn call_quic(
     let mut backoff = Duration::from_millis(5);
     let mut last_error = String::new();
     loop {
-        // Where the call goes. When the connection, its lanes and its pipe are up,
-        // the first poll finds them and no timer is set; only connecting or opening
-        // runs under a timer to the deadline.
-        let routed = {
-            let mut route = pin!(route(inner, outgoing, &mut last_error));
-            match poll_fn(|cx| Poll::Ready(route.as_mut().poll(cx))).await {
-                Poll::Ready(routed) => Some(routed),
-                Poll::Pending => tokio::time::timeout_at(deadline, route).await.ok(),
-            }
-        };
-        let outcome = match routed {
-            None => return Err(timed_out(last_error)),
-            Some(Err(Some(e))) => return Err(e),
-            Some(Err(None)) => None,
-            // The pipe answers the call with `TimedOut` at its deadline.
-            Some(Ok(Route::Pipe(lane, pipe))) => {
-                let answer = pipe.call(&outgoing.message, deadline).await;
-                settle(
-                    answer,
-                    &lane,
-                    pipe.conn(),
-                    wire::PIPE_VERSION,
-                    &mut last_error,
-                )
-            }
-            Some(Ok(Route::Stream(lane, conn, version))) => {
-                let frame = wire::frame_of(&outgoing.message, version, None);
-                let exchanged = exchange(&conn, &frame, inner.config.max_frame);
-                match tokio::time::timeout_at(deadline, exchanged).await {
-                    Ok(answer) => settle(answer, &lane, &conn, version, &mut last_error),
-                    Err(_) => return Err(timed_out(last_error)),
+        let outcome = if let Some(sent) = send_on_open_pipe(inner, outgoing, deadline) {
+            // Most calls: their lane's open pipe took them at once. Its deadline keeper
+            // answers `TimedOut` at the deadline.
+            outcome_of(sent.answer().await, &mut last_error)
+        } else {
+            // Connecting, learning the lanes or opening a pipe, under a timer to the
+            // deadline.
+            let routed =
+                tokio::time::timeout_at(deadline, route(inner, outgoing, &mut last_error)).await;
+            match routed {
+                Err(_) => return Err(timed_out(last_error)),
+                Ok(Err(Some(e))) => return Err(e),
+                Ok(Err(None)) => None,
+                Ok(Ok(Route::Pipe(lane, pipe))) => {
+                    let answer = match pipe.send(&outgoing.message, deadline) {
+                        Some(sent) => sent.answer().await,
+                        None => Err(Exchange::Lost("the pipe closed".into())),
+                    };
+                    settle(
+                        answer,
+                        &lane,
+                        pipe.conn(),
+                        wire::PIPE_VERSION,
+                        &mut last_error,
+                    )
+                }
+                Ok(Ok(Route::Stream(lane, conn, version))) => {
+                    let frame = wire::frame_of(&outgoing.message, version, None);
+                    let exchanged = exchange(&conn, &frame, inner.config.max_frame);
+                    match tokio::time::timeout_at(deadline, exchanged).await {
+                        Ok(answer) => settle(answer, &lane, &conn, version, &mut last_error),
+                        Err(_) => return Err(timed_out(last_error)),
+                    }
                 }
             }
         };
@@ -858,24 +862,25 @@ enum Route {
     Stream(Arc<Lane>, quinn::Connection, u8),
 }
 
-/// The open pipe of the lane `request` belongs on, if it has one: most calls' route,
-/// found with a read of the lanes and a lock of the lane's pipe. A pipe ends when its
-/// connection does (its reader sees the stream break), and a lane's pipe is taken away
-/// when the first connection its lanes came with is lost; a call that still finds one
-/// closing is resent under its request id like any call on a pipe that breaks.
-fn open_pipe(inner: &Inner, outgoing: &Outgoing<'_>) -> Option<(Arc<Lane>, Arc<Pipe>)> {
-    let lane = match (outgoing.lane_key, inner.lanes.read().unwrap().as_ref()) {
+/// The fast route: the call written on its lane's open pipe, found under a read of the
+/// lanes and the lane's pipe lock and used in place, without taking a reference to
+/// either (no reference count that every caller shares is touched). `None` if the lane
+/// has no open pipe: [`route`] then connects, learns the lanes or opens one.
+///
+/// A pipe ends when its connection does (its reader sees the stream break), and a
+/// lane's pipe is taken away when the first connection its lanes came with is lost; a
+/// call that still finds one closing is resent under its request id like any call on
+/// a pipe that breaks.
+fn send_on_open_pipe(inner: &Inner, outgoing: &Outgoing<'_>, deadline: Instant) -> Option<Sent> {
+    let lanes = inner.lanes.read().unwrap();
+    let lane = match (outgoing.lane_key, lanes.as_ref()) {
         (Some((class, object)), Some((_, lanes))) => pick_lane(inner, lanes, class, &object),
-        _ => inner.main.clone(),
+        _ => &inner.main,
     };
-    let pipe = lane
-        .pipe
-        .lock()
-        .unwrap()
-        .as_ref()
-        .filter(|p| !p.is_closed())
-        .cloned()?;
-    Some((lane, pipe))
+    let pipe = lane.pipe.lock().unwrap();
+    pipe.as_ref()
+        .filter(|p| !p.is_closed())?
+        .send(&outgoing.message, deadline)
 }
 
 /// The route for `request`, connecting, learning the lanes and opening a pipe as
@@ -886,9 +891,6 @@ async fn route(
     outgoing: &Outgoing<'_>,
     last_error: &mut String,
 ) -> Result<Route, Option<CallError>> {
-    if let Some((lane, pipe)) = open_pipe(inner, outgoing) {
-        return Ok(Route::Pipe(lane, pipe));
-    }
     let main = match current(&inner.main) {
         Some(c) => c,
         None => match establish(inner).await {
@@ -946,14 +948,26 @@ fn settle(
     version: u8,
     last_error: &mut String,
 ) -> Option<Result<Response, CallError>> {
+    let lost = matches!(answer, Err(Exchange::Lost(_)));
+    if lost && (conn.close_reason().is_some() || version < wire::PIPE_VERSION) {
+        forget(lane, conn);
+    }
+    outcome_of(answer, last_error)
+}
+
+/// What a call's answer means: its result, or `None` to resend it (why in
+/// `last_error`). For a call sent by the fast route nothing more is done on a loss: a
+/// lost pipe is closed, and a closed connection is passed over wherever one is looked
+/// for ([`current`]), so the next try connects or opens a pipe anew.
+fn outcome_of(
+    answer: Result<Response, Exchange>,
+    last_error: &mut String,
+) -> Option<Result<Response, CallError>> {
     match answer {
         Ok(r) => Some(Ok(r)),
         Err(Exchange::Protocol(m)) => Some(Err(CallError::Protocol(m))),
         Err(Exchange::TimedOut) => Some(Err(timed_out(std::mem::take(last_error)))),
         Err(Exchange::Lost(m)) => {
-            if conn.close_reason().is_some() || version < wire::PIPE_VERSION {
-                forget(lane, conn);
-            }
             *last_error = m;
             None
         }

@@ -51,7 +51,13 @@ struct WaitingState {
     /// When the deadline keeper looks next (no later than the earliest deadline of the
     /// calls waiting); `None` while it waits to be told of a call.
     look_at: Option<Instant>,
+    /// The table's size after its last sweep of calls given up on: the next sweep
+    /// comes once it has doubled (see [`Waiting::add`]).
+    swept_at: usize,
 }
+
+/// The table is not swept of calls given up on while it holds fewer.
+const SWEEP_FROM: usize = 1024;
 
 impl Waiting {
     fn new() -> Waiting {
@@ -61,6 +67,7 @@ impl Waiting {
                 accepting: true,
                 closed: false,
                 look_at: None,
+                swept_at: 0,
             }),
             count: AtomicUsize::new(0),
             open: AtomicBool::new(true),
@@ -78,8 +85,18 @@ impl Waiting {
     }
 
     /// Add a call waiting until `deadline`; false if the pipe takes no more calls.
+    ///
+    /// A call given up on (its [`Sent`] dropped) leaves its place to its answer or its
+    /// deadline. So that many of them cannot pile up (calls given up on faster than
+    /// they are answered, with long deadlines), the table drops those whose caller is
+    /// gone each time it has doubled since it was last swept: a sweep per doubling
+    /// costs each call a constant share.
     fn add(&self, tag: u64, waiter: Waiter, deadline: Instant) -> bool {
         let mut state = self.lock();
+        if state.calls.len() >= state.swept_at.max(SWEEP_FROM / 2) * 2 {
+            state.calls.retain(|_, (waiter, _)| !waiter.is_closed());
+            state.swept_at = state.calls.len();
+        }
         // A tag already waiting is refused, not replaced (tags come from a counter, so
         // this does not happen; replacing would leave a call waiting forever).
         let added = state.accepting
@@ -239,53 +256,38 @@ impl Pipe {
         self.waiting.is_closed()
     }
 
-    /// Send the call whose request's bytes are `message` and wait for its answer, until
-    /// `deadline`
-    /// ([`Exchange::TimedOut`] then).
-    pub(crate) async fn call(
-        &self,
-        message: &[u8],
-        deadline: Instant,
-    ) -> Result<Response, Exchange> {
+    /// Send the call whose request's bytes are `message` now; its answer comes through
+    /// the returned [`Sent`] (by `deadline` at the latest). `None` if the pipe takes no
+    /// more calls.
+    pub(crate) fn send(&self, message: &[u8], deadline: Instant) -> Option<Sent> {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let (waiter, answer) = oneshot::channel();
         if !self.waiting.add(tag, waiter, deadline) {
-            return Err(Exchange::Lost("the pipe closed".into()));
+            return None;
         }
-        // A call given up on (its deadline passed) stops waiting; a late answer is
-        // dropped.
-        let mut forget = Forget {
-            waiting: &self.waiting,
-            tag,
-            armed: true,
-        };
         // A `PipeCall { tag, request }`: the tag, then the request's bytes.
         let frame = wire::frame_of(message, wire::PIPE_VERSION, Some(tag));
         if self.frames.send(frame).is_err() {
-            return Err(Exchange::Lost("the pipe closed".into()));
+            // The writer is gone (the stream cannot be written): not sent.
+            self.waiting.take(tag);
+            return None;
         }
-        let answer = answer.await;
-        // Answered or not, its waiter left the table (the reader took it and answered,
-        // the keeper took it past its deadline, or the pipe closed and `close` took it
-        // and sent it `Lost`): nothing to forget.
-        forget.armed = false;
-        answer.unwrap_or_else(|_| Err(Exchange::Lost("the pipe closed".into())))
+        Some(Sent(answer))
     }
 }
 
-/// Takes a call's waiter out of the table if the call stops waiting before its answer
-/// (its future dropped).
-struct Forget<'a> {
-    waiting: &'a Waiting,
-    tag: u64,
-    armed: bool,
-}
+/// A call sent on a pipe, waiting for its answer. Dropped before its answer (the call
+/// given up on), its place in the pipe's table stays until the answer comes (and is
+/// dropped), its deadline passes, or the table is next swept ([`Waiting::add`]).
+pub(crate) struct Sent(oneshot::Receiver<Result<Response, Exchange>>);
 
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.waiting.take(self.tag);
-        }
+impl Sent {
+    /// The call's answer; [`Exchange::TimedOut`] at its deadline, `Lost` if the pipe
+    /// ended first.
+    pub(crate) async fn answer(self) -> Result<Response, Exchange> {
+        self.0
+            .await
+            .unwrap_or_else(|_| Err(Exchange::Lost("the pipe closed".into())))
     }
 }
 
@@ -545,4 +547,45 @@ pub(crate) async fn read_frame(
         .await
         .map_err(|e| lost(&e))?;
     Ok(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn calls_given_up_on_are_swept_once_the_table_has_doubled() {
+        let waiting = Waiting::new();
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        // One call still waited for, then calls given up on (their receivers dropped)
+        // up to the first sweep's size.
+        let (kept, mut answer) = oneshot::channel();
+        assert!(waiting.add(0, kept, deadline));
+        for tag in 1..SWEEP_FROM as u64 {
+            let (waiter, given_up) = oneshot::channel();
+            drop(given_up);
+            assert!(waiting.add(tag, waiter, deadline));
+        }
+        assert_eq!(waiting.len(), SWEEP_FROM);
+        // The next call sweeps them: the one waited for and the new one are left.
+        let (waiter, _new) = oneshot::channel();
+        assert!(waiting.add(SWEEP_FROM as u64, waiter, deadline));
+        assert_eq!(waiting.len(), 2);
+        // The call waited for still gets its answer.
+        let mut landed = vec![(0, Ok(Response::Welcome))];
+        for (waiter, result) in waiting.take_all(&mut landed) {
+            let _ = waiter.send(result);
+        }
+        assert!(matches!(answer.try_recv(), Ok(Ok(Response::Welcome))));
+        // Live calls are never swept: the next sweep waits for the table to double
+        // again, and keeps them.
+        let mut live = Vec::new();
+        for tag in 0..2 * SWEEP_FROM as u64 {
+            let (waiter, receiver) = oneshot::channel();
+            assert!(waiting.add(10_000 + tag, waiter, deadline));
+            live.push(receiver);
+        }
+        assert_eq!(waiting.len(), 2 * SWEEP_FROM + 1);
+    }
 }
