@@ -268,8 +268,10 @@ impl Pipe {
         // A `PipeCall { tag, request }`: the tag, then the request's bytes.
         let frame = wire::frame_of(message, wire::PIPE_VERSION, Some(tag));
         if self.frames.send(frame).is_err() {
-            // The writer is gone (the stream cannot be written): not sent.
+            // The writer is gone (the stream cannot be written): not sent, and the
+            // pipe takes no more calls.
             self.waiting.take(tag);
+            self.waiting.stop_accepting();
             return None;
         }
         Some(Sent(answer))
@@ -399,10 +401,21 @@ async fn read(
     let _ends = CloseOnDrop(&waiting);
     let mut answers = Answers::new(recv, max_frame);
     let mut landed = Vec::new();
+    let mut dropped = false;
     let why = loop {
         let answer = tokio::select! {
             answer = answers.next() => answer,
-            _ = &mut stopped => break "the pipe was dropped".to_string(),
+            _ = &mut stopped, if !dropped => {
+                // The pipe was dropped (a new one took its place, or its lane was
+                // forgotten). Its calls already sent hold no reference to it, and still
+                // get their answers: the writer finishes the stream, and the host
+                // answers what it read before it finishes its side.
+                if waiting.len() == 0 {
+                    break "the pipe was dropped".to_string();
+                }
+                dropped = true;
+                continue;
+            }
         };
         let mut next = match answer {
             Ok(answer) => Some(answer),
@@ -427,6 +440,9 @@ async fn read(
         }
         if nameless {
             break "an answer on the pipe names no call".to_string();
+        }
+        if dropped && waiting.len() == 0 {
+            break "the pipe was dropped".to_string();
         }
     };
     waiting.close(|| Exchange::Lost(why.clone()));
@@ -572,20 +588,38 @@ mod tests {
         let (waiter, _new) = oneshot::channel();
         assert!(waiting.add(SWEEP_FROM as u64, waiter, deadline));
         assert_eq!(waiting.len(), 2);
-        // The call waited for still gets its answer.
+        // The call waited for still gets its answer (and leaves the table).
         let mut landed = vec![(0, Ok(Response::Welcome))];
         for (waiter, result) in waiting.take_all(&mut landed) {
             let _ = waiter.send(result);
         }
         assert!(matches!(answer.try_recv(), Ok(Ok(Response::Welcome))));
-        // Live calls are never swept: the next sweep waits for the table to double
-        // again, and keeps them.
+        // The next sweep waits for the table to reach twice the first sweep's size
+        // (1,024 here, as it kept fewer than 512): calls given up on stay until then.
+        let mut given_up = Vec::new();
+        for tag in 0..500 {
+            let (waiter, receiver) = oneshot::channel();
+            assert!(waiting.add(5_000 + tag, waiter, deadline));
+            given_up.push(receiver);
+        }
+        drop(given_up);
+        assert_eq!(waiting.len(), 501, "given up on, and not swept yet");
+        for tag in 501..SWEEP_FROM as u64 {
+            let (waiter, receiver) = oneshot::channel();
+            drop(receiver);
+            assert!(waiting.add(6_000 + tag, waiter, deadline));
+        }
+        assert_eq!(waiting.len(), SWEEP_FROM);
+        let (waiter, _newer) = oneshot::channel();
+        assert!(waiting.add(9_000, waiter, deadline));
+        assert_eq!(waiting.len(), 2, "the call beside them and the newest");
+        // Live calls are never swept.
         let mut live = Vec::new();
         for tag in 0..2 * SWEEP_FROM as u64 {
             let (waiter, receiver) = oneshot::channel();
             assert!(waiting.add(10_000 + tag, waiter, deadline));
             live.push(receiver);
         }
-        assert_eq!(waiting.len(), 2 * SWEEP_FROM + 1);
+        assert_eq!(waiting.len(), 2 * SWEEP_FROM + 2);
     }
 }
