@@ -877,10 +877,9 @@ fn send_on_open_pipe(inner: &Inner, outgoing: &Outgoing<'_>, deadline: Instant) 
         (Some((class, object)), Some((_, lanes))) => pick_lane(inner, lanes, class, &object),
         _ => &inner.main,
     };
+    // A pipe that takes no more calls refuses it (`None`) as one that is gone.
     let pipe = lane.pipe.lock().unwrap();
-    pipe.as_ref()
-        .filter(|p| !p.is_closed())?
-        .send(&outgoing.message, deadline)
+    pipe.as_ref()?.send(&outgoing.message, deadline)
 }
 
 /// The route for `request`, connecting, learning the lanes and opening a pipe as

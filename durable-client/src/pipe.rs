@@ -10,7 +10,7 @@
 
 use crate::wire::{self, PipeReply, Request, Response};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
@@ -33,9 +33,6 @@ struct Waiting {
     /// How many calls wait (`state.calls.len()`, kept beside it so that the writer
     /// can read it without the lock the callers and the reader take).
     count: AtomicUsize,
-    /// `state.accepting && !state.closed`, kept beside it so that a call can tell
-    /// without the lock whether the pipe takes it.
-    open: AtomicBool,
     /// Wakes the deadline keeper ([`keep_deadlines`]): a call came with a deadline
     /// before the time it sleeps until, or the pipe closed.
     keeper: Notify,
@@ -70,7 +67,6 @@ impl Waiting {
                 swept_at: 0,
             }),
             count: AtomicUsize::new(0),
-            open: AtomicBool::new(true),
             keeper: Notify::new(),
         }
     }
@@ -183,7 +179,8 @@ impl Waiting {
 
     /// Whether new calls must go on another pipe.
     fn is_closed(&self) -> bool {
-        !self.open.load(Ordering::Acquire)
+        let state = self.lock();
+        !state.accepting || state.closed
     }
 
     /// The stream cannot be written any more: new calls go elsewhere, the answers to
@@ -191,7 +188,6 @@ impl Waiting {
     /// finishes its side).
     fn stop_accepting(&self) {
         self.lock().accepting = false;
-        self.open.store(false, Ordering::Release);
     }
 
     /// No more answers will come: tell every waiting call why.
@@ -199,7 +195,6 @@ impl Waiting {
         let calls = {
             let mut state = self.lock();
             state.closed = true;
-            self.open.store(false, Ordering::Release);
             let calls = std::mem::take(&mut state.calls);
             self.counted(&state);
             calls
