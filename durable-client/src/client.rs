@@ -10,6 +10,7 @@
 
 use crate::error::CallError;
 use crate::pipe::{Exchange, Pipe, Sent};
+use crate::retry::Retry;
 use crate::wire::{self, CallRequest, Request, Response, WireError};
 use crate::{ObjectClass, ObjectId, ALPN};
 use serde::{de::DeserializeOwned, Serialize};
@@ -797,11 +798,17 @@ async fn call_quic(
     }
     let mut backoff = Duration::from_millis(5);
     let mut last_error = String::new();
+    // Why an attempt sent earlier was lost, once one was: from then on the call may
+    // have been applied, whatever a later attempt hears ([`after_lost_attempt`]).
+    let mut lost_after_sending: Option<String> = None;
     loop {
-        let outcome = if let Some(sent) = send_on_open_pipe(inner, outgoing, deadline) {
+        // Whether this attempt's frame may have reached the host.
+        let mut sent = false;
+        let outcome = if let Some(on_pipe) = send_on_open_pipe(inner, outgoing, deadline) {
             // Most calls: their lane's open pipe took them at once. Its deadline keeper
             // answers `TimedOut` at the deadline.
-            outcome_of(sent.answer().await, &mut last_error)
+            sent = true;
+            outcome_of(on_pipe.answer().await, &mut last_error)
         } else {
             // Connecting, learning the lanes or opening a pipe, under a timer to the
             // deadline.
@@ -809,11 +816,14 @@ async fn call_quic(
                 tokio::time::timeout_at(deadline, route(inner, outgoing, &mut last_error)).await;
             match routed {
                 Err(_) => return Err(timed_out(last_error)),
-                Ok(Err(Some(e))) => return Err(e),
+                Ok(Err(Some(e))) => return after_lost_attempt(Err(e), lost_after_sending),
                 Ok(Err(None)) => None,
                 Ok(Ok(Route::Pipe(lane, pipe))) => {
                     let answer = match pipe.send(&outgoing.message, deadline) {
-                        Some(sent) => sent.answer().await,
+                        Some(on_pipe) => {
+                            sent = true;
+                            on_pipe.answer().await
+                        }
                         None => Err(Exchange::Lost("the pipe closed".into())),
                     };
                     settle(
@@ -825,6 +835,8 @@ async fn call_quic(
                     )
                 }
                 Ok(Ok(Route::Stream(lane, conn, version))) => {
+                    // Counted as sent even if the stream broke before the frame left.
+                    sent = true;
                     let frame = wire::frame_of(&outgoing.message, version, None);
                     let exchanged = exchange(&conn, &frame, inner.config.max_frame);
                     match tokio::time::timeout_at(deadline, exchanged).await {
@@ -835,8 +847,11 @@ async fn call_quic(
             }
         };
         match outcome {
-            Some(result) => return result,
+            Some(result) => return after_lost_attempt(result, lost_after_sending),
             None => {
+                if sent && lost_after_sending.is_none() {
+                    lost_after_sending = Some(last_error.clone());
+                }
                 if Instant::now() + backoff >= deadline {
                     return Err(CallError::ConnectionLost(last_error));
                 }
@@ -845,6 +860,34 @@ async fn call_quic(
             }
         }
     }
+}
+
+/// A call's result, given why an attempt of it sent earlier was lost (`lost`, if one
+/// was). That attempt may have reached the host, and may run yet (it may wait in the
+/// object's queue), so a refusal of a later attempt that says "not applied" (the queue
+/// is full, the host is stopping, the connection was refused, ...) speaks for that
+/// attempt alone: it is answered [`CallError::Indeterminate`], to be retried only under
+/// the same request id. Answers of a run of the call, or of its request id's record,
+/// stand as they are.
+fn after_lost_attempt(
+    result: Result<Response, CallError>,
+    lost: Option<String>,
+) -> Result<Response, CallError> {
+    let Some(lost) = lost else {
+        return result;
+    };
+    let refusal = match &result {
+        Ok(Response::Error(e)) => CallError::from(e.clone()),
+        Err(e) => e.clone(),
+        Ok(_) => return result,
+    };
+    if refusal.retry() != Retry::NotApplied {
+        return result;
+    }
+    Err(CallError::Indeterminate(format!(
+        "an earlier attempt of this call was lost after it was sent ({lost}) and may have \
+         been applied; sent again under the same request id, it was refused: {refusal}"
+    )))
 }
 
 /// A call on its way: its request's bytes, encoded once for every time it is sent,

@@ -4,7 +4,8 @@
 //! `Err` or panics discards what it asked for (a restore) with its writes; restores
 //! run concurrently without sharing scratch files; a file commit that fails after the
 //! log made its batch durable answers the batch as applied; writes work again after a
-//! refusal once the quiet object has closed its files.
+//! refusal once the quiet object has closed its files; a resend refused as not applied
+//! after an attempt was lost once sent is answered indeterminate.
 
 mod common;
 
@@ -388,5 +389,61 @@ async fn writes_work_after_a_full_disk_refused_them_and_the_quiet_object_closed_
         );
         assert_eq!(counter.get().await.unwrap(), last);
         base = last;
+    }
+}
+
+/// A call whose connection is lost after it was sent is resent under its request id;
+/// when the host refuses the resend as not applied (here: the object's queue is full,
+/// because the first attempt still waits in it), the caller must not hear "not applied"
+/// (safe to send again under any id): the first attempt may yet run, and does. It hears
+/// `Indeterminate` (retry only under the same request id), and the write is applied
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_refused_as_not_applied_after_a_lost_attempt_is_indeterminate() {
+    let dir = tempfile::tempdir().unwrap();
+    // One call may wait while another runs.
+    let host = HostProcess::start(dir.path(), &["--max-queue", "1"]);
+    let client = host.client().await;
+    let probe = client.get::<Probe>("lost");
+    let holder = {
+        let probe = probe.clone();
+        tokio::spawn(async move { probe.sleep(2_000).await })
+    };
+    // The holder's turn runs (a call may read while it does: reads do not queue).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let queued = {
+        let probe = probe.clone();
+        tokio::spawn(async move { probe.put("k".into(), 7).await })
+    };
+    // Its frame reaches the host and waits in the object's queue; then the connection
+    // goes, and the call is resent on a new one while the first attempt still waits.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    client.close();
+    let outcome = queued.await.unwrap();
+    match &outcome {
+        Err(e @ CallError::Indeterminate(message)) => {
+            assert_eq!(e.retry(), Retry::Indeterminate);
+            assert!(!e.is_retry_safe());
+            assert!(message.contains("may have been applied"), "{message}");
+        }
+        other => panic!("expected Indeterminate, got {other:?}"),
+    }
+    // The holder's connection went too: its own outcome is not the point here.
+    let _ = holder.await.unwrap();
+    // The first attempt ran once the holder's turn ended: the write was applied, once.
+    let reader = host.client().await.get::<Probe>("lost");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // Refused while the queue is still full.
+        match reader.get("k".into()).await {
+            Ok(Some(7)) => break,
+            Ok(_) | Err(CallError::Overloaded { .. }) => {}
+            Err(e) => panic!("reading back: {e}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first attempt never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
