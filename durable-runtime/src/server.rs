@@ -28,6 +28,15 @@ const MAX_HELLO: usize = 4096;
 /// Pipes one connection may have open at once (the Rust client opens one).
 const MAX_PIPES: usize = 8;
 
+/// Bytes of request frames one connection may be receiving at once on its streams,
+/// each counted from its length prefix until it has been read whole (a pipe reads one
+/// frame at a time; once read, a call's arguments count against the host's bound on
+/// calls in flight, see [`crate::admission`]). A frame that would take the connection
+/// past it is answered `Overloaded` at once (not applied) and left unread: without it,
+/// a peer holding 4,096 streams each half way through a 4 MiB frame would hold 16 GiB
+/// of the host's memory. Never below the frame limit, so that any one frame fits.
+const RECEIVING_BYTES: usize = 64 << 20;
+
 /// The stream error code of a pipe refused past [`MAX_PIPES`].
 const PIPES_REFUSED: u32 = 2;
 
@@ -126,12 +135,15 @@ impl Server {
             return;
         }
         let caller = by_cert.map_or_else(|| self.caller.clone(), Arc::new);
-        let pipes = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(PerConnection {
+            pipes: AtomicUsize::new(0),
+            receiving: AtomicUsize::new(0),
+        });
         while let Ok((send, recv)) = conn.accept_bi().await {
             let server = self.clone();
             let caller = caller.clone();
-            let pipes = pipes.clone();
-            tokio::spawn(async move { server.stream(send, recv, &caller, &pipes).await });
+            let shared = shared.clone();
+            tokio::spawn(async move { server.stream(send, recv, &caller, &shared).await });
         }
     }
 
@@ -145,18 +157,25 @@ impl Server {
         by_cert: bool,
     ) -> bool {
         let hello = tokio::time::timeout(READ_TIMEOUT, async {
-            let hello = read_frame(&mut recv, MAX_HELLO).await?;
-            read_end(&mut recv).await.map(|()| hello)
+            let hello = read_frame(&mut recv, MAX_HELLO, None).await?;
+            read_end(&mut recv)
+                .await
+                .map(|()| hello)
+                .map_err(NotRead::from)
         })
         .await;
-        let (ok, response, version) = match hello.unwrap_or(Err(FrameError::Truncated)) {
+        let (ok, response, version) = match hello.unwrap_or(Err(FrameError::Truncated.into())) {
             Ok((Request::Hello { token }, v))
                 if by_cert || constant_time_eq(token.as_bytes(), self.token.as_bytes()) =>
             {
                 (true, Response::Welcome, v)
             }
             Ok((_, v)) => (false, Response::Error(WireError::Unauthenticated), v),
-            Err(e) => (false, Response::Error(e.into()), wire::MIN_PROTOCOL_VERSION),
+            Err(e) => (
+                false,
+                Response::Error(e.into_wire()),
+                wire::MIN_PROTOCOL_VERSION,
+            ),
         };
         let _ = send
             .write_all(&wire::encode_frame_in(&response, version))
@@ -165,28 +184,31 @@ impl Server {
         ok
     }
 
-    /// Serve one stream; `pipes` counts the connection's open pipes.
+    /// Serve one stream of a connection (whose open pipes and frames being received
+    /// `shared` counts).
     async fn stream(
         &self,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
         caller: &Caller,
-        pipes: &AtomicUsize,
+        shared: &PerConnection,
     ) {
+        let pipes = &shared.pipes;
+        let receiving = Some((&shared.receiving, RECEIVING_BYTES.max(self.edge.max_frame)));
         let _open = self.edge.streams.enter();
         self.edge.opened.fetch_add(1, Ordering::AcqRel);
         let request = tokio::time::timeout(READ_TIMEOUT, async {
-            let request = read_frame(&mut recv, self.edge.max_frame).await?;
+            let request = read_frame(&mut recv, self.edge.max_frame, receiving).await?;
             if !matches!(request, (Request::Pipe, wire::PIPE_VERSION..)) {
                 // One frame per stream, then its end.
                 read_end(&mut recv).await?;
             }
-            Ok(request)
+            Ok::<_, NotRead>(request)
         })
         .await;
         // Answer in the version asked (an error about the frame itself, in the
         // oldest: a client that could not be understood may be old).
-        let (response, version) = match request.unwrap_or(Err(FrameError::Truncated)) {
+        let (response, version) = match request.unwrap_or(Err(FrameError::Truncated.into())) {
             Ok((Request::Follow(follow), v)) => return self.follow(follow, send, caller, v).await,
             Ok((Request::Pipe, v)) if v >= wire::PIPE_VERSION => {
                 drop(_open);
@@ -204,7 +226,7 @@ impl Server {
             }
             Ok((Request::Lanes, v)) => (Response::Lanes(self.lanes.clone()), v),
             Ok((request, v)) => (self.edge.answer(request, v, caller).await, v),
-            Err(e) => (Response::Error(e.into()), wire::MIN_PROTOCOL_VERSION),
+            Err(e) => (Response::Error(e.into_wire()), wire::MIN_PROTOCOL_VERSION),
         };
         let _ = send
             .write_all(&wire::encode_frame_in(&response, version))
@@ -389,15 +411,70 @@ impl Drop for Pending<'_> {
     }
 }
 
-/// Read one frame from a stream, checking the declared size before reading the body;
-/// with the protocol version it came in. The stream may go on (a pipe).
+/// What one connection's streams share.
+struct PerConnection {
+    /// Its open pipes (see [`MAX_PIPES`]).
+    pipes: AtomicUsize,
+    /// Bytes of the frames it is receiving (see [`RECEIVING_BYTES`]).
+    receiving: AtomicUsize,
+}
+
+/// Why a stream's frame was not read.
+#[derive(Debug)]
+enum NotRead {
+    /// The frame itself: truncated, too large, trailing bytes, malformed.
+    Frame(FrameError),
+    /// Its connection is receiving as many bytes of frames as it may
+    /// ([`RECEIVING_BYTES`]): the frame was left unread.
+    Busy,
+}
+
+impl From<FrameError> for NotRead {
+    fn from(e: FrameError) -> Self {
+        NotRead::Frame(e)
+    }
+}
+
+impl NotRead {
+    /// The answer: the frame's error, or `Overloaded` (not applied; the peer may send
+    /// it again once its other frames are in).
+    fn into_wire(self) -> WireError {
+        match self {
+            NotRead::Frame(e) => e.into(),
+            NotRead::Busy => WireError::Overloaded,
+        }
+    }
+}
+
+/// A frame's bytes counted among those its connection is receiving, until dropped.
+struct Receiving<'a>(&'a AtomicUsize, usize);
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(self.1, Ordering::AcqRel);
+    }
+}
+
+/// Count a frame of `len` bytes among those its connection is receiving, if they stay
+/// within `budget`.
+fn start_receiving(count: &AtomicUsize, budget: usize, len: usize) -> Option<Receiving<'_>> {
+    let before = count.fetch_add(len, Ordering::AcqRel);
+    let counted = Receiving(count, len);
+    (before.saturating_add(len) <= budget).then_some(counted)
+}
+
+/// Read one frame from a stream, checking the declared size before reading the body
+/// (and, given `receiving`, that its connection may receive that many bytes more: see
+/// [`RECEIVING_BYTES`]); with the protocol version it came in. The stream may go on (a
+/// pipe).
 async fn read_frame(
     recv: &mut quinn::RecvStream,
     limit: usize,
-) -> Result<(Request, u8), FrameError> {
+    receiving: Option<(&AtomicUsize, usize)>,
+) -> Result<(Request, u8), NotRead> {
     let mut prefix = [0u8; 4];
     if recv.read_exact(&mut prefix).await.is_err() {
-        return Err(FrameError::Truncated);
+        return Err(FrameError::Truncated.into());
     }
     let len = u32::from_le_bytes(prefix) as usize;
     if len > limit {
@@ -405,18 +482,30 @@ async fn read_frame(
         return Err(FrameError::TooLarge {
             size: len as u64,
             limit: limit as u64,
-        });
+        }
+        .into());
     }
+    // Held until the frame is read whole (or reading it fails).
+    let _counted = match receiving {
+        Some((count, budget)) => match start_receiving(count, budget, len) {
+            Some(counted) => Some(counted),
+            None => {
+                let _ = recv.stop(0u32.into());
+                return Err(NotRead::Busy);
+            }
+        },
+        None => None,
+    };
     // Grown as the bytes come, not reserved for all the prefix promises.
     let mut frame = Vec::with_capacity(4 + len.min(64 * 1024));
     frame.extend_from_slice(&prefix);
     while frame.len() < 4 + len {
         match recv.read_chunk(4 + len - frame.len(), true).await {
             Ok(Some(chunk)) => frame.extend_from_slice(&chunk.bytes),
-            Ok(None) | Err(_) => return Err(FrameError::Truncated),
+            Ok(None) | Err(_) => return Err(FrameError::Truncated.into()),
         }
     }
-    wire::decode_frame_versioned(&frame, limit)
+    Ok(wire::decode_frame_versioned(&frame, limit)?)
 }
 
 /// The end of a stream that carries one frame: anything more is `Trailing`.

@@ -528,3 +528,87 @@ async fn a_request_id_reused_by_a_different_call_is_refused_not_answered_with_th
     );
     assert_eq!(client.get::<Counter>("r").get().await.unwrap(), 12);
 }
+
+/// The host's resident memory in KiB (`VmRSS`).
+fn rss_kib(host: &HostProcess) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", host.child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// A connection's frames still being received count against a bound (64 MiB, never
+/// below the frame limit): a peer that opens many streams, each promising a 4 MiB frame
+/// and sending part of it, is answered `Overloaded` (not applied) at once for the
+/// frames past the bound, whose bytes the host does not keep; the host's memory stays
+/// within the bound and it serves other callers meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_received_at_once_on_one_connection_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let conn = raw_connection(&host).await;
+    assert_eq!(hello(&conn, &token(&host)).await, Response::Welcome);
+    still_serves(&host).await;
+    let before = rss_kib(&host);
+
+    // 64 streams, each the length prefix of a 4 MiB frame and 2 MiB of it: 128 MiB
+    // sent, twice the bound. Sixteen frames fit (16 x 4 MiB = 64 MiB).
+    let (streams, len, sent) = (64usize, 4usize << 20, 2usize << 20);
+    let part = vec![7u8; sent];
+    let mut opened = Vec::new();
+    for _ in 0..streams {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&(len as u32).to_le_bytes()).await.unwrap();
+        opened.push((send, recv));
+    }
+    let answers = futures_util::future::join_all(opened.into_iter().map(|(mut send, mut recv)| {
+        let part = part.clone();
+        async move {
+            // A refused stream's writes fail once the host stops reading it.
+            let _ = send.write_all(&part).await;
+            // Refused frames are answered at once; held ones never are.
+            let answer =
+                tokio::time::timeout(Duration::from_secs(3), recv.read_to_end(1 << 20)).await;
+            (send, answer)
+        }
+    }))
+    .await;
+    let mut refused = 0;
+    let mut waiting = 0;
+    for (_, answer) in &answers {
+        match answer {
+            Ok(Ok(bytes)) => {
+                assert_eq!(decode(bytes), Response::Error(WireError::Overloaded));
+                refused += 1;
+            }
+            // Still being received: the host waits for the rest of the frame.
+            Err(_) => waiting += 1,
+            Ok(Err(e)) => panic!("unexpected end of a stream: {e}"),
+        }
+    }
+    assert_eq!((waiting, refused), (16, 48));
+    let grew_mib = rss_kib(&host).saturating_sub(before) / 1024;
+    // The sixteen frames' 32 MiB received so far, with room for the allocator's own.
+    assert!(
+        grew_mib < 80,
+        "the host grew by {grew_mib} MiB holding 128 MiB of half-sent frames"
+    );
+    still_serves(&host).await;
+    drop(answers);
+    // Once the frames held are given up (their streams end short), their room is the
+    // connection's again: a call on a new stream of the same connection is served.
+    let frame = wire::encode_frame(&counter_call("after-bound", "increment", vec![2]));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match decode(&exchange_bytes(&conn, &frame).await) {
+            Response::Return(_) => break,
+            // The host has not yet seen every held stream end.
+            Response::Error(WireError::Overloaded) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            other => panic!("expected the call served, got {other:?}"),
+        }
+    }
+}
