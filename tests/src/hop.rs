@@ -118,6 +118,24 @@ impl Hop {
         Err(Error::new(ErrorKind::Invalid, "failing after the call"))
     }
 
+    /// Write `n` here, wait while `sink` sleeps `ms` (a call that writes nothing
+    /// there), then mark `n` as told: the write before the call is made durable at the
+    /// call, the one after with the rest of the batch.
+    pub async fn write_wait_write(
+        &mut self,
+        ctx: &mut Context,
+        n: i64,
+        sink: String,
+        ms: u64,
+    ) -> Result<(), Error> {
+        ctx.sql()
+            .execute("INSERT INTO seen(n, how) VALUES (?1, 'wrote')", [n])?;
+        ctx.object::<Hop>(&sink).busy(ms).await?;
+        ctx.sql()
+            .execute("UPDATE seen SET how = 'told' WHERE n = ?1", [n])?;
+        Ok(())
+    }
+
     /// How many numbers are recorded here. Read-only, so reentrant: a chain that
     /// comes back to this object while its turn waits may call it.
     pub async fn count(&self, ctx: &ReadContext) -> Result<i64, Error> {

@@ -447,3 +447,71 @@ async fn a_resend_refused_as_not_applied_after_a_lost_attempt_is_indeterminate()
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A turn that calls another object first makes the batch so far durable (the calls
+/// before it in its batch, and its own writes until the call). If the rest of the
+/// batch is then refused (here the disk fills while the callee runs), those earlier
+/// calls were applied: they must not hear "not applied" with the refused rest. They,
+/// and the calling turn (part of whose writes stay), hear `Indeterminate`; a resend
+/// under the same request id tells the outcome; the earlier call's write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_made_durable_before_a_turn_called_out_are_not_answered_not_applied() {
+    use durable_tests::Hop;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(&dir.path().join("mnt"), "48m");
+    let host = HostProcess::start(&disk.0.join("data"), &[]);
+    let client = host.client().await;
+    let caller = client.get::<Hop>("caller");
+    let sink = client.get::<Hop>("sink");
+    caller.record(0).await.unwrap();
+    sink.record(0).await.unwrap();
+
+    // Hold the caller busy so that the next two calls wait and run as one batch.
+    let busy = {
+        let caller = caller.clone();
+        tokio::spawn(async move { caller.busy(400).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let object = client.object_ref("Hop", caller.id(), Some("caller"));
+    let first_request = object.prepare("record", method_fingerprint::<Hop>("record"), &(1i64,));
+    let first = {
+        let (object, request) = (object.clone(), first_request.clone());
+        tokio::spawn(async move { object.call_request::<(), durable::Error>(&request).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let second = {
+        let caller = caller.clone();
+        tokio::spawn(async move { caller.write_wait_write(2, "sink".into(), 1_500).await })
+    };
+    busy.await.unwrap().unwrap();
+    // The batch [record(1), write_wait_write(2)] runs; the second's call to the sink
+    // made the first durable and now waits 1.5 s: fill the disk meanwhile, so that the
+    // rest of the batch is refused.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let filler = disk.fill();
+
+    let first = first.await.unwrap();
+    let second = second.await.unwrap();
+    for (what, outcome) in [
+        ("the call before", first.map(drop)),
+        ("the calling turn", second),
+    ] {
+        match outcome {
+            Err(e) => {
+                assert_eq!(e.retry(), Retry::Indeterminate, "{what}: {e:?}");
+            }
+            Ok(()) => panic!("{what}: answered Ok although the batch's end was refused"),
+        }
+    }
+
+    // Space again: the first call's write is there, and its request id says so.
+    std::fs::remove_file(filler).unwrap();
+    let resent = object
+        .call_request::<(), durable::Error>(&first_request)
+        .await;
+    assert!(resent.is_ok(), "{resent:?}");
+    let seen = caller.seen().await.unwrap();
+    assert!(seen.contains(&(1, "recorded".into())), "{seen:?}");
+    // The calling turn's write before its call stays; the one after was undone.
+    assert!(seen.contains(&(2, "wrote".into())), "{seen:?}");
+}

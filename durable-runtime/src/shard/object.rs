@@ -2,7 +2,9 @@
 //! actions (run a batch, release outputs, commit the file when quiet, give back
 //! memory) and watches the log's durability.
 
-use super::outcomes::{indeterminate, refused, CommitError, FileCommit};
+use super::outcomes::{
+    durable_before_failure, indeterminate, refused, CommitError, Fate, FileCommit,
+};
 use super::slot::{Slot, Work};
 use crate::capture::ChangeCapture;
 use crate::class::{ClassEntry, Instance};
@@ -123,6 +125,9 @@ pub(super) struct Pending {
     pub(super) recorded: Vec<store::RecordedCall>,
     /// A commit in the middle of the batch failed: the batch fails with this.
     pub(super) broken: Option<CommitError>,
+    /// Successful commits of the batch so far in the middle of a turn (a call to
+    /// another object, see `Object::flush_turn`).
+    pub(super) flushes: u32,
     /// Nothing has run in the batch's savepoint yet: the next call can use it as its
     /// own (most batches hold one call), saving a savepoint and its release.
     pub(super) fresh: bool,
@@ -317,13 +322,14 @@ impl Object {
                     self.gated_since.clear();
                 }
                 Some(Action::Refused { outputs, full }) => {
-                    for (tx, _, recorded) in outputs {
-                        // A recorded answer's own batch may be among those refused:
-                        // applied or not, only the same request id may tell.
-                        let _ = tx.send(if recorded {
-                            indeterminate("the host log refused a write on this object; this call may or may not have been applied earlier")
-                        } else {
-                            refused(full)
+                    for (tx, _, fate) in outputs {
+                        let _ = tx.send(match fate {
+                            Fate::WithBatch => refused(full),
+                            // A recorded answer's own batch may be among those refused:
+                            // applied or not, only the same request id may tell.
+                            Fate::Recorded => indeterminate("the host log refused a write on this object; this call may or may not have been applied earlier"),
+                            // Made durable before the refused rest of its batch.
+                            Fate::Durable => durable_before_failure(),
                         });
                     }
                     self.gated_since.clear();

@@ -6,11 +6,36 @@ use durable_client::wire::{Response, WireError};
 use durable_client::ObjectId;
 use std::sync::Arc;
 
-/// A reply decided by a batch, waiting for the batch to be durable.
-/// The flag marks a recorded answer (a resent request id that an earlier batch
-/// applied): true whatever becomes of this batch, except that if this batch is refused
-/// the earlier one may have been too.
-pub(super) type Reply = (ReplyTo, Response, bool);
+/// A reply decided by a batch, waiting for the batch to be durable, with what becomes
+/// of it if the batch fails or the log refuses it.
+pub(super) type Reply = (ReplyTo, Response, Fate);
+
+/// What becomes of a reply whose batch fails after deciding it, or whose batch the log
+/// refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fate {
+    /// It goes with its batch: the batch's error (not applied, or indeterminate if the
+    /// batch may survive) takes its place.
+    WithBatch,
+    /// A recorded answer (a resent request id that an earlier batch applied): true
+    /// whatever becomes of this batch, except that if this batch is refused the earlier
+    /// one may have been too (indeterminate).
+    Recorded,
+    /// Its call's writes, or the part before its turn called another object, were made
+    /// durable at that call (see `Object::flush_turn`): if the rest of the batch fails
+    /// or is refused, the call was applied, or partly: indeterminate, never "not
+    /// applied".
+    Durable,
+}
+
+/// The answer of a call its batch made durable before the batch failed (see
+/// [`Fate::Durable`]).
+pub(super) fn durable_before_failure() -> Response {
+    indeterminate(
+        "the call's writes (or those before it called another object) were made durable, \
+         then the rest of its batch failed: it may have been applied",
+    )
+}
 
 /// Where a batch's output goes once the gate releases it: a caller, or the host's
 /// WebSockets (the batch's socket effects, applied only if released as a success).

@@ -6,7 +6,8 @@ use super::alarm_turns::run_due_alarms;
 use super::file_txn::{write_marker, BATCH_SAVEPOINT};
 use super::object::{settled_pos, Object, Pending, BATCH_SLICE};
 use super::outcomes::{
-    internal, CallResult, CommitError, FileCommit, Reply, ReplyTo, SocketOutput, StreamOutput,
+    durable_before_failure, internal, CallResult, CommitError, Fate, FileCommit, Reply, ReplyTo,
+    SocketOutput, StreamOutput,
 };
 use super::slot::Work;
 use crate::chain::CallChain;
@@ -116,6 +117,9 @@ impl Object {
             }
         }
         bs.before = write_marker(conn);
+        if result.is_ok() {
+            bs.flushes += 1;
+        }
         result.map_err(|e| e.to_string())
     }
 
@@ -172,7 +176,7 @@ impl Object {
             batch
                 .into_iter()
                 .filter_map(|w| match w {
-                    Work::Call(c) => Some((c.reply.into(), response.clone(), false)),
+                    Work::Call(c) => Some((c.reply.into(), response.clone(), Fate::WithBatch)),
                     Work::Alarm => None,
                 })
                 .collect()
@@ -220,12 +224,13 @@ impl Object {
             before: self.batch_marker(),
             recorded: Vec::with_capacity(batch.len()),
             broken: None,
+            flushes: 0,
             fresh: true,
             now_ms: self.config.clock.now_ms(),
             turn_ended: crate::clock::monotonic(),
         };
-        // Each reply with whether it is a recorded answer (kept if the batch fails).
-        let mut outbox: Outbox<((crate::answering::Answer, Response), bool)> =
+        // Each reply with what becomes of it if the batch fails.
+        let mut outbox: Outbox<((crate::answering::Answer, Response), Fate)> =
             Outbox::with_capacity(batch.len());
         if self.instance.is_none() {
             let activated = self.activate();
@@ -320,6 +325,7 @@ impl Object {
             }
             // Out of `self` while the turn runs, so that the turn can wait on another
             // object while the batch so far commits (`flush_turn`).
+            let flushes = bs.flushes;
             let mut instance = self.instance.take().expect("active");
             let mut ctx = self.ctx.take().expect("active");
             ctx.effects = Effects::default();
@@ -338,6 +344,19 @@ impl Object {
             let effects = std::mem::take(&mut ctx.effects);
             self.ctx = Some(ctx);
             self.instance = Some(instance);
+            // The turn called another object and the batch so far became durable: the
+            // replies decided so far, and this turn's, are of calls applied (this one
+            // in part) whatever becomes of the rest of the batch.
+            let fate = if bs.flushes != flushes {
+                for (_, fate) in outbox.replies.iter_mut() {
+                    if *fate == Fate::WithBatch {
+                        *fate = Fate::Durable;
+                    }
+                }
+                Fate::Durable
+            } else {
+                Fate::WithBatch
+            };
             let result = match bs.broken.clone() {
                 // The batch so far could not be made durable when the turn called out:
                 // the batch fails as a whole.
@@ -350,13 +369,13 @@ impl Object {
                         Response::Return(_) | Response::Welcome => TurnEnd::Ok,
                         _ => TurnEnd::Err,
                     };
-                    outbox.finish_turn(end, effects, reply.map(|tx| ((tx, response), false)));
+                    outbox.finish_turn(end, effects, reply.map(|tx| ((tx, response), fate)));
                 }
                 Ok(CallResult::Recorded(response)) => {
                     outbox.finish_turn(
                         TurnEnd::Ok,
                         effects,
-                        reply.map(|tx| ((tx, response), true)),
+                        reply.map(|tx| ((tx, response), Fate::Recorded)),
                     );
                 }
                 Ok(CallResult::Panicked(message)) => {
@@ -366,7 +385,7 @@ impl Object {
                         Some(_) => TurnEnd::Panicked,
                         None => TurnEnd::Ok,
                     };
-                    outbox.finish_turn(end, effects, reply.map(|tx| ((tx, response), false)));
+                    outbox.finish_turn(end, effects, reply.map(|tx| ((tx, response), fate)));
                     // The instance may be half-changed: drop it. The work behind this
                     // goes back to the front of the queue and meets a fresh activation.
                     self.instance = None;
@@ -375,10 +394,16 @@ impl Object {
                 }
                 Err(e) => {
                     let response = e.response();
+                    // A turn that made part of its writes durable and then broke the
+                    // batch: in part applied.
+                    let response = match fate {
+                        Fate::Durable => durable_before_failure(),
+                        _ => response,
+                    };
                     outbox.finish_turn(
                         TurnEnd::Err,
                         effects,
-                        reply.map(|tx| ((tx, response), false)),
+                        reply.map(|tx| ((tx, response), fate)),
                     );
                     failure = Some(e);
                     break;
@@ -422,12 +447,16 @@ impl Object {
             let replies = outbox
                 .fail()
                 .into_iter()
-                .map(|((tx, response), recorded)| {
-                    let response = if recorded { response } else { failed.clone() };
-                    (tx.into(), response, recorded)
+                .map(|((tx, response), fate)| {
+                    let response = match fate {
+                        Fate::WithBatch => failed.clone(),
+                        Fate::Recorded => response,
+                        Fate::Durable => durable_before_failure(),
+                    };
+                    (tx.into(), response, fate)
                 })
                 .chain(work.chain(requeue).filter_map(|w| match w {
-                    Work::Call(c) => Some((c.reply.into(), failed.clone(), false)),
+                    Work::Call(c) => Some((c.reply.into(), failed.clone(), Fate::WithBatch)),
                     Work::Alarm => None,
                 }))
                 .collect();
@@ -439,7 +468,7 @@ impl Object {
         let Outbox { effects, replies } = outbox;
         let mut replies: Vec<Reply> = replies
             .into_iter()
-            .map(|((tx, response), recorded)| (tx.into(), response, recorded))
+            .map(|((tx, response), fate)| (tx.into(), response, fate))
             .collect();
         if let (false, Some(registry)) = (effects.sockets.is_empty(), &self.config.sockets) {
             let out = SocketOutput {
@@ -452,7 +481,11 @@ impl Object {
             // the tags and attachment that turn set once it has its reply.
             replies.insert(
                 0,
-                (ReplyTo::Sockets(out), Response::Return(Vec::new()), false),
+                (
+                    ReplyTo::Sockets(out),
+                    Response::Return(Vec::new()),
+                    Fate::WithBatch,
+                ),
             );
         }
         if let (false, Some(hub)) = (effects.streams.is_empty(), &self.config.streams) {
@@ -462,7 +495,11 @@ impl Object {
                 id: self.id,
                 ops: effects.streams,
             };
-            replies.push((ReplyTo::Streams(out), Response::Return(Vec::new()), false));
+            replies.push((
+                ReplyTo::Streams(out),
+                Response::Return(Vec::new()),
+                Fate::WithBatch,
+            ));
         }
         if effects.reset_instance {
             self.instance = None;
@@ -519,7 +556,7 @@ impl Object {
                         replies.push((
                             call.reply.into(),
                             Response::Error(WireError::ObjectReset { message }),
-                            false,
+                            Fate::WithBatch,
                         ));
                         // The instance may be half-changed: drop it. The calls behind
                         // this one meet a fresh activation.
@@ -529,7 +566,7 @@ impl Object {
                     }
                 }
             };
-            replies.push((call.reply.into(), response, false));
+            replies.push((call.reply.into(), response, Fate::WithBatch));
         }
         crate::telemetry::batch(items);
         (replies, requeue)
