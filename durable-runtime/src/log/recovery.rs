@@ -177,8 +177,23 @@ pub(crate) type DigestOf<'a> = &'a dyn Fn(&str, ObjectId) -> Option<(u64, u64)>;
 
 /// Whether the object file at `path` is damaged: its batch number is below the one its
 /// digest was recorded at (committed batches lost), or equal with other content, or
-/// SQLite cannot read it.
+/// SQLite cannot read it. For a file whose log records have been replayed (or that has
+/// none in the live log); before that, see [`damaged_before_replay`].
 pub(crate) fn damaged(path: &Path, recorded: (u64, u64)) -> bool {
+    damaged_before_replay(path, recorded, &[])
+}
+
+/// [`damaged`] for a file about to have its live log `records` replayed: a file behind
+/// its digest by batches those records hold is not damaged. That is how a power cut
+/// leaves an object that went quiet (its digest recorded) after its file's last sync:
+/// the file's commits are synced only at checkpoints, and the log holds every batch
+/// since. Replay brings them back, and the object's first activation checks the digest
+/// again.
+pub(crate) fn damaged_before_replay(
+    path: &Path,
+    recorded: (u64, u64),
+    records: &[LogRecord],
+) -> bool {
     let read = || -> rusqlite::Result<(u64, u64)> {
         let conn = crate::wal_index::open(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         Ok((
@@ -187,10 +202,11 @@ pub(crate) fn damaged(path: &Path, recorded: (u64, u64)) -> bool {
         ))
     };
     match read() {
-        // Behind the batch it held when it stopped cleanly (recovery has replayed what
-        // the log still had): committed batches were lost, as when a damaged WAL frame
-        // makes SQLite stop reading the WAL there. Or at that batch with other content.
-        Ok((seq, digest)) => seq < recorded.0 || (seq == recorded.0 && digest != recorded.1),
+        // Behind the batch it held when its digest was recorded, by batches the log
+        // does not hold: committed batches were lost, as when a damaged WAL frame makes
+        // SQLite stop reading the WAL there. Or at that batch with other content.
+        Ok((seq, _)) if seq < recorded.0 => !log_brings(records, seq, recorded.0),
+        Ok((seq, digest)) => seq == recorded.0 && digest != recorded.1,
         // Only what SQLite reports as a damaged file counts: a passing error (too many
         // open files, a full disk, an I/O error) must not move a healthy file aside.
         Err(rusqlite::Error::SqliteFailure(e, _)) => matches!(
@@ -199,6 +215,25 @@ pub(crate) fn damaged(path: &Path, recorded: (u64, u64)) -> bool {
         ),
         Err(_) => false,
     }
+}
+
+/// Whether replaying `records` (one object's, in log order) onto a file at batch `from`
+/// brings it to batch `to` or past it without a gap: an image (it replaces the file),
+/// or the batch right after `from` and every one after it up to `to`.
+fn log_brings(records: &[LogRecord], from: u64, to: u64) -> bool {
+    let mut at = from;
+    for r in records {
+        match r.kind {
+            RecordKind::Image => at = at.max(r.seq),
+            RecordKind::Changes if r.seq <= at => {}
+            RecordKind::Changes if r.seq == at + 1 => at = r.seq,
+            RecordKind::Changes => return false,
+        }
+        if at >= to {
+            return true;
+        }
+    }
+    false
 }
 
 /// Move a damaged object file (and its `-wal`, `-shm`) aside as `ID.db.damaged-<ms>`.
@@ -342,7 +377,7 @@ pub(crate) fn recover(
         let mut records = &by_object[key];
         let path = store::object_path(data_dir, &key.0, key.1);
         if let Some(recorded) = verify.and_then(|digest_of| digest_of(&key.0, key.1)) {
-            if path.exists() && damaged(&path, recorded) {
+            if path.exists() && damaged_before_replay(&path, recorded, records) {
                 tracing::error!(class = %key.0, id = %key.1, "the object's file is damaged; rebuilding it from the log archive");
                 move_aside(&path, now_ms);
             }
@@ -393,4 +428,41 @@ pub(crate) fn recover(
         );
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(seq: u64, kind: RecordKind) -> LogRecord {
+        LogRecord {
+            lsn: seq,
+            time_ms: 0,
+            kind,
+            class: "C".into(),
+            object: ObjectId::from_bytes([1; 16]),
+            seq,
+            payload: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_log_brings_a_file_forward_only_without_a_gap() {
+        let changes = |seqs: &[u64]| -> Vec<LogRecord> {
+            seqs.iter()
+                .map(|&s| record(s, RecordKind::Changes))
+                .collect()
+        };
+        // The batches right after the file's, up to the digest's (and past it).
+        assert!(log_brings(&changes(&[4, 5, 6]), 3, 6));
+        assert!(log_brings(&changes(&[2, 3, 4, 5, 6, 7]), 3, 6));
+        // Short of the digest's batch, or with a gap after the file's.
+        assert!(!log_brings(&changes(&[4, 5]), 3, 6));
+        assert!(!log_brings(&changes(&[5, 6]), 3, 6));
+        assert!(!log_brings(&[], 3, 6));
+        // An image replaces the file: changes go on from it.
+        let mut from_image = vec![record(5, RecordKind::Image)];
+        from_image.extend(changes(&[6]));
+        assert!(log_brings(&from_image, 1, 6));
+    }
 }
