@@ -115,22 +115,28 @@ pub(crate) fn sync_object_files(db_path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Retire every segment wholly at or below `lsn` except the newest: move it to the
+/// Retire every segment wholly at or below `lsn` except the newest, and never the one
+/// the writer appends to (first lsn `live`; `u64::MAX` with no writer): move it to the
 /// archive (with retention) or delete it; then drop archived segments past retention.
+///
+/// The newest by name is not always the writer's: a round that starts a new segment
+/// creates its file before the round is durable, and if the round fails the file is
+/// removed and the writer goes on in the segment before it.
 pub(crate) fn retire_segments(
     data_dir: &Path,
     lsn: u64,
     retention: Option<Duration>,
     now_ms: u64,
+    live: u64,
 ) -> std::io::Result<()> {
     let dir = log_dir(data_dir);
     let segments = list_segments(&dir)?;
     let archive = archive_dir(data_dir);
     let mut moved = false;
     for pair in segments.windows(2) {
-        let (_, path) = &pair[0];
+        let (first, path) = &pair[0];
         let (next_first, _) = pair[1];
-        if next_first.saturating_sub(1) > lsn {
+        if next_first.saturating_sub(1) > lsn || *first >= live {
             break;
         }
         if retention.is_some() {
@@ -265,6 +271,9 @@ struct Shared {
     checkpoint_lock: Mutex<()>,
     /// Stamps records with their time (the host clock).
     clock: Arc<dyn Clock>,
+    /// The first lsn of the segment the writer appends to: a checkpoint never retires
+    /// it (see [`retire_segments`]).
+    live_segment: AtomicU64,
 }
 
 impl Shared {
@@ -321,7 +330,11 @@ impl Shared {
             }
         }
         if !dirs.is_empty() {
-            crate::files::sync_dir(&self.data_dir.join("objects"))?;
+            // A new class's directory is an entry of `objects`.
+            if let Err(e) = crate::files::sync_dir(&self.data_dir.join("objects")) {
+                restore(&dirty);
+                return Err(e);
+            }
         }
         for path in &self.also_sync {
             sync_object_files(path)?;
@@ -332,7 +345,13 @@ impl Shared {
         write_checkpoint(&self.data_dir, lsn)?;
         self.last_checkpoint.store(lsn, Ordering::Release);
         self.bytes_since_checkpoint.store(0, Ordering::Release);
-        retire_segments(&self.data_dir, lsn, self.retention, self.clock.now_ms())?;
+        retire_segments(
+            &self.data_dir,
+            lsn,
+            self.retention,
+            self.clock.now_ms(),
+            self.live_segment.load(Ordering::Acquire),
+        )?;
         tracing::debug!(lsn, objects = dirty.len(), "checkpoint");
         Ok(lsn)
     }
@@ -380,6 +399,7 @@ impl HostLog {
             wake: (Mutex::new(false), Condvar::new()),
             checkpoint_lock: Mutex::new(()),
             clock,
+            live_segment: AtomicU64::new(next_lsn),
         });
         let (tx, rx) = mpsc::channel();
         let writer = {
@@ -1005,6 +1025,7 @@ fn write_round(
     let took = crate::clock::monotonic().saturating_sub(started);
     crate::telemetry::log_round(batch.len(), took);
     if let Some(fresh) = fresh {
+        shared.live_segment.store(first, Ordering::Release);
         let old = std::mem::replace(segment, fresh);
         segment.size += buf.len() as u64;
         prealloc.switch(segment);
@@ -1080,5 +1101,37 @@ fn checkpointer_loop(shared: Arc<Shared>, interval: Option<Duration>) {
             }
             stopped = stop.lock().unwrap();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A round that starts a new segment creates its file before the round is
+    /// durable; a checkpoint meanwhile sees that file as the newest. If the round then
+    /// fails, the writer goes on in the segment before it: the checkpoint must not have
+    /// retired that one.
+    #[test]
+    fn a_checkpoint_never_retires_the_segment_the_writer_appends_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log_dir(dir.path());
+        std::fs::create_dir_all(&log).unwrap();
+        for first in [1u64, 100] {
+            std::fs::write(log.join(segment_name(first)), b"").unwrap();
+        }
+        let names = || -> Vec<u64> {
+            list_segments(&log)
+                .unwrap()
+                .into_iter()
+                .map(|(f, _)| f)
+                .collect()
+        };
+        // Everything up to 99 is checkpointed; the writer is still in segment 1.
+        retire_segments(dir.path(), 99, None, 0, 1).unwrap();
+        assert_eq!(names(), vec![1, 100]);
+        // Once the writer moved to segment 100, segment 1 goes.
+        retire_segments(dir.path(), 99, None, 0, 100).unwrap();
+        assert_eq!(names(), vec![100]);
     }
 }

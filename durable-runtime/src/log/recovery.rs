@@ -415,7 +415,8 @@ pub(crate) fn recover(
     if report.records > 0 || report.cut.is_some() {
         write_checkpoint(data_dir, report.last_lsn).map_err(io("writing the checkpoint"))?;
     }
-    retire_segments(data_dir, report.last_lsn, retention, now_ms)
+    // No writer runs yet: the newest segment is the one kept.
+    retire_segments(data_dir, report.last_lsn, retention, now_ms, u64::MAX)
         .map_err(io("retiring log segments"))?;
     if report.records > 0 || report.cut.is_some() {
         tracing::info!(
