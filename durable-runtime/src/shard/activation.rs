@@ -239,8 +239,7 @@ impl Object {
             .map_err(|e| {
                 // The message names host paths: the log gets it, the client does not.
                 tracing::error!(class = self.class.name, id = %self.id, error = %e, "opening the object's database");
-                let full = e.contains("full");
-                if full {
+                if says_disk_full(&e) {
                     refused(true)
                 } else {
                     internal("opening the object's database failed (the host log says why)")
@@ -574,8 +573,39 @@ fn refuse_commits(conn: &crate::db::Db, on: bool) {
     }
 }
 
+/// Whether an error message (from opening an object's file: it names host paths, so a
+/// bare "full" in a data directory's name must not count) says the disk or quota is
+/// full: SQLite's `SQLITE_FULL`, or the system's `ENOSPC` (28) or `EDQUOT` (122).
+fn says_disk_full(message: &str) -> bool {
+    [
+        "database or disk is full",
+        "(os error 28)",
+        "(os error 122)",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_full_disk_reads_as_full() {
+        use super::says_disk_full;
+        assert!(says_disk_full(
+            "opening /d/objects/C/x.db: database or disk is full"
+        ));
+        assert!(says_disk_full(
+            "creating /d/objects/C: No space left on device (os error 28)"
+        ));
+        assert!(says_disk_full(
+            "writing /d/x.db-wal: Disk quota exceeded (os error 122)"
+        ));
+        // A data directory named for something full, and a failure of another kind.
+        assert!(!says_disk_full(
+            "opening /srv/fullnode/objects/C/x.db: Permission denied (os error 13)"
+        ));
+    }
+
     use super::refuse_commits;
     use crate::db::{Db, Statements};
     use rusqlite::Connection;
