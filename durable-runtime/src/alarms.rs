@@ -37,6 +37,21 @@ impl From<Duration> for When {
     }
 }
 
+impl When {
+    /// The due time in whole milliseconds since the Unix epoch, given now in
+    /// microseconds: rounded up, so that an alarm woken at the start of its millisecond
+    /// never runs before the instant asked for.
+    pub(crate) fn due_ms(self, now_us: u64) -> u64 {
+        let us = match self {
+            When::At(t) => t
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos().div_ceil(1000)),
+            When::After(d) => u128::from(now_us) + d.as_nanos().div_ceil(1000),
+        };
+        us.div_ceil(1000).min(u128::from(u64::MAX)) as u64
+    }
+}
+
 impl From<SystemTime> for When {
     fn from(t: SystemTime) -> Self {
         When::At(t)
@@ -458,6 +473,33 @@ impl AlarmService {
 #[cfg(test)]
 mod tests {
     use super::next_period;
+
+    #[test]
+    fn a_due_time_is_rounded_up_to_its_millisecond() {
+        use super::When;
+        use std::time::{Duration, UNIX_EPOCH};
+        let at = |us: u64| When::At(UNIX_EPOCH + Duration::from_micros(us));
+        assert_eq!(at(5_000).due_ms(0), 5);
+        assert_eq!(at(5_001).due_ms(0), 6);
+        assert_eq!(
+            When::At(UNIX_EPOCH + Duration::from_nanos(5_000_001)).due_ms(0),
+            6
+        );
+        // After: from now in microseconds, never before now + d.
+        assert_eq!(
+            When::After(Duration::from_millis(10)).due_ms(1_000_000),
+            1_010
+        );
+        assert_eq!(
+            When::After(Duration::from_millis(10)).due_ms(1_000_400),
+            1_011
+        );
+        assert_eq!(
+            When::After(Duration::from_micros(1_500)).due_ms(1_000_000),
+            1_002
+        );
+        assert_eq!(When::At(UNIX_EPOCH).due_ms(0), 0);
+    }
 
     /// How often the cached statement `sql` was prepared again after its first time.
     fn reprepares(conn: &rusqlite::Connection, sql: &str) -> i32 {

@@ -196,11 +196,7 @@ impl Context {
         args: &A,
     ) -> Result<(), Error> {
         check_key(key)?;
-        let now = self.clock.now_ms();
-        let due = match when {
-            crate::alarms::When::At(t) => crate::clock::ms_of(t),
-            crate::alarms::When::After(d) => now + d.as_millis() as u64,
-        };
+        let due = when.due_ms(self.clock.now_us());
         if every.is_some_and(|p| p.is_zero()) {
             return Err(Error::new(
                 ErrorKind::Invalid,
