@@ -358,8 +358,9 @@ impl StreamProbe {
 /// `boot:N`, N the number of times the object was activated (to see an eviction). A text message `fail:X`
 /// broadcasts `X` and then fails its turn (so `X` must never arrive); `flood:N:SIZE`
 /// broadcasts `N` messages of `SIZE` bytes in one turn; `ping` is answered `pong`
-/// by the gateway (an auto-response: it never reaches the object); anything else is
-/// broadcast as is. When a socket leaves, the others get `left:CODE`.
+/// by the gateway (an auto-response: it never reaches the object); `kick:N` sends this
+/// socket `k0` .. `kN-1` and then closes it (code 4000, `kicked`) in the same turn;
+/// anything else is broadcast as is. When a socket leaves, the others get `left:CODE`.
 pub struct WsProbe {
     boot: i64,
 }
@@ -388,9 +389,16 @@ impl WsProbe {
     async fn message(
         &mut self,
         ctx: &mut Context,
-        _socket: durable::Socket,
+        socket: durable::Socket,
         text: String,
     ) -> Result<(), ProbeError> {
+        if let Some(n) = text.strip_prefix("kick:") {
+            for i in 0..n.parse().unwrap_or(0) {
+                ctx.send(socket.id(), format!("k{i}"));
+            }
+            ctx.close(socket.id(), 4000, "kicked");
+            return Ok(());
+        }
         if text == "boot" {
             ctx.broadcast("all", format!("boot:{}", self.boot));
             return Ok(());

@@ -424,3 +424,33 @@ async fn a_silent_client_is_closed_and_the_socket_cap_holds() {
     drop(b.close(None).await);
     host.kill9();
 }
+
+/// Messages a turn sends to a socket before it closes the socket, in the same turn,
+/// reach the client before the close frame, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_before_the_object_closes_a_socket_arrive_before_the_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &[]);
+    let mut ws = connect(&host, "WsProbe/kick/ws").await;
+    ws.send(Message::Text("kick:20".into())).await.unwrap();
+    let mut got = Vec::new();
+    let close = loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("the socket is open")
+            .expect("a frame");
+        match m {
+            Message::Text(t) => got.push(t.to_string()),
+            Message::Close(frame) => break frame,
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let sent: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    assert_eq!(got, sent, "every message before the close, in order");
+    let close = close.expect("a close frame with a code");
+    assert_eq!(u16::from(close.code), 4000);
+    assert_eq!(close.reason.as_str(), "kicked");
+    host.kill9();
+}

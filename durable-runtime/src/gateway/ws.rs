@@ -244,9 +244,9 @@ struct Pings {
 }
 
 /// Write the socket's queue to the client until it closes, the queue ends (the
-/// socket left the registry) or the host or object closes the socket (then a close
-/// frame, within [`CLOSE_TIMEOUT`]), pinging it meanwhile. Dropping `done` tells the
-/// reader.
+/// socket left the registry) or the host or object closes the socket (then what is
+/// still queued and a close frame, within [`CLOSE_TIMEOUT`]), pinging it meanwhile.
+/// Dropping `done` tells the reader.
 async fn write(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut outgoing: tokio::sync::mpsc::Receiver<Outgoing>,
@@ -305,7 +305,19 @@ async fn write(
             code: c.code,
             reason: c.reason.into(),
         };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+        // What was released to the socket before it was closed (a turn's sends before
+        // its `ctx.close`, or the last ones before the host stops) goes first, in order.
+        let last = async {
+            while let Ok(m) = outgoing.try_recv() {
+                let m = match m {
+                    Outgoing::Text(t) => Message::Text(t.into()),
+                    Outgoing::Binary(b) => Message::Binary(b.into()),
+                };
+                sink.send(m).await?;
+            }
+            sink.send(Message::Close(Some(frame))).await
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, last).await;
     }
     drop(done);
 }
