@@ -226,6 +226,21 @@ pub(crate) fn due_alarms(
     rows.take(limit).collect()
 }
 
+/// Whether `alarm` (read at the start of a wake) is still scheduled as it was read: an
+/// earlier handler of the same wake may have cancelled it, moved it or replaced it.
+pub(crate) fn still_scheduled(conn: &Connection, alarm: &DueAlarm) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT 1 FROM _durable_alarms WHERE name = ?1 AND key = ?2 AND due_ms = ?3 AND attempt = ?4 AND args = ?5",
+    )?
+    .exists(rusqlite::params![
+        alarm.name,
+        alarm.key,
+        alarm.due_ms as i64,
+        alarm.attempt as i64,
+        alarm.args
+    ])
+}
+
 /// A handler succeeded: remove its alarm, or move a recurring one to its next period —
 /// unless the handler itself re-scheduled the same key (then its schedule stands).
 pub(crate) fn finish(conn: &Connection, alarm: &DueAlarm, now: u64) -> rusqlite::Result<()> {
@@ -247,7 +262,8 @@ pub(crate) fn finish(conn: &Connection, alarm: &DueAlarm, now: u64) -> rusqlite:
     Ok(())
 }
 
-/// A handler failed: try again at `due_ms`.
+/// A handler failed: try again at `due_ms` (unless the alarm was scheduled anew
+/// meanwhile: then that schedule stands).
 pub(crate) fn retry(
     conn: &Connection,
     alarm: &DueAlarm,
@@ -255,13 +271,14 @@ pub(crate) fn retry(
     due_ms: u64,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "UPDATE _durable_alarms SET due_ms = ?3, attempt = ?4 WHERE name = ?1 AND key = ?2",
+        "UPDATE _durable_alarms SET due_ms = ?3, attempt = ?4 WHERE name = ?1 AND key = ?2 AND due_ms = ?5",
     )?
     .execute(rusqlite::params![
         alarm.name,
         alarm.key,
         due_ms as i64,
-        attempt as i64
+        attempt as i64,
+        alarm.due_ms as i64
     ])?;
     Ok(())
 }
@@ -283,17 +300,24 @@ pub(crate) fn give_up(
     match alarm.every_ms {
         Some(every) => {
             conn.prepare_cached(
-                "UPDATE _durable_alarms SET due_ms = ?3, attempt = 0 WHERE name = ?1 AND key = ?2",
+                "UPDATE _durable_alarms SET due_ms = ?3, attempt = 0 WHERE name = ?1 AND key = ?2 AND due_ms = ?4",
             )?
             .execute(rusqlite::params![
                 alarm.name,
                 alarm.key,
-                next_period(alarm.due_ms, every, now) as i64
+                next_period(alarm.due_ms, every, now) as i64,
+                alarm.due_ms as i64
             ])?;
         }
         None => {
-            conn.prepare_cached("DELETE FROM _durable_alarms WHERE name = ?1 AND key = ?2")?
-                .execute(rusqlite::params![alarm.name, alarm.key])?;
+            conn.prepare_cached(
+                "DELETE FROM _durable_alarms WHERE name = ?1 AND key = ?2 AND due_ms = ?3",
+            )?
+            .execute(rusqlite::params![
+                alarm.name,
+                alarm.key,
+                alarm.due_ms as i64
+            ])?;
         }
     }
     Ok(())

@@ -182,6 +182,14 @@ impl Probe {
         if attempt <= fail_first {
             return Err(Error::msg(format!("told to fail attempt {attempt}")));
         }
+        // A ring keyed `cancel:K` cancels the ring under `K`, and one keyed `move:K`
+        // moves it an hour on.
+        if let Some(victim) = key.strip_prefix("cancel:") {
+            Self::cancel_ring(ctx, victim)?;
+        }
+        if let Some(moved) = key.strip_prefix("move:") {
+            Self::schedule_ring(ctx, Duration::from_secs(3600), moved, moved.to_string(), 0)?;
+        }
         let seq = RING_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst) as i64;
         ctx.sql().execute(
             "INSERT INTO rings(key, attempt, at_ms, seq) VALUES (?1, ?2, ?3, ?4)",

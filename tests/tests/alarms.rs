@@ -333,3 +333,30 @@ async fn an_alarm_scheduled_by_the_constructor_fires_after_eviction() {
     t.advance(Duration::from_secs(2)).await;
     assert_eq!(s.boots().await.unwrap(), 1);
 }
+
+/// Alarms due together run in one wake. A handler that cancels, or moves, an alarm
+/// due in that same wake is obeyed: the cancelled one does not run, the moved one
+/// runs at its new time, not now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_cancelling_or_moving_an_alarm_due_in_the_same_wake_is_obeyed() {
+    let t = harness().await;
+    let p = t.get::<Probe>("same-wake");
+    let due = ms(t.now()) + 1_000;
+    // All due at once (ties run in key order: the cancelling and moving rings first).
+    p.ring_at("cancel:victim".into(), due, 0).await.unwrap();
+    p.ring_at("move:moved".into(), due, 0).await.unwrap();
+    p.ring_at("victim".into(), due, 0).await.unwrap();
+    p.ring_at("moved".into(), due, 0).await.unwrap();
+    t.advance(Duration::from_millis(1_000)).await;
+    let keys: Vec<String> = p.rings().await.unwrap().into_iter().map(|r| r.0).collect();
+    assert_eq!(
+        keys,
+        vec!["cancel:victim".to_string(), "move:moved".to_string()]
+    );
+    assert_eq!(p.pending().await.unwrap(), vec!["moved".to_string()]);
+    // The moved one rings an hour on.
+    t.advance(Duration::from_secs(3_600)).await;
+    let keys: Vec<String> = p.rings().await.unwrap().into_iter().map(|r| r.0).collect();
+    assert_eq!(keys.last().map(String::as_str), Some("moved"));
+    assert_eq!(keys.len(), 3, "{keys:?}");
+}

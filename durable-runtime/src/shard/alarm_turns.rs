@@ -30,7 +30,13 @@ pub(super) async fn run_due_alarms(
     // Only the effects of handlers that return `Ok` are kept (left in `ctx.effects`
     // for the batch's outbox).
     let mut kept = Effects::default();
+    // Whether a handler of this wake changed the object's alarms: then each alarm read
+    // at the start is looked up again before it runs (it may be cancelled or moved).
+    let mut changed = false;
     for alarm in crate::alarms::due_alarms(&ctx.conn, now, 256).map_err(db)? {
+        if changed && !crate::alarms::still_scheduled(&ctx.conn, &alarm).map_err(db)? {
+            continue;
+        }
         let attempt = alarm.attempt + 1;
         let (error, panicked) = match class.alarms.get(alarm.name.as_str()) {
             None => (format!("no alarm handler named {:?}", alarm.name), None),
@@ -75,6 +81,7 @@ pub(super) async fn run_due_alarms(
                 };
                 match failed {
                     None => {
+                        changed |= effects.alarms_changed || effects.ship_image.get();
                         kept.absorb(effects);
                         ctx.conn.run("RELEASE durable_alarm").map_err(db)?;
                         crate::alarms::finish(&ctx.conn, &alarm, now).map_err(db)?;
