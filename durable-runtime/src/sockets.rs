@@ -20,6 +20,10 @@ use tokio::sync::{mpsc, oneshot};
 /// Largest attachment a socket may carry, in bytes (postcard-encoded).
 pub const MAX_ATTACHMENT_BYTES: usize = 2048;
 
+/// Largest query string of a socket's upgrade request, kept with the socket and handed
+/// to every event of it (past it the upgrade is refused with `400`).
+pub(crate) const MAX_QUERY_BYTES: usize = 2048;
+
 /// Most tags a socket may carry.
 pub const MAX_TAGS: usize = 16;
 

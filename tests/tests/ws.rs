@@ -454,3 +454,33 @@ async fn messages_sent_before_the_object_closes_a_socket_arrive_before_the_close
     assert_eq!(close.reason.as_str(), "kicked");
     host.kill9();
 }
+
+/// The upgrade's query string is kept with the socket and handed to each of its
+/// events: one longer than 2,048 bytes is refused (400), one at the bound is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_query_string_past_its_bound_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &[]);
+    let open = |query: String| {
+        let url = host
+            .http_url(&format!("/v1/objects/WsProbe/q/ws?{query}"))
+            .replacen("http://", "ws://", 1);
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", token(&host)).parse().unwrap(),
+        );
+        tokio_tungstenite::connect_async(request)
+    };
+    let at_bound = format!("u={}", "a".repeat(2_046));
+    let (mut ws, _) = open(at_bound).await.expect("a query at the bound is taken");
+    ws.send(Message::Text("hello".into())).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "hello");
+    match open(format!("u={}", "a".repeat(2_047))).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400)
+        }
+        other => panic!("expected 400, got {:?}", other.map(|_| "an open socket")),
+    }
+    host.kill9();
+}

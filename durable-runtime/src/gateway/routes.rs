@@ -165,6 +165,17 @@ async fn websocket(
             path.map_err(|e| ApiError::bad_request("bad_request", e.body_text()))?;
         let caller = state.authorize(&headers, &class)?;
         let entry = state.class(&class)?;
+        let query = query.unwrap_or_default();
+        if query.len() > crate::sockets::MAX_QUERY_BYTES {
+            return Err(ApiError::bad_request(
+                "bad_request",
+                format!(
+                    "a socket's query string is at most {} bytes; this one has {}",
+                    crate::sockets::MAX_QUERY_BYTES,
+                    query.len()
+                ),
+            ));
+        }
         let upgrade = upgrade.map_err(|e| {
             ApiError::new(
                 StatusCode::UPGRADE_REQUIRED,
@@ -172,14 +183,7 @@ async fn websocket(
                 format!("this path takes a WebSocket upgrade: {}", e.body_text()),
             )
         })?;
-        super::ws::upgrade(
-            state.clone(),
-            entry.clone(),
-            name,
-            caller,
-            query.unwrap_or_default(),
-            upgrade,
-        )
+        super::ws::upgrade(state.clone(), entry.clone(), name, caller, query, upgrade)
     };
     open().unwrap_or_else(IntoResponse::into_response)
 }
