@@ -368,6 +368,7 @@ impl StreamProbe {
 /// broadcasts `N` messages of `SIZE` bytes in one turn; `ping` is answered `pong`
 /// by the gateway (an auto-response: it never reaches the object); `kick:N` sends this
 /// socket `k0` .. `kN-1` and then closes it (code 4000, `kicked`) in the same turn;
+/// `sleep:MS` keeps its turn busy MS milliseconds, then broadcasts `slept`;
 /// anything else is broadcast as is. When a socket leaves, the others get `left:CODE`.
 pub struct WsProbe {
     boot: i64,
@@ -400,6 +401,11 @@ impl WsProbe {
         socket: durable::Socket,
         text: String,
     ) -> Result<(), ProbeError> {
+        if let Some(ms) = text.strip_prefix("sleep:") {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+            ctx.broadcast("all", "slept");
+            return Ok(());
+        }
         if let Some(n) = text.strip_prefix("kick:") {
             for i in 0..n.parse().unwrap_or(0) {
                 ctx.send(socket.id(), format!("k{i}"));

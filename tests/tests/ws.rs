@@ -484,3 +484,19 @@ async fn a_socket_query_string_past_its_bound_is_refused() {
     }
     host.kill9();
 }
+
+/// A socket whose message's turn runs longer than two ping periods is not taken for a
+/// dead client: the gateway reads nothing from it while it waits on the turn (its
+/// pongs included), and it stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_waiting_on_a_long_turn_is_not_closed_for_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &["--ws-ping-secs", "0.5"]);
+    let mut ws = connect(&host, "WsProbe/long/ws").await;
+    ws.send(Message::Text("sleep:2500".into())).await.unwrap();
+    // Pings arrive meanwhile (tungstenite answers them while this reads).
+    assert_eq!(next_text(&mut ws).await, "slept");
+    ws.send(Message::Text("still here".into())).await.unwrap();
+    assert_eq!(next_text(&mut ws).await, "still here");
+    host.kill9();
+}

@@ -99,8 +99,15 @@ async fn run(
     let (sink, mut stream) = socket.split();
     let (done_tx, mut done) = oneshot::channel::<()>();
     // When the client last sent anything (a pong included), in ms on the clock
-    // module's monotonic clock.
+    // module's monotonic clock; `u64::MAX` while the reader waits on one of the
+    // socket's turns (it reads nothing then, pongs included: the client is not silent).
     let heard = Arc::new(AtomicU64::new(crate::clock::monotonic().as_millis() as u64));
+    let hear_now = || {
+        heard.store(
+            crate::clock::monotonic().as_millis() as u64,
+            Ordering::Relaxed,
+        )
+    };
     let pings = Pings {
         every: state.ping_interval,
         heard: heard.clone(),
@@ -127,10 +134,13 @@ async fn run(
         let answer = match socket {
             Some(s) => {
                 let event = SocketEvent::Connect(s);
-                state
+                heard.store(u64::MAX, Ordering::Relaxed);
+                let answer = state
                     .calls
                     .socket_event(&class, &name, &event, &caller)
-                    .await
+                    .await;
+                hear_now();
+                answer
             }
             None => Answer::Return(Vec::new()),
         };
@@ -150,10 +160,7 @@ async fn run(
             _ = &mut done => break,
             next = stream.next() => next,
         };
-        heard.store(
-            crate::clock::monotonic().as_millis() as u64,
-            Ordering::Relaxed,
-        );
+        hear_now();
         let message = match next {
             None | Some(Err(_)) => break,
             Some(Ok(Message::Close(frame))) => {
@@ -175,10 +182,12 @@ async fn run(
             break; // being closed
         };
         let event = SocketEvent::Message(socket, message);
+        heard.store(u64::MAX, Ordering::Relaxed);
         let answer = state
             .calls
             .socket_event(&class, &name, &event, &caller)
             .await;
+        hear_now();
         if let Err((code, reason)) = judge(answer, "") {
             close(code, &reason);
         }
