@@ -179,6 +179,10 @@ impl Probe {
         let attempt = ctx.alarm_attempt().unwrap_or(0);
         let now = ms(ctx.now());
         self.attempts.push((key.clone(), attempt, now));
+        // A ring keyed `slow:K` takes 1.5 s (a slow call, say) before it fails or rings.
+        if key.starts_with("slow:") {
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+        }
         if attempt <= fail_first {
             return Err(Error::msg(format!("told to fail attempt {attempt}")));
         }

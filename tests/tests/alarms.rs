@@ -360,3 +360,30 @@ async fn a_handler_cancelling_or_moving_an_alarm_due_in_the_same_wake_is_obeyed(
     assert_eq!(keys.last().map(String::as_str), Some("moved"));
     assert_eq!(keys.len(), 3, "{keys:?}");
 }
+
+/// A handler that fails after a slow call waits its backoff from the failure, not from
+/// the wake's start (from which the backoff would already have passed, and every retry
+/// would follow at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backoff_after_a_slow_failing_handler_counts_from_its_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let p = host.client().await.get::<Probe>("slow");
+    // Fails its first attempt after 1.5 s, rings on the second (default backoff 1 s).
+    p.ring_at("slow:k".into(), ms(SystemTime::now()) + 100, 1)
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while p.rings().await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "it never rang");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attempts = p.attempts().await.unwrap();
+    assert_eq!(attempts.iter().map(|a| a.1).collect::<Vec<_>>(), vec![1, 2]);
+    let gap = attempts[1].2 - attempts[0].2;
+    // 1.5 s of the failing attempt, then 1 s of backoff (a few ms of slack for whole ms).
+    assert!(
+        gap >= 2_490,
+        "the second attempt began {gap} ms after the first"
+    );
+}

@@ -101,7 +101,10 @@ pub(super) async fn run_due_alarms(
         } else {
             let delay = settings.backoff.as_millis() as u64 * (1u64 << (attempt - 1).min(20));
             tracing::warn!(class = class.name, id = %ctx.id, alarm = %alarm.name, key = %alarm.key, attempt, %error, retry_in_ms = delay, "alarm failed; will retry");
-            crate::alarms::retry(&ctx.conn, &alarm, attempt, now + delay).map_err(db)?;
+            // From the failure, not from the wake's start: a handler that failed after a
+            // slow call (or behind others of the wake) still waits its backoff.
+            let failed_at = config.clock.now_ms();
+            crate::alarms::retry(&ctx.conn, &alarm, attempt, failed_at + delay).map_err(db)?;
         }
         if let Some(message) = panicked {
             ctx.effects = kept;
