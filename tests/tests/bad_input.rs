@@ -612,3 +612,42 @@ async fn frames_received_at_once_on_one_connection_are_bounded() {
         }
     }
 }
+
+/// A resend of a call applied earlier, whose deadline passes while it waits in the
+/// object's queue, gets the first answer from the request id's record, not `Timeout`
+/// ("not applied", which a caller may take as leave to send it again under a new id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_of_an_applied_call_past_its_deadline_gets_the_recorded_answer() {
+    use durable_tests::Probe;
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let conn = raw_connection(&host).await;
+    assert_eq!(hello(&conn, &token(&host)).await, Response::Welcome);
+    let request = |timeout_ms: u64| {
+        wire::encode_frame(&Request::Call(CallRequest {
+            request_id: [7; 16],
+            class: "Probe".into(),
+            object: ObjectId::from_name("Probe", "late"),
+            name: Some("late".into()),
+            method: "put".into(),
+            fingerprint: common::method_fingerprint::<Probe>("put"),
+            timeout_ms,
+            args: postcard::to_allocvec(&("k".to_string(), 1i64)).unwrap(),
+        }))
+    };
+    // Applied.
+    assert!(matches!(
+        decode(&exchange_bytes(&conn, &request(5_000)).await),
+        Response::Return(_)
+    ));
+    // The object busy for 600 ms; the resend's 50 ms pass while it waits.
+    let probe = host.client().await.get::<Probe>("late");
+    let busy = tokio::spawn(async move { probe.sleep(600).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = decode(&exchange_bytes(&conn, &request(50)).await);
+    assert!(
+        matches!(answer, Response::Return(_)),
+        "the resend of an applied call was answered {answer:?}"
+    );
+    busy.await.unwrap().unwrap();
+}

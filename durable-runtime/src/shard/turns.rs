@@ -582,9 +582,6 @@ pub(super) async fn run_call(
     bs: &mut Pending,
 ) -> Result<CallResult, String> {
     let request = &call.request;
-    if bs.now_ms > call.deadline_ms {
-        return Ok(CallResult::Reply(Response::Error(WireError::Timeout)));
-    }
     let db = |e: rusqlite::Error| e.to_string();
     let digest = store::call_digest(&request.method, &request.args);
     // A read-only method writes nothing, so nothing is recorded under its id: it just
@@ -622,6 +619,11 @@ pub(super) async fn run_call(
             Recorded::Return(b) => Response::Return(b),
             Recorded::AppError(b) => Response::AppError(b),
         }));
+    }
+    // Past its deadline before its turn: not applied. Checked after the request id's
+    // record: a resend of a call applied earlier gets that answer, never "not applied".
+    if bs.now_ms > call.deadline_ms {
+        return Ok(CallResult::Reply(Response::Error(WireError::Timeout)));
     }
     // The call's writes go in a savepoint of their own, so that its failure undoes
     // only them; the first call of a batch uses the batch's (nothing else is in it yet).
