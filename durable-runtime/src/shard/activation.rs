@@ -588,6 +588,10 @@ fn says_disk_full(message: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::refuse_commits;
+    use crate::db::{Db, Statements};
+    use rusqlite::Connection;
+
     #[test]
     fn only_a_full_disk_reads_as_full() {
         use super::says_disk_full;
@@ -605,10 +609,6 @@ mod tests {
             "opening /srv/fullnode/objects/C/x.db: Permission denied (os error 13)"
         ));
     }
-
-    use super::refuse_commits;
-    use crate::db::{Db, Statements};
-    use rusqlite::Connection;
 
     #[test]
     fn while_commits_are_refused_no_write_reaches_the_file_whatever_ends_the_transaction() {

@@ -394,12 +394,8 @@ impl Object {
                 }
                 Err(e) => {
                     let response = e.response();
-                    // A turn that made part of its writes durable and then broke the
-                    // batch: in part applied.
-                    let response = match fate {
-                        Fate::Durable => durable_before_failure(),
-                        _ => response,
-                    };
+                    // (A turn that made part of its writes durable and then broke the
+                    // batch is `Fate::Durable`: the failure below answers it so.)
                     outbox.finish_turn(
                         TurnEnd::Err,
                         effects,
