@@ -4,8 +4,10 @@
 //!   scheduling and cancelling commit or roll back with the turn, and the host log
 //!   carries them like any other write.
 //! - The host keeps an index of each object's earliest due time (`DATA_DIR/alarms.db`),
-//!   written before the batch that changes it becomes durable and synced at every
-//!   checkpoint. Start-up loads only that index: objects without alarms cost nothing.
+//!   synced at every checkpoint: an earlier time is written before the batch that
+//!   sets it is durable, a later one (or none) only once that batch is (a crash that
+//!   loses the batch must still wake the object). Start-up loads only that index:
+//!   objects without alarms cost nothing.
 //! - A scheduler delivers due objects oldest first, with bounded concurrency, as
 //!   turns of their own on the object's shard; a handler that fails is retried with
 //!   exponential backoff up to a bounded number of attempts, then recorded in

@@ -571,25 +571,18 @@ impl Host {
                 .map_err(|e| HostError::Config(format!("opening the object catalog: {e}")))?,
         );
         let digest_of = |class: &str, id: ObjectId| catalog.digest(class, id).ok().flatten();
+        let alarms = AlarmService::new(&self.data_dir, self.alarms.clone(), self.clock.clone())?;
+        let mut publish = |replayed: &[(String, ObjectId)], due: &[Option<u64>]| {
+            crate::restore::publish_replayed(&self.data_dir, &alarms.index, &catalog, replayed, due)
+        };
         let recovery = crate::log::recovery::recover(
             &self.data_dir,
             self.log.retention,
             limits.request_window,
             self.clock.now_ms(),
             unclean_start.then_some(&digest_of as crate::log::recovery::DigestOf<'_>),
+            &mut publish,
         )?;
-        let alarms = AlarmService::new(&self.data_dir, self.alarms.clone(), self.clock.clone())?;
-        // Objects changed by replay may have alarms the index has not seen.
-        for ((class, id), due) in recovery.replayed.iter().zip(&recovery.replayed_due) {
-            alarms.index.set(class, *id, *due)?;
-            catalog
-                .add(class, *id)
-                .map_err(|e| HostError::Config(format!("updating the object catalog: {e}")))?;
-        }
-        if !recovery.replayed.is_empty() {
-            crate::log::sync_object_files(&self.data_dir.join("alarms.db"))
-                .map_err(|e| HostError::io("syncing the alarm index", e))?;
-        }
         let also_sync = vec![
             self.data_dir.join("alarms.db"),
             crate::catalog::catalog_path(&self.data_dir),

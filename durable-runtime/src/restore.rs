@@ -93,6 +93,30 @@ pub(crate) fn clear_scratch(data_dir: &Path) {
     let _ = std::fs::remove_dir_all(scratch_dir(data_dir));
 }
 
+/// Record what a replay of the log changed, durably (see
+/// [`crate::log::recovery::Publish`]): each replayed object's earliest alarm in the
+/// alarm index (replay may have set or cancelled alarms the index has not seen), and
+/// the object in the catalog; then both files are synced.
+pub(crate) fn publish_replayed(
+    data_dir: &Path,
+    index: &crate::alarms::AlarmIndex,
+    catalog: &crate::catalog::Catalog,
+    replayed: &[(String, ObjectId)],
+    due: &[Option<u64>],
+) -> Result<(), crate::error::HostError> {
+    use crate::error::HostError;
+    for ((class, id), due) in replayed.iter().zip(due) {
+        index.set(class, *id, *due)?;
+        catalog
+            .add(class, *id)
+            .map_err(|e| HostError::Config(format!("updating the object catalog: {e}")))?;
+    }
+    crate::log::sync_object_files(&data_dir.join("alarms.db"))
+        .map_err(|e| HostError::io("syncing the alarm index", e))?;
+    crate::log::sync_object_files(&crate::catalog::catalog_path(data_dir))
+        .map_err(|e| HostError::io("syncing the object catalog", e))
+}
+
 /// Restore one object of a stopped host (the CLI's `restore-object`). Fails if a host
 /// holds the data directory's lock.
 pub fn restore_object(
@@ -107,12 +131,21 @@ pub fn restore_object(
     // Bring the objects and the log to a clean state first (a crash may have left a
     // torn tail that must be cut before anything is appended).
     // (With the default retention: segments it retires are archived, not deleted.)
+    // The objects it replays have their alarms indexed as a starting host's would.
+    let index = crate::alarms::AlarmIndex::open(data_dir)
+        .map_err(|e| format!("opening the alarm index: {e}"))?;
+    let catalog = crate::catalog::Catalog::open(data_dir)
+        .map_err(|e| format!("opening the object catalog: {e}"))?;
+    let mut publish = |replayed: &[(String, ObjectId)], due: &[Option<u64>]| {
+        publish_replayed(data_dir, &index, &catalog, replayed, due)
+    };
     let recovered = crate::log::recovery::recover(
         data_dir,
         log::LogConfig::default().retention,
         store::DEFAULT_REQUEST_WINDOW,
         SystemClock.now_ms(),
         None,
+        &mut publish,
     )
     .map_err(|e| format!("recovering the log first: {e}"))?;
     let path = store::object_path(data_dir, class, id);

@@ -214,6 +214,92 @@ async fn kill_dash_nine_before_the_due_time_then_restart_after_it_fires_promptly
     assert_eq!(p.rings().await.unwrap().len(), 1);
 }
 
+/// Whether the host's alarm index (`alarms.db`, read beside the running host) holds a
+/// row for any object.
+fn index_rows(data_dir: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("alarms.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    conn.query_row("SELECT count(*) FROM due", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// An alarm's handler ran, but the host was killed (`kill -9`) while its batch waited
+/// for the log: the alarm was never consumed, and runs after the restart. The host's
+/// index of due times is what start-up loads; the batch's record never reached the
+/// log, so replay does not correct it. Raising (or removing) an object's due time in
+/// the index before the batch that consumed the alarm was durable lost the alarm for
+/// good. The log writer is frozen (a cgroup freezer holds that one thread) so that the
+/// batch cannot become durable before the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_whose_run_was_not_durable_at_kill_dash_nine_runs_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let due = ms(SystemTime::now()) + 3_000;
+    host.client()
+        .await
+        .get::<Probe>("unlogged")
+        .ring_at("k".into(), due, 0)
+        .await
+        .unwrap();
+    // A clean stop checkpoints: the scheduling leaves the log, so that replay after the
+    // crash below has nothing of this object to republish.
+    assert!(host.terminate().success());
+    assert_eq!(index_rows(dir.path()), 1);
+
+    let mut host = HostProcess::start(dir.path(), &["--http", "127.0.0.1:0"]);
+    let pid = host.child.id();
+    let writer = common::FrozenThread::freeze(pid, "durable-log-wri");
+    let token = common::token(&host);
+    let http = host.http.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // The alarm's turn started (its lateness was recorded)...
+    loop {
+        let metrics = common::metrics_at(http, &token).await;
+        let started = metrics.lines().any(|l| {
+            l.starts_with("durable_alarm_lateness_seconds_count")
+                && l.split_whitespace().last() != Some("0")
+        });
+        if started {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the alarm's turn never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and its batch, committed to the object's transaction, went to the frozen log
+    // writer within a millisecond or so; the shard updates the index as it commits.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rows_at_kill = index_rows(dir.path());
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    // The frozen thread dies as it thaws, without writing.
+    writer.thaw();
+    host.child.wait().unwrap();
+    drop(writer);
+
+    let started = std::time::Instant::now();
+    let host = HostProcess::start(dir.path(), &[]);
+    let p = host.client().await.get::<Probe>("unlogged");
+    loop {
+        let rings = p.rings().await.unwrap();
+        if !rings.is_empty() {
+            assert_eq!(rings.len(), 1, "{rings:?}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the alarm whose run was lost never ran again (index rows at the kill: \
+             {rows_at_kill}; pending in the object: {:?})",
+            p.pending().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_alarms_across_a_thousand_objects_due_in_one_second_all_fire() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,7 @@ use durable_examples::counter::Counter;
 use durable_tests::Probe;
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Checkpoints only at shutdown, so the log holds everything since the last clean stop.
 const NO_CHECKPOINTS: &[&str] = &["--checkpoint-secs", "0"];
@@ -608,4 +608,81 @@ fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// After a power cut, an offline `restore-object` of one object first replays the log
+/// into every object, then checkpoints. An alarm another object set since the last
+/// checkpoint must reach the alarm index there, as a starting host's replay records
+/// it: the index file as the power cut left it lacks the alarm, and once that
+/// checkpoint is written no later replay brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_restore_after_a_power_cut_indexes_the_alarms_it_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("live");
+    let host = HostProcess::start(&live, NO_CHECKPOINTS);
+    let target = host.client().await.get::<Probe>("target");
+    target.put("first".into(), 1).await.unwrap();
+    let bookmark = target.bookmark().await.unwrap().unwrap();
+    assert!(host.terminate().success(), "clean stop (checkpoint)");
+    let at_checkpoint = dir.path().join("objects-at-checkpoint");
+    copy_dir(&live.join("objects"), &at_checkpoint);
+    let index_at_checkpoint = dir.path().join("index-at-checkpoint");
+    std::fs::create_dir_all(&index_at_checkpoint).unwrap();
+    for file in ["alarms.db", "alarms.db-wal"] {
+        if live.join(file).exists() {
+            std::fs::copy(live.join(file), index_at_checkpoint.join(file)).unwrap();
+        }
+    }
+
+    // An alarm set, acknowledged (so in the log); then the power goes.
+    let host = HostProcess::start(&live, NO_CHECKPOINTS);
+    let client = host.client().await;
+    let due = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 1_500;
+    client
+        .get::<Probe>("ringer")
+        .ring_at("k".into(), due, 0)
+        .await
+        .unwrap();
+    client
+        .get::<Probe>("target")
+        .put("second".into(), 2)
+        .await
+        .unwrap();
+    host.kill9();
+    let copy = dir.path().join("after-power-cut");
+    power_cut_copy(&live, &at_checkpoint, &copy);
+    for file in ["catalog.db", "catalog.db-wal", "running"] {
+        if live.join(file).exists() {
+            std::fs::copy(live.join(file), copy.join(file)).unwrap();
+        }
+    }
+    copy_dir(&index_at_checkpoint, &copy);
+
+    let data = copy.to_str().unwrap();
+    let (ok, out, err) = host_cli(&[
+        "restore-object",
+        "--data-dir",
+        data,
+        "Probe",
+        "target",
+        "--to",
+        &bookmark.to_string(),
+    ]);
+    assert!(ok, "{out}{err}");
+    let host = HostProcess::start(&copy, &[]);
+    let ringer = host.client().await.get::<Probe>("ringer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ringer.rings().await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replayed alarm never fired (pending in the object: {:?})",
+            ringer.pending().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ringer.rings().await.unwrap().len(), 1);
 }

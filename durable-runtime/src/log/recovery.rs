@@ -248,15 +248,25 @@ pub(crate) fn move_aside(path: &Path, now_ms: u64) {
     }
 }
 
-/// Replay the log into the objects under `data_dir`, then checkpoint. With `verify`
-/// (the last stop was unclean), each object the log touches is first checked against
-/// its recorded digest; a damaged file is moved aside and rebuilt from the archive.
+/// What the host records about the objects a replay changed, durably, before the
+/// checkpoint that drops their records from the log: given the objects replayed and
+/// each one's earliest alarm due time after replay (for the alarm index). Recorded
+/// after the checkpoint, a crash in between would leave them unrecorded for good: the
+/// next start replays nothing of them.
+pub(crate) type Publish<'a> =
+    &'a mut dyn FnMut(&[(String, ObjectId)], &[Option<u64>]) -> Result<(), HostError>;
+
+/// Replay the log into the objects under `data_dir`, hand what changed to `publish`,
+/// then checkpoint. With `verify` (the last stop was unclean), each object the log
+/// touches is first checked against its recorded digest; a damaged file is moved aside
+/// and rebuilt from the archive.
 pub(crate) fn recover(
     data_dir: &Path,
     retention: Option<Duration>,
     window: usize,
     now_ms: u64,
     verify: Option<DigestOf<'_>>,
+    publish: Publish<'_>,
 ) -> Result<RecoveryReport, HostError> {
     let io = |what: &str| {
         let what = what.to_string();
@@ -412,6 +422,9 @@ pub(crate) fn recover(
     }
     report.objects = order.len();
     report.replayed = order.clone();
+    if !order.is_empty() {
+        publish(&report.replayed, &report.replayed_due)?;
+    }
     if report.records > 0 || report.cut.is_some() {
         write_checkpoint(data_dir, report.last_lsn).map_err(io("writing the checkpoint"))?;
     }

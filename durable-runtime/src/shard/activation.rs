@@ -107,8 +107,7 @@ impl Object {
             self.needs_image = false;
         }
         if let Ok(due) = crate::alarms::earliest_due(&ctx.conn) {
-            self.index_alarms_after(due);
-            self.config.alarms.notify_due(self.class.name, self.id, due);
+            self.index_alarms_durable(due);
         }
         self.deferred = records.len();
         self.seq = healed_seq;
@@ -530,8 +529,47 @@ impl Object {
         self.reported_due.is_some_and(|due| due <= horizon)
     }
 
-    /// After the commit: the exact earliest due time, to the index and the scheduler.
+    /// After the commit: the exact earliest due time, to the scheduler now and to the
+    /// index (the host's record across restarts). An earlier time goes to the index at
+    /// once (at worst a needless wake if the batch is lost); a later one, or none,
+    /// waits until the batch (`self.seq`) is durable ([`Object::publish_raised_due`]).
     pub(super) fn index_alarms_after(&mut self, due: Option<u64>) {
+        let raises = match (self.reported_due, due) {
+            (Some(reported), Some(due)) => due > reported,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if raises && self.seq > self.slot.core.borrow().durable() {
+            self.raised_due = Some((self.seq, due));
+        } else {
+            self.raised_due = None;
+            self.write_index(due);
+        }
+        self.config.alarms.notify_due(self.class.name, self.id, due);
+    }
+
+    /// The exact earliest due time of a file that holds only durable batches (healed
+    /// from the log, or after the log refused the rest): to the index and the
+    /// scheduler at once, whichever way it moves; a raise held back is dropped.
+    pub(super) fn index_alarms_durable(&mut self, due: Option<u64>) {
+        self.raised_due = None;
+        self.write_index(due);
+        self.config.alarms.notify_due(self.class.name, self.id, due);
+    }
+
+    /// The raise [`Object::index_alarms_after`] held back, to the index once its batch
+    /// is durable.
+    pub(super) fn publish_raised_due(&mut self) {
+        let Some((seq, due)) = self.raised_due else {
+            return;
+        };
+        if seq <= self.slot.core.borrow().durable() {
+            self.raised_due = None;
+            self.write_index(due);
+        }
+    }
+
+    fn write_index(&mut self, due: Option<u64>) {
         if due != self.reported_due {
             match self.config.alarms.index_due(self.class.name, self.id, due) {
                 Ok(()) => self.reported_due = due,
@@ -541,7 +579,6 @@ impl Object {
                 }
             }
         }
-        self.config.alarms.notify_due(self.class.name, self.id, due);
     }
 
     /// An alarm wake could not run (activation or the batch failed): wake again after

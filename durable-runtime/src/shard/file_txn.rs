@@ -239,8 +239,7 @@ impl Object {
         // publishes them; the index keeps its earlier value till then).
         if let (Some(ctx), false) = (self.ctx.as_ref(), self.poisoned) {
             if let Ok(due) = crate::alarms::earliest_due(&ctx.conn) {
-                self.index_alarms_after(due);
-                self.config.alarms.notify_due(self.class.name, self.id, due);
+                self.index_alarms_durable(due);
             }
         }
         tracing::info!(class = self.class.name, id = %self.id, durable, "undid the batches the log refused");

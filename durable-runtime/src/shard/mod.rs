@@ -180,6 +180,7 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         last_image_seq: 0,
         last_image_ms: 0,
         reported_due: None,
+        raised_due: None,
         poisoned: false,
         heal_after: 0,
         unservable: None,

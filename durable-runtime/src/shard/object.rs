@@ -52,6 +52,12 @@ pub(super) struct Object {
     pub(super) last_image_ms: u64,
     /// The earliest alarm due time last written to the host's alarm index.
     pub(super) reported_due: Option<u64>,
+    /// A later (or no) earliest due time decided by a batch not yet durable: the
+    /// batch's number and the due time, written to the index once the batch is
+    /// durable ([`Object::publish_raised_due`]). Until then the index keeps the earlier
+    /// time: written ahead, a raise would outlive a crash that loses the batch, and
+    /// the alarms the file still holds would never be woken for.
+    pub(super) raised_due: Option<(u64, Option<u64>)>,
     /// The log holds batches the object's file lacks (its commit failed and SQLite
     /// dropped the transaction): no call runs until [`Object::heal`] re-applies them
     /// from the log (at the next call, or the next restart's replay).
@@ -194,6 +200,7 @@ impl Object {
 
     pub(super) async fn run(mut self) {
         loop {
+            self.publish_raised_due();
             self.slot
                 .pinned
                 .set(self.poisoned || (self.deferred > 0 && self.commit_backoff > 0));
@@ -364,6 +371,9 @@ impl Object {
                         self.record_digest(DIGEST_STOP_MAX);
                         self.close_compacting();
                     }
+                    // A raise whose batch is durable by now (else the index keeps the
+                    // earlier time: one needless wake).
+                    self.publish_raised_due();
                     // The connection closes (if it did not above) as this task ends: its
                     // memory goes back.
                     crate::sqlite_memory::collect_soon();

@@ -312,3 +312,72 @@ pub async fn until_object_files_closed(pid: u32, deadline: std::time::Instant) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// One thread of a running process, frozen: it alone moves into a cgroup (v1) freezer
+/// of its own, so the rest of the process runs on (CI runs as root). Thawed, and the
+/// cgroup removed, on drop.
+pub struct FrozenThread {
+    cgroup: PathBuf,
+    tid: u32,
+}
+
+impl FrozenThread {
+    /// Freeze the thread of `pid` named `comm` (as `/proc/PID/task/TID/comm` shows it:
+    /// at most 15 bytes).
+    pub fn freeze(pid: u32, comm: &str) -> FrozenThread {
+        let tid: u32 = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == comm)
+            })
+            .unwrap_or_else(|| panic!("process {pid} has no thread named {comm:?}"))
+            .file_name()
+            .to_string_lossy()
+            .parse()
+            .unwrap();
+        let root = Path::new("/sys/fs/cgroup/freezer");
+        assert!(
+            root.join("tasks").exists(),
+            "this test freezes one thread of the host and needs the cgroup v1 freezer \
+             mounted at {} (and root)",
+            root.display()
+        );
+        let cgroup = root.join(format!("durable-test-{pid}-{tid}"));
+        std::fs::create_dir_all(&cgroup).unwrap();
+        std::fs::write(cgroup.join("tasks"), tid.to_string()).unwrap();
+        std::fs::write(cgroup.join("freezer.state"), "FROZEN").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(cgroup.join("freezer.state"))
+            .unwrap()
+            .trim()
+            != "FROZEN"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "thread {tid} did not freeze"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        FrozenThread { cgroup, tid }
+    }
+
+    /// Let the thread run again.
+    pub fn thaw(&self) {
+        let _ = std::fs::write(self.cgroup.join("freezer.state"), "THAWED");
+    }
+}
+
+impl Drop for FrozenThread {
+    fn drop(&mut self) {
+        self.thaw();
+        // Back to the root (if it still runs), then the empty cgroup goes.
+        let _ = std::fs::write("/sys/fs/cgroup/freezer/tasks", self.tid.to_string());
+        for _ in 0..200 {
+            if std::fs::remove_dir(&self.cgroup).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
