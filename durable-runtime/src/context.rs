@@ -238,12 +238,14 @@ impl Context {
     /// commits, the in-memory instance is dropped; the next call activates a fresh one
     /// (whose constructor runs its migrations again).
     pub fn delete_all(&mut self) -> Result<(), Error> {
+        let streams = crate::streams::deleted_all(&self.conn)?;
         drop_users_schema(&self.conn)?;
         for table in Lazy::ALL {
             if tables::has_table(&self.conn, table)? {
                 self.conn.execute_batch(table.clear())?;
             }
         }
+        self.effects.streams.extend(streams);
         self.effects.alarms_changed = true;
         self.effects.reset_instance = true;
         self.effects.ship_image.set(true);

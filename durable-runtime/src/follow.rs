@@ -194,6 +194,10 @@ pub(crate) async fn pump(calls: Arc<Calls>, hub: Arc<Hub>, start: Start, tx: mps
                     let _ = tx.send(Out::End { seq: after }).await;
                     return;
                 }
+                Some(Live::Deleted) => {
+                    let _ = tx.send(Out::Unknown).await;
+                    return;
+                }
                 // A gap, or the hub dropped this follower: back to the table.
                 Some(_) | None => break,
             }

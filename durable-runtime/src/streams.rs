@@ -61,13 +61,22 @@ pub(crate) enum StreamOp {
     },
     /// `stream` ended after item `seq`.
     End { stream: String, seq: u64 },
+    /// `stream` was deleted (a stream of its name may follow, numbered from 1 again).
+    Deleted { stream: String },
 }
 
 /// What a follower receives from the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Live {
-    Item { seq: u64, json: Arc<str> },
-    End { seq: u64 },
+    Item {
+        seq: u64,
+        json: Arc<str>,
+    },
+    End {
+        seq: u64,
+    },
+    /// The stream was deleted: the follower ends (`unknown_stream`).
+    Deleted,
 }
 
 /// A read of stored items: those of `stream` after `after`, at most `limit`.
@@ -172,6 +181,7 @@ impl Hub {
             let (stream, live) = match op {
                 StreamOp::Item { stream, seq, json } => (stream, Live::Item { seq, json }),
                 StreamOp::End { stream, seq } => (stream, Live::End { seq }),
+                StreamOp::Deleted { stream } => (stream, Live::Deleted),
             };
             let key = (class, id, stream);
             let Some(list) = followers.get_mut(&key) else {
@@ -244,6 +254,19 @@ fn state(conn: &rusqlite::Connection, stream: &str) -> rusqlite::Result<Option<S
             })
         })
         .optional()
+}
+
+/// The deletion of every stream of the object (for `delete_all`, before it erases
+/// them): their live followers end.
+pub(crate) fn deleted_all(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<StreamOp>> {
+    if !tables::has_table(conn, Lazy::Streams)? {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare("SELECT stream FROM _durable_stream_heads")?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    names
+        .map(|stream| stream.map(|stream| StreamOp::Deleted { stream }))
+        .collect()
 }
 
 fn set_state(conn: &rusqlite::Connection, stream: &str, s: StreamState) -> rusqlite::Result<()> {
@@ -386,7 +409,9 @@ impl crate::Context {
         Ok(state(&self.conn, stream)?)
     }
 
-    /// Erase `stream` and its items (readers get `unknown_stream` after this).
+    /// Erase `stream` and its items: readers get `unknown_stream` after this, and so
+    /// do its live followers once the turn's batch is durable (a stream of the same
+    /// name created later is a new stream, numbered from 1).
     pub fn stream_delete(&mut self, stream: &str) -> Result<bool, Error> {
         if !tables::has_table(&self.conn, Lazy::Streams)? {
             return Ok(false);
@@ -398,6 +423,11 @@ impl crate::Context {
         self.conn
             .prepare_cached("DELETE FROM _durable_streams WHERE stream = ?1")?
             .execute([stream])?;
+        if n > 0 {
+            self.effects.streams.push(StreamOp::Deleted {
+                stream: stream.to_owned(),
+            });
+        }
         Ok(n > 0)
     }
 }

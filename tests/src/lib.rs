@@ -364,6 +364,16 @@ impl StreamProbe {
     pub async fn end(&mut self, ctx: &mut Context, stream: String) -> Result<u64, Error> {
         ctx.stream_end(&stream)
     }
+
+    /// Delete `stream` and its items; whether it existed.
+    pub async fn delete(&mut self, ctx: &mut Context, stream: String) -> Result<bool, Error> {
+        ctx.stream_delete(&stream)
+    }
+
+    /// Erase the object, its streams included.
+    pub async fn wipe(&mut self, ctx: &mut Context) -> Result<(), Error> {
+        ctx.delete_all()
+    }
 }
 
 /// WebSocket test object: every socket is tagged `all`. `boot` broadcasts

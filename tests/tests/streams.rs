@@ -480,6 +480,61 @@ async fn acknowledged_items_survive_kill_9_and_a_failed_turn_leaves_none() {
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
 
+/// A stream deleted while followed (alone, or by `delete_all`) ends its live followers
+/// with `unknown_stream`, and
+/// a new stream of the same name is not mixed into what they followed (its numbers
+/// start at 1 again: they were skipped as seen, then its later items sent on).
+#[tokio::test]
+async fn a_deleted_stream_ends_its_followers_and_a_new_one_of_its_name_is_not_mixed_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    let push = |items: Vec<&'static str>| {
+        call(
+            &host,
+            "StreamProbe/d/push",
+            json!({"stream": "s", "items": items}),
+        )
+    };
+    assert_eq!(push(vec!["a", "b", "c"]).await, 3);
+    let mut follower = Events {
+        response: http()
+            .get(host.http_url("/v1/objects/StreamProbe/d/streams/s?after=2"))
+            .bearer_auth(token(&host))
+            .send()
+            .await
+            .unwrap(),
+        buffer: String::new(),
+    };
+    assert_eq!(follower.next().await, Some(Sse::Item(3, "c".into())));
+    assert_eq!(
+        call(&host, "StreamProbe/d/delete", json!({"stream": "s"})).await,
+        json!(true)
+    );
+    assert_eq!(push(vec!["w", "x", "y", "z"]).await, 4);
+    match follower.next().await {
+        Some(Sse::Failure(e)) => assert_eq!(e["error"]["kind"], "unknown_stream", "{e}"),
+        other => panic!("the follower of the deleted stream got {other:?}"),
+    }
+    assert_eq!(follower.next().await, None);
+
+    // `delete_all` deletes every stream: their followers end too.
+    let mut follower = Events {
+        response: http()
+            .get(host.http_url("/v1/objects/StreamProbe/d/streams/s?after=4"))
+            .bearer_auth(token(&host))
+            .send()
+            .await
+            .unwrap(),
+        buffer: String::new(),
+    };
+    call(&host, "StreamProbe/d/wipe", json!({})).await;
+    assert_eq!(push(vec!["n1", "n2", "n3", "n4", "n5"]).await, 5);
+    match follower.next().await {
+        Some(Sse::Failure(e)) => assert_eq!(e["error"]["kind"], "unknown_stream", "{e}"),
+        other => panic!("the follower of the wiped object's stream got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_typed_rust_client_follows_and_resumes_over_quic() {
     let dir = tempfile::tempdir().unwrap();
