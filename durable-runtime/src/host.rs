@@ -73,8 +73,9 @@ pub struct Limits {
     /// A rate each caller key may sustain on one object (a token bucket); past it
     /// that caller gets `Overloaded` at once. Default: none.
     pub caller_rate: Option<crate::admission::CallerRate>,
-    /// Most WebSockets the HTTP gateway holds open at once, host-wide; past it
-    /// upgrades are refused (503). Default [`crate::DEFAULT_MAX_SOCKETS`].
+    /// Most WebSockets the HTTP gateway holds open at once, host-wide (objects'
+    /// sockets and streams' WebSocket followers together); past it upgrades are
+    /// refused (503). Default [`crate::DEFAULT_MAX_SOCKETS`].
     pub max_sockets: usize,
     /// The gateway pings each WebSocket this often, without waking its object, and
     /// closes one that answered nothing for two intervals

@@ -14,7 +14,7 @@ use durable_client::ObjectId;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 /// Largest attachment a socket may carry, in bytes (postcard-encoded).
@@ -273,6 +273,16 @@ pub(crate) struct Registry {
     max: usize,
 }
 
+/// One open WebSocket that belongs to no object, counted in a [`Registry`]'s bound
+/// until dropped.
+pub(crate) struct HeldPlace(Arc<Registry>);
+
+impl Drop for HeldPlace {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Default for Registry {
     fn default() -> Self {
         Registry::new(DEFAULT_MAX_SOCKETS)
@@ -304,12 +314,7 @@ impl Registry {
         id: ObjectId,
         query: String,
     ) -> Option<Registered> {
-        let taken = self
-            .open
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < self.max).then_some(n + 1)
-            });
-        if taken.is_err() {
+        if !self.take_place() {
             return None;
         }
         let socket = SocketId(self.next.fetch_add(1, Ordering::Relaxed) + 1);
@@ -332,6 +337,22 @@ impl Registry {
             outgoing,
             kill,
         })
+    }
+
+    /// Count one more open socket, unless the host holds as many as it may.
+    fn take_place(&self) -> bool {
+        self.open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// A place for a WebSocket that belongs to no object (a stream's follower),
+    /// counted against the same bound as objects' sockets and given back when the
+    /// [`HeldPlace`] drops; `None` if the host holds as many sockets as it may.
+    pub(crate) fn hold_place(self: &Arc<Self>) -> Option<HeldPlace> {
+        self.take_place().then(|| HeldPlace(self.clone()))
     }
 
     /// If `text` is the object's auto-response request, queue the response to the

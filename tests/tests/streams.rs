@@ -535,6 +535,69 @@ async fn a_deleted_stream_ends_its_followers_and_a_new_one_of_its_name_is_not_mi
     }
 }
 
+/// A stream's WebSocket followers count against `--max-sockets` as objects' sockets
+/// do (past it the upgrade is refused, 503 `too_many_sockets`; a follower that ends
+/// gives its place back), and a follower's client may send only small messages.
+#[tokio::test]
+async fn websocket_followers_count_against_the_socket_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &["--http", "127.0.0.1:0", "--max-sockets", "2"]);
+    call(
+        &host,
+        "StreamProbe/cap/push",
+        json!({"stream": "s", "items": ["a"]}),
+    )
+    .await;
+    let request = || {
+        let url = host
+            .http_url("/v1/objects/StreamProbe/cap/streams/s?after=0")
+            .replacen("http://", "ws://", 1);
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", token(&host)).parse().unwrap(),
+        );
+        request
+    };
+    let mut a = tokio_tungstenite::connect_async(request()).await.unwrap().0;
+    let mut b = tokio_tungstenite::connect_async(request()).await.unwrap().0;
+    assert_eq!(ws_next(&mut a).await.unwrap()["item"], "a");
+    assert_eq!(ws_next(&mut b).await.unwrap()["item"], "a");
+    match tokio_tungstenite::connect_async(request()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 503);
+            let body = String::from_utf8(r.body().clone().unwrap_or_default()).unwrap();
+            assert!(body.contains("too_many_sockets"), "{body}");
+        }
+        other => panic!("a third follower past --max-sockets 2: {other:?}"),
+    }
+    // A message larger than a follower's client may send ends that follower...
+    use futures_util::SinkExt;
+    let _ = a.send(Message::Text("x".repeat(64 << 10).into())).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout(WAIT, a.next())
+            .await
+            .expect("an end in time")
+        {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+            Some(Ok(_)) => assert!(Instant::now() < deadline),
+        }
+    }
+    // ...and its place is given back.
+    let deadline = Instant::now() + WAIT;
+    let mut c = loop {
+        match tokio_tungstenite::connect_async(request()).await {
+            Ok((c, _)) => break c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the place never came back: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(ws_next(&mut c).await.unwrap()["item"], "a");
+}
+
 #[tokio::test]
 async fn a_typed_rust_client_follows_and_resumes_over_quic() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,6 +11,7 @@
 use super::reply::ApiError;
 use super::state::State;
 use crate::follow::{self, Out, Refused, Start};
+use crate::sockets::HeldPlace;
 use crate::streams::valid_stream_name;
 use axum::extract::rejection::PathRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -30,6 +31,10 @@ const LAST_EVENT_ID: &str = "last-event-id";
 
 /// Events waiting between a follower's pump and its connection.
 const PUMP_QUEUE: usize = 256;
+
+/// Largest message (and frame, and read buffer) a WebSocket follower's client may
+/// send: it has nothing to say but pings and a close.
+const MAX_FROM_CLIENT: usize = 4096;
 
 /// A comment line this often keeps idle connections (and proxies) open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -77,10 +82,16 @@ pub(super) async fn follow(
     match start(&state, path, query.as_deref().unwrap_or(""), &headers).await {
         Ok((start, named)) => match upgrade {
             Ok(upgrade) => {
-                let max = state.max_body;
+                // A follower's socket counts against `--max-sockets` like an object's.
+                let Some(place) = state.sockets.hold_place() else {
+                    return too_many_sockets().into_response();
+                };
+                // The client has nothing to send: small frames, a small buffer.
                 upgrade
-                    .max_message_size(max)
-                    .on_upgrade(move |socket| websocket(state, start, named, socket))
+                    .max_message_size(MAX_FROM_CLIENT)
+                    .max_frame_size(MAX_FROM_CLIENT)
+                    .read_buffer_size(MAX_FROM_CLIENT)
+                    .on_upgrade(move |socket| websocket(state, start, named, socket, place))
                     .into_response()
             }
             Err(_) => sse(state, start, named),
@@ -189,9 +200,26 @@ fn sse(state: Arc<State>, start: Start, named: Named) -> Response {
     response
 }
 
+/// The refusal of a WebSocket follower past `--max-sockets`.
+fn too_many_sockets() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_many_sockets",
+        "the host holds as many WebSockets as it may (--max-sockets): try again later",
+    )
+}
+
 /// Answer over a WebSocket: one text message per item, the end, then a normal
-/// close (1011 after a failure). What the client sends is ignored.
-async fn websocket(state: Arc<State>, start: Start, named: Named, socket: WebSocket) {
+/// close (1011 after a failure). What the client sends is ignored. `place` counts the
+/// socket among the host's until it ends.
+async fn websocket(
+    state: Arc<State>,
+    start: Start,
+    named: Named,
+    socket: WebSocket,
+    place: HeldPlace,
+) {
+    let _place = place;
     let (tx, mut rx) = mpsc::channel(PUMP_QUEUE);
     tokio::spawn(follow::pump(
         state.calls.clone(),
