@@ -171,6 +171,13 @@ impl Hop {
         Ok(())
     }
 
+    /// Record that `n` was told, and push `n` to the stream `log`.
+    pub async fn record_and_push(&mut self, ctx: &mut Context, n: i64) -> Result<(), Error> {
+        self.record(ctx, n).await?;
+        ctx.stream_push("log", &n)?;
+        Ok(())
+    }
+
     /// Every `(n, how)` recorded here, by `n`.
     pub async fn seen(&mut self, ctx: &mut Context) -> Result<Vec<(i64, String)>, Error> {
         ctx.sql()

@@ -454,17 +454,30 @@ async fn a_resend_refused_as_not_applied_after_a_lost_attempt_is_indeterminate()
 /// calls were applied: they must not hear "not applied" with the refused rest. They,
 /// and the calling turn (part of whose writes stay), hear `Indeterminate`; a resend
 /// under the same request id tells the outcome; the earlier call's write is there.
+/// The stream item the earlier call pushed is durable too: it reaches the stream's
+/// live follower (it was dropped with the refused rest).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_made_durable_before_a_turn_called_out_are_not_answered_not_applied() {
     use durable_tests::Hop;
     let dir = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(&dir.path().join("mnt"), "48m");
-    let host = HostProcess::start(&disk.0.join("data"), &[]);
+    let host = HostProcess::start(&disk.0.join("data"), &["--http", "127.0.0.1:0"]);
     let client = host.client().await;
     let caller = client.get::<Hop>("caller");
     let sink = client.get::<Hop>("sink");
-    caller.record(0).await.unwrap();
+    caller.record_and_push(0).await.unwrap();
     sink.record(0).await.unwrap();
+    // A live follower of the caller's stream, past its first item.
+    let mut follower = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(host.http_url("/v1/objects/Hop/caller/streams/log?after=1"))
+        .bearer_auth(common::token(&host))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follower.status(), 200);
 
     // Hold the caller busy so that the next two calls wait and run as one batch.
     let busy = {
@@ -473,7 +486,11 @@ async fn calls_made_durable_before_a_turn_called_out_are_not_answered_not_applie
     };
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let object = client.object_ref("Hop", caller.id(), Some("caller"));
-    let first_request = object.prepare("record", method_fingerprint::<Hop>("record"), &(1i64,));
+    let first_request = object.prepare(
+        "record_and_push",
+        method_fingerprint::<Hop>("record_and_push"),
+        &(1i64,),
+    );
     let first = {
         let (object, request) = (object.clone(), first_request.clone());
         tokio::spawn(async move { object.call_request::<(), durable::Error>(&request).await })
@@ -514,4 +531,15 @@ async fn calls_made_durable_before_a_turn_called_out_are_not_answered_not_applie
     assert!(seen.contains(&(1, "recorded".into())), "{seen:?}");
     // The calling turn's write before its call stays; the one after was undone.
     assert!(seen.contains(&(2, "wrote".into())), "{seen:?}");
+    // The follower got the first call's item (its second), live.
+    let mut events = String::new();
+    while !events.contains("\"seq\":2") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(5), follower.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("the durable item never reached the follower: {events:?}"))
+            .unwrap()
+            .expect("the event stream goes on");
+        events.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(events.contains("\"item\":1"), "{events:?}");
 }

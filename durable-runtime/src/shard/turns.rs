@@ -353,6 +353,9 @@ impl Object {
                         *fate = Fate::Durable;
                     }
                 }
+                // So are the socket messages and stream items of the turns before it:
+                // out now, whatever becomes of the rest of the batch.
+                self.release_durable_outputs(&mut outbox.effects);
                 Fate::Durable
             } else {
                 Fate::WithBatch
@@ -509,6 +512,19 @@ impl Object {
             }
         }
         (replies, requeue)
+    }
+
+    /// Send the socket messages and stream items in `effects` (of turns already
+    /// durable) to their sockets and followers now, leaving the rest of `effects`.
+    fn release_durable_outputs(&self, effects: &mut Effects) {
+        let sockets = std::mem::take(&mut effects.sockets);
+        if let (false, Some(registry)) = (sockets.is_empty(), &self.config.sockets) {
+            registry.apply(self.class.name, self.id, sockets);
+        }
+        let streams = std::mem::take(&mut effects.streams);
+        if let (false, Some(hub)) = (streams.is_empty(), &self.config.streams) {
+            hub.apply(self.class.name, self.id, streams);
+        }
     }
 
     /// A batch of read-only calls on an active object: each turn runs as it is, with
