@@ -300,6 +300,52 @@ async fn an_alarm_whose_run_was_not_durable_at_kill_dash_nine_runs_after_the_res
     }
 }
 
+/// A restore brings back an alarm the same batch cancelled (the object holds both
+/// calls: they queue behind a busy turn and run as one batch). The index must end with
+/// the restored alarm, not with the cancel's "none" held back until its batch was
+/// durable: after `kill -9` and a restart the alarm fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alarm_brought_back_by_a_restore_fires_after_kill_dash_nine() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let p = client.get::<Probe>("restored");
+    let due = ms(SystemTime::now()) + 2_500;
+    p.ring_at("k".into(), due, 0).await.unwrap();
+    let bookmark = p.bookmark().await.unwrap().unwrap();
+    let busy = {
+        let p = p.clone();
+        tokio::spawn(async move { p.sleep(300).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cancel = {
+        let p = p.clone();
+        tokio::spawn(async move { p.unring("k".into()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let restore = {
+        let p = p.clone();
+        tokio::spawn(async move { p.restore(bookmark).await })
+    };
+    busy.await.unwrap().unwrap();
+    assert!(cancel.await.unwrap().unwrap(), "the alarm was pending");
+    restore.await.unwrap().unwrap();
+    assert_eq!(p.pending().await.unwrap(), vec!["k".to_string()]);
+    host.kill9();
+
+    let host = HostProcess::start(dir.path(), &[]);
+    let p = host.client().await.get::<Probe>("restored");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p.rings().await.unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restored alarm never fired (pending: {:?})",
+            p.pending().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_alarms_across_a_thousand_objects_due_in_one_second_all_fire() {
     let dir = tempfile::tempdir().unwrap();

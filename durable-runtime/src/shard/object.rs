@@ -319,18 +319,28 @@ impl Object {
                     self.gate_passed(released);
                 }
                 Some(Action::Indeterminate(replies)) => {
-                    for (tx, _, _) in replies {
+                    for (tx, _, fate) in replies {
                         // Committed to the file but not synced: it may or may not
-                        // survive a crash.
-                        let _ = tx.send(indeterminate(
-                            "the write could not be made durable (sync failed)",
-                        ));
+                        // survive a crash. (Outputs made durable before the rest of
+                        // their batch go out.)
+                        let response = if fate == Fate::Durable && tx.is_output() {
+                            durable_client::wire::Response::Return(Vec::new())
+                        } else {
+                            indeterminate("the write could not be made durable (sync failed)")
+                        };
+                        let _ = tx.send(response);
                     }
                     self.gated_since.clear();
                 }
                 Some(Action::Refused { outputs, full }) => {
                     for (tx, _, fate) in outputs {
+                        let output = tx.is_output();
                         let _ = tx.send(match fate {
+                            // Socket messages and stream items made durable before the
+                            // refused rest of their batch go out.
+                            Fate::Durable if output => {
+                                durable_client::wire::Response::Return(Vec::new())
+                            }
                             Fate::WithBatch => refused(full),
                             // A recorded answer's own batch may be among those refused:
                             // applied or not, only the same request id may tell.

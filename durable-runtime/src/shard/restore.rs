@@ -63,7 +63,9 @@ impl Object {
         if let Some(log) = self.detach_log() {
             log.applied(pos.lsn);
         }
-        // The restored state has its own alarms: index them.
+        // The restored state (durable: its record is) has its own alarms: index them,
+        // over any later time an earlier batch of this object held back.
+        self.raised_due = None;
         let due = crate::wal_index::open(&path, Default::default())
             .and_then(|c| crate::alarms::earliest_due(&c))
             .map_err(|e| format!("reading the restored alarms: {e}"))?;

@@ -232,6 +232,10 @@ impl Object {
         // Each reply with what becomes of it if the batch fails.
         let mut outbox: Outbox<((crate::answering::Answer, Response), Fate)> =
             Outbox::with_capacity(batch.len());
+        // Socket and stream effects of turns made durable at a later turn's call to
+        // another object (see `Fate::Durable`).
+        let mut durable_sockets = Vec::new();
+        let mut durable_streams = Vec::new();
         if self.instance.is_none() {
             let activated = self.activate();
             // An object new to the log counts as written even if its constructor wrote
@@ -354,8 +358,10 @@ impl Object {
                     }
                 }
                 // So are the socket messages and stream items of the turns before it:
-                // out now, whatever becomes of the rest of the batch.
-                self.release_durable_outputs(&mut outbox.effects);
+                // they go out (in their place among the object's outputs) whatever
+                // becomes of the rest of the batch.
+                durable_sockets.append(&mut outbox.effects.sockets);
+                durable_streams.append(&mut outbox.effects.streams);
                 Fate::Durable
             } else {
                 Fate::WithBatch
@@ -458,47 +464,36 @@ impl Object {
                     Work::Call(c) => Some((c.reply.into(), failed.clone(), Fate::WithBatch)),
                     Work::Alarm => None,
                 }))
+                .chain(self.outputs(durable_sockets, durable_streams, Fate::Durable))
                 .collect();
             return (replies, Vec::new());
         }
         if let Some(due) = new_due {
             self.index_alarms_after(due);
         }
-        let Outbox { effects, replies } = outbox;
+        let Outbox {
+            mut effects,
+            replies,
+        } = outbox;
         let mut replies: Vec<Reply> = replies
             .into_iter()
             .map(|((tx, response), fate)| (tx.into(), response, fate))
             .collect();
-        if let (false, Some(registry)) = (effects.sockets.is_empty(), &self.config.sockets) {
-            let out = SocketOutput {
-                registry: registry.clone(),
-                class: self.class.name,
-                id: self.id,
-                ops: effects.sockets,
-            };
-            // First: a caller (the gateway awaiting a socket's connect turn) must find
-            // the tags and attachment that turn set once it has its reply.
-            replies.insert(
-                0,
-                (
-                    ReplyTo::Sockets(out),
-                    Response::Return(Vec::new()),
-                    Fate::WithBatch,
-                ),
-            );
-        }
-        if let (false, Some(hub)) = (effects.streams.is_empty(), &self.config.streams) {
-            let out = StreamOutput {
-                hub: hub.clone(),
-                class: self.class.name,
-                id: self.id,
-                ops: effects.streams,
-            };
-            replies.push((
-                ReplyTo::Streams(out),
-                Response::Return(Vec::new()),
-                Fate::WithBatch,
-            ));
+        // Those made durable mid-batch first, each kind in order; sockets before the
+        // replies: a caller (the gateway awaiting a socket's connect turn) must find
+        // the tags and attachment that turn set once it has its reply.
+        let mut outputs = self.outputs(durable_sockets, durable_streams, Fate::Durable);
+        outputs.extend(self.outputs(
+            std::mem::take(&mut effects.sockets),
+            std::mem::take(&mut effects.streams),
+            Fate::WithBatch,
+        ));
+        if !outputs.is_empty() {
+            let (sockets, streams): (Vec<Reply>, Vec<Reply>) = outputs
+                .into_iter()
+                .partition(|(to, _, _)| matches!(to, ReplyTo::Sockets(_)));
+            replies.splice(0..0, sockets);
+            replies.extend(streams);
         }
         if effects.reset_instance {
             self.instance = None;
@@ -514,17 +509,34 @@ impl Object {
         (replies, requeue)
     }
 
-    /// Send the socket messages and stream items in `effects` (of turns already
-    /// durable) to their sockets and followers now, leaving the rest of `effects`.
-    fn release_durable_outputs(&self, effects: &mut Effects) {
-        let sockets = std::mem::take(&mut effects.sockets);
+    /// A batch's socket messages and stream items as outputs of the output gate
+    /// (sockets first), each released with `fate`.
+    fn outputs(
+        &self,
+        sockets: Vec<crate::sockets::SocketOp>,
+        streams: Vec<crate::streams::StreamOp>,
+        fate: Fate,
+    ) -> Vec<Reply> {
+        let mut outputs = Vec::new();
         if let (false, Some(registry)) = (sockets.is_empty(), &self.config.sockets) {
-            registry.apply(self.class.name, self.id, sockets);
+            let out = SocketOutput {
+                registry: registry.clone(),
+                class: self.class.name,
+                id: self.id,
+                ops: sockets,
+            };
+            outputs.push((ReplyTo::Sockets(out), Response::Return(Vec::new()), fate));
         }
-        let streams = std::mem::take(&mut effects.streams);
         if let (false, Some(hub)) = (streams.is_empty(), &self.config.streams) {
-            hub.apply(self.class.name, self.id, streams);
+            let out = StreamOutput {
+                hub: hub.clone(),
+                class: self.class.name,
+                id: self.id,
+                ops: streams,
+            };
+            outputs.push((ReplyTo::Streams(out), Response::Return(Vec::new()), fate));
         }
+        outputs
     }
 
     /// A batch of read-only calls on an active object: each turn runs as it is, with
