@@ -226,6 +226,26 @@ struct Inner {
     lanes: RwLock<Option<(quinn::Connection, Lanes)>>,
 }
 
+/// The last handle of a client gone: its connections close now. (A task that closes
+/// the lanes once the first connection is lost holds a handle of that connection,
+/// which would otherwise keep it, the lanes and the endpoint's socket open for good.)
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.main.close();
+        let lanes = self
+            .lanes
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((main, lanes)) = lanes {
+            main.close(0u32.into(), b"client dropped");
+            for lane in lanes.iter() {
+                lane.close();
+            }
+        }
+    }
+}
+
 /// The host's lanes, in shard order.
 type Lanes = Arc<Vec<Arc<Lane>>>;
 

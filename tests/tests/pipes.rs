@@ -333,3 +333,55 @@ fn a_call_ends_by_its_deadline_when_the_runtime_that_opened_its_pipe_is_gone() {
         );
     });
 }
+
+/// The sockets this test process holds open (UDP and TCP alike).
+fn open_sockets() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
+}
+
+/// A client dropped without `close()` closes its connections (the first one and its
+/// lanes) and gives back its endpoint's socket: a program that makes a client per
+/// job does not pile up connections on either side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_client_closes_its_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    // One client first: whatever the process keeps for good is counted before.
+    let warm = host.client().await;
+    warm.get::<Counter>("warm").increment(1).await.unwrap();
+    drop(warm);
+    let settle = |want: Option<usize>| async move {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let now = open_sockets();
+            if want.is_none_or(|w| now <= w) || std::time::Instant::now() > deadline {
+                return now;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let before = settle(None).await;
+    for i in 0..20 {
+        let client = host.client().await;
+        // Enough calls for the lanes to open (a lane after 16 calls wanting it).
+        for j in 0..64 {
+            client
+                .get::<Counter>(&format!("c{i}-{j}"))
+                .increment(1)
+                .await
+                .unwrap();
+        }
+        drop(client);
+    }
+    let after = settle(Some(before)).await;
+    assert!(
+        after <= before,
+        "sockets open: {before} before 20 clients came and were dropped, {after} after"
+    );
+}
