@@ -224,6 +224,10 @@ struct Inner {
     /// The host's lanes, as its answer on this first connection
     /// named them (a new first connection asks again: a restarted host has new ones).
     lanes: RwLock<Option<(quinn::Connection, Lanes)>>,
+    /// The runtime the client was made on (its endpoint's driver runs there): the
+    /// client's own tasks (pipes, lanes) run there too, whichever runtime a call
+    /// comes from.
+    runtime: tokio::runtime::Handle,
 }
 
 /// The last handle of a client gone: its connections close now. (A task that closes
@@ -443,6 +447,7 @@ impl Client {
             lane_config,
             refreshing: tokio::sync::Mutex::new(()),
             lanes: RwLock::new(None),
+            runtime: tokio::runtime::Handle::current(),
         });
         // The deadline bounds connecting too, not only calls.
         let deadline = inner.config.deadline;
@@ -636,7 +641,7 @@ async fn refresh_lanes(inner: &Arc<Inner>, main: &quinn::Connection) -> Result<(
         // be gone, and a restarted one has other lanes), calls on them end at once and
         // go again, after a new first connection asks for the lanes anew.
         let main = main.clone();
-        tokio::spawn(async move {
+        inner.runtime.spawn(async move {
             main.closed().await;
             for lane in lanes.iter() {
                 lane.close();
@@ -708,7 +713,8 @@ fn lane_connection(inner: &Arc<Inner>, lane: &Arc<Lane>) -> Option<quinn::Connec
         }
     }
     let (inner, opening) = (inner.clone(), Opening(lane.clone()));
-    tokio::spawn(async move {
+    let runtime = inner.runtime.clone();
+    runtime.spawn(async move {
         let lane = &opening.0;
         let version = inner.version.load(Ordering::Acquire);
         let config = Some(&inner.lane_config);
@@ -1061,7 +1067,7 @@ async fn pipe(inner: &Inner, lane: &Lane, conn: &quinn::Connection) -> Result<Ar
     if let Some(pipe) = usable(lane) {
         return Ok(pipe);
     }
-    let pipe = Arc::new(Pipe::open(conn, inner.config.max_frame).await?);
+    let pipe = Arc::new(Pipe::open(conn, inner.config.max_frame, &inner.runtime).await?);
     *lane.pipe.lock().unwrap() = Some(pipe.clone());
     Ok(pipe)
 }

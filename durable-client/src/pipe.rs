@@ -219,8 +219,14 @@ pub(crate) struct Pipe {
 }
 
 impl Pipe {
-    /// Open a pipe on `conn`: a new stream, its opening frame queued.
-    pub(crate) async fn open(conn: &quinn::Connection, max_frame: usize) -> Result<Pipe, Exchange> {
+    /// Open a pipe on `conn`: a new stream, its opening frame queued. Its tasks run on
+    /// `runtime` (the client's: the caller that happens to open it may be on a runtime
+    /// that goes idle or away while other callers use the pipe).
+    pub(crate) async fn open(
+        conn: &quinn::Connection,
+        max_frame: usize,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Pipe, Exchange> {
         let (send, recv) = conn
             .open_bi()
             .await
@@ -229,9 +235,10 @@ impl Pipe {
         let (stop, stopped) = oneshot::channel();
         let waiting = Arc::new(Waiting::new());
         let opening = wire::encode_frame_in(&Request::Pipe, wire::PIPE_VERSION);
-        tokio::spawn(write(send, opening, queued, waiting.clone()));
-        tokio::spawn(read(recv, max_frame, waiting.clone(), stopped));
-        tokio::spawn(keep_deadlines(waiting.clone()));
+        runtime.spawn(write(send, opening, queued, waiting.clone()));
+        let ends = CloseOnDrop(waiting.clone());
+        runtime.spawn(read(recv, max_frame, ends, stopped));
+        runtime.spawn(keep_deadlines(CloseOnDrop(waiting.clone())));
         Ok(Pipe {
             conn: conn.clone(),
             frames,
@@ -291,8 +298,8 @@ impl Sent {
 /// Answer the pipe's calls whose deadlines pass, until the pipe closes: sleep until
 /// the earliest deadline (or until told of a sooner one), answer those past it, look
 /// again. With one timeout for all calls it wakes about once per timeout, not per call.
-async fn keep_deadlines(waiting: Arc<Waiting>) {
-    let _ends = CloseOnDrop(&waiting);
+async fn keep_deadlines(ends: CloseOnDrop) {
+    let waiting = &ends.0;
     let mut look_at = None;
     loop {
         match look_at {
@@ -312,13 +319,13 @@ async fn keep_deadlines(waiting: Arc<Waiting>) {
 }
 
 /// Closes the pipe's table of calls when the reader or the deadline keeper ends, also
-/// when its task is dropped unfinished: the runtime the pipe's tasks run on (the one
-/// that opened it) may shut down while callers on other runtimes wait. They then hear
-/// `Lost` and resend on a new pipe, instead of waiting for answers and deadlines no
-/// task keeps any more.
-struct CloseOnDrop<'a>(&'a Waiting);
+/// when its task is dropped unfinished (even before its first poll: the guard is made
+/// before the task is spawned): the runtime the pipe's tasks run on may shut down
+/// while callers on other runtimes wait. They then hear `Lost` and resend on a new
+/// pipe, instead of waiting for answers and deadlines no task keeps any more.
+struct CloseOnDrop(Arc<Waiting>);
 
-impl Drop for CloseOnDrop<'_> {
+impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         // After a normal end the table is closed already: this finds no calls.
         self.0
@@ -390,10 +397,10 @@ async fn write(
 async fn read(
     recv: quinn::RecvStream,
     max_frame: usize,
-    waiting: Arc<Waiting>,
+    ends: CloseOnDrop,
     mut stopped: oneshot::Receiver<()>,
 ) {
-    let _ends = CloseOnDrop(&waiting);
+    let waiting = &ends.0;
     let mut answers = Answers::new(recv, max_frame);
     let mut landed = Vec::new();
     let mut dropped = false;

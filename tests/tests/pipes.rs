@@ -385,3 +385,43 @@ async fn a_dropped_client_closes_its_connections() {
         "sockets open: {before} before 20 clients came and were dropped, {after} after"
     );
 }
+
+/// A client made on one runtime, whose first call (the one that opens its pipe) comes
+/// from another runtime that then sits idle (a `block_on` that returned): calls from
+/// the first runtime still go through and still end by their deadlines. The pipe's
+/// tasks (its writer, reader and deadline keeper) run on the runtime the client was
+/// made on, not on whichever one happened to open the pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipe_opened_from_a_runtime_that_then_idles_still_carries_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &["--lanes", "off"]);
+    let client = host.client().await;
+    let (opened_tx, opened) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let other = client.clone();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let n = runtime.block_on(other.get::<Counter>("idle").increment(1));
+        let _ = opened_tx.send(n.map_err(|e| e.to_string()));
+        // The runtime lives on, with nothing driving it.
+        let _ = released.recv();
+        drop(runtime);
+    });
+    assert_eq!(opened.await.unwrap(), Ok(1));
+    let counter = client
+        .get::<Counter>("idle")
+        .with_deadline(std::time::Duration::from_secs(1));
+    let answered =
+        tokio::time::timeout(std::time::Duration::from_secs(5), counter.increment(1)).await;
+    release.send(()).unwrap();
+    thread.join().unwrap();
+    assert_eq!(
+        answered
+            .expect("the call waited past its deadline")
+            .unwrap(),
+        2
+    );
+}
