@@ -598,6 +598,58 @@ async fn websocket_followers_count_against_the_socket_cap() {
     assert_eq!(ws_next(&mut c).await.unwrap()["item"], "a");
 }
 
+/// A WebSocket follower whose client goes silent (reads nothing: answers no ping) is
+/// closed after two ping periods, and its place under `--max-sockets` comes back.
+#[tokio::test]
+async fn a_silent_websocket_follower_is_closed_and_gives_its_place_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(
+        dir.path(),
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--max-sockets",
+            "1",
+            "--ws-ping-secs",
+            "0.1",
+        ],
+    );
+    call(
+        &host,
+        "StreamProbe/quiet/push",
+        json!({"stream": "s", "items": ["a"]}),
+    )
+    .await;
+    let request = || {
+        let url = host
+            .http_url("/v1/objects/StreamProbe/quiet/streams/s?after=0")
+            .replacen("http://", "ws://", 1);
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", token(&host)).parse().unwrap(),
+        );
+        request
+    };
+    // Never read: its pings go unanswered.
+    let silent = tokio_tungstenite::connect_async(request()).await.unwrap().0;
+    let deadline = Instant::now() + WAIT;
+    let mut next = loop {
+        match tokio_tungstenite::connect_async(request()).await {
+            Ok((ws, _)) => break ws,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the silent follower kept its place: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(ws_next(&mut next).await.unwrap()["item"], "a");
+    drop(silent);
+}
+
 #[tokio::test]
 async fn a_typed_rust_client_follows_and_resumes_over_quic() {
     let dir = tempfile::tempdir().unwrap();

@@ -32,6 +32,10 @@ const LAST_EVENT_ID: &str = "last-event-id";
 /// Events waiting between a follower's pump and its connection.
 const PUMP_QUEUE: usize = 256;
 
+/// How long a WebSocket follower's client may take to accept a message when the
+/// gateway does not ping (`--ws-ping-secs 0`); with pings, two ping periods.
+const SEND_PATIENCE: Duration = Duration::from_secs(60);
+
 /// Largest message (and frame, and read buffer) a WebSocket follower's client may
 /// send: it has nothing to say but pings and a close.
 const MAX_FROM_CLIENT: usize = 4096;
@@ -228,22 +232,51 @@ async fn websocket(
         tx,
     ));
     let (mut sink, mut incoming) = socket.split();
+    // As for objects' sockets: a ping every `--ws-ping-secs`, and a client silent for
+    // two of them (no pong, nothing) is closed; a client that does not take what is
+    // sent within that long is dropped too. Either way its place is given back.
+    let every = state.ping_interval;
+    let pinging = !every.is_zero();
+    let patience = if pinging { every * 2 } else { SEND_PATIENCE };
+    let mut ticker = tokio::time::interval(if pinging { every } else { SEND_PATIENCE });
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut heard = crate::clock::monotonic();
     let mut code = 1000;
     loop {
-        let out = tokio::select! {
-            out = rx.recv() => out,
+        let message = tokio::select! {
+            out = rx.recv() => match out {
+                Some(out) => {
+                    if matches!(out, Out::Failed(_) | Out::Unknown) {
+                        code = 1011;
+                    }
+                    Message::Text(ws_text(&out, &named).into())
+                }
+                None => break,
+            },
             m = incoming.next() => match m {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => continue,
+                Some(Ok(_)) => {
+                    heard = crate::clock::monotonic();
+                    continue;
+                }
             },
+            _ = ticker.tick(), if pinging => {
+                if crate::clock::monotonic().saturating_sub(heard) > every * 2 {
+                    let frame = CloseFrame {
+                        code: crate::sockets::CLOSE_NO_PONG,
+                        reason: "no answer to pings".into(),
+                    };
+                    let closing = sink.send(Message::Close(Some(frame)));
+                    let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
+                    return;
+                }
+                Message::Ping(Default::default())
+            }
         };
-        let Some(out) = out else { break };
-        if matches!(out, Out::Failed(_) | Out::Unknown) {
-            code = 1011;
-        }
-        let text = ws_text(&out, &named);
-        if sink.send(Message::Text(text.into())).await.is_err() {
-            return;
+        match tokio::time::timeout(patience, sink.send(message)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
         }
     }
     let frame = CloseFrame {
