@@ -1295,8 +1295,23 @@ impl Client {
     /// Follow stream `stream` of object `name` of class `C` from after item `after`
     /// (0: from the first): the items produced so far, then the live tail, then the
     /// end (see `docs/streams.md`). Items are decoded from their JSON form as `T`.
-    /// Over QUIC only (a client over another transport gets `Rejected`).
+    /// Over QUIC only (a client over another transport gets `Rejected`). Starting the
+    /// follow (connecting, and the host's first answer) takes at most the client's
+    /// deadline (`ClientConfig::deadline`), else `Timeout` (a follow changes nothing:
+    /// start it again at will); the items then come as they are produced.
     pub async fn follow<C: ObjectClass, T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        stream: &str,
+        after: u64,
+    ) -> Result<Follower<T>, CallError> {
+        let deadline = Instant::now() + self.config().deadline;
+        tokio::time::timeout_at(deadline, self.start_follow::<C, T>(name, stream, after))
+            .await
+            .unwrap_or(Err(CallError::Timeout))
+    }
+
+    async fn start_follow<C: ObjectClass, T: serde::de::DeserializeOwned>(
         &self,
         name: &str,
         stream: &str,

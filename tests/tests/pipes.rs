@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 /// A host of protocol version 2 (before pipes), as far as a client can tell: it
 /// refuses a newer hello with `UnsupportedVersion`, answers a version 2 hello with
-/// `Welcome`, and answers every call on its own stream with `Return(41)`. Records
-/// each frame's (version, request kind).
+/// `Welcome`, and answers every call on its own stream with `Return(41)`; a follow it
+/// takes and never answers. Records each frame's (version, request kind).
 async fn version_2_host(tls_dir: &std::path::Path) -> (SocketAddr, Arc<Mutex<Vec<(u8, String)>>>) {
     let read = |name: &str| std::fs::read(tls_dir.join(name)).unwrap();
     let chain = rustls_pemfile::certs(&mut read("cert.pem").as_slice())
@@ -43,6 +43,7 @@ async fn version_2_host(tls_dir: &std::path::Path) -> (SocketAddr, Arc<Mutex<Vec
             let log = log.clone();
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
+                let mut silent = Vec::new();
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     let bytes = recv.read_to_end(1 << 20).await.unwrap();
                     let version = bytes[4];
@@ -59,6 +60,11 @@ async fn version_2_host(tls_dir: &std::path::Path) -> (SocketAddr, Arc<Mutex<Vec
                         return;
                     }
                     let request: Request = wire::decode_frame(&bytes, 1 << 20).unwrap();
+                    if let Request::Follow(_) = request {
+                        log.lock().unwrap().push((version, "follow".into()));
+                        silent.push(send);
+                        continue;
+                    }
                     let (kind, response) = match request {
                         Request::Hello { .. } => ("hello", Response::Welcome),
                         Request::Call(_) => (
@@ -424,4 +430,29 @@ async fn a_pipe_opened_from_a_runtime_that_then_idles_still_carries_calls() {
             .unwrap(),
         2
     );
+}
+
+/// Starting to follow a stream is bounded by the client's deadline: a host that takes
+/// the follow and never answers it gets `Timeout`, not a wait forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_the_host_never_answers_ends_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    HostProcess::start(dir.path(), &[]).kill9();
+    let (addr, seen) = version_2_host(&dir.path().join("tls")).await;
+    let mut config = durable::ClientConfig::from_data_dir(addr, dir.path()).unwrap();
+    config.deadline = std::time::Duration::from_secs(1);
+    let client = durable::Client::connect(config).await.unwrap();
+    let started = std::time::Instant::now();
+    let follow = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.follow::<Counter, i64>("silent", "s", 0),
+    )
+    .await
+    .expect("the follow waited past the client's deadline");
+    assert!(
+        matches!(follow, Err(durable::CallError::Timeout)),
+        "{follow:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert!(seen.lock().unwrap().contains(&(2, "follow".into())));
 }
