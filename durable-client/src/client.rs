@@ -778,8 +778,9 @@ async fn connect_in(
             }
             Err(ConnectError::Connect(m))
         }
-        // Only a pipe's calls time out in the exchange itself.
+        // Only a pipe's calls time out in the exchange itself, or find it full.
         Err(Exchange::TimedOut) => Err(ConnectError::Connect("the hello timed out".into())),
+        Err(Exchange::Full) => Err(ConnectError::Connect("the hello was not sent".into())),
     }
 }
 
@@ -1035,6 +1036,8 @@ fn outcome_of(
         Ok(r) => Some(Ok(r)),
         Err(Exchange::Protocol(m)) => Some(Err(CallError::Protocol(m))),
         Err(Exchange::TimedOut) => Some(Err(timed_out(std::mem::take(last_error)))),
+        // Not sent: the pipe holds as many unsent calls as it may.
+        Err(Exchange::Full) => Some(Err(CallError::Overloaded { retry_after: None })),
         Err(Exchange::Lost(m)) => {
             *last_error = m;
             None
@@ -1433,6 +1436,7 @@ impl<T: serde::de::DeserializeOwned> Follower<T> {
                 Exchange::Lost(m) => CallError::ConnectionLost(m),
                 Exchange::Protocol(m) => CallError::Protocol(m),
                 Exchange::TimedOut => CallError::Timeout,
+                Exchange::Full => CallError::Overloaded { retry_after: None },
             })?;
         wire::decode_frame(&frame, self.max_frame).map_err(|e| CallError::Protocol(e.to_string()))
     }

@@ -23,7 +23,15 @@ pub(crate) enum Exchange {
     Protocol(String),
     /// The call's deadline passed before its answer came (it may have been applied).
     TimedOut,
+    /// The pipe holds [`MAX_UNSENT`] bytes of calls not yet handed to QUIC (the host
+    /// reads it no faster): this call was not sent.
+    Full,
 }
+
+/// Most bytes of calls a pipe holds before they are handed to QUIC (a host that stops
+/// reading the pipe would otherwise let them pile up for as long as callers call). A
+/// call alone is always taken, whatever its size.
+pub(crate) const MAX_UNSENT: usize = 64 << 20;
 
 type Waiter = oneshot::Sender<Result<Response, Exchange>>;
 
@@ -51,6 +59,19 @@ struct WaitingState {
     /// The table's size after its last sweep of calls given up on: the next sweep
     /// comes once it has doubled (see [`Waiting::add`]).
     swept_at: usize,
+    /// Bytes of the calls queued for the writer and not yet handed to QUIC (kept
+    /// under the lock every call takes anyway: no line of its own to share).
+    unsent: usize,
+}
+
+/// What [`Waiting::add`] made of a call.
+#[derive(Debug, PartialEq, Eq)]
+enum Added {
+    Yes,
+    /// The pipe takes no more calls.
+    Closed,
+    /// The pipe holds [`MAX_UNSENT`] bytes not yet sent: not taken.
+    Full,
 }
 
 /// The table is not swept of calls given up on while it holds fewer.
@@ -65,6 +86,7 @@ impl Waiting {
                 closed: false,
                 look_at: None,
                 swept_at: 0,
+                unsent: 0,
             }),
             count: AtomicUsize::new(0),
             keeper: Notify::new(),
@@ -87,8 +109,11 @@ impl Waiting {
     /// they are answered, with long deadlines), the table drops those whose caller is
     /// gone each time it has doubled since it was last swept: a sweep per doubling
     /// costs each call a constant share.
-    fn add(&self, tag: u64, waiter: Waiter, deadline: Instant) -> bool {
+    fn add(&self, tag: u64, waiter: Waiter, deadline: Instant, bytes: usize) -> Added {
         let mut state = self.lock();
+        if state.unsent > 0 && state.unsent + bytes > MAX_UNSENT {
+            return Added::Full;
+        }
         if state.calls.len() >= state.swept_at.max(SWEEP_FROM / 2) * 2 {
             state.calls.retain(|_, (waiter, _)| !waiter.is_closed());
             state.swept_at = state.calls.len();
@@ -105,6 +130,9 @@ impl Waiting {
                 }
             };
         self.counted(&state);
+        if added {
+            state.unsent += bytes;
+        }
         // Calls with one timeout come in the order of their deadlines: only the first
         // after the keeper found none waiting (or one with a shorter timeout) wakes it.
         let sooner = added && state.look_at.is_none_or(|at| deadline < at);
@@ -115,7 +143,17 @@ impl Waiting {
         if sooner {
             self.keeper.notify_one();
         }
-        added
+        if added {
+            Added::Yes
+        } else {
+            Added::Closed
+        }
+    }
+
+    /// `bytes` of queued calls were handed to QUIC (or will never be).
+    fn sent(&self, bytes: usize) {
+        let mut state = self.lock();
+        state.unsent = state.unsent.saturating_sub(bytes);
     }
 
     fn take(&self, tag: u64) -> Option<Waiter> {
@@ -263,12 +301,18 @@ impl Pipe {
     /// more calls.
     pub(crate) fn send(&self, message: &[u8], deadline: Instant) -> Option<Sent> {
         let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
-        let (waiter, answer) = oneshot::channel();
-        if !self.waiting.add(tag, waiter, deadline) {
-            return None;
-        }
         // A `PipeCall { tag, request }`: the tag, then the request's bytes.
         let frame = wire::frame_of(message, wire::PIPE_VERSION, Some(tag));
+        let (waiter, answer) = oneshot::channel();
+        match self.waiting.add(tag, waiter, deadline, frame.len()) {
+            Added::Yes => {}
+            Added::Closed => return None,
+            Added::Full => {
+                let (refused, answer) = oneshot::channel();
+                let _ = refused.send(Err(Exchange::Full));
+                return Some(Sent(answer));
+            }
+        }
         if self.frames.send(frame).is_err() {
             // The writer is gone (the stream cannot be written): not sent, and the
             // pipe takes no more calls.
@@ -346,12 +390,14 @@ async fn write(
     waiting: Arc<Waiting>,
 ) {
     let mut buf = opening;
-    // Frames in `buf` (the opening counts as one).
+    // Frames in `buf` (the opening counts as one), and the bytes of calls among them.
     let mut frames = 1;
+    let mut calls_bytes = 0;
     loop {
         while let Ok(more) = queued.try_recv() {
             buf.extend_from_slice(&more);
             frames += 1;
+            calls_bytes += more.len();
         }
         // Calls answered together send their next calls together. On a runtime with
         // several workers those callers run beside this task, and writing the first
@@ -367,6 +413,7 @@ async fn write(
             while let Ok(more) = queued.try_recv() {
                 buf.extend_from_slice(&more);
                 frames += 1;
+                calls_bytes += more.len();
             }
             if frames == before {
                 break;
@@ -379,9 +426,11 @@ async fn write(
             waiting.stop_accepting();
             return;
         }
+        waiting.sent(calls_bytes);
         buf.clear();
         match queued.recv().await {
             Some(frame) => {
+                calls_bytes = frame.len();
                 buf = frame;
                 frames = 1;
             }
@@ -579,16 +628,19 @@ mod tests {
         // One call still waited for, then calls given up on (their receivers dropped)
         // up to the first sweep's size.
         let (kept, mut answer) = oneshot::channel();
-        assert!(waiting.add(0, kept, deadline));
+        assert_eq!(waiting.add(0, kept, deadline, 0), Added::Yes);
         for tag in 1..SWEEP_FROM as u64 {
             let (waiter, given_up) = oneshot::channel();
             drop(given_up);
-            assert!(waiting.add(tag, waiter, deadline));
+            assert_eq!(waiting.add(tag, waiter, deadline, 0), Added::Yes);
         }
         assert_eq!(waiting.len(), SWEEP_FROM);
         // The next call sweeps them: the one waited for and the new one are left.
         let (waiter, _new) = oneshot::channel();
-        assert!(waiting.add(SWEEP_FROM as u64, waiter, deadline));
+        assert_eq!(
+            waiting.add(SWEEP_FROM as u64, waiter, deadline, 0),
+            Added::Yes
+        );
         assert_eq!(waiting.len(), 2);
         // The call waited for still gets its answer (and leaves the table).
         let mut landed = vec![(0, Ok(Response::Welcome))];
@@ -601,7 +653,7 @@ mod tests {
         let mut given_up = Vec::new();
         for tag in 0..500 {
             let (waiter, receiver) = oneshot::channel();
-            assert!(waiting.add(5_000 + tag, waiter, deadline));
+            assert_eq!(waiting.add(5_000 + tag, waiter, deadline, 0), Added::Yes);
             given_up.push(receiver);
         }
         drop(given_up);
@@ -609,17 +661,17 @@ mod tests {
         for tag in 501..SWEEP_FROM as u64 {
             let (waiter, receiver) = oneshot::channel();
             drop(receiver);
-            assert!(waiting.add(6_000 + tag, waiter, deadline));
+            assert_eq!(waiting.add(6_000 + tag, waiter, deadline, 0), Added::Yes);
         }
         assert_eq!(waiting.len(), SWEEP_FROM);
         let (waiter, _newer) = oneshot::channel();
-        assert!(waiting.add(9_000, waiter, deadline));
+        assert_eq!(waiting.add(9_000, waiter, deadline, 0), Added::Yes);
         assert_eq!(waiting.len(), 2, "the call beside them and the newest");
         // Live calls are never swept.
         let mut live = Vec::new();
         for tag in 0..2 * SWEEP_FROM as u64 {
             let (waiter, receiver) = oneshot::channel();
-            assert!(waiting.add(10_000 + tag, waiter, deadline));
+            assert_eq!(waiting.add(10_000 + tag, waiter, deadline, 0), Added::Yes);
             live.push(receiver);
         }
         assert_eq!(waiting.len(), 2 * SWEEP_FROM + 2);

@@ -456,3 +456,100 @@ async fn a_follow_the_host_never_answers_ends_at_the_deadline() {
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
     assert!(seen.lock().unwrap().contains(&(2, "follow".into())));
 }
+
+/// A host of protocol version 3 that welcomes the client, names no lanes, takes a
+/// pipe and then never reads it (a host whose reading is held back as long as you
+/// like).
+async fn unread_pipe_host(tls_dir: &std::path::Path) -> SocketAddr {
+    let read = |name: &str| std::fs::read(tls_dir.join(name)).unwrap();
+    let chain = rustls_pemfile::certs(&mut read("cert.pem").as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pemfile::private_key(&mut read("key.pem").as_slice())
+        .unwrap()
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    tls.alpn_protocols = vec![durable::ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+    let endpoint = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(quic)),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                let mut unread = Vec::new();
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let mut prefix = [0u8; 4];
+                    if recv.read_exact(&mut prefix).await.is_err() {
+                        continue;
+                    }
+                    let mut frame = prefix.to_vec();
+                    frame.resize(4 + u32::from_le_bytes(prefix) as usize, 0);
+                    if recv.read_exact(&mut frame[4..]).await.is_err() {
+                        continue;
+                    }
+                    let version = frame[4];
+                    let response = match wire::decode_frame::<Request>(&frame, 1 << 20) {
+                        Ok(Request::Hello { .. }) => Response::Welcome,
+                        Ok(Request::Lanes) => Response::Lanes(Vec::new()),
+                        Ok(Request::Pipe) => {
+                            unread.push((send, recv));
+                            continue;
+                        }
+                        _ => continue,
+                    };
+                    send.write_all(&wire::encode_frame_in(&response, version))
+                        .await
+                        .unwrap();
+                    send.finish().unwrap();
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Calls on a pipe the host does not read wait to be sent up to a bound (64 MiB per
+/// pipe); past it a call is refused at once as `Overloaded`, not applied (it was
+/// never sent), instead of piling up in the client's memory until the deadline. The
+/// calls taken end at their deadline (`Timeout`: they may yet be read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_a_host_does_not_read_pile_up_to_a_bound_then_are_refused() {
+    use durable_tests::Probe;
+    let dir = tempfile::tempdir().unwrap();
+    HostProcess::start(dir.path(), &[]).kill9();
+    let addr = unread_pipe_host(&dir.path().join("tls")).await;
+    let mut config = durable::ClientConfig::from_data_dir(addr, dir.path()).unwrap();
+    config.deadline = std::time::Duration::from_secs(2);
+    let client = durable::Client::connect(config).await.unwrap();
+    let key = Arc::new("k".repeat(1 << 20));
+    let calls = (0..200).map(|i| {
+        let probe = client.get::<Probe>("big");
+        let key = key.clone();
+        async move { probe.put(key.to_string(), i).await }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(durable::CallError::Overloaded { .. })))
+        .count();
+    let timed_out = results
+        .iter()
+        .filter(|r| matches!(r, Err(durable::CallError::Timeout)))
+        .count();
+    assert_eq!(refused + timed_out, 200, "{results:?}");
+    assert!(
+        refused >= 100,
+        "200 calls of 1 MiB on an unread pipe: {refused} refused, {timed_out} waited"
+    );
+}
