@@ -520,7 +520,8 @@ impl Client {
         request: &CallRequest,
         within: Duration,
     ) -> Result<Response, CallError> {
-        self.call_raw(request, Instant::now() + within).await
+        self.call_raw(request, deadline_after(Instant::now(), within))
+            .await
     }
 
     /// Send a call made by an object's turn: with the chain of objects waiting on it
@@ -535,7 +536,7 @@ impl Client {
         caller_span: u64,
         within: Duration,
     ) -> Result<Response, CallError> {
-        let deadline = Instant::now() + within;
+        let deadline = deadline_after(Instant::now(), within);
         match &self.link {
             Link::Quic(inner) => {
                 let outgoing = Outgoing {
@@ -889,6 +890,14 @@ async fn call_quic(
     }
 }
 
+/// The instant `within` after `now`; a deadline too far to represent (say
+/// `Duration::MAX`, meant as "none") is a century away instead of a panic.
+fn deadline_after(now: Instant, within: Duration) -> Instant {
+    now.checked_add(within)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
+}
+
 /// A call's result, given why an attempt of it sent earlier was lost (`lost`, if one
 /// was). That attempt may have reached the host, and may run yet (it may wait in the
 /// object's queue), so a refusal of a later attempt that says "not applied" (the queue
@@ -1139,7 +1148,7 @@ impl ObjectRef {
     {
         // One reading of the clock for the request id's time and the deadline.
         let now = Instant::now();
-        let deadline = now + self.deadline;
+        let deadline = deadline_after(now, self.deadline);
         let bad = |e: postcard::Error| CallError::BadArguments(format!("encoding arguments: {e}"));
         let inner = match &self.client.link {
             Link::Quic(inner) => inner,
@@ -1176,7 +1185,7 @@ impl ObjectRef {
         T: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let deadline = Instant::now() + self.deadline;
+        let deadline = deadline_after(Instant::now(), self.deadline);
         decode_answer(self.client.call_raw(request, deadline).await)
     }
 
@@ -1308,7 +1317,7 @@ impl Client {
         stream: &str,
         after: u64,
     ) -> Result<Follower<T>, CallError> {
-        let deadline = Instant::now() + self.config().deadline;
+        let deadline = deadline_after(Instant::now(), self.config().deadline);
         tokio::time::timeout_at(deadline, self.start_follow::<C, T>(name, stream, after))
             .await
             .unwrap_or(Err(CallError::Timeout))

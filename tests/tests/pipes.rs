@@ -553,3 +553,17 @@ async fn calls_a_host_does_not_read_pile_up_to_a_bound_then_are_refused() {
         "200 calls of 1 MiB on an unread pipe: {refused} refused, {timed_out} waited"
     );
 }
+
+/// A deadline too far to add to the clock (`Duration::MAX`, meant as "none") is a
+/// century, not a panic in the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_of_duration_max_is_taken_as_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let counter = client
+        .get::<Counter>("patient")
+        .with_deadline(std::time::Duration::MAX);
+    assert_eq!(counter.increment(1).await.unwrap(), 1);
+    assert_eq!(counter.get().await.unwrap(), 1);
+}
