@@ -591,6 +591,12 @@ impl ObjectLog for HostObjectLog {
 
 struct Segment {
     file: Arc<File>,
+    /// The same file opened again, for the preparer's zero-filling and its syncs: an
+    /// open file description of its own, so that a failed writeback its sync reports
+    /// is reported to the writer's sync too (Linux reports such an error once to each
+    /// open file description; on a shared one, the preparer's sync would take it and
+    /// the writer's would then succeed over a round that is not on disk).
+    prep_file: Arc<File>,
     /// Where the next round is written: the end of the segment's records (the file
     /// may go on in zeros, preallocated).
     size: u64,
@@ -631,8 +637,10 @@ impl Segment {
         }
         crate::files::sync_dir(dir)?;
         let direct = direct::DirectAppender::open(&path, &file, size)?;
+        let prep_file = Arc::new(crate::files::private_file().write(true).open(&path)?);
         Ok(Segment {
             file: Arc::new(file),
+            prep_file,
             size,
             direct,
         })
@@ -710,7 +718,7 @@ impl Prealloc {
     fn new(segment: &Segment) -> Prealloc {
         Prealloc {
             state: Mutex::new(Prepared {
-                file: Some(segment.file.clone()),
+                file: Some(segment.prep_file.clone()),
                 claimed: segment.claim_end(0),
                 ..Prepared::default()
             }),
@@ -737,7 +745,7 @@ impl Prealloc {
     /// The writer moved to `segment`.
     fn switch(&self, segment: &Segment) {
         let mut p = self.lock();
-        p.file = Some(segment.file.clone());
+        p.file = Some(segment.prep_file.clone());
         p.generation += 1;
         p.claimed = segment.claim_end(0);
         p.zeroed = 0;
@@ -1112,6 +1120,22 @@ mod tests {
     /// durable; a checkpoint meanwhile sees that file as the newest. If the round then
     /// fails, the writer goes on in the segment before it: the checkpoint must not have
     /// retired that one.
+    /// The preparer zero-fills and syncs the segment through an open file description
+    /// of its own: one file offset (and one record of writeback errors) per open, so
+    /// moving one's offset leaves the other's alone.
+    #[test]
+    fn the_preparer_syncs_through_its_own_open_of_the_segment() {
+        use std::io::{Seek, SeekFrom};
+        let dir = tempfile::tempdir().unwrap();
+        let segment = Segment::create(dir.path(), 1).unwrap();
+        let prealloc = Prealloc::new(&segment);
+        let prep = prealloc.lock().file.clone().unwrap();
+        assert!(!Arc::ptr_eq(&prep, &segment.file));
+        (&*prep).seek(SeekFrom::Start(4096)).unwrap();
+        assert_eq!((&*segment.file).stream_position().unwrap(), 0);
+        assert_eq!((&*prep).stream_position().unwrap(), 4096);
+    }
+
     #[test]
     fn a_checkpoint_never_retires_the_segment_the_writer_appends_to() {
         let dir = tempfile::tempdir().unwrap();
