@@ -34,6 +34,16 @@ pub const MAX_TAG_BYTES: usize = 256;
 /// ([`crate::Context::set_auto_response`]), in bytes.
 pub const MAX_AUTO_RESPONSE_BYTES: usize = 2048;
 
+/// `reason` cut to what a close frame carries (123 bytes), at a character boundary:
+/// a longer one would make the client fail the connection instead of reading the code.
+pub(crate) fn close_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 /// Most WebSockets a host holds open by default ([`crate::Limits::max_sockets`]).
 pub const DEFAULT_MAX_SOCKETS: usize = 16_384;
 
@@ -426,7 +436,7 @@ impl Registry {
         {
             e.close(Closing {
                 code,
-                reason,
+                reason: close_reason(&reason).to_owned(),
                 by_object: false,
             });
         }
@@ -576,13 +586,11 @@ impl crate::Context {
     /// application's own) and a reason (at most 123 bytes; longer is cut). The
     /// object's `#[on_close]` does not run for it.
     pub fn close(&mut self, socket: SocketId, code: u16, reason: &str) {
-        let mut end = reason.len().min(123);
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.effects
-            .sockets
-            .push(SocketOp::Close(socket, code, reason[..end].to_owned()));
+        self.effects.sockets.push(SocketOp::Close(
+            socket,
+            code,
+            close_reason(reason).to_owned(),
+        ));
     }
 
     /// Replace a socket's tags (at most [`MAX_TAGS`], each at most [`MAX_TAG_BYTES`]).
@@ -662,6 +670,24 @@ impl crate::Context {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_reasons_are_cut_to_what_a_close_frame_carries() {
+        assert_eq!(close_reason("short"), "short");
+        let long = "é".repeat(100); // 200 bytes, two per character
+        let cut = close_reason(&long);
+        assert_eq!(
+            cut.len(),
+            122,
+            "cut at a character boundary at most 123 bytes"
+        );
+        let registry = Registry::new(4);
+        let id = ObjectId::from_bytes([7; 16]);
+        let mut socket = registry.register("C", id, String::new()).unwrap();
+        registry.close("C", id, socket.id, 1011, "x".repeat(500));
+        let closing = socket.kill.try_recv().unwrap();
+        assert_eq!(closing.reason.len(), 123);
+    }
 
     #[test]
     fn broadcast_by_tag_and_a_full_queue_closes_only_that_socket() {

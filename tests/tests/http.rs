@@ -223,6 +223,16 @@ async fn every_error_has_its_status_and_a_json_body() {
             "unknown_method",
         ),
         (
+            // `/ws` is the WebSocket path for GET; POST calls a method named `ws`.
+            "unknown method named ws",
+            http()
+                .post(host.http_url("/v1/objects/Counter/e/ws"))
+                .bearer_auth(token(&host))
+                .json(&json!({})),
+            StatusCode::NOT_FOUND,
+            "unknown_method",
+        ),
+        (
             "unknown path",
             http()
                 .post(host.http_url("/v2/objects/Counter/e/increment"))

@@ -500,3 +500,41 @@ async fn a_socket_waiting_on_a_long_turn_is_not_closed_for_silence() {
     assert_eq!(next_text(&mut ws).await, "still here");
     host.kill9();
 }
+
+/// A client that keeps sending (so it is not silent) but reads nothing: once what is
+/// sent to it fills the connection, the gateway's send to it waits; after two ping
+/// periods it is closed as slow (1008) and the object learns it. Before, the writer
+/// waited in that send for good (the silence check runs between sends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_but_never_reads_is_closed_as_slow() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &["--ws-ping-secs", "0.2"]);
+    let (mut a, mut b) = pair(&host, "WsProbe/stuck/ws").await;
+    // `b` sends a pong frame every 50 ms (the gateway hears it; nothing answers it),
+    // and reads nothing.
+    let talking = tokio::spawn(async move {
+        loop {
+            if b.send(Message::Pong(Default::default())).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+    // 600 messages of 128 KiB to both (fewer than a socket's queue holds; more than
+    // the connection's buffers take).
+    say(&mut a, "flood:600:131072").await;
+    let left = async {
+        loop {
+            let text = next_text(&mut a).await;
+            if let Some(code) = text.strip_prefix("left:") {
+                return code.to_owned();
+            }
+        }
+    };
+    let code = tokio::time::timeout(WAIT, left)
+        .await
+        .expect("the client that never reads was not closed");
+    assert_eq!(code, durable::CLOSE_SLOW_CLIENT.to_string());
+    talking.abort();
+    host.kill9();
+}

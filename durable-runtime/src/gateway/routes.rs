@@ -49,7 +49,10 @@ pub(crate) fn router(state: Arc<State>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/objects/{class}/{name}/{method}", post(call))
         // A remote method named `ws` is still reachable by POST.
-        .route("/v1/objects/{class}/{name}/ws", get(websocket).post(call))
+        .route(
+            "/v1/objects/{class}/{name}/ws",
+            get(websocket).post(call_ws),
+        )
         .route(
             "/v1/objects/{class}/{name}/streams/{stream}",
             get(super::streams::follow),
@@ -195,6 +198,21 @@ async fn call(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    match try_call(&state, path, &headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /v1/objects/{class}/{name}/ws`: a call of a remote method named `ws` (the
+/// path's `GET` is the object's WebSocket).
+async fn call_ws(
+    Extract(state): Extract<Arc<State>>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let path = path.map(|Path((class, name))| Path((class, name, "ws".to_owned())));
     match try_call(&state, path, &headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),

@@ -13,7 +13,7 @@ use crate::calls::Caller;
 use crate::class::ClassEntry;
 use crate::sockets::{
     Closing, Outgoing, Registered, SocketEvent, WsMessage, CLOSE_INTERNAL, CLOSE_NO_PONG,
-    CLOSE_REFUSED, CLOSE_TRY_AGAIN,
+    CLOSE_REFUSED, CLOSE_SLOW_CLIENT, CLOSE_TRY_AGAIN,
 };
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
@@ -113,14 +113,8 @@ async fn run(
         heard: heard.clone(),
         close: {
             let (registry, class) = (registry.clone(), class.name);
-            Box::new(move || {
-                registry.close(
-                    class,
-                    object,
-                    id,
-                    CLOSE_NO_PONG,
-                    "no answer to pings".into(),
-                )
+            Box::new(move |code: u16, reason: &str| {
+                registry.close(class, object, id, code, reason.to_owned())
             })
         },
     };
@@ -249,8 +243,13 @@ fn judge(answer: Answer, refused: &str) -> Result<(), (u16, String)> {
 struct Pings {
     every: Duration,
     heard: Arc<AtomicU64>,
-    close: Box<dyn FnOnce() + Send>,
+    /// Close the socket with this code and reason.
+    close: Box<dyn FnOnce(u16, &str) + Send>,
 }
+
+/// How long a send to a client may wait when the gateway does not ping
+/// (`--ws-ping-secs 0`); with pings, two ping periods.
+const SEND_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Write the socket's queue to the client until it closes, the queue ends (the
 /// socket left the registry) or the host or object closes the socket (then what is
@@ -271,6 +270,11 @@ async fn write(
                 close,
             } = pings;
             let mut close = Some(close);
+            let patience = if every.is_zero() {
+                SEND_PATIENCE
+            } else {
+                every * 2
+            };
             let period = if every.is_zero() {
                 Duration::from_secs(86_400 * 365)
             } else {
@@ -291,15 +295,27 @@ async fn write(
                         let silent = crate::clock::monotonic().saturating_sub(Duration::from_millis(heard.load(Ordering::Relaxed)));
                         if silent > every * 2 {
                             if let Some(close) = close.take() {
-                                close(); // the kill arm ends this writer
+                                close(CLOSE_NO_PONG, "no answer to pings"); // the kill arm ends this writer
                             }
                             continue;
                         }
                         Message::Ping(Default::default())
                     }
                 };
-                if sink.send(frame).await.is_err() {
-                    return;
+                // A client that takes nothing (its receive window full) is closed as
+                // slow once a send waits two ping periods (a minute without pings):
+                // the silence check above cannot run while a send waits.
+                match tokio::time::timeout(patience, sink.send(frame)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        if let Some(close) = close.take() {
+                            close(CLOSE_SLOW_CLIENT, "the client does not read");
+                        // the kill arm ends this writer
+                        } else {
+                            return;
+                        }
+                    }
                 }
             }
         };
