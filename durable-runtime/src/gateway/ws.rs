@@ -244,8 +244,11 @@ struct Pings {
     every: Duration,
     heard: Arc<AtomicU64>,
     /// Close the socket with this code and reason.
-    close: Box<dyn FnOnce(u16, &str) + Send>,
+    close: CloseWith,
 }
+
+/// Closes one socket with a code and a reason.
+type CloseWith = Box<dyn FnOnce(u16, &str) + Send>;
 
 /// How long a send to a client may wait when the gateway does not ping
 /// (`--ws-ping-secs 0`); with pings, two ping periods.
