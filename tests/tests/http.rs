@@ -940,3 +940,27 @@ async fn metrics_count_calls_by_class_method_and_outcome_for_the_operator_only()
         "{text}"
     );
 }
+
+/// A call the gateway stopped waiting for (its deadline passed, or its client went
+/// away) still runs, and still counts among the host's calls in flight until it ends:
+/// `--max-inflight-calls` holds over HTTP as over QUIC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_the_gateway_stopped_waiting_for_still_count_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &["--max-inflight-calls", "2"]);
+    for i in 0..2 {
+        let r = http()
+            .post(host.http_url(&format!("/v1/objects/Probe/slow{i}/sleep")))
+            .bearer_auth(token(&host))
+            .header("x-durable-deadline-ms", "100")
+            .json(&json!({"millis": 3000}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    }
+    // Both sleeps still run: a third call is refused, not applied.
+    let (status, body) = call(&host, "Counter/third/increment", json!({"by": 1})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["retry"], "not_applied", "{body}");
+}

@@ -264,19 +264,29 @@ async fn try_call(
     // The host answers `Timeout` (not applied) for a call whose turn has not started
     // by the deadline, but only once the object gets to it: like the QUIC client, the
     // gateway stops waiting at the deadline, when the turn may have started.
-    let answer = tokio::time::timeout(
-        Duration::from_millis(timeout_ms),
-        state.calls.call(request, &caller),
-    )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "timeout",
-            "no answer within the deadline: the call may have been applied (retry with the same Idempotency-Key)",
-        )
-        .retry(Retry::Indeterminate)
-    })?;
+    // The call runs in a task of its own: if the gateway stops waiting (the deadline,
+    // or the client went away and hyper dropped this future), the call still holds its
+    // place among the host's calls in flight until it ends.
+    let calls = state.calls.clone();
+    let running = tokio::spawn(async move { calls.call(request, &caller).await });
+    let answer = tokio::time::timeout(Duration::from_millis(timeout_ms), running)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "no answer within the deadline: the call may have been applied (retry with the same Idempotency-Key)",
+            )
+            .retry(Retry::Indeterminate)
+        })?
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the call's task ended without an answer: it may have been applied (retry with the same Idempotency-Key)",
+            )
+            .retry(Retry::Indeterminate)
+        })?;
     match answer {
         Answer::Return(bytes) => {
             let value = convert(|| (form.decode_return)(&bytes)).map_err(|message| {
