@@ -1107,7 +1107,13 @@ impl RunningHost {
             clean,
         )
         .await;
-        if clean {
+        // After a checkpoint's sync failed, the next start checks the objects' files
+        // as after a crash (the marker stays).
+        let halted = self
+            .host_log
+            .as_ref()
+            .is_some_and(|l| l.checkpoints_halted());
+        if clean && !halted {
             let _ = std::fs::remove_file(running_marker(&self.data_dir));
             let _ = crate::files::sync_dir(&self.data_dir);
         }

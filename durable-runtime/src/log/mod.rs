@@ -263,6 +263,13 @@ struct Shared {
     bytes_since_checkpoint: AtomicU64,
     last_checkpoint: AtomicU64,
     failed: AtomicBool,
+    /// A checkpoint's sync of an object's file (or a directory, or a host file) failed:
+    /// no checkpoint runs again in this process. After a failed writeback the kernel
+    /// may have dropped the pages and reports the error once: a later sync that
+    /// succeeds proves nothing, and a checkpoint past those records would retire the
+    /// only durable copy of writes the file may lack. The log keeps them; the next
+    /// start (unclean: the running marker stays) replays them with its checks.
+    checkpoints_halted: AtomicBool,
     feed: broadcast::Sender<Arc<LogRecord>>,
     /// Other files a checkpoint makes durable (the alarm index).
     also_sync: Vec<PathBuf>,
@@ -281,6 +288,11 @@ impl Shared {
     /// as the checkpoint, and retire the segments it covers.
     fn checkpoint(&self) -> std::io::Result<u64> {
         let _one_at_a_time = self.checkpoint_lock.lock().unwrap();
+        if self.checkpoints_halted.load(Ordering::Acquire) {
+            return Err(std::io::Error::other(
+                "checkpoints stopped after a failed sync; the log keeps every record for the next start",
+            ));
+        }
         // Under the lock: every durable record <= lsn is either still unapplied (then
         // lsn stops below it) or committed by an object that is in `dirty`.
         let (lsn, dirty) = {
@@ -315,10 +327,9 @@ impl Shared {
                 dirs.insert(dir.to_owned());
             }
             if let Err(e) = sync_object_files(path) {
-                // The next checkpoint must sync these again.
                 restore(&dirty);
                 tracing::error!(class = key.0, id = %key.1, error = %e, "checkpoint: syncing an object failed");
-                return Err(e);
+                return Err(self.halt(e));
             }
         }
         // New object files (and WAL files SQLite recreates after an eviction) are
@@ -326,18 +337,18 @@ impl Shared {
         for dir in &dirs {
             if let Err(e) = crate::files::sync_dir(dir) {
                 restore(&dirty);
-                return Err(e);
+                return Err(self.halt(e));
             }
         }
         if !dirs.is_empty() {
             // A new class's directory is an entry of `objects`.
             if let Err(e) = crate::files::sync_dir(&self.data_dir.join("objects")) {
                 restore(&dirty);
-                return Err(e);
+                return Err(self.halt(e));
             }
         }
         for path in &self.also_sync {
-            sync_object_files(path)?;
+            sync_object_files(path).map_err(|e| self.halt(e))?;
         }
         if lsn <= self.last_checkpoint.load(Ordering::Acquire) {
             return Ok(lsn);
@@ -354,6 +365,15 @@ impl Shared {
         )?;
         tracing::debug!(lsn, objects = dirty.len(), "checkpoint");
         Ok(lsn)
+    }
+
+    /// A checkpoint's sync failed with `e`: no checkpoint runs again in this process
+    /// (see `checkpoints_halted`).
+    fn halt(&self, e: std::io::Error) -> std::io::Error {
+        if !self.checkpoints_halted.swap(true, Ordering::AcqRel) {
+            tracing::error!(error = %e, "a checkpoint could not sync what it covers: checkpoints stop until the host restarts (the log grows; the next start replays it and checks the objects' files)");
+        }
+        e
     }
 }
 
@@ -394,6 +414,7 @@ impl HostLog {
             bytes_since_checkpoint: AtomicU64::new(0),
             last_checkpoint: AtomicU64::new(checkpoint),
             failed: AtomicBool::new(false),
+            checkpoints_halted: AtomicBool::new(false),
             feed: broadcast::channel(4096).0,
             also_sync,
             wake: (Mutex::new(false), Condvar::new()),
@@ -436,6 +457,12 @@ impl HostLog {
     /// Run a checkpoint now; returns its lsn.
     pub(crate) fn checkpoint(&self) -> std::io::Result<u64> {
         self.shared.checkpoint()
+    }
+
+    /// Whether checkpoints stopped after a failed sync: the next start must replay
+    /// the log with its checks, as after a crash.
+    pub(crate) fn checkpoints_halted(&self) -> bool {
+        self.shared.checkpoints_halted.load(Ordering::Acquire)
     }
 
     /// How rounds reach the disk: `direct` (`O_DIRECT | O_DSYNC`) or `buffered` (a
