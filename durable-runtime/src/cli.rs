@@ -385,7 +385,7 @@ where
                         checkpoint_interval: (checkpoint_secs > 0)
                             .then(|| Duration::from_secs(checkpoint_secs)),
                         retention: (retention_days > 0.0)
-                            .then(|| Duration::from_secs_f64(retention_days * 86_400.0)),
+                            .then(|| seconds(retention_days * 86_400.0)),
                         ..LogConfig::default()
                     });
                 let running = match host.start().await {

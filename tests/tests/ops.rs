@@ -278,3 +278,19 @@ async fn a_backup_under_write_load_restores_every_object_consistent_and_complete
         assert_eq!(seen.len(), OBJECTS);
     }
 }
+
+/// `--retention-days inf` (keep retired segments for good) starts a host: the
+/// duration is clamped, not a panic at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_retention_starts_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &["--retention-days", "inf"]);
+    let n = host
+        .client()
+        .await
+        .get::<durable_examples::counter::Counter>("kept")
+        .increment(1)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+}

@@ -76,7 +76,17 @@ fn lsn_floor_path(data_dir: &Path) -> PathBuf {
 
 fn read_lsn_floor(data_dir: &Path) -> std::io::Result<u64> {
     match std::fs::read_to_string(lsn_floor_path(data_dir)) {
-        Ok(s) => Ok(s.trim().parse().unwrap_or(0)),
+        // Garbage here must not read as 0: the lsns it holds back may have been
+        // published (the records salvage moved aside), and must never be reused.
+        Ok(s) => s.trim().parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "bad lsn floor file {:?} (log/lsn-floor): fix or remove it by hand",
+                    s.trim()
+                ),
+            )
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(e),
     }
@@ -458,6 +468,18 @@ mod tests {
             seq,
             payload: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_damaged_lsn_floor_is_refused_not_read_as_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(log_dir(dir.path())).unwrap();
+        assert_eq!(read_lsn_floor(dir.path()).unwrap(), 0, "no floor yet");
+        std::fs::write(lsn_floor_path(dir.path()), "1234\n").unwrap();
+        assert_eq!(read_lsn_floor(dir.path()).unwrap(), 1234);
+        std::fs::write(lsn_floor_path(dir.path()), "12\u{0}x").unwrap();
+        let e = read_lsn_floor(dir.path()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
     }
 
     #[test]
