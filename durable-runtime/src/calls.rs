@@ -251,6 +251,18 @@ impl Calls {
                 })
             }
         };
+        // A call of the socket's caller like any other: its rate, and the host's bounds
+        // on calls and bytes in flight, until its turn ends.
+        let _permit =
+            match self
+                .admission
+                .admit(class.name, object, &caller.0, args.len(), received)
+            {
+                Ok(permit) => permit,
+                Err(retry_after_ms) => {
+                    return Response::Error(WireError::OverloadedRetry { retry_after_ms })
+                }
+            };
         tracing::trace!(class = class.name, id = %object, caller = %caller.0, "socket event");
         let (tx, rx) = oneshot::channel();
         self.shards.send(Call {
@@ -296,6 +308,10 @@ impl Calls {
         let args = postcard::to_stdvec(request).map_err(|e| WireError::Internal {
             message: format!("encoding a stream read: {e}"),
         })?;
+        let _permit = self
+            .admission
+            .admit(class.name, object, &caller.0, args.len(), received)
+            .map_err(|retry_after_ms| WireError::OverloadedRetry { retry_after_ms })?;
         tracing::trace!(class = class.name, id = %object, caller = %caller.0, stream = %request.stream, "stream read");
         let (tx, rx) = oneshot::channel();
         self.shards.send(Call {

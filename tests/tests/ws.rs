@@ -538,3 +538,33 @@ async fn a_client_that_sends_but_never_reads_is_closed_as_slow() {
     talking.abort();
     host.kill9();
 }
+
+/// A socket's messages are calls of its caller on the object: `--caller-rate` holds for
+/// them as for HTTP and QUIC calls. Past the burst the socket is closed, 1013 (try
+/// again later), instead of running every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sockets_messages_count_against_the_callers_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &["--caller-rate", "1:5"]);
+    let mut ws = connect(&host, "WsProbe/rated/ws").await;
+    for i in 0..20 {
+        // The socket may already be closed: later sends fail, that is fine.
+        let _ = ws.send(Message::text(format!("m{i}"))).await;
+    }
+    let mut echoed = 0;
+    let close = loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time");
+        match m {
+            Some(Ok(Message::Text(_))) => echoed += 1,
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => panic!("the socket ended without a close frame"),
+        }
+    };
+    let close = close.expect("a close frame with a code");
+    assert_eq!(u16::from(close.code), durable::CLOSE_TRY_AGAIN);
+    assert!(echoed <= 6, "{echoed} of 20 messages ran past a burst of 5");
+    host.kill9();
+}
