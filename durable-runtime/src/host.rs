@@ -152,15 +152,21 @@ fn raise_fd_limit() -> u64 {
 /// catalog, the alarm index.
 const RESERVED_FDS: u64 = 512;
 
-/// The descriptors the object cap leaves for the gateway's WebSockets (one each):
-/// the socket cap, but at most half of what is left after [`RESERVED_FDS`]; none
-/// without the gateway.
-fn socket_fds(gateway: bool, max_sockets: usize, fds: u64) -> u64 {
-    if gateway {
-        (max_sockets as u64).min(fds.saturating_sub(RESERVED_FDS) / 2)
-    } else {
-        0
+/// The descriptors the object cap leaves for the gateway, one per WebSocket and one
+/// per HTTP connection: at most half of what is left after [`RESERVED_FDS`], split
+/// between the socket cap (at most half of it) and connections (the rest, at most
+/// [`crate::gateway::MAX_CONNECTIONS`], at least 64); none without the gateway.
+/// Returns (sockets, connections).
+fn gateway_fds(gateway: bool, max_sockets: usize, fds: u64) -> (u64, u64) {
+    if !gateway {
+        return (0, 0);
     }
+    let budget = fds.saturating_sub(RESERVED_FDS) / 2;
+    let sockets = (max_sockets as u64).min(budget / 2);
+    let connections = (crate::gateway::MAX_CONNECTIONS as u64)
+        .min(budget - sockets)
+        .max(64);
+    (sockets, connections)
 }
 
 /// The active-object cap for a requested `max_active` (0: as many as fit) and the
@@ -548,8 +554,16 @@ impl Host {
         let _ = crate::telemetry::handle();
         let mut limits = limits;
         let fds = raise_fd_limit();
-        let sockets = socket_fds(self.http.is_some(), limits.max_sockets, fds);
-        limits.max_active = active_cap(limits.max_active, fds, sockets);
+        let (sockets, connections) = gateway_fds(self.http.is_some(), limits.max_sockets, fds);
+        limits.max_active = active_cap(limits.max_active, fds, sockets + connections);
+        if self.http.is_some() && (sockets as usize) < limits.max_sockets {
+            tracing::warn!(
+                max_sockets = limits.max_sockets,
+                open_files = fds,
+                "max_sockets lowered to {sockets}: one open file per WebSocket must fit the open-file limit"
+            );
+            limits.max_sockets = sockets as usize;
+        }
         crate::files::create_dirs(&self.data_dir.join("objects"))
             .map_err(|e| HostError::io(format!("creating {}", self.data_dir.display()), e))?;
         let tls = crate::tls::load_or_create(&self.data_dir, &self.tls_names)?;
@@ -765,6 +779,7 @@ impl Host {
                         pages: self.pages.clone(),
                         ping_interval: limits.ws_ping_interval,
                         streams: streams.clone(),
+                        max_connections: connections as usize,
                     },
                 )
             })
@@ -1175,14 +1190,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_object_cap_leaves_room_for_websockets_when_the_gateway_is_on() {
-        assert_eq!(socket_fds(false, 16_384, 20_000), 0);
+    fn the_object_cap_leaves_room_for_websockets_and_connections_when_the_gateway_is_on() {
+        assert_eq!(gateway_fds(false, 16_384, 20_000), (0, 0));
         assert_eq!(active_cap(0, 20_000, 0), 6_496);
-        let sockets = socket_fds(true, 16_384, 20_000);
-        assert_eq!(sockets, 9_744);
-        assert_eq!(active_cap(0, 20_000, sockets), 3_248);
-        // A small socket cap takes only what it needs.
-        assert_eq!(socket_fds(true, 100, 20_000), 100);
-        assert_eq!(active_cap(50, 20_000, 100), 50);
+        let (sockets, connections) = gateway_fds(true, 16_384, 20_000);
+        assert_eq!((sockets, connections), (4_872, 4_872));
+        assert_eq!(active_cap(0, 20_000, sockets + connections), 3_248);
+        // A small socket cap takes only what it needs; connections the rest.
+        assert_eq!(gateway_fds(true, 100, 20_000), (100, 9_644));
+        assert_eq!(active_cap(50, 20_000, 9_744), 50);
+        // With the usual limit, the defaults stand.
+        assert_eq!(gateway_fds(true, 16_384, 1 << 20), (16_384, 16_384));
+        // A tiny limit still takes some connections.
+        assert_eq!(gateway_fds(true, 16_384, 600), (22, 64));
     }
 }

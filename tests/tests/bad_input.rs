@@ -651,3 +651,44 @@ async fn a_resend_of_an_applied_call_past_its_deadline_gets_the_recorded_answer(
     );
     busy.await.unwrap().unwrap();
 }
+
+/// Idle HTTP connections cannot take the descriptors objects need: under an open-file
+/// limit of 2,048, a peer that opens 1,900 connections to the gateway and says
+/// nothing gets only the gateway's share of them (the rest are closed at once), and
+/// QUIC callers still activate new objects (each needs its files open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http_connections_leave_descriptors_for_objects() {
+    // This process opens the connections: let it.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max.min(8192);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start_with_nofile(dir.path(), &["--http", "127.0.0.1:0"], 2048);
+    let http = host.http.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..1_900 {
+        match tokio::net::TcpStream::connect(http).await {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connecting to the gateway: {e}"),
+        }
+    }
+    // The gateway accepts (or closes) them in the background: give it a moment (an
+    // accept leaves no trace the test could wait on).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = host.client().await;
+    for i in 0..100 {
+        let n = client
+            .get::<Counter>(&format!("fd{i}"))
+            .increment(1)
+            .await
+            .unwrap_or_else(|e| panic!("object fd{i} with 1,900 idle HTTP connections: {e}"));
+        assert_eq!(n, 1);
+    }
+    drop(idle);
+}

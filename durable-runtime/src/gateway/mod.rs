@@ -31,8 +31,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-/// Most HTTP connections open at once; past it new ones are closed at once.
-const MAX_CONNECTIONS: usize = 16_384;
+/// Most HTTP connections open at once (fewer where the open-file limit is low: the host
+/// gives the gateway its share, `GatewayConfig::max_connections`); past it new ones
+/// are closed at once.
+pub(crate) const MAX_CONNECTIONS: usize = 16_384;
 
 /// A client must send a request's headers within this time (an idle keep-alive
 /// connection is closed after it too).
@@ -98,6 +100,8 @@ pub(crate) struct GatewayConfig {
     pub(crate) ping_interval: Duration,
     /// The followers of the host's streams.
     pub(crate) streams: Arc<crate::streams::Hub>,
+    /// Most HTTP connections open at once (upgraded ones count as WebSockets).
+    pub(crate) max_connections: usize,
 }
 
 /// A running gateway: its address, and the means to stop it.
@@ -106,6 +110,7 @@ pub(crate) struct Gateway {
     /// 0: serving; 1: finish the requests in flight and close; 2: drop everything.
     stop: watch::Sender<u8>,
     connections: Arc<Semaphore>,
+    max_connections: usize,
     acceptor: tokio::task::JoinHandle<()>,
     sockets: Arc<crate::sockets::Registry>,
     streams: Arc<crate::streams::Hub>,
@@ -133,15 +138,23 @@ impl Gateway {
         }
         let sockets = config.sockets.clone();
         let streams = config.streams.clone();
+        let max_connections = config.max_connections.max(1);
         let router = routes::router(Arc::new(state::State::new(config)));
         let (stop, stopped) = watch::channel(0u8);
-        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let acceptor = tokio::spawn(accept_loop(listener, router, stopped, connections.clone()));
+        let connections = Arc::new(Semaphore::new(max_connections));
+        let acceptor = tokio::spawn(accept_loop(
+            listener,
+            router,
+            stopped,
+            connections.clone(),
+            max_connections,
+        ));
         tracing::info!(addr = %local_addr, "HTTP gateway started");
         Ok(Gateway {
             local_addr,
             stop,
             connections,
+            max_connections,
             acceptor,
             sockets,
             streams,
@@ -159,7 +172,7 @@ impl Gateway {
         let _ = self.stop.send(1);
         self.sockets.close_all();
         self.streams.close_all();
-        let all = MAX_CONNECTIONS as u32;
+        let all = self.max_connections as u32;
         let _ = tokio::time::timeout(limit, self.connections.acquire_many(all)).await;
         self.abort().await;
     }
@@ -187,6 +200,7 @@ async fn accept_loop(
     router: axum::Router,
     mut stop: watch::Receiver<u8>,
     connections: Arc<Semaphore>,
+    max_connections: usize,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -204,7 +218,7 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "refusing an HTTP connection: {MAX_CONNECTIONS} are open");
+            tracing::warn!(%peer, "refusing an HTTP connection: {max_connections} are open");
             continue;
         };
         let _ = stream.set_nodelay(true);

@@ -49,6 +49,12 @@ impl HostProcess {
         Self::spawn_env(data_dir, listen, extra, log, &[])
     }
 
+    /// Like [`HostProcess::start`], with the host's open-file limit (soft and hard)
+    /// set to `nofile`, as `ulimit -n` would.
+    pub fn start_with_nofile(data_dir: &Path, extra: &[&str], nofile: u64) -> HostProcess {
+        Self::spawn_limited(data_dir, "127.0.0.1:0", extra, None, &[], Some(nofile))
+    }
+
     fn spawn_env(
         data_dir: &Path,
         listen: &str,
@@ -56,11 +62,40 @@ impl HostProcess {
         log: Option<&Path>,
         env: &[(&str, &str)],
     ) -> HostProcess {
+        Self::spawn_limited(data_dir, listen, extra, log, env, None)
+    }
+
+    fn spawn_limited(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> HostProcess {
         let stderr = match log {
             Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
             None => Stdio::inherit(),
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_durable-test-host"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_durable-test-host"));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child
+            // between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
