@@ -1288,6 +1288,9 @@ pub struct StreamItem<T> {
 pub struct Follower<T> {
     /// Dropping it tells the host to stop (STOP_SENDING).
     recv: quinn::RecvStream,
+    /// The client's connections stay open while a follower reads on one, even once
+    /// every `Client` handle is dropped.
+    _client: Arc<Inner>,
     max_frame: usize,
     last_seq_at_start: u64,
     done: bool,
@@ -1359,6 +1362,7 @@ impl Client {
         send.finish().map_err(|e| lost(&e))?;
         let mut follower = Follower {
             recv,
+            _client: inner.clone(),
             max_frame: inner.config.max_frame,
             last_seq_at_start: 0,
             done: false,

@@ -102,7 +102,10 @@ impl Waiting {
         self.count.store(state.calls.len(), Ordering::Relaxed);
     }
 
-    /// Add a call waiting until `deadline`; false if the pipe takes no more calls.
+    /// Add a call waiting until `deadline` whose frame is `bytes` long: `Closed` if the
+    /// pipe takes no more calls (checked first: a closed pipe sends callers to a new
+    /// one, never answers them `Full`), `Full` if it holds [`MAX_UNSENT`] bytes not
+    /// yet sent.
     ///
     /// A call given up on (its [`Sent`] dropped) leaves its place to its answer or its
     /// deadline. So that many of them cannot pile up (calls given up on faster than
@@ -111,6 +114,9 @@ impl Waiting {
     /// costs each call a constant share.
     fn add(&self, tag: u64, waiter: Waiter, deadline: Instant, bytes: usize) -> Added {
         let mut state = self.lock();
+        if !state.accepting || state.closed {
+            return Added::Closed;
+        }
         if state.unsent > 0 && state.unsent + bytes > MAX_UNSENT {
             return Added::Full;
         }
@@ -225,7 +231,10 @@ impl Waiting {
     /// the calls already sent may still come (the host answers them before it
     /// finishes its side).
     fn stop_accepting(&self) {
-        self.lock().accepting = false;
+        let mut state = self.lock();
+        state.accepting = false;
+        // What was queued will not be sent.
+        state.unsent = 0;
     }
 
     /// No more answers will come: tell every waiting call why.
@@ -426,7 +435,9 @@ async fn write(
             waiting.stop_accepting();
             return;
         }
-        waiting.sent(calls_bytes);
+        if calls_bytes > 0 {
+            waiting.sent(calls_bytes);
+        }
         buf.clear();
         match queued.recv().await {
             Some(frame) => {
@@ -620,6 +631,22 @@ pub(crate) async fn read_frame(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_full_pipe_that_stops_taking_calls_says_closed_not_full() {
+        let waiting = Waiting::new();
+        let deadline = Instant::now() + Duration::from_secs(3600);
+        let (w, _a) = oneshot::channel();
+        assert_eq!(waiting.add(1, w, deadline, MAX_UNSENT - 10), Added::Yes);
+        let (w, _b) = oneshot::channel();
+        assert_eq!(waiting.add(2, w, deadline, 100), Added::Full);
+        // The writer failed: nothing queued will be sent. Callers must go to a new
+        // pipe (Closed), not hear Full for good.
+        waiting.stop_accepting();
+        let (w, _c) = oneshot::channel();
+        assert_eq!(waiting.add(3, w, deadline, 100), Added::Closed);
+        assert_eq!(waiting.lock().unsent, 0);
+    }
 
     #[tokio::test]
     async fn calls_given_up_on_are_swept_once_the_table_has_doubled() {

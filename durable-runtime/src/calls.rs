@@ -252,17 +252,22 @@ impl Calls {
             }
         };
         // A call of the socket's caller like any other: its rate, and the host's bounds
-        // on calls and bytes in flight, until its turn ends.
-        let _permit =
+        // on calls and bytes in flight, until its turn ends. Except the close: the
+        // object must learn of every socket that left (one closed for its rate finds
+        // its caller's bucket still empty).
+        let _permit = if matches!(event, crate::sockets::SocketEvent::Close(..)) {
+            None
+        } else {
             match self
                 .admission
                 .admit(class.name, object, &caller.0, args.len(), received)
             {
-                Ok(permit) => permit,
+                Ok(permit) => Some(permit),
                 Err(retry_after_ms) => {
                     return Response::Error(WireError::OverloadedRetry { retry_after_ms })
                 }
-            };
+            }
+        };
         tracing::trace!(class = class.name, id = %object, caller = %caller.0, "socket event");
         let (tx, rx) = oneshot::channel();
         self.shards.send(Call {
@@ -289,12 +294,15 @@ impl Calls {
     /// Read the stored items of a stream of object `name` of `class` (see
     /// [`crate::streams`]): a read turn of the object, queued and gated like a call,
     /// so it sees exactly the items whose batches are durable or ahead of it.
+    /// `admit`: whether the read passes admission (a follow's first read does; the
+    /// reads after it, catching up, count as the same request).
     pub(crate) async fn stream_read(
         &self,
         class: &Arc<ClassEntry>,
         name: &str,
         request: &crate::streams::ReadRequest,
         caller: &Caller,
+        admit: bool,
     ) -> Result<crate::streams::ReadPage, WireError> {
         let received = self.clock.now_ms();
         let object = ObjectId::from_name(class.name, name);
@@ -308,10 +316,15 @@ impl Calls {
         let args = postcard::to_stdvec(request).map_err(|e| WireError::Internal {
             message: format!("encoding a stream read: {e}"),
         })?;
-        let _permit = self
-            .admission
-            .admit(class.name, object, &caller.0, args.len(), received)
-            .map_err(|retry_after_ms| WireError::OverloadedRetry { retry_after_ms })?;
+        let _permit = if admit {
+            let permit = self
+                .admission
+                .admit(class.name, object, &caller.0, args.len(), received)
+                .map_err(|retry_after_ms| WireError::OverloadedRetry { retry_after_ms })?;
+            Some(permit)
+        } else {
+            None
+        };
         tracing::trace!(class = class.name, id = %object, caller = %caller.0, stream = %request.stream, "stream read");
         let (tx, rx) = oneshot::channel();
         self.shards.send(Call {

@@ -76,7 +76,7 @@ pub(crate) async fn start(
         limit: FIRST_PAGE,
     };
     let first = calls
-        .stream_read(class, &name, &request, &caller)
+        .stream_read(class, &name, &request, &caller, true)
         .await
         .map_err(Refused::Wire)?;
     if !first.known {
@@ -133,7 +133,7 @@ pub(crate) async fn pump(calls: Arc<Calls>, hub: Arc<Hub>, start: Start, tx: mps
                     };
                     let read = tokio::select! {
                         _ = &mut closed => Err(WireError::ShuttingDown),
-                        r = calls.stream_read(&class, &name, &request, &caller) => r,
+                        r = calls.stream_read(&class, &name, &request, &caller, false) => r,
                     };
                     match read {
                         Ok(p) if p.known => p,

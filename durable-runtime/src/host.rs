@@ -543,6 +543,14 @@ impl Host {
         let mut classes: crate::class::NameMap<Arc<ClassEntry>> = Default::default();
         for class in self.classes {
             let name = class.name;
+            // The log's records carry the name; a scan of a damaged segment takes only
+            // names of this size for records (see `record::MAX_CLASS_NAME`).
+            if !(1..=crate::record::MAX_CLASS_NAME).contains(&name.len()) {
+                return Err(HostError::Config(format!(
+                    "class name {name:?} must be 1 to {} bytes",
+                    crate::record::MAX_CLASS_NAME
+                )));
+            }
             if classes.insert(name, Arc::new(class)).is_some() {
                 return Err(HostError::Config(format!("class {name} registered twice")));
             }

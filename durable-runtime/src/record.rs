@@ -288,7 +288,7 @@ fn plausible_header(body: &[u8], len: usize) -> bool {
 }
 
 /// The longest class name a record may carry (a Rust type name, in practice short).
-const MAX_CLASS_NAME: usize = 1024;
+pub(crate) const MAX_CLASS_NAME: usize = 1024;
 
 /// The segment files in `dir`, oldest first, with the first lsn each holds.
 pub(crate) fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {

@@ -840,6 +840,10 @@ async fn after_a_failed_sync_of_an_object_file_no_checkpoint_passes_its_records(
         halted_at,
         "a checkpoint passed records after a failed sync ({n} rounds of writes)"
     );
+    // Said once, not at every checkpoint period.
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(said.matches("checkpoints stop until").count(), 1, "{said}");
+    assert!(said.matches("checkpoint failed").count() <= 1, "{said}");
     assert!(host.terminate().success());
     assert!(
         data.join("running").exists(),

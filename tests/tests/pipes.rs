@@ -567,3 +567,33 @@ async fn a_deadline_of_duration_max_is_taken_as_none() {
     assert_eq!(counter.increment(1).await.unwrap(), 1);
     assert_eq!(counter.get().await.unwrap(), 1);
 }
+
+/// A stream's follower keeps the connection it reads on, even once every handle of
+/// the client it came from is dropped (a helper that returns only the follower).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_outlives_the_client_it_came_from() {
+    use durable_tests::StreamProbe;
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let mut follower = {
+        let client = host.client().await;
+        client
+            .get::<StreamProbe>("kept")
+            .push("s".into(), vec!["a".into()])
+            .await
+            .unwrap();
+        client
+            .follow::<StreamProbe, String>("kept", "s", 0)
+            .await
+            .unwrap()
+    };
+    let other = host.client().await;
+    let probe = other.get::<StreamProbe>("kept");
+    probe.push("s".into(), vec!["b".into()]).await.unwrap();
+    probe.end("s".into()).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(item) = follower.next().await.unwrap() {
+        got.push(item.item);
+    }
+    assert_eq!(got, vec!["a".to_string(), "b".to_string()]);
+}

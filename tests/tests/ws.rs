@@ -541,11 +541,13 @@ async fn a_client_that_sends_but_never_reads_is_closed_as_slow() {
 
 /// A socket's messages are calls of its caller on the object: `--caller-rate` holds for
 /// them as for HTTP and QUIC calls. Past the burst the socket is closed, 1013 (try
-/// again later), instead of running every message.
+/// again later), instead of running every message; its close still reaches the object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sockets_messages_count_against_the_callers_rate() {
     let dir = tempfile::tempdir().unwrap();
     let host = start(dir.path(), &["--caller-rate", "1:5"]);
+    // A second socket of the object (the same caller) watches who leaves.
+    let mut watcher = connect(&host, "WsProbe/rated/ws").await;
     let mut ws = connect(&host, "WsProbe/rated/ws").await;
     for i in 0..20 {
         // The socket may already be closed: later sends fail, that is fine.
@@ -566,5 +568,19 @@ async fn a_sockets_messages_count_against_the_callers_rate() {
     let close = close.expect("a close frame with a code");
     assert_eq!(u16::from(close.code), durable::CLOSE_TRY_AGAIN);
     assert!(echoed <= 6, "{echoed} of 20 messages ran past a burst of 5");
+    // The object learns that the socket left, though its caller's bucket is empty:
+    // a close is never refused.
+    let left = async {
+        loop {
+            let text = next_text(&mut watcher).await;
+            if let Some(code) = text.strip_prefix("left:") {
+                return code.to_owned();
+            }
+        }
+    };
+    let code = tokio::time::timeout(WAIT, left)
+        .await
+        .expect("the object never learned that the rated socket left");
+    assert_eq!(code, durable::CLOSE_TRY_AGAIN.to_string());
     host.kill9();
 }

@@ -1109,7 +1109,9 @@ fn write_round(
             }));
         }
     }
-    if since + buf.len() as u64 > CHECKPOINT_BYTES {
+    if since + buf.len() as u64 > CHECKPOINT_BYTES
+        && !shared.checkpoints_halted.load(Ordering::Relaxed)
+    {
         shared.wake.1.notify_all();
     }
     took
@@ -1129,7 +1131,8 @@ fn checkpointer_loop(shared: Arc<Shared>, interval: Option<Duration>) {
         }
         let due = interval.is_some()
             || shared.bytes_since_checkpoint.load(Ordering::Acquire) > CHECKPOINT_BYTES;
-        if due {
+        // Halted after a failed sync: said once, when it halted.
+        if due && !shared.checkpoints_halted.load(Ordering::Acquire) {
             drop(stopped);
             if let Err(e) = shared.checkpoint() {
                 tracing::error!(error = %e, "checkpoint failed");

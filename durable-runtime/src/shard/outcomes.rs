@@ -62,14 +62,14 @@ pub(super) struct SocketOutput {
 }
 
 impl ReplyTo {
-    /// Hand over the output: a caller gets `response`; socket effects are applied if
-    /// `response` says the batch is durable, dropped otherwise.
     /// Whether this is a batch's socket messages or stream items (not a caller's
     /// reply): sent only with `Response::Return`.
     pub(super) fn is_output(&self) -> bool {
         !matches!(self, ReplyTo::Caller(_))
     }
 
+    /// Hand over the output: a caller gets `response`; socket effects are applied if
+    /// `response` says the batch is durable, dropped otherwise.
     pub(super) fn send(self, response: Response) -> Result<(), Response> {
         match self {
             ReplyTo::Caller(tx) => tx.send(response),
