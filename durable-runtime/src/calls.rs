@@ -222,6 +222,21 @@ impl Calls {
         })
     }
 
+    /// A WebSocket of `caller` opens on object `name` of `class`: one call against the
+    /// caller's rate (it pays for the socket's close, which is never refused), or
+    /// the milliseconds until one may get in.
+    pub(crate) fn admit_socket(
+        &self,
+        class: &ClassEntry,
+        name: &str,
+        caller: &Caller,
+    ) -> Result<(), u64> {
+        let object = ObjectId::from_name(class.name, name);
+        self.admission
+            .admit(class.name, object, &caller.0, 0, self.clock.now_ms())
+            .map(drop)
+    }
+
     /// Deliver a WebSocket event to object `name` of `class` as a turn: it queues,
     /// batches and passes the output gate like a call (the object is activated if it
     /// was evicted), and resolves once the turn's batch is durable. `Return` means the

@@ -565,7 +565,7 @@ impl Host {
         let (sockets, connections) = gateway_fds(self.http.is_some(), limits.max_sockets, fds);
         limits.max_active = active_cap(limits.max_active, fds, sockets + connections);
         if self.http.is_some() && (sockets as usize) < limits.max_sockets {
-            tracing::warn!(
+            tracing::info!(
                 max_sockets = limits.max_sockets,
                 open_files = fds,
                 "max_sockets lowered to {sockets}: one open file per WebSocket must fit the open-file limit"

@@ -584,3 +584,35 @@ async fn a_sockets_messages_count_against_the_callers_rate() {
     assert_eq!(code, durable::CLOSE_TRY_AGAIN.to_string());
     host.kill9();
 }
+
+/// Opening a socket is a call of its caller against `--caller-rate` (it pays for the
+/// socket's close, which is never refused): past the burst an upgrade is answered
+/// 429 with Retry-After, so opening and closing sockets in a loop cannot run the
+/// object's `#[on_close]` without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_sockets_counts_against_the_callers_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    // WsProbe has an `#[on_connect]`: a socket costs its upgrade and its connect
+    // turn, two of the burst of four.
+    let host = start(dir.path(), &["--caller-rate", "0.5:4"]);
+    for _ in 0..2 {
+        let ws = connect(&host, "WsProbe/opened/ws").await;
+        drop(ws);
+    }
+    let url = host
+        .http_url("/v1/objects/WsProbe/opened/ws")
+        .replacen("http://", "ws://", 1);
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(&host)).parse().unwrap(),
+    );
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 429);
+            assert!(r.headers().contains_key("retry-after"));
+        }
+        other => panic!("a third socket past a burst of 4: {other:?}"),
+    }
+    host.kill9();
+}

@@ -57,6 +57,12 @@ pub(super) fn upgrade(
     if state.calls.is_shutting_down() {
         return Err(ApiError::wire(WireError::ShuttingDown));
     }
+    // Opening a socket is a call of its caller (and pays for its close, never refused).
+    if let Err(retry_after_ms) = state.calls.admit_socket(&class, &name, &caller) {
+        return Err(ApiError::wire(WireError::OverloadedRetry {
+            retry_after_ms,
+        }));
+    }
     if state.sockets.is_full() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
