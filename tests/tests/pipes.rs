@@ -9,11 +9,9 @@ use durable_examples::counter::Counter;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-/// A host of protocol version 2 (before pipes), as far as a client can tell: it
-/// refuses a newer hello with `UnsupportedVersion`, answers a version 2 hello with
-/// `Welcome`, and answers every call on its own stream with `Return(41)`; a follow it
-/// takes and never answers. Records each frame's (version, request kind).
-async fn version_2_host(tls_dir: &std::path::Path) -> (SocketAddr, Arc<Mutex<Vec<(u8, String)>>>) {
+/// A QUIC endpoint on loopback presenting the certificate a real host made in
+/// `tls_dir`, speaking durable's ALPN: the start of a fake host.
+fn fake_host_endpoint(tls_dir: &std::path::Path) -> quinn::Endpoint {
     let read = |name: &str| std::fs::read(tls_dir.join(name)).unwrap();
     let chain = rustls_pemfile::certs(&mut read("cert.pem").as_slice())
         .collect::<Result<Vec<_>, _>>()
@@ -30,11 +28,19 @@ async fn version_2_host(tls_dir: &std::path::Path) -> (SocketAddr, Arc<Mutex<Vec
         .unwrap();
     tls.alpn_protocols = vec![durable::ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
-    let endpoint = quinn::Endpoint::server(
+    quinn::Endpoint::server(
         quinn::ServerConfig::with_crypto(Arc::new(quic)),
         "127.0.0.1:0".parse().unwrap(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// A host of protocol version 2 (before pipes), as far as a client can tell: it
+/// refuses a newer hello with `UnsupportedVersion`, answers a version 2 hello with
+/// `Welcome`, and answers every call on its own stream with `Return(41)`; a follow it
+/// takes and never answers. Records each frame's (version, request kind).
+async fn version_2_host(tls_dir: &std::path::Path) -> (SocketAddr, Arc<Mutex<Vec<(u8, String)>>>) {
+    let endpoint = fake_host_endpoint(tls_dir);
     let addr = endpoint.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
@@ -461,27 +467,7 @@ async fn a_follow_the_host_never_answers_ends_at_the_deadline() {
 /// pipe and then never reads it (a host whose reading is held back as long as you
 /// like).
 async fn unread_pipe_host(tls_dir: &std::path::Path) -> SocketAddr {
-    let read = |name: &str| std::fs::read(tls_dir.join(name)).unwrap();
-    let chain = rustls_pemfile::certs(&mut read("cert.pem").as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = rustls_pemfile::private_key(&mut read("key.pem").as_slice())
-        .unwrap()
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
-    tls.alpn_protocols = vec![durable::ALPN.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
-    let endpoint = quinn::Endpoint::server(
-        quinn::ServerConfig::with_crypto(Arc::new(quic)),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .unwrap();
+    let endpoint = fake_host_endpoint(tls_dir);
     let addr = endpoint.local_addr().unwrap();
     tokio::spawn(async move {
         while let Some(incoming) = endpoint.accept().await {

@@ -170,6 +170,23 @@ async fn ws(host: &HostProcess, c: &str, stream: &str, after: u64) -> Ws {
         .0
 }
 
+/// The upgrade request of a WebSocket on `path` (under `/v1/objects/`), with the
+/// host token.
+fn ws_request(
+    host: &HostProcess,
+    path: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let url = host
+        .http_url(&format!("/v1/objects/{path}"))
+        .replacen("http://", "ws://", 1);
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(host)).parse().unwrap(),
+    );
+    request
+}
+
 /// The next WebSocket message as JSON (`None` once closed).
 async fn ws_next(ws: &mut Ws) -> Option<Value> {
     loop {
@@ -548,17 +565,7 @@ async fn websocket_followers_count_against_the_socket_cap() {
         json!({"stream": "s", "items": ["a"]}),
     )
     .await;
-    let request = || {
-        let url = host
-            .http_url("/v1/objects/StreamProbe/cap/streams/s?after=0")
-            .replacen("http://", "ws://", 1);
-        let mut request = url.into_client_request().unwrap();
-        request.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", token(&host)).parse().unwrap(),
-        );
-        request
-    };
+    let request = || ws_request(&host, "StreamProbe/cap/streams/s?after=0");
     let mut a = tokio_tungstenite::connect_async(request()).await.unwrap().0;
     let mut b = tokio_tungstenite::connect_async(request()).await.unwrap().0;
     assert_eq!(ws_next(&mut a).await.unwrap()["item"], "a");
@@ -620,17 +627,7 @@ async fn a_silent_websocket_follower_is_closed_and_gives_its_place_back() {
         json!({"stream": "s", "items": ["a"]}),
     )
     .await;
-    let request = || {
-        let url = host
-            .http_url("/v1/objects/StreamProbe/quiet/streams/s?after=0")
-            .replacen("http://", "ws://", 1);
-        let mut request = url.into_client_request().unwrap();
-        request.headers_mut().insert(
-            "authorization",
-            format!("Bearer {}", token(&host)).parse().unwrap(),
-        );
-        request
-    };
+    let request = || ws_request(&host, "StreamProbe/quiet/streams/s?after=0");
     // Never read: its pings go unanswered.
     let silent = tokio_tungstenite::connect_async(request()).await.unwrap().0;
     let deadline = Instant::now() + WAIT;
