@@ -116,6 +116,8 @@ pub(crate) async fn pump(calls: Arc<Calls>, hub: Arc<Hub>, start: Start, tx: mps
     let closed = hub.closed();
     tokio::pin!(closed);
     let mut page = Some(first);
+    // The latest read's deletion mark: deletions up to it are in what was read.
+    let mut read_at = 0;
     loop {
         // Catch up from the table.
         loop {
@@ -148,6 +150,7 @@ pub(crate) async fn pump(calls: Arc<Calls>, hub: Arc<Hub>, start: Start, tx: mps
                     }
                 }
             };
+            read_at = read_at.max(current.deletions);
             let full = current.items.len() >= limit as usize;
             for (seq, json) in current.items {
                 if seq > after {
@@ -194,7 +197,11 @@ pub(crate) async fn pump(calls: Arc<Calls>, hub: Arc<Hub>, start: Start, tx: mps
                     let _ = tx.send(Out::End { seq: after }).await;
                     return;
                 }
-                Some(Live::Deleted) => {
+                // Deleted before the stream this follower read was created (a delete
+                // and a new stream of the same name in a batch not yet durable when
+                // the follow began): not this follower's stream.
+                Some(Live::Deleted { at }) if at <= read_at => {}
+                Some(Live::Deleted { .. }) => {
                     let _ = tx.send(Out::Unknown).await;
                     return;
                 }

@@ -61,8 +61,9 @@ pub(crate) enum StreamOp {
     },
     /// `stream` ended after item `seq`.
     End { stream: String, seq: u64 },
-    /// `stream` was deleted (a stream of its name may follow, numbered from 1 again).
-    Deleted { stream: String },
+    /// `stream` was deleted (a stream of its name may follow, numbered from 1 again),
+    /// the `at`-th deletion of the process ([`deletion_mark`]).
+    Deleted { stream: String, at: u64 },
 }
 
 /// What a follower receives from the hub.
@@ -75,8 +76,12 @@ pub(crate) enum Live {
     End {
         seq: u64,
     },
-    /// The stream was deleted: the follower ends (`unknown_stream`).
-    Deleted,
+    /// The stream was deleted (the `at`-th deletion): a follower whose view of the
+    /// stream comes from before it ends (`unknown_stream`); one that read the stream
+    /// after it (a stream of the same name created since) goes on.
+    Deleted {
+        at: u64,
+    },
 }
 
 /// A read of stored items: those of `stream` after `after`, at most `limit`.
@@ -97,6 +102,23 @@ pub(crate) struct ReadPage {
     /// The stream's state when read.
     pub(crate) last_seq: u64,
     pub(crate) ended: bool,
+    /// [`deletion_mark`] when read: deletions numbered up to it came before the read.
+    pub(crate) deletions: u64,
+}
+
+/// Stream deletions made by turns in this process, numbered in order: a turn that
+/// deletes a stream takes the next number, a read of a stream records the count. An
+/// object's turns run one at a time, so a deletion numbered at most a read's count
+/// ran before that read (then the read saw the stream as it was after it).
+static DELETIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn next_deletion() -> u64 {
+    DELETIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+}
+
+/// How many stream deletions turns of this process have made so far.
+pub(crate) fn deletion_mark() -> u64 {
+    DELETIONS.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 type Key = (&'static str, ObjectId, String);
@@ -181,7 +203,7 @@ impl Hub {
             let (stream, live) = match op {
                 StreamOp::Item { stream, seq, json } => (stream, Live::Item { seq, json }),
                 StreamOp::End { stream, seq } => (stream, Live::End { seq }),
-                StreamOp::Deleted { stream } => (stream, Live::Deleted),
+                StreamOp::Deleted { stream, at } => (stream, Live::Deleted { at }),
             };
             let key = (class, id, stream);
             let Some(list) = followers.get_mut(&key) else {
@@ -265,7 +287,12 @@ pub(crate) fn deleted_all(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<S
     let mut stmt = conn.prepare("SELECT stream FROM _durable_stream_heads")?;
     let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
     names
-        .map(|stream| stream.map(|stream| StreamOp::Deleted { stream }))
+        .map(|stream| {
+            stream.map(|stream| StreamOp::Deleted {
+                stream,
+                at: next_deletion(),
+            })
+        })
         .collect()
 }
 
@@ -288,8 +315,12 @@ pub(crate) fn read(
     conn: &rusqlite::Connection,
     request: &ReadRequest,
 ) -> rusqlite::Result<ReadPage> {
+    let deletions = deletion_mark();
     let Some(s) = state(conn, &request.stream)? else {
-        return Ok(ReadPage::default());
+        return Ok(ReadPage {
+            deletions,
+            ..ReadPage::default()
+        });
     };
     let after = i64::try_from(request.after).unwrap_or(i64::MAX);
     let limit = request.limit.clamp(1, READ_PAGE);
@@ -314,6 +345,7 @@ pub(crate) fn read(
         items,
         last_seq: s.last_seq,
         ended: s.ended,
+        deletions,
     })
 }
 
@@ -426,6 +458,7 @@ impl crate::Context {
         if n > 0 {
             self.effects.streams.push(StreamOp::Deleted {
                 stream: stream.to_owned(),
+                at: next_deletion(),
             });
         }
         Ok(n > 0)

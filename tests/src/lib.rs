@@ -374,6 +374,22 @@ impl StreamProbe {
     pub async fn wipe(&mut self, ctx: &mut Context) -> Result<(), Error> {
         ctx.delete_all()
     }
+
+    /// Delete `stream` and start a new one of its name with `items`, in one turn; the
+    /// new stream's last sequence number.
+    pub async fn reset(
+        &mut self,
+        ctx: &mut Context,
+        stream: String,
+        items: Vec<String>,
+    ) -> Result<u64, Error> {
+        ctx.stream_delete(&stream)?;
+        let mut last = ctx.stream_open(&stream)?.last_seq;
+        for item in &items {
+            last = ctx.stream_push(&stream, item)?;
+        }
+        Ok(last)
+    }
 }
 
 /// WebSocket test object: every socket is tagged `all`. `boot` broadcasts

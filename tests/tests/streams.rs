@@ -647,6 +647,77 @@ async fn a_silent_websocket_follower_is_closed_and_gives_its_place_back() {
     drop(silent);
 }
 
+/// A follow that begins while a batch that deleted its stream and created a new one
+/// of the same name is committed but not yet durable reads the new stream (its read
+/// waits in the output gate behind that batch), then gets the deletion from the hub:
+/// the deletion came before what it read, so it follows the new stream instead of
+/// ending with `unknown_stream`. The host's log writer thread is frozen meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_begun_after_a_delete_and_re_create_not_yet_durable_follows_the_new_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    call(
+        &host,
+        "StreamProbe/reborn/push",
+        json!({"stream": "s", "items": ["a", "b", "c"]}),
+    )
+    .await;
+    let turns = || async {
+        let metrics = common::metrics_at(host.http.unwrap(), &token(&host)).await;
+        metrics
+            .lines()
+            .find(|l| l.starts_with("durable_turn_seconds_count{class=\"StreamProbe\"}"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = turns().await;
+    let writer = common::FrozenThread::freeze(host.child.id(), "durable-log-wri");
+    // Delete and re-create: its answer waits for the log.
+    let reset = {
+        let url = host.http_url("/v1/objects/StreamProbe/reborn/reset");
+        let token = token(&host);
+        tokio::spawn(async move {
+            http()
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"stream": "s", "items": ["x", "y"]}))
+                .send()
+                .await
+                .map(|r| r.status())
+        })
+    };
+    let deadline = Instant::now() + WAIT;
+    while turns().await <= before {
+        assert!(Instant::now() < deadline, "the reset's turn never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The follow begins now: its first read runs after the reset, and waits with it.
+    let follower = {
+        let url = host.http_url("/v1/objects/StreamProbe/reborn/streams/s?after=0");
+        let token = token(&host);
+        tokio::spawn(async move { http().get(url).bearer_auth(token).send().await.unwrap() })
+    };
+    // (It registers with the hub and queues its read within a few milliseconds; no
+    // sign of it reaches the test while the log is frozen: a fixed wait.)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    writer.thaw();
+    assert_eq!(reset.await.unwrap().unwrap(), StatusCode::OK);
+    let mut follower = Events {
+        response: follower.await.unwrap(),
+        buffer: String::new(),
+    };
+    drop(writer);
+    assert_eq!(follower.next().await, Some(Sse::Item(1, "x".into())));
+    assert_eq!(follower.next().await, Some(Sse::Item(2, "y".into())));
+    call(
+        &host,
+        "StreamProbe/reborn/push",
+        json!({"stream": "s", "items": ["z"]}),
+    )
+    .await;
+    assert_eq!(follower.next().await, Some(Sse::Item(3, "z".into())));
+}
+
 #[tokio::test]
 async fn a_typed_rust_client_follows_and_resumes_over_quic() {
     let dir = tempfile::tempdir().unwrap();
