@@ -313,6 +313,10 @@ fn describe() {
         "durable_alarms_pending",
         "Objects with pending alarms (the host's due index)."
     );
+    describe_gauge!(
+        "durable_checkpoints_halted",
+        "1 once a checkpoint's sync failed: checkpoints stop (the host log grows) until the host restarts."
+    );
     describe_histogram!(
         "durable_alarm_lateness_seconds",
         Unit::Seconds,
@@ -465,6 +469,11 @@ pub(crate) fn new_object_file(made: &'static str) {
 /// `durable_wal_compactions_total`).
 pub(crate) fn wal_compacted() {
     counter!("durable_wal_compactions_total").increment(1);
+}
+
+/// Checkpoints stopped after a failed sync (see `log::Shared::halt`).
+pub(crate) fn checkpoints_halted() {
+    gauge!("durable_checkpoints_halted").set(1.0);
 }
 
 /// The due index holds `n` objects with pending alarms.

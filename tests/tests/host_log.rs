@@ -781,7 +781,11 @@ async fn after_a_failed_sync_of_an_object_file_no_checkpoint_passes_its_records(
     let data = dir.path().join("data");
     let disk = ThinDisk::mount(&dir.path().join("thin"), &data.join("objects"));
     let log = dir.path().join("host.log");
-    let host = HostProcess::start_logged(&data, &["--checkpoint-secs", "1"], Some(&log));
+    let host = HostProcess::start_logged(
+        &data,
+        &["--checkpoint-secs", "1", "--http", "127.0.0.1:0"],
+        Some(&log),
+    );
     let client = host.client().await;
     for i in 0..8 {
         client
@@ -840,7 +844,13 @@ async fn after_a_failed_sync_of_an_object_file_no_checkpoint_passes_its_records(
         halted_at,
         "a checkpoint passed records after a failed sync ({n} rounds of writes)"
     );
-    // Said once, not at every checkpoint period.
+    // Shown to the operator's metrics...
+    let metrics = common::metrics_at(host.http.unwrap(), &common::token(&host)).await;
+    assert!(
+        metrics.lines().any(|l| l == "durable_checkpoints_halted 1"),
+        "{metrics}"
+    );
+    // ...and said once, not at every checkpoint period.
     let said = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(said.matches("checkpoints stop until").count(), 1, "{said}");
     assert!(said.matches("checkpoint failed").count() <= 1, "{said}");

@@ -371,6 +371,7 @@ impl Shared {
     /// (see `checkpoints_halted`).
     fn halt(&self, e: std::io::Error) -> std::io::Error {
         if !self.checkpoints_halted.swap(true, Ordering::AcqRel) {
+            crate::telemetry::checkpoints_halted();
             tracing::error!(error = %e, "a checkpoint could not sync what it covers: checkpoints stop until the host restarts (the log grows; the next start replays it and checks the objects' files)");
         }
         e
