@@ -1286,11 +1286,12 @@ pub struct StreamItem<T> {
 /// follow; the producer carries on. After an error (the connection lost, the host
 /// stopping), follow again after the last `seq` received.
 pub struct Follower<T> {
-    /// Dropping it tells the host to stop (STOP_SENDING).
-    recv: quinn::RecvStream,
+    /// Dropping it tells the host to stop (STOP_SENDING); dropped once the follow
+    /// has ended (it keeps its connection, and the client's endpoint, open).
+    recv: Option<quinn::RecvStream>,
     /// The client's connections stay open while a follower reads on one, even once
-    /// every `Client` handle is dropped.
-    _client: Arc<Inner>,
+    /// every `Client` handle is dropped; let go once the follow has ended.
+    client: Option<Arc<Inner>>,
     max_frame: usize,
     last_seq_at_start: u64,
     done: bool,
@@ -1361,8 +1362,8 @@ impl Client {
         send.write_all(&frame).await.map_err(|e| lost(&e))?;
         send.finish().map_err(|e| lost(&e))?;
         let mut follower = Follower {
-            recv,
-            _client: inner.clone(),
+            recv: Some(recv),
+            client: Some(inner.clone()),
             max_frame: inner.config.max_frame,
             last_seq_at_start: 0,
             done: false,
@@ -1393,6 +1394,16 @@ impl<T: serde::de::DeserializeOwned> Follower<T> {
 
     /// The next item; `Ok(None)` once the stream has ended.
     pub async fn next(&mut self) -> Result<Option<StreamItem<T>>, CallError> {
+        let next = self.next_frame().await;
+        if self.done {
+            // Ended: the client's connections may close with its last handle.
+            self.recv = None;
+            self.client = None;
+        }
+        next
+    }
+
+    async fn next_frame(&mut self) -> Result<Option<StreamItem<T>>, CallError> {
         if self.done {
             return Ok(None);
         }
@@ -1443,7 +1454,10 @@ impl<T: serde::de::DeserializeOwned> Follower<T> {
 
     /// Read one frame.
     async fn frame(&mut self) -> Result<wire::StreamFrame, CallError> {
-        let frame = crate::pipe::read_frame(&mut self.recv, self.max_frame)
+        let Some(recv) = self.recv.as_mut() else {
+            return Err(CallError::Protocol("the follow has ended".into()));
+        };
+        let frame = crate::pipe::read_frame(recv, self.max_frame)
             .await
             .map_err(|e| match e {
                 Exchange::Lost(m) => CallError::ConnectionLost(m),

@@ -346,58 +346,6 @@ fn a_call_ends_by_its_deadline_when_the_runtime_that_opened_its_pipe_is_gone() {
     });
 }
 
-/// The sockets this test process holds open (UDP and TCP alike).
-fn open_sockets() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .flatten()
-        .filter(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:"))
-        })
-        .count()
-}
-
-/// A client dropped without `close()` closes its connections (the first one and its
-/// lanes) and gives back its endpoint's socket: a program that makes a client per
-/// job does not pile up connections on either side.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_client_closes_its_connections() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = HostProcess::start(dir.path(), &[]);
-    // One client first: whatever the process keeps for good is counted before.
-    let warm = host.client().await;
-    warm.get::<Counter>("warm").increment(1).await.unwrap();
-    drop(warm);
-    let settle = |want: Option<usize>| async move {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let now = open_sockets();
-            if want.is_none_or(|w| now <= w) || std::time::Instant::now() > deadline {
-                return now;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    };
-    let before = settle(None).await;
-    for i in 0..20 {
-        let client = host.client().await;
-        // Enough calls for the lanes to open (a lane after 16 calls wanting it).
-        for j in 0..64 {
-            client
-                .get::<Counter>(&format!("c{i}-{j}"))
-                .increment(1)
-                .await
-                .unwrap();
-        }
-        drop(client);
-    }
-    let after = settle(Some(before)).await;
-    assert!(
-        after <= before,
-        "sockets open: {before} before 20 clients came and were dropped, {after} after"
-    );
-}
-
 /// A client made on one runtime, whose first call (the one that opens its pipe) comes
 /// from another runtime that then sits idle (a `block_on` that returned): calls from
 /// the first runtime still go through and still end by their deadlines. The pipe's
@@ -552,34 +500,4 @@ async fn a_deadline_of_duration_max_is_taken_as_none() {
         .with_deadline(std::time::Duration::MAX);
     assert_eq!(counter.increment(1).await.unwrap(), 1);
     assert_eq!(counter.get().await.unwrap(), 1);
-}
-
-/// A stream's follower keeps the connection it reads on, even once every handle of
-/// the client it came from is dropped (a helper that returns only the follower).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_outlives_the_client_it_came_from() {
-    use durable_tests::StreamProbe;
-    let dir = tempfile::tempdir().unwrap();
-    let host = HostProcess::start(dir.path(), &[]);
-    let mut follower = {
-        let client = host.client().await;
-        client
-            .get::<StreamProbe>("kept")
-            .push("s".into(), vec!["a".into()])
-            .await
-            .unwrap();
-        client
-            .follow::<StreamProbe, String>("kept", "s", 0)
-            .await
-            .unwrap()
-    };
-    let other = host.client().await;
-    let probe = other.get::<StreamProbe>("kept");
-    probe.push("s".into(), vec!["b".into()]).await.unwrap();
-    probe.end("s".into()).await.unwrap();
-    let mut got = Vec::new();
-    while let Some(item) = follower.next().await.unwrap() {
-        got.push(item.item);
-    }
-    assert_eq!(got, vec!["a".to_string(), "b".to_string()]);
 }
