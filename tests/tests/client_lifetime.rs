@@ -7,6 +7,32 @@ mod common;
 use common::HostProcess;
 use durable_examples::counter::Counter;
 
+/// The process's socket count once it held still for 200 ms (a dropped client's
+/// sockets close in the background).
+async fn steady_sockets() -> usize {
+    let mut count = open_sockets();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let now = open_sockets();
+        if now == count {
+            return count;
+        }
+        count = now;
+    }
+}
+
+/// The process's socket count once it is at most `limit`, or after 10 s.
+async fn sockets_at_most(limit: usize) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let now = open_sockets();
+        if now <= limit || std::time::Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// One test at a time: each counts the process's sockets.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -33,26 +59,7 @@ async fn a_dropped_client_closes_its_connections() {
     let warm = host.client().await;
     warm.get::<Counter>("warm").increment(1).await.unwrap();
     drop(warm);
-    let settle = |want: Option<usize>| async move {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let now = open_sockets();
-            if want.is_none_or(|w| now <= w) || std::time::Instant::now() > deadline {
-                return now;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    };
-    // Stable for 200 ms: the warm client's sockets are gone.
-    let mut before = open_sockets();
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let now = open_sockets();
-        if now == before {
-            break;
-        }
-        before = now;
-    }
+    let before = steady_sockets().await;
     for i in 0..20 {
         let client = host.client().await;
         // Enough calls for the lanes to open (a lane after 16 calls wanting it).
@@ -65,7 +72,7 @@ async fn a_dropped_client_closes_its_connections() {
         }
         drop(client);
     }
-    let after = settle(Some(before)).await;
+    let after = sockets_at_most(before).await;
     assert!(
         after <= before,
         "sockets open: {before} before 20 clients came and were dropped, {after} after"
@@ -88,26 +95,7 @@ async fn a_follower_outlives_the_client_it_came_from() {
         .await
         .unwrap();
     drop(warm);
-    let settled = |at_most: Option<usize>| async move {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let now = open_sockets();
-            if at_most.is_none_or(|m| now <= m) || std::time::Instant::now() > deadline {
-                return now;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    };
-    // Stable for 200 ms: the warm client's sockets are gone.
-    let mut before = open_sockets();
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let now = open_sockets();
-        if now == before {
-            break;
-        }
-        before = now;
-    }
+    let before = steady_sockets().await;
     let mut follower = {
         let client = host.client().await;
         client
@@ -133,7 +121,7 @@ async fn a_follower_outlives_the_client_it_came_from() {
     // connection closes though the follower is still held.
     drop(probe);
     drop(other);
-    let after = settled(Some(before)).await;
+    let after = sockets_at_most(before).await;
     assert!(
         after <= before,
         "sockets open: {before} before, {after} with only an ended follower held"
