@@ -38,6 +38,7 @@ struct Row {
 }
 
 /// One change reported by the hook.
+#[derive(Clone)]
 struct Raw {
     table: usize,
     old: Option<Row>,
@@ -235,23 +236,100 @@ impl ChangeCapture {
             self.state.changes.clear();
             return Err("capturing the batch's changes ran out of memory".into());
         }
+        self.check_schema(schema);
+        // Taken for the loop and put back empty: the next batch reuses its memory.
+        let mut changes = std::mem::take(&mut self.state.changes);
+        let touched = self.touched_rows(conn, changes.drain(..));
+        self.state.changes = changes;
+        self.state.trim();
+        // The row as the batch leaves it (read back, as the session extension does: a
+        // savepoint rolled back after the hook saw a change undid it).
+        self.encode(touched?, |_, layout, probe| current(conn, layout, probe))
+    }
+
+    /// Where the changes captured so far end: taken as a call starts, so that
+    /// [`ChangeCapture::changes_until`] can undo that call alone if it fails.
+    pub(crate) fn mark(&self) -> usize {
+        self.state.changes.len()
+    }
+
+    /// The changeset that takes the rows this capture saw from their state when it
+    /// started (or was last reset) to their state at `mark`, built while the
+    /// connection still holds every change after `mark`: a row changed after it is
+    /// taken from its first such change's old values, any other as it is now. Applied
+    /// once the connection is rolled back to the capture's start, it leaves exactly
+    /// the changes made before `mark`: a failed call is undone without a savepoint of
+    /// its own, and the calls of its batch before it stand. Captures nothing.
+    ///
+    /// `Err` when that would not be exact: a value the hook could not copy, a change
+    /// before `mark` made by a trigger or a foreign-key action (applying the changeset
+    /// would run them again), or one to a row keyed by NULL (not captured). The caller
+    /// checks that the schema is the one the capture started with.
+    pub(crate) fn changes_until(
+        &mut self,
+        conn: &impl Statements,
+        schema: i64,
+        mark: usize,
+    ) -> Result<Vec<u8>, String> {
+        if self.state.failed {
+            return Err("capturing the batch's changes ran out of memory".into());
+        }
+        self.check_schema(schema);
+        let raws = &self.state.changes;
+        if raws[..mark].iter().any(|r| r.indirect) {
+            return Err(
+                "a trigger or a foreign-key action changed rows earlier in the batch".into(),
+            );
+        }
+        let mut key = Vec::new();
+        let mut later: HashMap<(usize, Vec<u8>), Option<Row>> = HashMap::new();
+        for (i, raw) in raws.iter().enumerate() {
+            let layout = layout_for(&mut self.layouts, &self.state.tables, conn, raw.table)?;
+            for (row, old) in [(&raw.old, true), (&raw.new, false)] {
+                let Some(row) = row else { continue };
+                if !key_of(layout, row, &mut key) {
+                    if i < mark {
+                        return Err("a row keyed by NULL changed earlier in the batch".into());
+                    }
+                    continue;
+                }
+                if i >= mark {
+                    // First seen through its old values: the row as it was at `mark`;
+                    // through its new ones only: it did not exist then.
+                    later
+                        .entry((raw.table, key.clone()))
+                        .or_insert_with(|| old.then(|| row.clone()));
+                }
+            }
+        }
+        let raws: Vec<Raw> = self.state.changes.iter().map(Raw::clone).collect();
+        let touched = self.touched_rows(conn, raws)?;
+        self.encode(touched, |t, layout, probe| {
+            match later.get(&(t.table, t.key.clone())) {
+                Some(at_mark) => Ok(at_mark.clone()),
+                None => current(conn, layout, probe),
+            }
+        })
+    }
+
+    /// Table layouts are valid for one schema version: forget them when it moved.
+    fn check_schema(&mut self, schema: i64) {
         if schema != self.schema {
             self.layouts.clear();
             self.schema = schema;
         }
-        // Taken for the loop and put back empty: the next batch reuses its memory.
-        let mut changes = std::mem::take(&mut self.state.changes);
+    }
+
+    /// The rows `raws` changed, each with its state before its first change.
+    fn touched_rows(
+        &mut self,
+        conn: &impl Statements,
+        raws: impl IntoIterator<Item = Raw>,
+    ) -> Result<TouchedRows, String> {
         let mut touched = TouchedRows::default();
         let mut key = Vec::new();
-        for raw in changes.drain(..) {
-            if self.layouts.len() <= raw.table {
-                self.layouts.resize(raw.table + 1, None);
-            }
-            if self.layouts[raw.table].is_none() {
-                let layout = layout_of(conn, &self.state.tables[raw.table])?;
-                self.layouts[raw.table] = Some(layout);
-            }
-            let layout = self.layouts[raw.table].as_ref().expect("just read");
+        for raw in raws {
+            let layout = layout_for(&mut self.layouts, &self.state.tables, conn, raw.table)?;
             touched.saw_table(raw.table);
             if let Some(old) = raw.old {
                 if key_of(layout, &old, &mut key) {
@@ -264,20 +342,26 @@ impl ChangeCapture {
                 }
             }
         }
-        self.state.changes = changes;
-        self.state.trim();
+        Ok(touched)
+    }
+
+    /// The changeset of `touched`, each row against its state `after` gives (called
+    /// with the row, its table's layout and a row holding its key).
+    fn encode(
+        &self,
+        touched: TouchedRows,
+        mut after: impl FnMut(&Touched, &Layout, &Row) -> Result<Option<Row>, String>,
+    ) -> Result<Vec<u8>, String> {
         let mut out = Vec::new();
         let mut header_for = None;
         let mut changed: Vec<bool> = Vec::new();
         for t in touched.into_grouped() {
             let name = &self.state.tables[t.table];
-            let layout = self.layouts[t.table].as_ref().expect("read above");
+            let layout = self.layouts[t.table].as_ref().expect("read with the rows");
             let Some(probe) = t.before.as_ref().or(t.inserted.as_ref()) else {
                 continue;
             };
-            // The row as the batch leaves it (read back, as the session extension
-            // does: a savepoint rolled back after the hook saw a change undid it).
-            let after = current(conn, layout, probe)?;
+            let after = after(&t, layout, probe)?;
             let op = match (&t.before, &after) {
                 (None, None) => continue,
                 (None, Some(_)) => ffi::SQLITE_INSERT,
@@ -313,6 +397,33 @@ impl ChangeCapture {
         }
         Ok(out)
     }
+}
+
+/// Apply a changeset of [`ChangeCapture::changes_until`] to the connection it was
+/// built on, rolled back to the capture's start: any conflict means the rows are not
+/// as the capture saw them, and fails (SQLite undoes what it applied).
+pub(crate) fn apply_exactly(conn: &Connection, changeset: &[u8]) -> Result<(), String> {
+    use rusqlite::session::ConflictAction;
+    conn.apply_strm(&mut &changeset[..], None::<fn(&str) -> bool>, |_, _| {
+        ConflictAction::SQLITE_CHANGESET_ABORT
+    })
+    .map_err(|e| format!("undoing a failed call from the batch's captured changes: {e}"))
+}
+
+/// Table `table`'s layout (its name in `tables`), read on first use.
+fn layout_for<'a>(
+    layouts: &'a mut Vec<Option<Layout>>,
+    tables: &[Vec<u8>],
+    conn: &impl Statements,
+    table: usize,
+) -> Result<&'a Layout, String> {
+    if layouts.len() <= table {
+        layouts.resize(table + 1, None);
+    }
+    if layouts[table].is_none() {
+        layouts[table] = Some(layout_of(conn, &tables[table])?);
+    }
+    Ok(layouts[table].as_ref().expect("just read"))
 }
 
 impl Drop for ChangeCapture {
@@ -871,6 +982,130 @@ mod tests {
         drop(again);
     }
 
+    /// One random statement over every kind of table: key changes, `REPLACE`, and one
+    /// that fails once either of its keys is taken, perhaps after inserting the first.
+    fn random_statement(rnd: &mut impl FnMut(u64) -> u64) -> String {
+        let (k, k2, v) = (rnd(30), rnd(30), rnd(40));
+        match rnd(13) {
+            0 => format!("INSERT OR IGNORE INTO ipk VALUES ({k}, 'v{v}')"),
+            1 => format!("UPDATE ipk SET v = 'u{v}' WHERE id = {k}"),
+            2 => format!("UPDATE ipk SET id = {k2} WHERE id = {k}"),
+            3 => format!("DELETE FROM ipk WHERE id = {k}"),
+            4 => format!(
+                "INSERT OR REPLACE INTO tpk VALUES ('{k}', {v}, x'0{}')",
+                v % 10
+            ),
+            5 => format!("UPDATE tpk SET k = '{k2}' WHERE k = '{k}'"),
+            6 => format!("DELETE FROM tpk WHERE k = '{k}'"),
+            7 => format!("INSERT INTO plain VALUES ({k}, {v})"),
+            8 => format!("UPDATE plain SET b = {v} WHERE a = {k}"),
+            9 => format!("DELETE FROM plain WHERE a = {k}"),
+            10 => format!("INSERT OR REPLACE INTO wr VALUES ({k}, 'p{}', {v})", v % 3),
+            11 => format!("UPDATE wr SET a = {k2} WHERE a = {k}"),
+            _ => format!("INSERT INTO ipk VALUES ({k}, 'x'), ({k2}, 'y')"),
+        }
+    }
+
+    /// Batches of calls of random statements (some failing half way, some inside the
+    /// call's own rolled-back savepoint), a third of the calls failing: each failed call
+    /// undone from the capture (the batch rolled back to its start, then the changes
+    /// before the call re-applied) must leave what a savepoint per call leaves, and the
+    /// batch's changeset must still replay onto a replica.
+    #[test]
+    fn a_failed_call_undone_from_the_capture_leaves_what_a_savepoint_would() {
+        let mut seed: u64 = 0xca11;
+        let mut rnd = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let (live, reference, replica) = (db(), db(), db());
+        let mut capture = ChangeCapture::start(&live).unwrap();
+        let (mut undone, mut kept) = (0, 0);
+        for batch in 0..400 {
+            live.execute_batch("SAVEPOINT b").unwrap();
+            reference.execute_batch("SAVEPOINT b").unwrap();
+            for call in 0..1 + rnd(10) {
+                let mark = capture.mark();
+                reference.execute_batch("SAVEPOINT c").unwrap();
+                let inner = (rnd(5) == 0).then(|| rnd(6));
+                for i in 0..1 + rnd(6) {
+                    if inner == Some(i) {
+                        live.execute_batch("SAVEPOINT u").unwrap();
+                        reference.execute_batch("SAVEPOINT u").unwrap();
+                    }
+                    let sql = random_statement(&mut rnd);
+                    let failed = live.execute(&sql, []).is_err();
+                    assert_eq!(failed, reference.execute(&sql, []).is_err(), "{sql}");
+                }
+                if inner.is_some() {
+                    let end = "ROLLBACK TO u; RELEASE u";
+                    for c in [&live, &reference] {
+                        // (`u` may not have been reached.)
+                        let _ = c.execute_batch(end);
+                    }
+                }
+                if rnd(3) == 0 {
+                    let undo = capture.changes_until(&live, schema(&live), mark).unwrap();
+                    live.execute_batch("ROLLBACK TO b").unwrap();
+                    capture.reset();
+                    apply_exactly(&live, &undo).unwrap();
+                    reference.execute_batch("ROLLBACK TO c; RELEASE c").unwrap();
+                    undone += 1;
+                } else {
+                    reference.execute_batch("RELEASE c").unwrap();
+                    kept += 1;
+                }
+                assert_eq!(dump(&live), dump(&reference), "batch {batch}, call {call}");
+            }
+            live.execute_batch("RELEASE b").unwrap();
+            reference.execute_batch("RELEASE b").unwrap();
+            let changes = capture.changeset(&live, schema(&live)).unwrap();
+            apply(&replica, &changes);
+            assert_eq!(dump(&live), dump(&replica), "batch {batch}");
+        }
+        assert!(undone > 300 && kept > 600, "undone {undone}, kept {kept}");
+    }
+
+    /// What cannot be undone exactly from the capture is refused: a change made by a
+    /// trigger before the mark (re-applying would run the trigger again), a row keyed by
+    /// NULL (not captured).
+    #[test]
+    fn undoing_from_the_capture_refuses_trigger_changes_and_null_keys() {
+        let live = db();
+        live.execute_batch(
+            "CREATE TABLE nk(k TEXT PRIMARY KEY, v);
+             CREATE TRIGGER echo AFTER INSERT ON plain BEGIN
+                 INSERT OR REPLACE INTO ipk VALUES (100 + new.a, 'echo');
+             END;",
+        )
+        .unwrap();
+        let mut capture = ChangeCapture::start(&live).unwrap();
+        live.execute_batch("INSERT INTO plain VALUES (7, 7)")
+            .unwrap();
+        let mark = capture.mark();
+        live.execute_batch("UPDATE tpk SET v = 9").unwrap();
+        let e = capture
+            .changes_until(&live, schema(&live), mark)
+            .unwrap_err();
+        assert!(e.contains("trigger"), "{e}");
+        // The trigger's change after the mark is the failed call's own: undone as well.
+        capture.reset();
+        let mark = capture.mark();
+        live.execute_batch("INSERT INTO plain VALUES (8, 8)")
+            .unwrap();
+        assert!(capture.changes_until(&live, schema(&live), mark).is_ok());
+        capture.reset();
+        live.execute_batch("INSERT INTO nk VALUES (NULL, 1)")
+            .unwrap();
+        let mark = capture.mark();
+        let e = capture
+            .changes_until(&live, schema(&live), mark)
+            .unwrap_err();
+        assert!(e.contains("NULL"), "{e}");
+    }
+
     /// Random batches over every kind of table: key changes, `REPLACE`, statements
     /// that fail half way (their changes undone by SQLite after the hook saw them),
     /// savepoints rolled back, and batches past the rows [`TouchedRows`] scans. Each
@@ -893,26 +1128,7 @@ mod tests {
             let undo_at = (rnd(4) == 0).then(|| rnd(statements));
             live.execute_batch("SAVEPOINT turn").unwrap();
             for i in 0..statements {
-                let (k, k2, v) = (rnd(30), rnd(30), rnd(40));
-                let sql = match rnd(13) {
-                    0 => format!("INSERT OR IGNORE INTO ipk VALUES ({k}, 'v{v}')"),
-                    1 => format!("UPDATE ipk SET v = 'u{v}' WHERE id = {k}"),
-                    2 => format!("UPDATE ipk SET id = {k2} WHERE id = {k}"),
-                    3 => format!("DELETE FROM ipk WHERE id = {k}"),
-                    4 => format!(
-                        "INSERT OR REPLACE INTO tpk VALUES ('{k}', {v}, x'0{}')",
-                        v % 10
-                    ),
-                    5 => format!("UPDATE tpk SET k = '{k2}' WHERE k = '{k}'"),
-                    6 => format!("DELETE FROM tpk WHERE k = '{k}'"),
-                    7 => format!("INSERT INTO plain VALUES ({k}, {v})"),
-                    8 => format!("UPDATE plain SET b = {v} WHERE a = {k}"),
-                    9 => format!("DELETE FROM plain WHERE a = {k}"),
-                    10 => format!("INSERT OR REPLACE INTO wr VALUES ({k}, 'p{}', {v})", v % 3),
-                    11 => format!("UPDATE wr SET a = {k2} WHERE a = {k}"),
-                    // Fails once either key is taken, perhaps after inserting the first.
-                    _ => format!("INSERT INTO ipk VALUES ({k}, 'x'), ({k2}, 'y')"),
-                };
+                let sql = random_statement(&mut rnd);
                 failed += live.execute(&sql, []).is_err() as usize;
                 if undo_at == Some(i) {
                     live.execute_batch("ROLLBACK TO turn").unwrap();

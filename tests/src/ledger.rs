@@ -32,6 +32,36 @@ impl Ledger {
         Ok(balance)
     }
 
+    /// Add an entry of `amount`, then refuse it (the call fails with its write made).
+    pub async fn add_then_refuse(&mut self, ctx: &mut Context, amount: i64) -> Result<i64, Error> {
+        ctx.sql()
+            .execute("INSERT INTO entries(amount) VALUES (?1)", [amount])?;
+        Err(Error::msg(format!("refused {amount}")))
+    }
+
+    /// Add an index named `name` on the entries (a schema change in a call), then an
+    /// entry of `amount`; returns the new balance.
+    pub async fn index_and_add(
+        &mut self,
+        ctx: &mut Context,
+        name: String,
+        amount: i64,
+    ) -> Result<i64, Error> {
+        ctx.sql()
+            .execute_batch(&format!("CREATE INDEX {name} ON entries(amount)"))?;
+        self.add(ctx, amount).await
+    }
+
+    /// The names of the indexes on the entries, sorted.
+    pub async fn indexes(&self, ctx: &ReadContext) -> Result<Vec<String>, Error> {
+        ctx.sql().query(
+            "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'entries' \
+             AND sql IS NOT NULL ORDER BY name",
+            [],
+            |r| r.get(0),
+        )
+    }
+
     /// (balance, sum of the entries, number of entries) as stored.
     pub async fn audit(&self, ctx: &ReadContext) -> Result<(i64, i64, i64), Error> {
         ctx.sql().query_row(

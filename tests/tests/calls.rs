@@ -342,6 +342,58 @@ async fn in_a_batch_each_failing_call_undoes_only_its_own_writes() {
     }
 }
 
+/// Calls that change the schema share batches with calls that fail after writing: a
+/// failed call that cannot be undone alone (its batch changed the schema before it)
+/// fails its whole batch as not applied, safe to retry; the object's calls get
+/// savepoints of their own from then on. Whatever the batches were, every entry
+/// answered as applied is there once, and no refused or unanswered one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_calls_beside_schema_changes_undo_only_what_was_not_answered_applied() {
+    use durable_tests::Ledger;
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let ledger = client.get::<Ledger>("ddl");
+    let calls = (0..384i64).map(|i| {
+        let ledger = ledger.clone();
+        async move {
+            let result = if i % 3 == 0 {
+                ledger.add_then_refuse(1000 + i).await
+            } else if i % 16 == 1 {
+                ledger.index_and_add(format!("ix{i}"), i).await
+            } else {
+                ledger.add(i).await
+            };
+            match result {
+                Ok(_) => Some(i),
+                Err(CallError::Application(_)) if i % 3 == 0 => None,
+                // A batch that failed as a whole: not applied, safe to retry.
+                Err(e @ CallError::Internal(_)) if e.is_retry_safe() => None,
+                Err(e) => panic!("call {i}: {e:?}"),
+            }
+        }
+    });
+    let applied: Vec<i64> = futures_util::stream::iter(calls)
+        .buffer_unordered(64)
+        .filter_map(|r| async move { r })
+        .collect()
+        .await;
+    assert!(applied.len() > 200, "{} applied", applied.len());
+    let sum: i64 = applied.iter().sum();
+    let (balance, entries_sum, count) = ledger.audit().await.unwrap();
+    assert_eq!(
+        (balance, entries_sum, count),
+        (sum, sum, applied.len() as i64)
+    );
+    let mut indexed: Vec<String> = applied
+        .iter()
+        .filter(|i| *i % 16 == 1)
+        .map(|i| format!("ix{i}"))
+        .collect();
+    indexed.sort();
+    assert_eq!(ledger.indexes().await.unwrap(), indexed);
+}
+
 /// Sends the object named "away" to another host; keeps every other one here.
 struct AwayElsewhere;
 

@@ -2,7 +2,7 @@
 //! commit and hand-off to the log, the deferred file commit, rolling back, rewinding
 //! refused batches, and the quiet content digest.
 
-use super::object::{settled_pos, Object, DEFER_MAX_BATCHES};
+use super::object::{settled_pos, Object, Pending, DEFER_MAX_BATCHES};
 use super::outcomes::{internal, CommitError, FileCommit};
 use crate::capture::ChangeCapture;
 use crate::core::outbox::Effects;
@@ -14,6 +14,14 @@ use durable_client::wire::Response;
 /// The batch's savepoint, also the first call's (see
 /// [`Pending::fresh`](super::object::Pending::fresh)).
 pub(super) const BATCH_SAVEPOINT: &str = "durable_batch";
+
+/// Whether re-applying a batch's captured changes does exactly what they did: no
+/// triggers (they would run again) and no foreign keys (their actions are triggers,
+/// their checks could refuse an order the batch took).
+const UNDO_CHECK: &str =
+    "SELECT NOT EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'trigger') \
+     AND NOT EXISTS (SELECT 1 FROM main.sqlite_schema AS t, pragma_foreign_key_list(t.name) \
+         WHERE t.type = 'table')";
 
 impl Object {
     /// Start a batch: begin capturing changes (if the log wants them) and the transaction.
@@ -63,6 +71,69 @@ impl Object {
             }
             None => ChangeCapture::start(conn).map(Some),
         }
+    }
+
+    /// The schema version a batch's calls may run from without a savepoint each (see
+    /// [`Pending::undo`]), or `None` where a failed call could not be undone exactly
+    /// from the batch's change capture: no capture, triggers, foreign keys, or an
+    /// earlier undo of this object that could not be exact. Checked once per schema
+    /// version.
+    pub(super) fn undo_schema(&mut self, bs: &Pending) -> Option<i64> {
+        if self.savepoint_calls || bs.capture.is_none() {
+            return None;
+        }
+        let conn = self.db();
+        let schema: i64 = conn
+            .with("PRAGMA schema_version", |s| s.query_row([], |r| r.get(0)))
+            .ok()?;
+        let ok = match self.undo_checked {
+            Some((at, ok)) if at == schema => ok,
+            _ => {
+                let ok = conn
+                    .with(UNDO_CHECK, |s| s.query_row([], |r| r.get::<_, bool>(0)))
+                    .unwrap_or(false);
+                self.undo_checked = Some((schema, ok));
+                ok
+            }
+        };
+        ok.then_some(schema)
+    }
+
+    /// Undo a failed call that ran without a savepoint of its own, after earlier calls
+    /// of its batch wrote (`mark`: where the capture stood as it began): the batch is
+    /// rolled back to its start and the changes made before the call are applied again
+    /// from the capture. Where that could not be exact (the schema changed during the
+    /// batch, a row keyed by NULL), nothing is re-applied: the
+    /// batch fails as a whole, not applied, and the object's calls get savepoints of
+    /// their own from then on.
+    pub(super) fn undo_call(
+        &mut self,
+        conn: &crate::db::Db,
+        bs: &mut Pending,
+        mark: usize,
+    ) -> Result<(), String> {
+        let mut undo = || -> Result<(), String> {
+            let e = |e: rusqlite::Error| e.to_string();
+            let schema: i64 = conn
+                .with("PRAGMA schema_version", |s| s.query_row([], |r| r.get(0)))
+                .map_err(e)?;
+            if bs.undo != Some(schema) {
+                return Err("the schema changed during the batch".into());
+            }
+            let capture = bs.capture.as_mut().expect("an undo needs the capture");
+            let changes = capture.changes_until(conn, schema, mark)?;
+            conn.run("ROLLBACK TO durable_batch").map_err(e)?;
+            capture.reset();
+            crate::capture::apply_exactly(conn.conn(), &changes)
+        };
+        let undone = undo().map_err(|e| {
+            format!("a call of the batch failed and could not be undone alone ({e}): none of the batch was applied")
+        });
+        if let Err(e) = &undone {
+            tracing::warn!(class = self.class.name, id = %self.id, error = %e, "a failed call could not be undone alone: its batch fails (not applied), and this object's calls get savepoints of their own from now on");
+            self.savepoint_calls = true;
+        }
+        undone
     }
 
     /// Undo the running batch, keeping the batches deferred before it. If even that

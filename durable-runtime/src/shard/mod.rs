@@ -199,6 +199,8 @@ fn spawn_object(config: &Rc<ShardConfig>, class: Arc<ClassEntry>, id: ObjectId) 
         marker: None,
         reopened_for: None,
         sync_off: false,
+        undo_checked: None,
+        savepoint_calls: false,
     };
     tokio::task::spawn_local(object.run());
     crate::telemetry::object_active(1.0, false);

@@ -118,6 +118,13 @@ pub(super) struct Object {
     /// The connection runs with `synchronous=OFF` until the file's next commit (its WAL
     /// was empty when opened: see [`store::Opened::sync_off`]).
     pub(super) sync_off: bool,
+    /// Whether a failed call can be undone from the batch's change capture (see
+    /// [`Pending::undo`]), for the schema version it was checked at: not with triggers
+    /// (re-applying the batch's earlier changes would run them again) or foreign keys.
+    pub(super) undo_checked: Option<(i64, bool)>,
+    /// A failed call could not be undone from the capture (its batch failed as a
+    /// whole): from then on every call of this object gets a savepoint of its own.
+    pub(super) savepoint_calls: bool,
 }
 
 /// A batch in progress: what its commit needs. A turn that calls another object
@@ -137,6 +144,14 @@ pub(super) struct Pending {
     /// Nothing has run in the batch's savepoint yet: the next call can use it as its
     /// own (most batches hold one call), saving a savepoint and its release.
     pub(super) fresh: bool,
+    /// The schema version the batch's calls started from, when the calls after the
+    /// first run without a savepoint of their own: one that fails is undone from the
+    /// change capture instead (the batch rolled back to its start and the changes made
+    /// before the call re-applied; see [`crate::capture::ChangeCapture::changes_until`]).
+    /// `None`: each call gets a savepoint (no capture, a batch that activated the
+    /// object, triggers or foreign keys in the schema, or an earlier undo that could not
+    /// be exact).
+    pub(super) undo: Option<i64>,
     /// The host clock (ms) when the batch began or last let the shard's other tasks
     /// in (at most [`BATCH_SLICE`] of turns ago): calls' deadlines are checked against
     /// it, one clock read per slice instead of one per call.

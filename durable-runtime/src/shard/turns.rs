@@ -117,6 +117,9 @@ impl Object {
             }
         }
         bs.before = write_marker(conn);
+        if bs.undo.is_some() {
+            bs.undo = self.undo_schema(bs);
+        }
         if result.is_ok() {
             bs.flushes += 1;
         }
@@ -226,6 +229,7 @@ impl Object {
             broken: None,
             flushes: 0,
             fresh: true,
+            undo: None,
             now_ms: self.config.clock.now_ms(),
             turn_ended: crate::clock::monotonic(),
         };
@@ -236,6 +240,9 @@ impl Object {
         // another object (see `Fate::Durable`).
         let mut durable_sockets = Vec::new();
         let mut durable_streams = Vec::new();
+        // A batch that activates the object gives each call a savepoint (the
+        // activation's writes are in the batch's).
+        let was_active = self.instance.is_some();
         if self.instance.is_none() {
             let activated = self.activate();
             // An object new to the log counts as written even if its constructor wrote
@@ -307,6 +314,9 @@ impl Object {
             // calls' deadlines are checked against the clock after it.
             bs.now_ms = self.config.clock.now_ms();
             bs.turn_ended = crate::clock::monotonic();
+        }
+        if was_active {
+            bs.undo = self.undo_schema(&bs);
         }
         let mut work = batch.into_iter();
         let mut failure: Option<CommitError> = None;
@@ -651,7 +661,14 @@ pub(super) async fn run_call(
     }
     // The call's writes go in a savepoint of their own, so that its failure undoes
     // only them; the first call of a batch uses the batch's (nothing else is in it yet).
-    let own = !std::mem::replace(&mut bs.fresh, false);
+    // Where the batch's change capture can undo a call exactly (`Pending::undo`), the
+    // later calls too run in the batch's savepoint, and only a failure pays.
+    let fresh = std::mem::replace(&mut bs.fresh, false);
+    let undo = match (&bs.capture, bs.undo) {
+        (Some(capture), Some(_)) if !fresh => Some((capture.mark(), bs.flushes)),
+        _ => None,
+    };
+    let own = !fresh && undo.is_none();
     let savepoint = if own {
         ctx.conn.run("SAVEPOINT durable_call").map_err(db)?;
         "durable_call"
@@ -685,21 +702,24 @@ pub(super) async fn run_call(
     ctx.turn = None;
     bs.turn_ended = crate::clock::monotonic();
     crate::telemetry::turn(call.class.name, bs.turn_ended.saturating_sub(started));
-    let rollback = |ctx: &Context| {
-        if own {
-            ctx.conn
-                .run("ROLLBACK TO durable_call")
-                .and_then(|_| ctx.conn.run("RELEASE durable_call"))
-        } else {
-            // The batch's savepoint stays open (the call's record goes in it).
-            ctx.conn.run("ROLLBACK TO durable_batch")
+    let rollback = |obj: &mut Object, ctx: &Context, bs: &mut Pending| match undo {
+        // Earlier calls of the batch wrote, and no commit in the middle of this turn
+        // (a call to another object) left it alone in a fresh batch savepoint.
+        Some((mark, flushes)) if mark > 0 && flushes == bs.flushes => {
+            obj.undo_call(&ctx.conn, bs, mark)
         }
-        .map_err(db)
+        _ if own => ctx
+            .conn
+            .run("ROLLBACK TO durable_call")
+            .and_then(|_| ctx.conn.run("RELEASE durable_call"))
+            .map_err(db),
+        // The batch's savepoint stays open (the call's record goes in it).
+        _ => ctx.conn.run("ROLLBACK TO durable_batch").map_err(db),
     };
     let outcome = match outcome {
         Ok(o) => o,
         Err(panic) => {
-            rollback(ctx)?;
+            rollback(obj, ctx, bs)?;
             return Ok(CallResult::Panicked(call_panicked(call, &panic)));
         }
     };
@@ -721,7 +741,7 @@ pub(super) async fn run_call(
                 )
                 .map_err(db)?
                 {
-                    rollback(ctx)?;
+                    rollback(obj, ctx, bs)?;
                     return Ok(CallResult::Reply(Response::Error(
                         WireError::ObjectTooLarge {
                             size,
@@ -739,14 +759,14 @@ pub(super) async fn run_call(
             return Ok(CallResult::Reply(Response::Return(bytes)));
         }
         TurnOutcome::AppError(bytes) => {
-            rollback(ctx)?;
+            rollback(obj, ctx, bs)?;
             if wrote {
                 record(obj, bs, Recorded::AppError(bytes.clone()));
             }
             Response::AppError(bytes)
         }
         failed => {
-            rollback(ctx)?;
+            rollback(obj, ctx, bs)?;
             turn_response(failed, call)
         }
     };
