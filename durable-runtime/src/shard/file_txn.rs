@@ -105,12 +105,15 @@ impl Object {
     /// from the capture. Where that could not be exact (the schema changed during the
     /// batch, a row keyed by NULL), nothing is re-applied: the
     /// batch fails as a whole, not applied, and the object's calls get savepoints of
-    /// their own from then on.
+    /// their own from then on. A call that wrote nothing (`changes`: the connection's
+    /// change count as it began) needs no undo; after one undo, the rest of the batch
+    /// gets savepoints (each undo re-applies the batch so far).
     pub(super) fn undo_call(
         &mut self,
         conn: &crate::db::Db,
         bs: &mut Pending,
         mark: usize,
+        changes: u64,
     ) -> Result<(), String> {
         let mut undo = || -> Result<(), String> {
             let e = |e: rusqlite::Error| e.to_string();
@@ -120,6 +123,10 @@ impl Object {
             if bs.undo != Some(schema) {
                 return Err("the schema changed during the batch".into());
             }
+            if conn.total_changes() == changes {
+                return Ok(());
+            }
+            bs.undo = None;
             let capture = bs.capture.as_mut().expect("an undo needs the capture");
             let changes = capture.changes_until(conn, schema, mark)?;
             conn.run("ROLLBACK TO durable_batch").map_err(e)?;

@@ -706,7 +706,7 @@ pub(super) async fn run_call(
         // Earlier calls of the batch wrote, and no commit in the middle of this turn
         // (a call to another object) left it alone in a fresh batch savepoint.
         Some((mark, flushes)) if mark > 0 && flushes == bs.flushes => {
-            obj.undo_call(&ctx.conn, bs, mark)
+            obj.undo_call(&ctx.conn, bs, mark, before)
         }
         _ if own => ctx
             .conn
