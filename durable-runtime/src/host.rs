@@ -153,16 +153,22 @@ fn raise_fd_limit() -> u64 {
 const RESERVED_FDS: u64 = 512;
 
 /// The descriptors the object cap leaves for the gateway, one per WebSocket and one
-/// per HTTP connection: at most half of what is left after [`RESERVED_FDS`], split
-/// between the socket cap (at most half of it) and connections (the rest, at most
+/// per HTTP connection: what is left after [`RESERVED_FDS`] and the object files (three
+/// per active object: those of an explicit `max_active`, at most half; else half),
+/// three quarters at most to the socket cap and the rest to connections (at most
 /// [`crate::gateway::MAX_CONNECTIONS`], at least 64); none without the gateway.
 /// Returns (sockets, connections).
-fn gateway_fds(gateway: bool, max_sockets: usize, fds: u64) -> (u64, u64) {
+fn gateway_fds(gateway: bool, max_sockets: usize, max_active: usize, fds: u64) -> (u64, u64) {
     if !gateway {
         return (0, 0);
     }
-    let budget = fds.saturating_sub(RESERVED_FDS) / 2;
-    let sockets = (max_sockets as u64).min(budget / 2);
+    let half = fds.saturating_sub(RESERVED_FDS) / 2;
+    let objects = match max_active {
+        0 => half,
+        n => (n as u64).saturating_mul(3).min(half),
+    };
+    let budget = fds.saturating_sub(RESERVED_FDS + objects);
+    let sockets = (max_sockets as u64).min(budget / 4 * 3);
     let connections = (crate::gateway::MAX_CONNECTIONS as u64)
         .min(budget - sockets)
         .max(64);
@@ -562,7 +568,12 @@ impl Host {
         let _ = crate::telemetry::handle();
         let mut limits = limits;
         let fds = raise_fd_limit();
-        let (sockets, connections) = gateway_fds(self.http.is_some(), limits.max_sockets, fds);
+        let (sockets, connections) = gateway_fds(
+            self.http.is_some(),
+            limits.max_sockets,
+            limits.max_active,
+            fds,
+        );
         limits.max_active = active_cap(limits.max_active, fds, sockets + connections);
         if self.http.is_some() && (sockets as usize) < limits.max_sockets {
             tracing::info!(
@@ -1199,17 +1210,26 @@ mod tests {
 
     #[test]
     fn the_object_cap_leaves_room_for_websockets_and_connections_when_the_gateway_is_on() {
-        assert_eq!(gateway_fds(false, 16_384, 20_000), (0, 0));
+        assert_eq!(gateway_fds(false, 16_384, 0, 20_000), (0, 0));
         assert_eq!(active_cap(0, 20_000, 0), 6_496);
-        let (sockets, connections) = gateway_fds(true, 16_384, 20_000);
-        assert_eq!((sockets, connections), (4_872, 4_872));
+        let (sockets, connections) = gateway_fds(true, 16_384, 0, 20_000);
+        assert_eq!((sockets, connections), (7_308, 2_436));
         assert_eq!(active_cap(0, 20_000, sockets + connections), 3_248);
         // A small socket cap takes only what it needs; connections the rest.
-        assert_eq!(gateway_fds(true, 100, 20_000), (100, 9_644));
-        assert_eq!(active_cap(50, 20_000, 9_744), 50);
+        assert_eq!(gateway_fds(true, 100, 0, 20_000), (100, 9_644));
+        // An explicit object cap leaves the gateway the rest: a host of sockets with
+        // one active object (the bench's memory_socket) holds 10,000 of them.
+        let (sockets, connections) = gateway_fds(true, 16_384, 1, 20_000);
+        assert_eq!((sockets, connections), (14_613, 4_872));
+        assert_eq!(active_cap(1, 20_000, sockets + connections), 1);
+        let (sockets, connections) = gateway_fds(true, 100, 50, 20_000);
+        assert_eq!((sockets, connections), (100, 16_384));
+        assert_eq!(active_cap(50, 20_000, sockets + connections), 50);
+        // But never more than half of the files for a large one.
+        assert_eq!(gateway_fds(true, 16_384, 100_000, 20_000), (7_308, 2_436));
         // With the usual limit, the defaults stand.
-        assert_eq!(gateway_fds(true, 16_384, 1 << 20), (16_384, 16_384));
+        assert_eq!(gateway_fds(true, 16_384, 0, 1 << 20), (16_384, 16_384));
         // A tiny limit still takes some connections.
-        assert_eq!(gateway_fds(true, 16_384, 600), (22, 64));
+        assert_eq!(gateway_fds(true, 16_384, 0, 600), (33, 64));
     }
 }
