@@ -625,10 +625,7 @@ async fn refresh_lanes(inner: &Arc<Inner>, main: &quinn::Connection) -> Result<(
     let lanes = if version >= wire::PIPE_VERSION {
         let ask = wire::encode_frame_in(&Request::Lanes, version);
         match exchange(main, &ask, inner.config.max_frame).await {
-            Ok(Response::Lanes(ports)) => ports
-                .into_iter()
-                .map(|port| Arc::new(Lane::new(SocketAddr::new(inner.config.addr.ip(), port))))
-                .collect(),
+            Ok(Response::Lanes(ports)) => lanes_at(inner.config.addr.ip(), ports),
             Ok(_) | Err(Exchange::Protocol(_)) => Vec::new(),
             Err(lost) => return Err(lost),
         }
@@ -650,6 +647,19 @@ async fn refresh_lanes(inner: &Arc<Inner>, main: &quinn::Connection) -> Result<(
         });
     }
     Ok(())
+}
+
+/// The lanes a host named, on its address: none if it named more than any host has
+/// ([`wire::MAX_LANES`]: a broken or hostile host's answer costs no memory or
+/// connections), or a port 0.
+fn lanes_at(ip: std::net::IpAddr, ports: Vec<u16>) -> Vec<Arc<Lane>> {
+    if ports.len() > wire::MAX_LANES || ports.contains(&0) {
+        return Vec::new();
+    }
+    ports
+        .into_iter()
+        .map(|port| Arc::new(Lane::new(SocketAddr::new(ip, port))))
+        .collect()
 }
 
 /// Whether the lanes kept came with the first connection `main` (held there, so its
@@ -1472,6 +1482,18 @@ impl<T: serde::de::DeserializeOwned> Follower<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lane_list_longer_than_any_host_has_or_naming_port_0_is_not_used() {
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let ports = |n: usize| (1..=n).map(|p| p as u16).collect::<Vec<u16>>();
+        let lanes = lanes_at(ip, ports(wire::MAX_LANES));
+        assert_eq!(lanes.len(), wire::MAX_LANES);
+        assert_eq!(lanes[6].addr, SocketAddr::new(ip, 7));
+        assert!(lanes_at(ip, ports(wire::MAX_LANES + 1)).is_empty());
+        assert!(lanes_at(ip, ports(60_000)).is_empty());
+        assert!(lanes_at(ip, vec![7401, 0]).is_empty());
+    }
 
     #[test]
     fn a_request_ids_time_follows_the_system_clock_and_never_goes_back() {

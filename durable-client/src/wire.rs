@@ -23,6 +23,11 @@ pub const PROTOCOL_VERSION: u8 = 3;
 /// The first protocol version with [`Request::Pipe`].
 pub const PIPE_VERSION: u8 = 3;
 
+/// The most lanes ([`Response::Lanes`]) a host may name: one per shard thread, so a
+/// host runs at most this many shards. A client takes a longer list for a hostile or
+/// broken host's and uses none (its calls go on the first connection).
+pub const MAX_LANES: usize = 1024;
+
 /// The oldest protocol version this crate still reads.
 pub const MIN_PROTOCOL_VERSION: u8 = 1;
 

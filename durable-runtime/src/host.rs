@@ -37,7 +37,8 @@ pub struct Limits {
     /// Recent request ids remembered per object for deduplicating retries: at least
     /// this many (up to 63 more are kept). Default 1,000.
     pub request_window: usize,
-    /// Shard threads that run turns. Default: the number of CPUs.
+    /// Shard threads that run turns, 1 to 1,024
+    /// ([`MAX_LANES`](durable_client::wire::MAX_LANES)). Default: the number of CPUs.
     pub shards: usize,
     /// Objects idle this long are evicted (their instance dropped, their database
     /// closed); the next call or alarm re-activates them. Default 30 s.
@@ -96,7 +97,7 @@ impl Default for Limits {
             max_batch: 256,
             request_window: crate::store::DEFAULT_REQUEST_WINDOW,
             shards: std::thread::available_parallelism()
-                .map(|n| n.get())
+                .map(|n| n.get().min(durable_client::wire::MAX_LANES))
                 .unwrap_or(2),
             idle_timeout: Duration::from_secs(30),
             connection_idle: Duration::from_secs(10),
@@ -526,6 +527,13 @@ impl Host {
         {
             return Err(HostError::Config(format!(
                 "limits out of range: {limits:?}"
+            )));
+        }
+        if limits.shards > durable_client::wire::MAX_LANES {
+            return Err(HostError::Config(format!(
+                "{} shards: a host runs at most {} (one lane each)",
+                limits.shards,
+                durable_client::wire::MAX_LANES
             )));
         }
         if let Some(e) = self.page_error {

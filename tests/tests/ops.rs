@@ -294,3 +294,22 @@ async fn an_endless_retention_starts_the_host() {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+/// A host runs at most 1,024 shards (a client takes a longer list of lanes for a
+/// broken host's and uses none): more is refused at start, saying why.
+#[test]
+fn more_shards_than_a_client_takes_lanes_for_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (ok, _, stderr) = host_cli(&[
+        "serve",
+        "--data-dir",
+        data,
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1025",
+    ]);
+    assert!(!ok, "a host of 1,025 shards started: {stderr}");
+    assert!(stderr.contains("at most 1024"), "{stderr}");
+}
