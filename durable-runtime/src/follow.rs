@@ -6,7 +6,9 @@
 //!
 //! The pump follows the host's hub *before* reading the table, so no item falls
 //! between the two; items it already sent are skipped by sequence number, and a gap
-//! (a follower the hub dropped for reading too slowly) sends it back to the table.
+//! (a follower whose channel the hub dropped for reading too slowly) sends it back to
+//! the table. It stays a follower meanwhile: a deletion of the stream after its last
+//! read ends it (`unknown_stream`) rather than let it read a new stream of the name.
 
 use crate::calls::{Caller, Calls};
 use crate::class::ClassEntry;
@@ -112,12 +114,13 @@ pub(crate) async fn pump(calls: Arc<Calls>, hub: Arc<Hub>, start: Start, tx: mps
         mut live,
         first,
     } = start;
-    let id = ObjectId::from_name(class.name, &name);
     let closed = hub.closed();
     tokio::pin!(closed);
     let mut page = Some(first);
     // The latest read's deletion mark: deletions up to it are in what was read.
     let mut read_at = 0;
+    // Whether a page was read since the follow began (the first page is its view).
+    let mut viewed = false;
     loop {
         // Catch up from the table.
         loop {
@@ -150,6 +153,14 @@ pub(crate) async fn pump(calls: Arc<Calls>, hub: Arc<Hub>, start: Start, tx: mps
                     }
                 }
             };
+            // The stream was deleted after the follower's last read (seen or not on
+            // the live tail, which may have dropped it): what this read shows of the
+            // name is another stream.
+            if viewed && live.deleted() > read_at {
+                let _ = tx.send(Out::Unknown).await;
+                return;
+            }
+            viewed = true;
             read_at = read_at.max(current.deletions);
             let full = current.items.len() >= limit as usize;
             for (seq, json) in current.items {
@@ -209,6 +220,6 @@ pub(crate) async fn pump(calls: Arc<Calls>, hub: Arc<Hub>, start: Start, tx: mps
                 Some(_) | None => break,
             }
         }
-        live = hub.follow(class.name, id, &stream);
+        hub.refollow(&mut live);
     }
 }

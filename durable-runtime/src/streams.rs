@@ -20,6 +20,7 @@ use crate::tables::{self, Lazy};
 use durable_client::ObjectId;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
@@ -123,8 +124,14 @@ pub(crate) fn deletion_mark() -> u64 {
 
 type Key = (&'static str, ObjectId, String);
 
-/// The followers of each stream: their numbers and channels.
-type Followers = HashMap<Key, Vec<(u64, mpsc::Sender<Live>)>>;
+/// One follower of a stream: its number, its channel (`None` once it fell
+/// [`FOLLOWER_QUEUE`] items behind: it reads the rest from the object, then takes a
+/// new one with [`Hub::refollow`]) and the latest deletion of the stream (see
+/// [`Following::deleted`]), marked whether or not its channel had room.
+type Follower = (u64, Option<mpsc::Sender<Live>>, Arc<AtomicU64>);
+
+/// The followers of each stream.
+type Followers = HashMap<Key, Vec<Follower>>;
 
 /// The host's followers of live streams, by object and stream. The gateway adds
 /// them; the output gate hands them durable items.
@@ -162,8 +169,8 @@ impl Hub {
 
     /// Follow `stream` of an object: every item released from now on, until the
     /// [`Following`] drops. Its receiver ends if the follower fell
-    /// [`FOLLOWER_QUEUE`] items behind (read the rest from the object, then follow
-    /// again).
+    /// [`FOLLOWER_QUEUE`] items behind (read the rest from the object, then
+    /// [`Hub::refollow`]); the stream's deletions are marked all along.
     pub(crate) fn follow(
         self: &Arc<Self>,
         class: &'static str,
@@ -173,22 +180,42 @@ impl Hub {
         let (tx, rx) = mpsc::channel(FOLLOWER_QUEUE);
         let key = (class, id, stream.to_owned());
         let follower = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let deleted = Arc::new(AtomicU64::new(0));
         self.lock()
             .entry(key.clone())
             .or_default()
-            .push((follower, tx));
+            .push((follower, Some(tx), deleted.clone()));
         Following {
             hub: self.clone(),
             key,
             follower,
             rx,
+            deleted,
         }
+    }
+
+    /// A new channel for a follower whose channel ended (it fell behind): items
+    /// released from now on. It stayed a follower meanwhile, so no deletion of the
+    /// stream went unmarked.
+    pub(crate) fn refollow(&self, following: &mut Following) {
+        let (tx, rx) = mpsc::channel(FOLLOWER_QUEUE);
+        let mut followers = self.lock();
+        let entry = followers
+            .get_mut(&following.key)
+            .and_then(|list| list.iter_mut().find(|(f, _, _)| *f == following.follower));
+        match entry {
+            Some((_, channel, _)) => *channel = Some(tx),
+            // Only `close_all` removes a live follower: the host stops, and the
+            // follower's new channel simply stays empty.
+            None => drop(tx),
+        }
+        following.rx = rx;
     }
 
     fn unfollow(&self, key: &Key, follower: u64) {
         let mut followers = self.lock();
         if let Some(list) = followers.get_mut(key) {
-            list.retain(|(f, _)| *f != follower);
+            list.retain(|(f, _, _)| *f != follower);
             if list.is_empty() {
                 followers.remove(key);
             }
@@ -196,7 +223,8 @@ impl Hub {
     }
 
     /// Hand a durable batch's stream effects to their followers, in order. Never
-    /// blocks: a follower whose queue is full, or who left, is dropped.
+    /// blocks: a follower whose queue is full loses its channel (it catches up from
+    /// the object) but stays a follower, and a deletion is marked on every follower.
     pub(crate) fn apply(&self, class: &'static str, id: ObjectId, ops: Vec<StreamOp>) {
         let mut followers = self.lock();
         for op in ops {
@@ -209,9 +237,16 @@ impl Hub {
             let Some(list) = followers.get_mut(&key) else {
                 continue;
             };
-            list.retain(|(_, tx)| tx.try_send(live.clone()).is_ok());
-            if list.is_empty() {
-                followers.remove(&key);
+            for (_, channel, deleted) in list.iter_mut() {
+                if let Live::Deleted { at } = live {
+                    deleted.fetch_max(at, Ordering::SeqCst);
+                }
+                if channel
+                    .as_ref()
+                    .is_some_and(|tx| tx.try_send(live.clone()).is_err())
+                {
+                    *channel = None;
+                }
             }
         }
     }
@@ -234,6 +269,16 @@ pub(crate) struct Following {
     key: Key,
     follower: u64,
     pub(crate) rx: mpsc::Receiver<Live>,
+    deleted: Arc<AtomicU64>,
+}
+
+impl Following {
+    /// The latest deletion of the stream ([`deletion_mark`] numbering) since the
+    /// follow began, 0 if none: a follower that read the stream before it follows a
+    /// stream that is gone, whatever a later read of the same name shows.
+    pub(crate) fn deleted(&self) -> u64 {
+        self.deleted.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Following {
@@ -469,8 +514,15 @@ impl crate::Context {
 mod tests {
     use super::*;
 
+    fn live_of(seq: u64) -> Live {
+        Live::Item {
+            seq,
+            json: Arc::from(format!("{seq}")),
+        }
+    }
+
     #[test]
-    fn followers_get_items_in_order_and_a_full_one_is_dropped() {
+    fn followers_get_items_in_order_and_a_full_ones_channel_ends_but_not_its_marks() {
         let hub = Arc::new(Hub::default());
         let id = ObjectId::from_name("Chat", "a");
         let mut a = hub.follow("Chat", id, "r1");
@@ -489,12 +541,36 @@ mod tests {
         assert_eq!(a.rx.try_recv().unwrap(), live(1));
         assert_eq!(a.rx.try_recv().unwrap(), live(2));
         assert!(other.rx.try_recv().is_err());
-        // b never reads: past its queue it is dropped from the hub, a stays.
+        // b never reads: past its queue its channel ends (after what it holds), a's
+        // goes on; b stays a follower, and a deletion is marked on it all the same.
+        let mut b = b;
         for seq in 3..(FOLLOWER_QUEUE as u64 + 3) {
             hub.apply("Chat", id, vec![item(seq)]);
             a.rx.try_recv().unwrap();
         }
-        assert_eq!(hub.len(), 2);
+        assert_eq!(hub.len(), 3);
+        let mut held = 0;
+        while let Ok(live) = b.rx.try_recv() {
+            assert_eq!(live, live_of(held + 1));
+            held += 1;
+        }
+        assert_eq!(held, FOLLOWER_QUEUE as u64);
+        assert!(b.rx.is_closed());
+        let deleted = |at: u64| StreamOp::Deleted {
+            stream: "r1".into(),
+            at,
+        };
+        hub.apply("Chat", id, vec![deleted(7)]);
+        assert_eq!((a.deleted(), b.deleted(), other.deleted()), (7, 7, 0));
+        assert_eq!(a.rx.try_recv().unwrap(), Live::Deleted { at: 7 });
+        // Back from reading the object, b takes a new channel: items from then on.
+        hub.refollow(&mut b);
+        hub.apply("Chat", id, vec![item(1)]);
+        assert_eq!(b.rx.try_recv().unwrap(), live(1));
+        assert_eq!(a.rx.try_recv().unwrap(), live(1));
+        hub.apply("Chat", id, vec![deleted(5)]);
+        assert_eq!(b.deleted(), 7, "the latest deletion stays marked");
+        a.rx.try_recv().unwrap();
         drop(b);
         let end = StreamOp::End {
             stream: "r1".into(),

@@ -552,6 +552,73 @@ async fn a_deleted_stream_ends_its_followers_and_a_new_one_of_its_name_is_not_mi
     }
 }
 
+/// A follower so slow that the host stopped queueing live items for it (it reads the
+/// rest from the object) stays a follower of its stream: if the stream is deleted and
+/// a new one of its name written meanwhile, it ends (`unknown_stream`) instead of going
+/// on with the new stream's items as if they were the old one's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_across_a_delete_and_re_create_is_not_mixed_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    let push = |items: Vec<String>| {
+        call(
+            &host,
+            "StreamProbe/lag/push",
+            json!({"stream": "s", "items": items}),
+        )
+    };
+    push(vec!["o".into()]).await;
+    let mut follower = Events {
+        response: http()
+            .get(host.http_url("/v1/objects/StreamProbe/lag/streams/s?after=0"))
+            .bearer_auth(token(&host))
+            .send()
+            .await
+            .unwrap(),
+        buffer: String::new(),
+    };
+    assert_eq!(follower.next().await, Some(Sse::Item(1, "o".into())));
+    // Not read: 8,000 items of 4 KiB fill the connection's buffers and then the
+    // host's queue for this follower (4,096 items).
+    let old = "o".repeat(4096);
+    for _ in 0..16 {
+        push(vec![old.clone(); 500]).await;
+    }
+    assert_eq!(
+        call(&host, "StreamProbe/lag/delete", json!({"stream": "s"})).await,
+        json!(true)
+    );
+    for chunk in 0..4 {
+        let items = (0..5_000)
+            .map(|i| format!("n{}", chunk * 5_000 + i))
+            .collect();
+        push(items).await;
+    }
+    let mut seen = 1;
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(30), follower.next())
+            .await
+            .expect("the follower stalled")
+        {
+            Some(Sse::Item(seq, item)) => {
+                assert_eq!(seq, seen + 1);
+                assert!(
+                    item == old,
+                    "item {seq} is the new stream's: {}",
+                    &item[..item.len().min(16)]
+                );
+                seen = seq;
+            }
+            Some(Sse::Failure(e)) => {
+                assert_eq!(e["error"]["kind"], "unknown_stream", "{e}");
+                break;
+            }
+            other => panic!("after item {seen}: {other:?}"),
+        }
+    }
+    assert!(seen < 8_001, "{seen}");
+}
+
 /// A stream's WebSocket followers count against `--max-sockets` as objects' sockets
 /// do (past it the upgrade is refused, 503 `too_many_sockets`; a follower that ends
 /// gives its place back), and a follower's client may send only small messages.
