@@ -110,6 +110,9 @@ impl std::fmt::Display for TailProblem {
 #[derive(Debug)]
 pub(crate) struct SegmentRead {
     pub(crate) records: Vec<LogRecord>,
+    /// Where each record lies in the segment: its offset and length (as
+    /// [`read_record_at`] takes them).
+    pub(crate) spans: Vec<(u64, u32)>,
     /// Byte offset just past the last good record.
     pub(crate) good_len: u64,
     pub(crate) problem: Option<TailProblem>,
@@ -173,6 +176,26 @@ fn checked_record(bytes: &[u8], at: usize, len: usize) -> Result<(LogRecord, boo
     decode_body(body)
 }
 
+/// Read the record of `len` bytes at `offset` of a segment (a span of
+/// [`SegmentRead::spans`]) again, checksum checked.
+pub(crate) fn read_record_at(
+    file: &std::fs::File,
+    offset: u64,
+    len: u32,
+) -> std::io::Result<LogRecord> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; 4 + len as usize];
+    file.read_exact_at(&mut bytes, offset)?;
+    checked_record(&bytes, 0, len as usize)
+        .map(|(record, _)| record)
+        .map_err(|p| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the record at byte {offset} changed since it was read: {p}"),
+            )
+        })
+}
+
 /// Read a whole segment file.
 pub(crate) fn read_segment(path: &Path) -> std::io::Result<SegmentRead> {
     let mut bytes = Vec::new();
@@ -182,6 +205,7 @@ pub(crate) fn read_segment(path: &Path) -> std::io::Result<SegmentRead> {
 
 pub(crate) fn parse_segment(bytes: &[u8]) -> SegmentRead {
     let mut records = Vec::new();
+    let mut spans = Vec::new();
     let mut at = 0usize;
     let mut last_lsn = None;
     let mut marks_rounds = false;
@@ -225,6 +249,7 @@ pub(crate) fn parse_segment(bytes: &[u8]) -> SegmentRead {
         }
         last_lsn = Some(record.lsn);
         records.push(record);
+        spans.push((at as u64, len as u32));
         at += 4 + len;
     };
     let after = || intact_records(bytes, at + 1, last_lsn.unwrap_or(0));
@@ -236,6 +261,7 @@ pub(crate) fn parse_segment(bytes: &[u8]) -> SegmentRead {
         valid_after.is_some() && marks_rounds && !after().any(|(_, _, round_start)| round_start);
     SegmentRead {
         records,
+        spans,
         good_len: at as u64,
         problem,
         valid_after,

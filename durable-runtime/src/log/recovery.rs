@@ -69,6 +69,49 @@ fn from_latest_image(
         .map(|at| mine.split_off(at)))
 }
 
+/// Most bytes of records a replay reads back and holds at once.
+const REPLAY_CHUNK: usize = 64 << 20;
+
+/// Where a record past the checkpoint lies, and what replay checks before reading it.
+struct Located {
+    /// Its segment's place in the list read.
+    segment: usize,
+    offset: u64,
+    len: u32,
+    kind: RecordKind,
+    seq: u64,
+}
+
+/// The segments recovery read, opened again as their records are read back.
+struct SegmentFiles<'a> {
+    paths: &'a [(u64, PathBuf)],
+    open: HashMap<usize, std::fs::File>,
+}
+
+impl<'a> SegmentFiles<'a> {
+    fn new(paths: &'a [(u64, PathBuf)]) -> Self {
+        SegmentFiles {
+            paths,
+            open: HashMap::new(),
+        }
+    }
+
+    fn read(&mut self, at: &Located) -> std::io::Result<LogRecord> {
+        // Records are read in segment order object by object: a few files at a time
+        // stay open, not every segment of a long log.
+        if self.open.len() >= 64 && !self.open.contains_key(&at.segment) {
+            self.open.clear();
+        }
+        let file = match self.open.entry(at.segment) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(std::fs::File::open(&self.paths[at.segment].1)?)
+            }
+        };
+        crate::record::read_record_at(file, at.offset, at.len)
+    }
+}
+
 /// `DATA_DIR/log/lsn-floor`: the highest lsn a salvage moved aside (0 if none).
 fn lsn_floor_path(data_dir: &Path) -> PathBuf {
     log_dir(data_dir).join("lsn-floor")
@@ -202,7 +245,7 @@ pub(crate) fn damaged(path: &Path, recorded: (u64, u64)) -> bool {
 pub(crate) fn damaged_before_replay(
     path: &Path,
     recorded: (u64, u64),
-    records: &[LogRecord],
+    records: &[(RecordKind, u64)],
 ) -> bool {
     let read = || -> rusqlite::Result<(u64, u64)> {
         let conn = crate::wal_index::open(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
@@ -227,16 +270,17 @@ pub(crate) fn damaged_before_replay(
     }
 }
 
-/// Whether replaying `records` (one object's, in log order) onto a file at batch `from`
-/// brings it to batch `to` or past it without a gap: an image (it replaces the file),
-/// or the batch right after `from` and every one after it up to `to`.
-fn log_brings(records: &[LogRecord], from: u64, to: u64) -> bool {
+/// Whether replaying `records` (one object's kinds and batch numbers, in log order)
+/// onto a file at batch `from` brings it to batch `to` or past it without a gap: an
+/// image (it replaces the file), or the batch right after `from` and every one after
+/// it up to `to`.
+fn log_brings(records: &[(RecordKind, u64)], from: u64, to: u64) -> bool {
     let mut at = from;
-    for r in records {
-        match r.kind {
-            RecordKind::Image => at = at.max(r.seq),
-            RecordKind::Changes if r.seq <= at => {}
-            RecordKind::Changes if r.seq == at + 1 => at = r.seq,
+    for &(kind, seq) in records {
+        match kind {
+            RecordKind::Image => at = at.max(seq),
+            RecordKind::Changes if seq <= at => {}
+            RecordKind::Changes if seq == at + 1 => at = seq,
             RecordKind::Changes => return false,
         }
         if at >= to {
@@ -301,7 +345,9 @@ pub(crate) fn recover(
     if segments.len() != before {
         crate::files::sync_dir(&dir).map_err(io("syncing the log directory"))?;
     }
-    let mut by_object: HashMap<(String, ObjectId), Vec<LogRecord>> = HashMap::new();
+    // Where each object's records lie, not the records: the log past a checkpoint can
+    // be far larger than memory (checkpoints halted by a failed sync let it grow).
+    let mut by_object: HashMap<(String, ObjectId), Vec<Located>> = HashMap::new();
     let mut order: Vec<(String, ObjectId)> = Vec::new();
     for (i, (_, path)) in segments.iter().enumerate() {
         let read = read_segment(path).map_err(io("reading a log segment"))?;
@@ -316,18 +362,27 @@ pub(crate) fn recover(
                     .and_then(|f| f.set_len(read.good_len));
             }
         }
-        for record in read.records {
+        for (record, &(offset, len)) in read.records.into_iter().zip(&read.spans) {
             report.last_lsn = report.last_lsn.max(record.lsn);
             if record.lsn <= checkpoint {
                 continue;
             }
             report.records += 1;
-            let key = (record.class.clone(), record.object);
-            let list = by_object.entry(key.clone()).or_default();
-            if list.is_empty() {
-                order.push(key);
-            }
-            list.push(record);
+            let key = (record.class, record.object);
+            let list = match by_object.get_mut(&key) {
+                Some(list) => list,
+                None => {
+                    order.push(key.clone());
+                    by_object.entry(key).or_default()
+                }
+            };
+            list.push(Located {
+                segment: i,
+                offset,
+                len,
+                kind: record.kind,
+                seq: record.seq,
+            });
         }
         if let Some(problem) = read.problem {
             let newest = i + 1 == segments.len();
@@ -393,24 +448,34 @@ pub(crate) fn recover(
     report.last_lsn = report
         .last_lsn
         .max(read_lsn_floor(data_dir).map_err(io("reading the lsn floor"))?);
+    let mut files = SegmentFiles::new(&segments);
     for key in &order {
-        let mut records = &by_object[key];
+        let located = &by_object[key];
+        let steps: Vec<(RecordKind, u64)> = located.iter().map(|r| (r.kind, r.seq)).collect();
         let path = store::object_path(data_dir, &key.0, key.1);
         if let Some(recorded) = verify.and_then(|digest_of| digest_of(&key.0, key.1)) {
-            if path.exists() && damaged_before_replay(&path, recorded, records) {
+            if path.exists() && damaged_before_replay(&path, recorded, &steps) {
                 tracing::error!(class = %key.0, id = %key.1, "the object's file is damaged; rebuilding it from the log archive");
                 move_aside(&path, now_ms);
             }
         }
-        let rebuilt;
-        if !path.exists() && records.first().is_some_and(|r| r.kind != RecordKind::Image) {
+        if !path.exists()
+            && steps
+                .first()
+                .is_some_and(|(kind, _)| *kind != RecordKind::Image)
+        {
             // The object's file is gone (deleted, lost) and the live log holds only
             // changes for it: rebuild it from its latest retained image instead.
             match from_latest_image(data_dir, &key.0, key.1) {
                 Ok(Some(all)) => {
                     tracing::error!(class = %key.0, id = %key.1, "the object's file is missing; rebuilding it from the log archive");
-                    rebuilt = all;
-                    records = &rebuilt;
+                    let (applied, due) = store::replay(&path, &all, window).map_err(|e| {
+                        HostError::Config(format!("replaying the log into {}: {e}", path.display()))
+                    })?;
+                    report.applied += applied;
+                    report.replayed_due.push(due);
+                    sync_object_files(&path).map_err(io("syncing a replayed object"))?;
+                    continue;
                 }
                 Ok(None) => {
                     // Nothing to rebuild from: leave it missing. The catalog knows the
@@ -423,13 +488,31 @@ pub(crate) fn recover(
                 Err(e) => return Err(HostError::io("reading the log archive", e)),
             }
         }
-        let (applied, due) = store::replay(&path, records, window).map_err(|e| {
-            HostError::Config(format!("replaying the log into {}: {e}", path.display()))
-        })?;
-        report.applied += applied;
+        // Read back and replayed in chunks of at most REPLAY_CHUNK bytes: one object's
+        // records can outgrow memory too.
+        let mut due = None;
+        let mut chunk = Vec::new();
+        let mut bytes = 0usize;
+        for (i, r) in located.iter().enumerate() {
+            let record = files
+                .read(r)
+                .map_err(io("reading a log record again for replay"))?;
+            bytes += record.payload.len();
+            chunk.push(record);
+            if bytes >= REPLAY_CHUNK || i + 1 == located.len() {
+                let (applied, chunk_due) = store::replay(&path, &chunk, window).map_err(|e| {
+                    HostError::Config(format!("replaying the log into {}: {e}", path.display()))
+                })?;
+                report.applied += applied;
+                due = chunk_due;
+                chunk.clear();
+                bytes = 0;
+            }
+        }
         report.replayed_due.push(due);
         sync_object_files(&path).map_err(io("syncing a replayed object"))?;
     }
+    drop(files);
     report.objects = order.len();
     report.replayed = order.clone();
     if !order.is_empty() {
@@ -458,18 +541,6 @@ pub(crate) fn recover(
 mod tests {
     use super::*;
 
-    fn record(seq: u64, kind: RecordKind) -> LogRecord {
-        LogRecord {
-            lsn: seq,
-            time_ms: 0,
-            kind,
-            class: "C".into(),
-            object: ObjectId::from_bytes([1; 16]),
-            seq,
-            payload: Vec::new(),
-        }
-    }
-
     #[test]
     fn a_damaged_lsn_floor_is_refused_not_read_as_zero() {
         let dir = tempfile::tempdir().unwrap();
@@ -484,10 +555,8 @@ mod tests {
 
     #[test]
     fn the_log_brings_a_file_forward_only_without_a_gap() {
-        let changes = |seqs: &[u64]| -> Vec<LogRecord> {
-            seqs.iter()
-                .map(|&s| record(s, RecordKind::Changes))
-                .collect()
+        let changes = |seqs: &[u64]| -> Vec<(RecordKind, u64)> {
+            seqs.iter().map(|&s| (RecordKind::Changes, s)).collect()
         };
         // The batches right after the file's, up to the digest's (and past it).
         assert!(log_brings(&changes(&[4, 5, 6]), 3, 6));
@@ -497,7 +566,7 @@ mod tests {
         assert!(!log_brings(&changes(&[5, 6]), 3, 6));
         assert!(!log_brings(&[], 3, 6));
         // An image replaces the file: changes go on from it.
-        let mut from_image = vec![record(5, RecordKind::Image)];
+        let mut from_image = vec![(RecordKind::Image, 5)];
         from_image.extend(changes(&[6]));
         assert!(log_brings(&from_image, 1, 6));
     }
