@@ -195,15 +195,24 @@ pub(crate) fn append_offline(
     crate::files::sync_dir(&dir)
 }
 
+/// One scan of the live log at a time ([`object_records`]): each reads whole segments
+/// (64 MiB apiece), and many objects healing at once (a failed file commit can stop
+/// several) would hold a segment each.
+static SCANS: Mutex<()> = Mutex::new(());
+
 /// Every record of one object in the live log (the segments not yet retired) with a
 /// batch number above `after_seq`, oldest first. The records an object's file lacks are
-/// always there: no checkpoint passes a record its object has not committed.
+/// always there: no checkpoint passes a record its object has not committed. Scans run
+/// one at a time, host-wide ([`SCANS`]).
 pub(crate) fn object_records(
     data_dir: &Path,
     class: &str,
     object: ObjectId,
     after_seq: u64,
 ) -> std::io::Result<Vec<LogRecord>> {
+    let _one = SCANS.lock().unwrap_or_else(|p| p.into_inner());
+    #[cfg(test)]
+    let _scanning = tests::Scanning::enter();
     let mut out = Vec::new();
     for (_, path) in list_segments(&log_dir(data_dir))? {
         // The newest segment may end in a record being written: what precedes it is
@@ -1146,6 +1155,7 @@ fn checkpointer_loop(shared: Arc<Shared>, interval: Option<Duration>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     /// A round that starts a new segment creates its file before the round is
     /// durable; a checkpoint meanwhile sees that file as the newest. If the round then
@@ -1154,6 +1164,41 @@ mod tests {
     /// The preparer zero-fills and syncs the segment through an open file description
     /// of its own: one file offset (and one record of writeback errors) per open, so
     /// moving one's offset leaves the other's alone.
+    /// Scans in progress, and the most at once (see [`object_records`]).
+    static SCANNING: (AtomicUsize, AtomicUsize) = (AtomicUsize::new(0), AtomicUsize::new(0));
+
+    pub(super) struct Scanning;
+
+    impl Scanning {
+        pub(super) fn enter() -> Scanning {
+            let now = SCANNING.0.fetch_add(1, Ordering::SeqCst) + 1;
+            SCANNING.1.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            Scanning
+        }
+    }
+
+    impl Drop for Scanning {
+        fn drop(&mut self) {
+            SCANNING.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn objects_scan_the_log_one_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(log_dir(dir.path())).unwrap();
+        std::thread::scope(|s| {
+            for i in 0..8u8 {
+                let data = dir.path();
+                s.spawn(move || {
+                    object_records(data, "C", ObjectId::from_bytes([i; 16]), 0).unwrap()
+                });
+            }
+        });
+        assert_eq!(SCANNING.1.load(Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn the_preparer_syncs_through_its_own_open_of_the_segment() {
         use std::io::{Seek, SeekFrom};
