@@ -52,6 +52,19 @@ impl Ledger {
         self.add(ctx, amount).await
     }
 
+    /// Add an index named `name` on the entries and nothing else (a call that changes
+    /// the schema and no row).
+    pub async fn index_only(&mut self, ctx: &mut Context, name: String) -> Result<(), Error> {
+        ctx.sql()
+            .execute_batch(&format!("CREATE INDEX {name} ON entries(amount)"))?;
+        Ok(())
+    }
+
+    /// Hold the object for `millis` milliseconds (calls queue behind it).
+    pub async fn hold(&mut self, _ctx: &mut Context, millis: u64) {
+        tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+    }
+
     /// The names of the indexes on the entries, sorted.
     pub async fn indexes(&self, ctx: &ReadContext) -> Result<Vec<String>, Error> {
         ctx.sql().query(

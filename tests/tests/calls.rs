@@ -361,10 +361,14 @@ async fn failing_calls_beside_schema_changes_undo_only_what_was_not_answered_app
                 ledger.add_then_refuse(1000 + i).await
             } else if i % 16 == 1 {
                 ledger.index_and_add(format!("ix{i}"), i).await
+            } else if i % 16 == 5 {
+                // A schema change alone: no row, nothing captured.
+                ledger.index_only(format!("ix{i}")).await.map(|()| 0)
             } else {
                 ledger.add(i).await
             };
             match result {
+                Ok(_) if i % 16 == 5 => Some(-i),
                 Ok(_) => Some(i),
                 Err(CallError::Application(_)) if i % 3 == 0 => None,
                 // A batch that failed as a whole: not applied, safe to retry.
@@ -378,7 +382,10 @@ async fn failing_calls_beside_schema_changes_undo_only_what_was_not_answered_app
         .filter_map(|r| async move { r })
         .collect()
         .await;
+    // (Indexes alone come back as minus their number.)
+    let (indexed_alone, applied): (Vec<i64>, Vec<i64>) = applied.into_iter().partition(|i| *i < 0);
     assert!(applied.len() > 200, "{} applied", applied.len());
+    assert!(!indexed_alone.is_empty());
     let sum: i64 = applied.iter().sum();
     let (balance, entries_sum, count) = ledger.audit().await.unwrap();
     assert_eq!(
@@ -388,10 +395,55 @@ async fn failing_calls_beside_schema_changes_undo_only_what_was_not_answered_app
     let mut indexed: Vec<String> = applied
         .iter()
         .filter(|i| *i % 16 == 1)
+        .copied()
+        .chain(indexed_alone.iter().map(|i| -i))
         .map(|i| format!("ix{i}"))
         .collect();
     indexed.sort();
     assert_eq!(ledger.indexes().await.unwrap(), indexed);
+}
+
+/// A failed call whose batch-mates before it changed only the schema (no row, nothing
+/// the change capture saw) must not undo their schema changes. A call holds the object
+/// while a schema change, then a call that writes and fails, queue behind it in that
+/// order (one batch): the schema change is there if it was answered as made, and the
+/// failed call's write is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_change_alone_answered_applied_survives_a_failing_batch_mate() {
+    use durable_tests::Ledger;
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(20));
+    for o in 0..4 {
+        let ledger = client.get::<Ledger>(&format!("schema{o}"));
+        ledger.add(1).await.unwrap();
+        let hold = tokio::spawn({
+            let ledger = ledger.clone();
+            async move { ledger.hold(200).await }
+        });
+        pause().await;
+        let index = tokio::spawn({
+            let ledger = ledger.clone();
+            async move { ledger.index_only(format!("ix{o}")).await }
+        });
+        pause().await;
+        let refused = ledger.add_then_refuse(7).await;
+        hold.await.unwrap().unwrap();
+        let created = match index.await.unwrap() {
+            Ok(()) => vec![format!("ix{o}")],
+            // Its batch failed as a whole (the failed call could not be undone alone).
+            Err(e @ CallError::Internal(_)) if e.is_retry_safe() => Vec::new(),
+            Err(e) => panic!("{e:?}"),
+        };
+        match refused {
+            Err(CallError::Application(_)) => {}
+            Err(e @ CallError::Internal(_)) if e.is_retry_safe() => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(ledger.indexes().await.unwrap(), created, "schema{o}");
+        assert_eq!(ledger.audit().await.unwrap(), (1, 1, 1), "schema{o}");
+    }
 }
 
 /// Sends the object named "away" to another host; keeps every other one here.

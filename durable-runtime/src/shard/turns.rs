@@ -703,9 +703,11 @@ pub(super) async fn run_call(
     bs.turn_ended = crate::clock::monotonic();
     crate::telemetry::turn(call.class.name, bs.turn_ended.saturating_sub(started));
     let rollback = |obj: &mut Object, ctx: &Context, bs: &mut Pending| match undo {
-        // Earlier calls of the batch wrote, and no commit in the middle of this turn
-        // (a call to another object) left it alone in a fresh batch savepoint.
-        Some((mark, flushes)) if mark > 0 && flushes == bs.flushes => {
+        // Earlier calls of the batch ran in its savepoint too (they may have changed
+        // the schema alone, which the capture does not see), unless a commit in the
+        // middle of this turn (a call to another object) left it alone in a fresh
+        // batch savepoint.
+        Some((mark, flushes)) if flushes == bs.flushes => {
             obj.undo_call(&ctx.conn, bs, mark, before)
         }
         _ if own => ctx
