@@ -839,7 +839,12 @@ async fn call_quic(
     // Why an attempt sent earlier was lost, once one was: from then on the call may
     // have been applied, whatever a later attempt hears ([`after_lost_attempt`]).
     let mut lost_after_sending: Option<String> = None;
+    // The request as sent again: its `timeout_ms` is what is left of the deadline, so
+    // that the host does not start it after the caller has given up.
+    let mut again: Option<Outgoing<'_>> = None;
+    let first = outgoing;
     loop {
+        let outgoing = again.as_ref().unwrap_or(first);
         // Whether this attempt's frame may have reached the host.
         let mut sent = false;
         let outcome = if let Some(on_pipe) = send_on_open_pipe(inner, outgoing, deadline) {
@@ -895,6 +900,13 @@ async fn call_quic(
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(250));
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Some(message) = wire::with_timeout(&first.message, left) {
+                    again = Some(Outgoing {
+                        message,
+                        lane_key: first.lane_key,
+                    });
+                }
             }
         }
     }

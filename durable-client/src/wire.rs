@@ -521,6 +521,20 @@ pub(crate) fn encode_call_parts<A: Serialize + ?Sized>(
     Ok(out)
 }
 
+/// `message` (the postcard bytes of a `Request::Call` or `Request::ChainCall`) with its
+/// `timeout_ms` lowered to `left`, for sending it again later; `None` if it is neither
+/// (it is then sent as it was).
+pub(crate) fn with_timeout(message: &[u8], left: std::time::Duration) -> Option<Vec<u8>> {
+    let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+    let mut request: Request = postcard::from_bytes(message).ok()?;
+    match &mut request {
+        Request::Call(call) => call.timeout_ms = call.timeout_ms.min(left),
+        Request::ChainCall(chained) => chained.call.timeout_ms = chained.call.timeout_ms.min(left),
+        _ => return None,
+    }
+    postcard::to_stdvec(&request).ok()
+}
+
 /// A buffer sized for `call` with `args_len` bytes of arguments, holding its bytes up
 /// to and including the arguments' length (the arguments' bytes come next).
 fn call_buffer(call: &CallParts<'_>, args_len: usize) -> Vec<u8> {
@@ -681,6 +695,48 @@ mod tests {
         // Any other request too.
         let pipe = encode_request(&Request::Pipe);
         assert_eq!(frame_of(&pipe, PIPE_VERSION, None), [2, 0, 0, 0, 3, 4]);
+    }
+
+    #[test]
+    fn a_call_sent_again_carries_what_is_left_of_its_deadline() {
+        let call = CallRequest {
+            request_id: [1; 16],
+            class: "Counter".into(),
+            object: ObjectId::from_bytes([2; 16]),
+            name: Some("n".into()),
+            method: "increment".into(),
+            fingerprint: 9,
+            timeout_ms: 30_000,
+            args: vec![2],
+        };
+        let left = std::time::Duration::from_millis(1_500);
+        let again = with_timeout(&encode_request(&Request::Call(call.clone())), left).unwrap();
+        let shorter = CallRequest {
+            timeout_ms: 1_500,
+            ..call.clone()
+        };
+        assert_eq!(
+            postcard::from_bytes::<Request>(&again).unwrap(),
+            Request::Call(shorter.clone())
+        );
+        // Never longer than it was.
+        let long = std::time::Duration::from_secs(60);
+        let same = with_timeout(&encode_request(&Request::Call(call.clone())), long).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<Request>(&same).unwrap(),
+            Request::Call(call.clone())
+        );
+        let chained = Request::ChainCall(ChainCall {
+            call,
+            chain: Vec::new(),
+            caller_span: 3,
+        });
+        let again = with_timeout(&encode_request(&chained), left).unwrap();
+        match postcard::from_bytes::<Request>(&again).unwrap() {
+            Request::ChainCall(c) => assert_eq!(c.call, shorter),
+            other => panic!("{other:?}"),
+        }
+        assert!(with_timeout(&encode_request(&Request::Pipe), left).is_none());
     }
 
     #[test]

@@ -501,3 +501,80 @@ async fn a_deadline_of_duration_max_is_taken_as_none() {
     assert_eq!(counter.increment(1).await.unwrap(), 1);
     assert_eq!(counter.get().await.unwrap(), 1);
 }
+
+/// A host of protocol version 2 that reads the first call, waits 400 ms and closes
+/// the connection (the call was sent and lost), then answers every later call with
+/// `Return(41)`. Records each call's `timeout_ms`.
+async fn forgetful_host(tls_dir: &std::path::Path) -> (SocketAddr, Arc<Mutex<Vec<u64>>>) {
+    let endpoint = fake_host_endpoint(tls_dir);
+    let addr = endpoint.local_addr().unwrap();
+    let timeouts = Arc::new(Mutex::new(Vec::new()));
+    let seen = timeouts.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let bytes = recv.read_to_end(1 << 20).await.unwrap();
+                    let version = bytes[4];
+                    if version > 2 {
+                        let refusal =
+                            Response::Error(WireError::UnsupportedVersion { got: version });
+                        send.write_all(&wire::encode_frame_in(&refusal, 1))
+                            .await
+                            .unwrap();
+                        send.finish().unwrap();
+                        let _ = send.stopped().await;
+                        conn.close(1u32.into(), b"unauthenticated");
+                        return;
+                    }
+                    let response = match wire::decode_frame::<Request>(&bytes, 1 << 20).unwrap() {
+                        Request::Hello { .. } => Response::Welcome,
+                        Request::Call(call) => {
+                            let first = {
+                                let mut seen = seen.lock().unwrap();
+                                seen.push(call.timeout_ms);
+                                seen.len() == 1
+                            };
+                            if first {
+                                tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+                                conn.close(0u32.into(), b"lost");
+                                return;
+                            }
+                            Response::Return(postcard::to_stdvec(&41i64).unwrap())
+                        }
+                        _ => continue,
+                    };
+                    send.write_all(&wire::encode_frame_in(&response, version))
+                        .await
+                        .unwrap();
+                    send.finish().unwrap();
+                }
+            });
+        }
+    });
+    (addr, timeouts)
+}
+
+/// A call sent again after its connection was lost carries what is left of the
+/// caller's deadline, not the whole of it: the host drops it unstarted once the caller
+/// has given up, instead of running it after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_sent_again_carries_what_is_left_of_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    HostProcess::start(dir.path(), &[]).kill9();
+    let (addr, timeouts) = forgetful_host(&dir.path().join("tls")).await;
+    let mut config = durable::ClientConfig::from_data_dir(addr, dir.path()).unwrap();
+    config.deadline = std::time::Duration::from_secs(2);
+    let client = durable::Client::connect(config).await.unwrap();
+    assert_eq!(client.get::<Counter>("again").get().await.unwrap(), 41);
+    let timeouts = timeouts.lock().unwrap().clone();
+    assert_eq!(timeouts.len(), 2, "{timeouts:?}");
+    assert_eq!(timeouts[0], 2_000);
+    assert!(
+        timeouts[1] <= 1_600 && timeouts[1] > 1_000,
+        "sent again with {} ms of a 2 s deadline after 400 ms",
+        timeouts[1]
+    );
+}
