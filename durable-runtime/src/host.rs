@@ -154,8 +154,9 @@ fn raise_fd_limit() -> u64 {
 const RESERVED_FDS: u64 = 512;
 
 /// The descriptors the object cap leaves for the gateway, one per WebSocket and one
-/// per HTTP connection: what is left after [`RESERVED_FDS`] and the object files (three
-/// per active object: those of an explicit `max_active`, at most half; else half),
+/// per HTTP connection: what is left after [`RESERVED_FDS`] and the object files (for
+/// an explicit `max_active`, five per active object, at most half: its three files and
+/// a reader's connection to them; else half),
 /// three quarters at most to the socket cap and the rest to connections (at most
 /// [`crate::gateway::MAX_CONNECTIONS`], at least 64); none without the gateway.
 /// Returns (sockets, connections).
@@ -166,7 +167,7 @@ fn gateway_fds(gateway: bool, max_sockets: usize, max_active: usize, fds: u64) -
     let half = fds.saturating_sub(RESERVED_FDS) / 2;
     let objects = match max_active {
         0 => half,
-        n => (n as u64).saturating_mul(3).min(half),
+        n => (n as u64).saturating_mul(5).min(half),
     };
     let budget = fds.saturating_sub(RESERVED_FDS + objects);
     let sockets = (max_sockets as u64).min(budget / 4 * 3);
@@ -1228,10 +1229,13 @@ mod tests {
         // An explicit object cap leaves the gateway the rest: a host of sockets with
         // one active object (the bench's memory_socket) holds 10,000 of them.
         let (sockets, connections) = gateway_fds(true, 16_384, 1, 20_000);
-        assert_eq!((sockets, connections), (14_613, 4_872));
+        assert_eq!((sockets, connections), (14_610, 4_873));
         assert_eq!(active_cap(1, 20_000, sockets + connections), 1);
         let (sockets, connections) = gateway_fds(true, 100, 50, 20_000);
         assert_eq!((sockets, connections), (100, 16_384));
+        // Objects keep room for their readers' connections.
+        let (sockets, connections) = gateway_fds(true, 16_384, 1_000, 20_000);
+        assert_eq!(sockets + connections, 20_000 - 512 - 5_000);
         assert_eq!(active_cap(50, 20_000, sockets + connections), 50);
         // But never more than half of the files for a large one.
         assert_eq!(gateway_fds(true, 16_384, 100_000, 20_000), (7_308, 2_436));

@@ -1157,13 +1157,6 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
-    /// A round that starts a new segment creates its file before the round is
-    /// durable; a checkpoint meanwhile sees that file as the newest. If the round then
-    /// fails, the writer goes on in the segment before it: the checkpoint must not have
-    /// retired that one.
-    /// The preparer zero-fills and syncs the segment through an open file description
-    /// of its own: one file offset (and one record of writeback errors) per open, so
-    /// moving one's offset leaves the other's alone.
     /// Scans in progress, and the most at once (see [`object_records`]).
     static SCANNING: (AtomicUsize, AtomicUsize) = (AtomicUsize::new(0), AtomicUsize::new(0));
 
@@ -1199,6 +1192,9 @@ mod tests {
         assert_eq!(SCANNING.1.load(Ordering::SeqCst), 1);
     }
 
+    /// The preparer zero-fills and syncs the segment through an open file description
+    /// of its own: one file offset (and one record of writeback errors) per open, so
+    /// moving one's offset leaves the other's alone.
     #[test]
     fn the_preparer_syncs_through_its_own_open_of_the_segment() {
         use std::io::{Seek, SeekFrom};
@@ -1212,6 +1208,10 @@ mod tests {
         assert_eq!((&*prep).stream_position().unwrap(), 4096);
     }
 
+    /// A round that starts a new segment creates its file before the round is
+    /// durable; a checkpoint meanwhile sees that file as the newest. If the round then
+    /// fails, the writer goes on in the segment before it: the checkpoint must not have
+    /// retired that one.
     #[test]
     fn a_checkpoint_never_retires_the_segment_the_writer_appends_to() {
         let dir = tempfile::tempdir().unwrap();

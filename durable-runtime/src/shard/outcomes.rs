@@ -80,8 +80,20 @@ impl ReplyTo {
                 Ok(())
             }
             ReplyTo::Streams(out) => {
-                if let Response::Return(_) = response {
-                    out.hub.apply(out.class, out.id, out.ops);
+                match response {
+                    Response::Return(_) => out.hub.apply(out.class, out.id, out.ops),
+                    // Perhaps applied (a sync failed): a deletion may stand, so its
+                    // followers end. (If it did not, they end needlessly, and a new
+                    // follow finds the stream: never two streams taken for one.)
+                    Response::Error(WireError::Indeterminate { .. }) => {
+                        let deletions = out
+                            .ops
+                            .into_iter()
+                            .filter(|op| matches!(op, crate::streams::StreamOp::Deleted { .. }))
+                            .collect();
+                        out.hub.apply(out.class, out.id, deletions);
+                    }
+                    _ => {}
                 }
                 Ok(())
             }

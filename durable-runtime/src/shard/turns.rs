@@ -489,9 +489,12 @@ impl Object {
             .into_iter()
             .map(|((tx, response), fate)| (tx.into(), response, fate))
             .collect();
-        // Those made durable mid-batch first, each kind in order; sockets before the
-        // replies: a caller (the gateway awaiting a socket's connect turn) must find
-        // the tags and attachment that turn set once it has its reply.
+        // Those made durable mid-batch first, each kind in order, sockets then streams,
+        // all before the replies: a caller (the gateway awaiting a socket's connect
+        // turn) must find the tags and attachment that turn set once it has its reply,
+        // and a follower whose read is answered in this batch must find a deletion the
+        // batch made already marked on it (else it could take a new stream of the name
+        // for its own).
         let mut outputs = self.outputs(durable_sockets, durable_streams, Fate::Durable);
         outputs.extend(self.outputs(
             std::mem::take(&mut effects.sockets),
@@ -499,11 +502,11 @@ impl Object {
             Fate::WithBatch,
         ));
         if !outputs.is_empty() {
-            let (sockets, streams): (Vec<Reply>, Vec<Reply>) = outputs
+            let (mut first, streams): (Vec<Reply>, Vec<Reply>) = outputs
                 .into_iter()
                 .partition(|(to, _, _)| matches!(to, ReplyTo::Sockets(_)));
-            replies.splice(0..0, sockets);
-            replies.extend(streams);
+            first.extend(streams);
+            replies.splice(0..0, first);
         }
         if effects.reset_instance {
             self.instance = None;
