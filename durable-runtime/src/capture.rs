@@ -276,6 +276,9 @@ impl ChangeCapture {
         }
         self.check_schema(schema);
         let raws = &self.state.changes;
+        if mark > raws.len() {
+            return Err("the capture restarted after the mark".into());
+        }
         if raws[..mark].iter().any(|r| r.indirect) {
             return Err(
                 "a trigger or a foreign-key action changed rows earlier in the batch".into(),

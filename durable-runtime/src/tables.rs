@@ -71,10 +71,24 @@ pub(crate) fn has_table(conn: &Connection, table: Lazy) -> rusqlite::Result<bool
     conn.table_exists(Some(c"main"), table.table())
 }
 
+thread_local! {
+    /// Tables [`ensure_table`] created on this thread so far: a turn that made one
+    /// changed its object's schema (see [`created`]).
+    static CREATED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many tables [`ensure_table`] has created on this thread: compared before and
+/// after a turn, whether it (or, across its waits, another object's turn on the same
+/// shard) created one.
+pub(crate) fn created() -> u64 {
+    CREATED.with(|c| c.get())
+}
+
 /// Create `table` if it does not exist yet (inside the caller's transaction).
 pub(crate) fn ensure_table(conn: &Connection, table: Lazy) -> rusqlite::Result<()> {
     if !has_table(conn, table)? {
         conn.execute_batch(table.schema())?;
+        CREATED.with(|c| c.set(c.get() + 1));
     }
     Ok(())
 }

@@ -60,6 +60,16 @@ impl Ledger {
         Ok(())
     }
 
+    /// Note `key` in the key-value store (its first use creates the runtime's table).
+    pub async fn note(&mut self, ctx: &mut Context, key: String) -> Result<(), Error> {
+        ctx.storage().put(&key, &true)
+    }
+
+    /// Whether `key` was noted.
+    pub async fn noted(&self, ctx: &ReadContext, key: String) -> Result<bool, Error> {
+        Ok(ctx.storage().get::<bool>(&key)?.unwrap_or(false))
+    }
+
     /// Hold the object for `millis` milliseconds (calls queue behind it).
     pub async fn hold(&mut self, _ctx: &mut Context, millis: u64) {
         tokio::time::sleep(std::time::Duration::from_millis(millis)).await;

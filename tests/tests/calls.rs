@@ -384,7 +384,7 @@ async fn failing_calls_beside_schema_changes_undo_only_what_was_not_answered_app
         .await;
     // (Indexes alone come back as minus their number.)
     let (indexed_alone, applied): (Vec<i64>, Vec<i64>) = applied.into_iter().partition(|i| *i < 0);
-    assert!(applied.len() > 200, "{} applied", applied.len());
+    assert!(applied.len() > 150, "{} applied", applied.len());
     assert!(!indexed_alone.is_empty());
     let sum: i64 = applied.iter().sum();
     let (balance, entries_sum, count) = ledger.audit().await.unwrap();
@@ -443,6 +443,47 @@ async fn a_schema_change_alone_answered_applied_survives_a_failing_batch_mate() 
         }
         assert_eq!(ledger.indexes().await.unwrap(), created, "schema{o}");
         assert_eq!(ledger.audit().await.unwrap(), (1, 1, 1), "schema{o}");
+    }
+}
+
+/// The first key-value write of an object creates the runtime's table inside its
+/// turn (a schema change). A call that fails after it in the same batch fails alone:
+/// the note stands, the failed call's write does not, and no call hears a batch error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_table_made_in_a_batch_does_not_fail_a_later_failing_call_s_batch_mates() {
+    use durable_tests::Ledger;
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(20));
+    for o in 0..4 {
+        let ledger = client.get::<Ledger>(&format!("lazy{o}"));
+        ledger.add(1).await.unwrap();
+        let hold = tokio::spawn({
+            let ledger = ledger.clone();
+            async move { ledger.hold(200).await }
+        });
+        pause().await;
+        let note = tokio::spawn({
+            let ledger = ledger.clone();
+            async move { ledger.note("first".into()).await }
+        });
+        pause().await;
+        let added = tokio::spawn({
+            let ledger = ledger.clone();
+            async move { ledger.add(2).await }
+        });
+        pause().await;
+        let refused = ledger.add_then_refuse(7).await;
+        hold.await.unwrap().unwrap();
+        note.await.unwrap().unwrap();
+        assert_eq!(added.await.unwrap().unwrap(), 3);
+        assert!(
+            matches!(refused, Err(CallError::Application(_))),
+            "{refused:?}"
+        );
+        assert!(ledger.noted("first".into()).await.unwrap());
+        assert_eq!(ledger.audit().await.unwrap(), (3, 3, 2), "lazy{o}");
     }
 }
 

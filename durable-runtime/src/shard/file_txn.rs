@@ -16,10 +16,16 @@ use durable_client::wire::Response;
 pub(super) const BATCH_SAVEPOINT: &str = "durable_batch";
 
 /// Whether re-applying a batch's captured changes does exactly what they did: no
-/// triggers (they would run again) and no foreign keys (their actions are triggers,
-/// their checks could refuse an order the batch took).
+/// triggers, TEMP ones included (they would run again), no foreign keys (their actions
+/// are triggers, their checks could refuse an order the batch took) and no virtual
+/// tables (FTS5 keeps what it indexed in memory until a savepoint or commit: rolling
+/// the batch back would lose an earlier call's index entries, which no captured row
+/// brings back).
 const UNDO_CHECK: &str =
     "SELECT NOT EXISTS (SELECT 1 FROM main.sqlite_schema WHERE type = 'trigger') \
+     AND NOT EXISTS (SELECT 1 FROM temp.sqlite_schema WHERE type = 'trigger') \
+     AND NOT EXISTS (SELECT 1 FROM main.sqlite_schema \
+         WHERE type = 'table' AND sql LIKE 'CREATE VIRTUAL TABLE%') \
      AND NOT EXISTS (SELECT 1 FROM main.sqlite_schema AS t, pragma_foreign_key_list(t.name) \
          WHERE t.type = 'table')";
 
@@ -106,8 +112,9 @@ impl Object {
     /// batch, a row keyed by NULL), nothing is re-applied: the
     /// batch fails as a whole, not applied, and the object's calls get savepoints of
     /// their own from then on. A call that wrote nothing (`changes`: the connection's
-    /// change count as it began) needs no undo; after one undo, the rest of the batch
-    /// gets savepoints (each undo re-applies the batch so far).
+    /// change count as it began; nothing captured after `mark`) needs no undo; after one
+    /// undo, the rest of the batch gets savepoints (each undo re-applies the batch so
+    /// far).
     pub(super) fn undo_call(
         &mut self,
         conn: &crate::db::Db,
@@ -123,11 +130,15 @@ impl Object {
             if bs.undo != Some(schema) {
                 return Err("the schema changed during the batch".into());
             }
-            if conn.total_changes() == changes {
+            let Some(capture) = bs.capture.as_mut() else {
+                return Err("the batch's change capture is gone".into());
+            };
+            // Nothing counted and nothing captured (a blob written in place is only
+            // captured): the call wrote nothing.
+            if conn.total_changes() == changes && capture.mark() == mark {
                 return Ok(());
             }
             bs.undo = None;
-            let capture = bs.capture.as_mut().expect("an undo needs the capture");
             let changes = capture.changes_until(conn, schema, mark)?;
             conn.run("ROLLBACK TO durable_batch").map_err(e)?;
             capture.reset();
@@ -537,4 +548,37 @@ pub(super) fn write_marker(conn: &crate::db::Db) -> (u64, i64) {
         .with("PRAGMA schema_version", |s| s.query_row([], |r| r.get(0)))
         .unwrap_or(-1);
     (conn.total_changes(), schema)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UNDO_CHECK;
+    use rusqlite::Connection;
+
+    fn undo_allowed(schema: &str) -> bool {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(schema).unwrap();
+        c.query_row(UNDO_CHECK, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Re-applying captured changes is exact only without triggers (TEMP ones too),
+    /// foreign keys and virtual tables (an FTS5 index keeps entries in memory until a
+    /// savepoint).
+    #[test]
+    fn calls_go_without_savepoints_only_where_an_undo_is_exact() {
+        let plain = "CREATE TABLE a(k INTEGER PRIMARY KEY, v); CREATE INDEX av ON a(v);";
+        assert!(undo_allowed(plain));
+        assert!(!undo_allowed(&format!(
+            "{plain} CREATE TRIGGER t AFTER INSERT ON a BEGIN SELECT 1; END;"
+        )));
+        assert!(!undo_allowed(&format!(
+            "{plain} CREATE TEMP TRIGGER t AFTER INSERT ON a BEGIN SELECT 1; END;"
+        )));
+        assert!(!undo_allowed(&format!(
+            "{plain} CREATE TABLE b(k INTEGER PRIMARY KEY, a INTEGER REFERENCES a(k));"
+        )));
+        assert!(!undo_allowed(&format!(
+            "{plain} CREATE VIRTUAL TABLE docs USING fts5(body);"
+        )));
+    }
 }

@@ -152,6 +152,9 @@ pub(super) struct Pending {
     /// object, triggers or foreign keys in the schema, or an earlier undo that could not
     /// be exact).
     pub(super) undo: Option<i64>,
+    /// Commits in the middle of a turn tried so far, made or failed: a call's undo
+    /// holds only while none was tried since it began.
+    pub(super) flush_tries: u32,
     /// The host clock (ms) when the batch began or last let the shard's other tasks
     /// in (at most [`BATCH_SLICE`] of turns ago): calls' deadlines are checked against
     /// it, one clock read per slice instead of one per call.

@@ -92,6 +92,7 @@ impl Object {
         if let Some(broken) = &bs.broken {
             return Err(broken.to_string());
         }
+        bs.flush_tries += 1;
         let result = self.flush_turn_inner(conn, bs).await;
         if let Err(e) = &result {
             bs.broken.get_or_insert_with(|| e.clone());
@@ -230,6 +231,7 @@ impl Object {
             flushes: 0,
             fresh: true,
             undo: None,
+            flush_tries: 0,
             now_ms: self.config.clock.now_ms(),
             turn_ended: crate::clock::monotonic(),
         };
@@ -668,9 +670,10 @@ pub(super) async fn run_call(
     // later calls too run in the batch's savepoint, and only a failure pays.
     let fresh = std::mem::replace(&mut bs.fresh, false);
     let undo = match (&bs.capture, bs.undo) {
-        (Some(capture), Some(_)) if !fresh => Some((capture.mark(), bs.flushes)),
+        (Some(capture), Some(_)) if !fresh => Some((capture.mark(), bs.flush_tries)),
         _ => None,
     };
+    let tables_created = crate::tables::created();
     let own = !fresh && undo.is_none();
     let savepoint = if own {
         ctx.conn.run("SAVEPOINT durable_call").map_err(db)?;
@@ -708,9 +711,9 @@ pub(super) async fn run_call(
     let rollback = |obj: &mut Object, ctx: &Context, bs: &mut Pending| match undo {
         // Earlier calls of the batch ran in its savepoint too (they may have changed
         // the schema alone, which the capture does not see), unless a commit in the
-        // middle of this turn (a call to another object) left it alone in a fresh
-        // batch savepoint.
-        Some((mark, flushes)) if flushes == bs.flushes => {
+        // middle of this turn (a call to another object), made or failed, left it
+        // alone in a fresh batch savepoint or broke the batch.
+        Some((mark, tries)) if tries == bs.flush_tries => {
             obj.undo_call(&ctx.conn, bs, mark, before)
         }
         _ if own => ctx
@@ -721,6 +724,12 @@ pub(super) async fn run_call(
         // The batch's savepoint stays open (the call's record goes in it).
         _ => ctx.conn.run("ROLLBACK TO durable_batch").map_err(db),
     };
+    // A turn that created one of the runtime's tables changed the schema: a later
+    // call's undo could not tell it from its own change, so the rest of the batch gets
+    // savepoints.
+    if crate::tables::created() != tables_created {
+        bs.undo = None;
+    }
     let outcome = match outcome {
         Ok(o) => o,
         Err(panic) => {
