@@ -17,6 +17,7 @@ impl Ledger {
             "CREATE TABLE entries(n INTEGER PRIMARY KEY, amount INTEGER NOT NULL);
              CREATE TABLE balance(id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
              INSERT INTO balance VALUES (1, 0);",
+            "CREATE TABLE scratch(id INTEGER PRIMARY KEY, data BLOB NOT NULL)",
         ])?;
         let balance = sql.query_row("SELECT value FROM balance WHERE id = 1", [], |r| r.get(0))?;
         Ok(Ledger { balance })
@@ -68,6 +69,30 @@ impl Ledger {
     /// Whether `key` was noted.
     pub async fn noted(&self, ctx: &ReadContext, key: String) -> Result<bool, Error> {
         Ok(ctx.storage().get::<bool>(&key)?.unwrap_or(false))
+    }
+
+    /// Put a row of four zero bytes in the scratch table.
+    pub async fn scratch_put(&mut self, ctx: &mut Context) -> Result<(), Error> {
+        ctx.sql()
+            .execute("INSERT OR REPLACE INTO scratch VALUES (1, zeroblob(4))", [])?;
+        Ok(())
+    }
+
+    /// Overwrite the scratch row's bytes with `byte` in place (an incremental blob
+    /// write: SQLite counts no changed row).
+    pub async fn scratch_write(&mut self, ctx: &mut Context, byte: u8) -> Result<(), Error> {
+        let sql = ctx.sql();
+        let mut blob =
+            sql.connection()
+                .blob_open(durable::rusqlite::MAIN_DB, "scratch", "data", 1, false)?;
+        blob.write_at(&[byte; 4], 0)?;
+        Ok(())
+    }
+
+    /// The scratch row's bytes.
+    pub async fn scratch(&self, ctx: &ReadContext) -> Result<Vec<u8>, Error> {
+        ctx.sql()
+            .query_row("SELECT data FROM scratch WHERE id = 1", [], |r| r.get(0))
     }
 
     /// Hold the object for `millis` milliseconds (calls queue behind it).

@@ -121,13 +121,14 @@ impl Object {
         bs: &mut Pending,
         mark: usize,
         changes: u64,
+        schema_at_start: i64,
     ) -> Result<(), String> {
         let mut undo = || -> Result<(), String> {
             let e = |e: rusqlite::Error| e.to_string();
             let schema: i64 = conn
                 .with("PRAGMA schema_version", |s| s.query_row([], |r| r.get(0)))
                 .map_err(e)?;
-            if bs.undo != Some(schema) {
+            if schema != schema_at_start {
                 return Err("the schema changed during the batch".into());
             }
             let Some(capture) = bs.capture.as_mut() else {
@@ -414,7 +415,9 @@ impl Object {
         let not_applied = |e: rusqlite::Error| CommitError::NotApplied(e.to_string());
         let conn = self.conn.clone().expect("opened");
         let after = write_marker(&conn);
-        if after == before && !self.needs_image && recorded.is_empty() {
+        // (A blob written in place changes no count, but the capture saw it.)
+        let captured = capture.as_ref().is_some_and(|c| c.mark() > 0);
+        if after == before && !self.needs_image && recorded.is_empty() && !captured {
             // Nothing was written: the capture is still empty, keep it for next time.
             self.spare_capture = capture;
             self.marker = Some(after);

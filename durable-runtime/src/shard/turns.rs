@@ -342,6 +342,7 @@ impl Object {
             // Out of `self` while the turn runs, so that the turn can wait on another
             // object while the batch so far commits (`flush_turn`).
             let flushes = bs.flushes;
+            let tables_created = crate::tables::created();
             let mut instance = self.instance.take().expect("active");
             let mut ctx = self.ctx.take().expect("active");
             ctx.effects = Effects::default();
@@ -360,6 +361,14 @@ impl Object {
             let effects = std::mem::take(&mut ctx.effects);
             self.ctx = Some(ctx);
             self.instance = Some(instance);
+            // A turn (a call's or an alarm's) that created one of the runtime's tables
+            // changed the schema: a later call's undo could not tell that change from
+            // its own, so the rest of the batch gets savepoints. (The count is the
+            // thread's: another object's turn during this one's waits counts too, which
+            // only costs savepoints.)
+            if crate::tables::created() != tables_created {
+                bs.undo = None;
+            }
             // The turn called another object and the batch so far became durable: the
             // replies decided so far, and this turn's, are of calls applied (this one
             // in part) whatever becomes of the rest of the batch.
@@ -461,22 +470,35 @@ impl Object {
                 self.retry_alarms_later();
             }
             let failed = failure.response();
-            let replies = outbox
-                .fail()
+            // A batch that may be durable (a commit in the middle of a turn whose sync
+            // failed) may have deleted streams: their followers end (needlessly if
+            // the deletion did not survive; never mixing two streams of a name).
+            let deletions: Vec<crate::streams::StreamOp> = match failure {
+                CommitError::Indeterminate(_) => outbox
+                    .effects
+                    .streams
+                    .iter()
+                    .filter(|op| matches!(op, crate::streams::StreamOp::Deleted { .. }))
+                    .cloned()
+                    .collect(),
+                CommitError::NotApplied(_) => Vec::new(),
+            };
+            durable_streams.extend(deletions);
+            let outputs = self.outputs(durable_sockets, durable_streams, Fate::Durable);
+            let replies = outputs
                 .into_iter()
-                .map(|((tx, response), fate)| {
+                .chain(outbox.fail().into_iter().map(|((tx, response), fate)| {
                     let response = match fate {
                         Fate::WithBatch => failed.clone(),
                         Fate::Recorded => response,
                         Fate::Durable => durable_before_failure(),
                     };
                     (tx.into(), response, fate)
-                })
+                }))
                 .chain(work.chain(requeue).filter_map(|w| match w {
                     Work::Call(c) => Some((c.reply.into(), failed.clone(), Fate::WithBatch)),
                     Work::Alarm => None,
                 }))
-                .chain(self.outputs(durable_sockets, durable_streams, Fate::Durable))
                 .collect();
             return (replies, Vec::new());
         }
@@ -670,10 +692,12 @@ pub(super) async fn run_call(
     // later calls too run in the batch's savepoint, and only a failure pays.
     let fresh = std::mem::replace(&mut bs.fresh, false);
     let undo = match (&bs.capture, bs.undo) {
-        (Some(capture), Some(_)) if !fresh => Some((capture.mark(), bs.flush_tries)),
+        (Some(capture), Some(schema)) if !fresh => Some((capture.mark(), bs.flush_tries, schema)),
         _ => None,
     };
-    let tables_created = crate::tables::created();
+    // Where the capture stood as the call began (`None` if there is none): a call
+    // whose writes only the capture saw (a blob written in place) wrote too.
+    let (start_mark, start_tries) = (bs.capture.as_ref().map(|c| c.mark()), bs.flush_tries);
     let own = !fresh && undo.is_none();
     let savepoint = if own {
         ctx.conn.run("SAVEPOINT durable_call").map_err(db)?;
@@ -713,8 +737,8 @@ pub(super) async fn run_call(
         // the schema alone, which the capture does not see), unless a commit in the
         // middle of this turn (a call to another object), made or failed, left it
         // alone in a fresh batch savepoint or broke the batch.
-        Some((mark, tries)) if tries == bs.flush_tries => {
-            obj.undo_call(&ctx.conn, bs, mark, before)
+        Some((mark, tries, schema)) if tries == bs.flush_tries => {
+            obj.undo_call(&ctx.conn, bs, mark, before, schema)
         }
         _ if own => ctx
             .conn
@@ -724,12 +748,6 @@ pub(super) async fn run_call(
         // The batch's savepoint stays open (the call's record goes in it).
         _ => ctx.conn.run("ROLLBACK TO durable_batch").map_err(db),
     };
-    // A turn that created one of the runtime's tables changed the schema: a later
-    // call's undo could not tell it from its own change, so the rest of the batch gets
-    // savepoints.
-    if crate::tables::created() != tables_created {
-        bs.undo = None;
-    }
     let outcome = match outcome {
         Ok(o) => o,
         Err(panic) => {
@@ -737,7 +755,8 @@ pub(super) async fn run_call(
             return Ok(CallResult::Panicked(call_panicked(call, &panic)));
         }
     };
-    let wrote = ctx.conn.total_changes() != before;
+    let wrote = ctx.conn.total_changes() != before
+        || (start_tries == bs.flush_tries && bs.capture.as_ref().map(|c| c.mark()) != start_mark);
     // A call that wrote records its outcome under its request id: with the batch, which
     // carries it to the log; the file's request tables get it when the file commits
     // (see `super::unfiled`).
