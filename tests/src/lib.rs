@@ -370,6 +370,22 @@ impl StreamProbe {
         ctx.stream_delete(&stream)
     }
 
+    /// Delete `stream`, then call object `other` of this class (which makes the
+    /// deletion durable: an outgoing call is a commit point), then fail: the deletion
+    /// stands, the rest of the turn is rolled back.
+    pub async fn delete_call_fail(
+        &mut self,
+        ctx: &mut Context,
+        stream: String,
+        other: String,
+    ) -> Result<bool, Error> {
+        ctx.stream_delete(&stream)?;
+        ctx.object::<StreamProbe>(&other)
+            .push("elsewhere".into(), vec!["x".into()])
+            .await?;
+        Err(Error::msg("failing after the call"))
+    }
+
     /// Erase the object, its streams included.
     pub async fn wipe(&mut self, ctx: &mut Context) -> Result<(), Error> {
         ctx.delete_all()

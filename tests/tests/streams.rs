@@ -552,6 +552,52 @@ async fn a_deleted_stream_ends_its_followers_and_a_new_one_of_its_name_is_not_mi
     }
 }
 
+/// A deletion made before a turn's call to another object is durable once the call
+/// is sent, even if the turn then fails: the stream's followers end (`unknown_stream`)
+/// and never take a new stream of the name for theirs. (Before the fix the failed
+/// turn's deletion never reached them, and the new stream's third item came as the old
+/// one's third.)
+#[tokio::test]
+async fn a_deletion_made_durable_by_an_outgoing_call_ends_followers_though_the_turn_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    let push = |items: Vec<&'static str>| {
+        call(
+            &host,
+            "StreamProbe/dc/push",
+            json!({"stream": "s", "items": items}),
+        )
+    };
+    assert_eq!(push(vec!["a", "b"]).await, 2);
+    let mut follower = Events {
+        response: http()
+            .get(host.http_url("/v1/objects/StreamProbe/dc/streams/s?after=1"))
+            .bearer_auth(token(&host))
+            .send()
+            .await
+            .unwrap(),
+        buffer: String::new(),
+    };
+    assert_eq!(follower.next().await, Some(Sse::Item(2, "b".into())));
+    let r = http()
+        .post(host.http_url("/v1/objects/StreamProbe/dc/delete_call_fail"))
+        .bearer_auth(token(&host))
+        .json(&json!({"stream": "s", "other": "dc-other"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.status().is_success(), "{}", r.status());
+    // The deletion stood: a new stream of the name starts at 1.
+    assert_eq!(push(vec!["x", "y", "z"]).await, 3);
+    match tokio::time::timeout(std::time::Duration::from_secs(10), follower.next())
+        .await
+        .expect("the follower heard nothing")
+    {
+        Some(Sse::Failure(e)) => assert_eq!(e["error"]["kind"], "unknown_stream", "{e}"),
+        other => panic!("the follower of the deleted stream got {other:?}"),
+    }
+}
+
 /// A follower so slow that the host stopped queueing live items for it (it reads the
 /// rest from the object) stays a follower of its stream: if the stream is deleted and
 /// a new one of its name written meanwhile, it ends (`unknown_stream`) instead of going

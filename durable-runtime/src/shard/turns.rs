@@ -324,6 +324,8 @@ impl Object {
         let mut failure: Option<CommitError> = None;
         let mut alarms_ran = false;
         let mut requeue = Vec::new();
+        // Stream deletions of turns that called out (see below).
+        let mut maybe_deleted: Vec<crate::streams::StreamOp> = Vec::new();
         let mut items = 0usize;
         // A long batch lets the shard's other tasks in between its turns: reads of this
         // object (they run beside the batch, on the committed state), other objects'
@@ -342,6 +344,7 @@ impl Object {
             // Out of `self` while the turn runs, so that the turn can wait on another
             // object while the batch so far commits (`flush_turn`).
             let flushes = bs.flushes;
+            let flush_tries = bs.flush_tries;
             let tables_created = crate::tables::created();
             let mut instance = self.instance.take().expect("active");
             let mut ctx = self.ctx.take().expect("active");
@@ -359,6 +362,20 @@ impl Object {
                 }
             };
             let effects = std::mem::take(&mut ctx.effects);
+            // The turn called another object: the streams it deleted before that call
+            // may be durable whatever becomes of the turn or of the rest of the batch
+            // (a deletion made after the call is among them too: which is which is
+            // not known here). Their followers end in any case, never to take a new
+            // stream of the name for theirs.
+            if bs.flush_tries != flush_tries {
+                maybe_deleted.extend(
+                    effects
+                        .streams
+                        .iter()
+                        .filter(|op| matches!(op, crate::streams::StreamOp::Deleted { .. }))
+                        .cloned(),
+                );
+            }
             self.ctx = Some(ctx);
             self.instance = Some(instance);
             // A turn (a call's or an alarm's) that created one of the runtime's tables
@@ -473,17 +490,23 @@ impl Object {
             // A batch that may be durable (a commit in the middle of a turn whose sync
             // failed) may have deleted streams: their followers end (needlessly if
             // the deletion did not survive; never mixing two streams of a name).
-            let deletions: Vec<crate::streams::StreamOp> = match failure {
-                CommitError::Indeterminate(_) => outbox
-                    .effects
-                    .streams
-                    .iter()
-                    .filter(|op| matches!(op, crate::streams::StreamOp::Deleted { .. }))
-                    .cloned()
-                    .collect(),
-                CommitError::NotApplied(_) => Vec::new(),
-            };
-            durable_streams.extend(deletions);
+            // So may those of a turn that called out (see `maybe_deleted`).
+            let mut deletions = maybe_deleted;
+            if let CommitError::Indeterminate(_) = failure {
+                deletions.extend(
+                    outbox
+                        .effects
+                        .streams
+                        .iter()
+                        .filter(|op| matches!(op, crate::streams::StreamOp::Deleted { .. }))
+                        .cloned(),
+                );
+            }
+            for op in deletions {
+                if !durable_streams.contains(&op) {
+                    durable_streams.push(op);
+                }
+            }
             let outputs = self.outputs(durable_sockets, durable_streams, Fate::Durable);
             let replies = outputs
                 .into_iter()
@@ -509,6 +532,14 @@ impl Object {
             mut effects,
             replies,
         } = outbox;
+        // A deletion of a turn that called out and then failed (its effects were
+        // dropped) may be durable all the same: released with those made durable
+        // mid-batch, before the batch's own stream effects.
+        for op in maybe_deleted {
+            if !effects.streams.contains(&op) && !durable_streams.contains(&op) {
+                durable_streams.push(op);
+            }
+        }
         let mut replies: Vec<Reply> = replies
             .into_iter()
             .map(|((tx, response), fate)| (tx.into(), response, fate))
