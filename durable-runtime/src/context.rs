@@ -615,7 +615,11 @@ impl Sql<'_> {
     }
 
     /// The underlying connection, for what this API does not cover (read-only use is
-    /// safest; the transaction rules above still apply).
+    /// safest; the transaction rules above still apply). A blob written in place
+    /// (`blob_open`, with rusqlite's `blob` feature) is a write like any other: logged,
+    /// durable before the reply, recorded under the request id. The connection's
+    /// hooks are the runtime's: do not replace them (its preupdate hook is how it sees
+    /// such writes).
     pub fn connection(&self) -> &Connection {
         self.conn
     }

@@ -38,6 +38,11 @@ pub(crate) struct Db {
     /// Migrations that ran, watched, on a new object's file from the template: any new
     /// file of the class may be made with them applied (see the spare files module).
     pub(crate) template_made: RefCell<Option<Vec<String>>>,
+    /// Rows written as the preupdate hook sees them, where [`Db::count_row_writes`]
+    /// installed it: a blob written in place (`sqlite3_blob_write`) counts here but
+    /// not in SQLite's own count of changes. Declared after `conn`, so that the
+    /// connection (and its hook) is gone before the counter it points to.
+    row_writes: std::cell::OnceCell<Box<Cell<u64>>>,
 }
 
 /// What a new object's file holds of `migrate`'s migrations (see
@@ -143,7 +148,41 @@ impl Db {
             schema_watch,
             assumed_version: Cell::new(None),
             template_made: RefCell::new(None),
+            row_writes: std::cell::OnceCell::new(),
         }
+    }
+
+    /// Count every row write of this connection from now on, blobs written in place
+    /// included, in [`Db::total_changes`]. For a connection without a change capture
+    /// (the capture is the connection's one preupdate hook where there is one, and it
+    /// sees those writes itself). Returns false if another preupdate hook is in place
+    /// (which is then kept).
+    pub(crate) fn count_row_writes(&self) -> bool {
+        if self.row_writes.get().is_some() {
+            return true;
+        }
+        let counter: Box<Cell<u64>> = Box::default();
+        let ctx = &*counter as *const Cell<u64> as *mut std::ffi::c_void;
+        // SAFETY: the handle of this live connection; `ctx` points into the box, which
+        // (stored in `row_writes` below) lives at a fixed address until after the
+        // connection closes.
+        let db = unsafe { self.conn.handle() };
+        let before =
+            unsafe { rusqlite::ffi::sqlite3_preupdate_hook(db, Some(count_row_write), ctx) };
+        if !before.is_null() {
+            // SAFETY: puts back the hook that was there (its context unchanged).
+            unsafe { rusqlite::ffi::sqlite3_preupdate_hook(db, Some(count_row_write), before) };
+            return false;
+        }
+        let _ = self.row_writes.set(counter);
+        true
+    }
+
+    /// SQLite's count of rows this connection changed, plus the row writes counted by
+    /// [`Db::count_row_writes`] (so that a blob written in place moves it too): a
+    /// marker that moves whenever a statement writes. Only compared, never subtracted.
+    pub(crate) fn total_changes(&self) -> u64 {
+        self.conn.total_changes() + self.row_writes.get().map_or(0, |c| c.get())
     }
 
     /// Watch the statements prepared from now on, if nothing prepared since the file's
@@ -596,6 +635,22 @@ impl std::ops::Deref for Db {
     fn deref(&self) -> &Connection {
         &self.conn
     }
+}
+
+/// The preupdate hook of [`Db::count_row_writes`]: one more row written.
+unsafe extern "C" fn count_row_write(
+    ctx: *mut std::ffi::c_void,
+    _db: *mut rusqlite::ffi::sqlite3,
+    _op: std::ffi::c_int,
+    _zdb: *const std::ffi::c_char,
+    _table: *const std::ffi::c_char,
+    _key1: i64,
+    _key2: i64,
+) {
+    // SAFETY: `ctx` is the counter `count_row_writes` installed with, alive while the
+    // connection is; SQLite calls the hook on the connection's own thread.
+    let counter = unsafe { &*(ctx as *const Cell<u64>) };
+    counter.set(counter.get() + 1);
 }
 
 #[cfg(test)]

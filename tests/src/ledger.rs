@@ -89,6 +89,35 @@ impl Ledger {
         Ok(())
     }
 
+    /// Add one to each of the scratch row's bytes in place (an incremental blob write),
+    /// then, if `then_call` names one, call that Ledger (a commit point of the turn);
+    /// the new first byte.
+    pub async fn scratch_bump(
+        &mut self,
+        ctx: &mut Context,
+        then_call: Option<String>,
+    ) -> Result<u8, Error> {
+        let byte = {
+            let sql = ctx.sql();
+            let mut blob = sql.connection().blob_open(
+                durable::rusqlite::MAIN_DB,
+                "scratch",
+                "data",
+                1,
+                false,
+            )?;
+            let mut bytes = [0u8; 4];
+            blob.read_at_exact(&mut bytes, 0)?;
+            let byte = bytes[0].wrapping_add(1);
+            blob.write_at(&[byte; 4], 0)?;
+            byte
+        };
+        if let Some(other) = then_call {
+            ctx.object::<Ledger>(&other).hold(0).await?;
+        }
+        Ok(byte)
+    }
+
     /// The scratch row's bytes.
     pub async fn scratch(&self, ctx: &ReadContext) -> Result<Vec<u8>, Error> {
         ctx.sql()

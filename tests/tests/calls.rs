@@ -508,6 +508,42 @@ async fn a_blob_written_in_place_reaches_the_log() {
     assert_eq!(ledger.scratch().await.unwrap(), vec![7u8; 4]);
 }
 
+/// A call whose only write is a blob overwritten in place keeps its answer under its
+/// request id like any call that wrote: a resend of the same request is answered, not
+/// run again. Under the host log (where the change capture sees the write, also when
+/// the call then calls another object, which ships the writes so far) and under
+/// `--durability fsync` (where the connection counts row writes; before, the batch
+/// looked read-only there, so it was neither synced before its reply nor recorded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_only_writes_a_blob_in_place_is_recorded_and_applied_once() {
+    use durable_tests::Ledger;
+    for (mode, args) in [("log", &[][..]), ("fsync", &["--durability", "fsync"][..])] {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostProcess::start(dir.path(), args);
+        let client = host.client().await;
+        let ledger = client.get::<Ledger>("bump");
+        ledger.scratch_put().await.unwrap();
+        let object = client.object_ref("Ledger", ledger.id(), Some("bump"));
+        let fingerprint = method_fingerprint::<Ledger>("scratch_bump");
+        let mut expected = 0u8;
+        for then_call in [None, Some("bump-other".to_string())] {
+            let request = object.prepare("scratch_bump", fingerprint, &(then_call.clone(),));
+            expected += 1;
+            for attempt in 0..2 {
+                let byte: u8 = object
+                    .call_request::<u8, durable::Error>(&request)
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    byte, expected,
+                    "{mode}, then_call {then_call:?}, attempt {attempt}: the resend ran again"
+                );
+            }
+        }
+        assert_eq!(ledger.scratch().await.unwrap(), vec![expected; 4], "{mode}");
+    }
+}
+
 /// Sends the object named "away" to another host; keeps every other one here.
 struct AwayElsewhere;
 

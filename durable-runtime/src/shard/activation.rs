@@ -245,6 +245,11 @@ impl Object {
                 }
             })?;
             tracing::trace!(class = self.class.name, id = %self.id, from_header = opened.from_header, seq = opened.seq, "opened the object's database");
+            // Without a change capture, SQLite's count of changes is what tells a batch
+            // that wrote from one that did not: it must see blobs written in place too.
+            if !durability.captures_changes() && !ctx.conn.count_row_writes() {
+                tracing::warn!(class = self.class.name, id = %self.id, "could not count the object's row writes: a blob written in place may go unsynced");
+            }
             self.seq = opened.seq;
             self.sync_off = opened.sync_off;
             self.last_image_ms = opened.image_ms;

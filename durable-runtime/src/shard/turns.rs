@@ -93,6 +93,7 @@ impl Object {
             return Err(broken.to_string());
         }
         bs.flush_tries += 1;
+        bs.shipped_marks += bs.capture.as_ref().map_or(0, |c| c.mark());
         let result = self.flush_turn_inner(conn, bs).await;
         if let Err(e) = &result {
             bs.broken.get_or_insert_with(|| e.clone());
@@ -232,6 +233,7 @@ impl Object {
             fresh: true,
             undo: None,
             flush_tries: 0,
+            shipped_marks: 0,
             now_ms: self.config.clock.now_ms(),
             turn_ended: crate::clock::monotonic(),
         };
@@ -726,9 +728,11 @@ pub(super) async fn run_call(
         (Some(capture), Some(schema)) if !fresh => Some((capture.mark(), bs.flush_tries, schema)),
         _ => None,
     };
-    // Where the capture stood as the call began (`None` if there is none): a call
-    // whose writes only the capture saw (a blob written in place) wrote too.
-    let (start_mark, start_tries) = (bs.capture.as_ref().map(|c| c.mark()), bs.flush_tries);
+    // The changes captured in the batch so far, those its commits in the middle of a
+    // turn shipped included: a call whose writes only the capture saw (a blob
+    // written in place) wrote too.
+    let captured = |bs: &Pending| bs.shipped_marks + bs.capture.as_ref().map_or(0, |c| c.mark());
+    let start_captured = captured(bs);
     let own = !fresh && undo.is_none();
     let savepoint = if own {
         ctx.conn.run("SAVEPOINT durable_call").map_err(db)?;
@@ -786,8 +790,9 @@ pub(super) async fn run_call(
             return Ok(CallResult::Panicked(call_panicked(call, &panic)));
         }
     };
-    let wrote = ctx.conn.total_changes() != before
-        || (start_tries == bs.flush_tries && bs.capture.as_ref().map(|c| c.mark()) != start_mark);
+    // (A blob written in place moves no count of changes but the capture's, or the
+    // counter of row writes where there is no capture.)
+    let wrote = ctx.conn.total_changes() != before || captured(bs) != start_captured;
     // A call that wrote records its outcome under its request id: with the batch, which
     // carries it to the log; the file's request tables get it when the file commits
     // (see `super::unfiled`).
