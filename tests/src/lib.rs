@@ -386,6 +386,13 @@ impl StreamProbe {
         Err(Error::msg("failing after the call"))
     }
 
+    /// Hold the object for `millis` milliseconds (calls queue behind it, and run
+    /// next as one batch).
+    pub async fn hold(&mut self, _ctx: &mut Context, millis: u64) -> Result<(), Error> {
+        tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+        Ok(())
+    }
+
     /// Erase the object, its streams included.
     pub async fn wipe(&mut self, ctx: &mut Context) -> Result<(), Error> {
         ctx.delete_all()

@@ -598,6 +598,54 @@ async fn a_deletion_made_durable_by_an_outgoing_call_ends_followers_though_the_t
     }
 }
 
+/// The same within one batch of three calls: A deletes the stream, calls out and
+/// fails; B starts a new stream of the name; C calls out (making B's items durable)
+/// and fails. The old stream's follower must hear of A's deletion before it sees B's
+/// items (before the fix they came first, and B's third item was taken for the old
+/// stream's third).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_turns_durable_deletion_reaches_followers_before_a_later_turns_items() {
+    use durable_tests::StreamProbe;
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    let client = host.client().await;
+    let probe = client.get::<StreamProbe>("dc3");
+    assert_eq!(
+        probe
+            .push("s".into(), vec!["a".into(), "b".into()])
+            .await
+            .unwrap(),
+        2
+    );
+    let mut follower = Events {
+        response: http()
+            .get(host.http_url("/v1/objects/StreamProbe/dc3/streams/s?after=1"))
+            .bearer_auth(token(&host))
+            .send()
+            .await
+            .unwrap(),
+        buffer: String::new(),
+    };
+    assert_eq!(follower.next().await, Some(Sse::Item(2, "b".into())));
+    // A, B and C queue behind a held call, so they run as one batch.
+    let (held, a, b, c) = tokio::join!(
+        probe.hold(300),
+        probe.delete_call_fail("s".into(), "dc3-a".into()),
+        probe.push("s".into(), vec!["x".into(), "y".into(), "z".into()]),
+        probe.delete_call_fail("t".into(), "dc3-c".into()),
+    );
+    held.unwrap();
+    assert!(a.is_err() && c.is_err(), "{a:?} {c:?}");
+    assert_eq!(b.unwrap(), 3, "B started a new stream of the name");
+    match tokio::time::timeout(std::time::Duration::from_secs(10), follower.next())
+        .await
+        .expect("the follower heard nothing")
+    {
+        Some(Sse::Failure(e)) => assert_eq!(e["error"]["kind"], "unknown_stream", "{e}"),
+        other => panic!("the follower of the deleted stream got {other:?}"),
+    }
+}
+
 /// A follower so slow that the host stopped queueing live items for it (it reads the
 /// rest from the object) stays a follower of its stream: if the stream is deleted and
 /// a new one of its name written meanwhile, it ends (`unknown_stream`) instead of going

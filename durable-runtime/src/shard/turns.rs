@@ -326,7 +326,8 @@ impl Object {
         let mut failure: Option<CommitError> = None;
         let mut alarms_ran = false;
         let mut requeue = Vec::new();
-        // Stream deletions of turns that called out (see below).
+        // Stream deletions of turns that called out and kept their effects: they may
+        // be durable even if the batch fails (see below).
         let mut maybe_deleted: Vec<crate::streams::StreamOp> = Vec::new();
         let mut items = 0usize;
         // A long batch lets the shard's other tasks in between its turns: reads of this
@@ -364,20 +365,25 @@ impl Object {
                 }
             };
             let effects = std::mem::take(&mut ctx.effects);
-            // The turn called another object: the streams it deleted before that call
-            // may be durable whatever becomes of the turn or of the rest of the batch
-            // (a deletion made after the call is among them too: which is which is
-            // not known here). Their followers end in any case, never to take a new
-            // stream of the name for theirs.
-            if bs.flush_tries != flush_tries {
-                maybe_deleted.extend(
-                    effects
-                        .streams
-                        .iter()
-                        .filter(|op| matches!(op, crate::streams::StreamOp::Deleted { .. }))
-                        .cloned(),
-                );
-            }
+            // The turn called another object and the batch so far became durable (or
+            // may have): the streams it deleted before that call may be durable
+            // whatever becomes of the turn or of the rest of the batch. (A deletion made
+            // after the call is among them too: which is which is not known here.)
+            // Their followers end in any case, never to take a new stream of the name
+            // for theirs (see below).
+            let flushed_deletions: Vec<crate::streams::StreamOp> = if bs.flush_tries != flush_tries
+                && (bs.flushes != flushes
+                    || matches!(bs.broken, Some(CommitError::Indeterminate(_))))
+            {
+                effects
+                    .streams
+                    .iter()
+                    .filter(|op| matches!(op, crate::streams::StreamOp::Deleted { .. }))
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            };
             self.ctx = Some(ctx);
             self.instance = Some(instance);
             // A turn (a call's or an alarm's) that created one of the runtime's tables
@@ -412,6 +418,29 @@ impl Object {
                 Some(broken) => Err(broken),
                 None => result.map_err(CommitError::NotApplied),
             };
+            if !flushed_deletions.is_empty() {
+                let kept = match &result {
+                    Ok(CallResult::Reply(response)) => {
+                        matches!(response, Response::Return(_) | Response::Welcome)
+                    }
+                    Ok(CallResult::Recorded(_)) => true,
+                    Ok(CallResult::Panicked(_)) => reply.is_none(),
+                    Err(_) => false,
+                };
+                if kept {
+                    // In the batch's effects, in their place: released with them, or
+                    // on their own if the batch fails.
+                    maybe_deleted.extend(flushed_deletions);
+                } else {
+                    // The turn's effects are dropped: released with those made durable
+                    // so far, before any later turn's (a new stream of the name, say).
+                    for op in flushed_deletions {
+                        if !durable_streams.contains(&op) {
+                            durable_streams.push(op);
+                        }
+                    }
+                }
+            }
             match result {
                 Ok(CallResult::Reply(response)) => {
                     let end = match response {
@@ -534,14 +563,6 @@ impl Object {
             mut effects,
             replies,
         } = outbox;
-        // A deletion of a turn that called out and then failed (its effects were
-        // dropped) may be durable all the same: released with those made durable
-        // mid-batch, before the batch's own stream effects.
-        for op in maybe_deleted {
-            if !effects.streams.contains(&op) && !durable_streams.contains(&op) {
-                durable_streams.push(op);
-            }
-        }
         let mut replies: Vec<Reply> = replies
             .into_iter()
             .map(|((tx, response), fate)| (tx.into(), response, fate))
