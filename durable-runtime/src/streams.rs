@@ -65,6 +65,35 @@ pub(crate) enum StreamOp {
     /// `stream` was deleted (a stream of its name may follow, numbered from 1 again),
     /// the `at`-th deletion of the process ([`deletion_mark`]).
     Deleted { stream: String, at: u64 },
+    /// Changes to `stream` that may be durable were not handed over (a turn that
+    /// made its writes durable at a call to another object, then failed): its
+    /// followers read it again from the object (the hub drops their channels, as it
+    /// does a lagging follower's).
+    Recheck { stream: String },
+}
+
+/// What to hand the followers for stream effects `ops` that may be durable but are
+/// not handed over as they are (the rest of their turn failed, or their batch's
+/// outcome is unknown): each deletion (its followers end), then a
+/// [`StreamOp::Recheck`] of each stream they appended to or ended (its followers read
+/// what stands from the object).
+pub(crate) fn maybe_durable(ops: &[StreamOp]) -> Vec<StreamOp> {
+    let mut out: Vec<StreamOp> = ops
+        .iter()
+        .filter(|op| matches!(op, StreamOp::Deleted { .. }))
+        .cloned()
+        .collect();
+    for op in ops {
+        if let StreamOp::Item { stream, .. } | StreamOp::End { stream, .. } = op {
+            let recheck = StreamOp::Recheck {
+                stream: stream.clone(),
+            };
+            if !out.contains(&recheck) {
+                out.push(recheck);
+            }
+        }
+    }
+    out
 }
 
 /// What a follower receives from the hub.
@@ -229,12 +258,20 @@ impl Hub {
         let mut followers = self.lock();
         for op in ops {
             let (stream, live) = match op {
-                StreamOp::Item { stream, seq, json } => (stream, Live::Item { seq, json }),
-                StreamOp::End { stream, seq } => (stream, Live::End { seq }),
-                StreamOp::Deleted { stream, at } => (stream, Live::Deleted { at }),
+                StreamOp::Item { stream, seq, json } => (stream, Some(Live::Item { seq, json })),
+                StreamOp::End { stream, seq } => (stream, Some(Live::End { seq })),
+                StreamOp::Deleted { stream, at } => (stream, Some(Live::Deleted { at })),
+                StreamOp::Recheck { stream } => (stream, None),
             };
             let key = (class, id, stream);
             let Some(list) = followers.get_mut(&key) else {
+                continue;
+            };
+            let Some(live) = live else {
+                // What the follower has queued is still good; then back to the table.
+                for (_, channel, _) in list.iter_mut() {
+                    *channel = None;
+                }
                 continue;
             };
             for (_, channel, deleted) in list.iter_mut() {
@@ -584,6 +621,67 @@ mod tests {
         drop(other);
         assert_eq!(hub.len(), 0);
         assert!(hub.lock().is_empty());
+    }
+
+    #[test]
+    fn maybe_durable_effects_end_deleted_streams_and_recheck_the_others() {
+        let item = |stream: &str, seq: u64| StreamOp::Item {
+            stream: stream.into(),
+            seq,
+            json: Arc::from("x"),
+        };
+        let ops = vec![
+            item("a", 4),
+            StreamOp::Deleted {
+                stream: "a".into(),
+                at: 3,
+            },
+            item("a", 1),
+            item("b", 9),
+            StreamOp::End {
+                stream: "c".into(),
+                seq: 2,
+            },
+            item("b", 10),
+        ];
+        let recheck = |stream: &str| StreamOp::Recheck {
+            stream: stream.into(),
+        };
+        assert_eq!(
+            maybe_durable(&ops),
+            vec![
+                StreamOp::Deleted {
+                    stream: "a".into(),
+                    at: 3
+                },
+                recheck("a"),
+                recheck("b"),
+                recheck("c"),
+            ]
+        );
+        // A recheck sends its stream's followers back to the object after what they
+        // hold: their channels end, they stay followers, nothing is marked deleted.
+        let hub = Arc::new(Hub::default());
+        let id = ObjectId::from_name("Chat", "a");
+        let mut a = hub.follow("Chat", id, "a");
+        let mut b = hub.follow("Chat", id, "b");
+        hub.apply("Chat", id, vec![item("a", 1), recheck("a"), item("a", 2)]);
+        assert_eq!(a.rx.try_recv().unwrap(), live_of_json(1, "x"));
+        assert!(a.rx.try_recv().is_err());
+        assert!(a.rx.is_closed());
+        assert!(!b.rx.is_closed());
+        assert_eq!((a.deleted(), hub.len()), (0, 2));
+        hub.refollow(&mut a);
+        hub.apply("Chat", id, vec![item("a", 3), item("b", 1)]);
+        assert_eq!(a.rx.try_recv().unwrap(), live_of_json(3, "x"));
+        assert_eq!(b.rx.try_recv().unwrap(), live_of_json(1, "x"));
+    }
+
+    fn live_of_json(seq: u64, json: &str) -> Live {
+        Live::Item {
+            seq,
+            json: Arc::from(json),
+        }
     }
 
     #[test]

@@ -386,6 +386,21 @@ impl StreamProbe {
         Err(Error::msg("failing after the call"))
     }
 
+    /// End `stream`, then call object `other` of this class (a commit point: the end
+    /// stands), then fail.
+    pub async fn end_call_fail(
+        &mut self,
+        ctx: &mut Context,
+        stream: String,
+        other: String,
+    ) -> Result<u64, Error> {
+        ctx.stream_end(&stream)?;
+        ctx.object::<StreamProbe>(&other)
+            .push("elsewhere".into(), vec!["x".into()])
+            .await?;
+        Err(Error::msg("failing after the call"))
+    }
+
     /// Hold the object for `millis` milliseconds (calls queue behind it, and run
     /// next as one batch).
     pub async fn hold(&mut self, _ctx: &mut Context, millis: u64) -> Result<(), Error> {

@@ -598,6 +598,49 @@ async fn a_deletion_made_durable_by_an_outgoing_call_ends_followers_though_the_t
     }
 }
 
+/// An end (or items) made durable by a turn's call to another object, the turn then
+/// failing, still reaches the stream's live followers: they read the stream again
+/// from the object (before the fix nothing came, and a follower that had every item
+/// waited for ever).
+#[tokio::test]
+async fn an_end_made_durable_by_an_outgoing_call_reaches_followers_though_the_turn_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    assert_eq!(
+        call(
+            &host,
+            "StreamProbe/ec/push",
+            json!({"stream": "s", "items": ["a", "b"]}),
+        )
+        .await,
+        2
+    );
+    let mut follower = Events {
+        response: http()
+            .get(host.http_url("/v1/objects/StreamProbe/ec/streams/s?after=1"))
+            .bearer_auth(token(&host))
+            .send()
+            .await
+            .unwrap(),
+        buffer: String::new(),
+    };
+    assert_eq!(follower.next().await, Some(Sse::Item(2, "b".into())));
+    let r = http()
+        .post(host.http_url("/v1/objects/StreamProbe/ec/end_call_fail"))
+        .bearer_auth(token(&host))
+        .json(&json!({"stream": "s", "other": "ec-other"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.status().is_success(), "{}", r.status());
+    assert_eq!(
+        tokio::time::timeout(std::time::Duration::from_secs(10), follower.next())
+            .await
+            .expect("the follower never heard of the end"),
+        Some(Sse::End(2))
+    );
+}
+
 /// The same within one batch of three calls: A deletes the stream, calls out and
 /// fails; B starts a new stream of the name; C calls out (making B's items durable)
 /// and fails. The old stream's follower must hear of A's deletion before it sees B's

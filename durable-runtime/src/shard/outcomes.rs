@@ -83,15 +83,13 @@ impl ReplyTo {
                 match response {
                     Response::Return(_) => out.hub.apply(out.class, out.id, out.ops),
                     // Perhaps applied (a sync failed): a deletion may stand, so its
-                    // followers end. (If it did not, they end needlessly, and a new
-                    // follow finds the stream: never two streams taken for one.)
+                    // followers end (if it did not, they end needlessly, and a new
+                    // follow finds the stream: never two streams taken for one); so
+                    // may items and ends, so their streams' followers read again what
+                    // stands.
                     Response::Error(WireError::Indeterminate { .. }) => {
-                        let deletions = out
-                            .ops
-                            .into_iter()
-                            .filter(|op| matches!(op, crate::streams::StreamOp::Deleted { .. }))
-                            .collect();
-                        out.hub.apply(out.class, out.id, deletions);
+                        let ops = crate::streams::maybe_durable(&out.ops);
+                        out.hub.apply(out.class, out.id, ops);
                     }
                     _ => {}
                 }

@@ -328,7 +328,7 @@ impl Object {
         let mut requeue = Vec::new();
         // Stream deletions of turns that called out and kept their effects: they may
         // be durable even if the batch fails (see below).
-        let mut maybe_deleted: Vec<crate::streams::StreamOp> = Vec::new();
+        let mut maybe_durable: Vec<crate::streams::StreamOp> = Vec::new();
         let mut items = 0usize;
         // A long batch lets the shard's other tasks in between its turns: reads of this
         // object (they run beside the batch, on the committed state), other objects'
@@ -366,21 +366,17 @@ impl Object {
             };
             let effects = std::mem::take(&mut ctx.effects);
             // The turn called another object and the batch so far became durable (or
-            // may have): the streams it deleted before that call may be durable
-            // whatever becomes of the turn or of the rest of the batch. (A deletion made
-            // after the call is among them too: which is which is not known here.)
-            // Their followers end in any case, never to take a new stream of the name
-            // for theirs (see below).
-            let flushed_deletions: Vec<crate::streams::StreamOp> = if bs.flush_tries != flush_tries
+            // may have): what it did to streams before that call may be durable
+            // whatever becomes of the turn or of the rest of the batch. (What it did
+            // after the call is among it too: which is which is not known here.) The
+            // followers of the streams it deleted end in any case, never to take a new
+            // stream of the name for theirs; those of the streams it appended to or
+            // ended read them again from the object (see below).
+            let flushed_streams: Vec<crate::streams::StreamOp> = if bs.flush_tries != flush_tries
                 && (bs.flushes != flushes
                     || matches!(bs.broken, Some(CommitError::Indeterminate(_))))
             {
-                effects
-                    .streams
-                    .iter()
-                    .filter(|op| matches!(op, crate::streams::StreamOp::Deleted { .. }))
-                    .cloned()
-                    .collect()
+                crate::streams::maybe_durable(&effects.streams)
             } else {
                 Vec::new()
             };
@@ -418,7 +414,7 @@ impl Object {
                 Some(broken) => Err(broken),
                 None => result.map_err(CommitError::NotApplied),
             };
-            if !flushed_deletions.is_empty() {
+            if !flushed_streams.is_empty() {
                 let kept = match &result {
                     Ok(CallResult::Reply(response)) => {
                         matches!(response, Response::Return(_) | Response::Welcome)
@@ -430,15 +426,11 @@ impl Object {
                 if kept {
                     // In the batch's effects, in their place: released with them, or
                     // on their own if the batch fails.
-                    maybe_deleted.extend(flushed_deletions);
+                    maybe_durable.extend(flushed_streams);
                 } else {
                     // The turn's effects are dropped: released with those made durable
                     // so far, before any later turn's (a new stream of the name, say).
-                    for op in flushed_deletions {
-                        if !durable_streams.contains(&op) {
-                            durable_streams.push(op);
-                        }
-                    }
+                    add_maybe_durable(&mut durable_streams, flushed_streams);
                 }
             }
             match result {
@@ -519,24 +511,16 @@ impl Object {
             }
             let failed = failure.response();
             // A batch that may be durable (a commit in the middle of a turn whose sync
-            // failed) may have deleted streams: their followers end (needlessly if
-            // the deletion did not survive; never mixing two streams of a name).
-            // So may those of a turn that called out (see `maybe_deleted`).
-            let mut deletions = maybe_deleted;
+            // failed) may have deleted, appended to or ended streams: the followers of
+            // a deleted one end (needlessly if the deletion did not survive; never
+            // mixing two streams of a name), the others read again what stands. So
+            // may the turns that called out (see `maybe_durable`).
+            add_maybe_durable(&mut durable_streams, maybe_durable);
             if let CommitError::Indeterminate(_) = failure {
-                deletions.extend(
-                    outbox
-                        .effects
-                        .streams
-                        .iter()
-                        .filter(|op| matches!(op, crate::streams::StreamOp::Deleted { .. }))
-                        .cloned(),
+                add_maybe_durable(
+                    &mut durable_streams,
+                    crate::streams::maybe_durable(&outbox.effects.streams),
                 );
-            }
-            for op in deletions {
-                if !durable_streams.contains(&op) {
-                    durable_streams.push(op);
-                }
             }
             let outputs = self.outputs(durable_sockets, durable_streams, Fate::Durable);
             let replies = outputs
@@ -888,4 +872,21 @@ pub(super) fn call_panicked(call: &Call, panic: &Box<dyn std::any::Any + Send>) 
     );
     tracing::warn!(id = %call.request.object, "{message}; object reset");
     message
+}
+
+/// Add stream effects that may be durable (see [`crate::streams::maybe_durable`]) to
+/// those released as durable: a deletion once (one already there, moved with its
+/// batch's effects at a commit in the middle of a turn, is not repeated), a recheck
+/// always (after what is there).
+fn add_maybe_durable(
+    durable: &mut Vec<crate::streams::StreamOp>,
+    ops: Vec<crate::streams::StreamOp>,
+) {
+    for op in ops {
+        let repeated =
+            matches!(op, crate::streams::StreamOp::Deleted { .. }) && durable.contains(&op);
+        if !repeated {
+            durable.push(op);
+        }
+    }
 }
