@@ -75,8 +75,8 @@ pub(crate) enum StreamOp {
 /// What to hand the followers for stream effects `ops` that may be durable but are
 /// not handed over as they are (the rest of their turn failed, or their batch's
 /// outcome is unknown): each deletion (its followers end), then a
-/// [`StreamOp::Recheck`] of each stream they appended to or ended (its followers read
-/// what stands from the object).
+/// [`StreamOp::Recheck`] of each stream they appended to, ended or rechecked (its
+/// followers read what stands from the object).
 pub(crate) fn maybe_durable(ops: &[StreamOp]) -> Vec<StreamOp> {
     let mut out: Vec<StreamOp> = ops
         .iter()
@@ -84,7 +84,10 @@ pub(crate) fn maybe_durable(ops: &[StreamOp]) -> Vec<StreamOp> {
         .cloned()
         .collect();
     for op in ops {
-        if let StreamOp::Item { stream, .. } | StreamOp::End { stream, .. } = op {
+        if let StreamOp::Item { stream, .. }
+        | StreamOp::End { stream, .. }
+        | StreamOp::Recheck { stream } = op
+        {
             let recheck = StreamOp::Recheck {
                 stream: stream.clone(),
             };

@@ -401,9 +401,41 @@ impl StreamProbe {
         Err(Error::msg("failing after the call"))
     }
 
-    /// Hold the object for `millis` milliseconds (calls queue behind it, and run
-    /// next as one batch).
-    pub async fn hold(&mut self, _ctx: &mut Context, millis: u64) -> Result<(), Error> {
+    /// Schedule `end_later` at once: an alarm whose handler ends `stream`, calls
+    /// object `other` (a commit point: the end stands), then fails.
+    pub async fn end_by_alarm(
+        &mut self,
+        ctx: &mut Context,
+        stream: String,
+        other: String,
+    ) -> Result<(), Error> {
+        Self::schedule_end_later(ctx, Duration::ZERO, "end", stream, other)
+    }
+
+    #[alarm]
+    async fn end_later(
+        &mut self,
+        ctx: &mut Context,
+        stream: String,
+        other: String,
+    ) -> Result<(), Error> {
+        ctx.stream_end(&stream)?;
+        ctx.object::<StreamProbe>(&other)
+            .push("elsewhere".into(), vec!["x".into()])
+            .await?;
+        Err(Error::msg("failing after the call"))
+    }
+
+    /// Create the file `signal` (so that a test knows the turn runs), then hold the
+    /// object for `millis` milliseconds (calls queue behind it, and run next as one
+    /// batch).
+    pub async fn hold(
+        &mut self,
+        _ctx: &mut Context,
+        signal: String,
+        millis: u64,
+    ) -> Result<(), Error> {
+        std::fs::write(&signal, b"held").map_err(|e| Error::msg(e.to_string()))?;
         tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
         Ok(())
     }

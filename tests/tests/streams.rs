@@ -641,6 +641,46 @@ async fn an_end_made_durable_by_an_outgoing_call_reaches_followers_though_the_tu
     );
 }
 
+/// The same for an alarm handler that ends the stream, calls another object and then
+/// fails (before the fix the failed handler's effects were dropped with it, and the
+/// follower waited for ever).
+#[tokio::test]
+async fn an_end_made_durable_by_a_failing_alarm_handlers_call_reaches_followers() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path());
+    assert_eq!(
+        call(
+            &host,
+            "StreamProbe/ea/push",
+            json!({"stream": "s", "items": ["a", "b"]}),
+        )
+        .await,
+        2
+    );
+    let mut follower = Events {
+        response: http()
+            .get(host.http_url("/v1/objects/StreamProbe/ea/streams/s?after=1"))
+            .bearer_auth(token(&host))
+            .send()
+            .await
+            .unwrap(),
+        buffer: String::new(),
+    };
+    assert_eq!(follower.next().await, Some(Sse::Item(2, "b".into())));
+    call(
+        &host,
+        "StreamProbe/ea/end_by_alarm",
+        json!({"stream": "s", "other": "ea-other"}),
+    )
+    .await;
+    assert_eq!(
+        tokio::time::timeout(std::time::Duration::from_secs(10), follower.next())
+            .await
+            .expect("the follower never heard of the end"),
+        Some(Sse::End(2))
+    );
+}
+
 /// The same within one batch of three calls: A deletes the stream, calls out and
 /// fails; B starts a new stream of the name; C calls out (making B's items durable)
 /// and fails. The old stream's follower must hear of A's deletion before it sees B's
@@ -670,14 +710,25 @@ async fn a_failed_turns_durable_deletion_reaches_followers_before_a_later_turns_
         buffer: String::new(),
     };
     assert_eq!(follower.next().await, Some(Sse::Item(2, "b".into())));
-    // A, B and C queue behind a held call, so they run as one batch.
-    let (held, a, b, c) = tokio::join!(
-        probe.hold(300),
+    // A, B and C queue behind a call that holds the object (sent once it runs), so
+    // they run as one batch.
+    let signal = dir.path().join("held");
+    let held = tokio::spawn({
+        let probe = probe.clone();
+        let signal = signal.to_str().unwrap().to_string();
+        async move { probe.hold(signal, 500).await }
+    });
+    let deadline = Instant::now() + WAIT;
+    while !signal.exists() {
+        assert!(Instant::now() < deadline, "the holding call never ran");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (a, b, c) = tokio::join!(
         probe.delete_call_fail("s".into(), "dc3-a".into()),
         probe.push("s".into(), vec!["x".into(), "y".into(), "z".into()]),
         probe.delete_call_fail("t".into(), "dc3-c".into()),
     );
-    held.unwrap();
+    held.await.unwrap().unwrap();
     assert!(a.is_err() && c.is_err(), "{a:?} {c:?}");
     assert_eq!(b.unwrap(), 3, "B started a new stream of the name");
     match tokio::time::timeout(std::time::Duration::from_secs(10), follower.next())

@@ -46,6 +46,7 @@ pub(super) async fn run_due_alarms(
                 ctx.effects = Effects::default();
                 ctx.turn = obj.turn_info(None, None, None, 0);
                 let conn = ctx.conn.clone();
+                let (tries, flushes) = (bs.flush_tries, bs.flushes);
                 let turn = AssertUnwindSafe(instance.dispatch_alarm(ctx, index, &alarm.args))
                     .catch_unwind();
                 let outcome = obj.drive(&conn, bs, "durable_alarm", turn).await;
@@ -88,6 +89,21 @@ pub(super) async fn run_due_alarms(
                         continue;
                     }
                     Some(f) => {
+                        // The handler called another object and the batch so far became
+                        // durable (or may have): what it did to streams before that
+                        // call may stand, so their followers hear of it (see
+                        // `crate::streams::maybe_durable`), in its place among the
+                        // wake's effects.
+                        if bs.flush_tries != tries
+                            && (bs.flushes != flushes
+                                || matches!(
+                                    bs.broken,
+                                    Some(super::outcomes::CommitError::Indeterminate(_))
+                                ))
+                        {
+                            kept.streams
+                                .extend(crate::streams::maybe_durable(&effects.streams));
+                        }
                         ctx.conn.run("ROLLBACK TO durable_alarm").map_err(db)?;
                         ctx.conn.run("RELEASE durable_alarm").map_err(db)?;
                         f

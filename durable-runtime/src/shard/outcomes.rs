@@ -51,6 +51,10 @@ pub(super) struct StreamOutput {
     pub(super) class: &'static str,
     pub(super) id: ObjectId,
     pub(super) ops: Vec<crate::streams::StreamOp>,
+    /// What of `ops` may be durable even if the batch fails (see
+    /// [`crate::streams::maybe_durable`]; a turn's part before its call to another
+    /// object): handed over whatever the batch's outcome.
+    pub(super) if_failed: Vec<crate::streams::StreamOp>,
 }
 
 /// A batch's socket effects, waiting in the output gate with its replies.
@@ -91,7 +95,9 @@ impl ReplyTo {
                         let ops = crate::streams::maybe_durable(&out.ops);
                         out.hub.apply(out.class, out.id, ops);
                     }
-                    _ => {}
+                    // Not applied (refused by the log, say): only what a turn made
+                    // durable at a call to another object stands.
+                    _ => out.hub.apply(out.class, out.id, out.if_failed),
                 }
                 Ok(())
             }
@@ -180,4 +186,60 @@ pub(super) enum CallResult {
     /// whatever becomes of this batch.
     Recorded(Response),
     Panicked(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::streams::{Hub, Live, StreamOp};
+
+    /// A batch's stream output is handed over whole when the batch is durable; when
+    /// its outcome is unknown, as deletions and rechecks; when it was not applied (the
+    /// log refused it), only what its turns made durable at calls to other objects.
+    #[test]
+    fn a_stream_output_gives_followers_what_stands_for_each_outcome() {
+        let hub = Arc::new(Hub::default());
+        let id = ObjectId::from_name("Chat", "a");
+        let item = StreamOp::Item {
+            stream: "s".into(),
+            seq: 3,
+            json: Arc::from("x"),
+        };
+        let end = StreamOp::End {
+            stream: "t".into(),
+            seq: 1,
+        };
+        let output = |if_failed: Vec<StreamOp>| {
+            ReplyTo::Streams(StreamOutput {
+                hub: hub.clone(),
+                class: "Chat",
+                id,
+                ops: vec![item.clone(), end.clone()],
+                if_failed,
+            })
+        };
+        let (mut s, mut t) = (hub.follow("Chat", id, "s"), hub.follow("Chat", id, "t"));
+        output(Vec::new())
+            .send(Response::Return(Vec::new()))
+            .unwrap();
+        assert!(matches!(s.rx.try_recv(), Ok(Live::Item { seq: 3, .. })));
+        assert_eq!(t.rx.try_recv().unwrap(), Live::End { seq: 1 });
+        // Refused with nothing made durable before: the followers hear nothing.
+        output(Vec::new()).send(refused(true)).unwrap();
+        assert!(s.rx.try_recv().is_err() && !s.rx.is_closed());
+        assert!(t.rx.try_recv().is_err() && !t.rx.is_closed());
+        // Refused, but `t` ended before a call to another object: its followers read
+        // it again from the object; `s`'s hear nothing.
+        let recheck_t = StreamOp::Recheck { stream: "t".into() };
+        output(vec![recheck_t]).send(refused(false)).unwrap();
+        assert!(t.rx.try_recv().is_err() && t.rx.is_closed());
+        assert!(s.rx.try_recv().is_err() && !s.rx.is_closed());
+        // Indeterminate: every stream the batch touched is read again.
+        hub.refollow(&mut t);
+        output(Vec::new())
+            .send(indeterminate("sync failed"))
+            .unwrap();
+        assert!(s.rx.try_recv().is_err() && s.rx.is_closed());
+        assert!(t.rx.try_recv().is_err() && t.rx.is_closed());
+    }
 }

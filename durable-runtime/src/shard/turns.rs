@@ -563,6 +563,15 @@ impl Object {
             std::mem::take(&mut effects.streams),
             Fate::WithBatch,
         ));
+        // Should the log refuse the batch, what its turns made durable at their calls
+        // to other objects still goes to the followers.
+        if !maybe_durable.is_empty() {
+            for (to, _, fate) in outputs.iter_mut() {
+                if let (ReplyTo::Streams(out), Fate::WithBatch) = (to, *fate) {
+                    out.if_failed = std::mem::take(&mut maybe_durable);
+                }
+            }
+        }
         if !outputs.is_empty() {
             let (mut first, streams): (Vec<Reply>, Vec<Reply>) = outputs
                 .into_iter()
@@ -608,6 +617,7 @@ impl Object {
                 class: self.class.name,
                 id: self.id,
                 ops: streams,
+                if_failed: Vec::new(),
             };
             outputs.push((ReplyTo::Streams(out), Response::Return(Vec::new()), fate));
         }
