@@ -43,6 +43,21 @@ impl Probe {
         })
     }
 
+    /// Store `bytes` random bytes under `key` (replacing what was there): a change
+    /// as large as the value in the log, whatever encodes it.
+    pub async fn put_random(
+        &mut self,
+        ctx: &mut Context,
+        key: String,
+        bytes: u32,
+    ) -> Result<(), Error> {
+        ctx.sql().execute(
+            "INSERT OR REPLACE INTO blobs(key, data) VALUES (?1, randomblob(?2))",
+            durable::rusqlite::params![key, bytes],
+        )?;
+        Ok(())
+    }
+
     /// Store `bytes` bytes of data under `key` (replacing what was there).
     pub async fn put_blob(
         &mut self,

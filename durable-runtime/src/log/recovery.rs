@@ -41,32 +41,48 @@ pub struct RecoveryReport {
     pub unrecoverable: Vec<(String, ObjectId)>,
 }
 
-/// The object's records from its latest retained image on (archive, then the live
-/// log), or `None` if no image of it is retained.
+/// Segment files by number and path, as [`list_segments`] lists them.
+type Segments = Vec<(u64, PathBuf)>;
+
+/// Where the object's records from its latest retained image on lie (archive, then
+/// the live log): the segments read and the records' places in them, in lsn order; or
+/// `None` if no image of it is retained. Only places are kept, one segment read at a
+/// time: an object's retained history can outgrow memory (see [`replay_located`]).
 fn from_latest_image(
     data_dir: &Path,
     class: &str,
     id: ObjectId,
-) -> std::io::Result<Option<Vec<LogRecord>>> {
-    let mut mine = Vec::new();
+) -> std::io::Result<Option<(Segments, Vec<Located>)>> {
+    let mut segments = Vec::new();
+    let mut mine: Vec<(u64, Located)> = Vec::new();
     for dir in [super::archive_dir(data_dir), log_dir(data_dir)] {
         if !dir.exists() {
             continue;
         }
-        for (_, path) in list_segments(&dir)? {
+        for (n, path) in list_segments(&dir)? {
             let read = read_segment(&path)?;
-            mine.extend(
-                read.records
-                    .into_iter()
-                    .filter(|r| r.object == id && r.class == class),
-            );
+            let segment = segments.len();
+            segments.push((n, path));
+            for (r, &(offset, len)) in read.records.iter().zip(&read.spans) {
+                if r.object == id && r.class == class {
+                    let at = Located {
+                        segment,
+                        offset,
+                        len,
+                        kind: r.kind,
+                        seq: r.seq,
+                    };
+                    mine.push((r.lsn, at));
+                }
+            }
         }
     }
-    mine.sort_by_key(|r| r.lsn);
-    Ok(mine
-        .iter()
-        .rposition(|r| r.kind == RecordKind::Image)
-        .map(|at| mine.split_off(at)))
+    mine.sort_by_key(|(lsn, _)| *lsn);
+    let Some(at) = mine.iter().rposition(|(_, r)| r.kind == RecordKind::Image) else {
+        return Ok(None);
+    };
+    let from_image = mine.split_off(at).into_iter().map(|(_, r)| r).collect();
+    Ok(Some((segments, from_image)))
 }
 
 /// Most bytes of records a replay reads back and holds at once.
@@ -290,6 +306,39 @@ fn log_brings(records: &[(RecordKind, u64)], from: u64, to: u64) -> bool {
     false
 }
 
+/// Replay the records at `located` (in order) into the object file at `path`, read
+/// back and replayed in chunks of at most [`REPLAY_CHUNK`] bytes: one object's records
+/// can outgrow memory too. The records applied and the object's earliest alarm due
+/// time after them.
+fn replay_located(
+    path: &Path,
+    files: &mut SegmentFiles<'_>,
+    located: &[Located],
+    window: usize,
+) -> Result<(usize, Option<u64>), HostError> {
+    let mut applied = 0;
+    let mut due = None;
+    let mut chunk = Vec::new();
+    let mut bytes = 0usize;
+    for (i, r) in located.iter().enumerate() {
+        let record = files
+            .read(r)
+            .map_err(|e| HostError::io("reading a log record again for replay", e))?;
+        bytes += record.payload.len();
+        chunk.push(record);
+        if bytes >= REPLAY_CHUNK || i + 1 == located.len() {
+            let (n, chunk_due) = store::replay(path, &chunk, window).map_err(|e| {
+                HostError::Config(format!("replaying the log into {}: {e}", path.display()))
+            })?;
+            applied += n;
+            due = chunk_due;
+            chunk.clear();
+            bytes = 0;
+        }
+    }
+    Ok((applied, due))
+}
+
 /// Move a damaged object file (and its `-wal`, `-shm`) aside as `ID.db.damaged-<ms>`.
 pub(crate) fn move_aside(path: &Path, now_ms: u64) {
     let aside = path.with_extension(format!("db.damaged-{now_ms}"));
@@ -467,11 +516,10 @@ pub(crate) fn recover(
             // The object's file is gone (deleted, lost) and the live log holds only
             // changes for it: rebuild it from its latest retained image instead.
             match from_latest_image(data_dir, &key.0, key.1) {
-                Ok(Some(all)) => {
+                Ok(Some((segments, located))) => {
                     tracing::error!(class = %key.0, id = %key.1, "the object's file is missing; rebuilding it from the log archive");
-                    let (applied, due) = store::replay(&path, &all, window).map_err(|e| {
-                        HostError::Config(format!("replaying the log into {}: {e}", path.display()))
-                    })?;
+                    let mut files = SegmentFiles::new(&segments);
+                    let (applied, due) = replay_located(&path, &mut files, &located, window)?;
                     report.applied += applied;
                     report.replayed_due.push(due);
                     sync_object_files(&path).map_err(io("syncing a replayed object"))?;
@@ -488,27 +536,8 @@ pub(crate) fn recover(
                 Err(e) => return Err(HostError::io("reading the log archive", e)),
             }
         }
-        // Read back and replayed in chunks of at most REPLAY_CHUNK bytes: one object's
-        // records can outgrow memory too.
-        let mut due = None;
-        let mut chunk = Vec::new();
-        let mut bytes = 0usize;
-        for (i, r) in located.iter().enumerate() {
-            let record = files
-                .read(r)
-                .map_err(io("reading a log record again for replay"))?;
-            bytes += record.payload.len();
-            chunk.push(record);
-            if bytes >= REPLAY_CHUNK || i + 1 == located.len() {
-                let (applied, chunk_due) = store::replay(&path, &chunk, window).map_err(|e| {
-                    HostError::Config(format!("replaying the log into {}: {e}", path.display()))
-                })?;
-                report.applied += applied;
-                due = chunk_due;
-                chunk.clear();
-                bytes = 0;
-            }
-        }
+        let (applied, due) = replay_located(&path, &mut files, located, window)?;
+        report.applied += applied;
         report.replayed_due.push(due);
         sync_object_files(&path).map_err(io("syncing a replayed object"))?;
     }
