@@ -4,7 +4,7 @@
 //! record with a batch number above every earlier one, so replay never undoes it.
 
 use crate::clock::{Clock, SystemClock};
-use crate::log::{self, LogRecord, RecordKind};
+use crate::log;
 use crate::store;
 use durable_client::ObjectId;
 use std::path::Path;
@@ -24,6 +24,9 @@ pub struct RestoreReport {
     pub new_seq: u64,
 }
 
+/// Most bytes of log records a restore reads back and holds at once.
+const RESTORE_CHUNK: usize = 64 << 20;
+
 /// Rebuild the object's database as of `target`; returns the image (its stored batch
 /// number set to one above any the object ever had) and a report.
 pub(crate) fn rebuild(
@@ -34,26 +37,21 @@ pub(crate) fn rebuild(
     current_seq: u64,
     window: usize,
 ) -> Result<(Vec<u8>, RestoreReport), String> {
-    let (records, _) =
-        crate::feed::read_records(data_dir, 0).map_err(|e| format!("reading the log: {e}"))?;
-    let mine: Vec<&LogRecord> = records
-        .iter()
-        .filter(|r| r.class == class && r.object == id)
-        .collect();
+    // Only where the object's records lie: the retained log can be far larger than
+    // memory. They are read back a chunk at a time below.
+    let (segments, mine) = log::history::object_history(data_dir, class, id)
+        .map_err(|e| format!("reading the log: {e}"))?;
     let max_seq = mine
         .iter()
         .map(|r| r.seq)
         .max()
         .unwrap_or(0)
         .max(current_seq);
-    let included: Vec<&LogRecord> = mine
-        .iter()
-        .copied()
+    let included: Vec<log::history::Located> = mine
+        .into_iter()
         .filter(|r| target.includes(r.lsn, r.time_ms))
         .collect();
-    let start = included
-        .iter()
-        .rposition(|r| r.kind == RecordKind::Image)
+    let to_apply = log::history::from_last_image(&included)
         .ok_or("no image of the object at or before the target is retained (is retention on?)")?;
     // A directory of this restore's own: restores run concurrently, off the shards.
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -61,8 +59,21 @@ pub(crate) fn rebuild(
     let tmp_dir = scratch_dir(data_dir).join(format!("{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp_dir);
     let tmp = tmp_dir.join(format!("{id}.db"));
-    let to_apply: Vec<LogRecord> = included[start..].iter().map(|r| (*r).clone()).collect();
-    store::replay(&tmp, &to_apply, window)?;
+    let mut files = log::history::SegmentFiles::new(&segments);
+    let mut chunk = Vec::new();
+    let mut bytes = 0usize;
+    for (i, at) in to_apply.iter().enumerate() {
+        let record = files
+            .read(at)
+            .map_err(|e| format!("reading the log: {e}"))?;
+        bytes += record.payload.len();
+        chunk.push(record);
+        if bytes >= RESTORE_CHUNK || i + 1 == to_apply.len() {
+            store::replay(&tmp, &chunk, window)?;
+            chunk.clear();
+            bytes = 0;
+        }
+    }
     let new_seq = max_seq + 1;
     let image = {
         let mut conn =

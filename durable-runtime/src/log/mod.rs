@@ -16,6 +16,7 @@
 //!   objects whose stored batch number is behind, so replay is idempotent.
 
 pub(crate) mod direct;
+pub(crate) mod history;
 pub(crate) mod recovery;
 
 use crate::record;

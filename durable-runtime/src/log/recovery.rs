@@ -3,11 +3,12 @@
 //! object's stored batch number is behind. Start-up work is proportional to the log
 //! since the last checkpoint, not to the number of objects.
 
+use super::history::{Located, SegmentFiles, Segments};
 use super::{
     list_segments, log_dir, read_checkpoint, read_segment, retire_segments, sync_object_files,
     write_checkpoint,
 };
-use super::{LogRecord, RecordKind, TailProblem};
+use super::{RecordKind, TailProblem};
 use crate::error::HostError;
 use crate::store;
 use durable_client::ObjectId;
@@ -41,92 +42,20 @@ pub struct RecoveryReport {
     pub unrecoverable: Vec<(String, ObjectId)>,
 }
 
-/// Segment files by number and path, as [`list_segments`] lists them.
-type Segments = Vec<(u64, PathBuf)>;
-
 /// Where the object's records from its latest retained image on lie (archive, then
-/// the live log): the segments read and the records' places in them, in lsn order; or
-/// `None` if no image of it is retained. Only places are kept, one segment read at a
-/// time: an object's retained history can outgrow memory (see [`replay_located`]).
+/// the live log), or `None` if no image of it is retained (see
+/// [`super::history::object_history`]).
 fn from_latest_image(
     data_dir: &Path,
     class: &str,
     id: ObjectId,
 ) -> std::io::Result<Option<(Segments, Vec<Located>)>> {
-    let mut segments = Vec::new();
-    let mut mine: Vec<(u64, Located)> = Vec::new();
-    for dir in [super::archive_dir(data_dir), log_dir(data_dir)] {
-        if !dir.exists() {
-            continue;
-        }
-        for (n, path) in list_segments(&dir)? {
-            let read = read_segment(&path)?;
-            let segment = segments.len();
-            segments.push((n, path));
-            for (r, &(offset, len)) in read.records.iter().zip(&read.spans) {
-                if r.object == id && r.class == class {
-                    let at = Located {
-                        segment,
-                        offset,
-                        len,
-                        kind: r.kind,
-                        seq: r.seq,
-                    };
-                    mine.push((r.lsn, at));
-                }
-            }
-        }
-    }
-    mine.sort_by_key(|(lsn, _)| *lsn);
-    let Some(at) = mine.iter().rposition(|(_, r)| r.kind == RecordKind::Image) else {
-        return Ok(None);
-    };
-    let from_image = mine.split_off(at).into_iter().map(|(_, r)| r).collect();
-    Ok(Some((segments, from_image)))
+    let (segments, mine) = super::history::object_history(data_dir, class, id)?;
+    Ok(super::history::from_last_image(&mine).map(|from| (segments, from.to_vec())))
 }
 
 /// Most bytes of records a replay reads back and holds at once.
 const REPLAY_CHUNK: usize = 64 << 20;
-
-/// Where a record past the checkpoint lies, and what replay checks before reading it.
-struct Located {
-    /// Its segment's place in the list read.
-    segment: usize,
-    offset: u64,
-    len: u32,
-    kind: RecordKind,
-    seq: u64,
-}
-
-/// The segments recovery read, opened again as their records are read back.
-struct SegmentFiles<'a> {
-    paths: &'a [(u64, PathBuf)],
-    open: HashMap<usize, std::fs::File>,
-}
-
-impl<'a> SegmentFiles<'a> {
-    fn new(paths: &'a [(u64, PathBuf)]) -> Self {
-        SegmentFiles {
-            paths,
-            open: HashMap::new(),
-        }
-    }
-
-    fn read(&mut self, at: &Located) -> std::io::Result<LogRecord> {
-        // Records are read in segment order object by object: a few files at a time
-        // stay open, not every segment of a long log.
-        if self.open.len() >= 64 && !self.open.contains_key(&at.segment) {
-            self.open.clear();
-        }
-        let file = match self.open.entry(at.segment) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(std::fs::File::open(&self.paths[at.segment].1)?)
-            }
-        };
-        crate::record::read_record_at(file, at.offset, at.len)
-    }
-}
 
 /// `DATA_DIR/log/lsn-floor`: the highest lsn a salvage moved aside (0 if none).
 fn lsn_floor_path(data_dir: &Path) -> PathBuf {
@@ -431,6 +360,8 @@ pub(crate) fn recover(
                 len,
                 kind: record.kind,
                 seq: record.seq,
+                lsn: record.lsn,
+                time_ms: record.time_ms,
             });
         }
         if let Some(problem) = read.problem {

@@ -1,0 +1,181 @@
+//! One object's retained records without holding them: where each lies in the
+//! archive's and the live log's segments ([`object_history`]), read back one at a
+//! time when wanted ([`SegmentFiles`]). A busy object's retained history can be far
+//! larger than memory; recovery and restore replay it from here in chunks.
+
+use super::{archive_dir, list_segments, log_dir, read_segment, LogRecord, RecordKind};
+use durable_client::ObjectId;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Segment files by number and path, as [`list_segments`] lists them.
+pub(crate) type Segments = Vec<(u64, PathBuf)>;
+
+/// Where a record lies, and what a replay or a restore checks before reading it.
+#[derive(Debug, Clone)]
+pub(crate) struct Located {
+    /// Its segment's place in the list read.
+    pub(crate) segment: usize,
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
+    pub(crate) kind: RecordKind,
+    pub(crate) seq: u64,
+    pub(crate) lsn: u64,
+    pub(crate) time_ms: u64,
+}
+
+/// Segments read before, opened again as their records are read back.
+pub(crate) struct SegmentFiles<'a> {
+    paths: &'a [(u64, PathBuf)],
+    open: HashMap<usize, std::fs::File>,
+}
+
+impl<'a> SegmentFiles<'a> {
+    pub(crate) fn new(paths: &'a [(u64, PathBuf)]) -> Self {
+        SegmentFiles {
+            paths,
+            open: HashMap::new(),
+        }
+    }
+
+    /// The record at `at`, checksum checked.
+    pub(crate) fn read(&mut self, at: &Located) -> std::io::Result<LogRecord> {
+        // Records are read in segment order object by object: a few files at a time
+        // stay open, not every segment of a long log.
+        if self.open.len() >= 64 && !self.open.contains_key(&at.segment) {
+            self.open.clear();
+        }
+        let file = match self.open.entry(at.segment) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(std::fs::File::open(&self.paths[at.segment].1)?)
+            }
+        };
+        crate::record::read_record_at(file, at.offset, at.len)
+    }
+}
+
+/// Where every retained record of object `id` of `class` lies (the archive's segments,
+/// then the live log's; a segment in both read once), in lsn order. One segment is
+/// read at a time; only the records' places are kept (about 60 bytes each). A segment
+/// that ends in a torn or damaged tail gives what precedes it.
+pub(crate) fn object_history(
+    data_dir: &Path,
+    class: &str,
+    id: ObjectId,
+) -> std::io::Result<(Segments, Vec<Located>)> {
+    let mut listed = Vec::new();
+    for dir in [archive_dir(data_dir), log_dir(data_dir)] {
+        if dir.exists() {
+            listed.extend(list_segments(&dir)?);
+        }
+    }
+    listed.sort();
+    listed.dedup_by_key(|(first, _)| *first);
+    let mut segments = Vec::new();
+    let mut mine = Vec::new();
+    for (n, path) in listed {
+        let read = match read_segment(&path) {
+            Ok(read) => read,
+            // Retired by a checkpoint since it was listed: its records are in the
+            // archive's copy, or no longer retained.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let segment = segments.len();
+        segments.push((n, path));
+        for (r, &(offset, len)) in read.records.iter().zip(&read.spans) {
+            if r.object == id && r.class == class {
+                mine.push(Located {
+                    segment,
+                    offset,
+                    len,
+                    kind: r.kind,
+                    seq: r.seq,
+                    lsn: r.lsn,
+                    time_ms: r.time_ms,
+                });
+            }
+        }
+    }
+    mine.sort_by_key(|r| r.lsn);
+    Ok((segments, mine))
+}
+
+/// From `located` (in lsn order), the part from the last image on, or `None` if it
+/// holds no image.
+pub(crate) fn from_last_image(located: &[Located]) -> Option<&[Located]> {
+    let at = located.iter().rposition(|r| r.kind == RecordKind::Image)?;
+    Some(&located[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_objects_history_is_found_in_order_and_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ObjectId::from_name("C", "a");
+        let b = ObjectId::from_name("C", "b");
+        let record = |lsn: u64, object: ObjectId, kind: RecordKind| LogRecord {
+            lsn,
+            time_ms: 1_000 + lsn,
+            kind,
+            class: "C".into(),
+            object,
+            seq: lsn,
+            payload: vec![lsn as u8; 100 + lsn as usize],
+        };
+        // Two segments in the archive, one in the live log (and a copy of the
+        // archive's first there too, as a crash mid-retire could leave).
+        let write = |dir: &Path, first: u64, records: &[LogRecord]| {
+            std::fs::create_dir_all(dir).unwrap();
+            let mut bytes = Vec::new();
+            for (i, r) in records.iter().enumerate() {
+                let header = crate::record::Header {
+                    lsn: r.lsn,
+                    time_ms: r.time_ms,
+                    kind: r.kind,
+                    class: &r.class,
+                    object: r.object,
+                    seq: r.seq,
+                    round_start: i == 0,
+                };
+                crate::record::encode(&mut bytes, &header, &r.payload);
+            }
+            std::fs::write(dir.join(super::super::segment_name(first)), bytes).unwrap();
+        };
+        let all = [
+            record(1, a, RecordKind::Image),
+            record(2, b, RecordKind::Image),
+            record(3, a, RecordKind::Changes),
+            record(4, a, RecordKind::Image),
+            record(5, a, RecordKind::Changes),
+            record(6, b, RecordKind::Changes),
+            record(7, a, RecordKind::Changes),
+        ];
+        write(&archive_dir(dir.path()), 1, &all[..3]);
+        write(&archive_dir(dir.path()), 4, &all[3..5]);
+        write(&log_dir(dir.path()), 1, &all[..3]);
+        write(&log_dir(dir.path()), 6, &all[5..]);
+        let (segments, mine) = object_history(dir.path(), "C", a).unwrap();
+        assert_eq!(
+            mine.iter().map(|r| r.lsn).collect::<Vec<_>>(),
+            vec![1, 3, 4, 5, 7]
+        );
+        let from = from_last_image(&mine).unwrap();
+        assert_eq!(
+            from.iter().map(|r| r.lsn).collect::<Vec<_>>(),
+            vec![4, 5, 7]
+        );
+        let mut files = SegmentFiles::new(&segments);
+        for at in &mine {
+            let r = files.read(at).unwrap();
+            assert_eq!(r, all[at.lsn as usize - 1]);
+            assert_eq!((r.seq, r.time_ms, r.kind), (at.seq, at.time_ms, at.kind));
+        }
+        let (_, none) = object_history(dir.path(), "D", a).unwrap();
+        assert!(none.is_empty() && from_last_image(&none).is_none());
+    }
+}
