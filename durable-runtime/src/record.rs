@@ -129,8 +129,8 @@ pub(crate) struct SegmentRead {
     pub(crate) torn_round: bool,
 }
 
-/// A record and whether it starts a round.
-fn decode_body(body: &[u8]) -> Result<(LogRecord, bool), TailProblem> {
+/// A record (its payload left empty unless `payload`) and whether it starts a round.
+fn decode_body(body: &[u8], payload: bool) -> Result<(LogRecord, bool), TailProblem> {
     let invalid = |why: &str| TailProblem::Invalid(why.into());
     if body.len() < FIXED - 4 {
         return Err(invalid("shorter than its header"));
@@ -160,20 +160,29 @@ fn decode_body(body: &[u8]) -> Result<(LogRecord, bool), TailProblem> {
         class,
         object,
         seq,
-        payload: rest[class_len + 24..].to_vec(),
+        payload: if payload {
+            rest[class_len + 24..].to_vec()
+        } else {
+            Vec::new()
+        },
     };
     Ok((record, body[16] & ROUND_START != 0))
 }
 
 /// The record whose `len` bytes (after the length field) start at `at`, if its
 /// checksum matches and its fields decode. The caller has checked that they fit.
-fn checked_record(bytes: &[u8], at: usize, len: usize) -> Result<(LogRecord, bool), TailProblem> {
+fn checked_record(
+    bytes: &[u8],
+    at: usize,
+    len: usize,
+    payload: bool,
+) -> Result<(LogRecord, bool), TailProblem> {
     let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
     let body = &bytes[at + 8..at + 4 + len];
     if crc32fast::hash(body) != crc {
         return Err(TailProblem::BadChecksum);
     }
-    decode_body(body)
+    decode_body(body, payload)
 }
 
 /// Read the record of `len` bytes at `offset` of a segment (a span of
@@ -186,7 +195,7 @@ pub(crate) fn read_record_at(
     use std::os::unix::fs::FileExt;
     let mut bytes = vec![0u8; 4 + len as usize];
     file.read_exact_at(&mut bytes, offset)?;
-    checked_record(&bytes, 0, len as usize)
+    checked_record(&bytes, 0, len as usize, true)
         .map(|(record, _)| record)
         .map_err(|p| {
             std::io::Error::new(
@@ -203,7 +212,21 @@ pub(crate) fn read_segment(path: &Path) -> std::io::Result<SegmentRead> {
     Ok(parse_segment(&bytes))
 }
 
+/// Read a whole segment file for where its records lie: as [`read_segment`], with
+/// every record's payload left empty (checksums still checked). Half the memory of a
+/// whole read; the records are read back with [`read_record_at`].
+pub(crate) fn read_segment_places(path: &Path) -> std::io::Result<SegmentRead> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    Ok(parse_segment_with(&bytes, false))
+}
+
 pub(crate) fn parse_segment(bytes: &[u8]) -> SegmentRead {
+    parse_segment_with(bytes, true)
+}
+
+/// Parse a segment's bytes; each record's payload is copied only if `payloads`.
+fn parse_segment_with(bytes: &[u8], payloads: bool) -> SegmentRead {
     let mut records = Vec::new();
     let mut spans = Vec::new();
     let mut at = 0usize;
@@ -234,7 +257,7 @@ pub(crate) fn parse_segment(bytes: &[u8]) -> SegmentRead {
         if bytes.len() - at - 4 < len {
             break Some(TailProblem::Truncated);
         }
-        let record = match checked_record(bytes, at, len) {
+        let record = match checked_record(bytes, at, len, payloads) {
             Ok((r, round_start)) => {
                 marks_rounds |= records.is_empty() && round_start;
                 r
@@ -291,7 +314,7 @@ fn intact_records(
         if lsn <= after_lsn {
             return None;
         }
-        match checked_record(bytes, at, len) {
+        match checked_record(bytes, at, len, false) {
             Ok((r, round_start)) if r.lsn > after_lsn => Some((at as u64, r.lsn, round_start)),
             _ => None,
         }

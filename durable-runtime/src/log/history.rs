@@ -3,7 +3,7 @@
 //! time when wanted ([`SegmentFiles`]). A busy object's retained history can be far
 //! larger than memory; recovery and restore replay it from here in chunks.
 
-use super::{archive_dir, list_segments, log_dir, read_segment, LogRecord, RecordKind};
+use super::{archive_dir, list_segments, log_dir, LogRecord, RecordKind};
 use durable_client::ObjectId;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -75,7 +75,7 @@ pub(crate) fn object_history(
     let mut segments = Vec::new();
     let mut mine = Vec::new();
     for (n, path) in listed {
-        let read = match read_segment(&path) {
+        let read = match crate::record::read_segment_places(&path) {
             Ok(read) => read,
             // Retired by a checkpoint since it was listed: its records are in the
             // archive's copy, or no longer retained.

@@ -5,8 +5,7 @@
 
 use super::history::{Located, SegmentFiles, Segments};
 use super::{
-    list_segments, log_dir, read_checkpoint, read_segment, retire_segments, sync_object_files,
-    write_checkpoint,
+    list_segments, log_dir, read_checkpoint, retire_segments, sync_object_files, write_checkpoint,
 };
 use super::{RecordKind, TailProblem};
 use crate::error::HostError;
@@ -328,7 +327,8 @@ pub(crate) fn recover(
     let mut by_object: HashMap<(String, ObjectId), Vec<Located>> = HashMap::new();
     let mut order: Vec<(String, ObjectId)> = Vec::new();
     for (i, (_, path)) in segments.iter().enumerate() {
-        let read = read_segment(path).map_err(io("reading a log segment"))?;
+        // Where the records lie (their payloads are read back at replay).
+        let read = crate::record::read_segment_places(path).map_err(io("reading a log segment"))?;
         let last_read = read.records.last().map(|r| r.lsn);
         if read.problem.is_none() {
             // The zeros of a preallocated segment past its records (a host that was
