@@ -216,8 +216,13 @@ pub(crate) fn read_segment(path: &Path) -> std::io::Result<SegmentRead> {
 /// every record's payload left empty (checksums still checked). Half the memory of a
 /// whole read; the records are read back with [`read_record_at`].
 pub(crate) fn read_segment_places(path: &Path) -> std::io::Result<SegmentRead> {
+    read_places(std::fs::File::open(path)?)
+}
+
+/// [`read_segment_places`] of a segment file already open.
+pub(crate) fn read_places(mut file: std::fs::File) -> std::io::Result<SegmentRead> {
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    file.read_to_end(&mut bytes)?;
     Ok(parse_segment_with(&bytes, false))
 }
 

@@ -53,13 +53,20 @@ pub(crate) fn rebuild(
         .collect();
     let to_apply = log::history::from_last_image(&included)
         .ok_or("no image of the object at or before the target is retained (is retention on?)")?;
+    if let Some((before, after)) = log::history::first_gap(to_apply) {
+        return Err(format!(
+            "the retained log lacks the object's batches {} to {} (a damaged or lost log segment): restoring across them would build a state the object never had",
+            before + 1,
+            after - 1
+        ));
+    }
     // A directory of this restore's own: restores run concurrently, off the shards.
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp_dir = scratch_dir(data_dir).join(format!("{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp_dir);
     let tmp = tmp_dir.join(format!("{id}.db"));
-    let mut files = log::history::SegmentFiles::new(&segments);
+    let mut files = log::history::SegmentFiles::new(data_dir, &segments);
     let mut chunk = Vec::new();
     let mut bytes = 0usize;
     for (i, at) in to_apply.iter().enumerate() {

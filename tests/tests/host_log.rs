@@ -1018,3 +1018,53 @@ async fn a_restore_does_not_read_the_retained_log_into_memory() {
         "the host's peak went from {before} KiB to {after} KiB in the restore"
     );
 }
+
+/// A restore across a lost segment of its object's history refuses (it would build a
+/// state the object never had) and says which batches are missing; the object keeps
+/// its state. (Before, a restore read on across the gap, or stopped at a damaged
+/// segment and silently restored an earlier state than asked for.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_across_a_lost_segment_of_its_history_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = HostProcess::start(dir.path(), &[]);
+    let client = host.client().await;
+    let probe = client.get::<Probe>("gap");
+    probe.put("k".into(), 1).await.unwrap();
+    // About 140 MB of history after the image: three segments of 64 MiB or more.
+    for i in 0..70 {
+        probe
+            .put_random(format!("b{}", i % 2), 1 << 20)
+            .await
+            .unwrap();
+    }
+    probe.put("k".into(), 2).await.unwrap();
+    let bookmark = probe.bookmark().await.unwrap().expect("a bookmark");
+    drop(client);
+    assert!(host.terminate().success());
+    // The segments after the first (which holds the image) and before the last.
+    let mut segments: Vec<std::path::PathBuf> = ["archive", "log"]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(dir.path().join(d)).ok())
+        .flatten()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort_by_key(|p| p.file_name().unwrap().to_owned());
+    assert!(segments.len() >= 3, "{segments:?}");
+    std::fs::remove_file(&segments[1]).unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (ok, out, err) = host_cli(&[
+        "restore-object",
+        "--data-dir",
+        data,
+        "Probe",
+        "gap",
+        "--to",
+        &bookmark.to_string(),
+    ]);
+    assert!(!ok, "restored across the gap: {out}");
+    assert!(err.contains("lacks the object's batches"), "{err}");
+    let host = HostProcess::start(dir.path(), &[]);
+    let probe = host.client().await.get::<Probe>("gap");
+    assert_eq!(probe.get("k".into()).await.unwrap(), Some(2));
+}

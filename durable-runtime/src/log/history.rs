@@ -28,13 +28,17 @@ pub(crate) struct Located {
 pub(crate) struct SegmentFiles<'a> {
     paths: &'a [(u64, PathBuf)],
     open: HashMap<usize, std::fs::File>,
+    /// The archive: where a live log segment a checkpoint retired since is found.
+    archive: PathBuf,
 }
 
 impl<'a> SegmentFiles<'a> {
-    pub(crate) fn new(paths: &'a [(u64, PathBuf)]) -> Self {
+    /// For `paths` (of the log or the archive) under `data_dir`.
+    pub(crate) fn new(data_dir: &Path, paths: &'a [(u64, PathBuf)]) -> Self {
         SegmentFiles {
             paths,
             open: HashMap::new(),
+            archive: archive_dir(data_dir),
         }
     }
 
@@ -48,10 +52,23 @@ impl<'a> SegmentFiles<'a> {
         let file = match self.open.entry(at.segment) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(std::fs::File::open(&self.paths[at.segment].1)?)
+                e.insert(open_or_archived(&self.paths[at.segment].1, &self.archive)?)
             }
         };
         crate::record::read_record_at(file, at.offset, at.len)
+    }
+}
+
+/// Open the segment at `path`, or, if a checkpoint retired it since it was listed (a
+/// live host's checkpoints move the log's segments into the archive), its archived
+/// copy.
+fn open_or_archived(path: &Path, archive: &Path) -> std::io::Result<std::fs::File> {
+    match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match path.file_name() {
+            Some(name) if path.parent() != Some(archive) => std::fs::File::open(archive.join(name)),
+            _ => Err(e),
+        },
+        other => other,
     }
 }
 
@@ -64,8 +81,11 @@ pub(crate) fn object_history(
     class: &str,
     id: ObjectId,
 ) -> std::io::Result<(Segments, Vec<Located>)> {
+    // The live log before the archive: a segment a checkpoint retires meanwhile (a
+    // rename into the archive) is then in one of the two lists.
+    let archive = archive_dir(data_dir);
     let mut listed = Vec::new();
-    for dir in [archive_dir(data_dir), log_dir(data_dir)] {
+    for dir in [log_dir(data_dir), archive.clone()] {
         if dir.exists() {
             listed.extend(list_segments(&dir)?);
         }
@@ -75,10 +95,9 @@ pub(crate) fn object_history(
     let mut segments = Vec::new();
     let mut mine = Vec::new();
     for (n, path) in listed {
-        let read = match crate::record::read_segment_places(&path) {
+        let read = match open_or_archived(&path, &archive).and_then(crate::record::read_places) {
             Ok(read) => read,
-            // Retired by a checkpoint since it was listed: its records are in the
-            // archive's copy, or no longer retained.
+            // Retired past retention since it was listed: no longer retained.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
@@ -100,6 +119,17 @@ pub(crate) fn object_history(
     }
     mine.sort_by_key(|r| r.lsn);
     Ok((segments, mine))
+}
+
+/// The first batches missing from `located` (in lsn order): the batch numbers on both
+/// sides of the first gap, if one has a successor more than one above it. An object's
+/// batches are numbered one by one; a gap after its image is a damaged or lost
+/// segment, and replaying across it would build a state the object never had.
+pub(crate) fn first_gap(located: &[Located]) -> Option<(u64, u64)> {
+    located
+        .windows(2)
+        .find(|w| w[1].seq > w[0].seq + 1)
+        .map(|w| (w[0].seq, w[1].seq))
 }
 
 /// From `located` (in lsn order), the part from the last image on, or `None` if it
@@ -169,12 +199,28 @@ mod tests {
             from.iter().map(|r| r.lsn).collect::<Vec<_>>(),
             vec![4, 5, 7]
         );
-        let mut files = SegmentFiles::new(&segments);
+        let mut files = SegmentFiles::new(dir.path(), &segments);
         for at in &mine {
             let r = files.read(at).unwrap();
             assert_eq!(r, all[at.lsn as usize - 1]);
             assert_eq!((r.seq, r.time_ms, r.kind), (at.seq, at.time_ms, at.kind));
         }
+        // A live log segment a checkpoint retires into the archive after it was
+        // listed is read back from there.
+        std::fs::rename(
+            log_dir(dir.path()).join(super::super::segment_name(6)),
+            archive_dir(dir.path()).join(super::super::segment_name(6)),
+        )
+        .unwrap();
+        let mut files = SegmentFiles::new(dir.path(), &segments);
+        assert_eq!(files.read(&mine[4]).unwrap(), all[6]);
+        assert_eq!(
+            first_gap(&mine),
+            Some((1, 3)),
+            "batch 2 is b's in this test"
+        );
+        assert_eq!(first_gap(from), Some((5, 7)));
+        assert_eq!(first_gap(&mine[2..4]), None);
         let (_, none) = object_history(dir.path(), "D", a).unwrap();
         assert!(none.is_empty() && from_last_image(&none).is_none());
     }

@@ -428,7 +428,7 @@ pub(crate) fn recover(
     report.last_lsn = report
         .last_lsn
         .max(read_lsn_floor(data_dir).map_err(io("reading the lsn floor"))?);
-    let mut files = SegmentFiles::new(&segments);
+    let mut files = SegmentFiles::new(data_dir, &segments);
     for key in &order {
         let located = &by_object[key];
         let steps: Vec<(RecordKind, u64)> = located.iter().map(|r| (r.kind, r.seq)).collect();
@@ -447,9 +447,18 @@ pub(crate) fn recover(
             // The object's file is gone (deleted, lost) and the live log holds only
             // changes for it: rebuild it from its latest retained image instead.
             match from_latest_image(data_dir, &key.0, key.1) {
+                Ok(Some((_, located))) if super::history::first_gap(&located).is_some() => {
+                    // Rebuilt across the gap, it would hold a state it never had: left
+                    // missing, and refused, as below.
+                    let (before, after) = super::history::first_gap(&located).unwrap_or_default();
+                    tracing::error!(class = %key.0, id = %key.1, missing_from = before + 1, missing_to = after - 1, "the object's file is missing and the retained log lacks some of its batches since its latest image (a damaged or lost segment); it is refused until an operator restores it");
+                    report.unrecoverable.push(key.clone());
+                    report.replayed_due.push(None);
+                    continue;
+                }
                 Ok(Some((segments, located))) => {
                     tracing::error!(class = %key.0, id = %key.1, "the object's file is missing; rebuilding it from the log archive");
-                    let mut files = SegmentFiles::new(&segments);
+                    let mut files = SegmentFiles::new(data_dir, &segments);
                     let (applied, due) = replay_located(&path, &mut files, &located, window)?;
                     report.applied += applied;
                     report.replayed_due.push(due);
