@@ -47,15 +47,12 @@ pub(crate) fn rebuild(
         .max()
         .unwrap_or(0)
         .max(current_seq);
-    let included: Vec<log::history::Located> = mine
-        .into_iter()
-        .filter(|r| target.includes(r.lsn, r.time_ms))
-        .collect();
-    let to_apply = log::history::from_last_image(&included)
+    let included = as_of(&mine, target);
+    let to_apply = log::history::from_last_image(included)
         .ok_or("no image of the object at or before the target is retained (is retention on?)")?;
     if let Some((before, after)) = log::history::first_gap(to_apply) {
         return Err(format!(
-            "the retained log lacks the object's batches {} to {} (a damaged or lost log segment): restoring across them would build a state the object never had",
+            "the retained log lacks the object's batches {} to {} (a damaged or lost log segment, or batches made while the host ran without its log): restoring across them would build a state the object never had",
             before + 1,
             after - 1
         ));
@@ -97,6 +94,17 @@ pub(crate) fn rebuild(
         new_seq,
     };
     Ok((image, report))
+}
+
+/// The records (in lsn order) of the state at `target`: those before the first one
+/// past it. For a moment, the first record stamped after it ends the state, even if
+/// a later one (after the wall clock stepped back) is stamped before it.
+fn as_of(located: &[log::history::Located], target: RestoreTarget) -> &[log::history::Located] {
+    let n = located
+        .iter()
+        .take_while(|r| target.includes(r.lsn, r.time_ms))
+        .count();
+    &located[..n]
 }
 
 /// Where restores rebuild databases; whatever is left there from a crash is removed
@@ -197,4 +205,37 @@ pub fn restore_object(
     .map_err(|e| e.to_string())?;
     store::write_image(&path, &image).map_err(|e| e.to_string())?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::history::Located;
+    use crate::log::RecordKind;
+
+    #[test]
+    fn the_state_at_a_moment_ends_at_the_first_record_past_it() {
+        let at = |lsn: u64, time_ms: u64| Located {
+            segment: 0,
+            offset: 0,
+            len: 0,
+            kind: RecordKind::Changes,
+            seq: lsn,
+            lsn,
+            time_ms,
+        };
+        // The wall clock stepped back between lsns 6 and 7.
+        let history = [at(4, 70), at(5, 80), at(6, 100), at(7, 90), at(8, 120)];
+        let lsns = |r: &[Located]| r.iter().map(|r| r.lsn).collect::<Vec<_>>();
+        assert_eq!(lsns(as_of(&history, RestoreTarget::Time(95))), vec![4, 5]);
+        assert_eq!(
+            lsns(as_of(&history, RestoreTarget::Time(100))),
+            vec![4, 5, 6, 7]
+        );
+        assert_eq!(
+            lsns(as_of(&history, RestoreTarget::Bookmark(6))),
+            vec![4, 5, 6]
+        );
+        assert!(as_of(&history, RestoreTarget::Time(10)).is_empty());
+    }
 }

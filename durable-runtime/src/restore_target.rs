@@ -6,7 +6,9 @@
 pub enum RestoreTarget {
     /// The state after every record up to and including this lsn (a bookmark).
     Bookmark(u64),
-    /// The state as of this moment, milliseconds since the Unix epoch.
+    /// The state as of this moment, milliseconds since the Unix epoch: every record
+    /// before the first one written after it (a record stamped earlier but written
+    /// after that one, once the wall clock stepped back, is not part of it).
     Time(u64),
 }
 

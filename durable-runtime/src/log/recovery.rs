@@ -451,7 +451,7 @@ pub(crate) fn recover(
                     // Rebuilt across the gap, it would hold a state it never had: left
                     // missing, and refused, as below.
                     let (before, after) = super::history::first_gap(&located).unwrap_or_default();
-                    tracing::error!(class = %key.0, id = %key.1, missing_from = before + 1, missing_to = after - 1, "the object's file is missing and the retained log lacks some of its batches since its latest image (a damaged or lost segment); it is refused until an operator restores it");
+                    tracing::error!(class = %key.0, id = %key.1, missing_from = before + 1, missing_to = after - 1, "the object's file is missing and the retained log lacks some of its batches since its latest image (a damaged or lost segment, or batches made while the host ran without its log); it is refused until an operator restores it");
                     report.unrecoverable.push(key.clone());
                     report.replayed_due.push(None);
                     continue;
