@@ -625,18 +625,22 @@ fn changes(data_dir: &std::path::Path, mut since: u64, follow: bool) -> ExitCode
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     loop {
-        let (changes, last) = match crate::feed::read_changes(data_dir, since) {
-            Ok(r) => r,
+        // Printed as read, a log segment at a time: memory does not grow with the log.
+        let mut closed = false;
+        let read = crate::feed::for_each_change(data_dir, since, |c| {
+            let line = serde_json::to_string(&c).expect("changes serialize");
+            closed = writeln!(out, "{line}").is_err();
+            !closed
+        });
+        let last = match read {
+            Ok(last) => last,
             Err(e) => {
                 eprintln!("error: reading the log in {}: {e}", data_dir.display());
                 return ExitCode::FAILURE;
             }
         };
-        for c in &changes {
-            let line = serde_json::to_string(c).expect("changes serialize");
-            if writeln!(out, "{line}").is_err() {
-                return ExitCode::SUCCESS;
-            }
+        if closed {
+            return ExitCode::SUCCESS;
         }
         let _ = out.flush();
         since = last;

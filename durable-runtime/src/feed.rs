@@ -1,7 +1,8 @@
 //! The change feed: committed changes decoded from the host log (and its archive) as
 //! row changes — lsn, time, class, object, table, operation, old and new values — for
 //! streaming object state into another database. `host changes` prints them as JSON
-//! lines; [`read_changes`] and [`decode_record`] give the same to code.
+//! lines; [`for_each_change`], [`read_changes`] and [`decode_record`] give the same to
+//! code.
 
 use crate::log::{self, LogRecord, RecordKind};
 use durable_client::ObjectId;
@@ -155,13 +156,30 @@ pub fn decode_record(
 }
 
 /// Every log record with lsn above `since` still kept (archive, then live log), in lsn
-/// order, and the highest lsn read.
+/// order, and the highest lsn read. Holds them all: for a long log, see
+/// [`for_each_record`].
 pub fn read_records(data_dir: &Path, since: u64) -> std::io::Result<(Vec<LogRecord>, u64)> {
+    let mut out = Vec::new();
+    let last = for_each_record(data_dir, since, |r| {
+        out.push(r);
+        true
+    })?;
+    Ok((out, last))
+}
+
+/// Hand every log record with lsn above `since` still kept (archive, then live log) to
+/// `f`, in lsn order, one segment read at a time (a retained log can be far larger
+/// than memory), until `f` returns false. Returns the highest lsn handed over (`since`
+/// if none).
+pub fn for_each_record(
+    data_dir: &Path,
+    since: u64,
+    mut f: impl FnMut(LogRecord) -> bool,
+) -> std::io::Result<u64> {
     let mut segments = log::list_segments(&log::archive_dir(data_dir))?;
     segments.extend(log::list_segments(&log::log_dir(data_dir))?);
     segments.sort();
     segments.dedup_by_key(|(first, _)| *first);
-    let mut out = Vec::new();
     let mut last = since;
     for (i, (_, path)) in segments.iter().enumerate() {
         // Skip whole segments that end at or before `since`.
@@ -178,7 +196,9 @@ pub fn read_records(data_dir: &Path, since: u64) -> std::io::Result<(Vec<LogReco
         for r in read.records {
             if r.lsn > since {
                 last = last.max(r.lsn);
-                out.push(r);
+                if !f(r) {
+                    return Ok(last);
+                }
             }
         }
         if read.problem.is_some() {
@@ -186,19 +206,34 @@ pub fn read_records(data_dir: &Path, since: u64) -> std::io::Result<(Vec<LogReco
             break;
         }
     }
-    Ok((out, last))
+    Ok(last)
 }
 
-/// Decoded changes with lsn above `since`, and the highest lsn read.
-pub fn read_changes(data_dir: &Path, since: u64) -> std::io::Result<(Vec<RowChange>, u64)> {
-    let (records, last) = read_records(data_dir, since)?;
+/// Hand every decoded change with lsn above `since` to `f`, in order, a log segment at
+/// a time, until `f` returns false; returns the highest lsn read. `host changes` prints
+/// them this way: its memory does not grow with the log.
+pub fn for_each_change(
+    data_dir: &Path,
+    since: u64,
+    mut f: impl FnMut(RowChange) -> bool,
+) -> std::io::Result<u64> {
     let mut names = ColumnNames::new(data_dir);
-    let mut out = Vec::new();
-    for r in &records {
-        match decode_record(r, &mut names) {
-            Ok(changes) => out.extend(changes),
-            Err(e) => tracing::warn!(lsn = r.lsn, error = %e, "undecodable changeset"),
+    for_each_record(data_dir, since, |r| match decode_record(&r, &mut names) {
+        Ok(changes) => changes.into_iter().all(&mut f),
+        Err(e) => {
+            tracing::warn!(lsn = r.lsn, error = %e, "undecodable changeset");
+            true
         }
-    }
+    })
+}
+
+/// Decoded changes with lsn above `since`, and the highest lsn read. Holds them all:
+/// for a long log, see [`for_each_change`].
+pub fn read_changes(data_dir: &Path, since: u64) -> std::io::Result<(Vec<RowChange>, u64)> {
+    let mut out = Vec::new();
+    let last = for_each_change(data_dir, since, |c| {
+        out.push(c);
+        true
+    })?;
     Ok((out, last))
 }
