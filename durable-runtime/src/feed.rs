@@ -176,8 +176,12 @@ pub fn for_each_record(
     since: u64,
     mut f: impl FnMut(LogRecord) -> bool,
 ) -> std::io::Result<u64> {
-    let mut segments = log::list_segments(&log::archive_dir(data_dir))?;
-    segments.extend(log::list_segments(&log::log_dir(data_dir))?);
+    // The live log before the archive: a segment a live host's checkpoint retires
+    // meanwhile (a rename into the archive) is in one of the two lists, and read from
+    // the archive if it moved after the listing.
+    let archive = log::archive_dir(data_dir);
+    let mut segments = log::list_segments(&log::log_dir(data_dir))?;
+    segments.extend(log::list_segments(&archive)?);
     segments.sort();
     segments.dedup_by_key(|(first, _)| *first);
     let mut last = since;
@@ -188,8 +192,11 @@ pub fn for_each_record(
                 continue;
             }
         }
-        let read = match log::read_segment(path) {
+        let read = match log::history::open_or_archived(path, &archive)
+            .and_then(crate::record::read_segment_file)
+        {
             Ok(r) => r,
+            // Gone past retention since it was listed.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
@@ -211,7 +218,9 @@ pub fn for_each_record(
 
 /// Hand every decoded change with lsn above `since` to `f`, in order, a log segment at
 /// a time, until `f` returns false; returns the highest lsn read. `host changes` prints
-/// them this way: its memory does not grow with the log.
+/// them this way: its memory does not grow with the log. A stop in the middle of a
+/// record's changes still returns that record's lsn: resuming from it skips the rest of
+/// that record.
 pub fn for_each_change(
     data_dir: &Path,
     since: u64,
@@ -236,4 +245,63 @@ pub fn read_changes(data_dir: &Path, since: u64) -> std::io::Result<(Vec<RowChan
         true
     })?;
     Ok((out, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_segment(dir: &Path, records: &[LogRecord]) {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut bytes = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            let header = crate::record::Header {
+                lsn: r.lsn,
+                time_ms: r.time_ms,
+                kind: r.kind,
+                class: &r.class,
+                object: r.object,
+                seq: r.seq,
+                round_start: i == 0,
+            };
+            crate::record::encode(&mut bytes, &header, &r.payload);
+        }
+        std::fs::write(dir.join(log::segment_name(records[0].lsn)), bytes).unwrap();
+    }
+
+    /// A segment a checkpoint retires into the archive while the feed is being read
+    /// (after the listing: a slow reader of `host changes --follow`) is read from the
+    /// archive, not skipped.
+    #[test]
+    fn a_segment_retired_while_the_feed_is_read_is_read_from_the_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |lsn: u64| LogRecord {
+            lsn,
+            time_ms: lsn,
+            kind: RecordKind::Image,
+            class: "C".into(),
+            object: ObjectId::from_name("C", "a"),
+            seq: lsn,
+            payload: vec![1, 2, 3],
+        };
+        let (log_dir, archive) = (log::log_dir(dir.path()), log::archive_dir(dir.path()));
+        write_segment(&archive, &[record(1), record(2)]);
+        write_segment(&log_dir, &[record(3), record(4)]);
+        write_segment(&log_dir, &[record(5)]);
+        let mut seen = Vec::new();
+        let last = for_each_record(dir.path(), 0, |r| {
+            if r.lsn == 1 {
+                let name = log::segment_name(3);
+                std::fs::rename(log_dir.join(&name), archive.join(&name)).unwrap();
+            }
+            seen.push(r.lsn);
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+        assert_eq!(last, 5);
+        // Stopped early: the lsn of the last record handed over.
+        let last = for_each_record(dir.path(), 1, |r| r.lsn < 3).unwrap();
+        assert_eq!(last, 3);
+    }
 }

@@ -219,6 +219,13 @@ pub(crate) fn read_segment_places(path: &Path) -> std::io::Result<SegmentRead> {
     read_places(std::fs::File::open(path)?)
 }
 
+/// [`read_segment`] of a segment file already open.
+pub(crate) fn read_segment_file(mut file: std::fs::File) -> std::io::Result<SegmentRead> {
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(parse_segment(&bytes))
+}
+
 /// [`read_segment_places`] of a segment file already open.
 pub(crate) fn read_places(mut file: std::fs::File) -> std::io::Result<SegmentRead> {
     let mut bytes = Vec::new();

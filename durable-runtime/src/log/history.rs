@@ -62,7 +62,7 @@ impl<'a> SegmentFiles<'a> {
 /// Open the segment at `path`, or, if a checkpoint retired it since it was listed (a
 /// live host's checkpoints move the log's segments into the archive), its archived
 /// copy.
-fn open_or_archived(path: &Path, archive: &Path) -> std::io::Result<std::fs::File> {
+pub(crate) fn open_or_archived(path: &Path, archive: &Path) -> std::io::Result<std::fs::File> {
     match std::fs::File::open(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => match path.file_name() {
             Some(name) if path.parent() != Some(archive) => std::fs::File::open(archive.join(name)),
