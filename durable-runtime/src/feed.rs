@@ -180,10 +180,7 @@ pub fn for_each_record(
     // meanwhile (a rename into the archive) is in one of the two lists, and read from
     // the archive if it moved after the listing.
     let archive = log::archive_dir(data_dir);
-    let mut segments = log::list_segments(&log::log_dir(data_dir))?;
-    segments.extend(log::list_segments(&archive)?);
-    segments.sort();
-    segments.dedup_by_key(|(first, _)| *first);
+    let segments = log::history::retained_segments(data_dir)?;
     let mut last = since;
     for (i, (_, path)) in segments.iter().enumerate() {
         // Skip whole segments that end at or before `since`.
@@ -253,20 +250,8 @@ mod tests {
 
     fn write_segment(dir: &Path, records: &[LogRecord]) {
         std::fs::create_dir_all(dir).unwrap();
-        let mut bytes = Vec::new();
-        for (i, r) in records.iter().enumerate() {
-            let header = crate::record::Header {
-                lsn: r.lsn,
-                time_ms: r.time_ms,
-                kind: r.kind,
-                class: &r.class,
-                object: r.object,
-                seq: r.seq,
-                round_start: i == 0,
-            };
-            crate::record::encode(&mut bytes, &header, &r.payload);
-        }
-        std::fs::write(dir.join(log::segment_name(records[0].lsn)), bytes).unwrap();
+        let name = log::segment_name(records[0].lsn);
+        std::fs::write(dir.join(name), crate::record::encode_round(records)).unwrap();
     }
 
     /// A segment a checkpoint retires into the archive while the feed is being read

@@ -85,6 +85,25 @@ pub(crate) fn encode(out: &mut Vec<u8>, h: &Header<'_>, payload: &[u8]) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// `records` encoded as one round (a segment's bytes, for tests).
+#[cfg(test)]
+pub(crate) fn encode_round(records: &[LogRecord]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        let header = Header {
+            lsn: r.lsn,
+            time_ms: r.time_ms,
+            kind: r.kind,
+            class: &r.class,
+            object: r.object,
+            seq: r.seq,
+            round_start: i == 0,
+        };
+        encode(&mut out, &header, &r.payload);
+    }
+    out
+}
+
 /// Why reading stopped before the end of a segment file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TailProblem {

@@ -24,9 +24,6 @@ pub struct RestoreReport {
     pub new_seq: u64,
 }
 
-/// Most bytes of log records a restore reads back and holds at once.
-const RESTORE_CHUNK: usize = 64 << 20;
-
 /// Rebuild the object's database as of `target`; returns the image (its stored batch
 /// number set to one above any the object ever had) and a report.
 pub(crate) fn rebuild(
@@ -64,20 +61,10 @@ pub(crate) fn rebuild(
     let _ = std::fs::remove_dir_all(&tmp_dir);
     let tmp = tmp_dir.join(format!("{id}.db"));
     let mut files = log::history::SegmentFiles::new(data_dir, &segments);
-    let mut chunk = Vec::new();
-    let mut bytes = 0usize;
-    for (i, at) in to_apply.iter().enumerate() {
-        let record = files
-            .read(at)
-            .map_err(|e| format!("reading the log: {e}"))?;
-        bytes += record.payload.len();
-        chunk.push(record);
-        if bytes >= RESTORE_CHUNK || i + 1 == to_apply.len() {
-            store::replay(&tmp, &chunk, window)?;
-            chunk.clear();
-            bytes = 0;
-        }
-    }
+    log::history::replay_located(&tmp, &mut files, to_apply, window).map_err(|e| match e {
+        log::history::ReplayError::Read(e) => format!("reading the log: {e}"),
+        log::history::ReplayError::Apply(e) => e,
+    })?;
     let new_seq = max_seq + 1;
     let image = {
         let mut conn =

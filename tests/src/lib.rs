@@ -395,10 +395,7 @@ impl StreamProbe {
         other: String,
     ) -> Result<bool, Error> {
         ctx.stream_delete(&stream)?;
-        ctx.object::<StreamProbe>(&other)
-            .push("elsewhere".into(), vec!["x".into()])
-            .await?;
-        Err(Error::msg("failing after the call"))
+        call_out_then_fail(ctx, &other).await
     }
 
     /// End `stream`, then call object `other` of this class (a commit point: the end
@@ -410,10 +407,7 @@ impl StreamProbe {
         other: String,
     ) -> Result<u64, Error> {
         ctx.stream_end(&stream)?;
-        ctx.object::<StreamProbe>(&other)
-            .push("elsewhere".into(), vec!["x".into()])
-            .await?;
-        Err(Error::msg("failing after the call"))
+        call_out_then_fail(ctx, &other).await
     }
 
     /// Schedule `end_later` at once: an alarm whose handler ends `stream`, calls
@@ -435,10 +429,7 @@ impl StreamProbe {
         other: String,
     ) -> Result<(), Error> {
         ctx.stream_end(&stream)?;
-        ctx.object::<StreamProbe>(&other)
-            .push("elsewhere".into(), vec!["x".into()])
-            .await?;
-        Err(Error::msg("failing after the call"))
+        call_out_then_fail(ctx, &other).await
     }
 
     /// Create the file `signal` (so that a test knows the turn runs), then hold the
@@ -475,6 +466,15 @@ impl StreamProbe {
         }
         Ok(last)
     }
+}
+
+/// Call StreamProbe `other` (an outgoing call: a commit point of the turn, which makes
+/// its writes so far durable), then fail.
+async fn call_out_then_fail<T>(ctx: &mut Context, other: &str) -> Result<T, Error> {
+    ctx.object::<StreamProbe>(other)
+        .push("elsewhere".into(), vec!["x".into()])
+        .await?;
+    Err(Error::msg("failing after the call"))
 }
 
 /// WebSocket test object: every socket is tagged `all`. `boot` broadcasts

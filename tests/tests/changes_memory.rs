@@ -6,7 +6,6 @@
 mod common;
 
 use common::HostProcess;
-use durable_tests::Probe;
 
 /// The largest resident size of any waited-for child of this process so far, KiB.
 fn children_peak_kib() -> i64 {
@@ -28,13 +27,7 @@ async fn host_changes_prints_a_long_log_without_holding_it() {
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path(), &[]);
     let client = host.client().await;
-    let probe = client.get::<Probe>("feed");
-    for i in 0..100 {
-        probe
-            .put_random(format!("b{}", i % 4), 1 << 20)
-            .await
-            .unwrap();
-    }
+    common::random_history(&client, "feed", 100, 4).await;
     drop(client);
     assert!(host.terminate().success());
     let hosts_peak = children_peak_kib();

@@ -942,13 +942,7 @@ async fn a_lost_file_is_rebuilt_from_a_history_larger_than_recovery_holds_in_mem
     let dir = tempfile::tempdir().unwrap();
     let host = HostProcess::start(dir.path(), &[]);
     let client = host.client().await;
-    let probe = client.get::<Probe>("hist");
-    for i in 0..110 {
-        probe
-            .put_random(format!("b{}", i % 4), 1 << 20)
-            .await
-            .unwrap();
-    }
+    common::random_history(&client, "hist", 110, 4).await;
     drop(client);
     assert!(host.terminate().success());
     let archived: u64 = std::fs::read_dir(dir.path().join("archive"))
@@ -1001,13 +995,7 @@ async fn a_restore_does_not_read_the_retained_log_into_memory() {
     small.put("k".into(), 1).await.unwrap();
     let bookmark = small.bookmark().await.unwrap().expect("a bookmark");
     small.put("k".into(), 2).await.unwrap();
-    let other = client.get::<Probe>("other");
-    for i in 0..100 {
-        other
-            .put_random(format!("b{}", i % 4), 1 << 20)
-            .await
-            .unwrap();
-    }
+    common::random_history(&client, "other", 100, 4).await;
     let before = peak_rss_kib(host.child.id());
     small.restore(bookmark).await.unwrap();
     assert_eq!(small.get("k".into()).await.unwrap(), Some(1), "restored");
@@ -1030,12 +1018,7 @@ async fn a_restore_across_a_lost_segment_of_its_history_refuses() {
     let probe = client.get::<Probe>("gap");
     probe.put("k".into(), 1).await.unwrap();
     // About 140 MB of history after the image: three segments of 64 MiB or more.
-    for i in 0..70 {
-        probe
-            .put_random(format!("b{}", i % 2), 1 << 20)
-            .await
-            .unwrap();
-    }
+    common::random_history(&client, "gap", 70, 2).await;
     probe.put("k".into(), 2).await.unwrap();
     let bookmark = probe.bookmark().await.unwrap().expect("a bookmark");
     drop(client);

@@ -35,6 +35,18 @@ fn fake_host_endpoint(tls_dir: &std::path::Path) -> quinn::Endpoint {
     .unwrap()
 }
 
+/// A version-2 fake host's answer to a frame in a newer version, as a real one of
+/// version 2 gives it: `UnsupportedVersion` in version 1, then the connection closed.
+async fn refuse_version(conn: &quinn::Connection, mut send: quinn::SendStream, version: u8) {
+    let refusal = Response::Error(WireError::UnsupportedVersion { got: version });
+    send.write_all(&wire::encode_frame_in(&refusal, 1))
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let _ = send.stopped().await;
+    conn.close(1u32.into(), b"unauthenticated");
+}
+
 /// A host of protocol version 2 (before pipes), as far as a client can tell: it
 /// refuses a newer hello with `UnsupportedVersion`, answers a version 2 hello with
 /// `Welcome`, and answers every call on its own stream with `Return(41)`; a follow it
@@ -55,14 +67,7 @@ async fn version_2_host(tls_dir: &std::path::Path) -> (SocketAddr, Arc<Mutex<Vec
                     let version = bytes[4];
                     if version > 2 {
                         log.lock().unwrap().push((version, "refused".into()));
-                        let refusal =
-                            Response::Error(WireError::UnsupportedVersion { got: version });
-                        send.write_all(&wire::encode_frame_in(&refusal, 1))
-                            .await
-                            .unwrap();
-                        send.finish().unwrap();
-                        let _ = send.stopped().await;
-                        conn.close(1u32.into(), b"unauthenticated");
+                        refuse_version(&conn, send, version).await;
                         return;
                     }
                     let request: Request = wire::decode_frame(&bytes, 1 << 20).unwrap();
@@ -519,14 +524,7 @@ async fn forgetful_host(tls_dir: &std::path::Path) -> (SocketAddr, Arc<Mutex<Vec
                     let bytes = recv.read_to_end(1 << 20).await.unwrap();
                     let version = bytes[4];
                     if version > 2 {
-                        let refusal =
-                            Response::Error(WireError::UnsupportedVersion { got: version });
-                        send.write_all(&wire::encode_frame_in(&refusal, 1))
-                            .await
-                            .unwrap();
-                        send.finish().unwrap();
-                        let _ = send.stopped().await;
-                        conn.close(1u32.into(), b"unauthenticated");
+                        refuse_version(&conn, send, version).await;
                         return;
                     }
                     let response = match wire::decode_frame::<Request>(&bytes, 1 << 20).unwrap() {

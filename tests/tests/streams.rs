@@ -92,6 +92,20 @@ impl Events {
         }
     }
 
+    /// The events of a GET of `url` with the host's token (whatever its status).
+    async fn at(host: &HostProcess, url: String) -> Events {
+        let response = http()
+            .get(url)
+            .bearer_auth(token(host))
+            .send()
+            .await
+            .unwrap();
+        Events {
+            response,
+            buffer: String::new(),
+        }
+    }
+
     /// The next event (keep-alive comments skipped); `None` when the response ends.
     async fn next(&mut self) -> Option<Sse> {
         loop {
@@ -460,15 +474,7 @@ async fn acknowledged_items_survive_kill_9_and_a_failed_turn_leaves_none() {
             "/v1/objects/StreamProbe/p/streams/s?after={after}"
         ))
     };
-    let mut follower = Events {
-        response: http()
-            .get(url(0))
-            .bearer_auth(token(&host))
-            .send()
-            .await
-            .unwrap(),
-        buffer: String::new(),
-    };
+    let mut follower = Events::at(&host, url(0)).await;
     for (i, item) in want.iter().enumerate() {
         assert_eq!(
             follower.next().await,
@@ -513,15 +519,11 @@ async fn a_deleted_stream_ends_its_followers_and_a_new_one_of_its_name_is_not_mi
         )
     };
     assert_eq!(push(vec!["a", "b", "c"]).await, 3);
-    let mut follower = Events {
-        response: http()
-            .get(host.http_url("/v1/objects/StreamProbe/d/streams/s?after=2"))
-            .bearer_auth(token(&host))
-            .send()
-            .await
-            .unwrap(),
-        buffer: String::new(),
-    };
+    let mut follower = Events::at(
+        &host,
+        host.http_url("/v1/objects/StreamProbe/d/streams/s?after=2"),
+    )
+    .await;
     assert_eq!(follower.next().await, Some(Sse::Item(3, "c".into())));
     assert_eq!(
         call(&host, "StreamProbe/d/delete", json!({"stream": "s"})).await,
@@ -535,15 +537,11 @@ async fn a_deleted_stream_ends_its_followers_and_a_new_one_of_its_name_is_not_mi
     assert_eq!(follower.next().await, None);
 
     // `delete_all` deletes every stream: their followers end too.
-    let mut follower = Events {
-        response: http()
-            .get(host.http_url("/v1/objects/StreamProbe/d/streams/s?after=4"))
-            .bearer_auth(token(&host))
-            .send()
-            .await
-            .unwrap(),
-        buffer: String::new(),
-    };
+    let mut follower = Events::at(
+        &host,
+        host.http_url("/v1/objects/StreamProbe/d/streams/s?after=4"),
+    )
+    .await;
     call(&host, "StreamProbe/d/wipe", json!({})).await;
     assert_eq!(push(vec!["n1", "n2", "n3", "n4", "n5"]).await, 5);
     match follower.next().await {
@@ -569,15 +567,11 @@ async fn a_deletion_made_durable_by_an_outgoing_call_ends_followers_though_the_t
         )
     };
     assert_eq!(push(vec!["a", "b"]).await, 2);
-    let mut follower = Events {
-        response: http()
-            .get(host.http_url("/v1/objects/StreamProbe/dc/streams/s?after=1"))
-            .bearer_auth(token(&host))
-            .send()
-            .await
-            .unwrap(),
-        buffer: String::new(),
-    };
+    let mut follower = Events::at(
+        &host,
+        host.http_url("/v1/objects/StreamProbe/dc/streams/s?after=1"),
+    )
+    .await;
     assert_eq!(follower.next().await, Some(Sse::Item(2, "b".into())));
     let r = http()
         .post(host.http_url("/v1/objects/StreamProbe/dc/delete_call_fail"))
@@ -615,15 +609,11 @@ async fn an_end_made_durable_by_an_outgoing_call_reaches_followers_though_the_tu
         .await,
         2
     );
-    let mut follower = Events {
-        response: http()
-            .get(host.http_url("/v1/objects/StreamProbe/ec/streams/s?after=1"))
-            .bearer_auth(token(&host))
-            .send()
-            .await
-            .unwrap(),
-        buffer: String::new(),
-    };
+    let mut follower = Events::at(
+        &host,
+        host.http_url("/v1/objects/StreamProbe/ec/streams/s?after=1"),
+    )
+    .await;
     assert_eq!(follower.next().await, Some(Sse::Item(2, "b".into())));
     let r = http()
         .post(host.http_url("/v1/objects/StreamProbe/ec/end_call_fail"))
@@ -657,15 +647,11 @@ async fn an_end_made_durable_by_a_failing_alarm_handlers_call_reaches_followers(
         .await,
         2
     );
-    let mut follower = Events {
-        response: http()
-            .get(host.http_url("/v1/objects/StreamProbe/ea/streams/s?after=1"))
-            .bearer_auth(token(&host))
-            .send()
-            .await
-            .unwrap(),
-        buffer: String::new(),
-    };
+    let mut follower = Events::at(
+        &host,
+        host.http_url("/v1/objects/StreamProbe/ea/streams/s?after=1"),
+    )
+    .await;
     assert_eq!(follower.next().await, Some(Sse::Item(2, "b".into())));
     call(
         &host,
@@ -700,15 +686,11 @@ async fn a_failed_turns_durable_deletion_reaches_followers_before_a_later_turns_
             .unwrap(),
         2
     );
-    let mut follower = Events {
-        response: http()
-            .get(host.http_url("/v1/objects/StreamProbe/dc3/streams/s?after=1"))
-            .bearer_auth(token(&host))
-            .send()
-            .await
-            .unwrap(),
-        buffer: String::new(),
-    };
+    let mut follower = Events::at(
+        &host,
+        host.http_url("/v1/objects/StreamProbe/dc3/streams/s?after=1"),
+    )
+    .await;
     assert_eq!(follower.next().await, Some(Sse::Item(2, "b".into())));
     // A, B and C queue behind a call that holds the object (sent once it runs), so
     // they run as one batch.
@@ -756,15 +738,11 @@ async fn a_follower_behind_across_a_delete_and_re_create_is_not_mixed_in() {
         )
     };
     push(vec!["o".into()]).await;
-    let mut follower = Events {
-        response: http()
-            .get(host.http_url("/v1/objects/StreamProbe/lag/streams/s?after=0"))
-            .bearer_auth(token(&host))
-            .send()
-            .await
-            .unwrap(),
-        buffer: String::new(),
-    };
+    let mut follower = Events::at(
+        &host,
+        host.http_url("/v1/objects/StreamProbe/lag/streams/s?after=0"),
+    )
+    .await;
     assert_eq!(follower.next().await, Some(Sse::Item(1, "o".into())));
     // Not read: 8,000 items of 4 KiB fill the connection's buffers and then the
     // host's queue for this follower (4,096 items).

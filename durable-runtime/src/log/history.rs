@@ -72,26 +72,29 @@ pub(crate) fn open_or_archived(path: &Path, archive: &Path) -> std::io::Result<s
     }
 }
 
-/// Where every retained record of object `id` of `class` lies (the archive's segments,
-/// then the live log's; a segment in both read once), in lsn order. One segment is
-/// read at a time; only the records' places are kept (about 60 bytes each). A segment
-/// that ends in a torn or damaged tail gives what precedes it.
+/// Every retained segment, the live log's and the archive's (one in both listed once),
+/// oldest first. The live log is listed first: a segment a checkpoint retires meanwhile
+/// (a rename into the archive) is then in one of the two lists; read it with
+/// [`open_or_archived`].
+pub(crate) fn retained_segments(data_dir: &Path) -> std::io::Result<Segments> {
+    let mut listed = list_segments(&log_dir(data_dir))?;
+    listed.extend(list_segments(&archive_dir(data_dir))?);
+    listed.sort();
+    listed.dedup_by_key(|(first, _)| *first);
+    Ok(listed)
+}
+
+/// Where every retained record of object `id` of `class` lies ([`retained_segments`]),
+/// in lsn order. One segment is read at a time; only the records' places are kept
+/// (about 60 bytes each). A segment that ends in a torn or damaged tail gives what
+/// precedes it.
 pub(crate) fn object_history(
     data_dir: &Path,
     class: &str,
     id: ObjectId,
 ) -> std::io::Result<(Segments, Vec<Located>)> {
-    // The live log before the archive: a segment a checkpoint retires meanwhile (a
-    // rename into the archive) is then in one of the two lists.
     let archive = archive_dir(data_dir);
-    let mut listed = Vec::new();
-    for dir in [log_dir(data_dir), archive.clone()] {
-        if dir.exists() {
-            listed.extend(list_segments(&dir)?);
-        }
-    }
-    listed.sort();
-    listed.dedup_by_key(|(first, _)| *first);
+    let listed = retained_segments(data_dir)?;
     let mut segments = Vec::new();
     let mut mine = Vec::new();
     for (n, path) in listed {
@@ -119,6 +122,47 @@ pub(crate) fn object_history(
     }
     mine.sort_by_key(|r| r.lsn);
     Ok((segments, mine))
+}
+
+/// Most bytes of records a replay reads back and holds at once.
+const REPLAY_CHUNK: usize = 64 << 20;
+
+/// Why [`replay_located`] stopped.
+pub(crate) enum ReplayError {
+    /// Reading a record back failed.
+    Read(std::io::Error),
+    /// Applying records to the file failed.
+    Apply(String),
+}
+
+/// Replay the records at `located` (in order) into the object file at `path`, read
+/// back and replayed in chunks of at most [`REPLAY_CHUNK`] bytes: one object's records
+/// can outgrow memory. The records applied and the object's earliest alarm due time
+/// after them.
+pub(crate) fn replay_located(
+    path: &Path,
+    files: &mut SegmentFiles<'_>,
+    located: &[Located],
+    window: usize,
+) -> Result<(usize, Option<u64>), ReplayError> {
+    let mut applied = 0;
+    let mut due = None;
+    let mut chunk = Vec::new();
+    let mut bytes = 0usize;
+    for (i, r) in located.iter().enumerate() {
+        let record = files.read(r).map_err(ReplayError::Read)?;
+        bytes += record.payload.len();
+        chunk.push(record);
+        if bytes >= REPLAY_CHUNK || i + 1 == located.len() {
+            let (n, chunk_due) =
+                crate::store::replay(path, &chunk, window).map_err(ReplayError::Apply)?;
+            applied += n;
+            due = chunk_due;
+            chunk.clear();
+            bytes = 0;
+        }
+    }
+    Ok((applied, due))
 }
 
 /// The first batches missing from `located` (in lsn order): the batch numbers on both
@@ -161,20 +205,8 @@ mod tests {
         // archive's first there too, as a crash mid-retire could leave).
         let write = |dir: &Path, first: u64, records: &[LogRecord]| {
             std::fs::create_dir_all(dir).unwrap();
-            let mut bytes = Vec::new();
-            for (i, r) in records.iter().enumerate() {
-                let header = crate::record::Header {
-                    lsn: r.lsn,
-                    time_ms: r.time_ms,
-                    kind: r.kind,
-                    class: &r.class,
-                    object: r.object,
-                    seq: r.seq,
-                    round_start: i == 0,
-                };
-                crate::record::encode(&mut bytes, &header, &r.payload);
-            }
-            std::fs::write(dir.join(super::super::segment_name(first)), bytes).unwrap();
+            let name = super::super::segment_name(first);
+            std::fs::write(dir.join(name), crate::record::encode_round(records)).unwrap();
         };
         let all = [
             record(1, a, RecordKind::Image),

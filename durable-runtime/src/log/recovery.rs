@@ -3,7 +3,7 @@
 //! object's stored batch number is behind. Start-up work is proportional to the log
 //! since the last checkpoint, not to the number of objects.
 
-use super::history::{Located, SegmentFiles, Segments};
+use super::history::{Located, ReplayError, SegmentFiles, Segments};
 use super::{
     list_segments, log_dir, read_checkpoint, retire_segments, sync_object_files, write_checkpoint,
 };
@@ -52,9 +52,6 @@ fn from_latest_image(
     let (segments, mine) = super::history::object_history(data_dir, class, id)?;
     Ok(super::history::from_last_image(&mine).map(|from| (segments, from.to_vec())))
 }
-
-/// Most bytes of records a replay reads back and holds at once.
-const REPLAY_CHUNK: usize = 64 << 20;
 
 /// `DATA_DIR/log/lsn-floor`: the highest lsn a salvage moved aside (0 if none).
 fn lsn_floor_path(data_dir: &Path) -> PathBuf {
@@ -234,37 +231,19 @@ fn log_brings(records: &[(RecordKind, u64)], from: u64, to: u64) -> bool {
     false
 }
 
-/// Replay the records at `located` (in order) into the object file at `path`, read
-/// back and replayed in chunks of at most [`REPLAY_CHUNK`] bytes: one object's records
-/// can outgrow memory too. The records applied and the object's earliest alarm due
-/// time after them.
+/// [`super::history::replay_located`], its failures as the host's errors.
 fn replay_located(
     path: &Path,
     files: &mut SegmentFiles<'_>,
     located: &[Located],
     window: usize,
 ) -> Result<(usize, Option<u64>), HostError> {
-    let mut applied = 0;
-    let mut due = None;
-    let mut chunk = Vec::new();
-    let mut bytes = 0usize;
-    for (i, r) in located.iter().enumerate() {
-        let record = files
-            .read(r)
-            .map_err(|e| HostError::io("reading a log record again for replay", e))?;
-        bytes += record.payload.len();
-        chunk.push(record);
-        if bytes >= REPLAY_CHUNK || i + 1 == located.len() {
-            let (n, chunk_due) = store::replay(path, &chunk, window).map_err(|e| {
-                HostError::Config(format!("replaying the log into {}: {e}", path.display()))
-            })?;
-            applied += n;
-            due = chunk_due;
-            chunk.clear();
-            bytes = 0;
+    super::history::replay_located(path, files, located, window).map_err(|e| match e {
+        ReplayError::Read(e) => HostError::io("reading a log record again for replay", e),
+        ReplayError::Apply(e) => {
+            HostError::Config(format!("replaying the log into {}: {e}", path.display()))
         }
-    }
-    Ok((applied, due))
+    })
 }
 
 /// Move a damaged object file (and its `-wal`, `-shm`) aside as `ID.db.damaged-<ms>`.

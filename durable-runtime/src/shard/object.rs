@@ -155,11 +155,6 @@ pub(super) struct Pending {
     /// Commits in the middle of a turn tried so far, made or failed: a call's undo
     /// holds only while none was tried since it began.
     pub(super) flush_tries: u32,
-    /// The changes the batch's commits in the middle of a turn took out of its change
-    /// capture, all told: with the capture's mark, a count of the changes captured in
-    /// the batch that only grows (a call tells from it whether it wrote, whatever it
-    /// wrote before its calls to other objects).
-    pub(super) shipped_marks: usize,
     /// The host clock (ms) when the batch began or last let the shard's other tasks
     /// in (at most [`BATCH_SLICE`] of turns ago): calls' deadlines are checked against
     /// it, one clock read per slice instead of one per call.

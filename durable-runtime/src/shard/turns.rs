@@ -93,7 +93,6 @@ impl Object {
             return Err(broken.to_string());
         }
         bs.flush_tries += 1;
-        bs.shipped_marks += bs.capture.as_ref().map_or(0, |c| c.mark());
         let result = self.flush_turn_inner(conn, bs).await;
         if let Err(e) = &result {
             bs.broken.get_or_insert_with(|| e.clone());
@@ -233,7 +232,6 @@ impl Object {
             fresh: true,
             undo: None,
             flush_tries: 0,
-            shipped_marks: 0,
             now_ms: self.config.clock.now_ms(),
             turn_ended: crate::clock::monotonic(),
         };
@@ -743,11 +741,11 @@ pub(super) async fn run_call(
         (Some(capture), Some(schema)) if !fresh => Some((capture.mark(), bs.flush_tries, schema)),
         _ => None,
     };
-    // The changes captured in the batch so far, those its commits in the middle of a
-    // turn shipped included: a call whose writes only the capture saw (a blob
-    // written in place) wrote too.
-    let captured = |bs: &Pending| bs.shipped_marks + bs.capture.as_ref().map_or(0, |c| c.mark());
-    let start_captured = captured(bs);
+    // Where the capture stood as the call began: a call whose writes only the capture
+    // saw (a blob written in place) wrote too. (A commit in the middle of the call
+    // replaces the capture, but writes the batch number itself, which moves the count
+    // of changes.)
+    let (start_mark, start_tries) = (bs.capture.as_ref().map(|c| c.mark()), bs.flush_tries);
     let own = !fresh && undo.is_none();
     let savepoint = if own {
         ctx.conn.run("SAVEPOINT durable_call").map_err(db)?;
@@ -807,7 +805,8 @@ pub(super) async fn run_call(
     };
     // (A blob written in place moves no count of changes but the capture's, or the
     // counter of row writes where there is no capture.)
-    let wrote = ctx.conn.total_changes() != before || captured(bs) != start_captured;
+    let wrote = ctx.conn.total_changes() != before
+        || (start_tries == bs.flush_tries && bs.capture.as_ref().map(|c| c.mark()) != start_mark);
     // A call that wrote records its outcome under its request id: with the batch, which
     // carries it to the log; the file's request tables get it when the file commits
     // (see `super::unfiled`).

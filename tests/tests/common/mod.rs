@@ -416,3 +416,16 @@ impl Drop for FrozenThread {
         }
     }
 }
+
+/// Probe `name` writes `blobs` random blobs of 1 MiB, one call each, cycling over
+/// `keys` keys (each replacing the one before under its key): a log history of about
+/// 2 MB per blob (old and new values), incompressible.
+pub async fn random_history(client: &durable::Client, name: &str, blobs: usize, keys: usize) {
+    let probe = client.get::<durable_tests::Probe>(name);
+    for i in 0..blobs {
+        probe
+            .put_random(format!("b{}", i % keys), 1 << 20)
+            .await
+            .unwrap();
+    }
+}
